@@ -1,0 +1,336 @@
+"""``medcnncad`` command line.
+
+Stable syntax (scripts and docs rely on it)::
+
+    medcnncad demo [--out DIR]
+    medcnncad segment --model ID_OR_PATH --input NAME=PATH [--input NAME=PATH ...] --out DIR
+                      [--device auto|cpu|cuda] [--trust] [--reference PATH]
+    medcnncad evaluate --pred PATH --ref PATH [--json] [--model ID_OR_PATH]
+    medcnncad phantom --out DIR [--seed N]
+    medcnncad train segmentation --template MANIFEST --out DIR [...]
+    medcnncad evaluate-phantoms [--model ID] [--n 20] [--json]
+    medcnncad models
+    medcnncad trust BUNDLE_FOLDER
+
+Bad input exits with code 2 and one line naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import INTENDED_USE, __version__
+from .errors import InputError, MedCNNCADError
+
+__all__ = ["main", "DEMO_SEED", "DEFAULT_MODEL"]
+
+DEMO_SEED = 900_000  # the first held-out phantom: never seen in training
+DEFAULT_MODEL = "brats-demo-unet"
+
+
+class _TqdmProgress:
+    """Progress callback that shows one tqdm bar per stage."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bar = None
+        self._stage = ""
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = self._tqdm(total=100, desc=f"{stage:<11}", unit="%", leave=False, file=sys.stderr, disable=None,
+                                   bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+        if self._bar is not None:
+            self._bar.n = int(round(fraction * 100))
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _parse_inputs(items: Sequence[str]) -> dict[str, str]:
+    inputs: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--input {item!r}: expected NAME=PATH, e.g. T1c=case/t1c.nii.gz")
+        if name in inputs:
+            raise InputError(f"--input {name}: given twice")
+        inputs[name] = path
+    return inputs
+
+
+def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
+              reference: str | None) -> dict:
+    """Segment (+ evaluate) one case and write its outputs; returns the report."""
+    from .io import read_volume
+    from .metrics import check_label_image, compute_metrics
+    from .models import load_model
+    from .inference import Segmenter
+    from .report import write_case_outputs
+
+    t0 = time.perf_counter()
+    model = load_model(model_id, trust=trust)
+    segmenter = Segmenter(model, device=device)
+    load_s = time.perf_counter() - t0
+    progress = _TqdmProgress()
+    try:
+        result = segmenter.run(inputs, progress=progress)
+        metrics = ref_array = None
+        extra = {"model_load": load_s}
+        if reference:
+            t0 = time.perf_counter()
+            ref_img = read_volume(reference)
+            ref_array = check_label_image(ref_img, reference, result.reference, "the first input channel")
+            metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
+                                      _manifest_structures(result.manifest))
+            extra["metrics"] = time.perf_counter() - t0
+        progress("write", 0.0)
+        t0 = time.perf_counter()
+        outputs = write_case_outputs(result, out, background=_display_channel(result, inputs), metrics=metrics,
+                                     reference_labels=ref_array, inputs=inputs, extra_timings=extra)
+    finally:
+        progress.close()
+    report = json.loads(outputs.files["report"].read_text())
+    report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
+    outputs.files["report"].write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _display_channel(result, inputs: dict[str, str]):
+    """The image shown under the overlay: a post-contrast channel when present, else the first."""
+    from .io import read_volume
+
+    for channel in result.manifest.inputs:
+        if channel.name in inputs and channel.name.lower() in ("t1c", "t1ce", "t1gd"):
+            return read_volume(inputs[channel.name])
+    return result.reference
+
+
+def _manifest_structures(manifest) -> dict[str, tuple[int, ...]]:
+    structures = {x.name: (x.value,) for x in manifest.labels}
+    structures.update({r.name: tuple(r.labels) for r in manifest.regions})
+    return structures
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .phantom import make_phantom, write_phantom
+    from .report import summary_table
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    case = make_phantom(args.seed)
+    paths = write_phantom(case, out / "inputs")
+    print(f"phantom case seed {args.seed} (held out from training) written to {out / 'inputs'} "
+          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    inputs = {name: str(paths[name]) for name in case.images}
+    report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]))
+    print(summary_table(report))
+    print(f"\noutputs in {out}: labels.nii.gz, labels.seg.nrrd, prob_*.nii.gz, overlay.png, report.json")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .report import summary_table
+
+    report = _run_case(args.model, _parse_inputs(args.input), Path(args.out), args.device, args.trust,
+                       args.reference)
+    print(summary_table(report))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .io import read_volume
+    from .metrics import check_label_image, compute_metrics, structures_for_labels
+    from .report import json_safe
+
+    ref_img = read_volume(args.ref)
+    pred_img = read_volume(args.pred)
+    ref = check_label_image(ref_img, args.ref)
+    pred = check_label_image(pred_img, args.pred, ref_img, args.ref)
+    if args.model:
+        from .models import find_model
+        from .manifest import load_manifest
+
+        structures = _manifest_structures(load_manifest(find_model(args.model)))
+    else:
+        values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)
+        structures = structures_for_labels(values, {"foreground": values} if len(values) > 1 else None)
+    metrics = compute_metrics(pred, ref, ref_img.GetSpacing(), structures)
+    payload = {"pred": args.pred, "ref": args.ref, "metrics": {k: v.to_json() for k, v in metrics.items()}}
+    if args.json:
+        print(json.dumps(json_safe(payload), indent=2))
+        return 0
+    print(f"{'structure':<12}{'Dice':>7}{'Jacc':>7}{'prec':>7}{'recall':>7}{'spec':>8}{'HD95':>8}{'ASSD':>8}"
+          f"{'dVol mL':>9}")
+    for name, m in metrics.items():
+        f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+        print(f"{name:<12}{f(m.dice):>7}{f(m.jaccard):>7}{f(m.precision):>7}{f(m.recall):>7}"
+              f"{f(m.specificity, 4):>8}{f(m.hd95_mm, 2):>8}{f(m.assd_mm, 2):>8}{m.volume_diff_ml:>9.2f}")
+    return 0
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from .phantom import make_phantom, write_phantom
+
+    paths = write_phantom(make_phantom(args.seed), args.out)
+    for name, path in paths.items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .errors import ModelError
+    from .manifest import load_manifest
+    from .models import list_models
+
+    for folder in list_models():
+        if (folder / "manifest.json").is_file():
+            try:
+                m = load_manifest(folder)
+            except ModelError as exc:
+                print(f"{folder}\tINVALID: {exc}")
+                continue
+            print(f"{m.id}\t{m.version}\tinputs {','.join(m.input_names)}\tlabels "
+                  f"{','.join(f'{x.name}={x.value}' for x in m.labels)}\ttrained on: {m.trained_on or 'unknown'}"
+                  f"\t{folder}")
+        else:
+            print(f"{folder.name}\t(MONAI bundle)\t\t\t\t{folder}")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from .bundle import bundle_code_entries, trust_bundle
+
+    folder = Path(args.bundle)
+    if not (folder / "configs" / "metadata.json").is_file():
+        raise InputError(f"{folder}: not a MONAI bundle folder (no configs/metadata.json)")
+    code = bundle_code_entries(folder)
+    digest = trust_bundle(folder)
+    print(f"trusted {folder} (sha256 {digest}); {len(code)} executable config entries will run")
+    return 0
+
+
+def cmd_evaluate_phantoms(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_on_phantoms, format_table
+
+    summary = evaluate_on_phantoms(args.model, n_cases=args.n, seed_base=args.seed_base, device=args.device)
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train_segmentation
+
+    cfg = TrainConfig(n_train=args.n_train, n_val=args.n_val, epochs=args.epochs,
+                      steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                      patch=tuple(args.patch), lr=args.lr, seed=args.seed, workers=args.workers)
+    command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
+    out = train_segmentation(args.template, args.out, cfg, resume=args.resume, command=command)
+    print(f"model written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medcnncad", description=f"MedCNNCAD {__version__}. {INTENDED_USE}")
+    parser.add_argument("--version", action="version", version=f"medcnncad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="segment a held-out phantom case and evaluate it against its ground truth")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--seed", type=int, default=DEMO_SEED)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("segment", help="segment one case")
+    p.add_argument("--model", required=True, help="model id or folder (manifest or MONAI bundle)")
+    p.add_argument("--input", action="append", required=True, metavar="NAME=PATH",
+                   help="input channel (manifest channel name) and its volume file or DICOM folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
+    p.add_argument("--trust", action="store_true", help="allow a MONAI bundle's executable config for this run")
+    p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="metrics between a predicted and a reference label map")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--ref", required=True)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--model", help="take label names and regions from this model's manifest")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("phantom", help="write one synthetic BraTS-like case with its label map")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("evaluate-phantoms", help="evaluate a model on held-out phantoms (never trained on)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--seed-base", type=int, default=DEMO_SEED)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate_phantoms)
+
+    p = sub.add_parser("models", help="list installed models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("trust", help="trust a MONAI bundle (by the hash of its configs and weights)")
+    p.add_argument("bundle")
+    p.set_defaults(func=cmd_trust)
+
+    p = sub.add_parser("train", help="train a model")
+    tsub = p.add_subparsers(dest="task", required=True)
+    t = tsub.add_parser("segmentation", help="train a segmentation model on synthetic phantoms")
+    t.add_argument("--template", required=True, help="manifest JSON describing the model to train")
+    t.add_argument("--out", required=True)
+    t.add_argument("--n-train", type=int, default=48)
+    t.add_argument("--n-val", type=int, default=6)
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--steps-per-epoch", type=int, default=50)
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64])
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--resume", action="store_true")
+    t.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return int(args.func(args))
+    except MedCNNCADError as exc:
+        print(f"medcnncad: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = exc.filename or ""
+        print(f"medcnncad: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medcnncad: interrupted; no partial outputs were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

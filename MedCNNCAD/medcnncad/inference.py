@@ -1,0 +1,285 @@
+"""The segmentation pipeline: validate inputs, preprocess, sliding-window inference, map back.
+
+Usage::
+
+    >>> model = load_model("brats-demo-unet")                       # doctest: +SKIP
+    >>> result = Segmenter(model).run({"T1": t1, "T1c": t1c, ...})   # doctest: +SKIP
+    >>> result.label_map.shape   # (K, J, I) of the first input channel
+
+Probabilities come back on the first input channel's grid, as float arrays in [0, 1]
+in (K, J, I) order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.inferers import sliding_window_inference
+from monai.inferers.utils import _get_scan_interval
+from monai.data.utils import dense_patch_slices
+from monai.transforms import SpatialResample
+
+from .errors import InputError
+from .io import geometry_text, read_volume, same_space
+from .lesions import Lesion, components, find_lesions
+from .manifest import Manifest
+from .models import LoadedModel
+from .preprocess import ras_affine, to_metatensor
+
+__all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device", "label_map_from_probabilities",
+           "remove_small_components"]
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, float], None]
+"""Called with (stage name, fraction 0-1 of that stage)."""
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    return None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` = CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InputError(f"device {device!r}: expected auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device {device!r}: CUDA is not available on this machine (use --device cpu or auto)")
+    return torch.device(device)
+
+
+@dataclass
+class SegmentationResult:
+    """What one run returns. Arrays are (K, J, I) on ``reference``'s grid.
+
+    Attributes:
+        label_map: uint8 label values of the manifest (0 = background).
+        probabilities: output channel name -> float probabilities in [0, 1]
+            (background channel omitted).
+        reference: the first input channel's image; defines the grid (LPS, mm).
+        lesions: connected components per label and region.
+        manifest: the model's manifest (id, version, labels, regions).
+        device: the torch device that ran the network.
+        timings: stage name -> seconds.
+        missing_channels: optional channels that were absent and filled with zeros.
+        warnings: human-readable notes (e.g. channels resampled onto the first).
+    """
+
+    label_map: np.ndarray
+    probabilities: dict[str, np.ndarray]
+    reference: sitk.Image
+    lesions: list[Lesion]
+    manifest: Manifest
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+    missing_channels: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def label_image(self) -> sitk.Image:
+        """The label map as a SimpleITK image on the reference grid."""
+        image = sitk.GetImageFromArray(self.label_map)
+        image.CopyInformation(self.reference)
+        return image
+
+    def probability_image(self, name: str) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.probabilities[name].astype(np.float32, copy=False))
+        image.CopyInformation(self.reference)
+        return image
+
+
+def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: float) -> np.ndarray:
+    """Zero the 26-connected foreground components smaller than ``min_ml`` (in place; returned)."""
+    if min_ml <= 0:
+        return label_map
+    labelled, count = components(label_map > 0)
+    if count:
+        sizes = np.bincount(labelled.ravel(), minlength=count + 1) * voxel_ml
+        small = sizes < min_ml
+        small[0] = False
+        label_map[small[labelled]] = 0
+    return label_map
+
+
+def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """Apply the manifest's rule to (C, ...) probabilities of all output channels.
+
+    softmax: value of the arg-max channel. sigmoid: channels painted in order where
+    probability > threshold (later channels overwrite earlier ones).
+    """
+    post = manifest.postprocessing
+    values = np.array([c.value for c in post.channels], dtype=np.uint8)
+    if post.activation == "softmax":
+        return values[np.argmax(probabilities, axis=0)]
+    out = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    for index, channel in enumerate(post.channels):
+        out[probabilities[index] > post.threshold] = channel.value
+    return out
+
+
+def _overlap_fraction(a: sitk.Image, b: sitk.Image) -> float:
+    """Fraction of ``a``'s physical bounding box (LPS, axis-aligned) covered by ``b``'s."""
+    def box(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+        corners = [img.TransformContinuousIndexToPhysicalPoint([c * (n - 0.5) - 0.5 * (1 - c) for c, n in
+                                                                 zip(bits, img.GetSize())])
+                   for bits in np.ndindex(2, 2, 2)]
+        pts = np.asarray(corners)
+        return pts.min(0), pts.max(0)
+    (alo, ahi), (blo, bhi) = box(a), box(b)
+    inter = np.clip(np.minimum(ahi, bhi) - np.maximum(alo, blo), 0, None).prod()
+    return float(inter / max(np.prod(ahi - alo), 1e-9))
+
+
+class Segmenter:
+    """Runs one loaded model on cases; construction and weights are paid once.
+
+    Args:
+        model: from :func:`medcnncad.models.load_model`.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, model: LoadedModel, device: str = "auto") -> None:
+        self.model = model
+        self.manifest = model.manifest
+        self.device = resolve_device(device)
+        self.network = model.network.to(self.device).eval()
+
+    # -- inputs -------------------------------------------------------------------------
+    def _gather_inputs(self, inputs: Mapping[str, sitk.Image | str | Path],
+                       warnings: list[str]) -> tuple[list[sitk.Image], list[str]]:
+        known = {c.name: c for c in self.manifest.inputs}
+        unknown = sorted(set(inputs) - set(known))
+        if unknown:
+            raise InputError(f"input channel(s) {unknown} not in model {self.manifest.id} "
+                             f"(expects {self.manifest.input_names})")
+        missing_required = [c.name for c in self.manifest.inputs if c.required and c.name not in inputs]
+        if missing_required:
+            raise InputError(f"model {self.manifest.id} needs input channel(s) {missing_required} "
+                             f"(expects {self.manifest.input_names})")
+        present = [c.name for c in self.manifest.inputs if c.name in inputs]
+        images: dict[str, sitk.Image] = {}
+        for name in present:
+            value = inputs[name]
+            images[name] = value if isinstance(value, sitk.Image) else read_volume(value)
+        first_name = present[0]
+        first = images[first_name]
+        for name in present[1:]:
+            img = images[name]
+            if same_space(first, img):
+                continue
+            if _overlap_fraction(first, img) < 0.5:
+                raise InputError(f"input {name}: not in the same physical space as {first_name} "
+                                 f"({name}: {geometry_text(img)}; {first_name}: {geometry_text(first)})")
+            message = f"input {name} was resampled onto the grid of {first_name} (grids differ)"
+            log.warning(message)
+            warnings.append(message)
+            images[name] = sitk.Resample(img, first, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        missing = [c.name for c in self.manifest.inputs if c.name not in images]
+        ordered = []
+        for channel in self.manifest.inputs:
+            if channel.name in images:
+                ordered.append(sitk.Cast(images[channel.name], sitk.sitkFloat32))
+            else:  # optional channel absent: zeros, as the model was trained with channel dropout
+                zero = sitk.Image(first.GetSize(), sitk.sitkFloat32)
+                zero.CopyInformation(first)
+                ordered.append(zero)
+        return ordered, missing
+
+    # -- network ------------------------------------------------------------------------
+    def _infer(self, image: torch.Tensor, progress: ProgressCallback) -> torch.Tensor:
+        """Sliding-window logits for a (C, I, J, K) tensor; returns (C_out, I, J, K) on CPU."""
+        inf = self.manifest.inference
+        roi = list(inf.roi_size)
+        padded = [max(r, s) for r, s in zip(roi, image.shape[1:])]
+        scan = _get_scan_interval(padded, roi, 3, [inf.overlap] * 3)
+        total = max(1, len(dense_patch_slices(padded, roi, scan)))
+        done = [0]
+        use_amp = self.device.type == "cuda"
+
+        def predictor(window: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, enabled=use_amp):
+                out = self.network(window)
+            done[0] += window.shape[0]
+            progress("inference", min(1.0, done[0] / total))
+            return out.float()
+
+        batch = torch.as_tensor(image, dtype=torch.float32).unsqueeze(0).to(self.device)
+        with torch.inference_mode():
+            logits = sliding_window_inference(batch, roi_size=roi, sw_batch_size=inf.sw_batch_size,
+                                              predictor=predictor, overlap=inf.overlap, mode=inf.blend_mode)
+        return logits[0].as_subclass(torch.Tensor).float().cpu()
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.manifest.postprocessing.activation == "softmax":
+            return torch.softmax(logits, dim=0)
+        return torch.sigmoid(logits)
+
+    def _to_input_grid(self, probs: torch.Tensor, affine: torch.Tensor, reference: sitk.Image) -> np.ndarray:
+        """Resample (C, I', J', K') probabilities with RAS ``affine`` onto the reference grid (C, K, J, I)."""
+        from monai.data import MetaTensor
+
+        meta = MetaTensor(probs.as_subclass(torch.Tensor), affine=affine)
+        target = torch.as_tensor(ras_affine(reference), dtype=torch.float64)
+        size = reference.GetSize()
+        back = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(
+            meta, dst_affine=target, spatial_size=size)
+        array = np.asarray(torch.as_tensor(back).numpy(), dtype=np.float32).transpose(0, 3, 2, 1)
+        array = np.clip(array, 0.0, 1.0)
+        if self.manifest.postprocessing.activation == "softmax":
+            background = [i for i, c in enumerate(self.manifest.postprocessing.channels) if c.value == 0]
+            if background:  # outside the cropped field of view everything is background
+                others = [i for i in range(array.shape[0]) if i not in background]
+                array[background[0]] = np.clip(1.0 - array[others].sum(0), 0.0, 1.0)
+        return np.ascontiguousarray(array)
+
+    # -- public -------------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, sitk.Image | str | Path],
+            progress: ProgressCallback | None = None) -> SegmentationResult:
+        """Segment one case.
+
+        Args:
+            inputs: channel name (as in the manifest) -> image or path.
+            progress: optional callback (stage, fraction).
+        """
+        progress = progress or _no_progress
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        t0 = time.perf_counter()
+        progress("read", 0.0)
+        images, missing = self._gather_inputs(inputs, warnings)
+        if missing:
+            warnings.append(f"optional channel(s) {missing} absent: filled with zeros")
+        timings["read"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        progress("preprocess", 0.0)
+        pre = self.model.preprocess(to_metatensor(images))
+        affine = torch.as_tensor(pre.affine, dtype=torch.float64).clone()
+        timings["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        logits = self._infer(pre.as_tensor(), progress)
+        timings["inference"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        progress("postprocess", 0.0)
+        probs = self._to_input_grid(self._activate(logits), affine, images[0])
+        label_map = label_map_from_probabilities(probs, self.manifest)
+        voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
+        remove_small_components(label_map, self.manifest.postprocessing.min_lesion_ml, voxel_ml)
+        dtype = np.float16 if self.manifest.postprocessing.probability_dtype == "float16" else np.float32
+        probabilities = {c.name: probs[i].astype(dtype) for i, c in enumerate(self.manifest.postprocessing.channels)
+                         if c.value != 0}
+        timings["postprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        progress("lesions", 0.0)
+        lesions = find_lesions(label_map, images[0], self.manifest, probabilities)
+        timings["lesions"] = time.perf_counter() - t0
+        progress("done", 1.0)
+        return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(self.device),
+                                  timings, missing, warnings)

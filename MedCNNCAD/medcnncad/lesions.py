@@ -1,0 +1,158 @@
+"""Lesions: connected components of each label and region, with size, position and diameter.
+
+Connectivity is 26 (face, edge or corner neighbours). Centroids are given in both LPS
+(ITK/DICOM) and RAS (Slicer) millimetres. The longest diameter is RECIST-style: the
+largest distance between voxel centres of the lesion within one axial slice (the image
+axis closest to the patient's superior-inferior direction), in mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from .manifest import Manifest
+
+__all__ = ["Lesion", "find_lesions", "structure_masks", "structure_probability", "components",
+           "longest_axial_diameter_mm"]
+
+_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass
+class Lesion:
+    """One connected component of a label or region (indices are (i, j, k) = (x, y, z))."""
+
+    structure: str
+    kind: str  # "label" or "region"
+    id: int
+    voxel_count: int
+    volume_ml: float
+    centroid_lps_mm: tuple[float, float, float]
+    centroid_ras_mm: tuple[float, float, float]
+    bbox_min_ijk: tuple[int, int, int]
+    bbox_max_ijk: tuple[int, int, int]
+    longest_diameter_mm: float
+    mean_probability: float | None = None
+    max_probability: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def structure_masks(label_map: np.ndarray, manifest: Manifest) -> dict[str, tuple[str, np.ndarray]]:
+    """Name -> (kind, boolean mask) for every label and region of the manifest."""
+    masks: dict[str, tuple[str, np.ndarray]] = {}
+    for label in manifest.labels:
+        masks[label.name] = ("label", label_map == label.value)
+    for region in manifest.regions:
+        masks[region.name] = ("region", np.isin(label_map, region.labels))
+    return masks
+
+
+def structure_probability(name: str, manifest: Manifest, probabilities: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """Probability map of a label or region: its own output channel, or for a softmax model
+    the sum of its labels' channels. ``None`` when it cannot be derived."""
+    if name in probabilities:
+        return probabilities[name]
+    if manifest.postprocessing.activation != "softmax":
+        return None
+    value_to_channel = {c.value: c.name for c in manifest.postprocessing.channels}
+    labels = next((r.labels for r in manifest.regions if r.name == name), None)
+    if labels is None:
+        labels = tuple(x.value for x in manifest.labels if x.name == name)
+    names = [value_to_channel.get(v) for v in labels]
+    if not names or any(n is None or n not in probabilities for n in names):
+        return None
+    return sum(probabilities[n].astype(np.float32) for n in names)  # type: ignore[return-value]
+
+
+def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of a boolean (K, J, I) mask: (label array, count)."""
+    labelled, count = ndimage.label(mask, structure=_CONNECTIVITY)
+    return labelled, int(count)
+
+
+def _axial_axis(image: sitk.Image) -> int:
+    """Array axis (of K, J, I) whose direction is closest to superior-inferior."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    image_axis = int(np.argmax(np.abs(direction[2, :])))  # column = image axis i, j, k
+    return 2 - image_axis
+
+
+def _max_pairwise(points: np.ndarray) -> float:
+    if len(points) < 2:
+        return 0.0
+    if len(points) > 3:
+        try:
+            points = points[ConvexHull(points).vertices]
+        except QhullError:  # collinear points: extremes along the line suffice
+            pass
+    diff = points[:, None, :] - points[None, :, :]
+    return float(np.sqrt((diff ** 2).sum(-1)).max())
+
+
+def longest_axial_diameter_mm(mask: np.ndarray, image: sitk.Image) -> float:
+    """Largest in-slice distance between voxel centres of a (K, J, I) ``mask`` over axial slices (mm)."""
+    box = ndimage.find_objects(mask.astype(np.uint8))
+    if not box or box[0] is None:
+        return 0.0
+    return _diameter_in_box(mask[box[0]], box[0], image)
+
+
+def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
+                 probabilities: Mapping[str, np.ndarray] | None = None) -> list[Lesion]:
+    """Connected components of every label and region in a (K, J, I) label map.
+
+    Args:
+        label_map: label values of ``manifest`` on ``image``'s grid.
+        image: gives the grid geometry (spacing, origin, direction; LPS mm).
+        manifest: labels and regions to analyse.
+        probabilities: optional output-channel probabilities for mean/max probability.
+    """
+    probabilities = probabilities or {}
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    lesions: list[Lesion] = []
+    for name, (kind, mask) in structure_masks(label_map, manifest).items():
+        labelled, count = components(mask)
+        if count == 0:
+            continue
+        prob = structure_probability(name, manifest, probabilities)
+        for index, box in enumerate(ndimage.find_objects(labelled), start=1):
+            local = labelled[box] == index
+            kji = np.argwhere(local) + np.array([s.start for s in box])
+            centroid_ijk = kji.mean(0)[::-1]
+            lps = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in centroid_ijk])
+            mean_p = max_p = None
+            if prob is not None:
+                values = prob[box][local].astype(np.float64)
+                mean_p, max_p = float(values.mean()), float(values.max())
+            lesions.append(Lesion(
+                structure=name, kind=kind, id=index, voxel_count=int(local.sum()),
+                volume_ml=float(local.sum()) * voxel_ml,
+                centroid_lps_mm=tuple(float(v) for v in lps),
+                centroid_ras_mm=(-float(lps[0]), -float(lps[1]), float(lps[2])),
+                bbox_min_ijk=tuple(int(s.start) for s in box[::-1]),
+                bbox_max_ijk=tuple(int(s.stop - 1) for s in box[::-1]),
+                longest_diameter_mm=_diameter_in_box(local, box, image),
+                mean_probability=mean_p, max_probability=max_p))
+    return lesions
+
+
+def _diameter_in_box(local: np.ndarray, box: tuple[slice, ...], image: sitk.Image) -> float:
+    """Longest axial diameter (mm) of the voxels of ``local``, a crop of the grid at ``box``."""
+    axis = _axial_axis(image)
+    matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
+    in_plane = [a for a in range(3) if a != 2 - axis]  # the two image axes (i, j, k) within a slice
+    basis, _ = np.linalg.qr(matrix[:, in_plane])  # orthonormal 3x2 basis of the slice plane
+    kji = np.argwhere(local) + np.array([s.start for s in box])
+    best = 0.0
+    for value in np.unique(kji[:, axis]):
+        ijk = kji[kji[:, axis] == value][:, ::-1].astype(np.float64)
+        best = max(best, _max_pairwise((ijk @ matrix.T) @ basis))
+    return best

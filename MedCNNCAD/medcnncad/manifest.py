@@ -1,0 +1,283 @@
+"""Model manifests: a JSON file, validated against a JSON Schema, that fully describes a model.
+
+The manifest, never a file name, decides how a model is run: which input channels it
+takes, how they are preprocessed, which MONAI network class is built, how the sliding
+window runs, and how outputs become probabilities and a label map.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from .errors import ModelError
+
+__all__ = [
+    "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing", "InferenceSettings",
+    "OutputChannel", "Postprocessing", "Manifest", "load_manifest", "parse_manifest", "sha256_file",
+    "contained_path",
+]
+
+_SCHEMA_PATH = Path(__file__).with_name("schemas") / "manifest.schema.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    return json.loads(_SCHEMA_PATH.read_text())
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept, e.g. SNOMED-CT ("SCT", "6574001", "Necrosis")."""
+
+    scheme: str
+    code: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class Terminology:
+    """DICOM / Slicer segment terminology: category, type and optional modifier/region."""
+
+    category: Code
+    type: Code
+    modifier: Code | None = None
+    anatomic_region: Code | None = None
+
+
+@dataclass(frozen=True)
+class InputChannel:
+    name: str
+    modality: str
+    required: bool = True
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LabelDef:
+    """One label value of the label map, with display colour (RGB 0-1) and terminology."""
+
+    name: str
+    value: int
+    color: tuple[float, float, float]
+    terminology: Terminology | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RegionDef:
+    """A named union of label values, e.g. BraTS WT = {1, 2, 4}."""
+
+    name: str
+    labels: tuple[int, ...]
+    color: tuple[float, float, float] = (1.0, 1.0, 0.0)
+    terminology: Terminology | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Orientation (axis codes, RAS convention as MONAI), spacing (x, y, z mm), normalisation, crop."""
+
+    orientation: str | None = None
+    spacing_mm: tuple[float, float, float] | None = None
+    normalization: str = "zscore"
+    nonzero: bool = True
+    channel_wise: bool = True
+    a_min: float | None = None
+    a_max: float | None = None
+    crop_foreground: bool = False
+    crop_margin_vox: int = 0
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Sliding-window settings; ``roi_size`` in voxels (x, y, z) of the preprocessed grid."""
+
+    roi_size: tuple[int, int, int]
+    overlap: float = 0.25
+    blend_mode: str = "gaussian"
+    sw_batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class OutputChannel:
+    """Network output channel ``name``; ``value`` is painted into the label map (0 = background)."""
+
+    name: str
+    value: int
+
+
+@dataclass(frozen=True)
+class Postprocessing:
+    """``softmax``: label = value of the arg-max channel. ``sigmoid``: channels are painted in
+    list order wherever their probability exceeds ``threshold`` (later channels win).
+    Connected foreground components smaller than ``min_lesion_ml`` are removed from the label map."""
+
+    activation: str
+    channels: tuple[OutputChannel, ...]
+    threshold: float = 0.5
+    probability_dtype: str = "float32"
+    min_lesion_ml: float = 0.0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated model manifest. ``folder`` is the directory the manifest was read from."""
+
+    id: str
+    version: str
+    task: str
+    inputs: tuple[InputChannel, ...]
+    labels: tuple[LabelDef, ...]
+    regions: tuple[RegionDef, ...]
+    preprocessing: Preprocessing
+    network_class: str
+    network_kwargs: dict[str, Any]
+    inference: InferenceSettings
+    postprocessing: Postprocessing
+    weights_file: Path
+    weights_sha256: str
+    name: str = ""
+    description: str = ""
+    trained_on: str = ""
+    intended_use: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    folder: Path = Path(".")
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [c.name for c in self.inputs]
+
+    def label_by_value(self, value: int) -> LabelDef:
+        for label in self.labels:
+            if label.value == value:
+                return label
+        raise KeyError(value)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def contained_path(folder: Path, relative: str, what: str) -> Path:
+    """Resolve ``relative`` inside ``folder``; refuse absolute paths and escapes (``..``, links)."""
+    if Path(relative).is_absolute():
+        raise ModelError(f"{folder}: {what} path {relative!r} must be relative to the model folder")
+    root = folder.resolve()
+    target = (root / relative).resolve()
+    if root != target and root not in target.parents:
+        raise ModelError(f"{folder}: {what} path {relative!r} escapes the model folder")
+    return target
+
+
+def _code(d: dict[str, Any] | None) -> Code | None:
+    return None if d is None else Code(d["scheme"], d["code"], d["meaning"])
+
+
+def _terminology(d: dict[str, Any] | None) -> Terminology | None:
+    if d is None:
+        return None
+    return Terminology(_code(d["category"]), _code(d["type"]), _code(d.get("modifier")),  # type: ignore[arg-type]
+                       _code(d.get("anatomic_region")))
+
+
+def _check_consistency(m: Manifest, where: str) -> None:
+    """Cross-field rules the JSON Schema cannot express."""
+    for kind, names in (("input", m.input_names), ("label", [x.name for x in m.labels]),
+                        ("region", [r.name for r in m.regions])):
+        if len(set(names)) != len(names):
+            raise ModelError(f"{where}: duplicate {kind} names {names}")
+    values = {x.value for x in m.labels}
+    if len(values) != len(m.labels):
+        raise ModelError(f"{where}: duplicate label values {[x.value for x in m.labels]}")
+    for region in m.regions:
+        unknown = set(region.labels) - values
+        if unknown:
+            raise ModelError(f"{where}: region {region.name!r} uses unknown label values {sorted(unknown)}")
+    for ch in m.postprocessing.channels:
+        if ch.value and ch.value not in values:
+            raise ModelError(f"{where}: output channel {ch.name!r} paints unknown label value {ch.value}")
+    out = m.network_kwargs.get("out_channels")
+    if out is not None and out != len(m.postprocessing.channels):
+        raise ModelError(f"{where}: network out_channels={out} but {len(m.postprocessing.channels)} output channels")
+    n_in = m.network_kwargs.get("in_channels")
+    if n_in is not None and n_in != len(m.inputs):
+        raise ModelError(f"{where}: network in_channels={n_in} but {len(m.inputs)} inputs")
+
+
+def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") -> Manifest:
+    """Validate a manifest dictionary and build the typed :class:`Manifest`.
+
+    Raises:
+        ModelError: naming ``where`` and the first schema or consistency violation.
+    """
+    try:
+        jsonschema.validate(data, _schema())
+    except jsonschema.ValidationError as exc:
+        loc = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ModelError(f"{where}: invalid manifest at {loc}: {exc.message[:200]}") from None
+    pre = data["preprocessing"]
+    norm = pre.get("normalization", {"method": "none"})
+    crop = pre.get("crop_foreground", {})
+    inf = data["inference"]
+    post = data["postprocessing"]
+    manifest = Manifest(
+        id=data["id"], version=data["version"], task=data["task"],
+        inputs=tuple(InputChannel(c["name"], c["modality"], c.get("required", True), tuple(c.get("aliases", ())),
+                                  c.get("description", "")) for c in data["inputs"]),
+        labels=tuple(LabelDef(x["name"], x["value"], tuple(x["color"]), _terminology(x.get("terminology")),
+                              x.get("description", "")) for x in data["labels"]),
+        regions=tuple(RegionDef(r["name"], tuple(r["labels"]), tuple(r.get("color", (1.0, 1.0, 0.0))),
+                                _terminology(r.get("terminology")), r.get("description", ""))
+                      for r in data.get("regions", [])),
+        preprocessing=Preprocessing(
+            orientation=pre.get("orientation"),
+            spacing_mm=tuple(pre["spacing_mm"]) if "spacing_mm" in pre else None,
+            normalization=norm["method"], nonzero=norm.get("nonzero", True),
+            channel_wise=norm.get("channel_wise", True), a_min=norm.get("a_min"), a_max=norm.get("a_max"),
+            crop_foreground=crop.get("enabled", False), crop_margin_vox=crop.get("margin_vox", 0)),
+        network_class=data["network"]["class"], network_kwargs=dict(data["network"]["kwargs"]),
+        inference=InferenceSettings(tuple(inf["roi_size"]), inf.get("overlap", 0.25),
+                                    inf.get("blend_mode", "gaussian"), inf.get("sw_batch_size", 1)),
+        postprocessing=Postprocessing(post["activation"],
+                                      tuple(OutputChannel(c["name"], c["value"]) for c in post["channels"]),
+                                      post.get("threshold", 0.5), post.get("probability_dtype", "float32"),
+                                      post.get("min_lesion_ml", 0.0)),
+        weights_file=contained_path(folder, data["weights"]["file"], "weights"),
+        weights_sha256=data["weights"]["sha256"],
+        name=data.get("name", data["id"]), description=data.get("description", ""),
+        trained_on=data.get("trained_on", ""), intended_use=data.get("intended_use", ""),
+        training=data.get("training", {}), folder=folder, raw=data,
+    )
+    _check_consistency(manifest, where)
+    return manifest
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate ``manifest.json`` (or a folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: manifest not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: manifest must be a JSON object")
+    return parse_manifest(data, path.parent, where=str(path))

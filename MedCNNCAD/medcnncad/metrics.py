@@ -1,0 +1,204 @@
+"""Overlap, distance and lesion-detection metrics between a prediction and a reference.
+
+All metrics are per structure (a label value or a region = set of label values) on
+(K, J, I) arrays; distances are in mm using the voxel spacing, volumes in mL.
+
+Definitions (TP, FP, FN, TN counted over the whole grid):
+
+- ``dice`` = ``f1`` = 2TP / (2TP + FP + FN); ``jaccard`` = TP / (TP + FP + FN)
+- ``precision`` = TP / (TP + FP); ``recall`` = ``sensitivity`` = TP / (TP + FN)
+- ``specificity`` = TN / (TN + FP); ``accuracy`` = (TP + TN) / N
+- ``volume_diff_ml`` = predicted volume - reference volume (signed)
+- Surfaces are the voxels of a mask removed by one binary erosion (6-connected), as in
+  MONAI. ``hd95_mm`` = max of the two directed 95th percentiles of surface-to-surface
+  distances; ``assd_mm`` = mean of all surface distances in both directions (MONAI's
+  ``compute_hausdorff_distance(percentile=95)`` and symmetric
+  ``compute_average_surface_distance``). ``hausdorff_mm`` is the full voxel-set
+  Hausdorff distance, as SimpleITK's ``HausdorffDistanceImageFilter``.
+
+Empty masks (documented and tested behaviour):
+
+- both empty: dice, jaccard, f1, precision, recall = 1; distances = 0.
+- one empty: dice, jaccard, f1 = 0; distances = ``None`` (undefined); the ratio whose
+  denominator is 0 (precision when nothing is predicted, recall when the reference is
+  empty) is ``None``; the other is 0.
+- specificity is ``None`` when the reference covers the whole grid (no negatives).
+``None`` is written as JSON ``null``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .errors import InputError
+from .io import geometry_text, same_space
+from .lesions import components
+
+__all__ = ["StructureMetrics", "LesionDetection", "structure_metrics", "lesion_detection", "compute_metrics",
+           "check_label_image", "structures_for_labels", "DETECTION_RULE"]
+
+DETECTION_RULE = ("26-connected components; a reference lesion is detected (TP) when at least one of its voxels "
+                  "is predicted; a predicted lesion is a false positive when none of its voxels is in the reference")
+
+
+@dataclass
+class LesionDetection:
+    """Lesion-wise detection counts under :data:`DETECTION_RULE`."""
+
+    reference_lesions: int
+    predicted_lesions: int
+    true_positive: int
+    false_negative: int
+    false_positive: int
+    sensitivity: float | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StructureMetrics:
+    """Every metric for one label or region (see module docstring for definitions)."""
+
+    dice: float
+    jaccard: float
+    precision: float | None
+    recall: float | None
+    sensitivity: float | None
+    specificity: float | None
+    accuracy: float
+    f1: float
+    hd95_mm: float | None
+    assd_mm: float | None
+    hausdorff_mm: float | None
+    volume_diff_ml: float
+    predicted_volume_ml: float
+    reference_volume_ml: float
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    lesions: LesionDetection | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _ratio(num: int, den: int, both_empty: bool) -> float | None:
+    if den:
+        return num / den
+    return 1.0 if both_empty else None
+
+
+def _crop_union(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop both masks to their union's bounding box plus a 1-voxel zero margin."""
+    union = pred | ref
+    box = ndimage.find_objects(union.astype(np.uint8))[0]
+    pad = [(1, 1)] * pred.ndim
+    return np.pad(pred[box], pad), np.pad(ref[box], pad)
+
+
+def _edges(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def _distances(pred: np.ndarray, ref: np.ndarray, spacing_kji: Sequence[float]) -> dict[str, float]:
+    """Surface and voxel-set distances (mm) for two non-empty masks on the same grid."""
+    pred, ref = _crop_union(pred, ref)
+    edge_p, edge_r = _edges(pred), _edges(ref)
+    to_edge_r = ndimage.distance_transform_edt(~edge_r, sampling=spacing_kji)
+    to_edge_p = ndimage.distance_transform_edt(~edge_p, sampling=spacing_kji)
+    d_pr = to_edge_r[edge_p]
+    d_rp = to_edge_p[edge_r]
+    hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
+    assd = float(np.concatenate([d_pr, d_rp]).mean())
+    # voxel-set Hausdorff: distance of each voxel of one set to the nearest voxel of the other
+    to_ref = ndimage.distance_transform_edt(~ref, sampling=spacing_kji)
+    to_pred = ndimage.distance_transform_edt(~pred, sampling=spacing_kji)
+    hausdorff = max(float(to_ref[pred].max()), float(to_pred[ref].max()))
+    return {"hd95_mm": hd95, "assd_mm": assd, "hausdorff_mm": hausdorff}
+
+
+def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> LesionDetection:
+    """Lesion-wise detection of boolean (K, J, I) masks under :data:`DETECTION_RULE`."""
+    ref_cc, n_ref = components(ref)
+    pred_cc, n_pred = components(pred)
+    detected = len(np.unique(ref_cc[pred & (ref_cc > 0)]))
+    overlapping_pred = len(np.unique(pred_cc[ref & (pred_cc > 0)]))
+    return LesionDetection(n_ref, n_pred, detected, n_ref - detected, n_pred - overlapping_pred,
+                           detected / n_ref if n_ref else None)
+
+
+def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
+                      with_lesions: bool = True) -> StructureMetrics:
+    """All metrics for two boolean (K, J, I) masks; ``spacing_xyz`` in mm (x, y, z)."""
+    pred = np.asarray(pred, dtype=bool)
+    ref = np.asarray(ref, dtype=bool)
+    if pred.shape != ref.shape:
+        raise InputError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    spacing_kji = tuple(float(s) for s in spacing_xyz)[::-1]
+    n_pred, n_ref = int(pred.sum()), int(ref.sum())
+    tp = int(np.count_nonzero(pred & ref))
+    fp, fn = n_pred - tp, n_ref - tp
+    tn = pred.size - tp - fp - fn
+    both_empty = n_pred == 0 and n_ref == 0
+    dice = _ratio(2 * tp, 2 * tp + fp + fn, both_empty)
+    if n_pred and n_ref:
+        dist: dict[str, float | None] = dict(_distances(pred, ref, spacing_kji))
+    else:
+        value = 0.0 if both_empty else None
+        dist = {"hd95_mm": value, "assd_mm": value, "hausdorff_mm": value}
+    recall = _ratio(tp, tp + fn, both_empty)
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+    return StructureMetrics(
+        dice=dice, jaccard=_ratio(tp, tp + fp + fn, both_empty),  # type: ignore[arg-type]
+        precision=_ratio(tp, tp + fp, both_empty), recall=recall, sensitivity=recall,
+        specificity=_ratio(tn, tn + fp, False), accuracy=(tp + tn) / pred.size, f1=dice,  # type: ignore[arg-type]
+        hd95_mm=dist["hd95_mm"], assd_mm=dist["assd_mm"], hausdorff_mm=dist["hausdorff_mm"],
+        volume_diff_ml=(n_pred - n_ref) * voxel_ml, predicted_volume_ml=n_pred * voxel_ml,
+        reference_volume_ml=n_ref * voxel_ml, tp=tp, fp=fp, fn=fn, tn=tn,
+        lesions=lesion_detection(pred, ref) if with_lesions else None)
+
+
+def structures_for_labels(values: Sequence[int], regions: Mapping[str, Sequence[int]] | None = None,
+                          names: Mapping[int, str] | None = None) -> dict[str, tuple[int, ...]]:
+    """Structure name -> label values: one per label (named by ``names`` or ``label_<v>``), then regions."""
+    names = names or {}
+    out = {names.get(v, f"label_{v}"): (int(v),) for v in values}
+    for name, labels in (regions or {}).items():
+        out[name] = tuple(int(v) for v in labels)
+    return out
+
+
+def compute_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
+                    structures: Mapping[str, Sequence[int]]) -> dict[str, StructureMetrics]:
+    """Metrics for every structure (name -> label values) of two (K, J, I) label maps."""
+    if pred.shape != ref.shape:
+        raise InputError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    return {name: structure_metrics(np.isin(pred, values), np.isin(ref, values), spacing_xyz)
+            for name, values in structures.items()}
+
+
+def check_label_image(image: sitk.Image, path: str, reference: sitk.Image | None = None,
+                      reference_path: str = "reference") -> np.ndarray:
+    """Validate a label map image and return it as an integer (K, J, I) array.
+
+    Raises:
+        InputError: non-integer or negative values, or (when ``reference`` is given) a
+            different grid, with both geometries in the message.
+    """
+    if reference is not None and not same_space(image, reference):
+        raise InputError(f"{path}: grid differs from {reference_path} ({path}: {geometry_text(image)}; "
+                         f"{reference_path}: {geometry_text(reference)})")
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):
+            raise InputError(f"{path}: label map has non-integer values")
+    if array.min() < 0 or array.max() > 65535:
+        raise InputError(f"{path}: label values must be between 0 and 65535, got {array.min()}..{array.max()}")
+    return array.astype(np.uint16 if array.max() > 255 else np.uint8)

@@ -1,0 +1,212 @@
+"""Case outputs: label map (.nii.gz, .seg.nrrd), probability maps, report.json and PNG overlays.
+
+Everything is first written into a hidden staging folder inside the output folder and
+moved into place only when every file was written, so a failure leaves the output
+folder as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import INTENDED_USE, __version__
+from .errors import InputError
+from .inference import SegmentationResult
+from .io import write_image
+from .metrics import DETECTION_RULE, StructureMetrics
+from .segfile import write_seg_nrrd
+
+__all__ = ["CaseOutputs", "json_safe", "build_report", "write_case_outputs", "render_overlays", "summary_table"]
+
+METRIC_KEYS = ("dice", "jaccard", "precision", "recall", "sensitivity", "specificity", "accuracy", "f1",
+               "hd95_mm", "assd_mm", "volume_diff_ml")
+
+
+@dataclass
+class CaseOutputs:
+    """Paths written for one case."""
+
+    folder: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetrics] | None = None,
+                 inputs: Mapping[str, str] | None = None, outputs: Mapping[str, str] | None = None,
+                 extra_timings: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The ``report.json`` content for one case."""
+    m = result.manifest
+    timings = dict(result.timings)
+    timings.update(extra_timings or {})
+    report = {
+        "medcnncad_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": m.intended_use or INTENDED_USE,
+        "model": {"id": m.id, "name": m.name, "version": m.version, "weights_sha256": m.weights_sha256,
+                  "trained_on": m.trained_on, "folder": str(m.folder)},
+        "device": result.device,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "inputs": dict(inputs or {}),
+        "missing_channels": result.missing_channels,
+        "warnings": result.warnings,
+        "grid": {"size_ijk": list(result.reference.GetSize()), "spacing_mm": list(result.reference.GetSpacing()),
+                 "origin_lps_mm": list(result.reference.GetOrigin()),
+                 "direction": list(result.reference.GetDirection())},
+        "labels": [{"name": x.name, "value": x.value, "color": list(x.color)} for x in m.labels],
+        "regions": [{"name": r.name, "labels": list(r.labels)} for r in m.regions],
+        "lesions": [lesion.to_json() for lesion in result.lesions],
+        "lesion_detection_rule": DETECTION_RULE,
+        "outputs": dict(outputs or {}),
+    }
+    if metrics is not None:
+        report["metrics"] = {name: s.to_json() for name, s in metrics.items()}
+    return json_safe(report)
+
+
+def _display_slices(image: sitk.Image, center_ijk: tuple[float, float, float]) -> list[tuple[str, Any]]:
+    """Axial, coronal and sagittal slices of an LPS-oriented image through ``center_ijk``."""
+    arr = sitk.GetArrayViewFromImage(image)  # K (S), J (P), I (L)
+    i, j, k = (int(round(c)) for c in center_ijk)
+    return [("axial", arr[k, :, :]), ("coronal", arr[::-1, j, :]), ("sagittal", arr[::-1, :, i])]
+
+
+def _aspects(image: sitk.Image) -> list[float]:
+    sx, sy, sz = image.GetSpacing()
+    return [sy / sx, sz / sx, sz / sy]
+
+
+def render_overlays(result: SegmentationResult, background: sitk.Image, out_png: str | Path,
+                    reference_labels: np.ndarray | None = None, title: str = "") -> Path:
+    """Three orthogonal slices (radiological convention) through the largest lesion.
+
+    AI labels are filled in their manifest colours; reference boundaries (if given) are
+    drawn as white contours.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def lps(img: sitk.Image) -> sitk.Image:
+        return sitk.DICOMOrient(img, "LPS")
+
+    bg = lps(sitk.Cast(background, sitk.sitkFloat32))
+    labels = lps(result.label_image())
+    ref = None
+    if reference_labels is not None:
+        ref_img = sitk.GetImageFromArray(reference_labels.astype(np.uint8))
+        ref_img.CopyInformation(result.reference)
+        ref = lps(ref_img)
+    largest = max(result.lesions, key=lambda les: les.voxel_count, default=None)
+    if largest is not None:
+        center = labels.TransformPhysicalPointToContinuousIndex(largest.centroid_lps_mm)
+    else:
+        center = tuple((n - 1) / 2 for n in labels.GetSize())
+    colors = np.zeros((256, 4))
+    for x in result.manifest.labels:
+        colors[x.value] = (*x.color, 0.45)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="black")
+    for ax, (name, img), (_, lab), aspect in zip(axes, _display_slices(bg, center), _display_slices(labels, center),
+                                                  _aspects(bg)):
+        lo, hi = np.percentile(img, [1, 99.5]) if img.any() else (0, 1)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        ax.imshow(colors[lab], aspect=aspect, interpolation="nearest")
+        ax.set_title(name, color="white", fontsize=10)
+        ax.axis("off")
+    if ref is not None:
+        for ax, (_, rl), aspect in zip(axes, _display_slices(ref, center), _aspects(bg)):
+            if rl.any():
+                ax.contour(rl > 0, levels=[0.5], colors="white", linewidths=0.8)
+    fig.suptitle(title or f"{result.manifest.name} - AI labels filled, reference outlined in white\n"
+                 f"{INTENDED_USE.split(' - ')[0]} - not for diagnosis", color="white", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90, facecolor="black")
+    plt.close(fig)
+    return Path(out_png)
+
+
+def write_case_outputs(result: SegmentationResult, out_dir: str | Path, background: sitk.Image | None = None,
+                       metrics: Mapping[str, StructureMetrics] | None = None,
+                       reference_labels: np.ndarray | None = None, inputs: Mapping[str, str] | None = None,
+                       extra_timings: Mapping[str, float] | None = None) -> CaseOutputs:
+    """Write every output of one case atomically into ``out_dir``.
+
+    Files: ``labels.nii.gz``, ``labels.seg.nrrd``, ``prob_<channel>.nii.gz``,
+    ``overlay.png`` and ``report.json``.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".medcnncad-staging-", dir=out))
+    except OSError as exc:
+        raise InputError(f"{out}: output folder is not writable ({exc.strerror})") from None
+    try:
+        names = {"labels": "labels.nii.gz", "segmentation": "labels.seg.nrrd", "overlay": "overlay.png",
+                 "report": "report.json"}
+        write_image(result.label_image(), staging / names["labels"])
+        write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
+        for channel in result.probabilities:
+            names[f"prob_{channel}"] = f"prob_{channel}.nii.gz"
+            write_image(result.probability_image(channel), staging / names[f"prob_{channel}"])
+        render_overlays(result, background if background is not None else result.reference, staging / names["overlay"],
+                        reference_labels)
+        report = build_report(result, metrics, inputs, names, extra_timings)
+        (staging / names["report"]).write_text(json.dumps(report, indent=2) + "\n")
+        files = {}
+        for key, name in names.items():
+            os.replace(staging / name, out / name)
+            files[key] = out / name
+        return CaseOutputs(out, files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def summary_table(report: Mapping[str, Any]) -> str:
+    """A short plain-text summary of a report (model, lesions, metrics)."""
+    model = report["model"]
+    lines = [f"MedCNNCAD {report['medcnncad_version']} - {report['intended_use']}",
+             f"model {model['id']} {model['version']} (sha256 {model['weights_sha256'][:12]}...), "
+             f"trained on: {model['trained_on']}",
+             f"device {report['device']}, total {sum(report['timings_s'].values()):.2f} s"]
+    structures = [x["name"] for x in report["labels"]] + [r["name"] for r in report["regions"]]
+    lesions = report["lesions"]
+    lines.append("")
+    lines.append(f"{'structure':<10}{'lesions':>8}{'volume mL':>11}{'max diam mm':>13}")
+    for name in structures:
+        mine = [les for les in lesions if les["structure"] == name]
+        lines.append(f"{name:<10}{len(mine):>8}{sum(les['volume_ml'] for les in mine):>11.2f}"
+                     f"{max((les['longest_diameter_mm'] for les in mine), default=0.0):>13.1f}")
+    if "metrics" in report:
+        lines.append("")
+        lines.append(f"{'structure':<10}{'Dice':>7}{'HD95 mm':>9}{'ASSD mm':>9}{'sens':>7}{'prec':>7}{'dVol mL':>9}")
+        for name, m in report["metrics"].items():
+            lines.append(f"{name:<10}{_fmt(m['dice']):>7}{_fmt(m['hd95_mm'], 2):>9}{_fmt(m['assd_mm'], 2):>9}"
+                         f"{_fmt(m['sensitivity'], 2):>7}{_fmt(m['precision'], 2):>7}{m['volume_diff_ml']:>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""MONAI bundles: refused while untrusted, and then identical to the manifest path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import small_phantom, write_bundle
+from medcnncad.bundle import bundle_code_entries, trust_bundle
+from medcnncad.errors import TrustError
+from medcnncad.inference import Segmenter, remove_small_components
+from medcnncad.models import load_model
+
+
+def test_untrusted_bundle_with_code_is_refused(tmp_path):
+    folder = write_bundle(tmp_path / "bundle")
+    entries = bundle_code_entries(folder)
+    assert any("$torch.device" in e for e in entries)
+    with pytest.raises(TrustError, match="executable code"):
+        load_model(folder)
+
+
+def test_bundle_without_code_needs_no_trust(tmp_path):
+    folder = write_bundle(tmp_path / "bundle", code=False)
+    assert bundle_code_entries(folder) == []
+    assert load_model(folder).source == "bundle"
+
+
+def test_trusted_list_is_keyed_by_hash(tmp_path):
+    folder = write_bundle(tmp_path / "bundle")
+    trust_bundle(folder)
+    assert load_model(folder).source == "bundle"
+    config = folder / "configs" / "inference.json"
+    data = json.loads(config.read_text())
+    data["inferer"]["overlap"] = 0.5  # any change makes it a different, untrusted bundle
+    config.write_text(json.dumps(data))
+    with pytest.raises(TrustError):
+        load_model(folder)
+
+
+def test_trusted_bundle_runs_and_matches_the_manifest_model(tmp_path):
+    images, _ = small_phantom()
+    bundle = load_model(write_bundle(tmp_path / "bundle"), trust=True)
+    assert bundle.manifest.input_names == ["T1", "T1c", "T2", "FLAIR"]
+    assert bundle.manifest.inference.roi_size == (96, 96, 96)
+    a = Segmenter(bundle, "cpu").run(images)
+    b = Segmenter(load_model("brats-demo-unet"), "cpu").run(images)
+    for name in ("NCR", "ED", "ET"):
+        np.testing.assert_allclose(a.probabilities[name], b.probabilities[name], atol=1e-4)
+    # the bundle paints channel indices (0..3); the manifest paints BraTS values (0, 1, 2, 4),
+    # and its manifest also drops components under 0.1 mL
+    voxel_ml = float(np.prod(b.reference.GetSpacing())) / 1000
+    brats = remove_small_components(np.array([0, 1, 2, 4], np.uint8)[a.label_map], 0.1, voxel_ml)
+    np.testing.assert_array_equal(brats, b.label_map)

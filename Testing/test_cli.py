@@ -1,0 +1,125 @@
+"""The medcnncad command line: results, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import ROOT, make_image
+from helpers import small_phantom, write_bundle
+from medcnncad.cli import main
+from medcnncad.metrics import structure_metrics
+
+
+def _write(img, path):
+    sitk.WriteImage(img, str(path))
+    return str(path)
+
+
+def _labels(tmp_path):
+    rng = np.random.default_rng(3)
+    ref = np.zeros((12, 14, 16), np.uint8)
+    ref[3:9, 4:10, 5:12] = 2
+    ref[5:7, 6:8, 7:9] = 4
+    pred = ref.copy()
+    pred[rng.random(ref.shape) < 0.05] = 2
+    spacing = (0.9, 1.2, 3.0)
+    return (_write(make_image(pred, spacing), tmp_path / "pred.nii.gz"),
+            _write(make_image(ref, spacing), tmp_path / "ref.nrrd"), pred, ref, spacing)
+
+
+def test_evaluate_json_matches_library(tmp_path, capsys):
+    pred_path, ref_path, pred, ref, spacing = _labels(tmp_path)
+    assert main(["evaluate", "--pred", pred_path, "--ref", ref_path, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["metrics"]
+    assert set(out) == {"label_2", "label_4", "foreground"}
+    expected = structure_metrics(np.isin(pred, (2, 4)), np.isin(ref, (2, 4)), spacing)
+    for key in ("dice", "jaccard", "precision", "recall", "sensitivity", "specificity", "accuracy", "f1",
+                "hd95_mm", "assd_mm", "volume_diff_ml"):
+        assert out["foreground"][key] == pytest.approx(getattr(expected, key), abs=1e-9), key
+
+
+def test_evaluate_with_model_names(tmp_path, capsys):
+    pred_path, ref_path, *_ = _labels(tmp_path)
+    assert main(["evaluate", "--pred", pred_path, "--ref", ref_path, "--json", "--model", "brats-demo-unet"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["metrics"]) == {"NCR", "ED", "ET", "WT", "TC"}
+
+
+def _one_line_error(capsys, argv, fragment):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("medcnncad: error:"), err
+    assert fragment in err, err
+    assert "Traceback" not in err
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    pred_path, ref_path, pred, *_ = _labels(tmp_path)
+    other = _write(make_image(pred, (1, 1, 1)), tmp_path / "other.nii.gz")
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"not an image at all")
+    floats = _write(make_image(pred.astype(np.float32) + 0.5, (0.9, 1.2, 3.0)), tmp_path / "float.nii.gz")
+    _one_line_error(capsys, ["evaluate", "--pred", str(tmp_path / "nope.nii.gz"), "--ref", ref_path], "nope.nii.gz")
+    _one_line_error(capsys, ["evaluate", "--pred", other, "--ref", ref_path], "grid differs")
+    _one_line_error(capsys, ["evaluate", "--pred", str(garbage), "--ref", ref_path], "garbage.nii.gz")
+    _one_line_error(capsys, ["evaluate", "--pred", floats, "--ref", ref_path], "non-integer")
+    _one_line_error(capsys, ["segment", "--model", "brats-demo-unet", "--input", f"T1={pred_path}",
+                             "--out", str(tmp_path / "o")], "needs input channel(s)")
+    _one_line_error(capsys, ["segment", "--model", "brats-demo-unet", "--input", "T1", "--out", str(tmp_path)],
+                    "NAME=PATH")
+    _one_line_error(capsys, ["segment", "--model", "no-such", "--input", f"T1={pred_path}",
+                             "--out", str(tmp_path)], "no such model")
+    assert not (tmp_path / "o").exists()
+
+
+def test_untrusted_bundle_exit_2_then_trust_flag_runs(tmp_path, capsys):
+    images, label = small_phantom()
+    case = tmp_path / "case"
+    case.mkdir()
+    args = []
+    for name, img in images.items():
+        args += ["--input", f"{name}={_write(img, case / f'{name}.nii.gz')}"]
+    bundle = str(write_bundle(tmp_path / "bundle"))
+    _one_line_error(capsys, ["segment", "--model", bundle, *args, "--out", str(tmp_path / "out")], "--trust")
+    assert not (tmp_path / "out").exists()
+    assert main(["segment", "--model", bundle, *args, "--out", str(tmp_path / "out"), "--trust"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["id"] == "demo-bundle"
+
+
+def test_segment_writes_every_output(tmp_path, capsys):
+    images, label = small_phantom()
+    case = tmp_path / "case"
+    case.mkdir()
+    args = []
+    for name, img in images.items():
+        args += ["--input", f"{name}={_write(img, case / f'{name}.nii.gz')}"]
+    ref = _write(label, case / "label.nii.gz")
+    out = tmp_path / "out"
+    assert main(["segment", "--model", "brats-demo-unet", *args, "--out", str(out), "--reference", ref]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"labels.nii.gz", "labels.seg.nrrd", "prob_NCR.nii.gz", "prob_ED.nii.gz", "prob_ET.nii.gz",
+            "overlay.png", "report.json"} == names
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["metrics"]) == {"NCR", "ED", "ET", "WT", "TC"}
+    for key in ("dice", "jaccard", "precision", "recall", "sensitivity", "specificity", "accuracy", "f1",
+                "hd95_mm", "assd_mm", "volume_diff_ml"):
+        assert key in report["metrics"]["WT"]
+    assert report["model"]["weights_sha256"] and report["device"] == "cpu"
+    assert {"read", "preprocess", "inference", "postprocess", "lesions", "metrics", "write"} <= set(report["timings_s"])
+    assert report["metrics"]["WT"]["dice"] > 0.8
+    labels = sitk.ReadImage(str(out / "labels.nii.gz"))
+    assert labels.GetSize() == label.GetSize()
+    assert "WT" in capsys.readouterr().out
+
+
+def test_console_script_and_models_listing():
+    done = subprocess.run([sys.executable, "-m", "medcnncad.cli", "models"], capture_output=True, text=True,
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT / "MedCNNCAD"), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert "brats-demo-unet\t1.0.0\tinputs T1,T1c,T2,FLAIR" in done.stdout

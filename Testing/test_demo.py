@@ -1,0 +1,24 @@
+"""`medcnncad demo` end to end: a held-out phantom, the shipped model, Dice >= 0.80 for WT, TC, ET."""
+
+from __future__ import annotations
+
+import json
+
+from medcnncad.cli import main
+
+
+def test_demo_writes_outputs_and_reaches_dice(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    for name in ("labels.nii.gz", "labels.seg.nrrd", "prob_NCR.nii.gz", "prob_ED.nii.gz", "prob_ET.nii.gz",
+                 "overlay.png", "report.json", "inputs/T1c.nii.gz", "inputs/label.nii.gz"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    for region in ("WT", "TC", "ET"):
+        assert report["metrics"][region]["dice"] >= 0.80, (region, report["metrics"][region]["dice"])
+    assert "not for diagnosis" in report["intended_use"]
+    assert "phantom" in report["model"]["trained_on"]
+    assert report["lesions"] and all(les["volume_ml"] > 0 for les in report["lesions"])
+    printed = capsys.readouterr().out
+    assert "WT" in printed and "Dice" in printed and "not for diagnosis" in printed
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind

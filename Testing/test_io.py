@@ -1,0 +1,73 @@
+"""Reading volumes: formats, DICOM series folders, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image
+from medcnncad.errors import InputError
+from medcnncad.io import read_volume, write_image
+
+
+def _write_dicom_series(image: sitk.Image, folder) -> None:
+    """Write a volume as a CT DICOM series, one file per slice (SimpleITK's recipe)."""
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = image.GetDirection()
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.12345"
+    for k in range(image.GetDepth()):
+        s = image[:, :, k]
+        s.SetMetaData("0020|000e", series_uid)
+        s.SetMetaData("0008|0060", "CT")
+        s.SetMetaData("0020|0037", "\\".join(str(v) for v in (direction[0], direction[3], direction[6],
+                                                               direction[1], direction[4], direction[7])))
+        s.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        s.SetMetaData("0020|0013", str(k))
+        s.SetMetaData("0018|0050", str(image.GetSpacing()[2]))
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(s)
+
+
+def test_dicom_series_folder_reads_with_geometry(tmp_path):
+    arr = (np.arange(6 * 7 * 8).reshape(6, 7, 8) % 200).astype(np.int16)
+    image = make_image(arr, spacing=(0.7, 0.8, 2.5), origin=(-10, 20, 30))
+    _write_dicom_series(image, tmp_path / "series")
+    back = read_volume(tmp_path / "series")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), arr)
+    assert back.GetSpacing() == pytest.approx((0.7, 0.8, 2.5), abs=1e-4)
+    assert back.GetOrigin() == pytest.approx((-10, 20, 30), abs=1e-3)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", ".nii"])
+def test_formats_round_trip(tmp_path, suffix):
+    arr = np.random.default_rng(0).random((4, 5, 6)).astype(np.float32)
+    image = make_image(arr, spacing=(1, 2, 3), origin=(4, 5, 6), direction=(0, 1, 0, 1, 0, 0, 0, 0, -1))
+    path = write_image(image, tmp_path / f"x{suffix}")
+    back = read_volume(path)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), arr)
+    assert back.GetDirection() == pytest.approx(image.GetDirection())
+    assert [p.name for p in tmp_path.iterdir()] == [f"x{suffix}"]  # no temporary file left
+
+
+def test_read_errors_name_the_file(tmp_path):
+    with pytest.raises(InputError, match="missing.nii.gz: file not found"):
+        read_volume(tmp_path / "missing.nii.gz")
+    bad = tmp_path / "bad.nrrd"
+    bad.write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 10 10 10\nencoding: raw\n\n\x00\x01")
+    with pytest.raises(InputError, match="bad.nrrd: cannot be read"):
+        read_volume(bad)
+    nan = make_image(np.full((3, 3, 3), np.nan, np.float32))
+    write_image(nan, tmp_path / "nan.mha")  # (ITK reads NaN in NIfTI as 0)
+    with pytest.raises(InputError, match="NaN"):
+        read_volume(tmp_path / "nan.mha")
+    flat = sitk.GetImageFromArray(np.zeros((5, 5), np.float32))
+    sitk.WriteImage(flat, str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(InputError, match="expected a 3D volume, got 2D"):
+        read_volume(tmp_path / "flat.nii.gz")
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no DICOM series"):
+        read_volume(empty)

@@ -1,0 +1,58 @@
+"""Lesion measurements on hand-built label maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import make_image
+from helpers import blob_manifest_dict
+from medcnncad.lesions import find_lesions, longest_axial_diameter_mm
+from medcnncad.manifest import parse_manifest
+
+
+def test_square_lesion_measurements(tmp_path):
+    manifest = parse_manifest(blob_manifest_dict(), tmp_path)
+    labels = np.zeros((6, 30, 30), np.uint8)
+    labels[2:4, 5:15, 10:20] = 3          # 10 x 10 voxels in 2 axial slices
+    labels[1, 25, 25] = 3                 # a second, single-voxel lesion
+    image = make_image(labels, spacing=(0.5, 0.5, 3.0), origin=(100, 50, -10))
+    prob = np.where(labels == 3, 0.9, 0.1).astype(np.float32)
+    prob[2, 5, 10] = 0.6
+    lesions = find_lesions(labels, image, manifest, {"blob": prob})
+    blob = [x for x in lesions if x.structure == "blob"]
+    assert len(blob) == 2 and len([x for x in lesions if x.structure == "any"]) == 2
+    big = max(blob, key=lambda x: x.voxel_count)
+    assert big.voxel_count == 200
+    assert big.volume_ml == pytest.approx(200 * 0.5 * 0.5 * 3 / 1000)
+    # centroid index (i, j, k) = (14.5, 9.5, 2.5) -> LPS = origin + index * spacing
+    assert big.centroid_lps_mm == pytest.approx((100 + 14.5 * 0.5, 50 + 9.5 * 0.5, -10 + 2.5 * 3))
+    assert big.centroid_ras_mm == pytest.approx((-(100 + 7.25), -(50 + 4.75), -2.5))
+    assert big.longest_diameter_mm == pytest.approx(math.hypot(4.5, 4.5))
+    assert big.bbox_min_ijk == (10, 5, 2) and big.bbox_max_ijk == (19, 14, 3)
+    assert big.max_probability == pytest.approx(0.9)
+    assert big.mean_probability == pytest.approx((199 * 0.9 + 0.6) / 200, rel=1e-6)
+    small = min(blob, key=lambda x: x.voxel_count)
+    assert small.longest_diameter_mm == 0.0
+
+
+def test_diameter_uses_axial_plane_only():
+    mask = np.zeros((20, 5, 5), bool)
+    mask[:, 2, 2] = True  # long along z (superior-inferior), one voxel in-plane
+    image = make_image(mask.astype(np.uint8), spacing=(1, 1, 2))
+    assert longest_axial_diameter_mm(mask, image) == 0.0
+    mask2 = np.zeros((3, 5, 40), bool)
+    mask2[1, 2, 3:33] = True
+    assert longest_axial_diameter_mm(mask2, make_image(mask2.astype(np.uint8), spacing=(0.7, 1, 2))) == \
+        pytest.approx(29 * 0.7)
+
+
+def test_diameter_with_axial_axis_permuted():
+    """When the slice axis of the array is not K, the axial plane still follows the patient."""
+    mask = np.zeros((5, 40, 6), bool)
+    mask[2, 3:33, 3] = True  # along array axis J
+    # direction: image axis j points superior -> the line is cranio-caudal, not in-plane
+    image = make_image(mask.astype(np.uint8), direction=(1, 0, 0, 0, 0, 1, 0, 1, 0))
+    assert longest_axial_diameter_mm(mask, image) == 0.0

@@ -1,0 +1,131 @@
+"""Metrics against hand-computed values, SimpleITK and MONAI (anisotropic spacing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.metrics import (DiceMetric, compute_average_surface_distance, compute_hausdorff_distance)
+from scipy import ndimage
+
+from conftest import make_image
+from medcnncad.metrics import compute_metrics, lesion_detection, structure_metrics
+
+SPACING_XYZ = (0.8, 1.1, 2.5)
+
+
+def _random_masks(seed: int, shape=(24, 30, 28)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    a = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0) > 0.05
+    b = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0) > 0.05
+    b |= a & (rng.random(shape) < 0.5)  # correlated, as a prediction and its reference are
+    return a, b
+
+
+def _monai(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    p = torch.from_numpy(pred[None, None].astype(np.float32))
+    r = torch.from_numpy(ref[None, None].astype(np.float32))
+    spacing = SPACING_XYZ[::-1]  # arrays are (K, J, I)
+    dice = DiceMetric(include_background=True, reduction="none")(p, r)
+    return {
+        "dice": float(dice[0, 0]),
+        "hd95_mm": float(compute_hausdorff_distance(p, r, include_background=True, percentile=95,
+                                                    spacing=spacing)[0, 0]),
+        "assd_mm": float(compute_average_surface_distance(p, r, include_background=True, symmetric=True,
+                                                          spacing=spacing)[0, 0]),
+    }
+
+
+def _sitk(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    p = make_image(pred.astype(np.uint8), SPACING_XYZ)
+    r = make_image(ref.astype(np.uint8), SPACING_XYZ)
+    overlap = sitk.LabelOverlapMeasuresImageFilter()
+    overlap.Execute(p, r)  # source = prediction, target = reference
+    hd = sitk.HausdorffDistanceImageFilter()
+    hd.Execute(r, p)
+    return {"dice": overlap.GetDiceCoefficient(), "jaccard": overlap.GetJaccardCoefficient(),
+            "fnr": overlap.GetFalseNegativeError(), "fpr": overlap.GetFalsePositiveError(),
+            "volume_similarity": overlap.GetVolumeSimilarity(), "hausdorff_mm": hd.GetHausdorffDistance()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_equal_to_monai_and_simpleitk_on_random_masks(seed):
+    pred, ref = _random_masks(seed)
+    m = structure_metrics(pred, ref, SPACING_XYZ)
+    mon = _monai(pred, ref)
+    itk = _sitk(pred, ref)
+    assert m.dice == pytest.approx(mon["dice"], abs=1e-6)
+    assert m.dice == pytest.approx(itk["dice"], abs=1e-6)
+    assert m.jaccard == pytest.approx(itk["jaccard"], abs=1e-6)
+    assert 1 - m.recall == pytest.approx(itk["fnr"], abs=1e-6)
+    # ITK's false positive error is FP / (FP + TN) = 1 - specificity
+    assert 1 - m.specificity == pytest.approx(itk["fpr"], abs=1e-6)
+    vs = 2 * (m.predicted_volume_ml - m.reference_volume_ml) / (m.predicted_volume_ml + m.reference_volume_ml)
+    assert vs == pytest.approx(itk["volume_similarity"], abs=1e-6)
+    # MONAI computes distances in float32: equal to 1e-6 relative
+    assert m.hd95_mm == pytest.approx(mon["hd95_mm"], rel=1e-6)
+    assert m.assd_mm == pytest.approx(mon["assd_mm"], rel=1e-6)
+    assert m.hausdorff_mm == pytest.approx(itk["hausdorff_mm"], abs=1e-6)
+    assert m.f1 == m.dice
+    assert m.sensitivity == m.recall
+
+
+def test_hand_built_cubes_anisotropic():
+    # reference: 4x4x4 cube; prediction: same cube shifted by one voxel along I (x)
+    ref = np.zeros((10, 10, 10), bool)
+    ref[3:7, 3:7, 3:7] = True
+    pred = np.roll(ref, 1, axis=2)
+    m = structure_metrics(pred, ref, SPACING_XYZ)
+    # overlap 4x4x3 = 48 voxels of 64 each: TP 48, FP 16, FN 16
+    assert (m.tp, m.fp, m.fn, m.tn) == (48, 16, 16, 1000 - 80)
+    assert m.dice == pytest.approx(96 / 128)
+    assert m.jaccard == pytest.approx(48 / 80)
+    assert m.precision == pytest.approx(0.75) and m.recall == pytest.approx(0.75)
+    assert m.specificity == pytest.approx(920 / 936)
+    assert m.accuracy == pytest.approx(968 / 1000)
+    assert m.volume_diff_ml == pytest.approx(0.0)
+    assert m.predicted_volume_ml == pytest.approx(64 * 0.8 * 1.1 * 2.5 / 1000)
+    # shift by one voxel along x (0.8 mm): every voxel of one set is within 0.8 mm of the other
+    assert m.hausdorff_mm == pytest.approx(0.8)
+
+
+def test_empty_conventions():
+    empty = np.zeros((5, 6, 7), bool)
+    full = empty.copy()
+    full[1:3, 1:3, 1:3] = True
+    both = structure_metrics(empty, empty, SPACING_XYZ)
+    assert both.dice == 1.0 and both.precision == 1.0 and both.recall == 1.0
+    assert both.hd95_mm == 0.0 and both.assd_mm == 0.0 and both.specificity == 1.0
+    missed = structure_metrics(empty, full, SPACING_XYZ)  # nothing predicted
+    assert missed.dice == 0.0 and missed.recall == 0.0 and missed.precision is None
+    assert missed.hd95_mm is None and missed.volume_diff_ml == pytest.approx(-8 * 2.2 / 1000)
+    spurious = structure_metrics(full, empty, SPACING_XYZ)  # nothing to find
+    assert spurious.dice == 0.0 and spurious.precision == 0.0 and spurious.recall is None
+    whole = np.ones((2, 2, 2), bool)
+    assert structure_metrics(whole, whole, SPACING_XYZ).specificity is None
+
+
+def test_lesion_detection_rule():
+    ref = np.zeros((20, 20, 20), bool)
+    pred = np.zeros_like(ref)
+    ref[2:5, 2:5, 2:5] = True       # lesion A: found
+    ref[10:13, 10:13, 10:13] = True  # lesion B: missed
+    pred[4:6, 4:6, 4:6] = True       # touches A by one corner voxel block
+    pred[15:18, 2:4, 2:4] = True     # false positive
+    d = lesion_detection(pred, ref)
+    assert (d.reference_lesions, d.predicted_lesions) == (2, 2)
+    assert (d.true_positive, d.false_negative, d.false_positive) == (1, 1, 1)
+    assert d.sensitivity == 0.5
+
+
+def test_compute_metrics_labels_and_regions():
+    ref = np.zeros((8, 8, 8), np.uint8)
+    ref[2:6, 2:6, 2:6] = 2
+    ref[3:5, 3:5, 3:5] = 4
+    pred = ref.copy()
+    pred[3:5, 3:5, 3:5] = 1  # enhancing predicted as necrosis
+    out = compute_metrics(pred, ref, (1, 1, 1), {"NCR": (1,), "ED": (2,), "ET": (4,), "WT": (1, 2, 4), "TC": (1, 4)})
+    assert out["WT"].dice == 1.0 and out["TC"].dice == 1.0 and out["ED"].dice == 1.0
+    assert out["ET"].dice == 0.0 and out["NCR"].dice == 0.0
+    assert out["ET"].recall == 0.0 and out["NCR"].precision == 0.0

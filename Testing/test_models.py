@@ -1,0 +1,107 @@
+"""Manifests and the model supply chain: schema, SHA-256, weights_only, path containment."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from helpers import DEMO_MODEL, blob_manifest_dict
+from medcnncad.errors import ModelError
+from medcnncad.manifest import load_manifest, parse_manifest, sha256_file
+from medcnncad.models import find_model, list_models, load_model
+
+
+def test_shipped_demo_manifest_is_valid_and_hash_matches():
+    manifest = load_manifest(DEMO_MODEL)
+    assert manifest.id == "brats-demo-unet"
+    assert sha256_file(manifest.weights_file) == manifest.weights_sha256
+    assert "phantom" in manifest.trained_on and "not for diagnosis" in manifest.intended_use
+    assert [r.name for r in manifest.regions] == ["WT", "TC"]
+    assert manifest.regions[0].labels == (1, 2, 4)
+    assert {x.name: x.terminology.type.code for x in manifest.labels} == {"NCR": "6574001", "ED": "79654002",
+                                                                        "ET": "108369006"}
+    assert manifest.weights_file.stat().st_size < 8 * 1024 * 1024  # a few MB at most
+
+
+def test_demo_model_is_found_by_id_and_listed():
+    assert find_model("brats-demo-unet").resolve() == DEMO_MODEL.resolve()
+    assert DEMO_MODEL.resolve() in [p.resolve() for p in list_models()]
+    model = load_model("brats-demo-unet")
+    assert not model.network.training
+
+
+def _copy_model(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, folder)
+    return folder
+
+
+def test_modified_weights_are_refused(tmp_path):
+    folder = _copy_model(tmp_path)
+    data = bytearray((folder / "model.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (folder / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match the manifest"):
+        load_model(folder)
+
+
+class _Payload:
+    def __reduce__(self):  # executed by an unsafe unpickler
+        import os
+
+        return (os.system, (f"touch {_Payload.marker}",))
+
+
+def test_pickle_payload_is_refused_before_it_runs(tmp_path):
+    folder = _copy_model(tmp_path)
+    _Payload.marker = tmp_path / "pwned"
+    torch.save({"weight": _Payload()}, folder / "model.pt")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["weights"]["sha256"] = sha256_file(folder / "model.pt")  # even with a matching hash
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="refused to load weights"):
+        load_model(folder)
+    assert not _Payload.marker.exists()
+
+
+@pytest.mark.parametrize("path", ["../outside.pt", "/etc/passwd", "sub/../../x.pt"])
+def test_weights_path_cannot_escape_the_model_folder(tmp_path, path):
+    raw = blob_manifest_dict()
+    raw["weights"]["file"] = path
+    with pytest.raises(ModelError, match="model folder"):
+        parse_manifest(raw, tmp_path)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m.pop("labels"), "'labels' is a required property"),
+    (lambda m: m["network"].update({"class": "os.system"}), "network/class"),
+    (lambda m: m["regions"][0].update({"labels": [9]}), "unknown label values"),
+    (lambda m: m["inference"].update({"overlap": 1.5}), "inference/overlap"),
+    (lambda m: m["network"]["kwargs"].update({"out_channels": 5}), "out_channels=5"),
+    (lambda m: m["labels"][0].update({"color": [2, 0, 0]}), "labels/0/color"),
+])
+def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
+    raw = blob_manifest_dict()
+    mutate(raw)
+    with pytest.raises(ModelError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        parse_manifest(raw, tmp_path)
+
+
+def test_unknown_model_id(tmp_path):
+    with pytest.raises(ModelError, match="no such model"):
+        find_model("no-such-model")
+
+
+def test_behaviour_does_not_depend_on_file_names(tmp_path):
+    """The same model under an unrelated folder and weights name behaves the same."""
+    folder = tmp_path / "x"
+    shutil.copytree(DEMO_MODEL, folder)
+    (folder / "model.pt").rename(folder / "w.bin")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["weights"]["file"] = "w.bin"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    a, b = load_model(folder).network.state_dict(), load_model(DEMO_MODEL).network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,135 @@
+"""The inference pipeline with a stand-in network whose output is known voxel by voxel."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import make_image
+from helpers import ThresholdNet, blob_manifest_dict
+from medcnncad.errors import InputError
+from medcnncad.inference import Segmenter
+from medcnncad.manifest import parse_manifest
+from medcnncad.models import LoadedModel
+from medcnncad.preprocess import build_preprocessing
+
+
+def _segmenter(tmp_path, **pre) -> Segmenter:
+    manifest = parse_manifest(blob_manifest_dict(**pre), tmp_path)
+    model = LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest", tmp_path)
+    return Segmenter(model, device="cpu")
+
+
+def _volume(shape=(20, 26, 30)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    vol = np.zeros(shape, np.float32)
+    vol[5:15, 6:20, 8:25] = 1.0
+    vol[8:11, 10:12, 3:6] = 0.8
+    return vol + rng.uniform(-0.2, 0.2, shape).astype(np.float32) * (vol > 0)
+
+
+# A direction with permuted, flipped axes: the pipeline must undo it exactly.
+OBLIQUE = (0, -1, 0, 0, 0, 1, -1, 0, 0)
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), OBLIQUE])
+def test_reorientation_is_exactly_undone(tmp_path, direction):
+    vol = _volume()
+    image = make_image(vol, spacing=(0.9, 1.3, 2.0), origin=(10, -20, 5), direction=direction)
+    seg = _segmenter(tmp_path, orientation="RAS")
+    result = seg.run({"CT": image})
+    np.testing.assert_array_equal(result.label_map, np.where(vol > 0.5, 3, 0))
+    expected = 1 / (1 + np.exp(-40 * (vol.astype(np.float64) - 0.5)))
+    np.testing.assert_allclose(result.probabilities["blob"], expected, atol=1e-5)
+    assert result.label_map.shape == vol.shape
+    assert result.reference.GetDirection() == pytest.approx(direction)
+
+
+def test_crop_outside_is_background(tmp_path):
+    vol = _volume()
+    image = make_image(vol)
+    result = _segmenter(tmp_path, crop_foreground={"enabled": True, "margin_vox": 1}).run({"CT": image})
+    np.testing.assert_array_equal(result.label_map, np.where(vol > 0.5, 3, 0))
+    assert float(result.probabilities["blob"][0, 0, 0]) == 0.0
+
+
+def test_resampling_round_trip_keeps_shape(tmp_path):
+    vol = np.zeros((24, 40, 40), np.float32)
+    vol[6:18, 10:30, 10:30] = 1.0
+    image = make_image(vol, spacing=(1.0, 1.0, 2.0))
+    result = _segmenter(tmp_path, spacing_mm=[1.5, 1.5, 1.5]).run({"CT": image})
+    truth = vol > 0.5
+    pred = result.label_map == 3
+    dice = 2 * (pred & truth).sum() / (pred.sum() + truth.sum())
+    assert dice > 0.95
+
+
+def test_progress_reports_stages(tmp_path):
+    seen = []
+    _segmenter(tmp_path).run({"CT": make_image(_volume())}, progress=lambda s, f: seen.append((s, f)))
+    stages = [s for s, _ in seen]
+    assert stages[0] == "read" and stages[-1] == "done"
+    inference = [f for s, f in seen if s == "inference"]
+    assert inference[-1] == 1.0 and inference == sorted(inference)
+
+
+def test_input_validation(tmp_path):
+    seg = _segmenter(tmp_path)
+    image = make_image(_volume())
+    with pytest.raises(InputError, match=r"\['MR'\] not in model blob"):
+        seg.run({"MR": image})
+    with pytest.raises(InputError, match=r"needs input channel\(s\) \['CT'\]"):
+        seg.run({})
+    with pytest.raises(InputError, match="not found"):
+        seg.run({"CT": str(tmp_path / "missing.nii.gz")})
+
+
+def _two_channel(tmp_path) -> Segmenter:
+    raw = blob_manifest_dict()
+    raw["inputs"].append({"name": "PET", "modality": "PT", "required": False})
+    raw["network"]["kwargs"]["in_channels"] = 2
+    manifest = parse_manifest(raw, tmp_path)
+
+    class FirstChannel(ThresholdNet):
+        def forward(self, x):
+            return super().forward(x[:, :1])
+
+    return Segmenter(LoadedModel(manifest, FirstChannel(), build_preprocessing(manifest.preprocessing),
+                                 "manifest", tmp_path), device="cpu")
+
+
+def test_channels_on_other_grids(tmp_path, caplog):
+    seg = _two_channel(tmp_path)
+    vol = _volume()
+    ct = make_image(vol)
+    finer = sitk.Resample(ct, [n * 2 for n in ct.GetSize()], sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(),
+                          [s / 2 for s in ct.GetSpacing()], ct.GetDirection())
+    with caplog.at_level(logging.WARNING):
+        result = seg.run({"CT": ct, "PET": finer})
+    assert any("resampled onto the grid of CT" in w for w in result.warnings)
+    assert "resampled" in caplog.text
+    far = make_image(vol, origin=(500, 500, 500))
+    with pytest.raises(InputError, match="not in the same physical space"):
+        seg.run({"CT": ct, "PET": far})
+
+
+def test_optional_channel_missing_is_recorded(tmp_path):
+    result = _two_channel(tmp_path).run({"CT": make_image(_volume())})
+    assert result.missing_channels == ["PET"]
+    assert result.label_map.max() == 3
+
+
+def test_small_components_are_removed_from_the_label_map():
+    from medcnncad.inference import remove_small_components
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[1:5, 1:5, 1:5] = 2   # 64 voxels
+    labels[2:4, 2:4, 2:4] = 4   # inside the same component
+    labels[8, 8, 8] = 1          # 1 voxel
+    labels[7:9, 1:3, 1:3] = 1    # 8 voxels
+    out = remove_small_components(labels.copy(), min_ml=0.008, voxel_ml=0.001)  # keep >= 8 voxels
+    assert out[8, 8, 8] == 0 and (out[7:9, 1:3, 1:3] == 1).all() and (out[2:4, 2:4, 2:4] == 4).all()
+    np.testing.assert_array_equal(remove_small_components(labels.copy(), 0.0, 0.001), labels)
