@@ -28,7 +28,7 @@ from .manifest import (InferenceSettings, InputChannel, LabelDef, Manifest, Outp
                        Preprocessing, contained_path)
 from .models import LoadedModel, load_into, load_state_dict_verified
 
-__all__ = ["bundle_hash", "bundle_code_entries", "trusted_hashes", "trust_bundle", "load_bundle"]
+__all__ = ["bundle_hash", "bundle_code_entries", "trusted_hashes", "trust_bundle", "load_bundle", "describe_bundle"]
 
 _SAFE_TARGET_PREFIXES = ("monai.", "torch.nn.", "torch.optim.")
 _LOADING_TRANSFORMS = {"LoadImage", "LoadImaged", "EnsureChannelFirst", "EnsureChannelFirstd", "SaveImage",
@@ -182,6 +182,24 @@ def _bundle_manifest(folder: Path, meta: dict, network_name: str, inference: Inf
         name=name, description=str(meta.get("description", "")),
         trained_on=str(meta.get("data_source", "see bundle metadata")),
         intended_use=str(meta.get("intended_use", "")), folder=folder, raw={"bundle": True})
+
+
+def describe_bundle(folder: str | Path) -> Manifest:
+    """The engine's view of a bundle from its metadata and raw config, without running any of it."""
+    folder = Path(folder)
+    meta = _read_config(folder / "configs" / "metadata.json")
+    if not isinstance(meta, dict):
+        raise ModelError(f"{folder / 'configs' / 'metadata.json'}: metadata must be a JSON object")
+    config = _read_config(_find_config(folder))
+    raw_inferer = config.get("inferer", {}) if isinstance(config, dict) else {}
+    plain = {k: v for k, v in raw_inferer.items() if not (isinstance(v, str) and v[:1] in "$@")}
+    settings = InferenceSettings(tuple(int(v) for v in plain.get("roi_size", (96, 96, 96))),
+                                 float(plain.get("overlap", 0.25)), str(plain.get("mode", "constant")),
+                                 int(plain.get("sw_batch_size", 1)))
+    network = str((config.get("network_def") or {}).get("_target_", "network")) if isinstance(config, dict) else ""
+    post = _postprocessing(config, _channel_names(meta, "outputs", 2, "class"))
+    return _bundle_manifest(folder, meta, network.rsplit(".", 1)[-1], settings, post,
+                            contained_path(folder, "models/model.pt", "weights"))
 
 
 def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:

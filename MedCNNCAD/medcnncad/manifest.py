@@ -146,6 +146,7 @@ class Manifest:
     weights_file: Path
     weights_sha256: str
     name: str = ""
+    aliases: tuple[str, ...] = ()
     description: str = ""
     trained_on: str = ""
     intended_use: str = ""
@@ -259,7 +260,8 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
                                       post.get("min_lesion_ml", 0.0)),
         weights_file=contained_path(folder, data["weights"]["file"], "weights"),
         weights_sha256=data["weights"]["sha256"],
-        name=data.get("name", data["id"]), description=data.get("description", ""),
+        name=data.get("name", data["id"]), aliases=tuple(data.get("aliases", ())),
+        description=data.get("description", ""),
         trained_on=data.get("trained_on", ""), intended_use=data.get("intended_use", ""),
         training=data.get("training", {}), folder=folder, raw=data,
     )

@@ -19,7 +19,7 @@ from .errors import ModelError
 from .manifest import Manifest, load_manifest, sha256_file
 
 __all__ = ["LoadedModel", "model_search_paths", "list_models", "find_model", "load_model", "build_network",
-           "load_state_dict_verified", "load_into"]
+           "load_state_dict_verified", "load_into", "describe_model"]
 
 
 @dataclass
@@ -80,7 +80,8 @@ def find_model(id_or_path: str) -> Path:
     for folder in list_models():
         if (folder / "manifest.json").is_file():
             try:
-                if load_manifest(folder).id == id_or_path:
+                manifest = load_manifest(folder)
+                if id_or_path == manifest.id or id_or_path in manifest.aliases:
                     return folder
             except ModelError:
                 continue
@@ -130,6 +131,16 @@ def load_into(network: torch.nn.Module, state: dict[str, torch.Tensor], path: Pa
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit the network ({str(exc).splitlines()[0][:200]})") from None
+
+
+def describe_model(id_or_path: str | Path) -> Manifest:
+    """The manifest of a model (or a bundle's equivalent) without loading weights or running code."""
+    folder = find_model(str(id_or_path))
+    if _is_bundle(folder) and not (folder / "manifest.json").is_file():
+        from .bundle import describe_bundle
+
+        return describe_bundle(folder)
+    return load_manifest(folder)
 
 
 def load_model(id_or_path: str | Path, trust: bool = False) -> LoadedModel:

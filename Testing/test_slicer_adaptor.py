@@ -1,0 +1,185 @@
+"""Engine results as real Slicer MRML nodes (slicer-core), and back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("slicer")
+import slicer  # noqa: E402
+import slicer.util  # noqa: E402
+import vtk  # noqa: E402
+
+from conftest import make_image  # noqa: E402
+from helpers import small_phantom  # noqa: E402
+from medcnncad import slicer_adaptor as sa  # noqa: E402
+from medcnncad.errors import InputError  # noqa: E402
+from medcnncad.inference import Segmenter  # noqa: E402
+from medcnncad.models import load_model  # noqa: E402
+from slicer_scene import new_scene, scene_fingerprint, volume_from_image  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    return new_scene()
+
+
+@pytest.fixture(scope="module")
+def demo_result():
+    images, label = small_phantom()
+    result = Segmenter(load_model("brats-demo-unet"), "cpu").run(images)
+    return images, label, result
+
+
+def test_volume_node_geometry_round_trip(scene):
+    arr = np.random.default_rng(1).random((5, 6, 7)).astype(np.float32)
+    image = make_image(arr, spacing=(0.7, 1.1, 2.5), origin=(10, -3, 40), direction=(0, -1, 0, 0, 0, 1, -1, 0, 0))
+    node = volume_from_image(image, "oblique")
+    back = sa.volume_node_to_image(node)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), arr)
+    assert back.GetSpacing() == pytest.approx(image.GetSpacing())
+    assert back.GetOrigin() == pytest.approx(image.GetOrigin())
+    assert back.GetDirection() == pytest.approx(image.GetDirection())
+    # RAS of voxel (i, j, k) = (1, 2, 3) agrees with ITK's LPS point
+    lps = image.TransformIndexToPhysicalPoint((1, 2, 3))
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    ras = matrix.MultiplyPoint([1, 2, 3, 1])
+    assert ras[:3] == pytest.approx((-lps[0], -lps[1], lps[2]))
+
+
+def test_result_nodes(scene, demo_result):
+    images, label, result = demo_result
+    t1 = volume_from_image(images["T1"], "T1")
+    nodes = sa.add_result_nodes(result, t1)
+    seg = nodes.segmentation
+    segmentation = seg.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(3)] == ["NCR", "ED", "ET"]
+    assert segmentation.GetSegment("ET").GetColor() == pytest.approx((1.0, 0.9, 0.1))
+    assert "SCT^6574001^Necrosis" in segmentation.GetSegment("NCR").GetTerminology()
+    for name, value in (("NCR", 1), ("ED", 2), ("ET", 4)):
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg, name, t1)
+        np.testing.assert_array_equal(mask > 0, result.label_map == value)
+    assert seg.GetDisplayNode().GetVisibility3D()
+    assert seg.GetAttribute("MedCNNCAD.modelId") == "brats-demo-unet"
+    assert seg.GetAttribute("MedCNNCAD.weightsSHA256") == result.manifest.weights_sha256
+    assert "not for diagnosis" in seg.GetAttribute("MedCNNCAD.intendedUse")
+    assert set(json.loads(seg.GetAttribute("MedCNNCAD.timings"))) >= {"inference", "preprocess"}
+    prob = nodes.probabilities["ET"]
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(prob), result.probabilities["ET"])
+    assert prob.GetDisplayNode().GetApplyThreshold() and prob.GetDisplayNode().GetLowerThreshold() == 0.5
+    sa.set_probability_threshold(prob, 0.8)
+    assert prob.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.8)
+    with pytest.raises(InputError, match="between 0 and 1"):
+        sa.set_probability_threshold(prob, 1.5)
+    table = nodes.lesion_table.GetTable()
+    assert table.GetNumberOfRows() == len(result.lesions)
+    assert [table.GetColumnName(i) for i in range(3)] == ["structure", "id", "volume_ml"]
+    first = result.lesions[0]
+    assert table.GetValueByName(0, "volume_ml").ToDouble() == pytest.approx(first.volume_ml)
+    assert table.GetValueByName(0, "R").ToDouble() == pytest.approx(first.centroid_ras_mm[0])
+
+
+def test_jump_to_lesion_centres_slice_views(scene, demo_result):
+    images, _, result = demo_result
+    lesion = max(result.lesions, key=lambda x: x.voxel_count)
+    sa.jump_to_ras(lesion.centroid_ras_mm)
+    red = scene.GetFirstNode("Red", "vtkMRMLSliceNode")
+    origin = [red.GetSliceToRAS().GetElement(r, 3) for r in range(3)]
+    assert origin == pytest.approx(list(lesion.centroid_ras_mm), abs=1e-6)
+
+
+def test_compare_with_reference(scene, demo_result):
+    images, label, result = demo_result
+    t1 = volume_from_image(images["T1"], "T1")
+    ai = sa.add_segmentation_node(result.label_map, result.manifest, t1, "AI")
+    ref_labels = sitk.GetArrayFromImage(label)
+    reference = sa.add_segmentation_node(ref_labels, result.manifest, t1, "Reader")
+    comparison = sa.compare_nodes(ai, reference, t1, result.manifest)
+    from medcnncad.metrics import compute_metrics
+
+    expected = compute_metrics(result.label_map, ref_labels, images["T1"].GetSpacing(),
+                               {"NCR": (1,), "ED": (2,), "ET": (4,), "WT": (1, 2, 4), "TC": (1, 4)})
+    for name, m in expected.items():
+        assert comparison.metrics[name].dice == pytest.approx(m.dice)
+        assert comparison.metrics[name].hd95_mm == pytest.approx(m.hd95_mm)
+    table = comparison.metrics_table.GetTable()
+    assert table.GetNumberOfRows() == 5
+    assert table.GetValueByName(3, "dice").ToDouble() == pytest.approx(expected["WT"].dice)
+    disc = comparison.discordance.GetSegmentation()
+    ai_wt, ref_wt = np.isin(result.label_map, (1, 2, 4)), np.isin(ref_labels, (1, 2, 4))
+    ai_only = slicer.util.arrayFromSegmentBinaryLabelmap(comparison.discordance, "AI_only", t1)
+    ref_only = slicer.util.arrayFromSegmentBinaryLabelmap(comparison.discordance, "reference_only", t1)
+    assert int(ai_only.sum()) == int((ai_wt & ~ref_wt).sum())
+    assert int(ref_only.sum()) == int((ref_wt & ~ai_wt).sum())
+    assert disc.GetSegment("AI_only").GetName() == "WT AI only"
+
+
+def test_lesion_concordance_hand_built():
+    ai = np.zeros((10, 10, 10), bool)
+    ref = np.zeros_like(ai)
+    ai[1:3, 1:3, 1:3] = True   # shared
+    ref[2:4, 2:4, 2:4] = True
+    ai[7:9, 7:9, 7:9] = True   # AI only
+    ref[1, 8, 8] = True        # reference only
+    out = sa.lesion_concordance(ai, ref, make_image(ai.astype(np.uint8)), "WT")
+    assert sorted((x.found_by, round(x.volume_ml * 1000)) for x in out) == [("AI", 8), ("reference", 1)]
+
+
+def test_unmatched_reference_segment_is_an_error(scene, demo_result):
+    images, _, result = demo_result
+    t1 = volume_from_image(images["T1"], "T1")
+    other = sa._new_segmentation(t1, "reader")
+    sa._add_segment(other, t1, "x", "Tumour", (1, 0, 0), result.label_map > 0)
+    with pytest.raises(InputError, match="'Tumour'.*matches no label"):
+        sa.segmentation_to_labels(other, t1, result.manifest)
+
+
+def test_failure_leaves_scene_unchanged(scene, demo_result, monkeypatch):
+    images, _, result = demo_result
+    t1 = volume_from_image(images["T1"], "T1")
+    existing = sa.add_segmentation_node(result.label_map, result.manifest, t1, "Reader's own")
+    before = scene_fingerprint(scene)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sa, "add_lesion_table", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sa.add_result_nodes(result, t1)
+    assert scene_fingerprint(scene) == before
+    assert existing.GetSegmentation().GetNumberOfSegments() == 3
+
+
+def test_seg_nrrd_round_trip_through_slicer(scene, tmp_path, demo_result):
+    images, _, result = demo_result
+    from medcnncad.segfile import write_seg_nrrd
+
+    path = write_seg_nrrd(result.label_map, result.reference, result.manifest, tmp_path / "ai.seg.nrrd")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    assert storage.ReadData(seg)
+    segmentation = seg.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["NCR", "ED", "ET"]
+    assert segmentation.GetSegment("ED").GetColor() == pytest.approx((0.2, 0.8, 0.2))
+    assert "Edema" in segmentation.GetSegment("ED").GetTerminology()
+    t1 = volume_from_image(images["T1"], "T1")
+    for name, value in (("NCR", 1), ("ED", 2), ("ET", 4)):
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(seg, name, t1)
+        np.testing.assert_array_equal(mask > 0, result.label_map == value)
+    # and Slicer's own writer round-trips our node
+    out = sa.add_segmentation_node(result.label_map, result.manifest, t1, "AI")
+    writer = slicer.vtkMRMLSegmentationStorageNode()
+    writer.SetFileName(str(tmp_path / "slicer.seg.nrrd"))
+    assert writer.WriteData(out)
+    again = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    reader = slicer.vtkMRMLSegmentationStorageNode()
+    reader.SetFileName(str(tmp_path / "slicer.seg.nrrd"))
+    assert reader.ReadData(again)
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(again, "ET", t1) > 0,
+                                  result.label_map == 4)
