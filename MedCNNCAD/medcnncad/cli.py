@@ -193,6 +193,21 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample_data(args: argparse.Namespace) -> int:
+    from .manifest import load_manifest, sha256_file
+    from .models import find_model
+    from .phantom import write_sample_case
+
+    out = Path(args.out)
+    paths = write_sample_case(out, load_manifest(find_model(args.model)), seed=args.seed)
+    index = {"seed": args.seed, "recipe": f"medcnncad sample-data --out {out} --seed {args.seed}",
+             "files": {k: {"file": v.name, "sha256": sha256_file(v)} for k, v in paths.items()}}
+    (out / "MedCNNCADPhantom.json").write_text(json.dumps(index, indent=2) + "\n")
+    for name, path in paths.items():
+        print(f"{name}\t{path}\t{index['files'][name]['sha256']}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .errors import ModelError
     from .manifest import load_manifest
@@ -286,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_phantoms)
+
+    p = sub.add_parser("sample-data", help="write the compact sample case registered with Slicer's Sample Data")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=DEMO_SEED)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model whose label names the reference uses")
+    p.set_defaults(func=cmd_sample_data)
 
     p = sub.add_parser("models", help="list installed models")
     p.set_defaults(func=cmd_models)

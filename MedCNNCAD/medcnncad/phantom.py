@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-__all__ = ["SEQUENCES", "PhantomConfig", "PhantomCase", "make_phantom", "write_phantom"]
+__all__ = ["SEQUENCES", "PhantomConfig", "PhantomCase", "make_phantom", "write_phantom", "write_sample_case"]
 
 SEQUENCES: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
 
@@ -256,4 +256,34 @@ def write_phantom(case: PhantomCase, out_dir: str | Path) -> dict[str, Path]:
         write_image(img, paths[name])
     paths["label"] = out / "label.nii.gz"
     write_image(case.label, paths["label"])
+    return paths
+
+
+def write_sample_case(out_dir: str | Path, manifest, seed: int = 900_000) -> dict[str, Path]:
+    """The compact sample case shipped for Slicer's Sample Data module (a recipe, deterministic).
+
+    The phantom is cropped to its brain's bounding box and each sequence is stored as
+    8-bit NRRD (scaled to 0-255): ``MedCNNCADPhantom_<seq>.nrrd``. The reference is a
+    Slicer segmentation ``MedCNNCADPhantom_reference.seg.nrrd`` whose segments carry the
+    names, colours and terminology of ``manifest``'s labels (BraTS values 1, 2, 4).
+    """
+    from .io import write_image
+    from .segfile import write_seg_nrrd
+
+    case = make_phantom(seed)
+    brain = np.argwhere(sitk.GetArrayViewFromImage(case.images["T1"]) > 0)
+    (k0, j0, i0), (k1, j1, i1) = brain.min(0), brain.max(0) + 1
+    out = Path(out_dir)
+    paths = {}
+    for name, image in [*case.images.items(), ("label", case.label)]:
+        crop = image[int(i0):int(i1), int(j0):int(j1), int(k0):int(k1)]
+        array = sitk.GetArrayFromImage(crop)
+        if name != "label":
+            array = np.clip(np.round(array / max(float(array.max()), 1e-6) * 255), 0, 255)
+        small = sitk.GetImageFromArray(array.astype(np.uint8))
+        small.CopyInformation(crop)
+        if name == "label":
+            paths["reference"] = write_seg_nrrd(array, crop, manifest, out / "MedCNNCADPhantom_reference.seg.nrrd")
+        else:
+            paths[name] = write_image(small, out / f"MedCNNCADPhantom_{name}.nrrd")
     return paths

@@ -1,0 +1,315 @@
+"""MedCNNCAD: an AI second reader in 3D Slicer. Research use only, not for diagnosis.
+
+Four classes, four jobs: the Module (metadata), the Widget (wires the parameter node to
+the Logic), the Logic (a thin facade over the Qt-free ``medcnncad`` engine; usable from
+the Python console) and the Test. All work lives in the engine package next to this file.
+"""
+
+import functools
+import json
+import pathlib
+from typing import Annotated
+
+import slicer
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from medcnncad.slicer_logic import INTENDED_USE, SecondReaderLogic
+
+DEFAULT_MODEL = "brats-demo-unet"
+MAX_CHANNELS = 4  # input selectors in the .ui
+
+
+class MedCNNCAD(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MedCNNCAD"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MedCNNCAD team"]
+        self.parent.helpText = (
+            "AI second reader: MONAI 3D CNNs segment tumors, show voxel and lesion probabilities, and measure "
+            "agreement (Dice, HD95, ...) with a reference segmentation.<br><b>" + INTENDED_USE + "</b><br>"
+            "The shipped demo model was trained on synthetic phantoms only.")
+        self.parent.acknowledgementText = (
+            "Built on 3D Slicer, MONAI, PyTorch and SimpleITK. Phantom anatomy: MNI152 2009 template (nilearn).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register the shipped phantom case (checksummed local files) with the Sample Data module."""
+    import SampleData
+
+    folder = pathlib.Path(__file__).parent / "Resources" / "SampleData"
+    if not (folder / "MedCNNCADPhantom.json").exists():  # source tree: Resources/ is at the top level
+        folder = pathlib.Path(__file__).parents[1] / "Resources" / "SampleData"
+    files = json.loads((folder / "MedCNNCADPhantom.json").read_text())["files"]
+    names = ["T1", "T1c", "T2", "FLAIR", "reference"]
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MedCNNCAD", sampleName="MedCNNCADPhantom",
+        uris=[(folder / files[n]["file"]).as_uri() for n in names],
+        fileNames=[files[n]["file"] for n in names],
+        nodeNames=[f"Phantom {n}" for n in names[:4]] + ["Phantom reference"],
+        checksums=[f"SHA256:{files[n]['sha256']}" for n in names],
+        loadFileType=["VolumeFile"] * 4 + ["SegmentationFile"],
+        thumbnailFileName=str(pathlib.Path(__file__).parent / "Resources" / "Icons" / "MedCNNCAD.png"))
+
+
+@functools.cache
+def parameterNodeClass():
+    """The typed parameter node (created on first use: it needs Slicer's parameterNodeWrapper)."""
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+    @parameterNodeWrapper
+    class MedCNNCADParameterNode:
+        model: str = DEFAULT_MODEL
+        trust: bool = False
+        device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+        inputVolume0: slicer.vtkMRMLScalarVolumeNode
+        inputVolume1: slicer.vtkMRMLScalarVolumeNode
+        inputVolume2: slicer.vtkMRMLScalarVolumeNode
+        inputVolume3: slicer.vtkMRMLScalarVolumeNode
+        probabilityThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+        referenceSegmentation: slicer.vtkMRMLSegmentationNode
+        resultSegmentation: slicer.vtkMRMLSegmentationNode
+        lesionTable: slicer.vtkMRMLTableNode
+        metricsTable: slicer.vtkMRMLTableNode
+
+    return MedCNNCADParameterNode
+
+
+class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Wires the .ui to the parameter node and the Logic; no computation here."""
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._probabilityNodes = {}
+
+    def setup(self):
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedCNNCAD.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MedCNNCADLogic()
+        self.timer = qt.QTimer()
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self.onPoll)
+        self.ui.intendedUseLabel.text = INTENDED_USE
+        self.ui.applyButton.clicked.connect(self.onApplyOrCancel)
+        self.ui.compareButton.clicked.connect(self.onCompare)
+        self.ui.installButton.clicked.connect(self.onInstall)
+        self.ui.addModelButton.clicked.connect(self.onAddModel)
+        self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
+        self.ui.lesionTableView.clicked.connect(self.onLesionClicked)
+        self.ui.probabilityThresholdSlider.valueChanged.connect(self.onThresholdChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.updateDependencyState()
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        self.removeObservers()
+        if self.logic:
+            self.logic.shutdown()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode and self._parameterNodeGuiTag:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.populateModels()
+
+    # -- dependencies, models, inputs ---------------------------------------------------
+    def updateDependencyState(self):
+        torchMissing, missing = self.logic.missingDependencies()
+        needed = (["torch (PyTorch extension)"] if torchMissing else []) + missing
+        self.ui.installFrame.visible = bool(needed)
+        self.ui.installLabel.text = "Not installed yet: " + ", ".join(needed) if needed else ""
+        self.ui.mainFrame.enabled = not needed
+        if not needed:
+            self.ui.deviceInfoLabel.text = self.logic.detectedDevice()
+
+    def onInstall(self):
+        with slicer.util.tryWithErrorDisplay("Installing MedCNNCAD dependencies failed.", waitCursor=True):
+            if self.logic.installDependencies(askConfirmation=True):
+                self.updateDependencyState()
+                self.populateModels()
+
+    def populateModels(self):
+        if self.ui.installFrame.visible:
+            return
+        combo = self.ui.modelComboBox
+        combo.blockSignals(True)
+        combo.clear()
+        for modelId, label in self.logic.availableModels():
+            combo.addItem(label, modelId)
+        combo.setCurrentIndex(max(0, combo.findData(self._parameterNode.model)))
+        combo.blockSignals(False)
+        self.onModelChanged()
+
+    def onAddModel(self):
+        import qt
+
+        folder = qt.QFileDialog.getExistingDirectory(None, "Model folder (manifest.json) or MONAI bundle")
+        if folder:
+            with slicer.util.tryWithErrorDisplay("Cannot add this model."):
+                self._parameterNode.model = self.logic.addModelFolder(folder)
+                self.populateModels()
+
+    def onModelChanged(self, index=None):
+        modelId = self.ui.modelComboBox.currentData
+        if not modelId or not self._parameterNode:
+            return
+        self._parameterNode.model = modelId
+        manifest = self.logic.describeModel(modelId)
+        self.ui.modelInfoLabel.text = f"{manifest.name} {manifest.version} - trained on: {manifest.trained_on}"
+        volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+        proposal = self.logic.assignInputs(manifest, volumes)
+        for i in range(MAX_CHANNELS):
+            used = i < len(manifest.inputs)
+            getattr(self.ui, f"inputVolume{i}Label").visible = used
+            getattr(self.ui, f"inputVolume{i}Selector").visible = used
+            if used:
+                channel = manifest.inputs[i]
+                suffix = "" if channel.required else " (optional)"
+                getattr(self.ui, f"inputVolume{i}Label").text = channel.name + suffix
+                if channel.name in proposal and not getattr(self._parameterNode, f"inputVolume{i}"):
+                    setattr(self._parameterNode, f"inputVolume{i}", proposal[channel.name])
+
+    # -- running ------------------------------------------------------------------------
+    def onApplyOrCancel(self):
+        if self._job is not None:
+            self.logic.cancelSegmentation()
+            return
+        p = self._parameterNode
+        manifest = self.logic.describeModel(p.model)
+        volumes = {c.name: getattr(p, f"inputVolume{i}") for i, c in enumerate(manifest.inputs[:MAX_CHANNELS])}
+        with slicer.util.tryWithErrorDisplay("Cannot start the segmentation."):
+            self._job = self.logic.startSegmentation({k: v for k, v in volumes.items() if v}, p.model, p.device,
+                                                     p.trust)
+            self.ui.applyButton.text = "Cancel"
+            self.ui.progressBar.value = 0
+            self.timer.start()
+
+    def onProgress(self, stage, fraction):
+        self.ui.statusLabel.text = f"{stage}..."
+        self.ui.progressBar.value = int(100 * fraction)
+
+    def onPoll(self):
+        try:
+            nodes = self.logic.pollSegmentation(self._job, self.onProgress)
+        except Exception as exc:  # shown once; the scene is unchanged
+            self.finishRun()
+            self.ui.statusLabel.text = str(exc)
+            slicer.util.errorDisplay(str(exc))
+            return
+        if nodes is not None:
+            self.finishRun()
+            self.showResult(nodes)
+
+    def finishRun(self):
+        self.timer.stop()
+        self._job = None
+        self.ui.applyButton.text = "Apply"
+
+    def showResult(self, nodes):
+        p = self._parameterNode
+        p.resultSegmentation = nodes.segmentation
+        p.lesionTable = nodes.lesion_table
+        self._probabilityNodes = nodes.probabilities
+        self.ui.lesionTableView.setMRMLTableNode(nodes.lesion_table)
+        self.ui.provenanceLabel.text = self.logic.provenanceText(nodes.segmentation)
+        self.ui.statusLabel.text = f"Done: {len(nodes.lesions)} lesions"
+        firstProbability = next(iter(nodes.probabilities.values()), None)
+        slicer.util.setSliceViewerLayers(background=p.inputVolume0, foreground=firstProbability,
+                                         foregroundOpacity=0.4)
+        self.onThresholdChanged(p.probabilityThreshold)
+
+    def onThresholdChanged(self, value):
+        for node in self._probabilityNodes.values():
+            if slicer.mrmlScene.IsNodePresent(node):
+                self.logic.setProbabilityThreshold(node, float(value))
+
+    def onLesionClicked(self, index):
+        if self._parameterNode.lesionTable:
+            self.logic.jumpToLesion(self._parameterNode.lesionTable, index.row())
+
+    def onCompare(self):
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
+            comparison = self.logic.compare(p.resultSegmentation, p.referenceSegmentation)
+            p.metricsTable = comparison.metrics_table
+            self.ui.metricsTableView.setMRMLTableNode(comparison.metrics_table)
+            onlyOne = comparison.lesions_only_one_side
+            self.ui.discordanceLabel.text = "; ".join(
+                f"{d.found_by} only: {d.volume_ml:.2f} mL at R {d.centroid_ras_mm[0]:.0f} A "
+                f"{d.centroid_ras_mm[1]:.0f} S {d.centroid_ras_mm[2]:.0f}" for d in onlyOne) or "All lesions concordant"
+
+
+class MedCNNCADLogic(ScriptedLoadableModuleLogic, SecondReaderLogic):
+    """Console API (all methods in :class:`medcnncad.slicer_logic.SecondReaderLogic`). Example::
+
+        logic = slicer.util.getModuleLogic("MedCNNCAD")
+        run = logic.segment([t1, t1c, t2, flair], model="demo", device="auto")
+        comparison = logic.compare(run.segmentation, referenceSegmentationNode)
+    """
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        SecondReaderLogic.__init__(self)
+
+    def getParameterNode(self):
+        return parameterNodeClass()(super().getParameterNode())
+
+
+class MedCNNCADTest(ScriptedLoadableModuleTest):
+    """Loads the phantom sample case, runs the demo model (really), asserts WT Dice >= 0.80."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentAndCompare()
+
+    def test_SegmentAndCompare(self):
+        import SampleData
+
+        registerSampleData()
+        nodes = SampleData.downloadSamples("MedCNNCADPhantom")
+        volumes, reference = nodes[:4], nodes[4]
+        logic = MedCNNCADLogic()
+        run = logic.segment(volumes, model="demo", device="cpu")
+        self.assertEqual(run.segmentation.GetSegmentation().GetNumberOfSegments(), 3)
+        comparison = logic.compare(run.segmentation, reference)
+        for region in ("WT", "TC", "ET"):
+            self.assertGreaterEqual(comparison.metrics[region].dice, 0.80, region)
+        self.delayDisplay("MedCNNCAD self-test passed")
