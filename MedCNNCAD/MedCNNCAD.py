@@ -110,6 +110,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addModelButton.clicked.connect(self.onAddModel)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.lesionTableView.clicked.connect(self.onLesionClicked)
+        self.ui.discordanceTableView.clicked.connect(self.onDiscordantLesionClicked)
         self.ui.probabilityThresholdSlider.valueChanged.connect(self.onThresholdChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -262,16 +263,21 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode.lesionTable:
             self.logic.jumpToLesion(self._parameterNode.lesionTable, index.row())
 
+    def onDiscordantLesionClicked(self, index):
+        table = self.ui.discordanceTableView.mrmlTableNode()
+        if table:
+            self.logic.jumpToLesion(table, index.row())
+
     def onCompare(self):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
             comparison = self.logic.compare(p.resultSegmentation, p.referenceSegmentation)
             p.metricsTable = comparison.metrics_table
             self.ui.metricsTableView.setMRMLTableNode(comparison.metrics_table)
-            onlyOne = comparison.lesions_only_one_side
-            self.ui.discordanceLabel.text = "; ".join(
-                f"{d.found_by} only: {d.volume_ml:.2f} mL at R {d.centroid_ras_mm[0]:.0f} A "
-                f"{d.centroid_ras_mm[1]:.0f} S {d.centroid_ras_mm[2]:.0f}" for d in onlyOne) or "All lesions concordant"
+            self.ui.discordanceTableView.setMRMLTableNode(comparison.discordant_lesion_table)
+            count = len(comparison.lesions_only_one_side)
+            self.ui.discordanceLabel.text = (f"{count} lesion(s) found by only one reader (click to view)"
+                                             if count else "All lesions concordant")
 
 
 class MedCNNCADLogic(ScriptedLoadableModuleLogic, SecondReaderLogic):

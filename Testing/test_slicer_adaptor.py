@@ -116,6 +116,10 @@ def test_compare_with_reference(scene, demo_result):
     assert int(ai_only.sum()) == int((ai_wt & ~ref_wt).sum())
     assert int(ref_only.sum()) == int((ref_wt & ~ai_wt).sum())
     assert disc.GetSegment("AI_only").GetName() == "WT AI only"
+    lesion_rows = comparison.discordant_lesion_table.GetTable()
+    assert lesion_rows.GetNumberOfRows() == len(comparison.lesions_only_one_side)
+    expected_one_sided = sa.lesion_concordance(ai_wt, ref_wt, images["T1"], "WT")
+    assert [d.found_by for d in comparison.lesions_only_one_side] == [d.found_by for d in expected_one_sided]
 
 
 def test_lesion_concordance_hand_built():

@@ -335,6 +335,7 @@ class Comparison:
     metrics_table: Any
     discordance: Any
     lesions_only_one_side: list[LesionDiscordance] = field(default_factory=list)
+    discordant_lesion_table: Any = None
 
 
 def compare_nodes(ai_segmentation: Any, reference_segmentation: Any, reference_volume: Any, manifest: Manifest,
@@ -348,7 +349,12 @@ def compare_nodes(ai_segmentation: Any, reference_segmentation: Any, reference_v
     metrics = compute_metrics(ai, ref, image.GetSpacing(), structures)
     name = discordance_structure or (manifest.regions[0].name if manifest.regions else manifest.labels[0].name)
     ai_mask, ref_mask = np.isin(ai, structures[name]), np.isin(ref, structures[name])
+    one_sided = lesion_concordance(ai_mask, ref_mask, image, name)
     with NodeTransaction():
         table = add_metrics_table(metrics)
         discordance = add_discordance_segmentation(ai_mask, ref_mask, reference_volume, name)
-    return Comparison(metrics, table, discordance, lesion_concordance(ai_mask, ref_mask, image, name))
+        lesions = _table("MedCNNCAD discordant lesions",
+                         (("structure", "string"), ("found_by", "string"), ("volume_ml", "double"),
+                          ("R", "double"), ("A", "double"), ("S", "double")),
+                         [(d.structure, d.found_by, d.volume_ml, *d.centroid_ras_mm) for d in one_sided])
+    return Comparison(metrics, table, discordance, one_sided, lesions)
