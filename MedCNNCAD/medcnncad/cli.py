@@ -20,7 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -126,19 +129,30 @@ def _manifest_structures(manifest) -> dict[str, tuple[int, ...]]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from .io import signals_deferred
     from .phantom import make_phantom, write_phantom
     from .report import summary_table
 
     out = Path(args.out)
     t0 = time.perf_counter()
     case = make_phantom(args.seed)
-    paths = write_phantom(case, out / "inputs")
-    print(f"phantom case seed {args.seed} (held out from training) written to {out / 'inputs'} "
-          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    inputs = {name: str(paths[name]) for name in case.images}
-    report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]))
+    with tempfile.TemporaryDirectory(prefix="medcnncad-demo-") as staging:
+        paths = write_phantom(case, staging)
+        print(f"phantom case seed {args.seed} (held out from training) made in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+        inputs = {name: str(paths[name]) for name in case.images}
+        report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]))
+        with signals_deferred():  # the input case joins the outputs only when they are complete
+            (out / "inputs").mkdir(exist_ok=True)
+            for path in paths.values():
+                shutil.copyfile(path, out / "inputs" / f".{path.name}.tmp")
+                os.replace(out / "inputs" / f".{path.name}.tmp", out / "inputs" / path.name)
     print(summary_table(report))
-    print(f"\noutputs in {out}: labels.nii.gz, labels.seg.nrrd, prob_*.nii.gz, overlay.png, report.json")
+    print(f"\noutputs in {out}: labels.nii.gz, labels.seg.nrrd, prob_*.nii.gz, overlay.png, report.json, "
+          f"and the input case in {out / 'inputs'}")
     return 0
 
 
@@ -334,23 +348,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    """Messages from libraries may hold newlines and terminal colour codes: one plain line."""
+    import re
+
+    return " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+
+
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad input)."""
+    """Entry point; returns the exit code (2 for bad input, 130 when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None  # SIGTERM = Ctrl-C
     try:
         return int(args.func(args))
     except MedCNNCADError as exc:
-        print(f"medcnncad: error: {exc}", file=sys.stderr)
+        print(f"medcnncad: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         where = exc.filename or ""
-        print(f"medcnncad: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"medcnncad: error: {where}: {_one_line(exc.strerror or str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medcnncad: interrupted; no partial outputs were kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback in a log
+        import traceback
+
+        log = Path(tempfile.gettempdir()) / "medcnncad-error.log"
+        log.write_text(traceback.format_exc())
+        print(f"medcnncad: internal error: {type(exc).__name__}: {_one_line(str(exc))[:300]} "
+              f"(please report it with {log})", file=sys.stderr)
+        return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

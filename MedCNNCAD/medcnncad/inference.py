@@ -27,7 +27,7 @@ from monai.data.utils import dense_patch_slices
 from monai.transforms import SpatialResample
 
 from .errors import InputError
-from .io import geometry_text, read_volume, same_space
+from .io import check_finite, geometry_text, read_volume, same_space
 from .lesions import Lesion, components, find_lesions
 from .manifest import Manifest
 from .models import LoadedModel
@@ -169,6 +169,10 @@ class Segmenter:
         for name in present:
             value = inputs[name]
             images[name] = value if isinstance(value, sitk.Image) else read_volume(value)
+            if images[name].GetDimension() != 3 or images[name].GetNumberOfComponentsPerPixel() != 1:
+                raise InputError(f"input {name}: expected a 3D scalar volume, got {images[name].GetDimension()}D "
+                                 f"with {images[name].GetNumberOfComponentsPerPixel()} component(s)")
+            check_finite(images[name], f"input {name}")
         first_name = present[0]
         first = images[first_name]
         for name in present[1:]:
@@ -194,28 +198,71 @@ class Segmenter:
         return ordered, missing
 
     # -- network ------------------------------------------------------------------------
-    def _infer(self, image: torch.Tensor, progress: ProgressCallback) -> torch.Tensor:
-        """Sliding-window logits for a (C, I, J, K) tensor; returns (C_out, I, J, K) on CPU."""
+    def _check_memory(self, image: torch.Tensor, reference: sitk.Image) -> None:
+        """Refuse a case whose estimated CPU memory need exceeds what is available (before any work)."""
+        from .io import available_memory_bytes
+
+        n_out = len(self.manifest.postprocessing.channels)
+        pre_voxels = int(np.prod(image.shape[1:]))
+        ref_voxels = int(np.prod(reference.GetSize()))
+        window = int(np.prod(self.manifest.inference.roi_size)) * self.manifest.inference.sw_batch_size
+        # input + stitched output + count map on the model grid, probabilities and label map on the
+        # input grid, and network activations of one window batch (~64 float channels)
+        need = 4 * (pre_voxels * (image.shape[0] + n_out + 1) + ref_voxels * (2 * n_out + 1) + window * 64)
+        available = available_memory_bytes()
+        if available is not None and need > available:
+            raise InputError(f"this case needs about {need / 2**30:.1f} GiB of memory for model "
+                             f"{self.manifest.id} but {available / 2**30:.1f} GiB are available; "
+                             f"crop the volume or use a machine with more memory")
+
+    def _sliding_window(self, batch: torch.Tensor, predictor, sw_batch: int, stitch: torch.device) -> torch.Tensor:
+        inf = self.manifest.inference
+        return sliding_window_inference(batch, roi_size=list(inf.roi_size), sw_batch_size=sw_batch,
+                                        predictor=predictor, overlap=inf.overlap, mode=inf.blend_mode,
+                                        sw_device=self.device, device=stitch)
+
+    def _infer(self, image: torch.Tensor, progress: ProgressCallback, warnings: list[str]) -> torch.Tensor:
+        """Sliding-window logits for a (C, I, J, K) tensor; returns (C_out, I, J, K) on CPU.
+
+        On CUDA out-of-memory the run is repeated with one window at a time and stitching
+        on the CPU, then entirely on the CPU; each fall-back is logged and reported.
+        """
         inf = self.manifest.inference
         roi = list(inf.roi_size)
         padded = [max(r, s) for r, s in zip(roi, image.shape[1:])]
-        scan = _get_scan_interval(padded, roi, 3, [inf.overlap] * 3)
-        total = max(1, len(dense_patch_slices(padded, roi, scan)))
+        total = max(1, len(dense_patch_slices(padded, roi, _get_scan_interval(padded, roi, 3, [inf.overlap] * 3))))
         done = [0]
-        use_amp = self.device.type == "cuda"
 
         def predictor(window: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(self.device.type, enabled=use_amp):
+            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
                 out = self.network(window)
             done[0] += window.shape[0]
             progress("inference", min(1.0, done[0] / total))
             return out.float()
 
-        batch = torch.as_tensor(image, dtype=torch.float32).unsqueeze(0).to(self.device)
+        attempts = [(inf.sw_batch_size, self.device), (1, torch.device("cpu"))]
         with torch.inference_mode():
-            logits = sliding_window_inference(batch, roi_size=roi, sw_batch_size=inf.sw_batch_size,
-                                              predictor=predictor, overlap=inf.overlap, mode=inf.blend_mode)
-        return logits[0].as_subclass(torch.Tensor).float().cpu()
+            for attempt, (sw_batch, stitch) in enumerate(attempts + [(1, None)]):
+                if stitch is None:  # last resort: the whole run on the CPU
+                    self.device = torch.device("cpu")
+                    self.network = self.network.to(self.device)
+                    stitch = self.device
+                try:
+                    done[0] = 0
+                    batch = torch.as_tensor(image, dtype=torch.float32).unsqueeze(0).to(self.device)
+                    logits = self._sliding_window(batch, predictor, sw_batch, stitch)
+                    return logits[0].as_subclass(torch.Tensor).float().cpu()
+                except torch.OutOfMemoryError:
+                    if attempt == len(attempts):
+                        raise
+                    message = (f"out of memory on {self.device}; retrying with one window at a time and "
+                               f"stitching on the CPU" if attempt == 0 else
+                               f"out of memory on {self.device} again; running on the CPU")
+                    log.warning(message)
+                    warnings.append(message)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+        raise AssertionError("unreachable")
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.manifest.postprocessing.activation == "softmax":
@@ -240,6 +287,14 @@ class Segmenter:
                 array[background[0]] = np.clip(1.0 - array[others].sum(0), 0.0, 1.0)
         return np.ascontiguousarray(array)
 
+    def _background_only(self, reference: sitk.Image) -> np.ndarray:
+        """Probabilities (C, K, J, I) of an empty result: background 1 (softmax), everything else 0."""
+        channels = self.manifest.postprocessing.channels
+        probs = np.zeros((len(channels), *reference.GetSize()[::-1]), dtype=np.float32)
+        if self.manifest.postprocessing.activation == "softmax":
+            probs[[i for i, c in enumerate(channels) if c.value == 0]] = 1.0
+        return probs
+
     # -- public -------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None) -> SegmentationResult:
@@ -262,13 +317,18 @@ class Segmenter:
         progress("preprocess", 0.0)
         pre = self.model.preprocess(to_metatensor(images))
         affine = torch.as_tensor(pre.affine, dtype=torch.float64).clone()
+        self._check_memory(pre, images[0])
         timings["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        logits = self._infer(pre.as_tensor(), progress)
-        timings["inference"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        progress("postprocess", 0.0)
-        probs = self._to_input_grid(self._activate(logits), affine, images[0])
+        if min(pre.shape[1:]) == 0:  # nothing but zeros in every channel: nothing to segment
+            warnings.append("the input has no non-zero voxels; the result is empty")
+            probs = self._background_only(images[0])
+        else:
+            logits = self._infer(pre.as_tensor(), progress, warnings)
+            timings["inference"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            progress("postprocess", 0.0)
+            probs = self._to_input_grid(self._activate(logits), affine, images[0])
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         remove_small_components(label_map, self.manifest.postprocessing.min_lesion_ml, voxel_ml)

@@ -7,7 +7,10 @@ Images are SimpleITK images in LPS physical space; arrays taken from them are in
 from __future__ import annotations
 
 import os
+import signal
+import struct
 import tempfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +20,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
-__all__ = ["read_volume", "write_image", "atomic_path", "same_space", "geometry_text"]
+__all__ = ["read_volume", "check_finite", "write_image", "atomic_path", "same_space", "geometry_text",
+           "signals_deferred", "available_memory_bytes"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
 
@@ -33,7 +37,7 @@ def read_volume(path: str | Path) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
-        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+        image = _read_dicom_folder(path) if path.is_dir() else _read_file(path)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln for ln in first if "ERROR" in ln or "Exception" in ln), first[0] if first else "")
@@ -44,10 +48,101 @@ def read_volume(path: str | Path) -> sitk.Image:
         raise InputError(f"{path}: expected a scalar volume, got {image.GetNumberOfComponentsPerPixel()} components")
     if min(image.GetSize()) < 1:
         raise InputError(f"{path}: empty volume {image.GetSize()}")
+    check_finite(image, str(path))
+    return image
+
+
+def check_finite(image: sitk.Image, name: str) -> None:
+    """Refuse an image with NaN or infinite voxels, naming it."""
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
-            raise InputError(f"{path}: contains NaN or infinite voxel values")
+            raise InputError(f"{name}: contains NaN or infinite voxel values")
+
+
+MAX_VOXELS = 2**31  # 2 G voxels (8 GiB as float32): larger headers are refused before reading
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """Read one file, checking the header's declared size before any voxel is allocated."""
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
+        raise InputError(f"{path}: expected a 3D volume, got {len(size)}D of size {size}")
+    voxels = int(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents()
+    if voxels > MAX_VOXELS or min(size) < 1:
+        raise InputError(f"{path}: declared size {size} is outside what the engine reads "
+                         f"(1 to {MAX_VOXELS} voxels)")
+    _check_complete(path, voxels * _BYTES.get(reader.GetPixelID(), 1))
+    image = reader.Execute()
+    if image.GetDimension() == 4:  # a 4D file with one time point is a 3D volume
+        image = image[:, :, :, 0]
     return image
+
+
+_BYTES = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+          sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+          sitk.sitkVectorUInt8: 1, sitk.sitkVectorFloat32: 4, sitk.sitkVectorFloat64: 8}
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed length of a gzip file; a truncated or corrupt stream is an error."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                total += len(decompressor.decompress(chunk))
+                while decompressor.unconsumed_tail:
+                    total += len(decompressor.decompress(decompressor.unconsumed_tail))
+                if decompressor.eof:
+                    break
+    except zlib.error as exc:
+        raise InputError(f"{path}: corrupt compressed data ({exc})") from None
+    if not decompressor.eof:
+        raise InputError(f"{path}: file is truncated (compressed stream ends early)")
+    return total
+
+
+def _nifti_offset(header: bytes) -> int | None:
+    """Voxel data offset of a NIfTI-1/2 header (None when the bytes are no NIfTI header)."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            offset = struct.unpack(order + "f", header[108:112])[0]
+        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        return int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1
+    return None
+
+
+def _check_complete(path: Path, data_bytes: int) -> None:
+    """Refuse NIfTI files (plain or gzip) that hold fewer voxel bytes than their header declares.
+
+    ITK reads such truncated files without complaint (the missing voxels come back as zeros).
+    """
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        length = _gzip_length(path)
+        with open(path, "rb") as handle:
+            import gzip
+
+            header = gzip.GzipFile(fileobj=handle).read(544)
+    else:
+        length = path.stat().st_size
+        with open(path, "rb") as handle:
+            header = handle.read(544)
+    if ".nii" in name:
+        offset = _nifti_offset(header)
+        if offset == -1:
+            raise InputError(f"{path}: invalid NIfTI header (voxel data offset out of range)")
+        if offset is not None and length < offset + data_bytes:
+            raise InputError(f"{path}: file is truncated ({length} bytes, the header declares "
+                             f"{offset + data_bytes})")
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
@@ -59,6 +154,34 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, so a group of renames is not cut in half."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS can give this process now (Linux MemAvailable; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _umask() -> int:

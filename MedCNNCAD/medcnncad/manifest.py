@@ -178,8 +178,11 @@ def contained_path(folder: Path, relative: str, what: str) -> Path:
     """Resolve ``relative`` inside ``folder``; refuse absolute paths and escapes (``..``, links)."""
     if Path(relative).is_absolute():
         raise ModelError(f"{folder}: {what} path {relative!r} must be relative to the model folder")
-    root = folder.resolve()
-    target = (root / relative).resolve()
+    try:
+        root = folder.resolve()
+        target = (root / relative).resolve()
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{folder}: {what} path {relative!r} is not a valid path ({exc})") from None
     if root != target and root not in target.parents:
         raise ModelError(f"{folder}: {what} path {relative!r} escapes the model folder")
     return target

@@ -101,7 +101,7 @@ def build_network(class_path: str, kwargs: dict[str, Any]) -> torch.nn.Module:
         raise ModelError(f"network class {class_path!r} does not exist in this MONAI version")
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the constructor is a bad manifest
         raise ModelError(f"network {class_path} cannot be built with {kwargs}: {exc}") from exc
 
 

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from . import INTENDED_USE, __version__
 from .errors import InputError
 from .inference import SegmentationResult
-from .io import write_image
+from .io import signals_deferred, write_image
 from .metrics import DETECTION_RULE, StructureMetrics
 from .segfile import write_seg_nrrd
 
@@ -176,9 +176,10 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
         report = build_report(result, metrics, inputs, names, extra_timings)
         (staging / names["report"]).write_text(json.dumps(report, indent=2) + "\n")
         files = {}
-        for key, name in names.items():
-            os.replace(staging / name, out / name)
-            files[key] = out / name
+        with signals_deferred():  # all files appear together, or none does
+            for key, name in names.items():
+                os.replace(staging / name, out / name)
+                files[key] = out / name
         return CaseOutputs(out, files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
