@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test screenshot clean
+.PHONY: venv demo test bench screenshot clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q Testing
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py all --repeats 5
 
 screenshot: $(STAMP)
 	$(PY) scripts/slicer_screenshot.py docs/slicer_screenshot.png

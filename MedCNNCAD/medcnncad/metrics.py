@@ -117,10 +117,11 @@ def _distances(pred: np.ndarray, ref: np.ndarray, spacing_kji: Sequence[float]) 
     d_rp = to_edge_p[edge_r]
     hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
     assd = float(np.concatenate([d_pr, d_rp]).mean())
-    # voxel-set Hausdorff: distance of each voxel of one set to the nearest voxel of the other
-    to_ref = ndimage.distance_transform_edt(~ref, sampling=spacing_kji)
-    to_pred = ndimage.distance_transform_edt(~pred, sampling=spacing_kji)
-    hausdorff = max(float(to_ref[pred].max()), float(to_pred[ref].max()))
+    # Voxel-set Hausdorff: the voxel of a set nearest to an outside point is always one of its
+    # surface voxels (a step from an interior voxel towards the point gets closer), so the
+    # surface distance maps give it: 0 inside the other set, the distance to its surface outside.
+    hausdorff = max(float(to_edge_r[pred & ~ref].max(initial=0.0)),
+                    float(to_edge_p[ref & ~pred].max(initial=0.0)))
     return {"hd95_mm": hd95, "assd_mm": assd, "hausdorff_mm": hausdorff}
 
 
@@ -135,17 +136,22 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> LesionDetection:
 
 
 def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
-                      with_lesions: bool = True) -> StructureMetrics:
-    """All metrics for two boolean (K, J, I) masks; ``spacing_xyz`` in mm (x, y, z)."""
+                      with_lesions: bool = True, total_voxels: int | None = None) -> StructureMetrics:
+    """All metrics for two boolean (K, J, I) masks; ``spacing_xyz`` in mm (x, y, z).
+
+    ``total_voxels``: size of the whole grid when ``pred``/``ref`` are a crop holding every
+    foreground voxel (true negatives outside the crop count too); default ``pred.size``.
+    """
     pred = np.asarray(pred, dtype=bool)
     ref = np.asarray(ref, dtype=bool)
     if pred.shape != ref.shape:
         raise InputError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     spacing_kji = tuple(float(s) for s in spacing_xyz)[::-1]
-    n_pred, n_ref = int(pred.sum()), int(ref.sum())
+    n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
     tp = int(np.count_nonzero(pred & ref))
     fp, fn = n_pred - tp, n_ref - tp
-    tn = pred.size - tp - fp - fn
+    total = pred.size if total_voxels is None else int(total_voxels)
+    tn = total - tp - fp - fn
     both_empty = n_pred == 0 and n_ref == 0
     dice = _ratio(2 * tp, 2 * tp + fp + fn, both_empty)
     if n_pred and n_ref:
@@ -158,7 +164,7 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[f
     return StructureMetrics(
         dice=dice, jaccard=_ratio(tp, tp + fp + fn, both_empty),  # type: ignore[arg-type]
         precision=_ratio(tp, tp + fp, both_empty), recall=recall, sensitivity=recall,
-        specificity=_ratio(tn, tn + fp, False), accuracy=(tp + tn) / pred.size, f1=dice,  # type: ignore[arg-type]
+        specificity=_ratio(tn, tn + fp, False), accuracy=(tp + tn) / total, f1=dice,  # type: ignore[arg-type]
         hd95_mm=dist["hd95_mm"], assd_mm=dist["assd_mm"], hausdorff_mm=dist["hausdorff_mm"],
         volume_diff_ml=(n_pred - n_ref) * voxel_ml, predicted_volume_ml=n_pred * voxel_ml,
         reference_volume_ml=n_ref * voxel_ml, tp=tp, fp=fp, fn=fn, tn=tn,
@@ -175,12 +181,40 @@ def structures_for_labels(values: Sequence[int], regions: Mapping[str, Sequence[
     return out
 
 
+def _foreground_box(pred: np.ndarray, ref: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of all non-zero voxels of either label map (None when both are empty)."""
+    foreground = (pred != 0) | (ref != 0)
+    box = []
+    for axis in range(foreground.ndim):
+        hits = np.flatnonzero(foreground.any(axis=tuple(a for a in range(foreground.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _mask(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    return labels == values[0] if len(values) == 1 else np.isin(labels, values)
+
+
 def compute_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
                     structures: Mapping[str, Sequence[int]]) -> dict[str, StructureMetrics]:
-    """Metrics for every structure (name -> label values) of two (K, J, I) label maps."""
+    """Metrics for every structure (name -> non-zero label values) of two (K, J, I) label maps.
+
+    Both maps are cropped once to the bounding box of their foreground; every count,
+    component and distance is computed on that crop (true negatives outside it are added).
+    """
     if pred.shape != ref.shape:
         raise InputError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    return {name: structure_metrics(np.isin(pred, values), np.isin(ref, values), spacing_xyz)
+    if any(0 in tuple(values) for values in structures.values()):  # background as a structure: no crop
+        box: tuple[slice, ...] | None = tuple(slice(0, n) for n in pred.shape)
+    else:
+        box = _foreground_box(pred, ref)
+    if box is None:
+        box = tuple(slice(0, 1) for _ in pred.shape)  # both empty: any crop is all background
+    p, r = pred[box], ref[box]
+    return {name: structure_metrics(_mask(p, tuple(values)), _mask(r, tuple(values)), spacing_xyz,
+                                    total_voxels=pred.size)
             for name, values in structures.items()}
 
 
