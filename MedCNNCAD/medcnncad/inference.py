@@ -270,22 +270,27 @@ class Segmenter:
         return torch.sigmoid(logits)
 
     def _to_input_grid(self, probs: torch.Tensor, affine: torch.Tensor, reference: sitk.Image) -> np.ndarray:
-        """Resample (C, I', J', K') probabilities with RAS ``affine`` onto the reference grid (C, K, J, I)."""
+        """Resample (C, I', J', K') probabilities with RAS ``affine`` onto the reference grid (C, K, J, I).
+
+        For a softmax model only the foreground channels are resampled; the background is
+        1 - their sum (which also makes everything outside the cropped field of view background).
+        """
         from monai.data import MetaTensor
 
-        meta = MetaTensor(probs.as_subclass(torch.Tensor), affine=affine)
+        channels = self.manifest.postprocessing.channels
+        background = [i for i, c in enumerate(channels) if c.value == 0]
+        softmax = self.manifest.postprocessing.activation == "softmax" and len(background) == 1
+        keep = [i for i in range(len(channels)) if not (softmax and i in background)]
+        meta = MetaTensor(probs[keep].as_subclass(torch.Tensor), affine=affine)
         target = torch.as_tensor(ras_affine(reference), dtype=torch.float64)
-        size = reference.GetSize()
         back = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(
-            meta, dst_affine=target, spatial_size=size)
-        array = np.asarray(torch.as_tensor(back).numpy(), dtype=np.float32).transpose(0, 3, 2, 1)
-        array = np.clip(array, 0.0, 1.0)
-        if self.manifest.postprocessing.activation == "softmax":
-            background = [i for i, c in enumerate(self.manifest.postprocessing.channels) if c.value == 0]
-            if background:  # outside the cropped field of view everything is background
-                others = [i for i in range(array.shape[0]) if i not in background]
-                array[background[0]] = np.clip(1.0 - array[others].sum(0), 0.0, 1.0)
-        return np.ascontiguousarray(array)
+            meta, dst_affine=target, spatial_size=reference.GetSize())
+        resampled = np.clip(torch.as_tensor(back).numpy().transpose(0, 3, 2, 1), 0.0, 1.0)
+        out = np.empty((len(channels), *resampled.shape[1:]), dtype=np.float32)
+        out[keep] = resampled
+        if softmax:
+            out[background[0]] = np.clip(1.0 - resampled.sum(0), 0.0, 1.0)
+        return out
 
     def _background_only(self, reference: sitk.Image) -> np.ndarray:
         """Probabilities (C, K, J, I) of an empty result: background 1 (softmax), everything else 0."""

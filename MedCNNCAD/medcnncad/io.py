@@ -6,6 +6,7 @@ Images are SimpleITK images in LPS physical space; arrays taken from them are in
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import struct
@@ -126,23 +127,33 @@ def _check_complete(path: Path, data_bytes: int) -> None:
     ITK reads such truncated files without complaint (the missing voxels come back as zeros).
     """
     name = path.name.lower()
-    if name.endswith(".gz"):
-        length = _gzip_length(path)
+    if ".nii" not in name:
+        return
+    compressed = name.endswith(".gz")
+    with open(path, "rb") as handle:
+        try:
+            header = gzip.GzipFile(fileobj=handle).read(544) if compressed else handle.read(544)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: corrupt compressed data ({exc})") from None
+    offset = _nifti_offset(header)
+    if offset is None:
+        return
+    if offset == -1:
+        raise InputError(f"{path}: invalid NIfTI header (voxel data offset out of range)")
+    expected = offset + data_bytes
+    if compressed:
+        # gzip's trailer holds the uncompressed size (mod 2**32): a complete file matches it;
+        # only when it does not, decompress the whole stream to say what is wrong
         with open(path, "rb") as handle:
-            import gzip
-
-            header = gzip.GzipFile(fileobj=handle).read(544)
+            handle.seek(-4, os.SEEK_END)
+            trailer = struct.unpack("<I", handle.read(4))[0]
+        if trailer == expected % 2**32:
+            return
+        length = _gzip_length(path)
     else:
         length = path.stat().st_size
-        with open(path, "rb") as handle:
-            header = handle.read(544)
-    if ".nii" in name:
-        offset = _nifti_offset(header)
-        if offset == -1:
-            raise InputError(f"{path}: invalid NIfTI header (voxel data offset out of range)")
-        if offset is not None and length < offset + data_bytes:
-            raise InputError(f"{path}: file is truncated ({length} bytes, the header declares "
-                             f"{offset + data_bytes})")
+    if length < expected:
+        raise InputError(f"{path}: file is truncated ({length} bytes, the header declares {expected})")
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
@@ -207,10 +218,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_image(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
-    """Write an image atomically (temporary name, then rename); returns ``path``."""
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True, level: int = 1) -> Path:
+    """Write an image atomically (temporary name, then rename); returns ``path``.
+
+    ``level`` is the zlib compression level (1 = fast; the files stay standard gzip/NRRD).
+    """
     with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        sitk.WriteImage(image, str(tmp), compress, level if compress else -1)
     return Path(path)
 
 
