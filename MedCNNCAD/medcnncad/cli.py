@@ -106,9 +106,12 @@ def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, tru
                                      reference_labels=ref_array, inputs=inputs, extra_timings=extra)
     finally:
         progress.close()
+    from .io import atomic_path
+
     report = json.loads(outputs.files["report"].read_text())
     report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
-    outputs.files["report"].write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(outputs.files["report"]) as tmp:  # the report is replaced whole or not at all
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

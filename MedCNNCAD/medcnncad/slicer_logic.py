@@ -6,15 +6,25 @@ Slicer's ScriptedLoadableModuleLogic base and the parameter node). It imports ``
 where they are not installed yet. Slicer-facing, hence camelCase. Arrays are (K, J, I).
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import pathlib
 import shutil
 import tempfile
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, Union
 
 import slicer
 
 from . import INTENDED_USE
+
+if TYPE_CHECKING:  # the engine's heavy modules load lazily (torch may not be installed yet)
+    from .manifest import Manifest
+    from .slicer_adaptor import Comparison, ResultNodes
+
+VolumeInputs = Union[Sequence[Any], Mapping[str, Any]]
+"""Volume nodes in the model's channel order, or channel name -> volume node."""
 
 __all__ = ["SecondReaderLogic", "INTENDED_USE"]
 
@@ -22,18 +32,18 @@ __all__ = ["SecondReaderLogic", "INTENDED_USE"]
 class SecondReaderLogic:
     """Segment volume nodes, show results, compare with a reference; no dialogs, errors name the value."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._segmenters = {}
         self._worker = None
 
     # -- environment --------------------------------------------------------------------
     @staticmethod
-    def missingDependencies():
+    def missingDependencies() -> tuple[bool, list[str]]:
         from .dependencies import missing_requirements
 
         return missing_requirements()
 
-    def installDependencies(self, askConfirmation=True):
+    def installDependencies(self, askConfirmation: bool = True) -> bool:
         from .dependencies import TORCH_VERSION
 
         torchMissing, missing = self.missingDependencies()
@@ -51,7 +61,7 @@ class SecondReaderLogic:
         return True
 
     @staticmethod
-    def detectedDevice():
+    def detectedDevice() -> str:
         import torch
 
         if torch.cuda.is_available():
@@ -60,7 +70,7 @@ class SecondReaderLogic:
 
     # -- models and inputs --------------------------------------------------------------
     @staticmethod
-    def availableModels():
+    def availableModels() -> list[tuple[str, str]]:
         from .models import describe_model, list_models
 
         out = []
@@ -74,13 +84,13 @@ class SecondReaderLogic:
         return out
 
     @staticmethod
-    def describeModel(model):
+    def describeModel(model: str) -> Manifest:
         from .models import describe_model
 
         return describe_model(model)
 
     @staticmethod
-    def addModelFolder(folder):
+    def addModelFolder(folder: str) -> str:
         """Check a model folder or bundle; it is then listed (``MEDCNNCAD_MODEL_PATH``). Returns its key."""
         from .models import describe_model
 
@@ -91,7 +101,7 @@ class SecondReaderLogic:
         return str(folder) if manifest.raw.get("bundle") else manifest.id
 
     @staticmethod
-    def assignInputs(manifest, volumeNodes):
+    def assignInputs(manifest: Manifest, volumeNodes: Sequence[Any]) -> dict[str, Any]:
         """Proposed channel name -> volume node, from node names and DICOM series descriptions."""
         from .channels import assign_channels
 
@@ -99,13 +109,14 @@ class SecondReaderLogic:
         return {channel: slicer.mrmlScene.GetNodeByID(nodeId)
                 for channel, nodeId in assign_channels(manifest, texts).items()}
 
-    def _namedInputs(self, inputVolumeNodes, manifest):
+    def _namedInputs(self, inputVolumeNodes: VolumeInputs, manifest: Manifest) -> dict[str, Any]:
         if isinstance(inputVolumeNodes, dict):
             return dict(inputVolumeNodes)
         return {c.name: node for c, node in zip(manifest.inputs, inputVolumeNodes) if node is not None}
 
     # -- segmentation ---------------------------------------------------------------------
-    def segment(self, inputVolumeNodes, model="demo", device="auto", trust=False, progress=None):
+    def segment(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto", trust: bool = False,
+                progress: Callable[[str, float], None] | None = None) -> ResultNodes:
         """Segment in this process (blocking). Volumes as a list in channel order or a name -> node dict."""
         from .inference import Segmenter
         from .models import load_model
@@ -119,7 +130,8 @@ class SecondReaderLogic:
         result = segmenter.run({k: volume_node_to_image(v) for k, v in volumes.items()}, progress=progress)
         return add_result_nodes(result, next(iter(volumes.values())))
 
-    def startSegmentation(self, inputVolumeNodes, model="demo", device="auto", trust=False):
+    def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
+                          trust: bool = False) -> dict[str, Any]:
         """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`."""
         import SimpleITK as sitk
         from .slicer_adaptor import volume_node_to_image
@@ -137,7 +149,8 @@ class SecondReaderLogic:
                                          "inputs": inputs, "out": os.path.join(folder, "out")})
         return {"id": requestId, "folder": folder, "manifest": manifest, "reference": next(iter(volumes.values()))}
 
-    def pollSegmentation(self, job, progress=None):
+    def pollSegmentation(self, job: dict[str, Any],
+                         progress: Callable[[str, float], None] | None = None) -> ResultNodes | None:
         """None while running; the result nodes when done. Raises on failure or cancel (scene unchanged)."""
         from .slicer_adaptor import add_result_nodes, volume_node_to_image
         from .worker import WorkerError, load_result
@@ -156,35 +169,35 @@ class SecondReaderLogic:
             if finished:
                 shutil.rmtree(job["folder"], ignore_errors=True)
 
-    def cancelSegmentation(self):
+    def cancelSegmentation(self) -> None:
         if self._worker:
             self._worker.cancel()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         if self._worker:
             self._worker.close()
 
     # -- viewing and comparison -----------------------------------------------------------
     @staticmethod
-    def setProbabilityThreshold(probabilityNode, threshold):
+    def setProbabilityThreshold(probabilityNode: Any, threshold: float) -> None:
         from .slicer_adaptor import set_probability_threshold
 
         set_probability_threshold(probabilityNode, threshold)
 
     @staticmethod
-    def jumpToLesion(lesionTableNode, row):
+    def jumpToLesion(lesionTableNode: Any, row: int) -> None:
         from .slicer_adaptor import jump_to_ras
 
         table = lesionTableNode.GetTable()
         jump_to_ras([table.GetValueByName(row, axis).ToDouble() for axis in ("R", "A", "S")])
 
     @staticmethod
-    def provenanceText(segmentationNode):
+    def provenanceText(segmentationNode: Any) -> str:
         get = lambda key: segmentationNode.GetAttribute("MedCNNCAD." + key) or ""  # noqa: E731
         return (f"{get('modelName')} {get('modelVersion')} | weights SHA-256 {get('weightsSHA256')[:12]}... | "
                 f"device {get('device')} | timings {get('timings')} | trained on: {get('trainedOn')}")
 
-    def compare(self, segmentationNode, referenceNode, referenceVolumeNode=None):
+    def compare(self, segmentationNode: Any, referenceNode: Any, referenceVolumeNode: Any = None) -> Comparison:
         """Metrics per label/region, discordance segments and lesion concordance vs a reference."""
         from .errors import InputError
         from .slicer_adaptor import compare_nodes
