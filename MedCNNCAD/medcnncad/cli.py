@@ -5,6 +5,7 @@ Stable syntax (scripts and docs rely on it)::
     medcnncad demo [--out DIR]
     medcnncad segment --model ID_OR_PATH --input NAME=PATH [--input NAME=PATH ...] --out DIR
                       [--device auto|cpu|cuda] [--trust] [--reference PATH]
+                      [--series NAME=UID_OR_DESCRIPTION ...] [--dicom-seg]
     medcnncad evaluate --pred PATH --ref PATH [--json] [--model ID_OR_PATH]
     medcnncad phantom --out DIR [--seed N]
     medcnncad train segmentation --template MANIFEST --out DIR [...]
@@ -63,20 +64,42 @@ class _TqdmProgress:
             self._bar = None
 
 
-def _parse_inputs(items: Sequence[str]) -> dict[str, str]:
+def _parse_inputs(items: Sequence[str], option: str = "--input", form: str = "NAME=PATH") -> dict[str, str]:
     inputs: dict[str, str] = {}
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise InputError(f"--input {item!r}: expected NAME=PATH, e.g. T1c=case/t1c.nii.gz")
+            raise InputError(f"{option} {item!r}: expected {form}, e.g. T1c=case/t1c.nii.gz")
         if name in inputs:
-            raise InputError(f"--input {name}: given twice")
+            raise InputError(f"{option} {name}: given twice")
         inputs[name] = path
     return inputs
 
 
+def _read_inputs(inputs: dict[str, str], series: dict[str, str]) -> dict:
+    """DICOM folders are read here (with their series selector); files are left to the engine."""
+    from .io import read_volume
+
+    unknown = sorted(set(series) - set(inputs))
+    if unknown:
+        raise InputError(f"--series {unknown}: no --input with that channel name")
+    return {name: read_volume(path, series.get(name)) if Path(path).is_dir() else path
+            for name, path in inputs.items()}
+
+
+def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str]) -> list[str]:
+    """Files of the DICOM series the result's grid comes from (the first channel given)."""
+    from .dicom import series_files
+
+    first = next(c.name for c in model_inputs if c.name in inputs)
+    if not Path(inputs[first]).is_dir():
+        raise InputError(f"--dicom-seg: input {first} ({inputs[first]}) is not a DICOM series folder; "
+                         f"a DICOM SEG must reference the series it was computed on")
+    return series_files(inputs[first], series.get(first))
+
+
 def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
-              reference: str | None) -> dict:
+              reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False) -> dict:
     """Segment (+ evaluate) one case and write its outputs; returns the report."""
     from .io import read_volume
     from .metrics import check_label_image, compute_metrics
@@ -88,9 +111,11 @@ def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, tru
     model = load_model(model_id, trust=trust)
     segmenter = Segmenter(model, device=device)
     load_s = time.perf_counter() - t0
+    series = series or {}
+    sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg else None
     progress = _TqdmProgress()
     try:
-        result = segmenter.run(inputs, progress=progress)
+        result = segmenter.run(_read_inputs(inputs, series), progress=progress)
         metrics = ref_array = None
         extra = {"model_load": load_s}
         if reference:
@@ -102,8 +127,9 @@ def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, tru
             extra["metrics"] = time.perf_counter() - t0
         progress("write", 0.0)
         t0 = time.perf_counter()
-        outputs = write_case_outputs(result, out, background=_display_channel(result, inputs), metrics=metrics,
-                                     reference_labels=ref_array, inputs=inputs, extra_timings=extra)
+        outputs = write_case_outputs(result, out, background=_display_channel(result, inputs, series),
+                                     metrics=metrics, reference_labels=ref_array, inputs=inputs, extra_timings=extra,
+                                     dicom_sources=sources)
     finally:
         progress.close()
     from .io import atomic_path
@@ -115,13 +141,13 @@ def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, tru
     return report
 
 
-def _display_channel(result, inputs: dict[str, str]):
+def _display_channel(result, inputs: dict[str, str], series: dict[str, str]):
     """The image shown under the overlay: a post-contrast channel when present, else the first."""
     from .io import read_volume
 
     for channel in result.manifest.inputs:
         if channel.name in inputs and channel.name.lower() in ("t1c", "t1ce", "t1gd"):
-            return read_volume(inputs[channel.name])
+            return read_volume(inputs[channel.name], series.get(channel.name))
     return result.reference
 
 
@@ -163,7 +189,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from .report import summary_table
 
     report = _run_case(args.model, _parse_inputs(args.input), Path(args.out), args.device, args.trust,
-                       args.reference)
+                       args.reference, _parse_inputs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
+                       args.dicom_seg)
     print(summary_table(report))
     return 0
 
@@ -297,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--trust", action="store_true", help="allow a MONAI bundle's executable config for this run")
     p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
+    p.add_argument("--series", action="append", metavar="NAME=UID_OR_DESCRIPTION",
+                   help="pick the DICOM series of channel NAME in a folder holding several")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write labels.seg.dcm, a DICOM SEG referencing the first channel's DICOM series")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="metrics between a predicted and a reference label map")

@@ -24,6 +24,7 @@ PIP_REQUIREMENTS = {
     "matplotlib": "matplotlib>=3.7",
     "nibabel": "nibabel>=5",
     "nilearn": "nilearn>=0.10",
+    "highdicom": "highdicom>=0.22",
 }
 
 

@@ -27,8 +27,11 @@ __all__ = ["read_volume", "check_finite", "write_image", "atomic_path", "same_sp
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
 
 
-def read_volume(path: str | Path) -> sitk.Image:
+def read_volume(path: str | Path, series: str | None = None) -> sitk.Image:
     """Read a 3D scalar volume from a file or a DICOM series folder.
+
+    ``series`` selects a DICOM series in a folder that holds several (SeriesInstanceUID or
+    SeriesDescription); a folder with several series and no selector is an error listing them.
 
     Raises:
         InputError: naming the path when it is missing, unreadable, not 3D, not
@@ -38,7 +41,7 @@ def read_volume(path: str | Path) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
-        image = _read_dicom_folder(path) if path.is_dir() else _read_file(path)
+        image = _read_dicom_folder(path, series) if path.is_dir() else _read_file(path)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln for ln in first if "ERROR" in ln or "Exception" in ln), first[0] if first else "")
@@ -156,14 +159,12 @@ def _check_complete(path: Path, data_bytes: int) -> None:
         raise InputError(f"{path}: file is truncated ({length} bytes, the header declares {expected})")
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    """Read the (first) DICOM series in a folder, sorted by position."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise InputError(f"{folder}: folder holds no DICOM series")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+def _read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
+    """Read the selected DICOM series of a folder, slices sorted by position."""
+    from .dicom import series_files
+
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(series_files(folder, series))
     return reader.Execute()
 
 

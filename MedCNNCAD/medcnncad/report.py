@@ -151,11 +151,13 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
 def write_case_outputs(result: SegmentationResult, out_dir: str | Path, background: sitk.Image | None = None,
                        metrics: Mapping[str, StructureMetrics] | None = None,
                        reference_labels: np.ndarray | None = None, inputs: Mapping[str, str] | None = None,
-                       extra_timings: Mapping[str, float] | None = None) -> CaseOutputs:
+                       extra_timings: Mapping[str, float] | None = None,
+                       dicom_sources: list[str] | None = None) -> CaseOutputs:
     """Write every output of one case atomically into ``out_dir``.
 
     Files: ``labels.nii.gz``, ``labels.seg.nrrd``, ``prob_<channel>.nii.gz``,
-    ``overlay.png`` and ``report.json``.
+    ``overlay.png``, ``report.json`` and, with ``dicom_sources`` (the files of the DICOM
+    series the result's grid comes from), ``labels.seg.dcm``.
     """
     out = Path(out_dir)
     try:
@@ -173,6 +175,11 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
             write_image(result.probability_image(channel), staging / names[f"prob_{channel}"])
         render_overlays(result, background if background is not None else result.reference, staging / names["overlay"],
                         reference_labels)
+        if dicom_sources:
+            from .dicom import write_dicom_seg
+
+            names["dicom_seg"] = "labels.seg.dcm"
+            write_dicom_seg(result.label_map, result.manifest, dicom_sources, staging / names["dicom_seg"])
         report = build_report(result, metrics, inputs, names, extra_timings)
         (staging / names["report"]).write_text(json.dumps(report, indent=2) + "\n")
         files = {}

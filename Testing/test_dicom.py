@@ -1,0 +1,101 @@
+"""DICOM: series selection in a folder, DICOM SEG export validated by dciodvfy and read back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dicom_helpers import write_mr_series
+from helpers import small_phantom
+from medcnncad.cli import main
+from medcnncad.dicom import list_series, series_files, write_dicom_seg
+from medcnncad.errors import InputError
+from medcnncad.io import read_volume
+from medcnncad.models import describe_model
+
+DESCRIPTIONS = {"T1": "AX T1 PRE", "T1c": "AX T1 POST GD", "T2": "AX T2", "FLAIR": "AX T2 FLAIR"}
+
+
+@pytest.fixture(scope="module")
+def dicom_case(tmp_path_factory):
+    images, label = small_phantom()
+    folder = tmp_path_factory.mktemp("dicom") / "study"
+    for number, (name, description) in enumerate(DESCRIPTIONS.items(), start=2):
+        write_mr_series(images[name], folder, description, number)
+    return folder, images, label
+
+
+def test_series_selection(dicom_case):
+    folder, images, _ = dicom_case
+    series = list_series(folder)
+    assert sorted(s.description for s in series) == sorted(DESCRIPTIONS.values())
+    assert all(s.modality == "MR" and s.files == images["T1"].GetDepth() for s in series)
+    with pytest.raises(InputError, match="4 DICOM series, choose one"):
+        read_volume(folder)
+    by_description = read_volume(folder, "ax t1 post gd")
+    uid = next(s.uid for s in series if s.description == "AX T1 POST GD")
+    by_uid = read_volume(folder, uid)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(by_description), sitk.GetArrayFromImage(by_uid))
+    assert by_uid.GetSize() == images["T1c"].GetSize()
+    assert by_uid.GetOrigin() == pytest.approx(images["T1c"].GetOrigin(), abs=1e-3)
+    with pytest.raises(InputError, match="matches 0 series"):
+        read_volume(folder, "SAG T1")
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian dicom3tools) is not installed; .ci/run installs it")
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [ln for ln in (done.stdout + done.stderr).splitlines() if ln.lower().startswith("error")]
+
+
+def test_dicom_seg_validates_and_reads_back(dicom_case, tmp_path):
+    import highdicom as hd
+
+    folder, images, label = dicom_case
+    labels = sitk.GetArrayFromImage(label)
+    manifest = describe_model("demo")
+    files = series_files(folder, "AX T1 POST GD")
+    path = write_dicom_seg(labels, manifest, files, tmp_path / "seg.dcm")
+    assert _dciodvfy_errors(path) == []
+    seg = hd.seg.segread(str(path))
+    assert [seg.get_segment_description(n).segment_label for n in (1, 2, 3)] == ["NCR", "ED", "ET"]
+    description = seg.get_segment_description(1)
+    assert description.segmented_property_type.value == "6574001"
+    assert description.algorithm_identification[0].AlgorithmName == "brats-demo-unet"
+    import pydicom
+
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    numbers = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
+                                                ignore_spatial_locations=True)
+    np.testing.assert_array_equal(np.array([0, 1, 2, 4])[numbers], labels)
+    with pytest.raises(InputError, match="does not match the DICOM series"):
+        write_dicom_seg(labels[:-1], manifest, files, tmp_path / "bad.dcm")
+
+
+def test_cli_segment_from_dicom_with_dicom_seg(dicom_case, tmp_path):
+    folder, _, _ = dicom_case
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(tmp_path / "out"), "--dicom-seg"]
+    for name, description in DESCRIPTIONS.items():
+        args += ["--input", f"{name}={folder}", "--series", f"{name}={description}"]
+    assert main(args) == 0
+    assert _dciodvfy_errors(tmp_path / "out" / "labels.seg.dcm") == []
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["outputs"]["dicom_seg"] == "labels.seg.dcm"
+    assert main(args + ["--series", "PET=x"]) == 2  # a selector for a channel that is not given
+
+
+def test_dicom_seg_needs_a_dicom_input(tmp_path, capsys):
+    images, _ = small_phantom()
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(tmp_path / "out"), "--dicom-seg"]
+    for name, img in images.items():
+        sitk.WriteImage(img, str(tmp_path / f"{name}.nii.gz"))
+        args += ["--input", f"{name}={tmp_path / f'{name}.nii.gz'}"]
+    assert main(args) == 2
+    assert "is not a DICOM series folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
