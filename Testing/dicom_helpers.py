@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 _UID_ROOT = "1.2.826.0.1.3680043.8.498."

@@ -9,6 +9,7 @@ Stable syntax (scripts and docs rely on it)::
     medcnncad evaluate --pred PATH --ref PATH [--json] [--model ID_OR_PATH]
     medcnncad phantom --out DIR [--seed N]
     medcnncad train segmentation --template MANIFEST --out DIR [...]
+    medcnncad batch --cases cases.csv --out DIR [--model ID] [--scheduler tcp://host:port] [--serial]
     medcnncad evaluate-phantoms [--model ID] [--n 20] [--json]
     medcnncad models
     medcnncad trust BUNDLE_FOLDER
@@ -76,85 +77,21 @@ def _parse_inputs(items: Sequence[str], option: str = "--input", form: str = "NA
     return inputs
 
 
-def _read_inputs(inputs: dict[str, str], series: dict[str, str]) -> dict:
-    """DICOM folders are read here (with their series selector); files are left to the engine."""
-    from .io import read_volume
-
-    unknown = sorted(set(series) - set(inputs))
-    if unknown:
-        raise InputError(f"--series {unknown}: no --input with that channel name")
-    return {name: read_volume(path, series.get(name)) if Path(path).is_dir() else path
-            for name, path in inputs.items()}
-
-
-def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str]) -> list[str]:
-    """Files of the DICOM series the result's grid comes from (the first channel given)."""
-    from .dicom import series_files
-
-    first = next(c.name for c in model_inputs if c.name in inputs)
-    if not Path(inputs[first]).is_dir():
-        raise InputError(f"--dicom-seg: input {first} ({inputs[first]}) is not a DICOM series folder; "
-                         f"a DICOM SEG must reference the series it was computed on")
-    return series_files(inputs[first], series.get(first))
-
-
 def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
               reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False) -> dict:
-    """Segment (+ evaluate) one case and write its outputs; returns the report."""
-    from .io import read_volume
-    from .metrics import check_label_image, compute_metrics
-    from .models import load_model
+    """Load the model, then segment (+ evaluate) one case and write its outputs; returns the report."""
+    from .case import process_case
     from .inference import Segmenter
-    from .report import write_case_outputs
+    from .models import load_model
 
     t0 = time.perf_counter()
-    model = load_model(model_id, trust=trust)
-    segmenter = Segmenter(model, device=device)
-    load_s = time.perf_counter() - t0
-    series = series or {}
-    sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg else None
+    segmenter = Segmenter(load_model(model_id, trust=trust), device=device)
     progress = _TqdmProgress()
     try:
-        result = segmenter.run(_read_inputs(inputs, series), progress=progress)
-        metrics = ref_array = None
-        extra = {"model_load": load_s}
-        if reference:
-            t0 = time.perf_counter()
-            ref_img = read_volume(reference)
-            ref_array = check_label_image(ref_img, reference, result.reference, "the first input channel")
-            metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
-                                      _manifest_structures(result.manifest))
-            extra["metrics"] = time.perf_counter() - t0
-        progress("write", 0.0)
-        t0 = time.perf_counter()
-        outputs = write_case_outputs(result, out, background=_display_channel(result, inputs, series),
-                                     metrics=metrics, reference_labels=ref_array, inputs=inputs, extra_timings=extra,
-                                     dicom_sources=sources)
+        return process_case(segmenter, inputs, out, reference, series, dicom_seg, progress,
+                            {"model_load": time.perf_counter() - t0})
     finally:
         progress.close()
-    from .io import atomic_path
-
-    report = json.loads(outputs.files["report"].read_text())
-    report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
-    with atomic_path(outputs.files["report"]) as tmp:  # the report is replaced whole or not at all
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    return report
-
-
-def _display_channel(result, inputs: dict[str, str], series: dict[str, str]):
-    """The image shown under the overlay: a post-contrast channel when present, else the first."""
-    from .io import read_volume
-
-    for channel in result.manifest.inputs:
-        if channel.name in inputs and channel.name.lower() in ("t1c", "t1ce", "t1gd"):
-            return read_volume(inputs[channel.name], series.get(channel.name))
-    return result.reference
-
-
-def _manifest_structures(manifest) -> dict[str, tuple[int, ...]]:
-    structures = {x.name: (x.value,) for x in manifest.labels}
-    structures.update({r.name: tuple(r.labels) for r in manifest.regions})
-    return structures
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -210,7 +147,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .models import find_model
         from .manifest import load_manifest
 
-        structures = _manifest_structures(load_manifest(find_model(args.model)))
+        from .case import manifest_structures
+
+        structures = manifest_structures(load_manifest(find_model(args.model)))
     else:
         values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)
         structures = structures_for_labels(values, {"foreground": values} if len(values) > 1 else None)
@@ -292,6 +231,20 @@ def cmd_evaluate_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from .cohort import read_cases, run_cohort, summary_markdown
+    from .models import describe_model
+
+    manifest = describe_model(args.model)
+    cases = read_cases(args.cases, manifest.input_names)
+    summary = run_cohort(cases, args.model, args.out, device=args.device, scheduler=args.scheduler,
+                         workers=args.workers, serial=args.serial)
+    print(summary_markdown(summary))
+    print(f"per-case outputs in {Path(args.out) / 'cases'}; cohort.csv, failures.csv, summary.json, summary.md "
+          f"in {args.out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train_segmentation
 
@@ -341,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("batch", help="segment and evaluate a cohort from a CSV (resumable, on dask)")
+    p.add_argument("--cases", required=True, help="CSV: case_id, one column per channel, [reference], [label]")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--scheduler", help="dask scheduler address (tcp://host:port); default a local cluster")
+    p.add_argument("--workers", type=int, default=2, help="processes of the local cluster")
+    p.add_argument("--serial", action="store_true", help="run in this process, without dask")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("evaluate-phantoms", help="evaluate a model on held-out phantoms (never trained on)")
     p.add_argument("--model", default=DEFAULT_MODEL)

@@ -27,7 +27,8 @@ from .io import signals_deferred, write_image
 from .metrics import DETECTION_RULE, StructureMetrics
 from .segfile import write_seg_nrrd
 
-__all__ = ["CaseOutputs", "json_safe", "build_report", "write_case_outputs", "render_overlays", "summary_table"]
+__all__ = ["CaseOutputs", "json_safe", "case_probability", "CASE_RULE", "build_report", "write_case_outputs",
+           "render_overlays", "summary_table"]
 
 METRIC_KEYS = ("dice", "jaccard", "precision", "recall", "sensitivity", "specificity", "accuracy", "f1",
                "hd95_mm", "assd_mm", "volume_diff_ml")
@@ -81,9 +82,24 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         "lesion_detection_rule": DETECTION_RULE,
         "outputs": dict(outputs or {}),
     }
+    report["case"] = {"abnormality_probability": case_probability(result), "rule": CASE_RULE}
     if metrics is not None:
         report["metrics"] = {name: s.to_json() for name, s in metrics.items()}
     return json_safe(report)
+
+
+CASE_RULE = ("probability that the case holds any lesion = the largest foreground probability of any voxel "
+             "(softmax: 1 - P(background)); not calibrated - a calibrated case classifier is future work")
+
+
+def case_probability(result: SegmentationResult) -> float:
+    """Case-level abnormality score under :data:`CASE_RULE` (0-1)."""
+    if not result.probabilities:
+        return 0.0
+    if result.manifest.postprocessing.activation == "softmax":
+        foreground = sum(p.astype(np.float32) for p in result.probabilities.values())
+        return float(np.clip(foreground.max(), 0.0, 1.0))
+    return float(max(p.max() for p in result.probabilities.values()))
 
 
 def _display_slices(image: sitk.Image, center_ijk: tuple[float, float, float]) -> list[tuple[str, Any]]:

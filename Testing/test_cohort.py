@@ -1,0 +1,109 @@
+"""Cohort runs: resumable, failures isolated, statistics right, dask equal to serial."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from bad_inputs import _brain, _image
+from medcnncad.cli import main
+from medcnncad.cohort import bootstrap_ci, expected_calibration_error, read_cases, run_cohort
+from medcnncad.errors import InputError
+
+CHANNELS = ("T1", "T1c", "T2", "FLAIR")
+
+
+@pytest.fixture
+def cohort_csv(tmp_path):
+    rows = []
+    for index in range(4):
+        folder = tmp_path / f"case{index}"
+        folder.mkdir()
+        row = {"case_id": f"case{index}"}
+        for c, name in enumerate(CHANNELS):
+            volume = _brain(seed=10 * index + c)
+            sitk.WriteImage(_image(volume), str(folder / f"{name}.nii.gz"))
+            row[name] = f"case{index}/{name}.nii.gz"
+        reference = (_brain(seed=10 * index) > 700).astype(np.uint8) * 4 if index < 3 else \
+            np.zeros((20, 24, 24), np.uint8)
+        sitk.WriteImage(_image(reference), str(folder / "ref.nii.gz"))
+        row["reference"] = f"case{index}/ref.nii.gz"
+        row["label"] = "1" if index < 3 else "0"
+        rows.append(row)
+    rows.append({"case_id": "broken", "T1": "case0/T1.nii.gz", "T1c": "missing.nii.gz", "T2": "case0/T2.nii.gz",
+                 "FLAIR": "case0/FLAIR.nii.gz", "reference": "", "label": ""})
+    path = tmp_path / "cases.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case_id", *CHANNELS, "reference", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _reports(out):
+    result = {}
+    for report in sorted((out / "cases").glob("*/report.json")):
+        data = json.loads(report.read_text())
+        result[report.parent.name] = (data["metrics"], data["lesions"], data["case"])
+    return result
+
+
+def test_serial_run_summary_resume_and_failures(cohort_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["batch", "--cases", str(cohort_csv), "--out", str(out), "--device", "cpu", "--serial"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 5 and summary["completed"] == 4 and summary["failed_cases"] == ["broken"]
+    failures = list(csv.DictReader(open(out / "failures.csv")))
+    assert failures[0]["case_id"] == "broken" and "missing.nii.gz" in failures[0]["error"]
+    rows = list(csv.DictReader(open(out / "cohort.csv")))
+    assert len(rows) == 4 * 5 and {r["structure"] for r in rows} == {"NCR", "ED", "ET", "WT", "TC"}
+    dice = [json.loads((out / "cases" / f"case{i}" / "report.json").read_text())["metrics"]["ET"]["dice"]
+            for i in range(4)]
+    et = summary["structures"]["ET"]["dice"]
+    assert et["mean"] == pytest.approx(np.mean(dice)) and et["median"] == pytest.approx(np.median(dice))
+    assert et["ci95"][0] <= et["mean"] <= et["ci95"][1]
+    classification = summary["classification"]
+    assert classification["cases"] == 4 and 0.0 <= classification["auc"] <= 1.0
+    assert "Cohort summary" in capsys.readouterr().out
+    before = _reports(out)
+    stamp = (out / "cases" / "case0" / "report.json").stat().st_mtime_ns
+    assert main(["batch", "--cases", str(cohort_csv), "--out", str(out), "--device", "cpu", "--serial"]) == 0
+    assert (out / "cases" / "case0" / "report.json").stat().st_mtime_ns == stamp  # resumed: not redone
+    assert _reports(out) == before
+
+
+def test_dask_local_cluster_equals_serial(cohort_csv, tmp_path):
+    cases = read_cases(cohort_csv, CHANNELS)
+    run_cohort(cases, "demo", tmp_path / "serial", device="cpu", serial=True)
+    run_cohort(cases, "demo", tmp_path / "dask", device="cpu", workers=2)
+    serial, distributed = _reports(tmp_path / "serial"), _reports(tmp_path / "dask")
+    assert set(serial) == {"case0", "case1", "case2", "case3"}
+    assert serial == distributed
+    a = json.loads((tmp_path / "serial" / "summary.json").read_text())
+    b = json.loads((tmp_path / "dask" / "summary.json").read_text())
+    assert a == b
+
+
+def test_statistics_by_hand():
+    assert bootstrap_ci([1.0]) is None
+    low, high = bootstrap_ci([0.0, 1.0] * 10)
+    assert 0.2 < low < 0.5 < high < 0.8  # normal approximation: 0.5 +- 1.96 * 0.5 / sqrt(20) = 0.5 +- 0.22
+    # bins: 0.1 -> label 0 (gap 0.1), 0.9 and 0.9 -> labels 1, 0 (gap |0.5 - 0.9| = 0.4): (1 * 0.1 + 2 * 0.4) / 3
+    assert expected_calibration_error([0.1, 0.9, 0.9], [0, 1, 0]) == pytest.approx(0.3)
+
+
+def test_csv_errors_name_the_line(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("case_id,T1,label\na,x.nii.gz,1\na,y.nii.gz,0\n")
+    with pytest.raises(InputError, match="line 3: case_id 'a'"):
+        read_cases(path, CHANNELS)
+    path.write_text("case_id,T1,label\na,x.nii.gz,maybe\n")
+    with pytest.raises(InputError, match="label 'maybe'"):
+        read_cases(path, CHANNELS)
+    path.write_text("patient,T1\n")
+    with pytest.raises(InputError, match="no cases"):
+        read_cases(path, CHANNELS)
