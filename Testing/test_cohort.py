@@ -54,8 +54,13 @@ def _reports(out):
 
 def test_serial_run_summary_resume_and_failures(cohort_csv, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["batch", "--cases", str(cohort_csv), "--out", str(out), "--device", "cpu", "--serial"]) == 0
+    assert main(["batch", "--cases", str(cohort_csv), "--out", str(out), "--device", "cpu", "--serial",
+                 "--report"]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    page = (out / "report.html").read_text()
+    for plot in ("Dice per structure", "Bland-Altman, WT volume", "ROC, case abnormality", "Reliability diagram"):
+        assert f"<h2>{plot}</h2><img" in page, plot
+    assert "Research use only" in page and (out / "cases" / "case0" / "report.html").is_file()
     assert summary["cases"] == 5 and summary["completed"] == 4 and summary["failed_cases"] == ["broken"]
     failures = list(csv.DictReader(open(out / "failures.csv")))
     assert failures[0]["case_id"] == "broken" and "missing.nii.gz" in failures[0]["error"]

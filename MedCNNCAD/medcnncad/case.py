@@ -68,6 +68,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
                                  dicom_sources=sources)
     report = json.loads(outputs.files["report"].read_text())
     report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
+    report["reference"] = str(Path(reference).resolve()) if reference else None
     with atomic_path(outputs.files["report"]) as tmp:  # the report is replaced whole or not at all
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     return report

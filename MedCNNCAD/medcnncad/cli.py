@@ -9,7 +9,8 @@ Stable syntax (scripts and docs rely on it)::
     medcnncad evaluate --pred PATH --ref PATH [--json] [--model ID_OR_PATH]
     medcnncad phantom --out DIR [--seed N]
     medcnncad train segmentation --template MANIFEST --out DIR [...]
-    medcnncad batch --cases cases.csv --out DIR [--model ID] [--scheduler tcp://host:port] [--serial]
+    medcnncad batch --cases cases.csv --out DIR [--model ID] [--scheduler tcp://host:port] [--serial] [--report]
+    medcnncad report FOLDER [--pdf]
     medcnncad evaluate-phantoms [--model ID] [--n 20] [--json]
     medcnncad models
     medcnncad trust BUNDLE_FOLDER
@@ -111,11 +112,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         inputs = {name: str(paths[name]) for name in case.images}
         report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]))
+        final = {name: out / "inputs" / path.name for name, path in paths.items()}
+        report["inputs"] = {name: str(final[name]) for name in inputs}
+        report["reference"] = str(final["label"])
         with signals_deferred():  # the input case joins the outputs only when they are complete
             (out / "inputs").mkdir(exist_ok=True)
-            for path in paths.values():
+            for name, path in paths.items():
                 shutil.copyfile(path, out / "inputs" / f".{path.name}.tmp")
-                os.replace(out / "inputs" / f".{path.name}.tmp", out / "inputs" / path.name)
+                os.replace(out / "inputs" / f".{path.name}.tmp", final[name])
+            (out / ".report.json.tmp").write_text(json.dumps(report, indent=2) + "\n")
+            os.replace(out / ".report.json.tmp", out / "report.json")  # paths that outlive the demo
     print(summary_table(report))
     print(f"\noutputs in {out}: labels.nii.gz, labels.seg.nrrd, prob_*.nii.gz, overlay.png, report.json, "
           f"and the input case in {out / 'inputs'}")
@@ -239,10 +245,43 @@ def cmd_batch(args: argparse.Namespace) -> int:
     cases = read_cases(args.cases, manifest.input_names)
     summary = run_cohort(cases, args.model, args.out, device=args.device, scheduler=args.scheduler,
                          workers=args.workers, serial=args.serial)
+    if args.report:
+        from .html_report import case_report, cohort_report
+
+        for case in cases:
+            if (Path(args.out) / "cases" / case.case_id / "report.json").is_file():
+                case_report(Path(args.out) / "cases" / case.case_id)
+        print(cohort_report(args.out, {c.case_id: c.label for c in cases}))
     print(summary_markdown(summary))
     print(f"per-case outputs in {Path(args.out) / 'cases'}; cohort.csv, failures.csv, summary.json, summary.md "
           f"in {args.out}")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import case_report, cohort_report, html_to_pdf
+
+    folder = Path(args.folder)
+    if (folder / "summary.json").is_file():
+        path = cohort_report(folder, _labels_from_cohort_csv(folder))
+    elif (folder / "report.json").is_file():
+        path = case_report(folder)
+    else:
+        raise InputError(f"{folder}: neither a case folder (report.json) nor a cohort folder (summary.json)")
+    print(path)
+    if args.pdf:
+        print(html_to_pdf(path))
+    return 0
+
+
+def _labels_from_cohort_csv(folder: Path) -> dict[str, int | None]:
+    import csv
+
+    labels: dict[str, int | None] = {}
+    with open(folder / "cohort.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            labels[row["case_id"]] = int(row["label"]) if row.get("label") else None
+    return labels
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -303,7 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="dask scheduler address (tcp://host:port); default a local cluster")
     p.add_argument("--workers", type=int, default=2, help="processes of the local cluster")
     p.add_argument("--serial", action="store_true", help="run in this process, without dask")
+    p.add_argument("--report", action="store_true", help="also write HTML reports per case and for the cohort")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("report", help="HTML report (and --pdf) of a case or cohort output folder")
+    p.add_argument("folder")
+    p.add_argument("--pdf", action="store_true", help="also print it to PDF with headless Chromium")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate-phantoms", help="evaluate a model on held-out phantoms (never trained on)")
     p.add_argument("--model", default=DEFAULT_MODEL)

@@ -1,0 +1,260 @@
+"""Self-contained HTML reports (and PDF through headless Chromium) for a case and a cohort.
+
+A case report shows the intended-use statement, the model's provenance (id, version, SHA-256,
+device), the case-level probability, slice screenshots of the image with the AI segmentation
+and the reference (rendered headless through Slicer's slice pipeline when ``slicer-core`` is
+installed, otherwise the matplotlib overlay), the lesion table and the metric table. A cohort
+report adds Dice box plots, ROC, reliability diagram and a Bland-Altman plot of volumes.
+Images are embedded as data URIs, so one file is the whole report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import INTENDED_USE
+from .io import atomic_path
+
+__all__ = ["case_report", "cohort_report", "html_to_pdf", "find_chromium"]
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+.banner{background:#fff3cd;border:1px solid #e0b400;padding:.6em 1em;font-weight:600}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.3em 0}
+.small{color:#666;font-size:.85em}"""
+
+_ONLOAD = """<script>window.addEventListener('load',function(){var i=document.images,n=0;
+for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0){n++;}}
+document.body.setAttribute('data-images-total',i.length);document.body.setAttribute('data-images-loaded',n);});
+</script>"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))  # noqa
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style>{_ONLOAD}</head><body><h1>{html.escape(title)}</h1>"
+            f"<p class='banner'>{html.escape(INTENDED_USE)}</p>{body}</body></html>")
+
+
+def _slicer_screenshots(case_dir: Path, report: dict) -> list[tuple[str, bytes]]:
+    """Slicer slice views of the AI segmentation and the reference (needs slicer-core)."""
+    import slicer  # noqa: F401 - ImportError means: fall back to the matplotlib overlay
+
+    from .slicer_headless import application_logic, new_scene
+    from .slicer_render import render_slice_views
+
+    new_scene()
+    inputs = report.get("inputs") or {}
+    image_path = next((inputs[k] for k in inputs if k.lower() in ("t1c", "t1ce", "t1gd")), None)
+    image_path = image_path or next(iter(inputs.values()), None)
+    if image_path is None or Path(image_path).is_dir():
+        raise FileNotFoundError("no image file to render")
+    volume = slicer.modules.volumes.logic().AddArchetypeVolume(str(image_path), "image")
+    if volume is None:
+        raise FileNotFoundError(f"{image_path}: cannot be loaded for the screenshots")
+    shots = []
+    largest = max(report["lesions"], key=lambda les: les["voxel_count"], default=None)
+    center = largest["centroid_ras_mm"] if largest else [0.0, 0.0, 0.0]
+    segmentations = [("AI segmentation", _read_segmentation(case_dir / "labels.seg.nrrd", "AI segmentation"))]
+    if report.get("reference") and Path(report["reference"]).is_file():
+        segmentations.append(("Reference", _reference_segmentation(report)))
+    for title, seg in segmentations:
+        with tempfile.TemporaryDirectory() as tmp:
+            png = render_slice_views(volume, seg, Path(tmp) / "shot.png", center, size=260,
+                                     app_logic=application_logic())
+            shots.append((f"{title} (Slicer slice views)", png.read_bytes()))
+    return shots
+
+
+def _read_segmentation(path: Path, name: str):
+    import slicer
+
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    seg.CreateDefaultDisplayNodes()
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(path))
+    storage.ReadData(seg)
+    return seg
+
+
+def _reference_segmentation(report: dict):
+    """The reference label map as a segmentation named and coloured like the model's labels."""
+    import SimpleITK as sitk
+    import slicer.util
+
+    from .models import describe_model
+    from .slicer_adaptor import add_segmentation_node, ijk_to_ras_matrix
+
+    image = sitk.ReadImage(report["reference"])
+    labels = sitk.GetArrayFromImage(image).astype(np.uint8)
+    grid = slicer.util.addVolumeFromArray(labels, ijkToRAS=ijk_to_ras_matrix(image), name="reference grid")
+    return add_segmentation_node(labels, describe_model(report["model"]["folder"]), grid, "Reference")
+
+
+def case_report(case_dir: str | Path) -> Path:
+    """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path."""
+    case_dir = Path(case_dir)
+    report = json.loads((case_dir / "report.json").read_text())
+    model = report["model"]
+    try:
+        shots = _slicer_screenshots(case_dir, report)
+    except (ImportError, FileNotFoundError):
+        shots = []
+    shots.append(("AI labels filled, reference outlined", (case_dir / "overlay.png").read_bytes()))
+    body = [f"<p class='small'>case folder {html.escape(str(case_dir))}; created {html.escape(report['created'])}</p>",
+            "<h2>Model</h2>", _table(["field", "value"], [
+                ("model", f"{model['name']} ({model['id']} {model['version']})"),
+                ("weights SHA-256", model["weights_sha256"]), ("trained on", model["trained_on"]),
+                ("device", report["device"]),
+                ("total time (s)", f"{sum(report['timings_s'].values()):.2f}")]),
+            "<h2>Case</h2>", _table(["abnormality probability", "rule"],
+                                    [(report["case"]["abnormality_probability"], report["case"]["rule"])])]
+    body += ["<h2>Images</h2>"] + [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
+    body += ["<h2>Lesions</h2>", _table(
+        ["structure", "id", "volume mL", "longest diameter mm", "mean P", "max P", "R", "A", "S"],
+        [(les["structure"], les["id"], les["volume_ml"], les["longest_diameter_mm"], les["mean_probability"],
+          les["max_probability"], *les["centroid_ras_mm"]) for les in report["lesions"]])]
+    if "metrics" in report:
+        keys = ["dice", "jaccard", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "volume_diff_ml"]
+        body += ["<h2>Agreement with the reference</h2>",
+                 _table(["structure", *keys], [(name, *[m[k] for k in keys]) for name, m in report["metrics"].items()]),
+                 f"<p class='small'>{html.escape(report['lesion_detection_rule'])}</p>"]
+    path = case_dir / "report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(_page(f"MedCNNCAD case report - {model['id']}", "".join(body)), encoding="utf-8")
+    return path
+
+
+def _figure_png(draw) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    draw(ax)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _cohort_plots(reports: dict[str, dict], labels: dict[str, int | None]) -> list[tuple[str, bytes]]:
+    structures = sorted({s for r in reports.values() for s in r.get("metrics", {})})
+    plots = []
+    if structures:
+        data = [[r["metrics"][s]["dice"] for r in reports.values() if s in r.get("metrics", {})] for s in structures]
+        plots.append(("Dice per structure", _figure_png(lambda ax: (ax.boxplot(data, tick_labels=structures),
+                                                                     ax.set_ylabel("Dice")))))
+        region = "WT" if "WT" in structures else structures[0]
+        pred = np.array([r["metrics"][region]["predicted_volume_ml"] for r in reports.values()
+                         if region in r.get("metrics", {})])
+        ref = np.array([r["metrics"][region]["reference_volume_ml"] for r in reports.values()
+                        if region in r.get("metrics", {})])
+
+        def bland_altman(ax):
+            mean, diff = (pred + ref) / 2, pred - ref
+            ax.scatter(mean, diff, s=12)
+            for y in (diff.mean(), diff.mean() + 1.96 * diff.std(), diff.mean() - 1.96 * diff.std()):
+                ax.axhline(y, linestyle="--", linewidth=0.8, color="grey")
+            ax.set_xlabel(f"mean {region} volume (mL)")
+            ax.set_ylabel("AI - reference (mL)")
+
+        plots.append((f"Bland-Altman, {region} volume", _figure_png(bland_altman)))
+    pairs = [(reports[c]["case"]["abnormality_probability"], y) for c, y in labels.items()
+             if y is not None and c in reports]
+    if len({y for _, y in pairs}) == 2:
+        from sklearn.metrics import roc_curve
+
+        p, y = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+        fpr, tpr, _ = roc_curve(y, p)
+        plots.append(("ROC, case abnormality", _figure_png(lambda ax: (ax.plot(fpr, tpr), ax.plot([0, 1], [0, 1], ":"),
+                                                                        ax.set_xlabel("1 - specificity"),
+                                                                        ax.set_ylabel("sensitivity")))))
+        edges = np.linspace(0, 1, 11)
+        index = np.clip(np.digitize(p, edges[1:-1], right=True), 0, 9)
+        centers = [p[index == b].mean() for b in range(10) if (index == b).any()]
+        observed = [y[index == b].mean() for b in range(10) if (index == b).any()]
+        plots.append(("Reliability diagram", _figure_png(lambda ax: (ax.plot([0, 1], [0, 1], ":"),
+                                                                      ax.plot(centers, observed, "o-"),
+                                                                      ax.set_xlabel("predicted probability"),
+                                                                      ax.set_ylabel("observed frequency")))))
+    return plots
+
+
+def cohort_report(out_dir: str | Path, labels: dict[str, int | None] | None = None) -> Path:
+    """Write ``report.html`` for a cohort folder written by ``medcnncad batch``."""
+    out_dir = Path(out_dir)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    reports = {p.parent.name: json.loads(p.read_text()) for p in sorted((out_dir / "cases").glob("*/report.json"))}
+    first = next(iter(reports.values()), None)
+    body = []
+    if first:
+        m = first["model"]
+        body.append(_table(["model", "version", "weights SHA-256", "trained on"],
+                           [(m["id"], m["version"], m["weights_sha256"], m["trained_on"])]))
+    body.append(f"<p>{summary['completed']} of {summary['cases']} cases completed; failed: "
+                f"{html.escape(', '.join(summary.get('failed_cases', [])) or 'none')}</p>")
+    rows = []
+    for name, s in summary["structures"].items():
+        ci = s["dice"]["ci95"] or [None, None]
+        rows.append((name, s["dice"]["mean"], ci[0], ci[1], s["dice"]["median"], s["hd95_mm"]["median"],
+                     s["lesion_sensitivity"], s["false_positive_lesions_per_case"]))
+    body.append(_table(["structure", "Dice mean", "CI low", "CI high", "Dice median", "HD95 median mm",
+                        "lesion sensitivity", "FP lesions/case"], rows))
+    c = summary.get("classification")
+    if c:
+        body.append(_table(["cases", "AUC", "AUC CI", "Brier", "ECE"],
+                           [(c["cases"], c["auc"], str(c["auc_ci95"]), c["brier"], c["ece_10_bins"])]))
+    body += [f"<h2>{html.escape(t)}</h2>{_img(png, t)}" for t, png in _cohort_plots(reports, labels or {})]
+    path = out_dir / "report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(_page("MedCNNCAD cohort report", "".join(body)), encoding="utf-8")
+    return path
+
+
+def find_chromium() -> str | None:
+    """A headless-capable Chromium/Chrome on PATH, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def html_to_pdf(html_path: str | Path, pdf_path: str | Path | None = None, timeout: float = 120) -> Path:
+    """Print a report to PDF with headless Chromium (raises FileNotFoundError without Chromium)."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("Chromium is not installed: the PDF needs it (the HTML report is complete)")
+    html_path = Path(html_path)
+    pdf_path = Path(pdf_path) if pdf_path else html_path.with_suffix(".pdf")
+    with tempfile.TemporaryDirectory() as profile, atomic_path(pdf_path) as tmp:
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--no-pdf-header-footer",
+                        f"--print-to-pdf={tmp}", html_path.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=timeout)
+    return pdf_path

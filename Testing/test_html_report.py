@@ -1,0 +1,62 @@
+"""HTML reports: content, Slicer screenshots, rendering in headless Chromium, PDF."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+
+import pytest
+import SimpleITK as sitk
+
+from helpers import small_phantom
+from medcnncad.cli import main
+from medcnncad.html_report import CHROMIUM_FLAGS, case_report, find_chromium, html_to_pdf
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("case")
+    images, label = small_phantom()
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(folder / "out")]
+    for name, img in images.items():
+        sitk.WriteImage(img, str(folder / f"{name}.nii.gz"))
+        args += ["--input", f"{name}={folder / f'{name}.nii.gz'}"]
+    sitk.WriteImage(label, str(folder / "ref.nii.gz"))
+    assert main(args + ["--reference", str(folder / "ref.nii.gz")]) == 0
+    return folder / "out"
+
+
+def test_case_report_content(case_dir):
+    text = case_report(case_dir).read_text()
+    assert "Research use only - not for diagnosis" in text
+    assert "brats-demo-unet" in text and "synthetic phantoms" in text
+    assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", text)) == 3  # AI, reference, overlay
+    assert "AI segmentation (Slicer slice views)" in text and "Reference (Slicer slice views)" in text
+    assert "Agreement with the reference" in text and "abnormality probability" in text
+
+
+def _chromium():
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    return chromium
+
+
+def test_report_renders_with_its_images_in_headless_chromium(case_dir):
+    chromium = _chromium()
+    page = case_report(case_dir)
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+                               "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    total = re.search(r'data-images-total="(\d+)"', done.stdout)
+    loaded = re.search(r'data-images-loaded="(\d+)"', done.stdout)
+    assert total and loaded, done.stderr[-500:]
+    assert int(total.group(1)) == 3 and int(loaded.group(1)) == 3
+
+
+def test_pdf(case_dir):
+    _chromium()
+    pdf = html_to_pdf(case_report(case_dir))
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF") and len(data) > 20_000
