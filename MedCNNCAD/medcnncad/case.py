@@ -16,7 +16,7 @@ from .io import atomic_path, read_volume
 from .metrics import check_label_image, compute_metrics
 from .report import write_case_outputs
 
-__all__ = ["process_case", "manifest_structures"]
+__all__ = ["process_case"]
 
 
 def _read_inputs(inputs: dict[str, str], series: dict[str, str]) -> dict:
@@ -59,7 +59,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
         ref_img = read_volume(reference)
         ref_array = check_label_image(ref_img, reference, result.reference, "the first input channel")
         metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
-                                  manifest_structures(result.manifest))
+                                  result.manifest.structures())
         extra["metrics"] = time.perf_counter() - t0
     progress("write", 0.0)
     t0 = time.perf_counter()
@@ -80,10 +80,3 @@ def _display_channel(result, inputs: dict[str, str], series: dict[str, str]):
         if channel.name in inputs and channel.name.lower() in ("t1c", "t1ce", "t1gd"):
             return read_volume(inputs[channel.name], series.get(channel.name))
     return result.reference
-
-
-def manifest_structures(manifest) -> dict[str, tuple[int, ...]]:
-    """Structure name -> label values: every label, then every region of the manifest."""
-    structures = {x.name: (x.value,) for x in manifest.labels}
-    structures.update({r.name: tuple(r.labels) for r in manifest.regions})
-    return structures

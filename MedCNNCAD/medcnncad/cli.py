@@ -153,9 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .models import find_model
         from .manifest import load_manifest
 
-        from .case import manifest_structures
-
-        structures = manifest_structures(load_manifest(find_model(args.model)))
+        structures = load_manifest(find_model(args.model)).structures()
     else:
         values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)
         structures = structures_for_labels(values, {"foreground": values} if len(values) > 1 else None)

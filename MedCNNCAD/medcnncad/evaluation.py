@@ -27,8 +27,7 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
 
     segmenter = Segmenter(load_model(model_id), device=device)
     manifest = segmenter.manifest
-    structures = {x.name: (x.value,) for x in manifest.labels}
-    structures.update({r.name: tuple(r.labels) for r in manifest.regions})
+    structures = manifest.structures()
     per_case: list[dict[str, Any]] = []
     seconds = []
     for seed in tqdm(range(seed_base, seed_base + n_cases), desc="phantoms", unit="case"):

@@ -47,12 +47,9 @@ class Lesion:
 
 def structure_masks(label_map: np.ndarray, manifest: Manifest) -> dict[str, tuple[str, np.ndarray]]:
     """Name -> (kind, boolean mask) for every label and region of the manifest."""
-    masks: dict[str, tuple[str, np.ndarray]] = {}
-    for label in manifest.labels:
-        masks[label.name] = ("label", label_map == label.value)
-    for region in manifest.regions:
-        masks[region.name] = ("region", np.isin(label_map, region.labels))
-    return masks
+    labels = {label.name for label in manifest.labels}
+    return {name: ("label" if name in labels else "region", np.isin(label_map, values))
+            for name, values in manifest.structures().items()}
 
 
 def structure_probability(name: str, manifest: Manifest, probabilities: Mapping[str, np.ndarray]) -> np.ndarray | None:

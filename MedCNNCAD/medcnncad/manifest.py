@@ -158,6 +158,12 @@ class Manifest:
     def input_names(self) -> list[str]:
         return [c.name for c in self.inputs]
 
+    def structures(self) -> dict[str, tuple[int, ...]]:
+        """Structure name -> label values: every label, then every region (e.g. WT = (1, 2, 4))."""
+        out = {label.name: (label.value,) for label in self.labels}
+        out.update({region.name: tuple(region.labels) for region in self.regions})
+        return out
+
     def label_by_value(self, value: int) -> LabelDef:
         for label in self.labels:
             if label.value == value:

@@ -344,8 +344,7 @@ def compare_nodes(ai_segmentation: Any, reference_segmentation: Any, reference_v
     image = volume_node_to_image(reference_volume)
     ai = segmentation_to_labels(ai_segmentation, reference_volume, manifest)
     ref = segmentation_to_labels(reference_segmentation, reference_volume, manifest)
-    structures = {x.name: (x.value,) for x in manifest.labels}
-    structures.update({r.name: tuple(r.labels) for r in manifest.regions})
+    structures = manifest.structures()
     metrics = compute_metrics(ai, ref, image.GetSpacing(), structures)
     name = discordance_structure or (manifest.regions[0].name if manifest.regions else manifest.labels[0].name)
     ai_mask, ref_mask = np.isin(ai, structures[name]), np.isin(ref, structures[name])

@@ -84,8 +84,7 @@ def _region_dice(pred: np.ndarray, true: np.ndarray, manifest: Manifest) -> dict
     """Dice per label and region of two channel-index maps (both empty counts as 1)."""
     values = np.array([c.value for c in manifest.postprocessing.channels])
     pred_v, true_v = values[pred], values[true]
-    structures = {x.name: (x.value,) for x in manifest.labels}
-    structures.update({r.name: r.labels for r in manifest.regions})
+    structures = manifest.structures()
     out = {}
     for name, labels in structures.items():
         p, t = np.isin(pred_v, labels), np.isin(true_v, labels)
