@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from concurrent.futures import ThreadPoolExecutor
 import math
 import os
 import shutil
@@ -184,13 +185,18 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
     try:
         names = {"labels": "labels.nii.gz", "segmentation": "labels.seg.nrrd", "overlay": "overlay.png",
                  "report": "report.json"}
-        write_image(result.label_image(), staging / names["labels"])
-        write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
-        for channel in result.probabilities:
-            names[f"prob_{channel}"] = f"prob_{channel}.nii.gz"
-            write_image(result.probability_image(channel), staging / names[f"prob_{channel}"])
-        render_overlays(result, background if background is not None else result.reference, staging / names["overlay"],
-                        reference_labels)
+        names.update({f"prob_{channel}": f"prob_{channel}.nii.gz" for channel in result.probabilities})
+        # The volumes compress in two threads while this one writes the rest; leaving the with
+        # block (also on an error or Ctrl-C) waits for them, before the staging folder goes.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(write_image, result.label_image(), staging / names["labels"])]
+            jobs += [pool.submit(write_image, result.probability_image(channel), staging / names[f"prob_{channel}"])
+                     for channel in result.probabilities]
+            write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
+            render_overlays(result, background if background is not None else result.reference,
+                            staging / names["overlay"], reference_labels)
+            for job in jobs:
+                job.result()
         if dicom_sources:
             from .dicom import write_dicom_seg
 
