@@ -160,12 +160,23 @@ def _channel_names(meta: dict, key: str, count_default: int, prefix: str) -> lis
     return [str(defs.get(str(i), defs.get(i, f"{prefix}{i}"))).replace(" ", "_") for i in range(count)]
 
 
-def _inference_settings(inferer: Any) -> InferenceSettings:
-    """Sliding-window settings read off the bundle's instantiated inferer (defaults when absent)."""
-    mode = getattr(inferer, "mode", "constant")
-    return InferenceSettings(tuple(int(v) for v in getattr(inferer, "roi_size", (96, 96, 96))),
-                             float(getattr(inferer, "overlap", 0.25)), str(getattr(mode, "value", mode)),
-                             int(getattr(inferer, "sw_batch_size", 1)))
+_INFERER_FIELDS = ("roi_size", "overlap", "mode", "sw_batch_size")
+
+
+def _inference_settings(values: dict[str, Any]) -> InferenceSettings:
+    """Sliding-window settings from an inferer's fields (defaults for those absent)."""
+    mode = values.get("mode", "constant")
+    return InferenceSettings(tuple(int(v) for v in values.get("roi_size", (96, 96, 96))),
+                             float(values.get("overlap", 0.25)), str(getattr(mode, "value", mode)),
+                             int(values.get("sw_batch_size", 1)))
+
+
+def _read_metadata(folder: Path) -> dict:
+    path = folder / "configs" / "metadata.json"
+    meta = _read_config(path)
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: metadata must be a JSON object")
+    return meta
 
 
 def _bundle_manifest(folder: Path, meta: dict, network_name: str, inference: InferenceSettings,
@@ -187,15 +198,11 @@ def _bundle_manifest(folder: Path, meta: dict, network_name: str, inference: Inf
 def describe_bundle(folder: str | Path) -> Manifest:
     """The engine's view of a bundle from its metadata and raw config, without running any of it."""
     folder = Path(folder)
-    meta = _read_config(folder / "configs" / "metadata.json")
-    if not isinstance(meta, dict):
-        raise ModelError(f"{folder / 'configs' / 'metadata.json'}: metadata must be a JSON object")
+    meta = _read_metadata(folder)
     config = _read_config(_find_config(folder))
     raw_inferer = config.get("inferer", {}) if isinstance(config, dict) else {}
-    plain = {k: v for k, v in raw_inferer.items() if not (isinstance(v, str) and v[:1] in "$@")}
-    settings = InferenceSettings(tuple(int(v) for v in plain.get("roi_size", (96, 96, 96))),
-                                 float(plain.get("overlap", 0.25)), str(plain.get("mode", "constant")),
-                                 int(plain.get("sw_batch_size", 1)))
+    settings = _inference_settings({k: v for k, v in raw_inferer.items()
+                                    if k in _INFERER_FIELDS and not (isinstance(v, str) and v[:1] in "$@")})
     network = str((config.get("network_def") or {}).get("_target_", "network")) if isinstance(config, dict) else ""
     post = _postprocessing(config, _channel_names(meta, "outputs", 2, "class"))
     return _bundle_manifest(folder, meta, network.rsplit(".", 1)[-1], settings, post,
@@ -208,10 +215,7 @@ def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
     from monai.transforms import Compose
 
     folder = Path(folder)
-    meta_path = folder / "configs" / "metadata.json"
-    meta = _read_config(meta_path)
-    if not isinstance(meta, dict):
-        raise ModelError(f"{meta_path}: metadata must be a JSON object")
+    meta = _read_metadata(folder)
     config_path = _find_config(folder)
     _require_trust(folder, trust)
     weights = contained_path(folder, "models/model.pt", "weights")
@@ -237,5 +241,6 @@ def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
         return compose({image_key: image})[image_key] if steps else image
 
     post = _postprocessing(_read_config(config_path), _channel_names(meta, "outputs", 2, "class"))
-    manifest = _bundle_manifest(folder, meta, type(network).__name__, _inference_settings(inferer), post, weights)
+    manifest = _bundle_manifest(folder, meta, type(network).__name__, _inference_settings(
+        {k: getattr(inferer, k) for k in _INFERER_FIELDS if hasattr(inferer, k)}), post, weights)
     return LoadedModel(manifest, network, preprocess, "bundle", folder)

@@ -63,7 +63,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
         extra["metrics"] = time.perf_counter() - t0
     progress("write", 0.0)
     t0 = time.perf_counter()
-    outputs = write_case_outputs(result, out, background=_display_channel(result, inputs, series),
+    outputs = write_case_outputs(result, out, background=_display_channel(result),
                                  metrics=metrics, reference_labels=ref_array, inputs=inputs, extra_timings=extra,
                                  dicom_sources=sources)
     report = json.loads(outputs.files["report"].read_text())
@@ -74,9 +74,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     return report
 
 
-def _display_channel(result, inputs: dict[str, str], series: dict[str, str]):
-    """The image shown under the overlay: a post-contrast channel when present, else the first."""
-    for channel in result.manifest.inputs:
-        if channel.name in inputs and channel.name.lower() in ("t1c", "t1ce", "t1gd"):
-            return read_volume(inputs[channel.name], series.get(channel.name))
-    return result.reference
+def _display_channel(result):
+    """The image shown under the overlay: a post-contrast channel when given, else the first."""
+    return next((image for name, image in result.images.items() if name.lower() in ("t1c", "t1ce", "t1gd")),
+                result.reference)

@@ -71,6 +71,7 @@ class SegmentationResult:
         timings: stage name -> seconds.
         missing_channels: optional channels that were absent and filled with zeros.
         warnings: human-readable notes (e.g. channels resampled onto the first).
+        images: the input channels that were given, as read (float32, on ``reference``'s grid).
     """
 
     label_map: np.ndarray
@@ -82,6 +83,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     missing_channels: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    images: dict[str, sitk.Image] = field(default_factory=dict, repr=False)
 
     def label_image(self) -> sitk.Image:
         """The label map as a SimpleITK image on the reference grid."""
@@ -167,11 +169,14 @@ class Segmenter:
         images: dict[str, sitk.Image] = {}
         for name in present:
             value = inputs[name]
-            images[name] = value if isinstance(value, sitk.Image) else read_volume(value)
-            if images[name].GetDimension() != 3 or images[name].GetNumberOfComponentsPerPixel() != 1:
-                raise InputError(f"input {name}: expected a 3D scalar volume, got {images[name].GetDimension()}D "
-                                 f"with {images[name].GetNumberOfComponentsPerPixel()} component(s)")
-            check_finite(images[name], f"input {name}")
+            if not isinstance(value, sitk.Image):
+                images[name] = read_volume(value)  # validates what it reads
+                continue
+            if value.GetDimension() != 3 or value.GetNumberOfComponentsPerPixel() != 1:
+                raise InputError(f"input {name}: expected a 3D scalar volume, got {value.GetDimension()}D "
+                                 f"with {value.GetNumberOfComponentsPerPixel()} component(s)")
+            check_finite(value, f"input {name}")
+            images[name] = value
         first_name = present[0]
         first = images[first_name]
         for name in present[1:]:
@@ -349,5 +354,6 @@ class Segmenter:
         lesions = find_lesions(label_map, images[0], self.manifest, probabilities)
         timings["lesions"] = time.perf_counter() - t0
         progress("done", 1.0)
+        given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(self.device),
-                                  timings, missing, warnings)
+                                  timings, missing, warnings, given)
