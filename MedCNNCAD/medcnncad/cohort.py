@@ -74,28 +74,17 @@ def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase
 
 # -- running ---------------------------------------------------------------------------------------
 
-_SEGMENTERS: dict[tuple[str, str], Any] = {}  # per process: a worker loads each model once
-
-
-def _segmenter(model: str, device: str):
-    from .inference import Segmenter
-    from .models import load_model
-
-    if (model, device) not in _SEGMENTERS:
-        _SEGMENTERS[(model, device)] = Segmenter(load_model(model), device=device)
-    return _SEGMENTERS[(model, device)]
-
-
 def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str) -> dict[str, Any]:
     """Run one case (in any process); returns a status record, never raises for bad input."""
     from .case import process_case
+    from .inference import cached_segmenter  # each worker process loads the model once
 
     folder = Path(out_dir) / "cases" / case.case_id
     if (folder / "report.json").is_file():
         return {"case_id": case.case_id, "status": "skipped"}
     t0 = time.perf_counter()
     try:
-        process_case(_segmenter(model, device), case.inputs, folder, case.reference, case.series)
+        process_case(cached_segmenter(model, device), case.inputs, folder, case.reference, case.series)
     except MedCNNCADError as exc:
         return {"case_id": case.case_id, "status": "failed", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one broken case must not stop the cohort

@@ -29,11 +29,11 @@ from .errors import InputError
 from .io import check_finite, geometry_text, read_volume, same_space
 from .lesions import Lesion, components, find_lesions
 from .manifest import Manifest
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 from .preprocess import lps_to_ras, to_metatensor
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device", "label_map_from_probabilities",
-           "remove_small_components"]
+           "remove_small_components", "cached_segmenter"]
 
 log = logging.getLogger(__name__)
 
@@ -357,3 +357,17 @@ class Segmenter:
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(self.device),
                                   timings, missing, warnings, given)
+
+
+_SEGMENTERS: dict[tuple[str, str, bool], Segmenter] = {}
+
+
+def cached_segmenter(model: str, device: str = "auto", trust: bool = False) -> Segmenter:
+    """A :class:`Segmenter` per (model, device, trust) and process: the model loads once.
+
+    Used by the worker process, the cohort workers and the Slicer Logic's console API.
+    """
+    key = (str(model), device, trust)
+    if key not in _SEGMENTERS:
+        _SEGMENTERS[key] = Segmenter(load_model(model, trust=trust), device=device)
+    return _SEGMENTERS[key]

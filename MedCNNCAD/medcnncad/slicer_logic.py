@@ -33,7 +33,6 @@ class SecondReaderLogic:
     """Segment volume nodes, show results, compare with a reference; no dialogs, errors name the value."""
 
     def __init__(self) -> None:
-        self._segmenters = {}
         self._worker = None
 
     # -- environment --------------------------------------------------------------------
@@ -118,14 +117,10 @@ class SecondReaderLogic:
     def segment(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto", trust: bool = False,
                 progress: Callable[[str, float], None] | None = None) -> ResultNodes:
         """Segment in this process (blocking). Volumes as a list in channel order or a name -> node dict."""
-        from .inference import Segmenter
-        from .models import load_model
+        from .inference import cached_segmenter
         from .slicer_adaptor import add_result_nodes, volume_node_to_image
 
-        key = (model, device, trust)
-        if key not in self._segmenters:
-            self._segmenters[key] = Segmenter(load_model(model, trust=trust), device=device)
-        segmenter = self._segmenters[key]
+        segmenter = cached_segmenter(model, device, trust)
         volumes = self._namedInputs(inputVolumeNodes, segmenter.manifest)
         result = segmenter.run({k: volume_node_to_image(v) for k, v in volumes.items()}, progress=progress)
         return add_result_nodes(result, next(iter(volumes.values())))

@@ -72,24 +72,16 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
 class _Server:
     def __init__(self, output: TextIO) -> None:
         self.output = output
-        self.segmenters: dict[tuple[str, str, bool], Any] = {}
 
     def emit(self, **event: Any) -> None:
         self.output.write(json.dumps(event) + "\n")
         self.output.flush()
 
-    def segmenter(self, model: str, device: str, trust: bool):
-        from .inference import Segmenter
-        from .models import load_model
-
-        key = (model, device, trust)
-        if key not in self.segmenters:
-            self.segmenters[key] = Segmenter(load_model(model, trust=trust), device=device)
-        return self.segmenters[key]
-
     def segment(self, request: Mapping[str, Any]) -> None:
         rid = request.get("id")
-        segmenter = self.segmenter(request["model"], request.get("device", "auto"), bool(request.get("trust")))
+        from .inference import cached_segmenter
+
+        segmenter = cached_segmenter(request["model"], request.get("device", "auto"), bool(request.get("trust")))
         result = segmenter.run(request["inputs"], progress=lambda s, f: self.emit(id=rid, event="progress",
                                                                                  stage=s, fraction=f))
         save_result(result, Path(request["out"]))
