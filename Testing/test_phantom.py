@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from helpers import small_phantom
@@ -41,3 +42,85 @@ def test_sequence_contrast_is_characteristic():
     assert (arr["T1"][lab == 0] >= 0).all()
     spacing = label.GetSpacing()
     assert spacing[2] >= spacing[0]                  # anisotropic grid
+
+
+CLASSIC_HASH_900000 = "0e3a11fc2822c2ebf8d1d6e6aef0dd9350aa460cf608c1a0ae365f22386c8cc4"
+
+
+def test_classic_phantoms_are_unchanged_by_the_new_features():
+    """Every new generator feature is off in the classic preset, which draws the same numbers as before
+    (the first demo model was trained and evaluated on exactly these voxels)."""
+    import hashlib
+
+    case = make_phantom(900_000)
+    digest = hashlib.sha256()
+    for name in sorted(case.images):
+        digest.update(sitk.GetArrayFromImage(case.images[name]).tobytes())
+    digest.update(sitk.GetArrayFromImage(case.label).tobytes())
+    assert digest.hexdigest() == CLASSIC_HASH_900000
+
+
+def _volumes(case):
+    lab = sitk.GetArrayFromImage(case.label)
+    voxel_ml = np.prod(case.label.GetSpacing()) / 1000
+    return {v: float((lab == v).sum() * voxel_ml) for v in (1, 2, 4)}, lab
+
+
+def test_grade_shapes_appearance_but_not_size_alone():
+    from medcnncad.phantom import preset
+
+    import dataclasses
+
+    graded = dataclasses.replace(preset("graded"), crop_margin_mm=5.0)  # the tumor's box only: fast
+    cases = [make_phantom(s, graded) for s in range(300_000, 300_012)]
+    grades = [c.grade for c in cases]
+    assert {"HGG", "LGG"} <= set(grades)
+    for case in cases:
+        vols, lab = _volumes(case)
+        if case.grade == "HGG":
+            assert vols[4] > 0  # high grade always enhances
+        else:
+            assert case.info["necrosis"] == 0.0 and vols[1] > 0  # low grade: a non-enhancing mass (label 1)
+            if vols[4] > 0:
+                assert case.info["patchy_enhancement"] == 1.0
+    # the core sizes of the two grades overlap (config ranges), so size alone cannot separate them
+    hgg, lgg = preset("graded").grade_core_radius_mm["HGG"], preset("graded").grade_core_radius_mm["LGG"]
+    assert max(hgg[0], lgg[0]) < min(hgg[1], lgg[1])
+
+
+def test_low_grade_core_is_bright_on_t2_and_not_enhancing():
+    from medcnncad.phantom import preset
+
+    import dataclasses
+
+    graded = dataclasses.replace(preset("graded"), crop_margin_mm=15.0)
+    case = next(c for c in (make_phantom(s, graded) for s in range(300_000, 300_020))
+                if c.grade == "LGG" and not c.info.get("patchy_enhancement"))
+    lab = sitk.GetArrayFromImage(case.label)
+    arr = {n: sitk.GetArrayFromImage(img) for n, img in case.images.items()}
+    white = (lab == 0) & (arr["T1"] > np.percentile(arr["T1"][arr["T1"] > 0], 80))
+    core = lab == 1
+    ratio = {n: arr[n][core].mean() / arr[n][white].mean() for n in arr}
+    assert ratio["T2"] > 1.5 and ratio["T1c"] < 0.8  # enhancing tissue would be > 1.3 (classic test above)
+
+
+def test_tumor_free_cases_and_clinical_like_geometry():
+    import dataclasses
+
+    from medcnncad.phantom import PhantomConfig, preset
+
+    free = make_phantom(5, dataclasses.replace(preset("graded"), tumor_free_fraction=1.0))
+    assert free.grade == "none" and not sitk.GetArrayFromImage(free.label).any()
+    config = dataclasses.replace(preset("clinical-like"), tumor_free_fraction=0.0, tilt_deg=0.0)
+    clinical = make_phantom(6, config)
+    spacing = clinical.label.GetSpacing()
+    assert 5.0 <= spacing[2] <= 7.0 and spacing[0] <= 1.0 and clinical.info["skull"]
+    stripped = make_phantom(6, dataclasses.replace(config, skull_fraction=1e-9))  # same draws, no skull
+    assert stripped.info["skull"] is False and stripped.label.GetSize() == clinical.label.GetSize()
+    head = (sitk.GetArrayFromImage(clinical.images["T1"]) > 0).sum()
+    brain = (sitk.GetArrayFromImage(stripped.images["T1"]) > 0).sum()
+    assert head > 1.5 * brain  # scalp and skull around the brain
+    with pytest.raises(ValueError, match="skull_fraction > 0 needs the 'colin27' anatomy"):
+        PhantomConfig(skull_fraction=0.5)
+    with pytest.raises(ValueError, match="choose from"):
+        preset("nonsense")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from helpers import TEMPLATE
@@ -43,3 +45,86 @@ def test_train_writes_model_and_resumes(tmp_path):
     assert resumed.training["epochs"] == 2 and len(resumed.training["history"]) == 2
     assert resumed.training["history"][0] == training["history"][0]
     assert isinstance(load_model(out).network, torch.nn.Module) and first
+
+
+def test_fine_tuning_keeps_matching_layers_and_reports_the_rest(tmp_path):
+    from medcnncad.models import build_network
+    from medcnncad.train import TrainConfig, _optimizer, initialise_from
+
+    raw = json.loads(TEMPLATE.read_text())
+    kwargs = dict(raw["network"]["kwargs"], out_channels=3)  # one label fewer: the last layer differs
+    network = build_network(raw["network"]["class"], kwargs)
+    report = initialise_from(network, "brats-demo-unet")
+    demo = load_model("brats-demo-unet").network.state_dict()
+    own = network.state_dict()
+    assert report["reinitialised"] and report["kept"]
+    for name in report["kept"]:
+        assert torch.equal(own[name], demo[name])
+    for name in report["reinitialised"]:
+        assert own[name].shape != demo[name].shape
+    # pretrained tensors learn 10x slower by default; frozen ones not at all
+    optimizer = _optimizer(network, TrainConfig(lr=1e-3), set(report["kept"]))
+    assert sorted(g["lr"] for g in optimizer.param_groups) == [1e-4, 1e-3]
+    frozen = _optimizer(network, TrainConfig(lr=1e-3, freeze_pretrained=True), set(report["kept"]))
+    assert len(frozen.param_groups) == 1
+    assert not any(p.requires_grad for n, p in network.named_parameters() if n in report["kept"])
+
+
+def test_channel_dropout_never_drops_everything_and_favours_weights():
+    from medcnncad.augment import RandChannelDropd
+
+    drop = RandChannelDropd(["image"], prob=1.0, single=1.0, keep_weights=[0, 1, 0, 0])
+    drop.set_random_state(0)
+    image = torch.ones(4, 2, 2, 2)
+    out = drop({"image": image})["image"]
+    assert out[1].eq(1).all() and out[[0, 2, 3]].eq(0).all()  # only the weighted channel survives
+    drop = RandChannelDropd(["image"], prob=1.0, single=0.0)
+    drop.set_random_state(1)
+    for _ in range(50):
+        kept = drop({"image": image})["image"].flatten(1).amax(1)
+        assert 1 <= int(kept.sum()) <= 3
+    assert drop({"image": torch.ones(1, 2, 2, 2)})["image"].eq(1).all()  # one channel: nothing to drop
+
+
+def test_training_data_from_a_csv_and_a_folder(tmp_path):
+    import SimpleITK as sitk
+
+    from medcnncad.errors import InputError
+    from medcnncad.manifest import parse_manifest
+    from medcnncad.train_data import _prepare, file_cases, split_cases
+
+    demo = parse_manifest(json.loads(TEMPLATE.read_text()), tmp_path)
+    raw = json.loads(TEMPLATE.read_text())
+    for channel in raw["inputs"]:
+        channel["required"] = False
+    manifest = parse_manifest(raw, tmp_path)
+    rows = ["case,t1ce,FLAIR,label"]
+    for n in range(3):
+        folder = tmp_path / "cases" / f"case{n}"
+        folder.mkdir(parents=True)
+        image = sitk.GetImageFromArray((torch.arange(8 * 8 * 8).reshape(8, 8, 8) % 7 + 1).float().numpy())
+        image.SetSpacing((3.0, 3.0, 3.0))
+        label = sitk.GetImageFromArray((sitk.GetArrayFromImage(image) > 5).astype("uint8") * 4)
+        label.CopyInformation(image)
+        for name in ("BraTS_t1ce.nii.gz", "BraTS_flair.nii.gz"):
+            sitk.WriteImage(image, str(folder / name))
+        sitk.WriteImage(label, str(folder / "BraTS_seg.nii.gz"))
+        rows.append(f"case{n},cases/case{n}/BraTS_t1ce.nii.gz,cases/case{n}/BraTS_flair.nii.gz,"
+                    f"cases/case{n}/BraTS_seg.nii.gz")
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    from_csv = file_cases(tmp_path / "cases.csv", manifest)
+    from_folder = file_cases(tmp_path / "cases", manifest)
+    assert [sorted(c["inputs"]) for c in from_csv] == [["FLAIR", "T1c"]] * 3
+    assert [c["inputs"] for c in from_csv] == [c["inputs"] for c in from_folder]
+    train, val = split_cases(from_csv, 0.34, seed=0)
+    assert len(train) == 2 and len(val) == 1 and not {c["id"] for c in train} & {c["id"] for c in val}
+    # the demo model requires all four sequences: the pair is refused, naming what is missing
+    with pytest.raises(InputError, match=r"case case0: required input\(s\) \['T1', 'T2'\]"):
+        file_cases(tmp_path / "cases.csv", demo)
+    image, label, info = _prepare((from_csv[0], manifest.raw, str(tmp_path)))
+    assert image.shape[0] == 4 and not image[0].any() and not image[2].any()  # absent T1, T2: zeros
+    assert set(np.unique(label)) <= {0, 3}  # label value 4 -> output channel 3 (ET)
+    (tmp_path / "bad.csv").write_text("case,foo,label\nx,a.nii.gz,b.nii.gz\n")
+    with pytest.raises(InputError, match="no column names an input"):
+        file_cases(tmp_path / "bad.csv", manifest)
+

@@ -41,17 +41,25 @@ def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str])
 
 def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, reference: str | None = None,
                  series: dict[str, str] | None = None, dicom_seg: bool = False,
-                 progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None) -> dict:
-    """Segment (+ evaluate against ``reference``) one case with a loaded model; write its outputs.
+                 progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None,
+                 classifier=None, tta: bool = False) -> dict:
+    """Segment (+ classify lesions, + evaluate against ``reference``) one case; write its outputs.
 
     Returns the report (also written as ``out/report.json``). ``series`` picks DICOM series by
-    channel name; ``dicom_seg`` adds ``labels.seg.dcm``.
+    channel name; ``dicom_seg`` adds ``labels.seg.dcm``; ``classifier`` (a
+    :class:`~medcnncad.classify.LoadedClassifier`) classifies the lesions; ``tta`` adds
+    test-time augmentation (4x the network time) and the uncertainty map.
     """
     progress = progress or (lambda stage, fraction: None)
     out = Path(out)
     series = series or {}
     sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg else None
-    result = segmenter.run(_read_inputs(inputs, series), progress=progress)
+    result = segmenter.run(_read_inputs(inputs, series), progress=progress, tta=tta)
+    if classifier is not None:
+        from .classify import attach_classification
+
+        progress("classify", 0.0)
+        attach_classification(result, classifier, tta=tta)
     metrics = ref_array = None
     extra = dict(extra_timings or {})
     if reference:

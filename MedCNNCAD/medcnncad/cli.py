@@ -34,10 +34,11 @@ from typing import Sequence
 from . import INTENDED_USE, __version__
 from .errors import InputError, MedCNNCADError
 
-__all__ = ["main", "DEMO_SEED", "DEFAULT_MODEL"]
+__all__ = ["main", "DEMO_SEED", "DEFAULT_MODEL", "DEFAULT_CLASSIFIER"]
 
 DEMO_SEED = 900_000  # the first held-out phantom: never seen in training
 DEFAULT_MODEL = "brats-demo-unet"
+DEFAULT_CLASSIFIER = "brats-grade-densenet"
 
 
 class _TqdmProgress:
@@ -79,20 +80,39 @@ def _parse_inputs(items: Sequence[str], option: str = "--input", form: str = "NA
 
 
 def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
-              reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False) -> dict:
-    """Load the model, then segment (+ evaluate) one case and write its outputs; returns the report."""
+              reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
+              classifier: str | None = None, tta: bool = False) -> dict:
+    """Load the model(s), then segment (+ classify, + evaluate) one case and write its outputs."""
     from .case import process_case
     from .inference import Segmenter
     from .models import load_model
 
     t0 = time.perf_counter()
     segmenter = Segmenter(load_model(model_id, trust=trust), device=device)
+    loaded_classifier = None
+    if classifier:
+        from .classify import load_classifier
+
+        loaded_classifier = load_classifier(classifier)
     progress = _TqdmProgress()
     try:
         return process_case(segmenter, inputs, out, reference, series, dicom_seg, progress,
-                            {"model_load": time.perf_counter() - t0})
+                            {"model_load": time.perf_counter() - t0}, loaded_classifier, tta)
     finally:
         progress.close()
+
+
+def _default_classifier(requested: str | None) -> str | None:
+    """The demo classifies lesions with the shipped grade classifier unless told otherwise ("none")."""
+    if requested:
+        return None if requested.lower() == "none" else requested
+    from .models import find_model
+
+    try:
+        find_model(DEFAULT_CLASSIFIER)
+    except MedCNNCADError:
+        return None
+    return DEFAULT_CLASSIFIER
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -111,7 +131,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"phantom case seed {args.seed} (held out from training) made in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)
         inputs = {name: str(paths[name]) for name in case.images}
-        report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]))
+        report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]),
+                           classifier=_default_classifier(args.classifier), tta=args.tta)
         final = {name: out / "inputs" / path.name for name, path in paths.items()}
         report["inputs"] = {name: str(final[name]) for name in inputs}
         report["reference"] = str(final["label"])
@@ -133,7 +154,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     report = _run_case(args.model, _parse_inputs(args.input), Path(args.out), args.device, args.trust,
                        args.reference, _parse_inputs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
-                       args.dicom_seg)
+                       args.dicom_seg, args.classifier, args.tta)
     print(summary_table(report))
     return 0
 
@@ -174,7 +195,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_phantom(args: argparse.Namespace) -> int:
     from .phantom import make_phantom, write_phantom
 
-    paths = write_phantom(make_phantom(args.seed), args.out)
+    from .phantom import preset
+
+    paths = write_phantom(make_phantom(args.seed, preset(args.preset)), args.out)
     for name, path in paths.items():
         print(f"{name}\t{path}")
     return 0
@@ -207,9 +230,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             except ModelError as exc:
                 print(f"{folder}\tINVALID: {exc}")
                 continue
-            print(f"{m.id}\t{m.version}\tinputs {','.join(m.input_names)}\tlabels "
-                  f"{','.join(f'{x.name}={x.value}' for x in m.labels)}\ttrained on: {m.trained_on or 'unknown'}"
-                  f"\t{folder}")
+            is_classifier = m.task == "classification"
+            outputs = (f"classes {','.join(m.class_names)} of {m.lesion_structure} lesions" if is_classifier
+                       else f"labels {','.join(f'{x.name}={x.value}' for x in m.labels)}")
+            print(f"{m.id}\t{m.version}\t{m.task}\tinputs {','.join(m.input_names)}\t{outputs}\t"
+                  f"trained on: {m.trained_on or 'unknown'}\t{folder}")
         else:
             print(f"{folder.name}\t(MONAI bundle)\t\t\t\t{folder}")
     return 0
@@ -230,7 +255,9 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def cmd_evaluate_phantoms(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_on_phantoms, format_table
 
-    summary = evaluate_on_phantoms(args.model, n_cases=args.n, seed_base=args.seed_base, device=args.device)
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    summary = evaluate_on_phantoms(args.model, n_cases=args.n, seed_base=args.seed_base, device=args.device,
+                                   preset=args.preset, channels=channels)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
 
@@ -287,10 +314,48 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(n_train=args.n_train, n_val=args.n_val, epochs=args.epochs,
                       steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                      patch=tuple(args.patch), lr=args.lr, seed=args.seed, workers=args.workers)
+                      patch=tuple(args.patch), lr=args.lr, seed=args.seed, workers=args.workers,
+                      phantom_preset=args.phantoms, data=args.data, val_fraction=args.val_fraction,
+                      augmentation=args.augmentation, channel_drop=args.channel_drop, init=args.init,
+                      pretrained_lr_scale=args.pretrained_lr_scale, freeze_pretrained=args.freeze_pretrained)
     command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
     out = train_segmentation(args.template, args.out, cfg, resume=args.resume, command=command)
     print(f"model written to {out}")
+    return 0
+
+
+def cmd_train_classification(args: argparse.Namespace) -> int:
+    from .train_classifier import ClassifierTrainConfig, train_classification
+
+    cfg = ClassifierTrainConfig(n_train=args.n_train, n_val=args.n_val, epochs=args.epochs,
+                                steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, views=args.views,
+                                lr=args.lr, seed=args.seed, workers=args.workers, phantom_preset=args.phantoms,
+                                data=args.data, channel_drop=args.channel_drop)
+    command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
+    out = train_classification(args.template, args.out, cfg, resume=args.resume, command=command)
+    print(f"classifier written to {out}")
+    return 0
+
+
+def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
+    from .report import json_safe
+    from .train_classifier import evaluate_classifier
+
+    report = evaluate_classifier(args.model, n_cases=args.n, preset=args.preset, seed_base=args.seed_base,
+                                 tta=args.tta, workers=args.workers, diagram=args.diagram)
+    if args.json:
+        print(json.dumps(json_safe(report), indent=2))
+        return 0
+    c, u = report["calibrated"], report["uncalibrated"]
+    cm = c["confusion_matrix"]
+    print(f"{report['model']} {report['version']}: {report['lesions']} held-out lesions, preset {report['preset']}, "
+          f"seeds {report['seeds'][0]}-{report['seeds'][1]}")
+    print(f"AUC {c['auc']:.3f}  at threshold {c['threshold']:.3f}: sensitivity {c['sensitivity']:.3f} "
+          f"specificity {c['specificity']:.3f}  (TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']})")
+    print(f"calibrated (T={report['temperature']:.3f}): Brier {c['brier']:.4f} ECE {c['ece_10_bins']:.4f}; "
+          f"uncalibrated: Brier {u['brier']:.4f} ECE {u['ece_10_bins']:.4f}")
+    if args.diagram:
+        print(f"reliability diagram: {args.diagram}")
     return 0
 
 
@@ -304,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--device", default="auto")
+    p.add_argument("--classifier", help=f"lesion classifier (default {DEFAULT_CLASSIFIER}; 'none' for none)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: uncertainty map, 4x network time")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("segment", help="segment one case")
@@ -313,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--trust", action="store_true", help="allow a MONAI bundle's executable config for this run")
+    p.add_argument("--classifier", help="lesion classifier model (id or folder), e.g. brats-grade-densenet")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation (flips): uncertainty map and per-lesion uncertainty, 4x network time")
     p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
     p.add_argument("--series", action="append", metavar="NAME=UID_OR_DESCRIPTION",
                    help="pick the DICOM series of channel NAME in a folder holding several")
@@ -330,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantom", help="write one synthetic BraTS-like case with its label map")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="classic",
+                   help="phantom preset: classic, graded, robust, heldout, clinical-like")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("batch", help="segment and evaluate a cohort from a CSV (resumable, on dask)")
@@ -354,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-base", type=int, default=DEMO_SEED)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--preset", default="classic", help="phantom preset (e.g. heldout, clinical-like)")
+    p.add_argument("--channels", help="comma-separated sequences given to the model (e.g. T1c); others absent")
     p.set_defaults(func=cmd_evaluate_phantoms)
 
     p = sub.add_parser("sample-data", help="write the compact sample case registered with Slicer's Sample Data")
@@ -371,8 +445,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model")
     tsub = p.add_subparsers(dest="task", required=True)
-    t = tsub.add_parser("segmentation", help="train a segmentation model on synthetic phantoms")
+    t = tsub.add_parser("segmentation", help="train (or fine-tune) a segmentation model on phantoms or your cases")
     t.add_argument("--template", required=True, help="manifest JSON describing the model to train")
+    t.add_argument("--data", help="CSV of cases or folder of case folders (default: phantoms generated on the fly)")
+    t.add_argument("--val-fraction", type=float, default=0.15, help="validation share of --data cases")
+    t.add_argument("--phantoms", default="classic", help="phantom preset: classic, graded, robust, ...")
+    t.add_argument("--augmentation", default="light", choices=["light", "robust"])
+    t.add_argument("--channel-drop", type=float, default=0.0,
+                   help="probability of zeroing random input sequences (missing-sequence robustness)")
+    t.add_argument("--init", help="start from this model's weights (matching layers kept, the rest re-initialised)")
+    t.add_argument("--pretrained-lr-scale", type=float, default=0.1,
+                   help="learning-rate factor for layers taken from --init (new layers use --lr)")
+    t.add_argument("--freeze-pretrained", action="store_true", help="do not train layers taken from --init")
     t.add_argument("--out", required=True)
     t.add_argument("--n-train", type=int, default=48)
     t.add_argument("--n-val", type=int, default=6)
@@ -385,6 +469,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=2)
     t.add_argument("--resume", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    c = tsub.add_parser("classification", help="train and calibrate a lesion classifier (e.g. tumor grade)")
+    c.add_argument("--template", required=True, help="classifier manifest JSON describing the model to train")
+    c.add_argument("--out", required=True)
+    c.add_argument("--data", help="CSV with input columns, 'label' and 'class' (default: phantoms)")
+    c.add_argument("--phantoms", default="robust", help="phantom preset (grade is its hidden variable)")
+    c.add_argument("--n-train", type=int, default=400)
+    c.add_argument("--n-val", type=int, default=100)
+    c.add_argument("--epochs", type=int, default=20)
+    c.add_argument("--steps-per-epoch", type=int, default=60)
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--views", type=int, default=2, help="jittered patches per training lesion")
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--channel-drop", type=float, default=0.3)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--workers", type=int, default=2)
+    c.add_argument("--resume", action="store_true")
+    c.set_defaults(func=cmd_train_classification)
+
+    p = sub.add_parser("evaluate-classifier", help="AUC, operating point, Brier, ECE of a lesion classifier on "
+                                                   "held-out phantoms, with a reliability diagram")
+    p.add_argument("--model", default=DEFAULT_CLASSIFIER)
+    p.add_argument("--n", type=int, default=200, help="phantom cases (tumor-free ones have no lesion)")
+    p.add_argument("--preset", default="heldout")
+    p.add_argument("--seed-base", type=int, default=None)
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--diagram", help="write the reliability diagram PNG here")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate_classifier)
     return parser
 
 

@@ -24,6 +24,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .calibration import expected_calibration_error
+
 from .errors import InputError, MedCNNCADError
 from .io import atomic_path
 
@@ -194,16 +196,6 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0,
     samples = statistic(data[rng.integers(0, len(data), size=(n_boot, len(data)))], axis=1)
     low, high = np.percentile(samples, [2.5, 97.5])
     return float(low), float(high)
-
-
-def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:
-    """ECE with equal-width bins: sum over bins of (bin size / n) * |mean label - mean probability|."""
-    p = np.asarray(probabilities, dtype=float)
-    y = np.asarray(labels, dtype=float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
-    return float(sum(abs(y[index == b].mean() - p[index == b].mean()) * (index == b).sum()
-                     for b in range(bins) if (index == b).any()) / len(p))
 
 
 def _classification(cases: Sequence[CohortCase], reports: dict[str, dict]) -> dict[str, Any] | None:

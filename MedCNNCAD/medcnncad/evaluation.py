@@ -16,42 +16,68 @@ __all__ = ["evaluate_on_phantoms", "format_table"]
 
 
 def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_000,
-                         device: str = "auto") -> dict[str, Any]:
-    """Segment ``n_cases`` phantoms (seeds ``seed_base`` ...) and summarise the metrics."""
+                         device: str = "auto", preset: str = "classic",
+                         channels: list[str] | None = None) -> dict[str, Any]:
+    """Segment ``n_cases`` phantoms (seeds ``seed_base`` ..., generator ``preset``) and summarise.
+
+    ``channels`` restricts the sequences given to the model (the others are absent, e.g.
+    ``["T1c"]`` for a post-contrast-only exam); Dice of a structure absent from both the
+    reference and the prediction counts as 1 (tumor-free cases).
+    """
     from tqdm import tqdm
 
     from .inference import Segmenter
     from .metrics import compute_metrics
     from .models import load_model
+    from .report import case_probability
     from .phantom import make_phantom
+    from .phantom import preset as get_preset
 
+    config = get_preset(preset)
     segmenter = Segmenter(load_model(model_id), device=device)
     manifest = segmenter.manifest
+    given = [c.name for c in manifest.inputs if channels is None or c.name in channels]
+    unknown = sorted(set(channels or []) - set(manifest.input_names))
+    if unknown or not given:
+        raise ValueError(f"channels {channels}: model {manifest.id} has inputs {manifest.input_names}")
     structures = manifest.structures()
     per_case: list[dict[str, Any]] = []
     seconds = []
     for seed in tqdm(range(seed_base, seed_base + n_cases), desc="phantoms", unit="case"):
-        case = make_phantom(seed)
+        case = make_phantom(seed, config)
         t0 = time.perf_counter()
-        result = segmenter.run({c.name: case.images[c.name] for c in manifest.inputs})
+        result = segmenter.run({name: case.images[name] for name in given})
         seconds.append(time.perf_counter() - t0)
         metrics = compute_metrics(result.label_map, sitk.GetArrayFromImage(case.label), case.label.GetSpacing(),
                                   structures)
-        per_case.append({"seed": seed, **{k: v.to_json() for k, v in metrics.items()}})
+        per_case.append({"seed": seed, "grade": case.grade, "abnormality_probability": case_probability(result),
+                         **{k: v.to_json() for k, v in metrics.items()}})
     summary: dict[str, Any] = {"model": manifest.id, "version": manifest.version, "cases": n_cases,
+                               "preset": preset, "channels": given,
+                               "tumor_free_cases": sum(c["grade"] == "none" for c in per_case),
                                "seeds": [seed_base, seed_base + n_cases - 1],
                                "seconds_per_case_median": float(np.median(seconds)), "structures": {}}
     for name in structures:
-        dice = np.array([c[name]["dice"] for c in per_case], dtype=float)
-        hd95 = np.array([c[name]["hd95_mm"] for c in per_case if c[name]["hd95_mm"] is not None], dtype=float)
+        present = [c for c in per_case if c[name]["lesions"]["reference_lesions"] > 0]
+        absent = [c for c in per_case if c[name]["lesions"]["reference_lesions"] == 0]
+        dice = np.array([c[name]["dice"] for c in present], dtype=float) if present else np.array([np.nan])
+        hd95 = np.array([c[name]["hd95_mm"] for c in present if c[name]["hd95_mm"] is not None], dtype=float)
         lesions = [c[name]["lesions"] for c in per_case]
         n_ref = sum(x["reference_lesions"] for x in lesions)
         summary["structures"][name] = {
+            "cases_with_structure": len(present),
             "dice_mean": float(dice.mean()), "dice_median": float(np.median(dice)), "dice_min": float(dice.min()),
+            "empty_correct": (sum(c[name]["lesions"]["predicted_lesions"] == 0 for c in absent) / len(absent)
+                              if absent else None),
             "hd95_mm_median": float(np.median(hd95)) if len(hd95) else None,
             "lesion_sensitivity": sum(x["true_positive"] for x in lesions) / n_ref if n_ref else None,
             "false_positive_lesions_per_case": sum(x["false_positive"] for x in lesions) / n_cases,
         }
+    labels = [int(c["grade"] != "none") for c in per_case]
+    if len(set(labels)) == 2:
+        from .calibration import binary_report
+
+        summary["abnormality"] = binary_report([c["abnormality_probability"] for c in per_case], labels, 0.5)
     summary["per_case"] = per_case
     return summary
 
@@ -61,12 +87,21 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [f"model {summary['model']} {summary['version']}, {summary['cases']} held-out phantoms "
              f"(seeds {summary['seeds'][0]}-{summary['seeds'][1]}), median {summary['seconds_per_case_median']:.1f} "
              "s per case", "",
-             "| structure | Dice mean | Dice median | Dice min | HD95 median (mm) | lesion sensitivity "
-             "| FP lesions / case |",
-             "|---|---|---|---|---|---|---|"]
+             f"preset {summary.get('preset', 'classic')}, sequences given: {', '.join(summary.get('channels', []))}; "
+             f"{summary.get('tumor_free_cases', 0)} tumor-free cases. Dice over the cases whose reference has the "
+             "structure; 'empty ok' = share of the other cases where the prediction is empty too.", "",
+             "| structure | cases | Dice mean | Dice median | Dice min | HD95 median (mm) | lesion sensitivity "
+             "| FP lesions / case | empty ok |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary["structures"].items():
         f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
-        lines.append(f"| {name} | {f(s['dice_mean'])} | {f(s['dice_median'])} | {f(s['dice_min'])} | "
-                     f"{f(s['hd95_mm_median'], 2)} | {f(s['lesion_sensitivity'], 2)} | "
-                     f"{s['false_positive_lesions_per_case']:.2f} |")
+        lines.append(f"| {name} | {s.get('cases_with_structure', '')} | {f(s['dice_mean'])} | {f(s['dice_median'])} | "
+                     f"{f(s['dice_min'])} | {f(s['hd95_mm_median'], 2)} | {f(s['lesion_sensitivity'], 2)} | "
+                     f"{s['false_positive_lesions_per_case']:.2f} | {f(s.get('empty_correct'), 2)} |")
+    if summary.get("abnormality"):
+        a = summary["abnormality"]
+        lines += ["", f"case abnormality (any tumor) from the segmentation: AUC {f(a['auc'])}, sensitivity "
+                      f"{f(a['sensitivity'], 2)} and specificity {f(a['specificity'], 2)} at 0.5, "
+                      f"Brier {a['brier']:.3f}, "
+                      f"ECE {a['ece_10_bins']:.3f}"]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -72,6 +72,11 @@ class SegmentationResult:
         missing_channels: optional channels that were absent and filled with zeros.
         warnings: human-readable notes (e.g. channels resampled onto the first).
         images: the input channels that were given, as read (float32, on ``reference``'s grid).
+        uncertainty: with test-time augmentation, the standard deviation over the flipped
+            passes of the foreground probability (K, J, I), else ``None``.
+        tta_passes: number of network passes per window (1 without test-time augmentation).
+        classification: lesion-classifier summary (model, case probability, rule) when a
+            classifier ran (:func:`medcnncad.classify.attach_classification`).
     """
 
     label_map: np.ndarray
@@ -84,6 +89,9 @@ class SegmentationResult:
     missing_channels: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     images: dict[str, sitk.Image] = field(default_factory=dict, repr=False)
+    uncertainty: np.ndarray | None = None
+    tta_passes: int = 1
+    classification: dict | None = None
 
     def label_image(self) -> sitk.Image:
         """The label map as a SimpleITK image on the reference grid."""
@@ -95,6 +103,18 @@ class SegmentationResult:
         image = sitk.GetImageFromArray(self.probabilities[name].astype(np.float32, copy=False))
         image.CopyInformation(self.reference)
         return image
+
+    def uncertainty_image(self) -> sitk.Image:
+        """The test-time-augmentation uncertainty map on the reference grid (ValueError without TTA)."""
+        if self.uncertainty is None:
+            raise ValueError("no uncertainty map: run with test-time augmentation (tta=True)")
+        image = sitk.GetImageFromArray(self.uncertainty.astype(np.float32, copy=False))
+        image.CopyInformation(self.reference)
+        return image
+
+
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (3,))
+"""Test-time augmentation passes: identity and a flip along each spatial axis of (C, I, J, K)."""
 
 
 def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: float) -> np.ndarray:
@@ -273,7 +293,8 @@ class Segmenter:
             return torch.softmax(logits, dim=0)
         return torch.sigmoid(logits)
 
-    def _to_input_grid(self, probs: torch.Tensor, affine: torch.Tensor, reference: sitk.Image) -> np.ndarray:
+    def _to_input_grid(self, probs: torch.Tensor, affine: torch.Tensor, reference: sitk.Image,
+                       raw: bool = False) -> np.ndarray:
         """Resample (C, I', J', K') probabilities with RAS ``affine`` onto the reference grid (C, K, J, I).
 
         Linear interpolation with SimpleITK (multi-threaded; 2.5x faster here than MONAI's
@@ -281,8 +302,8 @@ class Segmenter:
         are resampled; the background is 1 - their sum, which also makes everything outside the
         cropped field of view background.
         """
-        channels = self.manifest.postprocessing.channels
-        background = [i for i, c in enumerate(channels) if c.value == 0]
+        channels = self.manifest.postprocessing.channels if not raw else [None] * probs.shape[0]
+        background = [i for i, c in enumerate(channels) if c is not None and c.value == 0]
         softmax = self.manifest.postprocessing.activation == "softmax" and len(background) == 1
         keep = [i for i in range(len(channels)) if not (softmax and i in background)]
         lps = lps_to_ras(np.asarray(affine, dtype=np.float64))
@@ -309,13 +330,38 @@ class Segmenter:
         return probs
 
     # -- public -------------------------------------------------------------------------
+    def _probabilities(self, image: torch.Tensor, progress: ProgressCallback, warnings: list[str],
+                       flips: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Probabilities (C_out, I, J, K) and, for several ``flips``, the standard deviation over
+        the passes of the foreground probability (I, J, K); each pass is un-flipped before averaging."""
+        if len(flips) <= 1 and not (flips and flips[0]):
+            return self._activate(self._infer(image, progress, warnings)), None
+        passes = []
+        for n, dims in enumerate(flips):
+            def scaled(stage: str, fraction: float, n: int = n) -> None:
+                progress(stage, (n + fraction) / len(flips))
+            flipped = torch.flip(image, dims) if dims else image
+            logits = self._infer(flipped, scaled, warnings)
+            passes.append(self._activate(torch.flip(logits, dims) if dims else logits))
+        stack = torch.stack(passes)
+        background = [i for i, c in enumerate(self.manifest.postprocessing.channels) if c.value == 0]
+        if self.manifest.postprocessing.activation == "softmax" and len(background) == 1:
+            foreground = 1.0 - stack[:, background[0]]
+        else:
+            foreground = stack.amax(1)
+        return stack.mean(0), foreground.std(0, unbiased=False)
+
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
-            progress: ProgressCallback | None = None) -> SegmentationResult:
+            progress: ProgressCallback | None = None,
+            tta: bool | Sequence[tuple[int, ...]] = False) -> SegmentationResult:
         """Segment one case.
 
         Args:
             inputs: channel name (as in the manifest) -> image or path.
             progress: optional callback (stage, fraction).
+            tta: test-time augmentation: ``True`` averages the :data:`TTA_FLIPS` passes
+                (4x the network time) and returns an uncertainty map; a sequence of flip
+                dimension tuples of the (C, I, J, K) input chooses the passes.
         """
         progress = progress or _no_progress
         timings: dict[str, float] = {}
@@ -333,15 +379,20 @@ class Segmenter:
         self._check_memory(pre, images[0])
         timings["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        flips = list(TTA_FLIPS if tta is True else (tta or [()]))
+        uncertainty = None
         if min(pre.shape[1:]) == 0:  # nothing but zeros in every channel: nothing to segment
             warnings.append("the input has no non-zero voxels; the result is empty")
             probs = self._background_only(images[0])
+            uncertainty = np.zeros(probs.shape[1:], np.float32) if len(flips) > 1 else None
         else:
-            logits = self._infer(pre.as_tensor(), progress, warnings)
+            mean, spread = self._probabilities(pre.as_tensor(), progress, warnings, flips)
             timings["inference"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             progress("postprocess", 0.0)
-            probs = self._to_input_grid(self._activate(logits), affine, images[0])
+            probs = self._to_input_grid(mean, affine, images[0])
+            if spread is not None:
+                uncertainty = self._to_input_grid(spread[None], affine, images[0], raw=True)[0]
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         remove_small_components(label_map, self.manifest.postprocessing.min_lesion_ml, voxel_ml)
@@ -351,12 +402,12 @@ class Segmenter:
         timings["postprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         progress("lesions", 0.0)
-        lesions = find_lesions(label_map, images[0], self.manifest, probabilities)
+        lesions = find_lesions(label_map, images[0], self.manifest, probabilities, uncertainty)
         timings["lesions"] = time.perf_counter() - t0
         progress("done", 1.0)
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(self.device),
-                                  timings, missing, warnings, given)
+                                  timings, missing, warnings, given, uncertainty, len(flips))
 
 
 _SEGMENTERS: dict[tuple[str, str, bool], Segmenter] = {}

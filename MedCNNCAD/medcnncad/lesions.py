@@ -40,6 +40,10 @@ class Lesion:
     longest_diameter_mm: float
     mean_probability: float | None = None
     max_probability: float | None = None
+    uncertainty: float | None = None  # mean test-time-augmentation uncertainty inside the lesion
+    class_probabilities: dict[str, float] | None = None  # lesion classifier (calibrated)
+    predicted_class: str | None = None
+    class_uncertainty: float | None = None  # std of the positive-class probability over flips
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -103,7 +107,8 @@ def longest_axial_diameter_mm(mask: np.ndarray, image: sitk.Image) -> float:
 
 
 def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
-                 probabilities: Mapping[str, np.ndarray] | None = None) -> list[Lesion]:
+                 probabilities: Mapping[str, np.ndarray] | None = None,
+                 uncertainty: np.ndarray | None = None) -> list[Lesion]:
     """Connected components of every label and region in a (K, J, I) label map.
 
     Args:
@@ -111,6 +116,7 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
         image: gives the grid geometry (spacing, origin, direction; LPS mm).
         manifest: labels and regions to analyse.
         probabilities: optional output-channel probabilities for mean/max probability.
+        uncertainty: optional (K, J, I) uncertainty map; its mean inside each lesion.
     """
     probabilities = probabilities or {}
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
@@ -137,7 +143,8 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
                 bbox_min_ijk=tuple(int(s.start) for s in box[::-1]),
                 bbox_max_ijk=tuple(int(s.stop - 1) for s in box[::-1]),
                 longest_diameter_mm=_diameter_in_box(local, box, image),
-                mean_probability=mean_p, max_probability=max_p))
+                mean_probability=mean_p, max_probability=max_p,
+                uncertainty=None if uncertainty is None else float(uncertainty[box][local].mean())))
     return lesions
 
 

@@ -21,15 +21,15 @@ from .errors import ModelError
 __all__ = [
     "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing", "InferenceSettings",
     "OutputChannel", "Postprocessing", "Manifest", "load_manifest", "parse_manifest", "sha256_file",
-    "contained_path",
+    "contained_path", "ClassDef", "ClassifierManifest", "parse_classifier_manifest",
 ]
 
 _SCHEMA_PATH = Path(__file__).with_name("schemas") / "manifest.schema.json"
 
 
-@functools.lru_cache(maxsize=1)
-def _schema() -> dict[str, Any]:
-    return json.loads(_SCHEMA_PATH.read_text())
+@functools.lru_cache(maxsize=2)
+def _schema(name: str = "manifest") -> dict[str, Any]:
+    return json.loads(_SCHEMA_PATH.with_name(f"{name}.schema.json").read_text())
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,111 @@ class Manifest:
         raise KeyError(value)
 
 
+@dataclass(frozen=True)
+class ClassDef:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ClassifierManifest:
+    """A validated lesion-classifier manifest (``task == "classification"``).
+
+    The network sees a patch of ``patch_size`` voxels (x, y, z) at ``patch_spacing_mm``
+    centred on a lesion's centroid, axes along LPS, channels = ``inputs`` (+ the lesion
+    mask when ``mask_channel``), each input channel z-scored over its non-zero patch voxels.
+    Probabilities are ``softmax(logits / temperature)``; ``threshold`` applies to
+    ``positive_class``.
+    """
+
+    id: str
+    version: str
+    task: str
+    inputs: tuple[InputChannel, ...]
+    classes: tuple[ClassDef, ...]
+    positive_class: str
+    lesion_structure: str
+    lesion_label_values: tuple[int, ...]
+    patch_size: tuple[int, int, int]
+    patch_spacing_mm: tuple[float, float, float]
+    mask_channel: bool
+    network_class: str
+    network_kwargs: dict[str, Any]
+    weights_file: Path
+    weights_sha256: str
+    temperature: float = 1.0
+    threshold: float = 0.5
+    calibration: dict[str, Any] = field(default_factory=dict)
+    operating_point: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    trained_on: str = ""
+    intended_use: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    folder: Path = Path(".")
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [c.name for c in self.inputs]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def positive_index(self) -> int:
+        return self.class_names.index(self.positive_class)
+
+
+def _validate(data: dict[str, Any], schema: str, where: str) -> None:
+    try:
+        jsonschema.validate(data, _schema(schema))
+    except jsonschema.ValidationError as exc:
+        loc = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ModelError(f"{where}: invalid manifest at {loc}: {exc.message[:200]}") from None
+
+
+def parse_classifier_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") -> ClassifierManifest:
+    """Validate a classifier manifest and build :class:`ClassifierManifest` (ModelError naming ``where``)."""
+    _validate(data, "classifier", where)
+    patch = data["patch"]
+    calibration = data.get("calibration", {"method": "none", "temperature": 1.0})
+    m = ClassifierManifest(
+        id=data["id"], version=data["version"], task=data["task"],
+        inputs=tuple(InputChannel(c["name"], c["modality"], c.get("required", True), tuple(c.get("aliases", ())),
+                                  c.get("description", "")) for c in data["inputs"]),
+        classes=tuple(ClassDef(c["name"], c.get("description", "")) for c in data["classes"]),
+        positive_class=data["positive_class"], lesion_structure=data["lesion_structure"],
+        lesion_label_values=tuple(data.get("lesion_label_values", ())),
+        patch_size=tuple(patch["size_vox"]), patch_spacing_mm=tuple(patch["spacing_mm"]),
+        mask_channel=patch.get("mask_channel", True),
+        network_class=data["network"]["class"], network_kwargs=dict(data["network"]["kwargs"]),
+        weights_file=contained_path(folder, data["weights"]["file"], "weights"),
+        weights_sha256=data["weights"]["sha256"],
+        temperature=float(calibration["temperature"]) if calibration["method"] == "temperature" else 1.0,
+        threshold=float(data.get("operating_point", {}).get("threshold", 0.5)),
+        calibration=calibration, operating_point=data.get("operating_point", {}),
+        name=data.get("name", data["id"]), aliases=tuple(data.get("aliases", ())),
+        description=data.get("description", ""), trained_on=data.get("trained_on", ""),
+        intended_use=data.get("intended_use", ""), training=data.get("training", {}), folder=folder, raw=data)
+    names = m.class_names
+    if len(set(names)) != len(names):
+        raise ModelError(f"{where}: duplicate class names {names}")
+    if m.positive_class not in names:
+        raise ModelError(f"{where}: positive_class {m.positive_class!r} is not one of the classes {names}")
+    n_in = m.network_kwargs.get("in_channels", m.network_kwargs.get("n_input_channels"))
+    expected = len(m.inputs) + (1 if m.mask_channel else 0)
+    if n_in is not None and n_in != expected:
+        raise ModelError(f"{where}: network in_channels={n_in} but the patch has {expected} channels "
+                         f"({len(m.inputs)} inputs{' + lesion mask' if m.mask_channel else ''})")
+    n_out = m.network_kwargs.get("out_channels", m.network_kwargs.get("num_classes"))
+    if n_out is not None and n_out != len(names):
+        raise ModelError(f"{where}: network out_channels={n_out} but {len(names)} classes")
+    return m
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -235,11 +340,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
     Raises:
         ModelError: naming ``where`` and the first schema or consistency violation.
     """
-    try:
-        jsonschema.validate(data, _schema())
-    except jsonschema.ValidationError as exc:
-        loc = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise ModelError(f"{where}: invalid manifest at {loc}: {exc.message[:200]}") from None
+    _validate(data, "manifest", where)
     pre = data["preprocessing"]
     norm = pre.get("normalization", {"method": "none"})
     crop = pre.get("crop_foreground", {})
@@ -278,8 +379,8 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
     return manifest
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read and validate ``manifest.json`` (or a folder holding one)."""
+def load_manifest(path: str | Path) -> Manifest | ClassifierManifest:
+    """Read and validate ``manifest.json`` (or a folder holding one); ``task`` picks the schema."""
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.json"
@@ -291,4 +392,6 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ModelError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: manifest must be a JSON object")
+    if data.get("task") == "classification":
+        return parse_classifier_manifest(data, path.parent, where=str(path))
     return parse_manifest(data, path.parent, where=str(path))

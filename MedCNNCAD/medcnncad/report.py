@@ -84,6 +84,13 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         "outputs": dict(outputs or {}),
     }
     report["case"] = {"abnormality_probability": case_probability(result), "rule": CASE_RULE}
+    if result.uncertainty is not None:
+        report["uncertainty"] = {"method": f"test-time augmentation, {result.tta_passes} passes (identity and flips)",
+                                 "map": "standard deviation of the foreground probability over the passes",
+                                 "cost": f"{result.tta_passes}x the network time",
+                                 "max": float(result.uncertainty.max())}
+    if result.classification is not None:
+        report["classification"] = result.classification
     if metrics is not None:
         report["metrics"] = {name: s.to_json() for name, s in metrics.items()}
     return json_safe(report)
@@ -173,8 +180,9 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
     """Write every output of one case atomically into ``out_dir``.
 
     Files: ``labels.nii.gz``, ``labels.seg.nrrd``, ``prob_<channel>.nii.gz``,
-    ``overlay.png``, ``report.json`` and, with ``dicom_sources`` (the files of the DICOM
-    series the result's grid comes from), ``labels.seg.dcm``.
+    ``overlay.png``, ``report.json``, ``uncertainty.nii.gz`` (with test-time augmentation)
+    and, with ``dicom_sources`` (the files of the DICOM series the result's grid comes
+    from), ``labels.seg.dcm``.
     """
     out = Path(out_dir)
     try:
@@ -186,12 +194,16 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
         names = {"labels": "labels.nii.gz", "segmentation": "labels.seg.nrrd", "overlay": "overlay.png",
                  "report": "report.json"}
         names.update({f"prob_{channel}": f"prob_{channel}.nii.gz" for channel in result.probabilities})
+        if result.uncertainty is not None:
+            names["uncertainty"] = "uncertainty.nii.gz"
         # The volumes compress in two threads while this one writes the rest; leaving the with
         # block (also on an error or Ctrl-C) waits for them, before the staging folder goes.
         with ThreadPoolExecutor(max_workers=2) as pool:
             jobs = [pool.submit(write_image, result.label_image(), staging / names["labels"])]
             jobs += [pool.submit(write_image, result.probability_image(channel), staging / names[f"prob_{channel}"])
                      for channel in result.probabilities]
+            if result.uncertainty is not None:
+                jobs.append(pool.submit(write_image, result.uncertainty_image(), staging / names["uncertainty"]))
             write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
             render_overlays(result, background if background is not None else result.reference,
                             staging / names["overlay"], reference_labels)
@@ -233,6 +245,20 @@ def summary_table(report: Mapping[str, Any]) -> str:
         mine = [les for les in lesions if les["structure"] == name]
         lines.append(f"{name:<10}{len(mine):>8}{sum(les['volume_ml'] for les in mine):>11.2f}"
                      f"{max((les['longest_diameter_mm'] for les in mine), default=0.0):>13.1f}")
+    classification = report.get("classification")
+    if classification:
+        positive = classification["positive_class"]
+        lines.append("")
+        lines.append(f"lesion classifier {classification['model']['id']} {classification['model']['version']} "
+                     f"(trained on: {classification['model']['trained_on']})")
+        for les in classification["lesions"]:
+            spread = "" if les["uncertainty"] is None else f" +- {les['uncertainty']:.3f}"
+            lines.append(f"  {classification['structure']} lesion {les['lesion_id']}: P({positive}) "
+                         f"{les['positive_probability']:.3f}{spread} -> {les['predicted']}")
+        case = classification["case"]
+        if case["predicted"] is not None:
+            lines.append(f"  case: P({positive}) {case[f'probability_{positive}']:.3f} -> {case['predicted']}")
+    lines.append(f"case abnormality probability {report['case']['abnormality_probability']:.3f}")
     if "metrics" in report:
         lines.append("")
         lines.append(f"{'structure':<10}{'Dice':>7}{'HD95 mm':>9}{'ASSD mm':>9}{'sens':>7}{'prec':>7}{'dVol mL':>9}")

@@ -1,16 +1,20 @@
-"""Training a segmentation model on phantoms (or cases) and writing a complete model folder.
+"""Training a segmentation model on phantoms or on your own cases; writes a complete model folder.
 
-The data go through exactly the preprocessing the manifest prescribes for inference,
-so a trained model runs in the engine with no edits. Output: ``manifest.json``,
-``model.pt`` (best validation state dict; its SHA-256 in the manifest) and the
-training metadata (data, epochs, validation Dice per region, duration) inside the
-manifest's ``training`` block.
+Data come from the phantom generator (any :data:`medcnncad.phantom.PRESETS` entry) or a
+CSV/folder of cases (:mod:`medcnncad.train_data`), and go through exactly the
+preprocessing the manifest prescribes for inference, so a trained model runs in the
+engine with no edits. Fine-tuning starts from an installed model (``init``): tensors
+whose names and shapes match are copied, the rest keep their fresh initialisation, and
+pretrained tensors learn at ``lr * pretrained_lr_scale`` (or are frozen).
+
+Output: ``manifest.json``, ``model.pt`` (best validation state dict; its SHA-256 in the
+manifest) and the training metadata (data, augmentation, initialisation, epochs,
+validation Dice per region, duration, command) in the manifest's ``training`` block.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import platform
 import sys
 import time
@@ -45,39 +49,15 @@ class TrainConfig:
     lr: float = 2e-3
     seed: int = 0
     workers: int = 2
+    phantom_preset: str = "classic"
+    data: str | None = None          # CSV or folder of cases instead of phantoms
+    val_fraction: float = 0.15
+    augmentation: str = "light"      # see medcnncad.augment.AUGMENTATION_LEVELS
+    channel_drop: float = 0.0        # probability of zeroing a random subset of input channels
+    init: str | None = None          # model id/folder whose matching weights start the training
+    pretrained_lr_scale: float = 0.1
+    freeze_pretrained: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _class_lut(manifest: Manifest) -> np.ndarray:
-    """Label value -> output channel index (softmax models)."""
-    lut = np.zeros(256, dtype=np.int64)
-    for index, channel in enumerate(manifest.postprocessing.channels):
-        lut[channel.value] = index
-    return lut
-
-
-def _prepare_phantom(args: tuple[int, dict, str]) -> tuple[np.ndarray, np.ndarray]:
-    """Generate phantom ``seed`` and preprocess it as the manifest says: (image C,I,J,K; label 1,I,J,K)."""
-    seed, manifest_raw, folder = args
-    torch.set_num_threads(1)
-    from .phantom import make_phantom
-    from .preprocess import build_preprocessing_dict, to_metatensor
-
-    manifest = parse_manifest(manifest_raw, Path(folder))
-    case = make_phantom(seed)
-    image = to_metatensor([case.images[c.name] for c in manifest.inputs])
-    label = to_metatensor([case.label])
-    out = build_preprocessing_dict(manifest.preprocessing, label_key="label")({"image": image, "label": label})
-    lab = _class_lut(manifest)[np.rint(out["label"].numpy()).astype(np.int64)]
-    return out["image"].numpy().astype(np.float32), lab.astype(np.uint8)
-
-
-def _prepare_all(seeds: list[int], manifest: Manifest, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    args = [(s, manifest.raw, str(manifest.folder)) for s in seeds]
-    if workers <= 1:
-        return [_prepare_phantom(a) for a in args]
-    with mp.get_context("spawn").Pool(workers) as pool:
-        return pool.map(_prepare_phantom, args)
 
 
 def _region_dice(pred: np.ndarray, true: np.ndarray, manifest: Manifest) -> dict[str, float]:
@@ -93,13 +73,18 @@ def _region_dice(pred: np.ndarray, true: np.ndarray, manifest: Manifest) -> dict
     return out
 
 
-def _validate(network: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], manifest: Manifest) -> dict:
+def _validate(network: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], manifest: Manifest,
+              only_channel: int | None = None) -> dict:
+    """Mean Dice per label/region on the validation cases (all inputs, or only ``only_channel``)."""
     from monai.inferers import sliding_window_inference
 
     network.eval()
     scores: list[dict[str, float]] = []
     with torch.inference_mode():
         for image, label in data:
+            if only_channel is not None:
+                keep = np.arange(len(image))[:, None, None, None] == only_channel
+                image = np.where(keep, image, 0).astype(np.float32)
             logits = sliding_window_inference(torch.from_numpy(image)[None], manifest.inference.roi_size, 2,
                                               network, overlap=manifest.inference.overlap,
                                               mode=manifest.inference.blend_mode)
@@ -109,18 +94,60 @@ def _validate(network: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
 
 
-def _train_transforms(cfg: TrainConfig):
-    from monai.transforms import (Compose, RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised,
-                                  RandScaleIntensityd, RandShiftIntensityd)
+def _keep_weights(manifest: Manifest) -> list[float]:
+    """Channel-dropout weights for keeping one channel: post-contrast T1 and FLAIR favoured."""
+    favoured = {"t1c": 3.0, "flair": 2.0}
+    return [favoured.get(c.name.lower(), 1.0) for c in manifest.inputs]
 
-    return Compose([
-        RandCropByPosNegLabeld(["image", "label"], "label", spatial_size=cfg.patch, pos=2, neg=1,
-                               num_samples=cfg.samples_per_case, allow_smaller=True),
-        RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
-        RandScaleIntensityd("image", factors=0.15, prob=1.0, channel_wise=True),
-        RandShiftIntensityd("image", offsets=0.15, prob=1.0, channel_wise=True),
-        RandGaussianNoised("image", prob=0.3, std=0.05),
-    ])
+
+def _data(manifest: Manifest, cfg: TrainConfig) -> tuple[list[dict], list[dict], str]:
+    """Training and validation cases, and a sentence saying where they came from."""
+    from .train_data import file_cases, phantom_cases, split_cases
+
+    if cfg.data:
+        cases = file_cases(cfg.data, manifest)
+        train, val = split_cases(cases, cfg.val_fraction, cfg.seed)
+        return train, val, f"{len(cases)} cases from {cfg.data} ({len(train)} train, {len(val)} validation)"
+    train_seeds = [TRAIN_SEED_BASE + cfg.seed * 1000 + i for i in range(cfg.n_train)]
+    val_seeds = [VAL_SEED_BASE + cfg.seed * 1000 + i for i in range(cfg.n_val)]
+    where = (f"synthetic phantoms, preset '{cfg.phantom_preset}': seeds {train_seeds[0]}..{train_seeds[-1]} "
+             f"(train), {val_seeds[0]}..{val_seeds[-1]} (validation)")
+    return phantom_cases(train_seeds, cfg.phantom_preset), phantom_cases(val_seeds, cfg.phantom_preset), where
+
+
+def initialise_from(network: torch.nn.Module, source: str) -> dict[str, Any]:
+    """Copy the tensors of model ``source`` whose names and shapes match into ``network``.
+
+    Returns a report: ``source``, ``kept`` and ``reinitialised`` tensor names (a different
+    number of input channels or output labels changes only the first/last layers'
+    shapes, so those start fresh while the rest is transferred).
+    """
+    from .models import load_model
+
+    pretrained = load_model(source).network.state_dict()
+    own = network.state_dict()
+    kept = [k for k, v in own.items() if k in pretrained and pretrained[k].shape == v.shape]
+    own.update({k: pretrained[k] for k in kept})
+    network.load_state_dict(own)
+    return {"source": source, "kept": kept, "reinitialised": [k for k in own if k not in kept]}
+
+
+def _optimizer(network: torch.nn.Module, cfg: TrainConfig, pretrained: set[str]) -> torch.optim.Optimizer:
+    """AdamW; pretrained tensors at ``lr * pretrained_lr_scale`` (or frozen), new ones at ``lr``."""
+    old, new = [], []
+    for name, param in network.named_parameters():
+        if name in pretrained and cfg.freeze_pretrained:
+            param.requires_grad_(False)
+        elif name in pretrained:
+            old.append(param)
+        else:
+            new.append(param)
+    groups = [{"params": new, "lr": cfg.lr}]
+    if old:
+        groups.append({"params": old, "lr": cfg.lr * cfg.pretrained_lr_scale})
+    if not any(g["params"] for g in groups):
+        raise ValueError("nothing to train: every tensor is pretrained and frozen")
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=1e-5)
 
 
 def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConfig,
@@ -140,22 +167,31 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     from monai.utils import set_determinism
     from tqdm import tqdm
 
+    from .augment import segmentation_transforms
+    from .train_data import prepare_cases
+
     started = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     raw = json.loads(Path(template).read_text())
     manifest = parse_manifest(raw, out, where=str(template))
     set_determinism(cfg.seed)
-    train_seeds = [TRAIN_SEED_BASE + cfg.seed * 1000 + i for i in range(cfg.n_train)]
-    val_seeds = [VAL_SEED_BASE + cfg.seed * 1000 + i for i in range(cfg.n_val)]
-    print(f"preparing {len(train_seeds)} training and {len(val_seeds)} validation phantoms", file=sys.stderr)
-    train_data = _prepare_all(train_seeds, manifest, cfg.workers)
-    val_data = _prepare_all(val_seeds, manifest, cfg.workers)
-    items = [{"image": torch.from_numpy(i), "label": torch.from_numpy(lab)} for i, lab in train_data]
+    train_cases, val_cases, where = _data(manifest, cfg)
+    print(f"preparing {len(train_cases)} training and {len(val_cases)} validation cases ({where})", file=sys.stderr)
+    train_data = prepare_cases(train_cases, manifest, cfg.workers)
+    val_data = [(image, label) for image, label, _ in prepare_cases(val_cases, manifest, cfg.workers)]
+    items = [{"image": torch.from_numpy(i), "label": torch.from_numpy(lab)} for i, lab, _ in train_data]
     cases_per_step = max(1, cfg.batch_size // cfg.samples_per_case)
-    loader = DataLoader(Dataset(items, _train_transforms(cfg)), batch_size=cases_per_step, shuffle=True, num_workers=0)
+    transforms = segmentation_transforms(cfg.patch, cfg.samples_per_case, cfg.augmentation, cfg.channel_drop,
+                                         _keep_weights(manifest))
+    transforms.set_random_state(seed=cfg.seed)
+    loader = DataLoader(Dataset(items, transforms), batch_size=cases_per_step, shuffle=True, num_workers=0)
     network = build_network(manifest.network_class, manifest.network_kwargs)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    init_report = initialise_from(network, cfg.init) if cfg.init else None
+    if init_report:
+        print(f"initialised from {cfg.init}: {len(init_report['kept'])} tensors kept, "
+              f"{len(init_report['reinitialised'])} re-initialised {init_report['reinitialised'][:6]}", file=sys.stderr)
+    optimizer = _optimizer(network, cfg, set(init_report["kept"]) if init_report else set())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.steps_per_epoch)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     state = {"epoch": 0, "best": -1.0, "history": []}
@@ -186,8 +222,17 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
                     break
         state["epoch"] += 1
         val = _validate(network, val_data, manifest)
-        mean_regions = float(np.mean([val[r.name] for r in manifest.regions] + [val[x.name] for x in manifest.labels]))
-        state["history"].append({"epoch": state["epoch"], "loss": float(loss.item()), "val_dice": val})
+        names = [r.name for r in manifest.regions] + [x.name for x in manifest.labels]
+        mean_regions = float(np.mean([val[n] for n in names]))
+        entry = {"epoch": state["epoch"], "loss": float(loss.item()), "val_dice": val}
+        if cfg.channel_drop > 0:  # also judge the single favoured sequence (e.g. post-contrast T1 alone)
+            single = int(np.argmax(_keep_weights(manifest)))
+            val_single = _validate(network, val_data, manifest, only_channel=single)
+            entry[f"val_dice_{manifest.inputs[single].name}_only"] = val_single
+            mean_regions = 0.5 * (mean_regions + float(np.mean([val_single[n] for n in names])))
+            bar.write(f"  {manifest.inputs[single].name} only: "
+                      + " ".join(f"{k} {v:.3f}" for k, v in val_single.items()))
+        state["history"].append(entry)
         bar.write(f"epoch {state['epoch']}: loss {loss.item():.3f} val Dice " +
                   " ".join(f"{k} {v:.3f}" for k, v in val.items()))
         if mean_regions > state["best"]:
@@ -198,19 +243,22 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
         torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state}, ckpt)
     bar.close()
-    _write_manifest(raw, out, cfg, state, train_seeds, val_seeds, time.time() - started, command)
+    _write_manifest(raw, out, cfg, state, where, init_report, time.time() - started, command)
     return out
 
 
-def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, train_seeds: list[int],
-                    val_seeds: list[int], seconds: float, command: str) -> None:
+def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: str, init_report: dict | None,
+                    seconds: float, command: str) -> None:
     import monai
 
     raw = dict(raw)
     raw["weights"] = {"file": "model.pt", "sha256": sha256_file(out / "model.pt")}
     raw["training"] = {
-        "data": f"synthetic phantoms: seeds {train_seeds[0]}..{train_seeds[-1]} (train), "
-                f"{val_seeds[0]}..{val_seeds[-1]} (validation)",
+        "data": where,
+        "initialised_from": None if init_report is None else {
+            "model": init_report["source"], "tensors_kept": len(init_report["kept"]),
+            "reinitialised": init_report["reinitialised"]},
+        "missing_inputs": "zeros after normalisation (channel dropout)" if cfg.channel_drop > 0 else None,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
         "validation_dice": state.get("best_val"), "history": state["history"],

@@ -1,0 +1,87 @@
+"""Binary classification metrics and calibration: AUC, operating point, Brier, ECE, reliability diagram.
+
+Probabilities are of the positive class; labels are 0/1. AUC is scikit-learn's
+``roc_auc_score``; ECE uses equal-width bins (default 10): the sum over bins of
+(bin size / n) * |mean label - mean probability|.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["expected_calibration_error", "youden_threshold", "binary_report", "reliability_diagram"]
+
+
+def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:
+    """ECE with equal-width bins: sum over bins of (bin size / n) * |mean label - mean probability|."""
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(labels, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
+    return float(sum(abs(y[index == b].mean() - p[index == b].mean()) * (index == b).sum()
+                     for b in range(bins) if (index == b).any()) / len(p))
+
+
+def youden_threshold(probabilities: Sequence[float], labels: Sequence[int]) -> float:
+    """The threshold maximising sensitivity + specificity - 1 (Youden's J) on these data."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(np.asarray(labels), np.asarray(probabilities))
+    best = int(np.argmax(tpr - fpr))
+    return float(np.clip(thresholds[best], 0.0, 1.0))
+
+
+def binary_report(probabilities: Sequence[float], labels: Sequence[int], threshold: float,
+                  bins: int = 10) -> dict[str, Any]:
+    """AUC, sensitivity/specificity and confusion matrix at ``threshold`` (p >= threshold is positive),
+    Brier score and ECE, for positive-class probabilities and 0/1 labels."""
+    from sklearn.metrics import roc_auc_score
+
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(labels, dtype=int)
+    pred = p >= threshold
+    tp, fn = int((pred & (y == 1)).sum()), int((~pred & (y == 1)).sum())
+    tn, fp = int((~pred & (y == 0)).sum()), int((pred & (y == 0)).sum())
+    return {
+        "n": int(len(y)), "positives": int(y.sum()),
+        "auc": float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None,
+        "threshold": float(threshold),
+        "sensitivity": tp / (tp + fn) if tp + fn else None,
+        "specificity": tn / (tn + fp) if tn + fp else None,
+        "confusion_matrix": {"tp": tp, "fn": fn, "fp": fp, "tn": tn},
+        "brier": float(np.mean((p - y) ** 2)),
+        f"ece_{bins}_bins": expected_calibration_error(p, y, bins),
+    }
+
+
+def reliability_diagram(probabilities: Sequence[float], labels: Sequence[int], path: str | Path,
+                        title: str = "", bins: int = 10) -> Path:
+    """Write a reliability diagram (observed frequency vs mean predicted probability per bin) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = np.asarray(probabilities, dtype=float)
+    y = np.asarray(labels, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1], right=True), 0, bins - 1)
+    used = [b for b in range(bins) if (index == b).any()]
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.5, 5.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.plot([p[index == b].mean() for b in used], [y[index == b].mean() for b in used], "o-", label="model")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title or f"reliability (ECE {expected_calibration_error(p, y, bins):.3f}, n={len(p)})", fontsize=9)
+    ax.legend(fontsize=8)
+    hist.hist(p, bins=edges, color="tab:blue", alpha=0.7)
+    hist.set_xlabel("predicted probability")
+    hist.set_ylabel("cases")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,231 @@
+"""Lesion classification, calibration and test-time-augmentation uncertainty."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import make_image
+from helpers import ThresholdNet, blob_manifest_dict
+from medcnncad.calibration import binary_report, expected_calibration_error, youden_threshold
+from medcnncad.classify import (FLIPS, attach_classification, calibrated_probabilities, case_grade,
+                                classify_patches, fit_temperature, load_classifier, normalise_patch)
+from medcnncad.errors import ModelError
+from medcnncad.inference import Segmenter
+from medcnncad.manifest import parse_classifier_manifest, parse_manifest, sha256_file
+from medcnncad.models import LoadedModel, build_network
+from medcnncad.preprocess import build_preprocessing
+
+
+# -- calibration math -------------------------------------------------------------------------
+def test_temperature_fit_matches_the_closed_form():
+    # Logits (+a, -a) for the predicted class; a fraction q of the predictions is right. The NLL is
+    # minimal where sigmoid(2a / T) = q, i.e. T = 2a / logit(q): a = 3, q = 0.8 -> T = 6 / ln 4.
+    a, n = 3.0, 100
+    logits = np.tile([a, -a], (n, 1))
+    labels = np.array([0] * 80 + [1] * 20)
+    assert fit_temperature(logits, labels) == pytest.approx(6 / np.log(4), rel=1e-3)
+    # already calibrated logits keep T = 1
+    logits = np.tile([np.log(4) / 2, -np.log(4) / 2], (n, 1))
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_calibrated_probabilities_divide_logits_by_the_temperature():
+    p = calibrated_probabilities(torch.tensor([[2.0, 0.0]]), 2.0)
+    assert float(p[0, 0]) == pytest.approx(np.e / (np.e + 1))
+
+
+def test_binary_report_agrees_with_scikit_learn():
+    from sklearn.metrics import brier_score_loss, confusion_matrix, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 300), 0, 1)
+    report = binary_report(p, y, 0.5)
+    assert report["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert report["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+    tn, fp, fn, tp = confusion_matrix(y, p >= 0.5).ravel()
+    assert report["confusion_matrix"] == {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
+    assert report["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert report["specificity"] == pytest.approx(tn / (tn + fp))
+
+
+def test_ece_by_hand_and_youden_threshold():
+    # two bins used: [0.1] with label 0 -> |0 - 0.1|; [0.9, 0.9] with labels 1, 0 -> |0.5 - 0.9|
+    assert expected_calibration_error([0.1, 0.9, 0.9], [0, 1, 0]) == pytest.approx((0.1 + 2 * 0.4) / 3)
+    # perfectly separable at 0.6: Youden picks a threshold that separates them
+    p, y = [0.1, 0.2, 0.55, 0.6, 0.7, 0.9], [0, 0, 0, 1, 1, 1]
+    t = youden_threshold(p, y)
+    assert 0.55 < t <= 0.6
+    assert binary_report(p, y, t)["sensitivity"] == 1.0 and binary_report(p, y, t)["specificity"] == 1.0
+
+
+def test_case_grade_is_the_highest_lesion_probability():
+    from medcnncad.classify import LesionClass
+
+    lesions = [LesionClass(1, {"LGG": 0.8, "HGG": 0.2}, "LGG", 0.2),
+               LesionClass(2, {"LGG": 0.3, "HGG": 0.7}, "HGG", 0.7)]
+    assert case_grade(lesions) == 0.7
+    assert case_grade([]) is None
+
+
+def test_patch_normalisation_keeps_absent_channels_zero():
+    patch = np.zeros((2, 4, 4, 4), np.float32)
+    patch[0, 1:3, 1:3, 1:3] = np.arange(8).reshape(2, 2, 2) + 10
+    out = normalise_patch(patch)
+    values = out[0][patch[0] != 0]
+    assert values.mean() == pytest.approx(0, abs=1e-6) and values.std() == pytest.approx(1, abs=1e-5)
+    assert not out[1].any() and (out[0][patch[0] == 0] == 0).all()
+
+
+# -- test-time augmentation ---------------------------------------------------------------------
+def _segmenter(tmp_path, network) -> Segmenter:
+    manifest = parse_manifest(blob_manifest_dict(), tmp_path)
+    return Segmenter(LoadedModel(manifest, network, build_preprocessing(manifest.preprocessing), "manifest",
+                                 tmp_path), device="cpu")
+
+
+def _blob() -> np.ndarray:
+    vol = np.zeros((20, 24, 28), np.float32)
+    vol[5:15, 6:18, 8:22] = 1.0
+    return vol
+
+
+def test_tta_uncertainty_is_zero_for_identity_passes_and_flip_equivariant_models(tmp_path):
+    image = make_image(_blob())
+    plain = _segmenter(tmp_path, ThresholdNet()).run({"CT": image})
+    assert plain.uncertainty is None and plain.tta_passes == 1
+    same = _segmenter(tmp_path, ThresholdNet()).run({"CT": image}, tta=[(), ()])
+    assert same.tta_passes == 2 and np.abs(same.uncertainty).max() == 0.0
+    flips = _segmenter(tmp_path, ThresholdNet()).run({"CT": image}, tta=True)  # per-voxel net: flip-equivariant
+    assert flips.tta_passes == 4 and np.abs(flips.uncertainty).max() < 1e-6
+    np.testing.assert_allclose(flips.probabilities["blob"], plain.probabilities["blob"], atol=1e-6)
+    assert all(les.uncertainty == pytest.approx(0, abs=1e-6) for les in flips.lesions)
+
+
+class _Ramp(torch.nn.Module):
+    """Logits that grow along the window's first spatial axis: not flip-equivariant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-2, 2, x.shape[2]).view(1, 1, -1, 1, 1)
+        return torch.cat([-ramp.expand_as(x), ramp.expand_as(x)], dim=1)
+
+
+def test_tta_uncertainty_measures_disagreement_between_passes(tmp_path):
+    image = make_image(_blob())
+    result = _segmenter(tmp_path, _Ramp()).run({"CT": image}, tta=[(), (1,)])
+    # each voxel sees p = sigmoid(2 r) and, flipped, sigmoid(-2 r): std = |p - (1 - p)| / 2
+    p = result.probabilities["blob"].astype(np.float64)
+    assert np.isclose(p, 0.5, atol=1e-5).all()  # the two passes average to one half
+    assert result.uncertainty.max() > 0.3
+
+
+# -- the classifier end to end ------------------------------------------------------------------
+def classifier_dict(mask_channel: bool = True) -> dict:
+    return {
+        "schema_version": 1, "id": "tiny-grade", "version": "0.0.1", "task": "classification",
+        "trained_on": "nothing (random weights, for tests)",
+        "inputs": [{"name": "CT", "modality": "CT"}],
+        "classes": [{"name": "low"}, {"name": "high"}], "positive_class": "high",
+        "lesion_structure": "blob", "lesion_label_values": [3],
+        "patch": {"size_vox": [8, 8, 8], "spacing_mm": [2.0, 2.0, 2.0], "mask_channel": mask_channel},
+        "network": {"class": "monai.networks.nets.DenseNet",
+                    "kwargs": {"spatial_dims": 3, "in_channels": 1 + int(mask_channel), "out_channels": 2,
+                               "init_features": 4, "growth_rate": 2, "block_config": [1, 1], "bn_size": 1}},
+        "calibration": {"method": "temperature", "temperature": 2.0},
+        "operating_point": {"threshold": 0.5},
+        "weights": {"file": "model.pt", "sha256": "0" * 64},
+    }
+
+
+def write_classifier(folder, data: dict | None = None):
+    data = data or classifier_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = build_network(data["network"]["class"], data["network"]["kwargs"])
+    torch.save(net.state_dict(), folder / "model.pt")
+    data["weights"]["sha256"] = sha256_file(folder / "model.pt")
+    (folder / "manifest.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_classifier_manifest_checks_channels_and_classes(tmp_path):
+    bad = classifier_dict()
+    bad["positive_class"] = "medium"
+    with pytest.raises(ModelError, match="positive_class 'medium'"):
+        parse_classifier_manifest(bad, tmp_path)
+    bad = classifier_dict(mask_channel=False)
+    bad["network"]["kwargs"]["in_channels"] = 2
+    with pytest.raises(ModelError, match="in_channels=2 but the patch has 1 channels"):
+        parse_classifier_manifest(bad, tmp_path)
+
+
+def test_classifier_end_to_end_on_a_tiny_case(tmp_path):
+    loaded = load_classifier(write_classifier(tmp_path / "clf"))
+    vol = _blob()
+    vol[2:4, 2:4, 2:5] = 1.0  # a second, small lesion
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(vol, spacing=(1.5, 1.5, 2.0))})
+    summary = attach_classification(result, loaded, tta=True)
+    lesions = [les for les in result.lesions if les.structure == "blob"]
+    assert len(summary["lesions"]) == len(lesions) == 2
+    for les, entry in zip(lesions, summary["lesions"]):
+        assert les.class_probabilities == entry["probabilities"]
+        assert sum(les.class_probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+        assert les.predicted_class == ("high" if les.class_probabilities["high"] >= 0.5 else "low")
+        assert les.class_uncertainty is not None and les.class_uncertainty >= 0
+    assert summary["case"]["probability_high"] == max(e["positive_probability"] for e in summary["lesions"])
+    assert "largest probability" in summary["case"]["rule"]
+    # temperature 2 halves the logits: the same patches without calibration are more extreme
+    patches = np.random.default_rng(0).normal(size=(3, 2, 8, 8, 8)).astype(np.float32)
+    calibrated, _ = classify_patches(loaded, patches)
+    with torch.inference_mode():
+        logits = loaded.network(torch.from_numpy(patches))
+    np.testing.assert_allclose(calibrated, torch.softmax(logits / 2.0, 1).numpy(), atol=1e-6)
+
+
+def test_classifier_tta_spread_is_zero_for_a_flip_invariant_network(tmp_path):
+    loaded = load_classifier(write_classifier(tmp_path / "clf"))
+
+    class MeanNet(torch.nn.Module):  # global mean per channel: invariant to every flip
+        def forward(self, x):
+            m = x.mean(dim=(2, 3, 4))
+            return torch.stack([m[:, 0], -m[:, 0]], 1)
+
+    loaded.network = MeanNet()
+    patches = np.random.default_rng(1).normal(size=(4, 2, 8, 8, 8)).astype(np.float32)
+    _, spread = classify_patches(loaded, patches, tta=True)
+    assert len(FLIPS) == 8 and np.abs(spread).max() < 1e-6
+
+
+def test_classifier_structure_must_exist_in_the_segmentation_model(tmp_path):
+    data = classifier_dict()
+    data["lesion_structure"] = "WT"
+    loaded = load_classifier(write_classifier(tmp_path / "clf", data))
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())})
+    with pytest.raises(ModelError, match="'WT' lesions"):
+        attach_classification(result, loaded)
+
+
+def test_segmentation_model_is_not_a_classifier():
+    with pytest.raises(ModelError, match="not a lesion classifier"):
+        load_classifier("brats-demo-unet")
+
+
+def test_report_and_outputs_carry_classification_and_uncertainty(tmp_path):
+    from medcnncad.report import summary_table, write_case_outputs
+
+    loaded = load_classifier(write_classifier(tmp_path / "clf"))
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())}, tta=True)
+    attach_classification(result, loaded)
+    outputs = write_case_outputs(result, tmp_path / "out")
+    report = json.loads(outputs.files["report"].read_text())
+    assert report["classification"]["model"]["id"] == "tiny-grade"
+    assert report["uncertainty"]["cost"] == "4x the network time"
+    assert sitk.ReadImage(str(outputs.files["uncertainty"])).GetSize() == result.reference.GetSize()
+    blob = next(les for les in report["lesions"] if les["structure"] == "blob")
+    assert set(blob["class_probabilities"]) == {"low", "high"}
+    assert "P(high)" in summary_table(report)
