@@ -66,6 +66,8 @@ def parameterNodeClass():
         model: str = DEFAULT_MODEL
         trust: bool = False
         device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+        classifyLesions: bool = True
+        testTimeAugmentation: bool = False
         inputVolume0: slicer.vtkMRMLScalarVolumeNode
         inputVolume1: slicer.vtkMRMLScalarVolumeNode
         inputVolume2: slicer.vtkMRMLScalarVolumeNode
@@ -215,7 +217,8 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volumes = {c.name: getattr(p, f"inputVolume{i}") for i, c in enumerate(manifest.inputs[:MAX_CHANNELS])}
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation."):
             self._job = self.logic.startSegmentation({k: v for k, v in volumes.items() if v}, p.model, p.device,
-                                                     p.trust)
+                                                     p.trust, self.logic.lesionClassifier(p.classifyLesions),
+                                                     p.testTimeAugmentation)
             self.ui.applyButton.text = "Cancel"
             self.ui.progressBar.value = 0
             self.timer.start()

@@ -187,3 +187,28 @@ def test_seg_nrrd_round_trip_through_slicer(scene, tmp_path, demo_result):
     assert reader.ReadData(again)
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(again, "ET", t1) > 0,
                                   result.label_map == 4)
+
+
+def test_lesion_classes_and_uncertainty_in_the_scene(scene, tmp_path):
+    """A classifier's P(class) columns and the TTA uncertainty volume reach the Slicer nodes."""
+    from test_classify import _blob, _segmenter, classifier_dict, write_classifier
+
+    from helpers import ThresholdNet
+    from medcnncad.classify import attach_classification, load_classifier
+
+    loaded = load_classifier(write_classifier(tmp_path / "clf", classifier_dict()))
+    image = make_image(_blob())
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": image}, tta=True)
+    attach_classification(result, loaded)
+    nodes = sa.add_result_nodes(result, volume_from_image(image, "CT"))
+    table = nodes.lesion_table.GetTable()
+    names = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
+    assert names[6:11] == ["uncertainty", "P(low)", "P(high)", "predicted_class", "class_uncertainty"]
+    assert names[-3:] == ["R", "A", "S"]
+    row = next(i for i, les in enumerate(result.lesions) if les.structure == "blob")
+    lesion = result.lesions[row]
+    assert table.GetValueByName(row, "P(high)").ToDouble() == pytest.approx(lesion.class_probabilities["high"])
+    assert table.GetValueByName(row, "predicted_class").ToString() == lesion.predicted_class
+    uncertainty = nodes.probabilities["uncertainty"]
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(uncertainty), result.uncertainty)
+    assert nodes.lesion_table.GetAttribute("MedCNNCAD.classifier") == "tiny-grade"

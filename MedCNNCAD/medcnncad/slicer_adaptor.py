@@ -157,6 +157,20 @@ def add_probability_nodes(result: SegmentationResult, prefix: str = "MedCNNCAD")
     return nodes
 
 
+def add_uncertainty_node(result: SegmentationResult, prefix: str = "MedCNNCAD") -> Any:
+    """The test-time-augmentation uncertainty map (std of the foreground probability) as a volume."""
+    node = slicer.util.addVolumeFromArray(np.asarray(result.uncertainty, dtype=np.float32),
+                                          ijkToRAS=ijk_to_ras_matrix(result.reference),
+                                          name=slicer.mrmlScene.GenerateUniqueName(f"{prefix} uncertainty"))
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 0.5)  # the std of a probability is at most 0.5
+    node.SetAttribute(PROVENANCE_PREFIX + "channel", "uncertainty")
+    node.SetAttribute(PROVENANCE_PREFIX + "method", f"test-time augmentation, {result.tta_passes} passes")
+    return node
+
+
 def set_probability_threshold(probability_node: Any, threshold: float) -> None:
     """Show only voxels with probability >= ``threshold`` (0-1) of a probability volume."""
     if not 0.0 <= threshold <= 1.0:
@@ -192,10 +206,25 @@ def _table(name: str, columns: Iterable[tuple[str, str]], rows: Iterable[Sequenc
 
 
 def add_lesion_table(lesions: Sequence[Lesion], name: str = "MedCNNCAD lesions") -> Any:
-    """A table node, one row per lesion: volume (mL), longest axial diameter (mm), probability, RAS centroid."""
-    rows = [(les.structure, les.id, les.volume_ml, les.longest_diameter_mm, les.mean_probability,
-             les.max_probability, *les.centroid_ras_mm) for les in lesions]
-    return _table(name, _LESION_COLUMNS, rows)
+    """A table node, one row per lesion: volume (mL), longest axial diameter (mm), probability, RAS centroid;
+    with test-time augmentation the mean uncertainty, and with a lesion classifier one ``P(<class>)``
+    column per class (calibrated), the predicted class and its uncertainty (empty for other structures)."""
+    classes = list(next((les.class_probabilities for les in lesions if les.class_probabilities), {}))
+    with_uncertainty = any(les.uncertainty is not None for les in lesions)
+    columns = list(_LESION_COLUMNS[:6])
+    columns += [("uncertainty", "double")] if with_uncertainty else []
+    columns += [(f"P({c})", "double") for c in classes]
+    columns += [("predicted_class", "string"), ("class_uncertainty", "double")] if classes else []
+    columns += list(_LESION_COLUMNS[6:])
+    rows = []
+    for les in lesions:
+        row: list[Any] = [les.structure, les.id, les.volume_ml, les.longest_diameter_mm, les.mean_probability,
+                          les.max_probability]
+        row += [les.uncertainty] if with_uncertainty else []
+        row += [(les.class_probabilities or {}).get(c) for c in classes]
+        row += [les.predicted_class or "", les.class_uncertainty] if classes else []
+        rows.append(row + list(les.centroid_ras_mm))
+    return _table(name, columns, rows)
 
 
 _METRIC_COLUMNS = ("dice", "jaccard", "precision", "recall", "specificity", "accuracy", "f1", "hd95_mm",
@@ -257,7 +286,12 @@ def add_result_nodes(result: SegmentationResult, reference_volume: Any, with_pro
         seg = add_segmentation_node(result.label_map, result.manifest, reference_volume)
         set_provenance(seg, result, {"referenceVolumeID": reference_volume.GetID()})
         probs = add_probability_nodes(result) if with_probabilities else {}
+        if with_probabilities and result.uncertainty is not None:
+            probs["uncertainty"] = add_uncertainty_node(result)
         table = add_lesion_table(result.lesions)
+        if result.classification:
+            table.SetAttribute(PROVENANCE_PREFIX + "classifier", result.classification["model"]["id"])
+            table.SetAttribute(PROVENANCE_PREFIX + "caseRule", result.classification["case"]["rule"])
         for node in (*probs.values(), table):
             node.SetAttribute(PROVENANCE_PREFIX + "segmentation", seg.GetID())
     return ResultNodes(seg, probs, table, result)

@@ -60,6 +60,21 @@ class SecondReaderLogic:
         return True
 
     @staticmethod
+    def lesionClassifier(enabled: bool = True) -> str | None:
+        """The installed lesion classifier's id when ``enabled`` and installed, else None."""
+        if not enabled:
+            return None
+        from .cli import DEFAULT_CLASSIFIER
+        from .errors import MedCNNCADError
+        from .models import find_model
+
+        try:
+            find_model(DEFAULT_CLASSIFIER)
+        except MedCNNCADError:
+            return None
+        return DEFAULT_CLASSIFIER
+
+    @staticmethod
     def detectedDevice() -> str:
         import torch
 
@@ -78,6 +93,8 @@ class SecondReaderLogic:
                 m = describe_model(folder)
             except ValueError as exc:
                 logging.warning(str(exc))
+                continue
+            if m.task != "segmentation":  # lesion classifiers run with a segmentation model, not alone
                 continue
             out.append((str(folder) if m.raw.get("bundle") else m.id, f"{m.name} ({m.version})"))
         return out
@@ -115,18 +132,27 @@ class SecondReaderLogic:
 
     # -- segmentation ---------------------------------------------------------------------
     def segment(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto", trust: bool = False,
-                progress: Callable[[str, float], None] | None = None) -> ResultNodes:
-        """Segment in this process (blocking). Volumes as a list in channel order or a name -> node dict."""
+                progress: Callable[[str, float], None] | None = None, classifier: str | None = None,
+                tta: bool = False) -> ResultNodes:
+        """Segment in this process (blocking). Volumes as a list in channel order or a name -> node dict.
+
+        ``classifier`` (model id) adds calibrated lesion class probabilities to the lesion table;
+        ``tta`` adds test-time augmentation (4x the network time) and an uncertainty volume.
+        """
         from .inference import cached_segmenter
         from .slicer_adaptor import add_result_nodes, volume_node_to_image
 
         segmenter = cached_segmenter(model, device, trust)
         volumes = self._namedInputs(inputVolumeNodes, segmenter.manifest)
-        result = segmenter.run({k: volume_node_to_image(v) for k, v in volumes.items()}, progress=progress)
+        result = segmenter.run({k: volume_node_to_image(v) for k, v in volumes.items()}, progress=progress, tta=tta)
+        if classifier:
+            from .classify import attach_classification, cached_classifier
+
+            attach_classification(result, cached_classifier(classifier), tta=tta)
         return add_result_nodes(result, next(iter(volumes.values())))
 
     def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
-                          trust: bool = False) -> dict[str, Any]:
+                          trust: bool = False, classifier: str | None = None, tta: bool = False) -> dict[str, Any]:
         """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`."""
         import SimpleITK as sitk
         from .slicer_adaptor import volume_node_to_image
@@ -141,6 +167,7 @@ class SecondReaderLogic:
             sitk.WriteImage(volume_node_to_image(node), inputs[name])
         self._worker = self._worker or WorkerClient()
         requestId = self._worker.submit({"cmd": "segment", "model": model, "device": device, "trust": trust,
+                                         "classifier": classifier or None, "tta": bool(tta),
                                          "inputs": inputs, "out": os.path.join(folder, "out")})
         return {"id": requestId, "folder": folder, "manifest": manifest, "reference": next(iter(volumes.values()))}
 

@@ -7,7 +7,7 @@ process (Slicer's ``PythonSlicer``; any Python with the engine works)::
 
 Protocol: one JSON object per line. Requests on stdin::
 
-    {"id": 1, "cmd": "segment", "model": "demo", "device": "auto", "trust": false,
+    {"id": 1, "cmd": "segment", "model": "demo", "device": "auto", "trust": false, "classifier": null, "tta": false,
      "inputs": {"T1": "/tmp/x/T1.nrrd", ...}, "out": "/tmp/x/out"}
     {"id": 2, "cmd": "quit"}
 
@@ -49,7 +49,9 @@ def save_result(result: SegmentationResult, out: Path) -> None:
     sitk.WriteImage(result.label_image(), str(out / "labels.nrrd"), True)
     for channel in result.probabilities:
         sitk.WriteImage(result.probability_image(channel), str(out / f"prob_{channel}.nrrd"), False)
-    meta = {"model": result.manifest.id, "weights_sha256": result.manifest.weights_sha256, "device": result.device,
+    if result.uncertainty is not None:
+        sitk.WriteImage(result.uncertainty_image(), str(out / "uncertainty.nrrd"), False)
+    meta = {"tta_passes": result.tta_passes, "classification": result.classification,"model": result.manifest.id, "weights_sha256": result.manifest.weights_sha256, "device": result.device,
             "timings": result.timings, "missing_channels": result.missing_channels, "warnings": result.warnings,
             "channels": list(result.probabilities), "lesions": [asdict(les) for les in result.lesions]}
     (out / "result.json").write_text(json.dumps(meta))
@@ -64,9 +66,13 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
     probabilities = {c: sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"prob_{c}.nrrd"))) for c in meta["channels"]}
     lesions = [Lesion(**{k: tuple(v) if isinstance(v, list) else v for k, v in les.items()})
                for les in meta["lesions"]]
+    uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty.nrrd"))) \
+        if (out / "uncertainty.nrrd").is_file() else None
     return SegmentationResult(sitk.GetArrayFromImage(labels).astype(np.uint8), probabilities,
                               reference if reference is not None else labels, lesions, manifest, meta["device"],
-                              meta["timings"], meta["missing_channels"], meta["warnings"])
+                              meta["timings"], meta["missing_channels"], meta["warnings"],
+                              uncertainty=uncertainty, tta_passes=meta.get("tta_passes", 1),
+                              classification=meta.get("classification"))
 
 
 class _Server:
@@ -82,8 +88,13 @@ class _Server:
         from .inference import cached_segmenter
 
         segmenter = cached_segmenter(request["model"], request.get("device", "auto"), bool(request.get("trust")))
+        tta = bool(request.get("tta"))
         result = segmenter.run(request["inputs"], progress=lambda s, f: self.emit(id=rid, event="progress",
-                                                                                 stage=s, fraction=f))
+                                                                                 stage=s, fraction=f), tta=tta)
+        if request.get("classifier"):
+            from .classify import attach_classification, cached_classifier
+
+            attach_classification(result, cached_classifier(request["classifier"]), tta=tta)
         save_result(result, Path(request["out"]))
         self.emit(id=rid, event="done", out=request["out"])
 
