@@ -81,14 +81,14 @@ def _parse_inputs(items: Sequence[str], option: str = "--input", form: str = "NA
 
 def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
               reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
-              classifier: str | None = None, tta: bool = False) -> dict:
+              classifier: str | None = None, tta: bool = False, precision: str | None = None) -> dict:
     """Load the model(s), then segment (+ classify, + evaluate) one case and write its outputs."""
     from .case import process_case
     from .inference import Segmenter
     from .models import load_model
 
     t0 = time.perf_counter()
-    segmenter = Segmenter(load_model(model_id, trust=trust), device=device)
+    segmenter = Segmenter(load_model(model_id, trust=trust), device=device, precision=precision)
     loaded_classifier = None
     if classifier:
         from .classify import load_classifier
@@ -154,7 +154,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     report = _run_case(args.model, _parse_inputs(args.input), Path(args.out), args.device, args.trust,
                        args.reference, _parse_inputs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
-                       args.dicom_seg, args.classifier, args.tta)
+                       args.dicom_seg, args.classifier, args.tta, args.precision)
     print(summary_table(report))
     return 0
 
@@ -381,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda")
     p.add_argument("--trust", action="store_true", help="allow a MONAI bundle's executable config for this run")
     p.add_argument("--classifier", help="lesion classifier model (id or folder), e.g. brats-grade-densenet")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="override the model's execution precision (auto: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation (flips): uncertainty map and per-lesion uncertainty, 4x network time")
     p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")

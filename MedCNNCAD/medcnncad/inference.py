@@ -113,6 +113,9 @@ class SegmentationResult:
         return image
 
 
+PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": None, "bf16": torch.bfloat16,
+                                             "fp16": torch.float16}
+
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (3,))
 """Test-time augmentation passes: identity and a flip along each spatial axis of (C, I, J, K)."""
 
@@ -167,11 +170,26 @@ class Segmenter:
         device: ``auto``, ``cpu`` or ``cuda``.
     """
 
-    def __init__(self, model: LoadedModel, device: str = "auto") -> None:
+    def __init__(self, model: LoadedModel, device: str = "auto", precision: str | None = None,
+                 channels_last: bool | None = None) -> None:
+        """``precision`` (auto/fp32/bf16/fp16) and ``channels_last`` override the manifest's
+        execution policy (``inference.precision``, ``inference.channels_last``)."""
         self.model = model
         self.manifest = model.manifest
         self.device = resolve_device(device)
+        self.precision = precision or self.manifest.inference.precision
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision {self.precision!r}: choose from {sorted(PRECISIONS)}")
+        self.channels_last = self.manifest.inference.channels_last if channels_last is None else channels_last
         self.network = model.network.to(self.device).eval()
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
+
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the execution policy on this device (None: plain fp32)."""
+        if self.precision == "auto":
+            return torch.float16 if self.device.type == "cuda" else None
+        return PRECISIONS[self.precision]
 
     # -- inputs -------------------------------------------------------------------------
     def _gather_inputs(self, inputs: Mapping[str, sitk.Image | str | Path],
@@ -257,8 +275,12 @@ class Segmenter:
         total = max(1, len(dense_patch_slices(padded, roi, _get_scan_interval(padded, roi, 3, [inf.overlap] * 3))))
         done = [0]
 
+        dtype = self.autocast_dtype()
+
         def predictor(window: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            if self.channels_last:
+                window = window.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 out = self.network(window)
             done[0] += window.shape[0]
             progress("inference", min(1.0, done[0] / total))

@@ -1,0 +1,34 @@
+"""The execution-policy accuracy gate (bf16 autocast, channels-last) on the shipped demo model."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import small_phantom
+from medcnncad.errors import InputError
+from medcnncad.inference import Segmenter
+from medcnncad.models import describe_model, list_models, load_model
+from medcnncad.policy import DICE_MIN, PROB_TOL, choose_policy
+
+
+def test_bf16_loses_accuracy_on_the_demo_unet_so_the_gate_keeps_it_off():
+    images, _ = small_phantom()
+    report = choose_policy(load_model("brats-demo-unet"), images)
+    runs = {(r["precision"], r["channels_last"]): r for r in report["runs"]}
+    # channels-last only changes the memory layout: same numbers
+    assert runs[("fp32", True)]["dice_min"] == 1.0 and runs[("fp32", True)]["max_probability_difference"] < 1e-4
+    # bf16 keeps the label map but moves some probabilities by more than the 0.02 allowed
+    bf16 = runs[("bf16", False)]
+    assert bf16["dice_min"] >= DICE_MIN and bf16["max_probability_difference"] > PROB_TOL and not bf16["ok"]
+    assert report["chosen"][0] == "fp32"
+
+
+def test_shipped_models_run_fp32_on_the_cpu():
+    for folder in list_models():
+        manifest = describe_model(folder)
+        if manifest.task == "segmentation":
+            assert manifest.inference.precision in ("auto", "fp32"), manifest.id
+    segmenter = Segmenter(load_model("brats-demo-unet"), "cpu")
+    assert segmenter.autocast_dtype() is None
+    with pytest.raises(InputError, match="precision 'fp8'"):
+        Segmenter(load_model("brats-demo-unet"), "cpu", precision="fp8")
