@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test bench screenshot clean
+.PHONY: venv demo test bench screenshot clean gpu-wheelhouse
 
 venv: $(STAMP)
 
@@ -33,3 +33,12 @@ screenshot: $(STAMP)
 
 clean:
 	rm -rf demo_out .pytest_cache
+
+# Wheels the GPU check (Testing/gpu/check.sh) installs on a CUDA machine that has only PyTorch
+# and no index: built here for its Python (PY_GPU, default 3.12), without torch.
+PY_GPU ?= 3.12
+gpu-wheelhouse:
+	$(PYTHON) -m pip download -q --only-binary=:all: --platform manylinux2014_x86_64 --python-version $(PY_GPU) \
+	  --no-deps -d Testing/gpu/wheelhouse numpy==2.4.6 scipy==1.17.1 monai==1.6.1 SimpleITK==2.5.7 tqdm \
+	  matplotlib contourpy cycler fonttools kiwisolver packaging pillow pyparsing python-dateutil six \
+	  jsonschema jsonschema-specifications referencing rpds-py attrs typing-extensions

@@ -51,7 +51,8 @@ def save_result(result: SegmentationResult, out: Path) -> None:
         sitk.WriteImage(result.probability_image(channel), str(out / f"prob_{channel}.nrrd"), False)
     if result.uncertainty is not None:
         sitk.WriteImage(result.uncertainty_image(), str(out / "uncertainty.nrrd"), False)
-    meta = {"tta_passes": result.tta_passes, "classification": result.classification,"model": result.manifest.id, "weights_sha256": result.manifest.weights_sha256, "device": result.device,
+    meta = {"tta_passes": result.tta_passes, "classification": result.classification,
+            "model": result.manifest.id, "weights_sha256": result.manifest.weights_sha256, "device": result.device,
             "timings": result.timings, "missing_channels": result.missing_channels, "warnings": result.warnings,
             "channels": list(result.probabilities), "lesions": [asdict(les) for les in result.lesions]}
     (out / "result.json").write_text(json.dumps(meta))

@@ -1,0 +1,164 @@
+"""Every GPU check in one run (called by Testing/gpu/check.sh): agreement, speed, throughput, memory.
+
+On a CUDA machine: the demo model segments the shipped held-out sample phantom resampled to
+BraTS size (4 x 240 x 240 x 155, 1 mm) on the CPU (fp32, the reference) and on the GPU (the engine's execution policy: fp16
+autocast, stitching on the GPU); per-label Dice between the two label maps must be >= 0.99.
+Then the GPU's per-case time (in memory and end to end with files), cases per second over a
+batch in one process, peak GPU memory, and the network time of a model-zoo-size SegResNet
+(init_filters 16, blocks_down 1,2,2,4; random weights: speed only) eager vs channels-last vs
+torch.compile. Prints one line per check and writes ``gpu_check.json`` to ``--out``.
+
+``--device cpu`` runs the same code on the CPU (a dry run that keeps this script working
+where no GPU is present; its numbers are not GPU numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _brats_size_case() -> dict:
+    """The shipped sample phantom (held-out seed 900000) on a 240 x 240 x 155 1 mm grid (BraTS
+    geometry). Read from Resources/SampleData, so the check needs no template download."""
+    import SimpleITK as sitk
+
+    folder = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+    images = {n: sitk.ReadImage(str(folder / f"MedCNNCADPhantom_{n}.nrrd"), sitk.sitkFloat32)
+              for n in ("T1", "T1c", "T2", "FLAIR")}
+    first = images["T1"]
+    center = np.asarray(first.TransformContinuousIndexToPhysicalPoint(
+        [float(v) for v in (np.asarray(first.GetSize()) - 1) / 2]))
+    grid = sitk.Image([240, 240, 155], sitk.sitkFloat32)
+    grid.SetDirection(first.GetDirection())
+    grid.SetOrigin(tuple(center - np.asarray(first.GetDirection()).reshape(3, 3) @ np.array([119.5, 119.5, 77.0])))
+    return {n: sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            for n, img in images.items()}
+
+
+def _dice_per_label(a: np.ndarray, b: np.ndarray, values) -> dict[str, float]:
+    out = {}
+    for v in values:
+        x, y = a == v, b == v
+        total = int(x.sum() + y.sum())
+        out[str(v)] = 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
+    return out
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _segresnet_times(device: str, repeats: int) -> dict[str, float | str]:
+    """Median forward time of a model-zoo-size SegResNet on one 4 x 240 x 240 x 160 input."""
+    import torch
+    from monai.networks.nets import SegResNet
+
+    net = SegResNet(spatial_dims=3, in_channels=4, out_channels=3, init_filters=16, blocks_down=(1, 2, 2, 4),
+                    blocks_up=(1, 1, 1)).to(device).eval()
+    x = torch.randn(1, 4, 240, 240, 160, device=device)
+    dtype = torch.float16 if device == "cuda" else torch.bfloat16
+    out: dict[str, float | str] = {}
+    with torch.inference_mode():
+        out["fp32_s"] = statistics.median(_timed(lambda: net(x), device, repeats))
+        with torch.autocast(device, dtype=dtype):
+            out["amp_s"] = statistics.median(_timed(lambda: net(x), device, repeats))
+            cl_net = net.to(memory_format=torch.channels_last_3d)
+            xc = x.contiguous(memory_format=torch.channels_last_3d)
+            out["amp_channels_last_s"] = statistics.median(_timed(lambda: cl_net(xc), device, repeats))
+    if device == "cuda":
+        try:
+            compiled = torch.compile(net)
+            with torch.inference_mode(), torch.autocast(device, dtype=dtype):
+                compiled(x)  # compile once
+                out["amp_compiled_s"] = statistics.median(_timed(lambda: compiled(x), device, repeats))
+        except Exception as exc:  # noqa: BLE001 - compile support varies; report, do not fail the check
+            out["amp_compiled_s"] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--out", default="gpu_check_out")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8, help="cases in the throughput run")
+    parser.add_argument("--skip-segresnet", action="store_true")
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device on this machine (use --device cpu for a dry run)", file=sys.stderr)
+        return 3
+    from medcnncad.case import process_case
+    from medcnncad.inference import Segmenter
+    from medcnncad.io import write_image
+    from medcnncad.models import load_model
+
+    report: dict = {"device": args.device, "python": platform.python_version(), "torch": torch.__version__}
+    if args.device == "cuda":
+        report["card"] = torch.cuda.get_device_name(0)
+        report["cuda"] = torch.version.cuda
+    images = _brats_size_case()
+    values = [1, 2, 4]
+    reference = Segmenter(load_model("brats-demo-unet"), "cpu", precision="fp32").run(images)
+    engine = Segmenter(load_model("brats-demo-unet"), args.device)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    result = engine.run(images)
+    dice = _dice_per_label(reference.label_map, result.label_map, values)
+    diff = max(float(np.abs(result.probabilities[k].astype(np.float32) - reference.probabilities[k]).max())
+               for k in result.probabilities)
+    report["agreement"] = {"dice_vs_cpu_fp32": dice, "min_dice": min(dice.values()), "max_probability_difference": diff,
+                           "precision": engine.precision, "passes": min(dice.values()) >= 0.99}
+    print(f"agreement {args.device} vs CPU fp32: Dice {dice} (min {min(dice.values()):.4f}), "
+          f"max |dP| {diff:.4f} -> {'PASS' if report['agreement']['passes'] else 'FAIL'}")
+    in_memory = _timed(lambda: engine.run(images), args.device, args.repeats)
+    report["per_case_in_memory_s"] = statistics.median(in_memory)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {n: str(write_image(img, Path(tmp) / f"{n}.nii.gz")) for n, img in images.items()}
+        files = _timed(lambda: process_case(engine, paths, Path(tmp) / "out"), args.device, args.repeats)
+        report["per_case_end_to_end_s"] = statistics.median(files)
+        start = time.perf_counter()
+        for n in range(args.batch):
+            process_case(engine, paths, Path(tmp) / f"batch{n}")
+        report["batch_cases_per_s"] = args.batch / (time.perf_counter() - start)
+    if args.device == "cuda":
+        report["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(f"per case: {report['per_case_in_memory_s']:.3f} s in memory, {report['per_case_end_to_end_s']:.3f} s "
+          f"end to end with files; batch of {args.batch}: {report['batch_cases_per_s']:.2f} cases/s; peak GPU memory "
+          f"{report.get('peak_gpu_memory_gib', float('nan')):.2f} GiB")
+    if not args.skip_segresnet:
+        report["segresnet_forward"] = _segresnet_times(args.device, max(2, args.repeats // 2))
+        print(f"SegResNet (model-zoo size) forward on 4x240x240x160: {report['segresnet_forward']}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {out / 'gpu_check.json'}")
+    return 0 if report["agreement"]["passes"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
