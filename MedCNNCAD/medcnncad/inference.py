@@ -257,9 +257,17 @@ class Segmenter:
                              f"{self.manifest.id} but {available / 2**30:.1f} GiB are available; "
                              f"crop the volume or use a machine with more memory")
 
+    def roi_for(self, shape: Sequence[int]) -> list[int]:
+        """Window size for an image of ``shape`` (I, J, K): the manifest's ``roi_size``, shrunk with
+        ``fit_roi = m`` to the image rounded up to a multiple of ``m`` (no work on padding)."""
+        inf = self.manifest.inference
+        if not inf.fit_roi:
+            return list(inf.roi_size)
+        return [min(r, -(-int(s) // inf.fit_roi) * inf.fit_roi) for r, s in zip(inf.roi_size, shape)]
+
     def _sliding_window(self, batch: torch.Tensor, predictor, sw_batch: int, stitch: torch.device) -> torch.Tensor:
         inf = self.manifest.inference
-        return sliding_window_inference(batch, roi_size=list(inf.roi_size), sw_batch_size=sw_batch,
+        return sliding_window_inference(batch, roi_size=self.roi_for(batch.shape[2:]), sw_batch_size=sw_batch,
                                         predictor=predictor, overlap=inf.overlap, mode=inf.blend_mode,
                                         sw_device=self.device, device=stitch)
 
@@ -270,7 +278,7 @@ class Segmenter:
         on the CPU, then entirely on the CPU; each fall-back is logged and reported.
         """
         inf = self.manifest.inference
-        roi = list(inf.roi_size)
+        roi = self.roi_for(image.shape[1:])
         padded = [max(r, s) for r, s in zip(roi, image.shape[1:])]
         total = max(1, len(dense_patch_slices(padded, roi, _get_scan_interval(padded, roi, 3, [inf.overlap] * 3))))
         done = [0]
