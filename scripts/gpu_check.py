@@ -2,11 +2,12 @@
 
 On a CUDA machine: the demo model segments the shipped held-out sample phantom resampled to
 BraTS size (4 x 240 x 240 x 155, 1 mm) on the CPU (fp32, the reference) and on the GPU (the
-engine's execution policy: fp16 autocast, stitching on the GPU); per-label Dice between the
-two label maps must be >= 0.99. Then the GPU's per-case time (in memory and end to end with files), cases per second over a
-batch in one process, peak GPU memory, and the network time of a model-zoo-size SegResNet
-(init_filters 16, blocks_down 1,2,2,4; random weights: speed only) eager vs channels-last vs
-torch.compile. Prints one line per check and writes ``gpu_check.json`` to ``--out``.
+engine's execution policy: fp16 autocast, stitching on the GPU); per-label Dice between the two
+label maps must be >= 0.99. Then the GPU's per-case time (in memory and end to end with files),
+cases per second over a batch in one process, peak GPU memory, and the network time of a model-
+zoo-size SegResNet (init_filters 16, blocks_down 1,2,2,4; random weights: speed only) eager vs
+channels-last vs torch.compile. Prints one line per check and writes ``gpu_check.json`` to
+``--out``.
 
 ``--device cpu`` runs the same code on the CPU (a dry run that keeps this script working
 where no GPU is present; its numbers are not GPU numbers).
