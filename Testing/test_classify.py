@@ -229,3 +229,60 @@ def test_report_and_outputs_carry_classification_and_uncertainty(tmp_path):
     blob = next(les for les in report["lesions"] if les["structure"] == "blob")
     assert set(blob["class_probabilities"]) == {"low", "high"}
     assert "P(high)" in summary_table(report)
+
+
+def write_classification_bundle(folder, lesion_structure: str | None = "blob"):
+    """A classification-template style bundle (3D DenseNet, ScaleIntensityd preprocessing)."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "init_features": 4, "growth_rate": 2,
+              "block_config": [1, 1], "bn_size": 1}
+    torch.manual_seed(1)
+    network = build_network("monai.networks.nets.DenseNet", kwargs)
+    torch.save(network.state_dict(), folder / "models" / "model.pt")
+    meta = {"name": "Tiny Classification", "version": "0.0.2",
+            "network_data_format": {
+                "inputs": {"image": {"type": "image", "num_channels": 1, "spatial_shape": [8, 8, 8],
+                                     "channel_def": {"0": "CT"}}},
+                "outputs": {"pred": {"type": "probabilities", "format": "classes", "num_channels": 3,
+                                     "channel_def": {"0": "benign", "1": "uncertain", "2": "malignant"}}}}}
+    if lesion_structure:
+        meta["medcnncad"] = {"lesion_structure": lesion_structure, "patch_spacing_mm": [2.0, 2.0, 2.0]}
+    inference = {"network_def": {"_target_": "DenseNet", **kwargs},
+                 "preprocessing": {"_target_": "Compose", "transforms": [
+                     {"_target_": "LoadImaged", "keys": "image"},
+                     {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                     {"_target_": "ScaleIntensityd", "keys": "image"}]},
+                 "inferer": {"_target_": "SimpleInferer"}}
+    (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference))
+    return folder, network
+
+
+def test_model_zoo_classification_bundle_loads_through_the_same_path(tmp_path):
+    folder, network = write_classification_bundle(tmp_path / "bundle")
+    loaded = load_classifier(folder)
+    m = loaded.manifest
+    assert m.class_names == ["benign", "uncertain", "malignant"] and m.positive_class == "malignant"
+    assert m.patch_size == (8, 8, 8) and m.temperature == 1.0 and not m.mask_channel
+    textured = _blob() * (1 + 0.5 * np.random.default_rng(2).random(_blob().shape)).astype(np.float32)
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(textured, spacing=(1.5, 1.5, 2.0))})
+    summary = attach_classification(result, loaded)
+    assert len(summary["lesions"]) == 1 and summary["calibration"]["method"] == "none"
+    # the same numbers by hand: raw patch (C, I, J, K), the bundle's ScaleIntensity, softmax
+    from medcnncad.classify import patch_from_arrays
+
+    patch = patch_from_arrays(result.images, result.label_map == 3, result.reference, m, normalise=False)
+    x = torch.from_numpy(np.ascontiguousarray(patch.transpose(0, 3, 2, 1)))
+    x = (x - x.min()) / (x.max() - x.min())
+    with torch.inference_mode():
+        expected = torch.softmax(network.eval()(x[None]), 1)[0].numpy()
+    got = summary["lesions"][0]["probabilities"]
+    assert np.ptp(expected) > 1e-3  # the classes differ, so the comparison means something
+    np.testing.assert_allclose([got[c] for c in m.class_names], expected, atol=1e-5)
+
+
+def test_classification_bundle_must_name_the_structure_it_classifies(tmp_path):
+    folder, _ = write_classification_bundle(tmp_path / "bundle", lesion_structure=None)
+    with pytest.raises(ModelError, match="lesion_structure"):
+        load_classifier(folder)

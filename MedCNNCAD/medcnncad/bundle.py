@@ -28,7 +28,8 @@ from .manifest import (InferenceSettings, InputChannel, LabelDef, Manifest, Outp
                        Preprocessing, contained_path)
 from .models import LoadedModel, load_into, load_state_dict_verified
 
-__all__ = ["bundle_hash", "bundle_code_entries", "trusted_hashes", "trust_bundle", "load_bundle", "describe_bundle"]
+__all__ = ["bundle_hash", "bundle_code_entries", "trusted_hashes", "trust_bundle", "load_bundle", "describe_bundle",
+           "load_classification_bundle"]
 
 _SAFE_TARGET_PREFIXES = ("monai.", "torch.nn.", "torch.optim.")
 _LOADING_TRANSFORMS = {"LoadImage", "LoadImaged", "EnsureChannelFirst", "EnsureChannelFirstd", "SaveImage",
@@ -244,3 +245,80 @@ def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
     manifest = _bundle_manifest(folder, meta, type(network).__name__, _inference_settings(
         {k: getattr(inferer, k) for k in _INFERER_FIELDS if hasattr(inferer, k)}), post, weights)
     return LoadedModel(manifest, network, preprocess, "bundle", folder)
+
+
+def _classifier_manifest(folder: Path, meta: dict, network: Any, weights: Path):
+    """The engine's classifier view of a classification bundle (metadata + its ``medcnncad`` block)."""
+    from .manifest import ClassDef, ClassifierManifest
+
+    fmt = meta.get("network_data_format", {})
+    out_spec = next(iter(fmt.get("outputs", {}).values()), {})
+    in_spec = next(iter(fmt.get("inputs", {}).values()), {})
+    if out_spec.get("type") != "probabilities":
+        raise ModelError(f"{folder}: bundle outputs are {out_spec.get('type')!r}, not class probabilities")
+    extra = meta.get("medcnncad", {})
+    if "lesion_structure" not in extra:
+        raise ModelError(f"{folder}: a classification bundle used as a lesion classifier needs "
+                         f"'medcnncad': {{'lesion_structure': ...}} in configs/metadata.json (the segmentation "
+                         f"structure whose lesions it classifies)")
+    classes = _channel_names(meta, "outputs", 2, "class")
+    shape = [int(v) for v in in_spec.get("spatial_shape", [])]
+    if len(shape) != 3:
+        raise ModelError(f"{folder}: bundle input spatial_shape {shape} is not 3D; lesion patches are 3D")
+    inputs = _channel_names(meta, "inputs", 1, "image")
+    mask = bool(extra.get("mask_channel", False))
+    name = str(meta.get("name", folder.name))
+    return ClassifierManifest(
+        id=name.lower().replace(" ", "-"), version=str(meta.get("version", "0.0.0")), task="classification",
+        inputs=tuple(InputChannel(n, "MR") for n in (inputs[:-1] if mask else inputs)),
+        classes=tuple(ClassDef(c) for c in classes), positive_class=str(extra.get("positive_class", classes[-1])),
+        lesion_structure=str(extra["lesion_structure"]), lesion_label_values=(),
+        patch_size=tuple(shape),
+        patch_spacing_mm=tuple(float(v) for v in extra.get("patch_spacing_mm", (1.0, 1.0, 1.0))),
+        mask_channel=mask, network_class=type(network).__name__, network_kwargs={}, weights_file=weights,
+        weights_sha256=sha256_file(weights), calibration={"method": "none", "temperature": 1.0},
+        name=name, description=str(meta.get("description", "")),
+        trained_on=str(meta.get("data_source", "see bundle metadata")), folder=folder, raw={"bundle": True})
+
+
+def load_classification_bundle(folder: str | Path, trust: bool = False):
+    """A model-zoo classification bundle (classification template format) as a lesion classifier.
+
+    Its network and preprocessing come from ``configs/inference.json``/``.yaml`` (loading
+    steps dropped; the rest runs on each raw lesion patch, given channel-first in (C, I, J, K)
+    order on an LPS-aligned grid, as MONAI's loaders give arrays), outputs are logits turned into
+    probabilities by softmax (no temperature: uncalibrated unless the bundle says so). The
+    bundle's metadata names the patch (``spatial_shape``) and, in a ``medcnncad`` block,
+    the segmentation structure it classifies and optionally ``positive_class``,
+    ``patch_spacing_mm`` and ``mask_channel``.
+    """
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from .classify import LoadedClassifier
+
+    folder = Path(folder)
+    meta = _read_metadata(folder)
+    config_path = _find_config(folder)
+    _require_trust(folder, trust)
+    weights = contained_path(folder, "models/model.pt", "weights")
+    parser = ConfigParser()
+    parser.read_config(str(config_path))
+    parser["bundle_root"] = str(folder)
+    try:
+        network = parser.get_parsed_content("network_def", instantiate=True)
+        pre = parser.get_parsed_content("preprocessing", instantiate=True) if "preprocessing" in parser else None
+    except Exception as exc:  # noqa: BLE001 - any failure of the bundle's own config
+        raise ModelError(f"{config_path}: bundle config cannot be instantiated "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    load_into(network, load_state_dict_verified(weights, meta.get("medcnncad", {}).get("weights_sha256")), weights)
+    manifest = _classifier_manifest(folder, meta, network, weights)
+    steps = [t for t in (pre.transforms if isinstance(pre, Compose) else ([pre] if pre else []))
+             if type(t).__name__ not in _LOADING_TRANSFORMS]
+    key = next(iter(meta.get("network_data_format", {}).get("inputs", {"image": None})), "image")
+    compose = Compose(steps)
+
+    def preprocess(patch):
+        return compose({key: patch})[key] if steps else patch
+
+    return LoadedClassifier(manifest, network.eval(), folder, preprocess)

@@ -23,7 +23,7 @@ import functools
 import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,16 +58,29 @@ class LesionClass:
 
 @dataclass
 class LoadedClassifier:
+    """A classifier ready to run. ``preprocess`` (bundles only) replaces the patch z-scoring:
+    it takes one raw (C, K, J, I) patch tensor and returns the network input."""
+
     manifest: ClassifierManifest
     network: torch.nn.Module
     path: Path
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
-def load_classifier(id_or_path: str | Path) -> LoadedClassifier:
-    """Load a lesion classifier by id or folder (SHA-256 verified, ``weights_only`` load, eval mode)."""
+def load_classifier(id_or_path: str | Path, trust: bool = False) -> LoadedClassifier:
+    """Load a lesion classifier by id or folder (SHA-256 verified, ``weights_only`` load, eval mode).
+
+    A MONAI bundle whose metadata declares class probabilities (the model-zoo classification
+    template format) loads too, behind the same trust step as segmentation bundles; see
+    :func:`medcnncad.bundle.load_classification_bundle`.
+    """
     from .models import build_network, find_model, load_into, load_state_dict_verified
 
     folder = find_model(str(id_or_path))
+    if (folder / "configs" / "metadata.json").is_file() and not (folder / "manifest.json").is_file():
+        from .bundle import load_classification_bundle
+
+        return load_classification_bundle(folder, trust)
     manifest = load_manifest(folder)
     if not isinstance(manifest, ClassifierManifest):
         raise ModelError(f"{id_or_path}: model {manifest.id} is a {manifest.task} model, not a lesion classifier")
@@ -104,8 +117,9 @@ def normalise_patch(patch: np.ndarray) -> np.ndarray:
 
 
 def lesion_patch(images: Sequence[sitk.Image | None], lesion_mask: sitk.Image | None,
-                 center_lps: Sequence[float], manifest: ClassifierManifest) -> np.ndarray:
-    """The network input for one lesion: (C, K, J, I) float32, normalised; ``None`` images are zeros."""
+                 center_lps: Sequence[float], manifest: ClassifierManifest, normalise: bool = True) -> np.ndarray:
+    """The network input for one lesion: (C, K, J, I) float32, z-scored unless ``normalise`` is
+    False (a bundle's own preprocessing does it); ``None`` images are zeros."""
     grid = _patch_grid(center_lps, manifest.patch_size, manifest.patch_spacing_mm)
     shape = tuple(reversed(manifest.patch_size))
     channels = []
@@ -115,7 +129,7 @@ def lesion_patch(images: Sequence[sitk.Image | None], lesion_mask: sitk.Image | 
             continue
         resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         channels.append(sitk.GetArrayFromImage(resampled))
-    patch = normalise_patch(np.stack(channels))
+    patch = normalise_patch(np.stack(channels)) if normalise else np.stack(channels).astype(np.float32)
     if manifest.mask_channel:
         if lesion_mask is None:
             raise InputError(f"classifier {manifest.id} needs the lesion mask as its last channel")
@@ -125,7 +139,7 @@ def lesion_patch(images: Sequence[sitk.Image | None], lesion_mask: sitk.Image | 
 
 
 def patch_from_arrays(images: Mapping[str, sitk.Image], mask_kji: np.ndarray, reference: sitk.Image,
-                      manifest: ClassifierManifest) -> np.ndarray:
+                      manifest: ClassifierManifest, normalise: bool = True) -> np.ndarray:
     """:func:`lesion_patch` for a lesion given as a boolean KJI mask on ``reference``'s grid."""
     idx = np.argwhere(mask_kji)
     if len(idx) == 0:
@@ -134,7 +148,7 @@ def patch_from_arrays(images: Mapping[str, sitk.Image], mask_kji: np.ndarray, re
     center_lps = reference.TransformContinuousIndexToPhysicalPoint([float(v) for v in center_kji[::-1]])
     mask = sitk.GetImageFromArray(mask_kji.astype(np.uint8))
     mask.CopyInformation(reference)
-    return lesion_patch([images.get(c.name) for c in manifest.inputs], mask, center_lps, manifest)
+    return lesion_patch([images.get(c.name) for c in manifest.inputs], mask, center_lps, manifest, normalise)
 
 
 def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -192,8 +206,12 @@ def classify_lesions(loaded: LoadedClassifier, images: Mapping[str, sitk.Image],
     labelled, count = components(np.isin(label_map, list(structure_values)))
     if count == 0:
         return []
-    patches = np.stack([patch_from_arrays(images, labelled == i, reference, m) for i in range(1, count + 1)])
-    probs, spread = classify_patches(loaded, patches, tta)
+    raw = loaded.preprocess is not None
+    patches = [patch_from_arrays(images, labelled == i, reference, m, normalise=not raw) for i in range(1, count + 1)]
+    if raw:  # a bundle: MONAI's (C, I, J, K) order, its own preprocessing
+        patches = [np.asarray(loaded.preprocess(torch.from_numpy(np.ascontiguousarray(p.transpose(0, 3, 2, 1)))),
+                              dtype=np.float32) for p in patches]
+    probs, spread = classify_patches(loaded, np.stack(patches), tta)
     out = []
     for i, p in enumerate(probs):
         positive = float(p[m.positive_index])
