@@ -286,3 +286,45 @@ def test_classification_bundle_must_name_the_structure_it_classifies(tmp_path):
     folder, _ = write_classification_bundle(tmp_path / "bundle", lesion_structure=None)
     with pytest.raises(ModelError, match="lesion_structure"):
         load_classifier(folder)
+
+
+def test_platt_fit_recovers_a_known_calibration():
+    from medcnncad.calibration import apply_platt, fit_platt
+
+    # 2000 cases per score whose positive share is exactly sigmoid(2 logit(s) + 0.5)
+    scores, labels = [], []
+    for s in np.linspace(0.05, 0.95, 10):
+        positives = int(round(2000 * apply_platt(s, 2.0, 0.5)))
+        scores += [s] * 2000
+        labels += [1] * positives + [0] * (2000 - positives)
+    a, b = fit_platt(scores, labels)
+    assert a == pytest.approx(2.0, abs=0.01) and b == pytest.approx(0.5, abs=0.01)
+    assert apply_platt(0.5, 1.0, 0.0) == pytest.approx(0.5)
+
+
+def test_case_probability_uses_the_manifest_calibration(tmp_path):
+    from medcnncad.report import case_probability, case_score
+
+    raw = blob_manifest_dict()
+    raw["case_calibration"] = {"method": "platt", "a": 1.0, "b": -np.log(3.0), "fitted_on": "hand-built"}
+    manifest = parse_manifest(raw, tmp_path)
+    segmenter = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing),
+                                      "manifest", tmp_path), device="cpu")
+    result = segmenter.run({"CT": make_image(_blob() * 0.51)})  # score sigmoid(40 * 0.01) = sigmoid(0.4)
+    score = case_score(result)
+    assert score == pytest.approx(1 / (1 + np.exp(-0.4)), abs=1e-5)
+    # logit(score) - ln 3: odds divided by three
+    assert case_probability(result) == pytest.approx(1 / (1 + 3 * np.exp(-0.4)), abs=1e-5)
+
+
+def test_html_case_report_shows_lesion_classes(tmp_path):
+    from medcnncad.html_report import case_report
+    from medcnncad.report import write_case_outputs
+
+    loaded = load_classifier(write_classifier(tmp_path / "clf"))
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())}, tta=True)
+    attach_classification(result, loaded, tta=True)
+    write_case_outputs(result, tmp_path / "out")
+    page = case_report(tmp_path / "out").read_text()
+    assert "Lesion classification (tiny-grade 0.0.1" in page and "P(high)" in page
+    assert "largest probability" in page and "test-time augmentation, 4 passes" in page

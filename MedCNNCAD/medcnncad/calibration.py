@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["expected_calibration_error", "youden_threshold", "binary_report", "reliability_diagram"]
+__all__ = ["expected_calibration_error", "youden_threshold", "binary_report", "reliability_diagram", "fit_platt",
+           "apply_platt"]
 
 
 def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:
@@ -85,3 +86,30 @@ def reliability_diagram(probabilities: Sequence[float], labels: Sequence[int], p
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def apply_platt(score: float | np.ndarray, a: float, b: float) -> float | np.ndarray:
+    """Platt-scaled probability ``sigmoid(a * logit(score) + b)``."""
+    z = a * _logit(score) + b
+    out = 1.0 / (1.0 + np.exp(-z))
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def fit_platt(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
+    """(a, b) minimising the negative log-likelihood of ``labels`` under ``apply_platt(scores, a, b)``."""
+    from scipy.optimize import minimize
+
+    x = _logit(np.asarray(scores))
+    y = np.asarray(labels, dtype=np.float64)
+
+    def nll(params: np.ndarray) -> float:
+        z = params[0] * x + params[1]
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+    result = minimize(nll, np.array([1.0, 0.0]), method="L-BFGS-B")
+    return float(result.x[0]), float(result.x[1])

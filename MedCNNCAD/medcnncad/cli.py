@@ -359,6 +359,23 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_case(args: argparse.Namespace) -> int:
+    from .evaluation import fit_case_calibration, write_case_calibration
+    from .models import find_model
+
+    cal = fit_case_calibration(args.model, n_cases=args.n, preset=args.preset, tumor_free=args.tumor_free,
+                               device=args.device)
+    for when in ("before", "after"):
+        r = cal[when]
+        print(f"{when:>6}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} ECE {r['ece_10_bins']:.4f} "
+              f"sensitivity {r['sensitivity']:.2f} specificity {r['specificity']:.2f} at 0.5")
+    print(f"Platt a={cal['a']:.4f} b={cal['b']:.4f} ({cal['fitted_on']})")
+    if args.write:
+        write_case_calibration(str(find_model(args.model)), cal)
+        print(f"written to {find_model(args.model) / 'manifest.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medcnncad", description=f"MedCNNCAD {__version__}. {INTENDED_USE}")
     parser.add_argument("--version", action="version", version=f"medcnncad {__version__}")
@@ -489,6 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--resume", action="store_true")
     c.set_defaults(func=cmd_train_classification)
+
+    p = sub.add_parser("calibrate-case", help="fit Platt scaling of a model's case abnormality probability "
+                                              "on validation phantoms (half tumor-free)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--n", type=int, default=40)
+    p.add_argument("--preset", default="robust")
+    p.add_argument("--tumor-free", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--write", action="store_true", help="store the calibration in the model's manifest")
+    p.set_defaults(func=cmd_calibrate_case)
 
     p = sub.add_parser("evaluate-classifier", help="AUC, operating point, Brier, ECE of a lesion classifier on "
                                                    "held-out phantoms, with a reliability diagram")

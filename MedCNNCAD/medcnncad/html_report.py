@@ -111,6 +111,28 @@ def _reference_segmentation(report: dict):
     return add_segmentation_node(labels, describe_model(report["model"]["folder"]), grid, "Reference")
 
 
+def _classification_section(report: dict) -> list[str]:
+    """Lesion classes (calibrated), the case rule and the uncertainty note, when present."""
+    out = []
+    c = report.get("classification")
+    if c:
+        positive = c["positive_class"]
+        out += [f"<h2>Lesion classification ({html.escape(c['model']['id'])} {html.escape(c['model']['version'])}, "
+                f"trained on: {html.escape(c['model']['trained_on'])})</h2>",
+                _table(["structure", "lesion", *[f"P({k})" for k in c["classes"]], "predicted", "uncertainty (TTA)"],
+                       [(c["structure"], les["lesion_id"], *[les["probabilities"][k] for k in c["classes"]],
+                         les["predicted"], les["uncertainty"]) for les in c["lesions"]]),
+                _table([f"case P({positive})", "case prediction", "rule"],
+                       [(c["case"][f"probability_{positive}"], c["case"]["predicted"], c["case"]["rule"])]),
+                f"<p class='small'>calibration: {html.escape(str(c['calibration']))}; operating point "
+                f"{html.escape(str(c['operating_point']))}</p>"]
+    if report.get("uncertainty"):
+        u = report["uncertainty"]
+        out.append(f"<p class='small'>uncertainty map: {html.escape(u['method'])}; {html.escape(u['map'])}; "
+                   f"cost {html.escape(u['cost'])}</p>")
+    return out
+
+
 def case_report(case_dir: str | Path) -> Path:
     """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path."""
     case_dir = Path(case_dir)
@@ -134,6 +156,7 @@ def case_report(case_dir: str | Path) -> Path:
         ["structure", "id", "volume mL", "longest diameter mm", "mean P", "max P", "R", "A", "S"],
         [(les["structure"], les["id"], les["volume_ml"], les["longest_diameter_mm"], les["mean_probability"],
           les["max_probability"], *les["centroid_ras_mm"]) for les in report["lesions"]])]
+    body += _classification_section(report)
     if "metrics" in report:
         keys = ["dice", "jaccard", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "volume_diff_ml"]
         body += ["<h2>Agreement with the reference</h2>",

@@ -156,6 +156,7 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     folder: Path = Path(".")
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    case_calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -379,6 +380,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
         description=data.get("description", ""),
         trained_on=data.get("trained_on", ""), intended_use=data.get("intended_use", ""),
         training=data.get("training", {}), folder=folder, raw=data,
+        case_calibration=data.get("case_calibration", {}),
     )
     _check_consistency(manifest, where)
     return manifest

@@ -28,8 +28,8 @@ from .io import signals_deferred, write_image
 from .metrics import DETECTION_RULE, StructureMetrics
 from .segfile import write_seg_nrrd
 
-__all__ = ["CaseOutputs", "json_safe", "case_probability", "CASE_RULE", "build_report", "write_case_outputs",
-           "render_overlays", "summary_table"]
+__all__ = ["CaseOutputs", "json_safe", "case_probability", "case_score", "CASE_RULE", "build_report",
+           "write_case_outputs", "render_overlays", "summary_table"]
 
 METRIC_KEYS = ("dice", "jaccard", "precision", "recall", "sensitivity", "specificity", "accuracy", "f1",
                "hd95_mm", "assd_mm", "volume_diff_ml")
@@ -83,7 +83,8 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         "lesion_detection_rule": DETECTION_RULE,
         "outputs": dict(outputs or {}),
     }
-    report["case"] = {"abnormality_probability": case_probability(result), "rule": CASE_RULE}
+    report["case"] = {"abnormality_probability": case_probability(result), "score_uncalibrated": case_score(result),
+                      "calibration": result.manifest.case_calibration.get("method", "none"), "rule": CASE_RULE}
     if result.uncertainty is not None:
         report["uncertainty"] = {"method": f"test-time augmentation, {result.tta_passes} passes (identity and flips)",
                                  "map": "standard deviation of the foreground probability over the passes",
@@ -96,18 +97,29 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
     return json_safe(report)
 
 
-CASE_RULE = ("probability that the case holds any lesion = the largest foreground probability of any voxel "
-             "(softmax: 1 - P(background)); not calibrated - a calibrated case classifier is future work")
+CASE_RULE = ("case abnormality score = the largest foreground probability of any voxel (softmax: 1 - P(background)); "
+             "it is at least every lesion's maximum probability. Reported as a probability after the model's "
+             "Platt scaling (sigmoid(a * logit(score) + b), fitted on validation phantoms) when its manifest "
+             "has one; otherwise the uncalibrated score")
 
 
-def case_probability(result: SegmentationResult) -> float:
-    """Case-level abnormality score under :data:`CASE_RULE` (0-1)."""
+def case_score(result: SegmentationResult) -> float:
+    """The uncalibrated case abnormality score of :data:`CASE_RULE` (0-1)."""
     if not result.probabilities:
         return 0.0
     if result.manifest.postprocessing.activation == "softmax":
         foreground = sum(p.astype(np.float32) for p in result.probabilities.values())
         return float(np.clip(foreground.max(), 0.0, 1.0))
     return float(max(p.max() for p in result.probabilities.values()))
+
+
+def case_probability(result: SegmentationResult) -> float:
+    """Case-level probability that the case holds any lesion, under :data:`CASE_RULE` (0-1)."""
+    from .calibration import apply_platt
+
+    score = case_score(result)
+    cal = result.manifest.case_calibration
+    return float(apply_platt(score, cal["a"], cal["b"])) if cal.get("method") == "platt" else score
 
 
 def _display_slices(image: sitk.Image, center_ijk: tuple[float, float, float]) -> list[tuple[str, Any]]:
