@@ -123,3 +123,32 @@ def test_console_script_and_models_listing():
                           cwd=ROOT, env={"PYTHONPATH": str(ROOT / "MedCNNCAD"), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert "brats-demo-unet\t1.0.0\tsegmentation\tinputs T1,T1c,T2,FLAIR" in done.stdout
+
+
+def test_segment_with_lesion_classifier_and_uncertainty(tmp_path, capsys):
+    from test_classify import classifier_dict, write_classifier
+
+    data = classifier_dict()
+    data.update(inputs=[{"name": n, "modality": "MR"} for n in ("T1", "T1c", "T2", "FLAIR")],
+                lesion_structure="WT", lesion_label_values=[1, 2, 4])
+    data["network"]["kwargs"]["in_channels"] = 5
+    clf = write_classifier(tmp_path / "clf", data)
+    images, _ = small_phantom()
+    args = []
+    for name, img in images.items():
+        args += ["--input", f"{name}={_write(img, tmp_path / f'{name}.nii.gz')}"]
+    out = tmp_path / "out"
+    assert main(["segment", "--model", "brats-demo-unet", *args, "--out", str(out), "--classifier", str(clf),
+                 "--tta"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    wt = [les for les in report["lesions"] if les["structure"] == "WT"]
+    assert wt and all(set(les["class_probabilities"]) == {"low", "high"} for les in wt)
+    assert report["classification"]["case"]["probability_high"] == max(
+        les["class_probabilities"]["high"] for les in wt)
+    assert (out / "uncertainty.nii.gz").is_file() and report["uncertainty"]["cost"] == "4x the network time"
+    assert all(les["uncertainty"] is not None for les in report["lesions"])
+    printed = capsys.readouterr().out
+    assert "P(high)" in printed and "case abnormality probability" in printed
+    # a classifier is not a segmentation model: one line, exit 2
+    assert main(["segment", "--model", str(clf), *args, "--out", str(tmp_path / "x")]) == 2
+    assert "lesion classifier is used with --classifier" in capsys.readouterr().err
