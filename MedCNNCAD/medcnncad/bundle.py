@@ -210,12 +210,11 @@ def describe_bundle(folder: str | Path) -> Manifest:
                             contained_path(folder, "models/model.pt", "weights"))
 
 
-def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
-    """Load a MONAI bundle folder as a :class:`LoadedModel` (refused when untrusted code)."""
+def _instantiate(folder: Path, trust: bool, names: tuple[str, ...]) -> tuple[dict, Path, Path, dict[str, Any]]:
+    """Trust check, then the bundle's config entries ``names`` (absent ones None) and its verified
+    weights loaded into ``network_def`` (eval mode). Returns metadata, config path, weights path, entries."""
     from monai.bundle import ConfigParser
-    from monai.transforms import Compose
 
-    folder = Path(folder)
     meta = _read_metadata(folder)
     config_path = _find_config(folder)
     _require_trust(folder, trust)
@@ -224,22 +223,37 @@ def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
     parser.read_config(str(config_path))
     parser["bundle_root"] = str(folder)
     try:
-        network = parser.get_parsed_content("network_def", instantiate=True)
-        inferer = parser.get_parsed_content("inferer", instantiate=True) if "inferer" in parser else None
-        pre = parser.get_parsed_content("preprocessing", instantiate=True) if "preprocessing" in parser else None
+        parsed = {n: parser.get_parsed_content(n, instantiate=True) if n in parser else None for n in names}
     except Exception as exc:  # noqa: BLE001 - any failure of the bundle's own config
         raise ModelError(f"{config_path}: bundle config cannot be instantiated "
                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    sha = meta.get("medcnncad", {}).get("weights_sha256")
-    load_into(network, load_state_dict_verified(weights, sha), weights)
+    network = parsed["network_def"]
+    load_into(network, load_state_dict_verified(weights, meta.get("medcnncad", {}).get("weights_sha256")), weights)
     network.eval()
+    return meta, config_path, weights, parsed
+
+
+def _preprocess_without_loading(pre: Any, meta: dict):
+    """The bundle's preprocessing minus its loading/saving steps, as a function of one tensor."""
+    from monai.transforms import Compose
+
     steps = [t for t in (pre.transforms if isinstance(pre, Compose) else ([pre] if pre else []))
              if type(t).__name__ not in _LOADING_TRANSFORMS]
-    image_key = next(iter(meta.get("network_data_format", {}).get("inputs", {"image": None})), "image")
+    key = next(iter(meta.get("network_data_format", {}).get("inputs", {"image": None})), "image")
     compose = Compose(steps)
 
     def preprocess(image: Any) -> Any:
-        return compose({image_key: image})[image_key] if steps else image
+        return compose({key: image})[key] if steps else image
+
+    return preprocess
+
+
+def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
+    """Load a MONAI bundle folder as a :class:`LoadedModel` (refused when untrusted code)."""
+    folder = Path(folder)
+    meta, config_path, weights, parsed = _instantiate(folder, trust, ("network_def", "inferer", "preprocessing"))
+    network, inferer = parsed["network_def"], parsed["inferer"]
+    preprocess = _preprocess_without_loading(parsed["preprocessing"], meta)
 
     post = _postprocessing(_read_config(config_path), _channel_names(meta, "outputs", 2, "class"))
     manifest = _bundle_manifest(folder, meta, type(network).__name__, _inference_settings(
@@ -292,33 +306,10 @@ def load_classification_bundle(folder: str | Path, trust: bool = False):
     the segmentation structure it classifies and optionally ``positive_class``,
     ``patch_spacing_mm`` and ``mask_channel``.
     """
-    from monai.bundle import ConfigParser
-    from monai.transforms import Compose
-
     from .classify import LoadedClassifier
 
     folder = Path(folder)
-    meta = _read_metadata(folder)
-    config_path = _find_config(folder)
-    _require_trust(folder, trust)
-    weights = contained_path(folder, "models/model.pt", "weights")
-    parser = ConfigParser()
-    parser.read_config(str(config_path))
-    parser["bundle_root"] = str(folder)
-    try:
-        network = parser.get_parsed_content("network_def", instantiate=True)
-        pre = parser.get_parsed_content("preprocessing", instantiate=True) if "preprocessing" in parser else None
-    except Exception as exc:  # noqa: BLE001 - any failure of the bundle's own config
-        raise ModelError(f"{config_path}: bundle config cannot be instantiated "
-                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
-    load_into(network, load_state_dict_verified(weights, meta.get("medcnncad", {}).get("weights_sha256")), weights)
+    meta, _, weights, parsed = _instantiate(folder, trust, ("network_def", "preprocessing"))
+    network = parsed["network_def"]
     manifest = _classifier_manifest(folder, meta, network, weights)
-    steps = [t for t in (pre.transforms if isinstance(pre, Compose) else ([pre] if pre else []))
-             if type(t).__name__ not in _LOADING_TRANSFORMS]
-    key = next(iter(meta.get("network_data_format", {}).get("inputs", {"image": None})), "image")
-    compose = Compose(steps)
-
-    def preprocess(patch):
-        return compose({key: patch})[key] if steps else patch
-
-    return LoadedClassifier(manifest, network.eval(), folder, preprocess)
+    return LoadedClassifier(manifest, network, folder, _preprocess_without_loading(parsed["preprocessing"], meta))

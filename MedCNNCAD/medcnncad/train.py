@@ -194,15 +194,8 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     optimizer = _optimizer(network, cfg, set(init_report["kept"]) if init_report else set())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.steps_per_epoch)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    state = {"epoch": 0, "best": -1.0, "history": []}
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own checkpoint
-        network.load_state_dict(saved["network"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        print(f"resumed at epoch {state['epoch']}", file=sys.stderr)
+    state = resume_state(out, network, optimizer, scheduler) if resume else None
+    state = state or {"epoch": 0, "best": -1.0, "history": []}
     network.train()
     total = cfg.epochs * cfg.steps_per_epoch
     bar = tqdm(total=total, initial=state["epoch"] * cfg.steps_per_epoch, desc="train", unit="step")
@@ -240,17 +233,51 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
             state["best_epoch"] = state["epoch"]
             state["best_val"] = val
             torch.save(network.state_dict(), out / "model.pt")
-        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state}, ckpt)
+        save_checkpoint(out, network, optimizer, scheduler, state)
     bar.close()
     _write_manifest(raw, out, cfg, state, where, init_report, time.time() - started, command)
     return out
 
 
-def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: str, init_report: dict | None,
-                    seconds: float, command: str) -> None:
+def resume_state(out: Path, network: torch.nn.Module, optimizer, scheduler) -> dict | None:
+    """Restore network, optimizer and scheduler from ``out/checkpoint.pt``; its training state, or None."""
+    ckpt = out / "checkpoint.pt"
+    if not ckpt.is_file():
+        return None
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own checkpoint
+    network.load_state_dict(saved["network"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    print(f"resumed at epoch {saved['state']['epoch']}", file=sys.stderr)
+    return saved["state"]
+
+
+def save_checkpoint(out: Path, network: torch.nn.Module, optimizer, scheduler, state: dict) -> None:
+    """Everything needed to resume after an interruption, written atomically to ``out/checkpoint.pt``."""
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "state": state}, tmp)
+    tmp.replace(out / "checkpoint.pt")
+
+
+def environment() -> dict[str, str]:
+    """Software and machine a model was trained with (recorded in its manifest)."""
     import monai
 
+    return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+
+
+def write_manifest_json(raw: dict, out: Path, check) -> None:
+    """Write ``out/manifest.json`` atomically once ``check(raw, out)`` (a manifest parser) accepts it."""
+    check(raw, out)
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(raw, indent=2) + "\n")
+    tmp.replace(out / "manifest.json")
+
+
+def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: str, init_report: dict | None,
+                    seconds: float, command: str) -> None:
     raw = dict(raw)
     raw["weights"] = {"file": "model.pt", "sha256": sha256_file(out / "model.pt")}
     raw["training"] = {
@@ -262,12 +289,6 @@ def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: 
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
         "validation_dice": state.get("best_val"), "history": state["history"],
-        "seconds": round(seconds, 1), "command": command,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "monai": monai.__version__,
-                        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"},
+        "seconds": round(seconds, 1), "command": command, "environment": environment(),
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(raw, indent=2) + "\n")
-    tmp.replace(out / "manifest.json")
-    parse_manifest(raw, out)  # the written manifest must validate
+    write_manifest_json(raw, out, parse_manifest)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,8 @@ import torch
 from .errors import InputError
 from .manifest import parse_classifier_manifest, sha256_file
 from .models import build_network
-from .train import TEST_SEED_BASE, TRAIN_SEED_BASE, VAL_SEED_BASE
+from .train import (TEST_SEED_BASE, TRAIN_SEED_BASE, VAL_SEED_BASE, environment, resume_state,
+                    save_checkpoint, write_manifest_json)
 
 __all__ = ["ClassifierTrainConfig", "train_classification", "lesion_samples", "evaluate_classifier"]
 
@@ -229,15 +229,8 @@ def train_classification(template: str | Path, out_dir: str | Path, cfg: Classif
     network = build_network(manifest.network_class, manifest.network_kwargs)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.steps_per_epoch)
-    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": []}
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own checkpoint
-        network.load_state_dict(saved["network"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
-        print(f"resumed at epoch {state['epoch']}", file=sys.stderr)
+    state: dict[str, Any] = (resume_state(out, network, optimizer, scheduler) if resume else None) or \
+        {"epoch": 0, "best": -1.0, "history": []}
     rng = np.random.default_rng([cfg.seed, state["epoch"]])
     loss_fn = torch.nn.CrossEntropyLoss()
     positive = manifest.positive_index
@@ -266,8 +259,7 @@ def train_classification(template: str | Path, out_dir: str | Path, cfg: Classif
         if auc > state["best"]:
             state.update(best=auc, best_epoch=state["epoch"])
             torch.save(network.state_dict(), out / "model.pt")
-        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state}, ckpt)
+        save_checkpoint(out, network, optimizer, scheduler, state)
     bar.close()
     network.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
     logits = _val_logits(network, x_val)
@@ -289,19 +281,12 @@ def train_classification(template: str | Path, out_dir: str | Path, cfg: Classif
 
 def _write_manifest(raw: dict, out: Path, cfg: ClassifierTrainConfig, state: dict, where: str, seconds: float,
                     command: str) -> None:
-    import monai
-
     raw["weights"] = {"file": "model.pt", "sha256": sha256_file(out / "model.pt")}
     raw["training"] = {
         "data": where, "config": asdict(cfg), "epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
         "validation_auc": state.get("best"), "history": state["history"], "seconds": round(seconds, 1),
-        "command": command,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-                        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}}
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(raw, indent=2) + "\n")
-    tmp.replace(out / "manifest.json")
-    parse_classifier_manifest(raw, out)
+        "command": command, "environment": environment()}
+    write_manifest_json(raw, out, parse_classifier_manifest)
 
 
 def evaluate_classifier(model: str, n_cases: int = 200, preset: str = "heldout", seed_base: int | None = None,
