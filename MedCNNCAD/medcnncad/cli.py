@@ -337,6 +337,23 @@ def cmd_train_classification(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_classifier(args: argparse.Namespace) -> int:
+    from .models import find_model
+    from .train_classifier import recalibrate, write_calibration
+
+    blocks = recalibrate(args.model, n_cases=args.n, preset=args.preset, workers=args.workers)
+    cal = blocks["calibration"]
+    for when in ("validation_before", "validation_after"):
+        r = cal[when]
+        print(f"{when}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} ECE {r['ece_10_bins']:.4f}")
+    print(f"temperature {cal['temperature']:.4f}, threshold {blocks['operating_point']['threshold']:.4f} "
+          f"({cal['fitted_on']})")
+    if args.write:
+        write_calibration(find_model(args.model), blocks)
+        print(f"written to {find_model(args.model) / 'manifest.json'}")
+    return 0
+
+
 def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
     from .report import json_safe
     from .train_classifier import evaluate_classifier
@@ -516,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--write", action="store_true", help="store the calibration in the model's manifest")
     p.set_defaults(func=cmd_calibrate_case)
+
+    p = sub.add_parser("calibrate-classifier", help="refit a lesion classifier's temperature and operating "
+                                                    "point on more validation phantoms")
+    p.add_argument("--model", default=DEFAULT_CLASSIFIER)
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--preset", default="robust")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--write", action="store_true", help="store the result in the classifier's manifest")
+    p.set_defaults(func=cmd_calibrate_classifier)
 
     p = sub.add_parser("evaluate-classifier", help="AUC, operating point, Brier, ECE of a lesion classifier on "
                                                    "held-out phantoms, with a reliability diagram")

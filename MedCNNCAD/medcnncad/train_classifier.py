@@ -173,6 +173,25 @@ def _collect(cases: list[dict], raw: dict, folder: Path, views: int, augment: bo
     return np.stack(x).astype(np.float32), np.asarray(y, dtype=np.int64)
 
 
+def _patches(train_cases: list[dict], val_cases: list[dict], raw: dict, out: Path, cfg: ClassifierTrainConfig):
+    """Training and validation patches; cached in ``out/patches.npz`` keyed by the cases, views and patch
+    geometry, so resuming or retraining with another schedule skips the phantom generation."""
+    key = json.dumps([[c["id"] for c in train_cases], [c["id"] for c in val_cases], cfg.views, raw["patch"],
+                      [c["name"] for c in raw["inputs"]]])
+    cache = out / "patches.npz"
+    if cache.is_file():
+        with np.load(cache) as saved:
+            if str(saved["key"]) == key:
+                print(f"patches from {cache}", file=sys.stderr)
+                return saved["x_train"], saved["y_train"], saved["x_val"], saved["y_val"]
+    x_train, y_train = _collect(train_cases, raw, out, cfg.views, True, cfg.workers)
+    x_val, y_val = _collect(val_cases, raw, out, 1, False, cfg.workers)
+    tmp = out / "patches.tmp.npz"
+    np.savez(tmp, key=key, x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val)
+    tmp.replace(cache)
+    return x_train, y_train, x_val, y_val
+
+
 def _augment(batch: torch.Tensor, rng: np.random.Generator, n_inputs: int, channel_drop: float) -> torch.Tensor:
     """Random flips, per-channel intensity scale/shift and noise on image channels, channel dropout."""
     out = batch.clone()
@@ -222,8 +241,7 @@ def train_classification(template: str | Path, out_dir: str | Path, cfg: Classif
     train_cases, val_cases, where = _cases(cfg)
     print(f"preparing lesion patches of {len(train_cases)} training and {len(val_cases)} validation cases",
           file=sys.stderr)
-    x_train, y_train = _collect(train_cases, raw, out, cfg.views, True, cfg.workers)
-    x_val, y_val = _collect(val_cases, raw, out, 1, False, cfg.workers)
+    x_train, y_train, x_val, y_val = _patches(train_cases, val_cases, raw, out, cfg)
     print(f"{len(y_train)} training patches ({np.bincount(y_train).tolist()} per class), "
           f"{len(y_val)} validation lesions", file=sys.stderr)
     network = build_network(manifest.network_class, manifest.network_kwargs)
@@ -312,12 +330,54 @@ def evaluate_classifier(model: str, n_cases: int = 200, preset: str = "heldout",
               "lesions": int(len(y)), "tta": tta, "temperature": m.temperature,
               "calibrated": binary_report(p, labels, m.threshold)}
     report["uncalibrated"] = binary_report(raw_p, labels, 0.5)
+    report["per_lesion"] = {"probability": [round(float(v), 6) for v in p], "label": labels.tolist()}
     if spread is not None:
         wrong = (p >= m.threshold) != (labels == 1)
         report["tta_uncertainty"] = {"median_correct": float(np.median(spread[~wrong])),
                                      "median_wrong": float(np.median(spread[wrong])) if wrong.any() else None}
     if diagram:
-        reliability_diagram(p, labels, diagram, title=f"{m.id}: P({m.positive_class}), {len(y)} held-out lesions "
+        reliability_diagram(p, labels, diagram, title=f"{m.id}: P({m.positive_class}), {len(y)} held-out lesions\n"
                             f"(ECE {report['calibrated']['ece_10_bins']:.3f})")
         report["reliability_diagram"] = str(diagram)
     return report
+
+
+def recalibrate(model: str, n_cases: int = 300, preset: str = "robust", first_seed: int | None = None,
+                workers: int = 2) -> dict[str, Any]:
+    """Refit a classifier's temperature and operating point on more validation lesions.
+
+    Seeds default to the validation range after the ones training used (never training or test
+    seeds). Returns the new ``calibration`` and ``operating_point`` blocks (write them with
+    :func:`write_calibration`).
+    """
+    from .calibration import binary_report, youden_threshold
+    from .classify import fit_temperature, load_classifier
+    from .train_data import phantom_cases
+
+    loaded = load_classifier(model)
+    m = loaded.manifest
+    base = VAL_SEED_BASE + CLASSIFIER_SEED_OFFSET + 1000 * int(m.training.get("config", {}).get("seed", 0))
+    start = base + int(m.training.get("config", {}).get("n_val", 0)) if first_seed is None else first_seed
+    cases = phantom_cases(list(range(start, start + n_cases)), preset)
+    x, y = _collect(cases, m.raw, m.folder, 1, False, workers)
+    logits = _val_logits(loaded.network, x)
+    positive = m.positive_index
+    labels = (y == positive).astype(int)
+    temperature = fit_temperature(logits, y)
+    before = torch.softmax(torch.from_numpy(logits), 1)[:, positive].numpy()
+    after = torch.softmax(torch.from_numpy(logits / temperature), 1)[:, positive].numpy()
+    threshold = youden_threshold(after, labels)
+    where = f"{len(y)} validation lesions, preset '{preset}', seeds {start}-{start + n_cases - 1}"
+    return {"calibration": {"method": "temperature", "temperature": round(temperature, 6), "fitted_on": where,
+                            "validation_before": binary_report(before, labels, 0.5),
+                            "validation_after": binary_report(after, labels, threshold)},
+            "operating_point": {"threshold": round(threshold, 6),
+                                "rule": f"Youden's J on the {where} (P({m.positive_class}) >= threshold)"}}
+
+
+def write_calibration(model_folder: str | Path, blocks: dict[str, Any]) -> None:
+    """Replace a classifier manifest's ``calibration`` and ``operating_point`` (weights untouched)."""
+    folder = Path(model_folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw.update({k: blocks[k] for k in ("calibration", "operating_point")})
+    write_manifest_json(raw, folder, parse_classifier_manifest)
