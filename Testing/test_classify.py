@@ -328,3 +328,17 @@ def test_html_case_report_shows_lesion_classes(tmp_path):
     page = case_report(tmp_path / "out").read_text()
     assert "Lesion classification (tiny-grade 0.0.1" in page and "P(high)" in page
     assert "largest probability" in page and "test-time augmentation, 4 passes" in page
+
+
+def test_lesions_below_the_classifier_minimum_are_not_classified(tmp_path):
+    data = classifier_dict()
+    data["min_lesion_ml"] = 0.1  # the small lesion: 2 x 2 x 3 voxels of 1.5 x 1.5 x 2 mm = 0.054 mL
+    loaded = load_classifier(write_classifier(tmp_path / "clf", data))
+    vol = _blob()
+    vol[2:4, 2:4, 2:5] = 1.0
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(vol, spacing=(1.5, 1.5, 2.0))})
+    summary = attach_classification(result, loaded)
+    blobs = sorted((les for les in result.lesions if les.structure == "blob"), key=lambda x: x.volume_ml)
+    assert len(blobs) == 2 and len(summary["lesions"]) == 1
+    assert blobs[0].class_probabilities is None and blobs[1].class_probabilities is not None
+    assert summary["lesions"][0]["lesion_id"] == blobs[1].id

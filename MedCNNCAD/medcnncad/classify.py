@@ -195,7 +195,8 @@ def classify_patches(loaded: LoadedClassifier, patches: np.ndarray,
 
 def classify_lesions(loaded: LoadedClassifier, images: Mapping[str, sitk.Image], label_map: np.ndarray,
                      reference: sitk.Image, structure_values: Sequence[int], tta: bool = False) -> list[LesionClass]:
-    """Classify every connected component of ``structure_values`` in ``label_map`` (KJI on ``reference``).
+    """Classify every connected component of ``structure_values`` in ``label_map`` (KJI on ``reference``)
+    of at least the manifest's ``min_lesion_ml``.
 
     Lesion ids follow :func:`medcnncad.lesions.components` order (the same ids the lesion
     table uses for that structure).
@@ -204,20 +205,23 @@ def classify_lesions(loaded: LoadedClassifier, images: Mapping[str, sitk.Image],
 
     m = loaded.manifest
     labelled, count = components(np.isin(label_map, list(structure_values)))
-    if count == 0:
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:] * voxel_ml
+    ids = [i + 1 for i in range(count) if sizes[i] >= m.min_lesion_ml]  # small fragments are not classified
+    if not ids:
         return []
     raw = loaded.preprocess is not None
-    patches = [patch_from_arrays(images, labelled == i, reference, m, normalise=not raw) for i in range(1, count + 1)]
+    patches = [patch_from_arrays(images, labelled == i, reference, m, normalise=not raw) for i in ids]
     if raw:  # a bundle: MONAI's (C, I, J, K) order, its own preprocessing
         patches = [np.asarray(loaded.preprocess(torch.from_numpy(np.ascontiguousarray(p.transpose(0, 3, 2, 1)))),
                               dtype=np.float32) for p in patches]
     probs, spread = classify_patches(loaded, np.stack(patches), tta)
     out = []
-    for i, p in enumerate(probs):
+    for i, (lesion_id, p) in enumerate(zip(ids, probs)):
         positive = float(p[m.positive_index])
         predicted = m.positive_class if positive >= m.threshold else \
             max((c for c in m.class_names if c != m.positive_class), key=lambda c: p[m.class_names.index(c)])
-        out.append(LesionClass(i + 1, {c: float(v) for c, v in zip(m.class_names, p)}, predicted, positive,
+        out.append(LesionClass(lesion_id, {c: float(v) for c, v in zip(m.class_names, p)}, predicted, positive,
                                None if spread is None else float(spread[i])))
     return out
 

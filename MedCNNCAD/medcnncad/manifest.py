@@ -209,6 +209,7 @@ class ClassifierManifest:
     weights_sha256: str
     temperature: float = 1.0
     threshold: float = 0.5
+    min_lesion_ml: float = 0.0
     calibration: dict[str, Any] = field(default_factory=dict)
     operating_point: dict[str, Any] = field(default_factory=dict)
     name: str = ""
@@ -260,6 +261,7 @@ def parse_classifier_manifest(data: dict[str, Any], folder: Path, where: str = "
         weights_sha256=data["weights"]["sha256"],
         temperature=float(calibration["temperature"]) if calibration["method"] == "temperature" else 1.0,
         threshold=float(data.get("operating_point", {}).get("threshold", 0.5)),
+        min_lesion_ml=float(data.get("min_lesion_ml", 0.0)),
         calibration=calibration, operating_point=data.get("operating_point", {}),
         name=data.get("name", data["id"]), aliases=tuple(data.get("aliases", ())),
         description=data.get("description", ""), trained_on=data.get("trained_on", ""),
