@@ -53,3 +53,24 @@ def test_gpu_check_script_refuses_cleanly_without_cuda_and_builds_a_brats_size_c
     assert all(img.GetSize() == (240, 240, 155) and img.GetSpacing() == (1.0, 1.0, 1.0) for img in images.values())
     import SimpleITK as sitk
     assert (sitk.GetArrayViewFromImage(images["T1c"]) > 0).sum() > 500_000  # the head is inside the grid
+
+
+def test_fit_roi_shrinks_the_window_to_the_image(tmp_path):
+    import numpy as np
+
+    from conftest import make_image
+    from helpers import ThresholdNet, blob_manifest_dict
+    from medcnncad.manifest import parse_manifest
+    from medcnncad.models import LoadedModel
+    from medcnncad.preprocess import build_preprocessing
+
+    raw = blob_manifest_dict()
+    raw["inference"].update(roi_size=[64, 64, 64], fit_roi=8)
+    manifest = parse_manifest(raw, tmp_path)
+    segmenter = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing),
+                                      "manifest", tmp_path), "cpu")
+    assert segmenter.roi_for((30, 26, 100)) == [32, 32, 64]  # rounded up to multiples of 8, never above the roi
+    vol = np.zeros((20, 26, 30), np.float32)
+    vol[5:15, 6:20, 8:25] = 1.0
+    result = segmenter.run({"CT": make_image(vol)})  # a per-voxel network: the window size must not matter
+    np.testing.assert_array_equal(result.label_map, np.where(vol > 0.5, 3, 0))
