@@ -50,3 +50,12 @@ def test_train_classification_writes_a_calibrated_model_and_resumes(tmp_path, ca
     assert "patches from" in err and "resumed at epoch 1" in err
     history = load_manifest(out).training["history"]
     assert [h["epoch"] for h in history] == [1, 2] and history[0] == manifest.training["history"][0]
+    # held-out evaluation: temperature scaling keeps the ranking (same AUC) and the report is complete
+    from medcnncad.train_classifier import evaluate_classifier
+
+    report = evaluate_classifier(str(out), n_cases=6, preset="robust", seed_base=950_000, workers=1,
+                                 diagram=tmp_path / "rel.png")
+    assert report["lesions"] == len(report["per_lesion"]["label"]) > 0
+    assert report["calibrated"]["auc"] == report["uncalibrated"]["auc"]
+    assert report["calibrated"]["threshold"] == load_manifest(out).threshold
+    assert (tmp_path / "rel.png").stat().st_size > 1000

@@ -322,9 +322,13 @@ def evaluate_classifier(model: str, n_cases: int = 200, preset: str = "heldout",
     base = TEST_SEED_BASE + CLASSIFIER_SEED_OFFSET if seed_base is None else seed_base
     cases = phantom_cases(list(range(base, base + n_cases)), preset)
     x, y = _collect(cases, m.raw, m.folder, 1, False, workers)
-    probs, spread = classify_patches(loaded, x, tta=tta)
+    logits = torch.from_numpy(_val_logits(loaded.network, x))  # one pass gives calibrated and raw
+    raw_p = torch.softmax(logits, 1)[:, m.positive_index].numpy()
+    if tta:
+        probs, spread = classify_patches(loaded, x, tta=True)
+    else:
+        probs, spread = torch.softmax(logits / m.temperature, 1).numpy(), None
     p = probs[:, m.positive_index]
-    raw_p = torch.softmax(torch.from_numpy(_val_logits(loaded.network, x)), 1)[:, m.positive_index].numpy()
     labels = (y == m.positive_index).astype(int)
     report = {"model": m.id, "version": m.version, "preset": preset, "seeds": [base, base + n_cases - 1],
               "lesions": int(len(y)), "tta": tta, "temperature": m.temperature,
