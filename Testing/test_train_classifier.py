@@ -59,3 +59,21 @@ def test_train_classification_writes_a_calibrated_model_and_resumes(tmp_path, ca
     assert report["calibrated"]["auc"] == report["uncalibrated"]["auc"]
     assert report["calibrated"]["threshold"] == load_manifest(out).threshold
     assert (tmp_path / "rel.png").stat().st_size > 1000
+
+
+def test_classifier_csv_data_uses_the_shared_case_reader_and_needs_a_class(tmp_path):
+    from medcnncad.errors import InputError
+    from medcnncad.manifest import parse_classifier_manifest
+    from medcnncad.train_classifier import ClassifierTrainConfig, _cases
+
+    manifest = parse_classifier_manifest(json.loads(TEMPLATE.read_text()), tmp_path)
+    rows = ["case,t1ce,FLAIR,label,class"]
+    rows += [f"c{n},t1c{n}.nii.gz,flair{n}.nii.gz,seg{n}.nii.gz,{'HGG' if n % 2 else 'LGG'}" for n in range(5)]
+    (tmp_path / "cases.csv").write_text("\n".join(rows) + "\n")
+    train, val, where = _cases(ClassifierTrainConfig(data=str(tmp_path / "cases.csv")), manifest)
+    assert len(train) == 4 and len(val) == 1 and "5 cases" in where
+    assert {c["class"] for c in train + val} == {"HGG", "LGG"}
+    assert sorted(train[0]["inputs"]) == ["FLAIR", "T1c"]  # aliases resolved as for segmentation data
+    (tmp_path / "noclass.csv").write_text("case,t1ce,label\nc0,a.nii.gz,b.nii.gz\n")
+    with pytest.raises(InputError, match=r"case\(s\) \['c0'\] have no 'class'"):
+        _cases(ClassifierTrainConfig(data=str(tmp_path / "noclass.csv")), manifest)

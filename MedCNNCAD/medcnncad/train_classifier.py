@@ -15,7 +15,6 @@ Youden threshold; both go into the manifest with the validation metrics before a
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import sys
@@ -120,16 +119,15 @@ def _prepare(args: tuple[dict, dict, str, int, bool]) -> tuple[list[np.ndarray],
     return patches, manifest.class_names.index(cls), {"id": case["id"], "class": cls}
 
 
-def _cases(cfg: ClassifierTrainConfig) -> tuple[list[dict], list[dict], str]:
-    from .train_data import phantom_cases
+def _cases(cfg: ClassifierTrainConfig, manifest) -> tuple[list[dict], list[dict], str]:
+    from .train_data import file_cases, phantom_cases, split_cases
 
     if cfg.data:
-        cases = _csv_class_cases(Path(cfg.data))
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(cases))
-        n_val = max(1, len(cases) // 5)
-        val = [cases[i] for i in order[:n_val]]
-        train = [cases[i] for i in order[n_val:]]
+        cases = file_cases(cfg.data, manifest)
+        unclassed = [c["id"] for c in cases if not c.get("class")]
+        if unclassed:
+            raise InputError(f"{cfg.data}: case(s) {unclassed[:5]} have no 'class' (a CSV column)")
+        train, val = split_cases(cases, 0.2, cfg.seed)
         return train, val, f"{len(cases)} cases from {cfg.data}"
     base = CLASSIFIER_SEED_OFFSET + cfg.seed * 1000
     train = phantom_cases([TRAIN_SEED_BASE + base + i for i in range(cfg.n_train)], cfg.phantom_preset)
@@ -137,21 +135,6 @@ def _cases(cfg: ClassifierTrainConfig) -> tuple[list[dict], list[dict], str]:
     where = (f"synthetic phantoms, preset '{cfg.phantom_preset}' (grade is the generator's hidden variable): "
              f"seeds {train[0]['seed']}..{train[-1]['seed']} (train), {val[0]['seed']}..{val[-1]['seed']} (validation)")
     return train, val, where
-
-
-def _csv_class_cases(path: Path) -> list[dict]:
-    """CSV rows: one column per input (name), ``label`` (lesion mask or label map), ``class``."""
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "class" not in rows[0] or "label" not in rows[0]:
-        raise InputError(f"{path}: expected columns for the inputs, 'label' and 'class'")
-    cases = []
-    for n, row in enumerate(rows, start=2):
-        inputs = {k: str((path.parent / v).resolve()) for k, v in row.items() if k not in ("case", "label", "class")
-                  and v}
-        cases.append({"id": row.get("case") or f"row{n}", "kind": "files", "inputs": inputs,
-                      "label": str((path.parent / row["label"]).resolve()), "class": row["class"]})
-    return cases
 
 
 def _collect(cases: list[dict], raw: dict, folder: Path, views: int, augment: bool, workers: int):
@@ -238,7 +221,7 @@ def train_classification(template: str | Path, out_dir: str | Path, cfg: Classif
     raw = json.loads(Path(template).read_text())
     manifest = parse_classifier_manifest(raw, out, where=str(template))
     set_determinism(cfg.seed)
-    train_cases, val_cases, where = _cases(cfg)
+    train_cases, val_cases, where = _cases(cfg, manifest)
     print(f"preparing lesion patches of {len(train_cases)} training and {len(val_cases)} validation cases",
           file=sys.stderr)
     x_train, y_train, x_val, y_val = _patches(train_cases, val_cases, raw, out, cfg)

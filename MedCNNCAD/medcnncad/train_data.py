@@ -5,7 +5,8 @@ phantom ``preset``; ``kind == "files"`` holds ``inputs`` (manifest channel name 
 path) and ``label`` (path of a label map whose values are the manifest's label values).
 
 CSV: one row per case; a column per manifest input (its name or an alias, any case) and a
-``label`` column; optional ``case`` (id) and ``split`` (``train``/``val``) columns; relative
+``label`` column; optional ``case`` (id), ``split`` (``train``/``val``) and ``class`` (for lesion
+classifiers) columns; relative
 paths are relative to the CSV file. Folder: one sub-folder per case whose file names name
 the sequences (matched like the Slicer module does, by names and aliases) and a label file
 named ``label*``, ``seg*`` or ``*_seg*``.
@@ -68,7 +69,8 @@ def _csv_cases(path: Path, manifest: Manifest) -> list[dict[str, Any]]:
         case_id = row.get("case") or f"row{n}"
         cases.append({"id": case_id, "kind": "files", "inputs": inputs,
                       "label": str((path.parent / row[label_header]).resolve()),
-                      "split": (row.get("split") or "").strip().lower()})
+                      "split": (row.get("split") or "").strip().lower(),
+                      "class": (row.get("class") or "").strip()})
     return cases
 
 
