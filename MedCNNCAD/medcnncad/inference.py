@@ -21,9 +21,6 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.inferers import sliding_window_inference
-from monai.inferers.utils import _get_scan_interval
-from monai.data.utils import dense_patch_slices
 
 from .errors import InputError
 from .io import check_finite, geometry_text, read_volume, same_space
@@ -31,6 +28,7 @@ from .lesions import Lesion, components, find_lesions
 from .manifest import Manifest
 from .models import LoadedModel, load_model
 from .preprocess import lps_to_ras, to_metatensor
+from .stitch import stream_sliding_window, window_slices
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device", "label_map_from_probabilities",
            "remove_small_components", "cached_segmenter"]
@@ -133,19 +131,23 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     return label_map
 
 
-def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """Apply the manifest's rule to (C, ...) probabilities of all output channels.
+def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest, rows: int = 16) -> np.ndarray:
+    """Apply the manifest's rule to (C, K, J, I) probabilities of all output channels; uint8 (K, J, I).
 
     softmax: value of the arg-max channel. sigmoid: channels painted in order where
-    probability > threshold (later channels overwrite earlier ones).
+    probability > threshold (later channels overwrite earlier ones). Works ``rows`` slices
+    at a time, so no full-size index array is ever allocated.
     """
     post = manifest.postprocessing
     values = np.array([c.value for c in post.channels], dtype=np.uint8)
-    if post.activation == "softmax":
-        return values[np.argmax(probabilities, axis=0)]
     out = np.zeros(probabilities.shape[1:], dtype=np.uint8)
-    for index, channel in enumerate(post.channels):
-        out[probabilities[index] > post.threshold] = channel.value
+    for k in range(0, out.shape[0], rows):
+        part = probabilities[:, k:k + rows]
+        if post.activation == "softmax":
+            out[k:k + rows] = values[np.argmax(part, axis=0)]
+            continue
+        for index, channel in enumerate(post.channels):
+            out[k:k + rows][part[index] > post.threshold] = channel.value
     return out
 
 
@@ -171,9 +173,10 @@ class Segmenter:
     """
 
     def __init__(self, model: LoadedModel, device: str = "auto", precision: str | None = None,
-                 channels_last: bool | None = None) -> None:
-        """``precision`` (auto/fp32/bf16/fp16) and ``channels_last`` override the manifest's
-        execution policy (``inference.precision``, ``inference.channels_last``)."""
+                 channels_last: bool | None = None, probability_dtype: str | None = None) -> None:
+        """``precision`` (auto/fp32/bf16/fp16), ``channels_last`` and ``probability_dtype``
+        (float32/float16: how probabilities are held) override the manifest's execution policy
+        (``inference.precision``, ``inference.channels_last``, ``postprocessing.probability_dtype``)."""
         self.model = model
         self.manifest = model.manifest
         self.device = resolve_device(device)
@@ -182,6 +185,10 @@ class Segmenter:
             raise InputError(f"precision {self.precision!r}: choose from {sorted(PRECISIONS)}")
         self.channels_last = self.manifest.inference.channels_last if channels_last is None else channels_last
         self.network = model.network.to(self.device).eval()
+        held = probability_dtype or self.manifest.postprocessing.probability_dtype
+        if held not in ("float32", "float16"):
+            raise InputError(f"probability dtype {held!r}: choose float32 or float16")
+        self.probability_dtype = torch.float16 if held == "float16" else torch.float32
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
 
@@ -245,12 +252,16 @@ class Segmenter:
         from .io import available_memory_bytes
 
         n_out = len(self.manifest.postprocessing.channels)
+        p = 2 if self.probability_dtype == torch.float16 else 4
         pre_voxels = int(np.prod(image.shape[1:]))
         ref_voxels = int(np.prod(reference.GetSize()))
         window = int(np.prod(self.manifest.inference.roi_size)) * self.manifest.inference.sw_batch_size
-        # input + stitched output + count map on the model grid, probabilities and label map on the
-        # input grid, and network activations of one window batch (~64 float channels)
-        need = 4 * (pre_voxels * (image.shape[0] + n_out + 1) + ref_voxels * (2 * n_out + 1) + window * 64)
+        slab = int(self.manifest.inference.roi_size[0]) * pre_voxels // max(int(image.shape[1]), 1)
+        # float32 inputs on both grids, probabilities (streamed: no full-size logits) on both grids,
+        # one float32 channel while resampling, the label map, the stitching band (output + count)
+        # and network activations of one window batch (~64 float channels)
+        need = (4 * (pre_voxels + ref_voxels) * image.shape[0] + p * n_out * (pre_voxels + ref_voxels)
+                + 4 * ref_voxels + ref_voxels + 4 * slab * (n_out + 1) + 4 * window * 64)
         available = available_memory_bytes()
         if available is not None and need > available:
             raise InputError(f"this case needs about {need / 2**30:.1f} GiB of memory for model "
@@ -265,25 +276,21 @@ class Segmenter:
             return list(inf.roi_size)
         return [min(r, -(-int(s) // inf.fit_roi) * inf.fit_roi) for r, s in zip(inf.roi_size, shape)]
 
-    def _sliding_window(self, batch: torch.Tensor, predictor, sw_batch: int, stitch: torch.device) -> torch.Tensor:
-        inf = self.manifest.inference
-        return sliding_window_inference(batch, roi_size=self.roi_for(batch.shape[2:]), sw_batch_size=sw_batch,
-                                        predictor=predictor, overlap=inf.overlap, mode=inf.blend_mode,
-                                        sw_device=self.device, device=stitch)
-
     def _infer(self, image: torch.Tensor, progress: ProgressCallback, warnings: list[str]) -> torch.Tensor:
-        """Sliding-window logits for a (C, I, J, K) tensor; returns (C_out, I, J, K) on CPU.
+        """Sliding-window probabilities for a (C, I, J, K) tensor: (C_out, I, J, K) on the CPU, in the
+        manifest's ``probability_dtype``.
 
-        On CUDA out-of-memory the run is repeated with one window at a time and stitching
-        on the CPU, then entirely on the CPU; each fall-back is logged and reported.
+        Windows stream through :func:`medcnncad.stitch.stream_sliding_window`, so no full-size
+        float32 logits are held. On CUDA out-of-memory the run is repeated with one window at a
+        time and stitching on the CPU, then entirely on the CPU; each fall-back is logged and reported.
         """
         inf = self.manifest.inference
         roi = self.roi_for(image.shape[1:])
-        padded = [max(r, s) for r, s in zip(roi, image.shape[1:])]
-        total = max(1, len(dense_patch_slices(padded, roi, _get_scan_interval(padded, roi, 3, [inf.overlap] * 3))))
+        total = max(1, len(window_slices(image.shape[1:], roi, inf.overlap)))
         done = [0]
-
         dtype = self.autocast_dtype()
+        n_out = len(self.manifest.postprocessing.channels)
+        probs = torch.empty((n_out, *image.shape[1:]), dtype=self.probability_dtype)
 
         def predictor(window: torch.Tensor) -> torch.Tensor:
             if self.channels_last:
@@ -294,6 +301,9 @@ class Segmenter:
             progress("inference", min(1.0, done[0] / total))
             return out.float()
 
+        def sink(i0: int, i1: int, logits: torch.Tensor) -> None:
+            probs[:, i0:i1] = self._activate(logits).to("cpu", self.probability_dtype)
+
         attempts = [(inf.sw_batch_size, self.device), (1, torch.device("cpu"))]
         with torch.inference_mode():
             for attempt, (sw_batch, stitch) in enumerate(attempts + [(1, None)]):
@@ -303,9 +313,9 @@ class Segmenter:
                     stitch = self.device
                 try:
                     done[0] = 0
-                    batch = torch.as_tensor(image, dtype=torch.float32).unsqueeze(0).to(self.device)
-                    logits = self._sliding_window(batch, predictor, sw_batch, stitch)
-                    return logits[0].as_subclass(torch.Tensor).float().cpu()
+                    stream_sliding_window(torch.as_tensor(image, dtype=torch.float32), predictor, roi, inf.overlap,
+                                          inf.blend_mode, sink, sw_batch, self.device, stitch)
+                    return probs
                 except torch.OutOfMemoryError:
                     if attempt == len(attempts):
                         raise
@@ -319,6 +329,7 @@ class Segmenter:
         raise AssertionError("unreachable")
 
     def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax or sigmoid over the channel axis (first) of logits (C_out, ...)."""
         if self.manifest.postprocessing.activation == "softmax":
             return torch.softmax(logits, dim=0)
         return torch.sigmoid(logits)
@@ -328,9 +339,10 @@ class Segmenter:
         """Resample (C, I', J', K') probabilities with RAS ``affine`` onto the reference grid (C, K, J, I).
 
         Linear interpolation with SimpleITK (multi-threaded; 2.5x faster here than MONAI's
-        SpatialResample, same values to 3e-3). For a softmax model only the foreground channels
-        are resampled; the background is 1 - their sum, which also makes everything outside the
-        cropped field of view background.
+        SpatialResample, same values to 3e-3), one channel at a time, into an array of the
+        probabilities' dtype; a plain transpose when the model grid is the reference grid. For a
+        softmax model only the foreground channels are resampled; the background is 1 - their
+        sum, which also makes everything outside the cropped field of view background.
         """
         channels = self.manifest.postprocessing.channels if not raw else [None] * probs.shape[0]
         background = [i for i, c in enumerate(channels) if c is not None and c.value == 0]
@@ -338,23 +350,36 @@ class Segmenter:
         keep = [i for i in range(len(channels)) if not (softmax and i in background)]
         lps = lps_to_ras(np.asarray(affine, dtype=np.float64))
         spacing = np.linalg.norm(lps[:3, :3], axis=0)
-        out = np.empty((len(channels), *reference.GetSize()[::-1]), dtype=np.float32)
+        grid = sitk.Image([int(v) for v in probs.shape[1:]], sitk.sitkUInt8)
+        grid.SetSpacing(tuple(float(v) for v in spacing))
+        grid.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
+        grid.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
+        identical = same_space(grid, reference)
+        dtype = np.float16 if probs.dtype == torch.float16 else np.float32
+        out = np.empty((len(channels), *reference.GetSize()[::-1]), dtype=dtype)
         for index in keep:
+            if identical:
+                out[index] = probs[index].numpy().transpose(2, 1, 0)
+                continue
             image = sitk.GetImageFromArray(np.ascontiguousarray(probs[index].numpy().transpose(2, 1, 0),
                                                                 dtype=np.float32))
-            image.SetSpacing(tuple(float(v) for v in spacing))
-            image.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
-            image.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
+            image.CopyInformation(grid)
             resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            del image
             out[index] = np.clip(sitk.GetArrayViewFromImage(resampled), 0.0, 1.0)
         if softmax:
-            out[background[0]] = np.clip(1.0 - out[keep].sum(0), 0.0, 1.0)
+            rest = out[keep[0]].astype(np.float32) if keep else np.zeros(out.shape[1:], np.float32)
+            for index in keep[1:]:
+                rest += out[index]
+            np.subtract(1.0, rest, out=rest)
+            out[background[0]] = np.clip(rest, 0.0, 1.0)
         return out
 
     def _background_only(self, reference: sitk.Image) -> np.ndarray:
         """Probabilities (C, K, J, I) of an empty result: background 1 (softmax), everything else 0."""
         channels = self.manifest.postprocessing.channels
-        probs = np.zeros((len(channels), *reference.GetSize()[::-1]), dtype=np.float32)
+        dtype = np.float16 if self.probability_dtype == torch.float16 else np.float32
+        probs = np.zeros((len(channels), *reference.GetSize()[::-1]), dtype=dtype)
         if self.manifest.postprocessing.activation == "softmax":
             probs[[i for i, c in enumerate(channels) if c.value == 0]] = 1.0
         return probs
@@ -365,21 +390,27 @@ class Segmenter:
         """Probabilities (C_out, I, J, K) and, for several ``flips``, the standard deviation over
         the passes of the foreground probability (I, J, K); each pass is un-flipped before averaging."""
         if len(flips) <= 1 and not (flips and flips[0]):
-            return self._activate(self._infer(image, progress, warnings)), None
-        passes = []
+            return self._infer(image, progress, warnings), None
+        background = [i for i, c in enumerate(self.manifest.postprocessing.channels) if c.value == 0]
+        softmax = self.manifest.postprocessing.activation == "softmax" and len(background) == 1
+        total = fg_sum = fg_sq = None
         for n, dims in enumerate(flips):
             def scaled(stage: str, fraction: float, n: int = n) -> None:
                 progress(stage, (n + fraction) / len(flips))
             flipped = torch.flip(image, dims) if dims else image
-            logits = self._infer(flipped, scaled, warnings)
-            passes.append(self._activate(torch.flip(logits, dims) if dims else logits))
-        stack = torch.stack(passes)
-        background = [i for i, c in enumerate(self.manifest.postprocessing.channels) if c.value == 0]
-        if self.manifest.postprocessing.activation == "softmax" and len(background) == 1:
-            foreground = 1.0 - stack[:, background[0]]
-        else:
-            foreground = stack.amax(1)
-        return stack.mean(0), foreground.std(0, unbiased=False)
+            probs = self._infer(flipped, scaled, warnings).float()
+            probs = torch.flip(probs, dims) if dims else probs
+            foreground = 1.0 - probs[background[0]] if softmax else probs.amax(0)
+            if total is None:
+                total, fg_sum, fg_sq = probs, foreground.clone(), foreground.square()
+                continue
+            total += probs
+            fg_sum += foreground
+            fg_sq += foreground.square()
+        k = float(len(flips))
+        mean_fg = fg_sum / k
+        spread = (fg_sq / k - mean_fg.square()).clamp_min(0.0).sqrt()
+        return (total / k).to(self.probability_dtype), spread
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,
@@ -417,6 +448,7 @@ class Segmenter:
             uncertainty = np.zeros(probs.shape[1:], np.float32) if len(flips) > 1 else None
         else:
             mean, spread = self._probabilities(pre.as_tensor(), progress, warnings, flips)
+            del pre  # the network input is not needed any more (peak memory)
             timings["inference"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             progress("postprocess", 0.0)
@@ -426,8 +458,7 @@ class Segmenter:
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         remove_small_components(label_map, self.manifest.postprocessing.min_lesion_ml, voxel_ml)
-        dtype = np.float16 if self.manifest.postprocessing.probability_dtype == "float16" else np.float32
-        probabilities = {c.name: probs[i].astype(dtype) for i, c in enumerate(self.manifest.postprocessing.channels)
+        probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
