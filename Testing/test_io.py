@@ -71,3 +71,29 @@ def test_read_errors_name_the_file(tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="no DICOM series"):
         read_volume(empty)
+
+
+def test_uint8_probability_maps_read_back_as_probabilities_within_half_a_step(tmp_path):
+    import nibabel as nib
+
+    from medcnncad.io import UINT8_SCALE, write_probability_map
+
+    rng = np.random.default_rng(3)
+    probs = rng.random((7, 9, 11)).astype(np.float32)
+    probs[0, 0, :3] = [0.0, 1.0, 0.5]
+    reference = make_image(np.zeros((7, 9, 11), np.float32), spacing=(0.8, 0.9, 2.5), origin=(-10.0, 5.0, 3.0))
+    path = write_probability_map(probs, reference, tmp_path / "prob_x.nii.gz", "uint8")
+    back = sitk.ReadImage(str(path))  # ITK applies scl_slope: floats again
+    assert back.GetPixelID() == sitk.sitkFloat32
+    assert np.abs(sitk.GetArrayFromImage(back) - probs).max() <= UINT8_SCALE / 2 + 1e-6
+    assert np.allclose(back.GetSpacing(), reference.GetSpacing()) and np.allclose(back.GetOrigin(), reference.GetOrigin())
+    assert sitk.GetArrayFromImage(back)[0, 0, :2].tolist() == [0.0, 1.0]
+    stored = nib.load(str(path))
+    assert stored.get_data_dtype() == np.uint8 and stored.dataobj.slope == pytest.approx(1 / 255)
+    assert np.abs(np.asarray(stored.dataobj).transpose(2, 1, 0) - probs).max() <= UINT8_SCALE / 2 + 1e-6
+    # float32 files keep the values exactly
+    exact = write_probability_map(probs, reference, tmp_path / "prob_y.nii.gz", "float32")
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(exact))), probs)
+    with pytest.raises(ValueError, match="uint16"):
+        write_probability_map(probs, reference, tmp_path / "prob_z.nii.gz", "uint16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prob_x.nii.gz", "prob_y.nii.gz"]  # no temporaries left

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import signal
 import struct
 import tempfile
@@ -21,7 +22,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
-__all__ = ["read_volume", "check_finite", "write_image", "atomic_path", "same_space", "geometry_text",
+__all__ = ["read_volume", "check_finite", "write_image", "write_probability_map", "UINT8_SCALE", "atomic_path", "same_space", "geometry_text",
            "signals_deferred", "available_memory_bytes"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
@@ -226,6 +227,53 @@ def write_image(image: sitk.Image, path: str | Path, compress: bool = True, leve
     """
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), compress, level if compress else -1)
+    return Path(path)
+
+
+UINT8_SCALE = 1.0 / 255.0
+"""Probability per stored step of a uint8 probability map (NIfTI ``scl_slope``)."""
+
+
+def _nifti_set_scaling(path: Path, slope: float, intercept: float) -> None:
+    """Set ``scl_slope``/``scl_inter`` (header bytes 112-119) of an uncompressed NIfTI-1 file in place."""
+    with open(path, "r+b") as f:
+        header = f.read(120)
+        order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+        if struct.unpack(order + "i", header[:4])[0] != 348:
+            raise ValueError(f"{path}: not a NIfTI-1 file")
+        f.seek(112)
+        f.write(struct.pack(order + "ff", slope, intercept))
+
+
+def write_probability_map(values_kji: np.ndarray, reference: sitk.Image, path: str | Path,
+                          encoding: str = "float32", level: int = 1) -> Path:
+    """Write a probability map (K, J, I), values 0-1, on ``reference``'s grid as ``.nii.gz``, atomically.
+
+    ``encoding="uint8"`` stores round(255 p) with NIfTI ``scl_slope`` 1/255: a quarter of the
+    bytes, much faster to compress, and every NIfTI reader (ITK, SimpleITK, Slicer, nibabel)
+    gives back float probabilities within 1/510 of the original. ``"float32"`` stores them as they are.
+    """
+    if encoding == "float32":
+        image = sitk.GetImageFromArray(values_kji.astype(np.float32, copy=False))
+        image.CopyInformation(reference)
+        return write_image(image, path, True, level)
+    if encoding != "uint8" or not str(path).endswith(".nii.gz"):
+        raise ValueError(f"probability map {path}, encoding {encoding!r}: choose float32, or uint8 for .nii.gz")
+    stored = np.empty(values_kji.shape, np.uint8)
+    for k in range(0, stored.shape[0], 32):  # no full-size float32 temporary
+        part = np.clip(values_kji[k:k + 32].astype(np.float32), 0.0, 1.0) * 255.0
+        stored[k:k + 32] = np.rint(part)
+    image = sitk.GetImageFromArray(stored)
+    image.CopyInformation(reference)
+    with atomic_path(path) as tmp:
+        raw = tmp.with_name(tmp.name.removesuffix(".gz"))
+        try:
+            sitk.WriteImage(image, str(raw), False)
+            _nifti_set_scaling(raw, UINT8_SCALE, 0.0)
+            with open(raw, "rb") as src, gzip.open(tmp, "wb", compresslevel=level) as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        finally:
+            raw.unlink(missing_ok=True)
     return Path(path)
 
 

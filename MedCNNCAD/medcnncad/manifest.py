@@ -129,6 +129,7 @@ class Postprocessing:
     threshold: float = 0.5
     probability_dtype: str = "float32"
     min_lesion_ml: float = 0.0
+    probability_file: str = "float32"  # or "uint8": round(255 p), NIfTI scl_slope 1/255 (error <= 1/510)
 
 
 @dataclass(frozen=True)
@@ -375,7 +376,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
         postprocessing=Postprocessing(post["activation"],
                                       tuple(OutputChannel(c["name"], c["value"]) for c in post["channels"]),
                                       post.get("threshold", 0.5), post.get("probability_dtype", "float32"),
-                                      post.get("min_lesion_ml", 0.0)),
+                                      post.get("min_lesion_ml", 0.0), post.get("probability_file", "float32")),
         weights_file=contained_path(folder, data["weights"]["file"], "weights"),
         weights_sha256=data["weights"]["sha256"],
         name=data.get("name", data["id"]), aliases=tuple(data.get("aliases", ())),

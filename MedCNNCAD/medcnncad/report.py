@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from . import INTENDED_USE, __version__
 from .errors import InputError
 from .inference import SegmentationResult
-from .io import signals_deferred, write_image
+from .io import UINT8_SCALE, signals_deferred, write_image, write_probability_map
 from .metrics import DETECTION_RULE, StructureMetrics
 from .segfile import write_seg_nrrd
 
@@ -82,6 +82,7 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         "lesions": [lesion.to_json() for lesion in result.lesions],
         "lesion_detection_rule": DETECTION_RULE,
         "outputs": dict(outputs or {}),
+        "probability_maps": _probability_encoding(m.postprocessing.probability_file),
     }
     report["case"] = {"abnormality_probability": case_probability(result), "score_uncalibrated": case_score(result),
                       "calibration": result.manifest.case_calibration.get("method", "none"), "rule": CASE_RULE}
@@ -95,6 +96,14 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
     if metrics is not None:
         report["metrics"] = {name: s.to_json() for name, s in metrics.items()}
     return json_safe(report)
+
+
+def _probability_encoding(encoding: str) -> dict[str, Any]:
+    """How the ``prob_*.nii.gz`` files store probabilities (manifest ``postprocessing.probability_file``)."""
+    if encoding == "uint8":
+        return {"encoding": "uint8", "scl_slope": UINT8_SCALE, "max_quantisation_error": UINT8_SCALE / 2,
+                "note": "stored value = round(255 p); NIfTI readers return p via scl_slope 1/255"}
+    return {"encoding": "float32", "max_quantisation_error": 0.0}
 
 
 CASE_RULE = ("case abnormality score = the largest foreground probability of any voxel (softmax: 1 - P(background)); "
@@ -212,8 +221,9 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
         # block (also on an error or Ctrl-C) waits for them, before the staging folder goes.
         with ThreadPoolExecutor(max_workers=2) as pool:
             jobs = [pool.submit(write_image, result.label_image(), staging / names["labels"])]
-            jobs += [pool.submit(write_image, result.probability_image(channel), staging / names[f"prob_{channel}"])
-                     for channel in result.probabilities]
+            encoding = result.manifest.postprocessing.probability_file
+            jobs += [pool.submit(write_probability_map, probs, result.reference, staging / names[f"prob_{channel}"],
+                                 encoding) for channel, probs in result.probabilities.items()]
             if result.uncertainty is not None:
                 jobs.append(pool.submit(write_image, result.uncertainty_image(), staging / names["uncertainty"]))
             write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
