@@ -56,3 +56,39 @@ def test_diameter_with_axial_axis_permuted():
     # direction: image axis j points superior -> the line is cranio-caudal, not in-plane
     image = make_image(mask.astype(np.uint8), direction=(1, 0, 0, 0, 0, 1, 0, 1, 0))
     assert longest_axial_diameter_mm(mask, image) == 0.0
+
+
+def _brute_force_diameter(mask: np.ndarray, image) -> float:
+    """Every pair of voxel centres within each axial slice (no hull, no edge shortcut), in mm."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    axis = 2 - int(np.argmax(np.abs(direction[2, :])))
+    matrix = direction * np.asarray(image.GetSpacing())
+    in_plane = [a for a in range(3) if a != 2 - axis]
+    basis, _ = np.linalg.qr(matrix[:, in_plane])
+    best = 0.0
+    kji = np.argwhere(mask)
+    for value in np.unique(kji[:, axis]):
+        xy = (kji[kji[:, axis] == value][:, ::-1] @ matrix.T) @ basis
+        best = max(best, float(np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)).max()))
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_diameter_and_centroid_of_irregular_blobs_equal_brute_force(seed, tmp_path):
+    """Edge voxels per slice give the same diameter as all voxel pairs; centroid = scipy's centre of mass."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((9, 30, 28)), 2) > 0.5)
+    mask[4, 3:8, 20] = True  # a thin spur
+    labelled, _ = ndimage.label(mask, np.ones((3, 3, 3)))
+    mask = labelled == np.argmax(np.bincount(labelled.ravel())[1:]) + 1
+    theta = 0.4  # oblique in-plane direction, anisotropic spacing
+    direction = (np.cos(theta), -np.sin(theta), 0, np.sin(theta), np.cos(theta), 0, 0, 0, 1)
+    image = make_image(mask.astype(np.uint8), spacing=(0.8, 1.1, 2.5), origin=(3, -7, 11), direction=direction)
+    assert longest_axial_diameter_mm(mask, image) == pytest.approx(_brute_force_diameter(mask, image), rel=1e-12)
+    manifest = parse_manifest(blob_manifest_dict(), tmp_path)
+    (lesion,) = [x for x in find_lesions(np.where(mask, 3, 0).astype(np.uint8), image, manifest) if x.structure == "blob"]
+    centre_ijk = ndimage.center_of_mass(mask)[::-1]
+    assert lesion.centroid_lps_mm == pytest.approx(image.TransformContinuousIndexToPhysicalPoint(centre_ijk), abs=1e-9)
+    assert lesion.longest_diameter_mm == pytest.approx(_brute_force_diameter(mask, image), rel=1e-12)

@@ -238,8 +238,8 @@ class Segmenter:
         missing = [c.name for c in self.manifest.inputs if c.name not in images]
         ordered = []
         for channel in self.manifest.inputs:
-            if channel.name in images:
-                ordered.append(sitk.Cast(images[channel.name], sitk.sitkFloat32))
+            if channel.name in images:  # kept in its own pixel type: to_metatensor makes the one float32 copy
+                ordered.append(images[channel.name])
             else:  # optional channel absent: zeros, as the model was trained with channel dropout
                 zero = sitk.Image(first.GetSize(), sitk.sitkFloat32)
                 zero.CopyInformation(first)
@@ -453,6 +453,7 @@ class Segmenter:
             t0 = time.perf_counter()
             progress("postprocess", 0.0)
             probs = self._to_input_grid(mean, affine, images[0])
+            del mean
             if spread is not None:
                 uncertainty = self._to_input_grid(spread[None], affine, images[0], raw=True)[0]
         label_map = label_map_from_probabilities(probs, self.manifest)

@@ -9,7 +9,7 @@ axis closest to the patient's superior-inferior direction), in mm.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -49,11 +49,12 @@ class Lesion:
         return asdict(self)
 
 
-def structure_masks(label_map: np.ndarray, manifest: Manifest) -> dict[str, tuple[str, np.ndarray]]:
-    """Name -> (kind, boolean mask) for every label and region of the manifest."""
+def structure_masks(label_map: np.ndarray, manifest: Manifest) -> Iterator[tuple[str, str, np.ndarray]]:
+    """(name, kind, boolean mask) for every label and region of the manifest, one mask at a time."""
     labels = {label.name for label in manifest.labels}
-    return {name: ("label" if name in labels else "region", np.isin(label_map, values))
-            for name, values in manifest.structures().items()}
+    for name, values in manifest.structures().items():
+        mask = label_map == values[0] if len(values) == 1 else np.isin(label_map, values)
+        yield name, "label" if name in labels else "region", mask
 
 
 def structure_probability(name: str, manifest: Manifest, probabilities: Mapping[str, np.ndarray]) -> np.ndarray | None:
@@ -121,42 +122,52 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
     probabilities = probabilities or {}
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     lesions: list[Lesion] = []
-    for name, (kind, mask) in structure_masks(label_map, manifest).items():
+    for name, kind, mask in structure_masks(label_map, manifest):
         labelled, count = components(mask)
+        del mask
         if count == 0:
             continue
         prob = structure_probability(name, manifest, probabilities)
         for index, box in enumerate(ndimage.find_objects(labelled), start=1):
             local = labelled[box] == index
-            kji = np.argwhere(local) + np.array([s.start for s in box])
-            centroid_ijk = kji.mean(0)[::-1]
-            lps = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in centroid_ijk])
+            n = int(np.count_nonzero(local))
+            centroid_kji = [float((local.sum(axis=tuple(a for a in range(3) if a != axis)) *
+                                   np.arange(box[axis].start, box[axis].stop)).sum()) / n for axis in range(3)]
+            lps = image.TransformContinuousIndexToPhysicalPoint(centroid_kji[::-1])
             mean_p = max_p = None
             if prob is not None:
-                values = prob[box][local].astype(np.float64)
-                mean_p, max_p = float(values.mean()), float(values.max())
+                values = prob[box][local]
+                mean_p, max_p = float(values.mean(dtype=np.float64)), float(values.max())
             lesions.append(Lesion(
-                structure=name, kind=kind, id=index, voxel_count=int(local.sum()),
-                volume_ml=float(local.sum()) * voxel_ml,
+                structure=name, kind=kind, id=index, voxel_count=n, volume_ml=n * voxel_ml,
                 centroid_lps_mm=tuple(float(v) for v in lps),
                 centroid_ras_mm=(-float(lps[0]), -float(lps[1]), float(lps[2])),
                 bbox_min_ijk=tuple(int(s.start) for s in box[::-1]),
                 bbox_max_ijk=tuple(int(s.stop - 1) for s in box[::-1]),
                 longest_diameter_mm=_diameter_in_box(local, box, image),
                 mean_probability=mean_p, max_probability=max_p,
-                uncertainty=None if uncertainty is None else float(uncertainty[box][local].mean())))
+                uncertainty=None if uncertainty is None else float(uncertainty[box][local].mean(dtype=np.float64))))
+        del labelled
     return lesions
 
 
 def _diameter_in_box(local: np.ndarray, box: tuple[slice, ...], image: sitk.Image) -> float:
-    """Longest axial diameter (mm) of the voxels of ``local``, a crop of the grid at ``box``."""
+    """Longest axial diameter (mm) of the voxels of ``local``, a crop of the grid at ``box``.
+
+    Slice by slice, only the slice's edge voxels (a convex hull's vertices are among them) are
+    turned into points, so a body-sized component costs no more memory than one slice.
+    """
     axis = _axial_axis(image)
     matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
     in_plane = [a for a in range(3) if a != 2 - axis]  # the two image axes (i, j, k) within a slice
     basis, _ = np.linalg.qr(matrix[:, in_plane])  # orthonormal 3x2 basis of the slice plane
-    kji = np.argwhere(local) + np.array([s.start for s in box])
+    offset = np.array([s.start for s in box])
     best = 0.0
-    for value in np.unique(kji[:, axis]):
-        ijk = kji[kji[:, axis] == value][:, ::-1].astype(np.float64)
-        best = max(best, _max_pairwise((ijk @ matrix.T) @ basis))
+    for position in range(local.shape[axis]):
+        plane = np.take(local, position, axis=axis)
+        if not plane.any():
+            continue
+        edge = plane & ~ndimage.binary_erosion(plane)
+        points = np.insert(np.argwhere(edge), axis, position, axis=1) + offset
+        best = max(best, _max_pairwise((points[:, ::-1].astype(np.float64) @ matrix.T) @ basis))
     return best

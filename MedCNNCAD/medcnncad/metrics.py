@@ -108,21 +108,23 @@ def _edges(mask: np.ndarray) -> np.ndarray:
 
 
 def _distances(pred: np.ndarray, ref: np.ndarray, spacing_kji: Sequence[float]) -> dict[str, float]:
-    """Surface and voxel-set distances (mm) for two non-empty masks on the same grid."""
+    """Surface and voxel-set distances (mm) for two non-empty masks on the same grid.
+
+    One distance map at a time (each is float64 over the union's box), freed before the next.
+    """
     pred, ref = _crop_union(pred, ref)
-    edge_p, edge_r = _edges(pred), _edges(ref)
-    to_edge_r = ndimage.distance_transform_edt(~edge_r, sampling=spacing_kji)
-    to_edge_p = ndimage.distance_transform_edt(~edge_p, sampling=spacing_kji)
-    d_pr = to_edge_r[edge_p]
-    d_rp = to_edge_p[edge_r]
+    directed = []
+    for source, target in ((pred, ref), (ref, pred)):
+        to_target_edge = ndimage.distance_transform_edt(~_edges(target), sampling=spacing_kji)
+        # Voxel-set Hausdorff: the voxel of a set nearest to an outside point is always one of its
+        # surface voxels (a step from an interior voxel towards the point gets closer), so the
+        # surface distance map gives it: 0 inside the other set, the distance to its surface outside.
+        directed.append((to_target_edge[_edges(source)], float(to_target_edge[source & ~target].max(initial=0.0))))
+        del to_target_edge
+    (d_pr, h_pr), (d_rp, h_rp) = directed
     hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
     assd = float(np.concatenate([d_pr, d_rp]).mean())
-    # Voxel-set Hausdorff: the voxel of a set nearest to an outside point is always one of its
-    # surface voxels (a step from an interior voxel towards the point gets closer), so the
-    # surface distance maps give it: 0 inside the other set, the distance to its surface outside.
-    hausdorff = max(float(to_edge_r[pred & ~ref].max(initial=0.0)),
-                    float(to_edge_p[ref & ~pred].max(initial=0.0)))
-    return {"hd95_mm": hd95, "assd_mm": assd, "hausdorff_mm": hausdorff}
+    return {"hd95_mm": hd95, "assd_mm": assd, "hausdorff_mm": max(h_pr, h_rp)}
 
 
 def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> LesionDetection:

@@ -46,11 +46,15 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
 
 
 def to_metatensor(images: Sequence[sitk.Image]) -> MetaTensor:
-    """Stack co-registered images into a float32 (C, I, J, K) MetaTensor with RAS affine."""
-    arrays = [sitk.GetArrayViewFromImage(img).astype(np.float32, copy=False).transpose(2, 1, 0)
-              for img in images]
-    data = torch.from_numpy(np.ascontiguousarray(np.stack(arrays, 0)))
-    return MetaTensor(data, affine=torch.as_tensor(ras_affine(images[0]), dtype=torch.float64))
+    """Stack co-registered images into a float32 (C, I, J, K) MetaTensor with RAS affine.
+
+    One preallocated float32 array, filled channel by channel (any input pixel type): no other
+    full-size copy is made.
+    """
+    data = np.empty((len(images), *images[0].GetSize()), dtype=np.float32)
+    for index, img in enumerate(images):
+        data[index] = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0)
+    return MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(ras_affine(images[0]), dtype=torch.float64))
 
 
 def _steps(pre: Preprocessing, keys: tuple[str, ...], label_key: str | None) -> list[Any]:
