@@ -105,3 +105,28 @@ def test_behaviour_does_not_depend_on_file_names(tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest))
     a, b = load_model(folder).network.state_dict(), load_model(DEMO_MODEL).network.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_shipped_robust_model_takes_any_subset_of_sequences():
+    """brats-robust-unet: inputs optional, labelled as phantom-trained, segments the tumor from T1c alone."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from helpers import small_phantom
+    from medcnncad.inference import Segmenter
+
+    manifest = load_manifest(find_model("brats-robust-unet"))
+    assert sha256_file(manifest.weights_file) == manifest.weights_sha256
+    assert not any(c.required for c in manifest.inputs)
+    assert "phantom" in manifest.trained_on and "Colin27" in manifest.trained_on
+    assert "not for diagnosis" in manifest.intended_use and "Work in progress" in manifest.description
+    images, label = small_phantom()
+    truth = sitk.GetArrayFromImage(label)
+    segmenter = Segmenter(load_model("brats-robust-unet"), "cpu")
+    # all four: the whole tumor (0.91 measured); T1c alone shows the core, not the oedema (TC 0.86 measured)
+    for given, region, floor in ((["T1", "T1c", "T2", "FLAIR"], (1, 2, 4), 0.85), (["T1c"], (1, 4), 0.75)):
+        result = segmenter.run({name: images[name] for name in given})
+        assert result.missing_channels == [c for c in ("T1", "T1c", "T2", "FLAIR") if c not in given]
+        a, b = np.isin(result.label_map, region), np.isin(truth, region)
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert dice > floor, (given, dice)

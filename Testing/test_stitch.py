@@ -72,3 +72,26 @@ def test_float16_probabilities_pass_the_accuracy_gate_on_the_demo_model():
         if a.any():
             assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.999
     assert 0.002 < PROB_TOL
+
+
+def test_identical_grid_hands_on_the_stitched_array_and_equals_resampling(monkeypatch):
+    """Model grid == input grid: no resampling, no copy; the values equal SimpleITK's resampling path."""
+    import medcnncad.inference as inference
+
+    images, _ = small_phantom()
+    segmenter = Segmenter(load_model("brats-demo-unet"), "cpu", probability_dtype="float16")
+    pre = segmenter.model.preprocess(__import__("medcnncad.preprocess", fromlist=["x"]).to_metatensor(
+        [images[c.name] for c in segmenter.manifest.inputs]))
+    probs = segmenter._infer(pre.as_tensor(), lambda s, f: None, [])
+    grid = __import__("SimpleITK").Image([int(v) for v in probs.shape[1:]], 0)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(pre.affine, np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    grid.SetSpacing(tuple(spacing)), grid.SetOrigin(tuple(lps[:3, 3]))
+    grid.SetDirection(tuple((lps[:3, :3] / spacing).ravel()))
+    direct = segmenter._to_input_grid(probs, pre.affine, grid)
+    assert np.shares_memory(direct, probs.numpy())  # the very array the stitcher filled
+    monkeypatch.setattr(inference, "same_space", lambda a, b: False)
+    resampled = segmenter._to_input_grid(probs, pre.affine, grid)
+    assert not np.shares_memory(resampled, probs.numpy())
+    assert np.abs(direct.astype(np.float32) - resampled.astype(np.float32)).max() < 2e-3  # float16 steps
+    assert np.allclose(direct.astype(np.float32).sum(0), 1.0, atol=3e-3)  # background = 1 - foreground

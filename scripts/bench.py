@@ -5,6 +5,8 @@ ratios are printed. ``make bench`` runs all; results are tabled in docs/performa
     python scripts/bench.py case [--repeats 3]
     python scripts/bench.py segresnet [--repeats 3]
     python scripts/bench.py policy
+    python scripts/bench.py memory        # 512 x 512 x 600 CT, peak RSS, engine vs MONAI (subprocesses)
+    python scripts/bench.py worker [--repeats 3]
 """
 
 from __future__ import annotations
@@ -199,6 +201,210 @@ def bench_segresnet(repeats: int) -> None:
     print(f"  speed-up vs MONAI: {t_monai / t_case:.2f}x; case / network: {t_case / t_net:.2f}")
     print("  stages of the last run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
+CT_SHAPE_KJI = (600, 512, 512)
+CT_SPACING = (0.7, 0.7, 0.8)
+
+
+def _ct_phantom(shape_kji: tuple[int, int, int] = CT_SHAPE_KJI) -> tuple[sitk.Image, sitk.Image]:
+    """A CT-like int16 volume (HU: air, body 40, spine 700, enhancing lesions 240) and its labels (1 body, 2 lesion),
+    built slab by slab so no full-size float64 array exists."""
+    rng = np.random.default_rng(6)
+    k_n, j_n, i_n = shape_kji
+    jj, ii = np.mgrid[0:j_n, 0:i_n].astype(np.float32)
+    body = ((ii - i_n / 2) / (0.42 * i_n)) ** 2 + ((jj - j_n / 2) / (0.32 * j_n)) ** 2 < 1
+    spine = ((ii - i_n / 2) / 18) ** 2 + ((jj - 0.7 * j_n) / 18) ** 2 < 1
+    centres = [(rng.uniform(0.2, 0.8) * k_n, rng.uniform(0.35, 0.6) * j_n, rng.uniform(0.3, 0.7) * i_n,
+                rng.uniform(6, 25)) for _ in range(6)]
+    ct = np.empty(shape_kji, np.int16)
+    labels = np.zeros(shape_kji, np.uint8)
+    for k in range(k_n):
+        lesion = np.zeros((j_n, i_n), bool)
+        for ck, cj, ci, r in centres:
+            if abs(k - ck) < r:
+                rr = np.sqrt(r * r - (k - ck) ** 2)
+                lesion |= (ii - ci) ** 2 + (jj - cj) ** 2 < rr * rr
+        lesion &= body
+        hu = np.where(body, 40.0, -1000.0) + np.where(spine & body, 660.0, 0.0) + np.where(lesion, 200.0, 0.0)
+        ct[k] = np.clip(hu + rng.normal(0, 12, hu.shape), -1024, 3000).astype(np.int16)
+        labels[k] = np.where(lesion, 2, np.where(body, 1, 0))
+    images = []
+    for array in (ct, labels):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(CT_SPACING)
+        images.append(image)
+    return images[0], images[1]
+
+
+def _ct_model(folder: Path, ct: sitk.Image, labels: sitk.Image) -> Path:
+    """A 3-class (background, body, lesion) MONAI UNet trained for a few seconds on crops of the CT phantom
+    (a sensible label map, not noise); probabilities held in float16, written as uint8. For benchmarks only."""
+    import json
+
+    from medcnncad.manifest import sha256_file
+    from medcnncad.models import build_network
+
+    kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2],
+              "num_res_units": 1}
+    raw = {"schema_version": 1, "id": "ct-memory-bench", "version": "0.0.1", "task": "segmentation",
+           "name": "CT memory benchmark UNet (trained seconds on a synthetic CT phantom; benchmarks only)",
+           "trained_on": "one synthetic CT phantom - benchmarks only",
+           "intended_use": "Benchmarks only - not for diagnosis.",
+           "inputs": [{"name": "CT", "modality": "CT"}],
+           "labels": [{"name": "body", "value": 1, "color": [0, 1, 0]},
+                      {"name": "lesion", "value": 2, "color": [1, 0, 0]}],
+           "regions": [{"name": "lesion", "labels": [2]}],
+           "preprocessing": {"normalization": {"method": "range", "a_min": -1000, "a_max": 1000}},
+           "network": {"class": "monai.networks.nets.UNet", "kwargs": kwargs},
+           "inference": {"roi_size": [128, 128, 128], "overlap": 0.25, "blend_mode": "gaussian"},
+           "postprocessing": {"activation": "softmax", "probability_dtype": "float16", "probability_file": "uint8",
+                              "min_lesion_ml": 0.1,
+                              "channels": [{"name": "background", "value": 0}, {"name": "body", "value": 1},
+                                           {"name": "lesion", "value": 2}]},
+           "weights": {"file": "model.pt", "sha256": ""}}
+    torch.manual_seed(0)
+    net = build_network(raw["network"]["class"], kwargs)
+    x_all = sitk.GetArrayViewFromImage(ct)
+    y_all = sitk.GetArrayViewFromImage(labels)
+    rng = np.random.default_rng(0)
+    optimizer = torch.optim.Adam(net.parameters(), 5e-3)
+    lesion_voxels = np.argwhere(y_all[::4, ::4, ::4] == 2) * 4
+    for step in range(150):
+        if step % 2:  # every other crop around a lesion voxel
+            centre = lesion_voxels[rng.integers(len(lesion_voxels))]
+            k, j, i = (int(np.clip(c - 24, 0, s - 48)) for c, s in zip(centre, x_all.shape))
+        else:
+            k, j, i = (int(rng.integers(0, s - 48)) for s in x_all.shape)
+        x = torch.from_numpy((np.clip(x_all[k:k + 48, j:j + 48, i:i + 48].astype(np.float32), -1000, 1000) + 1000)
+                             / 2000).permute(2, 1, 0)[None, None]
+        y = torch.from_numpy(y_all[k:k + 48, j:j + 48, i:i + 48].astype(np.int64)).permute(2, 1, 0)[None]
+        loss = torch.nn.functional.cross_entropy(net(x), y, weight=torch.tensor([1.0, 1.0, 2.0]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out = folder / raw["id"]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), out / "model.pt")
+    raw["weights"]["sha256"] = sha256_file(out / "model.pt")
+    (out / "manifest.json").write_text(json.dumps(raw, indent=1))
+    return out
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: kB
+
+
+def _memory_engine(folder: Path, with_reference: bool) -> None:
+    """Child process: ``medcnncad segment`` on the CT end to end (with ``--reference``: plus metrics)."""
+    import contextlib
+    import io
+    import json
+
+    from medcnncad.cli import main as cli
+
+    out = folder / ("engine-ref" if with_reference else "engine")
+    args = ["segment", "--model", str(folder / "ct-memory-bench"), "--device", "cpu",
+            "--input", f"CT={folder / 'ct.nii.gz'}", "--out", str(out)]
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli(args + (["--reference", str(folder / "labels.nii.gz")] if with_reference else []))
+    report = json.loads((out / "report.json").read_text())
+    print(json.dumps({"exit": code, "seconds": time.perf_counter() - t0, "peak_rss_gib": _peak_rss_gib(),
+                      "timings": report["timings_s"], "lesions": len(report["lesions"]),
+                      "dice": {k: v.get("dice") for k, v in report.get("metrics", {}).items()}}))
+
+
+def _memory_monai(folder: Path) -> None:
+    """Child process: the plain MONAI pipeline (load, scale, sliding_window_inference, softmax, argmax, save
+    labels and float32 probabilities); prints peak RSS."""
+    import json
+
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import EnsureChannelFirst, LoadImage, SaveImage, ScaleIntensityRange
+
+    from medcnncad.models import load_model
+
+    t0 = time.perf_counter()
+    network = load_model(str(folder / "ct-memory-bench")).network.eval()
+    image = EnsureChannelFirst()(LoadImage()(str(folder / "ct.nii.gz")))
+    image = ScaleIntensityRange(-1000, 1000, 0.0, 1.0, clip=True)(image)
+    with torch.inference_mode():
+        logits = sliding_window_inference(image[None], (128, 128, 128), 1, network, overlap=0.25, mode="gaussian")[0]
+        probs = torch.softmax(logits, 0)
+        del logits
+        labels = torch.argmax(probs, 0, keepdim=True).to(torch.uint8)
+    SaveImage(output_dir=str(folder / "monai"), output_postfix="labels", separate_folder=False,
+              print_log=False)(labels)
+    SaveImage(output_dir=str(folder / "monai"), output_postfix="probs", separate_folder=False,
+              print_log=False)(probs[1:])
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss_gib": _peak_rss_gib()}))
+
+
+def bench_memory() -> None:
+    """Peak RSS of a 512 x 512 x 600 CT through a 3-class model: engine end to end vs plain MONAI."""
+    import json
+    import subprocess
+
+    from medcnncad.io import write_image
+
+    folder = Path(tempfile.mkdtemp(prefix="medcnncad-ct-"))
+    ct, labels = _ct_phantom()
+    write_image(ct, folder / "ct.nii.gz")
+    write_image(labels, folder / "labels.nii.gz")
+    _ct_model(folder, ct, labels)
+    del ct, labels
+    runs = {}
+    for what in ("engine", "engine-ref", "monai"):
+        done = subprocess.run([sys.executable, __file__, f"_memory-{what}", "--folder", str(folder)],
+                              capture_output=True, text=True, check=True)
+        runs[what] = json.loads(done.stdout.strip().splitlines()[-1])
+    e, r, m = runs["engine"], runs["engine-ref"], runs["monai"]
+    print(f"CT {CT_SHAPE_KJI[2]}x{CT_SHAPE_KJI[1]}x{CT_SHAPE_KJI[0]} int16 (.nii.gz), 3-class MONAI UNet, "
+          f"128^3 windows, overlap 0.25, CPU; each in a fresh process (peak RSS includes torch + MONAI imports):")
+    print(f"  plain MONAI (LoadImage, sliding_window_inference, softmax, argmax, SaveImage labels + float32 "
+          f"probabilities): peak RSS {m['peak_rss_gib']:.2f} GiB, {m['seconds']:.1f} s")
+    print(f"  medcnncad segment end to end (streamed stitching, float16 probabilities, uint8 files, lesions, "
+          f"overlay, seg.nrrd): peak RSS {e['peak_rss_gib']:.2f} GiB, {e['seconds']:.1f} s, exit {e['exit']}")
+    print("    stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in e["timings"].items()))
+    print(f"  the same with --reference (adds every metric, distance maps over the body's box): "
+          f"peak RSS {r['peak_rss_gib']:.2f} GiB, {r['seconds']:.1f} s")
+    print(f"  bench model (trained seconds, not the point): {e['lesions']} components; Dice {r['dice']}")
+
+
+def bench_worker(repeats: int) -> None:
+    """The persistent worker (Slicer module's path): first case, then later cases vs the network alone."""
+    from medcnncad.inference import Segmenter
+    from medcnncad.models import describe_model, load_model
+    from medcnncad.phantom import make_phantom, write_phantom
+    from medcnncad.preprocess import to_metatensor
+    from medcnncad.worker import WorkerClient, load_result
+
+    folder = Path(tempfile.mkdtemp(prefix="medcnncad-worker-"))
+    case = make_phantom(900_000)
+    paths = write_phantom(case, folder / "case")
+    request = {"cmd": "segment", "model": "brats-demo-unet", "device": "cpu",
+               "inputs": {name: str(paths[name]) for name in case.images}, "out": str(folder / "out")}
+    manifest = describe_model("brats-demo-unet")
+    client = WorkerClient()
+    times = []
+    try:
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            load_result(Path(client.run(dict(request))), manifest)
+            times.append(time.perf_counter() - t0)
+    finally:
+        client.close()
+    segmenter = Segmenter(load_model("brats-demo-unet"), "cpu")
+    pre = segmenter.model.preprocess(to_metatensor([case.images[c.name] for c in segmenter.manifest.inputs]))
+    t_net, _ = _median_time(lambda: segmenter._infer(pre.as_tensor(), lambda s, f: None, []), repeats)
+    later = statistics.median(times[1:])
+    print(f"persistent worker, demo model, phantom 900000 ({'x'.join(map(str, case.images['T1'].GetSize()))}), "
+          f"request -> result loaded in the client:")
+    print(f"  first case (worker start, imports, model load): {times[0]:.2f} s")
+    print(f"  later cases, median of {repeats}: {later:.2f} s; network alone on the same windows {t_net:.2f} s; "
+          f"ratio {later / t_net:.2f}")
+
 
 def bench_policy() -> None:
     """fp32 vs channels-last vs bf16 autocast for the demo UNet, with the accuracy gate."""
@@ -220,9 +426,17 @@ def bench_policy() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["metrics", "case", "segresnet", "policy", "all"])
+    parser.add_argument("what", choices=["metrics", "case", "segresnet", "policy", "memory", "worker", "all",
+                                         "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.what.startswith("_memory-"):  # child processes of bench_memory
+        if args.what == "_memory-monai":
+            _memory_monai(args.folder)
+        else:
+            _memory_engine(args.folder, with_reference=args.what.endswith("-ref"))
+        return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"Python {platform.python_version()}")
@@ -232,6 +446,10 @@ def main() -> None:
         bench_case(max(1, args.repeats // 2 + 1))
     if args.what in ("policy", "all"):
         bench_policy()
+    if args.what in ("worker", "all"):
+        bench_worker(max(1, args.repeats // 2 + 1))
+    if args.what in ("memory", "all"):
+        bench_memory()
     if args.what in ("segresnet", "all"):
         bench_segresnet(max(1, args.repeats // 2))
 

@@ -114,6 +114,8 @@ class SegmentationResult:
 PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": None, "bf16": torch.bfloat16,
                                              "fp16": torch.float16}
 
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32}
+
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (3,))
 """Test-time augmentation passes: identity and a flip along each spatial axis of (C, I, J, K)."""
 
@@ -290,7 +292,10 @@ class Segmenter:
         done = [0]
         dtype = self.autocast_dtype()
         n_out = len(self.manifest.postprocessing.channels)
-        probs = torch.empty((n_out, *image.shape[1:]), dtype=self.probability_dtype)
+        # stored (C, K, J, I) like the input grid's arrays, seen as (C, I, J, K): when the model grid is the
+        # input grid, _to_input_grid hands this very array on (no second full-size copy)
+        storage = np.empty((n_out, *image.shape[1:][::-1]), dtype=_NUMPY_DTYPES[self.probability_dtype])
+        probs = torch.from_numpy(storage).permute(0, 3, 2, 1)
 
         def predictor(window: torch.Tensor) -> torch.Tensor:
             if self.channels_last:
@@ -355,24 +360,26 @@ class Segmenter:
         grid.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
         grid.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
         identical = same_space(grid, reference)
-        dtype = np.float16 if probs.dtype == torch.float16 else np.float32
-        out = np.empty((len(channels), *reference.GetSize()[::-1]), dtype=dtype)
+        if identical:  # the stitched array itself (a copy only when it is not laid out as (C, K, J, I))
+            out = np.ascontiguousarray(probs.permute(0, 3, 2, 1).numpy())
+            keep = []
+        else:
+            out = np.empty((len(channels), *reference.GetSize()[::-1]), dtype=_NUMPY_DTYPES[probs.dtype])
         for index in keep:
-            if identical:
-                out[index] = probs[index].numpy().transpose(2, 1, 0)
-                continue
             image = sitk.GetImageFromArray(np.ascontiguousarray(probs[index].numpy().transpose(2, 1, 0),
                                                                 dtype=np.float32))
             image.CopyInformation(grid)
             resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             del image
             out[index] = np.clip(sitk.GetArrayViewFromImage(resampled), 0.0, 1.0)
-        if softmax:
-            rest = out[keep[0]].astype(np.float32) if keep else np.zeros(out.shape[1:], np.float32)
-            for index in keep[1:]:
-                rest += out[index]
-            np.subtract(1.0, rest, out=rest)
-            out[background[0]] = np.clip(rest, 0.0, 1.0)
+        if softmax:  # background = 1 - the foreground channels, a few slices at a time (float32 sums)
+            foreground = [i for i in range(len(channels)) if i != background[0]]
+            for k in range(0, out.shape[1], 16):
+                rest = np.zeros(out.shape[2:], np.float32) if not foreground else out[foreground[0], k:k + 16] \
+                    .astype(np.float32)
+                for index in foreground[1:]:
+                    rest += out[index, k:k + 16]
+                out[background[0], k:k + 16] = np.clip(1.0 - rest, 0.0, 1.0)
         return out
 
     def _background_only(self, reference: sitk.Image) -> np.ndarray:
