@@ -125,11 +125,16 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     if min_ml <= 0:
         return label_map
     labelled, count = components(label_map > 0)
-    if count:
-        sizes = np.bincount(labelled.ravel(), minlength=count + 1) * voxel_ml
-        small = sizes < min_ml
-        small[0] = False
-        label_map[small[labelled]] = 0
+    if not count:
+        return label_map
+    rows = 16  # bincount and fancy indexing convert to int64: a few slices at a time, not a full-size copy
+    sizes = np.zeros(count + 1, np.int64)
+    for k in range(0, labelled.shape[0], rows):
+        sizes += np.bincount(labelled[k:k + rows].ravel(), minlength=count + 1)
+    small = sizes * voxel_ml < min_ml
+    small[0] = False
+    for k in range(0, labelled.shape[0], rows):
+        label_map[k:k + rows][small[labelled[k:k + rows]]] = 0
     return label_map
 
 

@@ -155,10 +155,10 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def lps(img: sitk.Image) -> sitk.Image:
-        return sitk.DICOMOrient(img, "LPS")
+    def lps(img: sitk.Image) -> sitk.Image:  # no copy when already LPS-aligned (most volumes)
+        return img if np.allclose(img.GetDirection(), np.eye(3).ravel()) else sitk.DICOMOrient(img, "LPS")
 
-    bg = lps(sitk.Cast(background, sitk.sitkFloat32))
+    bg = lps(background)  # its own pixel type: the three slices become floats, not the volume
     labels = lps(result.label_image())
     ref = None
     if reference_labels is not None:
@@ -176,6 +176,7 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="black")
     for ax, (name, img), (_, lab), aspect in zip(axes, _display_slices(bg, center), _display_slices(labels, center),
                                                   _aspects(bg)):
+        img = img.astype(np.float32)
         lo, hi = np.percentile(img, [1, 99.5]) if img.any() else (0, 1)
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         ax.imshow(colors[lab], aspect=aspect, interpolation="nearest")

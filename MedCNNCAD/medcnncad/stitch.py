@@ -28,7 +28,7 @@ from monai.inferers.utils import _get_scan_interval
 __all__ = ["window_slices", "stream_sliding_window", "Sink"]
 
 Sink = Callable[[int, int, torch.Tensor], None]
-"""Called with (i0, i1, blended logits (C_out, i1 - i0, J, K)) in increasing i0."""
+"""Called with (i0, i1, blended logits (C_out, i1 - i0, J, K)) in increasing i0, a few rows at a time."""
 
 
 def _padding(shape: Sequence[int], roi: Sequence[int]) -> list[int]:
@@ -61,7 +61,8 @@ def _window(image: torch.Tensor, window: tuple[slice, ...], pad: Sequence[int]) 
 def stream_sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor],
                           roi: Sequence[int], overlap: float, mode: str, sink: Sink,
                           sw_batch_size: int = 1, device: torch.device | None = None,
-                          stitch_device: torch.device | None = None, sigma_scale: float = 0.125) -> None:
+                          stitch_device: torch.device | None = None, sigma_scale: float = 0.125,
+                          sink_rows: int = 16) -> None:
     """Sliding-window inference over ``image`` (C, I, J, K), streamed to ``sink`` slab by slab.
 
     Args:
@@ -73,6 +74,7 @@ def stream_sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor
         sink: receives finished rows, see :data:`Sink`.
         sw_batch_size: windows per network call (windows starting on the same row only).
         device: where the network runs; ``stitch_device``: where the band is accumulated.
+        sink_rows: rows per ``sink`` call (bounds the size of the caller's temporaries).
     """
     device = device or image.device
     stitch_device = stitch_device or device
@@ -92,10 +94,11 @@ def stream_sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor
         """Hand padded rows lo:stop (all windows reaching them done) to the sink, cropped."""
         nonlocal lo
         a, b = max(lo, pad[0]), min(stop, pad[0] + shape[0])
-        if b > a and out is not None:
-            rows = slice(a - lo, b - lo)
-            crop = (slice(None), rows, slice(pad[1], pad[1] + shape[1]), slice(pad[2], pad[2] + shape[2]))
-            sink(a - pad[0], b - pad[0], out[crop] / count[crop])
+        for r in range(a, b, sink_rows) if out is not None else ():  # a few rows at a time: small temporaries
+            end = min(r + sink_rows, b)
+            crop = (slice(None), slice(r - lo, end - lo), slice(pad[1], pad[1] + shape[1]),
+                    slice(pad[2], pad[2] + shape[2]))
+            sink(r - pad[0], end - pad[0], out[crop] / count[crop])
         shift = stop - lo
         for buf in (out, count):
             if buf is not None and shift:
