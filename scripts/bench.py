@@ -130,9 +130,9 @@ def _segresnet_model(folder: Path, fit_roi: int) -> Path:
     raw["preprocessing"]["spacing_mm"] = [1.0, 1.0, 1.0]
     raw["preprocessing"]["crop_foreground"] = {"enabled": True, "margin_vox": 0}
     raw["inference"] = {"roi_size": [240, 240, 160], "overlap": 0.5, "blend_mode": "constant", "fit_roi": fit_roi}
-    raw["postprocessing"] = {"activation": "sigmoid", "channels": [{"name": "WT", "value": 2},
-                                                                   {"name": "TC", "value": 1},
-                                                                   {"name": "ET", "value": 4}]}
+    raw["postprocessing"] = {"activation": "sigmoid", "probability_file": "uint8",
+                             "channels": [{"name": "WT", "value": 2}, {"name": "TC", "value": 1},
+                                          {"name": "ET", "value": 4}]}
     raw["regions"] = []
     out = folder / raw["id"]
     out.mkdir(parents=True, exist_ok=True)
