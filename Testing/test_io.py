@@ -86,7 +86,8 @@ def test_uint8_probability_maps_read_back_as_probabilities_within_half_a_step(tm
     back = sitk.ReadImage(str(path))  # ITK applies scl_slope: floats again
     assert back.GetPixelID() == sitk.sitkFloat32
     assert np.abs(sitk.GetArrayFromImage(back) - probs).max() <= UINT8_SCALE / 2 + 1e-6
-    assert np.allclose(back.GetSpacing(), reference.GetSpacing()) and np.allclose(back.GetOrigin(), reference.GetOrigin())
+    assert np.allclose(back.GetSpacing(), reference.GetSpacing())
+    assert np.allclose(back.GetOrigin(), reference.GetOrigin())
     assert sitk.GetArrayFromImage(back)[0, 0, :2].tolist() == [0.0, 1.0]
     stored = nib.load(str(path))
     assert stored.get_data_dtype() == np.uint8 and stored.dataobj.slope == pytest.approx(1 / 255)

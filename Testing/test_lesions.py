@@ -88,7 +88,8 @@ def test_diameter_and_centroid_of_irregular_blobs_equal_brute_force(seed, tmp_pa
     image = make_image(mask.astype(np.uint8), spacing=(0.8, 1.1, 2.5), origin=(3, -7, 11), direction=direction)
     assert longest_axial_diameter_mm(mask, image) == pytest.approx(_brute_force_diameter(mask, image), rel=1e-12)
     manifest = parse_manifest(blob_manifest_dict(), tmp_path)
-    (lesion,) = [x for x in find_lesions(np.where(mask, 3, 0).astype(np.uint8), image, manifest) if x.structure == "blob"]
+    found = find_lesions(np.where(mask, 3, 0).astype(np.uint8), image, manifest)
+    (lesion,) = [x for x in found if x.structure == "blob"]
     centre_ijk = ndimage.center_of_mass(mask)[::-1]
     assert lesion.centroid_lps_mm == pytest.approx(image.TransformContinuousIndexToPhysicalPoint(centre_ijk), abs=1e-9)
     assert lesion.longest_diameter_mm == pytest.approx(_brute_force_diameter(mask, image), rel=1e-12)

@@ -380,9 +380,8 @@ class Segmenter:
         if softmax:  # background = 1 - the foreground channels, a few slices at a time (float32 sums)
             foreground = [i for i in range(len(channels)) if i != background[0]]
             for k in range(0, out.shape[1], 16):
-                rest = np.zeros(out.shape[2:], np.float32) if not foreground else out[foreground[0], k:k + 16] \
-                    .astype(np.float32)
-                for index in foreground[1:]:
+                rest = np.zeros(out[background[0], k:k + 16].shape, np.float32)
+                for index in foreground:
                     rest += out[index, k:k + 16]
                 out[background[0], k:k + 16] = np.clip(1.0 - rest, 0.0, 1.0)
         return out
@@ -405,7 +404,7 @@ class Segmenter:
             return self._infer(image, progress, warnings), None
         background = [i for i, c in enumerate(self.manifest.postprocessing.channels) if c.value == 0]
         softmax = self.manifest.postprocessing.activation == "softmax" and len(background) == 1
-        total = fg_sum = fg_sq = None
+        total = mean_fg = m2 = None  # running sums; Welford's update for the spread (no stack of passes)
         for n, dims in enumerate(flips):
             def scaled(stage: str, fraction: float, n: int = n) -> None:
                 progress(stage, (n + fraction) / len(flips))
@@ -414,15 +413,14 @@ class Segmenter:
             probs = torch.flip(probs, dims) if dims else probs
             foreground = 1.0 - probs[background[0]] if softmax else probs.amax(0)
             if total is None:
-                total, fg_sum, fg_sq = probs, foreground.clone(), foreground.square()
+                total, mean_fg, m2 = probs.clone(), foreground.clone(), torch.zeros_like(foreground)
                 continue
             total += probs
-            fg_sum += foreground
-            fg_sq += foreground.square()
-        k = float(len(flips))
-        mean_fg = fg_sum / k
-        spread = (fg_sq / k - mean_fg.square()).clamp_min(0.0).sqrt()
-        return (total / k).to(self.probability_dtype), spread
+            delta = foreground - mean_fg
+            mean_fg += delta / (n + 1)
+            m2 += delta * (foreground - mean_fg)
+        spread = (m2 / len(flips)).clamp_min(0.0).sqrt()
+        return (total / len(flips)).to(self.probability_dtype), spread
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,

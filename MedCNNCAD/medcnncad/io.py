@@ -22,8 +22,8 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
-__all__ = ["read_volume", "check_finite", "write_image", "write_probability_map", "UINT8_SCALE", "atomic_path", "same_space", "geometry_text",
-           "signals_deferred", "available_memory_bytes"]
+__all__ = ["read_volume", "check_finite", "write_image", "write_probability_map", "UINT8_SCALE", "atomic_path",
+           "same_space", "geometry_text", "signals_deferred", "available_memory_bytes"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
 
