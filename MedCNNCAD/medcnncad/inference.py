@@ -389,8 +389,7 @@ class Segmenter:
     def _background_only(self, reference: sitk.Image) -> np.ndarray:
         """Probabilities (C, K, J, I) of an empty result: background 1 (softmax), everything else 0."""
         channels = self.manifest.postprocessing.channels
-        dtype = np.float16 if self.probability_dtype == torch.float16 else np.float32
-        probs = np.zeros((len(channels), *reference.GetSize()[::-1]), dtype=dtype)
+        probs = np.zeros((len(channels), *reference.GetSize()[::-1]), dtype=_NUMPY_DTYPES[self.probability_dtype])
         if self.manifest.postprocessing.activation == "softmax":
             probs[[i for i, c in enumerate(channels) if c.value == 0]] = 1.0
         return probs
