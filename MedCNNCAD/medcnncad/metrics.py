@@ -113,13 +113,14 @@ def _distances(pred: np.ndarray, ref: np.ndarray, spacing_kji: Sequence[float]) 
     One distance map at a time (each is float64 over the union's box), freed before the next.
     """
     pred, ref = _crop_union(pred, ref)
+    edge_p, edge_r = _edges(pred), _edges(ref)
     directed = []
-    for source, target in ((pred, ref), (ref, pred)):
-        to_target_edge = ndimage.distance_transform_edt(~_edges(target), sampling=spacing_kji)
+    for source, edge_s, target, edge_t in ((pred, edge_p, ref, edge_r), (ref, edge_r, pred, edge_p)):
+        to_target_edge = ndimage.distance_transform_edt(~edge_t, sampling=spacing_kji)
         # Voxel-set Hausdorff: the voxel of a set nearest to an outside point is always one of its
         # surface voxels (a step from an interior voxel towards the point gets closer), so the
         # surface distance map gives it: 0 inside the other set, the distance to its surface outside.
-        directed.append((to_target_edge[_edges(source)], float(to_target_edge[source & ~target].max(initial=0.0))))
+        directed.append((to_target_edge[edge_s], float(to_target_edge[source & ~target].max(initial=0.0))))
         del to_target_edge
     (d_pr, h_pr), (d_rp, h_rp) = directed
     hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
