@@ -131,3 +131,17 @@ def test_tumor_free_cases_and_clinical_like_geometry():
         PhantomConfig(skull_fraction=0.5)
     with pytest.raises(ValueError, match="choose from"):
         preset("nonsense")
+
+
+def test_training_presets_are_dealt_in_turn_and_unknown_names_fail_first():
+    from medcnncad.phantom import preset
+    from medcnncad.train_data import phantom_cases
+
+    cases = phantom_cases([10, 11, 12, 13, 14], "robust, robust-head")
+    assert [c["preset"] for c in cases] == ["robust", "robust-head", "robust", "robust-head", "robust"]
+    assert [c["seed"] for c in cases] == [10, 11, 12, 13, 14] and cases[1]["id"] == "robust-head-11"
+    head = preset("robust-head")
+    assert head.anatomies == ("colin27",) and head.skull_fraction > 0.5  # the only anatomy with a skull
+    assert head != preset("clinical-like")  # the clinical-like test set's settings stay held out
+    with pytest.raises(ValueError, match="'nonsense'"):
+        phantom_cases([1], "robust,nonsense")

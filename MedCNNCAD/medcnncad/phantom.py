@@ -496,6 +496,13 @@ PRESETS: dict[str, PhantomConfig] = {
         tilt_deg=15.0, random_slice_axis=True, slice_blur_from_spacing=True,
         output_spacing_mm=((0.8, 1.3), (1.0, 7.0)), bias_strength=(0.05, 0.45), noise_fraction=(0.01, 0.08),
         contrast_jitter=0.15, grade_core_radius_mm={"HGG": (4.0, 22.0), "LGG": (4.5, 20.0)}),
+    # training mix for skull-on heads (only Colin27 has a skull): mostly skull on, thick slices
+    # along any axis, strong bias field; trained together with "robust" ("robust,robust-head")
+    "robust-head": PhantomConfig(
+        hgg_fraction=0.5, tumor_free_fraction=0.15, anatomies=("colin27",), skull_fraction=0.85,
+        tilt_deg=15.0, random_slice_axis=True, slice_blur_from_spacing=True,
+        output_spacing_mm=((0.8, 1.3), (2.0, 7.5)), bias_strength=(0.1, 0.5), noise_fraction=(0.01, 0.08),
+        contrast_jitter=0.15, grade_core_radius_mm={"HGG": (4.0, 22.0), "LGG": (4.5, 20.0)}),
     # held-out evaluation: different seeds AND different settings from "robust"
     "heldout": PhantomConfig(
         hgg_fraction=0.5, tumor_free_fraction=0.1, anatomies=("mni152", "colin27"), skull_fraction=0.4,
