@@ -110,3 +110,20 @@ def test_slicer_logic_failures_leave_the_scene_unchanged():
         logic.segment({"T1": volumes["T1"]}, model="demo", device="cpu")
     run = logic.segment(volumes, model="demo", device="cpu")  # and a good run still works
     assert run.segmentation.GetSegmentation().GetNumberOfSegments() == 3
+
+
+def test_files_read_two_at_a_time_give_the_same_result_and_name_the_first_bad_file(segmenter, tmp_path):
+    images = _inputs()
+    paths = {}
+    for name, image in images.items():
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        sitk.WriteImage(image, paths[name])
+    from_files = segmenter.run(paths)
+    in_memory = segmenter.run(images)
+    np.testing.assert_array_equal(from_files.label_map, in_memory.label_map)
+    for channel, probs in in_memory.probabilities.items():
+        np.testing.assert_array_equal(from_files.probabilities[channel], probs)
+    for name in ("T2", "T1c"):  # two broken files: the error names the first in the model's order (T1c)
+        (tmp_path / f"{name}.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="T1c.nii.gz"):
+        segmenter.run(paths)

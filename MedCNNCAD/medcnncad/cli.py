@@ -486,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="CSV of cases or folder of case folders (default: phantoms generated on the fly)")
     t.add_argument("--val-fraction", type=float, default=0.15, help="validation share of --data cases")
     t.add_argument("--phantoms", default="classic",
-                   help="phantom preset (classic, graded, robust, robust-head, ...) or several, comma-separated, dealt in turn")
+                   help="phantom preset (classic, graded, robust, robust-head, ...) or several, "
+                        "comma-separated, dealt in turn")
     t.add_argument("--augmentation", default="light", choices=["light", "robust"])
     t.add_argument("--channel-drop", type=float, default=0.0,
                    help="probability of zeroing random input sequences (missing-sequence robustness)")
