@@ -93,3 +93,30 @@ def test_diameter_and_centroid_of_irregular_blobs_equal_brute_force(seed, tmp_pa
     centre_ijk = ndimage.center_of_mass(mask)[::-1]
     assert lesion.centroid_lps_mm == pytest.approx(image.TransformContinuousIndexToPhysicalPoint(centre_ijk), abs=1e-9)
     assert lesion.longest_diameter_mm == pytest.approx(_brute_force_diameter(mask, image), rel=1e-12)
+
+
+def test_lesions_measured_in_the_occupied_box_equal_whole_grid_scipy(tmp_path):
+    from scipy import ndimage
+
+    manifest = parse_manifest(blob_manifest_dict(), tmp_path)
+    rng = np.random.default_rng(3)
+    labels = np.zeros((30, 40, 50), np.uint8)
+    labels[(ndimage.gaussian_filter(rng.random(labels.shape), 2) > 0.56)] = 3
+    labels[:, :, :7] = 0  # nothing near one face: the occupied box starts away from the origin
+    labels[:4] = 0
+    assert labels.any()
+    image = make_image(labels, spacing=(0.8, 0.9, 2.0), origin=(-20, 7, 3))
+    prob = rng.random(labels.shape).astype(np.float32)
+    found = sorted((x for x in find_lesions(labels, image, manifest, {"blob": prob}) if x.structure == "blob"),
+                   key=lambda x: x.id)
+    full, count = ndimage.label(labels == 3, structure=np.ones((3, 3, 3)))
+    assert len(found) == count > 3
+    for lesion, box in zip(found, ndimage.find_objects(full)):
+        mask = full == lesion.id
+        assert lesion.voxel_count == mask.sum()
+        assert lesion.bbox_min_ijk == tuple(s.start for s in box[::-1])
+        centroid = image.TransformContinuousIndexToPhysicalPoint(ndimage.center_of_mass(mask)[::-1])
+        assert lesion.centroid_lps_mm == pytest.approx(centroid, abs=1e-9)
+        assert lesion.mean_probability == pytest.approx(float(prob[mask].mean(dtype=np.float64)), rel=1e-9)
+        assert lesion.longest_diameter_mm == pytest.approx(longest_axial_diameter_mm(mask, image))
+    assert find_lesions(np.zeros_like(labels), image, manifest) == []

@@ -119,8 +119,14 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
         probabilities: optional output-channel probabilities for mean/max probability.
         uncertainty: optional (K, J, I) uncertainty map; its mean inside each lesion.
     """
-    probabilities = probabilities or {}
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    occupied = _occupied_box(label_map, manifest)
+    if occupied is None:
+        return []
+    offset = [s.start for s in occupied]  # everything below works on the occupied box
+    label_map = label_map[occupied]
+    probabilities = {name: values[occupied] for name, values in (probabilities or {}).items()}
+    uncertainty = None if uncertainty is None else uncertainty[occupied]
     lesions: list[Lesion] = []
     for name, kind, mask in structure_masks(label_map, manifest):
         labelled, count = components(mask)
@@ -130,9 +136,11 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
         prob = structure_probability(name, manifest, probabilities)
         for index, box in enumerate(ndimage.find_objects(labelled), start=1):
             local = labelled[box] == index
+            grid_box = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, offset))
             n = int(np.count_nonzero(local))
             centroid_kji = [float((local.sum(axis=tuple(a for a in range(3) if a != axis)) *
-                                   np.arange(box[axis].start, box[axis].stop)).sum()) / n for axis in range(3)]
+                                   np.arange(grid_box[axis].start, grid_box[axis].stop)).sum()) / n
+                            for axis in range(3)]
             lps = image.TransformContinuousIndexToPhysicalPoint(centroid_kji[::-1])
             mean_p = max_p = None
             if prob is not None:
@@ -142,13 +150,31 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
                 structure=name, kind=kind, id=index, voxel_count=n, volume_ml=n * voxel_ml,
                 centroid_lps_mm=tuple(float(v) for v in lps),
                 centroid_ras_mm=(-float(lps[0]), -float(lps[1]), float(lps[2])),
-                bbox_min_ijk=tuple(int(s.start) for s in box[::-1]),
-                bbox_max_ijk=tuple(int(s.stop - 1) for s in box[::-1]),
-                longest_diameter_mm=_diameter_in_box(local, box, image),
+                bbox_min_ijk=tuple(int(s.start) for s in grid_box[::-1]),
+                bbox_max_ijk=tuple(int(s.stop - 1) for s in grid_box[::-1]),
+                longest_diameter_mm=_diameter_in_box(local, grid_box, image),
                 mean_probability=mean_p, max_probability=max_p,
                 uncertainty=None if uncertainty is None else float(uncertainty[box][local].mean(dtype=np.float64))))
         del labelled
     return lesions
+
+
+def _occupied_box(label_map: np.ndarray, manifest: Manifest) -> tuple[slice, ...] | None:
+    """Smallest (K, J, I) box holding every voxel of any structure; ``None`` when there is none.
+
+    Structures are non-zero labels (unless a manifest makes 0 a structure: then the whole grid),
+    so labelling components and summing probabilities inside this box gives the same lesions
+    as on the whole grid at a fraction of the cost.
+    """
+    if any(0 in values for values in manifest.structures().values()):
+        return tuple(slice(0, n) for n in label_map.shape)
+    box = []
+    for axis in range(3):
+        hits = np.flatnonzero(label_map.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def _diameter_in_box(local: np.ndarray, box: tuple[slice, ...], image: sitk.Image) -> float:
