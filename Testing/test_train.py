@@ -128,3 +128,19 @@ def test_training_data_from_a_csv_and_a_folder(tmp_path):
     with pytest.raises(InputError, match="no column names an input"):
         file_cases(tmp_path / "bad.csv", manifest)
 
+
+
+@pytest.mark.parametrize("share, centred_on_label", [(0.0, True), (1.0, False)])
+def test_negative_share_decides_where_patches_are_centred(share, centred_on_label):
+    from medcnncad.augment import segmentation_transforms
+
+    label = torch.zeros((1, 40, 40, 40))
+    label[0, 4:10, 4:10, 4:10] = 1  # a small labelled cube in one corner
+    image = torch.rand((1, 40, 40, 40))
+    image[0] += 10 * label[0]  # the label is visible in the patch's image, too
+    transforms = segmentation_transforms((9, 9, 9), 8, "light", negative_share=share)
+    transforms.set_random_state(seed=0)
+    for patch in transforms({"image": image, "label": label}):
+        assert bool(patch["label"][0, 4, 4, 4] > 0) is centred_on_label
+    with pytest.raises(ValueError, match="negative_share 1.5"):
+        segmentation_transforms((9, 9, 9), 1, negative_share=1.5)

@@ -62,13 +62,16 @@ class RandChannelDropd(Randomizable, MapTransform):
 
 
 def segmentation_transforms(patch: Sequence[int], samples_per_case: int, level: str = "light",
-                            channel_drop: float = 0.0, keep_weights: Sequence[float] | None = None):
+                            channel_drop: float = 0.0, keep_weights: Sequence[float] | None = None,
+                            negative_share: float = 1 / 3):
     """Random patch sampling + augmentation for segmentation training.
 
     ``light``: flips and per-channel intensity scale/shift, Gaussian noise (the first demo
     model's recipe). ``robust``: adds affine (rotation +-15 degrees, scale +-10 %), gamma,
     bias field, blur, simulated low resolution, flips along every axis. ``channel_drop``
-    > 0 adds :class:`RandChannelDropd` with that probability.
+    > 0 adds :class:`RandChannelDropd` with that probability. ``negative_share`` of the patches
+    are centred on a background voxel (anywhere in the volume, scalp and air included), the
+    rest on a labelled one (the default 1/3 is MONAI's pos=2, neg=1).
     """
     from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandBiasFieldd,
                                   RandCropByPosNegLabeld, RandFlipd, RandGaussianNoised, RandGaussianSmoothd,
@@ -76,8 +79,11 @@ def segmentation_transforms(patch: Sequence[int], samples_per_case: int, level: 
 
     if level not in AUGMENTATION_LEVELS:
         raise ValueError(f"augmentation {level!r}: choose from {AUGMENTATION_LEVELS}")
+    if not 0.0 <= negative_share <= 1.0:
+        raise ValueError(f"negative_share {negative_share}: must be between 0 and 1")
     keys = ["image", "label"]
-    steps = [RandCropByPosNegLabeld(keys, "label", spatial_size=list(patch), pos=2, neg=1,
+    steps = [RandCropByPosNegLabeld(keys, "label", spatial_size=list(patch), pos=1.0 - negative_share,
+                                    neg=negative_share,
                                     num_samples=samples_per_case, allow_smaller=True)]
     if level == "robust":
         steps += [

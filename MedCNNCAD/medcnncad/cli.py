@@ -317,6 +317,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       patch=tuple(args.patch), lr=args.lr, seed=args.seed, workers=args.workers,
                       phantom_preset=args.phantoms, data=args.data, val_fraction=args.val_fraction,
                       augmentation=args.augmentation, channel_drop=args.channel_drop, init=args.init,
+                      negative_share=args.negative_share,
                       pretrained_lr_scale=args.pretrained_lr_scale, freeze_pretrained=args.freeze_pretrained)
     command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
     out = train_segmentation(args.template, args.out, cfg, resume=args.resume, command=command)
@@ -501,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--steps-per-epoch", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--negative-share", type=float, default=1 / 3,
+                   help="share of training patches centred on background (scalp, air) rather than on a label")
     t.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64])
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)

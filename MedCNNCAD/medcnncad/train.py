@@ -54,6 +54,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     augmentation: str = "light"      # see medcnncad.augment.AUGMENTATION_LEVELS
     channel_drop: float = 0.0        # probability of zeroing a random subset of input channels
+    negative_share: float = 1 / 3    # share of patches centred on background (the rest on a label)
     init: str | None = None          # model id/folder whose matching weights start the training
     pretrained_lr_scale: float = 0.1
     freeze_pretrained: bool = False
@@ -183,7 +184,7 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     items = [{"image": torch.from_numpy(i), "label": torch.from_numpy(lab)} for i, lab, _ in train_data]
     cases_per_step = max(1, cfg.batch_size // cfg.samples_per_case)
     transforms = segmentation_transforms(cfg.patch, cfg.samples_per_case, cfg.augmentation, cfg.channel_drop,
-                                         _keep_weights(manifest))
+                                         _keep_weights(manifest), cfg.negative_share)
     transforms.set_random_state(seed=cfg.seed)
     loader = DataLoader(Dataset(items, transforms), batch_size=cases_per_step, shuffle=True, num_workers=0)
     network = build_network(manifest.network_class, manifest.network_kwargs)
