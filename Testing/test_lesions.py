@@ -104,6 +104,7 @@ def test_lesions_measured_in_the_occupied_box_equal_whole_grid_scipy(tmp_path):
     labels[(ndimage.gaussian_filter(rng.random(labels.shape), 2) > 0.56)] = 3
     labels[:, :, :7] = 0  # nothing near one face: the occupied box starts away from the origin
     labels[:4] = 0
+    labels[12:20, 14:30, 20:44][rng.random((8, 16, 24)) > 0.2] = 3  # one large, ragged component
     assert labels.any()
     image = make_image(labels, spacing=(0.8, 0.9, 2.0), origin=(-20, 7, 3))
     prob = rng.random(labels.shape).astype(np.float32)
@@ -111,6 +112,8 @@ def test_lesions_measured_in_the_occupied_box_equal_whole_grid_scipy(tmp_path):
                    key=lambda x: x.id)
     full, count = ndimage.label(labels == 3, structure=np.ones((3, 3, 3)))
     assert len(found) == count > 3
+    sizes = [x.voxel_count for x in found]  # both the all-pairs path (<= 256 voxels) and the per-slice one
+    assert min(sizes) <= 256 < max(sizes)
     for lesion, box in zip(found, ndimage.find_objects(full)):
         mask = full == lesion.id
         assert lesion.voxel_count == mask.sum()
@@ -118,5 +121,5 @@ def test_lesions_measured_in_the_occupied_box_equal_whole_grid_scipy(tmp_path):
         centroid = image.TransformContinuousIndexToPhysicalPoint(ndimage.center_of_mass(mask)[::-1])
         assert lesion.centroid_lps_mm == pytest.approx(centroid, abs=1e-9)
         assert lesion.mean_probability == pytest.approx(float(prob[mask].mean(dtype=np.float64)), rel=1e-9)
-        assert lesion.longest_diameter_mm == pytest.approx(longest_axial_diameter_mm(mask, image))
+        assert lesion.longest_diameter_mm == pytest.approx(_brute_force_diameter(mask, image), rel=1e-12)
     assert find_lesions(np.zeros_like(labels), image, manifest) == []

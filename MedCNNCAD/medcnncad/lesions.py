@@ -8,6 +8,7 @@ axis closest to the patient's superior-inferior direction), in mm.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping
 
@@ -80,17 +81,14 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labelled, int(count)
 
 
-def _axial_axis(image: sitk.Image) -> int:
-    """Array axis (of K, J, I) whose direction is closest to superior-inferior."""
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    image_axis = int(np.argmax(np.abs(direction[2, :])))  # column = image axis i, j, k
-    return 2 - image_axis
+_HULL_FROM = 64  # below this many points all pairs are cheaper than building a convex hull (~0.7 ms)
 
 
 def _max_pairwise(points: np.ndarray) -> float:
+    """Largest distance between two of ``points`` (N, D); the pair lies on their convex hull."""
     if len(points) < 2:
         return 0.0
-    if len(points) > 3:
+    if len(points) >= _HULL_FROM:
         try:
             points = points[ConvexHull(points).vertices]
         except QhullError:  # collinear points: extremes along the line suffice
@@ -177,17 +175,35 @@ def _occupied_box(label_map: np.ndarray, manifest: Manifest) -> tuple[slice, ...
     return tuple(box)
 
 
+@functools.lru_cache(maxsize=8)
+def _slice_geometry(direction: tuple[float, ...], spacing: tuple[float, ...]) -> tuple[int, np.ndarray, np.ndarray]:
+    """(axial array axis of K, J, I; index (i, j, k) -> LPS mm matrix; orthonormal 3x2 basis of a slice)."""
+    matrix = np.asarray(direction).reshape(3, 3) * np.asarray(spacing)
+    axis = 2 - int(np.argmax(np.abs(np.asarray(direction).reshape(3, 3)[2, :])))
+    in_plane = [a for a in range(3) if a != 2 - axis]  # the two image axes (i, j, k) within a slice
+    basis, _ = np.linalg.qr(matrix[:, in_plane])
+    return axis, matrix, basis
+
+
+_ALL_PAIRS_UP_TO = 256  # voxels: a component this small is measured over all same-slice pairs at once
+
+
 def _diameter_in_box(local: np.ndarray, box: tuple[slice, ...], image: sitk.Image) -> float:
     """Longest axial diameter (mm) of the voxels of ``local``, a crop of the grid at ``box``.
 
-    Slice by slice, only the slice's edge voxels (a convex hull's vertices are among them) are
-    turned into points, so a body-sized component costs no more memory than one slice.
+    Small components: all pairs of voxels in the same slice at once. Larger ones slice by
+    slice, only the slice's edge voxels (a convex hull's vertices are among them) are turned
+    into points, so a body-sized component costs no more memory than one slice.
     """
-    axis = _axial_axis(image)
-    matrix = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())
-    in_plane = [a for a in range(3) if a != 2 - axis]  # the two image axes (i, j, k) within a slice
-    basis, _ = np.linalg.qr(matrix[:, in_plane])  # orthonormal 3x2 basis of the slice plane
+    axis, matrix, basis = _slice_geometry(image.GetDirection(), image.GetSpacing())
     offset = np.array([s.start for s in box])
+    to_plane = matrix.T @ basis  # (i, j, k) index -> in-slice mm coordinates
+    if np.count_nonzero(local) <= _ALL_PAIRS_UP_TO:
+        voxels = np.argwhere(local)
+        xy = (voxels + offset)[:, ::-1].astype(np.float64) @ to_plane
+        same_slice = voxels[:, axis][:, None] == voxels[:, axis][None, :]
+        squared = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)
+        return float(np.sqrt(squared[same_slice].max()))
     best = 0.0
     for position in range(local.shape[axis]):
         plane = np.take(local, position, axis=axis)
@@ -195,5 +211,5 @@ def _diameter_in_box(local: np.ndarray, box: tuple[slice, ...], image: sitk.Imag
             continue
         edge = plane & ~ndimage.binary_erosion(plane)
         points = np.insert(np.argwhere(edge), axis, position, axis=1) + offset
-        best = max(best, _max_pairwise((points[:, ::-1].astype(np.float64) @ matrix.T) @ basis))
+        best = max(best, _max_pairwise(points[:, ::-1].astype(np.float64) @ to_plane))
     return best
