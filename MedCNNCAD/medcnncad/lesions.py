@@ -178,8 +178,9 @@ def _occupied_box(label_map: np.ndarray, manifest: Manifest) -> tuple[slice, ...
 @functools.lru_cache(maxsize=8)
 def _slice_geometry(direction: tuple[float, ...], spacing: tuple[float, ...]) -> tuple[int, np.ndarray, np.ndarray]:
     """(axial array axis of K, J, I; index (i, j, k) -> LPS mm matrix; orthonormal 3x2 basis of a slice)."""
-    matrix = np.asarray(direction).reshape(3, 3) * np.asarray(spacing)
-    axis = 2 - int(np.argmax(np.abs(np.asarray(direction).reshape(3, 3)[2, :])))
+    cosines = np.asarray(direction).reshape(3, 3)
+    matrix = cosines * np.asarray(spacing)
+    axis = 2 - int(np.argmax(np.abs(cosines[2, :])))  # image axis (column) closest to superior-inferior
     in_plane = [a for a in range(3) if a != 2 - axis]  # the two image axes (i, j, k) within a slice
     basis, _ = np.linalg.qr(matrix[:, in_plane])
     return axis, matrix, basis
