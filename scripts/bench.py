@@ -36,6 +36,16 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+def _network_time(segmenter, images: dict[str, sitk.Image], repeats: int) -> tuple[float, tuple[int, ...]]:
+    """Median time of the segmenter's sliding-window network alone on the preprocessed ``images``,
+    and the preprocessed grid's shape (I, J, K)."""
+    from medcnncad.preprocess import to_metatensor
+
+    pre = segmenter.model.preprocess(to_metatensor([images[c.name] for c in segmenter.manifest.inputs]))
+    t_net, _ = _median_time(lambda: segmenter._infer(pre.as_tensor(), lambda s, f: None, []), repeats)
+    return t_net, tuple(pre.shape[1:])
+
+
 def _brats_size_labels() -> tuple[np.ndarray, np.ndarray]:
     """A held-out phantom's label map on a 240 x 240 x 155 grid, and a plausible 'prediction'."""
     from scipy import ndimage
@@ -93,10 +103,7 @@ def bench_case(repeats: int) -> None:
     for name in case.images:
         args += ["--input", f"{name}={paths[name]}"]
     segmenter = Segmenter(load_model("demo"), "cpu")
-    pre = segmenter.model.preprocess(__import__("medcnncad.preprocess", fromlist=["x"]).to_metatensor(
-        [case.images[c.name] for c in segmenter.manifest.inputs]))
-    warnings: list[str] = []
-    t_net, _ = _median_time(lambda: segmenter._infer(pre.as_tensor(), lambda s, f: None, warnings), repeats)
+    t_net, _ = _network_time(segmenter, case.images, repeats)
     import contextlib
     import io
     import json
@@ -170,7 +177,6 @@ def bench_segresnet(repeats: int) -> None:
     from medcnncad.cli import main
     from medcnncad.inference import Segmenter
     from medcnncad.models import load_model
-    from medcnncad.preprocess import to_metatensor
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from gpu_check import _brats_size_case
@@ -186,8 +192,7 @@ def bench_segresnet(repeats: int) -> None:
     for name in images:
         args += ["--input", f"{name}={paths[name]}"]
     segmenter = Segmenter(load_model(str(model)), "cpu")
-    pre = segmenter.model.preprocess(to_metatensor([images[c.name] for c in segmenter.manifest.inputs]))
-    t_net, _ = _median_time(lambda: segmenter._infer(pre.as_tensor(), lambda s, f: None, []), repeats)
+    t_net, box = _network_time(segmenter, images, repeats)
     with contextlib.redirect_stdout(io.StringIO()):
         t_case, _ = _median_time(lambda: main(args), repeats)
     stages = json.loads((folder / "out" / "report.json").read_text())["timings_s"]
@@ -196,7 +201,7 @@ def bench_segresnet(repeats: int) -> None:
     print(f"BraTS-size case (4 x 240x240x155 NIfTI), SegResNet init_filters 16, blocks_down 1,2,2,4 "
           f"(random weights), CPU fp32, median of {repeats}:")
     print(f"  MONAI bundle-default pipeline (load, one 240x240x160 window, overlap 0.5, save): {t_monai:.2f} s")
-    print(f"  medcnncad segment end to end (brain box {tuple(pre.shape[1:])}, window fitted to it): {t_case:.2f} s")
+    print(f"  medcnncad segment end to end (brain box {box}, window fitted to it): {t_case:.2f} s")
     print(f"  the engine's network alone on the same window: {t_net:.2f} s")
     print(f"  speed-up vs MONAI: {t_monai / t_case:.2f}x; case / network: {t_case / t_net:.2f}")
     print("  stages of the last run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
@@ -377,7 +382,6 @@ def bench_worker(repeats: int) -> None:
     from medcnncad.inference import Segmenter
     from medcnncad.models import describe_model, load_model
     from medcnncad.phantom import make_phantom, write_phantom
-    from medcnncad.preprocess import to_metatensor
     from medcnncad.worker import WorkerClient, load_result
 
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-worker-"))
@@ -396,8 +400,7 @@ def bench_worker(repeats: int) -> None:
     finally:
         client.close()
     segmenter = Segmenter(load_model("brats-demo-unet"), "cpu")
-    pre = segmenter.model.preprocess(to_metatensor([case.images[c.name] for c in segmenter.manifest.inputs]))
-    t_net, _ = _median_time(lambda: segmenter._infer(pre.as_tensor(), lambda s, f: None, []), repeats)
+    t_net, _ = _network_time(segmenter, case.images, repeats)
     later = statistics.median(times[1:])
     print(f"persistent worker, demo model, phantom 900000 ({'x'.join(map(str, case.images['T1'].GetSize()))}), "
           f"request -> result loaded in the client:")
