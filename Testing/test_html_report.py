@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tempfile
@@ -34,6 +35,13 @@ def test_case_report_content(case_dir):
     assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", text)) == 3  # AI, reference, overlay
     assert "AI segmentation (Slicer slice views)" in text and "Reference (Slicer slice views)" in text
     assert "Agreement with the reference" in text and "abnormality probability" in text
+    # the demo manifest drops components under 0.1 mL and has no probability floor
+    assert "components of at least 0.1 mL whose largest foreground probability is at least 0 " in text
+    report = json.loads((case_dir / "report.json").read_text())
+    assert report["lesion_filter"]["min_volume_ml"] == 0.1 and report["lesion_filter"]["min_max_probability"] == 0.0
+    wt = report["metrics"]["WT"]
+    assert wt["lesions"]["rule"] == "any-overlap" and wt["lesions_brats2023"]["rule"] == "brats2023"
+    assert "within 3 mm" in report["lesion_detection_rule_brats2023"]
 
 
 def _chromium():

@@ -10,7 +10,7 @@ from monai.metrics import (DiceMetric, compute_average_surface_distance, compute
 from scipy import ndimage
 
 from conftest import make_image
-from medcnncad.metrics import compute_metrics, lesion_detection, structure_metrics
+from medcnncad.metrics import BRATS_2023, STRICT, DetectionRule, compute_metrics, lesion_detection, structure_metrics
 
 SPACING_XYZ = (0.8, 1.1, 2.5)
 
@@ -117,6 +117,62 @@ def test_lesion_detection_rule():
     assert (d.reference_lesions, d.predicted_lesions) == (2, 2)
     assert (d.true_positive, d.false_negative, d.false_positive) == (1, 1, 1)
     assert d.sensitivity == 0.5
+
+
+def _satellite_scene() -> tuple[np.ndarray, np.ndarray]:
+    """1 mm grid: main tumor with a satellite 3 mm away, a far small lesion, two predicted specks."""
+    ref = np.zeros((40, 40, 40), bool)
+    pred = np.zeros_like(ref)
+    ref[10:20, 10:20, 10:20] = True    # main: 1000 voxels = 1 mL, found
+    ref[10:12, 10:12, 22:24] = True    # satellite: 8 voxels, centres 3 mm from the main one (x 19 -> 22)
+    ref[30:34, 30:34, 30:34] = True    # far lesion: 64 voxels = 0.064 mL, missed
+    pred[10:20, 10:20, 10:20] = True
+    pred[25:27, 10:12, 10:12] = True   # 6 mm from the main tumor (z 19 -> 25): false positive in both rules
+    pred[10:12, 21:23, 10:12] = True   # 2 mm from it (y 19 -> 21): false positive only when overlap is required
+    return pred, ref
+
+
+def test_brats2023_rule_merges_satellites_and_matches_within_3_mm():
+    pred, ref = _satellite_scene()
+    strict = lesion_detection(pred, ref)
+    assert (strict.reference_lesions, strict.true_positive, strict.false_positive) == (3, 1, 2)
+    assert strict.sensitivity == pytest.approx(1 / 3) and strict.rule == STRICT.name
+    brats = lesion_detection(pred, ref, BRATS_2023)
+    # main + satellite are one lesion (found), the far one is missed; the speck at 2 mm is matched
+    assert (brats.reference_lesions, brats.true_positive, brats.false_negative) == (2, 1, 1)
+    assert (brats.predicted_lesions, brats.false_positive, brats.ignored_reference_lesions) == (3, 1, 0)
+    assert brats.sensitivity == 0.5
+
+
+def test_brats2023_rule_ignores_small_reference_lesions_by_volume():
+    pred, ref = _satellite_scene()
+    ref[30:34, 30:34, 30:34] = False
+    ref[30:33, 30:33, 30:33] = True    # 27 voxels = 0.027 mL <= 0.05 mL: neither found nor missed
+    d = lesion_detection(pred, ref, BRATS_2023)
+    assert (d.reference_lesions, d.ignored_reference_lesions, d.sensitivity) == (1, 1, 1.0)
+    # the same lesion on a 2 mm grid is 0.216 mL and counts (missed)
+    d2 = lesion_detection(pred, ref, BRATS_2023, spacing_xyz=(2.0, 2.0, 2.0))
+    assert (d2.reference_lesions, d2.ignored_reference_lesions, d2.true_positive) == (2, 0, 1)
+
+
+def test_detection_merge_distance_is_in_mm_on_anisotropic_grids():
+    ref = np.zeros((12, 8, 8), bool)
+    ref[2, 2:5, 2:5] = True
+    ref[4, 2:5, 2:5] = True            # two slices further on: 2 mm at 1 mm slices, 10 mm at 5 mm slices
+    pred = np.zeros_like(ref)
+    pred[2, 3, 3] = True
+    rule = DetectionRule("test", merge_mm=3.0)
+    iso = lesion_detection(pred, ref, rule, spacing_xyz=(1.0, 1.0, 1.0))
+    thick = lesion_detection(pred, ref, rule, spacing_xyz=(1.0, 1.0, 5.0))
+    assert (iso.reference_lesions, iso.sensitivity) == (1, 1.0)
+    assert (thick.reference_lesions, thick.sensitivity) == (2, 0.5)
+
+
+def test_structure_metrics_reports_both_detection_rules():
+    pred, ref = _satellite_scene()
+    m = structure_metrics(pred, ref, (1.0, 1.0, 1.0))
+    assert m.lesions.sensitivity == pytest.approx(1 / 3) and m.lesions_brats2023.sensitivity == 0.5
+    assert m.to_json()["lesions_brats2023"]["rule"] == "brats2023"
 
 
 def test_compute_metrics_labels_and_regions():

@@ -82,6 +82,7 @@ def test_weights_path_cannot_escape_the_model_folder(tmp_path, path):
     (lambda m: m["inference"].update({"overlap": 1.5}), "inference/overlap"),
     (lambda m: m["network"]["kwargs"].update({"out_channels": 5}), "out_channels=5"),
     (lambda m: m["labels"][0].update({"color": [2, 0, 0]}), "labels/0/color"),
+    (lambda m: m["postprocessing"].update({"min_lesion_probability": 1.5}), "postprocessing/min_lesion_probability"),
 ])
 def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
     raw = blob_manifest_dict()

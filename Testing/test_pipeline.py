@@ -133,3 +133,37 @@ def test_small_components_are_removed_from_the_label_map():
     out = remove_small_components(labels.copy(), min_ml=0.008, voxel_ml=0.001)  # keep >= 8 voxels
     assert out[8, 8, 8] == 0 and (out[7:9, 1:3, 1:3] == 1).all() and (out[2:4, 2:4, 2:4] == 4).all()
     np.testing.assert_array_equal(remove_small_components(labels.copy(), 0.0, 0.001), labels)
+
+
+def test_components_below_the_probability_floor_are_removed():
+    from medcnncad.inference import remove_small_components
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    fg = np.full(labels.shape, 0.1, np.float32)
+    labels[1:4, 1:4, 1:4] = 2
+    fg[1:4, 1:4, 1:4] = 0.3
+    fg[2, 2, 2] = 0.62           # one confident voxel keeps the whole component (largest, not mean)
+    labels[6:9, 6:9, 6:9] = 1
+    fg[6:9, 6:9, 6:9] = 0.58     # never reaches 0.6: removed
+    out = remove_small_components(labels.copy(), 0.0, 0.001, lambda mask: fg[mask], min_probability=0.6)
+    assert (out[1:4, 1:4, 1:4] == 2).all() and not out[6:9, 6:9, 6:9].any()
+    np.testing.assert_array_equal(remove_small_components(labels.copy(), 0.0, 0.001, lambda m: fg[m], 0.0), labels)
+
+
+@pytest.mark.parametrize("floor, kept", [(0.0, (True, True, True)), (0.8, (True, True, False)),
+                                         (0.95, (True, False, False))])
+def test_manifest_probability_floor_removes_unsure_lesions(tmp_path, floor, kept):
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["min_lesion_probability"] = floor
+    manifest = parse_manifest(raw, tmp_path)
+    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
+                                tmp_path), device="cpu")
+    vol = np.zeros((20, 20, 20), np.float32)
+    boxes = [(slice(2, 6),) * 3, (slice(10, 14),) * 3, (slice(2, 6), slice(12, 16), slice(2, 6))]
+    # blob probability sigmoid(40 (x - 0.5)): 1.0 -> ~1, 0.55 -> 0.881, 0.52 -> 0.690
+    for box, value in zip(boxes, (1.0, 0.55, 0.52)):
+        vol[box] = value
+    result = seg.run({"CT": make_image(vol)})
+    assert [bool((result.label_map[box] == 3).all()) for box in boxes] == list(kept)
+    assert result.label_map.sum() == 3 * 64 * sum(kept)
+    assert len([les for les in result.lesions if les.structure == "blob"]) == sum(kept)

@@ -62,16 +62,14 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
         absent = [c for c in per_case if c[name]["lesions"]["reference_lesions"] == 0]
         dice = np.array([c[name]["dice"] for c in present], dtype=float) if present else np.array([np.nan])
         hd95 = np.array([c[name]["hd95_mm"] for c in present if c[name]["hd95_mm"] is not None], dtype=float)
-        lesions = [c[name]["lesions"] for c in per_case]
-        n_ref = sum(x["reference_lesions"] for x in lesions)
         summary["structures"][name] = {
             "cases_with_structure": len(present),
             "dice_mean": float(dice.mean()), "dice_median": float(np.median(dice)), "dice_min": float(dice.min()),
             "empty_correct": (sum(c[name]["lesions"]["predicted_lesions"] == 0 for c in absent) / len(absent)
                               if absent else None),
             "hd95_mm_median": float(np.median(hd95)) if len(hd95) else None,
-            "lesion_sensitivity": sum(x["true_positive"] for x in lesions) / n_ref if n_ref else None,
-            "false_positive_lesions_per_case": sum(x["false_positive"] for x in lesions) / n_cases,
+            **_detection([c[name]["lesions"] for c in per_case], ""),
+            **_detection([c[name]["lesions_brats2023"] for c in per_case], "_brats2023"),
         }
     labels = [int(c["grade"] != "none") for c in per_case]
     if len(set(labels)) == 2:
@@ -82,6 +80,13 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
     return summary
 
 
+def _detection(lesions: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
+    """Pooled lesion sensitivity (detected / all reference lesions) and false positives per case."""
+    n_ref = sum(x["reference_lesions"] for x in lesions)
+    return {f"lesion_sensitivity{suffix}": sum(x["true_positive"] for x in lesions) / n_ref if n_ref else None,
+            f"false_positive_lesions_per_case{suffix}": sum(x["false_positive"] for x in lesions) / len(lesions)}
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """Markdown table of a summary from :func:`evaluate_on_phantoms`."""
     lines = [f"model {summary['model']} {summary['version']}, {summary['cases']} held-out phantoms "
@@ -90,14 +95,18 @@ def format_table(summary: dict[str, Any]) -> str:
              f"preset {summary.get('preset', 'classic')}, sequences given: {', '.join(summary.get('channels', []))}; "
              f"{summary.get('tumor_free_cases', 0)} tumor-free cases. Dice over the cases whose reference has the "
              "structure; 'empty ok' = share of the other cases where the prediction is empty too.", "",
+             "Lesions: 'any overlap' counts every reference component and one shared voxel; 'BraTS 2023' "
+             "merges reference components within 3 mm, matches within 3 mm and ignores reference lesions "
+             "of 0.05 mL or less.", "",
              "| structure | cases | Dice mean | Dice median | Dice min | HD95 median (mm) | lesion sensitivity "
-             "| FP lesions / case | empty ok |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| FP lesions / case | BraTS 2023 sensitivity | BraTS 2023 FP / case | empty ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary["structures"].items():
         f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
         lines.append(f"| {name} | {s.get('cases_with_structure', '')} | {f(s['dice_mean'])} | {f(s['dice_median'])} | "
                      f"{f(s['dice_min'])} | {f(s['hd95_mm_median'], 2)} | {f(s['lesion_sensitivity'], 2)} | "
-                     f"{s['false_positive_lesions_per_case']:.2f} | {f(s.get('empty_correct'), 2)} |")
+                     f"{s['false_positive_lesions_per_case']:.2f} | {f(s.get('lesion_sensitivity_brats2023'), 2)} | "
+                     f"{f(s.get('false_positive_lesions_per_case_brats2023'), 2)} | {f(s.get('empty_correct'), 2)} |")
     if summary.get("abnormality"):
         a = summary["abnormality"]
         lines += ["", f"case abnormality (any tumor) from the segmentation: AUC {f(a['auc'])}, sensitivity "

@@ -156,12 +156,17 @@ def case_report(case_dir: str | Path) -> Path:
         ["structure", "id", "volume mL", "longest diameter mm", "mean P", "max P", "R", "A", "S"],
         [(les["structure"], les["id"], les["volume_ml"], les["longest_diameter_mm"], les["mean_probability"],
           les["max_probability"], *les["centroid_ras_mm"]) for les in report["lesions"]])]
+    if "lesion_filter" in report:
+        body.append(f"<p class='small'>{html.escape(_filter_text(report['lesion_filter']))}</p>")
     body += _classification_section(report)
     if "metrics" in report:
         keys = ["dice", "jaccard", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "volume_diff_ml"]
         body += ["<h2>Agreement with the reference</h2>",
                  _table(["structure", *keys], [(name, *[m[k] for k in keys]) for name, m in report["metrics"].items()]),
                  f"<p class='small'>{html.escape(report['lesion_detection_rule'])}</p>"]
+        if "lesion_detection_rule_brats2023" in report:
+            body.append(f"<p class='small'>Also in report.json (lesions_brats2023): "
+                        f"{html.escape(report['lesion_detection_rule_brats2023'])}</p>")
     path = case_dir / "report.html"
     with atomic_path(path) as tmp:
         tmp.write_text(_page(f"MedCNNCAD case report - {model['id']}", "".join(body)), encoding="utf-8")
@@ -281,3 +286,10 @@ def html_to_pdf(html_path: str | Path, pdf_path: str | Path | None = None, timeo
                         f"--print-to-pdf={tmp}", html_path.resolve().as_uri()],
                        check=True, capture_output=True, timeout=timeout)
     return pdf_path
+
+
+def _filter_text(lesion_filter: dict) -> str:
+    """One sentence on which components the model's post-processing removed."""
+    return (f"Shown: components of at least {lesion_filter['min_volume_ml']:g} mL whose largest foreground "
+            f"probability is at least {lesion_filter['min_max_probability']:g} (model post-processing); "
+            "smaller or less certain ones remain visible in the probability maps.")

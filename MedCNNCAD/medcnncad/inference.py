@@ -32,7 +32,7 @@ from .preprocess import lps_to_ras, to_metatensor
 from .stitch import stream_sliding_window, window_slices
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device", "label_map_from_probabilities",
-           "remove_small_components", "cached_segmenter"]
+           "remove_small_components", "foreground_probability_at", "cached_segmenter"]
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,15 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (3,))
 """Test-time augmentation passes: identity and a flip along each spatial axis of (C, I, J, K)."""
 
 
-def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: float) -> np.ndarray:
-    """Zero the 26-connected foreground components smaller than ``min_ml`` (in place; returned)."""
-    if min_ml <= 0:
+def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: float,
+                            foreground_at: Callable[[np.ndarray], np.ndarray] | None = None,
+                            min_probability: float = 0.0) -> np.ndarray:
+    """Zero the 26-connected foreground components of a (K, J, I) label map that are smaller
+    than ``min_ml`` or whose largest foreground probability is below ``min_probability``
+    (in place; returned). ``foreground_at(mask)`` gives the foreground probability at the
+    voxels of a boolean (K, J, I) mask, in C order."""
+    by_probability = min_probability > 0 and foreground_at is not None
+    if min_ml <= 0 and not by_probability:
         return label_map
     labelled, count = components(label_map > 0)
     if not count:
@@ -132,11 +138,28 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     sizes = np.zeros(count + 1, np.int64)
     for k in range(0, labelled.shape[0], rows):
         sizes += np.bincount(labelled[k:k + rows].ravel(), minlength=count + 1)
-    small = sizes * voxel_ml < min_ml
-    small[0] = False
+    drop = sizes * voxel_ml < min_ml
+    if by_probability:
+        inside = labelled > 0
+        peak = np.zeros(count + 1, np.float32)
+        np.maximum.at(peak, labelled[inside], foreground_at(inside))  # type: ignore[misc]
+        drop |= peak < min_probability
+    drop[0] = False
     for k in range(0, labelled.shape[0], rows):
-        label_map[k:k + rows][small[labelled[k:k + rows]]] = 0
+        label_map[k:k + rows][drop[labelled[k:k + rows]]] = 0
     return label_map
+
+
+def foreground_probability_at(probabilities: np.ndarray, manifest: Manifest) -> Callable[[np.ndarray], np.ndarray]:
+    """``mask -> foreground probability`` at the mask's voxels of (C, K, J, I) output probabilities:
+    1 - background for a softmax model with one background channel, else the largest
+    foreground channel."""
+    channels = manifest.postprocessing.channels
+    background = [i for i, c in enumerate(channels) if c.value == 0]
+    if manifest.postprocessing.activation == "softmax" and len(background) == 1:
+        return lambda mask: 1.0 - probabilities[background[0]][mask]
+    foreground = [i for i, c in enumerate(channels) if c.value != 0]
+    return lambda mask: np.max([probabilities[i][mask] for i in foreground], axis=0)
 
 
 def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest, rows: int = 16) -> np.ndarray:
@@ -480,7 +503,9 @@ class Segmenter:
                 uncertainty = self._to_input_grid(spread[None], affine, images[0], raw=True)[0]
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
-        remove_small_components(label_map, self.manifest.postprocessing.min_lesion_ml, voxel_ml)
+        post = self.manifest.postprocessing
+        remove_small_components(label_map, post.min_lesion_ml, voxel_ml,
+                                foreground_probability_at(probs, self.manifest), post.min_lesion_probability)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0

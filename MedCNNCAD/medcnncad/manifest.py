@@ -122,7 +122,8 @@ class OutputChannel:
 class Postprocessing:
     """``softmax``: label = value of the arg-max channel. ``sigmoid``: channels are painted in
     list order wherever their probability exceeds ``threshold`` (later channels win).
-    Connected foreground components smaller than ``min_lesion_ml`` are removed from the label map."""
+    Connected foreground components smaller than ``min_lesion_ml``, or whose largest foreground
+    probability is below ``min_lesion_probability``, are removed from the label map."""
 
     activation: str
     channels: tuple[OutputChannel, ...]
@@ -130,6 +131,7 @@ class Postprocessing:
     probability_dtype: str = "float32"
     min_lesion_ml: float = 0.0
     probability_file: str = "float32"  # or "uint8": round(255 p), NIfTI scl_slope 1/255 (error <= 1/510)
+    min_lesion_probability: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -376,7 +378,8 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
         postprocessing=Postprocessing(post["activation"],
                                       tuple(OutputChannel(c["name"], c["value"]) for c in post["channels"]),
                                       post.get("threshold", 0.5), post.get("probability_dtype", "float32"),
-                                      post.get("min_lesion_ml", 0.0), post.get("probability_file", "float32")),
+                                      post.get("min_lesion_ml", 0.0), post.get("probability_file", "float32"),
+                                      post.get("min_lesion_probability", 0.0)),
         weights_file=contained_path(folder, data["weights"]["file"], "weights"),
         weights_sha256=data["weights"]["sha256"],
         name=data.get("name", data["id"]), aliases=tuple(data.get("aliases", ())),

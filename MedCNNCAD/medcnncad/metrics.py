@@ -39,11 +39,37 @@ from .errors import InputError
 from .io import geometry_text, same_space
 from .lesions import components
 
-__all__ = ["StructureMetrics", "LesionDetection", "structure_metrics", "lesion_detection", "compute_metrics",
-           "check_label_image", "structures_for_labels", "DETECTION_RULE"]
+__all__ = ["StructureMetrics", "LesionDetection", "DetectionRule", "structure_metrics", "lesion_detection",
+           "compute_metrics", "check_label_image", "structures_for_labels", "DETECTION_RULE", "STRICT", "BRATS_2023"]
 
 DETECTION_RULE = ("26-connected components; a reference lesion is detected (TP) when at least one of its voxels "
                   "is predicted; a predicted lesion is a false positive when none of its voxels is in the reference")
+
+
+@dataclass(frozen=True)
+class DetectionRule:
+    """How lesions are matched. ``merge_mm`` > 0: reference components closer than that (voxel
+    centres within ``merge_mm`` of each other's dilation) form one lesion, a reference lesion is
+    detected when a predicted voxel lies within ``merge_mm`` of it, and a predicted lesion is a
+    false positive only when none of its voxels lies within ``merge_mm`` of the reference.
+    Reference lesions of at most ``ignore_reference_ml`` count neither as detected nor missed."""
+
+    name: str
+    merge_mm: float = 0.0
+    ignore_reference_ml: float = 0.0
+    description: str = DETECTION_RULE
+
+
+STRICT = DetectionRule("any-overlap")
+""":data:`DETECTION_RULE`: every 26-connected reference component is a lesion; overlap by one voxel."""
+BRATS_2023 = DetectionRule(
+    "brats2023", merge_mm=3.0, ignore_reference_ml=0.05,
+    description="BraTS 2023 glioma lesion-wise rule, in mm: 26-connected reference components within 3 mm of each "
+                "other are one lesion; it is detected (TP) when a predicted voxel lies within 3 mm of it; a "
+                "predicted lesion is a false positive when none of its voxels lies within 3 mm of the reference; "
+                "reference lesions of 0.05 mL or less are neither detected nor missed")
+"""The BraTS 2023 glioma lesion-wise rule (dilation 3 voxels of 1 mm, lesions <= 50 voxels ignored),
+in millimetres so that it means the same on anisotropic grids."""
 
 
 @dataclass
@@ -56,6 +82,8 @@ class LesionDetection:
     false_negative: int
     false_positive: int
     sensitivity: float | None
+    ignored_reference_lesions: int = 0
+    rule: str = STRICT.name
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -84,6 +112,7 @@ class StructureMetrics:
     fn: int
     tn: int
     lesions: LesionDetection | None = None
+    lesions_brats2023: LesionDetection | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -128,14 +157,26 @@ def _distances(pred: np.ndarray, ref: np.ndarray, spacing_kji: Sequence[float]) 
     return {"hd95_mm": hd95, "assd_mm": assd, "hausdorff_mm": max(h_pr, h_rp)}
 
 
-def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> LesionDetection:
-    """Lesion-wise detection of boolean (K, J, I) masks under :data:`DETECTION_RULE`."""
-    ref_cc, n_ref = components(ref)
+def lesion_detection(pred: np.ndarray, ref: np.ndarray, rule: DetectionRule = STRICT,
+                     spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0)) -> LesionDetection:
+    """Lesion-wise detection of boolean (K, J, I) masks under ``rule``; ``spacing_xyz`` in mm."""
     pred_cc, n_pred = components(pred)
-    detected = len(np.unique(ref_cc[pred & (ref_cc > 0)]))
-    overlapping_pred = len(np.unique(pred_cc[ref & (pred_cc > 0)]))
-    return LesionDetection(n_ref, n_pred, detected, n_ref - detected, n_pred - overlapping_pred,
-                           detected / n_ref if n_ref else None)
+    if rule.merge_mm > 0 and ref.any():
+        reach = ndimage.distance_transform_edt(~ref, sampling=tuple(spacing_xyz)[::-1]) <= rule.merge_mm
+        ref_cc, n_ref = components(reach)  # merged lesions; each one's reach is its own component
+    else:
+        reach = ref
+        ref_cc, n_ref = components(ref)
+    voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
+    sizes = np.bincount(ref_cc[ref], minlength=n_ref + 1) * voxel_ml  # reference voxels only, not the reach
+    counted = sizes > rule.ignore_reference_ml
+    counted[0] = False
+    hit = np.zeros(n_ref + 1, bool)
+    hit[ref_cc[pred]] = True
+    detected, n_counted = int((hit & counted).sum()), int(counted.sum())
+    overlapping_pred = len(np.unique(pred_cc[reach & (pred_cc > 0)]))
+    return LesionDetection(n_counted, n_pred, detected, n_counted - detected, n_pred - overlapping_pred,
+                           detected / n_counted if n_counted else None, n_ref - n_counted, rule.name)
 
 
 def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
@@ -171,7 +212,8 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[f
         hd95_mm=dist["hd95_mm"], assd_mm=dist["assd_mm"], hausdorff_mm=dist["hausdorff_mm"],
         volume_diff_ml=(n_pred - n_ref) * voxel_ml, predicted_volume_ml=n_pred * voxel_ml,
         reference_volume_ml=n_ref * voxel_ml, tp=tp, fp=fp, fn=fn, tn=tn,
-        lesions=lesion_detection(pred, ref) if with_lesions else None)
+        lesions=lesion_detection(pred, ref) if with_lesions else None,
+        lesions_brats2023=lesion_detection(pred, ref, BRATS_2023, spacing_xyz) if with_lesions else None)
 
 
 def structures_for_labels(values: Sequence[int], regions: Mapping[str, Sequence[int]] | None = None,

@@ -25,7 +25,7 @@ from . import INTENDED_USE, __version__
 from .errors import InputError
 from .inference import SegmentationResult
 from .io import UINT8_SCALE, signals_deferred, write_image, write_probability_map
-from .metrics import DETECTION_RULE, StructureMetrics
+from .metrics import BRATS_2023, DETECTION_RULE, StructureMetrics
 from .segfile import write_seg_nrrd
 
 __all__ = ["CaseOutputs", "json_safe", "case_probability", "case_score", "CASE_RULE", "build_report",
@@ -80,7 +80,9 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         "labels": [{"name": x.name, "value": x.value, "color": list(x.color)} for x in m.labels],
         "regions": [{"name": r.name, "labels": list(r.labels)} for r in m.regions],
         "lesions": [lesion.to_json() for lesion in result.lesions],
+        "lesion_filter": _lesion_filter(m),
         "lesion_detection_rule": DETECTION_RULE,
+        "lesion_detection_rule_brats2023": BRATS_2023.description,
         "outputs": dict(outputs or {}),
         "probability_maps": _probability_encoding(m.postprocessing.probability_file),
     }
@@ -96,6 +98,15 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
     if metrics is not None:
         report["metrics"] = {name: s.to_json() for name, s in metrics.items()}
     return json_safe(report)
+
+
+def _lesion_filter(manifest: Any) -> dict[str, Any]:
+    """The manifest's rule for dropping components from the label map (``postprocessing``)."""
+    post = manifest.postprocessing
+    return {"min_volume_ml": post.min_lesion_ml, "min_max_probability": post.min_lesion_probability,
+            "rule": "26-connected foreground components smaller than min_volume_ml, or whose largest foreground "
+                    "probability is below min_max_probability, are removed from the label map and the lesion "
+                    "list; the probability maps keep them"}
 
 
 def _probability_encoding(encoding: str) -> dict[str, Any]:
