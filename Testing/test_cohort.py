@@ -71,6 +71,10 @@ def test_serial_run_summary_resume_and_failures(cohort_csv, tmp_path, capsys):
     et = summary["structures"]["ET"]["dice"]
     assert et["mean"] == pytest.approx(np.mean(dice)) and et["median"] == pytest.approx(np.median(dice))
     assert et["ci95"][0] <= et["mean"] <= et["ci95"][1]
+    wt = [json.loads((out / "cases" / f"case{i}" / "report.json").read_text())["metrics"]["WT"]["lesions_brats2023"]
+          for i in range(4)]
+    assert summary["structures"]["WT"]["lesion_sensitivity_brats2023"] == pytest.approx(
+        sum(x["true_positive"] for x in wt) / sum(x["reference_lesions"] for x in wt))
     classification = summary["classification"]
     assert classification["cases"] == 4 and 0.0 <= classification["auc"] <= 1.0
     assert "Cohort summary" in capsys.readouterr().out

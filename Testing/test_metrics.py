@@ -10,7 +10,8 @@ from monai.metrics import (DiceMetric, compute_average_surface_distance, compute
 from scipy import ndimage
 
 from conftest import make_image
-from medcnncad.metrics import BRATS_2023, STRICT, DetectionRule, compute_metrics, lesion_detection, structure_metrics
+from medcnncad.metrics import (BRATS_2023, STRICT, DetectionRule, compute_metrics, lesion_detection,
+                               pooled_detection, structure_metrics)
 
 SPACING_XYZ = (0.8, 1.1, 2.5)
 
@@ -173,6 +174,14 @@ def test_structure_metrics_reports_both_detection_rules():
     m = structure_metrics(pred, ref, (1.0, 1.0, 1.0))
     assert m.lesions.sensitivity == pytest.approx(1 / 3) and m.lesions_brats2023.sensitivity == 0.5
     assert m.to_json()["lesions_brats2023"]["rule"] == "brats2023"
+
+
+def test_pooled_detection_counts_lesions_not_cases():
+    cases = [{"reference_lesions": 3, "true_positive": 1, "false_positive": 2},
+             {"reference_lesions": 1, "true_positive": 1, "false_positive": 0},
+             {"reference_lesions": 0, "true_positive": 0, "false_positive": 1}]
+    assert pooled_detection(cases, "_x") == {"lesion_sensitivity_x": 0.5, "false_positive_lesions_per_case_x": 1.0}
+    assert pooled_detection([]) == {"lesion_sensitivity": None, "false_positive_lesions_per_case": None}
 
 
 def test_compute_metrics_labels_and_regions():

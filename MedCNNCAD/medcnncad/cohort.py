@@ -27,6 +27,7 @@ import numpy as np
 from .calibration import expected_calibration_error
 
 from .errors import InputError, MedCNNCADError
+from .metrics import pooled_detection
 from .io import atomic_path
 
 __all__ = ["CohortCase", "read_cases", "run_cohort", "summarize", "bootstrap_ci", "expected_calibration_error"]
@@ -233,11 +234,9 @@ def summarize(cases: Sequence[CohortCase], reports: dict[str, dict]) -> dict[str
             entry[metric] = {"n": len(values), "mean": float(np.mean(values)) if values else None,
                              "median": float(np.median(values)) if values else None,
                              "ci95": bootstrap_ci(values)}
-        lesions = [m["lesions"] for m in items if m.get("lesions")]
-        n_ref = sum(x["reference_lesions"] for x in lesions)
-        entry["lesion_sensitivity"] = sum(x["true_positive"] for x in lesions) / n_ref if n_ref else None
-        entry["false_positive_lesions_per_case"] = (sum(x["false_positive"] for x in lesions) / len(lesions)
-                                                    if lesions else None)
+        entry.update(pooled_detection([m["lesions"] for m in items if m.get("lesions")]))
+        entry.update(pooled_detection([m["lesions_brats2023"] for m in items if m.get("lesions_brats2023")],
+                                      "_brats2023"))
         structures[name] = entry
     return {"cases": len(cases), "completed": len(reports), "structures": structures,
             "classification": _classification(cases, reports)}
@@ -249,13 +248,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Cohort summary\n\n{summary['completed']} of {summary['cases']} cases completed; failed: "
              f"{', '.join(summary.get('failed_cases', [])) or 'none'}.\n",
              "| structure | Dice mean [95 % CI] | Dice median | HD95 median (mm) | lesion sensitivity "
-             "| FP lesions / case |",
-             "|---|---|---|---|---|---|"]
+             "| FP lesions / case | BraTS 2023 sensitivity | BraTS 2023 FP / case |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in summary["structures"].items():
         ci = s["dice"]["ci95"]
         lines.append(f"| {name} | {f(s['dice']['mean'])} [{f(ci[0]) if ci else 'n/a'}, {f(ci[1]) if ci else 'n/a'}] "
                      f"| {f(s['dice']['median'])} | {f(s['hd95_mm']['median'])} | {f(s['lesion_sensitivity'])} | "
-                     f"{f(s['false_positive_lesions_per_case'])} |")
+                     f"{f(s['false_positive_lesions_per_case'])} | {f(s.get('lesion_sensitivity_brats2023'))} | "
+                     f"{f(s.get('false_positive_lesions_per_case_brats2023'))} |")
     c = summary.get("classification")
     if c:
         lines += ["", f"Case-level abnormality ({c['cases']} labelled cases): AUC {c['auc']:.3f} "

@@ -27,7 +27,7 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
     from tqdm import tqdm
 
     from .inference import Segmenter
-    from .metrics import compute_metrics
+    from .metrics import compute_metrics, pooled_detection
     from .models import load_model
     from .report import case_probability
     from .phantom import make_phantom
@@ -68,8 +68,8 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
             "empty_correct": (sum(c[name]["lesions"]["predicted_lesions"] == 0 for c in absent) / len(absent)
                               if absent else None),
             "hd95_mm_median": float(np.median(hd95)) if len(hd95) else None,
-            **_detection([c[name]["lesions"] for c in per_case], ""),
-            **_detection([c[name]["lesions_brats2023"] for c in per_case], "_brats2023"),
+            **pooled_detection([c[name]["lesions"] for c in per_case]),
+            **pooled_detection([c[name]["lesions_brats2023"] for c in per_case], "_brats2023"),
         }
     labels = [int(c["grade"] != "none") for c in per_case]
     if len(set(labels)) == 2:
@@ -78,13 +78,6 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
         summary["abnormality"] = binary_report([c["abnormality_probability"] for c in per_case], labels, 0.5)
     summary["per_case"] = per_case
     return summary
-
-
-def _detection(lesions: list[dict[str, Any]], suffix: str) -> dict[str, Any]:
-    """Pooled lesion sensitivity (detected / all reference lesions) and false positives per case."""
-    n_ref = sum(x["reference_lesions"] for x in lesions)
-    return {f"lesion_sensitivity{suffix}": sum(x["true_positive"] for x in lesions) / n_ref if n_ref else None,
-            f"false_positive_lesions_per_case{suffix}": sum(x["false_positive"] for x in lesions) / len(lesions)}
 
 
 def format_table(summary: dict[str, Any]) -> str:

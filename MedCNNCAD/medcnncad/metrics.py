@@ -29,7 +29,7 @@ Empty masks (documented and tested behaviour):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,7 +40,8 @@ from .io import geometry_text, same_space
 from .lesions import components
 
 __all__ = ["StructureMetrics", "LesionDetection", "DetectionRule", "structure_metrics", "lesion_detection",
-           "compute_metrics", "check_label_image", "structures_for_labels", "DETECTION_RULE", "STRICT", "BRATS_2023"]
+           "compute_metrics", "check_label_image", "structures_for_labels", "pooled_detection", "DETECTION_RULE",
+           "STRICT", "BRATS_2023"]
 
 DETECTION_RULE = ("26-connected components; a reference lesion is detected (TP) when at least one of its voxels "
                   "is predicted; a predicted lesion is a false positive when none of its voxels is in the reference")
@@ -177,6 +178,15 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray, rule: DetectionRule = ST
     overlapping_pred = len(np.unique(pred_cc[reach & (pred_cc > 0)]))
     return LesionDetection(n_counted, n_pred, detected, n_counted - detected, n_pred - overlapping_pred,
                            detected / n_counted if n_counted else None, n_ref - n_counted, rule.name)
+
+
+def pooled_detection(lesions: Sequence[Mapping[str, Any]], suffix: str = "") -> dict[str, float | None]:
+    """Over cases (``LesionDetection.to_json()`` dicts): detected / all reference lesions, and false
+    positives per case, as ``lesion_sensitivity{suffix}`` and ``false_positive_lesions_per_case{suffix}``."""
+    n_ref = sum(x["reference_lesions"] for x in lesions)
+    return {f"lesion_sensitivity{suffix}": sum(x["true_positive"] for x in lesions) / n_ref if n_ref else None,
+            f"false_positive_lesions_per_case{suffix}": (sum(x["false_positive"] for x in lesions) / len(lesions)
+                                                         if lesions else None)}
 
 
 def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
