@@ -233,13 +233,16 @@ _METRIC_COLUMNS = ("dice", "jaccard", "precision", "recall", "specificity", "acc
 
 def add_metrics_table(metrics: Mapping[str, StructureMetrics], name: str = "MedCNNCAD metrics") -> Any:
     """A table node, one row per label/region, one column per metric (empty cells where undefined)."""
-    columns = [("structure", "string")] + [(c, "double") for c in _METRIC_COLUMNS] + \
-              [("reference_lesions", "int"), ("missed_lesions", "int"), ("false_positive_lesions", "int")]
+    columns = [("structure", "string")] + [(c, "double") for c in _METRIC_COLUMNS]
+    for suffix in ("", "_brats2023"):  # any-overlap rule, then BraTS 2023 (docs/metrics.md)
+        columns += [(f"reference_lesions{suffix}", "int"), (f"missed_lesions{suffix}", "int"),
+                    (f"false_positive_lesions{suffix}", "int")]
     rows = []
     for structure, m in metrics.items():
-        det = m.lesions
-        counts = [det.reference_lesions, det.false_negative, det.false_positive] if det else [0, 0, 0]
-        rows.append([structure] + [getattr(m, c) for c in _METRIC_COLUMNS] + counts)
+        row = [structure] + [getattr(m, c) for c in _METRIC_COLUMNS]
+        for det in (m.lesions, m.lesions_brats2023):
+            row += [det.reference_lesions, det.false_negative, det.false_positive] if det else [0, 0, 0]
+        rows.append(row)
     return _table(name, columns, rows)
 
 
