@@ -169,6 +169,17 @@ def test_detection_merge_distance_is_in_mm_on_anisotropic_grids():
     assert (thick.reference_lesions, thick.sensitivity) == (2, 0.5)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_reach_from_the_surface_distance_map_equals_its_own_distance_transform(seed):
+    rng = np.random.default_rng(seed)
+    blobs = [ndimage.gaussian_filter(rng.standard_normal((24, 30, 28)), 2.0) > 0.12 for _ in range(2)]
+    ref, pred = blobs[0], blobs[1] | (blobs[0] & (rng.random(blobs[0].shape) < 0.5))  # scattered lesions
+    from_metrics = structure_metrics(pred, ref, SPACING_XYZ).lesions_brats2023
+    alone = lesion_detection(pred, ref, BRATS_2023, SPACING_XYZ)
+    assert from_metrics == alone
+    assert alone.reference_lesions > 2 and alone.ignored_reference_lesions > 0 and alone.false_positive > 5
+
+
 def test_structure_metrics_reports_both_detection_rules():
     pred, ref = _satellite_scene()
     m = structure_metrics(pred, ref, (1.0, 1.0, 1.0))

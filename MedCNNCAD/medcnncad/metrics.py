@@ -137,16 +137,22 @@ def _edges(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def _distances(pred: np.ndarray, ref: np.ndarray, spacing_kji: Sequence[float]) -> dict[str, float]:
+def _distances(pred: np.ndarray, ref: np.ndarray, spacing_kji: Sequence[float],
+               reach_mm: float = 0.0) -> tuple[dict[str, float], tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
     """Surface and voxel-set distances (mm) for two non-empty masks on the same grid.
 
     One distance map at a time (each is float64 over the union's box), freed before the next.
+    With ``reach_mm`` > 0 also returns (prediction, reference, the reference's reach: voxels
+    within ``reach_mm`` of it) cropped to the union's box, from the same distance map.
     """
     pred, ref = _crop_union(pred, ref)
     edge_p, edge_r = _edges(pred), _edges(ref)
     directed = []
+    crop = None
     for source, edge_s, target, edge_t in ((pred, edge_p, ref, edge_r), (ref, edge_r, pred, edge_p)):
         to_target_edge = ndimage.distance_transform_edt(~edge_t, sampling=spacing_kji)
+        if reach_mm > 0 and target is ref:  # outside a set, its nearest voxel is a surface voxel (below)
+            crop = (pred, ref, ref | (to_target_edge <= reach_mm))
         # Voxel-set Hausdorff: the voxel of a set nearest to an outside point is always one of its
         # surface voxels (a step from an interior voxel towards the point gets closer), so the
         # surface distance map gives it: 0 inside the other set, the distance to its surface outside.
@@ -155,15 +161,19 @@ def _distances(pred: np.ndarray, ref: np.ndarray, spacing_kji: Sequence[float]) 
     (d_pr, h_pr), (d_rp, h_rp) = directed
     hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
     assd = float(np.concatenate([d_pr, d_rp]).mean())
-    return {"hd95_mm": hd95, "assd_mm": assd, "hausdorff_mm": max(h_pr, h_rp)}
+    return {"hd95_mm": hd95, "assd_mm": assd, "hausdorff_mm": max(h_pr, h_rp)}, crop
 
 
 def lesion_detection(pred: np.ndarray, ref: np.ndarray, rule: DetectionRule = STRICT,
-                     spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0)) -> LesionDetection:
-    """Lesion-wise detection of boolean (K, J, I) masks under ``rule``; ``spacing_xyz`` in mm."""
+                     spacing_xyz: Sequence[float] = (1.0, 1.0, 1.0),
+                     reach: np.ndarray | None = None) -> LesionDetection:
+    """Lesion-wise detection of boolean (K, J, I) masks under ``rule``; ``spacing_xyz`` in mm.
+
+    ``reach``: the voxels within ``rule.merge_mm`` of ``ref``, when already known (same grid)."""
     pred_cc, n_pred = components(pred)
     if rule.merge_mm > 0 and ref.any():
-        reach = ndimage.distance_transform_edt(~ref, sampling=tuple(spacing_xyz)[::-1]) <= rule.merge_mm
+        if reach is None:
+            reach = ndimage.distance_transform_edt(~ref, sampling=tuple(spacing_xyz)[::-1]) <= rule.merge_mm
         ref_cc, n_ref = components(reach)  # merged lesions; each one's reach is its own component
     else:
         reach = ref
@@ -208,8 +218,12 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[f
     tn = total - tp - fp - fn
     both_empty = n_pred == 0 and n_ref == 0
     dice = _ratio(2 * tp, 2 * tp + fp + fn, both_empty)
+    brats = None
     if n_pred and n_ref:
-        dist: dict[str, float | None] = dict(_distances(pred, ref, spacing_kji))
+        found, crop = _distances(pred, ref, spacing_kji, BRATS_2023.merge_mm if with_lesions else 0.0)
+        dist: dict[str, float | None] = dict(found)
+        if crop is not None:  # the reference's reach comes from the distance map just computed
+            brats = lesion_detection(crop[0], crop[1], BRATS_2023, spacing_xyz, reach=crop[2])
     else:
         value = 0.0 if both_empty else None
         dist = {"hd95_mm": value, "assd_mm": value, "hausdorff_mm": value}
@@ -223,7 +237,8 @@ def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[f
         volume_diff_ml=(n_pred - n_ref) * voxel_ml, predicted_volume_ml=n_pred * voxel_ml,
         reference_volume_ml=n_ref * voxel_ml, tp=tp, fp=fp, fn=fn, tn=tn,
         lesions=lesion_detection(pred, ref) if with_lesions else None,
-        lesions_brats2023=lesion_detection(pred, ref, BRATS_2023, spacing_xyz) if with_lesions else None)
+        lesions_brats2023=None if not with_lesions else
+        brats if brats is not None else lesion_detection(pred, ref, BRATS_2023, spacing_xyz))
 
 
 def structures_for_labels(values: Sequence[int], regions: Mapping[str, Sequence[int]] | None = None,
