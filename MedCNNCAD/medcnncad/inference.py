@@ -150,15 +150,20 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     return label_map
 
 
+def _softmax_background(manifest: Manifest) -> int | None:
+    """Index of the one background output channel of a softmax model (foreground = 1 - it), else None."""
+    background = [i for i, c in enumerate(manifest.postprocessing.channels) if c.value == 0]
+    return background[0] if manifest.postprocessing.activation == "softmax" and len(background) == 1 else None
+
+
 def foreground_probability_at(probabilities: np.ndarray, manifest: Manifest) -> Callable[[np.ndarray], np.ndarray]:
     """``mask -> foreground probability`` at the mask's voxels of (C, K, J, I) output probabilities:
     1 - background for a softmax model with one background channel, else the largest
     foreground channel."""
-    channels = manifest.postprocessing.channels
-    background = [i for i, c in enumerate(channels) if c.value == 0]
-    if manifest.postprocessing.activation == "softmax" and len(background) == 1:
-        return lambda mask: 1.0 - probabilities[background[0]][mask]
-    foreground = [i for i, c in enumerate(channels) if c.value != 0]
+    background = _softmax_background(manifest)
+    if background is not None:
+        return lambda mask: 1.0 - probabilities[background][mask]
+    foreground = [i for i, c in enumerate(manifest.postprocessing.channels) if c.value != 0]
     return lambda mask: np.max([probabilities[i][mask] for i in foreground], axis=0)
 
 
@@ -437,8 +442,7 @@ class Segmenter:
         the passes of the foreground probability (I, J, K); each pass is un-flipped before averaging."""
         if len(flips) <= 1 and not (flips and flips[0]):
             return self._infer(image, progress, warnings), None
-        background = [i for i, c in enumerate(self.manifest.postprocessing.channels) if c.value == 0]
-        softmax = self.manifest.postprocessing.activation == "softmax" and len(background) == 1
+        background = _softmax_background(self.manifest)
         total = mean_fg = m2 = None  # running sums; Welford's update for the spread (no stack of passes)
         for n, dims in enumerate(flips):
             def scaled(stage: str, fraction: float, n: int = n) -> None:
@@ -446,7 +450,7 @@ class Segmenter:
             flipped = torch.flip(image, dims) if dims else image
             probs = self._infer(flipped, scaled, warnings).float()
             probs = torch.flip(probs, dims) if dims else probs
-            foreground = 1.0 - probs[background[0]] if softmax else probs.amax(0)
+            foreground = 1.0 - probs[background] if background is not None else probs.amax(0)
             if total is None:
                 total, mean_fg, m2 = probs.clone(), foreground.clone(), torch.zeros_like(foreground)
                 continue
