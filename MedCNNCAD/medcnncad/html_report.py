@@ -290,6 +290,15 @@ def html_to_pdf(html_path: str | Path, pdf_path: str | Path | None = None, timeo
 
 def _filter_text(lesion_filter: dict) -> str:
     """One sentence on which components the model's post-processing removed."""
+    classifier = lesion_filter.get("classifier")
+    second = (f" and that a second-stage lesion classifier scores at least {classifier['min_probability']:g}"
+              if classifier else "")
     return (f"Shown: components of at least {lesion_filter['min_volume_ml']:g} mL whose largest foreground "
-            f"probability is at least {lesion_filter['min_max_probability']:g} (model post-processing); "
-            "smaller or less certain ones remain visible in the probability maps.")
+            f"probability is at least {lesion_filter['min_max_probability']:g}{second} (model post-processing); "
+            "smaller or less certain ones remain visible in the probability maps." + _floors_text(lesion_filter))
+
+
+def _floors_text(lesion_filter: dict) -> str:
+    """One sentence per label volume floor of the model (none: empty)."""
+    return "".join(f" {f['name']} is relabelled {f['replace_with_name']} when its total volume is below "
+                   f"{f['min_ml']:g} mL." for f in lesion_filter.get("label_volume_floors", []))

@@ -23,16 +23,17 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .candidates import apply_lesion_classifier
 from .errors import InputError
 from .io import check_finite, geometry_text, read_volume, same_space
 from .lesions import Lesion, components, find_lesions
-from .manifest import Manifest
+from .manifest import LabelVolumeFloor, Manifest
 from .models import LoadedModel, load_model
 from .preprocess import lps_to_ras, to_metatensor
 from .stitch import stream_sliding_window, window_slices
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device", "label_map_from_probabilities",
-           "remove_small_components", "foreground_probability_at", "cached_segmenter"]
+           "remove_small_components", "apply_label_volume_floors", "foreground_probability_at", "cached_segmenter"]
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,16 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     drop[0] = False
     for k in range(0, labelled.shape[0], rows):
         label_map[k:k + rows][drop[labelled[k:k + rows]]] = 0
+    return label_map
+
+
+def apply_label_volume_floors(label_map: np.ndarray, floors: Sequence[LabelVolumeFloor], voxel_ml: float) -> np.ndarray:
+    """Relabel each floor's ``value`` as ``replace_with`` where its total volume in the (K, J, I) label
+    map is below ``min_ml`` (in place; returned). ``voxel_ml``: one voxel's volume in mL."""
+    for floor in floors:
+        mask = label_map == floor.value
+        if 0 < mask.sum() * voxel_ml < floor.min_ml:
+            label_map[mask] = floor.replace_with
     return label_map
 
 
@@ -508,8 +519,12 @@ class Segmenter:
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         post = self.manifest.postprocessing
-        remove_small_components(label_map, post.min_lesion_ml, voxel_ml,
-                                foreground_probability_at(probs, self.manifest), post.min_lesion_probability)
+        foreground_at = foreground_probability_at(probs, self.manifest)
+        remove_small_components(label_map, post.min_lesion_ml, voxel_ml, foreground_at, post.min_lesion_probability)
+        if post.lesion_classifier is not None:
+            apply_lesion_classifier(label_map, foreground_at, voxel_ml,
+                                    [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_classifier)
+        apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0

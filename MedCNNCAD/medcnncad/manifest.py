@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 
 from .errors import ModelError
 
@@ -119,6 +120,35 @@ class OutputChannel:
 
 
 @dataclass(frozen=True)
+class LesionClassifier:
+    """Logistic model P(true lesion) = 1 / (1 + exp(-(intercept + sum(coef * (x - mean) / scale))));
+    candidates with P < ``min_probability`` are removed."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coefficients: tuple[float, ...]
+    intercept: float
+    min_probability: float
+    description: str = ""
+
+    def probability(self, x: np.ndarray) -> np.ndarray:
+        """P(true lesion) for an (N, F) feature array in ``features`` order; shape (N,)."""
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.coefficients) + self.intercept)))
+
+
+@dataclass(frozen=True)
+class LabelVolumeFloor:
+    """When a case's total volume of label ``value`` is below ``min_ml`` (mL), those voxels become
+    ``replace_with`` (BraTS practice: a few enhancing voxels in a non-enhancing tumor become core)."""
+
+    value: int
+    min_ml: float
+    replace_with: int
+
+
+@dataclass(frozen=True)
 class Postprocessing:
     """``softmax``: label = value of the arg-max channel. ``sigmoid``: channels are painted in
     list order wherever their probability exceeds ``threshold`` (later channels win).
@@ -132,6 +162,8 @@ class Postprocessing:
     min_lesion_ml: float = 0.0
     probability_file: str = "float32"  # or "uint8": round(255 p), NIfTI scl_slope 1/255 (error <= 1/510)
     min_lesion_probability: float = 0.0
+    lesion_classifier: LesionClassifier | None = None  # second stage (candidates.py), after the floors
+    label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied last
 
 
 @dataclass(frozen=True)
@@ -332,6 +364,10 @@ def _check_consistency(m: Manifest, where: str) -> None:
         unknown = set(region.labels) - values
         if unknown:
             raise ModelError(f"{where}: region {region.name!r} uses unknown label values {sorted(unknown)}")
+    for floor in m.postprocessing.label_volume_floors:
+        unknown = {floor.value, floor.replace_with} - values - {0}
+        if unknown:
+            raise ModelError(f"{where}: label_volume_floors use unknown label values {sorted(unknown)}")
     for ch in m.postprocessing.channels:
         if ch.value and ch.value not in values:
             raise ModelError(f"{where}: output channel {ch.name!r} paints unknown label value {ch.value}")
@@ -341,6 +377,32 @@ def _check_consistency(m: Manifest, where: str) -> None:
     n_in = m.network_kwargs.get("in_channels")
     if n_in is not None and n_in != len(m.inputs):
         raise ModelError(f"{where}: network in_channels={n_in} but {len(m.inputs)} inputs")
+    _check_lesion_classifier(m, where)
+
+
+def _lesion_classifier(data: dict[str, Any] | None) -> LesionClassifier | None:
+    """``postprocessing.lesion_classifier`` (schema-validated already) as a :class:`LesionClassifier`."""
+    if data is None:
+        return None
+    return LesionClassifier(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]),
+                            tuple(data["coefficients"]), float(data["intercept"]), float(data["min_probability"]),
+                            data.get("description", ""))
+
+
+def _check_lesion_classifier(m: Manifest, where: str) -> None:
+    """The second-stage classifier's features exist for this model and its arrays line up."""
+    from .candidates import feature_names  # candidates imports this module
+
+    classifier = m.postprocessing.lesion_classifier
+    if classifier is None:
+        return
+    known = feature_names([(c.name, c.value) for c in m.postprocessing.channels if c.value != 0])
+    unknown = [f for f in classifier.features if f not in known]
+    if unknown:
+        raise ModelError(f"{where}: lesion_classifier features {unknown} unknown; known: {list(known)}")
+    lengths = {len(classifier.features), len(classifier.mean), len(classifier.scale), len(classifier.coefficients)}
+    if len(lengths) != 1:
+        raise ModelError(f"{where}: lesion_classifier features, mean, scale and coefficients differ in length")
 
 
 def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") -> Manifest:
@@ -379,7 +441,10 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
                                       tuple(OutputChannel(c["name"], c["value"]) for c in post["channels"]),
                                       post.get("threshold", 0.5), post.get("probability_dtype", "float32"),
                                       post.get("min_lesion_ml", 0.0), post.get("probability_file", "float32"),
-                                      post.get("min_lesion_probability", 0.0)),
+                                      post.get("min_lesion_probability", 0.0),
+                                      _lesion_classifier(post.get("lesion_classifier")),
+                                      tuple(LabelVolumeFloor(f["value"], f["min_ml"], f["replace_with"])
+                                            for f in post.get("label_volume_floors", []))),
         weights_file=contained_path(folder, data["weights"]["file"], "weights"),
         weights_sha256=data["weights"]["sha256"],
         name=data.get("name", data["id"]), aliases=tuple(data.get("aliases", ())),

@@ -106,7 +106,31 @@ def _lesion_filter(manifest: Any) -> dict[str, Any]:
     return {"min_volume_ml": post.min_lesion_ml, "min_max_probability": post.min_lesion_probability,
             "rule": "26-connected foreground components smaller than min_volume_ml, or whose largest foreground "
                     "probability is below min_max_probability, are removed from the label map and the lesion "
-                    "list; the probability maps keep them"}
+                    "list; the probability maps keep them",
+            **_classifier_filter(post.lesion_classifier), **_label_floors(manifest)}
+
+
+def _label_floors(manifest: Any) -> dict[str, Any]:
+    """The manifest's label volume floors as report JSON, with label names (empty when the model has none)."""
+    floors = manifest.postprocessing.label_volume_floors
+    if not floors:
+        return {}
+    names = {0: "background", **{x.value: x.name for x in manifest.labels}}
+    return {"label_volume_floors": [{"value": f.value, "name": names[f.value], "min_ml": f.min_ml,
+                                     "replace_with": f.replace_with, "replace_with_name": names[f.replace_with]}
+                                    for f in floors],
+            "label_volume_floors_rule": "last, when a case's total volume of label value is below min_ml, those "
+                                        "voxels are relabelled replace_with"}
+
+
+def _classifier_filter(classifier: Any) -> dict[str, Any]:
+    """The second-stage lesion classifier's part of ``lesion_filter`` (empty when the model has none)."""
+    if classifier is None:
+        return {}
+    return {"classifier": {"features": list(classifier.features), "min_probability": classifier.min_probability,
+                           "description": classifier.description,
+                           "rule": "then components whose classifier probability of being a true lesion is below "
+                                   "min_probability are removed too"}}
 
 
 def _probability_encoding(encoding: str) -> dict[str, Any]:
