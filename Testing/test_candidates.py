@@ -1,0 +1,186 @@
+"""Second-stage lesion classifier (medcnncad.candidates): features by hand, the logistic rule,
+manifest validation, and the Segmenter applying it after the floors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import make_image
+from helpers import ThresholdNet, blob_manifest_dict
+from medcnncad.candidates import apply_lesion_classifier, component_features, feature_names
+from medcnncad.errors import ModelError
+from medcnncad.inference import Segmenter
+from medcnncad.lesions import components
+from medcnncad.manifest import LesionClassifier, parse_manifest
+from medcnncad.models import LoadedModel
+from medcnncad.preprocess import build_preprocessing
+
+CHANNELS = [("NCR", 1), ("ED", 2), ("ET", 4)]
+
+
+def _two_components() -> tuple[np.ndarray, np.ndarray]:
+    """(K, J, I) labels: A = 2 voxels at i 1-2 (NCR, ET), B = 4 voxels at i 5-8 (ED, ED, ED, ET), and
+    their foreground probabilities (A: 0.95, 0.5; B: 0.9, 0.8, 0.7, 0.99)."""
+    labels = np.zeros((3, 3, 10), np.uint8)
+    fg = np.zeros(labels.shape)
+    labels[1, 1, 1:3], fg[1, 1, 1:3] = (1, 4), (0.95, 0.5)
+    labels[1, 1, 5:9], fg[1, 1, 5:9] = (2, 2, 2, 4), (0.9, 0.8, 0.7, 0.99)
+    return labels, fg
+
+
+def test_features_of_two_components_by_hand():
+    labels, fg = _two_components()
+    labelled, count = components(labels > 0)
+    x = component_features(labelled, count, labels, fg[labelled > 0], 0.001, CHANNELS)
+    assert feature_names(CHANNELS) == ("log_volume_ml", "max_probability", "mean_probability",
+                                       "high_probability_fraction", "log_volume_ratio",
+                                       "fraction:NCR", "fraction:ED", "fraction:ET")
+    np.testing.assert_allclose(x[0], [math.log(0.002), 0.95, 0.725, 0.5, math.log(0.5), 0.5, 0.0, 0.5])
+    np.testing.assert_allclose(x[1], [math.log(0.004), 0.99, 0.8475, 0.5, 0.0, 0.0, 0.75, 0.25])
+
+
+def test_no_components_no_features():
+    empty = np.zeros((3, 3, 3), np.int32)
+    assert component_features(empty, 0, empty, np.zeros(0), 0.001, CHANNELS).shape == (0, 8)
+
+
+def test_classifier_drops_candidates_below_its_threshold():
+    labels, fg = _two_components()
+    # P = sigmoid(log v - log 0.003) = v / (v + 0.003): A 0.4, B 0.571
+    classifier = LesionClassifier(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.5)
+    np.testing.assert_allclose(classifier.probability(np.log([[0.002], [0.004]])), [0.4, 0.004 / 0.007])
+    out = apply_lesion_classifier(labels.copy(), lambda m: fg[m], 0.001, CHANNELS, classifier)
+    assert not out[1, 1, 1:3].any() and (out[1, 1, 5:9] == labels[1, 1, 5:9]).all()
+    keep_all = LesionClassifier(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.39)
+    np.testing.assert_array_equal(apply_lesion_classifier(labels.copy(), lambda m: fg[m], 0.001, CHANNELS,
+                                                          keep_all), labels)
+
+
+def test_classifier_uses_the_manifest_feature_order():
+    """Features are picked by name: a classifier listing them in another order scores the same."""
+    labels, fg = _two_components()
+    a = LesionClassifier(("mean_probability", "fraction:ED"), (0.8, 0.4), (0.1, 0.5), (2.0, -1.0), 0.3, 0.5)
+    b = LesionClassifier(("fraction:ED", "mean_probability"), (0.4, 0.8), (0.5, 0.1), (-1.0, 2.0), 0.3, 0.5)
+    labelled, count = components(labels > 0)
+    x = component_features(labelled, count, labels, fg[labelled > 0], 0.001, CHANNELS)
+    # by hand, A: z = (-0.75, -0.8), logit 0.3 - 1.5 + 0.8 = -0.4; B: z = (0.475, 0.7), 0.3 + 0.95 - 0.7 = 0.55
+    np.testing.assert_allclose(a.probability(x[:, [2, 6]]), 1 / (1 + np.exp([0.4, -0.55])))
+    np.testing.assert_allclose(b.probability(x[:, [6, 2]]), a.probability(x[:, [2, 6]]))
+
+
+def _classifier_json(**changes) -> dict:
+    data = {"features": ["mean_probability"], "mean": [0.0], "scale": [1.0], "coefficients": [1.0],
+            "intercept": -0.8, "min_probability": 0.5}
+    return {**data, **changes}
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"features": ["fraction:XX"]}, r"features \['fraction:XX'\] unknown"),
+    ({"mean": [0.0, 1.0]}, "differ in length"),
+    ({"scale": [0.0]}, "lesion_classifier/scale"),
+    ({"min_probability": 2}, "lesion_classifier/min_probability"),
+])
+def test_invalid_classifiers_name_the_problem(tmp_path, changes, message):
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["lesion_classifier"] = _classifier_json(**changes)
+    with pytest.raises(ModelError, match=message):
+        parse_manifest(raw, tmp_path)
+
+
+def test_segmenter_applies_the_manifest_classifier_after_the_floors(tmp_path):
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["lesion_classifier"] = _classifier_json()
+    manifest = parse_manifest(raw, tmp_path)
+    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
+                                tmp_path), device="cpu")
+    vol = np.zeros((20, 20, 20), np.float32)
+    boxes = [(slice(2, 6),) * 3, (slice(10, 14),) * 3, (slice(2, 6), slice(12, 16), slice(2, 6))]
+    # mean probability 1.0 / 0.881 / 0.690 -> P = sigmoid(mean - 0.8) = 0.55 / 0.52 / 0.47: the last goes
+    for box, value in zip(boxes, (1.0, 0.55, 0.52)):
+        vol[box] = value
+    result = seg.run({"CT": make_image(vol)})
+    assert [bool((result.label_map[box] == 3).all()) for box in boxes] == [True, True, False]
+    assert result.label_map.sum() == 3 * 64 * 2
+    assert result.probabilities["blob"][boxes[2]].min() > 0.68  # the probability map keeps it
+
+
+def test_reports_state_the_classifier(tmp_path):
+    from medcnncad.html_report import _filter_text
+    from medcnncad.report import _lesion_filter
+
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["lesion_classifier"] = _classifier_json(description="fitted on phantoms")
+    rule = _lesion_filter(parse_manifest(raw, tmp_path))
+    assert rule["classifier"]["min_probability"] == 0.5 and rule["classifier"]["features"] == ["mean_probability"]
+    assert "second-stage lesion classifier scores at least 0.5 " in _filter_text(rule)
+    assert "classifier" not in _lesion_filter(parse_manifest(blob_manifest_dict(), tmp_path))
+
+
+def test_label_volume_floor_relabels_a_label_whose_case_total_is_small():
+    from medcnncad.inference import apply_label_volume_floors
+    from medcnncad.manifest import LabelVolumeFloor
+
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[0, 0, :] = 1
+    labels[1, 1, 1:4] = 4  # 3 voxels = 0.003 mL
+    out = apply_label_volume_floors(labels.copy(), [LabelVolumeFloor(4, 0.005, 1)], 0.001)
+    assert (out[1, 1, 1:4] == 1).all() and (out[0, 0] == 1).all() and out.sum() == 7
+    np.testing.assert_array_equal(apply_label_volume_floors(labels.copy(), [LabelVolumeFloor(4, 0.003, 1)], 0.001),
+                                  labels)  # 0.003 mL is not below 0.003 mL
+
+
+@pytest.mark.parametrize("cubes, kept", [(1, 0), (2, 2)])
+def test_segmenter_applies_label_volume_floors_to_the_case_total(tmp_path, cubes, kept):
+    """Two 64-voxel cubes (0.128 mL in all) pass a 0.1 mL floor although each one alone is below it."""
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["label_volume_floors"] = [{"value": 3, "min_ml": 0.1, "replace_with": 0}]
+    manifest = parse_manifest(raw, tmp_path)
+    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
+                                tmp_path), device="cpu")
+    vol = np.zeros((20, 20, 20), np.float32)
+    for box in [(slice(2, 6),) * 3, (slice(10, 14),) * 3][:cubes]:
+        vol[box] = 1.0
+    assert seg.run({"CT": make_image(vol)}).label_map.sum() == 3 * 64 * kept
+
+
+def test_label_volume_floors_name_unknown_labels(tmp_path):
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["label_volume_floors"] = [{"value": 3, "min_ml": 0.1, "replace_with": 7}]
+    with pytest.raises(ModelError, match=r"label_volume_floors use unknown label values \[7\]"):
+        parse_manifest(raw, tmp_path)
+
+
+def test_reports_state_the_label_volume_floors(tmp_path):
+    from medcnncad.html_report import _filter_text
+    from medcnncad.report import _lesion_filter
+
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["label_volume_floors"] = [{"value": 3, "min_ml": 0.2, "replace_with": 0}]
+    rule = _lesion_filter(parse_manifest(raw, tmp_path))
+    assert rule["label_volume_floors"] == [{"value": 3, "name": "blob", "min_ml": 0.2, "replace_with": 0,
+                                            "replace_with_name": "background"}]
+    assert _filter_text(rule).endswith(" blob is relabelled background when its total volume is below 0.2 mL.")
+
+
+def test_fit_script_writes_a_manifest_the_engine_loads(tmp_path):
+    """scripts/fit_lesion_classifier.py write: classifier JSON + threshold + label floor -> a valid manifest."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    raw = blob_manifest_dict()
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    fitted = {k: v for k, v in _classifier_json().items() if k != "min_probability"}
+    (tmp_path / "classifier.json").write_text(json.dumps(fitted))
+    subprocess.run([sys.executable, str(root / "scripts" / "fit_lesion_classifier.py"), "write", "--classifier",
+                    str(tmp_path / "classifier.json"), "--manifest", str(tmp_path / "manifest.json"),
+                    "--min-probability", "0.25", "--label-floor", "3:0.2:0", "--description", "test"], check=True)
+    post = parse_manifest(json.loads((tmp_path / "manifest.json").read_text()), tmp_path).postprocessing
+    assert post.lesion_classifier.min_probability == 0.25 and post.lesion_classifier.intercept == -0.8
+    assert post.lesion_classifier.features == ("mean_probability",) and post.lesion_classifier.description == "test"
+    assert [(f.value, f.min_ml, f.replace_with) for f in post.label_volume_floors] == [(3, 0.2, 0)]

@@ -1,0 +1,233 @@
+"""Fit the second-stage lesion classifier of a segmentation model (medcnncad/candidates.py).
+
+Three steps, each reproducible from seeds (docs/models.md has the exact commands used):
+
+  collect   segment phantoms with the model and save, per case, the label map (after the
+            model's own floors), the foreground probability and the reference (npz);
+  fit       logistic regression (scikit-learn) on the features of every candidate component of
+            the training-side cases, true = it overlaps the reference; then, on validation-side
+            cases, the lesion sensitivity, false positives per case and Dice at each threshold;
+  floors    on the same validation-side cases, after the classifier at the chosen threshold:
+            Dice and lesion sensitivity for a grid of label volume floors (e.g. ET -> NCR below x mL);
+  write     put the classifier, the chosen threshold and a label floor into the model's manifest.
+
+Collection sets are ``NAME:PRESET:INPUTS:FIRST_SEED:N``; INPUTS is ``all``, one sequence name, or
+``mixed`` (per seed: all / T1c / T1c / FLAIR / all / 2-3 random sequences, the training mix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedCNNCAD"))
+
+from medcnncad.candidates import component_features, feature_names  # noqa: E402
+from medcnncad.lesions import components  # noqa: E402
+from medcnncad.manifest import LesionClassifier  # noqa: E402
+from medcnncad.metrics import BRATS_2023, STRICT, lesion_detection  # noqa: E402
+
+SEQUENCES = ["T1", "T1c", "T2", "FLAIR"]
+REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+
+
+def _inputs(kind: str, seed: int) -> list[str]:
+    """The input sequences of case ``seed`` for an INPUTS spec."""
+    if kind == "mixed":
+        kind = ["all", "T1c", "T1c", "FLAIR", "all", "subset"][(seed // 2) % 6]
+        if kind == "subset":
+            rng = np.random.default_rng(seed)
+            return sorted(str(s) for s in rng.choice(SEQUENCES, int(rng.integers(2, 4)), replace=False))
+    return SEQUENCES if kind == "all" else [kind]
+
+
+def collect(model: str, out: Path, sets: list[str]) -> None:
+    """Segment the phantoms of each set; one npz per case (skipped when present: resumable)."""
+    import torch
+    from medcnncad.inference import Segmenter
+    from medcnncad.models import load_model
+    from medcnncad.phantom import make_phantom, preset
+
+    torch.set_num_threads(2)
+    loaded = load_model(model)  # candidates are what the floors leave, before any classifier or label floor
+    post = dataclasses.replace(loaded.manifest.postprocessing, lesion_classifier=None, label_volume_floors=())
+    manifest = dataclasses.replace(loaded.manifest, postprocessing=post)
+    segmenter = Segmenter(dataclasses.replace(loaded, manifest=manifest), "cpu")
+    for spec in sets:
+        name, preset_spec, kind, first, n = spec.split(":")
+        presets = preset_spec.split(",")
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for seed in range(int(first), int(first) + int(n)):
+            path = out / name / f"{seed}.npz"
+            if path.exists():
+                continue
+            case = make_phantom(seed, preset(presets[seed % len(presets)]))
+            result = segmenter.run({c: case.images[c] for c in _inputs(kind, seed)})
+            np.savez_compressed(path, label=result.label_map, fg=sum(result.probabilities.values()).astype(np.float16),
+                                ref=sitk.GetArrayFromImage(case.label).astype(np.uint8),
+                                spacing=np.array(case.label.GetSpacing()))
+            print(name, seed, flush=True)
+
+
+def _postprocessing(model: str):
+    from medcnncad.models import load_model
+    return load_model(model).manifest.postprocessing
+
+
+def _cases(folder: str, post):
+    """Per saved case, after the model's own floors (``post``: its postprocessing): label map,
+    reference, spacing, component map and candidate features."""
+    from medcnncad.inference import remove_small_components
+
+    channels = [(c.name, c.value) for c in post.channels if c.value]
+    for path in sorted(glob.glob(f"{folder}/*.npz")):
+        d = np.load(path)
+        fg, ref, spacing = d["fg"].astype(np.float32), d["ref"], tuple(float(s) for s in d["spacing"])
+        voxel_ml = float(np.prod(spacing)) / 1000
+        label = remove_small_components(d["label"].copy(), post.min_lesion_ml, voxel_ml, lambda m: fg[m],
+                                        post.min_lesion_probability)
+        labelled, count = components(label > 0)
+        x = component_features(labelled, count, label, fg[labelled > 0], voxel_ml, channels)
+        yield label, ref, spacing, labelled, x
+
+
+def _dice(p: np.ndarray, r: np.ndarray) -> float:
+    """Dice of boolean masks; 1 when both are empty (as ``medcnncad evaluate-phantoms`` counts it)."""
+    total = p.sum() + r.sum()
+    return 2 * float((p & r).sum()) / total if total else 1.0
+
+
+def _summary(cases, keep, floors=()) -> dict[str, float]:
+    """Over cases, after dropping the components not in ``keep`` and applying label volume ``floors``:
+    WT lesion sensitivity and FP per case (any-overlap rule), ET lesion sensitivity (BraTS 2023 rule)
+    and mean Dice per region."""
+    from medcnncad.inference import apply_label_volume_floors
+
+    agg = collections.defaultdict(list)
+    for (label, ref, spacing, labelled, _), k in zip(cases, keep):
+        out = np.where(np.concatenate([[False], k])[labelled], label, 0).astype(np.uint8)
+        apply_label_volume_floors(out, floors, float(np.prod(spacing)) / 1000)
+        wt = lesion_detection(out > 0, ref > 0, STRICT, spacing)
+        et = lesion_detection(out == 4, ref == 4, BRATS_2023, spacing)
+        for key, value in (("tp", wt.true_positive), ("n", wt.reference_lesions), ("fp", wt.false_positive),
+                           ("et_tp", et.true_positive), ("et_n", et.reference_lesions)):
+            agg[key].append(value)
+        for region, values in REGIONS.items():
+            agg[region].append(_dice(np.isin(out, values), np.isin(ref, values)))
+    return {"sensitivity": sum(agg["tp"]) / max(1, sum(agg["n"])), "fp_per_case": sum(agg["fp"]) / len(keep),
+            "et_sensitivity": sum(agg["et_tp"]) / max(1, sum(agg["et_n"])),
+            **{r: float(np.mean(agg[r])) for r in REGIONS}}
+
+
+def _line(s: dict[str, float]) -> str:
+    return (f"WT lesions: sensitivity {s['sensitivity']:.3f} FP/case {s['fp_per_case']:5.2f} | ET lesion sensitivity "
+            f"{s['et_sensitivity']:.3f} | Dice WT {s['WT']:.3f} TC {s['TC']:.3f} ET {s['ET']:.3f}")
+
+
+def fit(model: str, train: str, validation: list[str], thresholds: list[float]) -> dict:
+    """Fit on ``train``'s candidates; print the validation table; return the classifier as manifest JSON."""
+    from sklearn.linear_model import LogisticRegression
+
+    post = _postprocessing(model)
+    channels = [(c.name, c.value) for c in post.channels if c.value]
+    xs, ys = [], []
+    for label, ref, _, labelled, x in _cases(train, post):
+        hit = np.zeros(len(x) + 1, bool)
+        hit[labelled[(ref > 0) & (labelled > 0)]] = True
+        xs.append(x)
+        ys.append(hit[1:])
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit((x - mean) / scale, y)
+    names = feature_names(channels)
+    print(f"training candidates: {len(y)} ({y.sum()} true)")
+    for name, c in zip(names, lr.coef_[0]):
+        print(f"  {name:28} {c:+.3f}")
+    classifier = LesionClassifier(names, tuple(mean), tuple(scale), tuple(lr.coef_[0]), float(lr.intercept_[0]), 0.0)
+    for folder in validation:
+        cases = list(_cases(folder, post))
+        print(folder)
+        for t in [0.0, *thresholds]:
+            print(f"  t {t:4.2f} " + _line(_summary(cases, [classifier.probability(c[4]) >= t for c in cases])),
+                  flush=True)
+    return {"features": list(names), "mean": mean.tolist(), "scale": scale.tolist(),
+            "coefficients": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0])}
+
+
+def floors(model: str, classifier_json: Path, min_probability: float, validation: list[str], value: int,
+           replace_with: int, grid: list[float]) -> None:
+    """Print the validation table for label volume floors of ``value`` after the classifier."""
+    from medcnncad.manifest import LabelVolumeFloor
+
+    post = _postprocessing(model)
+    data = json.loads(classifier_json.read_text())
+    classifier = LesionClassifier(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]),
+                                  tuple(data["coefficients"]), data["intercept"], min_probability)
+    for folder in validation:
+        cases = list(_cases(folder, post))
+        keep = [classifier.probability(c[4]) >= min_probability for c in cases]
+        print(folder)
+        for min_ml in grid:
+            print(f"  label {value} -> {replace_with} below {min_ml:4.2f} mL: "
+                  + _line(_summary(cases, keep, [LabelVolumeFloor(value, min_ml, replace_with)])), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("collect")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--set", dest="sets", action="append", required=True, help="NAME:PRESET:INPUTS:FIRST_SEED:N")
+    p = sub.add_parser("fit")
+    p.add_argument("--model", required=True)
+    p.add_argument("--train", required=True, help="folder of training-side npz cases")
+    p.add_argument("--validation", nargs="+", required=True, help="folders of validation-side npz cases")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    p.add_argument("--save", type=Path, help="write the fitted classifier (JSON) here")
+    p = sub.add_parser("floors")
+    p.add_argument("--model", required=True)
+    p.add_argument("--classifier", type=Path, required=True, help="JSON from fit --save")
+    p.add_argument("--min-probability", type=float, required=True)
+    p.add_argument("--validation", nargs="+", required=True)
+    p.add_argument("--value", type=int, default=4)
+    p.add_argument("--replace-with", type=int, default=1)
+    p.add_argument("--grid", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0])
+    p = sub.add_parser("write")
+    p.add_argument("--classifier", type=Path, required=True, help="JSON from fit --save")
+    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--min-probability", type=float, required=True)
+    p.add_argument("--description", default="")
+    p.add_argument("--label-floor", help="VALUE:MIN_ML:REPLACE_WITH, e.g. 4:0.2:1")
+    args = parser.parse_args()
+    if args.command == "collect":
+        collect(args.model, args.out, args.sets)
+    elif args.command == "floors":
+        floors(args.model, args.classifier, args.min_probability, args.validation, args.value, args.replace_with,
+               args.grid)
+    elif args.command == "fit":
+        fitted = fit(args.model, args.train, args.validation, args.thresholds)
+        if args.save:
+            args.save.write_text(json.dumps(fitted, indent=2))
+    else:
+        manifest = json.loads(args.manifest.read_text())
+        manifest["postprocessing"]["lesion_classifier"] = {
+            **json.loads(args.classifier.read_text()), "min_probability": args.min_probability,
+            "description": args.description}
+        if args.label_floor:
+            value, min_ml, replace_with = args.label_floor.split(":")
+            manifest["postprocessing"]["label_volume_floors"] = [
+                {"value": int(value), "min_ml": float(min_ml), "replace_with": int(replace_with)}]
+        args.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
