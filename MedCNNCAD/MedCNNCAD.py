@@ -251,7 +251,10 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._probabilityNodes = nodes.probabilities
         self.ui.lesionTableView.setMRMLTableNode(nodes.lesion_table)
         self.ui.provenanceLabel.text = self.logic.provenanceText(nodes.segmentation)
-        self.ui.statusLabel.text = f"Done: {len(nodes.lesions)} lesions"
+        removed = len(nodes.result.removed_candidates)
+        self.ui.statusLabel.text = f"Done: {len(nodes.lesions)} lesions" + (
+            f"; {removed} candidate(s) removed by the model's post-processing (table "
+            f"'{nodes.removed_table.GetName()}'; still in the probability maps)" if removed else "")
         firstProbability = next(iter(nodes.probabilities.values()), None)
         slicer.util.setSliceViewerLayers(background=p.inputVolume0, foreground=firstProbability,
                                          foregroundOpacity=0.4)

@@ -184,3 +184,83 @@ def test_fit_script_writes_a_manifest_the_engine_loads(tmp_path):
     assert post.lesion_classifier.min_probability == 0.25 and post.lesion_classifier.intercept == -0.8
     assert post.lesion_classifier.features == ("mean_probability",) and post.lesion_classifier.description == "test"
     assert [(f.value, f.min_ml, f.replace_with) for f in post.label_volume_floors] == [(3, 0.2, 0)]
+
+
+def test_floors_record_what_they_removed():
+    from medcnncad.inference import remove_small_components
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    fg = np.full(labels.shape, 0.99, np.float32)
+    labels[1:5, 1:5, 1:5] = 2    # 64 voxels, kept
+    labels[8, 8, 8] = 1          # 1 voxel: below 0.008 mL
+    labels[6:8, 1:3, 6:8] = 1    # 8 voxels at probability 0.5: below the 0.6 floor
+    fg[6:8, 1:3, 6:8] = 0.5
+    removed = []
+    remove_small_components(labels, 0.008, 0.001, lambda m: fg[m], 0.6, removed)
+    assert [(c.stage, c.voxel_count, c.centroid_kji) for c in removed] == [
+        ("probability floor", 8, (6.5, 1.5, 6.5)), ("volume", 1, (8.0, 8.0, 8.0))]
+    assert removed[0].max_probability == 0.5 and removed[0].classifier_probability is None
+    assert removed[0].volume_ml == pytest.approx(0.008)
+
+
+def test_classifier_records_what_it_removed_with_its_score():
+    labels, fg = _two_components()
+    classifier = LesionClassifier(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.5)
+    removed = []
+    apply_lesion_classifier(labels, lambda m: fg[m], 0.001, CHANNELS, classifier, removed)
+    (a,) = removed
+    assert (a.stage, a.voxel_count, a.centroid_kji) == ("lesion classifier", 2, (1.0, 1.0, 1.5))
+    assert a.max_probability == 0.95
+    assert a.classifier_probability == pytest.approx(0.4)
+
+
+def test_removed_candidate_centre_in_lps_and_ras_mm():
+    import SimpleITK as sitk
+
+    from medcnncad.candidates import RemovedCandidate
+
+    image = sitk.Image(4, 4, 4, sitk.sitkUInt8)
+    image.SetSpacing((2.0, 3.0, 4.0))
+    image.SetOrigin((10.0, 20.0, 30.0))
+    out = RemovedCandidate("volume", 2, 0.048, None, None, (1.0, 1.0, 1.5)).to_json(image)
+    assert out["centroid_lps_mm"] == [13.0, 23.0, 34.0] and out["centroid_ras_mm"] == [-13.0, -23.0, 34.0]
+
+
+def test_reports_list_the_removed_candidates(tmp_path):
+    from medcnncad.html_report import _removed_section
+    from medcnncad.report import build_report
+
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["lesion_classifier"] = _classifier_json()
+    manifest = parse_manifest(raw, tmp_path)
+    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
+                                tmp_path), device="cpu")
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[2:6, 2:6, 2:6] = 1.0
+    vol[2:6, 12:16, 2:6] = 0.52  # probability 0.690: classifier P = sigmoid(0.690 - 0.8) = 0.4725, removed
+    report = build_report(seg.run({"CT": make_image(vol)}))
+    removed = report["removed_candidates"]
+    assert removed["count"] == 1 and removed["by_stage"] == {"lesion classifier": 1}
+    (c,) = removed["largest"]
+    assert c["voxel_count"] == 64 and c["classifier_probability"] == pytest.approx(1 / (1 + math.exp(0.11)), abs=2e-3)
+    assert c["centroid_lps_mm"] == pytest.approx([3.5, 13.5, 3.5])  # (i, j, k) centre at 1 mm spacing, origin 0
+    text = "".join(_removed_section(removed))
+    assert "1 candidate component(s) removed (1 by lesion classifier)" in text and "probability maps" in text
+    assert _removed_section({"count": 0, "by_stage": {}, "largest": []}) == []
+
+
+def test_removed_candidates_survive_the_worker_round_trip(tmp_path):
+    """The Slicer module runs the engine in a worker process: its result files carry them."""
+    from medcnncad.worker import load_result, save_result
+
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["lesion_classifier"] = _classifier_json()
+    manifest = parse_manifest(raw, tmp_path)
+    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
+                                tmp_path), device="cpu")
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[2:6, 2:6, 2:6], vol[2:6, 12:16, 2:6] = 1.0, 0.52
+    result = seg.run({"CT": make_image(vol)})
+    assert len(result.removed_candidates) == 1
+    save_result(result, tmp_path / "out")
+    assert load_result(tmp_path / "out", manifest, result.reference).removed_candidates == result.removed_candidates

@@ -215,3 +215,32 @@ def test_lesion_classes_and_uncertainty_in_the_scene(scene, tmp_path):
     uncertainty = nodes.probabilities["uncertainty"]
     np.testing.assert_allclose(slicer.util.arrayFromVolume(uncertainty), result.uncertainty)
     assert nodes.lesion_table.GetAttribute("MedCNNCAD.classifier") == "tiny-grade"
+
+
+def test_removed_candidates_table(scene, tmp_path):
+    """A classifier-removed component gets a row (its RAS centre, so jumpToLesion works on it too)."""
+    from helpers import ThresholdNet, blob_manifest_dict
+    from medcnncad.manifest import parse_manifest
+    from medcnncad.models import LoadedModel
+    from medcnncad.preprocess import build_preprocessing
+
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["lesion_classifier"] = {"features": ["mean_probability"], "mean": [0.0], "scale": [1.0],
+                                                  "coefficients": [1.0], "intercept": -0.8, "min_probability": 0.5}
+    manifest = parse_manifest(raw, tmp_path)
+    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
+                                tmp_path), device="cpu")
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[2:6, 2:6, 2:6] = 1.0
+    vol[2:6, 12:16, 2:6] = 0.52  # mean probability 0.690: classifier P 0.47 < 0.5, removed
+    image = make_image(vol)
+    result = seg.run({"CT": image})
+    nodes = sa.add_result_nodes(result, volume_from_image(image, "CT"))
+    table = nodes.removed_table.GetTable()
+    assert table.GetNumberOfRows() == 1 and table.GetValueByName(0, "removed_by").ToString() == "lesion classifier"
+    assert table.GetValueByName(0, "volume_ml").ToDouble() == pytest.approx(0.064)
+    ras = [table.GetValueByName(0, axis).ToDouble() for axis in ("R", "A", "S")]
+    assert ras == pytest.approx([-3.5, -13.5, 3.5])  # LPS (i, j, k) centre (3.5, 13.5, 3.5) at 1 mm, origin 0
+    assert nodes.removed_table.GetAttribute("MedCNNCAD.segmentation") == nodes.segmentation.GetID()
+    vol[2:6, 12:16, 2:6] = 1.0
+    assert sa.add_result_nodes(seg.run({"CT": make_image(vol)}), volume_from_image(image, "CT2")).removed_table is None

@@ -18,18 +18,56 @@ Features (``FEATURES``; ``fraction:<channel>`` for each foreground output channe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
 
 from .lesions import components
 from .manifest import LesionClassifier
 
-__all__ = ["BASE_FEATURES", "LesionClassifier", "component_features", "feature_names", "apply_lesion_classifier"]
+__all__ = ["BASE_FEATURES", "LesionClassifier", "RemovedCandidate", "component_features", "feature_names",
+           "apply_lesion_classifier", "removed_candidates"]
 
 BASE_FEATURES = ("log_volume_ml", "max_probability", "mean_probability", "high_probability_fraction",
                  "log_volume_ratio")
 HIGH_PROBABILITY = 0.9
+
+
+@dataclass(frozen=True)
+class RemovedCandidate:
+    """A foreground component that post-processing removed from the label map (the probability maps
+    keep it). ``stage``: ``volume``, ``probability floor`` or ``lesion classifier``; ``centroid_kji``:
+    voxel indices (K, J, I) of its centre; probabilities are foreground probabilities in [0, 1]."""
+
+    stage: str
+    voxel_count: int
+    volume_ml: float
+    max_probability: float | None
+    classifier_probability: float | None
+    centroid_kji: tuple[float, float, float]
+
+    def to_json(self, image: sitk.Image) -> dict:
+        """JSON with the centre in LPS and RAS millimetres of ``image``'s grid."""
+        lps = image.TransformContinuousIndexToPhysicalPoint([float(c) for c in self.centroid_kji[::-1]])
+        return {"stage": self.stage, "voxel_count": self.voxel_count, "volume_ml": self.volume_ml,
+                "max_probability": self.max_probability, "classifier_probability": self.classifier_probability,
+                "centroid_lps_mm": list(lps), "centroid_ras_mm": [-lps[0], -lps[1], lps[2]]}
+
+
+def removed_candidates(labelled: np.ndarray, ids: np.ndarray, stages: Sequence[str], sizes: np.ndarray,
+                       voxel_ml: float, peaks: np.ndarray | None, scores: np.ndarray | None) -> list[RemovedCandidate]:
+    """:class:`RemovedCandidate` records of components ``ids`` of ``labelled`` (K, J, I); ``sizes``,
+    ``peaks`` and ``scores`` are indexed by component id."""
+    if not len(ids):
+        return []
+    centres = ndimage.center_of_mass(labelled > 0, labelled, ids)
+    return [RemovedCandidate(stage, int(sizes[i]), float(sizes[i] * voxel_ml),
+                             None if peaks is None else float(peaks[i]), None if scores is None else float(scores[i]),
+                             tuple(float(c) for c in centre))
+            for i, stage, centre in zip(ids, stages, centres)]
 
 
 def feature_names(channels: Sequence[tuple[str, int]]) -> tuple[str, ...]:
@@ -61,15 +99,22 @@ def component_features(labelled: np.ndarray, count: int, label_map: np.ndarray, 
 
 
 def apply_lesion_classifier(label_map: np.ndarray, foreground_at: Callable[[np.ndarray], np.ndarray],
-                            voxel_ml: float, channels: Sequence[tuple[str, int]],
-                            classifier: LesionClassifier) -> np.ndarray:
+                            voxel_ml: float, channels: Sequence[tuple[str, int]], classifier: LesionClassifier,
+                            removed: list[RemovedCandidate] | None = None) -> np.ndarray:
     """Zero the components of a (K, J, I) label map that ``classifier`` scores below its threshold
-    (in place; returned). ``foreground_at(mask)``: foreground probability at a mask's voxels."""
+    (in place; returned). ``foreground_at(mask)``: foreground probability at a mask's voxels;
+    ``removed``: when given, a :class:`RemovedCandidate` per removed component is appended."""
     labelled, count = components(label_map > 0)
     if not count:
         return label_map
     x = component_features(labelled, count, label_map, foreground_at(labelled > 0), voxel_ml, channels)
     order = [feature_names(channels).index(name) for name in classifier.features]
-    drop = np.concatenate([[False], classifier.probability(x[:, order]) < classifier.min_probability])
+    score = np.concatenate([[1.0], classifier.probability(x[:, order])])
+    drop = score < classifier.min_probability
+    if removed is not None and drop.any():
+        ids = np.flatnonzero(drop)
+        sizes = np.bincount(labelled[labelled > 0], minlength=count + 1)
+        removed += removed_candidates(labelled, ids, ["lesion classifier"] * len(ids), sizes, voxel_ml,
+                                      np.concatenate([[0.0], x[:, 1]]), score)
     label_map[drop[labelled]] = 0
     return label_map

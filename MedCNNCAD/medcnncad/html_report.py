@@ -158,6 +158,7 @@ def case_report(case_dir: str | Path) -> Path:
           les["max_probability"], *les["centroid_ras_mm"]) for les in report["lesions"]])]
     if "lesion_filter" in report:
         body.append(f"<p class='small'>{html.escape(_filter_text(report['lesion_filter']))}</p>")
+    body += _removed_section(report.get("removed_candidates"))
     body += _classification_section(report)
     if "metrics" in report:
         keys = ["dice", "jaccard", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "volume_diff_ml"]
@@ -296,6 +297,20 @@ def _filter_text(lesion_filter: dict) -> str:
     return (f"Shown: components of at least {lesion_filter['min_volume_ml']:g} mL whose largest foreground "
             f"probability is at least {lesion_filter['min_max_probability']:g}{second} (model post-processing); "
             "smaller or less certain ones remain visible in the probability maps." + _floors_text(lesion_filter))
+
+
+def _removed_section(removed: dict | None) -> list[str]:
+    """A sentence and a table on the candidates post-processing removed (nothing when none were)."""
+    if not removed or not removed["count"]:
+        return []
+    stages = ", ".join(f"{n} by {stage}" for stage, n in removed["by_stage"].items())
+    shown = len(removed["largest"])
+    rows = [(c["stage"], c["volume_ml"], c["max_probability"], c["classifier_probability"], *c["centroid_ras_mm"])
+            for c in removed["largest"]]
+    return [f"<h3>Candidates removed by post-processing</h3><p class='small'>{removed['count']} candidate "
+            f"component(s) removed ({html.escape(stages)}); the {shown} largest are listed. They remain visible in "
+            "the probability maps: look there before ruling a finding out.</p>",
+            _table(["removed by", "volume mL", "max P", "classifier P", "R", "A", "S"], rows)]
 
 
 def _floors_text(lesion_filter: dict) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .candidates import apply_lesion_classifier
+from .candidates import RemovedCandidate, apply_lesion_classifier, removed_candidates
 from .errors import InputError
 from .io import check_finite, geometry_text, read_volume, same_space
 from .lesions import Lesion, components, find_lesions
@@ -77,6 +77,8 @@ class SegmentationResult:
         tta_passes: number of network passes per window (1 without test-time augmentation).
         classification: lesion-classifier summary (model, case probability, rule) when a
             classifier ran (:func:`medcnncad.classify.attach_classification`).
+        removed_candidates: the foreground components post-processing removed from the label
+            map (volume, probability floor, lesion classifier); the probability maps keep them.
     """
 
     label_map: np.ndarray
@@ -92,6 +94,7 @@ class SegmentationResult:
     uncertainty: np.ndarray | None = None
     tta_passes: int = 1
     classification: dict | None = None
+    removed_candidates: list[RemovedCandidate] = field(default_factory=list)
 
     def label_image(self) -> sitk.Image:
         """The label map as a SimpleITK image on the reference grid."""
@@ -124,11 +127,13 @@ TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (2,), (3,))
 
 def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: float,
                             foreground_at: Callable[[np.ndarray], np.ndarray] | None = None,
-                            min_probability: float = 0.0) -> np.ndarray:
+                            min_probability: float = 0.0,
+                            removed: list[RemovedCandidate] | None = None) -> np.ndarray:
     """Zero the 26-connected foreground components of a (K, J, I) label map that are smaller
     than ``min_ml`` or whose largest foreground probability is below ``min_probability``
     (in place; returned). ``foreground_at(mask)`` gives the foreground probability at the
-    voxels of a boolean (K, J, I) mask, in C order."""
+    voxels of a boolean (K, J, I) mask, in C order. ``removed``: when given, a
+    :class:`~medcnncad.candidates.RemovedCandidate` per removed component is appended."""
     by_probability = min_probability > 0 and foreground_at is not None
     if min_ml <= 0 and not by_probability:
         return label_map
@@ -139,13 +144,19 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     sizes = np.zeros(count + 1, np.int64)
     for k in range(0, labelled.shape[0], rows):
         sizes += np.bincount(labelled[k:k + rows].ravel(), minlength=count + 1)
-    drop = sizes * voxel_ml < min_ml
+    small = sizes * voxel_ml < min_ml
+    drop = small.copy()
+    peak = None
     if by_probability:
         inside = labelled > 0
         peak = np.zeros(count + 1, np.float32)
         np.maximum.at(peak, labelled[inside], foreground_at(inside))  # type: ignore[misc]
         drop |= peak < min_probability
     drop[0] = False
+    if removed is not None:
+        ids = np.flatnonzero(drop)
+        stages = ["volume" if small[i] else "probability floor" for i in ids]
+        removed += removed_candidates(labelled, ids, stages, sizes, voxel_ml, peak, None)
     for k in range(0, labelled.shape[0], rows):
         label_map[k:k + rows][drop[labelled[k:k + rows]]] = 0
     return label_map
@@ -520,10 +531,13 @@ class Segmenter:
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         post = self.manifest.postprocessing
         foreground_at = foreground_probability_at(probs, self.manifest)
-        remove_small_components(label_map, post.min_lesion_ml, voxel_ml, foreground_at, post.min_lesion_probability)
+        removed: list[RemovedCandidate] = []
+        remove_small_components(label_map, post.min_lesion_ml, voxel_ml, foreground_at, post.min_lesion_probability,
+                                removed)
         if post.lesion_classifier is not None:
             apply_lesion_classifier(label_map, foreground_at, voxel_ml,
-                                    [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_classifier)
+                                    [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_classifier,
+                                    removed)
         apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
@@ -535,7 +549,8 @@ class Segmenter:
         progress("done", 1.0)
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(self.device),
-                                  timings, missing, warnings, given, uncertainty, len(flips))
+                                  timings, missing, warnings, given, uncertainty, len(flips),
+                                  removed_candidates=removed)
 
 
 _SEGMENTERS: dict[tuple[str, str, bool], Segmenter] = {}

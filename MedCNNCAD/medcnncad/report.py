@@ -81,6 +81,7 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         "regions": [{"name": r.name, "labels": list(r.labels)} for r in m.regions],
         "lesions": [lesion.to_json() for lesion in result.lesions],
         "lesion_filter": _lesion_filter(m),
+        "removed_candidates": _removed_candidates(result),
         "lesion_detection_rule": DETECTION_RULE,
         "lesion_detection_rule_brats2023": BRATS_2023.description,
         "outputs": dict(outputs or {}),
@@ -121,6 +122,22 @@ def _label_floors(manifest: Any) -> dict[str, Any]:
                                     for f in floors],
             "label_volume_floors_rule": "last, when a case's total volume of label value is below min_ml, those "
                                         "voxels are relabelled replace_with"}
+
+
+REMOVED_LISTED = 10
+
+
+def _removed_candidates(result: Any) -> dict[str, Any]:
+    """What post-processing removed from the label map: counts per stage and the largest
+    :data:`REMOVED_LISTED` components, centres in LPS and RAS mm."""
+    removed = sorted(result.removed_candidates, key=lambda c: -c.volume_ml)
+    by_stage: dict[str, int] = {}
+    for candidate in removed:
+        by_stage[candidate.stage] = by_stage.get(candidate.stage, 0) + 1
+    return {"count": len(removed), "by_stage": by_stage,
+            "largest": [c.to_json(result.reference) for c in removed[:REMOVED_LISTED]],
+            "note": "removed from the label map and the lesion list by the model's post-processing (lesion_filter); "
+                    "still visible in the probability maps"}
 
 
 def _classifier_filter(classifier: Any) -> dict[str, Any]:

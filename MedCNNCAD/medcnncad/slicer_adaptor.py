@@ -227,6 +227,20 @@ def add_lesion_table(lesions: Sequence[Lesion], name: str = "MedCNNCAD lesions")
     return _table(name, columns, rows)
 
 
+def add_removed_table(result: SegmentationResult, name: str = "MedCNNCAD removed candidates") -> Any:
+    """A table node, one row per component the model's post-processing removed from the label map
+    (stage, volume mL, largest foreground probability, classifier probability, RAS centre in mm):
+    still visible in the probability maps, for the reader to check."""
+    columns = [("removed_by", "string"), ("volume_ml", "double"), ("max_probability", "double"),
+               ("classifier_probability", "double"), ("R", "double"), ("A", "double"), ("S", "double")]
+    rows = []
+    for candidate in sorted(result.removed_candidates, key=lambda c: -c.volume_ml):
+        c = candidate.to_json(result.reference)
+        rows.append([c["stage"], c["volume_ml"], c["max_probability"], c["classifier_probability"],
+                     *c["centroid_ras_mm"]])
+    return _table(name, columns, rows)
+
+
 _METRIC_COLUMNS = ("dice", "jaccard", "precision", "recall", "specificity", "accuracy", "f1", "hd95_mm",
                    "assd_mm", "volume_diff_ml")
 
@@ -273,6 +287,7 @@ class ResultNodes:
     probabilities: dict[str, Any]
     lesion_table: Any
     result: SegmentationResult
+    removed_table: Any = None  # components post-processing removed; None when it removed none
 
     @property
     def lesions(self) -> list[Lesion]:
@@ -295,9 +310,10 @@ def add_result_nodes(result: SegmentationResult, reference_volume: Any, with_pro
         if result.classification:
             table.SetAttribute(PROVENANCE_PREFIX + "classifier", result.classification["model"]["id"])
             table.SetAttribute(PROVENANCE_PREFIX + "caseRule", result.classification["case"]["rule"])
-        for node in (*probs.values(), table):
+        removed = add_removed_table(result) if result.removed_candidates else None
+        for node in (*probs.values(), table, *([removed] if removed else [])):
             node.SetAttribute(PROVENANCE_PREFIX + "segmentation", seg.GetID())
-    return ResultNodes(seg, probs, table, result)
+    return ResultNodes(seg, probs, table, result, removed)
 
 
 # -- reference comparison -----------------------------------------------------------------

@@ -35,6 +35,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError, MedCNNCADError
+from .candidates import RemovedCandidate
 from .inference import SegmentationResult
 from .lesions import Lesion
 
@@ -54,7 +55,8 @@ def save_result(result: SegmentationResult, out: Path) -> None:
     meta = {"tta_passes": result.tta_passes, "classification": result.classification,
             "model": result.manifest.id, "weights_sha256": result.manifest.weights_sha256, "device": result.device,
             "timings": result.timings, "missing_channels": result.missing_channels, "warnings": result.warnings,
-            "channels": list(result.probabilities), "lesions": [asdict(les) for les in result.lesions]}
+            "channels": list(result.probabilities), "lesions": [asdict(les) for les in result.lesions],
+            "removed_candidates": [asdict(c) for c in result.removed_candidates]}
     (out / "result.json").write_text(json.dumps(meta))
 
 
@@ -73,7 +75,10 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
                               reference if reference is not None else labels, lesions, manifest, meta["device"],
                               meta["timings"], meta["missing_channels"], meta["warnings"],
                               uncertainty=uncertainty, tta_passes=meta.get("tta_passes", 1),
-                              classification=meta.get("classification"))
+                              classification=meta.get("classification"),
+                              removed_candidates=[RemovedCandidate(**{k: tuple(v) if isinstance(v, list) else v
+                                                                      for k, v in c.items()})
+                                                  for c in meta.get("removed_candidates", [])])
 
 
 class _Server:
