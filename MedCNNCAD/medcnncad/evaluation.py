@@ -17,12 +17,13 @@ __all__ = ["evaluate_on_phantoms", "format_table"]
 
 def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_000,
                          device: str = "auto", preset: str = "classic",
-                         channels: list[str] | None = None) -> dict[str, Any]:
+                         channels: list[str] | None = None, tta: bool = False) -> dict[str, Any]:
     """Segment ``n_cases`` phantoms (seeds ``seed_base`` ..., generator ``preset``) and summarise.
 
     ``channels`` restricts the sequences given to the model (the others are absent, e.g.
     ``["T1c"]`` for a post-contrast-only exam); Dice of a structure absent from both the
-    reference and the prediction counts as 1 (tumor-free cases).
+    reference and the prediction counts as 1 (tumor-free cases). ``tta``: average the
+    test-time augmentation passes (:data:`medcnncad.inference.TTA_FLIPS`, 4x the network time).
     """
     from tqdm import tqdm
 
@@ -46,14 +47,14 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
     for seed in tqdm(range(seed_base, seed_base + n_cases), desc="phantoms", unit="case"):
         case = make_phantom(seed, config)
         t0 = time.perf_counter()
-        result = segmenter.run({name: case.images[name] for name in given})
+        result = segmenter.run({name: case.images[name] for name in given}, tta=tta)
         seconds.append(time.perf_counter() - t0)
         metrics = compute_metrics(result.label_map, sitk.GetArrayFromImage(case.label), case.label.GetSpacing(),
                                   structures)
         per_case.append({"seed": seed, "grade": case.grade, "abnormality_probability": case_probability(result),
                          **{k: v.to_json() for k, v in metrics.items()}})
     summary: dict[str, Any] = {"model": manifest.id, "version": manifest.version, "cases": n_cases,
-                               "preset": preset, "channels": given,
+                               "preset": preset, "channels": given, "tta": tta,
                                "tumor_free_cases": sum(c["grade"] == "none" for c in per_case),
                                "seeds": [seed_base, seed_base + n_cases - 1],
                                "seconds_per_case_median": float(np.median(seconds)), "structures": {}}

@@ -1,0 +1,55 @@
+"""medcnncad evaluate-phantoms: the summary agrees with its own cases and with an independent run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medcnncad.evaluation import evaluate_on_phantoms
+
+
+@pytest.fixture(scope="module")
+def summary():
+    return evaluate_on_phantoms("brats-demo-unet", n_cases=2, seed_base=900_000, device="cpu")
+
+
+def test_summary_pools_its_cases(summary):
+    assert summary["seeds"] == [900_000, 900_001] and summary["tta"] is False and len(summary["per_case"]) == 2
+    for name in ("WT", "TC", "ET"):
+        cases = [c[name] for c in summary["per_case"] if c[name]["lesions"]["reference_lesions"] > 0]
+        s = summary["structures"][name]
+        assert s["cases_with_structure"] == len(cases)
+        assert s["dice_mean"] == pytest.approx(np.mean([c["dice"] for c in cases]))
+        detected = sum(c[name]["lesions"]["true_positive"] for c in summary["per_case"])
+        reference = sum(c[name]["lesions"]["reference_lesions"] for c in summary["per_case"])
+        assert s["lesion_sensitivity"] == pytest.approx(detected / reference)
+
+
+def test_case_dice_equals_an_independent_run(summary):
+    """Seed 900000 segmented again outside the evaluation; Dice by numpy from the label maps."""
+    from medcnncad.inference import Segmenter
+    from medcnncad.models import load_model
+    from medcnncad.phantom import make_phantom, preset
+
+    case = make_phantom(900_000, preset("classic"))
+    labels = Segmenter(load_model("brats-demo-unet"), "cpu").run(case.images).label_map
+    ref = sitk.GetArrayFromImage(case.label)
+    for name, values in (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))):
+        p, r = np.isin(labels, values), np.isin(ref, values)
+        assert summary["per_case"][0][name]["dice"] == pytest.approx(2 * (p & r).sum() / (p.sum() + r.sum()))
+
+
+def test_tta_reaches_the_segmenter(monkeypatch):
+    from medcnncad import inference
+
+    seen = []
+    run = inference.Segmenter.run
+
+    def spy(self, inputs, progress=None, tta=False):
+        seen.append(tta)
+        return run(self, inputs, progress, tta=False)  # the flag is what is tested, not the 4x network time
+
+    monkeypatch.setattr(inference.Segmenter, "run", spy)
+    assert evaluate_on_phantoms("brats-demo-unet", n_cases=1, device="cpu", tta=True)["tta"] is True
+    assert seen == [True]
