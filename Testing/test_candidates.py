@@ -143,7 +143,11 @@ def test_segmenter_applies_label_volume_floors_to_the_case_total(tmp_path, cubes
     vol = np.zeros((20, 20, 20), np.float32)
     for box in [(slice(2, 6),) * 3, (slice(10, 14),) * 3][:cubes]:
         vol[box] = 1.0
-    assert seg.run({"CT": make_image(vol)}).label_map.sum() == 3 * 64 * kept
+    result = seg.run({"CT": make_image(vol)})
+    assert result.label_map.sum() == 3 * 64 * kept
+    relabelled = [w for w in result.warnings if "label_volume_floors" in w]
+    assert relabelled == ([] if kept else ["blob totalled 0.064 mL (< 0.1 mL): relabelled background "
+                                           "(model post-processing, label_volume_floors)"])
 
 
 def test_label_volume_floors_name_unknown_labels(tmp_path):

@@ -162,13 +162,18 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     return label_map
 
 
-def apply_label_volume_floors(label_map: np.ndarray, floors: Sequence[LabelVolumeFloor], voxel_ml: float) -> np.ndarray:
+def apply_label_volume_floors(label_map: np.ndarray, floors: Sequence[LabelVolumeFloor], voxel_ml: float,
+                              applied: list[tuple[LabelVolumeFloor, float]] | None = None) -> np.ndarray:
     """Relabel each floor's ``value`` as ``replace_with`` where its total volume in the (K, J, I) label
-    map is below ``min_ml`` (in place; returned). ``voxel_ml``: one voxel's volume in mL."""
+    map is below ``min_ml`` (in place; returned). ``voxel_ml``: one voxel's volume in mL;
+    ``applied``: when given, ``(floor, volume_ml)`` is appended for each floor that relabelled voxels."""
     for floor in floors:
         mask = label_map == floor.value
-        if 0 < mask.sum() * voxel_ml < floor.min_ml:
+        volume_ml = float(mask.sum()) * voxel_ml
+        if 0 < volume_ml < floor.min_ml:
             label_map[mask] = floor.replace_with
+            if applied is not None:
+                applied.append((floor, volume_ml))
     return label_map
 
 
@@ -538,7 +543,11 @@ class Segmenter:
             apply_lesion_classifier(label_map, foreground_at, voxel_ml,
                                     [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_classifier,
                                     removed)
-        apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml)
+        applied: list[tuple[LabelVolumeFloor, float]] = []
+        apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml, applied)
+        names = {0: "background", **{x.value: x.name for x in self.manifest.labels}}
+        warnings += [f"{names[f.value]} totalled {ml:.3f} mL (< {f.min_ml:g} mL): relabelled {names[f.replace_with]} "
+                     "(model post-processing, label_volume_floors)" for f, ml in applied]
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0
