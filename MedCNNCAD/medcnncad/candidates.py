@@ -7,7 +7,7 @@ the classifier is a logistic regression on a few features of each component, all
 the label map and the foreground probability, so it works whatever input sequences are present.
 Its coefficients live in the model manifest (``postprocessing.lesion_classifier``).
 
-Features (``FEATURES``; ``fraction:<channel>`` for each foreground output channel of the manifest):
+Features (:data:`BASE_FEATURES`, then ``fraction:<channel>`` for each foreground output channel of the manifest):
 
 - ``log_volume_ml``: natural log of the component's volume in mL;
 - ``max_probability`` / ``mean_probability``: largest / mean foreground probability inside it;

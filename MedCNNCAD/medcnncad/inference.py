@@ -488,6 +488,27 @@ class Segmenter:
         spread = (m2 / len(flips)).clamp_min(0.0).sqrt()
         return (total / len(flips)).to(self.probability_dtype), spread
 
+    def _postprocess(self, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
+                     warnings: list[str]) -> list[RemovedCandidate]:
+        """The manifest's post-processing of a (K, J, I) label map, in place: volume and probability
+        floors, the lesion classifier, then label volume floors (a warning for each that fires).
+        ``probs``: (C, K, J, I) output probabilities; ``voxel_ml`` in mL. Returns what was removed."""
+        post = self.manifest.postprocessing
+        foreground_at = foreground_probability_at(probs, self.manifest)
+        removed: list[RemovedCandidate] = []
+        remove_small_components(label_map, post.min_lesion_ml, voxel_ml, foreground_at, post.min_lesion_probability,
+                                removed)
+        if post.lesion_classifier is not None:
+            apply_lesion_classifier(label_map, foreground_at, voxel_ml,
+                                    [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_classifier,
+                                    removed)
+        applied: list[tuple[LabelVolumeFloor, float]] = []
+        apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml, applied)
+        names = {0: "background", **{x.value: x.name for x in self.manifest.labels}}
+        warnings += [f"{names[f.value]} totalled {ml:.3f} mL (< {f.min_ml:g} mL): relabelled {names[f.replace_with]} "
+                     "(model post-processing, label_volume_floors)" for f, ml in applied]
+        return removed
+
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,
             tta: bool | Sequence[tuple[int, ...]] = False) -> SegmentationResult:
@@ -534,20 +555,7 @@ class Segmenter:
                 uncertainty = self._to_input_grid(spread[None], affine, images[0], raw=True)[0]
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
-        post = self.manifest.postprocessing
-        foreground_at = foreground_probability_at(probs, self.manifest)
-        removed: list[RemovedCandidate] = []
-        remove_small_components(label_map, post.min_lesion_ml, voxel_ml, foreground_at, post.min_lesion_probability,
-                                removed)
-        if post.lesion_classifier is not None:
-            apply_lesion_classifier(label_map, foreground_at, voxel_ml,
-                                    [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_classifier,
-                                    removed)
-        applied: list[tuple[LabelVolumeFloor, float]] = []
-        apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml, applied)
-        names = {0: "background", **{x.value: x.name for x in self.manifest.labels}}
-        warnings += [f"{names[f.value]} totalled {ml:.3f} mL (< {f.min_ml:g} mL): relabelled {names[f.replace_with]} "
-                     "(model post-processing, label_volume_floors)" for f, ml in applied]
+        removed = self._postprocess(label_map, probs, voxel_ml, warnings)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0

@@ -34,8 +34,8 @@ from typing import Any, Callable, Mapping, TextIO
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, MedCNNCADError
 from .candidates import RemovedCandidate
+from .errors import InputError, MedCNNCADError
 from .inference import SegmentationResult
 from .lesions import Lesion
 
