@@ -268,3 +268,47 @@ def test_removed_candidates_survive_the_worker_round_trip(tmp_path):
     assert len(result.removed_candidates) == 1
     save_result(result, tmp_path / "out")
     assert load_result(tmp_path / "out", manifest, result.reference).removed_candidates == result.removed_candidates
+
+
+def _scattered(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random blobs (labels 1, 2, 4) away from the borders of a 40^3 grid, and probabilities."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    blobs = ndimage.gaussian_filter(rng.random((40, 40, 40)), 1.5) > 0.55
+    blobs[:5], blobs[:, :3], blobs[..., 30:] = False, False, False  # a box smaller than the grid
+    labels = np.where(blobs, rng.choice(np.array([1, 2, 4], np.uint8), blobs.shape), 0).astype(np.uint8)
+    return labels, rng.random(labels.shape)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_boxed_post_processing_equals_the_whole_grid(seed):
+    """Components labelled inside the occupied box: same result as scipy on the whole grid."""
+    from scipy import ndimage
+
+    from medcnncad.inference import remove_small_components
+    from medcnncad.lesions import boxed_components
+
+    labels, fg = _scattered(seed)
+    whole, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+    box, boxed, boxed_count = boxed_components(labels)
+    assert boxed_count == count > 5
+    np.testing.assert_array_equal(boxed, whole[box])
+    assert not whole[tuple(slice(0, s.start) for s in box)].any()
+    # reference, whole grid: drop < 6 voxels or peak < 0.9; then the classifier on mean probability
+    sizes = np.bincount(whole.ravel())
+    peaks = ndimage.maximum(fg, whole, np.arange(count + 1))
+    keep = (sizes >= 6) & (peaks >= 0.9)
+    keep[0] = False
+    expected = np.where(keep[whole], labels, 0)
+    removed = []
+    out = remove_small_components(labels.copy(), 0.006, 0.001, lambda m: fg[m], 0.9, removed)
+    np.testing.assert_array_equal(out, expected)
+    centres = ndimage.center_of_mass(whole > 0, whole, np.flatnonzero(~keep[1:]) + 1)
+    np.testing.assert_allclose([c.centroid_kji for c in removed], centres)
+    classifier = LesionClassifier(("mean_probability",), (0.0,), (1.0,), (10.0,), -5.0, 0.5)  # keeps mean >= 0.5
+    whole2, count2 = ndimage.label(expected > 0, structure=np.ones((3, 3, 3)))
+    means = ndimage.mean(fg, whole2, np.arange(1, count2 + 1))
+    expected2 = np.where(np.concatenate([[False], means >= 0.5])[whole2], expected, 0)
+    np.testing.assert_array_equal(apply_lesion_classifier(out, lambda m: fg[m], 0.001, CHANNELS, classifier),
+                                  expected2)

@@ -7,6 +7,7 @@ ratios are printed. ``make bench`` runs all; results are tabled in docs/performa
     python scripts/bench.py policy
     python scripts/bench.py memory        # 512 x 512 x 600 CT, peak RSS, engine vs MONAI (subprocesses)
     python scripts/bench.py worker [--repeats 3]
+    python scripts/bench.py lesion-filter [--repeats 5]
 """
 
 from __future__ import annotations
@@ -427,9 +428,65 @@ def bench_policy() -> None:
     print(f"  chosen: {report['chosen']}")
 
 
+def _whole_grid_filter(label_map: np.ndarray, fg: np.ndarray, post, channels, voxel_ml: float) -> np.ndarray:
+    """Reference: the 2.4.0 post-processing with scipy labelling and measuring on the whole grid."""
+    from scipy import ndimage
+
+    from medcnncad.candidates import component_features
+
+    out = label_map.copy()
+    labelled, count = ndimage.label(out > 0, structure=np.ones((3, 3, 3)))
+    index = np.arange(count + 1)
+    keep = (np.bincount(labelled.ravel(), minlength=count + 1) * voxel_ml >= post.min_lesion_ml) & \
+        (ndimage.maximum(fg, labelled, index) >= post.min_lesion_probability)
+    keep[0] = False
+    out[~keep[labelled]] = 0
+    labelled, count = ndimage.label(out > 0, structure=np.ones((3, 3, 3)))
+    x = component_features(labelled, count, out, fg[labelled > 0], voxel_ml, channels)
+    keep = np.concatenate([[False], post.lesion_classifier.probability(x) >= post.lesion_classifier.min_probability])
+    out[~keep[labelled]] = 0
+    return out
+
+
+def bench_lesion_filter(repeats: int) -> None:
+    """brats-robust-unet's floors + lesion classifier, boxed (the engine) vs on the whole grid (scipy)."""
+    import dataclasses
+
+    from medcnncad.candidates import apply_lesion_classifier
+    from medcnncad.inference import Segmenter, remove_small_components
+    from medcnncad.models import load_model
+    from medcnncad.phantom import make_phantom, preset
+
+    loaded = load_model("brats-robust-unet")
+    post = loaded.manifest.postprocessing
+    raw = dataclasses.replace(post, min_lesion_ml=0.0, min_lesion_probability=0.0, lesion_classifier=None,
+                              label_volume_floors=())
+    case = make_phantom(900_000, preset("heldout"))
+    result = Segmenter(dataclasses.replace(loaded, manifest=dataclasses.replace(loaded.manifest, postprocessing=raw)),
+                       "cpu").run(case.images)
+    fg = sum(result.probabilities.values()).astype(np.float32)
+    voxel_ml = float(np.prod(case.label.GetSpacing())) / 1000
+    channels = [(c.name, c.value) for c in post.channels if c.value]
+
+    def engine():
+        out = remove_small_components(result.label_map.copy(), post.min_lesion_ml, voxel_ml, lambda m: fg[m],
+                                      post.min_lesion_probability)
+        return apply_lesion_classifier(out, lambda m: fg[m], voxel_ml, channels, post.lesion_classifier)
+
+    t_engine, ours = _median_time(engine, repeats)
+    t_whole, reference = _median_time(lambda: _whole_grid_filter(result.label_map, fg, post, channels, voxel_ml),
+                                      repeats)
+    print(f"lesion filter of brats-robust-unet {loaded.manifest.version} (floors + classifier) on heldout phantom "
+          f"900000, grid {result.label_map.shape[::-1]}, median of {repeats}:")
+    print(f"  engine (components labelled in the occupied box): {t_engine * 1000:.0f} ms")
+    print(f"  whole grid (scipy labelling and measuring):       {t_whole * 1000:.0f} ms")
+    print(f"  ratio {t_whole / t_engine:.1f}x; label maps equal: {bool(np.array_equal(ours, reference))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "policy", "memory", "worker", "all",
+                                         "lesion-filter",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -447,6 +504,8 @@ def main() -> None:
         bench_metrics(args.repeats)
     if args.what in ("case", "all"):
         bench_case(max(1, args.repeats // 2 + 1))
+    if args.what in ("lesion-filter", "all"):
+        bench_lesion_filter(args.repeats)
     if args.what in ("policy", "all"):
         bench_policy()
     if args.what in ("worker", "all"):

@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .lesions import components
+from .lesions import boxed_components, mask_from_box
 from .manifest import LesionClassifier
 
 __all__ = ["BASE_FEATURES", "LesionClassifier", "RemovedCandidate", "component_features", "feature_names",
@@ -58,15 +58,17 @@ class RemovedCandidate:
 
 
 def removed_candidates(labelled: np.ndarray, ids: np.ndarray, stages: Sequence[str], sizes: np.ndarray,
-                       voxel_ml: float, peaks: np.ndarray | None, scores: np.ndarray | None) -> list[RemovedCandidate]:
-    """:class:`RemovedCandidate` records of components ``ids`` of ``labelled`` (K, J, I); ``sizes``,
-    ``peaks`` and ``scores`` are indexed by component id."""
+                       voxel_ml: float, peaks: np.ndarray | None, scores: np.ndarray | None,
+                       box: tuple[slice, ...] | None = None) -> list[RemovedCandidate]:
+    """:class:`RemovedCandidate` records of components ``ids`` of ``labelled`` (K, J, I), which covers
+    ``box`` of the label map (``None``: all of it); ``sizes``, ``peaks`` and ``scores`` are indexed by id."""
     if not len(ids):
         return []
+    offset = np.array([s.start for s in box] if box else [0, 0, 0], float)
     centres = ndimage.center_of_mass(labelled > 0, labelled, ids)
     return [RemovedCandidate(stage, int(sizes[i]), float(sizes[i] * voxel_ml),
                              None if peaks is None else float(peaks[i]), None if scores is None else float(scores[i]),
-                             tuple(float(c) for c in centre))
+                             tuple(float(c) for c in np.asarray(centre) + offset))
             for i, stage, centre in zip(ids, stages, centres)]
 
 
@@ -104,17 +106,21 @@ def apply_lesion_classifier(label_map: np.ndarray, foreground_at: Callable[[np.n
     """Zero the components of a (K, J, I) label map that ``classifier`` scores below its threshold
     (in place; returned). ``foreground_at(mask)``: foreground probability at a mask's voxels;
     ``removed``: when given, a :class:`RemovedCandidate` per removed component is appended."""
-    labelled, count = components(label_map > 0)
-    if not count:
+    found = boxed_components(label_map)
+    if found is None:
         return label_map
-    x = component_features(labelled, count, label_map, foreground_at(labelled > 0), voxel_ml, channels)
+    box, labelled, count = found  # labelled inside the occupied box only: same components, less work
+    inner = label_map[box]  # a view: zeroing it zeroes the label map
+    inside = labelled > 0
+    x = component_features(labelled, count, inner, foreground_at(mask_from_box(label_map.shape, box, inside)),
+                           voxel_ml, channels)
     order = [feature_names(channels).index(name) for name in classifier.features]
     score = np.concatenate([[1.0], classifier.probability(x[:, order])])
     drop = score < classifier.min_probability
     if removed is not None and drop.any():
         ids = np.flatnonzero(drop)
-        sizes = np.bincount(labelled[labelled > 0], minlength=count + 1)
+        sizes = np.bincount(labelled[inside], minlength=count + 1)
         removed += removed_candidates(labelled, ids, ["lesion classifier"] * len(ids), sizes, voxel_ml,
-                                      np.concatenate([[0.0], x[:, 1]]), score)
-    label_map[drop[labelled]] = 0
+                                      np.concatenate([[0.0], x[:, 1]]), score, box)
+    inner[drop[labelled]] = 0
     return label_map

@@ -19,7 +19,8 @@ from scipy.spatial import ConvexHull, QhullError
 
 from .manifest import Manifest
 
-__all__ = ["Lesion", "find_lesions", "structure_masks", "structure_probability", "components",
+__all__ = ["Lesion", "find_lesions", "structure_masks", "structure_probability", "components", "nonzero_box",
+           "boxed_components", "mask_from_box",
            "longest_axial_diameter_mm"]
 
 _CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
@@ -79,6 +80,35 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """26-connected components of a boolean (K, J, I) mask: (label array, count)."""
     labelled, count = ndimage.label(mask, structure=_CONNECTIVITY)
     return labelled, int(count)
+
+
+def nonzero_box(array: np.ndarray) -> tuple[slice, ...] | None:
+    """Smallest box (one slice per axis) holding every non-zero voxel of ``array``; ``None`` if none."""
+    box = []
+    for axis in range(array.ndim):
+        hits = np.flatnonzero(array.any(axis=tuple(a for a in range(array.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def boxed_components(label_map: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray, int] | None:
+    """26-connected components of the non-zero voxels of a (K, J, I) label map, labelled inside
+    :func:`nonzero_box` only: (box, labels within the box, count), ``None`` when there are none.
+    Same components, numbered in the same order, as :func:`components` on the whole grid."""
+    box = nonzero_box(label_map)
+    if box is None:
+        return None
+    labelled, count = components(label_map[box] > 0)
+    return box, labelled, count
+
+
+def mask_from_box(shape: tuple[int, ...], box: tuple[slice, ...], local: np.ndarray) -> np.ndarray:
+    """A whole-grid boolean mask of ``shape`` that is ``local`` inside ``box`` and False elsewhere."""
+    mask = np.zeros(shape, bool)
+    mask[box] = local
+    return mask
 
 
 _HULL_FROM = 64  # below this many points all pairs are cheaper than building a convex hull (~0.7 ms)
@@ -166,13 +196,7 @@ def _occupied_box(label_map: np.ndarray, manifest: Manifest) -> tuple[slice, ...
     """
     if any(0 in values for values in manifest.structures().values()):
         return tuple(slice(0, n) for n in label_map.shape)
-    box = []
-    for axis in range(3):
-        hits = np.flatnonzero(label_map.any(axis=tuple(a for a in range(3) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+    return nonzero_box(label_map)
 
 
 @functools.lru_cache(maxsize=8)
