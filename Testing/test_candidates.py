@@ -312,3 +312,38 @@ def test_boxed_post_processing_equals_the_whole_grid(seed):
     expected2 = np.where(np.concatenate([[False], means >= 0.5])[whole2], expected, 0)
     np.testing.assert_array_equal(apply_lesion_classifier(out, lambda m: fg[m], 0.001, CHANNELS, classifier),
                                   expected2)
+
+
+def _fit_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fit_lesion_classifier.py"
+    spec = importlib.util.spec_from_file_location("fit_lesion_classifier", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_script_collects_your_own_cases(tmp_path):
+    """collect --cases NAME:FOLDER: one npz per case folder, reference as given; a label on another grid
+    is an error naming the file."""
+    import SimpleITK as sitk
+
+    from helpers import small_phantom
+
+    images, label = small_phantom()
+    case = tmp_path / "cases" / "patient1"
+    case.mkdir(parents=True)
+    for name, image in images.items():
+        sitk.WriteImage(image, str(case / f"{name}.nii.gz"))
+    sitk.WriteImage(label, str(case / "label.nii.gz"))
+    script = _fit_script()
+    script.collect_files("brats-demo-unet", tmp_path / "out", [f"mine:{tmp_path / 'cases'}"])
+    saved = np.load(tmp_path / "out" / "mine" / "patient1.npz")
+    np.testing.assert_array_equal(saved["ref"], sitk.GetArrayFromImage(label))
+    assert saved["label"].shape == saved["fg"].shape == saved["ref"].shape and saved["label"].max() > 0
+    sitk.WriteImage(label[:-2], str(case / "label.nii.gz"))
+    from medcnncad.errors import InputError
+    with pytest.raises(InputError, match="label.nii.gz: not on the grid of case patient1's first input"):
+        script.collect_files("brats-demo-unet", tmp_path / "out2", [f"mine:{tmp_path / 'cases'}"])

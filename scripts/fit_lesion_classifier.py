@@ -11,8 +11,10 @@ Three steps, each reproducible from seeds (docs/models.md has the exact commands
             Dice and lesion sensitivity for a grid of label volume floors (e.g. ET -> NCR below x mL);
   write     put the classifier, the chosen threshold and a label floor into the model's manifest.
 
-Collection sets are ``NAME:PRESET:INPUTS:FIRST_SEED:N``; INPUTS is ``all``, one sequence name, or
-``mixed`` (per seed: all / T1c / T1c / FLAIR / all / 2-3 random sequences, the training mix).
+Phantom sets are ``--set NAME:PRESET:INPUTS:FIRST_SEED:N``; INPUTS is ``all``, one sequence name, or
+``mixed`` (per seed: all / T1c / T1c / FLAIR / all / 2-3 random sequences, the training mix). Your
+own cases are ``--cases NAME:PATH`` (a CSV or a folder of case folders, the layouts
+``medcnncad train segmentation --data`` reads). Keep training-side and validation-side cases apart.
 """
 
 from __future__ import annotations
@@ -49,18 +51,54 @@ def _inputs(kind: str, seed: int) -> list[str]:
     return SEQUENCES if kind == "all" else [kind]
 
 
-def collect(model: str, out: Path, sets: list[str]) -> None:
-    """Segment the phantoms of each set; one npz per case (skipped when present: resumable)."""
+def _save(path: Path, result, reference: sitk.Image) -> None:
+    np.savez_compressed(path, label=result.label_map, fg=sum(result.probabilities.values()).astype(np.float16),
+                        ref=sitk.GetArrayFromImage(reference).astype(np.uint8),
+                        spacing=np.array(reference.GetSpacing()))
+
+
+def _segmenter(model: str):
+    """The model's segmenter with its floors but without any classifier or label floor it already has:
+    the candidates are what the second stage will see."""
     import torch
     from medcnncad.inference import Segmenter
     from medcnncad.models import load_model
-    from medcnncad.phantom import make_phantom, preset
 
     torch.set_num_threads(2)
-    loaded = load_model(model)  # candidates are what the floors leave, before any classifier or label floor
+    loaded = load_model(model)
     post = dataclasses.replace(loaded.manifest.postprocessing, lesion_classifier=None, label_volume_floors=())
     manifest = dataclasses.replace(loaded.manifest, postprocessing=post)
-    segmenter = Segmenter(dataclasses.replace(loaded, manifest=manifest), "cpu")
+    return Segmenter(dataclasses.replace(loaded, manifest=manifest), "cpu")
+
+
+def collect_files(model: str, out: Path, specs: list[str]) -> None:
+    """Segment the cases of a CSV or folder (``NAME:PATH``, the layouts ``medcnncad train --data``
+    reads); each reference label must lie on its case's first input's grid."""
+    from medcnncad.errors import InputError
+    from medcnncad.io import same_space
+    from medcnncad.train_data import file_cases
+
+    segmenter = _segmenter(model)
+    for spec in specs:
+        name, source = spec.split(":", 1)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for case in file_cases(source, segmenter.manifest):
+            path = out / name / f"{case['id']}.npz"
+            if path.exists():
+                continue
+            result = segmenter.run(case["inputs"])
+            reference = sitk.ReadImage(case["label"])
+            if not same_space(reference, result.reference):
+                raise InputError(f"{case['label']}: not on the grid of case {case['id']}'s first input")
+            _save(path, result, reference)
+            print(name, case["id"], flush=True)
+
+
+def collect(model: str, out: Path, sets: list[str]) -> None:
+    """Segment the phantoms of each set; one npz per case (skipped when present: resumable)."""
+    from medcnncad.phantom import make_phantom, preset
+
+    segmenter = _segmenter(model)
     for spec in sets:
         name, preset_spec, kind, first, n = spec.split(":")
         presets = preset_spec.split(",")
@@ -70,10 +108,7 @@ def collect(model: str, out: Path, sets: list[str]) -> None:
             if path.exists():
                 continue
             case = make_phantom(seed, preset(presets[seed % len(presets)]))
-            result = segmenter.run({c: case.images[c] for c in _inputs(kind, seed)})
-            np.savez_compressed(path, label=result.label_map, fg=sum(result.probabilities.values()).astype(np.float16),
-                                ref=sitk.GetArrayFromImage(case.label).astype(np.uint8),
-                                spacing=np.array(case.label.GetSpacing()))
+            _save(path, segmenter.run({c: case.images[c] for c in _inputs(kind, seed)}), case.label)
             print(name, seed, flush=True)
 
 
@@ -186,7 +221,9 @@ def main() -> None:
     p = sub.add_parser("collect")
     p.add_argument("--model", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--set", dest="sets", action="append", required=True, help="NAME:PRESET:INPUTS:FIRST_SEED:N")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="NAME:PRESET:INPUTS:FIRST_SEED:N")
+    p.add_argument("--cases", action="append", default=[],
+                   help="NAME:PATH, your own cases: a CSV or a folder of case folders, as for medcnncad train --data")
     p = sub.add_parser("fit")
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True, help="folder of training-side npz cases")
@@ -210,6 +247,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "collect":
         collect(args.model, args.out, args.sets)
+        collect_files(args.model, args.out, args.cases)
     elif args.command == "floors":
         floors(args.model, args.classifier, args.min_probability, args.validation, args.value, args.replace_with,
                args.grid)
