@@ -9,14 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import make_image
-from helpers import ThresholdNet, blob_manifest_dict
+from helpers import blob_manifest_dict, blob_segmenter
 from medcnncad.candidates import apply_lesion_classifier, component_features, feature_names
 from medcnncad.errors import ModelError
-from medcnncad.inference import Segmenter
 from medcnncad.lesions import components
 from medcnncad.manifest import LesionClassifier, parse_manifest
-from medcnncad.models import LoadedModel
-from medcnncad.preprocess import build_preprocessing
 
 CHANNELS = [("NCR", 1), ("ED", 2), ("ET", 4)]
 
@@ -91,11 +88,7 @@ def test_invalid_classifiers_name_the_problem(tmp_path, changes, message):
 
 
 def test_segmenter_applies_the_manifest_classifier_after_the_floors(tmp_path):
-    raw = blob_manifest_dict()
-    raw["postprocessing"]["lesion_classifier"] = _classifier_json()
-    manifest = parse_manifest(raw, tmp_path)
-    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
-                                tmp_path), device="cpu")
+    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
     boxes = [(slice(2, 6),) * 3, (slice(10, 14),) * 3, (slice(2, 6), slice(12, 16), slice(2, 6))]
     # mean probability 1.0 / 0.881 / 0.690 -> P = sigmoid(mean - 0.8) = 0.55 / 0.52 / 0.47: the last goes
@@ -135,11 +128,7 @@ def test_label_volume_floor_relabels_a_label_whose_case_total_is_small():
 @pytest.mark.parametrize("cubes, kept", [(1, 0), (2, 2)])
 def test_segmenter_applies_label_volume_floors_to_the_case_total(tmp_path, cubes, kept):
     """Two 64-voxel cubes (0.128 mL in all) pass a 0.1 mL floor although each one alone is below it."""
-    raw = blob_manifest_dict()
-    raw["postprocessing"]["label_volume_floors"] = [{"value": 3, "min_ml": 0.1, "replace_with": 0}]
-    manifest = parse_manifest(raw, tmp_path)
-    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
-                                tmp_path), device="cpu")
+    seg = blob_segmenter(tmp_path, label_volume_floors=[{"value": 3, "min_ml": 0.1, "replace_with": 0}])
     vol = np.zeros((20, 20, 20), np.float32)
     for box in [(slice(2, 6),) * 3, (slice(10, 14),) * 3][:cubes]:
         vol[box] = 1.0
@@ -234,11 +223,7 @@ def test_reports_list_the_removed_candidates(tmp_path):
     from medcnncad.html_report import _removed_section
     from medcnncad.report import build_report
 
-    raw = blob_manifest_dict()
-    raw["postprocessing"]["lesion_classifier"] = _classifier_json()
-    manifest = parse_manifest(raw, tmp_path)
-    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
-                                tmp_path), device="cpu")
+    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
     vol[2:6, 2:6, 2:6] = 1.0
     vol[2:6, 12:16, 2:6] = 0.52  # probability 0.690: classifier P = sigmoid(0.690 - 0.8) = 0.4725, removed
@@ -257,17 +242,13 @@ def test_removed_candidates_survive_the_worker_round_trip(tmp_path):
     """The Slicer module runs the engine in a worker process: its result files carry them."""
     from medcnncad.worker import load_result, save_result
 
-    raw = blob_manifest_dict()
-    raw["postprocessing"]["lesion_classifier"] = _classifier_json()
-    manifest = parse_manifest(raw, tmp_path)
-    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
-                                tmp_path), device="cpu")
+    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
     vol[2:6, 2:6, 2:6], vol[2:6, 12:16, 2:6] = 1.0, 0.52
     result = seg.run({"CT": make_image(vol)})
     assert len(result.removed_candidates) == 1
     save_result(result, tmp_path / "out")
-    assert load_result(tmp_path / "out", manifest, result.reference).removed_candidates == result.removed_candidates
+    assert load_result(tmp_path / "out", seg.manifest, result.reference).removed_candidates == result.removed_candidates
 
 
 def _scattered(seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import make_image
-from helpers import ThresholdNet, blob_manifest_dict
+from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter
 from medcnncad.errors import InputError
 from medcnncad.inference import Segmenter
 from medcnncad.manifest import parse_manifest
@@ -153,11 +153,7 @@ def test_components_below_the_probability_floor_are_removed():
 @pytest.mark.parametrize("floor, kept", [(0.0, (True, True, True)), (0.8, (True, True, False)),
                                          (0.95, (True, False, False))])
 def test_manifest_probability_floor_removes_unsure_lesions(tmp_path, floor, kept):
-    raw = blob_manifest_dict()
-    raw["postprocessing"]["min_lesion_probability"] = floor
-    manifest = parse_manifest(raw, tmp_path)
-    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
-                                tmp_path), device="cpu")
+    seg = blob_segmenter(tmp_path, min_lesion_probability=floor)
     vol = np.zeros((20, 20, 20), np.float32)
     boxes = [(slice(2, 6),) * 3, (slice(10, 14),) * 3, (slice(2, 6), slice(12, 16), slice(2, 6))]
     # blob probability sigmoid(40 (x - 0.5)): 1.0 -> ~1, 0.55 -> 0.881, 0.52 -> 0.690

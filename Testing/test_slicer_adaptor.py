@@ -219,17 +219,10 @@ def test_lesion_classes_and_uncertainty_in_the_scene(scene, tmp_path):
 
 def test_removed_candidates_table(scene, tmp_path):
     """A classifier-removed component gets a row (its RAS centre, so jumpToLesion works on it too)."""
-    from helpers import ThresholdNet, blob_manifest_dict
-    from medcnncad.manifest import parse_manifest
-    from medcnncad.models import LoadedModel
-    from medcnncad.preprocess import build_preprocessing
+    from helpers import blob_segmenter
 
-    raw = blob_manifest_dict()
-    raw["postprocessing"]["lesion_classifier"] = {"features": ["mean_probability"], "mean": [0.0], "scale": [1.0],
-                                                  "coefficients": [1.0], "intercept": -0.8, "min_probability": 0.5}
-    manifest = parse_manifest(raw, tmp_path)
-    seg = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
-                                tmp_path), device="cpu")
+    seg = blob_segmenter(tmp_path, lesion_classifier={"features": ["mean_probability"], "mean": [0.0], "scale": [1.0],
+                                                      "coefficients": [1.0], "intercept": -0.8, "min_probability": 0.5})
     vol = np.zeros((20, 20, 20), np.float32)
     vol[2:6, 2:6, 2:6] = 1.0
     vol[2:6, 12:16, 2:6] = 0.52  # mean probability 0.690: classifier P 0.47 < 0.5, removed

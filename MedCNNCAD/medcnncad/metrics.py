@@ -37,7 +37,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .io import geometry_text, same_space
-from .lesions import components
+from .lesions import components, nonzero_box
 
 __all__ = ["StructureMetrics", "LesionDetection", "DetectionRule", "structure_metrics", "lesion_detection",
            "compute_metrics", "check_label_image", "structures_for_labels", "pooled_detection", "DETECTION_RULE",
@@ -253,14 +253,7 @@ def structures_for_labels(values: Sequence[int], regions: Mapping[str, Sequence[
 
 def _foreground_box(pred: np.ndarray, ref: np.ndarray) -> tuple[slice, ...] | None:
     """Bounding box of all non-zero voxels of either label map (None when both are empty)."""
-    foreground = (pred != 0) | (ref != 0)
-    box = []
-    for axis in range(foreground.ndim):
-        hits = np.flatnonzero(foreground.any(axis=tuple(a for a in range(foreground.ndim) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+    return nonzero_box((pred != 0) | (ref != 0))
 
 
 def _mask(labels: np.ndarray, values: Sequence[int]) -> np.ndarray:
