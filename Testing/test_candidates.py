@@ -233,6 +233,10 @@ def test_reports_list_the_removed_candidates(tmp_path):
     (c,) = removed["largest"]
     assert c["voxel_count"] == 64 and c["classifier_probability"] == pytest.approx(1 / (1 + math.exp(0.11)), abs=2e-3)
     assert c["centroid_lps_mm"] == pytest.approx([3.5, 13.5, 3.5])  # (i, j, k) centre at 1 mm spacing, origin 0
+    from medcnncad.report import summary_table
+
+    assert "1 candidate component(s) removed by the model's post-processing (1 by lesion classifier)" in \
+        summary_table(report)
     text = "".join(_removed_section(removed))
     assert "1 candidate component(s) removed (1 by lesion classifier)" in text and "probability maps" in text
     assert _removed_section({"count": 0, "by_stage": {}, "largest": []}) == []

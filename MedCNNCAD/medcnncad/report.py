@@ -333,6 +333,11 @@ def summary_table(report: Mapping[str, Any]) -> str:
         case = classification["case"]
         if case["predicted"] is not None:
             lines.append(f"  case: P({positive}) {case[f'probability_{positive}']:.3f} -> {case['predicted']}")
+    removed = report.get("removed_candidates", {})
+    if removed.get("count"):
+        stages = ", ".join(f"{n} by {stage}" for stage, n in removed["by_stage"].items())
+        lines.append(f"{removed['count']} candidate component(s) removed by the model's post-processing ({stages}); "
+                     "listed in report.json (removed_candidates), still in the probability maps")
     lines.append(f"case abnormality probability {report['case']['abnormality_probability']:.3f}")
     if "metrics" in report:
         lines.append("")
