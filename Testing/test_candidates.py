@@ -252,7 +252,10 @@ def test_removed_candidates_survive_the_worker_round_trip(tmp_path):
     result = seg.run({"CT": make_image(vol)})
     assert len(result.removed_candidates) == 1
     save_result(result, tmp_path / "out")
-    assert load_result(tmp_path / "out", seg.manifest, result.reference).removed_candidates == result.removed_candidates
+    loaded = load_result(tmp_path / "out", seg.manifest, result.reference)
+    assert loaded.removed_candidates == result.removed_candidates
+    assert loaded.lesion_classifier_max == result.lesion_classifier_max
+    assert result.lesion_classifier_max == pytest.approx(1 / (1 + np.exp(-0.2)), abs=1e-3)
 
 
 def _scattered(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -332,3 +335,19 @@ def test_fit_script_collects_your_own_cases(tmp_path):
     from medcnncad.errors import InputError
     with pytest.raises(InputError, match="label.nii.gz: not on the grid of case patient1's first input"):
         script.collect_files("brats-demo-unet", tmp_path / "out2", [f"mine:{tmp_path / 'cases'}"])
+
+
+@pytest.mark.parametrize("cubes, expected", [((1.0, 0.52), 1 / (1 + math.exp(-0.2))),
+                                             ((0.52,), 1 / (1 + math.exp(0.11))), ((), 0.0)])
+def test_case_score_is_the_classifiers_largest_probability(tmp_path, cubes, expected):
+    """With a lesion classifier the case score agrees with what is kept: a case whose candidates all
+    fall below the threshold scores below it too (and no candidate at all scores 0)."""
+    from medcnncad.report import case_score
+
+    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())  # P = sigmoid(mean - 0.8), keep >= 0.5
+    vol = np.zeros((20, 20, 20), np.float32)
+    for box, value in zip([(slice(2, 6),) * 3, (slice(2, 6), slice(12, 16), slice(2, 6))], cubes):
+        vol[box] = value
+    result = seg.run({"CT": make_image(vol)})
+    assert case_score(result) == pytest.approx(expected, abs=2e-3)
+    assert (case_score(result) >= 0.5) == bool(result.label_map.any())

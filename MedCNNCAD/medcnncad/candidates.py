@@ -102,10 +102,12 @@ def component_features(labelled: np.ndarray, count: int, label_map: np.ndarray, 
 
 def apply_lesion_classifier(label_map: np.ndarray, foreground_at: Callable[[np.ndarray], np.ndarray],
                             voxel_ml: float, channels: Sequence[tuple[str, int]], classifier: LesionClassifier,
-                            removed: list[RemovedCandidate] | None = None) -> np.ndarray:
+                            removed: list[RemovedCandidate] | None = None,
+                            scores: list[float] | None = None) -> np.ndarray:
     """Zero the components of a (K, J, I) label map that ``classifier`` scores below its threshold
     (in place; returned). ``foreground_at(mask)``: foreground probability at a mask's voxels;
-    ``removed``: when given, a :class:`RemovedCandidate` per removed component is appended."""
+    ``removed``: when given, a :class:`RemovedCandidate` per removed component is appended;
+    ``scores``: when given, every component's classifier probability is appended."""
     found = boxed_components(label_map)
     if found is None:
         return label_map
@@ -116,6 +118,8 @@ def apply_lesion_classifier(label_map: np.ndarray, foreground_at: Callable[[np.n
                            voxel_ml, channels)
     order = [feature_names(channels).index(name) for name in classifier.features]
     score = np.concatenate([[1.0], classifier.probability(x[:, order])])
+    if scores is not None:
+        scores += score[1:].tolist()
     drop = score < classifier.min_probability
     if removed is not None and drop.any():
         ids = np.flatnonzero(drop)

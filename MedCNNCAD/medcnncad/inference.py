@@ -79,6 +79,8 @@ class SegmentationResult:
             classifier ran (:func:`medcnncad.classify.attach_classification`).
         removed_candidates: the foreground components post-processing removed from the label
             map (volume, probability floor, lesion classifier); the probability maps keep them.
+        lesion_classifier_max: with a second-stage lesion classifier, the largest probability it
+            gave any candidate component (0 when none survived the floors); else ``None``.
     """
 
     label_map: np.ndarray
@@ -95,6 +97,7 @@ class SegmentationResult:
     tta_passes: int = 1
     classification: dict | None = None
     removed_candidates: list[RemovedCandidate] = field(default_factory=list)
+    lesion_classifier_max: float | None = None
 
     def label_image(self) -> sitk.Image:
         """The label map as a SimpleITK image on the reference grid."""
@@ -490,25 +493,27 @@ class Segmenter:
         return (total / len(flips)).to(self.probability_dtype), spread
 
     def _postprocess(self, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
-                     warnings: list[str]) -> list[RemovedCandidate]:
+                     warnings: list[str]) -> tuple[list[RemovedCandidate], float | None]:
         """The manifest's post-processing of a (K, J, I) label map, in place: volume and probability
         floors, the lesion classifier, then label volume floors (a warning for each that fires).
-        ``probs``: (C, K, J, I) output probabilities; ``voxel_ml`` in mL. Returns what was removed."""
+        ``probs``: (C, K, J, I) output probabilities; ``voxel_ml`` in mL. Returns what was removed
+        and, with a lesion classifier, the largest probability it gave (0 without candidates)."""
         post = self.manifest.postprocessing
         foreground_at = foreground_probability_at(probs, self.manifest)
         removed: list[RemovedCandidate] = []
         remove_small_components(label_map, post.min_lesion_ml, voxel_ml, foreground_at, post.min_lesion_probability,
                                 removed)
+        scores: list[float] = []
         if post.lesion_classifier is not None:
             apply_lesion_classifier(label_map, foreground_at, voxel_ml,
                                     [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_classifier,
-                                    removed)
+                                    removed, scores)
         applied: list[tuple[LabelVolumeFloor, float]] = []
         apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml, applied)
         names = {0: "background", **{x.value: x.name for x in self.manifest.labels}}
         warnings += [f"{names[f.value]} totalled {ml:.3f} mL (< {f.min_ml:g} mL): relabelled {names[f.replace_with]} "
                      "(model post-processing, label_volume_floors)" for f, ml in applied]
-        return removed
+        return removed, (max(scores, default=0.0) if post.lesion_classifier is not None else None)
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,
@@ -556,7 +561,7 @@ class Segmenter:
                 uncertainty = self._to_input_grid(spread[None], affine, images[0], raw=True)[0]
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
-        removed = self._postprocess(label_map, probs, voxel_ml, warnings)
+        removed, classifier_max = self._postprocess(label_map, probs, voxel_ml, warnings)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0
@@ -568,7 +573,7 @@ class Segmenter:
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(self.device),
                                   timings, missing, warnings, given, uncertainty, len(flips),
-                                  removed_candidates=removed)
+                                  removed_candidates=removed, lesion_classifier_max=classifier_max)
 
 
 _SEGMENTERS: dict[tuple[str, str, bool], Segmenter] = {}

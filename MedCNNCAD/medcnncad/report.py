@@ -159,13 +159,18 @@ def _probability_encoding(encoding: str) -> dict[str, Any]:
 
 
 CASE_RULE = ("case abnormality score = the largest foreground probability of any voxel (softmax: 1 - P(background)); "
-             "it is at least every lesion's maximum probability. Reported as a probability after the model's "
+             "it is at least every lesion's maximum probability. For a model with a second-stage lesion classifier "
+             "it is instead the largest probability of being a true lesion that the classifier gave any candidate "
+             "component (0 when none survived the floors), so it agrees with what is shown: a lesion is kept when "
+             "its probability reaches the classifier's threshold. Reported as a probability after the model's "
              "Platt scaling (sigmoid(a * logit(score) + b), fitted on validation phantoms) when its manifest "
              "has one; otherwise the uncalibrated score")
 
 
 def case_score(result: SegmentationResult) -> float:
     """The uncalibrated case abnormality score of :data:`CASE_RULE` (0-1)."""
+    if result.lesion_classifier_max is not None:
+        return result.lesion_classifier_max
     if not result.probabilities:
         return 0.0
     if result.manifest.postprocessing.activation == "softmax":

@@ -56,7 +56,8 @@ def save_result(result: SegmentationResult, out: Path) -> None:
             "model": result.manifest.id, "weights_sha256": result.manifest.weights_sha256, "device": result.device,
             "timings": result.timings, "missing_channels": result.missing_channels, "warnings": result.warnings,
             "channels": list(result.probabilities), "lesions": [asdict(les) for les in result.lesions],
-            "removed_candidates": [asdict(c) for c in result.removed_candidates]}
+            "removed_candidates": [asdict(c) for c in result.removed_candidates],
+            "lesion_classifier_max": result.lesion_classifier_max}
     (out / "result.json").write_text(json.dumps(meta))
 
 
@@ -78,7 +79,8 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
                               classification=meta.get("classification"),
                               removed_candidates=[RemovedCandidate(**{k: tuple(v) if isinstance(v, list) else v
                                                                       for k, v in c.items()})
-                                                  for c in meta.get("removed_candidates", [])])
+                                                  for c in meta.get("removed_candidates", [])],
+                              lesion_classifier_max=meta.get("lesion_classifier_max"))
 
 
 class _Server:
