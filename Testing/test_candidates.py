@@ -351,3 +351,13 @@ def test_case_score_is_the_classifiers_largest_probability(tmp_path, cubes, expe
     result = seg.run({"CT": make_image(vol)})
     assert case_score(result) == pytest.approx(expected, abs=2e-3)
     assert (case_score(result) >= 0.5) == bool(result.label_map.any())
+
+
+def test_removed_candidates_come_largest_first(tmp_path):
+    """The result lists them largest first (reports keep the 10 largest; Slicer's table is in this order)."""
+    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[2:5, 2:5, 2:5] = 0.52      # 27 voxels, first in scan order
+    vol[10:14, 10:14, 10:14] = 0.52  # 64 voxels
+    removed = seg.run({"CT": make_image(vol)}).removed_candidates
+    assert [c.voxel_count for c in removed] == [64, 27]

@@ -78,7 +78,8 @@ class SegmentationResult:
         classification: lesion-classifier summary (model, case probability, rule) when a
             classifier ran (:func:`medcnncad.classify.attach_classification`).
         removed_candidates: the foreground components post-processing removed from the label
-            map (volume, probability floor, lesion classifier); the probability maps keep them.
+            map (volume, probability floor, lesion classifier), largest first; the probability
+            maps keep them.
         lesion_classifier_max: with a second-stage lesion classifier, the largest probability it
             gave any candidate component (0 when none survived the floors); else ``None``.
     """
@@ -513,6 +514,7 @@ class Segmenter:
         names = {0: "background", **{x.value: x.name for x in self.manifest.labels}}
         warnings += [f"{names[f.value]} totalled {ml:.3f} mL (< {f.min_ml:g} mL): relabelled {names[f.replace_with]} "
                      "(model post-processing, label_volume_floors)" for f, ml in applied]
+        removed.sort(key=lambda c: -c.volume_ml)  # largest first, as reports and Slicer list them
         return removed, (max(scores, default=0.0) if post.lesion_classifier is not None else None)
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],

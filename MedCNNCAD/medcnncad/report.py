@@ -129,8 +129,8 @@ REMOVED_LISTED = 10
 
 def _removed_candidates(result: Any) -> dict[str, Any]:
     """What post-processing removed from the label map: counts per stage and the largest
-    :data:`REMOVED_LISTED` components, centres in LPS and RAS mm."""
-    removed = sorted(result.removed_candidates, key=lambda c: -c.volume_ml)
+    :data:`REMOVED_LISTED` components (the result lists them largest first), centres in LPS and RAS mm."""
+    removed = result.removed_candidates
     by_stage: dict[str, int] = {}
     for candidate in removed:
         by_stage[candidate.stage] = by_stage.get(candidate.stage, 0) + 1

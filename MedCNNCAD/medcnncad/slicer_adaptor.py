@@ -234,7 +234,7 @@ def add_removed_table(result: SegmentationResult, name: str = "MedCNNCAD removed
     columns = [("removed_by", "string"), ("volume_ml", "double"), ("max_probability", "double"),
                ("classifier_probability", "double"), ("R", "double"), ("A", "double"), ("S", "double")]
     rows = []
-    for candidate in sorted(result.removed_candidates, key=lambda c: -c.volume_ml):
+    for candidate in result.removed_candidates:  # largest first
         c = candidate.to_json(result.reference)
         rows.append([c["stage"], c["volume_ml"], c["max_probability"], c["classifier_probability"],
                      *c["centroid_ras_mm"]])
