@@ -194,6 +194,8 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.model = modelId
         manifest = self.logic.describeModel(modelId)
         self.ui.modelInfoLabel.text = f"{manifest.name} {manifest.version} - trained on: {manifest.trained_on}"
+        if index is not None:  # a model picked by hand starts in the mode its lesion filters were chosen in
+            self._parameterNode.testTimeAugmentation = manifest.inference.test_time_augmentation
         volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
         proposal = self.logic.assignInputs(manifest, volumes)
         for i in range(MAX_CHANNELS):

@@ -41,15 +41,16 @@ class ThresholdNet(torch.nn.Module):
         return torch.cat([-20 * (x - 0.5), 20 * (x - 0.5)], dim=1)
 
 
-def blob_segmenter(folder: Path, **postprocessing):
+def blob_segmenter(folder: Path, inference: dict | None = None, **postprocessing):
     """A CPU Segmenter of the blob manifest with :class:`ThresholdNet` (P(blob) = sigmoid(40 (x - 0.5))
-    per voxel), ``postprocessing`` entries added to its manifest."""
+    per voxel), ``inference`` and ``postprocessing`` entries added to its manifest."""
     from medcnncad.inference import Segmenter
     from medcnncad.manifest import parse_manifest
     from medcnncad.models import LoadedModel
     from medcnncad.preprocess import build_preprocessing
 
     raw = blob_manifest_dict()
+    raw["inference"].update(inference or {})
     raw["postprocessing"].update(postprocessing)
     manifest = parse_manifest(raw, folder)
     return Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",

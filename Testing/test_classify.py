@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import make_image
-from helpers import ThresholdNet, blob_manifest_dict
+from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter
 from medcnncad.calibration import binary_report, expected_calibration_error, youden_threshold
 from medcnncad.classify import (FLIPS, attach_classification, calibrated_probabilities, case_grade,
                                 classify_patches, fit_temperature, load_classifier, normalise_patch)
@@ -105,6 +105,32 @@ def test_tta_uncertainty_is_zero_for_identity_passes_and_flip_equivariant_models
     assert flips.tta_passes == 4 and np.abs(flips.uncertainty).max() < 1e-6
     np.testing.assert_allclose(flips.probabilities["blob"], plain.probabilities["blob"], atol=1e-6)
     assert all(les.uncertainty == pytest.approx(0, abs=1e-6) for les in flips.lesions)
+
+
+def test_the_model_decides_tta_when_the_caller_does_not(tmp_path):
+    image = make_image(_blob())
+    augmented = blob_segmenter(tmp_path, inference={"test_time_augmentation": True})
+    assert augmented.run({"CT": image}).tta_passes == 4
+    assert augmented.run({"CT": image}, tta=False).tta_passes == 1
+    assert blob_segmenter(tmp_path).run({"CT": image}).tta_passes == 1
+
+
+def _mode_warnings(result) -> list[str]:
+    return [w for w in result.warnings if "test-time augmentation" in w]
+
+
+def test_a_run_outside_the_mode_the_lesion_filters_were_chosen_in_is_flagged(tmp_path):
+    image = {"CT": make_image(_blob())}
+    single = blob_segmenter(tmp_path, min_lesion_probability=0.5)
+    assert _mode_warnings(single.run(image)) == []
+    assert _mode_warnings(single.run(image, tta=True)) == [
+        "blob's lesion filters were chosen without test-time augmentation and this run used it: expect more "
+        "candidates removed than the model's evaluation shows"]
+    augmented = blob_segmenter(tmp_path, inference={"test_time_augmentation": True}, min_lesion_probability=0.5)
+    assert _mode_warnings(augmented.run(image)) == []
+    assert "chosen with test-time augmentation and this run did not use it" in _mode_warnings(
+        augmented.run(image, tta=False))[0]
+    assert _mode_warnings(blob_segmenter(tmp_path).run(image, tta=True)) == []  # no filter, nothing to flag
 
 
 class _Ramp(torch.nn.Module):

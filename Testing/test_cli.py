@@ -152,3 +152,12 @@ def test_segment_with_lesion_classifier_and_uncertainty(tmp_path, capsys):
     # a classifier is not a segmentation model: one line, exit 2
     assert main(["segment", "--model", str(clf), *args, "--out", str(tmp_path / "x")]) == 2
     assert "lesion classifier is used with --classifier" in capsys.readouterr().err
+
+
+def test_tta_follows_the_model_unless_asked():
+    from medcnncad.cli import build_parser
+
+    def tta(*extra: str):
+        return build_parser().parse_args(["segment", "--model", "m", "--input", "T1=x", "--out", "o", *extra]).tta
+
+    assert tta() is None and tta("--tta") is True and tta("--no-tta") is False

@@ -46,10 +46,12 @@ def test_tta_reaches_the_segmenter(monkeypatch):
     seen = []
     run = inference.Segmenter.run
 
-    def spy(self, inputs, progress=None, tta=False):
+    def spy(self, inputs, progress=None, tta=None):
         seen.append(tta)
         return run(self, inputs, progress, tta=False)  # the flag is what is tested, not the 4x network time
 
     monkeypatch.setattr(inference.Segmenter, "run", spy)
     assert evaluate_on_phantoms("brats-demo-unet", n_cases=1, device="cpu", tta=True)["tta"] is True
     assert seen == [True]
+    assert evaluate_on_phantoms("brats-demo-unet", n_cases=1, device="cpu")["tta"] is False  # the model's default
+    assert seen == [True, False]

@@ -57,28 +57,31 @@ def _save(path: Path, result, reference: sitk.Image) -> None:
                         spacing=np.array(reference.GetSpacing()))
 
 
-def _segmenter(model: str):
-    """The model's segmenter with its floors but without any classifier or label floor it already has:
-    the candidates are what the second stage will see."""
+def _segmenter(model: str, min_probability: float | None = None):
+    """The model's segmenter with its floors (the probability floor replaced by ``min_probability``
+    when given) but without any classifier or label floor it already has: the candidates are what
+    the second stage will see."""
     import torch
     from medcnncad.inference import Segmenter
     from medcnncad.models import load_model
 
     torch.set_num_threads(2)
     loaded = load_model(model)
-    post = dataclasses.replace(loaded.manifest.postprocessing, lesion_classifier=None, label_volume_floors=())
+    post = dataclasses.replace(_postprocessing(model, min_probability), lesion_classifier=None,
+                               label_volume_floors=())
     manifest = dataclasses.replace(loaded.manifest, postprocessing=post)
     return Segmenter(dataclasses.replace(loaded, manifest=manifest), "cpu")
 
 
-def collect_files(model: str, out: Path, specs: list[str]) -> None:
+def collect_files(model: str, out: Path, specs: list[str], tta: bool = False,
+                  min_probability: float | None = None) -> None:
     """Segment the cases of a CSV or folder (``NAME:PATH``, the layouts ``medcnncad train --data``
     reads); each reference label must lie on its case's first input's grid."""
     from medcnncad.errors import InputError
     from medcnncad.io import same_space
     from medcnncad.train_data import file_cases
 
-    segmenter = _segmenter(model)
+    segmenter = _segmenter(model, min_probability)
     for spec in specs:
         name, source = spec.split(":", 1)
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -86,7 +89,7 @@ def collect_files(model: str, out: Path, specs: list[str]) -> None:
             path = out / name / f"{case['id']}.npz"
             if path.exists():
                 continue
-            result = segmenter.run(case["inputs"])
+            result = segmenter.run(case["inputs"], tta=tta)
             reference = sitk.ReadImage(case["label"])
             if not same_space(reference, result.reference):
                 raise InputError(f"{case['label']}: not on the grid of case {case['id']}'s first input")
@@ -94,11 +97,12 @@ def collect_files(model: str, out: Path, specs: list[str]) -> None:
             print(name, case["id"], flush=True)
 
 
-def collect(model: str, out: Path, sets: list[str]) -> None:
-    """Segment the phantoms of each set; one npz per case (skipped when present: resumable)."""
+def collect(model: str, out: Path, sets: list[str], tta: bool = False, min_probability: float | None = None) -> None:
+    """Segment the phantoms of each set (``tta``: flips averaged, as ``--tta`` does); one npz per
+    case (skipped when present: resumable)."""
     from medcnncad.phantom import make_phantom, preset
 
-    segmenter = _segmenter(model)
+    segmenter = _segmenter(model, min_probability)
     for spec in sets:
         name, preset_spec, kind, first, n = spec.split(":")
         presets = preset_spec.split(",")
@@ -108,13 +112,15 @@ def collect(model: str, out: Path, sets: list[str]) -> None:
             if path.exists():
                 continue
             case = make_phantom(seed, preset(presets[seed % len(presets)]))
-            _save(path, segmenter.run({c: case.images[c] for c in _inputs(kind, seed)}), case.label)
+            _save(path, segmenter.run({c: case.images[c] for c in _inputs(kind, seed)}, tta=tta), case.label)
             print(name, seed, flush=True)
 
 
-def _postprocessing(model: str):
+def _postprocessing(model: str, min_probability: float | None = None):
+    """The model's postprocessing, its lesion probability floor replaced by ``min_probability`` when given."""
     from medcnncad.models import load_model
-    return load_model(model).manifest.postprocessing
+    post = load_model(model).manifest.postprocessing
+    return post if min_probability is None else dataclasses.replace(post, min_lesion_probability=min_probability)
 
 
 def _cases(folder: str, post):
@@ -167,11 +173,13 @@ def _line(s: dict[str, float]) -> str:
             f"{s['et_sensitivity']:.3f} | Dice WT {s['WT']:.3f} TC {s['TC']:.3f} ET {s['ET']:.3f}")
 
 
-def fit(model: str, train: str, validation: list[str], thresholds: list[float]) -> dict:
-    """Fit on ``train``'s candidates; print the validation table; return the classifier as manifest JSON."""
+def fit(model: str, train: str, validation: list[str], thresholds: list[float],
+        probability_floor: float | None = None) -> dict:
+    """Fit on ``train``'s candidates (after the model's floors, its probability floor replaced by
+    ``probability_floor`` when given); print the validation table; return the classifier as manifest JSON."""
     from sklearn.linear_model import LogisticRegression
 
-    post = _postprocessing(model)
+    post = _postprocessing(model, probability_floor)
     channels = [(c.name, c.value) for c in post.channels if c.value]
     xs, ys = [], []
     for label, ref, _, labelled, x in _cases(train, post):
@@ -198,11 +206,11 @@ def fit(model: str, train: str, validation: list[str], thresholds: list[float]) 
 
 
 def floors(model: str, classifier_json: Path, min_probability: float, validation: list[str], value: int,
-           replace_with: int, grid: list[float]) -> None:
+           replace_with: int, grid: list[float], probability_floor: float | None = None) -> None:
     """Print the validation table for label volume floors of ``value`` after the classifier."""
     from medcnncad.manifest import LabelVolumeFloor
 
-    post = _postprocessing(model)
+    post = _postprocessing(model, probability_floor)
     data = json.loads(classifier_json.read_text())
     classifier = LesionClassifier(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]),
                                   tuple(data["coefficients"]), data["intercept"], min_probability)
@@ -224,13 +232,18 @@ def main() -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], help="NAME:PRESET:INPUTS:FIRST_SEED:N")
     p.add_argument("--cases", action="append", default=[],
                    help="NAME:PATH, your own cases: a CSV or a folder of case folders, as for medcnncad train --data")
+    p.add_argument("--tta", action="store_true", help="segment with test-time augmentation (flips averaged)")
+    floor_help = "replace the model's lesion probability floor (postprocessing.min_lesion_probability)"
+    sub.choices["collect"].add_argument("--probability-floor", type=float, help=floor_help)
     p = sub.add_parser("fit")
+    p.add_argument("--probability-floor", type=float, help=floor_help)
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True, help="folder of training-side npz cases")
     p.add_argument("--validation", nargs="+", required=True, help="folders of validation-side npz cases")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     p.add_argument("--save", type=Path, help="write the fitted classifier (JSON) here")
     p = sub.add_parser("floors")
+    p.add_argument("--probability-floor", type=float, help=floor_help)
     p.add_argument("--model", required=True)
     p.add_argument("--classifier", type=Path, required=True, help="JSON from fit --save")
     p.add_argument("--min-probability", type=float, required=True)
@@ -239,6 +252,8 @@ def main() -> None:
     p.add_argument("--replace-with", type=int, default=1)
     p.add_argument("--grid", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0])
     p = sub.add_parser("write")
+    p.add_argument("--probability-floor", type=float, help="also write this lesion probability floor")
+    p.add_argument("--tta", action="store_true", help="also make test-time augmentation the model's default")
     p.add_argument("--classifier", type=Path, required=True, help="JSON from fit --save")
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--min-probability", type=float, required=True)
@@ -246,13 +261,13 @@ def main() -> None:
     p.add_argument("--label-floor", help="VALUE:MIN_ML:REPLACE_WITH, e.g. 4:0.2:1")
     args = parser.parse_args()
     if args.command == "collect":
-        collect(args.model, args.out, args.sets)
-        collect_files(args.model, args.out, args.cases)
+        collect(args.model, args.out, args.sets, args.tta, args.probability_floor)
+        collect_files(args.model, args.out, args.cases, args.tta, args.probability_floor)
     elif args.command == "floors":
         floors(args.model, args.classifier, args.min_probability, args.validation, args.value, args.replace_with,
-               args.grid)
+               args.grid, args.probability_floor)
     elif args.command == "fit":
-        fitted = fit(args.model, args.train, args.validation, args.thresholds)
+        fitted = fit(args.model, args.train, args.validation, args.thresholds, args.probability_floor)
         if args.save:
             args.save.write_text(json.dumps(fitted, indent=2))
     else:

@@ -42,13 +42,13 @@ def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str])
 def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, reference: str | None = None,
                  series: dict[str, str] | None = None, dicom_seg: bool = False,
                  progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None,
-                 classifier=None, tta: bool = False) -> dict:
+                 classifier=None, tta: bool | None = None) -> dict:
     """Segment (+ classify lesions, + evaluate against ``reference``) one case; write its outputs.
 
     Returns the report (also written as ``out/report.json``). ``series`` picks DICOM series by
     channel name; ``dicom_seg`` adds ``labels.seg.dcm``; ``classifier`` (a
     :class:`~medcnncad.classify.LoadedClassifier`) classifies the lesions; ``tta`` adds
-    test-time augmentation (4x the network time) and the uncertainty map.
+    test-time augmentation (4x the network time) and the uncertainty map (``None``: the model's default).
     """
     progress = progress or (lambda stage, fraction: None)
     out = Path(out)
@@ -59,7 +59,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
         from .classify import attach_classification
 
         progress("classify", 0.0)
-        attach_classification(result, classifier, tta=tta)
+        attach_classification(result, classifier, tta=result.tta_passes > 1)
     metrics = ref_array = None
     extra = dict(extra_timings or {})
     if reference:

@@ -39,6 +39,8 @@ __all__ = ["main", "DEMO_SEED", "DEFAULT_MODEL", "DEFAULT_CLASSIFIER"]
 DEMO_SEED = 900_000  # the first held-out phantom: never seen in training
 DEFAULT_MODEL = "brats-demo-unet"
 DEFAULT_CLASSIFIER = "brats-grade-densenet"
+TTA_HELP = ("test-time augmentation (identity and flips averaged): uncertainty map and per-lesion uncertainty, "
+            "4x network time; default: the model's (manifest inference.test_time_augmentation)")
 
 
 class _TqdmProgress:
@@ -81,7 +83,7 @@ def _parse_inputs(items: Sequence[str], option: str = "--input", form: str = "NA
 
 def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
               reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
-              classifier: str | None = None, tta: bool = False, precision: str | None = None) -> dict:
+              classifier: str | None = None, tta: bool | None = None, precision: str | None = None) -> dict:
     """Load the model(s), then segment (+ classify, + evaluate) one case and write its outputs."""
     from .case import process_case
     from .inference import Segmenter
@@ -405,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--device", default="auto")
     p.add_argument("--classifier", help=f"lesion classifier (default {DEFAULT_CLASSIFIER}; 'none' for none)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: uncertainty map, 4x network time")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help=TTA_HELP)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("segment", help="segment one case")
@@ -418,8 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", help="lesion classifier model (id or folder), e.g. brats-grade-densenet")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                    help="override the model's execution precision (auto: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation (flips): uncertainty map and per-lesion uncertainty, 4x network time")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help=TTA_HELP)
     p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
     p.add_argument("--series", action="append", metavar="NAME=UID_OR_DESCRIPTION",
                    help="pick the DICOM series of channel NAME in a folder holding several")
@@ -465,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--preset", default="classic", help="phantom preset (e.g. heldout, clinical-like)")
     p.add_argument("--channels", help="comma-separated sequences given to the model (e.g. T1c); others absent")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips averaged), 4x network time")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, help=TTA_HELP)
     p.set_defaults(func=cmd_evaluate_phantoms)
 
     p = sub.add_parser("sample-data", help="write the compact sample case registered with Slicer's Sample Data")

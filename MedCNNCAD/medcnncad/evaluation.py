@@ -17,13 +17,14 @@ __all__ = ["evaluate_on_phantoms", "format_table"]
 
 def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_000,
                          device: str = "auto", preset: str = "classic",
-                         channels: list[str] | None = None, tta: bool = False) -> dict[str, Any]:
+                         channels: list[str] | None = None, tta: bool | None = None) -> dict[str, Any]:
     """Segment ``n_cases`` phantoms (seeds ``seed_base`` ..., generator ``preset``) and summarise.
 
     ``channels`` restricts the sequences given to the model (the others are absent, e.g.
     ``["T1c"]`` for a post-contrast-only exam); Dice of a structure absent from both the
     reference and the prediction counts as 1 (tumor-free cases). ``tta``: average the
-    test-time augmentation passes (:data:`medcnncad.inference.TTA_FLIPS`, 4x the network time).
+    test-time augmentation passes (:data:`medcnncad.inference.TTA_FLIPS`, 4x the network time);
+    ``None``: the model's default.
     """
     from tqdm import tqdm
 
@@ -44,6 +45,7 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
     structures = manifest.structures()
     per_case: list[dict[str, Any]] = []
     seconds = []
+    tta = manifest.inference.test_time_augmentation if tta is None else tta
     for seed in tqdm(range(seed_base, seed_base + n_cases), desc="phantoms", unit="case"):
         case = make_phantom(seed, config)
         t0 = time.perf_counter()

@@ -493,6 +493,17 @@ class Segmenter:
         spread = (m2 / len(flips)).clamp_min(0.0).sqrt()
         return (total / len(flips)).to(self.probability_dtype), spread
 
+    def _mode_warning(self, augmented: bool) -> list[str]:
+        """A warning when the run's test-time augmentation differs from the mode the model's lesion
+        filters were chosen in (they act on peak probabilities, which averaging lowers)."""
+        post, chosen = self.manifest.postprocessing, self.manifest.inference.test_time_augmentation
+        filtered = post.min_lesion_probability > 0 or post.lesion_classifier is not None or post.label_volume_floors
+        if augmented == chosen or not filtered:
+            return []
+        return [f"{self.manifest.id}'s lesion filters were chosen {'with' if chosen else 'without'} test-time "
+                f"augmentation and this run {'used' if augmented else 'did not use'} it: expect "
+                f"{'more' if augmented else 'fewer'} candidates removed than the model's evaluation shows"]
+
     def _postprocess(self, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
                      warnings: list[str]) -> tuple[list[RemovedCandidate], float | None]:
         """The manifest's post-processing of a (K, J, I) label map, in place: volume and probability
@@ -519,7 +530,7 @@ class Segmenter:
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,
-            tta: bool | Sequence[tuple[int, ...]] = False) -> SegmentationResult:
+            tta: bool | Sequence[tuple[int, ...]] | None = None) -> SegmentationResult:
         """Segment one case.
 
         Args:
@@ -527,8 +538,11 @@ class Segmenter:
             progress: optional callback (stage, fraction).
             tta: test-time augmentation: ``True`` averages the :data:`TTA_FLIPS` passes
                 (4x the network time) and returns an uncertainty map; a sequence of flip
-                dimension tuples of the (C, I, J, K) input chooses the passes.
+                dimension tuples of the (C, I, J, K) input chooses the passes; ``None``: the
+                model's default (manifest ``inference.test_time_augmentation``).
         """
+        if tta is None:
+            tta = self.manifest.inference.test_time_augmentation
         progress = progress or _no_progress
         timings: dict[str, float] = {}
         warnings: list[str] = []
@@ -546,6 +560,7 @@ class Segmenter:
         timings["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         flips = list(TTA_FLIPS if tta is True else (tta or [()]))
+        warnings += self._mode_warning(len(flips) > 1)
         uncertainty = None
         if min(pre.shape[1:]) == 0:  # nothing but zeros in every channel: nothing to segment
             warnings.append("the input has no non-zero voxels; the result is empty")

@@ -109,6 +109,7 @@ class InferenceSettings:
     precision: str = "auto"       # auto: fp16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 / fp16
     channels_last: bool = False   # channels_last_3d memory layout for the network
     fit_roi: int = 0              # > 0: shrink the window to the image, rounded up to this multiple
+    test_time_augmentation: bool = False  # default mode; the post-processing was chosen in it
 
 
 @dataclass(frozen=True)
@@ -436,7 +437,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
         inference=InferenceSettings(tuple(inf["roi_size"]), inf.get("overlap", 0.25),
                                     inf.get("blend_mode", "gaussian"), inf.get("sw_batch_size", 1),
                                     inf.get("precision", "auto"), inf.get("channels_last", False),
-                                    inf.get("fit_roi", 0)),
+                                    inf.get("fit_roi", 0), inf.get("test_time_augmentation", False)),
         postprocessing=Postprocessing(post["activation"],
                                       tuple(OutputChannel(c["name"], c["value"]) for c in post["channels"]),
                                       post.get("threshold", 0.5), post.get("probability_dtype", "float32"),

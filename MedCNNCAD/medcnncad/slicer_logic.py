@@ -133,11 +133,12 @@ class SecondReaderLogic:
     # -- segmentation ---------------------------------------------------------------------
     def segment(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto", trust: bool = False,
                 progress: Callable[[str, float], None] | None = None, classifier: str | None = None,
-                tta: bool = False) -> ResultNodes:
+                tta: bool | None = None) -> ResultNodes:
         """Segment in this process (blocking). Volumes as a list in channel order or a name -> node dict.
 
         ``classifier`` (model id) adds calibrated lesion class probabilities to the lesion table;
-        ``tta`` adds test-time augmentation (4x the network time) and an uncertainty volume.
+        ``tta`` adds test-time augmentation (4x the network time) and an uncertainty volume; ``None``
+        follows the model (manifest ``inference.test_time_augmentation``).
         """
         from .inference import cached_segmenter
         from .slicer_adaptor import add_result_nodes, volume_node_to_image
@@ -148,11 +149,12 @@ class SecondReaderLogic:
         if classifier:
             from .classify import attach_classification, cached_classifier
 
-            attach_classification(result, cached_classifier(classifier), tta=tta)
+            attach_classification(result, cached_classifier(classifier), tta=result.tta_passes > 1)
         return add_result_nodes(result, next(iter(volumes.values())))
 
     def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
-                          trust: bool = False, classifier: str | None = None, tta: bool = False) -> dict[str, Any]:
+                          trust: bool = False, classifier: str | None = None,
+                          tta: bool | None = None) -> dict[str, Any]:
         """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`."""
         import SimpleITK as sitk
         from .slicer_adaptor import volume_node_to_image
@@ -167,7 +169,7 @@ class SecondReaderLogic:
             sitk.WriteImage(volume_node_to_image(node), inputs[name])
         self._worker = self._worker or WorkerClient()
         requestId = self._worker.submit({"cmd": "segment", "model": model, "device": device, "trust": trust,
-                                         "classifier": classifier or None, "tta": bool(tta),
+                                         "classifier": classifier or None, "tta": None if tta is None else bool(tta),
                                          "inputs": inputs, "out": os.path.join(folder, "out")})
         return {"id": requestId, "folder": folder, "manifest": manifest, "reference": next(iter(volumes.values()))}
 

@@ -11,6 +11,8 @@ Protocol: one JSON object per line. Requests on stdin::
      "inputs": {"T1": "/tmp/x/T1.nrrd", ...}, "out": "/tmp/x/out"}
     {"id": 2, "cmd": "quit"}
 
+(``"tta": null`` or absent: the model's default, manifest ``inference.test_time_augmentation``.)
+
 Events on stdout: ``{"id", "event": "progress", "stage", "fraction"}``, then
 ``{"id", "event": "done", "out"}`` or ``{"id", "event": "error", "message"}``. The
 worker writes ``labels.nrrd``, ``prob_<channel>.nrrd`` and ``result.json`` into
@@ -96,13 +98,14 @@ class _Server:
         from .inference import cached_segmenter
 
         segmenter = cached_segmenter(request["model"], request.get("device", "auto"), bool(request.get("trust")))
-        tta = bool(request.get("tta"))
-        result = segmenter.run(request["inputs"], progress=lambda s, f: self.emit(id=rid, event="progress",
-                                                                                 stage=s, fraction=f), tta=tta)
+        def progress(stage: str, fraction: float) -> None:
+            self.emit(id=rid, event="progress", stage=stage, fraction=fraction)
+
+        result = segmenter.run(request["inputs"], progress=progress, tta=request.get("tta"))
         if request.get("classifier"):
             from .classify import attach_classification, cached_classifier
 
-            attach_classification(result, cached_classifier(request["classifier"]), tta=tta)
+            attach_classification(result, cached_classifier(request["classifier"]), tta=result.tta_passes > 1)
         save_result(result, Path(request["out"]))
         self.emit(id=rid, event="done", out=request["out"])
 
