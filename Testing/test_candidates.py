@@ -172,8 +172,11 @@ def test_fit_script_writes_a_manifest_the_engine_loads(tmp_path):
     (tmp_path / "classifier.json").write_text(json.dumps(fitted))
     subprocess.run([sys.executable, str(root / "scripts" / "fit_lesion_classifier.py"), "write", "--classifier",
                     str(tmp_path / "classifier.json"), "--manifest", str(tmp_path / "manifest.json"),
-                    "--min-probability", "0.25", "--label-floor", "3:0.2:0", "--description", "test"], check=True)
-    post = parse_manifest(json.loads((tmp_path / "manifest.json").read_text()), tmp_path).postprocessing
+                    "--min-probability", "0.25", "--label-floor", "3:0.2:0", "--description", "test",
+                    "--probability-floor", "0.9", "--tta"], check=True)
+    manifest = parse_manifest(json.loads((tmp_path / "manifest.json").read_text()), tmp_path)
+    post = manifest.postprocessing
+    assert post.min_lesion_probability == 0.9 and manifest.inference.test_time_augmentation is True
     assert post.lesion_classifier.min_probability == 0.25 and post.lesion_classifier.intercept == -0.8
     assert post.lesion_classifier.features == ("mean_probability",) and post.lesion_classifier.description == "test"
     assert [(f.value, f.min_ml, f.replace_with) for f in post.label_volume_floors] == [(3, 0.2, 0)]

@@ -226,15 +226,15 @@ def floors(model: str, classifier_json: Path, min_probability: float, validation
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    floor_help = "replace the model's lesion probability floor (postprocessing.min_lesion_probability)"
     p = sub.add_parser("collect")
+    p.add_argument("--probability-floor", type=float, help=floor_help)
     p.add_argument("--model", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--set", dest="sets", action="append", default=[], help="NAME:PRESET:INPUTS:FIRST_SEED:N")
     p.add_argument("--cases", action="append", default=[],
                    help="NAME:PATH, your own cases: a CSV or a folder of case folders, as for medcnncad train --data")
     p.add_argument("--tta", action="store_true", help="segment with test-time augmentation (flips averaged)")
-    floor_help = "replace the model's lesion probability floor (postprocessing.min_lesion_probability)"
-    sub.choices["collect"].add_argument("--probability-floor", type=float, help=floor_help)
     p = sub.add_parser("fit")
     p.add_argument("--probability-floor", type=float, help=floor_help)
     p.add_argument("--model", required=True)
@@ -275,6 +275,10 @@ def main() -> None:
         manifest["postprocessing"]["lesion_classifier"] = {
             **json.loads(args.classifier.read_text()), "min_probability": args.min_probability,
             "description": args.description}
+        if args.probability_floor is not None:
+            manifest["postprocessing"]["min_lesion_probability"] = args.probability_floor
+        if args.tta:
+            manifest["inference"]["test_time_augmentation"] = True
         if args.label_floor:
             value, min_ml, replace_with = args.label_floor.split(":")
             manifest["postprocessing"]["label_volume_floors"] = [
