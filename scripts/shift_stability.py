@@ -2,7 +2,9 @@
 0.75 mm (half a model voxel) along the image's first axis by linear resampling on the same grid, and
 compare the two whole-tumor masks voxel for voxel, next to the reference compared with itself moved.
 
-    python scripts/shift_stability.py PRESET INPUTS N     # e.g. clinical-like T1c 30, heldout all 24
+    python scripts/shift_stability.py PRESET INPUTS N [MODEL]  # e.g. clinical-like T1c 30, heldout all 24
+
+MODEL (default brats-robust-unet) runs in its own default mode (manifest inference.test_time_augmentation).
 """
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from medcnncad.phantom import make_phantom, preset  # noqa: E402
 from medcnncad.inference import Segmenter  # noqa: E402
 from medcnncad.models import load_model  # noqa: E402
 pre, chans, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-seg = Segmenter(load_model("brats-robust-unet"), "cpu")
+seg = Segmenter(load_model(sys.argv[4] if len(sys.argv) > 4 else "brats-robust-unet"), "cpu")
 
 
 def dice(a, b):
