@@ -3,13 +3,16 @@
 Three steps, each reproducible from seeds (docs/models.md has the exact commands used):
 
   collect   segment phantoms with the model and save, per case, the label map (after the
-            model's own floors), the foreground probability and the reference (npz);
+            model's own floors), the foreground probability and the reference (npz); ``--tta``
+            segments with test-time augmentation (fit the second stage in the mode the model runs
+            in), ``--probability-floor`` replaces the model's probability floor (also for fit/floors);
   fit       logistic regression (scikit-learn) on the features of every candidate component of
             the training-side cases, true = it overlaps the reference; then, on validation-side
             cases, the lesion sensitivity, false positives per case and Dice at each threshold;
   floors    on the same validation-side cases, after the classifier at the chosen threshold:
             Dice and lesion sensitivity for a grid of label volume floors (e.g. ET -> NCR below x mL);
-  write     put the classifier, the chosen threshold and a label floor into the model's manifest.
+  write     put the classifier, the chosen threshold and a label floor (and, with ``--probability-floor``
+            and ``--tta``, that floor and test-time augmentation as the default) into the model's manifest.
 
 Phantom sets are ``--set NAME:PRESET:INPUTS:FIRST_SEED:N``; INPUTS is ``all``, one sequence name, or
 ``mixed`` (per seed: all / T1c / T1c / FLAIR / all / 2-3 random sequences, the training mix). Your
