@@ -108,8 +108,12 @@ def test_reports_state_the_classifier(tmp_path):
     raw["postprocessing"]["lesion_classifier"] = _classifier_json(description="fitted on phantoms")
     rule = _lesion_filter(parse_manifest(raw, tmp_path))
     assert rule["classifier"]["min_probability"] == 0.5 and rule["classifier"]["features"] == ["mean_probability"]
-    assert "second-stage lesion classifier scores at least 0.5 " in _filter_text(rule)
+    assert "second-stage lesion classifier scores at least 0.5 (model post-processing); " in _filter_text(rule)
     assert "classifier" not in _lesion_filter(parse_manifest(blob_manifest_dict(), tmp_path))
+    raw["inference"]["test_time_augmentation"] = True
+    rule = _lesion_filter(parse_manifest(raw, tmp_path))
+    assert rule["chosen_with_test_time_augmentation"] is True
+    assert "at least 0.5 (model post-processing, chosen with test-time augmentation); " in _filter_text(rule)
 
 
 def test_label_volume_floor_relabels_a_label_whose_case_total_is_small():

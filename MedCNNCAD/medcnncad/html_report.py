@@ -294,8 +294,10 @@ def _filter_text(lesion_filter: dict) -> str:
     classifier = lesion_filter.get("classifier")
     second = (f" and that a second-stage lesion classifier scores at least {classifier['min_probability']:g}"
               if classifier else "")
+    mode = ", chosen with test-time augmentation" if lesion_filter.get("chosen_with_test_time_augmentation") else ""
     return (f"Shown: components of at least {lesion_filter['min_volume_ml']:g} mL whose largest foreground "
-            f"probability is at least {lesion_filter['min_max_probability']:g}{second} (model post-processing); "
+            f"probability is at least {lesion_filter['min_max_probability']:g}{second} (model post-processing"
+            f"{mode}); "
             "smaller or less certain ones remain visible in the probability maps." + _floors_text(lesion_filter))
 
 

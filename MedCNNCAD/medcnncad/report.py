@@ -108,6 +108,7 @@ def _lesion_filter(manifest: Any) -> dict[str, Any]:
             "rule": "26-connected foreground components smaller than min_volume_ml, or whose largest foreground "
                     "probability is below min_max_probability, are removed from the label map and the lesion "
                     "list; the probability maps keep them",
+            "chosen_with_test_time_augmentation": manifest.inference.test_time_augmentation,
             **_classifier_filter(post.lesion_classifier), **_label_floors(manifest)}
 
 
