@@ -4,8 +4,8 @@ Three steps, each reproducible from seeds (docs/models.md has the exact commands
 
   collect   segment phantoms with the model and save, per case, the label map (after the
             model's own floors), the foreground probability and the reference (npz); ``--tta``
-            segments with test-time augmentation (fit the second stage in the mode the model runs
-            in), ``--probability-floor`` replaces the model's probability floor (also for fit/floors);
+            / ``--no-tta`` choose the mode (default: the model's; fit the second stage in the mode the
+            model will run in), ``--probability-floor`` replaces the model's probability floor (also for fit/floors);
   fit       logistic regression (scikit-learn) on the features of every candidate component of
             the training-side cases, true = it overlaps the reference; then, on validation-side
             cases, the lesion sensitivity, false positives per case and Dice at each threshold;
@@ -76,7 +76,7 @@ def _segmenter(model: str, min_probability: float | None = None):
     return Segmenter(dataclasses.replace(loaded, manifest=manifest), "cpu")
 
 
-def collect_files(model: str, out: Path, specs: list[str], tta: bool = False,
+def collect_files(model: str, out: Path, specs: list[str], tta: bool | None = None,
                   min_probability: float | None = None) -> None:
     """Segment the cases of a CSV or folder (``NAME:PATH``, the layouts ``medcnncad train --data``
     reads); each reference label must lie on its case's first input's grid."""
@@ -100,9 +100,10 @@ def collect_files(model: str, out: Path, specs: list[str], tta: bool = False,
             print(name, case["id"], flush=True)
 
 
-def collect(model: str, out: Path, sets: list[str], tta: bool = False, min_probability: float | None = None) -> None:
-    """Segment the phantoms of each set (``tta``: flips averaged, as ``--tta`` does); one npz per
-    case (skipped when present: resumable)."""
+def collect(model: str, out: Path, sets: list[str], tta: bool | None = None,
+            min_probability: float | None = None) -> None:
+    """Segment the phantoms of each set (``tta``: flips averaged, as ``--tta`` does; ``None``: the
+    model's default mode); one npz per case (skipped when present: resumable)."""
     from medcnncad.phantom import make_phantom, preset
 
     segmenter = _segmenter(model, min_probability)
@@ -237,7 +238,8 @@ def main() -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], help="NAME:PRESET:INPUTS:FIRST_SEED:N")
     p.add_argument("--cases", action="append", default=[],
                    help="NAME:PATH, your own cases: a CSV or a folder of case folders, as for medcnncad train --data")
-    p.add_argument("--tta", action="store_true", help="segment with test-time augmentation (flips averaged)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction,
+                   help="segment with (without) test-time augmentation; default: the model's default mode")
     p = sub.add_parser("fit")
     p.add_argument("--probability-floor", type=float, help=floor_help)
     p.add_argument("--model", required=True)
