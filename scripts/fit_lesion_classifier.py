@@ -70,7 +70,7 @@ def _segmenter(model: str, min_probability: float | None = None):
 
     torch.set_num_threads(2)
     loaded = load_model(model)
-    post = dataclasses.replace(_postprocessing(model, min_probability), lesion_classifier=None,
+    post = dataclasses.replace(_with_floor(loaded.manifest.postprocessing, min_probability), lesion_classifier=None,
                                label_volume_floors=())
     manifest = dataclasses.replace(loaded.manifest, postprocessing=post)
     return Segmenter(dataclasses.replace(loaded, manifest=manifest), "cpu")
@@ -120,11 +120,16 @@ def collect(model: str, out: Path, sets: list[str], tta: bool | None = None,
             print(name, seed, flush=True)
 
 
+def _with_floor(post, min_probability: float | None):
+    """``post`` (a manifest's postprocessing) with its lesion probability floor replaced by ``min_probability``
+    when given."""
+    return post if min_probability is None else dataclasses.replace(post, min_lesion_probability=min_probability)
+
+
 def _postprocessing(model: str, min_probability: float | None = None):
     """The model's postprocessing, its lesion probability floor replaced by ``min_probability`` when given."""
     from medcnncad.models import load_model
-    post = load_model(model).manifest.postprocessing
-    return post if min_probability is None else dataclasses.replace(post, min_lesion_probability=min_probability)
+    return _with_floor(load_model(model).manifest.postprocessing, min_probability)
 
 
 def _cases(folder: str, post):
