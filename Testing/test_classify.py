@@ -343,6 +343,101 @@ def test_case_probability_uses_the_manifest_calibration(tmp_path):
     assert case_probability(result) == pytest.approx(1 / (1 + 3 * np.exp(-0.4)), abs=1e-5)
 
 
+def test_platt_fit_is_scikit_learns_sigmoid_calibration_on_the_logit():
+    from sklearn.calibration import _sigmoid_calibration  # private, but it is the reference implementation
+
+    from medcnncad.calibration import _logit, fit_platt
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random(60) < 0.6).astype(int)
+    scores = np.clip(0.35 + 0.3 * labels + rng.normal(0, 0.2, 60), 0.01, 0.99)  # classes overlap
+    a, b = fit_platt(scores, labels)
+    big_a, big_b = _sigmoid_calibration(_logit(scores), labels)  # P = 1 / (1 + exp(A f + B))
+    assert a == pytest.approx(-big_a, abs=1e-4) and b == pytest.approx(-big_b, abs=1e-4)
+
+
+def test_platt_fit_stays_finite_when_the_score_separates_the_classes():
+    from medcnncad.calibration import apply_platt, fit_platt
+
+    # 10 tumor cases at 0.9, 10 tumor-free at 0.1: Platt's targets are 11/12 and 1/12, reached exactly
+    # by z = +-ln 11 at logit = +-ln 9, so a = ln 11 / ln 9 = 1.0913 and b = 0 (plain maximum likelihood: a -> inf)
+    a, b = fit_platt([0.9] * 10 + [0.1] * 10, [1] * 10 + [0] * 10)
+    assert a == pytest.approx(np.log(11) / np.log(9), abs=1e-4) and b == pytest.approx(0.0, abs=1e-4)
+    assert apply_platt(0.9, a, b) == pytest.approx(11 / 12, abs=1e-4)
+
+
+def _pet_ct_segmenter(tmp_path, calibration) -> Segmenter:
+    """The blob model with a second, optional input (PET) that the network ignores, and ``case_calibration``."""
+    raw = blob_manifest_dict()
+    raw["inputs"].append({"name": "PET", "modality": "PT", "required": False})
+    raw["network"]["kwargs"]["in_channels"] = 2
+    raw["case_calibration"] = calibration
+    manifest = parse_manifest(raw, tmp_path)
+
+    class FirstChannel(ThresholdNet):
+        def forward(self, x):
+            return super().forward(x[:, :1])
+
+    return Segmenter(LoadedModel(manifest, FirstChannel(), build_preprocessing(manifest.preprocessing), "manifest",
+                                 tmp_path), device="cpu")
+
+
+def test_case_calibration_applies_only_to_the_inputs_it_was_fitted_with(tmp_path):
+    from medcnncad.report import build_report, calibration_words, case_probability, case_score
+
+    blocks = [{"method": "platt", "a": 1.0, "b": -np.log(3.0), "inputs": ["CT"], "fitted_on": "CT alone"},
+              {"method": "platt", "a": 1.0, "b": np.log(2.0), "fitted_on": "CT and PET"}]  # no inputs: all of them
+    seg = _pet_ct_segmenter(tmp_path, blocks)
+    ct = make_image(_blob() * 0.51)
+    odds = np.exp(0.4)  # score sigmoid(0.4): odds e^0.4
+    alone = seg.run({"CT": ct})
+    assert case_score(alone) == pytest.approx(1 / (1 + 1 / odds), abs=1e-5)
+    assert case_probability(alone) == pytest.approx(1 / (1 + 3 / odds), abs=1e-5)  # odds / 3
+    both = seg.run({"CT": ct, "PET": ct})
+    assert case_probability(both) == pytest.approx(1 / (1 + 1 / (2 * odds)), abs=1e-5)  # odds x 2
+    case = build_report(alone)["case"]
+    assert case["calibration"] == "platt" and case["calibration_inputs"] == ["CT"]
+    assert case["calibration_fitted_on"] == "CT alone" and calibration_words(case) == "platt-calibrated for inputs CT"
+
+    only_pet = _pet_ct_segmenter(tmp_path, {"method": "platt", "a": 1.0, "b": 0.5, "inputs": ["PET"]})
+    result = only_pet.run({"CT": ct})
+    assert case_probability(result) == case_score(result)  # no calibration for CT alone: the raw score
+    case = build_report(result)["case"]
+    assert case["calibration"] == "none" and calibration_words(case) == "uncalibrated score"
+    assert "fitted with inputs PET, not CT" in case["calibration_note"]
+
+
+@pytest.mark.parametrize("calibration, message", [
+    ({"method": "platt", "a": 1.0, "b": 0.0, "inputs": ["MR"]}, r"case_calibration inputs \['MR'\]"),
+    ([{"method": "platt", "a": 1.0, "b": 0.0, "inputs": ["CT", "PET"]}, {"method": "platt", "a": 2.0, "b": 0.0}],
+     r"two case_calibration blocks for the same inputs \['CT', 'PET'\]"),
+    ({"method": "isotonic", "a": 1.0, "b": 0.0}, "case_calibration"),
+])
+def test_bad_case_calibration_is_refused_by_name(tmp_path, calibration, message):
+    with pytest.raises(ModelError, match=message):
+        _pet_ct_segmenter(tmp_path, calibration)
+
+
+def test_writing_a_case_calibration_replaces_only_the_block_for_the_same_inputs(tmp_path):
+    from medcnncad.evaluation import write_case_calibration
+    from medcnncad.manifest import load_manifest
+
+    raw = blob_manifest_dict()
+    raw["inputs"].append({"name": "PET", "modality": "PT", "required": False})
+    raw["network"]["kwargs"]["in_channels"] = 2
+    raw["case_calibration"] = {"method": "platt", "a": 1.0, "b": 0.0, "fitted_on": "old, all inputs"}
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    write_case_calibration(str(tmp_path), {"method": "platt", "a": 2.0, "b": 0.1, "inputs": ["CT"], "fitted_on": "x",
+                                           "before": {}, "after": {}})
+    write_case_calibration(str(tmp_path), {"method": "platt", "a": 3.0, "b": 0.2, "inputs": ["PET", "CT"],
+                                           "fitted_on": "new, all inputs"})
+    m = load_manifest(tmp_path)
+    assert len(m.case_calibration) == 2
+    assert m.case_calibration_for(["CT"])["a"] == 2.0 and "before" not in m.case_calibration_for(["CT"])
+    assert m.case_calibration_for(["CT", "PET"])["fitted_on"] == "new, all inputs"
+    assert m.case_calibration_for(["PET"]) is None
+
+
 def test_html_case_report_shows_lesion_classes(tmp_path):
     from medcnncad.html_report import case_report
     from medcnncad.report import write_case_outputs

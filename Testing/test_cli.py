@@ -75,6 +75,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     _one_line_error(capsys, ["segment", "--model", "no-such", "--input", f"T1={pred_path}",
                              "--out", str(tmp_path)], "no such model")
     assert not (tmp_path / "o").exists()
+    _one_line_error(capsys, ["calibrate-case", "--tumor-free", "0"], "tumor-free fraction 0.0")
+    _one_line_error(capsys, ["calibrate-case", "--channels", "T1c,PET", "--n", "2"], "channels ['T1c', 'PET']")
 
 
 def test_untrusted_bundle_exit_2_then_trust_flag_runs(tmp_path, capsys):
@@ -148,7 +150,7 @@ def test_segment_with_lesion_classifier_and_uncertainty(tmp_path, capsys):
     assert (out / "uncertainty.nii.gz").is_file() and report["uncertainty"]["cost"] == "4x the network time"
     assert all(les["uncertainty"] is not None for les in report["lesions"])
     printed = capsys.readouterr().out
-    assert "P(high)" in printed and "case abnormality probability" in printed
+    assert "P(high)" in printed and "case abnormality probability" in printed and "(uncalibrated score)" in printed
     # a classifier is not a segmentation model: one line, exit 2
     assert main(["segment", "--model", str(clf), *args, "--out", str(tmp_path / "x")]) == 2
     assert "lesion classifier is used with --classifier" in capsys.readouterr().err

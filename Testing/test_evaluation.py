@@ -24,6 +24,12 @@ def test_summary_pools_its_cases(summary):
         detected = sum(c[name]["lesions"]["true_positive"] for c in summary["per_case"])
         reference = sum(c[name]["lesions"]["reference_lesions"] for c in summary["per_case"])
         assert s["lesion_sensitivity"] == pytest.approx(detected / reference)
+    split = summary["structures"]["WT"]["lesions_by_content"]  # WT lesions with / without tumor core
+    assert split["inner"] == "TC" and "lesions_by_content" not in summary["structures"]["TC"]
+    wt = [c["WT"]["lesions"] for c in summary["per_case"]]
+    assert split["with_reference"] + split["without_reference"] == sum(x["reference_lesions"] for x in wt)
+    assert split["with_detected"] + split["without_detected"] == sum(x["true_positive"] for x in wt)
+    assert split["with_reference"] == 2  # one tumor per classic phantom
 
 
 def test_case_dice_equals_an_independent_run(summary):

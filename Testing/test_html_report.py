@@ -35,6 +35,7 @@ def test_case_report_content(case_dir):
     assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", text)) == 3  # AI, reference, overlay
     assert "AI segmentation (Slicer slice views)" in text and "Reference (Slicer slice views)" in text
     assert "Agreement with the reference" in text and "abnormality probability" in text
+    assert "uncalibrated score" in text  # the demo model has no case calibration
     # the demo manifest drops components under 0.1 mL and has no probability floor
     assert "components of at least 0.1 mL whose largest foreground probability is at least 0 " in text
     report = json.loads((case_dir / "report.json").read_text())

@@ -120,6 +120,27 @@ def test_lesion_detection_rule():
     assert d.sensitivity == 0.5
 
 
+def test_detection_split_by_what_the_reference_lesion_holds():
+    from medcnncad.metrics import detection_by_content
+
+    ref = np.zeros((20, 20, 20), bool)
+    inner = np.zeros_like(ref)
+    pred = np.zeros_like(ref)
+    ref[2:8, 2:8, 2:8] = True           # tumor with a core: found
+    inner[4:6, 4:6, 4:6] = True
+    ref[12:14, 2:4, 2:4] = True         # oedema-only island: missed
+    ref[2:4, 12:14, 12:14] = True       # oedema-only island: found
+    ref[14:18, 14:18, 14:18] = True     # second tumor with a core: missed
+    inner[15, 15, 15] = True
+    pred[7:9, 7:9, 7:9] = True          # touches the first tumor's corner, outside its core
+    pred[3, 13, 13] = True
+    pred[0, 19, 0] = True               # a false positive changes nothing here
+    assert detection_by_content(pred, ref, inner) == {"with_reference": 2, "with_detected": 1,
+                                                      "without_reference": 2, "without_detected": 1}
+    d = lesion_detection(pred, ref)
+    assert (d.reference_lesions, d.true_positive) == (4, 2)  # the split adds up to the plain rule
+
+
 def _satellite_scene() -> tuple[np.ndarray, np.ndarray]:
     """1 mm grid: main tumor with a satellite 3 mm away, a far small lesion, two predicted specks."""
     ref = np.zeros((40, 40, 40), bool)

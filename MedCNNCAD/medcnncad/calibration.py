@@ -101,15 +101,24 @@ def apply_platt(score: float | np.ndarray, a: float, b: float) -> float | np.nda
 
 
 def fit_platt(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
-    """(a, b) minimising the negative log-likelihood of ``labels`` under ``apply_platt(scores, a, b)``."""
+    """(a, b) minimising the cross-entropy of ``apply_platt(scores, a, b)`` against Platt's targets.
+
+    Platt (2000, section 2.2) replaces the 0/1 labels by (N+ + 1) / (N+ + 2) and 1 / (N- + 2), a
+    prior that keeps the fit finite when the scores separate the classes (then plain maximum
+    likelihood sends ``a`` to infinity and every probability to 0 or 1). Same fit as scikit-learn's
+    ``CalibratedClassifierCV(method="sigmoid")`` on ``logit(score)`` (test_calibration).
+    """
     from scipy.optimize import minimize
 
     x = _logit(np.asarray(scores))
     y = np.asarray(labels, dtype=np.float64)
+    positives, negatives = float((y > 0).sum()), float((y <= 0).sum())
+    target = np.where(y > 0, (positives + 1.0) / (positives + 2.0), 1.0 / (negatives + 2.0))
 
-    def nll(params: np.ndarray) -> float:
+    def nll(params: np.ndarray) -> tuple[float, np.ndarray]:
         z = params[0] * x + params[1]
-        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+        residual = 1.0 / (1.0 + np.exp(-z)) - target
+        return float(np.mean(np.logaddexp(0.0, z) - target * z)), np.array([np.mean(residual * x), np.mean(residual)])
 
-    result = minimize(nll, np.array([1.0, 0.0]), method="L-BFGS-B")
+    result = minimize(nll, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", options={"gtol": 1e-10})
     return float(result.x[0]), float(result.x[1])

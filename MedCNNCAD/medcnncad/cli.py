@@ -383,8 +383,9 @@ def cmd_calibrate_case(args: argparse.Namespace) -> int:
     from .evaluation import fit_case_calibration, write_case_calibration
     from .models import find_model
 
+    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
     cal = fit_case_calibration(args.model, n_cases=args.n, preset=args.preset, tumor_free=args.tumor_free,
-                               device=args.device)
+                               seed_base=args.seed_base, device=args.device, channels=channels)
     for when in ("before", "after"):
         r = cal[when]
         print(f"{when:>6}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} ECE {r['ece_10_bins']:.4f} "
@@ -537,8 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=40)
     p.add_argument("--preset", default="robust")
     p.add_argument("--tumor-free", type=float, default=0.5)
+    p.add_argument("--channels", help="comma-separated sequences given to the model (default all); the "
+                                      "calibration applies only to runs given exactly these")
+    p.add_argument("--seed-base", type=int, default=250_000,
+                   help="first phantom seed (default 250000, validation side: never training, never the 900000+ "
+                        "test seeds)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--write", action="store_true", help="store the calibration in the model's manifest")
+    p.add_argument("--write", action="store_true", help="store the calibration in the model's manifest "
+                                                         "(replacing one fitted with the same sequences)")
     p.set_defaults(func=cmd_calibrate_case)
 
     p = sub.add_parser("calibrate-classifier", help="refit a lesion classifier's temperature and operating "

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import InputError
+
 __all__ = ["evaluate_on_phantoms", "format_table"]
 
 
@@ -29,7 +31,7 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
     from tqdm import tqdm
 
     from .inference import Segmenter
-    from .metrics import compute_metrics, pooled_detection
+    from .metrics import compute_metrics, detection_by_content, pooled_detection
     from .models import load_model
     from .report import case_probability
     from .phantom import make_phantom
@@ -38,11 +40,9 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
     config = get_preset(preset)
     segmenter = Segmenter(load_model(model_id), device=device)
     manifest = segmenter.manifest
-    given = [c.name for c in manifest.inputs if channels is None or c.name in channels]
-    unknown = sorted(set(channels or []) - set(manifest.input_names))
-    if unknown or not given:
-        raise ValueError(f"channels {channels}: model {manifest.id} has inputs {manifest.input_names}")
+    given = _given_channels(manifest, channels)
     structures = manifest.structures()
+    nested = nested_regions(manifest)
     per_case: list[dict[str, Any]] = []
     seconds = []
     tta = manifest.inference.test_time_augmentation if tta is None else tta
@@ -51,10 +51,15 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
         t0 = time.perf_counter()
         result = segmenter.run({name: case.images[name] for name in given}, tta=tta)
         seconds.append(time.perf_counter() - t0)
-        metrics = compute_metrics(result.label_map, sitk.GetArrayFromImage(case.label), case.label.GetSpacing(),
-                                  structures)
-        per_case.append({"seed": seed, "grade": case.grade, "abnormality_probability": case_probability(result),
-                         **{k: v.to_json() for k, v in metrics.items()}})
+        reference = sitk.GetArrayFromImage(case.label)
+        metrics = compute_metrics(result.label_map, reference, case.label.GetSpacing(), structures)
+        entry = {"seed": seed, "grade": case.grade, "abnormality_probability": case_probability(result),
+                 **{k: v.to_json() for k, v in metrics.items()}}
+        for outer, inner in nested.items():
+            entry[outer]["lesions_by_content"] = {"inner": inner, **detection_by_content(
+                np.isin(result.label_map, structures[outer]), np.isin(reference, structures[outer]),
+                np.isin(reference, structures[inner]))}
+        per_case.append(entry)
     summary: dict[str, Any] = {"model": manifest.id, "version": manifest.version, "cases": n_cases,
                                "preset": preset, "channels": given, "tta": tta,
                                "tumor_free_cases": sum(c["grade"] == "none" for c in per_case),
@@ -74,6 +79,9 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
             **pooled_detection([c[name]["lesions"] for c in per_case]),
             **pooled_detection([c[name]["lesions_brats2023"] for c in per_case], "_brats2023"),
         }
+        if name in nested:
+            summary["structures"][name]["lesions_by_content"] = _pooled_by_content(
+                [c[name]["lesions_by_content"] for c in per_case])
     labels = [int(c["grade"] != "none") for c in per_case]
     if len(set(labels)) == 2:
         from .calibration import binary_report
@@ -81,6 +89,26 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
         summary["abnormality"] = binary_report([c["abnormality_probability"] for c in per_case], labels, 0.5)
     summary["per_case"] = per_case
     return summary
+
+
+def nested_regions(manifest: Any) -> dict[str, str]:
+    """Region name -> the largest other region inside it (e.g. WT -> TC); regions with none are left out."""
+    out = {}
+    for outer in manifest.regions:
+        inside = [r for r in manifest.regions if set(r.labels) < set(outer.labels)]
+        if inside:
+            out[outer.name] = max(inside, key=lambda r: len(r.labels)).name
+    return out
+
+
+def _pooled_by_content(counts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum :func:`medcnncad.metrics.detection_by_content` counts over cases, with the two sensitivities."""
+    total = {k: sum(c[k] for c in counts) for k in ("with_reference", "with_detected", "without_reference",
+                                                     "without_detected")}
+    return {"inner": counts[0]["inner"], **total,
+            "sensitivity_with": total["with_detected"] / total["with_reference"] if total["with_reference"] else None,
+            "sensitivity_without": (total["without_detected"] / total["without_reference"]
+                                    if total["without_reference"] else None)}
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -103,6 +131,12 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{f(s['dice_min'])} | {f(s['hd95_mm_median'], 2)} | {f(s['lesion_sensitivity'], 2)} | "
                      f"{s['false_positive_lesions_per_case']:.2f} | {f(s.get('lesion_sensitivity_brats2023'), 2)} | "
                      f"{f(s.get('false_positive_lesions_per_case_brats2023'), 2)} | {f(s.get('empty_correct'), 2)} |")
+    for name, s in summary["structures"].items():
+        split = s.get("lesions_by_content")
+        if split:
+            lines += ["", f"{name} lesions (any overlap) holding {split['inner']}: {split['with_detected']} of "
+                          f"{split['with_reference']} detected; without {split['inner']}: "
+                          f"{split['without_detected']} of {split['without_reference']}"]
     if summary.get("abnormality"):
         a = summary["abnormality"]
         lines += ["", f"case abnormality (any tumor) from the segmentation: AUC {f(a['auc'])}, sensitivity "
@@ -116,11 +150,14 @@ CASE_CALIBRATION_SEED_BASE = 250_000  # validation-side seeds: never training, n
 
 
 def fit_case_calibration(model_id: str, n_cases: int = 40, preset: str = "robust", tumor_free: float = 0.5,
-                         seed_base: int = CASE_CALIBRATION_SEED_BASE, device: str = "auto") -> dict[str, Any]:
+                         seed_base: int = CASE_CALIBRATION_SEED_BASE, device: str = "auto",
+                         channels: list[str] | None = None) -> dict[str, Any]:
     """Platt scaling of a model's case abnormality score, fitted on phantoms half of which are tumor-free.
 
-    Returns the fitted ``a``, ``b`` with AUC/Brier/ECE of the score before and after (on the same
-    cases: held-out numbers come from :func:`evaluate_on_phantoms`).
+    ``channels``: the sequences given to the model (default all its inputs); the block records
+    them as ``inputs`` and applies only to runs given exactly those. The model runs in its own
+    default inference mode. Returns the fitted ``a``, ``b`` with AUC/Brier/ECE of the score
+    before and after (on the same cases: held-out numbers come from :func:`evaluate_on_phantoms`).
     """
     import dataclasses
 
@@ -133,23 +170,44 @@ def fit_case_calibration(model_id: str, n_cases: int = 40, preset: str = "robust
     from .phantom import preset as get_preset
     from .report import case_score
 
+    if not 0.0 < tumor_free < 1.0:
+        raise InputError(f"tumor-free fraction {tumor_free}: calibration needs cases with and without tumor "
+                         "(choose a value between 0 and 1)")
     config = dataclasses.replace(get_preset(preset), tumor_free_fraction=tumor_free)
     segmenter = Segmenter(load_model(model_id), device=device)
+    given = _given_channels(segmenter.manifest, channels)
     scores, labels = [], []
     for seed in tqdm(range(seed_base, seed_base + n_cases), desc="calibration phantoms", unit="case"):
         case = make_phantom(seed, config)
-        scores.append(case_score(segmenter.run({c.name: case.images[c.name] for c in segmenter.manifest.inputs})))
+        scores.append(case_score(segmenter.run({name: case.images[name] for name in given})))
         labels.append(int(case.grade != "none"))
+    if len(set(labels)) < 2:
+        raise InputError(f"{n_cases} calibration phantoms from seed {seed_base} are all "
+                         f"{'tumor-free' if labels[0] == 0 else 'tumor-bearing'}: use more cases (--n)")
     a, b = fit_platt(scores, labels)
-    return {"method": "platt", "a": a, "b": b,
+    mode = "with" if segmenter.manifest.inference.test_time_augmentation else "without"
+    return {"method": "platt", "a": a, "b": b, "inputs": given,
             "fitted_on": f"{n_cases} '{preset}' phantoms with tumor-free fraction {tumor_free} "
-                         f"(seeds {seed_base}-{seed_base + n_cases - 1})",
+                         f"(seeds {seed_base}-{seed_base + n_cases - 1}), given {'+'.join(given)}, "
+                         f"{mode} test-time augmentation",
             "before": binary_report(scores, labels, 0.5), "after": binary_report(apply_platt(np.array(scores), a, b),
                                                                                   labels, 0.5)}
 
 
+def _given_channels(manifest: Any, channels: list[str] | None) -> list[str]:
+    """The model's inputs in manifest order, restricted to ``channels`` (InputError naming unknown ones)."""
+    given = [name for name in manifest.input_names if channels is None or name in channels]
+    unknown = sorted(set(channels or []) - set(manifest.input_names))
+    if unknown or not given:
+        raise InputError(f"channels {channels}: model {manifest.id} has inputs {manifest.input_names}")
+    return given
+
+
 def write_case_calibration(model_folder: str, calibration: dict[str, Any]) -> None:
-    """Store ``case_calibration`` in a model folder's manifest (atomically; weights untouched)."""
+    """Store a ``case_calibration`` block in a model folder's manifest (atomically; weights untouched).
+
+    The block replaces one fitted with the same inputs and keeps those fitted with other inputs.
+    """
     import json
     from pathlib import Path
 
@@ -157,7 +215,12 @@ def write_case_calibration(model_folder: str, calibration: dict[str, Any]) -> No
 
     path = Path(model_folder) / "manifest.json"
     raw = json.loads(path.read_text())
-    raw["case_calibration"] = {k: calibration[k] for k in ("method", "a", "b", "fitted_on")}
+    block = {k: calibration[k] for k in ("method", "a", "b", "inputs", "fitted_on") if k in calibration}
+    all_inputs = [c["name"] for c in raw["inputs"]]
+    old = raw.get("case_calibration", [])
+    old = old if isinstance(old, list) else [old]
+    kept = [b for b in old if set(b.get("inputs", all_inputs)) != set(block.get("inputs", all_inputs))]
+    raw["case_calibration"] = kept + [block]
     parse_manifest(raw, path.parent, where=str(path))
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(raw, indent=2) + "\n")

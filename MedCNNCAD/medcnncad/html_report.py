@@ -135,6 +135,8 @@ def _classification_section(report: dict) -> list[str]:
 
 def case_report(case_dir: str | Path) -> Path:
     """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path."""
+    from .report import calibration_words
+
     case_dir = Path(case_dir)
     report = json.loads((case_dir / "report.json").read_text())
     model = report["model"]
@@ -149,8 +151,9 @@ def case_report(case_dir: str | Path) -> Path:
                 ("weights SHA-256", model["weights_sha256"]), ("trained on", model["trained_on"]),
                 ("device", report["device"]),
                 ("total time (s)", f"{sum(report['timings_s'].values()):.2f}")]),
-            "<h2>Case</h2>", _table(["abnormality probability", "rule"],
-                                    [(report["case"]["abnormality_probability"], report["case"]["rule"])])]
+            "<h2>Case</h2>", _table(["abnormality probability", "calibration", "rule"],
+                                    [(report["case"]["abnormality_probability"], calibration_words(report["case"]),
+                                      report["case"]["rule"])])]
     body += ["<h2>Images</h2>"] + [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
     body += ["<h2>Lesions</h2>", _table(
         ["structure", "id", "volume mL", "longest diameter mm", "mean P", "max P", "R", "A", "S"],

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jsonschema
 import numpy as np
@@ -192,11 +192,23 @@ class Manifest:
     training: dict[str, Any] = field(default_factory=dict)
     folder: Path = Path(".")
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
-    case_calibration: dict[str, Any] = field(default_factory=dict)
+    case_calibration: tuple[dict[str, Any], ...] = ()
 
     @property
     def input_names(self) -> list[str]:
         return [c.name for c in self.inputs]
+
+    def case_calibration_for(self, given: Sequence[str]) -> dict[str, Any] | None:
+        """The ``case_calibration`` block fitted with exactly the sequences ``given`` (None when there is none).
+
+        A block without ``inputs`` was fitted with every input. The case score of a model with
+        optional inputs depends on which were given, so a block applies only to its own set.
+        """
+        wanted = set(given)
+        for block in self.case_calibration:
+            if set(block.get("inputs", self.input_names)) == wanted:
+                return block
+        return None
 
     def structures(self) -> dict[str, tuple[int, ...]]:
         """Structure name -> label values: every label, then every region (e.g. WT = (1, 2, 4))."""
@@ -379,6 +391,28 @@ def _check_consistency(m: Manifest, where: str) -> None:
     if n_in is not None and n_in != len(m.inputs):
         raise ModelError(f"{where}: network in_channels={n_in} but {len(m.inputs)} inputs")
     _check_lesion_classifier(m, where)
+    _check_case_calibration(m, where)
+
+
+def _case_calibrations(data: dict[str, Any] | list[dict[str, Any]] | None) -> tuple[dict[str, Any], ...]:
+    """``case_calibration`` (one block or a list, schema-validated already) as a tuple of blocks."""
+    if data is None:
+        return ()
+    return tuple(data) if isinstance(data, list) else (data,)
+
+
+def _check_case_calibration(m: Manifest, where: str) -> None:
+    """Each case calibration names known inputs, and no two were fitted with the same set."""
+    seen: list[set[str]] = []
+    for block in m.case_calibration:
+        inputs = set(block.get("inputs", m.input_names))
+        unknown = sorted(inputs - set(m.input_names))
+        if unknown:
+            raise ModelError(f"{where}: case_calibration inputs {unknown} are not inputs of the model "
+                             f"({m.input_names})")
+        if inputs in seen:
+            raise ModelError(f"{where}: two case_calibration blocks for the same inputs {sorted(inputs)}")
+        seen.append(inputs)
 
 
 def _lesion_classifier(data: dict[str, Any] | None) -> LesionClassifier | None:
@@ -452,7 +486,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
         description=data.get("description", ""),
         trained_on=data.get("trained_on", ""), intended_use=data.get("intended_use", ""),
         training=data.get("training", {}), folder=folder, raw=data,
-        case_calibration=data.get("case_calibration", {}),
+        case_calibration=_case_calibrations(data.get("case_calibration")),
     )
     _check_consistency(manifest, where)
     return manifest

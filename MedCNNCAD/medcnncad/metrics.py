@@ -190,6 +190,25 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray, rule: DetectionRule = ST
                            detected / n_counted if n_counted else None, n_ref - n_counted, rule.name)
 
 
+def detection_by_content(pred: np.ndarray, ref: np.ndarray, inner: np.ndarray) -> dict[str, int]:
+    """Any-overlap detection of ``ref``'s lesions, split by whether a lesion holds ``inner`` voxels.
+
+    Boolean (K, J, I) masks; ``inner`` is a nested reference structure (e.g. the tumor core inside
+    the whole tumor). Returns reference and detected counts for lesions with and without it, the
+    split of :data:`DETECTION_RULE`'s sensitivity (a whole-tumor lesion without core is oedema alone).
+    """
+    ref_cc, n_ref = components(ref)
+    holds = np.zeros(n_ref + 1, bool)
+    holds[ref_cc[inner & ref]] = True
+    hit = np.zeros(n_ref + 1, bool)
+    hit[ref_cc[pred & ref]] = True
+    holds[0] = hit[0] = False
+    without = ~holds
+    without[0] = False
+    return {"with_reference": int(holds.sum()), "with_detected": int((holds & hit).sum()),
+            "without_reference": int(without.sum()), "without_detected": int((without & hit).sum())}
+
+
 def pooled_detection(lesions: Sequence[Mapping[str, Any]], suffix: str = "") -> dict[str, float | None]:
     """Over cases (``LesionDetection.to_json()`` dicts): detected / all reference lesions, and false
     positives per case, as ``lesion_sensitivity{suffix}`` and ``false_positive_lesions_per_case{suffix}``."""

@@ -88,7 +88,7 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         "probability_maps": _probability_encoding(m.postprocessing.probability_file),
     }
     report["case"] = {"abnormality_probability": case_probability(result), "score_uncalibrated": case_score(result),
-                      "calibration": result.manifest.case_calibration.get("method", "none"), "rule": CASE_RULE}
+                      **case_calibration_note(result), "rule": CASE_RULE}
     if result.uncertainty is not None:
         report["uncertainty"] = {"method": f"test-time augmentation, {result.tta_passes} passes (identity and flips)",
                                  "map": "standard deviation of the foreground probability over the passes",
@@ -180,13 +180,46 @@ def case_score(result: SegmentationResult) -> float:
     return float(max(p.max() for p in result.probabilities.values()))
 
 
+def given_inputs(result: SegmentationResult) -> list[str]:
+    """The model's inputs that this run was given (manifest order): every input but the missing ones."""
+    return [name for name in result.manifest.input_names if name not in result.missing_channels]
+
+
 def case_probability(result: SegmentationResult) -> float:
-    """Case-level probability that the case holds any lesion, under :data:`CASE_RULE` (0-1)."""
+    """Case-level probability that the case holds any lesion, under :data:`CASE_RULE` (0-1).
+
+    Platt-scaled by the manifest's calibration for exactly the sequences this run was given;
+    the uncalibrated score when the model has none for them.
+    """
     from .calibration import apply_platt
 
     score = case_score(result)
-    cal = result.manifest.case_calibration
-    return float(apply_platt(score, cal["a"], cal["b"])) if cal.get("method") == "platt" else score
+    cal = result.manifest.case_calibration_for(given_inputs(result))
+    return float(apply_platt(score, cal["a"], cal["b"])) if cal is not None else score
+
+
+def calibration_words(case: dict[str, Any]) -> str:
+    """'platt-calibrated for inputs T1c' or 'uncalibrated score', from report.json's ``case`` block."""
+    if case.get("calibration", "none") == "none":
+        return "uncalibrated score"
+    inputs = case.get("calibration_inputs")  # absent in reports of MedCNNCAD before per-input calibration
+    return f"{case['calibration']}-calibrated for inputs {'+'.join(inputs)}" if inputs else \
+        f"{case['calibration']}-calibrated"
+
+
+def case_calibration_note(result: SegmentationResult) -> dict[str, Any]:
+    """report.json's account of the case calibration: method, the inputs it was fitted with, or why none."""
+    given = given_inputs(result)
+    cal = result.manifest.case_calibration_for(given)
+    if cal is not None:
+        return {"calibration": cal["method"], "calibration_inputs": list(cal.get("inputs", given)),
+                "calibration_fitted_on": cal.get("fitted_on", "")}
+    note = {"calibration": "none"}
+    fitted = [sorted(b.get("inputs", result.manifest.input_names)) for b in result.manifest.case_calibration]
+    if fitted:
+        note["calibration_note"] = (f"uncalibrated: the model's case calibration was fitted with inputs "
+                                    f"{' / '.join('+'.join(f) for f in fitted)}, not {'+'.join(sorted(given))}")
+    return note
 
 
 def _display_slices(image: sitk.Image, center_ijk: tuple[float, float, float]) -> list[tuple[str, Any]]:
@@ -344,7 +377,8 @@ def summary_table(report: Mapping[str, Any]) -> str:
         stages = ", ".join(f"{n} by {stage}" for stage, n in removed["by_stage"].items())
         lines.append(f"{removed['count']} candidate component(s) removed by the model's post-processing ({stages}); "
                      "listed in report.json (removed_candidates), still in the probability maps")
-    lines.append(f"case abnormality probability {report['case']['abnormality_probability']:.3f}")
+    lines.append(f"case abnormality probability {report['case']['abnormality_probability']:.3f} "
+                 f"({calibration_words(report['case'])})")
     if "metrics" in report:
         lines.append("")
         lines.append(f"{'structure':<10}{'Dice':>7}{'HD95 mm':>9}{'ASSD mm':>9}{'sens':>7}{'prec':>7}{'dVol mL':>9}")
