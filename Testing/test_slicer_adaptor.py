@@ -19,6 +19,7 @@ from medcnncad import slicer_adaptor as sa  # noqa: E402
 from medcnncad.errors import InputError  # noqa: E402
 from medcnncad.inference import Segmenter  # noqa: E402
 from medcnncad.models import load_model  # noqa: E402
+from medcnncad.report import case_probability  # noqa: E402
 from slicer_scene import new_scene, scene_fingerprint, volume_from_image  # noqa: E402
 
 
@@ -66,6 +67,9 @@ def test_result_nodes(scene, demo_result):
     assert seg.GetDisplayNode().GetVisibility3D()
     assert seg.GetAttribute("MedCNNCAD.modelId") == "brats-demo-unet"
     assert seg.GetAttribute("MedCNNCAD.weightsSHA256") == result.manifest.weights_sha256
+    assert float(seg.GetAttribute("MedCNNCAD.caseAbnormalityProbability")) == pytest.approx(
+        case_probability(result), abs=1e-4)
+    assert seg.GetAttribute("MedCNNCAD.caseCalibration") == "uncalibrated score"  # the demo model has none
     assert "not for diagnosis" in seg.GetAttribute("MedCNNCAD.intendedUse")
     assert set(json.loads(seg.GetAttribute("MedCNNCAD.timings"))) >= {"inference", "preprocess"}
     prob = nodes.probabilities["ET"]

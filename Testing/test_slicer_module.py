@@ -92,6 +92,8 @@ def test_console_api_segment_and_compare(scene, module):
     assert comparison.metrics_table.GetTable().GetNumberOfRows() == 5
     assert "not for diagnosis" in run.segmentation.GetAttribute("MedCNNCAD.intendedUse")
     assert "BraTS demo UNet" in logic.provenanceText(run.segmentation)
+    assert re.search(r"case abnormality probability [01]\.\d{4} \(uncalibrated score\)",
+                     logic.provenanceText(run.segmentation))
 
 
 def test_worker_run_matches_console_run_and_cancel_changes_nothing(scene, module):

@@ -261,12 +261,17 @@ def add_metrics_table(metrics: Mapping[str, StructureMetrics], name: str = "MedC
 
 
 def set_provenance(node: Any, result: SegmentationResult, extra: Mapping[str, Any] | None = None) -> None:
-    """Model identity, version, weights SHA-256, device, timings and intended use as node attributes."""
+    """Model identity, version, weights SHA-256, device, timings, intended use and the case abnormality
+    probability (with whether it is calibrated for the sequences given) as node attributes."""
+    from .report import calibration_words, case_calibration_note, case_probability
+
     m = result.manifest
     values = {"modelId": m.id, "modelVersion": m.version, "modelName": m.name, "weightsSHA256": m.weights_sha256,
               "trainedOn": m.trained_on, "device": result.device,
               "timings": json.dumps({k: round(v, 3) for k, v in result.timings.items()}),
-              "intendedUse": m.intended_use or INTENDED_USE, "missingChannels": ",".join(result.missing_channels)}
+              "intendedUse": m.intended_use or INTENDED_USE, "missingChannels": ",".join(result.missing_channels),
+              "caseAbnormalityProbability": f"{case_probability(result):.4f}",
+              "caseCalibration": calibration_words(case_calibration_note(result))}
     values.update({k: str(v) for k, v in (extra or {}).items()})
     for key, value in values.items():
         node.SetAttribute(PROVENANCE_PREFIX + key, str(value))

@@ -218,7 +218,9 @@ class SecondReaderLogic:
     @staticmethod
     def provenanceText(segmentationNode: Any) -> str:
         get = lambda key: segmentationNode.GetAttribute("MedCNNCAD." + key) or ""  # noqa: E731
-        return (f"{get('modelName')} {get('modelVersion')} | weights SHA-256 {get('weightsSHA256')[:12]}... | "
+        case = (f"case abnormality probability {get('caseAbnormalityProbability')} ({get('caseCalibration')}) | "
+                if get("caseAbnormalityProbability") else "")
+        return (f"{get('modelName')} {get('modelVersion')} | {case}weights SHA-256 {get('weightsSHA256')[:12]}... | "
                 f"device {get('device')} | timings {get('timings')} | trained on: {get('trainedOn')}")
 
     def compare(self, segmentationNode: Any, referenceNode: Any, referenceVolumeNode: Any = None) -> Comparison:
