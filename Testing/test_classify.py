@@ -366,6 +366,21 @@ def test_platt_fit_stays_finite_when_the_score_separates_the_classes():
     assert apply_platt(0.9, a, b) == pytest.approx(11 / 12, abs=1e-4)
 
 
+def test_case_calibration_gives_cases_without_candidates_their_own_probability():
+    from medcnncad.calibration import apply_case_calibration, fit_case_calibration_block, fit_platt
+
+    # 6 cases scoring 0 (no candidate survived), 1 of them with a tumor: (1 + 1) / (6 + 2) = 0.25
+    scores = [0.0] * 6 + [0.9] * 10 + [0.1] * 10
+    labels = [1] + [0] * 5 + [1] * 10 + [0] * 10
+    block = fit_case_calibration_block(scores, labels)
+    assert block["no_candidate_probability"] == pytest.approx(0.25)
+    assert (block["a"], block["b"]) == pytest.approx(fit_platt([0.9] * 10 + [0.1] * 10, [1] * 10 + [0] * 10))
+    assert apply_case_calibration(0.0, block) == pytest.approx(0.25)
+    assert apply_case_calibration(0.9, block) == pytest.approx(11 / 12, abs=1e-4)  # Platt part, by hand above
+    np.testing.assert_allclose(apply_case_calibration(np.array([0.0, 0.9]), block), [0.25, 11 / 12], atol=1e-4)
+    assert "no_candidate_probability" not in fit_case_calibration_block([0.9, 0.1], [1, 0])  # no zeros: Platt only
+
+
 def _pet_ct_segmenter(tmp_path, calibration) -> Segmenter:
     """The blob model with a second, optional input (PET) that the network ignores, and ``case_calibration``."""
     raw = blob_manifest_dict()

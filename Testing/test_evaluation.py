@@ -30,6 +30,8 @@ def test_summary_pools_its_cases(summary):
     assert split["with_reference"] + split["without_reference"] == sum(x["reference_lesions"] for x in wt)
     assert split["with_detected"] + split["without_detected"] == sum(x["true_positive"] for x in wt)
     assert split["with_reference"] == 2  # one tumor per classic phantom
+    # the demo model has no case calibration: the reported probability is the raw score
+    assert all(c["abnormality_probability"] == c["abnormality_score_uncalibrated"] for c in summary["per_case"])
 
 
 def test_case_dice_equals_an_independent_run(summary):

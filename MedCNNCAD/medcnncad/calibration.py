@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["expected_calibration_error", "youden_threshold", "binary_report", "reliability_diagram", "fit_platt",
-           "apply_platt"]
+           "apply_platt", "fit_case_calibration_block", "apply_case_calibration"]
 
 
 def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:
@@ -122,3 +122,30 @@ def fit_platt(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, fl
 
     result = minimize(nll, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", options={"gtol": 1e-10})
     return float(result.x[0]), float(result.x[1])
+
+
+def fit_case_calibration_block(scores: Sequence[float], labels: Sequence[int]) -> dict[str, Any]:
+    """Platt scaling of case scores that may be exactly 0 ("no candidate lesion survived").
+
+    A score of 0 is a state, not a small probability: its logit would be wherever ``_logit``
+    clips it, and that arbitrary point would tilt the Platt line. So cases scoring 0 get their own
+    probability, the share of them with a lesion with Laplace's rule ((k + 1) / (n + 2)), stored as
+    ``no_candidate_probability``; Platt's ``a``, ``b`` are fitted on the other cases.
+    """
+    p = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=int)
+    empty = p <= 0.0
+    a, b = fit_platt(p[~empty], y[~empty]) if (~empty).any() else (1.0, 0.0)
+    block: dict[str, Any] = {"method": "platt", "a": a, "b": b}
+    if empty.any():
+        block["no_candidate_probability"] = float((y[empty].sum() + 1) / (empty.sum() + 2))
+    return block
+
+
+def apply_case_calibration(score: float | np.ndarray, block: dict[str, Any]) -> float | np.ndarray:
+    """A case calibration block (:func:`fit_case_calibration_block`, manifest ``case_calibration``) applied."""
+    calibrated = apply_platt(score, block["a"], block["b"])
+    if "no_candidate_probability" not in block:
+        return calibrated
+    out = np.where(np.asarray(score) <= 0.0, block["no_candidate_probability"], calibrated)
+    return float(out) if np.ndim(out) == 0 else out

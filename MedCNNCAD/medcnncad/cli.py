@@ -386,11 +386,16 @@ def cmd_calibrate_case(args: argparse.Namespace) -> int:
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
     cal = fit_case_calibration(args.model, n_cases=args.n, preset=args.preset, tumor_free=args.tumor_free,
                                seed_base=args.seed_base, device=args.device, channels=channels)
-    for when in ("before", "after"):
-        r = cal[when]
-        print(f"{when:>6}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} ECE {r['ece_10_bins']:.4f} "
-              f"sensitivity {r['sensitivity']:.2f} specificity {r['specificity']:.2f} at 0.5")
-    print(f"Platt a={cal['a']:.4f} b={cal['b']:.4f} ({cal['fitted_on']})")
+    if args.json:
+        print(json.dumps(cal, indent=2))
+    else:
+        for when in ("before", "after"):
+            r = cal[when]
+            print(f"{when:>6}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} ECE {r['ece_10_bins']:.4f} "
+                  f"sensitivity {r['sensitivity']:.2f} specificity {r['specificity']:.2f} at 0.5")
+        empty = cal.get("no_candidate_probability")
+        print(f"Platt a={cal['a']:.4f} b={cal['b']:.4f}" + ("" if empty is None else
+              f", cases without candidate: {empty:.3f}") + f" ({cal['fitted_on']})")
     if args.write:
         write_case_calibration(str(find_model(args.model)), cal)
         print(f"written to {find_model(args.model) / 'manifest.json'}")
@@ -546,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--write", action="store_true", help="store the calibration in the model's manifest "
                                                          "(replacing one fitted with the same sequences)")
+    p.add_argument("--json", action="store_true", help="print everything, per-case scores included, as JSON")
     p.set_defaults(func=cmd_calibrate_case)
 
     p = sub.add_parser("calibrate-classifier", help="refit a lesion classifier's temperature and operating "

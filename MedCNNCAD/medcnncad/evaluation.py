@@ -33,8 +33,8 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
     from .inference import Segmenter
     from .metrics import compute_metrics, detection_by_content, pooled_detection
     from .models import load_model
-    from .report import case_probability
     from .phantom import make_phantom
+    from .report import case_probability, case_score
     from .phantom import preset as get_preset
 
     config = get_preset(preset)
@@ -54,7 +54,7 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
         reference = sitk.GetArrayFromImage(case.label)
         metrics = compute_metrics(result.label_map, reference, case.label.GetSpacing(), structures)
         entry = {"seed": seed, "grade": case.grade, "abnormality_probability": case_probability(result),
-                 **{k: v.to_json() for k, v in metrics.items()}}
+                 "abnormality_score_uncalibrated": case_score(result), **{k: v.to_json() for k, v in metrics.items()}}
         for outer, inner in nested.items():
             entry[outer]["lesions_by_content"] = {"inner": inner, **detection_by_content(
                 np.isin(result.label_map, structures[outer]), np.isin(reference, structures[outer]),
@@ -163,7 +163,7 @@ def fit_case_calibration(model_id: str, n_cases: int = 40, preset: str = "robust
 
     from tqdm import tqdm
 
-    from .calibration import apply_platt, binary_report, fit_platt
+    from .calibration import apply_case_calibration, binary_report, fit_case_calibration_block
     from .inference import Segmenter
     from .models import load_model
     from .phantom import make_phantom
@@ -184,14 +184,15 @@ def fit_case_calibration(model_id: str, n_cases: int = 40, preset: str = "robust
     if len(set(labels)) < 2:
         raise InputError(f"{n_cases} calibration phantoms from seed {seed_base} are all "
                          f"{'tumor-free' if labels[0] == 0 else 'tumor-bearing'}: use more cases (--n)")
-    a, b = fit_platt(scores, labels)
+    block = fit_case_calibration_block(scores, labels)
     mode = "with" if segmenter.manifest.inference.test_time_augmentation else "without"
-    return {"method": "platt", "a": a, "b": b, "inputs": given,
+    return {**block, "inputs": given,
             "fitted_on": f"{n_cases} '{preset}' phantoms with tumor-free fraction {tumor_free} "
                          f"(seeds {seed_base}-{seed_base + n_cases - 1}), given {'+'.join(given)}, "
                          f"{mode} test-time augmentation",
-            "before": binary_report(scores, labels, 0.5), "after": binary_report(apply_platt(np.array(scores), a, b),
-                                                                                  labels, 0.5)}
+            "before": binary_report(scores, labels, 0.5),
+            "after": binary_report(apply_case_calibration(np.array(scores), block), labels, 0.5),
+            "cases": [{"seed": seed_base + i, "score": s, "tumor": y} for i, (s, y) in enumerate(zip(scores, labels))]}
 
 
 def _given_channels(manifest: Any, channels: list[str] | None) -> list[str]:
@@ -215,7 +216,8 @@ def write_case_calibration(model_folder: str, calibration: dict[str, Any]) -> No
 
     path = Path(model_folder) / "manifest.json"
     raw = json.loads(path.read_text())
-    block = {k: calibration[k] for k in ("method", "a", "b", "inputs", "fitted_on") if k in calibration}
+    block = {k: calibration[k] for k in ("method", "a", "b", "no_candidate_probability", "inputs", "fitted_on")
+             if k in calibration}
     all_inputs = [c["name"] for c in raw["inputs"]]
     old = raw.get("case_calibration", [])
     old = old if isinstance(old, list) else [old]

@@ -164,8 +164,9 @@ CASE_RULE = ("case abnormality score = the largest foreground probability of any
              "it is instead the largest probability of being a true lesion that the classifier gave any candidate "
              "component (0 when none survived the floors), so it agrees with what is shown: a lesion is kept when "
              "its probability reaches the classifier's threshold. Reported as a probability after the model's "
-             "Platt scaling (sigmoid(a * logit(score) + b), fitted on validation phantoms) when its manifest "
-             "has one; otherwise the uncalibrated score")
+             "Platt scaling (sigmoid(a * logit(score) + b); a score of 0, no candidate, gets its own probability), "
+             "fitted on validation phantoms given the same sequences, when its manifest has one; otherwise the "
+             "uncalibrated score")
 
 
 def case_score(result: SegmentationResult) -> float:
@@ -191,11 +192,11 @@ def case_probability(result: SegmentationResult) -> float:
     Platt-scaled by the manifest's calibration for exactly the sequences this run was given;
     the uncalibrated score when the model has none for them.
     """
-    from .calibration import apply_platt
+    from .calibration import apply_case_calibration
 
     score = case_score(result)
     cal = result.manifest.case_calibration_for(given_inputs(result))
-    return float(apply_platt(score, cal["a"], cal["b"])) if cal is not None else score
+    return float(apply_case_calibration(score, cal)) if cal is not None else score
 
 
 def calibration_words(case: dict[str, Any]) -> str:
