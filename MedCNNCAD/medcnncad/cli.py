@@ -398,7 +398,7 @@ def cmd_calibrate_case(args: argparse.Namespace) -> int:
               f", cases without candidate: {empty:.3f}") + f" ({cal['fitted_on']})")
     if args.write:
         write_case_calibration(str(find_model(args.model)), cal)
-        print(f"written to {find_model(args.model) / 'manifest.json'}")
+        print(f"written to {find_model(args.model) / 'manifest.json'}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -188,8 +188,8 @@ def fit_case_calibration(model_id: str, n_cases: int = 40, preset: str = "robust
     mode = "with" if segmenter.manifest.inference.test_time_augmentation else "without"
     return {**block, "inputs": given,
             "fitted_on": f"{n_cases} '{preset}' phantoms with tumor-free fraction {tumor_free} "
-                         f"(seeds {seed_base}-{seed_base + n_cases - 1}), given {'+'.join(given)}, "
-                         f"{mode} test-time augmentation",
+                         f"(seeds {seed_base}-{seed_base + n_cases - 1}; {sum(labels)} with a tumor), given "
+                         f"{'+'.join(given)}, {mode} test-time augmentation",
             "before": binary_report(scores, labels, 0.5),
             "after": binary_report(apply_case_calibration(np.array(scores), block), labels, 0.5),
             "cases": [{"seed": seed_base + i, "score": s, "tumor": y} for i, (s, y) in enumerate(zip(scores, labels))]}
