@@ -381,6 +381,30 @@ def test_case_calibration_gives_cases_without_candidates_their_own_probability()
     assert "no_candidate_probability" not in fit_case_calibration_block([0.9, 0.1], [1, 0])  # no zeros: Platt only
 
 
+def test_log_loss_by_hand():
+    from medcnncad.calibration import log_loss
+
+    assert log_loss([0.9, 0.2], [1, 0]) == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2)
+    assert binary_report([0.9, 0.2], [1, 0], 0.5)["log_loss"] == pytest.approx(0.16425, abs=1e-5)
+
+
+@pytest.mark.parametrize("tumor_score, helps", [(0.6, True), (0.999, False)])
+def test_a_calibration_is_written_only_when_it_helps_on_cases_it_was_not_fitted_on(tumor_score, helps):
+    from medcnncad.calibration import apply_case_calibration, fit_case_calibration_block, leave_one_out_calibrated
+    from medcnncad.evaluation import calibration_helps
+
+    # 0.6 vs 0.4 separates the classes but is far too timid: calibration helps. 0.999 vs 0.001 is
+    # already right, and Platt's prior would pull it to about 0.95 / 0.05 on unseen cases: it does not.
+    scores = [tumor_score] * 12 + [1 - tumor_score] * 12
+    labels = [1] * 12 + [0] * 12
+    loo = leave_one_out_calibrated(scores, labels)
+    others = np.arange(24) != 5
+    assert loo[5] == pytest.approx(apply_case_calibration(
+        scores[5], fit_case_calibration_block(np.array(scores)[others], np.array(labels)[others])))
+    fit = {"before": binary_report(scores, labels, 0.5), "leave_one_out": binary_report(loo, labels, 0.5)}
+    assert calibration_helps(fit) is helps
+
+
 def _pet_ct_segmenter(tmp_path, calibration) -> Segmenter:
     """The blob model with a second, optional input (PET) that the network ignores, and ``case_calibration``."""
     raw = blob_manifest_dict()

@@ -163,3 +163,28 @@ def test_tta_follows_the_model_unless_asked():
         return build_parser().parse_args(["segment", "--model", "m", "--input", "T1=x", "--out", "o", *extra]).tta
 
     assert tta() is None and tta("--tta") is True and tta("--no-tta") is False
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_calibrate_case_writes_only_a_calibration_that_helps_unless_forced(tmp_path, capsys, monkeypatch, force):
+    import shutil
+
+    from medcnncad import evaluation
+    from medcnncad.calibration import binary_report
+
+    folder = tmp_path / "model"
+    shutil.copytree(ROOT / "Resources" / "Models" / "brats-demo-unet", folder)
+    before = (folder / "manifest.json").read_text()
+    scores, labels = [0.999] * 4 + [0.001] * 4, [1] * 4 + [0] * 4
+    fake = {"method": "platt", "a": 0.3, "b": 0.0, "inputs": ["T1", "T1c", "T2", "FLAIR"], "fitted_on": "fake",
+            "before": binary_report(scores, labels, 0.5), "after": binary_report(scores, labels, 0.5),
+            "leave_one_out": binary_report([0.9] * 4 + [0.1] * 4, labels, 0.5), "cases": []}
+    monkeypatch.setattr(evaluation, "fit_case_calibration", lambda *a, **k: fake)
+    assert main(["calibrate-case", "--model", str(folder), "--write"] + (["--force"] if force else [])) == 0
+    printed = capsys.readouterr().out
+    if force:
+        assert "written to" in printed
+        assert json.loads((folder / "manifest.json").read_text())["case_calibration"][0]["a"] == 0.3
+    else:
+        assert "not written: leave-one-out log loss 0.105 is not below the uncalibrated score's 0.001" in printed
+        assert (folder / "manifest.json").read_text() == before

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["expected_calibration_error", "youden_threshold", "binary_report", "reliability_diagram", "fit_platt",
-           "apply_platt", "fit_case_calibration_block", "apply_case_calibration"]
+           "apply_platt", "fit_case_calibration_block", "apply_case_calibration", "leave_one_out_calibrated",
+           "log_loss"]
 
 
 def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:
@@ -54,8 +55,16 @@ def binary_report(probabilities: Sequence[float], labels: Sequence[int], thresho
         "specificity": tn / (tn + fp) if tn + fp else None,
         "confusion_matrix": {"tp": tp, "fn": fn, "fp": fp, "tn": tn},
         "brier": float(np.mean((p - y) ** 2)),
+        "log_loss": log_loss(p, y),
         f"ece_{bins}_bins": expected_calibration_error(p, y, bins),
     }
+
+
+def log_loss(probabilities: Sequence[float], labels: Sequence[int], eps: float = 1e-6) -> float:
+    """Mean negative log-likelihood of 0/1 ``labels`` (probabilities clipped to [eps, 1 - eps])."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
 def reliability_diagram(probabilities: Sequence[float], labels: Sequence[int], path: str | Path,
@@ -149,3 +158,18 @@ def apply_case_calibration(score: float | np.ndarray, block: dict[str, Any]) -> 
         return calibrated
     out = np.where(np.asarray(score) <= 0.0, block["no_candidate_probability"], calibrated)
     return float(out) if np.ndim(out) == 0 else out
+
+
+def leave_one_out_calibrated(scores: Sequence[float], labels: Sequence[int]) -> np.ndarray:
+    """Each case's probability from :func:`fit_case_calibration_block` fitted on all the other cases.
+
+    An honest estimate of how the calibration does on cases it was not fitted on: in-sample, a
+    two-parameter fit almost always looks better than the raw score.
+    """
+    p = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=int)
+    out = np.empty(len(p))
+    for i in range(len(p)):
+        others = np.arange(len(p)) != i
+        out[i] = apply_case_calibration(p[i], fit_case_calibration_block(p[others], y[others]))
+    return out

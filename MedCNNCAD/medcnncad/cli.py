@@ -380,25 +380,31 @@ def cmd_evaluate_classifier(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_case(args: argparse.Namespace) -> int:
-    from .evaluation import fit_case_calibration, write_case_calibration
+    from .evaluation import calibration_helps, fit_case_calibration, write_case_calibration
     from .models import find_model
 
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
     cal = fit_case_calibration(args.model, n_cases=args.n, preset=args.preset, tumor_free=args.tumor_free,
                                seed_base=args.seed_base, device=args.device, channels=channels)
+    out = sys.stderr if args.json else sys.stdout
     if args.json:
         print(json.dumps(cal, indent=2))
     else:
-        for when in ("before", "after"):
+        for when, words in (("before", "uncalibrated"), ("after", "calibrated, same cases"),
+                            ("leave_one_out", "calibrated, leave-one-out")):
             r = cal[when]
-            print(f"{when:>6}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} ECE {r['ece_10_bins']:.4f} "
-                  f"sensitivity {r['sensitivity']:.2f} specificity {r['specificity']:.2f} at 0.5")
+            print(f"{words:>26}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} log loss {r['log_loss']:.3f} "
+                  f"ECE {r['ece_10_bins']:.4f} sensitivity {r['sensitivity']:.2f} specificity "
+                  f"{r['specificity']:.2f} at 0.5")
         empty = cal.get("no_candidate_probability")
         print(f"Platt a={cal['a']:.4f} b={cal['b']:.4f}" + ("" if empty is None else
               f", cases without candidate: {empty:.3f}") + f" ({cal['fitted_on']})")
-    if args.write:
+    if args.write and not (calibration_helps(cal) or args.force):
+        print(f"not written: leave-one-out log loss {cal['leave_one_out']['log_loss']:.3f} is not below the "
+              f"uncalibrated score's {cal['before']['log_loss']:.3f} (--force writes it anyway)", file=out)
+    elif args.write:
         write_case_calibration(str(find_model(args.model)), cal)
-        print(f"written to {find_model(args.model) / 'manifest.json'}", file=sys.stderr if args.json else sys.stdout)
+        print(f"written to {find_model(args.model) / 'manifest.json'}", file=out)
     return 0
 
 
@@ -550,7 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "test seeds)")
     p.add_argument("--device", default="auto")
     p.add_argument("--write", action="store_true", help="store the calibration in the model's manifest "
-                                                         "(replacing one fitted with the same sequences)")
+                                                         "(replacing one fitted with the same sequences) when "
+                                                         "its leave-one-out log loss beats the raw score's")
+    p.add_argument("--force", action="store_true", help="with --write: store it even when it does not")
     p.add_argument("--json", action="store_true", help="print everything, per-case scores included, as JSON")
     p.set_defaults(func=cmd_calibrate_case)
 

@@ -156,14 +156,16 @@ def fit_case_calibration(model_id: str, n_cases: int = 40, preset: str = "robust
 
     ``channels``: the sequences given to the model (default all its inputs); the block records
     them as ``inputs`` and applies only to runs given exactly those. The model runs in its own
-    default inference mode. Returns the fitted ``a``, ``b`` with AUC/Brier/ECE of the score
-    before and after (on the same cases: held-out numbers come from :func:`evaluate_on_phantoms`).
+    default inference mode. Returns the fitted block with AUC/Brier/log loss/ECE of the score
+    ``before``, ``after`` calibration on the same cases and ``leave_one_out`` (each case calibrated
+    by a fit on the others: what :func:`calibration_helps` judges), and the per-case scores.
     """
     import dataclasses
 
     from tqdm import tqdm
 
-    from .calibration import apply_case_calibration, binary_report, fit_case_calibration_block
+    from .calibration import (apply_case_calibration, binary_report, fit_case_calibration_block,
+                              leave_one_out_calibrated)
     from .inference import Segmenter
     from .models import load_model
     from .phantom import make_phantom
@@ -192,7 +194,14 @@ def fit_case_calibration(model_id: str, n_cases: int = 40, preset: str = "robust
                          f"{'+'.join(given)}, {mode} test-time augmentation",
             "before": binary_report(scores, labels, 0.5),
             "after": binary_report(apply_case_calibration(np.array(scores), block), labels, 0.5),
+            "leave_one_out": binary_report(leave_one_out_calibrated(scores, labels), labels, 0.5),
             "cases": [{"seed": seed_base + i, "score": s, "tumor": y} for i, (s, y) in enumerate(zip(scores, labels))]}
+
+
+def calibration_helps(calibration: dict[str, Any]) -> bool:
+    """Whether a fit from :func:`fit_case_calibration` beats the raw score on cases it was not fitted
+    on: its leave-one-out log loss is lower than the uncalibrated score's."""
+    return calibration["leave_one_out"]["log_loss"] < calibration["before"]["log_loss"]
 
 
 def _given_channels(manifest: Any, channels: list[str] | None) -> list[str]:
