@@ -63,3 +63,18 @@ def test_tta_reaches_the_segmenter(monkeypatch):
     assert seen == [True]
     assert evaluate_on_phantoms("brats-demo-unet", n_cases=1, device="cpu")["tta"] is False  # the model's default
     assert seen == [True, False]
+
+
+def test_a_set_of_normal_heads_counts_false_positives_without_dice():
+    from medcnncad.errors import InputError
+
+    normal = evaluate_on_phantoms("brats-demo-unet", n_cases=1, seed_base=910_000, device="cpu", tumor_free=1.0)
+    assert normal["tumor_free_cases"] == 1 and normal["tumor_free_fraction"] == 1.0
+    case = normal["per_case"][0]
+    assert case["grade"] == "none" and case["WT"]["lesions"]["reference_lesions"] == 0
+    wt = normal["structures"]["WT"]
+    assert wt["cases_with_structure"] == 0 and wt["dice_mean"] is None and wt["lesion_sensitivity"] is None
+    assert wt["empty_correct"] == (case["WT"]["lesions"]["predicted_lesions"] == 0)
+    assert wt["false_positive_lesions_per_case"] == case["WT"]["lesions"]["false_positive"]
+    with pytest.raises(InputError, match="tumor-free fraction 1.5"):
+        evaluate_on_phantoms("brats-demo-unet", n_cases=1, tumor_free=1.5)

@@ -259,7 +259,7 @@ def cmd_evaluate_phantoms(args: argparse.Namespace) -> int:
 
     channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
     summary = evaluate_on_phantoms(args.model, n_cases=args.n, seed_base=args.seed_base, device=args.device,
-                                   preset=args.preset, channels=channels, tta=args.tta)
+                                   preset=args.preset, channels=channels, tta=args.tta, tumor_free=args.tumor_free)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
     return 0
 
@@ -479,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="classic", help="phantom preset (e.g. heldout, clinical-like)")
     p.add_argument("--channels", help="comma-separated sequences given to the model (e.g. T1c); others absent")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, help=TTA_HELP)
+    p.add_argument("--tumor-free", type=float, help="share of tumor-free cases, replacing the preset's "
+                                                    "(1: normal heads only, to count false positives)")
     p.set_defaults(func=cmd_evaluate_phantoms)
 
     p = sub.add_parser("sample-data", help="write the compact sample case registered with Slicer's Sample Data")

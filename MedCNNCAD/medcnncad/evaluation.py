@@ -6,6 +6,7 @@ mean, median, minimum, lesion sensitivity and false-positive lesions per case.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -19,14 +20,16 @@ __all__ = ["evaluate_on_phantoms", "format_table"]
 
 def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_000,
                          device: str = "auto", preset: str = "classic",
-                         channels: list[str] | None = None, tta: bool | None = None) -> dict[str, Any]:
+                         channels: list[str] | None = None, tta: bool | None = None,
+                         tumor_free: float | None = None) -> dict[str, Any]:
     """Segment ``n_cases`` phantoms (seeds ``seed_base`` ..., generator ``preset``) and summarise.
 
     ``channels`` restricts the sequences given to the model (the others are absent, e.g.
     ``["T1c"]`` for a post-contrast-only exam); Dice of a structure absent from both the
     reference and the prediction counts as 1 (tumor-free cases). ``tta``: average the
     test-time augmentation passes (:data:`medcnncad.inference.TTA_FLIPS`, 4x the network time);
-    ``None``: the model's default.
+    ``None``: the model's default. ``tumor_free``: replaces the preset's share of tumor-free cases
+    (1.0: a set of normal heads, to count false-positive lesions where there is nothing to find).
     """
     from tqdm import tqdm
 
@@ -38,6 +41,10 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
     from .phantom import preset as get_preset
 
     config = get_preset(preset)
+    if tumor_free is not None:
+        if not 0.0 <= tumor_free <= 1.0:
+            raise InputError(f"tumor-free fraction {tumor_free}: choose a value between 0 and 1")
+        config = dataclasses.replace(config, tumor_free_fraction=tumor_free)
     segmenter = Segmenter(load_model(model_id), device=device)
     manifest = segmenter.manifest
     given = _given_channels(manifest, channels)
@@ -62,17 +69,20 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
         per_case.append(entry)
     summary: dict[str, Any] = {"model": manifest.id, "version": manifest.version, "cases": n_cases,
                                "preset": preset, "channels": given, "tta": tta,
+                               "tumor_free_fraction": config.tumor_free_fraction,
                                "tumor_free_cases": sum(c["grade"] == "none" for c in per_case),
                                "seeds": [seed_base, seed_base + n_cases - 1],
                                "seconds_per_case_median": float(np.median(seconds)), "structures": {}}
     for name in structures:
         present = [c for c in per_case if c[name]["lesions"]["reference_lesions"] > 0]
         absent = [c for c in per_case if c[name]["lesions"]["reference_lesions"] == 0]
-        dice = np.array([c[name]["dice"] for c in present], dtype=float) if present else np.array([np.nan])
+        dice = np.array([c[name]["dice"] for c in present], dtype=float)
         hd95 = np.array([c[name]["hd95_mm"] for c in present if c[name]["hd95_mm"] is not None], dtype=float)
-        summary["structures"][name] = {
+        summary["structures"][name] = {  # Dice None when no case has the structure (e.g. all tumor-free)
             "cases_with_structure": len(present),
-            "dice_mean": float(dice.mean()), "dice_median": float(np.median(dice)), "dice_min": float(dice.min()),
+            "dice_mean": float(dice.mean()) if present else None,
+            "dice_median": float(np.median(dice)) if present else None,
+            "dice_min": float(dice.min()) if present else None,
             "empty_correct": (sum(c[name]["lesions"]["predicted_lesions"] == 0 for c in absent) / len(absent)
                               if absent else None),
             "hd95_mm_median": float(np.median(hd95)) if len(hd95) else None,
@@ -160,8 +170,6 @@ def fit_case_calibration(model_id: str, n_cases: int = 40, preset: str = "robust
     ``before``, ``after`` calibration on the same cases and ``leave_one_out`` (each case calibrated
     by a fit on the others: what :func:`calibration_helps` judges), and the per-case scores.
     """
-    import dataclasses
-
     from tqdm import tqdm
 
     from .calibration import (apply_case_calibration, binary_report, fit_case_calibration_block,
