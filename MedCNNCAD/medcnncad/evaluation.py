@@ -235,11 +235,8 @@ def write_case_calibration(model_folder: str, calibration: dict[str, Any]) -> No
     raw = json.loads(path.read_text())
     block = {k: calibration[k] for k in ("method", "a", "b", "no_candidate_probability", "inputs", "fitted_on")
              if k in calibration}
-    all_inputs = [c["name"] for c in raw["inputs"]]
-    old = raw.get("case_calibration", [])
-    old = old if isinstance(old, list) else [old]
-    kept = [b for b in old if set(b.get("inputs", all_inputs)) != set(block.get("inputs", all_inputs))]
-    raw["case_calibration"] = kept + [block]
+    current = parse_manifest(raw, path.parent, where=str(path)).case_calibration  # each block with its inputs
+    raw["case_calibration"] = [b for b in current if set(b["inputs"]) != set(block["inputs"])] + [block]
     parse_manifest(raw, path.parent, where=str(path))
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(raw, indent=2) + "\n")

@@ -201,14 +201,11 @@ class Manifest:
     def case_calibration_for(self, given: Sequence[str]) -> dict[str, Any] | None:
         """The ``case_calibration`` block fitted with exactly the sequences ``given`` (None when there is none).
 
-        A block without ``inputs`` was fitted with every input. The case score of a model with
-        optional inputs depends on which were given, so a block applies only to its own set.
+        The case score of a model with optional inputs depends on which were given, so a block
+        applies only to its own set (``inputs``; filled in at parsing when the manifest leaves it out).
         """
         wanted = set(given)
-        for block in self.case_calibration:
-            if set(block.get("inputs", self.input_names)) == wanted:
-                return block
-        return None
+        return next((block for block in self.case_calibration if set(block["inputs"]) == wanted), None)
 
     def structures(self) -> dict[str, tuple[int, ...]]:
         """Structure name -> label values: every label, then every region (e.g. WT = (1, 2, 4))."""
@@ -394,18 +391,19 @@ def _check_consistency(m: Manifest, where: str) -> None:
     _check_case_calibration(m, where)
 
 
-def _case_calibrations(data: dict[str, Any] | list[dict[str, Any]] | None) -> tuple[dict[str, Any], ...]:
-    """``case_calibration`` (one block or a list, schema-validated already) as a tuple of blocks."""
-    if data is None:
-        return ()
-    return tuple(data) if isinstance(data, list) else (data,)
+def _case_calibrations(data: dict[str, Any] | list[dict[str, Any]] | None,
+                       input_names: list[str]) -> tuple[dict[str, Any], ...]:
+    """``case_calibration`` (one block or a list, schema-validated already) as a tuple of blocks, each
+    with its ``inputs`` (a block that names none was fitted with every input)."""
+    blocks = [] if data is None else data if isinstance(data, list) else [data]
+    return tuple({**block, "inputs": list(block.get("inputs", input_names))} for block in blocks)
 
 
 def _check_case_calibration(m: Manifest, where: str) -> None:
     """Each case calibration names known inputs, and no two were fitted with the same set."""
     seen: list[set[str]] = []
     for block in m.case_calibration:
-        inputs = set(block.get("inputs", m.input_names))
+        inputs = set(block["inputs"])
         unknown = sorted(inputs - set(m.input_names))
         if unknown:
             raise ModelError(f"{where}: case_calibration inputs {unknown} are not inputs of the model "
@@ -486,7 +484,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
         description=data.get("description", ""),
         trained_on=data.get("trained_on", ""), intended_use=data.get("intended_use", ""),
         training=data.get("training", {}), folder=folder, raw=data,
-        case_calibration=_case_calibrations(data.get("case_calibration")),
+        case_calibration=_case_calibrations(data.get("case_calibration"), [c["name"] for c in data["inputs"]]),
     )
     _check_consistency(manifest, where)
     return manifest

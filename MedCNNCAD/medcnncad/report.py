@@ -213,10 +213,10 @@ def case_calibration_note(result: SegmentationResult) -> dict[str, Any]:
     given = given_inputs(result)
     cal = result.manifest.case_calibration_for(given)
     if cal is not None:
-        return {"calibration": cal["method"], "calibration_inputs": list(cal.get("inputs", given)),
+        return {"calibration": cal["method"], "calibration_inputs": list(cal["inputs"]),
                 "calibration_fitted_on": cal.get("fitted_on", "")}
     note = {"calibration": "none"}
-    fitted = [sorted(b.get("inputs", result.manifest.input_names)) for b in result.manifest.case_calibration]
+    fitted = [sorted(b["inputs"]) for b in result.manifest.case_calibration]
     if fitted:
         note["calibration_note"] = (f"uncalibrated: the model's case calibration was fitted with inputs "
                                     f"{' / '.join('+'.join(f) for f in fitted)}, not {'+'.join(sorted(given))}")
