@@ -69,3 +69,14 @@ def test_pdf(case_dir):
     pdf = html_to_pdf(case_report(case_dir))
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF") and len(data) > 20_000
+
+
+def test_the_calibration_cell_says_what_the_probability_was_fitted_on():
+    from medcnncad.html_report import _calibration_cell
+
+    fitted = "40 'clinical-like' phantoms (seeds 251000-251039; 27 with a tumor), given T1c"
+    assert _calibration_cell({"calibration": "platt", "calibration_inputs": ["T1c"],
+                              "calibration_fitted_on": fitted}) == f"platt-calibrated for inputs T1c ({fitted})"
+    note = "uncalibrated: the model's case calibration was fitted with inputs T1c, not FLAIR"
+    assert _calibration_cell({"calibration": "none", "calibration_note": note}) == f"uncalibrated score ({note})"
+    assert _calibration_cell({"calibration": "none"}) == "uncalibrated score"

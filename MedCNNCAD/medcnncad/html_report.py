@@ -133,10 +133,17 @@ def _classification_section(report: dict) -> list[str]:
     return out
 
 
-def case_report(case_dir: str | Path) -> Path:
-    """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path."""
+def _calibration_cell(case: dict) -> str:
+    """Whether the case probability is calibrated, with what it was fitted on (its share of tumor
+    cases matters to the reader) or why there is none."""
     from .report import calibration_words
 
+    detail = case.get("calibration_fitted_on") or case.get("calibration_note", "")
+    return calibration_words(case) + (f" ({detail})" if detail else "")
+
+
+def case_report(case_dir: str | Path) -> Path:
+    """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path."""
     case_dir = Path(case_dir)
     report = json.loads((case_dir / "report.json").read_text())
     model = report["model"]
@@ -152,7 +159,7 @@ def case_report(case_dir: str | Path) -> Path:
                 ("device", report["device"]),
                 ("total time (s)", f"{sum(report['timings_s'].values()):.2f}")]),
             "<h2>Case</h2>", _table(["abnormality probability", "calibration", "rule"],
-                                    [(report["case"]["abnormality_probability"], calibration_words(report["case"]),
+                                    [(report["case"]["abnormality_probability"], _calibration_cell(report["case"]),
                                       report["case"]["rule"])])]
     body += ["<h2>Images</h2>"] + [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
     body += ["<h2>Lesions</h2>", _table(
