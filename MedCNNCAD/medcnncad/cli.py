@@ -254,10 +254,15 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel_list(text: str | None) -> list[str] | None:
+    """``--channels T1c,FLAIR`` as a list of names (None when the option is absent: every input)."""
+    return [c.strip() for c in text.split(",")] if text else None
+
+
 def cmd_evaluate_phantoms(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_on_phantoms, format_table
 
-    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    channels = _channel_list(args.channels)
     summary = evaluate_on_phantoms(args.model, n_cases=args.n, seed_base=args.seed_base, device=args.device,
                                    preset=args.preset, channels=channels, tta=args.tta, tumor_free=args.tumor_free)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
@@ -383,7 +388,7 @@ def cmd_calibrate_case(args: argparse.Namespace) -> int:
     from .evaluation import calibration_helps, fit_case_calibration, write_case_calibration
     from .models import find_model
 
-    channels = [c.strip() for c in args.channels.split(",")] if args.channels else None
+    channels = _channel_list(args.channels)
     cal = fit_case_calibration(args.model, n_cases=args.n, preset=args.preset, tumor_free=args.tumor_free,
                                seed_base=args.seed_base, device=args.device, channels=channels)
     out = sys.stderr if args.json else sys.stdout
