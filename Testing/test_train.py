@@ -29,10 +29,10 @@ def test_train_writes_model_and_resumes(tmp_path):
     out = tmp_path / "model"
     argv = ["train", "segmentation", "--template", str(_tiny_template(tmp_path)), "--out", str(out),
             "--n-train", "1", "--n-val", "1", "--epochs", "1", "--steps-per-epoch", "2", "--patch", "16", "16", "16",
-            "--workers", "1"]
+            "--workers", "1", "--region-loss", "0.5"]
     assert main(argv) == 0
     manifest = load_manifest(out)
-    assert manifest.id == "tiny-test"
+    assert manifest.id == "tiny-test" and manifest.training["config"]["region_loss"] == 0.5
     assert manifest.weights_sha256 == sha256_file(out / "model.pt")
     training = manifest.training
     assert training["epochs"] == 1 and set(training["validation_dice"]) == {"NCR", "ED", "ET", "WT", "TC"}
@@ -45,6 +45,28 @@ def test_train_writes_model_and_resumes(tmp_path):
     assert resumed.training["epochs"] == 2 and len(resumed.training["history"]) == 2
     assert resumed.training["history"][0] == training["history"][0]
     assert isinstance(load_model(out).network, torch.nn.Module) and first
+
+
+def test_region_loss_scores_summed_label_probabilities_against_label_unions():
+    """Two voxels, softmax probabilities given exactly; region Dice computed by hand."""
+    from medcnncad.manifest import parse_manifest
+    from medcnncad.train import RegionDiceCELoss, region_channels
+
+    manifest = parse_manifest(json.loads(TEMPLATE.read_text()), TEMPLATE.parent, where="template")
+    regions = region_channels(manifest)  # channels background, NCR, ED, ET
+    assert regions == [[1, 2, 3], [1, 3]]  # WT = NCR + ED + ET, TC = NCR + ET
+    probs = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]])  # voxel A (label ET), voxel B (background)
+    logits = torch.log(probs).T.reshape(1, 4, 1, 1, 2)
+    label = torch.tensor([3, 0]).reshape(1, 1, 1, 1, 2)
+    # WT: p = (0.9, 0.3), t = (1, 0): 1 - 2*0.9 / (1.2 + 1) = 0.181818; TC: p = (0.6, 0.2): 1 - 1.2 / 1.8 = 0.333333
+    expected = (0.181818 + 0.333333) / 2
+    plain = RegionDiceCELoss(regions, 0.0)(logits, label)
+    weighted = RegionDiceCELoss(regions, 2.0)(logits, label)
+    assert float(weighted - plain) == pytest.approx(2 * expected, abs=1e-4)
+    with pytest.raises(ValueError, match="-1"):
+        RegionDiceCELoss(regions, -1.0)
+    with pytest.raises(ValueError, match="no regions"):
+        RegionDiceCELoss([], 1.0)
 
 
 def test_fine_tuning_keeps_matching_layers_and_reports_the_rest(tmp_path):

@@ -324,7 +324,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       patch=tuple(args.patch), lr=args.lr, seed=args.seed, workers=args.workers,
                       phantom_preset=args.phantoms, data=args.data, val_fraction=args.val_fraction,
                       augmentation=args.augmentation, channel_drop=args.channel_drop, init=args.init,
-                      negative_share=args.negative_share,
+                      negative_share=args.negative_share, region_loss=args.region_loss,
                       pretrained_lr_scale=args.pretrained_lr_scale, freeze_pretrained=args.freeze_pretrained)
     command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
     out = train_segmentation(args.template, args.out, cfg, resume=args.resume, command=command)
@@ -525,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=2)
     t.add_argument("--negative-share", type=float, default=1 / 3,
                    help="share of training patches centred on background (scalp, air) rather than on a label")
+    t.add_argument("--region-loss", type=float, default=0.0, metavar="WEIGHT",
+                   help="add WEIGHT x soft Dice on the manifest's nested regions (e.g. WT, TC, ET) to the "
+                        "Dice+CE loss (region-based training; default 0: labels only)")
     t.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64])
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)

@@ -28,7 +28,8 @@ import torch
 from .manifest import Manifest, parse_manifest, sha256_file
 from .models import build_network
 
-__all__ = ["TrainConfig", "train_segmentation", "TRAIN_SEED_BASE", "VAL_SEED_BASE", "TEST_SEED_BASE"]
+__all__ = ["TrainConfig", "RegionDiceCELoss", "region_channels", "train_segmentation", "TRAIN_SEED_BASE",
+           "VAL_SEED_BASE", "TEST_SEED_BASE"]
 
 TRAIN_SEED_BASE = 100_000
 VAL_SEED_BASE = 200_000
@@ -58,6 +59,7 @@ class TrainConfig:
     init: str | None = None          # model id/folder whose matching weights start the training
     pretrained_lr_scale: float = 0.1
     freeze_pretrained: bool = False
+    region_loss: float = 0.0         # weight of the soft Dice on the manifest's regions (WT, TC, ET), added to DiceCE
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,6 +95,48 @@ def _validate(network: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]
             scores.append(_region_dice(pred, label[0].astype(np.int64), manifest))
     network.train()
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def region_channels(manifest: Manifest) -> list[list[int]]:
+    """Output-channel indices of each manifest region (e.g. WT = NCR, ED, ET channels), in region order."""
+    values = [c.value for c in manifest.postprocessing.channels]
+    return [[i for i, v in enumerate(values) if v in region.labels] for region in manifest.regions]
+
+
+class RegionDiceCELoss(torch.nn.Module):
+    """MONAI DiceCE on the label channels plus ``weight`` x soft Dice on nested regions.
+
+    Region-based training (nnU-Net's BraTS entries): a region's probability is the sum of
+    its labels' softmax probabilities, its target the union of its labels, and MONAI's
+    ``DiceLoss`` scores those maps, so tumor core and enhancing tumor are optimised as the
+    evaluation counts them. Inputs: logits (B, C, K, J, I), label (B, 1, K, J, I) channel
+    indices. ``weight`` 0 is plain DiceCE.
+    """
+
+    def __init__(self, regions: list[list[int]], weight: float) -> None:
+        super().__init__()
+        from monai.losses import DiceCELoss, DiceLoss
+
+        if weight < 0:
+            raise ValueError(f"region loss weight {weight}: must be >= 0")
+        if weight > 0 and (not regions or any(not r for r in regions)):
+            raise ValueError(f"region loss: the manifest has no regions, or one has no output channel ({regions})")
+        self.regions, self.weight = regions, float(weight)
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.region_dice = DiceLoss(include_background=True, sigmoid=False, softmax=False)
+
+    def region_maps(self, logits: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Region probabilities and binary targets, (B, n_regions, K, J, I) each."""
+        probs = torch.softmax(logits, 1)
+        pred = torch.stack([probs[:, r].sum(1) for r in self.regions], 1)
+        target = torch.cat([torch.isin(label, torch.as_tensor(r, device=label.device)) for r in self.regions], 1)
+        return pred, target.to(pred.dtype)
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        loss = self.dice_ce(logits, label)
+        if self.weight > 0:
+            loss = loss + self.weight * self.region_dice(*self.region_maps(logits, label))
+        return loss
 
 
 def _keep_weights(manifest: Manifest) -> list[float]:
@@ -164,7 +208,6 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
         command: the command line, recorded in the manifest.
     """
     from monai.data import DataLoader, Dataset
-    from monai.losses import DiceCELoss
     from monai.utils import set_determinism
     from tqdm import tqdm
 
@@ -194,7 +237,7 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
               f"{len(init_report['reinitialised'])} re-initialised {init_report['reinitialised'][:6]}", file=sys.stderr)
     optimizer = _optimizer(network, cfg, set(init_report["kept"]) if init_report else set())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.steps_per_epoch)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = RegionDiceCELoss(region_channels(manifest), cfg.region_loss)
     state = resume_state(out, network, optimizer, scheduler) if resume else None
     state = state or {"epoch": 0, "best": -1.0, "history": []}
     network.train()
