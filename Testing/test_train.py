@@ -47,7 +47,7 @@ def test_train_writes_model_and_resumes(tmp_path):
     assert isinstance(load_model(out).network, torch.nn.Module) and first
 
 
-def test_region_loss_scores_summed_label_probabilities_against_label_unions():
+def test_region_loss_scores_summed_label_probabilities_against_label_unions(tmp_path):
     """Two voxels, softmax probabilities given exactly; region Dice computed by hand."""
     from medcnncad.manifest import parse_manifest
     from medcnncad.train import RegionDiceCELoss, region_channels
@@ -65,6 +65,9 @@ def test_region_loss_scores_summed_label_probabilities_against_label_unions():
     assert float(weighted - plain) == pytest.approx(2 * expected, abs=1e-4)
     with pytest.raises(ValueError, match="-1"):
         RegionDiceCELoss(regions, -1.0)
+    out = tmp_path / "never-written"
+    assert main(["train", "segmentation", "--template", str(TEMPLATE), "--out", str(out), "--region-loss", "-1"]) == 2
+    assert not out.exists()
     with pytest.raises(ValueError, match="no regions"):
         RegionDiceCELoss([], 1.0)
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import InputError
 from .manifest import Manifest, parse_manifest, sha256_file
 from .models import build_network
 
@@ -118,9 +119,9 @@ class RegionDiceCELoss(torch.nn.Module):
         from monai.losses import DiceCELoss, DiceLoss
 
         if weight < 0:
-            raise ValueError(f"region loss weight {weight}: must be >= 0")
+            raise InputError(f"region loss weight {weight}: must be >= 0 (0: labels only)")
         if weight > 0 and (not regions or any(not r for r in regions)):
-            raise ValueError(f"region loss: the manifest has no regions, or one has no output channel ({regions})")
+            raise InputError(f"region loss: the manifest has no regions, or one has no output channel ({regions})")
         self.regions, self.weight = regions, float(weight)
         self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
         self.region_dice = DiceLoss(include_background=True, sigmoid=False, softmax=False)
@@ -216,9 +217,10 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
 
     started = time.time()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     raw = json.loads(Path(template).read_text())
     manifest = parse_manifest(raw, out, where=str(template))
+    loss_fn = RegionDiceCELoss(region_channels(manifest), cfg.region_loss)  # a bad weight fails before any output
+    out.mkdir(parents=True, exist_ok=True)
     set_determinism(cfg.seed)
     train_cases, val_cases, where = _data(manifest, cfg)
     print(f"preparing {len(train_cases)} training and {len(val_cases)} validation cases ({where})", file=sys.stderr)
@@ -237,7 +239,6 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
               f"{len(init_report['reinitialised'])} re-initialised {init_report['reinitialised'][:6]}", file=sys.stderr)
     optimizer = _optimizer(network, cfg, set(init_report["kept"]) if init_report else set())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.steps_per_epoch)
-    loss_fn = RegionDiceCELoss(region_channels(manifest), cfg.region_loss)
     state = resume_state(out, network, optimizer, scheduler) if resume else None
     state = state or {"epoch": 0, "best": -1.0, "history": []}
     network.train()
