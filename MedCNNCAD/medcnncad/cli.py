@@ -526,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--negative-share", type=float, default=1 / 3,
                    help="share of training patches centred on background (scalp, air) rather than on a label")
     t.add_argument("--region-loss", type=float, default=0.0, metavar="WEIGHT",
-                   help="add WEIGHT x soft Dice on the manifest's nested regions (e.g. WT, TC, ET) to the "
+                   help="add WEIGHT x soft Dice on the manifest's nested regions (e.g. WT, TC) to the "
                         "Dice+CE loss (region-based training; default 0: labels only)")
     t.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64])
     t.add_argument("--lr", type=float, default=2e-3)

@@ -60,7 +60,7 @@ class TrainConfig:
     init: str | None = None          # model id/folder whose matching weights start the training
     pretrained_lr_scale: float = 0.1
     freeze_pretrained: bool = False
-    region_loss: float = 0.0         # weight of the soft Dice on the manifest's regions (WT, TC, ET), added to DiceCE
+    region_loss: float = 0.0         # weight of the soft Dice on the manifest's regions (WT, TC), added to DiceCE
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,9 +109,10 @@ class RegionDiceCELoss(torch.nn.Module):
 
     Region-based training (nnU-Net's BraTS entries): a region's probability is the sum of
     its labels' softmax probabilities, its target the union of its labels, and MONAI's
-    ``DiceLoss`` scores those maps, so tumor core and enhancing tumor are optimised as the
-    evaluation counts them. Inputs: logits (B, C, K, J, I), label (B, 1, K, J, I) channel
-    indices. ``weight`` 0 is plain DiceCE.
+    ``DiceLoss`` scores those maps, so whole tumor and tumor core are optimised as the
+    evaluation counts them (a single-label structure such as ET is already in DiceCE).
+    Inputs: logits (B, C, K, J, I), label (B, 1, K, J, I) channel indices. ``weight`` 0 is
+    plain DiceCE.
     """
 
     def __init__(self, regions: list[list[int]], weight: float) -> None:
