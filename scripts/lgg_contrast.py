@@ -9,13 +9,27 @@ deviation, per sequence, next to the model's TC Dice from an ``evaluate-phantoms
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from typing import Any, Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
-from medcnncad.phantom import SEQUENCES, make_phantom, preset
+from medcnncad.phantom import SEQUENCES, PhantomCase, make_phantom, preset
+
+
+def low_grade_cases(path: str) -> Iterator[tuple[dict[str, Any], PhantomCase]]:
+    """Each low-grade case of an ``evaluate-phantoms --json`` file with its phantom made again, from the
+    run's preset and, when the run replaced it (``--tumor-free``), its tumor-free share."""
+    summary = json.load(open(path))
+    config = preset(summary["preset"])
+    if summary.get("tumor_free_fraction") is not None:
+        config = dataclasses.replace(config, tumor_free_fraction=summary["tumor_free_fraction"])
+    for entry in summary["per_case"]:
+        if entry["grade"] == "LGG":
+            yield entry, make_phantom(entry["seed"], config)
 
 
 def contrast(case) -> dict[str, float]:
@@ -30,13 +44,9 @@ def contrast(case) -> dict[str, float]:
 
 
 def main(path: str = "docs/evaluations/robust_heldout.json") -> None:
-    summary = json.load(open(path))
-    config = preset(summary["preset"])
     by_sign: dict[bool, list[float]] = {True: [], False: []}
-    for c in summary["per_case"]:
-        if c["grade"] != "LGG":
-            continue
-        d = contrast(make_phantom(c["seed"], config))
+    for c, case in low_grade_cases(path):
+        d = contrast(case)
         ratio = c["TC"]["predicted_volume_ml"] / c["TC"]["reference_volume_ml"]
         by_sign[d["FLAIR"] < 0].append(c["TC"]["dice"])
         print(f"{c['seed']}  TC Dice {c['TC']['dice']:.3f}  predicted/reference TC volume {ratio:.2f}  " +

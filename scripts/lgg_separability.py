@@ -22,14 +22,14 @@ but where even this in-sample fit cannot separate the core, the image does not s
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
 import SimpleITK as sitk
+from lgg_contrast import low_grade_cases  # scripts/ is on the path when this script runs
 from sklearn.linear_model import LogisticRegression
 
-from medcnncad.phantom import SEQUENCES, make_phantom, preset
+from medcnncad.phantom import SEQUENCES
 
 
 def _features(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,13 +57,9 @@ def oracle_dice(x: np.ndarray, core: np.ndarray) -> float:
 
 
 def main(path: str = "docs/evaluations/robust_heldout.json") -> None:
-    summary = json.load(open(path))
-    config = preset(summary["preset"])
     rows, cases = [], []
-    for c in summary["per_case"]:
-        if c["grade"] != "LGG":
-            continue
-        intensity, depth, core = _features(make_phantom(c["seed"], config))
+    for c, case in low_grade_cases(path):
+        intensity, depth, core = _features(case)
         cases.append((np.column_stack([intensity, depth]), core))
         rows.append({"intensity": oracle_dice(intensity, core), "depth": oracle_dice(depth[:, None], core),
                      "both": oracle_dice(cases[-1][0], core), "model": c["TC"]["dice"], "seed": c["seed"]})
