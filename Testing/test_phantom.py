@@ -134,6 +134,8 @@ def test_tumor_free_cases_and_clinical_like_geometry():
 
 
 def test_training_presets_are_dealt_in_turn_and_unknown_names_fail_first():
+    import dataclasses
+
     from medcnncad.phantom import preset
     from medcnncad.train_data import phantom_cases
 
@@ -143,5 +145,7 @@ def test_training_presets_are_dealt_in_turn_and_unknown_names_fail_first():
     head = preset("robust-head")
     assert head.anatomies == ("colin27",) and head.skull_fraction > 0.5  # the only anatomy with a skull
     assert head != preset("clinical-like")  # the clinical-like test set's settings stay held out
+    lgg = preset("robust-lgg")  # only the grade mix differs from "robust"
+    assert lgg.hgg_fraction == 0.15 and dataclasses.replace(lgg, hgg_fraction=0.5) == preset("robust")
     with pytest.raises(ValueError, match="'nonsense'"):
         phantom_cases([1], "robust,nonsense")
