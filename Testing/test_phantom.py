@@ -147,5 +147,7 @@ def test_training_presets_are_dealt_in_turn_and_unknown_names_fail_first():
     assert head != preset("clinical-like")  # the clinical-like test set's settings stay held out
     lgg = preset("robust-lgg")  # only the grade mix differs from "robust"
     assert lgg.hgg_fraction == 0.15 and dataclasses.replace(lgg, hgg_fraction=0.5) == preset("robust")
+    jitter = preset("robust-jitter")  # only the contrast jitter differs from "robust"
+    assert jitter.contrast_jitter == 0.25 and dataclasses.replace(jitter, contrast_jitter=0.15) == preset("robust")
     with pytest.raises(ValueError, match="'nonsense'"):
         phantom_cases([1], "robust,nonsense")

@@ -519,6 +519,10 @@ PRESETS: dict[str, PhantomConfig] = {
 # non-enhancing mass inside oedema, is the region the robust model learns worst; trained
 # together with "robust-head" ("robust-lgg,robust-head")
 PRESETS["robust-lgg"] = replace(PRESETS["robust"], hgg_fraction=0.15)
+# "robust" with per-case tissue contrast jittered 25 % instead of 15 % (each tissue's signal, each
+# sequence): a fixed intensity rule no longer tells tumor core from oedema, so training has to use
+# the case's own context; trained together with "robust-head" ("robust-jitter,robust-head")
+PRESETS["robust-jitter"] = replace(PRESETS["robust"], contrast_jitter=0.25)
 
 
 def preset(name: str) -> PhantomConfig:
