@@ -21,7 +21,7 @@ from medcnncad.inference import Segmenter, label_map_from_probabilities
 from medcnncad.models import load_model
 from medcnncad.phantom import make_phantom, preset
 
-REGIONS = {"WT": [1, 2, 4], "TC": [1, 4], "ET": [4]}
+REPORTED = ("WT", "TC", "ET")  # structures of the first model's manifest (labels or regions)
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -42,7 +42,8 @@ def case_rows(segmenters: list[Segmenter], seed: int) -> tuple[str, list[list[fl
         rest = 1 - sum(r.probabilities.values())
         probs.append(np.stack([r.probabilities.get(n, rest) for n in names]))
     labels = [label_map_from_probabilities(p, segmenters[0].manifest) for p in probs + [np.mean(probs, 0)]]
-    return case.grade, [[dice(np.isin(lab, v), np.isin(ref, v)) for v in REGIONS.values()] for lab in labels]
+    values = [segmenters[0].manifest.structures()[name] for name in REPORTED]
+    return case.grade, [[dice(np.isin(lab, v), np.isin(ref, v)) for v in values] for lab in labels]
 
 
 def main() -> None:
