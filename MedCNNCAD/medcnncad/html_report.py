@@ -308,7 +308,19 @@ def _filter_text(lesion_filter: dict) -> str:
     return (f"Shown: components of at least {lesion_filter['min_volume_ml']:g} mL whose largest foreground "
             f"probability is at least {lesion_filter['min_max_probability']:g}{second} (model post-processing"
             f"{mode}); "
-            "smaller or less certain ones remain visible in the probability maps." + _floors_text(lesion_filter))
+            "smaller or less certain ones remain visible in the probability maps." + _floors_text(lesion_filter)
+            + _refinement_text(lesion_filter.get("core_refinement")))
+
+
+def _refinement_text(spec: dict | None) -> str:
+    """One sentence on the model's tumor core refinement (none: empty)."""
+    if not spec:
+        return ""
+    fixed = f", when {' and '.join(spec['fixed_labels'])} is under {spec['max_fixed_share']:g} of the core" \
+        if spec["fixed_labels"] else ""
+    return (f" With {', '.join(spec['required_inputs'])} present{fixed}, the {spec['core_label']} / "
+            f"{spec['shell_label']} boundary is re-read in the case's own contrast (clusters of the smoothed "
+            "inputs voting with the network; the probability maps are the network's).")
 
 
 def _removed_section(removed: dict | None) -> list[str]:

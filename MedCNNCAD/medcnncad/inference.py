@@ -24,6 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from .candidates import RemovedCandidate, apply_lesion_classifier, removed_candidates
+from .refine import refine_core
 from .errors import InputError
 from .io import check_finite, geometry_text, read_volume, same_space
 from .lesions import Lesion, boxed_components, find_lesions, mask_from_box
@@ -504,12 +505,13 @@ class Segmenter:
                 f"augmentation and this run {'used' if augmented else 'did not use'} it: expect "
                 f"{'more' if augmented else 'fewer'} candidates removed than the model's evaluation shows"]
 
-    def _postprocess(self, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
+    def _postprocess(self, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float, given: Mapping[str, sitk.Image],
                      warnings: list[str]) -> tuple[list[RemovedCandidate], float | None]:
         """The manifest's post-processing of a (K, J, I) label map, in place: volume and probability
-        floors, the lesion classifier, then label volume floors (a warning for each that fires).
-        ``probs``: (C, K, J, I) output probabilities; ``voxel_ml`` in mL. Returns what was removed
-        and, with a lesion classifier, the largest probability it gave (0 without candidates)."""
+        floors, the lesion classifier, label volume floors (a warning for each that fires), then the
+        core refinement (a warning when it changes labels). ``probs``: (C, K, J, I) output probabilities;
+        ``voxel_ml`` in mL; ``given``: the inputs present, on the label map's grid. Returns what was
+        removed and, with a lesion classifier, the largest probability it gave (0 without candidates)."""
         post = self.manifest.postprocessing
         foreground_at = foreground_probability_at(probs, self.manifest)
         removed: list[RemovedCandidate] = []
@@ -525,8 +527,26 @@ class Segmenter:
         names = {0: "background", **{x.value: x.name for x in self.manifest.labels}}
         warnings += [f"{names[f.value]} totalled {ml:.3f} mL (< {f.min_ml:g} mL): relabelled {names[f.replace_with]} "
                      "(model post-processing, label_volume_floors)" for f, ml in applied]
+        warnings += self._refine_core(label_map, probs, voxel_ml, given)
         removed.sort(key=lambda c: -c.volume_ml)  # largest first, as reports and Slicer list them
         return removed, (max(scores, default=0.0) if post.lesion_classifier is not None else None)
+
+    def _refine_core(self, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
+                     given: Mapping[str, sitk.Image]) -> list[str]:
+        """The manifest's core refinement (:mod:`medcnncad.refine`), in place; a message when it
+        relabelled voxels."""
+        spec = self.manifest.postprocessing.core_refinement
+        if spec is None:
+            return []
+        channels = self.manifest.postprocessing.channels
+        core = [i for i, c in enumerate(channels) if c.value in (spec.core_label, *spec.fixed_labels)]
+        outcome = refine_core(label_map, probs[core].sum(0), given, spec, voxel_ml)
+        if not outcome.applied or outcome.to_core_ml + outcome.to_shell_ml == 0:
+            return []
+        names = {x.value: x.name for x in self.manifest.labels}
+        return [f"tumor core re-read in this case's own contrast (model post-processing, core_refinement): "
+                f"{outcome.to_core_ml:.2f} mL {names[spec.shell_label]} -> {names[spec.core_label]}, "
+                f"{outcome.to_shell_ml:.2f} mL {names[spec.core_label]} -> {names[spec.shell_label]}"]
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,
@@ -578,7 +598,8 @@ class Segmenter:
                 uncertainty = self._to_input_grid(spread[None], affine, images[0], raw=True)[0]
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
-        removed, classifier_max = self._postprocess(label_map, probs, voxel_ml, warnings)
+        given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
+        removed, classifier_max = self._postprocess(label_map, probs, voxel_ml, given, warnings)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0
@@ -587,7 +608,6 @@ class Segmenter:
         lesions = find_lesions(label_map, images[0], self.manifest, probabilities, uncertainty)
         timings["lesions"] = time.perf_counter() - t0
         progress("done", 1.0)
-        given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(self.device),
                                   timings, missing, warnings, given, uncertainty, len(flips),
                                   removed_candidates=removed, lesion_classifier_max=classifier_max)

@@ -21,7 +21,7 @@ from .errors import ModelError
 
 __all__ = [
     "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing", "InferenceSettings",
-    "OutputChannel", "Postprocessing", "Manifest", "load_manifest", "parse_manifest", "sha256_file",
+    "OutputChannel", "CoreRefinement", "Postprocessing", "Manifest", "load_manifest", "parse_manifest", "sha256_file",
     "contained_path", "ClassDef", "ClassifierManifest", "parse_classifier_manifest",
 ]
 
@@ -150,6 +150,33 @@ class LabelVolumeFloor:
 
 
 @dataclass(frozen=True)
+class CoreRefinement:
+    """Tumor core re-read in each case's own contrast (``medcnncad.refine``), applied after every other
+    post-processing step and only when all ``required_inputs`` are present and the ``fixed_labels``
+    (e.g. enhancing tumor) make up less than ``max_fixed_share`` of the predicted core.
+
+    Inside the predicted tumor (labels ``core_label``, ``shell_label`` and ``fixed_labels``), the given
+    inputs, Gaussian-smoothed (``smoothing_mm``, mm) and z-scored, are clustered by a Gaussian mixture of
+    ``components`` components; a component votes "core" when its voxels' mean network core probability
+    (the sum of the core and fixed labels' channels) exceeds 0.5. A voxel is core where
+    ``network_weight`` x its core probability + (1 - ``network_weight``) x its component's vote exceeds
+    0.5. Core voxels become ``core_label``, the rest ``shell_label``, except that core components sharing
+    no voxel with the network's core stay ``shell_label``; ``fixed_labels`` never change, so the whole
+    tumor and the fixed labels stay as they were. Label values, not names."""
+
+    core_label: int
+    shell_label: int
+    fixed_labels: tuple[int, ...]
+    required_inputs: tuple[str, ...]
+    max_fixed_share: float
+    components: int = 4
+    network_weight: float = 0.5
+    smoothing_mm: float = 1.0
+    max_fit_voxels: int = 200000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Postprocessing:
     """``softmax``: label = value of the arg-max channel. ``sigmoid``: channels are painted in
     list order wherever their probability exceeds ``threshold`` (later channels win).
@@ -164,7 +191,8 @@ class Postprocessing:
     probability_file: str = "float32"  # or "uint8": round(255 p), NIfTI scl_slope 1/255 (error <= 1/510)
     min_lesion_probability: float = 0.0
     lesion_classifier: LesionClassifier | None = None  # second stage (candidates.py), after the floors
-    label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied last
+    label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied after the lesion classifier
+    core_refinement: CoreRefinement | None = None  # applied last (refine.py)
 
 
 @dataclass(frozen=True)
@@ -389,6 +417,36 @@ def _check_consistency(m: Manifest, where: str) -> None:
         raise ModelError(f"{where}: network in_channels={n_in} but {len(m.inputs)} inputs")
     _check_lesion_classifier(m, where)
     _check_case_calibration(m, where)
+    _check_core_refinement(m, where)
+
+
+def _core_refinement(data: dict[str, Any] | None) -> CoreRefinement | None:
+    """``postprocessing.core_refinement`` (schema-validated already) as a :class:`CoreRefinement`."""
+    if data is None:
+        return None
+    return CoreRefinement(data["core_label"], data["shell_label"], tuple(data.get("fixed_labels", ())),
+                          tuple(data["required_inputs"]), float(data.get("max_fixed_share", 1.0)),
+                          data.get("components", 4), float(data.get("network_weight", 0.5)),
+                          float(data.get("smoothing_mm", 1.0)), data.get("max_fit_voxels", 200000),
+                          data.get("seed", 0))
+
+
+def _check_core_refinement(m: Manifest, where: str) -> None:
+    """The refinement's labels are distinct labels the model paints, and its inputs are the model's."""
+    spec = m.postprocessing.core_refinement
+    if spec is None:
+        return
+    values = [spec.core_label, spec.shell_label, *spec.fixed_labels]
+    painted = {c.value for c in m.postprocessing.channels if c.value != 0}
+    unknown = sorted(set(values) - painted)
+    if unknown:
+        raise ModelError(f"{where}: core_refinement uses label values {unknown} that no output channel paints")
+    if len(set(values)) != len(values):
+        raise ModelError(f"{where}: core_refinement core_label, shell_label and fixed_labels must differ: {values}")
+    inputs = sorted(set(spec.required_inputs) - set(m.input_names))
+    if inputs:
+        raise ModelError(f"{where}: core_refinement required_inputs {inputs} are not inputs of the model "
+                         f"({m.input_names})")
 
 
 def _case_calibrations(data: dict[str, Any] | list[dict[str, Any]] | None,
@@ -477,7 +535,8 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
                                       post.get("min_lesion_probability", 0.0),
                                       _lesion_classifier(post.get("lesion_classifier")),
                                       tuple(LabelVolumeFloor(f["value"], f["min_ml"], f["replace_with"])
-                                            for f in post.get("label_volume_floors", []))),
+                                            for f in post.get("label_volume_floors", [])),
+                                      _core_refinement(post.get("core_refinement"))),
         weights_file=contained_path(folder, data["weights"]["file"], "weights"),
         weights_sha256=data["weights"]["sha256"],
         name=data.get("name", data["id"]), aliases=tuple(data.get("aliases", ())),

@@ -109,7 +109,25 @@ def _lesion_filter(manifest: Any) -> dict[str, Any]:
                     "probability is below min_max_probability, are removed from the label map and the lesion "
                     "list; the probability maps keep them",
             "chosen_with_test_time_augmentation": manifest.inference.test_time_augmentation,
-            **_classifier_filter(post.lesion_classifier), **_label_floors(manifest)}
+            **_classifier_filter(post.lesion_classifier), **_label_floors(manifest), **_core_refinement(manifest)}
+
+
+def _core_refinement(manifest: Any) -> dict[str, Any]:
+    """The manifest's tumor core refinement as report JSON, with label names (empty when the model has none)."""
+    spec = manifest.postprocessing.core_refinement
+    if spec is None:
+        return {}
+    names = {x.value: x.name for x in manifest.labels}
+    return {"core_refinement": {
+        "core_label": names[spec.core_label], "shell_label": names[spec.shell_label],
+        "fixed_labels": [names[v] for v in spec.fixed_labels], "required_inputs": list(spec.required_inputs),
+        "max_fixed_share": spec.max_fixed_share, "components": spec.components,
+        "network_weight": spec.network_weight, "smoothing_mm": spec.smoothing_mm,
+        "rule": "applied last, only with all required_inputs and when fixed_labels are under max_fixed_share of the "
+                "predicted core: inside the predicted tumor the smoothed inputs are clustered (Gaussian mixture), "
+                "and a voxel is core where network_weight x the network's core probability + (1 - network_weight) "
+                "x its cluster's core vote exceeds 0.5; the whole tumor, the fixed labels and the probability maps "
+                "do not change (the case's warnings say when labels were moved)"}}
 
 
 def _label_floors(manifest: Any) -> dict[str, Any]:

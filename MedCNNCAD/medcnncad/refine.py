@@ -1,0 +1,127 @@
+"""Tumor core re-read in each case's own contrast (manifest ``postprocessing.core_refinement``).
+
+Why: in a non-enhancing tumor the boundary between tumor core and oedema is a difference of a few
+per cent in signal whose direction changes from case to case, so a network's fixed rule finds the
+core's location but not its edge (docs/models.md, "Case-adaptive tumor core"). Inside the predicted
+tumor the case's own inputs are clustered by a Gaussian mixture (scikit-learn); each component votes
+"core" when the network's mean core probability over its voxels exceeds 0.5, and a voxel is core
+where ``network_weight`` x its core probability + (1 - ``network_weight``) x its component's vote
+exceeds 0.5 (see :class:`~medcnncad.manifest.CoreRefinement`). The whole tumor and the fixed labels
+(enhancing tumor) never change; only core and shell labels are swapped inside the tumor, and a core
+component that shares no voxel with the network's own core is left as shell (the refinement moves
+the core's edge; it does not add core lesions).
+
+Arrays are (K, J, I) on the input grid; spacings in mm; volumes in mL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .manifest import CoreRefinement
+
+__all__ = ["RefinementOutcome", "refine_core", "cluster_vote", "touching"]
+
+MIN_TUMOR_VOXELS = 50  # fewer tumor voxels than this (or 10 per component): nothing to cluster
+
+
+@dataclass(frozen=True)
+class RefinementOutcome:
+    """What :func:`refine_core` did to one case: ``applied`` or the ``reason`` it did not; volumes
+    (mL) relabelled into the core and out of it; ``fixed_share``: the fixed labels' share of the
+    predicted core before refinement (None when it was not computed)."""
+
+    applied: bool
+    reason: str = ""
+    to_core_ml: float = 0.0
+    to_shell_ml: float = 0.0
+    fixed_share: float | None = None
+
+
+def _features(images: Sequence[sitk.Image], tumor: np.ndarray, smoothing_mm: float) -> np.ndarray:
+    """(N, C): each image Gaussian-smoothed (sigma ``smoothing_mm``) inside the tumor's box plus a
+    4-sigma margin, then z-scored over the N tumor voxels (in ``np.nonzero(tumor)`` order)."""
+    spacing_kji = np.asarray(images[0].GetSpacing(), float)[::-1]
+    sigma_vox = smoothing_mm / spacing_kji
+    margin = np.ceil(4 * sigma_vox).astype(int)
+    where = np.nonzero(tumor)
+    lo = [max(int(w.min()) - m, 0) for w, m in zip(where, margin)]
+    hi = [min(int(w.max()) + m + 1, n) for w, m, n in zip(where, margin, tumor.shape)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    inside = tumor[box]
+    columns = []
+    for image in images:
+        values = sitk.GetArrayViewFromImage(image)[box].astype(np.float64)
+        if smoothing_mm > 0:
+            values = ndimage.gaussian_filter(values, sigma=sigma_vox)
+        column = values[inside]
+        columns.append((column - column.mean()) / (column.std() + 1e-9))
+    return np.stack(columns, 1)
+
+
+def cluster_vote(features: np.ndarray, core_probability: np.ndarray, components: int, max_fit_voxels: int,
+                 seed: int) -> np.ndarray:
+    """(N,) vote in [0, 1]: each voxel's posterior-weighted share of mixture components whose mean
+    network core probability exceeds 0.5. The mixture (full covariances) is fitted on at most
+    ``max_fit_voxels`` voxels drawn with ``seed``, then evaluated on all N."""
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(seed)
+    fit = features if len(features) <= max_fit_voxels else features[rng.choice(len(features), max_fit_voxels,
+                                                                                replace=False)]
+    mixture = GaussianMixture(components, covariance_type="full", reg_covar=1e-3, random_state=seed).fit(fit)
+    posterior = mixture.predict_proba(features)
+    component_core = (posterior * core_probability[:, None]).sum(0) / np.maximum(posterior.sum(0), 1e-12)
+    return posterior @ (component_core > 0.5).astype(np.float64)
+
+
+def refine_core(label_map: np.ndarray, core_probability: np.ndarray, images: Mapping[str, sitk.Image],
+                spec: CoreRefinement, voxel_ml: float) -> RefinementOutcome:
+    """Apply ``spec`` to a (K, J, I) label map in place.
+
+    Args:
+        label_map: the post-processed label map (values as in the manifest).
+        core_probability: (K, J, I) network probability of the core (core and fixed labels' channels summed).
+        images: the inputs that were given (absent ones left out), on the label map's grid.
+        spec: the manifest's refinement.
+        voxel_ml: one voxel's volume in mL.
+    """
+    missing = [name for name in spec.required_inputs if name not in images]
+    if missing:
+        return RefinementOutcome(False, f"needs input(s) {missing}")
+    tumor = np.isin(label_map, (spec.core_label, spec.shell_label, *spec.fixed_labels))
+    n = int(tumor.sum())
+    if n < max(MIN_TUMOR_VOXELS, 10 * spec.components):
+        return RefinementOutcome(False, f"tumor too small to cluster ({n} voxels)")
+    fixed = np.isin(label_map, spec.fixed_labels) if spec.fixed_labels else np.zeros_like(tumor)
+    core_voxels = int((label_map == spec.core_label).sum() + fixed.sum())
+    share = float(fixed.sum()) / core_voxels if core_voxels else 0.0
+    if share >= spec.max_fixed_share:
+        return RefinementOutcome(False, f"fixed labels are {share:.2f} of the core (>= {spec.max_fixed_share:g})",
+                                 fixed_share=share)
+    features = _features([images[name] for name in spec.required_inputs], tumor, spec.smoothing_mm)
+    probability = core_probability[tumor].astype(np.float64)
+    vote = cluster_vote(features, probability, spec.components, spec.max_fit_voxels, spec.seed)
+    core_before = np.isin(label_map, (spec.core_label, *spec.fixed_labels))
+    core_after = fixed.copy()
+    core_after[tumor] |= spec.network_weight * probability + (1 - spec.network_weight) * vote > 0.5
+    core_after = touching(core_after, core_before)
+    to_core = core_after & ~core_before
+    to_shell = core_before & ~core_after  # never a fixed voxel: those are in both
+    label_map[to_core] = spec.core_label
+    label_map[to_shell] = spec.shell_label
+    return RefinementOutcome(True, "", float(to_core.sum()) * voxel_ml, float(to_shell.sum()) * voxel_ml, share)
+
+
+def touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The 26-connected components of boolean ``mask`` that share a voxel with ``seed`` (same shape)."""
+    labelled, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    keep = np.zeros(labelled.max() + 1, bool)
+    keep[np.unique(labelled[mask & seed])] = True
+    keep[0] = False
+    return keep[labelled]
