@@ -25,9 +25,9 @@ def _ball(shape: tuple[int, int, int], radius: float) -> np.ndarray:
 
 def _case(seed: int = 0):
     """A 10-voxel-radius tumor whose true core (radius 5) is 0.3 brighter in input A (noise SD 0.02);
-    the network called a radius-7 core with probability 0.7 and the rest of the tumor 0.2."""
+    the network called a radius-6 core with probability 0.7 and the rest of the tumor 0.2."""
     shape = (25, 25, 25)
-    tumor, core, called = _ball(shape, 10), _ball(shape, 5), _ball(shape, 7)
+    tumor, core, called = _ball(shape, 10), _ball(shape, 5), _ball(shape, 6)
     a = np.where(core, 1.3, 1.0) * tumor + np.random.default_rng(seed).normal(0, 0.02, shape)
     labels = np.where(called, CORE, np.where(tumor, SHELL, 0)).astype(np.uint8)
     probability = np.where(called, 0.7, np.where(tumor, 0.2, 0.0)).astype(np.float32)
@@ -45,10 +45,10 @@ def test_refinement_moves_the_core_edge_to_the_contrast_edge():
     before = labels.copy()
     outcome = refine_core(labels, probability, images, SPEC, 0.001)
     assert outcome.applied and outcome.fixed_share == 0.0
-    # the ring between radius 5 and 7 had probability 0.7 but votes shell: 0.5 * 0.7 + 0.5 * 0 < 0.5
+    # the ring between radius 5 and 6 had probability 0.7 but votes shell: 0.5 * 0.7 + 0.5 * 0 < 0.5
     np.testing.assert_array_equal(labels == CORE, core)
     np.testing.assert_array_equal(labels > 0, before > 0)  # the whole tumor is unchanged
-    ring = _ball(labels.shape, 7) & ~core
+    ring = _ball(labels.shape, 6) & ~core
     assert outcome.to_core_ml == 0 and outcome.to_shell_ml == pytest.approx(0.001 * ring.sum())
 
 
@@ -75,6 +75,19 @@ def test_touching_keeps_the_components_that_meet_the_seed():
     np.testing.assert_array_equal(touching(mask, seed), expected)
 
 
+def test_a_core_that_would_change_too_much_keeps_the_network_labels():
+    """The refined core is 515 / 925 = 0.56 x the network's: allowed within 2 x, not within 1.5 x."""
+    labels, probability, images, _, _ = _case()
+    before = labels.copy()
+    spec = CoreRefinement(CORE, SHELL, (FIXED,), ("A",), 0.3, components=2, smoothing_mm=0.0, max_volume_change=1.5)
+    outcome = refine_core(labels, probability, images, spec, 0.001)
+    assert outcome.reason == "the refined core would be 0.56 x the network's (limit 1.5 x either way): network's " \
+                             "labels kept" and not outcome.applied
+    np.testing.assert_array_equal(labels, before)
+    assert refine_core(np.where(before == CORE, SHELL, before), probability, images, SPEC, 0.001).reason == \
+        "the network found no core"
+
+
 def test_network_weight_one_keeps_the_network_labels():
     labels, probability, images, _, _ = _case()
     before = labels.copy()
@@ -86,16 +99,16 @@ def test_network_weight_one_keeps_the_network_labels():
 def test_fixed_labels_never_change_and_gate_the_refinement():
     labels, probability, images, _, core = _case()
     enhancing = _ball(labels.shape, 2)
-    labels[enhancing] = FIXED  # 33 of 1419 core voxels: share 0.023
+    labels[enhancing] = FIXED  # 33 of 925 core voxels: share 0.036
     outcome = refine_core(labels, probability, images, SPEC, 0.001)
-    assert outcome.applied and outcome.fixed_share == pytest.approx(enhancing.sum() / _ball(labels.shape, 7).sum())
+    assert outcome.applied and outcome.fixed_share == pytest.approx(enhancing.sum() / _ball(labels.shape, 6).sum())
     assert (labels[enhancing] == FIXED).all()
     np.testing.assert_array_equal(labels == CORE, core & ~enhancing)
     labels, probability, images, _, _ = _case()
-    labels[_ball(labels.shape, 6)] = FIXED  # 925 of 1419: above the 0.3 share
+    labels[_ball(labels.shape, 5)] = FIXED  # 515 of 925: above the 0.3 share
     before = labels.copy()
     outcome = refine_core(labels, probability, images, SPEC, 0.001)
-    assert not outcome.applied and "fixed labels are 0.65 of the core (>= 0.3)" == outcome.reason
+    assert not outcome.applied and "fixed labels are 0.56 of the core (>= 0.3)" == outcome.reason
     np.testing.assert_array_equal(labels, before)
 
 
@@ -153,15 +166,15 @@ def test_segmenter_refines_last_and_says_so(tmp_path):
     seg = Segmenter(LoadedModel(manifest, HintNet(), build_preprocessing(manifest.preprocessing), "manifest",
                                 tmp_path), device="cpu")
     labels, _, images, tumor, core = _case()
-    hint = make_image(_ball(labels.shape, 7).astype(np.float32))
+    hint = make_image(_ball(labels.shape, 6).astype(np.float32))
     result = seg.run({**images, "H": hint})
     np.testing.assert_array_equal(result.label_map == CORE, core)
     np.testing.assert_array_equal(result.label_map > 0, tumor)
-    assert result.probabilities["core"][_ball(labels.shape, 7)].min() == pytest.approx(0.7, abs=1e-3)  # maps kept
-    ring_ml = (_ball(labels.shape, 7) & ~core).sum() * 0.001
+    assert result.probabilities["core"][_ball(labels.shape, 6)].min() == pytest.approx(0.7, abs=1e-3)  # maps kept
+    ring_ml = (_ball(labels.shape, 6) & ~core).sum() * 0.001
     assert result.warnings == ["tumor core re-read in this case's own contrast (model post-processing, "
                                f"core_refinement): 0.00 mL shell -> core, {ring_ml:.2f} mL core -> shell"]
-    result = seg.run(images)  # without the hint the network calls no core, and no cluster votes core
+    result = seg.run(images)  # without the hint the network calls no core: nothing to refine
     assert (result.label_map == CORE).sum() == 0
     assert result.warnings == ["optional channel(s) ['H'] absent: filled with zeros"]
 

@@ -4,7 +4,8 @@ For each tumor case of a preset (validation side by default: seeds 250600-250619
 the test seeds from 900000), the model segments the case once (single pass, no test-time augmentation,
 the manifest's other post-processing applied), then :func:`medcnncad.refine.refine_core` is applied with
 each setting below, always with every input required and ungated by the enhancing share (so every case
-shows what the refinement would do). Prints TC Dice per case and the mean per grade for the network
+shows what the refinement would do); unless a setting says otherwise, a case whose core would change
+volume more than 2x either way keeps the network's labels. Prints TC Dice per case and the mean per grade for the network
 and each setting, plus each case's enhancing share of the predicted core (the manifest's gate).
 
     python scripts/core_refinement_sweep.py [--model brats-robust-unet] [--preset heldout] [--seed-base 250600]
@@ -25,6 +26,7 @@ from medcnncad.phantom import make_phantom, preset
 from medcnncad.refine import refine_core
 
 SETTINGS = {"k2": {"components": 2}, "k3": {"components": 3}, "k4": {"components": 4},
+            "k4 no volume limit": {"components": 4, "max_volume_change": float("inf")},
             "k4 votes alone": {"components": 4, "network_weight": 0.0}}
 
 

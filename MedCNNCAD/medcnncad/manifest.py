@@ -162,7 +162,9 @@ class CoreRefinement:
     ``network_weight`` x its core probability + (1 - ``network_weight``) x its component's vote exceeds
     0.5. Core voxels become ``core_label``, the rest ``shell_label``, except that core components sharing
     no voxel with the network's core stay ``shell_label``; ``fixed_labels`` never change, so the whole
-    tumor and the fixed labels stay as they were. Label values, not names."""
+    tumor and the fixed labels stay as they were. When the refined core (core and fixed labels) would be
+    more than ``max_volume_change`` times larger or smaller than the network's, the case keeps the
+    network's labels (the step moves an edge; it does not replace the core). Label values, not names."""
 
     core_label: int
     shell_label: int
@@ -174,6 +176,7 @@ class CoreRefinement:
     smoothing_mm: float = 1.0
     max_fit_voxels: int = 200000
     seed: int = 0
+    max_volume_change: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -428,7 +431,7 @@ def _core_refinement(data: dict[str, Any] | None) -> CoreRefinement | None:
                           tuple(data["required_inputs"]), float(data.get("max_fixed_share", 1.0)),
                           data.get("components", 4), float(data.get("network_weight", 0.5)),
                           float(data.get("smoothing_mm", 1.0)), data.get("max_fit_voxels", 200000),
-                          data.get("seed", 0))
+                          data.get("seed", 0), float(data.get("max_volume_change", 2.0)))
 
 
 def _check_core_refinement(m: Manifest, where: str) -> None:

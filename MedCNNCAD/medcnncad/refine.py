@@ -8,8 +8,10 @@ tumor the case's own inputs are clustered by a Gaussian mixture (scikit-learn); 
 where ``network_weight`` x its core probability + (1 - ``network_weight``) x its component's vote
 exceeds 0.5 (see :class:`~medcnncad.manifest.CoreRefinement`). The whole tumor and the fixed labels
 (enhancing tumor) never change; only core and shell labels are swapped inside the tumor, and a core
-component that shares no voxel with the network's own core is left as shell (the refinement moves
-the core's edge; it does not add core lesions).
+component that shares no voxel with the network's own core is left as shell, and a case whose refined
+core would be more than ``max_volume_change`` times larger or smaller than the network's keeps the
+network's labels (the refinement moves the core's edge; it neither adds core lesions nor replaces the
+core).
 
 Arrays are (K, J, I) on the input grid; spacings in mm; volumes in mL.
 """
@@ -99,18 +101,25 @@ def refine_core(label_map: np.ndarray, core_probability: np.ndarray, images: Map
     if n < max(MIN_TUMOR_VOXELS, 10 * spec.components):
         return RefinementOutcome(False, f"tumor too small to cluster ({n} voxels)")
     fixed = np.isin(label_map, spec.fixed_labels) if spec.fixed_labels else np.zeros_like(tumor)
-    core_voxels = int((label_map == spec.core_label).sum() + fixed.sum())
-    share = float(fixed.sum()) / core_voxels if core_voxels else 0.0
+    core_before = np.isin(label_map, (spec.core_label, *spec.fixed_labels))
+    core_voxels = int(core_before.sum())
+    if not core_voxels:  # no seed: the step only moves the edge of a core the network found
+        return RefinementOutcome(False, "the network found no core")
+    share = float(fixed.sum()) / core_voxels
     if share >= spec.max_fixed_share:
         return RefinementOutcome(False, f"fixed labels are {share:.2f} of the core (>= {spec.max_fixed_share:g})",
                                  fixed_share=share)
     features = _features([images[name] for name in spec.required_inputs], tumor, spec.smoothing_mm)
     probability = core_probability[tumor].astype(np.float64)
     vote = cluster_vote(features, probability, spec.components, spec.max_fit_voxels, spec.seed)
-    core_before = np.isin(label_map, (spec.core_label, *spec.fixed_labels))
     core_after = fixed.copy()
     core_after[tumor] |= spec.network_weight * probability + (1 - spec.network_weight) * vote > 0.5
     core_after = touching(core_after, core_before)
+    ratio = float(core_after.sum()) / core_voxels
+    if not 1 / spec.max_volume_change <= ratio <= spec.max_volume_change:
+        return RefinementOutcome(False, f"the refined core would be {ratio:.2f} x the network's (limit "
+                                        f"{spec.max_volume_change:g} x either way): network's labels kept",
+                                 fixed_share=share)
     to_core = core_after & ~core_before
     to_shell = core_before & ~core_after  # never a fixed voxel: those are in both
     label_map[to_core] = spec.core_label

@@ -123,11 +123,14 @@ def _core_refinement(manifest: Any) -> dict[str, Any]:
         "fixed_labels": [names[v] for v in spec.fixed_labels], "required_inputs": list(spec.required_inputs),
         "max_fixed_share": spec.max_fixed_share, "components": spec.components,
         "network_weight": spec.network_weight, "smoothing_mm": spec.smoothing_mm,
+        "max_volume_change": spec.max_volume_change,
         "rule": "applied last, only with all required_inputs and when fixed_labels are under max_fixed_share of the "
                 "predicted core: inside the predicted tumor the smoothed inputs are clustered (Gaussian mixture), "
                 "and a voxel is core where network_weight x the network's core probability + (1 - network_weight) "
-                "x its cluster's core vote exceeds 0.5; the whole tumor, the fixed labels and the probability maps "
-                "do not change (the case's warnings say when labels were moved)"}}
+                "x its cluster's core vote exceeds 0.5; core components sharing no voxel with the network's core stay "
+                "shell, and a case whose core would change volume more than max_volume_change x either way keeps "
+                "the network's labels; the whole tumor, the fixed labels and the probability maps do not change "
+                "(the case's warnings say when labels were moved)"}}
 
 
 def _label_floors(manifest: Any) -> dict[str, Any]:
