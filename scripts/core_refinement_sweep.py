@@ -5,8 +5,9 @@ the test seeds from 900000), the model segments the case once (single pass, no t
 the manifest's other post-processing applied), then :func:`medcnncad.refine.refine_core` is applied with
 each setting below, always with every input required and ungated by the enhancing share (so every case
 shows what the refinement would do); unless a setting says otherwise, a case whose core would change
-volume more than 2x either way keeps the network's labels. Prints TC Dice per case and the mean per grade for the network
-and each setting, plus each case's enhancing share of the predicted core (the manifest's gate).
+volume more than 2x either way keeps the network's labels. Prints TC Dice per case and the mean per
+grade for the network and each setting, plus each case's enhancing share of the predicted core (the
+manifest's gate).
 
     python scripts/core_refinement_sweep.py [--model brats-robust-unet] [--preset heldout] [--seed-base 250600]
 """
@@ -71,6 +72,8 @@ def main() -> None:
               "  ".join(f"{n} {s:.3f}" for n, s in zip(["network", *SETTINGS], scores)), flush=True)
     for grade in ("HGG", "LGG", None):
         sel = np.array([s for g, s in rows if grade in (None, g)])
+        if not len(sel):
+            continue
         print(grade or "all", len(sel), "  ".join(f"{n} {m:.3f}" for n, m in zip(["network", *SETTINGS],
                                                                                  np.nanmean(sel, 0))))
 
