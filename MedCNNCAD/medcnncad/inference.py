@@ -24,13 +24,13 @@ import SimpleITK as sitk
 import torch
 
 from .candidates import RemovedCandidate, apply_lesion_classifier, removed_candidates
-from .refine import refine_core
 from .errors import InputError
 from .io import check_finite, geometry_text, read_volume, same_space
 from .lesions import Lesion, boxed_components, find_lesions, mask_from_box
 from .manifest import LabelVolumeFloor, Manifest
 from .models import LoadedModel, load_model
 from .preprocess import lps_to_ras, to_metatensor
+from .refine import refine_core
 from .stitch import stream_sliding_window, window_slices
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device", "label_map_from_probabilities",

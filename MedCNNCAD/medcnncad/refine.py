@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .lesions import components, nonzero_box
 from .manifest import CoreRefinement
 
 __all__ = ["RefinementOutcome", "refine_core", "cluster_vote", "touching"]
@@ -45,21 +46,23 @@ class RefinementOutcome:
     fixed_share: float | None = None
 
 
-def _features(images: Sequence[sitk.Image], tumor: np.ndarray, smoothing_mm: float) -> np.ndarray:
-    """(N, C): each image Gaussian-smoothed (sigma ``smoothing_mm``) inside the tumor's box plus a
-    4-sigma margin, then z-scored over the N tumor voxels (in ``np.nonzero(tumor)`` order)."""
-    spacing_kji = np.asarray(images[0].GetSpacing(), float)[::-1]
-    sigma_vox = smoothing_mm / spacing_kji
-    margin = np.ceil(4 * sigma_vox).astype(int)
-    where = np.nonzero(tumor)
-    lo = [max(int(w.min()) - m, 0) for w, m in zip(where, margin)]
-    hi = [min(int(w.max()) + m + 1, n) for w, m, n in zip(where, margin, tumor.shape)]
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    inside = tumor[box]
+def _padded_box(mask: np.ndarray, margin_vox: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box holding every True voxel of a non-empty ``mask``, widened by ``margin_vox``
+    voxels per (K, J, I) axis and clipped to the grid."""
+    tight = nonzero_box(mask)
+    assert tight is not None
+    return tuple(slice(max(s.start - int(m), 0), min(s.stop + int(m), n))
+                 for s, m, n in zip(tight, margin_vox, mask.shape))
+
+
+def _features(images: Sequence[sitk.Image], box: tuple[slice, ...], inside: np.ndarray,
+              sigma_vox: np.ndarray) -> np.ndarray:
+    """(N, C): each image inside ``box`` Gaussian-smoothed (``sigma_vox`` voxels per K, J, I axis; 0: not
+    smoothed), then z-scored over the N voxels of the boolean ``inside`` (box-shaped; ``np.nonzero`` order)."""
     columns = []
     for image in images:
         values = sitk.GetArrayViewFromImage(image)[box].astype(np.float64)
-        if smoothing_mm > 0:
+        if np.any(sigma_vox > 0):
             values = ndimage.gaussian_filter(values, sigma=sigma_vox)
         column = values[inside]
         columns.append((column - column.mean()) / (column.std() + 1e-9))
@@ -96,12 +99,16 @@ def refine_core(label_map: np.ndarray, core_probability: np.ndarray, images: Map
     missing = [name for name in spec.required_inputs if name not in images]
     if missing:
         return RefinementOutcome(False, f"needs input(s) {missing}")
-    tumor = np.isin(label_map, (spec.core_label, spec.shell_label, *spec.fixed_labels))
-    n = int(tumor.sum())
+    whole = np.isin(label_map, (spec.core_label, spec.shell_label, *spec.fixed_labels))
+    n = int(whole.sum())
     if n < max(MIN_TUMOR_VOXELS, 10 * spec.components):
         return RefinementOutcome(False, f"tumor too small to cluster ({n} voxels)")
-    fixed = np.isin(label_map, spec.fixed_labels) if spec.fixed_labels else np.zeros_like(tumor)
-    core_before = np.isin(label_map, (spec.core_label, *spec.fixed_labels))
+    first = images[spec.required_inputs[0]]
+    sigma_vox = spec.smoothing_mm / np.asarray(first.GetSpacing(), float)[::-1]
+    box = _padded_box(whole, np.ceil(4 * sigma_vox))  # the smoothing's reach around the tumor
+    labels, tumor = label_map[box], whole[box]  # views: writing labels writes the label map
+    fixed = np.isin(labels, spec.fixed_labels)
+    core_before = fixed | (labels == spec.core_label)
     core_voxels = int(core_before.sum())
     if not core_voxels:  # no seed: the step only moves the edge of a core the network found
         return RefinementOutcome(False, "the network found no core")
@@ -109,8 +116,8 @@ def refine_core(label_map: np.ndarray, core_probability: np.ndarray, images: Map
     if share >= spec.max_fixed_share:
         return RefinementOutcome(False, f"fixed labels are {share:.2f} of the core (>= {spec.max_fixed_share:g})",
                                  fixed_share=share)
-    features = _features([images[name] for name in spec.required_inputs], tumor, spec.smoothing_mm)
-    probability = core_probability[tumor].astype(np.float64)
+    features = _features([images[name] for name in spec.required_inputs], box, tumor, sigma_vox)
+    probability = core_probability[box][tumor].astype(np.float64)
     vote = cluster_vote(features, probability, spec.components, spec.max_fit_voxels, spec.seed)
     core_after = fixed.copy()
     core_after[tumor] |= spec.network_weight * probability + (1 - spec.network_weight) * vote > 0.5
@@ -122,15 +129,15 @@ def refine_core(label_map: np.ndarray, core_probability: np.ndarray, images: Map
                                  fixed_share=share)
     to_core = core_after & ~core_before
     to_shell = core_before & ~core_after  # never a fixed voxel: those are in both
-    label_map[to_core] = spec.core_label
-    label_map[to_shell] = spec.shell_label
+    labels[to_core] = spec.core_label
+    labels[to_shell] = spec.shell_label
     return RefinementOutcome(True, "", float(to_core.sum()) * voxel_ml, float(to_shell.sum()) * voxel_ml, share)
 
 
 def touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     """The 26-connected components of boolean ``mask`` that share a voxel with ``seed`` (same shape)."""
-    labelled, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    keep = np.zeros(labelled.max() + 1, bool)
+    labelled, count = components(mask)
+    keep = np.zeros(count + 1, bool)
     keep[np.unique(labelled[mask & seed])] = True
     keep[0] = False
     return keep[labelled]
