@@ -226,3 +226,19 @@ def test_compute_metrics_labels_and_regions():
     assert out["WT"].dice == 1.0 and out["TC"].dice == 1.0 and out["ED"].dice == 1.0
     assert out["ET"].dice == 0.0 and out["NCR"].dice == 0.0
     assert out["ET"].recall == 0.0 and out["NCR"].precision == 0.0
+
+
+def test_dice_matches_structure_metrics_and_its_empty_rules():
+    from medcnncad.metrics import dice
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        pred, ref = rng.random((6, 7, 8)) < 0.3, rng.random((6, 7, 8)) < 0.3
+        assert dice(pred, ref) == pytest.approx(structure_metrics(pred, ref, SPACING_XYZ).dice)
+    pred = np.zeros((4, 4, 4), bool)
+    ref = pred.copy()
+    ref[1, 1, 1:3] = pred[1, 1, 2:4] = True  # 1 voxel shared of 2 + 2
+    assert dice(pred, ref) == 0.5
+    empty = np.zeros_like(pred)
+    assert dice(empty, empty) == 1.0 and dice(pred, empty) == 0.0  # as structure_metrics counts them
+    assert np.isnan(dice(pred, empty, float("nan"))) and dice(empty, ref, float("nan")) == 0.0

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from medcnncad.inference import Segmenter
 from medcnncad.manifest import CoreRefinement
+from medcnncad.metrics import dice
 from medcnncad.models import load_model
 from medcnncad.phantom import make_phantom, preset
 from medcnncad.refine import refine_core
@@ -29,11 +30,7 @@ from medcnncad.refine import refine_core
 SETTINGS = {"k2": {"components": 2}, "k3": {"components": 3}, "k4": {"components": 4},
             "k4 no volume limit": {"components": 4, "max_volume_change": float("inf")},
             "k4 votes alone": {"components": 4, "network_weight": 0.0}}
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks; NaN where the reference is empty (the case does not count)."""
-    return 2 * float((pred & ref).sum()) / float(pred.sum() + ref.sum()) if ref.any() else float("nan")
+NAN = float("nan")  # Dice of a case without the structure: left out of the means
 
 
 def main() -> None:
@@ -61,12 +58,12 @@ def main() -> None:
         result = segmenter.run(case.images, tta=False)
         probability = sum(result.probabilities[names[i]] for i in core)
         voxel_ml = float(np.prod(result.reference.GetSpacing())) / 1000
-        scores, share = [dice(np.isin(result.label_map, spec.fixed_labels + (spec.core_label,)), ref)], None
+        scores, share = [dice(np.isin(result.label_map, spec.fixed_labels + (spec.core_label,)), ref, NAN)], None
         for setting in SETTINGS.values():
             labels = result.label_map.copy()
             outcome = refine_core(labels, probability, result.images, replace(spec, **setting), voxel_ml)
             share = outcome.fixed_share
-            scores.append(dice(np.isin(labels, spec.fixed_labels + (spec.core_label,)), ref))
+            scores.append(dice(np.isin(labels, spec.fixed_labels + (spec.core_label,)), ref, NAN))
         rows.append((case.grade, scores))
         print(seed, case.grade, f"ET share {share if share is not None else float('nan'):.2f}",
               "  ".join(f"{n} {s:.3f}" for n, s in zip(["network", *SETTINGS], scores)), flush=True)

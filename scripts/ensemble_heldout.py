@@ -18,15 +18,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.inference import Segmenter, label_map_from_probabilities
+from medcnncad.metrics import dice
 from medcnncad.models import load_model
 from medcnncad.phantom import make_phantom, preset
 
 REPORTED = ("WT", "TC", "ET")  # structures of the first model's manifest (labels or regions)
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two boolean masks; NaN where the reference is empty (the case does not count)."""
-    return 2 * float((pred & ref).sum()) / float(pred.sum() + ref.sum()) if ref.any() else float("nan")
 
 
 def case_rows(segmenters: list[Segmenter], seed: int) -> tuple[str, list[list[float]]] | None:
@@ -43,7 +39,7 @@ def case_rows(segmenters: list[Segmenter], seed: int) -> tuple[str, list[list[fl
         probs.append(np.stack([r.probabilities.get(n, rest) for n in names]))
     labels = [label_map_from_probabilities(p, segmenters[0].manifest) for p in probs + [np.mean(probs, 0)]]
     values = [segmenters[0].manifest.structures()[name] for name in REPORTED]
-    return case.grade, [[dice(np.isin(lab, v), np.isin(ref, v)) for v in values] for lab in labels]
+    return case.grade, [[dice(np.isin(lab, v), np.isin(ref, v), float("nan")) for v in values] for lab in labels]
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedCNNCAD"))
 
 from medcnncad.candidates import component_features, feature_names  # noqa: E402
 from medcnncad.lesions import components  # noqa: E402
+from medcnncad.metrics import dice  # noqa: E402  (1 when both are empty, as evaluate-phantoms counts it)
 from medcnncad.manifest import LesionClassifier  # noqa: E402
 from medcnncad.metrics import BRATS_2023, STRICT, lesion_detection  # noqa: E402
 
@@ -149,12 +150,6 @@ def _cases(folder: str, post):
         yield label, ref, spacing, labelled, x
 
 
-def _dice(p: np.ndarray, r: np.ndarray) -> float:
-    """Dice of boolean masks; 1 when both are empty (as ``medcnncad evaluate-phantoms`` counts it)."""
-    total = p.sum() + r.sum()
-    return 2 * float((p & r).sum()) / total if total else 1.0
-
-
 def _summary(cases, keep, floors=()) -> dict[str, float]:
     """Over cases, after dropping the components not in ``keep`` and applying label volume ``floors``:
     WT lesion sensitivity and FP per case (any-overlap rule), ET lesion sensitivity (BraTS 2023 rule)
@@ -171,7 +166,7 @@ def _summary(cases, keep, floors=()) -> dict[str, float]:
                            ("et_tp", et.true_positive), ("et_n", et.reference_lesions)):
             agg[key].append(value)
         for region, values in REGIONS.items():
-            agg[region].append(_dice(np.isin(out, values), np.isin(ref, values)))
+            agg[region].append(dice(np.isin(out, values), np.isin(ref, values)))
     return {"sensitivity": sum(agg["tp"]) / max(1, sum(agg["n"])), "fp_per_case": sum(agg["fp"]) / len(keep),
             "et_sensitivity": sum(agg["et_tp"]) / max(1, sum(agg["et_n"])),
             **{r: float(np.mean(agg[r])) for r in REGIONS}}

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 from lgg_contrast import low_grade_cases  # scripts/ is on the path when this script runs
 from sklearn.linear_model import LogisticRegression
 
+from medcnncad.metrics import dice
 from medcnncad.phantom import SEQUENCES
 
 
@@ -47,13 +48,9 @@ def _features(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.stack(columns, 1), depth[wt].astype(np.float64), np.isin(labels[wt], (1, 4))
 
 
-def _dice(pred: np.ndarray, core: np.ndarray) -> float:
-    return float(2 * (pred & core).sum() / (pred.sum() + core.sum()))
-
-
 def oracle_dice(x: np.ndarray, core: np.ndarray) -> float:
     """TC Dice of a logistic regression fitted and evaluated on the same voxels."""
-    return _dice(LogisticRegression(max_iter=2000).fit(x, core).predict(x).astype(bool), core)
+    return dice(LogisticRegression(max_iter=2000).fit(x, core).predict(x).astype(bool), core)
 
 
 def main(path: str = "docs/evaluations/robust_heldout.json") -> None:
@@ -66,7 +63,7 @@ def main(path: str = "docs/evaluations/robust_heldout.json") -> None:
     pooled = LogisticRegression(max_iter=2000).fit(np.concatenate([x for x, _ in cases]),
                                                    np.concatenate([y for _, y in cases]))
     for row, (x, core) in zip(rows, cases):
-        row["pooled"] = _dice(pooled.predict(x).astype(bool), core)
+        row["pooled"] = dice(pooled.predict(x).astype(bool), core)
         print(f"{row.pop('seed')}  TC Dice: model {row['model']:.3f}  told-the-answer fits: intensity "
               f"{row['intensity']:.3f}  depth {row['depth']:.3f}  both {row['both']:.3f}  pooled {row['pooled']:.3f}")
     means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

@@ -39,7 +39,7 @@ from .errors import InputError
 from .io import geometry_text, same_space
 from .lesions import components, nonzero_box
 
-__all__ = ["StructureMetrics", "LesionDetection", "DetectionRule", "structure_metrics", "lesion_detection",
+__all__ = ["StructureMetrics", "LesionDetection", "DetectionRule", "structure_metrics", "dice", "lesion_detection",
            "compute_metrics", "check_label_image", "structures_for_labels", "pooled_detection", "DETECTION_RULE",
            "STRICT", "BRATS_2023"]
 
@@ -216,6 +216,18 @@ def pooled_detection(lesions: Sequence[Mapping[str, Any]], suffix: str = "") -> 
     return {f"lesion_sensitivity{suffix}": sum(x["true_positive"] for x in lesions) / n_ref if n_ref else None,
             f"false_positive_lesions_per_case{suffix}": (sum(x["false_positive"] for x in lesions) / len(lesions)
                                                          if lesions else None)}
+
+
+def dice(pred: np.ndarray, ref: np.ndarray, if_reference_empty: float | None = None) -> float:
+    """Dice of two boolean masks of one shape, as :func:`structure_metrics` gives it (1.0 when both are
+    empty) without its distances and lesion counts. ``if_reference_empty``: returned instead whenever
+    ``ref`` is empty (e.g. NaN, so that the case does not count in a mean over cases with the structure)."""
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    n_ref = int(np.count_nonzero(ref))
+    if not n_ref and if_reference_empty is not None:
+        return if_reference_empty
+    total = int(np.count_nonzero(pred)) + n_ref
+    return 2 * int(np.count_nonzero(pred & ref)) / total if total else 1.0
 
 
 def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
