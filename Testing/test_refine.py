@@ -174,6 +174,9 @@ def test_segmenter_refines_last_and_says_so(tmp_path):
     ring_ml = (_ball(labels.shape, 6) & ~core).sum() * 0.001
     assert result.warnings == ["tumor core re-read in this case's own contrast (model post-processing, "
                                f"core_refinement): 0.00 mL shell -> core, {ring_ml:.2f} mL core -> shell"]
+    from medcnncad.report import build_report, summary_table
+
+    assert f"note: {result.warnings[0]}" in summary_table(build_report(result)).splitlines()  # the CLI prints it
     result = seg.run(images)  # without the hint the network calls no core: nothing to refine
     assert (result.label_map == CORE).sum() == 0
     assert result.warnings == ["optional channel(s) ['H'] absent: filled with zeros"]

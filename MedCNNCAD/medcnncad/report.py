@@ -367,7 +367,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def summary_table(report: Mapping[str, Any]) -> str:
-    """A short plain-text summary of a report (model, lesions, metrics)."""
+    """A short plain-text summary of a report (model, lesions, post-processing notes, metrics)."""
     model = report["model"]
     lines = [f"MedCNNCAD {report['medcnncad_version']} - {report['intended_use']}",
              f"model {model['id']} {model['version']} (sha256 {model['weights_sha256'][:12]}...), "
@@ -399,6 +399,7 @@ def summary_table(report: Mapping[str, Any]) -> str:
         stages = ", ".join(f"{n} by {stage}" for stage, n in removed["by_stage"].items())
         lines.append(f"{removed['count']} candidate component(s) removed by the model's post-processing ({stages}); "
                      "listed in report.json (removed_candidates), still in the probability maps")
+    lines += [f"note: {warning}" for warning in report.get("warnings", [])]  # e.g. labels the post-processing moved
     lines.append(f"case abnormality probability {report['case']['abnormality_probability']:.3f} "
                  f"({calibration_words(report['case'])})")
     if "metrics" in report:
