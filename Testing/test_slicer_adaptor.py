@@ -70,6 +70,7 @@ def test_result_nodes(scene, demo_result):
     assert float(seg.GetAttribute("MedCNNCAD.caseAbnormalityProbability")) == pytest.approx(
         case_probability(result), abs=1e-4)
     assert seg.GetAttribute("MedCNNCAD.caseCalibration") == "uncalibrated score"  # the demo model has none
+    assert json.loads(seg.GetAttribute("MedCNNCAD.notes")) == result.warnings
     assert "not for diagnosis" in seg.GetAttribute("MedCNNCAD.intendedUse")
     assert set(json.loads(seg.GetAttribute("MedCNNCAD.timings"))) >= {"inference", "preprocess"}
     prob = nodes.probabilities["ET"]

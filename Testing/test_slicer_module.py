@@ -6,6 +6,7 @@ parameter bound in the .ui is a field of the typed parameter node.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import types
@@ -94,6 +95,9 @@ def test_console_api_segment_and_compare(scene, module):
     assert "BraTS demo UNet" in logic.provenanceText(run.segmentation)
     assert re.search(r"case abnormality probability [01]\.\d{4} \(uncalibrated score\)",
                      logic.provenanceText(run.segmentation))
+    assert " | note: " not in logic.provenanceText(run.segmentation)  # the demo run warns of nothing
+    run.segmentation.SetAttribute("MedCNNCAD.notes", json.dumps(["tumor core re-read", "ET relabelled"]))
+    assert logic.provenanceText(run.segmentation).endswith(" | note: tumor core re-read | note: ET relabelled")
 
 
 def test_worker_run_matches_console_run_and_cancel_changes_nothing(scene, module):

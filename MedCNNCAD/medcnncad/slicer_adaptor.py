@@ -261,8 +261,9 @@ def add_metrics_table(metrics: Mapping[str, StructureMetrics], name: str = "MedC
 
 
 def set_provenance(node: Any, result: SegmentationResult, extra: Mapping[str, Any] | None = None) -> None:
-    """Model identity, version, weights SHA-256, device, timings, intended use and the case abnormality
-    probability (with whether it is calibrated for the sequences given) as node attributes."""
+    """Model identity, version, weights SHA-256, device, timings, intended use, the case abnormality
+    probability (with whether it is calibrated for the sequences given) and the run's warnings (``notes``,
+    a JSON list) as node attributes."""
     from .report import calibration_words, case_calibration_note, case_probability
 
     m = result.manifest
@@ -271,7 +272,8 @@ def set_provenance(node: Any, result: SegmentationResult, extra: Mapping[str, An
               "timings": json.dumps({k: round(v, 3) for k, v in result.timings.items()}),
               "intendedUse": m.intended_use or INTENDED_USE, "missingChannels": ",".join(result.missing_channels),
               "caseAbnormalityProbability": f"{case_probability(result):.4f}",
-              "caseCalibration": calibration_words(case_calibration_note(result))}
+              "caseCalibration": calibration_words(case_calibration_note(result)),
+              "notes": json.dumps(result.warnings)}  # e.g. labels the model's post-processing moved
     values.update({k: str(v) for k, v in (extra or {}).items()})
     for key, value in values.items():
         node.SetAttribute(PROVENANCE_PREFIX + key, str(value))

@@ -8,6 +8,7 @@ where they are not installed yet. Slicer-facing, hence camelCase. Arrays are (K,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -220,8 +221,9 @@ class SecondReaderLogic:
         get = lambda key: segmentationNode.GetAttribute("MedCNNCAD." + key) or ""  # noqa: E731
         case = (f"case abnormality probability {get('caseAbnormalityProbability')} ({get('caseCalibration')}) | "
                 if get("caseAbnormalityProbability") else "")
+        notes = "".join(f" | note: {note}" for note in json.loads(get("notes") or "[]"))
         return (f"{get('modelName')} {get('modelVersion')} | {case}weights SHA-256 {get('weightsSHA256')[:12]}... | "
-                f"device {get('device')} | timings {get('timings')} | trained on: {get('trainedOn')}")
+                f"device {get('device')} | timings {get('timings')} | trained on: {get('trainedOn')}{notes}")
 
     def compare(self, segmentationNode: Any, referenceNode: Any, referenceVolumeNode: Any = None) -> Comparison:
         """Metrics per label/region, discordance segments and lesion concordance vs a reference."""
