@@ -157,7 +157,7 @@ def test_shipped_robust_model_reads_a_low_grade_core_in_the_case_own_contrast():
     result = segmenter.run(case.images)
     labels = result.label_map.copy()
     voxel_ml = float(np.prod(case.label.GetSpacing())) / 1000
-    outcome = refine_core(labels, result.probabilities["NCR"] + result.probabilities["ET"], result.images, spec,
+    outcome = refine_core(labels, [result.probabilities["NCR"], result.probabilities["ET"]], result.images, spec,
                           voxel_ml)
     dice = [2 * (np.isin(m, (1, 4)) & truth).sum() / (np.isin(m, (1, 4)).sum() + truth.sum())
             for m in (result.label_map, labels)]

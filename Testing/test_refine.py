@@ -43,7 +43,7 @@ def test_cluster_vote_follows_the_mean_network_probability_of_each_cluster():
 def test_refinement_moves_the_core_edge_to_the_contrast_edge():
     labels, probability, images, tumor, core = _case()
     before = labels.copy()
-    outcome = refine_core(labels, probability, images, SPEC, 0.001)
+    outcome = refine_core(labels, [probability], images, SPEC, 0.001)
     assert outcome.applied and outcome.fixed_share == 0.0
     # the ring between radius 5 and 6 had probability 0.7 but votes shell: 0.5 * 0.7 + 0.5 * 0 < 0.5
     np.testing.assert_array_equal(labels == CORE, core)
@@ -60,7 +60,7 @@ def test_refinement_adds_no_core_lesion_of_its_own():
     island = np.zeros_like(tumor)
     island[12, 12, 20:23] = island[12, 11:14, 21] = island[11:14, 12, 21] = True  # 8.5 voxels from the centre
     a[island] = 1.3
-    outcome = refine_core(labels, probability, {"A": make_image(a)}, SPEC, 0.001)
+    outcome = refine_core(labels, [probability], {"A": make_image(a)}, SPEC, 0.001)
     np.testing.assert_array_equal(labels == CORE, core)
     assert outcome.to_core_ml == 0 and (labels[island] == SHELL).all()
 
@@ -80,11 +80,11 @@ def test_a_core_that_would_change_too_much_keeps_the_network_labels():
     labels, probability, images, _, _ = _case()
     before = labels.copy()
     spec = CoreRefinement(CORE, SHELL, (FIXED,), ("A",), 0.3, components=2, smoothing_mm=0.0, max_volume_change=1.5)
-    outcome = refine_core(labels, probability, images, spec, 0.001)
+    outcome = refine_core(labels, [probability], images, spec, 0.001)
     assert outcome.reason == "the refined core would be 0.56 x the network's (limit 1.5 x either way): network's " \
                              "labels kept" and not outcome.applied
     np.testing.assert_array_equal(labels, before)
-    assert refine_core(np.where(before == CORE, SHELL, before), probability, images, SPEC, 0.001).reason == \
+    assert refine_core(np.where(before == CORE, SHELL, before), [probability], images, SPEC, 0.001).reason == \
         "the network found no core"
 
 
@@ -92,7 +92,7 @@ def test_network_weight_one_keeps_the_network_labels():
     labels, probability, images, _, _ = _case()
     before = labels.copy()
     spec = CoreRefinement(CORE, SHELL, (FIXED,), ("A",), 0.3, components=2, network_weight=1.0, smoothing_mm=0.0)
-    assert refine_core(labels, probability, images, spec, 0.001).applied
+    assert refine_core(labels, [probability], images, spec, 0.001).applied
     np.testing.assert_array_equal(labels, before)
 
 
@@ -100,14 +100,14 @@ def test_fixed_labels_never_change_and_gate_the_refinement():
     labels, probability, images, _, core = _case()
     enhancing = _ball(labels.shape, 2)
     labels[enhancing] = FIXED  # 33 of 925 core voxels: share 0.036
-    outcome = refine_core(labels, probability, images, SPEC, 0.001)
+    outcome = refine_core(labels, [probability], images, SPEC, 0.001)
     assert outcome.applied and outcome.fixed_share == pytest.approx(enhancing.sum() / _ball(labels.shape, 6).sum())
     assert (labels[enhancing] == FIXED).all()
     np.testing.assert_array_equal(labels == CORE, core & ~enhancing)
     labels, probability, images, _, _ = _case()
     labels[_ball(labels.shape, 5)] = FIXED  # 515 of 925: above the 0.3 share
     before = labels.copy()
-    outcome = refine_core(labels, probability, images, SPEC, 0.001)
+    outcome = refine_core(labels, [probability], images, SPEC, 0.001)
     assert not outcome.applied and "fixed labels are 0.56 of the core (>= 0.3)" == outcome.reason
     np.testing.assert_array_equal(labels, before)
 
@@ -116,10 +116,10 @@ def test_refinement_needs_every_required_input_and_enough_tumor():
     labels, probability, images, _, _ = _case()
     before = labels.copy()
     spec = CoreRefinement(CORE, SHELL, (), ("A", "B"), 1.0)
-    assert refine_core(labels, probability, images, spec, 0.001).reason == "needs input(s) ['B']"
+    assert refine_core(labels, [probability], images, spec, 0.001).reason == "needs input(s) ['B']"
     tiny = np.zeros_like(labels)
     tiny[12, 12, 10:15] = CORE
-    assert refine_core(tiny, probability, images, SPEC, 0.001).reason == "tumor too small to cluster (5 voxels)"
+    assert refine_core(tiny, [probability], images, SPEC, 0.001).reason == "tumor too small to cluster (5 voxels)"
     np.testing.assert_array_equal(labels, before)
 
 

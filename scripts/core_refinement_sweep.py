@@ -56,12 +56,12 @@ def main() -> None:
             continue
         ref = np.isin(sitk.GetArrayFromImage(case.label), (values["NCR"], values["ET"]))
         result = segmenter.run(case.images, tta=False)
-        probability = sum(result.probabilities[names[i]] for i in core)
+        probabilities = [result.probabilities[names[i]] for i in core]
         voxel_ml = float(np.prod(result.reference.GetSpacing())) / 1000
         scores, share = [dice(np.isin(result.label_map, spec.fixed_labels + (spec.core_label,)), ref, NAN)], None
         for setting in SETTINGS.values():
             labels = result.label_map.copy()
-            outcome = refine_core(labels, probability, result.images, replace(spec, **setting), voxel_ml)
+            outcome = refine_core(labels, probabilities, result.images, replace(spec, **setting), voxel_ml)
             share = outcome.fixed_share
             scores.append(dice(np.isin(labels, spec.fixed_labels + (spec.core_label,)), ref, NAN))
         rows.append((case.grade, scores))

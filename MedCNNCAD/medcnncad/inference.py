@@ -540,7 +540,7 @@ class Segmenter:
             return []
         channels = self.manifest.postprocessing.channels
         core = [i for i, c in enumerate(channels) if c.value in (spec.core_label, *spec.fixed_labels)]
-        outcome = refine_core(label_map, probs[core].sum(0), given, spec, voxel_ml)
+        outcome = refine_core(label_map, [probs[i] for i in core], given, spec, voxel_ml)
         if not outcome.applied or outcome.to_core_ml + outcome.to_shell_ml == 0:
             return []
         names = {x.value: x.name for x in self.manifest.labels}

@@ -85,13 +85,14 @@ def cluster_vote(features: np.ndarray, core_probability: np.ndarray, components:
     return posterior @ (component_core > 0.5).astype(np.float64)
 
 
-def refine_core(label_map: np.ndarray, core_probability: np.ndarray, images: Mapping[str, sitk.Image],
+def refine_core(label_map: np.ndarray, core_channels: Sequence[np.ndarray], images: Mapping[str, sitk.Image],
                 spec: CoreRefinement, voxel_ml: float) -> RefinementOutcome:
     """Apply ``spec`` to a (K, J, I) label map in place.
 
     Args:
         label_map: the post-processed label map (values as in the manifest).
-        core_probability: (K, J, I) network probability of the core (core and fixed labels' channels summed).
+        core_channels: (K, J, I) network probabilities of the core and fixed labels; their sum, taken
+            inside the tumor's box only (and only when the refinement runs), is the core probability.
         images: the inputs that were given (absent ones left out), on the label map's grid.
         spec: the manifest's refinement.
         voxel_ml: one voxel's volume in mL.
@@ -117,7 +118,7 @@ def refine_core(label_map: np.ndarray, core_probability: np.ndarray, images: Map
         return RefinementOutcome(False, f"fixed labels are {share:.2f} of the core (>= {spec.max_fixed_share:g})",
                                  fixed_share=share)
     features = _features([images[name] for name in spec.required_inputs], box, tumor, sigma_vox)
-    probability = core_probability[box][tumor].astype(np.float64)
+    probability = sum(channel[box].astype(np.float64) for channel in core_channels)[tumor]
     vote = cluster_vote(features, probability, spec.components, spec.max_fit_voxels, spec.seed)
     core_after = fixed.copy()
     core_after[tumor] |= spec.network_weight * probability + (1 - spec.network_weight) * vote > 0.5
