@@ -34,11 +34,18 @@ screenshot: $(STAMP)
 clean:
 	rm -rf demo_out .pytest_cache
 
-# Wheels the GPU check (Testing/gpu/check.sh) installs on a CUDA machine that has only PyTorch
-# and no index: built here for its Python (PY_GPU, default 3.12), without torch.
+# What the GPU check (Testing/gpu/check.sh) adds on a CUDA machine with no index. That machine's
+# image has Python 3.12 (PY_GPU) with PyTorch, numpy, scipy, scikit-learn, matplotlib, tqdm, PyYAML
+# and attrs; the rest travels as wheels. SimpleITK's wheel (53 MB) is repacked as an xz tarball
+# (29 MB) so that the working tree plus wheels stays under the device tool's 64 MiB transfer limit.
 PY_GPU ?= 3.12
+GPU_WHEELS := Testing/gpu/wheelhouse
+GPU_PIP := $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --implementation cp \
+  --python-version $(PY_GPU) --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64
 gpu-wheelhouse:
-	$(PYTHON) -m pip download -q --only-binary=:all: --platform manylinux2014_x86_64 --python-version $(PY_GPU) \
-	  --no-deps -d Testing/gpu/wheelhouse numpy==2.4.6 scipy==1.17.1 monai==1.6.1 SimpleITK==2.5.7 tqdm \
-	  matplotlib contourpy cycler fonttools kiwisolver packaging pillow pyparsing python-dateutil six \
-	  jsonschema jsonschema-specifications referencing rpds-py attrs typing-extensions
+	rm -rf $(GPU_WHEELS) build/gpu-sitk && mkdir -p $(GPU_WHEELS) build/gpu-sitk/site
+	$(GPU_PIP) -d $(GPU_WHEELS) -c constraints.txt monai nibabel jsonschema jsonschema-specifications \
+	  referencing rpds-py
+	$(GPU_PIP) -d build/gpu-sitk -c constraints.txt SimpleITK
+	cd build/gpu-sitk/site && unzip -q ../*.whl && tar -cJf ../../../$(GPU_WHEELS)/SimpleITK.tar.xz .

@@ -6,8 +6,10 @@ engine's execution policy: fp16 autocast, stitching on the GPU); per-label Dice 
 label maps must be >= 0.99. Then the GPU's per-case time (in memory and end to end with files),
 cases per second over a batch in one process, peak GPU memory, and the network time of a model-
 zoo-size SegResNet (init_filters 16, blocks_down 1,2,2,4; random weights: speed only) eager vs
-channels-last vs torch.compile. Prints one line per check and writes ``gpu_check.json`` to
-``--out``.
+channels-last vs torch.compile. The shipped model (brats-robust-unet, manifest defaults: flip TTA,
+core refinement) gets the same agreement check and its per-case time. Prints one line per check and
+writes ``gpu_check.json`` to ``--out`` after each check, so a run stopped by its time limit still
+leaves what it measured.
 
 ``--device cpu`` runs the same code on the CPU (a dry run that keeps this script working
 where no GPU is present; its numbers are not GPU numbers).
@@ -46,12 +48,32 @@ def _brats_size_case() -> dict:
 
 
 def _dice_per_label(a: np.ndarray, b: np.ndarray, values) -> dict[str, float]:
-    out = {}
-    for v in values:
-        x, y = a == v, b == v
-        total = int(x.sum() + y.sum())
-        out[str(v)] = 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
-    return out
+    """Dice of each label value between two label maps (1.0 where neither has it)."""
+    from medcnncad.metrics import dice
+
+    return {str(v): dice(a == v, b == v) for v in values}
+
+
+def _agreement(name: str, images: dict, device: str, tta: bool | None = None) -> tuple[dict, object]:
+    """Model ``name`` on ``images``: CPU fp32 (the reference) vs ``device`` with the engine's
+    execution policy. Returns the agreement record and the device's Segmenter."""
+    from medcnncad.inference import Segmenter
+    from medcnncad.models import load_model
+
+    start = time.perf_counter()
+    reference = Segmenter(load_model(name), "cpu", precision="fp32").run(images, tta=tta)
+    cpu_s = time.perf_counter() - start
+    engine = Segmenter(load_model(name), device)
+    result = engine.run(images, tta=tta)
+    dice = _dice_per_label(reference.label_map, result.label_map, (1, 2, 4))
+    diff = max(float(np.abs(result.probabilities[k].astype(np.float32) - reference.probabilities[k]).max())
+               for k in result.probabilities)
+    record = {"model": f"{name} {engine.manifest.version}", "dice_vs_cpu_fp32": dice, "min_dice": min(dice.values()),
+              "max_probability_difference": diff, "precision": engine.precision, "tta_passes": result.tta_passes,
+              "cpu_fp32_reference_s": cpu_s, "passes": min(dice.values()) >= 0.99}
+    print(f"agreement {name} {device} vs CPU fp32 ({result.tta_passes} pass(es)): Dice {dice} "
+          f"(min {min(dice.values()):.4f}), max |dP| {diff:.4f} -> {'PASS' if record['passes'] else 'FAIL'}")
+    return record, engine
 
 
 def _sync(device: str) -> None:
@@ -107,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8, help="cases in the throughput run")
     parser.add_argument("--skip-segresnet", action="store_true")
+    parser.add_argument("--skip-shipped", action="store_true", help="skip the shipped robust model's check")
     args = parser.parse_args(argv)
     import torch
 
@@ -114,28 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: no CUDA device on this machine (use --device cpu for a dry run)", file=sys.stderr)
         return 3
     from medcnncad.case import process_case
-    from medcnncad.inference import Segmenter
     from medcnncad.io import write_image
-    from medcnncad.models import load_model
 
     report: dict = {"device": args.device, "python": platform.python_version(), "torch": torch.__version__}
     if args.device == "cuda":
         report["card"] = torch.cuda.get_device_name(0)
         report["cuda"] = torch.version.cuda
-    images = _brats_size_case()
-    values = [1, 2, 4]
-    reference = Segmenter(load_model("brats-demo-unet"), "cpu", precision="fp32").run(images)
-    engine = Segmenter(load_model("brats-demo-unet"), args.device)
-    if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = engine.run(images)
-    dice = _dice_per_label(reference.label_map, result.label_map, values)
-    diff = max(float(np.abs(result.probabilities[k].astype(np.float32) - reference.probabilities[k]).max())
-               for k in result.probabilities)
-    report["agreement"] = {"dice_vs_cpu_fp32": dice, "min_dice": min(dice.values()), "max_probability_difference": diff,
-                           "precision": engine.precision, "passes": min(dice.values()) >= 0.99}
-    print(f"agreement {args.device} vs CPU fp32: Dice {dice} (min {min(dice.values()):.4f}), "
-          f"max |dP| {diff:.4f} -> {'PASS' if report['agreement']['passes'] else 'FAIL'}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    images = _brats_size_case()
+    report["agreement"], engine = _agreement("brats-demo-unet", images, args.device)
+    save()
     in_memory = _timed(lambda: engine.run(images), args.device, args.repeats)
     report["per_case_in_memory_s"] = statistics.median(in_memory)
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,14 +168,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"per case: {report['per_case_in_memory_s']:.3f} s in memory, {report['per_case_end_to_end_s']:.3f} s "
           f"end to end with files; batch of {args.batch}: {report['batch_cases_per_s']:.2f} cases/s; peak GPU memory "
           f"{report.get('peak_gpu_memory_gib', float('nan')):.2f} GiB")
+    save()
+    if not args.skip_shipped:
+        shipped, robust = _agreement("brats-robust-unet", images, args.device)
+        shipped["per_case_in_memory_s"] = statistics.median(_timed(lambda: robust.run(images), args.device,
+                                                                    args.repeats))
+        report["shipped_model"] = shipped
+        print(f"shipped model per case (manifest defaults, {shipped['tta_passes']} passes + refinement): "
+              f"{shipped['per_case_in_memory_s']:.3f} s in memory; CPU fp32 reference "
+              f"{shipped['cpu_fp32_reference_s']:.1f} s")
+        save()
     if not args.skip_segresnet:
         report["segresnet_forward"] = _segresnet_times(args.device, max(2, args.repeats // 2))
         print(f"SegResNet (model-zoo size) forward on 4x240x240x160: {report['segresnet_forward']}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    save()
     print(f"written {out / 'gpu_check.json'}")
-    return 0 if report["agreement"]["passes"] else 1
+    passes = report["agreement"]["passes"] and report.get("shipped_model", {}).get("passes", True)
+    return 0 if passes else 1
 
 
 if __name__ == "__main__":
