@@ -74,3 +74,29 @@ def test_fit_roi_shrinks_the_window_to_the_image(tmp_path):
     vol[5:15, 6:20, 8:25] = 1.0
     result = segmenter.run({"CT": make_image(vol)})  # a per-voxel network: the window size must not matter
     np.testing.assert_array_equal(result.label_map, np.where(vol > 0.5, 3, 0))
+
+
+def test_gpu_check_dice_per_label_and_cpu_dry_run_write_the_report(tmp_path):
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check_dry", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check_dry"] = module
+    spec.loader.exec_module(module)
+    a = np.array([1, 1, 2, 2, 0, 4])
+    b = np.array([1, 2, 2, 2, 0, 0])
+    # label 1: |a|=2, |b|=1, overlap 1 -> 2/3; label 2: 2, 3, 2 -> 4/5; label 4: 1, 0, 0 -> 0; 7: neither -> 1
+    assert module._dice_per_label(a, b, (1, 2, 4, 7)) == pytest.approx({"1": 2 / 3, "2": 0.8, "4": 0.0, "7": 1.0})
+    assert module.main(["--device", "cpu", "--repeats", "1", "--batch", "1", "--skip-segresnet", "--skip-shipped",
+                        "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["agreement"]["model"].startswith("brats-demo-unet")
+    assert report["agreement"]["min_dice"] == 1.0  # the same device and precision as the reference
+    assert report["per_case_in_memory_s"] > 0 and report["batch_cases_per_s"] > 0
+    assert "shipped_model" not in report and "segresnet_forward" not in report
