@@ -24,6 +24,8 @@ def test_summary_pools_its_cases(summary):
         detected = sum(c[name]["lesions"]["true_positive"] for c in summary["per_case"])
         reference = sum(c[name]["lesions"]["reference_lesions"] for c in summary["per_case"])
         assert s["lesion_sensitivity"] == pytest.approx(detected / reference)
+        lesionwise = [c[name]["lesions_brats2023"]["lesionwise_dice"] for c in summary["per_case"]]
+        assert s["lesionwise_dice_mean_brats2023"] == pytest.approx(np.mean(lesionwise))
     split = summary["structures"]["WT"]["lesions_by_content"]  # WT lesions with / without tumor core
     assert split["inner"] == "TC" and "lesions_by_content" not in summary["structures"]["TC"]
     wt = [c["WT"]["lesions"] for c in summary["per_case"]]

@@ -212,8 +212,11 @@ def test_pooled_detection_counts_lesions_not_cases():
     cases = [{"reference_lesions": 3, "true_positive": 1, "false_positive": 2},
              {"reference_lesions": 1, "true_positive": 1, "false_positive": 0},
              {"reference_lesions": 0, "true_positive": 0, "false_positive": 1}]
-    assert pooled_detection(cases, "_x") == {"lesion_sensitivity_x": 0.5, "false_positive_lesions_per_case_x": 1.0}
-    assert pooled_detection([]) == {"lesion_sensitivity": None, "false_positive_lesions_per_case": None}
+    assert pooled_detection(cases, "_x") == {"lesion_sensitivity_x": 0.5, "false_positive_lesions_per_case_x": 1.0,
+                                             "lesionwise_dice_mean_x": None}  # reports written before the value
+    for case, score in zip(cases, (0.25, 1.0, 0.0)):
+        case["lesionwise_dice"] = score
+    assert pooled_detection(cases)["lesionwise_dice_mean"] == pytest.approx(1.25 / 3)
 
 
 def test_compute_metrics_labels_and_regions():
@@ -242,3 +245,63 @@ def test_dice_matches_structure_metrics_and_its_empty_rules():
     empty = np.zeros_like(pred)
     assert dice(empty, empty) == 1.0 and dice(pred, empty) == 0.0  # as structure_metrics counts them
     assert np.isnan(dice(pred, empty, float("nan"))) and dice(empty, ref, float("nan")) == 0.0
+
+
+def _lesionwise_scene() -> tuple[np.ndarray, np.ndarray]:
+    """1 mm grid: lesion A (64 voxels) found by a component shifted one voxel (overlap 48 of 64 + 64),
+    lesion B (64 voxels) missed, a 1-voxel reference lesion C (0.001 mL) nothing near, one 8-voxel
+    false positive far from everything."""
+    ref = np.zeros((20, 20, 36), bool)
+    pred = np.zeros_like(ref)
+    ref[2:6, 2:6, 2:6] = True       # A
+    pred[2:6, 2:6, 3:7] = True      # its finding: Dice 2*48 / (64 + 64) = 0.75
+    ref[2:6, 2:6, 20:24] = True     # B, missed
+    ref[15, 15, 15] = True          # C, 0.001 mL
+    pred[15:17, 2:4, 30:32] = True  # false positive
+    return pred, ref
+
+
+def test_lesionwise_dice_by_hand():
+    pred, ref = _lesionwise_scene()
+    brats = lesion_detection(pred, ref, BRATS_2023)
+    assert (brats.reference_lesions, brats.ignored_reference_lesions, brats.false_positive) == (2, 1, 1)
+    assert brats.lesionwise_dice == pytest.approx((0.75 + 0.0) / (2 + 1))
+    strict = lesion_detection(pred, ref, STRICT)  # C counts and is missed
+    assert strict.lesionwise_dice == pytest.approx((0.75 + 0.0 + 0.0) / (3 + 1))
+    assert structure_metrics(pred, ref, (1.0, 1.0, 1.0)).lesions_brats2023.lesionwise_dice == brats.lesionwise_dice
+
+
+def test_lesionwise_dice_empty_and_ignored_references():
+    empty = np.zeros((8, 8, 8), bool)
+    tiny = empty.copy()
+    tiny[4, 4, 4:7] = True  # 3 voxels, 0.003 mL: ignored by the BraTS 2023 rule
+    assert lesion_detection(empty, empty, BRATS_2023).lesionwise_dice == 1.0
+    assert lesion_detection(empty, tiny, BRATS_2023).lesionwise_dice == 1.0  # plain Dice would be 0
+    assert lesion_detection(empty, tiny, STRICT).lesionwise_dice == 0.0
+    assert lesion_detection(tiny, empty, BRATS_2023).lesionwise_dice == 0.0  # one false positive
+    assert lesion_detection(tiny, tiny, STRICT).lesionwise_dice == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lesionwise_dice_equals_a_lesion_by_lesion_loop(seed):
+    from medcnncad.lesions import components
+
+    rng = np.random.default_rng(seed)
+    blobs = [ndimage.gaussian_filter(rng.standard_normal((24, 30, 28)), 1.5) > 0.2 for _ in range(2)]
+    ref, pred = blobs[0], blobs[1] | (blobs[0] & (rng.random(blobs[0].shape) < 0.3))
+    got = lesion_detection(pred, ref, BRATS_2023, SPACING_XYZ)
+    reach = ndimage.distance_transform_edt(~ref, sampling=SPACING_XYZ[::-1]) <= 3.0
+    ref_cc, n_ref = components(reach)
+    pred_cc, _ = components(pred)
+    scores = []
+    for lesion in range(1, n_ref + 1):
+        voxels = (ref_cc == lesion) & ref
+        if voxels.sum() * np.prod(SPACING_XYZ) / 1000 <= 0.05:
+            continue
+        matched = np.setdiff1d(np.unique(pred_cc[(ref_cc == lesion) & pred]), [0])
+        found = np.isin(pred_cc, matched)
+        scores.append(2 * (found & voxels).sum() / (found.sum() + voxels.sum()))
+    false = len(np.setdiff1d(np.unique(pred_cc), np.concatenate([[0], np.unique(pred_cc[reach])])))
+    assert got.false_positive == false and got.reference_lesions == len(scores) >= 3
+    assert got.lesionwise_dice == pytest.approx(sum(scores) / (len(scores) + false))
+    assert 0 < got.lesionwise_dice < 1

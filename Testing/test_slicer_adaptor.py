@@ -116,6 +116,7 @@ def test_compare_with_reference(scene, demo_result):
     assert table.GetValueByName(3, "dice").ToDouble() == pytest.approx(expected["WT"].dice)
     brats = expected["WT"].lesions_brats2023
     assert table.GetValueByName(3, "missed_lesions_brats2023").ToInt() == brats.false_negative
+    assert table.GetValueByName(3, "lesionwise_dice_brats2023").ToDouble() == pytest.approx(brats.lesionwise_dice)
     assert table.GetValueByName(3, "false_positive_lesions").ToInt() == expected["WT"].lesions.false_positive
     disc = comparison.discordance.GetSegmentation()
     ai_wt, ref_wt = np.isin(result.label_map, (1, 2, 4)), np.isin(ref_labels, (1, 2, 4))

@@ -131,16 +131,18 @@ def format_table(summary: dict[str, Any]) -> str:
              "structure; 'empty ok' = share of the other cases where the prediction is empty too.", "",
              "Lesions: 'any overlap' counts every reference component and one shared voxel; 'BraTS 2023' "
              "merges reference components within 3 mm, matches within 3 mm and ignores reference lesions "
-             "of 0.05 mL or less.", "",
+             "of 0.05 mL or less; its lesion-wise Dice is averaged over all cases, as the challenge ranks.", "",
              "| structure | cases | Dice mean | Dice median | Dice min | HD95 median (mm) | lesion sensitivity "
-             "| FP lesions / case | BraTS 2023 sensitivity | BraTS 2023 FP / case | empty ok |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| FP lesions / case | BraTS 2023 sensitivity | BraTS 2023 FP / case | BraTS 2023 lesion-wise Dice "
+             "| empty ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary["structures"].items():
         f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
         lines.append(f"| {name} | {s.get('cases_with_structure', '')} | {f(s['dice_mean'])} | {f(s['dice_median'])} | "
                      f"{f(s['dice_min'])} | {f(s['hd95_mm_median'], 2)} | {f(s['lesion_sensitivity'], 2)} | "
                      f"{s['false_positive_lesions_per_case']:.2f} | {f(s.get('lesion_sensitivity_brats2023'), 2)} | "
-                     f"{f(s.get('false_positive_lesions_per_case_brats2023'), 2)} | {f(s.get('empty_correct'), 2)} |")
+                     f"{f(s.get('false_positive_lesions_per_case_brats2023'), 2)} | "
+                     f"{f(s.get('lesionwise_dice_mean_brats2023'))} | {f(s.get('empty_correct'), 2)} |")
     for name, s in summary["structures"].items():
         split = s.get("lesions_by_content")
         if split:

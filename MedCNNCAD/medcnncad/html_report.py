@@ -173,7 +173,9 @@ def case_report(case_dir: str | Path) -> Path:
     if "metrics" in report:
         keys = ["dice", "jaccard", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "volume_diff_ml"]
         body += ["<h2>Agreement with the reference</h2>",
-                 _table(["structure", *keys], [(name, *[m[k] for k in keys]) for name, m in report["metrics"].items()]),
+                 _table(["structure", *keys, "lesion-wise Dice (BraTS 2023)"],
+                        [(name, *[m[k] for k in keys], (m.get("lesions_brats2023") or {}).get("lesionwise_dice"))
+                         for name, m in report["metrics"].items()]),
                  f"<p class='small'>{html.escape(report['lesion_detection_rule'])}</p>"]
         if "lesion_detection_rule_brats2023" in report:
             body.append(f"<p class='small'>Also in report.json (lesions_brats2023): "

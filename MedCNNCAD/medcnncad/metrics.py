@@ -15,6 +15,9 @@ Definitions (TP, FP, FN, TN counted over the whole grid):
   ``compute_hausdorff_distance(percentile=95)`` and symmetric
   ``compute_average_surface_distance``). ``hausdorff_mm`` is the full voxel-set
   Hausdorff distance, as SimpleITK's ``HausdorffDistanceImageFilter``.
+- Lesions (:func:`lesion_detection`): detection counts and ``lesionwise_dice`` under a matching
+  rule (:data:`STRICT` any overlap, or :data:`BRATS_2023`); the BraTS 2023 lesion-wise Dice is
+  ``lesions_brats2023.lesionwise_dice`` (see :class:`LesionDetection`).
 
 Empty masks (documented and tested behaviour):
 
@@ -75,7 +78,13 @@ in millimetres so that it means the same on anisotropic grids."""
 
 @dataclass
 class LesionDetection:
-    """Lesion-wise detection counts under :data:`DETECTION_RULE`."""
+    """Lesion-wise detection counts under a :class:`DetectionRule`, and the lesion-wise Dice.
+
+    ``lesionwise_dice`` (the BraTS 2023 challenge's lesion-wise Dice under that rule's matching):
+    each counted reference lesion scores the Dice between its voxels and the whole predicted
+    components matched to it (0 when missed); the sum is divided by the counted reference lesions
+    plus the false-positive predicted lesions; 1.0 when there are neither (e.g. nothing predicted
+    where the reference holds only ignored lesions)."""
 
     reference_lesions: int
     predicted_lesions: int
@@ -85,6 +94,7 @@ class LesionDetection:
     sensitivity: float | None
     ignored_reference_lesions: int = 0
     rule: str = STRICT.name
+    lesionwise_dice: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -179,15 +189,35 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray, rule: DetectionRule = ST
         reach = ref
         ref_cc, n_ref = components(ref)
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
-    sizes = np.bincount(ref_cc[ref], minlength=n_ref + 1) * voxel_ml  # reference voxels only, not the reach
-    counted = sizes > rule.ignore_reference_ml
+    ref_voxels = np.bincount(ref_cc[ref], minlength=n_ref + 1)  # reference voxels only, not the reach
+    counted = ref_voxels * voxel_ml > rule.ignore_reference_ml
     counted[0] = False
     hit = np.zeros(n_ref + 1, bool)
     hit[ref_cc[pred]] = True
     detected, n_counted = int((hit & counted).sum()), int(counted.sum())
     overlapping_pred = len(np.unique(pred_cc[reach & (pred_cc > 0)]))
-    return LesionDetection(n_counted, n_pred, detected, n_counted - detected, n_pred - overlapping_pred,
-                           detected / n_counted if n_counted else None, n_ref - n_counted, rule.name)
+    n_false = n_pred - overlapping_pred
+    lesion_dice = _lesion_dice(pred, ref, pred_cc, n_pred, ref_cc, ref_voxels, reach)
+    score = float(lesion_dice[counted].sum()) / (n_counted + n_false) if n_counted + n_false else 1.0
+    return LesionDetection(n_counted, n_pred, detected, n_counted - detected, n_false,
+                           detected / n_counted if n_counted else None, n_ref - n_counted, rule.name, score)
+
+
+def _lesion_dice(pred: np.ndarray, ref: np.ndarray, pred_cc: np.ndarray, n_pred: int, ref_cc: np.ndarray,
+                 ref_voxels: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """Dice of each reference lesion (index 1..n of ``ref_cc``; ``ref_voxels``: its voxel counts) with the
+    union of the whole predicted components that reach it (a voxel in the lesion's reach). A predicted voxel
+    inside a lesion belongs to such a component, so the overlap is the lesion's predicted voxels."""
+    n_ref = len(ref_voxels) - 1
+    touching = pred & reach
+    if not n_ref or not touching.any():
+        return np.zeros(n_ref + 1)
+    pairs = np.unique(np.stack([ref_cc[touching], pred_cc[touching]]), axis=1)  # (lesion, component) pairs
+    component_voxels = np.bincount(pred_cc.ravel(), minlength=n_pred + 1)
+    matched_voxels = np.bincount(pairs[0], weights=component_voxels[pairs[1]], minlength=n_ref + 1)
+    overlap = np.bincount(ref_cc[pred & ref], minlength=n_ref + 1)
+    total = ref_voxels + matched_voxels
+    return np.divide(2.0 * overlap, total, out=np.zeros(n_ref + 1), where=total > 0)
 
 
 def detection_by_content(pred: np.ndarray, ref: np.ndarray, inner: np.ndarray) -> dict[str, int]:
@@ -210,12 +240,17 @@ def detection_by_content(pred: np.ndarray, ref: np.ndarray, inner: np.ndarray) -
 
 
 def pooled_detection(lesions: Sequence[Mapping[str, Any]], suffix: str = "") -> dict[str, float | None]:
-    """Over cases (``LesionDetection.to_json()`` dicts): detected / all reference lesions, and false
-    positives per case, as ``lesion_sensitivity{suffix}`` and ``false_positive_lesions_per_case{suffix}``."""
+    """Over cases (``LesionDetection.to_json()`` dicts): detected / all reference lesions, false
+    positives per case, and the mean of the cases' lesion-wise Dice (over every case, tumor-free ones
+    included, as the BraTS 2023 ranking averages it; cases without the value are left out), as
+    ``lesion_sensitivity{suffix}``, ``false_positive_lesions_per_case{suffix}`` and
+    ``lesionwise_dice_mean{suffix}``."""
     n_ref = sum(x["reference_lesions"] for x in lesions)
+    scores = [x["lesionwise_dice"] for x in lesions if x.get("lesionwise_dice") is not None]
     return {f"lesion_sensitivity{suffix}": sum(x["true_positive"] for x in lesions) / n_ref if n_ref else None,
             f"false_positive_lesions_per_case{suffix}": (sum(x["false_positive"] for x in lesions) / len(lesions)
-                                                         if lesions else None)}
+                                                         if lesions else None),
+            f"lesionwise_dice_mean{suffix}": float(np.mean(scores)) if scores else None}
 
 
 def dice(pred: np.ndarray, ref: np.ndarray, if_reference_empty: float | None = None) -> float:

@@ -250,12 +250,13 @@ def add_metrics_table(metrics: Mapping[str, StructureMetrics], name: str = "MedC
     columns = [("structure", "string")] + [(c, "double") for c in _METRIC_COLUMNS]
     for suffix in ("", "_brats2023"):  # any-overlap rule, then BraTS 2023 (docs/metrics.md)
         columns += [(f"reference_lesions{suffix}", "int"), (f"missed_lesions{suffix}", "int"),
-                    (f"false_positive_lesions{suffix}", "int")]
+                    (f"false_positive_lesions{suffix}", "int"), (f"lesionwise_dice{suffix}", "double")]
     rows = []
     for structure, m in metrics.items():
         row = [structure] + [getattr(m, c) for c in _METRIC_COLUMNS]
         for det in (m.lesions, m.lesions_brats2023):
-            row += [det.reference_lesions, det.false_negative, det.false_positive] if det else [0, 0, 0]
+            row += ([det.reference_lesions, det.false_negative, det.false_positive, det.lesionwise_dice] if det
+                    else [0, 0, 0, None])
         rows.append(row)
     return _table(name, columns, rows)
 
