@@ -71,6 +71,20 @@ def test_pdf(case_dir):
     assert data.startswith(b"%PDF") and len(data) > 20_000
 
 
+def test_the_run_warnings_are_listed_escaped(case_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "case"
+    shutil.copytree(case_dir, copy)
+    report = json.loads((copy / "report.json").read_text())
+    assert report["warnings"] == [] and "Notes on this run" not in case_report(case_dir).read_text()
+    report["warnings"] = ["sequences absent: T2, FLAIR", "core refinement relabelled 1.2 mL <oedema> as core"]
+    (copy / "report.json").write_text(json.dumps(report))
+    text = case_report(copy).read_text()
+    assert "<h2>Notes on this run</h2><ul><li>sequences absent: T2, FLAIR</li>" in text
+    assert "relabelled 1.2 mL &lt;oedema&gt; as core</li></ul>" in text
+
+
 def test_the_calibration_cell_says_what_the_probability_was_fitted_on():
     from medcnncad.html_report import _calibration_cell
 

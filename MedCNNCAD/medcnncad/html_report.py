@@ -1,7 +1,7 @@
 """Self-contained HTML reports (and PDF through headless Chromium) for a case and a cohort.
 
 A case report shows the intended-use statement, the model's provenance (id, version, SHA-256,
-device), the case-level probability, slice screenshots of the image with the AI segmentation
+device), the case-level probability, the run's warnings (notes), slice screenshots of the image with the AI segmentation
 and the reference (rendered headless through Slicer's slice pipeline when ``slicer-core`` is
 installed, otherwise the matplotlib overlay), the lesion table and the metric table. A cohort
 report adds Dice box plots, ROC, reliability diagram and a Bland-Altman plot of volumes.
@@ -142,6 +142,15 @@ def _calibration_cell(case: dict) -> str:
     return calibration_words(case) + (f" ({detail})" if detail else "")
 
 
+def _notes_section(warnings: list[str] | None) -> list[str]:
+    """The run's warnings (absent sequences, labels the post-processing moved, ...), as the command line
+    prints them; nothing when there are none."""
+    if not warnings:
+        return []
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return [f"<h2>Notes on this run</h2><ul>{items}</ul>"]
+
+
 def case_report(case_dir: str | Path) -> Path:
     """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path."""
     case_dir = Path(case_dir)
@@ -161,6 +170,7 @@ def case_report(case_dir: str | Path) -> Path:
             "<h2>Case</h2>", _table(["abnormality probability", "calibration", "rule"],
                                     [(report["case"]["abnormality_probability"], _calibration_cell(report["case"]),
                                       report["case"]["rule"])])]
+    body += _notes_section(report.get("warnings"))
     body += ["<h2>Images</h2>"] + [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
     body += ["<h2>Lesions</h2>", _table(
         ["structure", "id", "volume mL", "longest diameter mm", "mean P", "max P", "R", "A", "S"],
