@@ -483,7 +483,8 @@ def test_html_case_report_shows_lesion_classes(tmp_path):
 
     loaded = load_classifier(write_classifier(tmp_path / "clf"))
     result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())}, tta=True)
-    attach_classification(result, loaded, tta=True)
+    attach_classification(result, loaded)  # follows the segmentation run: test-time augmentation
+    assert all(les.class_uncertainty is not None for les in result.lesions if les.class_probabilities)
     write_case_outputs(result, tmp_path / "out")
     page = case_report(tmp_path / "out").read_text()
     assert "Lesion classification (tiny-grade 0.0.1" in page and "P(high)" in page

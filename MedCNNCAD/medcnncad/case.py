@@ -59,7 +59,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
         from .classify import attach_classification
 
         progress("classify", 0.0)
-        attach_classification(result, classifier, tta=result.tta_passes > 1)
+        attach_classification(result, classifier)
     metrics = ref_array = None
     extra = dict(extra_timings or {})
     if reference:

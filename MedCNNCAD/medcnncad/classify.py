@@ -231,15 +231,19 @@ def case_grade(lesions: Sequence[LesionClass]) -> float | None:
     return max((x.positive_probability for x in lesions), default=None)
 
 
-def attach_classification(result, loaded: LoadedClassifier, tta: bool = False) -> dict:
+def attach_classification(result, loaded: LoadedClassifier, tta: bool | None = None) -> dict:
     """Classify the lesions of a :class:`~medcnncad.inference.SegmentationResult` in place.
 
     The classifier's ``lesion_structure`` must be a label or region of the segmentation
     model. Each lesion of that structure gets ``class_probabilities``, ``predicted_class``
     (and ``class_uncertainty`` with ``tta``); ``result.classification`` gets the summary
     (model, calibration, operating point, case probability and its rule), also returned.
+    ``tta`` (flip test-time augmentation of the classifier): default as the segmentation run did.
     """
     import time
+
+    if tta is None:
+        tta = result.tta_passes > 1
 
     m = loaded.manifest
     structures = result.manifest.structures()

@@ -150,7 +150,7 @@ class SecondReaderLogic:
         if classifier:
             from .classify import attach_classification, cached_classifier
 
-            attach_classification(result, cached_classifier(classifier), tta=result.tta_passes > 1)
+            attach_classification(result, cached_classifier(classifier))
         return add_result_nodes(result, next(iter(volumes.values())))
 
     def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",

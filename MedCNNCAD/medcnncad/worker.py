@@ -105,7 +105,7 @@ class _Server:
         if request.get("classifier"):
             from .classify import attach_classification, cached_classifier
 
-            attach_classification(result, cached_classifier(request["classifier"]), tta=result.tta_passes > 1)
+            attach_classification(result, cached_classifier(request["classifier"]))
         save_result(result, Path(request["out"]))
         self.emit(id=rid, event="done", out=request["out"])
 
