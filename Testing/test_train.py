@@ -169,3 +169,25 @@ def test_negative_share_decides_where_patches_are_centred(share, centred_on_labe
         assert bool(patch["label"][0, 4, 4, 4] > 0) is centred_on_label
     with pytest.raises(ValueError, match="negative_share 1.5"):
         segmentation_transforms((9, 9, 9), 1, negative_share=1.5)
+
+
+def test_loader_workers_train_reproducibly_and_a_missing_gpu_fails_before_any_output(tmp_path, capsys):
+    template = str(_tiny_template(tmp_path))
+    common = ["train", "segmentation", "--template", template, "--n-train", "2", "--n-val", "1", "--epochs", "1",
+              "--steps-per-epoch", "3", "--patch", "16", "16", "16", "--workers", "1", "--device", "cpu"]
+    runs = []
+    for name in ("a", "b"):
+        assert main(common + ["--out", str(tmp_path / name), "--loader-workers", "2"]) == 0
+        runs.append(load_manifest(tmp_path / name))
+    assert runs[0].weights_sha256 == runs[1].weights_sha256  # MONAI seeds each worker from the run's seed
+    assert runs[0].training["config"]["loader_workers"] == 2 and runs[0].training["environment"]["device"] == "cpu"
+    assert main(common + ["--out", str(tmp_path / "c")]) == 0  # augmentation in this process: other draws
+    assert load_manifest(tmp_path / "c").weights_sha256 != runs[0].weights_sha256
+    capsys.readouterr()
+    if not torch.cuda.is_available():
+        argv = common + ["--out", str(tmp_path / "gpu")]
+        argv[argv.index("--device") + 1] = "cuda"
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("medcnncad: error:") and "CUDA is not available" in err[-1]
+        assert not (tmp_path / "gpu").exists()

@@ -325,7 +325,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       phantom_preset=args.phantoms, data=args.data, val_fraction=args.val_fraction,
                       augmentation=args.augmentation, channel_drop=args.channel_drop, init=args.init,
                       negative_share=args.negative_share, region_loss=args.region_loss,
-                      pretrained_lr_scale=args.pretrained_lr_scale, freeze_pretrained=args.freeze_pretrained)
+                      pretrained_lr_scale=args.pretrained_lr_scale, freeze_pretrained=args.freeze_pretrained,
+                      device=args.device, loader_workers=args.loader_workers)
     command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
     out = train_segmentation(args.template, args.out, cfg, resume=args.resume, command=command)
     print(f"model written to {out}")
@@ -531,7 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patch", type=int, nargs=3, default=[64, 64, 64])
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--workers", type=int, default=2, help="processes preparing the cases (phantoms, resampling)")
+    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    t.add_argument("--loader-workers", type=int, default=0,
+                   help="processes running the augmentation during training (0: the training process; on a "
+                        "GPU, a few keep it fed)")
     t.add_argument("--resume", action="store_true")
     t.set_defaults(func=cmd_train)
 

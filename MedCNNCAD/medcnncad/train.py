@@ -61,6 +61,8 @@ class TrainConfig:
     pretrained_lr_scale: float = 0.1
     freeze_pretrained: bool = False
     region_loss: float = 0.0         # weight of the soft Dice on the manifest's regions (WT, TC), added to DiceCE
+    device: str = "auto"             # auto (CUDA when present), cpu or cuda: where the network trains
+    loader_workers: int = 0          # DataLoader processes running the augmentation (0: in the training process)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,8 +80,9 @@ def _region_dice(pred: np.ndarray, true: np.ndarray, manifest: Manifest) -> dict
 
 
 def _validate(network: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]], manifest: Manifest,
-              only_channel: int | None = None) -> dict:
-    """Mean Dice per label/region on the validation cases (all inputs, or only ``only_channel``)."""
+              only_channel: int | None = None, device: torch.device = torch.device("cpu")) -> dict:
+    """Mean Dice per label/region on the validation cases (all inputs, or only ``only_channel``);
+    (C, K, J, I) images, run on ``device``."""
     from monai.inferers import sliding_window_inference
 
     network.eval()
@@ -89,10 +92,10 @@ def _validate(network: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]
             if only_channel is not None:
                 keep = np.arange(len(image))[:, None, None, None] == only_channel
                 image = np.where(keep, image, 0).astype(np.float32)
-            logits = sliding_window_inference(torch.from_numpy(image)[None], manifest.inference.roi_size, 2,
-                                              network, overlap=manifest.inference.overlap,
+            logits = sliding_window_inference(torch.from_numpy(image)[None].to(device), manifest.inference.roi_size,
+                                              2, network, overlap=manifest.inference.overlap,
                                               mode=manifest.inference.blend_mode)
-            pred = torch.as_tensor(logits)[0].argmax(0).numpy()
+            pred = torch.as_tensor(logits)[0].argmax(0).cpu().numpy()
             scores.append(_region_dice(pred, label[0].astype(np.int64), manifest))
     network.train()
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
@@ -214,9 +217,13 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     from tqdm import tqdm
 
     from .augment import segmentation_transforms
+    from .inference import resolve_device
     from .train_data import prepare_cases
 
     started = time.time()
+    device = resolve_device(cfg.device)  # a bad or absent device fails before any output
+    if cfg.loader_workers < 0:
+        raise InputError(f"loader workers {cfg.loader_workers}: expected 0 or more")
     out = Path(out_dir)
     raw = json.loads(Path(template).read_text())
     manifest = parse_manifest(raw, out, where=str(template))
@@ -232,12 +239,15 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     transforms = segmentation_transforms(cfg.patch, cfg.samples_per_case, cfg.augmentation, cfg.channel_drop,
                                          _keep_weights(manifest), cfg.negative_share)
     transforms.set_random_state(seed=cfg.seed)
-    loader = DataLoader(Dataset(items, transforms), batch_size=cases_per_step, shuffle=True, num_workers=0)
+    loader = DataLoader(Dataset(items, transforms), batch_size=cases_per_step, shuffle=True,  # MONAI seeds each worker
+                        num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0,
+                        pin_memory=device.type == "cuda")
     network = build_network(manifest.network_class, manifest.network_kwargs)
     init_report = initialise_from(network, cfg.init) if cfg.init else None
     if init_report:
         print(f"initialised from {cfg.init}: {len(init_report['kept'])} tensors kept, "
               f"{len(init_report['reinitialised'])} re-initialised {init_report['reinitialised'][:6]}", file=sys.stderr)
+    network.to(device)
     optimizer = _optimizer(network, cfg, set(init_report["kept"]) if init_report else set())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.steps_per_epoch)
     state = resume_state(out, network, optimizer, scheduler) if resume else None
@@ -250,7 +260,8 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
         while done < cfg.steps_per_epoch:
             for batch in loader:
                 optimizer.zero_grad()
-                loss = loss_fn(network(batch["image"]), batch["label"].long())
+                image = batch["image"].to(device, non_blocking=True)
+                loss = loss_fn(network(image), batch["label"].to(device, non_blocking=True).long())
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
@@ -260,13 +271,13 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
                 if done >= cfg.steps_per_epoch:
                     break
         state["epoch"] += 1
-        val = _validate(network, val_data, manifest)
+        val = _validate(network, val_data, manifest, device=device)
         names = [r.name for r in manifest.regions] + [x.name for x in manifest.labels]
         mean_regions = float(np.mean([val[n] for n in names]))
         entry = {"epoch": state["epoch"], "loss": float(loss.item()), "val_dice": val}
         if cfg.channel_drop > 0:  # also judge the single favoured sequence (e.g. post-contrast T1 alone)
             single = int(np.argmax(_keep_weights(manifest)))
-            val_single = _validate(network, val_data, manifest, only_channel=single)
+            val_single = _validate(network, val_data, manifest, only_channel=single, device=device)
             entry[f"val_dice_{manifest.inputs[single].name}_only"] = val_single
             mean_regions = 0.5 * (mean_regions + float(np.mean([val_single[n] for n in names])))
             bar.write(f"  {manifest.inputs[single].name} only: "
@@ -278,10 +289,10 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
             state["best"] = mean_regions
             state["best_epoch"] = state["epoch"]
             state["best_val"] = val
-            torch.save(network.state_dict(), out / "model.pt")
+            torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out / "model.pt")
         save_checkpoint(out, network, optimizer, scheduler, state)
     bar.close()
-    _write_manifest(raw, out, cfg, state, where, init_report, time.time() - started, command)
+    _write_manifest(raw, out, cfg, state, where, init_report, time.time() - started, command, device)
     return out
 
 
@@ -306,12 +317,16 @@ def save_checkpoint(out: Path, network: torch.nn.Module, optimizer, scheduler, s
     tmp.replace(out / "checkpoint.pt")
 
 
-def environment() -> dict[str, str]:
-    """Software and machine a model was trained with (recorded in its manifest)."""
+def environment(device: torch.device | None = None) -> dict[str, str]:
+    """Software and machine a model was trained with (recorded in its manifest); with a CUDA
+    ``device``, also the card."""
     import monai
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
+           "machine": f"{platform.machine()}, {torch.get_num_threads()} threads"}
+    if device is not None:
+        env["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return env
 
 
 def write_manifest_json(raw: dict, out: Path, check) -> None:
@@ -323,7 +338,7 @@ def write_manifest_json(raw: dict, out: Path, check) -> None:
 
 
 def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: str, init_report: dict | None,
-                    seconds: float, command: str) -> None:
+                    seconds: float, command: str, device: torch.device | None = None) -> None:
     raw = dict(raw)
     raw["weights"] = {"file": "model.pt", "sha256": sha256_file(out / "model.pt")}
     raw["training"] = {
@@ -335,6 +350,6 @@ def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: 
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
         "validation_dice": state.get("best_val"), "history": state["history"],
-        "seconds": round(seconds, 1), "command": command, "environment": environment(),
+        "seconds": round(seconds, 1), "command": command, "environment": environment(device),
     }
     write_manifest_json(raw, out, parse_manifest)
