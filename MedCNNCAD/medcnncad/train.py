@@ -239,7 +239,12 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     transforms = segmentation_transforms(cfg.patch, cfg.samples_per_case, cfg.augmentation, cfg.channel_drop,
                                          _keep_weights(manifest), cfg.negative_share)
     transforms.set_random_state(seed=cfg.seed)
-    loader = DataLoader(Dataset(items, transforms), batch_size=cases_per_step, shuffle=True,  # MONAI seeds each worker
+    dataset = Dataset(items, transforms)
+    # With loader workers, one pass of the loader is one epoch's batches (cases drawn in shuffled rounds), so
+    # the workers (each seeded by MONAI from the run's seed) prepare batches ahead however few the cases are.
+    sampler = (torch.utils.data.RandomSampler(dataset, num_samples=cfg.steps_per_epoch * cases_per_step)
+               if cfg.loader_workers > 0 else None)
+    loader = DataLoader(dataset, batch_size=cases_per_step, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0,
                         pin_memory=device.type == "cuda")
     network = build_network(manifest.network_class, manifest.network_kwargs)
