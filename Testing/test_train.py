@@ -191,3 +191,17 @@ def test_loader_workers_train_reproducibly_and_a_missing_gpu_fails_before_any_ou
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("medcnncad: error:") and "CUDA is not available" in err[-1]
         assert not (tmp_path / "gpu").exists()
+
+
+def test_loader_workers_default_to_a_few_on_cuda_only(monkeypatch):
+    from medcnncad.errors import InputError
+    from medcnncad.train import _loader_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert _loader_workers(None, torch.device("cpu")) == 0
+    assert _loader_workers(None, torch.device("cuda")) == 8
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert _loader_workers(None, torch.device("cuda")) == 1
+    assert _loader_workers(3, torch.device("cpu")) == 3
+    with pytest.raises(InputError, match="loader workers -1"):
+        _loader_workers(-1, torch.device("cpu"))

@@ -534,9 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=2, help="processes preparing the cases (phantoms, resampling)")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    t.add_argument("--loader-workers", type=int, default=0,
-                   help="processes running the augmentation during training (0: the training process; on a "
-                        "GPU, a few keep it fed)")
+    t.add_argument("--loader-workers", type=int, default=None,
+                   help="processes running the augmentation during training (0: the training process; default: "
+                        "up to 8 on a GPU, where the augmentation sets the pace, 0 on the CPU)")
     t.add_argument("--resume", action="store_true")
     t.set_defaults(func=cmd_train)
 
