@@ -54,17 +54,18 @@ def _dice_per_label(a: np.ndarray, b: np.ndarray, values) -> dict[str, float]:
     return {str(v): dice(a == v, b == v) for v in values}
 
 
-def _agreement(name: str, images: dict, device: str, tta: bool | None = None) -> tuple[dict, object]:
-    """Model ``name`` on ``images``: CPU fp32 (the reference) vs ``device`` with the engine's
-    execution policy. Returns the agreement record and the device's Segmenter."""
+def _agreement(name: str, images: dict, device: str) -> tuple[dict, object]:
+    """Model ``name`` on ``images`` (its manifest's defaults, test-time augmentation included): CPU fp32
+    (the reference) vs ``device`` with the engine's execution policy. Returns the agreement record and
+    the device's Segmenter."""
     from medcnncad.inference import Segmenter
     from medcnncad.models import load_model
 
     start = time.perf_counter()
-    reference = Segmenter(load_model(name), "cpu", precision="fp32").run(images, tta=tta)
+    reference = Segmenter(load_model(name), "cpu", precision="fp32").run(images)
     cpu_s = time.perf_counter() - start
     engine = Segmenter(load_model(name), device)
-    result = engine.run(images, tta=tta)
+    result = engine.run(images)
     dice = _dice_per_label(reference.label_map, result.label_map, (1, 2, 4))
     diff = max(float(np.abs(result.probabilities[k].astype(np.float32) - reference.probabilities[k]).max())
                for k in result.probabilities)

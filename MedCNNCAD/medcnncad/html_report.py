@@ -1,9 +1,10 @@
 """Self-contained HTML reports (and PDF through headless Chromium) for a case and a cohort.
 
 A case report shows the intended-use statement, the model's provenance (id, version, SHA-256,
-device), the case-level probability, the run's warnings (notes), slice screenshots of the image with the AI segmentation
-and the reference (rendered headless through Slicer's slice pipeline when ``slicer-core`` is
-installed, otherwise the matplotlib overlay), the lesion table and the metric table. A cohort
+device), the case-level probability, the run's warnings (notes), slice screenshots of the image
+with the AI segmentation and the reference (rendered headless through Slicer's slice pipeline when
+``slicer-core`` is installed, otherwise the matplotlib overlay), the lesion table and the metric
+table (with the BraTS 2023 lesion-wise Dice). A cohort
 report adds Dice box plots, ROC, reliability diagram and a Bland-Altman plot of volumes.
 Images are embedded as data URIs, so one file is the whole report.
 """
