@@ -195,21 +195,21 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray, rule: DetectionRule = ST
     hit = np.zeros(n_ref + 1, bool)
     hit[ref_cc[pred]] = True
     detected, n_counted = int((hit & counted).sum()), int(counted.sum())
-    overlapping_pred = len(np.unique(pred_cc[reach & (pred_cc > 0)]))
-    n_false = n_pred - overlapping_pred
-    lesion_dice = _lesion_dice(pred, ref, pred_cc, n_pred, ref_cc, ref_voxels, reach)
+    touching = pred & reach  # predicted voxels within reach of a reference lesion
+    n_false = n_pred - len(np.unique(pred_cc[touching]))
+    lesion_dice = _lesion_dice(pred, ref, pred_cc, n_pred, ref_cc, ref_voxels, touching)
     score = float(lesion_dice[counted].sum()) / (n_counted + n_false) if n_counted + n_false else 1.0
     return LesionDetection(n_counted, n_pred, detected, n_counted - detected, n_false,
                            detected / n_counted if n_counted else None, n_ref - n_counted, rule.name, score)
 
 
 def _lesion_dice(pred: np.ndarray, ref: np.ndarray, pred_cc: np.ndarray, n_pred: int, ref_cc: np.ndarray,
-                 ref_voxels: np.ndarray, reach: np.ndarray) -> np.ndarray:
+                 ref_voxels: np.ndarray, touching: np.ndarray) -> np.ndarray:
     """Dice of each reference lesion (index 1..n of ``ref_cc``; ``ref_voxels``: its voxel counts) with the
-    union of the whole predicted components that reach it (a voxel in the lesion's reach). A predicted voxel
-    inside a lesion belongs to such a component, so the overlap is the lesion's predicted voxels."""
+    union of the whole predicted components that reach it (``touching``: predicted voxels in a lesion's
+    reach). A predicted voxel inside a lesion belongs to such a component, so the overlap is the lesion's
+    predicted voxels."""
     n_ref = len(ref_voxels) - 1
-    touching = pred & reach
     if not n_ref or not touching.any():
         return np.zeros(n_ref + 1)
     pairs = np.unique(np.stack([ref_cc[touching], pred_cc[touching]]), axis=1)  # (lesion, component) pairs
