@@ -75,9 +75,13 @@ def test_serial_run_summary_resume_and_failures(cohort_csv, tmp_path, capsys):
           for i in range(4)]
     assert summary["structures"]["WT"]["lesion_sensitivity_brats2023"] == pytest.approx(
         sum(x["true_positive"] for x in wt) / sum(x["reference_lesions"] for x in wt))
+    lesionwise = summary["structures"]["WT"]["lesionwise_dice_mean_brats2023"]
+    assert lesionwise == pytest.approx(np.mean([x["lesionwise_dice"] for x in wt]))
+    printed = capsys.readouterr().out
+    assert "Cohort summary" in printed
+    assert printed.split("| WT |")[1].splitlines()[0].endswith(f"| {lesionwise:.3f} |")  # the table's last column
     classification = summary["classification"]
     assert classification["cases"] == 4 and 0.0 <= classification["auc"] <= 1.0
-    assert "Cohort summary" in capsys.readouterr().out
     before = _reports(out)
     stamp = (out / "cases" / "case0" / "report.json").stat().st_mtime_ns
     assert main(["batch", "--cases", str(cohort_csv), "--out", str(out), "--device", "cpu", "--serial"]) == 0

@@ -248,14 +248,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Cohort summary\n\n{summary['completed']} of {summary['cases']} cases completed; failed: "
              f"{', '.join(summary.get('failed_cases', [])) or 'none'}.\n",
              "| structure | Dice mean [95 % CI] | Dice median | HD95 median (mm) | lesion sensitivity "
-             "| FP lesions / case | BraTS 2023 sensitivity | BraTS 2023 FP / case |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| FP lesions / case | BraTS 2023 sensitivity | BraTS 2023 FP / case | BraTS 2023 lesion-wise Dice |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary["structures"].items():
         ci = s["dice"]["ci95"]
         lines.append(f"| {name} | {f(s['dice']['mean'])} [{f(ci[0]) if ci else 'n/a'}, {f(ci[1]) if ci else 'n/a'}] "
                      f"| {f(s['dice']['median'])} | {f(s['hd95_mm']['median'])} | {f(s['lesion_sensitivity'])} | "
                      f"{f(s['false_positive_lesions_per_case'])} | {f(s.get('lesion_sensitivity_brats2023'))} | "
-                     f"{f(s.get('false_positive_lesions_per_case_brats2023'))} |")
+                     f"{f(s.get('false_positive_lesions_per_case_brats2023'))} | "
+                     f"{f(s.get('lesionwise_dice_mean_brats2023'))} |")
     c = summary.get("classification")
     if c:
         lines += ["", f"Case-level abnormality ({c['cases']} labelled cases): AUC {c['auc']:.3f} "
