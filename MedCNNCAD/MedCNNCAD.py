@@ -11,13 +11,17 @@ import pathlib
 from typing import Annotated
 
 import slicer
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
-from medcnncad.slicer_logic import INTENDED_USE, SecondReaderLogic
+from medcnncad.models.defaults import DEFAULT_MODEL
+from medcnncad.slicer.logic import INTENDED_USE, SecondReaderLogic
 
-DEFAULT_MODEL = "brats-demo-unet"
 MAX_CHANNELS = 4  # input selectors in the .ui
 
 
@@ -289,7 +293,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MedCNNCADLogic(ScriptedLoadableModuleLogic, SecondReaderLogic):
-    """Console API (all methods in :class:`medcnncad.slicer_logic.SecondReaderLogic`). Example::
+    """Console API (all methods in :class:`medcnncad.slicer.logic.SecondReaderLogic`). Example::
 
         logic = slicer.util.getModuleLogic("MedCNNCAD")
         run = logic.segment([t1, t1c, t2, flair], model="demo", device="auto")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -335,7 +335,7 @@ def _model_cases() -> list[Case]:
         import torch
 
         torch.save({"x": _Pickled()}, t / "model.pt")
-        from medcnncad.manifest import sha256_file
+        from medcnncad.models.manifest import sha256_file
 
         m["weights"]["sha256"] = sha256_file(t / "model.pt")
 

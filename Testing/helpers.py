@@ -44,10 +44,10 @@ class ThresholdNet(torch.nn.Module):
 def blob_segmenter(folder: Path, inference: dict | None = None, **postprocessing):
     """A CPU Segmenter of the blob manifest with :class:`ThresholdNet` (P(blob) = sigmoid(40 (x - 0.5))
     per voxel), ``inference`` and ``postprocessing`` entries added to its manifest."""
-    from medcnncad.inference import Segmenter
-    from medcnncad.manifest import parse_manifest
-    from medcnncad.models import LoadedModel
-    from medcnncad.preprocess import build_preprocessing
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.loaded import LoadedModel
+    from medcnncad.models.manifest import parse_manifest
+    from medcnncad.models.preprocessing import build_preprocessing
 
     raw = blob_manifest_dict()
     raw["inference"].update(inference or {})
@@ -60,7 +60,7 @@ def blob_segmenter(folder: Path, inference: dict | None = None, **postprocessing
 @functools.lru_cache(maxsize=4)
 def small_phantom(seed: int = 900_001):
     """A held-out phantom cropped to a 96 x 96 x 72 mm box around its tumor (fast to segment)."""
-    from medcnncad.phantom import make_phantom
+    from medcnncad.data.phantom import make_phantom
 
     case = make_phantom(seed)
     label = sitk.GetArrayFromImage(case.label)

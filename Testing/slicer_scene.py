@@ -9,18 +9,17 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
 import slicer
 import slicer.util
 
-from medcnncad.slicer_headless import new_scene  # noqa: F401 - re-exported for the tests
+from medcnncad.slicer.headless import new_scene  # noqa: F401 - re-exported for the tests
 
 
 def volume_from_image(image, name: str):
     """Add a SimpleITK image as a scalar volume node (KJI array, full IJK-to-RAS)."""
     import SimpleITK as sitk
 
-    from medcnncad.slicer_adaptor import ijk_to_ras_matrix
+    from medcnncad.slicer.adaptor import ijk_to_ras_matrix
 
     return slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(image), ijkToRAS=ijk_to_ras_matrix(image),
                                           name=name)

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import small_phantom, write_bundle
-from medcnncad.bundle import bundle_code_entries, trust_bundle
+
 from medcnncad.errors import TrustError
-from medcnncad.inference import Segmenter, remove_small_components
-from medcnncad.models import load_model
+from medcnncad.inference.segmenter import Segmenter, remove_small_components
+from medcnncad.models.bundle import bundle_code_entries, trust_bundle
+from medcnncad.models.registry import load_model
 
 
 def test_untrusted_bundle_with_code_is_refused(tmp_path):

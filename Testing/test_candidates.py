@@ -1,4 +1,4 @@
-"""Second-stage lesion classifier (medcnncad.candidates): features by hand, the logistic rule,
+"""Second-stage lesion classifier (medcnncad.lesions.lesion_filter): features by hand, the logistic rule,
 manifest validation, and the Segmenter applying it after the floors."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import make_image
 from helpers import blob_manifest_dict, blob_segmenter
-from medcnncad.candidates import apply_lesion_classifier, component_features, feature_names
+
 from medcnncad.errors import ModelError
-from medcnncad.lesions import components
-from medcnncad.manifest import LesionClassifier, parse_manifest
+from medcnncad.lesions.components import components
+from medcnncad.lesions.lesion_filter import apply_lesion_classifier, component_features, feature_names
+from medcnncad.models.manifest import LesionClassifier, parse_manifest
 
 CHANNELS = [("NCR", 1), ("ED", 2), ("ET", 4)]
 
@@ -101,8 +101,8 @@ def test_segmenter_applies_the_manifest_classifier_after_the_floors(tmp_path):
 
 
 def test_reports_state_the_classifier(tmp_path):
-    from medcnncad.html_report import _filter_text
-    from medcnncad.report import _lesion_filter
+    from medcnncad.reporting.case_outputs import _lesion_filter
+    from medcnncad.reporting.html import _filter_text
 
     raw = blob_manifest_dict()
     raw["postprocessing"]["lesion_classifier"] = _classifier_json(description="fitted on phantoms")
@@ -117,8 +117,8 @@ def test_reports_state_the_classifier(tmp_path):
 
 
 def test_label_volume_floor_relabels_a_label_whose_case_total_is_small():
-    from medcnncad.inference import apply_label_volume_floors
-    from medcnncad.manifest import LabelVolumeFloor
+    from medcnncad.inference.segmenter import apply_label_volume_floors
+    from medcnncad.models.manifest import LabelVolumeFloor
 
     labels = np.zeros((4, 4, 4), np.uint8)
     labels[0, 0, :] = 1
@@ -151,8 +151,8 @@ def test_label_volume_floors_name_unknown_labels(tmp_path):
 
 
 def test_reports_state_the_label_volume_floors(tmp_path):
-    from medcnncad.html_report import _filter_text
-    from medcnncad.report import _lesion_filter
+    from medcnncad.reporting.case_outputs import _lesion_filter
+    from medcnncad.reporting.html import _filter_text
 
     raw = blob_manifest_dict()
     raw["postprocessing"]["label_volume_floors"] = [{"value": 3, "min_ml": 0.2, "replace_with": 0}]
@@ -187,7 +187,7 @@ def test_fit_script_writes_a_manifest_the_engine_loads(tmp_path):
 
 
 def test_floors_record_what_they_removed():
-    from medcnncad.inference import remove_small_components
+    from medcnncad.inference.segmenter import remove_small_components
 
     labels = np.zeros((10, 10, 10), np.uint8)
     fg = np.full(labels.shape, 0.99, np.float32)
@@ -217,7 +217,7 @@ def test_classifier_records_what_it_removed_with_its_score():
 def test_removed_candidate_centre_in_lps_and_ras_mm():
     import SimpleITK as sitk
 
-    from medcnncad.candidates import RemovedCandidate
+    from medcnncad.lesions.lesion_filter import RemovedCandidate
 
     image = sitk.Image(4, 4, 4, sitk.sitkUInt8)
     image.SetSpacing((2.0, 3.0, 4.0))
@@ -227,8 +227,8 @@ def test_removed_candidate_centre_in_lps_and_ras_mm():
 
 
 def test_reports_list_the_removed_candidates(tmp_path):
-    from medcnncad.html_report import _removed_section
-    from medcnncad.report import build_report
+    from medcnncad.reporting.case_outputs import build_report
+    from medcnncad.reporting.html import _removed_section
 
     seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
@@ -240,7 +240,7 @@ def test_reports_list_the_removed_candidates(tmp_path):
     (c,) = removed["largest"]
     assert c["voxel_count"] == 64 and c["classifier_probability"] == pytest.approx(1 / (1 + math.exp(0.11)), abs=2e-3)
     assert c["centroid_lps_mm"] == pytest.approx([3.5, 13.5, 3.5])  # (i, j, k) centre at 1 mm spacing, origin 0
-    from medcnncad.report import summary_table
+    from medcnncad.reporting.case_outputs import summary_table
 
     assert "1 candidate component(s) removed by the model's post-processing (1 by lesion classifier)" in \
         summary_table(report)
@@ -251,7 +251,7 @@ def test_reports_list_the_removed_candidates(tmp_path):
 
 def test_removed_candidates_survive_the_worker_round_trip(tmp_path):
     """The Slicer module runs the engine in a worker process: its result files carry them."""
-    from medcnncad.worker import load_result, save_result
+    from medcnncad.slicer.worker import load_result, save_result
 
     seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
@@ -281,8 +281,8 @@ def test_boxed_post_processing_equals_the_whole_grid(seed):
     """Components labelled inside the occupied box: same result as scipy on the whole grid."""
     from scipy import ndimage
 
-    from medcnncad.inference import remove_small_components
-    from medcnncad.lesions import boxed_components
+    from medcnncad.inference.segmenter import remove_small_components
+    from medcnncad.lesions.components import boxed_components
 
     labels, fg = _scattered(seed)
     whole, count = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
@@ -324,7 +324,6 @@ def test_fit_script_collects_your_own_cases(tmp_path):
     """collect --cases NAME:FOLDER: one npz per case folder, reference as given; a label on another grid
     is an error naming the file."""
     import SimpleITK as sitk
-
     from helpers import small_phantom
 
     images, label = small_phantom()
@@ -349,7 +348,7 @@ def test_fit_script_collects_your_own_cases(tmp_path):
 def test_case_score_is_the_classifiers_largest_probability(tmp_path, cubes, expected):
     """With a lesion classifier the case score agrees with what is kept: a case whose candidates all
     fall below the threshold scores below it too (and no candidate at all scores 0)."""
-    from medcnncad.report import case_score
+    from medcnncad.inference.scoring import case_score
 
     seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())  # P = sigmoid(mean - 0.8), keep >= 0.5
     vol = np.zeros((20, 20, 20), np.float32)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from helpers import DEMO_MODEL
-from medcnncad.channels import assign_channels
-from medcnncad.manifest import load_manifest
+
+from medcnncad.models.channels import assign_channels
+from medcnncad.models.manifest import load_manifest
 
 
 def test_brats_file_names_are_assigned():

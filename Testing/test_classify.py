@@ -8,17 +8,26 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from conftest import make_image
 from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter
-from medcnncad.calibration import binary_report, expected_calibration_error, youden_threshold
-from medcnncad.classify import (FLIPS, attach_classification, calibrated_probabilities, case_grade,
-                                classify_patches, fit_temperature, load_classifier, normalise_patch)
+
+from medcnncad.classification.grade import (
+    FLIPS,
+    attach_classification,
+    calibrated_probabilities,
+    case_grade,
+    classify_patches,
+    fit_temperature,
+    load_classifier,
+    normalise_patch,
+)
 from medcnncad.errors import ModelError
-from medcnncad.inference import Segmenter
-from medcnncad.manifest import parse_classifier_manifest, parse_manifest, sha256_file
-from medcnncad.models import LoadedModel, build_network
-from medcnncad.preprocess import build_preprocessing
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.metrics.calibration import binary_report, expected_calibration_error, youden_threshold
+from medcnncad.models.loaded import LoadedModel
+from medcnncad.models.manifest import parse_classifier_manifest, parse_manifest, sha256_file
+from medcnncad.models.preprocessing import build_preprocessing
+from medcnncad.models.weights import build_network
 
 
 # -- calibration math -------------------------------------------------------------------------
@@ -65,7 +74,7 @@ def test_ece_by_hand_and_youden_threshold():
 
 
 def test_case_grade_is_the_highest_lesion_probability():
-    from medcnncad.classify import LesionClass
+    from medcnncad.classification.grade import LesionClass
 
     lesions = [LesionClass(1, {"LGG": 0.8, "HGG": 0.2}, "LGG", 0.2),
                LesionClass(2, {"LGG": 0.3, "HGG": 0.7}, "HGG", 0.7)]
@@ -242,7 +251,7 @@ def test_segmentation_model_is_not_a_classifier():
 
 
 def test_report_and_outputs_carry_classification_and_uncertainty(tmp_path):
-    from medcnncad.report import summary_table, write_case_outputs
+    from medcnncad.reporting.case_outputs import summary_table, write_case_outputs
 
     loaded = load_classifier(write_classifier(tmp_path / "clf"))
     result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())}, tta=True)
@@ -296,7 +305,7 @@ def test_model_zoo_classification_bundle_loads_through_the_same_path(tmp_path):
     summary = attach_classification(result, loaded)
     assert len(summary["lesions"]) == 1 and summary["calibration"]["method"] == "none"
     # the same numbers by hand: raw patch (C, I, J, K), the bundle's ScaleIntensity, softmax
-    from medcnncad.classify import patch_from_arrays
+    from medcnncad.classification.grade import patch_from_arrays
 
     patch = patch_from_arrays(result.images, result.label_map == 3, result.reference, m, normalise=False)
     x = torch.from_numpy(np.ascontiguousarray(patch.transpose(0, 3, 2, 1)))
@@ -315,7 +324,7 @@ def test_classification_bundle_must_name_the_structure_it_classifies(tmp_path):
 
 
 def test_platt_fit_recovers_a_known_calibration():
-    from medcnncad.calibration import apply_platt, fit_platt
+    from medcnncad.metrics.calibration import apply_platt, fit_platt
 
     # 2000 cases per score whose positive share is exactly sigmoid(2 logit(s) + 0.5)
     scores, labels = [], []
@@ -329,7 +338,7 @@ def test_platt_fit_recovers_a_known_calibration():
 
 
 def test_case_probability_uses_the_manifest_calibration(tmp_path):
-    from medcnncad.report import case_probability, case_score
+    from medcnncad.inference.scoring import case_probability, case_score
 
     raw = blob_manifest_dict()
     raw["case_calibration"] = {"method": "platt", "a": 1.0, "b": -np.log(3.0), "fitted_on": "hand-built"}
@@ -346,7 +355,7 @@ def test_case_probability_uses_the_manifest_calibration(tmp_path):
 def test_platt_fit_is_scikit_learns_sigmoid_calibration_on_the_logit():
     from sklearn.calibration import _sigmoid_calibration  # private, but it is the reference implementation
 
-    from medcnncad.calibration import _logit, fit_platt
+    from medcnncad.metrics.calibration import _logit, fit_platt
 
     rng = np.random.default_rng(3)
     labels = (rng.random(60) < 0.6).astype(int)
@@ -357,7 +366,7 @@ def test_platt_fit_is_scikit_learns_sigmoid_calibration_on_the_logit():
 
 
 def test_platt_fit_stays_finite_when_the_score_separates_the_classes():
-    from medcnncad.calibration import apply_platt, fit_platt
+    from medcnncad.metrics.calibration import apply_platt, fit_platt
 
     # 10 tumor cases at 0.9, 10 tumor-free at 0.1: Platt's targets are 11/12 and 1/12, reached exactly
     # by z = +-ln 11 at logit = +-ln 9, so a = ln 11 / ln 9 = 1.0913 and b = 0 (plain maximum likelihood: a -> inf)
@@ -367,7 +376,7 @@ def test_platt_fit_stays_finite_when_the_score_separates_the_classes():
 
 
 def test_case_calibration_gives_cases_without_candidates_their_own_probability():
-    from medcnncad.calibration import apply_case_calibration, fit_case_calibration_block, fit_platt
+    from medcnncad.metrics.calibration import apply_case_calibration, fit_case_calibration_block, fit_platt
 
     # 6 cases scoring 0 (no candidate survived), 1 of them with a tumor: (1 + 1) / (6 + 2) = 0.25
     scores = [0.0] * 6 + [0.9] * 10 + [0.1] * 10
@@ -382,7 +391,7 @@ def test_case_calibration_gives_cases_without_candidates_their_own_probability()
 
 
 def test_log_loss_by_hand():
-    from medcnncad.calibration import log_loss
+    from medcnncad.metrics.calibration import log_loss
 
     assert log_loss([0.9, 0.2], [1, 0]) == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2)
     assert binary_report([0.9, 0.2], [1, 0], 0.5)["log_loss"] == pytest.approx(0.16425, abs=1e-5)
@@ -390,8 +399,12 @@ def test_log_loss_by_hand():
 
 @pytest.mark.parametrize("tumor_score, helps", [(0.6, True), (0.999, False)])
 def test_a_calibration_is_written_only_when_it_helps_on_cases_it_was_not_fitted_on(tumor_score, helps):
-    from medcnncad.calibration import apply_case_calibration, fit_case_calibration_block, leave_one_out_calibrated
-    from medcnncad.evaluation import calibration_helps
+    from medcnncad.evaluation.phantoms import calibration_helps
+    from medcnncad.metrics.calibration import (
+        apply_case_calibration,
+        fit_case_calibration_block,
+        leave_one_out_calibrated,
+    )
 
     # 0.6 vs 0.4 separates the classes but is far too timid: calibration helps. 0.999 vs 0.001 is
     # already right, and Platt's prior would pull it to about 0.95 / 0.05 on unseen cases: it does not.
@@ -422,7 +435,8 @@ def _pet_ct_segmenter(tmp_path, calibration) -> Segmenter:
 
 
 def test_case_calibration_applies_only_to_the_inputs_it_was_fitted_with(tmp_path):
-    from medcnncad.report import build_report, calibration_words, case_probability, case_score
+    from medcnncad.inference.scoring import calibration_words, case_probability, case_score
+    from medcnncad.reporting.case_outputs import build_report
 
     blocks = [{"method": "platt", "a": 1.0, "b": -np.log(3.0), "inputs": ["CT"], "fitted_on": "CT alone"},
               {"method": "platt", "a": 1.0, "b": np.log(2.0), "fitted_on": "CT and PET"}]  # no inputs: all of them
@@ -458,8 +472,8 @@ def test_bad_case_calibration_is_refused_by_name(tmp_path, calibration, message)
 
 
 def test_writing_a_case_calibration_replaces_only_the_block_for_the_same_inputs(tmp_path):
-    from medcnncad.evaluation import write_case_calibration
-    from medcnncad.manifest import load_manifest
+    from medcnncad.evaluation.phantoms import write_case_calibration
+    from medcnncad.models.manifest import load_manifest
 
     raw = blob_manifest_dict()
     raw["inputs"].append({"name": "PET", "modality": "PT", "required": False})
@@ -478,8 +492,8 @@ def test_writing_a_case_calibration_replaces_only_the_block_for_the_same_inputs(
 
 
 def test_html_case_report_shows_lesion_classes(tmp_path):
-    from medcnncad.html_report import case_report
-    from medcnncad.report import write_case_outputs
+    from medcnncad.reporting.case_outputs import write_case_outputs
+    from medcnncad.reporting.html import case_report
 
     loaded = load_classifier(write_classifier(tmp_path / "clf"))
     result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())}, tta=True)

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import ROOT, make_image
 from helpers import small_phantom, write_bundle
+
 from medcnncad.cli import main
-from medcnncad.metrics import structure_metrics
+from medcnncad.metrics.segmentation import structure_metrics
 
 
 def _write(img, path):
@@ -169,8 +169,8 @@ def test_tta_follows_the_model_unless_asked():
 def test_calibrate_case_writes_only_a_calibration_that_helps_unless_forced(tmp_path, capsys, monkeypatch, force):
     import shutil
 
-    from medcnncad import evaluation
-    from medcnncad.calibration import binary_report
+    from medcnncad.evaluation import phantoms as evaluation
+    from medcnncad.metrics.calibration import binary_report
 
     folder = tmp_path / "model"
     shutil.copytree(ROOT / "Resources" / "Models" / "brats-demo-unet", folder)

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from bad_inputs import _brain, _image
+
 from medcnncad.cli import main
-from medcnncad.cohort import bootstrap_ci, expected_calibration_error, read_cases, run_cohort
 from medcnncad.errors import InputError
+from medcnncad.pipeline.cohort import bootstrap_ci, expected_calibration_error, read_cases, run_cohort
 
 CHANNELS = ("T1", "T1c", "T2", "FLAIR")
 

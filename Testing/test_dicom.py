@@ -9,14 +9,15 @@ import subprocess
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from dicom_helpers import write_mr_series
 from helpers import small_phantom
+
 from medcnncad.cli import main
-from medcnncad.dicom import list_series, series_files, write_dicom_seg
 from medcnncad.errors import InputError
-from medcnncad.io import read_volume
-from medcnncad.models import describe_model
+from medcnncad.io.dicom_series import list_series, series_files
+from medcnncad.io.images import read_volume
+from medcnncad.models.registry import describe_model
+from medcnncad.reporting.dicom_seg import write_dicom_seg
 
 DESCRIPTIONS = {"T1": "AX T1 PRE", "T1c": "AX T1 POST GD", "T2": "AX T2", "FLAIR": "AX T2 FLAIR"}
 

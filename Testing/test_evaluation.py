@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medcnncad.evaluation import evaluate_on_phantoms
+from medcnncad.evaluation.phantoms import evaluate_on_phantoms
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,9 @@ def test_summary_pools_its_cases(summary):
 
 def test_case_dice_equals_an_independent_run(summary):
     """Seed 900000 segmented again outside the evaluation; Dice by numpy from the label maps."""
-    from medcnncad.inference import Segmenter
-    from medcnncad.models import load_model
-    from medcnncad.phantom import make_phantom, preset
+    from medcnncad.data.phantom import make_phantom, preset
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
 
     case = make_phantom(900_000, preset("classic"))
     labels = Segmenter(load_model("brats-demo-unet"), "cpu").run(case.images).label_map
@@ -51,7 +51,7 @@ def test_case_dice_equals_an_independent_run(summary):
 
 
 def test_tta_reaches_the_segmenter(monkeypatch):
-    from medcnncad import inference
+    from medcnncad.inference import segmenter as inference
 
     seen = []
     run = inference.Segmenter.run

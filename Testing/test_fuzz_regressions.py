@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from medcnncad.errors import MedCNNCADError
-from medcnncad.io import read_volume
-from medcnncad.manifest import parse_manifest
-from medcnncad.metrics import check_label_image
-from medcnncad.models import build_network
+from medcnncad.io.images import read_volume
+from medcnncad.metrics.segmentation import check_label_image
+from medcnncad.models.manifest import parse_manifest
+from medcnncad.models.weights import build_network
 
 HERE = Path(__file__).parent / "fuzz_regressions"
 

@@ -9,10 +9,11 @@ import tempfile
 
 import pytest
 import SimpleITK as sitk
-
 from helpers import small_phantom
+
 from medcnncad.cli import main
-from medcnncad.html_report import CHROMIUM_FLAGS, case_report, find_chromium, html_to_pdf
+from medcnncad.reporting.html import CHROMIUM_FLAGS, case_report, find_chromium, html_to_pdf
+from medcnncad.slicer.screenshots import case_screenshots
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def case_dir(tmp_path_factory):
 
 
 def test_case_report_content(case_dir):
-    text = case_report(case_dir).read_text()
+    text = case_report(case_dir, case_screenshots).read_text()
     assert "Research use only - not for diagnosis" in text
     assert "brats-demo-unet" in text and "synthetic phantoms" in text
     assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", text)) == 3  # AI, reference, overlay
@@ -45,6 +46,13 @@ def test_case_report_content(case_dir):
     assert "within 3 mm" in report["lesion_detection_rule_brats2023"]
 
 
+
+def test_without_a_screenshot_renderer_the_report_shows_the_overlay_only(case_dir):
+    text = case_report(case_dir).read_text()
+    assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", text)) == 1
+    assert "AI labels filled, reference outlined" in text and "Slicer slice views" not in text
+
+
 def _chromium():
     chromium = find_chromium()
     if chromium is None:
@@ -54,7 +62,7 @@ def _chromium():
 
 def test_report_renders_with_its_images_in_headless_chromium(case_dir):
     chromium = _chromium()
-    page = case_report(case_dir)
+    page = case_report(case_dir, case_screenshots)
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000",
                                "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120)
@@ -86,7 +94,7 @@ def test_the_run_warnings_are_listed_escaped(case_dir, tmp_path):
 
 
 def test_the_calibration_cell_says_what_the_probability_was_fitted_on():
-    from medcnncad.html_report import _calibration_cell
+    from medcnncad.reporting.html import _calibration_cell
 
     fitted = "40 'clinical-like' phantoms (seeds 251000-251039; 27 with a tumor), given T1c"
     assert _calibration_cell({"calibration": "platt", "calibration_inputs": ["T1c"],

@@ -8,15 +8,14 @@ import textwrap
 
 import pytest
 import SimpleITK as sitk
-
 from bad_inputs import _brain, _image
 from conftest import ROOT
 
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {engine!r})
-    import medcnncad.report as report
-    import medcnncad.inference as inference
+    import medcnncad.reporting.case_outputs as report
+    import medcnncad.inference.segmenter as inference
     stage, sig = sys.argv[1], getattr(signal, sys.argv[2])
     if stage == "write":
         original = report.write_seg_nrrd

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import make_image
+
 from medcnncad.errors import InputError
-from medcnncad.io import read_volume, write_image
+from medcnncad.io.images import read_volume, write_image
 
 
 def _write_dicom_series(image: sitk.Image, folder) -> None:
@@ -76,7 +76,7 @@ def test_read_errors_name_the_file(tmp_path):
 def test_uint8_probability_maps_read_back_as_probabilities_within_half_a_step(tmp_path):
     import nibabel as nib
 
-    from medcnncad.io import UINT8_SCALE, write_probability_map
+    from medcnncad.io.images import UINT8_SCALE, write_probability_map
 
     rng = np.random.default_rng(3)
     probs = rng.random((7, 9, 11)).astype(np.float32)

@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import make_image
 from helpers import blob_manifest_dict
-from medcnncad.lesions import find_lesions, longest_axial_diameter_mm
-from medcnncad.manifest import parse_manifest
+
+from medcnncad.lesions.components import find_lesions, longest_axial_diameter_mm
+from medcnncad.models.manifest import parse_manifest
 
 
 def test_square_lesion_measurements(tmp_path):

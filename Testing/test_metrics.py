@@ -6,12 +6,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from monai.metrics import (DiceMetric, compute_average_surface_distance, compute_hausdorff_distance)
+from conftest import make_image
+from monai.metrics import DiceMetric, compute_average_surface_distance, compute_hausdorff_distance
 from scipy import ndimage
 
-from conftest import make_image
-from medcnncad.metrics import (BRATS_2023, STRICT, DetectionRule, compute_metrics, lesion_detection,
-                               pooled_detection, structure_metrics)
+from medcnncad.metrics.segmentation import (
+    BRATS_2023,
+    STRICT,
+    DetectionRule,
+    compute_metrics,
+    lesion_detection,
+    pooled_detection,
+    structure_metrics,
+)
 
 SPACING_XYZ = (0.8, 1.1, 2.5)
 
@@ -121,7 +128,7 @@ def test_lesion_detection_rule():
 
 
 def test_detection_split_by_what_the_reference_lesion_holds():
-    from medcnncad.metrics import detection_by_content
+    from medcnncad.metrics.segmentation import detection_by_content
 
     ref = np.zeros((20, 20, 20), bool)
     inner = np.zeros_like(ref)
@@ -232,7 +239,7 @@ def test_compute_metrics_labels_and_regions():
 
 
 def test_dice_matches_structure_metrics_and_its_empty_rules():
-    from medcnncad.metrics import dice
+    from medcnncad.metrics.segmentation import dice
 
     rng = np.random.default_rng(3)
     for _ in range(5):
@@ -284,7 +291,7 @@ def test_lesionwise_dice_empty_and_ignored_references():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lesionwise_dice_equals_a_lesion_by_lesion_loop(seed):
-    from medcnncad.lesions import components
+    from medcnncad.lesions.components import components
 
     rng = np.random.default_rng(seed)
     blobs = [ndimage.gaussian_filter(rng.standard_normal((24, 30, 28)), 1.5) > 0.2 for _ in range(2)]

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import DEMO_MODEL, blob_manifest_dict
+
 from medcnncad.errors import ModelError
-from medcnncad.manifest import load_manifest, parse_manifest, sha256_file
-from medcnncad.models import find_model, list_models, load_model
+from medcnncad.models.manifest import load_manifest, parse_manifest, sha256_file
+from medcnncad.models.registry import find_model, list_models, load_model
 
 
 def test_shipped_demo_manifest_is_valid_and_hash_matches():
@@ -112,9 +112,9 @@ def test_shipped_robust_model_takes_any_subset_of_sequences():
     """brats-robust-unet: inputs optional, labelled as phantom-trained, segments the tumor from T1c alone."""
     import numpy as np
     import SimpleITK as sitk
-
     from helpers import small_phantom
-    from medcnncad.inference import Segmenter
+
+    from medcnncad.inference.segmenter import Segmenter
 
     manifest = load_manifest(find_model("brats-robust-unet"))
     assert sha256_file(manifest.weights_file) == manifest.weights_sha256
@@ -142,9 +142,9 @@ def test_shipped_robust_model_reads_a_low_grade_core_in_the_case_own_contrast():
     import numpy as np
     import SimpleITK as sitk
 
-    from medcnncad.inference import Segmenter
-    from medcnncad.phantom import make_phantom, preset
-    from medcnncad.refine import refine_core
+    from medcnncad.data.phantom import make_phantom, preset
+    from medcnncad.inference.refine import refine_core
+    from medcnncad.inference.segmenter import Segmenter
 
     model = load_model("brats-robust-unet")
     spec = model.manifest.postprocessing.core_refinement

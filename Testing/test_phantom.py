@@ -7,20 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from helpers import small_phantom
-from medcnncad.phantom import SEQUENCES, make_phantom
+
+from medcnncad.data.phantom import SEQUENCES, make_phantom
 
 
 def test_same_seed_same_case_and_labels_are_brats():
     images, label = small_phantom()
-    from medcnncad.phantom import make_phantom as again
+    from medcnncad.data.phantom import make_phantom as again
 
     case = again(900_001)
     lab = sitk.GetArrayFromImage(case.label)
     assert set(np.unique(lab)) <= {0, 1, 2, 4} and {2, 4} <= set(np.unique(lab))
     assert sorted(case.images) == sorted(SEQUENCES)
-    for name, img in case.images.items():
+    for img in case.images.values():
         assert img.GetSize() == case.label.GetSize()
         assert img.GetSpacing() == case.label.GetSpacing()
     other = make_phantom(900_001)
@@ -69,9 +69,9 @@ def _volumes(case):
 
 
 def test_grade_shapes_appearance_but_not_size_alone():
-    from medcnncad.phantom import preset
-
     import dataclasses
+
+    from medcnncad.data.phantom import preset
 
     graded = dataclasses.replace(preset("graded"), crop_margin_mm=5.0)  # the tumor's box only: fast
     cases = [make_phantom(s, graded) for s in range(300_000, 300_012)]
@@ -91,9 +91,9 @@ def test_grade_shapes_appearance_but_not_size_alone():
 
 
 def test_low_grade_core_is_bright_on_t2_and_not_enhancing():
-    from medcnncad.phantom import preset
-
     import dataclasses
+
+    from medcnncad.data.phantom import preset
 
     graded = dataclasses.replace(preset("graded"), crop_margin_mm=15.0)
     case = next(c for c in (make_phantom(s, graded) for s in range(300_000, 300_020))
@@ -114,7 +114,7 @@ needs_colin27 = pytest.mark.skipif(not Path("/usr/share/mricron/templates/ch2.ni
 def test_tumor_free_cases_and_clinical_like_geometry():
     import dataclasses
 
-    from medcnncad.phantom import PhantomConfig, preset
+    from medcnncad.data.phantom import PhantomConfig, preset
 
     free = make_phantom(5, dataclasses.replace(preset("graded"), tumor_free_fraction=1.0))
     assert free.grade == "none" and not sitk.GetArrayFromImage(free.label).any()
@@ -136,8 +136,8 @@ def test_tumor_free_cases_and_clinical_like_geometry():
 def test_training_presets_are_dealt_in_turn_and_unknown_names_fail_first():
     import dataclasses
 
-    from medcnncad.phantom import preset
-    from medcnncad.train_data import phantom_cases
+    from medcnncad.data.phantom import preset
+    from medcnncad.training.data import phantom_cases
 
     cases = phantom_cases([10, 11, 12, 13, 14], "robust, robust-head")
     assert [c["preset"] for c in cases] == ["robust", "robust-head", "robust", "robust-head", "robust"]

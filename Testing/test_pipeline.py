@@ -7,14 +7,14 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import make_image
 from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter
+
 from medcnncad.errors import InputError
-from medcnncad.inference import Segmenter
-from medcnncad.manifest import parse_manifest
-from medcnncad.models import LoadedModel
-from medcnncad.preprocess import build_preprocessing
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.models.loaded import LoadedModel
+from medcnncad.models.manifest import parse_manifest
+from medcnncad.models.preprocessing import build_preprocessing
 
 
 def _segmenter(tmp_path, **pre) -> Segmenter:
@@ -123,7 +123,7 @@ def test_optional_channel_missing_is_recorded(tmp_path):
 
 
 def test_small_components_are_removed_from_the_label_map():
-    from medcnncad.inference import remove_small_components
+    from medcnncad.inference.segmenter import remove_small_components
 
     labels = np.zeros((10, 10, 10), np.uint8)
     labels[1:5, 1:5, 1:5] = 2   # 64 voxels
@@ -136,7 +136,7 @@ def test_small_components_are_removed_from_the_label_map():
 
 
 def test_components_below_the_probability_floor_are_removed():
-    from medcnncad.inference import remove_small_components
+    from medcnncad.inference.segmenter import remove_small_components
 
     labels = np.zeros((10, 10, 10), np.uint8)
     fg = np.full(labels.shape, 0.1, np.float32)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import small_phantom
+
 from medcnncad.errors import InputError
-from medcnncad.inference import Segmenter
-from medcnncad.models import describe_model, list_models, load_model
-from medcnncad.policy import DICE_MIN, PROB_TOL, choose_policy
+from medcnncad.inference.policy import DICE_MIN, PROB_TOL, choose_policy
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.models.registry import describe_model, list_models, load_model
 
 
 def test_bf16_loses_accuracy_on_the_demo_unet_so_the_gate_keeps_it_off():
@@ -57,12 +57,12 @@ def test_gpu_check_script_refuses_cleanly_without_cuda_and_builds_a_brats_size_c
 
 def test_fit_roi_shrinks_the_window_to_the_image(tmp_path):
     import numpy as np
-
     from conftest import make_image
     from helpers import ThresholdNet, blob_manifest_dict
-    from medcnncad.manifest import parse_manifest
-    from medcnncad.models import LoadedModel
-    from medcnncad.preprocess import build_preprocessing
+
+    from medcnncad.models.loaded import LoadedModel
+    from medcnncad.models.manifest import parse_manifest
+    from medcnncad.models.preprocessing import build_preprocessing
 
     raw = blob_manifest_dict()
     raw["inference"].update(roi_size=[64, 64, 64], fit_roi=8)

@@ -1,4 +1,4 @@
-"""Tumor core refinement in the case's own contrast (medcnncad.refine, manifest core_refinement)."""
+"""Tumor core refinement in the case's own contrast (medcnncad.inference.refine, manifest core_refinement)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from conftest import make_image
 from helpers import blob_manifest_dict
 
 from medcnncad.errors import ModelError
-from medcnncad.manifest import CoreRefinement, parse_manifest
-from medcnncad.refine import cluster_vote, refine_core, touching
+from medcnncad.inference.refine import cluster_vote, refine_core, touching
+from medcnncad.models.manifest import CoreRefinement, parse_manifest
 
 CORE, SHELL, FIXED = 1, 2, 4
 SPEC = CoreRefinement(CORE, SHELL, (FIXED,), ("A",), 0.3, components=2, smoothing_mm=0.0)
@@ -158,9 +158,9 @@ class HintNet(torch.nn.Module):
 
 
 def test_segmenter_refines_last_and_says_so(tmp_path):
-    from medcnncad.inference import Segmenter
-    from medcnncad.models import LoadedModel
-    from medcnncad.preprocess import build_preprocessing
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.loaded import LoadedModel
+    from medcnncad.models.preprocessing import build_preprocessing
 
     manifest = parse_manifest(_two_input_manifest(), tmp_path)
     seg = Segmenter(LoadedModel(manifest, HintNet(), build_preprocessing(manifest.preprocessing), "manifest",
@@ -174,7 +174,7 @@ def test_segmenter_refines_last_and_says_so(tmp_path):
     ring_ml = (_ball(labels.shape, 6) & ~core).sum() * 0.001
     assert result.warnings == ["tumor core re-read in this case's own contrast (model post-processing, "
                                f"core_refinement): 0.00 mL shell -> core, {ring_ml:.2f} mL core -> shell"]
-    from medcnncad.report import build_report, summary_table
+    from medcnncad.reporting.case_outputs import build_report, summary_table
 
     assert f"note: {result.warnings[0]}" in summary_table(build_report(result)).splitlines()  # the CLI prints it
     result = seg.run(images)  # without the hint the network calls no core: nothing to refine
@@ -183,8 +183,8 @@ def test_segmenter_refines_last_and_says_so(tmp_path):
 
 
 def test_reports_state_the_core_refinement(tmp_path):
-    from medcnncad.html_report import _filter_text
-    from medcnncad.report import _lesion_filter
+    from medcnncad.reporting.case_outputs import _lesion_filter
+    from medcnncad.reporting.html import _filter_text
 
     raw = _two_input_manifest()
     raw["postprocessing"]["core_refinement"].update(fixed_labels=[], max_fixed_share=0.3)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from bad_inputs import all_cases
+
 from medcnncad.cli import main
 
 CASES = all_cases()

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from bad_inputs import CORRUPTIONS, FORMATS, _brain, _corrupt_file, _image
+
 from medcnncad.errors import InputError, MedCNNCADError
-from medcnncad.inference import Segmenter
-from medcnncad.io import read_volume
-from medcnncad.models import load_model
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.io.images import read_volume
+from medcnncad.models.registry import load_model
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -79,9 +79,9 @@ def test_injected_cuda_out_of_memory_falls_back_with_the_same_result(monkeypatch
 
 
 def test_memory_estimate_refuses_before_work(monkeypatch, segmenter):
-    import medcnncad.io
+    import medcnncad.inference.segmenter
 
-    monkeypatch.setattr(medcnncad.io, "available_memory_bytes", lambda: 1024)
+    monkeypatch.setattr(medcnncad.inference.segmenter, "available_memory_bytes", lambda: 1024)
     with pytest.raises(InputError, match="GiB of memory"):
         segmenter.run(_inputs())
 
@@ -91,9 +91,9 @@ slicer = pytest.importorskip("slicer")
 
 def test_slicer_logic_failures_leave_the_scene_unchanged():
     import slicer.util
-
-    from medcnncad.slicer_logic import SecondReaderLogic
     from slicer_scene import new_scene, scene_fingerprint, volume_from_image
+
+    from medcnncad.slicer.logic import SecondReaderLogic
 
     scene = new_scene()
     volumes = {n: volume_from_image(_image(_brain(seed=i)), n) for i, n in enumerate(("T1", "T1c", "T2", "FLAIR"))}

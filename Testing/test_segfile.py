@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-
 from conftest import make_image
 from helpers import DEMO_MODEL
-from medcnncad.manifest import load_manifest
-from medcnncad.segfile import terminology_entry, write_seg_nrrd
+
+from medcnncad.io.segfile import terminology_entry, write_seg_nrrd
+from medcnncad.models.manifest import load_manifest
 
 
 def test_seg_nrrd_round_trip(tmp_path):

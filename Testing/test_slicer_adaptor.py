@@ -12,15 +12,15 @@ pytest.importorskip("slicer")
 import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 import vtk  # noqa: E402
-
 from conftest import make_image  # noqa: E402
 from helpers import small_phantom  # noqa: E402
-from medcnncad import slicer_adaptor as sa  # noqa: E402
-from medcnncad.errors import InputError  # noqa: E402
-from medcnncad.inference import Segmenter  # noqa: E402
-from medcnncad.models import load_model  # noqa: E402
-from medcnncad.report import case_probability  # noqa: E402
 from slicer_scene import new_scene, scene_fingerprint, volume_from_image  # noqa: E402
+
+from medcnncad.errors import InputError  # noqa: E402
+from medcnncad.inference.scoring import case_probability  # noqa: E402
+from medcnncad.inference.segmenter import Segmenter  # noqa: E402
+from medcnncad.models.registry import load_model  # noqa: E402
+from medcnncad.slicer import adaptor as sa  # noqa: E402
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_compare_with_reference(scene, demo_result):
     ref_labels = sitk.GetArrayFromImage(label)
     reference = sa.add_segmentation_node(ref_labels, result.manifest, t1, "Reader")
     comparison = sa.compare_nodes(ai, reference, t1, result.manifest)
-    from medcnncad.metrics import compute_metrics
+    from medcnncad.metrics.segmentation import compute_metrics
 
     expected = compute_metrics(result.label_map, ref_labels, images["T1"].GetSpacing(),
                                {"NCR": (1,), "ED": (2,), "ET": (4,), "WT": (1, 2, 4), "TC": (1, 4)})
@@ -169,7 +169,7 @@ def test_failure_leaves_scene_unchanged(scene, demo_result, monkeypatch):
 
 def test_seg_nrrd_round_trip_through_slicer(scene, tmp_path, demo_result):
     images, _, result = demo_result
-    from medcnncad.segfile import write_seg_nrrd
+    from medcnncad.io.segfile import write_seg_nrrd
 
     path = write_seg_nrrd(result.label_map, result.reference, result.manifest, tmp_path / "ai.seg.nrrd")
     storage = slicer.vtkMRMLSegmentationStorageNode()
@@ -200,10 +200,10 @@ def test_seg_nrrd_round_trip_through_slicer(scene, tmp_path, demo_result):
 
 def test_lesion_classes_and_uncertainty_in_the_scene(scene, tmp_path):
     """A classifier's P(class) columns and the TTA uncertainty volume reach the Slicer nodes."""
+    from helpers import ThresholdNet
     from test_classify import _blob, _segmenter, classifier_dict, write_classifier
 
-    from helpers import ThresholdNet
-    from medcnncad.classify import attach_classification, load_classifier
+    from medcnncad.classification.grade import attach_classification, load_classifier
 
     loaded = load_classifier(write_classifier(tmp_path / "clf", classifier_dict()))
     image = make_image(_blob())

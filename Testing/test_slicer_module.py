@@ -18,7 +18,6 @@ import pytest
 pytest.importorskip("slicer")
 import slicer  # noqa: E402
 import slicer.util  # noqa: E402
-
 from conftest import ROOT  # noqa: E402
 from slicer_scene import new_scene, scene_fingerprint  # noqa: E402
 
@@ -67,7 +66,7 @@ def _load_sample(scene):
 def test_sample_data_checksums_match_the_index():
     import json
 
-    from medcnncad.manifest import sha256_file
+    from medcnncad.models.manifest import sha256_file
 
     index = json.loads((SAMPLE / "MedCNNCADPhantom.json").read_text())
     assert set(index["files"]) == {"T1", "T1c", "T2", "FLAIR", "reference"}
@@ -116,7 +115,7 @@ def test_worker_run_matches_console_run_and_cancel_changes_nothing(scene, module
             b = slicer.util.arrayFromSegmentBinaryLabelmap(local.segmentation, name, volumes["T1"])
             np.testing.assert_array_equal(a, b)
         # cancel: the scene is exactly as before, nothing is left in the temp folder
-        from medcnncad.worker import WorkerCancelled
+        from medcnncad.slicer.worker import WorkerCancelled
 
         before = scene_fingerprint(scene)
         job = logic.startSegmentation(volumes, model="demo", device="cpu")
@@ -129,7 +128,7 @@ def test_worker_run_matches_console_run_and_cancel_changes_nothing(scene, module
         far = slicer.util.addVolumeFromArray(np.zeros((5, 5, 5), np.float32), name="elsewhere")
         before = scene_fingerprint(scene)
         job = logic.startSegmentation(dict(volumes, T2=far), model="demo", device="cpu")
-        from medcnncad.worker import WorkerError
+        from medcnncad.slicer.worker import WorkerError
 
         with pytest.raises(WorkerError, match="not in the same physical space"):
             while logic.pollSegmentation(job) is None:

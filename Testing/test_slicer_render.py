@@ -8,17 +8,18 @@ import pytest
 
 pytest.importorskip("slicer")
 import slicer  # noqa: E402
-
 from helpers import small_phantom  # noqa: E402
-from medcnncad import slicer_adaptor as sa  # noqa: E402
-from medcnncad.slicer_render import render_slice_views  # noqa: E402
 from slicer_scene import new_scene, scene_fingerprint, volume_from_image  # noqa: E402
+
+from medcnncad.slicer import adaptor as sa  # noqa: E402
+from medcnncad.slicer.render import render_slice_views  # noqa: E402
 
 
 def test_render_shows_segment_colours_and_leaves_scene(tmp_path):
-    from medcnncad.manifest import load_manifest
-    from helpers import DEMO_MODEL
     import SimpleITK as sitk
+    from helpers import DEMO_MODEL
+
+    from medcnncad.models.manifest import load_manifest
 
     scene = new_scene()
     images, label = small_phantom()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import small_phantom
 from monai.inferers import sliding_window_inference
 
-from helpers import small_phantom
-from medcnncad.inference import Segmenter, label_map_from_probabilities
-from medcnncad.models import load_model
-from medcnncad.policy import PROB_TOL
-from medcnncad.stitch import stream_sliding_window
+from medcnncad.inference.policy import PROB_TOL
+from medcnncad.inference.segmenter import Segmenter, label_map_from_probabilities
+from medcnncad.inference.stitch import stream_sliding_window
+from medcnncad.models.registry import load_model
 
 
 def _net(c_in: int = 2, c_out: int = 3) -> torch.nn.Module:
@@ -50,7 +50,8 @@ def test_chunked_label_map_equals_a_full_argmax():
     from pathlib import Path
 
     from helpers import blob_manifest_dict
-    from medcnncad.manifest import parse_manifest
+
+    from medcnncad.models.manifest import parse_manifest
 
     manifest = parse_manifest(blob_manifest_dict(), Path("."))
     n = len(manifest.postprocessing.channels)
@@ -76,11 +77,11 @@ def test_float16_probabilities_pass_the_accuracy_gate_on_the_demo_model():
 
 def test_identical_grid_hands_on_the_stitched_array_and_equals_resampling(monkeypatch):
     """Model grid == input grid: no resampling, no copy; the values equal SimpleITK's resampling path."""
-    import medcnncad.inference as inference
+    import medcnncad.inference.segmenter as inference
 
     images, _ = small_phantom()
     segmenter = Segmenter(load_model("brats-demo-unet"), "cpu", probability_dtype="float16")
-    pre = segmenter.model.preprocess(__import__("medcnncad.preprocess", fromlist=["x"]).to_metatensor(
+    pre = segmenter.model.preprocess(__import__("medcnncad.models.preprocessing", fromlist=["x"]).to_metatensor(
         [images[c.name] for c in segmenter.manifest.inputs]))
     probs = segmenter._infer(pre.as_tensor(), lambda s, f: None, [])
     grid = __import__("SimpleITK").Image([int(v) for v in probs.shape[1:]], 0)

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import TEMPLATE
+
 from medcnncad.cli import main
-from medcnncad.manifest import load_manifest, sha256_file
-from medcnncad.models import load_model
+from medcnncad.models.manifest import load_manifest, sha256_file
+from medcnncad.models.registry import load_model
 
 
 def _tiny_template(tmp_path):
@@ -49,8 +49,8 @@ def test_train_writes_model_and_resumes(tmp_path):
 
 def test_region_loss_scores_summed_label_probabilities_against_label_unions(tmp_path):
     """Two voxels, softmax probabilities given exactly; region Dice computed by hand."""
-    from medcnncad.manifest import parse_manifest
-    from medcnncad.train import RegionDiceCELoss, region_channels
+    from medcnncad.models.manifest import parse_manifest
+    from medcnncad.training.segmentation import RegionDiceCELoss, region_channels
 
     manifest = parse_manifest(json.loads(TEMPLATE.read_text()), TEMPLATE.parent, where="template")
     regions = region_channels(manifest)  # channels background, NCR, ED, ET
@@ -73,8 +73,8 @@ def test_region_loss_scores_summed_label_probabilities_against_label_unions(tmp_
 
 
 def test_fine_tuning_keeps_matching_layers_and_reports_the_rest(tmp_path):
-    from medcnncad.models import build_network
-    from medcnncad.train import TrainConfig, _optimizer, initialise_from
+    from medcnncad.models.weights import build_network
+    from medcnncad.training.segmentation import TrainConfig, _optimizer, initialise_from
 
     raw = json.loads(TEMPLATE.read_text())
     kwargs = dict(raw["network"]["kwargs"], out_channels=3)  # one label fewer: the last layer differs
@@ -96,7 +96,7 @@ def test_fine_tuning_keeps_matching_layers_and_reports_the_rest(tmp_path):
 
 
 def test_channel_dropout_never_drops_everything_and_favours_weights():
-    from medcnncad.augment import RandChannelDropd
+    from medcnncad.data.augment import RandChannelDropd
 
     drop = RandChannelDropd(["image"], prob=1.0, single=1.0, keep_weights=[0, 1, 0, 0])
     drop.set_random_state(0)
@@ -115,8 +115,8 @@ def test_training_data_from_a_csv_and_a_folder(tmp_path):
     import SimpleITK as sitk
 
     from medcnncad.errors import InputError
-    from medcnncad.manifest import parse_manifest
-    from medcnncad.train_data import _prepare, file_cases, split_cases
+    from medcnncad.models.manifest import parse_manifest
+    from medcnncad.training.data import _prepare, file_cases, split_cases
 
     demo = parse_manifest(json.loads(TEMPLATE.read_text()), tmp_path)
     raw = json.loads(TEMPLATE.read_text())
@@ -157,7 +157,7 @@ def test_training_data_from_a_csv_and_a_folder(tmp_path):
 
 @pytest.mark.parametrize("share, centred_on_label", [(0.0, True), (1.0, False)])
 def test_negative_share_decides_where_patches_are_centred(share, centred_on_label):
-    from medcnncad.augment import segmentation_transforms
+    from medcnncad.data.augment import segmentation_transforms
 
     label = torch.zeros((1, 40, 40, 40))
     label[0, 4:10, 4:10, 4:10] = 1  # a small labelled cube in one corner
@@ -195,7 +195,7 @@ def test_loader_workers_train_reproducibly_and_a_missing_gpu_fails_before_any_ou
 
 def test_loader_workers_default_to_a_few_on_cuda_only(monkeypatch):
     from medcnncad.errors import InputError
-    from medcnncad.train import _loader_workers
+    from medcnncad.training.segmentation import _loader_workers
 
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert _loader_workers(None, torch.device("cpu")) == 0

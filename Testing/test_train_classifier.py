@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medcnncad.classify import load_classifier
+from medcnncad.classification.grade import load_classifier
 from medcnncad.cli import main
-from medcnncad.manifest import load_manifest, sha256_file
+from medcnncad.models.manifest import load_manifest, sha256_file
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "Resources" / "ModelTemplates" / "brats-grade-densenet.json"
 needs_colin27 = pytest.mark.skipif(not Path("/usr/share/mricron/templates/ch2.nii.gz").is_file(),
@@ -51,7 +51,7 @@ def test_train_classification_writes_a_calibrated_model_and_resumes(tmp_path, ca
     history = load_manifest(out).training["history"]
     assert [h["epoch"] for h in history] == [1, 2] and history[0] == manifest.training["history"][0]
     # held-out evaluation: temperature scaling keeps the ranking (same AUC) and the report is complete
-    from medcnncad.train_classifier import evaluate_classifier
+    from medcnncad.training.classification import evaluate_classifier
 
     report = evaluate_classifier(str(out), n_cases=6, preset="robust", seed_base=950_000, workers=1,
                                  diagram=tmp_path / "rel.png")
@@ -63,8 +63,8 @@ def test_train_classification_writes_a_calibrated_model_and_resumes(tmp_path, ca
 
 def test_classifier_csv_data_uses_the_shared_case_reader_and_needs_a_class(tmp_path):
     from medcnncad.errors import InputError
-    from medcnncad.manifest import parse_classifier_manifest
-    from medcnncad.train_classifier import ClassifierTrainConfig, _cases
+    from medcnncad.models.manifest import parse_classifier_manifest
+    from medcnncad.training.classification import ClassifierTrainConfig, _cases
 
     manifest = parse_classifier_manifest(json.loads(TEMPLATE.read_text()), tmp_path)
     rows = ["case,t1ce,FLAIR,label,class"]

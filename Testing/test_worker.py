@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from helpers import small_phantom
-from medcnncad.inference import Segmenter
-from medcnncad.models import describe_model, load_model
-from medcnncad.worker import WorkerCancelled, WorkerClient, WorkerError, load_result
+
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.models.registry import describe_model, load_model
+from medcnncad.slicer.worker import WorkerCancelled, WorkerClient, WorkerError, load_result
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
 def _network_time(segmenter, images: dict[str, sitk.Image], repeats: int) -> tuple[float, tuple[int, ...]]:
     """Median time of the segmenter's sliding-window network alone on the preprocessed ``images``,
     and the preprocessed grid's shape (I, J, K)."""
-    from medcnncad.preprocess import to_metatensor
+    from medcnncad.models.preprocessing import to_metatensor
 
     pre = segmenter.model.preprocess(to_metatensor([images[c.name] for c in segmenter.manifest.inputs]))
     t_net, _ = _median_time(lambda: segmenter._infer(pre.as_tensor(), lambda s, f: None, []), repeats)
@@ -51,7 +51,7 @@ def _brats_size_labels() -> tuple[np.ndarray, np.ndarray]:
     """A held-out phantom's label map on a 240 x 240 x 155 grid, and a plausible 'prediction'."""
     from scipy import ndimage
 
-    from medcnncad.phantom import make_phantom
+    from medcnncad.data.phantom import make_phantom
 
     ref_small = sitk.GetArrayFromImage(make_phantom(900_000).label)
     ref = np.zeros((155, 240, 240), np.uint8)
@@ -66,7 +66,7 @@ def _brats_size_labels() -> tuple[np.ndarray, np.ndarray]:
 def bench_metrics(repeats: int) -> None:
     from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
-    from medcnncad.metrics import compute_metrics
+    from medcnncad.metrics.segmentation import compute_metrics
 
     pred, ref = _brats_size_labels()
     structures = {"NCR": (1,), "ED": (2,), "ET": (4,)}
@@ -92,9 +92,9 @@ def bench_metrics(repeats: int) -> None:
 
 def bench_case(repeats: int) -> None:
     from medcnncad.cli import main
-    from medcnncad.inference import Segmenter
-    from medcnncad.models import load_model
-    from medcnncad.phantom import make_phantom, write_phantom
+    from medcnncad.data.phantom import make_phantom, write_phantom
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
 
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-bench-"))
     case = make_phantom(900_000)
@@ -129,8 +129,8 @@ def _segresnet_model(folder: Path, fit_roi: int) -> Path:
     """A manifest folder for the model-zoo brain-tumor SegResNet size with random weights (speed only)."""
     import json
 
-    from medcnncad.manifest import sha256_file
-    from medcnncad.models import build_network
+    from medcnncad.models.manifest import sha256_file
+    from medcnncad.models.weights import build_network
 
     raw = json.loads((ROOT / "Resources" / "ModelTemplates" / "brats-demo-unet.json").read_text())
     raw.update(id=f"segresnet-speed-{fit_roi}", aliases=[], trained_on="nothing: random weights, for timing only")
@@ -154,8 +154,18 @@ def _segresnet_model(folder: Path, fit_roi: int) -> Path:
 def _monai_bundle_default(paths: dict[str, str], out: Path, network: torch.nn.Module) -> None:
     """The model-zoo bundle's own pipeline: fp32, one 240x240x160 window, overlap 0.5, then save."""
     from monai.inferers import SlidingWindowInferer
-    from monai.transforms import (Activations, AsDiscrete, Compose, ConcatItemsd, EnsureChannelFirstd, LoadImaged,
-                                  NormalizeIntensityd, Orientationd, SaveImage, Spacingd)
+    from monai.transforms import (
+        Activations,
+        AsDiscrete,
+        Compose,
+        ConcatItemsd,
+        EnsureChannelFirstd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        SaveImage,
+        Spacingd,
+    )
 
     keys = list(paths)
     pre = Compose([LoadImaged(keys), EnsureChannelFirstd(keys), ConcatItemsd(keys, "image"),
@@ -176,8 +186,8 @@ def bench_segresnet(repeats: int) -> None:
     import json
 
     from medcnncad.cli import main
-    from medcnncad.inference import Segmenter
-    from medcnncad.models import load_model
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from gpu_check import _brats_size_case
@@ -246,8 +256,8 @@ def _ct_model(folder: Path, ct: sitk.Image, labels: sitk.Image) -> Path:
     (a sensible label map, not noise); probabilities held in float16, written as uint8. For benchmarks only."""
     import json
 
-    from medcnncad.manifest import sha256_file
-    from medcnncad.models import build_network
+    from medcnncad.models.manifest import sha256_file
+    from medcnncad.models.weights import build_network
 
     kwargs = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2],
               "num_res_units": 1}
@@ -329,7 +339,7 @@ def _memory_monai(folder: Path) -> None:
     from monai.inferers import sliding_window_inference
     from monai.transforms import EnsureChannelFirst, LoadImage, SaveImage, ScaleIntensityRange
 
-    from medcnncad.models import load_model
+    from medcnncad.models.registry import load_model
 
     t0 = time.perf_counter()
     network = load_model(str(folder / "ct-memory-bench")).network.eval()
@@ -352,7 +362,7 @@ def bench_memory() -> None:
     import json
     import subprocess
 
-    from medcnncad.io import write_image
+    from medcnncad.io.images import write_image
 
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-ct-"))
     ct, labels = _ct_phantom()
@@ -380,10 +390,10 @@ def bench_memory() -> None:
 
 def bench_worker(repeats: int) -> None:
     """The persistent worker (Slicer module's path): first case, then later cases vs the network alone."""
-    from medcnncad.inference import Segmenter
-    from medcnncad.models import describe_model, load_model
-    from medcnncad.phantom import make_phantom, write_phantom
-    from medcnncad.worker import WorkerClient, load_result
+    from medcnncad.data.phantom import make_phantom, write_phantom
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import describe_model, load_model
+    from medcnncad.slicer.worker import WorkerClient, load_result
 
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-worker-"))
     case = make_phantom(900_000)
@@ -415,8 +425,8 @@ def bench_policy() -> None:
     sys.path.insert(0, str(ROOT / "Testing"))
     from helpers import small_phantom
 
-    from medcnncad.models import load_model
-    from medcnncad.policy import choose_policy
+    from medcnncad.inference.policy import choose_policy
+    from medcnncad.models.registry import load_model
 
     images, _ = small_phantom()
     report = choose_policy(load_model("brats-demo-unet"), images)
@@ -432,7 +442,7 @@ def _whole_grid_filter(label_map: np.ndarray, fg: np.ndarray, post, channels, vo
     """Reference: the 2.4.0 post-processing with scipy labelling and measuring on the whole grid."""
     from scipy import ndimage
 
-    from medcnncad.candidates import component_features
+    from medcnncad.lesions.lesion_filter import component_features
 
     out = label_map.copy()
     labelled, count = ndimage.label(out > 0, structure=np.ones((3, 3, 3)))
@@ -452,10 +462,10 @@ def bench_lesion_filter(repeats: int) -> None:
     """brats-robust-unet's floors + lesion classifier, boxed (the engine) vs on the whole grid (scipy)."""
     import dataclasses
 
-    from medcnncad.candidates import apply_lesion_classifier
-    from medcnncad.inference import Segmenter, remove_small_components
-    from medcnncad.models import load_model
-    from medcnncad.phantom import make_phantom, preset
+    from medcnncad.data.phantom import make_phantom, preset
+    from medcnncad.inference.segmenter import Segmenter, remove_small_components
+    from medcnncad.lesions.lesion_filter import apply_lesion_classifier
+    from medcnncad.models.registry import load_model
 
     loaded = load_model("brats-robust-unet")
     post = loaded.manifest.postprocessing

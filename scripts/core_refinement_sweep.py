@@ -2,7 +2,7 @@
 
 For each tumor case of a preset (validation side by default: seeds 250600-250619 of ``heldout``, never
 the test seeds from 900000), the model segments the case once (single pass, no test-time augmentation,
-the manifest's other post-processing applied), then :func:`medcnncad.refine.refine_core` is applied with
+the manifest's other post-processing applied), then :func:`medcnncad.inference.refine.refine_core` is applied with
 each setting below, always with every input required and ungated by the enhancing share (so every case
 shows what the refinement would do); unless a setting says otherwise, a case whose core would change
 volume more than 2x either way keeps the network's labels. Prints TC Dice per case and the mean per
@@ -20,12 +20,12 @@ from dataclasses import replace
 import numpy as np
 import SimpleITK as sitk
 
-from medcnncad.inference import Segmenter
-from medcnncad.manifest import CoreRefinement
-from medcnncad.metrics import dice
-from medcnncad.models import load_model
-from medcnncad.phantom import make_phantom, preset
-from medcnncad.refine import refine_core
+from medcnncad.data.phantom import make_phantom, preset
+from medcnncad.inference.refine import refine_core
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.metrics.segmentation import dice
+from medcnncad.models.manifest import CoreRefinement
+from medcnncad.models.registry import load_model
 
 SETTINGS = {"k2": {"components": 2}, "k3": {"components": 3}, "k4": {"components": 4},
             "k4 no volume limit": {"components": 4, "max_volume_change": float("inf")},

@@ -17,10 +17,10 @@ import argparse
 import numpy as np
 import SimpleITK as sitk
 
-from medcnncad.inference import Segmenter, label_map_from_probabilities
-from medcnncad.metrics import dice
-from medcnncad.models import load_model
-from medcnncad.phantom import make_phantom, preset
+from medcnncad.data.phantom import make_phantom, preset
+from medcnncad.inference.segmenter import Segmenter, label_map_from_probabilities
+from medcnncad.metrics.segmentation import dice
+from medcnncad.models.registry import load_model
 
 REPORTED = ("WT", "TC", "ET")  # structures of the first model's manifest (labels or regions)
 

@@ -35,11 +35,15 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedCNNCAD"))
 
-from medcnncad.candidates import component_features, feature_names  # noqa: E402
-from medcnncad.lesions import components  # noqa: E402
-from medcnncad.metrics import dice  # noqa: E402  (1 when both are empty, as evaluate-phantoms counts it)
-from medcnncad.manifest import LesionClassifier  # noqa: E402
-from medcnncad.metrics import BRATS_2023, STRICT, lesion_detection  # noqa: E402
+from medcnncad.lesions.components import components  # noqa: E402
+from medcnncad.lesions.lesion_filter import component_features, feature_names  # noqa: E402
+from medcnncad.metrics.segmentation import (  # noqa: E402
+    BRATS_2023,
+    STRICT,
+    dice,  # noqa: E402  (1 when both are empty, as evaluate-phantoms counts it)
+    lesion_detection,
+)
+from medcnncad.models.manifest import LesionClassifier  # noqa: E402
 
 SEQUENCES = ["T1", "T1c", "T2", "FLAIR"]
 REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -66,8 +70,9 @@ def _segmenter(model: str, min_probability: float | None = None):
     when given) but without any classifier or label floor it already has: the candidates are what
     the second stage will see."""
     import torch
-    from medcnncad.inference import Segmenter
-    from medcnncad.models import load_model
+
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
 
     torch.set_num_threads(2)
     loaded = load_model(model)
@@ -82,8 +87,8 @@ def collect_files(model: str, out: Path, specs: list[str], tta: bool | None = No
     """Segment the cases of a CSV or folder (``NAME:PATH``, the layouts ``medcnncad train --data``
     reads); each reference label must lie on its case's first input's grid."""
     from medcnncad.errors import InputError
-    from medcnncad.io import same_space
-    from medcnncad.train_data import file_cases
+    from medcnncad.io.images import same_space
+    from medcnncad.training.data import file_cases
 
     segmenter = _segmenter(model, min_probability)
     for spec in specs:
@@ -105,7 +110,7 @@ def collect(model: str, out: Path, sets: list[str], tta: bool | None = None,
             min_probability: float | None = None) -> None:
     """Segment the phantoms of each set (``tta``: flips averaged, as ``--tta`` does; ``None``: the
     model's default mode); one npz per case (skipped when present: resumable)."""
-    from medcnncad.phantom import make_phantom, preset
+    from medcnncad.data.phantom import make_phantom, preset
 
     segmenter = _segmenter(model, min_probability)
     for spec in sets:
@@ -129,14 +134,14 @@ def _with_floor(post, min_probability: float | None):
 
 def _postprocessing(model: str, min_probability: float | None = None):
     """The model's postprocessing, its lesion probability floor replaced by ``min_probability`` when given."""
-    from medcnncad.models import load_model
+    from medcnncad.models.registry import load_model
     return _with_floor(load_model(model).manifest.postprocessing, min_probability)
 
 
 def _cases(folder: str, post):
     """Per saved case, after the model's own floors (``post``: its postprocessing): label map,
     reference, spacing, component map and candidate features."""
-    from medcnncad.inference import remove_small_components
+    from medcnncad.inference.segmenter import remove_small_components
 
     channels = [(c.name, c.value) for c in post.channels if c.value]
     for path in sorted(glob.glob(f"{folder}/*.npz")):
@@ -154,7 +159,7 @@ def _summary(cases, keep, floors=()) -> dict[str, float]:
     """Over cases, after dropping the components not in ``keep`` and applying label volume ``floors``:
     WT lesion sensitivity and FP per case (any-overlap rule), ET lesion sensitivity (BraTS 2023 rule)
     and mean Dice per region."""
-    from medcnncad.inference import apply_label_volume_floors
+    from medcnncad.inference.segmenter import apply_label_volume_floors
 
     agg = collections.defaultdict(list)
     for (label, ref, spacing, labelled, _), k in zip(cases, keep):
@@ -212,7 +217,7 @@ def fit(model: str, train: str, validation: list[str], thresholds: list[float],
 def floors(model: str, classifier_json: Path, min_probability: float, validation: list[str], value: int,
            replace_with: int, grid: list[float], probability_floor: float | None = None) -> None:
     """Print the validation table for label volume floors of ``value`` after the classifier."""
-    from medcnncad.manifest import LabelVolumeFloor
+    from medcnncad.models.manifest import LabelVolumeFloor
 
     post = _postprocessing(model, probability_floor)
     data = json.loads(classifier_json.read_text())

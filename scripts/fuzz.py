@@ -24,9 +24,9 @@ with atheris.instrument_imports():
     import numpy as np
 
     from medcnncad.errors import MedCNNCADError
-    from medcnncad.io import read_volume
-    from medcnncad.manifest import parse_manifest
-    from medcnncad.metrics import check_label_image, compute_metrics, structures_for_labels
+    from medcnncad.io.images import read_volume
+    from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
+    from medcnncad.models.manifest import parse_manifest
 
 _TMP = Path(tempfile.mkdtemp(prefix="medcnncad-fuzz-"))
 

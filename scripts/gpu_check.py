@@ -49,7 +49,7 @@ def _brats_size_case() -> dict:
 
 def _dice_per_label(a: np.ndarray, b: np.ndarray, values) -> dict[str, float]:
     """Dice of each label value between two label maps (1.0 where neither has it)."""
-    from medcnncad.metrics import dice
+    from medcnncad.metrics.segmentation import dice
 
     return {str(v): dice(a == v, b == v) for v in values}
 
@@ -58,8 +58,8 @@ def _agreement(name: str, images: dict, device: str) -> tuple[dict, object]:
     """Model ``name`` on ``images`` (its manifest's defaults, test-time augmentation included): CPU fp32
     (the reference) vs ``device`` with the engine's execution policy. Returns the agreement record and
     the device's Segmenter."""
-    from medcnncad.inference import Segmenter
-    from medcnncad.models import load_model
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
 
     start = time.perf_counter()
     reference = Segmenter(load_model(name), "cpu", precision="fp32").run(images)
@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device on this machine (use --device cpu for a dry run)", file=sys.stderr)
         return 3
-    from medcnncad.case import process_case
-    from medcnncad.io import write_image
+    from medcnncad.io.images import write_image
+    from medcnncad.pipeline.case import process_case
 
     report: dict = {"device": args.device, "python": platform.python_version(), "torch": torch.__version__}
     if args.device == "cuda":

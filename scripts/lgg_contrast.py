@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from medcnncad.phantom import SEQUENCES, PhantomCase, make_phantom, preset
+from medcnncad.data.phantom import SEQUENCES, PhantomCase, make_phantom, preset
 
 
 def low_grade_cases(path: str) -> Iterator[tuple[dict[str, Any], PhantomCase]]:

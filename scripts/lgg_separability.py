@@ -29,8 +29,8 @@ import SimpleITK as sitk
 from lgg_contrast import low_grade_cases  # scripts/ is on the path when this script runs
 from sklearn.linear_model import LogisticRegression
 
-from medcnncad.metrics import dice
-from medcnncad.phantom import SEQUENCES
+from medcnncad.data.phantom import SEQUENCES
+from medcnncad.metrics.segmentation import dice
 
 
 def _features(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -15,10 +15,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedCNNCAD"))
 torch.set_num_threads(2)
-from medcnncad.phantom import make_phantom, preset  # noqa: E402
-from medcnncad.inference import Segmenter  # noqa: E402
-from medcnncad.metrics import dice  # noqa: E402
-from medcnncad.models import load_model  # noqa: E402
+from medcnncad.data.phantom import make_phantom, preset  # noqa: E402
+from medcnncad.inference.segmenter import Segmenter  # noqa: E402
+from medcnncad.metrics.segmentation import dice  # noqa: E402
+from medcnncad.models.registry import load_model  # noqa: E402
+
 pre, chans, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 seg = Segmenter(load_model(sys.argv[4] if len(sys.argv) > 4 else "brats-robust-unet"), "cpu")
 

@@ -12,10 +12,10 @@ sys.path[:0] = [str(ROOT / "Testing"), str(ROOT / "MedCNNCAD")]
 
 def main(out: Path = ROOT / "docs" / "slicer_screenshot.png") -> Path:
     import slicer
-
-    from medcnncad.slicer_logic import SecondReaderLogic
-    from medcnncad.slicer_render import render_slice_views
     from slicer_scene import new_scene
+
+    from medcnncad.slicer.logic import SecondReaderLogic
+    from medcnncad.slicer.render import render_slice_views
 
     new_scene()
     volumes = {n: slicer.modules.volumes.logic().AddArchetypeVolume(

@@ -33,7 +33,7 @@ def _template():
     """The shipped model's training template (manifest without weights)."""
     import tempfile
 
-    from medcnncad.manifest import parse_manifest
+    from medcnncad.models.manifest import parse_manifest
 
     path = ROOT / "Resources" / "ModelTemplates" / "brats-robust-unet.json"
     return parse_manifest(json.loads(path.read_text()), Path(tempfile.gettempdir()), where=str(path))
@@ -43,7 +43,7 @@ def _networks() -> dict:
     """Name -> (builder, parameter note). The shipped one is built from its training template."""
     from monai.networks.nets import SegResNet, UNet
 
-    from medcnncad.models import build_network
+    from medcnncad.models.weights import build_network
 
     template = _template()
     return {
@@ -101,7 +101,7 @@ def augmentation_time(samples: int) -> dict:
     """CPU seconds per training sample of the robust augmentation on a random BraTS-like case."""
     import torch
 
-    from medcnncad.augment import segmentation_transforms
+    from medcnncad.data.augment import segmentation_transforms
 
     rng = np.random.default_rng(0)
     case = {"image": torch.from_numpy(rng.normal(size=(4, 160, 192, 160)).astype(np.float32)),

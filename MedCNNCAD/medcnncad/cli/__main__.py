@@ -1,0 +1,7 @@
+"""``python -m medcnncad.cli``: the command line."""
+
+import sys
+
+from medcnncad.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Synthetic data: BraTS-like phantoms on real anatomy templates, and augmentation pipelines."""

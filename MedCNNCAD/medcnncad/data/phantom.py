@@ -1,0 +1,573 @@
+"""Deterministic BraTS-like phantoms built from real anatomy, with exact ground truth.
+
+Anatomy comes from the MNI152 2009 symmetric 1 mm template shipped inside nilearn
+(T1 intensities plus grey- and white-matter probability maps), so no download is
+needed. A tumor is grown inside the white matter: a necrotic core, an enhancing rim
+and surrounding oedema, each with the characteristic contrast of the four BraTS
+sequences (T1, T1c, T2, FLAIR). Each sequence then gets its own bias field, noise,
+intensity scale and simulated slice thickness, and the whole case is resampled onto
+a random anisotropic voxel grid.
+
+Beyond the classic set (:data:`PRESETS` ``"classic"``, the default), the generator can
+make what clinical scans look like: tumor grade as a hidden variable (high grade:
+necrosis, ring enhancement, larger oedema, heterogeneous; low grade: a homogeneous
+non-enhancing mass, little or no enhancement), tumor-free cases, lesions down to ~1 mL,
+a second real anatomy (Colin27, with its skull, from Debian's ``mricron-data``), tilted
+heads, and thick slices (2-7 mm) along any axis. Every feature is off in the classic
+configuration, which therefore draws exactly the random numbers it always did.
+
+Labels follow the BraTS convention: 0 background, 1 necrotic / non-enhancing core,
+2 peritumoral oedema, 4 enhancing tumor. Regions: WT = {1, 2, 4}, TC = {1, 4},
+ET = {4}.
+
+Arrays are in SimpleITK / Slicer order (K, J, I) = (z, y, x); physical units are mm.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from sklearn.mixture import GaussianMixture
+
+from medcnncad.io.images import write_image
+from medcnncad.io.segfile import write_seg_nrrd
+
+__all__ = ["SEQUENCES", "ANATOMIES", "PRESETS", "PhantomConfig", "PhantomCase", "make_phantom", "write_phantom",
+           "write_sample_case", "preset"]
+
+SEQUENCES: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
+
+COLIN27_DIR = Path("/usr/share/mricron/templates")  # Debian package mricron-data
+ANATOMIES: dict[str, str] = {
+    "mni152": "MNI152 2009 symmetric 1 mm template and GM/WM maps (nilearn), skull-stripped",
+    "colin27": f"Colin27 1 mm (ch2.nii.gz with skull, ch2bet.nii.gz) from Debian mricron-data, {COLIN27_DIR}",
+}
+
+# Relative signal of each tissue per sequence (white matter T1 ~ 1). Rows: CSF, GM, WM,
+# necrosis, enhancing tumor, oedema, then (graded phantoms only) non-enhancing tumor.
+# Chosen to mimic clinical contrast: enhancing tumor is bright only on T1c, oedema is
+# bright on T2/FLAIR, necrosis is dark on T1/T1c and bright on T2, CSF is suppressed on
+# FLAIR, a low-grade non-enhancing mass is bright on T2/FLAIR and dark on T1/T1c.
+_TISSUE_SIGNAL = {
+    "T1": (0.25, 0.65, 1.00, 0.30, 0.60, 0.55, 0.48),
+    "T1c": (0.25, 0.65, 1.00, 0.25, 1.55, 0.55, 0.50),
+    "T2": (1.00, 0.55, 0.35, 0.95, 0.60, 0.80, 0.92),
+    "FLAIR": (0.12, 0.60, 0.45, 0.45, 0.75, 1.05, 0.92),
+}
+# Signal of the head outside the brain (scalp fat, marrow, muscle; bone stays dark), as a
+# factor on the anatomy's own T1 intensity.
+_HEAD_SIGNAL = {"T1": 1.0, "T1c": 1.1, "T2": 0.75, "FLAIR": 0.65}
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """Ranges the generator samples from (mm unless stated)."""
+
+    core_radius_mm: tuple[float, float] = (9.0, 20.0)
+    rim_thickness_mm: tuple[float, float] = (3.0, 6.0)
+    edema_margin_mm: tuple[float, float] = (5.0, 16.0)
+    shape_irregularity: float = 0.25
+    bias_strength: tuple[float, float] = (0.05, 0.30)
+    noise_fraction: tuple[float, float] = (0.02, 0.06)
+    slice_thickness_mm: tuple[float, float] = (1.0, 3.0)
+    output_spacing_mm: tuple[tuple[float, float], tuple[float, float]] = ((0.9, 1.2), (1.0, 2.0))
+    contrast_jitter: float = 0.08
+    hgg_fraction: float | None = None
+    tumor_free_fraction: float = 0.0
+    anatomies: tuple[str, ...] = ("mni152",)
+    skull_fraction: float = 0.0
+    tilt_deg: float = 0.0
+    random_slice_axis: bool = False
+    slice_blur_from_spacing: bool = False
+    crop_margin_mm: float | None = None  # only the tumor's box plus this margin (fast patches for classifiers)
+    grade_core_radius_mm: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"HGG": (6.0, 22.0), "LGG": (5.0, 20.0)})
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.anatomies) - set(ANATOMIES))
+        if unknown or not self.anatomies:
+            raise ValueError(f"phantom anatomies {list(self.anatomies)}: choose from {sorted(ANATOMIES)}")
+        if self.skull_fraction > 0 and "colin27" not in self.anatomies:
+            raise ValueError("skull_fraction > 0 needs the 'colin27' anatomy (the MNI152 template has no skull)")
+
+
+@dataclass
+class PhantomCase:
+    """One generated case: co-registered sequences and the label map on one grid.
+
+    ``info`` records what was drawn: tumor sizes (mm), ``grade`` ("HGG", "LGG" or
+    "none" for a tumor-free case), ``anatomy``, ``skull`` and the output grid.
+    """
+
+    seed: int
+    images: dict[str, sitk.Image]
+    label: sitk.Image
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grade(self) -> str:
+        """"HGG", "LGG" or "none" (classic phantoms are all of the high-grade pattern)."""
+        return str(self.info.get("grade", "HGG"))
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    """One template on its 1 mm grid; arrays KJI float32 (tissue maps are probabilities)."""
+
+    reference: sitk.Image
+    t1: np.ndarray           # T1 intensity of the brain, normalised to max 1
+    csf: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    head: np.ndarray | None  # T1 intensity outside the brain (scalp, skull, marrow) or None
+
+
+def _kji(img) -> np.ndarray:
+    """A nibabel image's data (IJK) as a contiguous KJI float32 array."""
+    return np.ascontiguousarray(np.asarray(img.get_fdata(), dtype=np.float32).transpose(2, 1, 0))
+
+
+@functools.lru_cache(maxsize=2)
+def _anatomy(name: str = "mni152") -> _Anatomy:
+    """Load (once per process) the template ``name`` of :data:`ANATOMIES`."""
+    if name == "colin27":
+        return _colin27()
+    from nilearn import datasets
+
+    t1_img = datasets.load_mni152_template(resolution=1)
+    t1 = _kji(t1_img)
+    gm = _kji(datasets.load_mni152_gm_template(resolution=1))
+    wm = _kji(datasets.load_mni152_wm_template(resolution=1))
+    reference = _image_from_ras_affine(t1, t1_img.affine)
+    t1 = t1 / max(float(t1.max()), 1e-6)
+    brain = ndimage.binary_fill_holes(t1 > 0.05)
+    csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
+    return _Anatomy(reference, t1, csf, np.clip(gm, 0, 1), np.clip(wm, 0, 1), None)
+
+
+def _colin27() -> _Anatomy:
+    """Colin27 with its skull; tissue probabilities from a 3-class Gaussian mixture of the brain."""
+    paths = [COLIN27_DIR / "ch2.nii.gz", COLIN27_DIR / "ch2bet.nii.gz"]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Colin27 template {missing[0]} not found: install the Debian package "
+                                "mricron-data (apt-get install mricron-data)")
+    head_img = nib.load(str(paths[0]))
+    head, brain_t1 = _kji(head_img), _kji(nib.load(str(paths[1])))
+    brain = brain_t1 > 0
+    values = brain_t1[brain][:, None]
+    mixture = GaussianMixture(3, random_state=0).fit(values[::10])
+    order = np.argsort(mixture.means_.ravel())  # CSF < GM < WM on T1
+    posterior = mixture.predict_proba(values)[:, order]
+    maps = [np.zeros(brain.shape, np.float32) for _ in range(3)]
+    for m, column in zip(maps, posterior.T):
+        m[brain] = column
+        m[:] = ndimage.gaussian_filter(m, 0.6)  # partial volume at tissue borders
+    scale = max(float(np.percentile(brain_t1[brain], 99.5)), 1e-6)
+    outside = np.where(brain, 0.0, head / scale).astype(np.float32)
+    reference = _image_from_ras_affine(head, head_img.affine)
+    return _Anatomy(reference, np.clip(brain_t1 / scale, 0, 1), maps[0], maps[1], maps[2], outside)
+
+
+def _image_from_ras_affine(array_kji: np.ndarray, affine_ras: np.ndarray) -> sitk.Image:
+    """Wrap a KJI array in a SimpleITK image whose geometry matches a NIfTI RAS affine."""
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine_ras, dtype=float)[:3, :]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    image = sitk.GetImageFromArray(array_kji)
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(v) for v in lps[:, 3]))
+    image.SetDirection(tuple(float(v) for v in (lps[:, :3] / spacing).ravel()))
+    return image
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cells: int = 6) -> np.ndarray:
+    """Zero-mean, unit-std low-frequency noise of the given shape.
+
+    Cubic upsampling of ``cells``^3 random values to a quarter-size grid, then linear
+    upsampling to ``shape`` (fast, and smooth at the scale of ``shape / cells``).
+    """
+    coarse = rng.standard_normal([max(2, cells)] * len(shape))
+    mid_shape = [max(c, (s + 3) // 4) for s, c in zip(shape, coarse.shape)]
+    mid = ndimage.zoom(coarse, [m / c for m, c in zip(mid_shape, coarse.shape)], order=3, mode="nearest")
+    field_ = ndimage.zoom(mid, [s / m for s, m in zip(shape, mid.shape)], order=1, mode="nearest")
+    field_ = field_[tuple(slice(0, s) for s in shape)]
+    field_ -= field_.mean()
+    return (field_ / max(float(field_.std()), 1e-6)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _white_matter_depth(anatomy: str = "mni152") -> np.ndarray:
+    """Distance (mm) of each voxel inside the white matter from its edge, KJI."""
+    wm = _anatomy(anatomy).wm
+    return ndimage.distance_transform_edt(wm > 0.3).astype(np.float32)
+
+
+def _tumor_center(rng: np.random.Generator, margin_mm: float, anatomy: str = "mni152") -> np.ndarray:
+    """A white-matter voxel at least ``margin_mm`` deep inside the white matter (KJI index)."""
+    depth = _white_matter_depth(anatomy)
+    candidates = np.argwhere(depth >= min(margin_mm, float(depth.max()) * 0.6))
+    return candidates[rng.integers(len(candidates))].astype(float)
+
+
+@dataclass
+class _Tumor:
+    """Partial-volume fractions on the 1 mm grid (KJI) and what was drawn."""
+
+    necrosis: np.ndarray
+    enhancing: np.ndarray
+    edema: np.ndarray
+    non_enhancing: np.ndarray | None  # graded phantoms only (label 1, like necrosis)
+    info: dict[str, Any]
+    gains: dict[tuple[str, int], float] = field(default_factory=dict)  # (sequence, tissue) signal factors
+    heterogeneity: float = 0.08
+
+    def fractions(self) -> list[np.ndarray]:
+        """Tumor tissue fractions in :data:`_TISSUE_SIGNAL` row order (rows 3...)."""
+        extra = [] if self.non_enhancing is None else [self.non_enhancing]
+        return [self.necrosis, self.enhancing, self.edema, *extra]
+
+
+def _draw_grade(rng: np.random.Generator, config: PhantomConfig) -> str:
+    """"none" (tumor-free), "HGG", "LGG" or "classic"; draws only for the features that are on."""
+    if config.tumor_free_fraction > 0 and rng.random() < config.tumor_free_fraction:
+        return "none"
+    if config.hgg_fraction is None:
+        return "classic"
+    return "HGG" if rng.random() < config.hgg_fraction else "LGG"
+
+
+def _tumor_sizes(rng: np.random.Generator, config: PhantomConfig, grade: str) -> tuple[float, float, float, bool]:
+    """Core radius, enhancing rim thickness, oedema radius (mm) and whether a necrotic centre exists.
+
+    High grade: a necrotic centre in most cases, a rim 2-6 mm, oedema 3-20 mm beyond the core.
+    Low grade: no necrosis, oedema only 1-10 mm beyond the core. Core sizes overlap on purpose.
+    """
+    if grade == "classic":
+        r_core = rng.uniform(*config.core_radius_mm)
+        rim = rng.uniform(*config.rim_thickness_mm)
+        r_edema = r_core + rng.uniform(*config.edema_margin_mm)
+        return r_core, rim, r_edema, bool(r_core - rim > 3.0 and rng.random() < 0.85)
+    r_core = rng.uniform(*config.grade_core_radius_mm[grade])
+    if grade == "HGG":
+        rim = rng.uniform(2.0, 6.0)
+        return r_core, rim, r_core + rng.uniform(3.0, 20.0), bool(r_core - rim > 2.5 and rng.random() < 0.85)
+    return r_core, 0.0, r_core + rng.uniform(1.0, 10.0), False
+
+
+def _tumor_fractions(rng: np.random.Generator, config: PhantomConfig, brain: np.ndarray, anatomy: str,
+                     grade: str) -> _Tumor:
+    """Grow one tumor of ``grade`` in the white matter of ``anatomy`` (KJI, 1 mm grid)."""
+    r_core, rim, r_edema, has_necrosis = _tumor_sizes(rng, config, grade)
+    shape = brain.shape
+    center = _tumor_center(rng, 0.5 * r_core, anatomy)
+    half = int(np.ceil(r_edema * 1.6)) + 2
+    lo = np.maximum(center.astype(int) - half, 0)
+    hi = np.minimum(center.astype(int) + half + 1, shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), 0)
+    offsets = grid - center[:, None, None, None]
+    axes = rng.uniform(0.8, 1.25, size=3)
+    rho = np.sqrt(((offsets / axes[:, None, None, None]) ** 2).sum(0))
+    box_shape = rho.shape
+    rho_core = rho * (1 + config.shape_irregularity * 0.5 * _smooth_noise(rng, box_shape, 5))
+    rho_edema = rho * (1 + config.shape_irregularity * _smooth_noise(rng, box_shape, 4))
+
+    def soft(inside_dist: np.ndarray) -> np.ndarray:
+        # 1 mm partial-volume ramp around the level set.
+        return np.clip(inside_dist + 0.5, 0.0, 1.0).astype(np.float32)
+
+    core = soft(r_core - rho_core)
+    necrosis = soft((r_core - rim) - rho_core) if has_necrosis else np.zeros_like(core)
+    enhancing = np.clip(core - necrosis, 0, 1)
+    non_enhancing = None
+    info: dict[str, Any] = {"core_radius_mm": float(r_core), "rim_mm": float(rim),
+                            "edema_radius_mm": float(r_edema), "necrosis": float(has_necrosis)}
+    tumor = _Tumor(necrosis, enhancing, np.zeros_like(core), None, info)
+    if grade == "LGG":  # a non-enhancing mass; in about a third of cases a faint patch of enhancement
+        patchy = rng.random() < 0.35
+        patch = (_smooth_noise(rng, box_shape, 4) > rng.uniform(0.8, 1.6)) if patchy else np.zeros(box_shape, bool)
+        enhancing = core * patch
+        non_enhancing = core - enhancing
+        tumor.gains = {("T1c", 4): float(rng.uniform(0.72, 0.88))}
+        tumor.heterogeneity = float(rng.uniform(0.01, 0.05))
+        info["patchy_enhancement"] = float(patchy)
+    elif grade == "HGG":
+        tumor.gains = {("T1c", 4): float(rng.uniform(0.88, 1.15))}
+        tumor.heterogeneity = float(rng.uniform(0.10, 0.22))
+    edema = np.clip(soft(r_edema - rho_edema) - core, 0, 1) * brain[box]
+    parts = [necrosis, enhancing, edema] + ([non_enhancing] if non_enhancing is not None else [])
+    full = [np.zeros(shape, np.float32) for _ in parts]
+    for dst, src in zip(full, parts):
+        dst[box] = src * (brain[box] > 0)
+    tumor.necrosis, tumor.enhancing, tumor.edema = full[:3]
+    tumor.non_enhancing = full[3] if len(full) > 3 else (np.zeros(shape, np.float32) if grade == "HGG" else None)
+    info["heterogeneity"] = tumor.heterogeneity
+    return tumor
+
+
+def _no_tumor(shape: tuple[int, ...], graded: bool) -> _Tumor:
+    zeros = [np.zeros(shape, np.float32) for _ in range(4 if graded else 3)]
+    return _Tumor(zeros[0], zeros[1], zeros[2], zeros[3] if graded else None, {"core_radius_mm": 0.0})
+
+
+def _labels_from_fractions(necrosis: np.ndarray, enhancing: np.ndarray, edema: np.ndarray) -> np.ndarray:
+    """BraTS label map: the tissue with the largest fraction wins where it exceeds 0.5 in total."""
+    stack = np.stack([1.0 - necrosis - enhancing - edema, necrosis, edema, enhancing], 0)
+    winner = np.argmax(stack, axis=0)
+    return np.array([0, 1, 2, 4], dtype=np.uint8)[winner]
+
+
+@dataclass(frozen=True)
+class _Slices:
+    """Where the thick slices are: array axis (KJI) and thickness in mm (None: draw it)."""
+
+    axis: int = 0
+    thickness_mm: float | None = None
+
+
+def _sequence(rng: np.random.Generator, config: PhantomConfig, name: str, fractions: list[np.ndarray],
+              anatomy: _Anatomy, mask: np.ndarray, tumor: _Tumor, skull: bool, slices: _Slices) -> np.ndarray:
+    """One MRI sequence on the 1 mm grid: tissue mixture, texture, bias, noise, thick slices.
+
+    ``fractions`` are the tissue fractions in :data:`_TISSUE_SIGNAL` row order; ``mask`` is
+    the brain (or the head when ``skull``) outside which the image is zero.
+    """
+    jitter = 1 + config.contrast_jitter * rng.standard_normal(len(fractions))
+    signal = np.asarray(_TISSUE_SIGNAL[name][:len(fractions)]) * jitter
+    for (sequence, tissue), gain in tumor.gains.items():
+        if sequence == name:
+            signal[tissue] *= gain
+    image = np.zeros_like(anatomy.t1)
+    for frac, value in zip(fractions, signal):
+        image += frac * np.float32(value)
+    tumor_parts = range(3, len(fractions))
+    tumor_sum = sum(fractions[i] for i in tumor_parts)
+    if name == "T1":  # half of the signal is the template's own T1 texture
+        tumor_signal = sum(signal[i] * fractions[i] for i in tumor_parts)
+        image = 0.5 * image + 0.5 * (anatomy.t1 * (1 - tumor_sum) + tumor_signal)
+    if skull:
+        image += anatomy.head * np.float32(_HEAD_SIGNAL[name] * (1 + config.contrast_jitter * rng.standard_normal()))
+    boxes = ndimage.find_objects((tumor_sum > 0).astype(np.uint8))
+    if boxes:
+        box = boxes[0]
+        image[box] *= 1 + tumor.heterogeneity * _smooth_noise(rng, image[box].shape, 6) * tumor_sum[box]
+    bias = np.exp(rng.uniform(*config.bias_strength) * _smooth_noise(rng, image.shape, 3))
+    image *= bias
+    thickness = slices.thickness_mm if slices.thickness_mm is not None else rng.uniform(*config.slice_thickness_mm)
+    sigma_slice = thickness / 2.355
+    if sigma_slice > 0.5:
+        image = ndimage.gaussian_filter1d(image, sigma_slice, axis=slices.axis)
+    image += rng.uniform(*config.noise_fraction) * rng.standard_normal(image.shape).astype(np.float32)
+    image = np.clip(image, 0, None) * mask
+    return (image * rng.uniform(300, 1500)).astype(np.float32)
+
+
+def _resample(image: sitk.Image, spacing: tuple[float, float, float], label: bool) -> sitk.Image:
+    """Resample onto a grid with the same origin/direction and the given spacing (x, y, z mm)."""
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    interp = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
+    return sitk.Resample(image, size, sitk.Transform(), interp, image.GetOrigin(), spacing,
+                         image.GetDirection(), 0, image.GetPixelID())
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    """A random rotation matrix, each Euler angle uniform in +-``max_deg`` degrees."""
+    ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, size=3))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _tilted_grid(reference: sitk.Image, spacing: tuple[float, float, float], rotation: np.ndarray) -> sitk.Image:
+    """An empty grid with the given spacing (x, y, z mm) whose axes are ``rotation`` times the
+    reference's, large enough to hold the whole reference volume (a tilted head in the scanner)."""
+    direction = rotation @ np.asarray(reference.GetDirection()).reshape(3, 3)
+    size = np.asarray(reference.GetSize())
+    corners = np.array([reference.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
+                        for corner in np.ndindex(2, 2, 2) for corner in [np.asarray(corner) * (size - 1)]])
+    local = corners @ direction  # coordinates along the new axes
+    lo, hi = local.min(0), local.max(0)
+    grid = sitk.Image([int(np.ceil((h - low) / s)) + 1 for low, h, s in zip(lo, hi, spacing)], sitk.sitkUInt8)
+    grid.SetSpacing(spacing)
+    grid.SetDirection(tuple(direction.ravel()))
+    grid.SetOrigin(tuple(direction @ lo))
+    return grid
+
+
+def _output_geometry(rng: np.random.Generator, config: PhantomConfig) -> tuple[tuple[float, float, float], _Slices]:
+    """Output spacing (x, y, z mm) and where the thick slices lie (the 1 mm grid's KJI axis)."""
+    inplane = rng.uniform(*config.output_spacing_mm[0])
+    thick = rng.uniform(*config.output_spacing_mm[1])
+    axis_xyz = int(rng.integers(3)) if config.random_slice_axis else 2
+    spacing = [inplane, inplane, inplane]
+    spacing[axis_xyz] = thick
+    slices = _Slices(axis=2 - axis_xyz, thickness_mm=thick if config.slice_blur_from_spacing else None)
+    return (spacing[0], spacing[1], spacing[2]), slices
+
+
+def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
+    """Generate one BraTS-like case; the same seed and config always give the same voxels.
+
+    Args:
+        seed: random seed (any non-negative integer).
+        config: sampling ranges and features; defaults to the classic :class:`PhantomConfig`.
+
+    Returns:
+        A :class:`PhantomCase` whose images (float32) and label (uint8, BraTS values
+        0/1/2/4) share one anisotropic grid in LPS physical space.
+    """
+    config = config or PhantomConfig()
+    rng = np.random.default_rng(seed)
+    name = config.anatomies[int(rng.integers(len(config.anatomies)))] if len(config.anatomies) > 1 \
+        else config.anatomies[0]
+    anatomy = _anatomy(name)
+    brain = ((anatomy.csf + anatomy.gm + anatomy.wm) > 0.1).astype(np.float32)
+    skull = anatomy.head is not None and config.skull_fraction > 0 and rng.random() < config.skull_fraction
+    grade = _draw_grade(rng, config)
+    graded = config.hgg_fraction is not None
+    tumor = _no_tumor(brain.shape, graded) if grade == "none" else \
+        _tumor_fractions(rng, config, brain, name, grade)
+    if config.crop_margin_mm is not None and grade != "none":
+        anatomy, brain, tumor = _crop_around_tumor(anatomy, brain, tumor, config.crop_margin_mm)
+    tissue = tumor.fractions()
+    normal = np.clip(1.0 - sum(tissue), 0, 1)
+    fractions = [anatomy.csf * normal, anatomy.gm * normal, anatomy.wm * normal, *tissue]
+    spacing, slices = _output_geometry(rng, config)
+    rotation = _rotation(rng, config.tilt_deg) if config.tilt_deg > 0 else None
+    mask = np.maximum(brain, (anatomy.head > 0.02).astype(np.float32)) if skull else brain
+    core = tumor.necrosis + (tumor.non_enhancing if tumor.non_enhancing is not None else 0)
+    label = sitk.GetImageFromArray(_labels_from_fractions(core, tumor.enhancing, tumor.edema))
+    label.CopyInformation(anatomy.reference)
+    grid = None if rotation is None else _tilted_grid(anatomy.reference, spacing, rotation)
+
+    def place(image: sitk.Image, is_label: bool) -> sitk.Image:
+        if grid is None:
+            return _resample(image, spacing, label=is_label)
+        interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+        return sitk.Resample(image, grid, sitk.Transform(), interp, 0, image.GetPixelID())
+
+    images = {}
+    for sequence in SEQUENCES:
+        img = sitk.GetImageFromArray(_sequence(rng, config, sequence, fractions, anatomy, mask, tumor, skull, slices))
+        img.CopyInformation(anatomy.reference)
+        images[sequence] = place(img, False)
+    info = dict(tumor.info)
+    info.update({"spacing_x_mm": spacing[0], "spacing_z_mm": spacing[2]})
+    if config != PhantomConfig():
+        info.update({"grade": "HGG" if grade == "classic" else grade, "anatomy": name, "skull": bool(skull),
+                     "spacing_mm": [float(v) for v in spacing],
+                     "tilt_deg": 0.0 if rotation is None else
+                     float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1))))})
+    return PhantomCase(seed=seed, images=images, label=place(label, True), info=info)
+
+
+def _crop_around_tumor(anatomy: _Anatomy, brain: np.ndarray, tumor: _Tumor,
+                       margin_mm: float) -> tuple[_Anatomy, np.ndarray, _Tumor]:
+    """Everything restricted to the tumor's bounding box plus ``margin_mm`` (1 mm grid)."""
+    parts = tumor.fractions()
+    box = ndimage.find_objects((sum(parts) > 0).astype(np.uint8))[0]
+    m = int(np.ceil(margin_mm))
+    box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, n in zip(box, brain.shape))
+    k, j, i = box
+    reference = anatomy.reference[i.start:i.stop, j.start:j.stop, k.start:k.stop]
+    cropped = _Anatomy(reference, anatomy.t1[box], anatomy.csf[box], anatomy.gm[box], anatomy.wm[box],
+                       None if anatomy.head is None else anatomy.head[box])
+    tumor.necrosis, tumor.enhancing, tumor.edema = (a[box] for a in parts[:3])
+    if tumor.non_enhancing is not None:
+        tumor.non_enhancing = tumor.non_enhancing[box]
+    return cropped, brain[box], tumor
+
+
+PRESETS: dict[str, PhantomConfig] = {
+    # the set the first demo model was trained and evaluated on
+    "classic": PhantomConfig(),
+    # grade as a hidden variable (for the lesion classifier), otherwise classic
+    "graded": PhantomConfig(hgg_fraction=0.5),
+    # training distribution of the robust model: both grades, tumor-free cases, lesions down to
+    # ~1 mL, two anatomies, skull on/off, tilted heads, 1-7 mm slices along any axis
+    "robust": PhantomConfig(
+        hgg_fraction=0.5, tumor_free_fraction=0.1, anatomies=("mni152", "colin27"), skull_fraction=0.5,
+        tilt_deg=15.0, random_slice_axis=True, slice_blur_from_spacing=True,
+        output_spacing_mm=((0.8, 1.3), (1.0, 7.0)), bias_strength=(0.05, 0.45), noise_fraction=(0.01, 0.08),
+        contrast_jitter=0.15, grade_core_radius_mm={"HGG": (4.0, 22.0), "LGG": (4.5, 20.0)}),
+    # training mix for skull-on heads (only Colin27 has a skull): mostly skull on, thick slices
+    # along any axis, strong bias field; trained together with "robust" ("robust,robust-head")
+    "robust-head": PhantomConfig(
+        hgg_fraction=0.5, tumor_free_fraction=0.15, anatomies=("colin27",), skull_fraction=0.85,
+        tilt_deg=15.0, random_slice_axis=True, slice_blur_from_spacing=True,
+        output_spacing_mm=((0.8, 1.3), (2.0, 7.5)), bias_strength=(0.1, 0.5), noise_fraction=(0.01, 0.08),
+        contrast_jitter=0.15, grade_core_radius_mm={"HGG": (4.0, 22.0), "LGG": (4.5, 20.0)}),
+    # held-out evaluation: different seeds AND different settings from "robust"
+    "heldout": PhantomConfig(
+        hgg_fraction=0.5, tumor_free_fraction=0.1, anatomies=("mni152", "colin27"), skull_fraction=0.4,
+        tilt_deg=20.0, random_slice_axis=True, slice_blur_from_spacing=True,
+        output_spacing_mm=((0.7, 1.0), (1.0, 4.0)), bias_strength=(0.1, 0.55), noise_fraction=(0.02, 0.07),
+        contrast_jitter=0.12, grade_core_radius_mm={"HGG": (5.0, 20.0), "LGG": (5.0, 18.0)}),
+    # clinical-like: skull on, axial 5-7 mm slices, strong bias field (evaluated on T1c alone)
+    "clinical-like": PhantomConfig(
+        hgg_fraction=0.5, tumor_free_fraction=0.15, anatomies=("colin27",), skull_fraction=1.0,
+        tilt_deg=10.0, slice_blur_from_spacing=True, output_spacing_mm=((0.8, 1.0), (5.0, 7.0)),
+        bias_strength=(0.2, 0.5), noise_fraction=(0.02, 0.06), contrast_jitter=0.12),
+}
+# "robust" with mostly low-grade tumors (85 % of tumor cases): the low-grade core, a homogeneous
+# non-enhancing mass inside oedema, is the region the robust model learns worst; trained
+# together with "robust-head" ("robust-lgg,robust-head")
+PRESETS["robust-lgg"] = replace(PRESETS["robust"], hgg_fraction=0.15)
+# "robust" with per-case tissue contrast jittered 25 % instead of 15 % (each tissue's signal, each
+# sequence): a fixed intensity rule no longer tells tumor core from oedema, so training has to use
+# the case's own context; trained together with "robust-head" ("robust-jitter,robust-head")
+PRESETS["robust-jitter"] = replace(PRESETS["robust"], contrast_jitter=0.25)
+
+
+def preset(name: str) -> PhantomConfig:
+    """The :data:`PRESETS` configuration ``name`` (ValueError naming the choices otherwise)."""
+    if name not in PRESETS:
+        raise ValueError(f"phantom preset {name!r}: choose from {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def write_phantom(case: PhantomCase, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``<seq>.nii.gz`` per sequence and ``label.nii.gz``; returns the paths by name."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / f"{name}.nii.gz" for name in case.images}
+    for name, img in case.images.items():
+        write_image(img, paths[name])
+    paths["label"] = out / "label.nii.gz"
+    write_image(case.label, paths["label"])
+    return paths
+
+
+def write_sample_case(out_dir: str | Path, manifest, seed: int = 900_000) -> dict[str, Path]:
+    """The compact sample case shipped for Slicer's Sample Data module (a recipe, deterministic).
+
+    The phantom is cropped to its brain's bounding box and each sequence is stored as
+    8-bit NRRD (scaled to 0-255): ``MedCNNCADPhantom_<seq>.nrrd``. The reference is a
+    Slicer segmentation ``MedCNNCADPhantom_reference.seg.nrrd`` whose segments carry the
+    names, colours and terminology of ``manifest``'s labels (BraTS values 1, 2, 4).
+    """
+    case = make_phantom(seed)
+    brain = np.argwhere(sitk.GetArrayViewFromImage(case.images["T1"]) > 0)
+    (k0, j0, i0), (k1, j1, i1) = brain.min(0), brain.max(0) + 1
+    out = Path(out_dir)
+    paths = {}
+    for name, image in [*case.images.items(), ("label", case.label)]:
+        crop = image[int(i0):int(i1), int(j0):int(j1), int(k0):int(k1)]
+        array = sitk.GetArrayFromImage(crop)
+        if name != "label":
+            array = np.clip(np.round(array / max(float(array.max()), 1e-6) * 255), 0, 255)
+        small = sitk.GetImageFromArray(array.astype(np.uint8))
+        small.CopyInformation(crop)
+        if name == "label":
+            paths["reference"] = write_seg_nrrd(array, crop, manifest, out / "MedCNNCADPhantom_reference.seg.nrrd")
+        else:
+            paths[name] = write_image(small, out / f"MedCNNCADPhantom_{name}.nrrd")
+    return paths

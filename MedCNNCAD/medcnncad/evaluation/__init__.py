@@ -1,0 +1,1 @@
+"""Evaluating models: held-out phantoms, case-probability calibration."""

@@ -1,0 +1,293 @@
+"""Reading and atomically writing volumes (NIfTI, NRRD, MHA, DICOM series folders).
+
+Images are SimpleITK images in LPS physical space; arrays taken from them are in
+(K, J, I) = (z, y, x) order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import signal
+import struct
+import tempfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medcnncad.errors import InputError
+from medcnncad.io.dicom_series import series_files
+
+__all__ = ["read_volume", "check_finite", "write_image", "write_probability_map", "UINT8_SCALE", "atomic_path",
+           "same_space", "geometry_text", "signals_deferred", "available_memory_bytes"]
+
+_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
+
+
+def read_volume(path: str | Path, series: str | None = None) -> sitk.Image:
+    """Read a 3D scalar volume from a file or a DICOM series folder.
+
+    ``series`` selects a DICOM series in a folder that holds several (SeriesInstanceUID or
+    SeriesDescription); a folder with several series and no selector is an error listing them.
+
+    Raises:
+        InputError: naming the path when it is missing, unreadable, not 3D, not
+            scalar, or contains NaN/Inf voxels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        image = _read_dicom_folder(path, series) if path.is_dir() else _read_file(path)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln for ln in first if "ERROR" in ln or "Exception" in ln), first[0] if first else "")
+        raise InputError(f"{path}: cannot be read as an image ({detail.strip()[:160]})") from exc
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: expected a 3D volume, got {image.GetDimension()}D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: expected a scalar volume, got {image.GetNumberOfComponentsPerPixel()} components")
+    if min(image.GetSize()) < 1:
+        raise InputError(f"{path}: empty volume {image.GetSize()}")
+    check_finite(image, str(path))
+    return image
+
+
+def check_finite(image: sitk.Image, name: str) -> None:
+    """Refuse an image with NaN or infinite voxels, naming it."""
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        if not np.isfinite(sitk.GetArrayViewFromImage(image)).all():
+            raise InputError(f"{name}: contains NaN or infinite voxel values")
+
+
+MAX_VOXELS = 2**31  # 2 G voxels (8 GiB as float32): larger headers are refused before reading
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """Read one file, checking the header's declared size before any voxel is allocated."""
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
+        raise InputError(f"{path}: expected a 3D volume, got {len(size)}D of size {size}")
+    voxels = int(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents()
+    if voxels > MAX_VOXELS or min(size) < 1:
+        raise InputError(f"{path}: declared size {size} is outside what the engine reads "
+                         f"(1 to {MAX_VOXELS} voxels)")
+    _check_complete(path, voxels * _BYTES.get(reader.GetPixelID(), 1))
+    image = reader.Execute()
+    if image.GetDimension() == 4:  # a 4D file with one time point is a 3D volume
+        image = image[:, :, :, 0]
+    return image
+
+
+_BYTES = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+          sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
+          sitk.sitkVectorUInt8: 1, sitk.sitkVectorFloat32: 4, sitk.sitkVectorFloat64: 8}
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed length of a gzip file; a truncated or corrupt stream is an error."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                total += len(decompressor.decompress(chunk))
+                while decompressor.unconsumed_tail:
+                    total += len(decompressor.decompress(decompressor.unconsumed_tail))
+                if decompressor.eof:
+                    break
+    except zlib.error as exc:
+        raise InputError(f"{path}: corrupt compressed data ({exc})") from None
+    if not decompressor.eof:
+        raise InputError(f"{path}: file is truncated (compressed stream ends early)")
+    return total
+
+
+def _nifti_offset(header: bytes) -> int | None:
+    """Voxel data offset of a NIfTI-1/2 header (None when the bytes are no NIfTI header)."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            offset = struct.unpack(order + "f", header[108:112])[0]
+        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        return int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1
+    return None
+
+
+def _check_complete(path: Path, data_bytes: int) -> None:
+    """Refuse NIfTI files (plain or gzip) that hold fewer voxel bytes than their header declares.
+
+    ITK reads such truncated files without complaint (the missing voxels come back as zeros).
+    """
+    name = path.name.lower()
+    if ".nii" not in name:
+        return
+    compressed = name.endswith(".gz")
+    with open(path, "rb") as handle:
+        try:
+            header = gzip.GzipFile(fileobj=handle).read(544) if compressed else handle.read(544)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise InputError(f"{path}: corrupt compressed data ({exc})") from None
+    offset = _nifti_offset(header)
+    if offset is None:
+        return
+    if offset == -1:
+        raise InputError(f"{path}: invalid NIfTI header (voxel data offset out of range)")
+    expected = offset + data_bytes
+    if compressed:
+        # gzip's trailer holds the uncompressed size (mod 2**32): a complete file matches it;
+        # only when it does not, decompress the whole stream to say what is wrong
+        with open(path, "rb") as handle:
+            handle.seek(-4, os.SEEK_END)
+            trailer = struct.unpack("<I", handle.read(4))[0]
+        if trailer == expected % 2**32:
+            return
+        length = _gzip_length(path)
+    else:
+        length = path.stat().st_size
+    if length < expected:
+        raise InputError(f"{path}: file is truncated ({length} bytes, the header declares {expected})")
+
+
+def _read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
+    """Read the selected DICOM series of a folder, slices sorted by position."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(series_files(folder, series))
+    return reader.Execute()
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, so a group of renames is not cut in half."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the OS can give this process now (Linux MemAvailable; None where unknown)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the ordinary permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_image(image: sitk.Image, path: str | Path, compress: bool = True, level: int = 1) -> Path:
+    """Write an image atomically (temporary name, then rename); returns ``path``.
+
+    ``level`` is the zlib compression level (1 = fast; the files stay standard gzip/NRRD).
+    """
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress, level if compress else -1)
+    return Path(path)
+
+
+UINT8_SCALE = 1.0 / 255.0
+"""Probability per stored step of a uint8 probability map (NIfTI ``scl_slope``)."""
+
+
+def _nifti_set_scaling(path: Path, slope: float, intercept: float) -> None:
+    """Set ``scl_slope``/``scl_inter`` (header bytes 112-119) of an uncompressed NIfTI-1 file in place."""
+    with open(path, "r+b") as f:
+        header = f.read(120)
+        order = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+        if struct.unpack(order + "i", header[:4])[0] != 348:
+            raise ValueError(f"{path}: not a NIfTI-1 file")
+        f.seek(112)
+        f.write(struct.pack(order + "ff", slope, intercept))
+
+
+def write_probability_map(values_kji: np.ndarray, reference: sitk.Image, path: str | Path,
+                          encoding: str = "float32", level: int = 1) -> Path:
+    """Write a probability map (K, J, I), values 0-1, on ``reference``'s grid as ``.nii.gz``, atomically.
+
+    ``encoding="uint8"`` stores round(255 p) with NIfTI ``scl_slope`` 1/255: a quarter of the
+    bytes, much faster to compress, and every NIfTI reader (ITK, SimpleITK, Slicer, nibabel)
+    gives back float probabilities within 1/510 of the original. ``"float32"`` stores them as they are.
+    """
+    if encoding == "float32":
+        image = sitk.GetImageFromArray(values_kji.astype(np.float32, copy=False))
+        image.CopyInformation(reference)
+        return write_image(image, path, True, level)
+    if encoding != "uint8" or not str(path).endswith(".nii.gz"):
+        raise ValueError(f"probability map {path}, encoding {encoding!r}: choose float32, or uint8 for .nii.gz")
+    stored = np.empty(values_kji.shape, np.uint8)
+    for k in range(0, stored.shape[0], 32):  # no full-size float32 temporary
+        part = np.clip(values_kji[k:k + 32].astype(np.float32), 0.0, 1.0) * 255.0
+        stored[k:k + 32] = np.rint(part)
+    image = sitk.GetImageFromArray(stored)
+    image.CopyInformation(reference)
+    with atomic_path(path) as tmp:
+        raw = tmp.with_name(tmp.name.removesuffix(".gz"))
+        try:
+            sitk.WriteImage(image, str(raw), False)
+            _nifti_set_scaling(raw, UINT8_SCALE, 0.0)
+            with open(raw, "rb") as src, gzip.open(tmp, "wb", compresslevel=level) as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        finally:
+            raw.unlink(missing_ok=True)
+    return Path(path)
+
+
+def same_space(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True when both images have the same size, spacing, origin and direction."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def geometry_text(image: sitk.Image) -> str:
+    """One-line description of an image grid (size, spacing, origin, direction)."""
+    fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+    return (f"size {image.GetSize()}, spacing {fmt(image.GetSpacing())} mm, "
+            f"origin {fmt(image.GetOrigin())} mm, direction {fmt(image.GetDirection())}")

@@ -1,0 +1,324 @@
+"""MONAI bundles (model-zoo format) as models, behind an explicit trust step.
+
+A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or
+``.yaml``) and ``models/model.pt``. Its network, sliding-window inferer and
+preprocessing come from the config, parsed by ``monai.bundle.ConfigParser``. Because
+``$`` entries of a config are Python expressions executed on parse (and ``_target_``
+may name any callable), a bundle whose config contains either kind of code runs only
+when the user trusts it: ``trust=True`` for one run, or its hash in the trusted list
+(:func:`trust_bundle`). The hash covers every file under ``configs/`` and ``models/``,
+so a changed bundle is no longer trusted.
+
+The engine keeps its own execution policy: loading steps of the bundle's
+preprocessing are replaced by the engine's reader, outputs are mapped back onto the
+input grid from the tensor's affine, and the label map follows the bundle's
+activation (sigmoid + threshold, or softmax).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+
+from medcnncad.errors import ModelError, TrustError
+from medcnncad.models.loaded import LoadedClassifier, LoadedModel
+from medcnncad.models.manifest import (
+    ClassDef,
+    ClassifierManifest,
+    InferenceSettings,
+    InputChannel,
+    LabelDef,
+    Manifest,
+    OutputChannel,
+    Postprocessing,
+    Preprocessing,
+    contained_path,
+    sha256_file,
+)
+from medcnncad.models.weights import load_into, load_state_dict_verified
+
+__all__ = ["bundle_hash", "bundle_code_entries", "trusted_hashes", "trust_bundle", "load_bundle", "describe_bundle",
+           "load_classification_bundle"]
+
+_SAFE_TARGET_PREFIXES = ("monai.", "torch.nn.", "torch.optim.")
+_LOADING_TRANSFORMS = {"LoadImage", "LoadImaged", "EnsureChannelFirst", "EnsureChannelFirstd", "SaveImage",
+                       "SaveImaged"}
+_PALETTE = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.2), (1.0, 0.9, 0.1), (0.3, 0.6, 1.0), (0.9, 0.4, 0.9), (0.1, 0.9, 0.9)]
+
+
+def _config_files(folder: Path) -> list[Path]:
+    configs = folder / "configs"
+    return sorted(p for p in configs.iterdir() if p.suffix in (".json", ".yaml", ".yml")) if configs.is_dir() else []
+
+
+def bundle_hash(folder: str | Path) -> str:
+    """SHA-256 over the relative paths and contents of every file in ``configs/`` and ``models/``."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for sub in ("configs", "models"):
+        root = folder / sub
+        if not root.is_dir():
+            continue
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _read_config(path: Path) -> Any:
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad bundle
+        raise ModelError(f"{path}: cannot be parsed ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def _walk(node: Any) -> Iterator[tuple[str | None, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield None, value
+            yield from _walk(value)
+
+
+def bundle_code_entries(folder: str | Path) -> list[str]:
+    """Config entries that execute code: ``$`` expressions and ``_target_`` outside MONAI/torch.nn."""
+    found = []
+    for path in _config_files(Path(folder)):
+        for key, value in _walk(_read_config(path)):
+            if isinstance(value, str) and value.startswith("$"):
+                found.append(f"{path.name}: {value[:80]}")
+            elif key == "_target_" and isinstance(value, str) and "." in value and \
+                    not value.startswith(_SAFE_TARGET_PREFIXES):
+                found.append(f"{path.name}: _target_ {value[:80]}")
+    return found
+
+
+def _trust_file() -> Path:
+    home = Path(os.environ.get("MEDCNNCAD_HOME", Path.home() / ".medcnncad"))
+    return home / "trusted_bundles.json"
+
+
+def trusted_hashes() -> set[str]:
+    """Hashes of bundles the user has trusted (``$MEDCNNCAD_HOME/trusted_bundles.json``)."""
+    path = _trust_file()
+    try:
+        return set(json.loads(path.read_text()).get("sha256", []))
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return set()
+
+
+def trust_bundle(folder: str | Path) -> str:
+    """Add a bundle's current hash to the trusted list; returns the hash."""
+    digest = bundle_hash(folder)
+    path = _trust_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hashes = sorted(trusted_hashes() | {digest})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sha256": hashes}, indent=2))
+    tmp.replace(path)
+    return digest
+
+
+def _require_trust(folder: Path, trust: bool) -> None:
+    """Refuse a bundle with code in its configs unless trusted now or by its hash."""
+    code = bundle_code_entries(folder)
+    if not code or trust:
+        return
+    digest = bundle_hash(folder)
+    if digest not in trusted_hashes():
+        raise TrustError(f"{folder}: bundle configs contain executable code ({len(code)} entries, e.g. "
+                         f"{code[0]!r}); run it only if you trust its source: pass --trust, or "
+                         f"'medcnncad trust {folder}' (bundle sha256 {digest[:16]}...)")
+
+
+def _find_config(folder: Path) -> Path:
+    for name in ("inference.json", "inference.yaml", "inference.yml"):
+        if (folder / "configs" / name).is_file():
+            return folder / "configs" / name
+    raise ModelError(f"{folder}: bundle has no configs/inference.json or .yaml")
+
+
+def _targets(config: Any, names: tuple[str, ...]) -> list[dict]:
+    return [v for _, v in _walk(config) if isinstance(v, dict) and
+            str(v.get("_target_", "")).rsplit(".", 1)[-1] in names]
+
+
+def _postprocessing(config: Any, channels: list[str]) -> Postprocessing:
+    act = _targets(config, ("Activations", "Activationsd"))
+    sigmoid = any(a.get("sigmoid") is True for a in act)
+    thresholds = [d.get("threshold") for d in _targets(config, ("AsDiscrete", "AsDiscreted"))
+                  if isinstance(d.get("threshold"), (int, float))]
+    if sigmoid:
+        outs = tuple(OutputChannel(name, i + 1) for i, name in enumerate(channels))
+        return Postprocessing("sigmoid", outs, float(thresholds[0]) if thresholds else 0.5)
+    outs = tuple(OutputChannel(name, i) for i, name in enumerate(channels))
+    return Postprocessing("softmax", outs)
+
+
+def _channel_names(meta: dict, key: str, count_default: int, prefix: str) -> list[str]:
+    fmt = meta.get("network_data_format", {}).get(key, {})
+    spec = next(iter(fmt.values()), {}) if isinstance(fmt, dict) and fmt else {}
+    defs = spec.get("channel_def") or {}
+    count = int(spec.get("num_channels", len(defs) or count_default))
+    return [str(defs.get(str(i), defs.get(i, f"{prefix}{i}"))).replace(" ", "_") for i in range(count)]
+
+
+_INFERER_FIELDS = ("roi_size", "overlap", "mode", "sw_batch_size")
+
+
+def _inference_settings(values: dict[str, Any]) -> InferenceSettings:
+    """Sliding-window settings from an inferer's fields (defaults for those absent)."""
+    mode = values.get("mode", "constant")
+    return InferenceSettings(tuple(int(v) for v in values.get("roi_size", (96, 96, 96))),
+                             float(values.get("overlap", 0.25)), str(getattr(mode, "value", mode)),
+                             int(values.get("sw_batch_size", 1)))
+
+
+def _read_metadata(folder: Path) -> dict:
+    path = folder / "configs" / "metadata.json"
+    meta = _read_config(path)
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: metadata must be a JSON object")
+    return meta
+
+
+def _bundle_manifest(folder: Path, meta: dict, network_name: str, inference: InferenceSettings,
+                     post: Postprocessing, weights: Path) -> Manifest:
+    """The engine's view of a bundle: channels from metadata, labels from the output channels."""
+    labels = tuple(LabelDef(c.name, c.value, _PALETTE[i % len(_PALETTE)]) for i, c in enumerate(post.channels)
+                   if c.value)
+    name = str(meta.get("name", folder.name))
+    return Manifest(
+        id=name.lower().replace(" ", "-"), version=str(meta.get("version", "0.0.0")), task="segmentation",
+        inputs=tuple(InputChannel(n, "MR") for n in _channel_names(meta, "inputs", 1, "image")), labels=labels,
+        regions=(), preprocessing=Preprocessing(), network_class=network_name, network_kwargs={},
+        inference=inference, postprocessing=post, weights_file=weights, weights_sha256=sha256_file(weights),
+        name=name, description=str(meta.get("description", "")),
+        trained_on=str(meta.get("data_source", "see bundle metadata")),
+        intended_use=str(meta.get("intended_use", "")), folder=folder, raw={"bundle": True})
+
+
+def describe_bundle(folder: str | Path) -> Manifest:
+    """The engine's view of a bundle from its metadata and raw config, without running any of it."""
+    folder = Path(folder)
+    meta = _read_metadata(folder)
+    config = _read_config(_find_config(folder))
+    raw_inferer = config.get("inferer", {}) if isinstance(config, dict) else {}
+    settings = _inference_settings({k: v for k, v in raw_inferer.items()
+                                    if k in _INFERER_FIELDS and not (isinstance(v, str) and v[:1] in "$@")})
+    network = str((config.get("network_def") or {}).get("_target_", "network")) if isinstance(config, dict) else ""
+    post = _postprocessing(config, _channel_names(meta, "outputs", 2, "class"))
+    return _bundle_manifest(folder, meta, network.rsplit(".", 1)[-1], settings, post,
+                            contained_path(folder, "models/model.pt", "weights"))
+
+
+def _instantiate(folder: Path, trust: bool, names: tuple[str, ...]) -> tuple[dict, Path, Path, dict[str, Any]]:
+    """Trust check, then the bundle's config entries ``names`` (absent ones None) and its verified
+    weights loaded into ``network_def`` (eval mode). Returns metadata, config path, weights path, entries."""
+
+    meta = _read_metadata(folder)
+    config_path = _find_config(folder)
+    _require_trust(folder, trust)
+    weights = contained_path(folder, "models/model.pt", "weights")
+    parser = ConfigParser()
+    parser.read_config(str(config_path))
+    parser["bundle_root"] = str(folder)
+    try:
+        parsed = {n: parser.get_parsed_content(n, instantiate=True) if n in parser else None for n in names}
+    except Exception as exc:  # noqa: BLE001 - any failure of the bundle's own config
+        raise ModelError(f"{config_path}: bundle config cannot be instantiated "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    network = parsed["network_def"]
+    load_into(network, load_state_dict_verified(weights, meta.get("medcnncad", {}).get("weights_sha256")), weights)
+    network.eval()
+    return meta, config_path, weights, parsed
+
+
+def _preprocess_without_loading(pre: Any, meta: dict):
+    """The bundle's preprocessing minus its loading/saving steps, as a function of one tensor."""
+    steps = [t for t in (pre.transforms if isinstance(pre, Compose) else ([pre] if pre else []))
+             if type(t).__name__ not in _LOADING_TRANSFORMS]
+    key = next(iter(meta.get("network_data_format", {}).get("inputs", {"image": None})), "image")
+    compose = Compose(steps)
+
+    def preprocess(image: Any) -> Any:
+        return compose({key: image})[key] if steps else image
+
+    return preprocess
+
+
+def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
+    """Load a MONAI bundle folder as a :class:`LoadedModel` (refused when untrusted code)."""
+    folder = Path(folder)
+    meta, config_path, weights, parsed = _instantiate(folder, trust, ("network_def", "inferer", "preprocessing"))
+    network, inferer = parsed["network_def"], parsed["inferer"]
+    preprocess = _preprocess_without_loading(parsed["preprocessing"], meta)
+
+    post = _postprocessing(_read_config(config_path), _channel_names(meta, "outputs", 2, "class"))
+    manifest = _bundle_manifest(folder, meta, type(network).__name__, _inference_settings(
+        {k: getattr(inferer, k) for k in _INFERER_FIELDS if hasattr(inferer, k)}), post, weights)
+    return LoadedModel(manifest, network, preprocess, "bundle", folder)
+
+
+def _classifier_manifest(folder: Path, meta: dict, network: Any, weights: Path):
+    """The engine's classifier view of a classification bundle (metadata + its ``medcnncad`` block)."""
+    fmt = meta.get("network_data_format", {})
+    out_spec = next(iter(fmt.get("outputs", {}).values()), {})
+    in_spec = next(iter(fmt.get("inputs", {}).values()), {})
+    if out_spec.get("type") != "probabilities":
+        raise ModelError(f"{folder}: bundle outputs are {out_spec.get('type')!r}, not class probabilities")
+    extra = meta.get("medcnncad", {})
+    if "lesion_structure" not in extra:
+        raise ModelError(f"{folder}: a classification bundle used as a lesion classifier needs "
+                         f"'medcnncad': {{'lesion_structure': ...}} in configs/metadata.json (the segmentation "
+                         f"structure whose lesions it classifies)")
+    classes = _channel_names(meta, "outputs", 2, "class")
+    shape = [int(v) for v in in_spec.get("spatial_shape", [])]
+    if len(shape) != 3:
+        raise ModelError(f"{folder}: bundle input spatial_shape {shape} is not 3D; lesion patches are 3D")
+    inputs = _channel_names(meta, "inputs", 1, "image")
+    mask = bool(extra.get("mask_channel", False))
+    name = str(meta.get("name", folder.name))
+    return ClassifierManifest(
+        id=name.lower().replace(" ", "-"), version=str(meta.get("version", "0.0.0")), task="classification",
+        inputs=tuple(InputChannel(n, "MR") for n in (inputs[:-1] if mask else inputs)),
+        classes=tuple(ClassDef(c) for c in classes), positive_class=str(extra.get("positive_class", classes[-1])),
+        lesion_structure=str(extra["lesion_structure"]), lesion_label_values=(),
+        patch_size=tuple(shape),
+        patch_spacing_mm=tuple(float(v) for v in extra.get("patch_spacing_mm", (1.0, 1.0, 1.0))),
+        mask_channel=mask, network_class=type(network).__name__, network_kwargs={}, weights_file=weights,
+        weights_sha256=sha256_file(weights), calibration={"method": "none", "temperature": 1.0},
+        name=name, description=str(meta.get("description", "")),
+        trained_on=str(meta.get("data_source", "see bundle metadata")), folder=folder, raw={"bundle": True})
+
+
+def load_classification_bundle(folder: str | Path, trust: bool = False):
+    """A model-zoo classification bundle (classification template format) as a lesion classifier.
+
+    Its network and preprocessing come from ``configs/inference.json``/``.yaml`` (loading
+    steps dropped; the rest runs on each raw lesion patch, given channel-first in (C, I, J, K)
+    order on an LPS-aligned grid, as MONAI's loaders give arrays), outputs are logits turned into
+    probabilities by softmax (no temperature: uncalibrated unless the bundle says so). The
+    bundle's metadata names the patch (``spatial_shape``) and, in a ``medcnncad`` block,
+    the segmentation structure it classifies and optionally ``positive_class``,
+    ``patch_spacing_mm`` and ``mask_channel``.
+    """
+    folder = Path(folder)
+    meta, _, weights, parsed = _instantiate(folder, trust, ("network_def", "preprocessing"))
+    network = parsed["network_def"]
+    manifest = _classifier_manifest(folder, meta, network, weights)
+    return LoadedClassifier(manifest, network, folder, _preprocess_without_loading(parsed["preprocessing"], meta))

@@ -1,0 +1,40 @@
+"""Loaded models, ready to run: a segmentation model and a lesion grade classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medcnncad.models.manifest import ClassifierManifest, Manifest
+
+__all__ = ["LoadedModel", "LoadedClassifier"]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: its manifest, network (eval mode) and preprocessing.
+
+    ``preprocess`` takes a channel-first MONAI ``MetaTensor`` (C, I, J, K) with a RAS
+    affine and returns the network input in the same convention.
+    """
+
+    manifest: Manifest
+    network: torch.nn.Module
+    preprocess: Callable[[Any], Any]
+    source: str  # "manifest" or "bundle"
+    path: Path
+
+
+@dataclass
+class LoadedClassifier:
+    """A classifier ready to run. ``preprocess`` (bundles only) replaces the patch z-scoring:
+    it takes one raw (C, K, J, I) patch tensor and returns the network input."""
+
+    manifest: ClassifierManifest
+    network: torch.nn.Module
+    path: Path
+    preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None

@@ -1,0 +1,86 @@
+"""One case end to end: read (files or DICOM series), segment, evaluate, write every output.
+
+Shared by ``medcnncad segment``/``demo`` and the cohort runner, which keeps the loaded model
+(:class:`~medcnncad.inference.segmenter.Segmenter`) across cases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from medcnncad.classification.grade import attach_classification
+from medcnncad.errors import InputError
+from medcnncad.inference.segmenter import ProgressCallback, Segmenter
+from medcnncad.io.dicom_series import series_files
+from medcnncad.io.images import atomic_path, read_volume
+from medcnncad.metrics.segmentation import check_label_image, compute_metrics
+from medcnncad.reporting.case_outputs import write_case_outputs
+
+__all__ = ["process_case"]
+
+
+def _read_inputs(inputs: dict[str, str], series: dict[str, str]) -> dict:
+    """DICOM folders are read here (with their series selector); files are left to the engine."""
+    unknown = sorted(set(series) - set(inputs))
+    if unknown:
+        raise InputError(f"--series {unknown}: no --input with that channel name")
+    return {name: read_volume(path, series.get(name)) if Path(path).is_dir() else path
+            for name, path in inputs.items()}
+
+
+def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str]) -> list[str]:
+    """Files of the DICOM series the result's grid comes from (the first channel given)."""
+    first = next(c.name for c in model_inputs if c.name in inputs)
+    if not Path(inputs[first]).is_dir():
+        raise InputError(f"--dicom-seg: input {first} ({inputs[first]}) is not a DICOM series folder; "
+                         f"a DICOM SEG must reference the series it was computed on")
+    return series_files(inputs[first], series.get(first))
+
+
+def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, reference: str | None = None,
+                 series: dict[str, str] | None = None, dicom_seg: bool = False,
+                 progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None,
+                 classifier=None, tta: bool | None = None) -> dict:
+    """Segment (+ classify lesions, + evaluate against ``reference``) one case; write its outputs.
+
+    Returns the report (also written as ``out/report.json``). ``series`` picks DICOM series by
+    channel name; ``dicom_seg`` adds ``labels.seg.dcm``; ``classifier`` (a
+    :class:`~medcnncad.classification.grade.LoadedClassifier`) classifies the lesions; ``tta`` adds
+    test-time augmentation (4x the network time) and the uncertainty map (``None``: the model's default).
+    """
+    progress = progress or (lambda stage, fraction: None)
+    out = Path(out)
+    series = series or {}
+    sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg else None
+    result = segmenter.run(_read_inputs(inputs, series), progress=progress, tta=tta)
+    if classifier is not None:
+        progress("classify", 0.0)
+        attach_classification(result, classifier)
+    metrics = ref_array = None
+    extra = dict(extra_timings or {})
+    if reference:
+        t0 = time.perf_counter()
+        ref_img = read_volume(reference)
+        ref_array = check_label_image(ref_img, reference, result.reference, "the first input channel")
+        metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
+                                  result.manifest.structures())
+        extra["metrics"] = time.perf_counter() - t0
+    progress("write", 0.0)
+    t0 = time.perf_counter()
+    outputs = write_case_outputs(result, out, background=_display_channel(result),
+                                 metrics=metrics, reference_labels=ref_array, inputs=inputs, extra_timings=extra,
+                                 dicom_sources=sources)
+    report = json.loads(outputs.files["report"].read_text())
+    report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
+    report["reference"] = str(Path(reference).resolve()) if reference else None
+    with atomic_path(outputs.files["report"]) as tmp:  # the report is replaced whole or not at all
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _display_channel(result):
+    """The image shown under the overlay: a post-contrast channel when given, else the first."""
+    return next((image for name, image in result.images.items() if name.lower() in ("t1c", "t1ce", "t1gd")),
+                result.reference)

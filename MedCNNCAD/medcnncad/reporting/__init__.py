@@ -1,0 +1,1 @@
+"""Case outputs (label maps, probability maps, report.json, overlays), HTML/PDF reports, DICOM SEG."""

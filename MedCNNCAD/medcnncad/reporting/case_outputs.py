@@ -1,0 +1,352 @@
+"""Case outputs: label map (.nii.gz, .seg.nrrd), probability maps, report.json and PNG overlays.
+
+Everything is first written into a hidden staging folder inside the output folder and
+moved into place only when every file was written, so a failure leaves the output
+folder as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from medcnncad import INTENDED_USE, __version__
+from medcnncad.errors import InputError
+from medcnncad.inference.scoring import (
+    CASE_RULE,
+    calibration_words,
+    case_calibration_note,
+    case_probability,
+    case_score,
+)
+from medcnncad.inference.segmenter import SegmentationResult
+from medcnncad.io.images import UINT8_SCALE, signals_deferred, write_image, write_probability_map
+from medcnncad.io.segfile import write_seg_nrrd
+from medcnncad.metrics.segmentation import BRATS_2023, DETECTION_RULE, StructureMetrics
+
+__all__ = ["CaseOutputs", "json_safe", "build_report", "write_case_outputs", "render_overlays", "summary_table"]
+
+@dataclass
+class CaseOutputs:
+    """Paths written for one case."""
+
+    folder: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetrics] | None = None,
+                 inputs: Mapping[str, str] | None = None, outputs: Mapping[str, str] | None = None,
+                 extra_timings: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The ``report.json`` content for one case."""
+    m = result.manifest
+    timings = dict(result.timings)
+    timings.update(extra_timings or {})
+    report = {
+        "medcnncad_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "intended_use": m.intended_use or INTENDED_USE,
+        "model": {"id": m.id, "name": m.name, "version": m.version, "weights_sha256": m.weights_sha256,
+                  "trained_on": m.trained_on, "folder": str(m.folder)},
+        "device": result.device,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        "inputs": dict(inputs or {}),
+        "missing_channels": result.missing_channels,
+        "warnings": result.warnings,
+        "grid": {"size_ijk": list(result.reference.GetSize()), "spacing_mm": list(result.reference.GetSpacing()),
+                 "origin_lps_mm": list(result.reference.GetOrigin()),
+                 "direction": list(result.reference.GetDirection())},
+        "labels": [{"name": x.name, "value": x.value, "color": list(x.color)} for x in m.labels],
+        "regions": [{"name": r.name, "labels": list(r.labels)} for r in m.regions],
+        "lesions": [lesion.to_json() for lesion in result.lesions],
+        "lesion_filter": _lesion_filter(m),
+        "removed_candidates": _removed_candidates(result),
+        "lesion_detection_rule": DETECTION_RULE,
+        "lesion_detection_rule_brats2023": BRATS_2023.description,
+        "outputs": dict(outputs or {}),
+        "probability_maps": _probability_encoding(m.postprocessing.probability_file),
+    }
+    report["case"] = {"abnormality_probability": case_probability(result), "score_uncalibrated": case_score(result),
+                      **case_calibration_note(result), "rule": CASE_RULE}
+    if result.uncertainty is not None:
+        report["uncertainty"] = {"method": f"test-time augmentation, {result.tta_passes} passes (identity and flips)",
+                                 "map": "standard deviation of the foreground probability over the passes",
+                                 "cost": f"{result.tta_passes}x the network time",
+                                 "max": float(result.uncertainty.max())}
+    if result.classification is not None:
+        report["classification"] = result.classification
+    if metrics is not None:
+        report["metrics"] = {name: s.to_json() for name, s in metrics.items()}
+    return json_safe(report)
+
+
+def _lesion_filter(manifest: Any) -> dict[str, Any]:
+    """The manifest's rule for dropping components from the label map (``postprocessing``)."""
+    post = manifest.postprocessing
+    return {"min_volume_ml": post.min_lesion_ml, "min_max_probability": post.min_lesion_probability,
+            "rule": "26-connected foreground components smaller than min_volume_ml, or whose largest foreground "
+                    "probability is below min_max_probability, are removed from the label map and the lesion "
+                    "list; the probability maps keep them",
+            "chosen_with_test_time_augmentation": manifest.inference.test_time_augmentation,
+            **_classifier_filter(post.lesion_classifier), **_label_floors(manifest), **_core_refinement(manifest)}
+
+
+def _core_refinement(manifest: Any) -> dict[str, Any]:
+    """The manifest's tumor core refinement as report JSON, with label names (empty when the model has none)."""
+    spec = manifest.postprocessing.core_refinement
+    if spec is None:
+        return {}
+    names = {x.value: x.name for x in manifest.labels}
+    return {"core_refinement": {
+        "core_label": names[spec.core_label], "shell_label": names[spec.shell_label],
+        "fixed_labels": [names[v] for v in spec.fixed_labels], "required_inputs": list(spec.required_inputs),
+        "max_fixed_share": spec.max_fixed_share, "components": spec.components,
+        "network_weight": spec.network_weight, "smoothing_mm": spec.smoothing_mm,
+        "max_volume_change": spec.max_volume_change,
+        "rule": "applied last, only with all required_inputs and when fixed_labels are under max_fixed_share of the "
+                "predicted core: inside the predicted tumor the smoothed inputs are clustered (Gaussian mixture), "
+                "and a voxel is core where network_weight x the network's core probability + (1 - network_weight) "
+                "x its cluster's core vote exceeds 0.5; core components sharing no voxel with the network's core stay "
+                "shell, and a case whose core would change volume more than max_volume_change x either way keeps "
+                "the network's labels; the whole tumor, the fixed labels and the probability maps do not change "
+                "(the case's warnings say when labels were moved)"}}
+
+
+def _label_floors(manifest: Any) -> dict[str, Any]:
+    """The manifest's label volume floors as report JSON, with label names (empty when the model has none)."""
+    floors = manifest.postprocessing.label_volume_floors
+    if not floors:
+        return {}
+    names = {0: "background", **{x.value: x.name for x in manifest.labels}}
+    return {"label_volume_floors": [{"value": f.value, "name": names[f.value], "min_ml": f.min_ml,
+                                     "replace_with": f.replace_with, "replace_with_name": names[f.replace_with]}
+                                    for f in floors],
+            "label_volume_floors_rule": "last, when a case's total volume of label value is below min_ml, those "
+                                        "voxels are relabelled replace_with"}
+
+
+REMOVED_LISTED = 10
+
+
+def _removed_candidates(result: Any) -> dict[str, Any]:
+    """What post-processing removed from the label map: counts per stage and the largest
+    :data:`REMOVED_LISTED` components (the result lists them largest first), centres in LPS and RAS mm."""
+    removed = result.removed_candidates
+    by_stage: dict[str, int] = {}
+    for candidate in removed:
+        by_stage[candidate.stage] = by_stage.get(candidate.stage, 0) + 1
+    return {"count": len(removed), "by_stage": by_stage,
+            "largest": [c.to_json(result.reference) for c in removed[:REMOVED_LISTED]],
+            "note": "removed from the label map and the lesion list by the model's post-processing (lesion_filter); "
+                    "still visible in the probability maps"}
+
+
+def _classifier_filter(classifier: Any) -> dict[str, Any]:
+    """The second-stage lesion classifier's part of ``lesion_filter`` (empty when the model has none)."""
+    if classifier is None:
+        return {}
+    return {"classifier": {"features": list(classifier.features), "min_probability": classifier.min_probability,
+                           "description": classifier.description,
+                           "rule": "then components whose classifier probability of being a true lesion is below "
+                                   "min_probability are removed too"}}
+
+
+def _probability_encoding(encoding: str) -> dict[str, Any]:
+    """How the ``prob_*.nii.gz`` files store probabilities (manifest ``postprocessing.probability_file``)."""
+    if encoding == "uint8":
+        return {"encoding": "uint8", "scl_slope": UINT8_SCALE, "max_quantisation_error": UINT8_SCALE / 2,
+                "note": "stored value = round(255 p); NIfTI readers return p via scl_slope 1/255"}
+    return {"encoding": "float32", "max_quantisation_error": 0.0}
+
+
+def _display_slices(image: sitk.Image, center_ijk: tuple[float, float, float]) -> list[tuple[str, Any]]:
+    """Axial, coronal and sagittal slices of an LPS-oriented image through ``center_ijk``."""
+    arr = sitk.GetArrayViewFromImage(image)  # K (S), J (P), I (L)
+    i, j, k = (int(round(c)) for c in center_ijk)
+    return [("axial", arr[k, :, :]), ("coronal", arr[::-1, j, :]), ("sagittal", arr[::-1, :, i])]
+
+
+def _aspects(image: sitk.Image) -> list[float]:
+    sx, sy, sz = image.GetSpacing()
+    return [sy / sx, sz / sx, sz / sy]
+
+
+def render_overlays(result: SegmentationResult, background: sitk.Image, out_png: str | Path,
+                    reference_labels: np.ndarray | None = None, title: str = "") -> Path:
+    """Three orthogonal slices (radiological convention) through the largest lesion.
+
+    AI labels are filled in their manifest colours; reference boundaries (if given) are
+    drawn as white contours.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def lps(img: sitk.Image) -> sitk.Image:  # no copy when already LPS-aligned (most volumes)
+        return img if np.allclose(img.GetDirection(), np.eye(3).ravel()) else sitk.DICOMOrient(img, "LPS")
+
+    bg = lps(background)  # its own pixel type: the three slices become floats, not the volume
+    labels = lps(result.label_image())
+    ref = None
+    if reference_labels is not None:
+        ref_img = sitk.GetImageFromArray(reference_labels.astype(np.uint8))
+        ref_img.CopyInformation(result.reference)
+        ref = lps(ref_img)
+    largest = max(result.lesions, key=lambda les: les.voxel_count, default=None)
+    if largest is not None:
+        center = labels.TransformPhysicalPointToContinuousIndex(largest.centroid_lps_mm)
+    else:
+        center = tuple((n - 1) / 2 for n in labels.GetSize())
+    colors = np.zeros((256, 4))
+    for x in result.manifest.labels:
+        colors[x.value] = (*x.color, 0.45)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), facecolor="black")
+    for ax, (name, img), (_, lab), aspect in zip(axes, _display_slices(bg, center), _display_slices(labels, center),
+                                                  _aspects(bg)):
+        img = img.astype(np.float32)
+        lo, hi = np.percentile(img, [1, 99.5]) if img.any() else (0, 1)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        ax.imshow(colors[lab], aspect=aspect, interpolation="nearest")
+        ax.set_title(name, color="white", fontsize=10)
+        ax.axis("off")
+    if ref is not None:
+        for ax, (_, rl) in zip(axes, _display_slices(ref, center)):
+            if rl.any():
+                ax.contour(rl > 0, levels=[0.5], colors="white", linewidths=0.8)
+    fig.suptitle(title or f"{result.manifest.name} - AI labels filled, reference outlined in white\n"
+                 f"{INTENDED_USE.split(' - ')[0]} - not for diagnosis", color="white", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90, facecolor="black")
+    plt.close(fig)
+    return Path(out_png)
+
+
+def write_case_outputs(result: SegmentationResult, out_dir: str | Path, background: sitk.Image | None = None,
+                       metrics: Mapping[str, StructureMetrics] | None = None,
+                       reference_labels: np.ndarray | None = None, inputs: Mapping[str, str] | None = None,
+                       extra_timings: Mapping[str, float] | None = None,
+                       dicom_sources: list[str] | None = None) -> CaseOutputs:
+    """Write every output of one case atomically into ``out_dir``.
+
+    Files: ``labels.nii.gz``, ``labels.seg.nrrd``, ``prob_<channel>.nii.gz``,
+    ``overlay.png``, ``report.json``, ``uncertainty.nii.gz`` (with test-time augmentation)
+    and, with ``dicom_sources`` (the files of the DICOM series the result's grid comes
+    from), ``labels.seg.dcm``.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".medcnncad-staging-", dir=out))
+    except OSError as exc:
+        raise InputError(f"{out}: output folder is not writable ({exc.strerror})") from None
+    try:
+        names = {"labels": "labels.nii.gz", "segmentation": "labels.seg.nrrd", "overlay": "overlay.png",
+                 "report": "report.json"}
+        names.update({f"prob_{channel}": f"prob_{channel}.nii.gz" for channel in result.probabilities})
+        if result.uncertainty is not None:
+            names["uncertainty"] = "uncertainty.nii.gz"
+        # The volumes compress in two threads while this one writes the rest; leaving the with
+        # block (also on an error or Ctrl-C) waits for them, before the staging folder goes.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            jobs = [pool.submit(write_image, result.label_image(), staging / names["labels"])]
+            encoding = result.manifest.postprocessing.probability_file
+            jobs += [pool.submit(write_probability_map, probs, result.reference, staging / names[f"prob_{channel}"],
+                                 encoding) for channel, probs in result.probabilities.items()]
+            if result.uncertainty is not None:
+                jobs.append(pool.submit(write_image, result.uncertainty_image(), staging / names["uncertainty"]))
+            write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
+            render_overlays(result, background if background is not None else result.reference,
+                            staging / names["overlay"], reference_labels)
+            for job in jobs:
+                job.result()
+        if dicom_sources:
+            # lazy: highdicom + pydicom take ~1 s to import and only --dicom-seg needs them (and Slicer's
+            # run path must not require them)
+            from medcnncad.reporting.dicom_seg import write_dicom_seg
+
+            names["dicom_seg"] = "labels.seg.dcm"
+            write_dicom_seg(result.label_map, result.manifest, dicom_sources, staging / names["dicom_seg"])
+        report = build_report(result, metrics, inputs, names, extra_timings)
+        (staging / names["report"]).write_text(json.dumps(report, indent=2) + "\n")
+        files = {}
+        with signals_deferred():  # all files appear together, or none does
+            for key, name in names.items():
+                os.replace(staging / name, out / name)
+                files[key] = out / name
+        return CaseOutputs(out, files)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def summary_table(report: Mapping[str, Any]) -> str:
+    """A short plain-text summary of a report (model, lesions, post-processing notes, metrics)."""
+    model = report["model"]
+    lines = [f"MedCNNCAD {report['medcnncad_version']} - {report['intended_use']}",
+             f"model {model['id']} {model['version']} (sha256 {model['weights_sha256'][:12]}...), "
+             f"trained on: {model['trained_on']}",
+             f"device {report['device']}, total {sum(report['timings_s'].values()):.2f} s"]
+    structures = [x["name"] for x in report["labels"]] + [r["name"] for r in report["regions"]]
+    lesions = report["lesions"]
+    lines.append("")
+    lines.append(f"{'structure':<10}{'lesions':>8}{'volume mL':>11}{'max diam mm':>13}")
+    for name in structures:
+        mine = [les for les in lesions if les["structure"] == name]
+        lines.append(f"{name:<10}{len(mine):>8}{sum(les['volume_ml'] for les in mine):>11.2f}"
+                     f"{max((les['longest_diameter_mm'] for les in mine), default=0.0):>13.1f}")
+    classification = report.get("classification")
+    if classification:
+        positive = classification["positive_class"]
+        lines.append("")
+        lines.append(f"lesion classifier {classification['model']['id']} {classification['model']['version']} "
+                     f"(trained on: {classification['model']['trained_on']})")
+        for les in classification["lesions"]:
+            spread = "" if les["uncertainty"] is None else f" +- {les['uncertainty']:.3f}"
+            lines.append(f"  {classification['structure']} lesion {les['lesion_id']}: P({positive}) "
+                         f"{les['positive_probability']:.3f}{spread} -> {les['predicted']}")
+        case = classification["case"]
+        if case["predicted"] is not None:
+            lines.append(f"  case: P({positive}) {case[f'probability_{positive}']:.3f} -> {case['predicted']}")
+    removed = report.get("removed_candidates", {})
+    if removed.get("count"):
+        stages = ", ".join(f"{n} by {stage}" for stage, n in removed["by_stage"].items())
+        lines.append(f"{removed['count']} candidate component(s) removed by the model's post-processing ({stages}); "
+                     "listed in report.json (removed_candidates), still in the probability maps")
+    lines += [f"note: {warning}" for warning in report.get("warnings", [])]  # e.g. labels the post-processing moved
+    lines.append(f"case abnormality probability {report['case']['abnormality_probability']:.3f} "
+                 f"({calibration_words(report['case'])})")
+    if "metrics" in report:
+        lines.append("")
+        lines.append(f"{'structure':<10}{'Dice':>7}{'HD95 mm':>9}{'ASSD mm':>9}{'sens':>7}{'prec':>7}{'dVol mL':>9}")
+        for name, m in report["metrics"].items():
+            lines.append(f"{name:<10}{_fmt(m['dice']):>7}{_fmt(m['hd95_mm'], 2):>9}{_fmt(m['assd_mm'], 2):>9}"
+                         f"{_fmt(m['sensitivity'], 2):>7}{_fmt(m['precision'], 2):>7}{m['volume_diff_ml']:>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,314 @@
+"""Self-contained HTML reports (and PDF through headless Chromium) for a case and a cohort.
+
+A case report shows the intended-use statement, the model's provenance (id, version, SHA-256,
+device), the case-level probability, the run's warnings (notes), slice screenshots of the image
+with the AI segmentation and the reference (rendered by a caller-given ``screenshots`` function,
+e.g. Slicer's slice pipeline from :mod:`medcnncad.slicer.screenshots`, and the matplotlib
+overlay), the lesion table and the metric table (with the BraTS 2023 lesion-wise Dice). A cohort
+report adds Dice box plots, ROC, reliability diagram and a Bland-Altman plot of volumes.
+Images are embedded as data URIs, so one file is the whole report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from medcnncad import INTENDED_USE
+from medcnncad.inference.scoring import calibration_words
+from medcnncad.io.images import atomic_path
+
+__all__ = ["case_report", "cohort_report", "html_to_pdf", "find_chromium", "Screenshots"]
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+.banner{background:#fff3cd;border:1px solid #e0b400;padding:.6em 1em;font-weight:600}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.3em 0}
+.small{color:#666;font-size:.85em}"""
+
+_ONLOAD = """<script>window.addEventListener('load',function(){var i=document.images,n=0;
+for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0){n++;}}
+document.body.setAttribute('data-images-total',i.length);document.body.setAttribute('data-images-loaded',n);});
+</script>"""
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))  # noqa
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_STYLE}</style>{_ONLOAD}</head><body><h1>{html.escape(title)}</h1>"
+            f"<p class='banner'>{html.escape(INTENDED_USE)}</p>{body}</body></html>")
+
+
+def _classification_section(report: dict) -> list[str]:
+    """Lesion classes (calibrated), the case rule and the uncertainty note, when present."""
+    out = []
+    c = report.get("classification")
+    if c:
+        positive = c["positive_class"]
+        out += [f"<h2>Lesion classification ({html.escape(c['model']['id'])} {html.escape(c['model']['version'])}, "
+                f"trained on: {html.escape(c['model']['trained_on'])})</h2>",
+                _table(["structure", "lesion", *[f"P({k})" for k in c["classes"]], "predicted", "uncertainty (TTA)"],
+                       [(c["structure"], les["lesion_id"], *[les["probabilities"][k] for k in c["classes"]],
+                         les["predicted"], les["uncertainty"]) for les in c["lesions"]]),
+                _table([f"case P({positive})", "case prediction", "rule"],
+                       [(c["case"][f"probability_{positive}"], c["case"]["predicted"], c["case"]["rule"])]),
+                f"<p class='small'>calibration: {html.escape(str(c['calibration']))}; operating point "
+                f"{html.escape(str(c['operating_point']))}</p>"]
+    if report.get("uncertainty"):
+        u = report["uncertainty"]
+        out.append(f"<p class='small'>uncertainty map: {html.escape(u['method'])}; {html.escape(u['map'])}; "
+                   f"cost {html.escape(u['cost'])}</p>")
+    return out
+
+
+def _calibration_cell(case: dict) -> str:
+    """Whether the case probability is calibrated, with what it was fitted on (its share of tumor
+    cases matters to the reader) or why there is none."""
+    detail = case.get("calibration_fitted_on") or case.get("calibration_note", "")
+    return calibration_words(case) + (f" ({detail})" if detail else "")
+
+
+def _notes_section(warnings: list[str] | None) -> list[str]:
+    """The run's warnings (absent sequences, labels the post-processing moved, ...), as the command line
+    prints them; nothing when there are none."""
+    if not warnings:
+        return []
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return [f"<h2>Notes on this run</h2><ul>{items}</ul>"]
+
+
+Screenshots = Callable[[Path, dict], list[tuple[str, bytes]]]
+"""``(case folder, report.json as a dict) -> [(title, PNG bytes)]``; raises FileNotFoundError when it cannot render."""
+
+
+def case_report(case_dir: str | Path, screenshots: Screenshots | None = None) -> Path:
+    """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path.
+
+    Args:
+        case_dir: the case's output folder (``report.json``, ``overlay.png``, ``labels.seg.nrrd``).
+        screenshots: renders slice views for the report, e.g.
+            :func:`medcnncad.slicer.screenshots.case_screenshots` (Slicer's own slice pipeline, needs
+            ``slicer-core``); ``None`` or a FileNotFoundError from it: the matplotlib overlay only.
+
+    Returns:
+        The path of ``report.html`` inside ``case_dir`` (written atomically).
+    """
+    case_dir = Path(case_dir)
+    report = json.loads((case_dir / "report.json").read_text())
+    model = report["model"]
+    try:
+        shots = screenshots(case_dir, report) if screenshots is not None else []
+    except FileNotFoundError:
+        shots = []
+    shots.append(("AI labels filled, reference outlined", (case_dir / "overlay.png").read_bytes()))
+    body = [f"<p class='small'>case folder {html.escape(str(case_dir))}; created {html.escape(report['created'])}</p>",
+            "<h2>Model</h2>", _table(["field", "value"], [
+                ("model", f"{model['name']} ({model['id']} {model['version']})"),
+                ("weights SHA-256", model["weights_sha256"]), ("trained on", model["trained_on"]),
+                ("device", report["device"]),
+                ("total time (s)", f"{sum(report['timings_s'].values()):.2f}")]),
+            "<h2>Case</h2>", _table(["abnormality probability", "calibration", "rule"],
+                                    [(report["case"]["abnormality_probability"], _calibration_cell(report["case"]),
+                                      report["case"]["rule"])])]
+    body += _notes_section(report.get("warnings"))
+    body += ["<h2>Images</h2>"] + [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
+    body += ["<h2>Lesions</h2>", _table(
+        ["structure", "id", "volume mL", "longest diameter mm", "mean P", "max P", "R", "A", "S"],
+        [(les["structure"], les["id"], les["volume_ml"], les["longest_diameter_mm"], les["mean_probability"],
+          les["max_probability"], *les["centroid_ras_mm"]) for les in report["lesions"]])]
+    if "lesion_filter" in report:
+        body.append(f"<p class='small'>{html.escape(_filter_text(report['lesion_filter']))}</p>")
+    body += _removed_section(report.get("removed_candidates"))
+    body += _classification_section(report)
+    if "metrics" in report:
+        keys = ["dice", "jaccard", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "volume_diff_ml"]
+        body += ["<h2>Agreement with the reference</h2>",
+                 _table(["structure", *keys, "lesion-wise Dice (BraTS 2023)"],
+                        [(name, *[m[k] for k in keys], (m.get("lesions_brats2023") or {}).get("lesionwise_dice"))
+                         for name, m in report["metrics"].items()]),
+                 f"<p class='small'>{html.escape(report['lesion_detection_rule'])}</p>"]
+        if "lesion_detection_rule_brats2023" in report:
+            body.append(f"<p class='small'>Also in report.json (lesions_brats2023): "
+                        f"{html.escape(report['lesion_detection_rule_brats2023'])}</p>")
+    path = case_dir / "report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(_page(f"MedCNNCAD case report - {model['id']}", "".join(body)), encoding="utf-8")
+    return path
+
+
+def _figure_png(draw) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    draw(ax)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _cohort_plots(reports: dict[str, dict], labels: dict[str, int | None]) -> list[tuple[str, bytes]]:
+    structures = sorted({s for r in reports.values() for s in r.get("metrics", {})})
+    plots = []
+    if structures:
+        data = [[r["metrics"][s]["dice"] for r in reports.values() if s in r.get("metrics", {})] for s in structures]
+        plots.append(("Dice per structure", _figure_png(lambda ax: (ax.boxplot(data, tick_labels=structures),
+                                                                     ax.set_ylabel("Dice")))))
+        region = "WT" if "WT" in structures else structures[0]
+        pred = np.array([r["metrics"][region]["predicted_volume_ml"] for r in reports.values()
+                         if region in r.get("metrics", {})])
+        ref = np.array([r["metrics"][region]["reference_volume_ml"] for r in reports.values()
+                        if region in r.get("metrics", {})])
+
+        def bland_altman(ax):
+            mean, diff = (pred + ref) / 2, pred - ref
+            ax.scatter(mean, diff, s=12)
+            for y in (diff.mean(), diff.mean() + 1.96 * diff.std(), diff.mean() - 1.96 * diff.std()):
+                ax.axhline(y, linestyle="--", linewidth=0.8, color="grey")
+            ax.set_xlabel(f"mean {region} volume (mL)")
+            ax.set_ylabel("AI - reference (mL)")
+
+        plots.append((f"Bland-Altman, {region} volume", _figure_png(bland_altman)))
+    pairs = [(reports[c]["case"]["abnormality_probability"], y) for c, y in labels.items()
+             if y is not None and c in reports]
+    if len({y for _, y in pairs}) == 2:
+        p, y = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+        fpr, tpr, _ = roc_curve(y, p)
+        plots.append(("ROC, case abnormality", _figure_png(lambda ax: (ax.plot(fpr, tpr), ax.plot([0, 1], [0, 1], ":"),
+                                                                        ax.set_xlabel("1 - specificity"),
+                                                                        ax.set_ylabel("sensitivity")))))
+        edges = np.linspace(0, 1, 11)
+        index = np.clip(np.digitize(p, edges[1:-1], right=True), 0, 9)
+        centers = [p[index == b].mean() for b in range(10) if (index == b).any()]
+        observed = [y[index == b].mean() for b in range(10) if (index == b).any()]
+        plots.append(("Reliability diagram", _figure_png(lambda ax: (ax.plot([0, 1], [0, 1], ":"),
+                                                                      ax.plot(centers, observed, "o-"),
+                                                                      ax.set_xlabel("predicted probability"),
+                                                                      ax.set_ylabel("observed frequency")))))
+    return plots
+
+
+def cohort_report(out_dir: str | Path, labels: dict[str, int | None] | None = None) -> Path:
+    """Write ``report.html`` for a cohort folder written by ``medcnncad batch``."""
+    out_dir = Path(out_dir)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    reports = {p.parent.name: json.loads(p.read_text()) for p in sorted((out_dir / "cases").glob("*/report.json"))}
+    first = next(iter(reports.values()), None)
+    body = []
+    if first:
+        m = first["model"]
+        body.append(_table(["model", "version", "weights SHA-256", "trained on"],
+                           [(m["id"], m["version"], m["weights_sha256"], m["trained_on"])]))
+    body.append(f"<p>{summary['completed']} of {summary['cases']} cases completed; failed: "
+                f"{html.escape(', '.join(summary.get('failed_cases', [])) or 'none')}</p>")
+    rows = []
+    for name, s in summary["structures"].items():
+        ci = s["dice"]["ci95"] or [None, None]
+        rows.append((name, s["dice"]["mean"], ci[0], ci[1], s["dice"]["median"], s["hd95_mm"]["median"],
+                     s["lesion_sensitivity"], s["false_positive_lesions_per_case"]))
+    body.append(_table(["structure", "Dice mean", "CI low", "CI high", "Dice median", "HD95 median mm",
+                        "lesion sensitivity", "FP lesions/case"], rows))
+    c = summary.get("classification")
+    if c:
+        body.append(_table(["cases", "AUC", "AUC CI", "Brier", "ECE"],
+                           [(c["cases"], c["auc"], str(c["auc_ci95"]), c["brier"], c["ece_10_bins"])]))
+    body += [f"<h2>{html.escape(t)}</h2>{_img(png, t)}" for t, png in _cohort_plots(reports, labels or {})]
+    path = out_dir / "report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text(_page("MedCNNCAD cohort report", "".join(body)), encoding="utf-8")
+    return path
+
+
+def find_chromium() -> str | None:
+    """A headless-capable Chromium/Chrome on PATH, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def html_to_pdf(html_path: str | Path, pdf_path: str | Path | None = None, timeout: float = 120) -> Path:
+    """Print a report to PDF with headless Chromium (raises FileNotFoundError without Chromium)."""
+    chromium = find_chromium()
+    if chromium is None:
+        raise FileNotFoundError("Chromium is not installed: the PDF needs it (the HTML report is complete)")
+    html_path = Path(html_path)
+    pdf_path = Path(pdf_path) if pdf_path else html_path.with_suffix(".pdf")
+    with tempfile.TemporaryDirectory() as profile, atomic_path(pdf_path) as tmp:
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--no-pdf-header-footer",
+                        f"--print-to-pdf={tmp}", html_path.resolve().as_uri()],
+                       check=True, capture_output=True, timeout=timeout)
+    return pdf_path
+
+
+def _filter_text(lesion_filter: dict) -> str:
+    """One sentence on which components the model's post-processing removed."""
+    classifier = lesion_filter.get("classifier")
+    second = (f" and that a second-stage lesion classifier scores at least {classifier['min_probability']:g}"
+              if classifier else "")
+    mode = ", chosen with test-time augmentation" if lesion_filter.get("chosen_with_test_time_augmentation") else ""
+    return (f"Shown: components of at least {lesion_filter['min_volume_ml']:g} mL whose largest foreground "
+            f"probability is at least {lesion_filter['min_max_probability']:g}{second} (model post-processing"
+            f"{mode}); "
+            "smaller or less certain ones remain visible in the probability maps." + _floors_text(lesion_filter)
+            + _refinement_text(lesion_filter.get("core_refinement")))
+
+
+def _refinement_text(spec: dict | None) -> str:
+    """One sentence on the model's tumor core refinement (none: empty)."""
+    if not spec:
+        return ""
+    fixed = f", when {' and '.join(spec['fixed_labels'])} is under {spec['max_fixed_share']:g} of the core" \
+        if spec["fixed_labels"] else ""
+    return (f" With {', '.join(spec['required_inputs'])} present{fixed}, the {spec['core_label']} / "
+            f"{spec['shell_label']} boundary is re-read in the case's own contrast (clusters of the smoothed "
+            "inputs voting with the network; the probability maps are the network's).")
+
+
+def _removed_section(removed: dict | None) -> list[str]:
+    """A sentence and a table on the candidates post-processing removed (nothing when none were)."""
+    if not removed or not removed["count"]:
+        return []
+    stages = ", ".join(f"{n} by {stage}" for stage, n in removed["by_stage"].items())
+    shown = len(removed["largest"])
+    rows = [(c["stage"], c["volume_ml"], c["max_probability"], c["classifier_probability"], *c["centroid_ras_mm"])
+            for c in removed["largest"]]
+    return [f"<h3>Candidates removed by post-processing</h3><p class='small'>{removed['count']} candidate "
+            f"component(s) removed ({html.escape(stages)}); the {shown} largest are listed. They remain visible in "
+            "the probability maps: look there before ruling a finding out.</p>",
+            _table(["removed by", "volume mL", "max P", "classifier P", "R", "A", "S"], rows)]
+
+
+def _floors_text(lesion_filter: dict) -> str:
+    """One sentence per label volume floor of the model (none: empty)."""
+    return "".join(f" {f['name']} is relabelled {f['replace_with_name']} when its total volume is below "
+                   f"{f['min_ml']:g} mL." for f in lesion_filter.get("label_volume_floors", []))

@@ -1,0 +1,244 @@
+"""The Slicer module's Logic, Qt-free: everything the module can do without a GUI.
+
+:class:`SecondReaderLogic` is the body of ``MedCNNCADLogic`` (the module file only adds
+Slicer's ScriptedLoadableModuleLogic base and the parameter node). It imports ``slicer``
+(MRML), never ``qt``, and imports torch/MONAI lazily, so the module loads in a Slicer
+where they are not installed yet. Slicer-facing, hence camelCase. Arrays are (K, J, I).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Union
+
+import slicer
+
+from medcnncad import INTENDED_USE
+
+if TYPE_CHECKING:  # the engine's heavy modules load lazily (torch may not be installed yet)
+    from medcnncad.models.manifest import Manifest
+    from medcnncad.slicer.adaptor import Comparison, ResultNodes
+
+VolumeInputs = Union[Sequence[Any], Mapping[str, Any]]
+"""Volume nodes in the model's channel order, or channel name -> volume node."""
+
+__all__ = ["SecondReaderLogic", "INTENDED_USE"]
+
+
+class SecondReaderLogic:
+    """Segment volume nodes, show results, compare with a reference; no dialogs, errors name the value."""
+
+    def __init__(self) -> None:
+        self._worker = None
+
+    # -- environment --------------------------------------------------------------------
+    @staticmethod
+    def missingDependencies() -> tuple[bool, list[str]]:
+        from medcnncad.slicer.dependencies import missing_requirements
+
+        return missing_requirements()
+
+    def installDependencies(self, askConfirmation: bool = True) -> bool:
+        from medcnncad.slicer.dependencies import TORCH_VERSION
+
+        torchMissing, missing = self.missingDependencies()
+        text = "MedCNNCAD needs: " + ", ".join((["PyTorch"] if torchMissing else []) + missing) + ". Install now?"
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(text):
+            return False
+        if torchMissing:
+            import PyTorchUtils
+
+            if not PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                                 torchVersionRequirement=TORCH_VERSION):
+                raise RuntimeError("PyTorch could not be installed; use the PyTorch Utils module.")
+        if missing:
+            slicer.util.pip_install(missing)
+        return True
+
+    @staticmethod
+    def lesionClassifier(enabled: bool = True) -> str | None:
+        """The installed lesion classifier's id when ``enabled`` and installed, else None."""
+        if not enabled:
+            return None
+        from medcnncad.errors import MedCNNCADError
+        from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER as DEFAULT_CLASSIFIER
+        from medcnncad.models.registry import find_model
+
+        try:
+            find_model(DEFAULT_CLASSIFIER)
+        except MedCNNCADError:
+            return None
+        return DEFAULT_CLASSIFIER
+
+    @staticmethod
+    def detectedDevice() -> str:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"CUDA available: {torch.cuda.get_device_name(0)} (auto uses it)"
+        return "No CUDA GPU detected: auto runs on the CPU"
+
+    # -- models and inputs --------------------------------------------------------------
+    @staticmethod
+    def availableModels() -> list[tuple[str, str]]:
+        from medcnncad.models.registry import describe_model, list_models
+
+        out = []
+        for folder in list_models():
+            try:
+                m = describe_model(folder)
+            except ValueError as exc:
+                logging.warning(str(exc))
+                continue
+            if m.task != "segmentation":  # lesion classifiers run with a segmentation model, not alone
+                continue
+            out.append((str(folder) if m.raw.get("bundle") else m.id, f"{m.name} ({m.version})"))
+        return out
+
+    @staticmethod
+    def describeModel(model: str) -> Manifest:
+        from medcnncad.models.registry import describe_model
+
+        return describe_model(model)
+
+    @staticmethod
+    def addModelFolder(folder: str) -> str:
+        """Check a model folder or bundle; it is then listed (``MEDCNNCAD_MODEL_PATH``). Returns its key."""
+        from medcnncad.models.registry import describe_model
+
+        manifest = describe_model(folder)
+        parent = os.path.dirname(os.path.abspath(folder))
+        paths = [p for p in os.environ.get("MEDCNNCAD_MODEL_PATH", "").split(os.pathsep) if p]
+        os.environ["MEDCNNCAD_MODEL_PATH"] = os.pathsep.join(paths + [parent])
+        return str(folder) if manifest.raw.get("bundle") else manifest.id
+
+    @staticmethod
+    def assignInputs(manifest: Manifest, volumeNodes: Sequence[Any]) -> dict[str, Any]:
+        """Proposed channel name -> volume node, from node names and DICOM series descriptions."""
+        from medcnncad.models.channels import assign_channels
+
+        texts = {n.GetID(): [n.GetName(), n.GetAttribute("DICOM.SeriesDescription") or ""] for n in volumeNodes}
+        return {channel: slicer.mrmlScene.GetNodeByID(nodeId)
+                for channel, nodeId in assign_channels(manifest, texts).items()}
+
+    def _namedInputs(self, inputVolumeNodes: VolumeInputs, manifest: Manifest) -> dict[str, Any]:
+        if isinstance(inputVolumeNodes, dict):
+            return dict(inputVolumeNodes)
+        return {c.name: node for c, node in zip(manifest.inputs, inputVolumeNodes) if node is not None}
+
+    # -- segmentation ---------------------------------------------------------------------
+    def segment(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto", trust: bool = False,
+                progress: Callable[[str, float], None] | None = None, classifier: str | None = None,
+                tta: bool | None = None) -> ResultNodes:
+        """Segment in this process (blocking). Volumes as a list in channel order or a name -> node dict.
+
+        ``classifier`` (model id) adds calibrated lesion class probabilities to the lesion table;
+        ``tta`` adds test-time augmentation (4x the network time) and an uncertainty volume; ``None``
+        follows the model (manifest ``inference.test_time_augmentation``).
+        """
+        from medcnncad.inference.segmenter import cached_segmenter
+        from medcnncad.slicer.adaptor import add_result_nodes, volume_node_to_image
+
+        segmenter = cached_segmenter(model, device, trust)
+        volumes = self._namedInputs(inputVolumeNodes, segmenter.manifest)
+        result = segmenter.run({k: volume_node_to_image(v) for k, v in volumes.items()}, progress=progress, tta=tta)
+        if classifier:
+            from medcnncad.classification.grade import attach_classification, cached_classifier
+
+            attach_classification(result, cached_classifier(classifier))
+        return add_result_nodes(result, next(iter(volumes.values())))
+
+    def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
+                          trust: bool = False, classifier: str | None = None,
+                          tta: bool | None = None) -> dict[str, Any]:
+        """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`."""
+        import SimpleITK as sitk
+
+        from medcnncad.slicer.adaptor import volume_node_to_image
+        from medcnncad.slicer.worker import WorkerClient
+
+        manifest = self.describeModel(model)
+        volumes = self._namedInputs(inputVolumeNodes, manifest)
+        folder = tempfile.mkdtemp(prefix="medcnncad-")
+        inputs = {}
+        for name, node in volumes.items():
+            inputs[name] = os.path.join(folder, f"{name}.nrrd")
+            sitk.WriteImage(volume_node_to_image(node), inputs[name])
+        self._worker = self._worker or WorkerClient()
+        requestId = self._worker.submit({"cmd": "segment", "model": model, "device": device, "trust": trust,
+                                         "classifier": classifier or None, "tta": None if tta is None else bool(tta),
+                                         "inputs": inputs, "out": os.path.join(folder, "out")})
+        return {"id": requestId, "folder": folder, "manifest": manifest, "reference": next(iter(volumes.values()))}
+
+    def pollSegmentation(self, job: dict[str, Any],
+                         progress: Callable[[str, float], None] | None = None) -> ResultNodes | None:
+        """None while running; the result nodes when done. Raises on failure or cancel (scene unchanged)."""
+        from medcnncad.slicer.adaptor import add_result_nodes, volume_node_to_image
+        from medcnncad.slicer.worker import WorkerError, load_result
+
+        finished = True
+        try:
+            event = self._worker.poll(job["id"], progress)
+            if event is None:
+                finished = False
+                return None
+            if event["event"] == "error":
+                raise WorkerError(event["message"])
+            result = load_result(pathlib.Path(event["out"]), job["manifest"], volume_node_to_image(job["reference"]))
+            return add_result_nodes(result, job["reference"])
+        finally:
+            if finished:
+                shutil.rmtree(job["folder"], ignore_errors=True)
+
+    def cancelSegmentation(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+
+    def shutdown(self) -> None:
+        if self._worker:
+            self._worker.close()
+
+    # -- viewing and comparison -----------------------------------------------------------
+    @staticmethod
+    def setProbabilityThreshold(probabilityNode: Any, threshold: float) -> None:
+        from medcnncad.slicer.adaptor import set_probability_threshold
+
+        set_probability_threshold(probabilityNode, threshold)
+
+    @staticmethod
+    def jumpToLesion(lesionTableNode: Any, row: int) -> None:
+        from medcnncad.slicer.adaptor import jump_to_ras
+
+        table = lesionTableNode.GetTable()
+        jump_to_ras([table.GetValueByName(row, axis).ToDouble() for axis in ("R", "A", "S")])
+
+    @staticmethod
+    def provenanceText(segmentationNode: Any) -> str:
+        get = lambda key: segmentationNode.GetAttribute("MedCNNCAD." + key) or ""  # noqa: E731
+        case = (f"case abnormality probability {get('caseAbnormalityProbability')} ({get('caseCalibration')}) | "
+                if get("caseAbnormalityProbability") else "")
+        notes = "".join(f" | note: {note}" for note in json.loads(get("notes") or "[]"))
+        return (f"{get('modelName')} {get('modelVersion')} | {case}weights SHA-256 {get('weightsSHA256')[:12]}... | "
+                f"device {get('device')} | timings {get('timings')} | trained on: {get('trainedOn')}{notes}")
+
+    def compare(self, segmentationNode: Any, referenceNode: Any, referenceVolumeNode: Any = None) -> Comparison:
+        """Metrics per label/region, discordance segments and lesion concordance vs a reference."""
+        from medcnncad.errors import InputError
+        from medcnncad.slicer.adaptor import compare_nodes
+
+        if segmentationNode is None or referenceNode is None:
+            raise InputError("select both the AI segmentation and a reference segmentation")
+        modelId = segmentationNode.GetAttribute("MedCNNCAD.modelId")
+        if not modelId:
+            raise InputError(f"{segmentationNode.GetName()!r} is not a MedCNNCAD result (no model attribute)")
+        volume = referenceVolumeNode or slicer.mrmlScene.GetNodeByID(
+            segmentationNode.GetAttribute("MedCNNCAD.referenceVolumeID") or "")
+        if volume is None:
+            raise InputError("the volume the AI segmented is no longer in the scene; pass referenceVolumeNode")
+        return compare_nodes(segmentationNode, referenceNode, volume, self.describeModel(modelId))

@@ -1,0 +1,1 @@
+"""Training segmentation models and lesion grade classifiers; training data from phantoms or files."""
