@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test bench screenshot clean gpu-wheelhouse
+.PHONY: venv demo test test-quick lint bench screenshot clean gpu-wheelhouse
 
 venv: $(STAMP)
 
@@ -22,8 +22,19 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/medcnncad demo --out demo_out
 
-test: $(STAMP)
+# lint: ruff (style, errors, import order) on the engine, module, tests and scripts; the import-layer
+# contracts (import-linter, pyproject.toml); mypy on the engine
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	cd MedCNNCAD && ../$(VENV)/bin/lint-imports --no-cache ../pyproject.toml
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest -n 2 -q Testing
+
+# the inner loop: everything but the tests marked slow (full-size phantoms, training, subprocess runs)
+test-quick: $(STAMP)
+	$(PY) -m pytest -n 2 -q -m "not slow" Testing
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py all --repeats 5

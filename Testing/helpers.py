@@ -7,8 +7,6 @@ import functools
 import json
 from pathlib import Path
 
-import numpy as np
-import SimpleITK as sitk
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,17 +58,9 @@ def blob_segmenter(folder: Path, inference: dict | None = None, **postprocessing
 @functools.lru_cache(maxsize=4)
 def small_phantom(seed: int = 900_001):
     """A held-out phantom cropped to a 96 x 96 x 72 mm box around its tumor (fast to segment)."""
-    from medcnncad.data.phantom import make_phantom
+    from medcnncad.data.phantom import cropped_phantom
 
-    case = make_phantom(seed)
-    label = sitk.GetArrayFromImage(case.label)
-    center = np.argwhere(label > 0).mean(0)[::-1]  # (i, j, k)
-    spacing = np.array(case.label.GetSpacing())
-    half = np.array([48, 48, 36]) / spacing
-    lo = np.maximum((center - half).astype(int), 0)
-    hi = np.minimum((center + half).astype(int), np.array(case.label.GetSize()))
-    crop = lambda img: img[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]  # noqa: E731
-    return {n: crop(img) for n, img in case.images.items()}, crop(case.label)
+    return cropped_phantom(seed)
 
 
 def write_bundle(folder: Path, code: bool = True) -> Path:

@@ -309,20 +309,13 @@ def test_boxed_post_processing_equals_the_whole_grid(seed):
                                   expected2)
 
 
-def _fit_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "fit_lesion_classifier.py"
-    spec = importlib.util.spec_from_file_location("fit_lesion_classifier", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_fit_script_collects_your_own_cases(tmp_path):
     """collect --cases NAME:FOLDER: one npz per case folder, reference as given; a label on another grid
     is an error naming the file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     import SimpleITK as sitk
     from helpers import small_phantom
 
@@ -332,15 +325,21 @@ def test_fit_script_collects_your_own_cases(tmp_path):
     for name, image in images.items():
         sitk.WriteImage(image, str(case / f"{name}.nii.gz"))
     sitk.WriteImage(label, str(case / "label.nii.gz"))
-    script = _fit_script()
-    script.collect_files("brats-demo-unet", tmp_path / "out", [f"mine:{tmp_path / 'cases'}"])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fit_lesion_classifier.py"
+
+    def collect(out: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), "collect", "--model", "brats-demo-unet", "--out",
+                               str(tmp_path / out), "--cases", f"mine:{tmp_path / 'cases'}"],
+                              capture_output=True, text=True, timeout=600)
+
+    assert collect("out").returncode == 0
     saved = np.load(tmp_path / "out" / "mine" / "patient1.npz")
     np.testing.assert_array_equal(saved["ref"], sitk.GetArrayFromImage(label))
     assert saved["label"].shape == saved["fg"].shape == saved["ref"].shape and saved["label"].max() > 0
     sitk.WriteImage(label[:-2], str(case / "label.nii.gz"))
-    from medcnncad.errors import InputError
-    with pytest.raises(InputError, match="label.nii.gz: not on the grid of case patient1's first input"):
-        script.collect_files("brats-demo-unet", tmp_path / "out2", [f"mine:{tmp_path / 'cases'}"])
+    done = collect("out2")
+    assert done.returncode != 0
+    assert "label.nii.gz: not on the grid of case patient1's first input" in done.stderr
 
 
 @pytest.mark.parametrize("cubes, expected", [((1.0, 0.52), 1 / (1 + math.exp(-0.2))),

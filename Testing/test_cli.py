@@ -169,7 +169,7 @@ def test_tta_follows_the_model_unless_asked():
 def test_calibrate_case_writes_only_a_calibration_that_helps_unless_forced(tmp_path, capsys, monkeypatch, force):
     import shutil
 
-    from medcnncad.evaluation import phantoms as evaluation
+    from medcnncad.cli import evaluate as evaluation  # the command module that calls fit_case_calibration
     from medcnncad.metrics.calibration import binary_report
 
     folder = tmp_path / "model"

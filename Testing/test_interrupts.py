@@ -25,11 +25,11 @@ SCRIPT = textwrap.dedent("""
             return path
         report.write_seg_nrrd = write_then_signal
     else:
-        original = inference.Segmenter._infer
-        def infer_then_signal(self, image, progress, warnings):
+        original = inference.infer              # the sliding-window stage the Segmenter runs
+        def infer_then_signal(*a, **k):
             os.kill(os.getpid(), sig)
-            return original(self, image, progress, warnings)
-        inference.Segmenter._infer = infer_then_signal
+            return original(*a, **k)
+        inference.infer = infer_then_signal
     from medcnncad.cli import main
     sys.exit(main(sys.argv[3:]))
 """)

@@ -77,7 +77,7 @@ def test_float16_probabilities_pass_the_accuracy_gate_on_the_demo_model():
 
 def test_identical_grid_hands_on_the_stitched_array_and_equals_resampling(monkeypatch):
     """Model grid == input grid: no resampling, no copy; the values equal SimpleITK's resampling path."""
-    import medcnncad.inference.segmenter as inference
+    import medcnncad.inference.resample as resample
 
     images, _ = small_phantom()
     segmenter = Segmenter(load_model("brats-demo-unet"), "cpu", probability_dtype="float16")
@@ -91,7 +91,7 @@ def test_identical_grid_hands_on_the_stitched_array_and_equals_resampling(monkey
     grid.SetDirection(tuple((lps[:3, :3] / spacing).ravel()))
     direct = segmenter._to_input_grid(probs, pre.affine, grid)
     assert np.shares_memory(direct, probs.numpy())  # the very array the stitcher filled
-    monkeypatch.setattr(inference, "same_space", lambda a, b: False)
+    monkeypatch.setattr(resample, "same_space", lambda a, b: False)
     resampled = segmenter._to_input_grid(probs, pre.affine, grid)
     assert not np.shares_memory(resampled, probs.numpy())
     assert np.abs(direct.astype(np.float32) - resampled.astype(np.float32)).max() < 2e-3  # float16 steps

@@ -20,12 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "MedCNNCAD"))
+import numpy as np
+import SimpleITK as sitk
+import torch
 
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:
@@ -186,14 +185,12 @@ def bench_segresnet(repeats: int) -> None:
     import json
 
     from medcnncad.cli import main
+    from medcnncad.data.sample import load_sample_case
     from medcnncad.inference.segmenter import Segmenter
     from medcnncad.models.registry import load_model
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from gpu_check import _brats_size_case
-
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-bench-"))
-    images = _brats_size_case()
+    images = load_sample_case(brats_size=True)
     paths = {}
     for name, img in images.items():
         paths[name] = str(folder / f"{name}.nii.gz")
@@ -422,9 +419,7 @@ def bench_worker(repeats: int) -> None:
 
 def bench_policy() -> None:
     """fp32 vs channels-last vs bf16 autocast for the demo UNet, with the accuracy gate."""
-    sys.path.insert(0, str(ROOT / "Testing"))
-    from helpers import small_phantom
-
+    from medcnncad.data.phantom import cropped_phantom as small_phantom
     from medcnncad.inference.policy import choose_policy
     from medcnncad.models.registry import load_model
 

@@ -27,23 +27,20 @@ import collections
 import dataclasses
 import glob
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedCNNCAD"))
-
-from medcnncad.lesions.components import components  # noqa: E402
-from medcnncad.lesions.lesion_filter import component_features, feature_names  # noqa: E402
-from medcnncad.metrics.segmentation import (  # noqa: E402
+from medcnncad.lesions.components import components
+from medcnncad.lesions.lesion_filter import component_features, feature_names
+from medcnncad.metrics.segmentation import (
     BRATS_2023,
     STRICT,
-    dice,  # noqa: E402  (1 when both are empty, as evaluate-phantoms counts it)
+    dice,  # (1 when both are empty, as evaluate-phantoms counts it)
     lesion_detection,
 )
-from medcnncad.models.manifest import LesionClassifier  # noqa: E402
+from medcnncad.models.manifest import LesionClassifier
 
 SEQUENCES = ["T1", "T1c", "T2", "FLAIR"]
 REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -148,7 +145,7 @@ def _cases(folder: str, post):
         d = np.load(path)
         fg, ref, spacing = d["fg"].astype(np.float32), d["ref"], tuple(float(s) for s in d["spacing"])
         voxel_ml = float(np.prod(spacing)) / 1000
-        label = remove_small_components(d["label"].copy(), post.min_lesion_ml, voxel_ml, lambda m: fg[m],
+        label = remove_small_components(d["label"].copy(), post.min_lesion_ml, voxel_ml, lambda m, fg=fg: fg[m],
                                         post.min_lesion_probability)
         labelled, count = components(label > 0)
         x = component_features(labelled, count, label, fg[labelled > 0], voxel_ml, channels)
@@ -191,7 +188,7 @@ def fit(model: str, train: str, validation: list[str], thresholds: list[float],
     post = _postprocessing(model, probability_floor)
     channels = [(c.name, c.value) for c in post.channels if c.value]
     xs, ys = [], []
-    for label, ref, _, labelled, x in _cases(train, post):
+    for _label, ref, _, labelled, x in _cases(train, post):
         hit = np.zeros(len(x) + 1, bool)
         hit[labelled[(ref > 0) & (labelled > 0)]] = True
         xs.append(x)
@@ -297,4 +294,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from medcnncad.errors import MedCNNCADError
+
+    try:
+        main()
+    except MedCNNCADError as exc:  # bad input: one line and exit 2, as the medcnncad command line does
+        print(f"fit_lesion_classifier: error: {exc}", file=sys.stderr)
+        sys.exit(2)

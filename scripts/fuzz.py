@@ -13,10 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "MedCNNCAD"))
+import atheris
 
-import atheris  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 with atheris.instrument_imports():
     import json

@@ -28,30 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _brats_size_case() -> dict:
-    """The shipped sample phantom (held-out seed 900000) on a 240 x 240 x 155 1 mm grid (BraTS
-    geometry). Read from Resources/SampleData, so the check needs no template download."""
-    import SimpleITK as sitk
-
-    folder = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
-    images = {n: sitk.ReadImage(str(folder / f"MedCNNCADPhantom_{n}.nrrd"), sitk.sitkFloat32)
-              for n in ("T1", "T1c", "T2", "FLAIR")}
-    first = images["T1"]
-    center = np.asarray(first.TransformContinuousIndexToPhysicalPoint(
-        [float(v) for v in (np.asarray(first.GetSize()) - 1) / 2]))
-    grid = sitk.Image([240, 240, 155], sitk.sitkFloat32)
-    grid.SetDirection(first.GetDirection())
-    grid.SetOrigin(tuple(center - np.asarray(first.GetDirection()).reshape(3, 3) @ np.array([119.5, 119.5, 77.0])))
-    return {n: sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            for n, img in images.items()}
-
-
-def _dice_per_label(a: np.ndarray, b: np.ndarray, values) -> dict[str, float]:
-    """Dice of each label value between two label maps (1.0 where neither has it)."""
-    from medcnncad.metrics.segmentation import dice
-
-    return {str(v): dice(a == v, b == v) for v in values}
+from medcnncad.data.sample import load_sample_case
+from medcnncad.metrics.segmentation import dice_per_label
 
 
 def _agreement(name: str, images: dict, device: str) -> tuple[dict, object]:
@@ -66,7 +44,7 @@ def _agreement(name: str, images: dict, device: str) -> tuple[dict, object]:
     cpu_s = time.perf_counter() - start
     engine = Segmenter(load_model(name), device)
     result = engine.run(images)
-    dice = _dice_per_label(reference.label_map, result.label_map, (1, 2, 4))
+    dice = dice_per_label(reference.label_map, result.label_map, (1, 2, 4))
     diff = max(float(np.abs(result.probabilities[k].astype(np.float32) - reference.probabilities[k]).max())
                for k in result.probabilities)
     record = {"model": f"{name} {engine.manifest.version}", "dice_vs_cpu_fp32": dice, "min_dice": min(dice.values()),
@@ -151,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    images = _brats_size_case()
+    images = load_sample_case(brats_size=True)
     report["agreement"], engine = _agreement("brats-demo-unet", images, args.device)
     save()
     in_memory = _timed(lambda: engine.run(images), args.device, args.repeats)

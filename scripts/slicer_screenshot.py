@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "Testing"), str(ROOT / "MedCNNCAD")]
 
 
 def main(out: Path = ROOT / "docs" / "slicer_screenshot.png") -> Path:
     import slicer
-    from slicer_scene import new_scene
 
+    from medcnncad.slicer.headless import application_logic, new_scene
     from medcnncad.slicer.logic import SecondReaderLogic
     from medcnncad.slicer.render import render_slice_views
 
@@ -24,7 +23,7 @@ def main(out: Path = ROOT / "docs" / "slicer_screenshot.png") -> Path:
     run = SecondReaderLogic().segment(volumes, model="demo", device="cpu")
     largest = max(run.lesions, key=lambda les: les.voxel_count)
     return render_slice_views(volumes["T1c"], run.segmentation, out, largest.centroid_ras_mm,
-                              app_logic=slicer._medcnncad_keepalive[0])
+                              app_logic=application_logic())
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from monai.transforms import (
     RandSimulateLowResolutiond,
 )
 
+from medcnncad.errors import InputError
+
 __all__ = ["RandChannelDropd", "segmentation_transforms", "AUGMENTATION_LEVELS"]
 
 AUGMENTATION_LEVELS = ("light", "robust")
@@ -88,9 +90,9 @@ def segmentation_transforms(patch: Sequence[int], samples_per_case: int, level: 
     rest on a labelled one (the default 1/3 is MONAI's pos=2, neg=1).
     """
     if level not in AUGMENTATION_LEVELS:
-        raise ValueError(f"augmentation {level!r}: choose from {AUGMENTATION_LEVELS}")
+        raise InputError(f"augmentation {level!r}: choose from {AUGMENTATION_LEVELS}")
     if not 0.0 <= negative_share <= 1.0:
-        raise ValueError(f"negative_share {negative_share}: must be between 0 and 1")
+        raise InputError(f"negative_share {negative_share}: must be between 0 and 1")
     keys = ["image", "label"]
     steps = [RandCropByPosNegLabeld(keys, "label", spatial_size=list(patch), pos=1.0 - negative_share,
                                     neg=negative_share,

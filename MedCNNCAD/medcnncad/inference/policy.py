@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medcnncad.inference.segmenter import Segmenter
+from medcnncad.metrics.segmentation import dice_per_label
 
 __all__ = ["DICE_MIN", "PROB_TOL", "agreement", "choose_policy"]
 
@@ -24,11 +25,8 @@ PROB_TOL = 0.02
 
 def agreement(reference, candidate) -> dict[str, float]:
     """Minimum per-label Dice and maximum absolute probability difference of two results."""
-    dice = []
-    for label in reference.manifest.labels:
-        a, b = reference.label_map == label.value, candidate.label_map == label.value
-        total = int(a.sum() + b.sum())
-        dice.append(1.0 if total == 0 else 2.0 * int((a & b).sum()) / total)
+    dice = dice_per_label(candidate.label_map, reference.label_map,
+                          [label.value for label in reference.manifest.labels]).values()
     diff = max(float(np.abs(candidate.probabilities[k].astype(np.float32) -
                             reference.probabilities[k].astype(np.float32)).max()) for k in reference.probabilities)
     return {"dice_min": float(min(dice)), "max_probability_difference": diff}

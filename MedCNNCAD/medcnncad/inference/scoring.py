@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from medcnncad.inference.segmenter import SegmentationResult
+from medcnncad.inference.postprocess import softmax_background
+from medcnncad.inference.result import SegmentationResult
 from medcnncad.metrics.calibration import apply_case_calibration
 
 __all__ = ["CASE_RULE", "case_score", "given_inputs", "case_probability", "calibration_words",
@@ -32,7 +33,7 @@ def case_score(result: SegmentationResult) -> float:
         return result.lesion_classifier_max
     if not result.probabilities:
         return 0.0
-    if result.manifest.postprocessing.activation == "softmax":
+    if softmax_background(result.manifest) is not None:  # foreground = 1 - background = sum of the others
         foreground = sum(p.astype(np.float32) for p in result.probabilities.values())
         return float(np.clip(foreground.max(), 0.0, 1.0))
     return float(max(p.max() for p in result.probabilities.values()))

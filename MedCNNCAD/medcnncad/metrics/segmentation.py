@@ -43,9 +43,9 @@ from medcnncad.errors import InputError
 from medcnncad.io.images import geometry_text, same_space
 from medcnncad.lesions.components import components, nonzero_box
 
-__all__ = ["StructureMetrics", "LesionDetection", "DetectionRule", "structure_metrics", "dice", "lesion_detection",
-           "compute_metrics", "check_label_image", "structures_for_labels", "pooled_detection", "DETECTION_RULE",
-           "STRICT", "BRATS_2023"]
+__all__ = ["dice_per_label", "StructureMetrics", "LesionDetection", "DetectionRule", "structure_metrics", "dice",
+           "lesion_detection", "compute_metrics", "check_label_image", "structures_for_labels", "pooled_detection",
+           "DETECTION_RULE", "STRICT", "BRATS_2023"]
 
 DETECTION_RULE = ("26-connected components; a reference lesion is detected (TP) when at least one of its voxels "
                   "is predicted; a predicted lesion is a false positive when none of its voxels is in the reference")
@@ -264,6 +264,12 @@ def dice(pred: np.ndarray, ref: np.ndarray, if_reference_empty: float | None = N
         return if_reference_empty
     total = int(np.count_nonzero(pred)) + n_ref
     return 2 * int(np.count_nonzero(pred & ref)) / total if total else 1.0
+
+
+def dice_per_label(pred: np.ndarray, ref: np.ndarray, values: Sequence[int]) -> dict[str, float]:
+    """:func:`dice` of each label value between two label maps of one shape (1.0 where neither has it),
+    keyed by the value as text (JSON-ready)."""
+    return {str(v): dice(pred == v, ref == v) for v in values}
 
 
 def structure_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],

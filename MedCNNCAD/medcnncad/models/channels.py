@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from medcnncad.models.manifest import Manifest
 
-__all__ = ["assign_channels"]
+__all__ = ["POST_CONTRAST_NAMES", "display_channel", "assign_channels"]
 
 
 def _normalise(text: str) -> str:
@@ -55,3 +55,13 @@ def assign_channels(manifest: Manifest, volumes: Mapping[str, Sequence[str]]) ->
             assignment[channel] = key
             used.add(key)
     return assignment
+
+
+POST_CONTRAST_NAMES = ("t1c", "t1ce", "t1gd")
+"""Channel names (lower case) of a post-contrast T1: what a reader looks at under an overlay."""
+
+
+def display_channel(names: Sequence[str]) -> str | None:
+    """The channel to show under an overlay: the first post-contrast T1 among ``names``, else the
+    first name (None when there is none)."""
+    return next((n for n in names if n.lower() in POST_CONTRAST_NAMES), next(iter(names), None))

@@ -246,12 +246,6 @@ class Manifest:
         out.update({region.name: tuple(region.labels) for region in self.regions})
         return out
 
-    def label_by_value(self, value: int) -> LabelDef:
-        for label in self.labels:
-            if label.value == value:
-                return label
-        raise KeyError(value)
-
 
 @dataclass(frozen=True)
 class ClassDef:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from medcnncad.errors import ModelError
+from medcnncad.io.resources import resource_dir
 from medcnncad.models.bundle import describe_bundle, load_bundle
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL
 from medcnncad.models.loaded import LoadedModel
@@ -30,12 +31,9 @@ def model_search_paths() -> list[Path]:
     """
     paths = [Path(p) for p in os.environ.get("MEDCNNCAD_MODEL_PATH", "").split(os.pathsep) if p]
     paths.append(Path.home() / ".medcnncad" / "models")
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "Resources" / "Models"
-        if candidate.is_dir():
-            paths.append(candidate)
-            break
+    shipped = resource_dir("Models")
+    if shipped is not None:
+        paths.append(shipped)
     return paths
 
 

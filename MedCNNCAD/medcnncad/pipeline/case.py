@@ -16,6 +16,7 @@ from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
 from medcnncad.io.images import atomic_path, read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics
+from medcnncad.models.channels import display_channel
 from medcnncad.reporting.case_outputs import write_case_outputs
 
 __all__ = ["process_case"]
@@ -82,5 +83,5 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
 
 def _display_channel(result):
     """The image shown under the overlay: a post-contrast channel when given, else the first."""
-    return next((image for name, image in result.images.items() if name.lower() in ("t1c", "t1ce", "t1gd")),
-                result.reference)
+    name = display_channel(list(result.images))
+    return result.images[name] if name is not None else result.reference

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 
 from medcnncad import INTENDED_USE, __version__
 from medcnncad.errors import InputError
+from medcnncad.inference.result import SegmentationResult
 from medcnncad.inference.scoring import (
     CASE_RULE,
     calibration_words,
@@ -31,7 +32,6 @@ from medcnncad.inference.scoring import (
     case_probability,
     case_score,
 )
-from medcnncad.inference.segmenter import SegmentationResult
 from medcnncad.io.images import UINT8_SCALE, signals_deferred, write_image, write_probability_map
 from medcnncad.io.segfile import write_seg_nrrd
 from medcnncad.metrics.segmentation import BRATS_2023, DETECTION_RULE, StructureMetrics

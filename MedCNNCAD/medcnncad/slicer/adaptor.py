@@ -24,8 +24,8 @@ import vtk
 
 from medcnncad import INTENDED_USE
 from medcnncad.errors import InputError
+from medcnncad.inference.result import SegmentationResult
 from medcnncad.inference.scoring import calibration_words, case_calibration_note, case_probability
-from medcnncad.inference.segmenter import SegmentationResult
 from medcnncad.io.segfile import terminology_entry
 from medcnncad.lesions.components import Lesion, components
 from medcnncad.metrics.segmentation import StructureMetrics, compute_metrics

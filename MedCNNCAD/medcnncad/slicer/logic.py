@@ -20,6 +20,13 @@ from typing import TYPE_CHECKING, Any, Union
 import slicer
 
 from medcnncad import INTENDED_USE
+from medcnncad.errors import InputError, MedCNNCADError
+from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER as DEFAULT_CLASSIFIER
+from medcnncad.slicer.dependencies import TORCH_VERSION, missing_requirements
+
+# Everything else of the engine is imported inside the methods that use it: this module loads when
+# Slicer starts, before torch, MONAI, jsonschema and scikit-learn exist in Slicer's Python (the module
+# then offers to install them); the modules above need none of them.
 
 if TYPE_CHECKING:  # the engine's heavy modules load lazily (torch may not be installed yet)
     from medcnncad.models.manifest import Manifest
@@ -40,13 +47,9 @@ class SecondReaderLogic:
     # -- environment --------------------------------------------------------------------
     @staticmethod
     def missingDependencies() -> tuple[bool, list[str]]:
-        from medcnncad.slicer.dependencies import missing_requirements
-
         return missing_requirements()
 
     def installDependencies(self, askConfirmation: bool = True) -> bool:
-        from medcnncad.slicer.dependencies import TORCH_VERSION
-
         torchMissing, missing = self.missingDependencies()
         text = "MedCNNCAD needs: " + ", ".join((["PyTorch"] if torchMissing else []) + missing) + ". Install now?"
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(text):
@@ -66,8 +69,6 @@ class SecondReaderLogic:
         """The installed lesion classifier's id when ``enabled`` and installed, else None."""
         if not enabled:
             return None
-        from medcnncad.errors import MedCNNCADError
-        from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER as DEFAULT_CLASSIFIER
         from medcnncad.models.registry import find_model
 
         try:
@@ -229,7 +230,6 @@ class SecondReaderLogic:
 
     def compare(self, segmentationNode: Any, referenceNode: Any, referenceVolumeNode: Any = None) -> Comparison:
         """Metrics per label/region, discordance segments and lesion concordance vs a reference."""
-        from medcnncad.errors import InputError
         from medcnncad.slicer.adaptor import compare_nodes
 
         if segmentationNode is None or referenceNode is None:

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import slicer
 import slicer.util
 
+from medcnncad.models.channels import display_channel
 from medcnncad.models.registry import describe_model
 from medcnncad.slicer.adaptor import add_segmentation_node, ijk_to_ras_matrix
 from medcnncad.slicer.headless import application_logic, new_scene
@@ -27,8 +28,8 @@ def case_screenshots(case_dir: Path, report: dict) -> list[tuple[str, bytes]]:
     """Slicer slice views of the AI segmentation and the reference (needs slicer-core)."""
     new_scene()
     inputs = report.get("inputs") or {}
-    image_path = next((inputs[k] for k in inputs if k.lower() in ("t1c", "t1ce", "t1gd")), None)
-    image_path = image_path or next(iter(inputs.values()), None)
+    shown = display_channel(list(inputs))
+    image_path = inputs[shown] if shown is not None else None
     if image_path is None or Path(image_path).is_dir():
         raise FileNotFoundError("no image file to render")
     volume = slicer.modules.volumes.logic().AddArchetypeVolume(str(image_path), "image")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from medcnncad.data.augment import segmentation_transforms
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import resolve_device
+from medcnncad.metrics.segmentation import dice
 from medcnncad.models.manifest import Manifest, parse_manifest, sha256_file
 from medcnncad.models.registry import load_model
 from medcnncad.models.weights import build_network
@@ -86,9 +87,7 @@ def _region_dice(pred: np.ndarray, true: np.ndarray, manifest: Manifest) -> dict
     structures = manifest.structures()
     out = {}
     for name, labels in structures.items():
-        p, t = np.isin(pred_v, labels), np.isin(true_v, labels)
-        denom = p.sum() + t.sum()
-        out[name] = float(2 * (p & t).sum() / denom) if denom else 1.0
+        out[name] = dice(np.isin(pred_v, labels), np.isin(true_v, labels))
     return out
 
 
@@ -203,7 +202,8 @@ def _optimizer(network: torch.nn.Module, cfg: TrainConfig, pretrained: set[str])
     if old:
         groups.append({"params": old, "lr": cfg.lr * cfg.pretrained_lr_scale})
     if not any(g["params"] for g in groups):
-        raise ValueError("nothing to train: every tensor is pretrained and frozen")
+        raise InputError("nothing to train: every tensor is pretrained and frozen "
+                         "(--freeze-pretrained with --init of the same network)")
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=1e-5)
 
 

@@ -2,23 +2,21 @@
 0.75 mm (half a model voxel) along the image's first axis by linear resampling on the same grid, and
 compare the two whole-tumor masks voxel for voxel, next to the reference compared with itself moved.
 
-    python scripts/shift_stability.py PRESET INPUTS N [MODEL]  # e.g. clinical-like T1c 30, heldout all 24
+    python research/shift_stability.py PRESET INPUTS N [MODEL]  # e.g. clinical-like T1c 30, heldout all 24
 
 MODEL (default brats-robust-unet) runs in its own default mode (manifest inference.test_time_augmentation).
 """
 import sys
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedCNNCAD"))
 torch.set_num_threads(2)
-from medcnncad.data.phantom import make_phantom, preset  # noqa: E402
-from medcnncad.inference.segmenter import Segmenter  # noqa: E402
-from medcnncad.metrics.segmentation import dice  # noqa: E402
-from medcnncad.models.registry import load_model  # noqa: E402
+from medcnncad.data.phantom import make_phantom, preset
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.metrics.segmentation import dice
+from medcnncad.models.registry import load_model
 
 pre, chans, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 seg = Segmenter(load_model(sys.argv[4] if len(sys.argv) > 4 else "brats-robust-unet"), "cpu")

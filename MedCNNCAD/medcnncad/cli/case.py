@@ -1,0 +1,125 @@
+"""``medcnncad demo`` and ``medcnncad segment``: one case, read -> segment -> classify -> evaluate -> write."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from medcnncad.cli.options import DEMO_SEED, add
+from medcnncad.cli.progress import TqdmProgress
+from medcnncad.data.phantom import make_phantom, write_phantom
+from medcnncad.errors import InputError, MedCNNCADError
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.io.images import signals_deferred
+from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER
+from medcnncad.models.grade_classifier import load_classifier
+from medcnncad.models.registry import find_model, load_model
+from medcnncad.pipeline.case import process_case
+from medcnncad.reporting.case_outputs import summary_table
+
+__all__ = ["add_parsers", "parse_pairs"]
+
+
+def parse_pairs(items: Sequence[str], option: str = "--input", form: str = "NAME=PATH") -> dict[str, str]:
+    """``NAME=VALUE`` option values as a dict; a malformed or repeated one is an InputError naming it."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"{option} {item!r}: expected {form}, e.g. T1c=case/t1c.nii.gz")
+        if name in pairs:
+            raise InputError(f"{option} {name}: given twice")
+        pairs[name] = value
+    return pairs
+
+
+def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
+              reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
+              classifier: str | None = None, tta: bool | None = None, precision: str | None = None) -> dict:
+    """Load the model(s), then segment (+ classify, + evaluate) one case and write its outputs."""
+    t0 = time.perf_counter()
+    segmenter = Segmenter(load_model(model_id, trust=trust), device=device, precision=precision)
+    loaded_classifier = load_classifier(classifier) if classifier else None
+    progress = TqdmProgress()
+    try:
+        return process_case(segmenter, inputs, out, reference, series, dicom_seg, progress,
+                            {"model_load": time.perf_counter() - t0}, loaded_classifier, tta)
+    finally:
+        progress.close()
+
+
+def _default_classifier(requested: str | None) -> str | None:
+    """The demo classifies lesions with the shipped grade classifier unless told otherwise ("none")."""
+    if requested:
+        return None if requested.lower() == "none" else requested
+    try:
+        find_model(DEFAULT_GRADE_CLASSIFIER)
+    except MedCNNCADError:
+        return None
+    return DEFAULT_GRADE_CLASSIFIER
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    case = make_phantom(args.seed)
+    with tempfile.TemporaryDirectory(prefix="medcnncad-demo-") as staging:
+        paths = write_phantom(case, staging)
+        print(f"phantom case seed {args.seed} (held out from training) made in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+        inputs = {name: str(paths[name]) for name in case.images}
+        report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]),
+                           classifier=_default_classifier(args.classifier), tta=args.tta)
+        final = {name: out / "inputs" / path.name for name, path in paths.items()}
+        report["inputs"] = {name: str(final[name]) for name in inputs}
+        report["reference"] = str(final["label"])
+        with signals_deferred():  # the input case joins the outputs only when they are complete
+            (out / "inputs").mkdir(exist_ok=True)
+            for name, path in paths.items():
+                shutil.copyfile(path, out / "inputs" / f".{path.name}.tmp")
+                os.replace(out / "inputs" / f".{path.name}.tmp", final[name])
+            (out / ".report.json.tmp").write_text(json.dumps(report, indent=2) + "\n")
+            os.replace(out / ".report.json.tmp", out / "report.json")  # paths that outlive the demo
+    print(summary_table(report))
+    print(f"\noutputs in {out}: labels.nii.gz, labels.seg.nrrd, prob_*.nii.gz, overlay.png, report.json, "
+          f"and the input case in {out / 'inputs'}")
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    report = _run_case(args.model, parse_pairs(args.input), Path(args.out), args.device, args.trust,
+                       args.reference, parse_pairs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
+                       args.dicom_seg, None if (args.classifier or "").lower() == "none" else args.classifier,
+                       args.tta, args.precision)
+    print(summary_table(report))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``demo`` and ``segment`` to the command line's subparsers."""
+    p = sub.add_parser("demo", help="segment a held-out phantom case and evaluate it against its ground truth")
+    add(p, "out", "seed", "model", "device", "classifier", "tta",
+        out={"required": False, "default": "demo_out"}, seed={"default": DEMO_SEED})
+    p.set_defaults(func=run_demo)
+
+    p = sub.add_parser("segment", help="segment one case")
+    add(p, "model", model={"required": True, "default": None})
+    p.add_argument("--input", action="append", required=True, metavar="NAME=PATH",
+                   help="input channel (manifest channel name) and its volume file or DICOM folder")
+    add(p, "out", "device", "trust", "classifier")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="override the model's execution precision (auto: fp16 on CUDA, fp32 on CPU)")
+    add(p, "tta")
+    p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
+    p.add_argument("--series", action="append", metavar="NAME=UID_OR_DESCRIPTION",
+                   help="pick the DICOM series of channel NAME in a folder holding several")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write labels.seg.dcm, a DICOM SEG referencing the first channel's DICOM series")
+    p.set_defaults(func=run_segment)

@@ -1,0 +1,82 @@
+"""``medcnncad batch`` (a cohort from a CSV, on Dask) and ``medcnncad report`` (HTML/PDF of a case or cohort)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from medcnncad.cli.options import add
+from medcnncad.errors import InputError
+from medcnncad.models.registry import describe_model
+from medcnncad.pipeline.cohort import read_cases, run_cohort, summary_markdown
+from medcnncad.reporting.html import Screenshots, case_report, cohort_report, html_to_pdf
+
+__all__ = ["add_parsers"]
+
+
+def _screenshots() -> Screenshots | None:
+    """Slicer slice views for HTML reports when ``slicer-core`` is installed (None: the overlay only).
+
+    Imported here, lazily, because ``slicer-core`` is optional outside Slicer and costs ~1 s to import.
+    """
+    try:
+        from medcnncad.slicer.screenshots import case_screenshots
+    except ImportError:
+        return None
+    return case_screenshots
+
+
+def _labels_from_cohort_csv(folder: Path) -> dict[str, int | None]:
+    labels: dict[str, int | None] = {}
+    with open(folder / "cohort.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            labels[row["case_id"]] = int(row["label"]) if row.get("label") else None
+    return labels
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    manifest = describe_model(args.model)
+    cases = read_cases(args.cases, manifest.input_names)
+    summary = run_cohort(cases, args.model, args.out, device=args.device, scheduler=args.scheduler,
+                         workers=args.workers, serial=args.serial)
+    if args.report:
+        for case in cases:
+            if (Path(args.out) / "cases" / case.case_id / "report.json").is_file():
+                case_report(Path(args.out) / "cases" / case.case_id, _screenshots())
+        print(cohort_report(args.out, {c.case_id: c.label for c in cases}))
+    print(summary_markdown(summary))
+    print(f"per-case outputs in {Path(args.out) / 'cases'}; cohort.csv, failures.csv, summary.json, summary.md "
+          f"in {args.out}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    if (folder / "summary.json").is_file():
+        path = cohort_report(folder, _labels_from_cohort_csv(folder))
+    elif (folder / "report.json").is_file():
+        path = case_report(folder, _screenshots())
+    else:
+        raise InputError(f"{folder}: neither a case folder (report.json) nor a cohort folder (summary.json)")
+    print(path)
+    if args.pdf:
+        print(html_to_pdf(path))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``batch`` and ``report``."""
+    p = sub.add_parser("batch", help="segment and evaluate a cohort from a CSV (resumable, on dask)")
+    p.add_argument("--cases", required=True, help="CSV: case_id, one column per channel, [reference], [label]")
+    add(p, "out", "model", "device")
+    p.add_argument("--scheduler", help="dask scheduler address (tcp://host:port); default a local cluster")
+    add(p, "workers", workers={"help": "processes of the local cluster"})
+    p.add_argument("--serial", action="store_true", help="run in this process, without dask")
+    p.add_argument("--report", action="store_true", help="also write HTML reports per case and for the cohort")
+    p.set_defaults(func=run_batch)
+
+    p = sub.add_parser("report", help="HTML report (and --pdf) of a case or cohort output folder")
+    p.add_argument("folder")
+    p.add_argument("--pdf", action="store_true", help="also print it to PDF with headless Chromium")
+    p.set_defaults(func=run_report)

@@ -1,0 +1,109 @@
+"""``medcnncad evaluate``, ``evaluate-phantoms`` and ``calibrate-case``: agreement and calibration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from medcnncad.cli.options import add, channel_list
+from medcnncad.evaluation.phantoms import (
+    calibration_helps,
+    evaluate_on_phantoms,
+    fit_case_calibration,
+    format_table,
+    write_case_calibration,
+)
+from medcnncad.io.images import read_volume
+from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
+from medcnncad.models.manifest import load_manifest
+from medcnncad.models.registry import find_model
+from medcnncad.reporting.case_outputs import json_safe
+
+__all__ = ["add_parsers"]
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    ref_img = read_volume(args.ref)
+    pred_img = read_volume(args.pred)
+    ref = check_label_image(ref_img, args.ref)
+    pred = check_label_image(pred_img, args.pred, ref_img, args.ref)
+    if args.model:
+        structures = load_manifest(find_model(args.model)).structures()
+    else:
+        values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)
+        structures = structures_for_labels(values, {"foreground": values} if len(values) > 1 else None)
+    metrics = compute_metrics(pred, ref, ref_img.GetSpacing(), structures)
+    payload = {"pred": args.pred, "ref": args.ref, "metrics": {k: v.to_json() for k, v in metrics.items()}}
+    if args.json:
+        print(json.dumps(json_safe(payload), indent=2))
+        return 0
+    print(f"{'structure':<12}{'Dice':>7}{'Jacc':>7}{'prec':>7}{'recall':>7}{'spec':>8}{'HD95':>8}{'ASSD':>8}"
+          f"{'dVol mL':>9}")
+    for name, m in metrics.items():
+        f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"
+        print(f"{name:<12}{f(m.dice):>7}{f(m.jaccard):>7}{f(m.precision):>7}{f(m.recall):>7}"
+              f"{f(m.specificity, 4):>8}{f(m.hd95_mm, 2):>8}{f(m.assd_mm, 2):>8}{m.volume_diff_ml:>9.2f}")
+    return 0
+
+
+def run_evaluate_phantoms(args: argparse.Namespace) -> int:
+    summary = evaluate_on_phantoms(args.model, n_cases=args.n, seed_base=args.seed_base, device=args.device,
+                                   preset=args.preset, channels=channel_list(args.channels), tta=args.tta,
+                                   tumor_free=args.tumor_free)
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    return 0
+
+
+def run_calibrate_case(args: argparse.Namespace) -> int:
+    cal = fit_case_calibration(args.model, n_cases=args.n, preset=args.preset, tumor_free=args.tumor_free,
+                               seed_base=args.seed_base, device=args.device, channels=channel_list(args.channels))
+    out = sys.stderr if args.json else sys.stdout
+    if args.json:
+        print(json.dumps(cal, indent=2))
+    else:
+        for when, words in (("before", "uncalibrated"), ("after", "calibrated, same cases"),
+                            ("leave_one_out", "calibrated, leave-one-out")):
+            r = cal[when]
+            print(f"{words:>26}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} log loss {r['log_loss']:.3f} "
+                  f"ECE {r['ece_10_bins']:.4f} sensitivity {r['sensitivity']:.2f} specificity "
+                  f"{r['specificity']:.2f} at 0.5")
+        empty = cal.get("no_candidate_probability")
+        print(f"Platt a={cal['a']:.4f} b={cal['b']:.4f}" + ("" if empty is None else
+              f", cases without candidate: {empty:.3f}") + f" ({cal['fitted_on']})")
+    if args.write and not (calibration_helps(cal) or args.force):
+        print(f"not written: leave-one-out log loss {cal['leave_one_out']['log_loss']:.3f} is not below the "
+              f"uncalibrated score's {cal['before']['log_loss']:.3f} (--force writes it anyway)", file=out)
+    elif args.write:
+        write_case_calibration(str(find_model(args.model)), cal)
+        print(f"written to {find_model(args.model) / 'manifest.json'}", file=out)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``evaluate``, ``evaluate-phantoms`` and ``calibrate-case``."""
+    p = sub.add_parser("evaluate", help="metrics between a predicted and a reference label map")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--ref", required=True)
+    add(p, "json", "model", model={"default": None, "help": "take label names and regions from this model's manifest"})
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("evaluate-phantoms", help="evaluate a model on held-out phantoms (never trained on)")
+    add(p, "model", "n", "seed-base", "device", "json", "preset", "channels", "tta", "tumor-free")
+    p.set_defaults(func=run_evaluate_phantoms)
+
+    p = sub.add_parser("calibrate-case", help="fit Platt scaling of a model's case abnormality probability "
+                                              "on validation phantoms (half tumor-free)")
+    add(p, "model", "n", "preset", "tumor-free", "channels", "seed-base", "device", "write",
+        n={"default": 40}, preset={"default": "robust"}, tumor_free={"default": 0.5},
+        channels={"help": "comma-separated sequences given to the model (default all); the calibration "
+                          "applies only to runs given exactly these"},
+        seed_base={"default": 250_000, "help": "first phantom seed (default 250000, validation side: never "
+                                               "training, never the 900000+ test seeds)"},
+        write={"help": "store the calibration in the model's manifest (replacing one fitted with the same "
+                       "sequences) when its leave-one-out log loss beats the raw score's"})
+    p.add_argument("--force", action="store_true", help="with --write: store it even when it does not")
+    add(p, "json", json={"help": "print everything, per-case scores included, as JSON"})
+    p.set_defaults(func=run_calibrate_case)

@@ -1,0 +1,167 @@
+"""``medcnncad train segmentation|classification``, ``calibrate-classifier``, ``evaluate-classifier``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+from medcnncad.cli.options import (
+    add,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
+from medcnncad.models.registry import find_model
+from medcnncad.reporting.case_outputs import json_safe
+from medcnncad.training.classification import (
+    ClassifierTrainConfig,
+    evaluate_classifier,
+    recalibrate,
+    train_classification,
+    write_calibration,
+)
+from medcnncad.training.segmentation import TrainConfig, train_segmentation
+
+__all__ = ["add_parsers", "train_config"]
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``train segmentation`` options: every field whose name is an
+    option (``--n-train`` -> ``n_train``); ``patch`` as a tuple."""
+    values = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
+    values["patch"] = tuple(values["patch"])
+    values["phantom_preset"] = args.phantoms
+    return TrainConfig(**values)
+
+
+def run_train_segmentation(args: argparse.Namespace) -> int:
+    command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
+    out = train_segmentation(args.template, args.out, train_config(args), resume=args.resume, command=command)
+    print(f"model written to {out}")
+    return 0
+
+
+def run_train_classification(args: argparse.Namespace) -> int:
+    values = {name: getattr(args, name) for name in ClassifierTrainConfig.__dataclass_fields__ if hasattr(args, name)}
+    cfg = ClassifierTrainConfig(**{**values, "phantom_preset": args.phantoms})
+    command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
+    out = train_classification(args.template, args.out, cfg, resume=args.resume, command=command)
+    print(f"classifier written to {out}")
+    return 0
+
+
+def run_calibrate_classifier(args: argparse.Namespace) -> int:
+    blocks = recalibrate(args.model, n_cases=args.n, preset=args.preset, workers=args.workers)
+    cal = blocks["calibration"]
+    for when in ("validation_before", "validation_after"):
+        r = cal[when]
+        print(f"{when}: AUC {r['auc']:.3f} Brier {r['brier']:.4f} ECE {r['ece_10_bins']:.4f}")
+    print(f"temperature {cal['temperature']:.4f}, threshold {blocks['operating_point']['threshold']:.4f} "
+          f"({cal['fitted_on']})")
+    if args.write:
+        write_calibration(find_model(args.model), blocks)
+        print(f"written to {find_model(args.model) / 'manifest.json'}")
+    return 0
+
+
+def run_evaluate_classifier(args: argparse.Namespace) -> int:
+    report = evaluate_classifier(args.model, n_cases=args.n, preset=args.preset, seed_base=args.seed_base,
+                                 tta=args.tta, workers=args.workers, diagram=args.diagram)
+    if args.json:
+        print(json.dumps(json_safe(report), indent=2))
+        return 0
+    c, u = report["calibrated"], report["uncalibrated"]
+    cm = c["confusion_matrix"]
+    print(f"{report['model']} {report['version']}: {report['lesions']} held-out lesions, preset {report['preset']}, "
+          f"seeds {report['seeds'][0]}-{report['seeds'][1]}")
+    print(f"AUC {c['auc']:.3f}  at threshold {c['threshold']:.3f}: sensitivity {c['sensitivity']:.3f} "
+          f"specificity {c['specificity']:.3f}  (TP {cm['tp']} FN {cm['fn']} FP {cm['fp']} TN {cm['tn']})")
+    print(f"calibrated (T={report['temperature']:.3f}): Brier {c['brier']:.4f} ECE {c['ece_10_bins']:.4f}; "
+          f"uncalibrated: Brier {u['brier']:.4f} ECE {u['ece_10_bins']:.4f}")
+    if args.diagram:
+        print(f"reliability diagram: {args.diagram}")
+    return 0
+
+
+def _add_train_segmentation(tsub: argparse._SubParsersAction) -> None:
+    t = tsub.add_parser("segmentation", help="train (or fine-tune) a segmentation model on phantoms or your cases")
+    t.add_argument("--template", required=True, help="manifest JSON describing the model to train")
+    t.add_argument("--data", help="CSV of cases or folder of case folders (default: phantoms generated on the fly)")
+    t.add_argument("--val-fraction", type=fraction, default=0.15, help="validation share of --data cases")
+    t.add_argument("--phantoms", default="classic",
+                   help="phantom preset (classic, graded, robust, robust-head, ...) or several, "
+                        "comma-separated, dealt in turn")
+    t.add_argument("--augmentation", default="light", choices=["light", "robust"])
+    t.add_argument("--channel-drop", type=probability, default=0.0,
+                   help="probability of zeroing random input sequences (missing-sequence robustness)")
+    t.add_argument("--init", help="start from this model's weights (matching layers kept, the rest re-initialised)")
+    t.add_argument("--pretrained-lr-scale", type=non_negative_float, default=0.1,
+                   help="learning-rate factor for layers taken from --init (new layers use --lr)")
+    t.add_argument("--freeze-pretrained", action="store_true", help="do not train layers taken from --init")
+    add(t, "out")
+    t.add_argument("--n-train", type=positive_int, default=48)
+    t.add_argument("--n-val", type=positive_int, default=6)
+    t.add_argument("--epochs", type=positive_int, default=40)
+    t.add_argument("--steps-per-epoch", type=positive_int, default=50)
+    t.add_argument("--batch-size", type=positive_int, default=2)
+    t.add_argument("--negative-share", type=probability, default=1 / 3,
+                   help="share of training patches centred on background (scalp, air) rather than on a label")
+    t.add_argument("--region-loss", type=non_negative_float, default=0.0, metavar="WEIGHT",
+                   help="add WEIGHT x soft Dice on the manifest's nested regions (e.g. WT, TC) to the "
+                        "Dice+CE loss (region-based training; default 0: labels only)")
+    t.add_argument("--patch", type=positive_int, nargs=3, default=[64, 64, 64])
+    t.add_argument("--lr", type=positive_float, default=2e-3)
+    add(t, "seed", "workers", "device", workers={"help": "processes preparing the cases (phantoms, resampling)"})
+    t.add_argument("--loader-workers", type=non_negative_int, default=None,
+                   help="processes running the augmentation during training (0: the training process; default: "
+                        "up to 8 on a GPU, where the augmentation sets the pace, 0 on the CPU)")
+    add(t, "resume")
+    t.set_defaults(func=run_train_segmentation)
+
+
+def _add_train_classification(tsub: argparse._SubParsersAction) -> None:
+    c = tsub.add_parser("classification", help="train and calibrate a lesion grade classifier")
+    c.add_argument("--template", required=True, help="classifier manifest JSON describing the model to train")
+    add(c, "out")
+    c.add_argument("--data", help="CSV with input columns, 'label' and 'class' (default: phantoms)")
+    c.add_argument("--phantoms", default="robust", help="phantom preset (grade is its hidden variable)")
+    c.add_argument("--n-train", type=positive_int, default=400)
+    c.add_argument("--n-val", type=positive_int, default=100)
+    c.add_argument("--epochs", type=positive_int, default=20)
+    c.add_argument("--steps-per-epoch", type=positive_int, default=60)
+    c.add_argument("--batch-size", type=positive_int, default=16)
+    c.add_argument("--views", type=positive_int, default=2, help="jittered patches per training lesion")
+    c.add_argument("--lr", type=positive_float, default=1e-3)
+    c.add_argument("--channel-drop", type=probability, default=0.3)
+    add(c, "seed", "workers", "resume")
+    c.set_defaults(func=run_train_classification)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` (with ``segmentation`` and ``classification``), ``calibrate-classifier`` and
+    ``evaluate-classifier``."""
+    p = sub.add_parser("train", help="train a model")
+    tsub = p.add_subparsers(dest="task", required=True)
+    _add_train_segmentation(tsub)
+    _add_train_classification(tsub)
+
+    p = sub.add_parser("calibrate-classifier", help="refit a lesion grade classifier's temperature and operating "
+                                                    "point on more validation phantoms")
+    add(p, "grade-classifier-model", "n", "preset", "workers", "write", n={"default": 300},
+        preset={"default": "robust"})
+    p.set_defaults(func=run_calibrate_classifier)
+
+    p = sub.add_parser("evaluate-classifier", help="AUC, operating point, Brier, ECE of a lesion grade classifier "
+                                                   "on held-out phantoms, with a reliability diagram")
+    add(p, "grade-classifier-model", "n", "preset", "seed-base", n={"default": 200,
+        "help": "phantom cases (tumor-free ones have no lesion)"}, preset={"default": "heldout"},
+        seed_base={"default": None})
+    p.add_argument("--tta", action="store_true")
+    add(p, "workers")
+    p.add_argument("--diagram", help="write the reliability diagram PNG here")
+    add(p, "json")
+    p.set_defaults(func=run_evaluate_classifier)

@@ -1,0 +1,83 @@
+"""Probabilities from the network's grid back onto the user's grid (the first input channel's).
+
+Network-side tensors are (C, I', J', K') with a RAS affine (MONAI); results are numpy (C, K, J, I)
+arrays on the reference image's grid (SimpleITK, LPS).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from medcnncad.inference.postprocess import softmax_background
+from medcnncad.inference.windows import NUMPY_DTYPES
+from medcnncad.io.images import same_space
+from medcnncad.models.manifest import Manifest
+from medcnncad.models.preprocessing import lps_to_ras
+
+__all__ = ["to_input_grid", "background_only"]
+
+
+def _grid_of(probs: torch.Tensor, affine: torch.Tensor) -> sitk.Image:
+    """An empty SimpleITK image with the geometry of (C, I, J, K) ``probs`` and their RAS ``affine``."""
+    lps = lps_to_ras(np.asarray(affine, dtype=np.float64))
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    grid = sitk.Image([int(v) for v in probs.shape[1:]], sitk.sitkUInt8)
+    grid.SetSpacing(tuple(float(v) for v in spacing))
+    grid.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
+    grid.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
+    return grid
+
+
+def to_input_grid(manifest: Manifest, probs: torch.Tensor, affine: torch.Tensor, reference: sitk.Image,
+                  raw: bool = False) -> np.ndarray:
+    """Resample (C, I', J', K') probabilities with RAS ``affine`` onto the reference grid (C, K, J, I).
+
+    Linear interpolation with SimpleITK (multi-threaded; 2.5x faster here than MONAI's
+    SpatialResample, same values to 3e-3), one channel at a time, into an array of the
+    probabilities' dtype; a plain transpose when the model grid is the reference grid. For a
+    softmax model only the foreground channels are resampled; the background is 1 - their sum,
+    which also makes everything outside the cropped field of view background.
+
+    Args:
+        manifest: the model's manifest (output channels, activation).
+        probs: probabilities on the network's grid.
+        affine: their RAS affine (4 x 4).
+        reference: the grid to resample onto.
+        raw: the channels are not the manifest's outputs (e.g. an uncertainty map): resample each
+            channel as it is.
+    """
+    channels = manifest.postprocessing.channels if not raw else [None] * probs.shape[0]
+    background = None if raw else softmax_background(manifest)
+    keep = [i for i in range(len(channels)) if i != background]
+    grid = _grid_of(probs, affine)
+    if same_space(grid, reference):  # the stitched array itself (a copy only when not laid out as (C, K, J, I))
+        out = np.ascontiguousarray(probs.permute(0, 3, 2, 1).numpy())
+        keep = []
+    else:
+        out = np.empty((len(channels), *reference.GetSize()[::-1]), dtype=NUMPY_DTYPES[probs.dtype])
+    for index in keep:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(probs[index].numpy().transpose(2, 1, 0),
+                                                            dtype=np.float32))
+        image.CopyInformation(grid)
+        resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        del image
+        out[index] = np.clip(sitk.GetArrayViewFromImage(resampled), 0.0, 1.0)
+    if background is not None:  # background = 1 - the foreground channels, a few slices at a time (float32 sums)
+        foreground = [i for i in range(len(channels)) if i != background]
+        for k in range(0, out.shape[1], 16):
+            rest = np.zeros(out[background, k:k + 16].shape, np.float32)
+            for index in foreground:
+                rest += out[index, k:k + 16]
+            out[background, k:k + 16] = np.clip(1.0 - rest, 0.0, 1.0)
+    return out
+
+
+def background_only(manifest: Manifest, reference: sitk.Image, dtype: torch.dtype) -> np.ndarray:
+    """Probabilities (C, K, J, I) of an empty result: background 1 (softmax), everything else 0."""
+    channels = manifest.postprocessing.channels
+    probs = np.zeros((len(channels), *reference.GetSize()[::-1]), dtype=NUMPY_DTYPES[dtype])
+    if manifest.postprocessing.activation == "softmax":
+        probs[[i for i, c in enumerate(channels) if c.value == 0]] = 1.0
+    return probs

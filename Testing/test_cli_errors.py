@@ -1,0 +1,59 @@
+"""Every command of the command line, given a bad option value or a bad file: exit code 2 and one line
+that names the value or file, never a traceback or an "internal error" (the CLI's error contract)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+
+from medcnncad.cli import main
+from medcnncad.cli.app import COMMANDS
+
+TEMPLATE = str(ROOT / "Resources" / "ModelTemplates" / "brats-demo-unet.json")
+
+# command -> (arguments, a word the one-line message must contain); each fails before any real work
+BAD = {
+    "demo": (["--device", "quantum"], "quantum"),
+    "segment": (["--model", "demo", "--input", "T1", "--out", "{tmp}/o"], "NAME=PATH"),
+    "evaluate": (["--pred", "{tmp}/missing.nii.gz", "--ref", "{tmp}/missing.nii.gz"], "missing.nii.gz"),
+    "phantom": (["--out", "{tmp}/p", "--preset", "nonsense"], "nonsense"),
+    "batch": (["--cases", "{tmp}/missing.csv", "--out", "{tmp}/b"], "missing.csv"),
+    "report": (["{tmp}/missing"], "missing"),
+    "evaluate-phantoms": (["--n", "-3"], "-3"),
+    "sample-data": (["--out", "{tmp}/s", "--model", "no-such-model"], "no-such-model"),
+    "models": (["--format", "xml"], "--format"),
+    "trust": (["{tmp}"], "not a MONAI bundle"),
+    "train": (["segmentation", "--template", TEMPLATE, "--out", "{tmp}/t", "--channel-drop", "2"], "'2'"),
+    "calibrate-case": (["--tumor-free", "1.5"], "1.5"),
+    "calibrate-classifier": (["--model", "no-such-model"], "no-such-model"),
+    "evaluate-classifier": (["--workers", "0"], "'0'"),
+}
+
+MORE = [
+    (["segment", "--model", "demo", "--input", "T1=x", "--out", "o", "--device", "tpu"], "tpu"),
+    (["segment", "--model", "brats-robust-unet", "--input", "T1c={tmp}/missing.nii.gz", "--out", "{tmp}/o"],
+     "missing.nii.gz"),
+    (["segment", "--model", "demo", "--input", "T1=a", "--input", "T1=b", "--out", "{tmp}/o"], "given twice"),
+    (["segment", "--model", "demo", "--input", "T1=a", "--out", "o", "--precision", "fp8"], "fp8"),
+    (["train", "segmentation", "--template", TEMPLATE, "--out", "{tmp}/t", "--patch", "0", "0", "0"], "'0'"),
+    (["train", "segmentation", "--template", TEMPLATE, "--out", "{tmp}/t", "--val-fraction", "1.5"], "1.5"),
+    (["train", "segmentation", "--template", "{tmp}/missing.json", "--out", "{tmp}/t"], "missing.json"),
+    (["train", "classification", "--template", TEMPLATE, "--out", "{tmp}/t", "--lr", "-1"], "-1"),
+    (["evaluate-phantoms", "--preset", "nonsense", "--n", "1"], "nonsense"),
+    (["nonsense-command"], "nonsense-command"),
+]
+
+
+def test_every_command_has_a_bad_input_case():
+    assert sorted(BAD) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("argv, word", [([name, *args], word) for name, (args, word) in BAD.items()] + MORE,
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, word):
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if "phantom case seed" not in line]  # the demo's progress note
+    assert code == 2, err
+    assert len(err) == 1 and "error:" in err[0] and word in err[0], err
+    assert "Traceback" not in err[0] and "internal error" not in err[0]
