@@ -20,6 +20,7 @@ BAD = {
     "batch": (["--cases", "{tmp}/missing.csv", "--out", "{tmp}/b"], "missing.csv"),
     "report": (["{tmp}/missing"], "missing"),
     "evaluate-phantoms": (["--n", "-3"], "-3"),
+    "evaluate-real": (["--data", "{tmp}/missing"], "missing"),
     "sample-data": (["--out", "{tmp}/s", "--model", "no-such-model"], "no-such-model"),
     "models": (["--format", "xml"], "--format"),
     "trust": (["{tmp}"], "not a MONAI bundle"),

@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "batch": ("cohort", "segment and evaluate a cohort from a CSV (resumable, on dask)"),
     "report": ("cohort", "HTML report (and --pdf) of a case or cohort output folder"),
     "evaluate-phantoms": ("evaluate", "evaluate a model on held-out phantoms (never trained on)"),
+    "evaluate-real": ("evaluate", "run the full chain on real patients' scans and score it against their references"),
     "sample-data": ("data", "write the compact sample case registered with Slicer's Sample Data"),
     "models": ("models", "list installed models"),
     "trust": ("models", "trust a MONAI bundle (by the hash of its configs and weights)"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +17,7 @@ from medcnncad.evaluation.phantoms import (
     format_table,
     write_case_calibration,
 )
+from medcnncad.evaluation.real import VARIANTS, evaluate_real, format_real_table
 from medcnncad.io.images import read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
 from medcnncad.models.manifest import load_manifest
@@ -57,6 +59,15 @@ def run_evaluate_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate_real(args: argparse.Namespace) -> int:
+    report = evaluate_real(args.data, args.model, device=args.device, variants=channel_list(args.variants) or VARIANTS,
+                           tta=args.tta, cases=channel_list(args.cases))
+    if args.out:
+        Path(args.out).write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    print(json.dumps(json_safe(report), indent=2) if args.json else format_real_table(report))
+    return 0
+
+
 def run_calibrate_case(args: argparse.Namespace) -> int:
     cal = fit_case_calibration(args.model, n_cases=args.n, preset=args.preset, tumor_free=args.tumor_free,
                                seed_base=args.seed_base, device=args.device, channels=channel_list(args.channels))
@@ -93,6 +104,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate-phantoms", help="evaluate a model on held-out phantoms (never trained on)")
     add(p, "model", "n", "seed-base", "device", "json", "preset", "channels", "tta", "tumor-free")
     p.set_defaults(func=run_evaluate_phantoms)
+
+    p = sub.add_parser("evaluate-real", help="run the full chain on real patients' scans (a realdata folder) and "
+                                             "score it against their references")
+    p.add_argument("--data", required=True, help="folder of real cases (layout: ../shared/realdata/README.md)")
+    add(p, "model", "device", "tta", "json")
+    p.add_argument("--variants", help=f"comma-separated input variants (default {','.join(VARIANTS)})")
+    p.add_argument("--cases", help="comma-separated case ids (default: every labelled case)")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.set_defaults(func=run_evaluate_real)
 
     p = sub.add_parser("calibrate-case", help="fit Platt scaling of a model's case abnormality probability "
                                               "on validation phantoms (half tumor-free)")

@@ -22,11 +22,11 @@ TTA_HELP = ("test-time augmentation (identity and flips averaged): uncertainty m
             "4x network time; default: the model's (manifest inference.test_time_augmentation)")
 
 class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (``medcnncad <command>: error: ...``) and exit code 2,
-    like every other bad-input error of the command line."""
+    """An argument parser whose errors are one line (``medcnncad: error: ...``) and exit code 2, like every
+    other bad-input error of the command line."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"medcnncad: error: {message} (see '{self.prog} --help')\n")
 
 
 def _number(cast: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:

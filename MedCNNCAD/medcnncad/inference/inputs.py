@@ -18,7 +18,7 @@ from medcnncad.errors import InputError
 from medcnncad.io.images import available_memory_bytes, check_finite, geometry_text, read_volume, same_space
 from medcnncad.models.manifest import Manifest
 
-__all__ = ["read_files", "gather_inputs", "check_memory"]
+__all__ = ["read_files", "read_inputs", "on_one_grid", "in_manifest_order", "gather_inputs", "check_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +49,16 @@ def read_files(paths: Mapping[str, str | Path]) -> dict[str, sitk.Image]:
         return dict(zip(paths, pool.map(read_volume, paths.values())))
 
 
-def gather_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path],
-                  warnings: list[str]) -> tuple[list[sitk.Image], list[str]]:
-    """Read and check a case's inputs and put them in the manifest's channel order.
-
-    Unknown channels and absent required ones are errors; inputs on another grid of the same
-    physical space are resampled (linear) onto the first given channel's grid, with a warning;
-    absent optional channels become zero images (the models were trained with channel dropout).
+def read_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path]) -> dict[str, sitk.Image]:
+    """Read and check a case's inputs: the given channels in manifest order, each on its own grid.
 
     Args:
         manifest: the model's manifest (its ``inputs``).
         inputs: channel name -> image or path of a volume file / DICOM folder.
-        warnings: human-readable notes are appended here.
-
-    Returns:
-        The images in manifest order (all on the first given channel's grid) and the names of the
-        absent optional channels.
 
     Raises:
-        InputError: naming the channel or file and the problem.
+        InputError: an unknown channel, an absent required one, an unreadable file or a volume that is
+            not 3D scalar, naming it.
     """
     known = {c.name: c for c in manifest.inputs}
     unknown = sorted(set(inputs) - set(known))
@@ -79,19 +70,27 @@ def gather_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Pa
         raise InputError(f"model {manifest.id} needs input channel(s) {missing_required} "
                          f"(expects {manifest.input_names})")
     present = [c.name for c in manifest.inputs if c.name in inputs]
-    images = read_files({name: inputs[name] for name in present if not isinstance(inputs[name], sitk.Image)})
+    read = read_files({name: inputs[name] for name in present if not isinstance(inputs[name], sitk.Image)})
+    images = {}
     for name in present:
         value = inputs[name]
-        if not isinstance(value, sitk.Image):
-            continue
-        if value.GetDimension() != 3 or value.GetNumberOfComponentsPerPixel() != 1:
-            raise InputError(f"input {name}: expected a 3D scalar volume, got {value.GetDimension()}D "
-                             f"with {value.GetNumberOfComponentsPerPixel()} component(s)")
-        check_finite(value, f"input {name}")
-        images[name] = value
-    first_name = present[0]
-    first = images[first_name]
-    for name in present[1:]:
+        if isinstance(value, sitk.Image):
+            if value.GetDimension() != 3 or value.GetNumberOfComponentsPerPixel() != 1:
+                raise InputError(f"input {name}: expected a 3D scalar volume, got {value.GetDimension()}D "
+                                 f"with {value.GetNumberOfComponentsPerPixel()} component(s)")
+            check_finite(value, f"input {name}")
+        images[name] = value if isinstance(value, sitk.Image) else read[name]
+    return images
+
+
+def on_one_grid(images: Mapping[str, sitk.Image], warnings: list[str]) -> dict[str, sitk.Image]:
+    """Inputs on other grids of the same physical space, resampled (linear, scanner coordinates as they
+    are) onto the first input's grid, with a warning; an input that barely overlaps the first is an error.
+    Models with ``clinical_preprocessing`` register the sequences instead (:mod:`medcnncad.preprocessing`)."""
+    names = list(images)
+    first_name, first = names[0], images[names[0]]
+    out = dict(images)
+    for name in names[1:]:
         img = images[name]
         if same_space(first, img):
             continue
@@ -101,17 +100,31 @@ def gather_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Pa
         message = f"input {name} was resampled onto the grid of {first_name} (grids differ)"
         log.warning(message)
         warnings.append(message)
-        images[name] = sitk.Resample(img, first, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        out[name] = sitk.Resample(img, first, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return out
+
+
+def in_manifest_order(manifest: Manifest, images: Mapping[str, sitk.Image]) -> tuple[list[sitk.Image], list[str]]:
+    """The inputs (all on one grid) in the manifest's channel order, absent optional channels as zero
+    images (the models were trained with channel dropout); and the names of the absent ones."""
+    first = next(iter(images.values()))
     missing = [c.name for c in manifest.inputs if c.name not in images]
     ordered = []
     for channel in manifest.inputs:
         if channel.name in images:  # kept in its own pixel type: to_metatensor makes the one float32 copy
             ordered.append(images[channel.name])
-        else:  # optional channel absent: zeros, as the model was trained with channel dropout
+        else:
             zero = sitk.Image(first.GetSize(), sitk.sitkFloat32)
             zero.CopyInformation(first)
             ordered.append(zero)
     return ordered, missing
+
+
+def gather_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path],
+                  warnings: list[str]) -> tuple[list[sitk.Image], list[str]]:
+    """:func:`read_inputs`, :func:`on_one_grid` and :func:`in_manifest_order` in one call (no clinical
+    preprocessing): the images in manifest order on the first given channel's grid, and the absent ones."""
+    return in_manifest_order(manifest, on_one_grid(read_inputs(manifest, inputs), warnings))
 
 
 def check_memory(manifest: Manifest, probability_dtype: torch.dtype, image: torch.Tensor,

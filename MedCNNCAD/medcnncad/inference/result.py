@@ -51,6 +51,9 @@ class SegmentationResult:
             maps keep them.
         lesion_classifier_max: with a second-stage lesion classifier, the largest probability it
             gave any candidate component (0 when none survived the floors); else ``None``.
+        brain_mask: uint8 (K, J, I) brain mask when the model's clinical preprocessing extracted the
+            brain (the inputs were masked with it), else ``None``.
+        preprocessing: the clinical preprocessing steps (JSON-ready: step, seconds, applied, details).
     """
 
     label_map: np.ndarray
@@ -68,6 +71,8 @@ class SegmentationResult:
     classification: dict | None = None
     removed_candidates: list[RemovedCandidate] = field(default_factory=list)
     lesion_classifier_max: float | None = None
+    brain_mask: np.ndarray | None = None
+    preprocessing: list[dict] = field(default_factory=list)
 
     def label_image(self) -> sitk.Image:
         """The label map as a SimpleITK image on the reference grid."""
@@ -77,6 +82,14 @@ class SegmentationResult:
 
     def probability_image(self, name: str) -> sitk.Image:
         image = sitk.GetImageFromArray(self.probabilities[name].astype(np.float32, copy=False))
+        image.CopyInformation(self.reference)
+        return image
+
+    def brain_mask_image(self) -> sitk.Image:
+        """The brain mask on the reference grid (ValueError when the run extracted no brain)."""
+        if self.brain_mask is None:
+            raise ValueError("no brain mask: the model's clinical preprocessing did not extract the brain")
+        image = sitk.GetImageFromArray(self.brain_mask)
         image.CopyInformation(self.reference)
         return image
 

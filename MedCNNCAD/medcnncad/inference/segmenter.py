@@ -26,7 +26,7 @@ import SimpleITK as sitk
 import torch
 
 from medcnncad.errors import InputError
-from medcnncad.inference.inputs import check_memory, gather_inputs
+from medcnncad.inference.inputs import check_memory, in_manifest_order, on_one_grid, read_inputs
 from medcnncad.inference.postprocess import (
     apply_label_volume_floors,
     foreground_probability_at,
@@ -44,6 +44,7 @@ from medcnncad.lesions.components import find_lesions
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.preprocessing import to_metatensor
 from medcnncad.models.registry import load_model
+from medcnncad.preprocessing.chain import PreparedCase, prepare_case
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device", "cached_segmenter",
            "PRECISIONS", "TTA_FLIPS",
@@ -114,6 +115,17 @@ class Segmenter:
         """Window size for an image of ``shape`` (I, J, K) (see :func:`medcnncad.inference.windows.fit_roi`)."""
         return fit_roi(self.manifest, shape)
 
+    def _clinical_preprocessing(self, given: dict[str, sitk.Image], warnings: list[str],
+                                progress: ProgressCallback) -> PreparedCase | None:
+        """The manifest's clinical preprocessing chain on the given inputs (None when it has none)."""
+        spec = self.manifest.clinical
+        if spec is None:
+            return None
+        progress("clinical preprocessing", 0.0)
+        prepared = prepare_case(given, spec, use_gpu=self.device.type == "cuda")
+        warnings += prepared.warnings
+        return prepared
+
     def _infer(self, image: torch.Tensor, progress: ProgressCallback, warnings: list[str]) -> torch.Tensor:
         """Sliding-window probabilities (C_out, I, J, K) of one (C, I, J, K) tensor (benchmarks, tests)."""
         return infer(self.network, self.manifest, image, self.policy(), progress, warnings)[0]
@@ -143,10 +155,16 @@ class Segmenter:
         warnings: list[str] = []
         t0 = time.perf_counter()
         progress("read", 0.0)
-        images, missing = gather_inputs(self.manifest, inputs, warnings)
+        given = read_inputs(self.manifest, inputs)
+        timings["read"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prepared = self._clinical_preprocessing(given, warnings, progress)
+        if prepared is not None:
+            given = prepared.images
+            timings.update({f"clinical_{s.name}": s.seconds for s in prepared.steps})
+        images, missing = in_manifest_order(self.manifest, given if prepared else on_one_grid(given, warnings))
         if missing:
             warnings.append(f"optional channel(s) {missing} absent: filled with zeros")
-        timings["read"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         progress("preprocess", 0.0)
         pre = self.model.preprocess(to_metatensor(images))
@@ -194,7 +212,19 @@ class Segmenter:
         progress("done", 1.0)
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(device),
                                   timings, missing, warnings, given, uncertainty, len(flips),
-                                  removed_candidates=removed, lesion_classifier_max=classifier_max)
+                                  removed_candidates=removed, lesion_classifier_max=classifier_max,
+                                  brain_mask=_mask_array(prepared), preprocessing=_steps(prepared))
+
+
+def _mask_array(prepared: PreparedCase | None) -> np.ndarray | None:
+    """The brain mask as a uint8 (K, J, I) array on the reference grid, when the chain computed one."""
+    if prepared is None or prepared.brain_mask is None:
+        return None
+    return sitk.GetArrayFromImage(prepared.brain_mask).astype(np.uint8)
+
+
+def _steps(prepared: PreparedCase | None) -> list[dict]:
+    return [s.to_json() for s in prepared.steps] if prepared is not None else []
 
 
 _SEGMENTERS: dict[tuple[str, str, bool], Segmenter] = {}

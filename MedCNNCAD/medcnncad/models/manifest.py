@@ -22,7 +22,8 @@ from medcnncad.errors import ModelError
 from medcnncad.models.lesion_filter_features import feature_names
 
 __all__ = [
-    "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing", "InferenceSettings",
+    "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing", "ClinicalPreprocessing",
+    "InferenceSettings",
     "OutputChannel", "CoreRefinement", "Postprocessing", "Manifest", "load_manifest", "parse_manifest", "sha256_file",
     "contained_path", "ClassDef", "ClassifierManifest", "parse_classifier_manifest",
 ]
@@ -98,6 +99,23 @@ class Preprocessing:
     a_max: float | None = None
     crop_foreground: bool = False
     crop_margin_vox: int = 0
+
+
+@dataclass(frozen=True)
+class ClinicalPreprocessing:
+    """The engine's clinical preprocessing (manifest ``clinical_preprocessing``), run before ``preprocessing``.
+
+    See :mod:`medcnncad.preprocessing.chain`. Volumes in mL; ``min_registration_quality`` is a
+    gradient-magnitude correlation (-1 to 1).
+    """
+
+    background: str = "zero_constant"
+    registration: str = "rigid"
+    min_registration_quality: float = 0.25
+    brain_mask: str = "auto"
+    skull_stripped_max_ml: float = 2200.0
+    mask_dilate_voxels: int = 0
+    bias_correction: bool = False
 
 
 @dataclass(frozen=True)
@@ -226,6 +244,7 @@ class Manifest:
     folder: Path = Path(".")
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     case_calibration: tuple[dict[str, Any], ...] = ()
+    clinical: ClinicalPreprocessing | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -541,6 +560,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
         trained_on=data.get("trained_on", ""), intended_use=data.get("intended_use", ""),
         training=data.get("training", {}), folder=folder, raw=data,
         case_calibration=_case_calibrations(data.get("case_calibration"), [c["name"] for c in data["inputs"]]),
+        clinical=ClinicalPreprocessing(**data["clinical_preprocessing"]) if "clinical_preprocessing" in data else None,
     )
     _check_consistency(manifest, where)
     return manifest

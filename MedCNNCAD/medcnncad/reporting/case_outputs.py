@@ -97,6 +97,8 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
                                  "map": "standard deviation of the foreground probability over the passes",
                                  "cost": f"{result.tta_passes}x the network time",
                                  "max": float(result.uncertainty.max())}
+    if result.preprocessing:
+        report["clinical_preprocessing"] = result.preprocessing
     if result.classification is not None:
         report["classification"] = result.classification
     if metrics is not None:
@@ -270,6 +272,8 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
         names.update({f"prob_{channel}": f"prob_{channel}.nii.gz" for channel in result.probabilities})
         if result.uncertainty is not None:
             names["uncertainty"] = "uncertainty.nii.gz"
+        if result.brain_mask is not None:
+            names["brain_mask"] = "brain_mask.nii.gz"
         # The volumes compress in two threads while this one writes the rest; leaving the with
         # block (also on an error or Ctrl-C) waits for them, before the staging folder goes.
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -279,6 +283,8 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
                                  encoding) for channel, probs in result.probabilities.items()]
             if result.uncertainty is not None:
                 jobs.append(pool.submit(write_image, result.uncertainty_image(), staging / names["uncertainty"]))
+            if result.brain_mask is not None:
+                jobs.append(pool.submit(write_image, result.brain_mask_image(), staging / names["brain_mask"]))
             write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
             render_overlays(result, background if background is not None else result.reference,
                             staging / names["overlay"], reference_labels)

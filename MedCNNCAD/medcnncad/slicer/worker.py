@@ -56,7 +56,10 @@ def save_result(result: SegmentationResult, out: Path) -> None:
         sitk.WriteImage(result.probability_image(channel), str(out / f"prob_{channel}.nrrd"), False)
     if result.uncertainty is not None:
         sitk.WriteImage(result.uncertainty_image(), str(out / "uncertainty.nrrd"), False)
-    meta = {"tta_passes": result.tta_passes, "classification": result.classification,
+    if result.brain_mask is not None:
+        sitk.WriteImage(result.brain_mask_image(), str(out / "brain_mask.nrrd"), True)
+    meta = {"preprocessing": result.preprocessing, "tta_passes": result.tta_passes,
+            "classification": result.classification,
             "model": result.manifest.id, "weights_sha256": result.manifest.weights_sha256, "device": result.device,
             "timings": result.timings, "missing_channels": result.missing_channels, "warnings": result.warnings,
             "channels": list(result.probabilities), "lesions": [asdict(les) for les in result.lesions],
@@ -76,6 +79,8 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
                for les in meta["lesions"]]
     uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty.nrrd"))) \
         if (out / "uncertainty.nrrd").is_file() else None
+    brain_mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "brain_mask.nrrd"))).astype(np.uint8) \
+        if (out / "brain_mask.nrrd").is_file() else None
     return SegmentationResult(sitk.GetArrayFromImage(labels).astype(np.uint8), probabilities,
                               reference if reference is not None else labels, lesions, manifest, meta["device"],
                               meta["timings"], meta["missing_channels"], meta["warnings"],
@@ -84,7 +89,8 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
                               removed_candidates=[RemovedCandidate(**{k: tuple(v) if isinstance(v, list) else v
                                                                       for k, v in c.items()})
                                                   for c in meta.get("removed_candidates", [])],
-                              lesion_classifier_max=meta.get("lesion_classifier_max"))
+                              lesion_classifier_max=meta.get("lesion_classifier_max"), brain_mask=brain_mask,
+                              preprocessing=meta.get("preprocessing", []))
 
 
 class _Server:

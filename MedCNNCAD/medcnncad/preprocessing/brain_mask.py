@@ -1,0 +1,111 @@
+"""Brain extraction with a real trained network: deepbet (Fisch et al. 2024, MIT; TorchScript weights
+trained on thousands of real T1-weighted MRIs, shipped inside the PyPI package), on the CPU or GPU.
+
+deepbet takes a nibabel image: the SimpleITK image is handed over in memory (array (I, J, K) with
+its RAS affine) and the mask comes back on the input's grid. Two networks run: a bounding-box UNet
+at 128^3, then the mask UNet on the box resized to 256^3 (~5 s per volume on 2 CPU threads).
+
+Which sequence: measured on a BraTS 2021 case against its skull-stripping (docs/models.md,
+"Real patients"), native T1 agreed best (Dice 0.987, 99.5 % of the tumor inside), T2 kept the most
+tumor (99.8 %), FLAIR 98.9 %, and T1c cut 7.6 % of the tumor: :data:`SOURCE_ORDER` is therefore
+T1, T2, FLAIR, T1c. Arrays are (K, J, I) as SimpleITK gives them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from medcnncad.errors import InputError
+from medcnncad.models.preprocessing import ras_affine
+
+__all__ = ["SOURCE_ORDER", "MIN_SHARE", "MAX_SHARE", "extract_brain", "check_mask", "apply_mask", "mask_volume_ml",
+           "pick_source"]
+
+SOURCE_ORDER = ("T1", "T2", "FLAIR", "T1c")
+"""Sequences to compute the brain mask from, best first (see the module docstring)."""
+MIN_SHARE = 0.005
+"""A mask covering less than this share of the volume is taken as a failed extraction (empty)."""
+MAX_SHARE = 0.95
+"""A mask covering more than this share of the volume is taken as a failed extraction (everything)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _extractor(no_gpu: bool) -> Any:
+    """deepbet's BrainExtraction, loaded once per process."""
+    try:
+        # imported here: deepbet is needed only when a model's clinical preprocessing asks for brain
+        # extraction (it brings pandas and fill_voids)
+        from deepbet.bet import BrainExtraction
+    except ImportError as exc:
+        raise InputError("brain extraction needs the deepbet package (pip install deepbet)") from exc
+    return BrainExtraction(no_gpu=no_gpu)
+
+
+def mask_volume_ml(mask: sitk.Image) -> float:
+    """Volume of the non-zero voxels of a mask in mL."""
+    return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * float(np.prod(mask.GetSpacing())) / 1000.0
+
+
+def check_mask(mask: sitk.Image, source: str = "brain mask", min_share: float = MIN_SHARE,
+               max_share: float = MAX_SHARE) -> sitk.Image:
+    """Return ``mask`` when it covers between ``min_share`` and ``max_share`` of its grid.
+
+    Raises:
+        InputError: naming the share when the mask is empty (or nearly) or covers nearly every voxel.
+    """
+    array = sitk.GetArrayViewFromImage(mask)
+    share = float(np.count_nonzero(array)) / max(array.size, 1)
+    if share < min_share:
+        raise InputError(f"{source}: brain extraction failed, the mask is empty or nearly so ({share:.3%} of the "
+                         f"volume)")
+    if share > max_share:
+        raise InputError(f"{source}: brain extraction failed, the mask covers {share:.1%} of the volume")
+    return mask
+
+
+def pick_source(names: Sequence[str]) -> str:
+    """The sequence to extract the brain from: the first of :data:`SOURCE_ORDER` given, else the first name."""
+    return next((n for n in SOURCE_ORDER if n in names), names[0])
+
+
+def extract_brain(image: sitk.Image, source: str = "image", dilate_voxels: int = 0, use_gpu: bool = False,
+                  threshold: float = 0.5) -> sitk.Image:
+    """A deepbet brain mask of a 3D MR image.
+
+    Args:
+        image: a 3D scalar MR image.
+        source: its name, for error messages (e.g. the channel name).
+        dilate_voxels: voxels to dilate (positive) or erode (negative) the mask by.
+        use_gpu: run deepbet's networks on CUDA when present.
+        threshold: deepbet's probability threshold.
+
+    Returns:
+        A uint8 (0/1) mask on ``image``'s grid (same size, spacing, origin, direction).
+
+    Raises:
+        InputError: deepbet is not installed, or the mask is empty or covers (almost) the whole volume.
+    """
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0))
+    _, mask_nii, _ = _extractor(not use_gpu).run(nib.Nifti1Image(array, ras_affine(image)), threshold=threshold,
+                                                 n_dilate=dilate_voxels)
+    mask_ijk = np.asarray(mask_nii.dataobj).astype(np.uint8)
+    if mask_ijk.shape != array.shape:
+        raise InputError(f"{source}: deepbet returned a mask of shape {mask_ijk.shape} for an image of {array.shape}")
+    mask = sitk.GetImageFromArray(np.ascontiguousarray(mask_ijk.transpose(2, 1, 0)))
+    mask.CopyInformation(image)
+    return check_mask(mask, source)
+
+
+def apply_mask(image: sitk.Image, mask: sitk.Image) -> sitk.Image:
+    """``image`` with the voxels outside ``mask`` set to 0 (same pixel type and grid)."""
+    array = sitk.GetArrayFromImage(image)
+    array[sitk.GetArrayViewFromImage(mask) == 0] = 0
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(image)
+    return out
