@@ -59,7 +59,7 @@ class LesionClass:
         return asdict(self)
 
 
-def _patch_grid(center_lps: Sequence[float], size: Sequence[int], spacing: Sequence[float]) -> sitk.Image:
+def _patch_grid(center_lps: Sequence[float] | np.ndarray, size: Sequence[int], spacing: Sequence[float]) -> sitk.Image:
     """An empty LPS-aligned grid of ``size`` (x, y, z) voxels centred on ``center_lps`` (mm)."""
     grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
     grid.SetSpacing([float(s) for s in spacing])
@@ -80,7 +80,8 @@ def normalise_patch(patch: np.ndarray) -> np.ndarray:
 
 
 def lesion_patch(images: Sequence[sitk.Image | None], lesion_mask: sitk.Image | None,
-                 center_lps: Sequence[float], manifest: ClassifierManifest, normalise: bool = True) -> np.ndarray:
+                 center_lps: Sequence[float] | np.ndarray, manifest: ClassifierManifest,
+                 normalise: bool = True) -> np.ndarray:
     """The network input for one lesion: (C, K, J, I) float32, z-scored unless ``normalise`` is
     False (a bundle's own preprocessing does it); ``None`` images are zeros."""
     grid = _patch_grid(center_lps, manifest.patch_size, manifest.patch_spacing_mm)
@@ -171,6 +172,7 @@ def classify_lesions(loaded: LoadedClassifier, images: Mapping[str, sitk.Image],
     raw = loaded.preprocess is not None
     patches = [patch_from_arrays(images, labelled == i, reference, m, normalise=not raw) for i in ids]
     if raw:  # a bundle: MONAI's (C, I, J, K) order, its own preprocessing
+        assert loaded.preprocess is not None  # raw
         patches = [np.asarray(loaded.preprocess(torch.from_numpy(np.ascontiguousarray(p.transpose(0, 3, 2, 1)))),
                               dtype=np.float32) for p in patches]
     probs, spread = classify_patches(loaded, np.stack(patches), tta)

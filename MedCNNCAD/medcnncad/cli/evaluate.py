@@ -20,7 +20,7 @@ from medcnncad.evaluation.phantoms import (
 from medcnncad.evaluation.real import VARIANTS, evaluate_real, format_real_table
 from medcnncad.io.images import read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
-from medcnncad.models.manifest import load_manifest
+from medcnncad.models.manifest import Manifest, load_manifest
 from medcnncad.models.registry import find_model
 from medcnncad.reporting.case_outputs import json_safe
 
@@ -33,7 +33,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ref = check_label_image(ref_img, args.ref)
     pred = check_label_image(pred_img, args.pred, ref_img, args.ref)
     if args.model:
-        structures = load_manifest(find_model(args.model)).structures()
+        manifest = load_manifest(find_model(args.model))
+        assert isinstance(manifest, Manifest)  # --model names a segmentation model
+        structures = manifest.structures()
     else:
         values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)
         structures = structures_for_labels(values, {"foreground": values} if len(values) > 1 else None)

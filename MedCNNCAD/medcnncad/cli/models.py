@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medcnncad.errors import InputError, ModelError
 from medcnncad.models.bundle import bundle_code_entries, trust_bundle
-from medcnncad.models.manifest import load_manifest
+from medcnncad.models.manifest import ClassifierManifest, load_manifest
 from medcnncad.models.registry import list_models
 
 __all__ = ["add_parsers"]
@@ -21,8 +21,9 @@ def run_models(args: argparse.Namespace) -> int:
             except ModelError as exc:
                 print(f"{folder}\tINVALID: {exc}")
                 continue
-            is_classifier = m.task == "classification"
-            outputs = (f"classes {','.join(m.class_names)} of {m.lesion_structure} lesions" if is_classifier
+            # a ClassifierManifest is exactly a task "classification" manifest
+            outputs = (f"classes {','.join(m.class_names)} of {m.lesion_structure} lesions"
+                       if isinstance(m, ClassifierManifest)
                        else f"labels {','.join(f'{x.name}={x.value}' for x in m.labels)}")
             print(f"{m.id}\t{m.version}\t{m.task}\tinputs {','.join(m.input_names)}\t{outputs}\t"
                   f"trained on: {m.trained_on or 'unknown'}\t{folder}")

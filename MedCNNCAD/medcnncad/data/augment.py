@@ -94,9 +94,9 @@ def segmentation_transforms(patch: Sequence[int], samples_per_case: int, level: 
     if not 0.0 <= negative_share <= 1.0:
         raise InputError(f"negative_share {negative_share}: must be between 0 and 1")
     keys = ["image", "label"]
-    steps = [RandCropByPosNegLabeld(keys, "label", spatial_size=list(patch), pos=1.0 - negative_share,
-                                    neg=negative_share,
-                                    num_samples=samples_per_case, allow_smaller=True)]
+    steps: list[MapTransform] = [RandCropByPosNegLabeld(keys, "label", spatial_size=list(patch),
+                                                        pos=1.0 - negative_share, neg=negative_share,
+                                                        num_samples=samples_per_case, allow_smaller=True)]
     if level == "robust":
         steps += [
             RandAffined(keys, prob=0.3, rotate_range=[0.26] * 3, scale_range=[0.1] * 3,

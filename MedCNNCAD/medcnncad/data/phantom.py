@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -173,7 +173,8 @@ def _colin27() -> _Anatomy:
         m[:] = ndimage.gaussian_filter(m, 0.6)  # partial volume at tissue borders
     scale = max(float(np.percentile(brain_t1[brain], 99.5)), 1e-6)
     outside = np.where(brain, 0.0, head / scale).astype(np.float32)
-    reference = _image_from_ras_affine(head, head_img.affine)
+    affine = head_img.affine  # type: ignore[attr-defined]  # nibabel stubs: load() returns FileBasedImage
+    reference = _image_from_ras_affine(head, affine)
     return _Anatomy(reference, np.clip(brain_t1 / scale, 0, 1), maps[0], maps[1], maps[2], outside)
 
 
@@ -349,7 +350,7 @@ def _sequence(rng: np.random.Generator, config: PhantomConfig, name: str, fracti
     for frac, value in zip(fractions, signal):
         image += frac * np.float32(value)
     tumor_parts = range(3, len(fractions))
-    tumor_sum = sum(fractions[i] for i in tumor_parts)
+    tumor_sum = cast(np.ndarray, sum(fractions[i] for i in tumor_parts))  # fractions has >= 1 tumor part
     if name == "T1":  # half of the signal is the template's own T1 texture
         tumor_signal = sum(signal[i] * fractions[i] for i in tumor_parts)
         image = 0.5 * image + 0.5 * (anatomy.t1 * (1 - tumor_sum) + tumor_signal)
@@ -443,7 +444,7 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
     fractions = [anatomy.csf * normal, anatomy.gm * normal, anatomy.wm * normal, *tissue]
     spacing, slices = _output_geometry(rng, config)
     rotation = _rotation(rng, config.tilt_deg) if config.tilt_deg > 0 else None
-    mask = np.maximum(brain, (anatomy.head > 0.02).astype(np.float32)) if skull else brain
+    mask = np.maximum(brain, (anatomy.head > 0.02).astype(np.float32)) if skull and anatomy.head is not None else brain
     core = tumor.necrosis + (tumor.non_enhancing if tumor.non_enhancing is not None else 0)
     label = sitk.GetImageFromArray(_labels_from_fractions(core, tumor.enhancing, tumor.edema))
     label.CopyInformation(anatomy.reference)
@@ -474,7 +475,7 @@ def _crop_around_tumor(anatomy: _Anatomy, brain: np.ndarray, tumor: _Tumor,
                        margin_mm: float) -> tuple[_Anatomy, np.ndarray, _Tumor]:
     """Everything restricted to the tumor's bounding box plus ``margin_mm`` (1 mm grid)."""
     parts = tumor.fractions()
-    box = ndimage.find_objects((sum(parts) > 0).astype(np.uint8))[0]
+    box = ndimage.find_objects((cast(np.ndarray, sum(parts)) > 0).astype(np.uint8))[0]
     m = int(np.ceil(margin_mm))
     box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, n in zip(box, brain.shape))
     k, j, i = box

@@ -70,8 +70,8 @@ def read_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path
         raise InputError(f"model {manifest.id} needs input channel(s) {missing_required} "
                          f"(expects {manifest.input_names})")
     present = [c.name for c in manifest.inputs if c.name in inputs]
-    read = read_files({name: inputs[name] for name in present if not isinstance(inputs[name], sitk.Image)})
-    images = {}
+    read = read_files({name: source for name in present if not isinstance(source := inputs[name], sitk.Image)})
+    images: dict[str, sitk.Image] = {}
     for name in present:
         value = inputs[name]
         if isinstance(value, sitk.Image):

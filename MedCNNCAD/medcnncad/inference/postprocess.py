@@ -45,7 +45,8 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     if by_probability:
         inside = labelled > 0
         peak = np.zeros(count + 1, np.float32)
-        np.maximum.at(peak, labelled[inside],  # type: ignore[misc]
+        assert foreground_at is not None  # by_probability
+        np.maximum.at(peak, labelled[inside],
                       foreground_at(mask_from_box(label_map.shape, box, inside)))
         drop |= peak < min_probability
     drop[0] = False
@@ -100,7 +101,7 @@ def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest, 
     """
     post = manifest.postprocessing
     values = np.array([c.value for c in post.channels], dtype=np.uint8)
-    out = np.zeros(probabilities.shape[1:], dtype=np.uint8)
+    out: np.ndarray = np.zeros(probabilities.shape[1:], dtype=np.uint8)
     for k in range(0, out.shape[0], rows):
         part = probabilities[:, k:k + rows]
         if post.activation == "softmax":

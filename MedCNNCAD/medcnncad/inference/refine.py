@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -118,7 +119,7 @@ def refine_core(label_map: np.ndarray, core_channels: Sequence[np.ndarray], imag
         return RefinementOutcome(False, f"fixed labels are {share:.2f} of the core (>= {spec.max_fixed_share:g})",
                                  fixed_share=share)
     features = _features([images[name] for name in spec.required_inputs], box, tumor, sigma_vox)
-    probability = sum(channel[box].astype(np.float64) for channel in core_channels)[tumor]
+    probability = cast(np.ndarray, sum(channel[box].astype(np.float64) for channel in core_channels))[tumor]
     vote = cluster_vote(features, probability, spec.components, spec.max_fit_voxels, spec.seed)
     core_after = fixed.copy()
     core_after[tumor] |= spec.network_weight * probability + (1 - spec.network_weight) * vote > 0.5

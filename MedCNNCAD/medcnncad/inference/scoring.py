@@ -5,7 +5,7 @@ Shared by the report writer, evaluation and the Slicer adaptor. Probabilities ar
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def case_score(result: SegmentationResult) -> float:
     if not result.probabilities:
         return 0.0
     if softmax_background(result.manifest) is not None:  # foreground = 1 - background = sum of the others
-        foreground = sum(p.astype(np.float32) for p in result.probabilities.values())
+        foreground = cast(np.ndarray, sum(p.astype(np.float32) for p in result.probabilities.values()))
         return float(np.clip(foreground.max(), 0.0, 1.0))
     return float(max(p.max() for p in result.probabilities.values()))
 

@@ -98,7 +98,8 @@ class Segmenter:
             raise InputError(f"probability dtype {held!r}: choose float32 or float16")
         self.probability_dtype = torch.float16 if held == "float16" else torch.float32
         if self.channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last_3d)
+            self.network = self.network.to(  # type: ignore[call-overload]  # torch stubs omit memory_format
+                memory_format=torch.channels_last_3d)
 
     def autocast_dtype(self) -> torch.dtype | None:
         """The autocast dtype of the execution policy on this device (None: plain fp32)."""

@@ -51,10 +51,12 @@ def _window(image: torch.Tensor, window: tuple[slice, ...], pad: Sequence[int]) 
         src.append(slice(max(lo, 0), min(hi, size)))
         dst.append(slice(max(lo, 0) - lo, min(hi, size) - lo))
         partial |= lo < 0 or hi > size
+    src_index = (slice(None), *src)  # named: mypy reads a[(x, *y)] as Python 3.11's a[x, *y]
     if not partial:
-        return image[(slice(None), *src)]
+        return image[src_index]
     out = image.new_zeros((image.shape[0], *[sl.stop - sl.start for sl in window]))
-    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    dst_index = (slice(None), *dst)
+    out[dst_index] = image[src_index]
     return out
 
 
@@ -82,7 +84,7 @@ def stream_sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor
     roi = list(roi)
     pad = _padding(shape, roi)
     slices = window_slices(shape, roi, overlap)
-    weight = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=stitch_device,
+    weight = compute_importance_map(tuple(roi), mode=mode, sigma_scale=sigma_scale, device=stitch_device,
                                     dtype=torch.float32)[None]
     padded = [max(r, s) for r, s in zip(roi, shape)]
     band = roi[0]  # after each flush, every window still to come lies within the band
@@ -95,6 +97,7 @@ def stream_sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor
         nonlocal lo
         a, b = max(lo, pad[0]), min(stop, pad[0] + shape[0])
         for r in range(a, b, sink_rows) if out is not None else ():  # a few rows at a time: small temporaries
+            assert out is not None  # rows only when out exists
             end = min(r + sink_rows, b)
             crop = (slice(None), slice(r - lo, end - lo), slice(pad[1], pad[1] + shape[1]),
                     slice(pad[2], pad[2] + shape[2]))
@@ -106,9 +109,9 @@ def stream_sliding_window(image: torch.Tensor, predictor: Callable[[torch.Tensor
                 buf[:, band - shift:] = 0
         lo = stop
 
-    for start, group in groupby(slices, key=lambda w: w[0].start):
+    for start, row_windows in groupby(slices, key=lambda w: w[0].start):
         flush(start)
-        group = list(group)
+        group = list(row_windows)
         for first in range(0, len(group), sw_batch_size):
             chunk = group[first:first + sw_batch_size]
             batch = torch.stack([_window(image, w, pad) for w in chunk]).to(device)

@@ -41,7 +41,9 @@ def averaged_probabilities(infer: Infer, image: torch.Tensor, flips: Sequence[tu
     """
     if len(flips) <= 1 and not (flips and flips[0]):
         return infer(image, progress), None
-    total = mean_fg = m2 = None
+    total: torch.Tensor | None = None
+    mean_fg: torch.Tensor | None = None
+    m2: torch.Tensor | None = None
     for n, dims in enumerate(flips):
         def scaled(stage: str, fraction: float, n: int = n) -> None:
             progress(stage, (n + fraction) / len(flips))
@@ -52,9 +54,11 @@ def averaged_probabilities(infer: Infer, image: torch.Tensor, flips: Sequence[tu
         if total is None:
             total, mean_fg, m2 = probs.clone(), foreground.clone(), torch.zeros_like(foreground)
             continue
+        assert mean_fg is not None and m2 is not None  # set with total, on the first pass
         total += probs
         delta = foreground - mean_fg
         mean_fg += delta / (n + 1)
         m2 += delta * (foreground - mean_fg)
+    assert total is not None and m2 is not None  # two passes or more ran
     spread = (m2 / len(flips)).clamp_min(0.0).sqrt()
     return (total / len(flips)).to(dtype), spread

@@ -7,6 +7,7 @@ in the policy's ``probability_dtype``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,8 +105,8 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
             try:
                 done[0] = 0
                 with _network_on(network, device) as net:
-                    stream_sliding_window(image, lambda w, n=net, d=device: predictor(w, n, d), roi, inf.overlap,
-                                          inf.blend_mode, sink, sw_batch, device, stitch)
+                    stream_sliding_window(image, functools.partial(predictor, net=net, device=device), roi,
+                                          inf.overlap, inf.blend_mode, sink, sw_batch, device, stitch)
                 return probs, device
             except torch.OutOfMemoryError:
                 if attempt == len(attempts) - 1:

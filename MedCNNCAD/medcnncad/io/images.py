@@ -258,7 +258,7 @@ def write_probability_map(values_kji: np.ndarray, reference: sitk.Image, path: s
         return write_image(image, path, True, level)
     if encoding != "uint8" or not str(path).endswith(".nii.gz"):
         raise InputError(f"probability map {path}, encoding {encoding!r}: choose float32, or uint8 for .nii.gz")
-    stored = np.empty(values_kji.shape, np.uint8)
+    stored: np.ndarray = np.empty(values_kji.shape, np.uint8)
     for k in range(0, stored.shape[0], 32):  # no full-size float32 temporary
         part = np.clip(values_kji[k:k + 32].astype(np.float32), 0.0, 1.0) * 255.0
         stored[k:k + 32] = np.rint(part)

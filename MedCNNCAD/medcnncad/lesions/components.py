@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -73,7 +74,7 @@ def structure_probability(name: str, manifest: Manifest, probabilities: Mapping[
     names = [value_to_channel.get(v) for v in labels]
     if not names or any(n is None or n not in probabilities for n in names):
         return None
-    return sum(probabilities[n].astype(np.float32) for n in names)  # type: ignore[return-value]
+    return cast(np.ndarray, sum(probabilities[n].astype(np.float32) for n in names if n is not None))
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -176,10 +177,10 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
                 mean_p, max_p = float(values.mean(dtype=np.float64)), float(values.max())
             lesions.append(Lesion(
                 structure=name, kind=kind, id=index, voxel_count=n, volume_ml=n * voxel_ml,
-                centroid_lps_mm=tuple(float(v) for v in lps),
+                centroid_lps_mm=(float(lps[0]), float(lps[1]), float(lps[2])),
                 centroid_ras_mm=(-float(lps[0]), -float(lps[1]), float(lps[2])),
-                bbox_min_ijk=tuple(int(s.start) for s in grid_box[::-1]),
-                bbox_max_ijk=tuple(int(s.stop - 1) for s in grid_box[::-1]),
+                bbox_min_ijk=(int(grid_box[2].start), int(grid_box[1].start), int(grid_box[0].start)),
+                bbox_max_ijk=(int(grid_box[2].stop - 1), int(grid_box[1].stop - 1), int(grid_box[0].stop - 1)),
                 longest_diameter_mm=_diameter_in_box(local, grid_box, image),
                 mean_probability=mean_p, max_probability=max_p,
                 uncertainty=None if uncertainty is None else float(uncertainty[box][local].mean(dtype=np.float64))))

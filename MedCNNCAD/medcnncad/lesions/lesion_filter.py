@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -67,7 +68,7 @@ def removed_candidates(labelled: np.ndarray, ids: np.ndarray, stages: Sequence[s
     centres = ndimage.center_of_mass(labelled > 0, labelled, ids)
     return [RemovedCandidate(stage, int(sizes[i]), float(sizes[i] * voxel_ml),
                              None if peaks is None else float(peaks[i]), None if scores is None else float(scores[i]),
-                             tuple(float(c) for c in np.asarray(centre) + offset))
+                             cast("tuple[float, float, float]", tuple(float(c) for c in np.asarray(centre) + offset)))
             for i, stage, centre in zip(ids, stages, centres)]
 
 

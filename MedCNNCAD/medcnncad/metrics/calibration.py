@@ -7,11 +7,11 @@ Probabilities are of the positive class; labels are 0/1. AUC is scikit-learn's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.optimize import minimize
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -20,7 +20,7 @@ __all__ = ["expected_calibration_error", "youden_threshold", "binary_report", "r
            "log_loss"]
 
 
-def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:
+def expected_calibration_error(probabilities: ArrayLike, labels: ArrayLike, bins: int = 10) -> float:
     """ECE with equal-width bins: sum over bins of (bin size / n) * |mean label - mean probability|."""
     p = np.asarray(probabilities, dtype=float)
     y = np.asarray(labels, dtype=float)
@@ -30,14 +30,14 @@ def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[
                      for b in range(bins) if (index == b).any()) / len(p))
 
 
-def youden_threshold(probabilities: Sequence[float], labels: Sequence[int]) -> float:
+def youden_threshold(probabilities: ArrayLike, labels: ArrayLike) -> float:
     """The threshold maximising sensitivity + specificity - 1 (Youden's J) on these data."""
     fpr, tpr, thresholds = roc_curve(np.asarray(labels), np.asarray(probabilities))
     best = int(np.argmax(tpr - fpr))
     return float(np.clip(thresholds[best], 0.0, 1.0))
 
 
-def binary_report(probabilities: Sequence[float], labels: Sequence[int], threshold: float,
+def binary_report(probabilities: ArrayLike, labels: ArrayLike, threshold: float,
                   bins: int = 10) -> dict[str, Any]:
     """AUC, sensitivity/specificity and confusion matrix at ``threshold`` (p >= threshold is positive),
     Brier score and ECE, for positive-class probabilities and 0/1 labels."""
@@ -60,14 +60,14 @@ def binary_report(probabilities: Sequence[float], labels: Sequence[int], thresho
     }
 
 
-def log_loss(probabilities: Sequence[float], labels: Sequence[int], eps: float = 1e-6) -> float:
+def log_loss(probabilities: ArrayLike, labels: ArrayLike, eps: float = 1e-6) -> float:
     """Mean negative log-likelihood of 0/1 ``labels`` (probabilities clipped to [eps, 1 - eps])."""
     p = np.clip(np.asarray(probabilities, dtype=np.float64), eps, 1 - eps)
     y = np.asarray(labels, dtype=np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def reliability_diagram(probabilities: Sequence[float], labels: Sequence[int], path: str | Path,
+def reliability_diagram(probabilities: ArrayLike, labels: ArrayLike, path: str | Path,
                         title: str = "", bins: int = 10) -> Path:
     """Write a reliability diagram (observed frequency vs mean predicted probability per bin) as PNG."""
     import matplotlib
@@ -97,7 +97,7 @@ def reliability_diagram(probabilities: Sequence[float], labels: Sequence[int], p
     return path
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def _logit(p: float | np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
     return np.log(p / (1 - p))
 
@@ -109,7 +109,7 @@ def apply_platt(score: float | np.ndarray, a: float, b: float) -> float | np.nda
     return float(out) if np.ndim(out) == 0 else out
 
 
-def fit_platt(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
+def fit_platt(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     """(a, b) minimising the cross-entropy of ``apply_platt(scores, a, b)`` against Platt's targets.
 
     Platt (2000, section 2.2) replaces the 0/1 labels by (N+ + 1) / (N+ + 2) and 1 / (N- + 2), a
@@ -131,7 +131,7 @@ def fit_platt(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, fl
     return float(result.x[0]), float(result.x[1])
 
 
-def fit_case_calibration_block(scores: Sequence[float], labels: Sequence[int]) -> dict[str, Any]:
+def fit_case_calibration_block(scores: ArrayLike, labels: ArrayLike) -> dict[str, Any]:
     """Platt scaling of case scores that may be exactly 0 ("no candidate lesion survived").
 
     A score of 0 is a state, not a small probability: its logit would be wherever ``_logit``
@@ -158,7 +158,7 @@ def apply_case_calibration(score: float | np.ndarray, block: dict[str, Any]) -> 
     return float(out) if np.ndim(out) == 0 else out
 
 
-def leave_one_out_calibrated(scores: Sequence[float], labels: Sequence[int]) -> np.ndarray:
+def leave_one_out_calibrated(scores: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """Each case's probability from :func:`fit_case_calibration_block` fitted on all the other cases.
 
     An honest estimate of how the calibration does on cases it was not fitted on: in-sample, a

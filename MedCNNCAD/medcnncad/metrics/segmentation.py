@@ -318,7 +318,7 @@ def structures_for_labels(values: Sequence[int], regions: Mapping[str, Sequence[
                           names: Mapping[int, str] | None = None) -> dict[str, tuple[int, ...]]:
     """Structure name -> label values: one per label (named by ``names`` or ``label_<v>``), then regions."""
     names = names or {}
-    out = {names.get(v, f"label_{v}"): (int(v),) for v in values}
+    out: dict[str, tuple[int, ...]] = {names.get(v, f"label_{v}"): (int(v),) for v in values}
     for name, labels in (regions or {}).items():
         out[name] = tuple(int(v) for v in labels)
     return out

@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from monai.bundle import ConfigParser
@@ -160,7 +160,7 @@ def _targets(config: Any, names: tuple[str, ...]) -> list[dict]:
 def _postprocessing(config: Any, channels: list[str]) -> Postprocessing:
     act = _targets(config, ("Activations", "Activationsd"))
     sigmoid = any(a.get("sigmoid") is True for a in act)
-    thresholds = [d.get("threshold") for d in _targets(config, ("AsDiscrete", "AsDiscreted"))
+    thresholds = [d["threshold"] for d in _targets(config, ("AsDiscrete", "AsDiscreted"))
                   if isinstance(d.get("threshold"), (int, float))]
     if sigmoid:
         outs = tuple(OutputChannel(name, i + 1) for i, name in enumerate(channels))
@@ -171,7 +171,7 @@ def _postprocessing(config: Any, channels: list[str]) -> Postprocessing:
 
 def _channel_names(meta: dict, key: str, count_default: int, prefix: str) -> list[str]:
     fmt = meta.get("network_data_format", {}).get(key, {})
-    spec = next(iter(fmt.values()), {}) if isinstance(fmt, dict) and fmt else {}
+    spec: dict[Any, Any] = next(iter(fmt.values()), {}) if isinstance(fmt, dict) and fmt else {}
     defs = spec.get("channel_def") or {}
     count = int(spec.get("num_channels", len(defs) or count_default))
     return [str(defs.get(str(i), defs.get(i, f"{prefix}{i}"))).replace(" ", "_") for i in range(count)]
@@ -183,7 +183,8 @@ _INFERER_FIELDS = ("roi_size", "overlap", "mode", "sw_batch_size")
 def _inference_settings(values: dict[str, Any]) -> InferenceSettings:
     """Sliding-window settings from an inferer's fields (defaults for those absent)."""
     mode = values.get("mode", "constant")
-    return InferenceSettings(tuple(int(v) for v in values.get("roi_size", (96, 96, 96))),
+    roi = cast("tuple[int, int, int]", tuple(int(v) for v in values.get("roi_size", (96, 96, 96))))
+    return InferenceSettings(roi,
                              float(values.get("overlap", 0.25)), str(getattr(mode, "value", mode)),
                              int(values.get("sw_batch_size", 1)))
 
@@ -238,7 +239,8 @@ def _instantiate(folder: Path, trust: bool, names: tuple[str, ...]) -> tuple[dic
     parser.read_config(str(config_path))
     parser["bundle_root"] = str(folder)
     try:
-        parsed = {n: parser.get_parsed_content(n, instantiate=True) if n in parser else None for n in names}
+        parsed: dict[str, Any] = {n: parser.get_parsed_content(n, instantiate=True) if n in parser else None
+                                  for n in names}
     except Exception as exc:  # noqa: BLE001 - any failure of the bundle's own config
         raise ModelError(f"{config_path}: bundle config cannot be instantiated "
                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
@@ -277,8 +279,8 @@ def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
 def _classifier_manifest(folder: Path, meta: dict, network: Any, weights: Path):
     """The engine's classifier view of a classification bundle (metadata + its ``medcnncad`` block)."""
     fmt = meta.get("network_data_format", {})
-    out_spec = next(iter(fmt.get("outputs", {}).values()), {})
-    in_spec = next(iter(fmt.get("inputs", {}).values()), {})
+    out_spec: dict[Any, Any] = next(iter(fmt.get("outputs", {}).values()), {})
+    in_spec: dict[Any, Any] = next(iter(fmt.get("inputs", {}).values()), {})
     if out_spec.get("type") != "probabilities":
         raise ModelError(f"{folder}: bundle outputs are {out_spec.get('type')!r}, not class probabilities")
     extra = meta.get("medcnncad", {})
@@ -298,8 +300,9 @@ def _classifier_manifest(folder: Path, meta: dict, network: Any, weights: Path):
         inputs=tuple(InputChannel(n, "MR") for n in (inputs[:-1] if mask else inputs)),
         classes=tuple(ClassDef(c) for c in classes), positive_class=str(extra.get("positive_class", classes[-1])),
         lesion_structure=str(extra["lesion_structure"]), lesion_label_values=(),
-        patch_size=tuple(shape),
-        patch_spacing_mm=tuple(float(v) for v in extra.get("patch_spacing_mm", (1.0, 1.0, 1.0))),
+        patch_size=(shape[0], shape[1], shape[2]),
+        patch_spacing_mm=cast("tuple[float, float, float]",
+                              tuple(float(v) for v in extra.get("patch_spacing_mm", (1.0, 1.0, 1.0)))),
         mask_channel=mask, network_class=type(network).__name__, network_kwargs={}, weights_file=weights,
         weights_sha256=sha256_file(weights), calibration={"method": "none", "temperature": 1.0},
         name=name, description=str(meta.get("description", "")),

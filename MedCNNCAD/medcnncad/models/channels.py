@@ -50,9 +50,9 @@ def assign_channels(manifest: Manifest, volumes: Mapping[str, Sequence[str]]) ->
                 candidates.append((score, channel.name, key))
     assignment: dict[str, str] = {}
     used: set[str] = set()
-    for _, channel, key in sorted(candidates, key=lambda c: -c[0]):
-        if channel not in assignment and key not in used:
-            assignment[channel] = key
+    for _, channel_name, key in sorted(candidates, key=lambda c: -c[0]):
+        if channel_name not in assignment and key not in used:
+            assignment[channel_name] = key
             used.add(key)
     return assignment
 

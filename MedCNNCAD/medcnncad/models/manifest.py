@@ -261,7 +261,7 @@ class Manifest:
 
     def structures(self) -> dict[str, tuple[int, ...]]:
         """Structure name -> label values: every label, then every region (e.g. WT = (1, 2, 4))."""
-        out = {label.name: (label.value,) for label in self.labels}
+        out: dict[str, tuple[int, ...]] = {label.name: (label.value,) for label in self.labels}
         out.update({region.name: tuple(region.labels) for region in self.regions})
         return out
 

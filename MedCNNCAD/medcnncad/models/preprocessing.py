@@ -9,7 +9,7 @@ network output can be resampled back onto the input grid from that affine alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -72,7 +72,8 @@ def _steps(pre: Preprocessing, keys: tuple[str, ...], label_key: str | None) -> 
     if pre.normalization == "zscore":
         steps.append(NormalizeIntensityd(keys, nonzero=pre.nonzero, channel_wise=pre.channel_wise))
     elif pre.normalization == "range":
-        steps.append(ScaleIntensityRanged(keys, a_min=pre.a_min, a_max=pre.a_max, b_min=0.0, b_max=1.0, clip=True))
+        steps.append(ScaleIntensityRanged(keys, a_min=cast(float, pre.a_min), a_max=cast(float, pre.a_max),
+                                          b_min=0.0, b_max=1.0, clip=True))
     return steps
 
 

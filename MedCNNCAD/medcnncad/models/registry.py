@@ -15,7 +15,7 @@ from medcnncad.io.resources import resource_dir
 from medcnncad.models.bundle import describe_bundle, load_bundle
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL
 from medcnncad.models.loaded import LoadedModel
-from medcnncad.models.manifest import Manifest, load_manifest
+from medcnncad.models.manifest import ClassifierManifest, Manifest, load_manifest
 from medcnncad.models.preprocessing import build_preprocessing
 from medcnncad.models.weights import build_network, load_into, load_state_dict_verified
 
@@ -74,7 +74,7 @@ def find_model(id_or_path: str) -> Path:
                      f"see 'medcnncad models')")
 
 
-def describe_model(id_or_path: str | Path) -> Manifest:
+def describe_model(id_or_path: str | Path) -> Manifest | ClassifierManifest:
     """The manifest of a model (or a bundle's equivalent) without loading weights or running code."""
     folder = find_model(str(id_or_path))
     if _is_bundle(folder) and not (folder / "manifest.json").is_file():
@@ -100,6 +100,7 @@ def load_model(id_or_path: str | Path, trust: bool = False) -> LoadedModel:
     if manifest.task != "segmentation":
         raise ModelError(f"{id_or_path}: model {manifest.id} is a {manifest.task} model (a lesion classifier is "
                          f"used with --classifier, not as the segmentation model)")
+    assert isinstance(manifest, Manifest)  # task "segmentation": parse_manifest's schema
     state = load_state_dict_verified(manifest.weights_file, manifest.weights_sha256)
     network = build_network(manifest.network_class, manifest.network_kwargs)
     load_into(network, state, manifest.weights_file)

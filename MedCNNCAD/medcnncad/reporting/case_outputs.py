@@ -66,7 +66,7 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
     m = result.manifest
     timings = dict(result.timings)
     timings.update(extra_timings or {})
-    report = {
+    report: dict[str, Any] = {
         "medcnncad_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "intended_use": m.intended_use or INTENDED_USE,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import SimpleITK as sitk
@@ -54,7 +54,7 @@ class NodeTransaction:
         self._before = self._ids()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if exc_type is not None:
             for node_id in sorted(self._ids() - self._before, reverse=True):
                 node = self.scene.GetNodeByID(node_id)

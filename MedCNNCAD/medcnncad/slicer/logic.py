@@ -15,7 +15,7 @@ import pathlib
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import slicer
 
@@ -31,6 +31,7 @@ from medcnncad.slicer.dependencies import TORCH_VERSION, missing_requirements
 if TYPE_CHECKING:  # the engine's heavy modules load lazily (torch may not be installed yet)
     from medcnncad.models.manifest import Manifest
     from medcnncad.slicer.adaptor import Comparison, ResultNodes
+    from medcnncad.slicer.worker import WorkerClient
 
 VolumeInputs = Union[Sequence[Any], Mapping[str, Any]]
 """Volume nodes in the model's channel order, or channel name -> volume node."""
@@ -42,7 +43,7 @@ class SecondReaderLogic:
     """Segment volume nodes, show results, compare with a reference; no dialogs, errors name the value."""
 
     def __init__(self) -> None:
-        self._worker = None
+        self._worker: WorkerClient | None = None
 
     # -- environment --------------------------------------------------------------------
     @staticmethod
@@ -106,7 +107,7 @@ class SecondReaderLogic:
     def describeModel(model: str) -> Manifest:
         from medcnncad.models.registry import describe_model
 
-        return describe_model(model)
+        return cast("Manifest", describe_model(model))  # the module offers segmentation models only
 
     @staticmethod
     def addModelFolder(folder: str) -> str:
@@ -185,6 +186,7 @@ class SecondReaderLogic:
 
         finished = True
         try:
+            assert self._worker is not None  # startSegmentation made it
             event = self._worker.poll(job["id"], progress)
             if event is None:
                 finished = False

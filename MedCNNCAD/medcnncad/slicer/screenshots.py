@@ -16,6 +16,7 @@ import slicer
 import slicer.util
 
 from medcnncad.models.channels import display_channel
+from medcnncad.models.manifest import Manifest
 from medcnncad.models.registry import describe_model
 from medcnncad.slicer.adaptor import add_segmentation_node, ijk_to_ras_matrix
 from medcnncad.slicer.headless import application_logic, new_scene
@@ -63,4 +64,6 @@ def _reference_segmentation(report: dict) -> Any:
     image = sitk.ReadImage(report["reference"])
     labels = sitk.GetArrayFromImage(image).astype(np.uint8)
     grid = slicer.util.addVolumeFromArray(labels, ijkToRAS=ijk_to_ras_matrix(image), name="reference grid")
-    return add_segmentation_node(labels, describe_model(report["model"]["folder"]), grid, "Reference")
+    manifest = describe_model(report["model"]["folder"])
+    assert isinstance(manifest, Manifest)  # the report of a segmentation model
+    return add_segmentation_node(labels, manifest, grid, "Reference")

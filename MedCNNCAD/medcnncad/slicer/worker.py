@@ -68,6 +68,11 @@ def save_result(result: SegmentationResult, out: Path) -> None:
     (out / "result.json").write_text(json.dumps(meta))
 
 
+def _lists_to_tuples(fields: dict[str, Any]) -> dict[str, Any]:
+    """A record's JSON fields with its lists (coordinates) as tuples again."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+
+
 def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> SegmentationResult:
     """Read what :func:`save_result` wrote; ``manifest`` from :func:`medcnncad.models.registry.describe_model`."""
     meta = json.loads((out / "result.json").read_text())
@@ -75,8 +80,7 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
         raise MedCNNCADError(f"{out}: result was made by other weights than model {manifest.id} describes")
     labels = sitk.ReadImage(str(out / "labels.nrrd"))
     probabilities = {c: sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"prob_{c}.nrrd"))) for c in meta["channels"]}
-    lesions = [Lesion(**{k: tuple(v) if isinstance(v, list) else v for k, v in les.items()})
-               for les in meta["lesions"]]
+    lesions = [Lesion(**_lists_to_tuples(les)) for les in meta["lesions"]]
     uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty.nrrd"))) \
         if (out / "uncertainty.nrrd").is_file() else None
     brain_mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "brain_mask.nrrd"))).astype(np.uint8) \
@@ -86,8 +90,7 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
                               meta["timings"], meta["missing_channels"], meta["warnings"],
                               uncertainty=uncertainty, tta_passes=meta.get("tta_passes", 1),
                               classification=meta.get("classification"),
-                              removed_candidates=[RemovedCandidate(**{k: tuple(v) if isinstance(v, list) else v
-                                                                      for k, v in c.items()})
+                              removed_candidates=[RemovedCandidate(**_lists_to_tuples(c))
                                                   for c in meta.get("removed_candidates", [])],
                               lesion_classifier_max=meta.get("lesion_classifier_max"), brain_mask=brain_mask,
                               preprocessing=meta.get("preprocessing", []))

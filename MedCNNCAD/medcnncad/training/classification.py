@@ -307,9 +307,10 @@ def evaluate_classifier(model: str, n_cases: int = 200, preset: str = "heldout",
         probs, spread = torch.softmax(logits / m.temperature, 1).numpy(), None
     p = probs[:, m.positive_index]
     labels = (y == m.positive_index).astype(int)
-    report = {"model": m.id, "version": m.version, "preset": preset, "seeds": [base, base + n_cases - 1],
-              "lesions": int(len(y)), "tta": tta, "temperature": m.temperature,
-              "calibrated": binary_report(p, labels, m.threshold)}
+    report: dict[str, Any] = {"model": m.id, "version": m.version, "preset": preset,
+                              "seeds": [base, base + n_cases - 1],
+                              "lesions": int(len(y)), "tta": tta, "temperature": m.temperature,
+                              "calibrated": binary_report(p, labels, m.threshold)}
     report["uncalibrated"] = binary_report(raw_p, labels, 0.5)
     report["per_lesion"] = {"probability": [round(float(v), 6) for v in p], "label": labels.tolist()}
     if spread is not None:

@@ -222,6 +222,7 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     started = time.time()
     device = resolve_device(cfg.device)  # a bad or absent device fails before any output
     cfg = dataclasses.replace(cfg, loader_workers=_loader_workers(cfg.loader_workers, device))
+    assert cfg.loader_workers is not None  # just resolved
     out = Path(out_dir)
     raw = json.loads(Path(template).read_text())
     manifest = parse_manifest(raw, out, where=str(template))
