@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -221,11 +222,13 @@ def read_dicom_seg_on_grid(seg_path: str | Path, grid: sitk.Image, segment: int 
     if pixels.ndim == 2:
         pixels = pixels[None]
 
-    def item(frame: object, name: str) -> object:
+    def item(frame: Any, name: str) -> Any:
         seq = getattr(frame, name, None) or getattr(shared, name, None)
+        if not seq:
+            raise InputError(f"{seg_path}: DICOM SEG without {name}")
         return seq[0]
 
-    orientation = np.array(item(per_frame[0], "PlaneOrientationSequence").ImageOrientationPatient, float)
+    orientation = np.array(item(per_frame[0], "PlaneOrientationSequence").ImageOrientationPatient, dtype=np.float64)
     spacing_rc = [float(v) for v in item(per_frame[0], "PixelMeasuresSequence").PixelSpacing]
     thickness = float(getattr(item(per_frame[0], "PixelMeasuresSequence"), "SpacingBetweenSlices", 0) or
                       getattr(item(per_frame[0], "PixelMeasuresSequence"), "SliceThickness", 1.0))
@@ -235,7 +238,8 @@ def read_dicom_seg_on_grid(seg_path: str | Path, grid: sitk.Image, segment: int 
               if int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment]
     if not frames:
         raise InputError(f"{seg_path}: segment {segment} has no frames")
-    positions = np.array([item(per_frame[i], "PlanePositionSequence").ImagePositionPatient for i in frames], float)
+    positions = np.array([item(per_frame[i], "PlanePositionSequence").ImagePositionPatient for i in frames],
+                         dtype=np.float64)
     depth = positions @ normal
     order = np.argsort(depth)
     depth_sorted = depth[order]

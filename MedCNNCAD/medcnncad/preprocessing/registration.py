@@ -217,9 +217,9 @@ def _register(fixed: sitk.Image, moving: sitk.Image, seed: int, initialiser: str
     m = sitk.Cast(moving, sitk.sitkFloat32)
     mask = fixed_mask if fixed_mask is not None else foreground_mask(f)
     if initialiser == "identity":
-        initial: sitk.Transform = sitk.Euler3DTransform()
-        centre = f.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in f.GetSize()])
-        initial.SetCenter(centre)
+        euler = sitk.Euler3DTransform()
+        euler.SetCenter(f.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in f.GetSize()]))
+        initial: sitk.Transform = euler
     elif initialiser in ("moments", "geometry"):
         how = (sitk.CenteredTransformInitializerFilter.MOMENTS if initialiser == "moments"
                else sitk.CenteredTransformInitializerFilter.GEOMETRY)
