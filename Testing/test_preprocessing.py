@@ -1,0 +1,233 @@
+"""The clinical preprocessing chain: registration (known rigid motions recovered), constant background,
+brain-mask checks, deepbet on a real head with its skull, and the chain as the Segmenter runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medcnncad.errors import InputError
+from medcnncad.preprocessing.background import constant_background, zero_constant_background
+from medcnncad.preprocessing.brain_mask import apply_mask, check_mask, mask_volume_ml, pick_source
+from medcnncad.preprocessing.registration import grids_match, register_rigid, resample_to
+
+
+def _head(size: int = 64, spacing: float = 2.0) -> sitk.Image:
+    """An asymmetric synthetic 'head': ellipsoid with inner blobs of different intensity."""
+    k, j, i = np.mgrid[:size, :size, :size].astype(np.float32)
+    c = (size - 1) / 2
+    img = np.zeros((size,) * 3, np.float32)
+    img[((i - c) / 24) ** 2 + ((j - c) / 20) ** 2 + ((k - c) / 16) ** 2 <= 1] = 100
+    img[((i - c - 8) / 6) ** 2 + ((j - c + 5) / 4) ** 2 + ((k - c) / 5) ** 2 <= 1] = 200
+    img[((i - c + 10) / 3) ** 2 + ((j - c - 6) / 7) ** 2 + ((k - c - 4) / 3) ** 2 <= 1] = 40
+    img[((i - c) / 3) ** 2 + ((j - c + 12) / 3) ** 2 + ((k - c + 6) / 6) ** 2 <= 1] = 160
+    image = sitk.GetImageFromArray(img)
+    image.SetSpacing((spacing,) * 3)
+    image.SetOrigin((-c * spacing,) * 3)
+    return sitk.SmoothingRecursiveGaussian(image, 1.5)
+
+
+def _moved(image: sitk.Image, angles_deg: tuple[float, float, float], shift_mm: tuple[float, float, float]
+           ) -> tuple[sitk.Image, sitk.Euler3DTransform]:
+    truth = sitk.Euler3DTransform()
+    truth.SetCenter((0.0, 0.0, 0.0))
+    truth.SetRotation(*np.radians(angles_deg))
+    truth.SetTranslation(shift_mm)
+    # moving(y) = image(truth^-1(y)), so fixed(x) = moving(truth(x)): register_rigid must find truth
+    moving = sitk.Resample(image, image, truth.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return moving, truth
+
+
+def _max_error_mm(found: sitk.Transform, truth: sitk.Euler3DTransform, fixed: sitk.Image, mask: np.ndarray) -> float:
+    """Largest displacement error (mm) over the foreground voxel centres of ``fixed``."""
+    errors = []
+    for kji in np.argwhere(mask)[::50]:
+        p = fixed.TransformIndexToPhysicalPoint([int(v) for v in kji[::-1]])
+        errors.append(np.linalg.norm(np.subtract(found.TransformPoint(p), truth.TransformPoint(p))))
+    return float(max(errors))
+
+
+def test_grids_match() -> None:
+    a = _head(16)
+    b = sitk.Image(a)
+    assert grids_match(a, b)
+    b.SetOrigin(tuple(np.add(a.GetOrigin(), (0.0, 0.0, 0.01))))
+    assert not grids_match(a, b)
+    assert grids_match(a, b, tol_mm=0.1)
+
+
+@pytest.mark.parametrize("angles, shift", [((0.0, 0.0, 8.0), (4.0, -3.0, 2.0)), ((5.0, -4.0, 3.0), (-6.0, 2.0, 5.0))])
+def test_recovers_known_rigid_motion(angles: tuple[float, float, float], shift: tuple[float, float, float]) -> None:
+    fixed = _head()
+    moving, truth = _moved(fixed, angles, shift)
+    result = register_rigid(fixed, moving, seed=0, initialiser="geometry", sampling=0.2, threads=1)
+    inside = sitk.GetArrayViewFromImage(fixed) > 50
+    assert _max_error_mm(result.transform, truth, fixed, inside) < 1.0
+    expected_angle = np.degrees(np.arccos((np.trace(np.array(truth.GetMatrix()).reshape(3, 3)) - 1) / 2))
+    assert abs(result.rotation_deg - expected_angle) < 1.0
+    assert result.gradient_correlation_after > result.gradient_correlation_before
+    assert result.nmi_after > result.nmi_before
+    assert result.seconds > 0
+
+
+def test_deterministic_with_seed() -> None:
+    fixed = _head()
+    moving, _ = _moved(fixed, (0.0, 3.0, 0.0), (2.0, 0.0, -2.0))
+    a = register_rigid(fixed, moving, seed=3, initialiser="geometry")
+    b = register_rigid(fixed, moving, seed=3, initialiser="geometry")
+    # same seed: the same samples; ITK's threaded sums agree to round-off, not bit for bit
+    pa = np.array(a.transform.GetNthTransform(0).GetParameters()) if hasattr(a.transform, "GetNthTransform") \
+        else np.array(a.transform.GetParameters())
+    pb = np.array(b.transform.GetNthTransform(0).GetParameters()) if hasattr(b.transform, "GetNthTransform") \
+        else np.array(b.transform.GetParameters())
+    np.testing.assert_allclose(pa, pb, rtol=0, atol=1e-6)
+    assert a.metric == pytest.approx(b.metric, abs=1e-9)
+
+
+def test_unrelated_images_raise() -> None:
+    fixed = _head()
+    rng = np.random.default_rng(0)
+    noise = sitk.GetImageFromArray(rng.normal(100, 30, (64, 64, 64)).astype(np.float32))
+    noise.CopyInformation(fixed)
+    with pytest.raises(InputError, match="gradient-magnitude correlation"):
+        register_rigid(fixed, noise)
+
+
+def test_resample_label_keeps_values() -> None:
+    fixed = _head(32)
+    label = sitk.Cast(sitk.GetImageFromArray((sitk.GetArrayFromImage(fixed) > 50).astype(np.uint8) * 4), sitk.sitkUInt8)
+    label.CopyInformation(fixed)
+    out = resample_to(label, fixed, sitk.Euler3DTransform(), label=True)
+    assert set(np.unique(sitk.GetArrayViewFromImage(out))) <= {0, 4}
+    assert out.GetPixelID() == sitk.sitkUInt8
+
+
+def _mask(share: float, size: int = 40) -> sitk.Image:
+    array = np.zeros((size,) * 3, np.uint8)
+    array.ravel()[: int(share * array.size)] = 1
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    return image
+
+
+def test_empty_mask_raises() -> None:
+    with pytest.raises(InputError, match="empty"):
+        check_mask(_mask(0.0))
+
+
+def test_whole_volume_mask_raises() -> None:
+    with pytest.raises(InputError, match="covers"):
+        check_mask(_mask(1.0))
+
+
+def test_plausible_mask_passes_and_volume() -> None:
+    mask = _mask(0.25)
+    assert check_mask(mask) is mask
+    assert mask_volume_ml(mask) == pytest.approx(0.25 * 40 ** 3 * 8 / 1000)
+
+
+def test_apply_mask_zeroes_outside_and_keeps_grid() -> None:
+    image = sitk.GetImageFromArray(np.full((40, 40, 40), 7, np.int16))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    out = apply_mask(image, _mask(0.25))
+    array = sitk.GetArrayViewFromImage(out)
+    assert out.GetPixelID() == image.GetPixelID() and out.GetSpacing() == image.GetSpacing()
+    assert int((array == 7).sum()) == int(0.25 * 40 ** 3) and int((array == 0).sum()) == int(0.75 * 40 ** 3)
+
+
+def test_mask_source_prefers_native_t1_then_t2_then_flair():
+    assert pick_source(["T1c", "FLAIR", "T2", "T1"]) == "T1"
+    assert pick_source(["T1c", "FLAIR", "T2"]) == "T2"
+    assert pick_source(["T1c", "FLAIR"]) == "FLAIR"
+    assert pick_source(["T1c"]) == "T1c"
+
+
+def test_a_constant_negative_background_becomes_zero():
+    """z-scored volume: background -0.8 on 70 % of the voxels, brain values around 0 (some exactly -0.8 is
+    impossible inside: they are drawn above it)."""
+    rng = np.random.default_rng(1)
+    array = np.full((20, 20, 20), -0.8, np.float32)
+    array[3:15, 3:15, 3:15] = rng.uniform(-0.7, 3.0, (12, 12, 12))
+    image = sitk.GetImageFromArray(array)
+    value, share = constant_background(image)
+    assert value == pytest.approx(-0.8) and share == pytest.approx(1 - 12 ** 3 / 20 ** 3)
+    out, found, _ = zero_constant_background(image)
+    result = sitk.GetArrayViewFromImage(out)
+    assert found == pytest.approx(-0.8)
+    assert (result == 0).sum() == 20 ** 3 - 12 ** 3
+    np.testing.assert_array_equal(result[3:15, 3:15, 3:15], array[3:15, 3:15, 3:15])
+
+
+def test_a_zero_background_or_no_background_is_left_alone():
+    zero = sitk.GetImageFromArray(np.pad(np.ones((4, 4, 4), np.float32), 4))
+    assert zero_constant_background(zero)[0] is zero
+    noisy = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1, (10, 10, 10)).astype(np.float32))
+    assert constant_background(noisy)[0] is None and zero_constant_background(noisy)[0] is noisy
+
+
+COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not COLIN27.is_file(), reason="Debian mricron-data (Colin27 with skull) is not installed")
+def test_deepbet_strips_a_real_head_with_its_skull():
+    """deepbet's real weights on the Colin27 T1 (skull on): a brain of adult size inside a head twice as big,
+    the mask on the input's grid; the chain's auto rule sees the skull."""
+    from medcnncad.preprocessing.brain_mask import extract_brain
+    from medcnncad.preprocessing.chain import head_volume_ml
+
+    head = sitk.ReadImage(str(COLIN27), sitk.sitkFloat32)
+    mask = extract_brain(head, "Colin27")
+    brain_ml = mask_volume_ml(mask)
+    assert mask.GetSize() == head.GetSize() and mask.GetOrigin() == head.GetOrigin()
+    assert 1000 < brain_ml < 2100, brain_ml  # an adult intracranial volume (measured: 1956 mL)
+    assert head_volume_ml(head) > 2200 and head_volume_ml(head) > 1.5 * brain_ml  # measured 3335 mL
+    # the mask sits in the middle of the head: its centre of mass within 20 mm of the head's
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(mask)
+    head_mask = sitk.Cast(sitk.OtsuThreshold(head, 0, 1), sitk.sitkUInt8)
+    stats_head = sitk.LabelShapeStatisticsImageFilter()
+    stats_head.Execute(head_mask)
+    assert np.linalg.norm(np.subtract(stats.GetCentroid(1), stats_head.GetCentroid(1))) < 20
+
+
+def test_chain_on_a_skull_stripped_case_on_one_grid_changes_nothing_but_reports_each_step():
+    from helpers import small_phantom
+
+    from medcnncad.models.manifest import ClinicalPreprocessing
+    from medcnncad.preprocessing.chain import prepare_case
+
+    images, _ = small_phantom()
+    prepared = prepare_case(images, ClinicalPreprocessing())
+    steps = {s.name: s for s in prepared.steps}
+    assert list(steps) == ["background", "registration", "brain_mask"]
+    assert not steps["background"].applied and not steps["registration"].applied
+    assert set(steps["registration"].detail["sequences"].values()) == {"grids match"}
+    assert not steps["brain_mask"].applied and steps["brain_mask"].detail["head_ml"] < 2200
+    assert prepared.brain_mask is None and prepared.warnings == []
+    for name, image in images.items():
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(prepared.images[name]),
+                                      sitk.GetArrayViewFromImage(image))
+
+
+def test_chain_registers_a_moved_sequence_onto_the_first_and_refuses_another_patient():
+    from medcnncad.models.manifest import ClinicalPreprocessing
+    from medcnncad.preprocessing.chain import prepare_case
+
+    fixed = _head()
+    moving, truth = _moved(fixed, (0.0, 0.0, 4.0), (3.0, -2.0, 1.0))
+    moving.SetOrigin(tuple(np.add(moving.GetOrigin(), (0.5, 0.0, 0.0))))  # another grid: registration runs
+    spec = ClinicalPreprocessing(brain_mask="never")
+    prepared = prepare_case({"T1": fixed, "T2": moving}, spec)
+    detail = prepared.steps[1].detail["sequences"]["T2"]
+    assert prepared.images["T2"].GetSize() == fixed.GetSize() and grids_match(prepared.images["T2"], fixed)
+    assert detail["quality_after"] > detail["quality_before"]
+    assert 3.0 < detail["rotation_deg"] < 5.0
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 30, (60, 60, 60)).astype(np.float32))
+    noise.SetSpacing(fixed.GetSpacing())
+    noise.SetOrigin(fixed.GetOrigin())
+    with pytest.raises(InputError, match="input T2 onto T1: rigid registration failed"):
+        prepare_case({"T1": fixed, "T2": noise}, spec)

@@ -1,0 +1,65 @@
+"""Real-patient evaluation: the scoring rules by hand, and (where ../shared/realdata is present) the case
+discovery and label maps against the files. Real data never enter the repository; these skip without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import ROOT
+
+from medcnncad.errors import InputError
+from medcnncad.evaluation.real import score_case
+from medcnncad.evaluation.real_cases import BRATS2013_MAP, discover_real_cases, load_reference, map_labels
+
+REALDATA = ROOT.parent / "shared" / "realdata"
+needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not here")
+
+
+def test_score_case_by_hand():
+    """Reference: a 4x4x4 tumor (core 2x2x2 of it); prediction: the same tumor shifted by one voxel plus a
+    separate 2x2x2 enhancing blob: WT Dice = 2*48/(64+72), the blob is the largest component outside the reference."""
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[4:8, 4:8, 4:8] = 2
+    ref[5:7, 5:7, 5:7] = 1
+    pred = np.zeros_like(ref)
+    pred[5:9, 4:8, 4:8] = 2
+    pred[14:16, 14:16, 14:16] = 4
+    spacing = (2.0, 2.0, 2.0)  # voxels of 0.008 mL
+    scores = score_case(pred, ref, spacing, ("WT", "TC"))
+    assert scores["dice_WT"] == pytest.approx(2 * 48 / (64 + 72))
+    assert scores["dice_TC"] == 0.0  # the only predicted core (ET) is the separate blob
+    assert scores["found"] is True
+    assert scores["largest_outside_ml"] == pytest.approx(8 * 0.008)
+    assert scores["reference_wt_ml"] == pytest.approx(64 * 0.008)
+
+
+def test_map_labels_refuses_unknown_values():
+    np.testing.assert_array_equal(map_labels(np.array([0, 1, 2, 3, 4]), BRATS2013_MAP), [0, 1, 2, 1, 4])
+    with pytest.raises(InputError, match=r"label values \[7\]"):
+        map_labels(np.array([0, 7]), BRATS2013_MAP)
+
+
+def test_a_missing_realdata_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(InputError, match="not a folder"):
+        discover_real_cases(tmp_path / "nothing")
+
+
+@needs_realdata
+def test_the_real_cases_and_their_label_maps():
+    cases = {c.case_id: c for c in discover_real_cases(REALDATA)}
+    labelled = sorted(c for c, case in cases.items() if case.labelled)
+    assert len(labelled) == 10 and "ReMIND-022" in labelled and "TCGA-DU-7294" in labelled
+    brats17 = load_reference(cases["Brats17_CBICA_ARF_1"])
+    assert set(np.unique(sitk.GetArrayViewFromImage(brats17))) == {0, 1, 2, 4}  # 3 (enhancing) became 4
+
+
+@pytest.mark.slow
+@needs_realdata
+def test_the_remind_dicom_seg_lands_on_the_t1c_series():
+    """The clinical patient's DICOM SEG (one 'Glioma' segment, 0.76 mL) rasterised on the T1c grid."""
+    case = next(c for c in discover_real_cases(REALDATA) if c.case_id == "ReMIND-022")
+    ref = load_reference(case)
+    assert ref.GetSize() == (256, 248, 176)
+    ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(ref))) * float(np.prod(ref.GetSpacing())) / 1000
+    assert 0.7 < ml < 0.85
