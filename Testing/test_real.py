@@ -60,6 +60,6 @@ def test_the_remind_dicom_seg_lands_on_the_t1c_series():
     """The clinical patient's DICOM SEG (one 'Glioma' segment, 0.76 mL) rasterised on the T1c grid."""
     case = next(c for c in discover_real_cases(REALDATA) if c.case_id == "ReMIND-022")
     ref = load_reference(case)
-    assert ref.GetSize() == (256, 248, 176)
+    assert ref.GetSize() == (248, 256, 176)  # the T1c series: 248 columns, 256 rows, 176 slices
     ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(ref))) * float(np.prod(ref.GetSpacing())) / 1000
     assert 0.7 < ml < 0.85
