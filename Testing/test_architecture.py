@@ -25,6 +25,8 @@ LAZY_ALLOWED = {
     ("medcnncad.reporting.case_outputs", "medcnncad.reporting.dicom_seg"):
         "highdicom/pydicom: ~1 s, only --dicom-seg needs them, Slicer's run path must not require them",
     ("medcnncad.pipeline.cohort", "dask"): "only non-serial cohort runs need dask.distributed",
+    ("medcnncad.preprocessing.brain_mask", "deepbet"):
+        "only brain extraction needs it (pandas, fill_voids); a clear error names it when missing",
     ("medcnncad.slicer.logic", "medcnncad"): "loads at Slicer start, before torch/MONAI are installed",
     ("medcnncad.slicer.logic", "torch"): "loads at Slicer start, before torch is installed",
     ("medcnncad.slicer.logic", "SimpleITK"): "loads at Slicer start; only the worker path needs it",
