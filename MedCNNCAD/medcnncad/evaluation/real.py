@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medcnncad.classification.grade import attach_classification
 from medcnncad.errors import InputError
 from medcnncad.evaluation.real_cases import RealCase, discover_real_cases, load_reference
 from medcnncad.inference.scoring import case_probability
@@ -23,6 +24,7 @@ from medcnncad.inference.segmenter import Segmenter
 from medcnncad.io.images import same_space
 from medcnncad.lesions.components import components
 from medcnncad.metrics.segmentation import compute_metrics
+from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import load_model
 
 __all__ = ["VARIANTS", "REGIONS", "evaluate_real", "score_case", "format_real_table"]
@@ -68,7 +70,8 @@ def score_case(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
 
 
 def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequence[str] = VARIANTS,
-                  tta: bool | None = None, cases: Sequence[str] | None = None) -> dict[str, Any]:
+                  tta: bool | None = None, cases: Sequence[str] | None = None,
+                  grade_classifier: str | None = None) -> dict[str, Any]:
     """Run the model on every labelled real case of ``root`` and score it.
 
     Args:
@@ -78,6 +81,8 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
         variants: input variants (:data:`VARIANTS`).
         tta: test-time augmentation (None: the model's default).
         cases: only these case ids (default every labelled case).
+        grade_classifier: also grade the lesions with this classifier (id or folder): the case
+            probability of its positive class (e.g. P(HGG)) next to the case's known grade.
 
     Returns:
         ``{"model", "version", "trained_on", "rows": [...], "summary": {...}}``; one row per case and variant.
@@ -92,6 +97,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     if not labelled:
         raise InputError(f"{root}: no labelled real case found")
     segmenter = Segmenter(load_model(model_id), device=device)
+    grader = load_classifier(grade_classifier) if grade_classifier else None
     rows = []
     for case in labelled:
         reference = load_reference(case)
@@ -101,6 +107,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
                 continue
             start = time.perf_counter()
             result = segmenter.run(given, tta=tta)
+            grading = attach_classification(result, grader) if grader is not None else None
             ref = reference if same_space(reference, result.reference) else sitk.Resample(
                 reference, result.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             row = {"case": case.case_id, "source": case.source, "variant": variant, "inputs": sorted(given),
@@ -109,6 +116,11 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
                                 case.regions),
                    "case_probability": case_probability(result), "seconds": time.perf_counter() - start,
                    "preprocessing": [s["step"] for s in result.preprocessing if s["applied"]]}
+            if grading is not None:
+                positive = grading["positive_class"]
+                row.update(known_grade=case.grade, positive_class=positive,
+                           grade_probability=grading["case"][f"probability_{positive}"],
+                           predicted_grade=grading["case"]["predicted"])
             rows.append(row)
     m = segmenter.manifest
     return {"model": m.id, "version": m.version, "trained_on": m.trained_on, "rows": rows,
@@ -140,6 +152,11 @@ def format_real_table(report: dict[str, Any]) -> str:
                      f"{f(r.get('dice_ET'))} | {'yes' if r['found'] else 'NO'} | {r['predicted_wt_ml']:.1f}/"
                      f"{r['reference_wt_ml']:.1f} | {r['largest_outside_ml']:.2f} | {r['case_probability']:.3f} | "
                      f"{r['seconds']:.0f} |")
+    graded = [r for r in report["rows"] if "known_grade" in r]
+    if graded:
+        lines += ["", "| case | inputs | known grade | P(positive class) | predicted |", "|---|---|---|---|---|"]
+        lines += [f"| {r['case']} | {'+'.join(r['inputs'])} | {r['known_grade'] or 'unknown'} | "
+                  f"{f(r['grade_probability'])} | {r['predicted_grade']} |" for r in graded]
     lines += ["", "| inputs | cases | tumor found | mean WT Dice | FP lesions > 1 mL | P(case) < 0.9 |",
               "|---|---|---|---|---|---|"]
     for variant, s in report["summary"].items():

@@ -86,6 +86,7 @@ class RealCase:
     reference_is_expert: bool = True
     reference_grid: str | None = None
     notes: str = ""
+    grade: str | None = None  # "HGG" / "LGG" where the source says so (realdata README), else unknown
 
     @property
     def labelled(self) -> bool:
@@ -144,7 +145,7 @@ def _describe(folder: Path) -> RealCase | None:
         return RealCase(name, "BRATS2013", _inputs(folder, {"T1c": "T1c_subtrMeanDivStd.nii*",
                                                              "FLAIR": "Flair_subtrMeanDivStd.nii*"}),
                         _first(folder, "OTMultiClass.nii*"), BRATS2013_MAP, zscored=True,
-                        notes="FLAIR and T1c only, z-scored inside the brain; CC BY-NC-SA 3.0")
+                        notes="FLAIR and T1c only, z-scored inside the brain; CC BY-NC-SA 3.0", grade="HGG")
     if name.startswith("BraTS2021_"):
         return RealCase(name, "BraTS2021", _inputs(folder, {"T1": "*_t1.nii*", "T1c": "*_t1ce.nii*",
                                                              "T2": "*_t2.nii*", "FLAIR": "*_flair.nii*"}),
@@ -157,7 +158,7 @@ def _describe(folder: Path) -> RealCase | None:
         return RealCase(name, "TCGA-BraTSToolkit", _inputs(bet, {"T1": "*_t1_bet.nii*", "T1c": "*_t1c_bet.nii*",
                                                                   "T2": "*_t2_bet.nii*", "FLAIR": "*_fla_bet.nii*"}),
                         _first(folder / "fusion", "mav.nii*"), TCGA_FUSION_MAP, reference_is_expert=False,
-                        notes="reference = majority vote of five BraTS 2020 algorithms, not an expert")
+                        notes="reference = majority vote of five BraTS 2020 algorithms, not an expert", grade="LGG")
     if name.startswith("ReMIND-"):
         inputs = {}
         for channel, pattern in {"T1c": "*T1post*", "T2": "*T2*"}.items():
