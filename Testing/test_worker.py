@@ -80,3 +80,94 @@ def test_cancel(client, case, tmp_path):
         while client.poll(rid, timeout=0.5) is None:
             pass
     assert not client.alive
+
+
+# -- Slicer's PythonSlicer is CTK's launcher: the worker is its child (see Testing/stand_ins) --------------------
+
+posix_only = pytest.mark.skipif(os.name == "nt", reason="the stand-in launcher is a POSIX shell script")
+
+
+def _real_worker(client: WorkerClient, request_id: int) -> int:
+    """The PID of the interpreter below the launcher, once it has reported progress on ``request_id``."""
+    import psutil
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        event = client.events.get(timeout=120)
+        if event.get("id") == request_id and event.get("event") == "progress":
+            client.events.put(event)
+            children = psutil.Process(client.process.pid).children(recursive=True)
+            assert len(children) == 1, children  # the launcher's one child: python-real
+            return children[0].pid
+    raise AssertionError("the worker never reported progress")
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@posix_only
+def test_cancel_through_a_launcher_ends_the_real_worker_and_next_run_works(case, tmp_path):
+    from stand_ins.launcher import make_launcher
+
+    _, paths = case
+    client = WorkerClient(python=make_launcher(tmp_path))
+    try:
+        request = {"cmd": "segment", "model": "demo", "device": "cpu", "inputs": paths, "out": str(tmp_path / "o")}
+        rid = client.submit(request)
+        launcher_pid = client.process.pid
+        real = _real_worker(client, rid)
+        client.cancel()
+        deadline = time.monotonic() + 10
+        while not _gone(real) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(real), "cancel killed only the launcher: the real worker still runs"
+        assert _gone(launcher_pid)
+        with pytest.raises(WorkerCancelled):
+            client.poll(rid, timeout=0.5)
+        assert client.run(request) == str(tmp_path / "o")  # a new worker (and launcher) serves the next run
+        assert client.process.pid != launcher_pid
+    finally:
+        client.close()
+
+
+def test_cancelled_request_never_returns_its_result_even_if_it_already_arrived(client, case, tmp_path):
+    _, paths = case
+    request = {"cmd": "segment", "model": "demo", "device": "cpu", "inputs": paths, "out": str(tmp_path / "o")}
+    client.run(request)  # the model is loaded; the next run is quick
+    rid = client.submit(dict(request, out=str(tmp_path / "o2")))
+    deadline = time.monotonic() + 180
+    while not (tmp_path / "o2" / "result.json").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # the "done" event is already queued: cancel must still win
+    client.cancel()
+    with pytest.raises(WorkerCancelled):
+        client.poll(rid, timeout=0.5)
+    assert client.run(request) == str(tmp_path / "o")
+
+
+def test_worker_popen_kwargs_per_platform():
+    from medcnncad.slicer.worker import CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, worker_popen_kwargs
+
+    assert worker_popen_kwargs("linux") == {"start_new_session": True}
+    assert worker_popen_kwargs("darwin") == {"start_new_session": True}
+    windows = worker_popen_kwargs("win32")
+    assert windows == {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    assert (CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW) == (0x200, 0x08000000)  # Win32 API values
+    import subprocess
+
+    if hasattr(subprocess, "CREATE_NO_WINDOW"):  # on Windows, the constants Python itself defines
+        assert (subprocess.CREATE_NEW_PROCESS_GROUP, subprocess.CREATE_NO_WINDOW) == (0x200, 0x08000000)
+
+
+@posix_only
+def test_worker_runs_in_its_own_session(client, case, tmp_path):
+    _, paths = case
+    client.submit({"cmd": "ping"})
+    assert os.getsid(client.process.pid) == client.process.pid != os.getsid(0)

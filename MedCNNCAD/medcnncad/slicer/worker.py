@@ -17,6 +17,11 @@ Events on stdout: ``{"id", "event": "progress", "stage", "fraction"}``, then
 ``{"id", "event": "done", "out"}`` or ``{"id", "event": "error", "message"}``. The
 worker writes ``labels.nrrd``, ``prob_<channel>.nrrd`` and ``result.json`` into
 ``out``. Loaded models stay in memory, so a second case does not pay start-up again.
+
+Inside Slicer ``PythonSlicer`` is CTK's launcher: it starts the real interpreter (``python-real``)
+as a child process and forwards no signals, so killing the launcher alone leaves the worker
+running. The client therefore starts the worker in its own process group / session (on Windows
+also without a console window) and cancels by ending the whole process tree.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +49,8 @@ from medcnncad.inference.segmenter import SegmentationResult, cached_segmenter
 from medcnncad.lesions.components import Lesion
 from medcnncad.lesions.lesion_filter import RemovedCandidate
 
-__all__ = ["serve", "save_result", "load_result", "WorkerClient", "WorkerError", "WorkerCancelled"]
+__all__ = ["serve", "save_result", "load_result", "WorkerClient", "WorkerError", "WorkerCancelled",
+           "worker_popen_kwargs", "kill_process_tree"]
 
 ENGINE_DIR = Path(__file__).resolve().parents[2]
 
@@ -64,7 +71,7 @@ def save_result(result: SegmentationResult, out: Path) -> None:
             "timings": result.timings, "missing_channels": result.missing_channels, "warnings": result.warnings,
             "channels": list(result.probabilities), "lesions": [asdict(les) for les in result.lesions],
             "removed_candidates": [asdict(c) for c in result.removed_candidates],
-            "lesion_classifier_max": result.lesion_classifier_max}
+            "lesion_filter_max": result.lesion_filter_max}
     (out / "result.json").write_text(json.dumps(meta))
 
 
@@ -92,7 +99,7 @@ def load_result(out: Path, manifest, reference: sitk.Image | None = None) -> Seg
                               classification=meta.get("classification"),
                               removed_candidates=[RemovedCandidate(**_lists_to_tuples(c))
                                                   for c in meta.get("removed_candidates", [])],
-                              lesion_classifier_max=meta.get("lesion_classifier_max"), brain_mask=brain_mask,
+                              lesion_filter_max=meta.get("lesion_filter_max"), brain_mask=brain_mask,
                               preprocessing=meta.get("preprocessing", []))
 
 
@@ -148,6 +155,62 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
             break
 
 
+# Windows process-creation flags (values from the Win32 API; the subprocess constants exist only on Windows)
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def worker_popen_kwargs(platform: str = sys.platform) -> dict[str, Any]:
+    """Popen arguments that detach the worker from Slicer's console and signals.
+
+    Windows: its own process group and no console window (closing a console would otherwise
+    end the worker, and a persistent worker would show one). POSIX: its own session, so the
+    launcher and the real interpreter below it form one process group that cancel can end.
+    """
+    if platform == "win32":
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def kill_process_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """End ``process`` and every process below it (CTK's launcher starts ``python-real`` as a child).
+
+    psutil when available (children first, as Slicer's own MONAIAuto3DSeg does); else the process
+    group on POSIX (the worker is a session leader) or ``taskkill /T /F`` on Windows.
+    """
+    try:
+        import psutil
+    except ImportError:
+        psutil = None  # type: ignore[assignment]
+    children: list[Any] = []
+    if psutil is not None:
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for child in children:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+    if os.name == "nt":
+        if psutil is None:
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False,
+                           creationflags=CREATE_NO_WINDOW)
+    else:
+        try:  # also catches children whose parent (the launcher) already died
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        process.kill()
+    except OSError:
+        pass
+    process.wait(timeout=timeout)
+    if psutil is not None and children:
+        psutil.wait_procs(children, timeout=timeout)
+
+
 class WorkerError(MedCNNCADError):
     """The worker reported an error, or died."""
 
@@ -168,7 +231,7 @@ class WorkerClient:
         self.process: subprocess.Popen | None = None
         self.events: queue.Queue = queue.Queue()
         self._next_id = 0
-        self._cancelled = False
+        self._cancelled: set[int] = set()
         self.log_path = Path(tempfile.gettempdir()) / f"medcnncad-worker-{os.getpid()}.log"
 
     def _start(self) -> None:
@@ -176,16 +239,20 @@ class WorkerClient:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ENGINE_DIR), env.get("PYTHONPATH", "")]))
         log = open(self.log_path, "a")  # noqa: SIM115 - stays open as the worker's stderr
         self.process = subprocess.Popen([self.python, "-u", "-m", "medcnncad.slicer.worker"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+                                        stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                                        **worker_popen_kwargs())
+        self.events = queue.Queue()
+        # each worker's reader writes to that worker's queue: a cancelled worker's exit never reaches the next one
+        threading.Thread(target=self._read, args=(self.process, self.events), daemon=True).start()
 
-    def _read(self, process: subprocess.Popen) -> None:
+    @staticmethod
+    def _read(process: subprocess.Popen, events: queue.Queue) -> None:
         for line in process.stdout:  # type: ignore[union-attr]
             try:
-                self.events.put(json.loads(line))
+                events.put(json.loads(line))
             except json.JSONDecodeError:
                 continue
-        self.events.put({"event": "exit", "code": process.wait()})
+        events.put({"event": "exit", "code": process.wait()})
 
     @property
     def alive(self) -> bool:
@@ -194,10 +261,8 @@ class WorkerClient:
     def submit(self, request: dict[str, Any]) -> int:
         """Send a request (starting the worker if needed); returns its id."""
         if not self.alive:
-            self.events = queue.Queue()
             self._start()
         self._next_id += 1
-        self._cancelled = False
         request = dict(request, id=self._next_id)
         self.process.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
         self.process.stdin.flush()  # type: ignore[union-attr]
@@ -205,15 +270,18 @@ class WorkerClient:
 
     def poll(self, request_id: int, progress: Callable[[str, float], None] | None = None,
              timeout: float = 0.0) -> dict[str, Any] | None:
-        """Handle pending events; returns the final event of ``request_id`` or None if still running."""
+        """Handle pending events; returns the final event of ``request_id`` or None if still running.
+
+        Raises :class:`WorkerCancelled` for a cancelled request, even if its result arrived before the cancel.
+        """
+        if request_id in self._cancelled:
+            raise WorkerCancelled("cancelled; the scene was not changed")
         while True:
             try:
                 event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
             except queue.Empty:
                 return None
             if event.get("event") == "exit":
-                if self._cancelled:
-                    raise WorkerCancelled("cancelled; the scene was not changed")
                 raise WorkerError(f"the inference worker stopped unexpectedly (exit code {event['code']}); "
                                   f"see {self.log_path}. The next run starts a new worker.")
             if event.get("id") != request_id:
@@ -235,11 +303,10 @@ class WorkerClient:
             return event["out"]
 
     def cancel(self) -> None:
-        """Stop the running request by ending the worker (a new one starts on the next request)."""
-        if self.alive:
-            self._cancelled = True
-            self.process.kill()  # type: ignore[union-attr]
-            self.process.wait()  # type: ignore[union-attr]
+        """Stop the running request by ending the worker's whole process tree (a new one starts next time)."""
+        self._cancelled.add(self._next_id)
+        if self.process is not None and self.process.poll() is None:
+            kill_process_tree(self.process)
 
     def close(self) -> None:
         if self.alive:
@@ -248,7 +315,7 @@ class WorkerClient:
                 self.process.stdin.flush()  # type: ignore[union-attr]
                 self.process.wait(timeout=5)  # type: ignore[union-attr]
             except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()  # type: ignore[union-attr]
+                kill_process_tree(self.process)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
