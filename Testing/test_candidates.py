@@ -12,8 +12,8 @@ from helpers import blob_manifest_dict, blob_segmenter
 
 from medcnncad.errors import ModelError
 from medcnncad.lesions.components import components
-from medcnncad.lesions.lesion_filter import apply_lesion_classifier, component_features, feature_names
-from medcnncad.models.manifest import LesionClassifier, parse_manifest
+from medcnncad.lesions.lesion_filter import apply_lesion_filter, component_features, feature_names
+from medcnncad.models.manifest import LesionFilter, parse_manifest
 
 CHANNELS = [("NCR", 1), ("ED", 2), ("ET", 4)]
 
@@ -47,20 +47,20 @@ def test_no_components_no_features():
 def test_classifier_drops_candidates_below_its_threshold():
     labels, fg = _two_components()
     # P = sigmoid(log v - log 0.003) = v / (v + 0.003): A 0.4, B 0.571
-    classifier = LesionClassifier(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.5)
+    classifier = LesionFilter(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.5)
     np.testing.assert_allclose(classifier.probability(np.log([[0.002], [0.004]])), [0.4, 0.004 / 0.007])
-    out = apply_lesion_classifier(labels.copy(), lambda m: fg[m], 0.001, CHANNELS, classifier)
+    out = apply_lesion_filter(labels.copy(), lambda m: fg[m], 0.001, CHANNELS, classifier)
     assert not out[1, 1, 1:3].any() and (out[1, 1, 5:9] == labels[1, 1, 5:9]).all()
-    keep_all = LesionClassifier(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.39)
-    np.testing.assert_array_equal(apply_lesion_classifier(labels.copy(), lambda m: fg[m], 0.001, CHANNELS,
+    keep_all = LesionFilter(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.39)
+    np.testing.assert_array_equal(apply_lesion_filter(labels.copy(), lambda m: fg[m], 0.001, CHANNELS,
                                                           keep_all), labels)
 
 
 def test_classifier_uses_the_manifest_feature_order():
     """Features are picked by name: a classifier listing them in another order scores the same."""
     labels, fg = _two_components()
-    a = LesionClassifier(("mean_probability", "fraction:ED"), (0.8, 0.4), (0.1, 0.5), (2.0, -1.0), 0.3, 0.5)
-    b = LesionClassifier(("fraction:ED", "mean_probability"), (0.4, 0.8), (0.5, 0.1), (-1.0, 2.0), 0.3, 0.5)
+    a = LesionFilter(("mean_probability", "fraction:ED"), (0.8, 0.4), (0.1, 0.5), (2.0, -1.0), 0.3, 0.5)
+    b = LesionFilter(("fraction:ED", "mean_probability"), (0.4, 0.8), (0.5, 0.1), (-1.0, 2.0), 0.3, 0.5)
     labelled, count = components(labels > 0)
     x = component_features(labelled, count, labels, fg[labelled > 0], 0.001, CHANNELS)
     # by hand, A: z = (-0.75, -0.8), logit 0.3 - 1.5 + 0.8 = -0.4; B: z = (0.475, 0.7), 0.3 + 0.95 - 0.7 = 0.55
@@ -88,7 +88,7 @@ def test_invalid_classifiers_name_the_problem(tmp_path, changes, message):
 
 
 def test_segmenter_applies_the_manifest_classifier_after_the_floors(tmp_path):
-    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
+    seg = blob_segmenter(tmp_path, lesion_filter=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
     boxes = [(slice(2, 6),) * 3, (slice(10, 14),) * 3, (slice(2, 6), slice(12, 16), slice(2, 6))]
     # mean probability 1.0 / 0.881 / 0.690 -> P = sigmoid(mean - 0.8) = 0.55 / 0.52 / 0.47: the last goes
@@ -163,7 +163,7 @@ def test_reports_state_the_label_volume_floors(tmp_path):
 
 
 def test_fit_script_writes_a_manifest_the_engine_loads(tmp_path):
-    """scripts/fit_lesion_classifier.py write: classifier JSON + threshold + label floor -> a valid manifest."""
+    """scripts/fit_lesion_filter.py write: classifier JSON + threshold + label floor -> a valid manifest."""
     import json
     import subprocess
     import sys
@@ -174,15 +174,15 @@ def test_fit_script_writes_a_manifest_the_engine_loads(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     fitted = {k: v for k, v in _classifier_json().items() if k != "min_probability"}
     (tmp_path / "classifier.json").write_text(json.dumps(fitted))
-    subprocess.run([sys.executable, str(root / "scripts" / "fit_lesion_classifier.py"), "write", "--classifier",
+    subprocess.run([sys.executable, str(root / "scripts" / "fit_lesion_filter.py"), "write", "--classifier",
                     str(tmp_path / "classifier.json"), "--manifest", str(tmp_path / "manifest.json"),
                     "--min-probability", "0.25", "--label-floor", "3:0.2:0", "--description", "test",
                     "--probability-floor", "0.9", "--tta"], check=True)
     manifest = parse_manifest(json.loads((tmp_path / "manifest.json").read_text()), tmp_path)
     post = manifest.postprocessing
     assert post.min_lesion_probability == 0.9 and manifest.inference.test_time_augmentation is True
-    assert post.lesion_classifier.min_probability == 0.25 and post.lesion_classifier.intercept == -0.8
-    assert post.lesion_classifier.features == ("mean_probability",) and post.lesion_classifier.description == "test"
+    assert post.lesion_filter.min_probability == 0.25 and post.lesion_filter.intercept == -0.8
+    assert post.lesion_filter.features == ("mean_probability",) and post.lesion_filter.description == "test"
     assert [(f.value, f.min_ml, f.replace_with) for f in post.label_volume_floors] == [(3, 0.2, 0)]
 
 
@@ -205,9 +205,9 @@ def test_floors_record_what_they_removed():
 
 def test_classifier_records_what_it_removed_with_its_score():
     labels, fg = _two_components()
-    classifier = LesionClassifier(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.5)
+    classifier = LesionFilter(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.5)
     removed = []
-    apply_lesion_classifier(labels, lambda m: fg[m], 0.001, CHANNELS, classifier, removed)
+    apply_lesion_filter(labels, lambda m: fg[m], 0.001, CHANNELS, classifier, removed)
     (a,) = removed
     assert (a.stage, a.voxel_count, a.centroid_kji) == ("lesion classifier", 2, (1.0, 1.0, 1.5))
     assert a.max_probability == 0.95
@@ -230,7 +230,7 @@ def test_reports_list_the_removed_candidates(tmp_path):
     from medcnncad.reporting.case_outputs import build_report
     from medcnncad.reporting.html import _removed_section
 
-    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
+    seg = blob_segmenter(tmp_path, lesion_filter=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
     vol[2:6, 2:6, 2:6] = 1.0
     vol[2:6, 12:16, 2:6] = 0.52  # probability 0.690: classifier P = sigmoid(0.690 - 0.8) = 0.4725, removed
@@ -253,7 +253,7 @@ def test_removed_candidates_survive_the_worker_round_trip(tmp_path):
     """The Slicer module runs the engine in a worker process: its result files carry them."""
     from medcnncad.slicer.worker import load_result, save_result
 
-    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
+    seg = blob_segmenter(tmp_path, lesion_filter=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
     vol[2:6, 2:6, 2:6], vol[2:6, 12:16, 2:6] = 1.0, 0.52
     result = seg.run({"CT": make_image(vol)})
@@ -261,8 +261,8 @@ def test_removed_candidates_survive_the_worker_round_trip(tmp_path):
     save_result(result, tmp_path / "out")
     loaded = load_result(tmp_path / "out", seg.manifest, result.reference)
     assert loaded.removed_candidates == result.removed_candidates
-    assert loaded.lesion_classifier_max == result.lesion_classifier_max
-    assert result.lesion_classifier_max == pytest.approx(1 / (1 + np.exp(-0.2)), abs=1e-3)
+    assert loaded.lesion_filter_max == result.lesion_filter_max
+    assert result.lesion_filter_max == pytest.approx(1 / (1 + np.exp(-0.2)), abs=1e-3)
 
 
 def _scattered(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -301,11 +301,11 @@ def test_boxed_post_processing_equals_the_whole_grid(seed):
     np.testing.assert_array_equal(out, expected)
     centres = ndimage.center_of_mass(whole > 0, whole, np.flatnonzero(~keep[1:]) + 1)
     np.testing.assert_allclose([c.centroid_kji for c in removed], centres)
-    classifier = LesionClassifier(("mean_probability",), (0.0,), (1.0,), (10.0,), -5.0, 0.5)  # keeps mean >= 0.5
+    classifier = LesionFilter(("mean_probability",), (0.0,), (1.0,), (10.0,), -5.0, 0.5)  # keeps mean >= 0.5
     whole2, count2 = ndimage.label(expected > 0, structure=np.ones((3, 3, 3)))
     means = ndimage.mean(fg, whole2, np.arange(1, count2 + 1))
     expected2 = np.where(np.concatenate([[False], means >= 0.5])[whole2], expected, 0)
-    np.testing.assert_array_equal(apply_lesion_classifier(out, lambda m: fg[m], 0.001, CHANNELS, classifier),
+    np.testing.assert_array_equal(apply_lesion_filter(out, lambda m: fg[m], 0.001, CHANNELS, classifier),
                                   expected2)
 
 
@@ -325,7 +325,7 @@ def test_fit_script_collects_your_own_cases(tmp_path):
     for name, image in images.items():
         sitk.WriteImage(image, str(case / f"{name}.nii.gz"))
     sitk.WriteImage(label, str(case / "label.nii.gz"))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "fit_lesion_classifier.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "fit_lesion_filter.py"
 
     def collect(out: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(script), "collect", "--model", "brats-demo-unet", "--out",
@@ -349,7 +349,7 @@ def test_case_score_is_the_classifiers_largest_probability(tmp_path, cubes, expe
     fall below the threshold scores below it too (and no candidate at all scores 0)."""
     from medcnncad.inference.scoring import case_score
 
-    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())  # P = sigmoid(mean - 0.8), keep >= 0.5
+    seg = blob_segmenter(tmp_path, lesion_filter=_classifier_json())  # P = sigmoid(mean - 0.8), keep >= 0.5
     vol = np.zeros((20, 20, 20), np.float32)
     for box, value in zip([(slice(2, 6),) * 3, (slice(2, 6), slice(12, 16), slice(2, 6))], cubes):
         vol[box] = value
@@ -360,9 +360,35 @@ def test_case_score_is_the_classifiers_largest_probability(tmp_path, cubes, expe
 
 def test_removed_candidates_come_largest_first(tmp_path):
     """The result lists them largest first (reports keep the 10 largest; Slicer's table is in this order)."""
-    seg = blob_segmenter(tmp_path, lesion_classifier=_classifier_json())
+    seg = blob_segmenter(tmp_path, lesion_filter=_classifier_json())
     vol = np.zeros((20, 20, 20), np.float32)
     vol[2:5, 2:5, 2:5] = 0.52      # 27 voxels, first in scan order
     vol[10:14, 10:14, 10:14] = 0.52  # 64 voxels
     removed = seg.run({"CT": make_image(vol)}).removed_candidates
     assert [c.voxel_count for c in removed] == [64, 27]
+
+
+def test_schema_1_lesion_classifier_is_read_as_lesion_filter_and_refused_in_schema_2(tmp_path):
+    """The manifest migration of the rename (lesion filter vs grade classifier)."""
+    from medcnncad.errors import ModelError
+
+    raw = blob_manifest_dict()
+    raw["schema_version"] = 1
+    raw["postprocessing"]["lesion_classifier"] = _classifier_json()
+    assert parse_manifest(raw, tmp_path).postprocessing.lesion_filter.intercept == -0.8
+    raw["schema_version"] = 2
+    with pytest.raises(ModelError, match="lesion_classifier is called lesion_filter since schema_version 2"):
+        parse_manifest(raw, tmp_path)
+    raw["postprocessing"]["lesion_filter"] = raw["postprocessing"].pop("lesion_classifier")
+    assert parse_manifest(raw, tmp_path).postprocessing.lesion_filter.intercept == -0.8
+
+
+def test_shipped_manifests_are_schema_2():
+    import json
+
+    from conftest import ROOT
+
+    for path in (ROOT / "Resources" / "Models").glob("*/manifest.json"):
+        data = json.loads(path.read_text())
+        if data["task"] == "segmentation":
+            assert data["schema_version"] == 2 and "lesion_classifier" not in data["postprocessing"], path

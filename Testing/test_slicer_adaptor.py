@@ -227,7 +227,7 @@ def test_removed_candidates_table(scene, tmp_path):
     """A classifier-removed component gets a row (its RAS centre, so jumpToLesion works on it too)."""
     from helpers import blob_segmenter
 
-    seg = blob_segmenter(tmp_path, lesion_classifier={"features": ["mean_probability"], "mean": [0.0], "scale": [1.0],
+    seg = blob_segmenter(tmp_path, lesion_filter={"features": ["mean_probability"], "mean": [0.0], "scale": [1.0],
                                                       "coefficients": [1.0], "intercept": -0.8, "min_probability": 0.5})
     vol = np.zeros((20, 20, 20), np.float32)
     vol[2:6, 2:6, 2:6] = 1.0

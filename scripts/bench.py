@@ -448,7 +448,7 @@ def _whole_grid_filter(label_map: np.ndarray, fg: np.ndarray, post, channels, vo
     out[~keep[labelled]] = 0
     labelled, count = ndimage.label(out > 0, structure=np.ones((3, 3, 3)))
     x = component_features(labelled, count, out, fg[labelled > 0], voxel_ml, channels)
-    keep = np.concatenate([[False], post.lesion_classifier.probability(x) >= post.lesion_classifier.min_probability])
+    keep = np.concatenate([[False], post.lesion_filter.probability(x) >= post.lesion_filter.min_probability])
     out[~keep[labelled]] = 0
     return out
 
@@ -459,12 +459,12 @@ def bench_lesion_filter(repeats: int) -> None:
 
     from medcnncad.data.phantom import make_phantom, preset
     from medcnncad.inference.segmenter import Segmenter, remove_small_components
-    from medcnncad.lesions.lesion_filter import apply_lesion_classifier
+    from medcnncad.lesions.lesion_filter import apply_lesion_filter
     from medcnncad.models.registry import load_model
 
     loaded = load_model("brats-robust-unet")
     post = loaded.manifest.postprocessing
-    raw = dataclasses.replace(post, min_lesion_ml=0.0, min_lesion_probability=0.0, lesion_classifier=None,
+    raw = dataclasses.replace(post, min_lesion_ml=0.0, min_lesion_probability=0.0, lesion_filter=None,
                               label_volume_floors=())
     case = make_phantom(900_000, preset("heldout"))
     result = Segmenter(dataclasses.replace(loaded, manifest=dataclasses.replace(loaded.manifest, postprocessing=raw)),
@@ -476,7 +476,7 @@ def bench_lesion_filter(repeats: int) -> None:
     def engine():
         out = remove_small_components(result.label_map.copy(), post.min_lesion_ml, voxel_ml, lambda m: fg[m],
                                       post.min_lesion_probability)
-        return apply_lesion_classifier(out, lambda m: fg[m], voxel_ml, channels, post.lesion_classifier)
+        return apply_lesion_filter(out, lambda m: fg[m], voxel_ml, channels, post.lesion_filter)
 
     t_engine, ours = _median_time(engine, repeats)
     t_whole, reference = _median_time(lambda: _whole_grid_filter(result.label_map, fg, post, channels, voxel_ml),

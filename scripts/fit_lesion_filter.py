@@ -1,4 +1,5 @@
-"""Fit the second-stage lesion classifier of a segmentation model (medcnncad/candidates.py).
+"""Fit the lesion filter of a segmentation model (medcnncad/lesions/lesion_filter.py): the logistic second stage
+that removes false-positive components (manifest postprocessing.lesion_filter; not the grade classifier).
 
 Three steps, each reproducible from seeds (docs/models.md has the exact commands used):
 
@@ -40,7 +41,7 @@ from medcnncad.metrics.segmentation import (
     dice,  # (1 when both are empty, as evaluate-phantoms counts it)
     lesion_detection,
 )
-from medcnncad.models.manifest import LesionClassifier
+from medcnncad.models.manifest import LesionFilter
 
 SEQUENCES = ["T1", "T1c", "T2", "FLAIR"]
 REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -73,7 +74,7 @@ def _segmenter(model: str, min_probability: float | None = None):
 
     torch.set_num_threads(2)
     loaded = load_model(model)
-    post = dataclasses.replace(_with_floor(loaded.manifest.postprocessing, min_probability), lesion_classifier=None,
+    post = dataclasses.replace(_with_floor(loaded.manifest.postprocessing, min_probability), lesion_filter=None,
                                label_volume_floors=())
     manifest = dataclasses.replace(loaded.manifest, postprocessing=post)
     return Segmenter(dataclasses.replace(loaded, manifest=manifest), "cpu")
@@ -200,7 +201,7 @@ def fit(model: str, train: str, validation: list[str], thresholds: list[float],
     print(f"training candidates: {len(y)} ({y.sum()} true)")
     for name, c in zip(names, lr.coef_[0]):
         print(f"  {name:28} {c:+.3f}")
-    classifier = LesionClassifier(names, tuple(mean), tuple(scale), tuple(lr.coef_[0]), float(lr.intercept_[0]), 0.0)
+    classifier = LesionFilter(names, tuple(mean), tuple(scale), tuple(lr.coef_[0]), float(lr.intercept_[0]), 0.0)
     for folder in validation:
         cases = list(_cases(folder, post))
         print(folder)
@@ -218,7 +219,7 @@ def floors(model: str, classifier_json: Path, min_probability: float, validation
 
     post = _postprocessing(model, probability_floor)
     data = json.loads(classifier_json.read_text())
-    classifier = LesionClassifier(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]),
+    classifier = LesionFilter(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]),
                                   tuple(data["coefficients"]), data["intercept"], min_probability)
     for folder in validation:
         cases = list(_cases(folder, post))
@@ -279,7 +280,8 @@ def main() -> None:
             args.save.write_text(json.dumps(fitted, indent=2))
     else:
         manifest = json.loads(args.manifest.read_text())
-        manifest["postprocessing"]["lesion_classifier"] = {
+        manifest["postprocessing"].pop("lesion_classifier", None)  # the schema_version 1 name
+        manifest["postprocessing"]["lesion_filter"] = {
             **json.loads(args.classifier.read_text()), "min_probability": args.min_probability,
             "description": args.description}
         if args.probability_floor is not None:
@@ -301,5 +303,5 @@ if __name__ == "__main__":
     try:
         main()
     except MedCNNCADError as exc:  # bad input: one line and exit 2, as the medcnncad command line does
-        print(f"fit_lesion_classifier: error: {exc}", file=sys.stderr)
+        print(f"fit_lesion_filter: error: {exc}", file=sys.stderr)
         sys.exit(2)

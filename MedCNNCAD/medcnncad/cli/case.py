@@ -76,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         inputs = {name: str(paths[name]) for name in case.images}
         report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]),
-                           classifier=_default_classifier(args.classifier), tta=args.tta)
+                           classifier=_default_classifier(args.grade_classifier), tta=args.tta)
         final = {name: out / "inputs" / path.name for name, path in paths.items()}
         report["inputs"] = {name: str(final[name]) for name in inputs}
         report["reference"] = str(final["label"])
@@ -94,10 +94,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    grader = None if (args.grade_classifier or "").lower() == "none" else args.grade_classifier
     report = _run_case(args.model, parse_pairs(args.input), Path(args.out), args.device, args.trust,
                        args.reference, parse_pairs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
-                       args.dicom_seg, None if (args.classifier or "").lower() == "none" else args.classifier,
-                       args.tta, args.precision)
+                       args.dicom_seg, grader, args.tta, args.precision)
     print(summary_table(report))
     return 0
 

@@ -63,7 +63,7 @@ def run_evaluate_phantoms(args: argparse.Namespace) -> int:
 
 def run_evaluate_real(args: argparse.Namespace) -> int:
     report = evaluate_real(args.data, args.model, device=args.device, variants=channel_list(args.variants) or VARIANTS,
-                           tta=args.tta, cases=channel_list(args.cases), grade_classifier=args.classifier)
+                           tta=args.tta, cases=channel_list(args.cases), grade_classifier=args.grade_classifier)
     if args.out:
         Path(args.out).write_text(json.dumps(json_safe(report), indent=2) + "\n")
     print(json.dumps(json_safe(report), indent=2) if args.json else format_real_table(report))

@@ -66,8 +66,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "tta": (("--tta",), {"action": argparse.BooleanOptionalAction, "help": TTA_HELP}),
     "trust": (("--trust",), {"action": "store_true",
                              "help": "allow a MONAI bundle's executable config for this run"}),
-    "classifier": (("--classifier",), {"help": "lesion grade classifier model (id or folder), e.g. "
-                                               f"{DEFAULT_GRADE_CLASSIFIER}; 'none' for none"}),
+    "classifier": (("--grade-classifier", "--classifier"),
+                   {"dest": "grade_classifier", "help": "lesion grade classifier model (id or folder), e.g. "
+                    f"{DEFAULT_GRADE_CLASSIFIER}; 'none' for none (--classifier: the name before 0.2)"}),
     "out": (("--out",), {"required": True, "help": "output folder"}),
     "json": (("--json",), {"action": "store_true", "help": "print the result as JSON"}),
     "seed": (("--seed",), {"type": int, "default": 0, "help": "random seed"}),

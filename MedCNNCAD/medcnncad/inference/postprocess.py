@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from medcnncad.inference.refine import refine_core
 from medcnncad.lesions.components import boxed_components, mask_from_box
-from medcnncad.lesions.lesion_filter import RemovedCandidate, apply_lesion_classifier, removed_candidates
+from medcnncad.lesions.lesion_filter import RemovedCandidate, apply_lesion_filter, removed_candidates
 from medcnncad.models.manifest import LabelVolumeFloor, Manifest
 
 __all__ = ["softmax_background", "foreground_probability_at", "label_map_from_probabilities",
@@ -137,9 +137,9 @@ def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, vo
     remove_small_components(label_map, post.min_lesion_ml, voxel_ml, foreground_at, post.min_lesion_probability,
                             removed)
     scores: list[float] = []
-    if post.lesion_classifier is not None:
-        apply_lesion_classifier(label_map, foreground_at, voxel_ml,
-                                [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_classifier,
+    if post.lesion_filter is not None:
+        apply_lesion_filter(label_map, foreground_at, voxel_ml,
+                                [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_filter,
                                 removed, scores)
     applied: list[tuple[LabelVolumeFloor, float]] = []
     apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml, applied)
@@ -148,7 +148,7 @@ def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, vo
                  "(model post-processing, label_volume_floors)" for f, ml in applied]
     warnings += _refine_core(manifest, label_map, probs, voxel_ml, given)
     removed.sort(key=lambda c: -c.volume_ml)  # largest first, as reports and Slicer list them
-    return removed, (max(scores, default=0.0) if post.lesion_classifier is not None else None)
+    return removed, (max(scores, default=0.0) if post.lesion_filter is not None else None)
 
 
 def _refine_core(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
@@ -173,7 +173,7 @@ def mode_warning(manifest: Manifest, augmented: bool) -> list[str]:
     """A warning when the run's test-time augmentation differs from the mode the model's lesion
     filters were chosen in (they act on peak probabilities, which averaging lowers)."""
     post, chosen = manifest.postprocessing, manifest.inference.test_time_augmentation
-    filtered = post.min_lesion_probability > 0 or post.lesion_classifier is not None or post.label_volume_floors
+    filtered = post.min_lesion_probability > 0 or post.lesion_filter is not None or post.label_volume_floors
     if augmented == chosen or not filtered:
         return []
     return [f"{manifest.id}'s lesion filters were chosen {'with' if chosen else 'without'} test-time "

@@ -49,7 +49,7 @@ class SegmentationResult:
         removed_candidates: the foreground components post-processing removed from the label
             map (volume, probability floor, lesion classifier), largest first; the probability
             maps keep them.
-        lesion_classifier_max: with a second-stage lesion classifier, the largest probability it
+        lesion_filter_max: with a second-stage lesion classifier, the largest probability it
             gave any candidate component (0 when none survived the floors); else ``None``.
         brain_mask: uint8 (K, J, I) brain mask when the model's clinical preprocessing extracted the
             brain (the inputs were masked with it), else ``None``.
@@ -70,7 +70,7 @@ class SegmentationResult:
     tta_passes: int = 1
     classification: dict | None = None
     removed_candidates: list[RemovedCandidate] = field(default_factory=list)
-    lesion_classifier_max: float | None = None
+    lesion_filter_max: float | None = None
     brain_mask: np.ndarray | None = None
     preprocessing: list[dict] = field(default_factory=list)
 

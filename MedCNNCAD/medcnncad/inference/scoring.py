@@ -29,8 +29,8 @@ CASE_RULE = ("case abnormality score = the largest foreground probability of any
 
 def case_score(result: SegmentationResult) -> float:
     """The uncalibrated case abnormality score of :data:`CASE_RULE` (0-1)."""
-    if result.lesion_classifier_max is not None:
-        return result.lesion_classifier_max
+    if result.lesion_filter_max is not None:
+        return result.lesion_filter_max
     if not result.probabilities:
         return 0.0
     if softmax_background(result.manifest) is not None:  # foreground = 1 - background = sum of the others

@@ -213,7 +213,7 @@ class Segmenter:
         progress("done", 1.0)
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(device),
                                   timings, missing, warnings, given, uncertainty, len(flips),
-                                  removed_candidates=removed, lesion_classifier_max=classifier_max,
+                                  removed_candidates=removed, lesion_filter_max=classifier_max,
                                   brain_mask=_mask_array(prepared), preprocessing=_steps(prepared))
 
 

@@ -5,7 +5,7 @@ of the label map), a small classifier trained on the segmenter's own true and fa
 scores each one, and candidates scoring below a threshold are removed from the label map. Here
 the classifier is a logistic regression on a few features of each component, all computed from
 the label map and the foreground probability, so it works whatever input sequences are present.
-Its coefficients live in the model manifest (``postprocessing.lesion_classifier``).
+Its coefficients live in the model manifest (``postprocessing.lesion_filter``).
 
 Features (:data:`BASE_FEATURES`, then ``fraction:<channel>`` for each foreground output channel of the manifest):
 
@@ -28,10 +28,10 @@ from scipy import ndimage
 
 from medcnncad.lesions.components import boxed_components, mask_from_box
 from medcnncad.models.lesion_filter_features import BASE_FEATURES, feature_names
-from medcnncad.models.manifest import LesionClassifier
+from medcnncad.models.manifest import LesionFilter
 
-__all__ = ["BASE_FEATURES", "LesionClassifier", "RemovedCandidate", "component_features", "feature_names",
-           "apply_lesion_classifier", "removed_candidates"]
+__all__ = ["BASE_FEATURES", "LesionFilter", "RemovedCandidate", "component_features", "feature_names",
+           "apply_lesion_filter", "removed_candidates"]
 
 HIGH_PROBABILITY = 0.9
 
@@ -95,8 +95,8 @@ def component_features(labelled: np.ndarray, count: int, label_map: np.ndarray, 
     return np.stack(columns, axis=1)
 
 
-def apply_lesion_classifier(label_map: np.ndarray, foreground_at: Callable[[np.ndarray], np.ndarray],
-                            voxel_ml: float, channels: Sequence[tuple[str, int]], classifier: LesionClassifier,
+def apply_lesion_filter(label_map: np.ndarray, foreground_at: Callable[[np.ndarray], np.ndarray],
+                            voxel_ml: float, channels: Sequence[tuple[str, int]], classifier: LesionFilter,
                             removed: list[RemovedCandidate] | None = None,
                             scores: list[float] | None = None) -> np.ndarray:
     """Zero the components of a (K, J, I) label map that ``classifier`` scores below its threshold

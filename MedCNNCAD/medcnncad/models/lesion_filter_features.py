@@ -1,7 +1,7 @@
 """Names of the lesion filter's component features (see :mod:`medcnncad.lesions.lesion_filter`).
 
 Kept beside the manifest because the manifest's consistency checks name them: a manifest's
-``postprocessing.lesion_classifier.features`` must be among :func:`feature_names`.
+``postprocessing.lesion_filter.features`` must be among :func:`feature_names`.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ class OutputChannel:
 
 
 @dataclass(frozen=True)
-class LesionClassifier:
+class LesionFilter:
     """Logistic model P(true lesion) = 1 / (1 + exp(-(intercept + sum(coef * (x - mean) / scale))));
     candidates with P < ``min_probability`` are removed."""
 
@@ -213,7 +213,7 @@ class Postprocessing:
     min_lesion_ml: float = 0.0
     probability_file: str = "float32"  # or "uint8": round(255 p), NIfTI scl_slope 1/255 (error <= 1/510)
     min_lesion_probability: float = 0.0
-    lesion_classifier: LesionClassifier | None = None  # second stage (candidates.py), after the floors
+    lesion_filter: LesionFilter | None = None  # second stage (lesions/lesion_filter.py), after the floors
     label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied after the lesion classifier
     core_refinement: CoreRefinement | None = None  # applied last (refine.py)
 
@@ -433,7 +433,7 @@ def _check_consistency(m: Manifest, where: str) -> None:
     n_in = m.network_kwargs.get("in_channels")
     if n_in is not None and n_in != len(m.inputs):
         raise ModelError(f"{where}: network in_channels={n_in} but {len(m.inputs)} inputs")
-    _check_lesion_classifier(m, where)
+    _check_lesion_filter(m, where)
     _check_case_calibration(m, where)
     _check_core_refinement(m, where)
 
@@ -489,27 +489,37 @@ def _check_case_calibration(m: Manifest, where: str) -> None:
         seen.append(inputs)
 
 
-def _lesion_classifier(data: dict[str, Any] | None) -> LesionClassifier | None:
-    """``postprocessing.lesion_classifier`` (schema-validated already) as a :class:`LesionClassifier`."""
+def _parse_lesion_filter(data: dict[str, Any] | None) -> LesionFilter | None:
+    """``postprocessing.lesion_filter`` (schema-validated already) as a :class:`LesionFilter`."""
     if data is None:
         return None
-    return LesionClassifier(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]),
+    return LesionFilter(tuple(data["features"]), tuple(data["mean"]), tuple(data["scale"]),
                             tuple(data["coefficients"]), float(data["intercept"]), float(data["min_probability"]),
                             data.get("description", ""))
 
 
-def _check_lesion_classifier(m: Manifest, where: str) -> None:
+def _lesion_filter_block(data: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """``postprocessing.lesion_filter``; schema_version 1 called it ``lesion_classifier`` (migrated here)."""
+    post = data["postprocessing"]
+    old, new = post.get("lesion_classifier"), post.get("lesion_filter")
+    if old is not None and (new is not None or data["schema_version"] >= 2):
+        raise ModelError(f"{where}: postprocessing.lesion_classifier is called lesion_filter since schema_version 2 "
+                         f"(the lesion grade classifier is a separate model)")
+    return new if new is not None else old
+
+
+def _check_lesion_filter(m: Manifest, where: str) -> None:
     """The second-stage classifier's features exist for this model and its arrays line up."""
-    classifier = m.postprocessing.lesion_classifier
+    classifier = m.postprocessing.lesion_filter
     if classifier is None:
         return
     known = feature_names([(c.name, c.value) for c in m.postprocessing.channels if c.value != 0])
     unknown = [f for f in classifier.features if f not in known]
     if unknown:
-        raise ModelError(f"{where}: lesion_classifier features {unknown} unknown; known: {list(known)}")
+        raise ModelError(f"{where}: lesion_filter features {unknown} unknown; known: {list(known)}")
     lengths = {len(classifier.features), len(classifier.mean), len(classifier.scale), len(classifier.coefficients)}
     if len(lengths) != 1:
-        raise ModelError(f"{where}: lesion_classifier features, mean, scale and coefficients differ in length")
+        raise ModelError(f"{where}: lesion_filter features, mean, scale and coefficients differ in length")
 
 
 def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") -> Manifest:
@@ -549,7 +559,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
                                       post.get("threshold", 0.5), post.get("probability_dtype", "float32"),
                                       post.get("min_lesion_ml", 0.0), post.get("probability_file", "float32"),
                                       post.get("min_lesion_probability", 0.0),
-                                      _lesion_classifier(post.get("lesion_classifier")),
+                                      _parse_lesion_filter(_lesion_filter_block(data, where)),
                                       tuple(LabelVolumeFloor(f["value"], f["min_ml"], f["replace_with"])
                                             for f in post.get("label_volume_floors", [])),
                                       _core_refinement(post.get("core_refinement"))),

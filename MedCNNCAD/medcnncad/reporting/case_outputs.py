@@ -114,7 +114,7 @@ def _lesion_filter(manifest: Any) -> dict[str, Any]:
                     "probability is below min_max_probability, are removed from the label map and the lesion "
                     "list; the probability maps keep them",
             "chosen_with_test_time_augmentation": manifest.inference.test_time_augmentation,
-            **_classifier_filter(post.lesion_classifier), **_label_floors(manifest), **_core_refinement(manifest)}
+            **_classifier_filter(post.lesion_filter), **_label_floors(manifest), **_core_refinement(manifest)}
 
 
 def _core_refinement(manifest: Any) -> dict[str, Any]:
