@@ -192,13 +192,22 @@ def case_grade(lesions: Sequence[LesionClass]) -> float | None:
 
 
 def attach_classification(result, loaded: LoadedClassifier, tta: bool | None = None) -> dict:
-    """Classify the lesions of a :class:`~medcnncad.inference.segmenter.SegmentationResult` in place.
+    """Grade the lesions of a :class:`~medcnncad.inference.result.SegmentationResult` in place.
 
-    The classifier's ``lesion_structure`` must be a label or region of the segmentation
-    model. Each lesion of that structure gets ``class_probabilities``, ``predicted_class``
-    (and ``class_uncertainty`` with ``tta``); ``result.classification`` gets the summary
-    (model, calibration, operating point, case probability and its rule), also returned.
-    ``tta`` (flip test-time augmentation of the classifier): default as the segmentation run did.
+    Args:
+        result: a segmentation run; its ``images`` (K, J, I) feed the lesion patches.
+        loaded: from :func:`medcnncad.models.grade_classifier.load_classifier`; its ``lesion_structure``
+            must be a label or region of the segmentation model.
+        tta: flip test-time augmentation of the classifier (8 flips); default: as the segmentation run did.
+
+    Returns:
+        The summary also stored as ``result.classification``: model, calibration, operating point, the
+        lesions' class probabilities, and the case probability of the positive class with its rule. Each
+        lesion of the structure gets ``class_probabilities``, ``predicted_class`` (and
+        ``class_uncertainty`` with ``tta``).
+
+    Raises:
+        ModelError: the segmentation model does not produce the classifier's structure.
     """
     if tta is None:
         tta = result.tta_passes > 1

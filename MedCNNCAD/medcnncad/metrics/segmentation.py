@@ -339,6 +339,19 @@ def compute_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[flo
 
     Both maps are cropped once to the bounding box of their foreground; every count,
     component and distance is computed on that crop (true negatives outside it are added).
+
+    Args:
+        pred: predicted label map, integer (K, J, I).
+        ref: reference label map on the same grid.
+        spacing_xyz: voxel spacing in mm, (x, y, z) = (I, J, K) order, as SimpleITK's ``GetSpacing``.
+        structures: structure name -> the label values it unites, e.g. ``{"WT": (1, 2, 4)}``.
+
+    Returns:
+        Structure name -> :class:`StructureMetrics` (Dice, Jaccard, HD95 and ASSD in mm, volumes in mL,
+        lesion-wise detection under the strict and BraTS 2023 rules).
+
+    Raises:
+        InputError: the maps differ in shape.
     """
     if pred.shape != ref.shape:
         raise InputError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")

@@ -21,11 +21,22 @@ __all__ = ["LoadedClassifier", "load_classifier", "cached_classifier"]
 
 
 def load_classifier(id_or_path: str | Path, trust: bool = False) -> LoadedClassifier:
-    """Load a lesion classifier by id or folder (SHA-256 verified, ``weights_only`` load, eval mode).
+    """Load a lesion grade classifier by id or folder (SHA-256 verified, ``weights_only`` load, eval mode).
 
     A MONAI bundle whose metadata declares class probabilities (the model-zoo classification
     template format) loads too, behind the same trust step as segmentation bundles; see
     :func:`medcnncad.models.bundle.load_classification_bundle`.
+
+    Args:
+        id_or_path: manifest id or folder of a ``task: classification`` model, or a bundle folder.
+        trust: allow a bundle whose configs contain executable code.
+
+    Returns:
+        The :class:`~medcnncad.models.loaded.LoadedClassifier`.
+
+    Raises:
+        ModelError: unknown model, not a classification model, tampered weights.
+        TrustError: an untrusted bundle with code in its configs.
     """
     folder = find_model(str(id_or_path))
     if (folder / "configs" / "metadata.json").is_file() and not (folder / "manifest.json").is_file():

@@ -75,7 +75,17 @@ def find_model(id_or_path: str) -> Path:
 
 
 def describe_model(id_or_path: str | Path) -> Manifest | ClassifierManifest:
-    """The manifest of a model (or a bundle's equivalent) without loading weights or running code."""
+    """The manifest of a model (or a bundle's equivalent) without loading weights or running code.
+
+    Args:
+        id_or_path: manifest id or alias, bundle folder name, or a folder path.
+
+    Returns:
+        The segmentation :class:`Manifest` or, for a grade classifier, its ``ClassifierManifest``.
+
+    Raises:
+        ModelError: unknown model or invalid manifest.
+    """
     folder = find_model(str(id_or_path))
     if _is_bundle(folder) and not (folder / "manifest.json").is_file():
         return describe_bundle(folder)
