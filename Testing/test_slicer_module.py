@@ -177,3 +177,184 @@ def test_ui_parameter_bindings_are_parameter_node_fields():
 
 def test_module_file_stays_thin():
     assert len((MODULE_DIR / "MedCNNCAD.py").read_text().splitlines()) <= 400
+
+
+# -- issue #23: the extension as a clinician's first install meets it -----------------------------------------------
+
+def test_model_listing_survives_broken_and_vanished_model_folders(module, tmp_path, monkeypatch):
+    from medcnncad.models import registry
+
+    (tmp_path / "bad-json").mkdir()
+    (tmp_path / "bad-json" / "manifest.json").write_text("{")
+    (tmp_path / "bad-bundle" / "configs").mkdir(parents=True)
+    (tmp_path / "bad-bundle" / "configs" / "metadata.json").write_text("{}")
+    monkeypatch.setenv("MEDCNNCAD_MODEL_PATH", str(tmp_path))
+    real = registry.describe_model
+
+    def flaky(folder):  # a model on a share that vanished between listing and reading
+        if "robust" in str(folder):
+            raise FileNotFoundError(f"{folder}/manifest.json")
+        return real(folder)
+
+    monkeypatch.setattr(registry, "describe_model", flaky)
+    labels = dict(module.MedCNNCADLogic.availableModels())
+    assert "brats-demo-unet" in labels and not any("robust" in k for k in labels)
+    monkeypatch.setattr(registry, "list_models", lambda: (_ for _ in ()).throw(PermissionError("models")))
+    assert module.MedCNNCADLogic.availableModels() == []
+
+    def missing(*_):
+        raise OSError("share gone")
+
+    monkeypatch.setattr(registry, "find_model", missing)
+    assert module.MedCNNCADLogic.lesionClassifier(True) is None
+
+
+def test_first_open_without_torch_does_not_touch_models(module):
+    """populateModels runs during setup(), when no widget is visible yet: it must ask the Logic."""
+    widget = module.MedCNNCADWidget()
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the model list was touched ({name}) while dependencies are missing")
+
+    widget.logic = types.SimpleNamespace(dependenciesMissing=lambda: True)
+    widget.ui = types.SimpleNamespace(installFrame=types.SimpleNamespace(visible=False),  # as during setup()
+                                      modelComboBox=Untouchable())
+    widget._parameterNode = types.SimpleNamespace(model="demo")
+    widget.populateModels()
+
+
+def test_logic_reports_missing_torch_without_importing_it(tmp_path):
+    import subprocess
+
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'monai'): raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import importlib.util; importlib.util.find_spec = (lambda f: lambda n, *a: None if n.split('.')[0] in "
+            "('torch', 'monai') else f(n, *a))(importlib.util.find_spec)\n"
+            "from medcnncad.slicer.logic import SecondReaderLogic as L\n"
+            "asked = []\n"
+            "assert L.dependenciesMissing()\n"
+            "assert L().installDependencies(askConfirmation=lambda t: asked.append(t) or False) is False\n"
+            "assert 'PyTorch' in asked[0] and 'monai' in asked[0]\n"
+            "assert 'torch' not in sys.modules and 'monai' not in sys.modules\n")
+    env = dict(__import__("os").environ, PYTHONPATH=str(MODULE_DIR))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_logic_opens_no_dialog():
+    source = (MODULE_DIR / "medcnncad" / "slicer" / "logic.py").read_text()
+    for dialog in ("confirmOkCancelDisplay", "errorDisplay", "infoDisplay", "messageBox", "QMessageBox"):
+        assert dialog not in source, dialog
+
+
+def test_uncertainty_volume_is_never_thresholded_as_a_probability(scene):
+    from helpers import small_phantom
+    from slicer_scene import volume_from_image
+
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
+    from medcnncad.slicer.adaptor import add_result_nodes, set_probability_threshold
+
+    images, _ = small_phantom()
+    result = Segmenter(load_model("demo"), "cpu").run(images, tta=True)
+    assert result.uncertainty is not None and 0 < float(result.uncertainty.max()) < 0.5
+    reference = volume_from_image(images["T1"], "T1")
+    nodes = add_result_nodes(result, reference)
+    uncertainty = nodes.probabilities["uncertainty"]
+    for threshold in (None, 0.5, 0.9):
+        if threshold is not None:  # what the widget's slider does to every map it shows
+            set_probability_threshold(uncertainty, threshold)
+        display = uncertainty.GetDisplayNode()
+        shown_from = display.GetLowerThreshold() if display.GetApplyThreshold() else -np.inf
+        assert (slicer.util.arrayFromVolume(uncertainty) > 0).any()
+        assert shown_from <= 0, "the uncertainty volume is hidden by a probability threshold"
+    prob = next(n for c, n in nodes.probabilities.items() if c != "uncertainty")
+    set_probability_threshold(prob, 0.7)
+    assert prob.GetDisplayNode().GetApplyThreshold() and prob.GetDisplayNode().GetLowerThreshold() == 0.7
+
+
+def test_background_is_the_first_non_empty_input_and_never_cleared(scene, module):
+    from medcnncad.slicer.logic import firstNonEmptyVolume
+
+    volumes, _ = _load_sample(scene)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "not loaded")
+    assert firstNonEmptyVolume([None, empty, volumes["T1c"], volumes["T1"]]) is volumes["T1c"]
+    composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    composite.SetBackgroundVolumeID(volumes["FLAIR"].GetID())
+    logic = module.MedCNNCADLogic()
+    run = logic.segment({"T1": volumes["T1"], "T1c": volumes["T1c"], "T2": volumes["T2"],
+                         "FLAIR": volumes["FLAIR"]}, model="demo", device="cpu")
+    run.segmentation.SetAttribute("MedCNNCAD.referenceVolumeID", "")  # e.g. the volume was removed since
+    logic.showResultLayers(run)
+    assert composite.GetBackgroundVolumeID() == volumes["FLAIR"].GetID()  # kept, not cleared
+    run.segmentation.SetAttribute("MedCNNCAD.referenceVolumeID", volumes["T1c"].GetID())
+    logic.showResultLayers(run)
+    assert composite.GetBackgroundVolumeID() == volumes["T1c"].GetID()
+    assert composite.GetForegroundVolumeID() == run.probabilities["NCR"].GetID()
+    source = (MODULE_DIR / "MedCNNCAD.py").read_text()
+    assert "background=p.inputVolume0" not in source
+
+
+def test_worker_knows_models_added_after_it_started(scene, module, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("MEDCNNCAD_MODEL_PATH", "")  # restored afterwards (addModelFolder extends it)
+    volumes, _ = _load_sample(scene)
+    copy = tmp_path / "site-models" / "my-unet"
+    shutil.copytree(ROOT / "Resources" / "Models" / "brats-demo-unet", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest.update(id="site-demo-unet", aliases=[])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    logic = module.MedCNNCADLogic()
+    try:
+        job = logic.startSegmentation(volumes, model="demo", device="cpu")  # the worker starts now
+        while logic.pollSegmentation(job) is None:
+            pass
+        key = logic.addModelFolder(str(copy))  # "Add model folder" while the worker runs
+        assert key in dict(logic.availableModels())
+        job = logic.startSegmentation(volumes, model=key, device="cpu")
+        assert job["model"] == str(copy.resolve())
+        nodes = None
+        while nodes is None:
+            nodes = logic.pollSegmentation(job)
+        assert nodes.segmentation.GetAttribute("MedCNNCAD.modelId") == "site-demo-unet"
+    finally:
+        logic.shutdown()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the stand-in launcher is a POSIX shell script")
+def test_cancel_through_a_launcher_adds_nothing_and_the_next_run_works(scene, module, tmp_path):
+    import psutil
+    from stand_ins.launcher import make_launcher
+
+    from medcnncad.slicer.worker import WorkerCancelled, WorkerClient
+
+    volumes, _ = _load_sample(scene)
+    logic = module.MedCNNCADLogic()
+    logic._worker = WorkerClient(python=make_launcher(tmp_path))  # as PythonSlicer: launcher -> python-real
+    try:
+        before = scene_fingerprint(scene)
+        job = logic.startSegmentation(volumes, model="demo", device="cpu")
+        stages = []
+        while not stages:
+            assert logic.pollSegmentation(job, lambda s, f: stages.append(s)) is None
+        real = psutil.Process(logic._worker.process.pid).children(recursive=True)
+        assert len(real) == 1
+        logic.cancelSegmentation()
+        with pytest.raises(WorkerCancelled):
+            while logic.pollSegmentation(job) is None:
+                pass
+        gone, alive = psutil.wait_procs(real, timeout=10)
+        assert not alive, "the real worker survived cancel"
+        assert scene_fingerprint(scene) == before and not Path(job["folder"]).exists()
+        job = logic.startSegmentation(volumes, model="demo", device="cpu")
+        nodes = None
+        while nodes is None:
+            nodes = logic.pollSegmentation(job)
+        assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 3
+    finally:
+        logic.shutdown()

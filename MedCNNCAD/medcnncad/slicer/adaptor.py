@@ -167,16 +167,23 @@ def add_uncertainty_node(result: SegmentationResult, prefix: str = "MedCNNCAD") 
     display = node.GetDisplayNode()
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(0.0, 0.5)  # the std of a probability is at most 0.5
+    display.SetApplyThreshold(False)  # every voxel shown: the probability threshold does not apply here
     node.SetAttribute(PROVENANCE_PREFIX + "channel", "uncertainty")
     node.SetAttribute(PROVENANCE_PREFIX + "method", f"test-time augmentation, {result.tta_passes} passes")
     return node
 
 
 def set_probability_threshold(probability_node: Any, threshold: float) -> None:
-    """Show only voxels with probability >= ``threshold`` (0-1) of a probability volume."""
+    """Show only voxels with probability >= ``threshold`` (0-1) of a probability volume.
+
+    The uncertainty volume (a standard deviation, at most 0.5) is not a probability: it stays unthresholded.
+    """
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"probability threshold {threshold} must be between 0 and 1")
     display = probability_node.GetDisplayNode()
+    if probability_node.GetAttribute(PROVENANCE_PREFIX + "channel") == "uncertainty":
+        display.SetApplyThreshold(False)
+        return
     display.SetApplyThreshold(True)
     display.SetThreshold(float(threshold), 1.0)
 

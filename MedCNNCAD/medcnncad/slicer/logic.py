@@ -22,7 +22,7 @@ import slicer
 from medcnncad import INTENDED_USE
 from medcnncad.errors import InputError, MedCNNCADError
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER as DEFAULT_CLASSIFIER
-from medcnncad.slicer.dependencies import TORCH_VERSION, missing_requirements
+from medcnncad.slicer.dependencies import TORCH_VERSION, missing_requirements, pip_install_arguments
 
 # Everything else of the engine is imported inside the methods that use it: this module loads when
 # Slicer starts, before torch, MONAI, jsonschema and scikit-learn exist in Slicer's Python (the module
@@ -39,6 +39,17 @@ VolumeInputs = Union[Sequence[Any], Mapping[str, Any]]
 __all__ = ["SecondReaderLogic", "INTENDED_USE"]
 
 
+def firstNonEmptyVolume(volumeNodes: Any) -> Any:
+    """The first volume node that has voxels (an optional input may be an empty node), else None."""
+    for node in volumeNodes:
+        if node is None:
+            continue
+        image = node.GetImageData()
+        if image is not None and image.GetNumberOfPoints() > 0:
+            return node
+    return None
+
+
 class SecondReaderLogic:
     """Segment volume nodes, show results, compare with a reference; no dialogs, errors name the value."""
 
@@ -50,10 +61,26 @@ class SecondReaderLogic:
     def missingDependencies() -> tuple[bool, list[str]]:
         return missing_requirements()
 
-    def installDependencies(self, askConfirmation: bool = True) -> bool:
+    @classmethod
+    def dependenciesMissing(cls) -> bool:
+        """True while torch or a pip requirement is not installed (then nothing may import the engine's models)."""
+        torchMissing, missing = cls.missingDependencies()
+        return torchMissing or bool(missing)
+
+    @classmethod
+    def installationText(cls) -> str:
+        torchMissing, missing = cls.missingDependencies()
+        return ("MedCNNCAD needs: " + ", ".join(([f"PyTorch {TORCH_VERSION} (PyTorch extension)"] if torchMissing
+                                                 else []) + missing)
+                + ". Packages Slicer ships (numpy, SimpleITK, pydicom, ...) are not changed. Install now?")
+
+    def installDependencies(self, askConfirmation: Callable[[str], bool] | None = None) -> bool:
+        """Install what is missing. ``askConfirmation(text)`` (the Widget's dialog; the Logic opens none)
+        is asked first; False from it installs nothing. Returns whether it installed."""
         torchMissing, missing = self.missingDependencies()
-        text = "MedCNNCAD needs: " + ", ".join((["PyTorch"] if torchMissing else []) + missing) + ". Install now?"
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(text):
+        if not torchMissing and not missing:
+            return True
+        if askConfirmation is not None and not askConfirmation(self.installationText()):
             return False
         if torchMissing:
             import PyTorchUtils
@@ -62,7 +89,7 @@ class SecondReaderLogic:
                                                                  torchVersionRequirement=TORCH_VERSION):
                 raise RuntimeError("PyTorch could not be installed; use the PyTorch Utils module.")
         if missing:
-            slicer.util.pip_install(missing)
+            slicer.util.pip_install(pip_install_arguments(missing))
         return True
 
     @staticmethod
@@ -74,7 +101,8 @@ class SecondReaderLogic:
 
         try:
             find_model(DEFAULT_CLASSIFIER)
-        except MedCNNCADError:
+        except (MedCNNCADError, OSError) as exc:  # not installed, or an unreadable model folder
+            logging.info("lesion classifier not available: %s", exc)
             return None
         return DEFAULT_CLASSIFIER
 
@@ -89,14 +117,22 @@ class SecondReaderLogic:
     # -- models and inputs --------------------------------------------------------------
     @staticmethod
     def availableModels() -> list[tuple[str, str]]:
+        """(key, label) of every usable segmentation model; a broken model folder is logged and skipped."""
         from medcnncad.models.registry import describe_model, list_models
 
-        out = []
-        for folder in list_models():
+        out: list[tuple[str, str]] = []
+        try:
+            folders = list_models()
+        except OSError as exc:  # an unreadable search path (MEDCNNCAD_MODEL_PATH, ~/.medcnncad/models)
+            logging.warning("cannot list models: %s", exc)
+            return out
+        for folder in folders:
             try:
                 m = describe_model(folder)
-            except ValueError as exc:
-                logging.warning(str(exc))
+            except ImportError:
+                raise  # a missing dependency is not a broken model: the module offers to install it
+            except Exception as exc:  # noqa: BLE001 - ModelError, FileNotFoundError, OSError, bad JSON, ...
+                logging.warning("model %s skipped: %s", folder, exc)
                 continue
             if m.task != "segmentation":  # lesion classifiers run with a segmentation model, not alone
                 continue
@@ -154,7 +190,7 @@ class SecondReaderLogic:
             from medcnncad.classification.grade import attach_classification, cached_classifier
 
             attach_classification(result, cached_classifier(classifier))
-        return add_result_nodes(result, next(iter(volumes.values())))
+        return add_result_nodes(result, firstNonEmptyVolume(volumes.values()))
 
     def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
                           trust: bool = False, classifier: str | None = None,
@@ -162,10 +198,13 @@ class SecondReaderLogic:
         """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`."""
         import SimpleITK as sitk
 
+        from medcnncad.models.registry import find_model
         from medcnncad.slicer.adaptor import volume_node_to_image
         from medcnncad.slicer.worker import WorkerClient
 
-        manifest = self.describeModel(model)
+        # the worker gets the model's folder, not its id: it does not know folders added after it started
+        modelFolder = str(find_model(model).resolve())
+        manifest = self.describeModel(modelFolder)
         volumes = self._namedInputs(inputVolumeNodes, manifest)
         folder = tempfile.mkdtemp(prefix="medcnncad-")
         inputs = {}
@@ -173,10 +212,11 @@ class SecondReaderLogic:
             inputs[name] = os.path.join(folder, f"{name}.nrrd")
             sitk.WriteImage(volume_node_to_image(node), inputs[name])
         self._worker = self._worker or WorkerClient()
-        requestId = self._worker.submit({"cmd": "segment", "model": model, "device": device, "trust": trust,
+        requestId = self._worker.submit({"cmd": "segment", "model": modelFolder, "device": device, "trust": trust,
                                          "classifier": classifier or None, "tta": None if tta is None else bool(tta),
                                          "inputs": inputs, "out": os.path.join(folder, "out")})
-        return {"id": requestId, "folder": folder, "manifest": manifest, "reference": next(iter(volumes.values()))}
+        return {"id": requestId, "folder": folder, "manifest": manifest, "model": modelFolder,
+                "reference": firstNonEmptyVolume(volumes.values())}
 
     def pollSegmentation(self, job: dict[str, Any],
                          progress: Callable[[str, float], None] | None = None) -> ResultNodes | None:
@@ -213,6 +253,16 @@ class SecondReaderLogic:
         from medcnncad.slicer.adaptor import set_probability_threshold
 
         set_probability_threshold(probabilityNode, threshold)
+
+    @staticmethod
+    def showResultLayers(nodes: ResultNodes) -> None:
+        """Slice views: the volume the run was aligned to (first non-empty input) as background, the first
+        probability map as foreground. A layer is left as it is rather than cleared when there is no node."""
+        background = slicer.mrmlScene.GetNodeByID(nodes.segmentation.GetAttribute("MedCNNCAD.referenceVolumeID") or "")
+        foreground = next((node for channel, node in nodes.probabilities.items() if channel != "uncertainty"), None)
+        slicer.util.setSliceViewerLayers(background=background if background is not None else "keep-current",
+                                         foreground=foreground if foreground is not None else "keep-current",
+                                         foregroundOpacity=0.4)
 
     @staticmethod
     def jumpToLesion(lesionTableNode: Any, row: int) -> None:
