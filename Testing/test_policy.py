@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from helpers import small_phantom
 
 from medcnncad.errors import InputError
@@ -52,7 +53,7 @@ def test_gpu_check_script_refuses_cleanly_without_cuda():
 def test_the_sample_case_on_a_brats_size_grid():
     import SimpleITK as sitk
 
-    from medcnncad.data.sample import load_sample_case
+    from medcnncad.io.sample_case import load_sample_case
 
     images = load_sample_case(brats_size=True)
     assert sorted(images) == ["FLAIR", "T1", "T1c", "T2"]
@@ -109,3 +110,40 @@ def test_gpu_check_cpu_dry_run_writes_the_report(tmp_path):
     assert report["agreement"]["min_dice"] == 1.0  # the same device and precision as the reference
     assert report["per_case_in_memory_s"] > 0 and report["batch_cases_per_s"] > 0
     assert "shipped_model" not in report and "segresnet_forward" not in report
+
+
+def test_measured_policy_without_native_bf16_keeps_fp32_without_a_run(tmp_path, monkeypatch):
+    import medcnncad.inference.machine_policy as mp
+    from medcnncad.models.registry import load_model
+
+    monkeypatch.setattr(mp, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(mp, "choose_policy", lambda *a, **k: pytest.fail("no calibration run without native bf16"))
+    cache = tmp_path / "cache.json"
+    model = load_model("brats-demo-unet")
+    decision = mp.measured_policy(model, torch.device("cpu"), cache)
+    assert (decision.precision, decision.channels_last, decision.cached) == ("fp32", False, False)
+    assert "no native bf16" in decision.reason
+    again = mp.measured_policy(model, torch.device("cpu"), cache)  # from the cache now
+    assert again.cached and again.precision == "fp32"
+
+
+def test_measured_policy_comes_from_the_cache_per_machine_and_model_and_is_reported(tmp_path, monkeypatch):
+    import json
+
+    import medcnncad.inference.machine_policy as mp
+    from medcnncad.models.registry import load_model
+
+    model = load_model("brats-demo-unet")
+    cache = tmp_path / "cache.json"
+    key = f"{mp.machine_key(torch.device('cpu'))}:{model.manifest.weights_sha256}"
+    cache.write_text(json.dumps({key: {"precision": "bf16", "channels_last": True, "reason": "measured here"}}))
+    monkeypatch.setenv("MEDCNNCAD_POLICY_CACHE", str(cache))
+    monkeypatch.setattr(mp, "choose_policy", lambda *a, **k: pytest.fail("cached: no calibration run"))
+    segmenter = mp.build_segmenter(model, "cpu", "measured")
+    note = segmenter.policy_note()
+    assert (note["precision"], note["autocast"], note["channels_last"]) == ("bf16", "bfloat16", True)
+    assert note["reason"] == "measured here (cached)"
+    other = load_model("brats-robust-unet")  # another model: not in the cache
+    assert mp._read_cache(cache).get(f"{mp.machine_key(torch.device('cpu'))}:{other.manifest.weights_sha256}") is None
+    plain = mp.build_segmenter(model, "cpu", None).policy_note()
+    assert plain["precision"] == "auto" and plain["autocast"] == "none" and "manifest" in plain["reason"]

@@ -185,8 +185,8 @@ def bench_segresnet(repeats: int) -> None:
     import json
 
     from medcnncad.cli import main
-    from medcnncad.data.sample import load_sample_case
     from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.io.sample_case import load_sample_case
     from medcnncad.models.registry import load_model
 
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-bench-"))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcnncad.data.sample import load_sample_case
+from medcnncad.io.sample_case import load_sample_case
 from medcnncad.metrics.segmentation import dice_per_label
 
 

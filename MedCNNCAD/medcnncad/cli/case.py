@@ -16,7 +16,7 @@ from medcnncad.cli.options import DEMO_SEED, add
 from medcnncad.cli.progress import TqdmProgress
 from medcnncad.data.phantom import make_phantom, write_phantom
 from medcnncad.errors import InputError, MedCNNCADError
-from medcnncad.inference.segmenter import Segmenter
+from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.io.images import signals_deferred
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER
 from medcnncad.models.grade_classifier import load_classifier
@@ -45,7 +45,7 @@ def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, tru
               classifier: str | None = None, tta: bool | None = None, precision: str | None = None) -> dict:
     """Load the model(s), then segment (+ classify, + evaluate) one case and write its outputs."""
     t0 = time.perf_counter()
-    segmenter = Segmenter(load_model(model_id, trust=trust), device=device, precision=precision)
+    segmenter = build_segmenter(load_model(model_id, trust=trust), device, precision)
     loaded_classifier = load_classifier(classifier) if classifier else None
     progress = TqdmProgress()
     try:
@@ -114,8 +114,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", action="append", required=True, metavar="NAME=PATH",
                    help="input channel (manifest channel name) and its volume file or DICOM folder")
     add(p, "out", "device", "trust", "classifier")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="override the model's execution precision (auto: fp16 on CUDA, fp32 on CPU)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16", "measured"],
+                   help="override the model's execution precision (auto: fp16 on CUDA, fp32 on CPU; measured: "
+                        "the fastest policy that agrees with fp32, measured once per machine and model)")
     add(p, "tta")
     p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
     p.add_argument("--series", action="append", metavar="NAME=UID_OR_DESCRIPTION",

@@ -54,6 +54,7 @@ class SegmentationResult:
         brain_mask: uint8 (K, J, I) brain mask when the model's clinical preprocessing extracted the
             brain (the inputs were masked with it), else ``None``.
         preprocessing: the clinical preprocessing steps (JSON-ready: step, seconds, applied, details).
+        execution_policy: precision, memory layout, device the network ran with, and why.
     """
 
     label_map: np.ndarray
@@ -73,6 +74,7 @@ class SegmentationResult:
     lesion_filter_max: float | None = None
     brain_mask: np.ndarray | None = None
     preprocessing: list[dict] = field(default_factory=list)
+    execution_policy: dict = field(default_factory=dict)
 
     def label_image(self) -> sitk.Image:
         """The label map as a SimpleITK image on the reference grid."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -78,13 +79,15 @@ class Segmenter:
         channels_last: overrides the manifest's ``inference.channels_last``.
         probability_dtype: ``float32``/``float16`` (how probabilities are held), overriding the
             manifest's ``postprocessing.probability_dtype``.
+        policy_reason: why this precision and layout (reported); default: "as asked" or the manifest's.
 
     Raises:
         InputError: an unknown device, precision or probability dtype.
     """
 
     def __init__(self, model: LoadedModel, device: str = "auto", precision: str | None = None,
-                 channels_last: bool | None = None, probability_dtype: str | None = None) -> None:
+                 channels_last: bool | None = None, probability_dtype: str | None = None,
+                 policy_reason: str | None = None) -> None:
         self.model = model
         self.manifest = model.manifest
         self.device = resolve_device(device)
@@ -100,12 +103,20 @@ class Segmenter:
         if self.channels_last:
             self.network = self.network.to(  # type: ignore[call-overload]  # torch stubs omit memory_format
                 memory_format=torch.channels_last_3d)
+        self.policy_reason = policy_reason or ("as asked" if precision or channels_last is not None else
+                                               "the model's manifest (inference.precision, channels_last)")
 
     def autocast_dtype(self) -> torch.dtype | None:
         """The autocast dtype of the execution policy on this device (None: plain fp32)."""
         if self.precision == "auto":
             return torch.float16 if self.device.type == "cuda" else None
         return PRECISIONS[self.precision]
+
+    def policy_note(self) -> dict[str, Any]:
+        """What the report says about the execution policy: precision, layout, autocast dtype and why."""
+        dtype = self.autocast_dtype()
+        return {"precision": self.precision, "autocast": str(dtype).replace("torch.", "") if dtype else "none",
+                "channels_last": self.channels_last, "device": str(self.device), "reason": self.policy_reason}
 
     def policy(self) -> ExecutionPolicy:
         """The execution policy this segmenter runs the network under."""
@@ -214,7 +225,8 @@ class Segmenter:
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(device),
                                   timings, missing, warnings, given, uncertainty, len(flips),
                                   removed_candidates=removed, lesion_filter_max=classifier_max,
-                                  brain_mask=_mask_array(prepared), preprocessing=_steps(prepared))
+                                  brain_mask=_mask_array(prepared), preprocessing=_steps(prepared),
+                                  execution_policy=self.policy_note())
 
 
 def _mask_array(prepared: PreparedCase | None) -> np.ndarray | None:

@@ -97,6 +97,8 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
                                  "map": "standard deviation of the foreground probability over the passes",
                                  "cost": f"{result.tta_passes}x the network time",
                                  "max": float(result.uncertainty.max())}
+    if result.execution_policy:
+        report["execution_policy"] = result.execution_policy
     if result.preprocessing:
         report["clinical_preprocessing"] = result.preprocessing
     if result.classification is not None:
