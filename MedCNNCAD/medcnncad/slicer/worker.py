@@ -181,7 +181,7 @@ def kill_process_tree(process: subprocess.Popen, timeout: float = 10.0) -> None:
     try:
         import psutil
     except ImportError:
-        psutil = None  # type: ignore[assignment]
+        psutil = None
     children: list[Any] = []
     if psutil is not None:
         try:
