@@ -113,7 +113,8 @@ def test_installed_tree_lists_loads_and_runs_every_shipped_model(tmp_path):
     assert all(v == "loaded" or v > 0 for v in report.values()), report  # every segmentation model finds the tumor
     listing = subprocess.run([sys.executable, "-c", "import runpy, sys; from pathlib import Path; "
                               f"sys.path[:] = [p for p in sys.path if Path(p or '.').resolve() not in "
-                              f"(Path({str(ROOT)!r}), Path({str(MODULE_DIR)!r}))]; sys.path.insert(0, {str(modules)!r}); "
+                              f"(Path({str(ROOT)!r}), Path({str(MODULE_DIR)!r}))]; "
+                              f"sys.path.insert(0, {str(modules)!r}); "
                               "sys.argv = ['medcnncad', 'models']; runpy.run_module('medcnncad', run_name='__main__')"],
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert listing.returncode == 0, listing.stderr[-2000:]
