@@ -21,7 +21,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from medcnncad.models.defaults import DEFAULT_MODEL
-from medcnncad.slicer.logic import INTENDED_USE, SecondReaderLogic
+from medcnncad.slicer.logic import INTENDED_USE, RunCancelled, SecondReaderLogic
 
 MAX_CHANNELS = 4  # input selectors in the .ui
 
@@ -238,11 +238,9 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = int(100 * fraction)
 
     def onPoll(self):
-        from medcnncad.slicer.worker import WorkerCancelled
-
         try:
             nodes = self.logic.pollSegmentation(self._job, self.onProgress)
-        except WorkerCancelled:  # asked for: no dialog; the scene is unchanged
+        except RunCancelled:  # asked for: no dialog; the scene is unchanged
             self.finishRun()
             self.ui.statusLabel.text = "Cancelled; nothing was added to the scene."
             return

@@ -7,7 +7,7 @@ in one message box.
 
 from __future__ import annotations
 
-__all__ = ["MedCNNCADError", "InputError", "ModelError", "TrustError"]
+__all__ = ["RunCancelled", "MedCNNCADError", "InputError", "ModelError", "TrustError"]
 
 
 class MedCNNCADError(ValueError):
@@ -24,3 +24,7 @@ class ModelError(MedCNNCADError):
 
 class TrustError(ModelError):
     """A MONAI bundle contains executable expressions and was not trusted."""
+
+
+class RunCancelled(MedCNNCADError):
+    """A run the user cancelled; nothing was written or added to the scene."""

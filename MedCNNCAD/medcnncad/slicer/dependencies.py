@@ -21,6 +21,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from medcnncad.io.resources import resource_dir
+
 __all__ = ["TORCH_VERSION", "PIP_REQUIREMENTS", "BRAIN_EXTRACTION_REQUIREMENTS", "SLICER_SHIPPED",
            "missing_requirements", "brain_extraction_requested", "pip_install_arguments", "model_folders"]
 
@@ -47,8 +49,6 @@ SLICER_SHIPPED = {"numpy": "numpy", "SimpleITK": "SimpleITK", "pydicom": "pydico
 def model_folders() -> list[Path]:
     """Model folders under the search paths of :func:`medcnncad.models.registry.model_search_paths`
     (same order), found without importing the registry (it needs torch)."""
-    from medcnncad.io.resources import resource_dir
-
     roots = [Path(p) for p in os.environ.get("MEDCNNCAD_MODEL_PATH", "").split(os.pathsep) if p]
     roots.append(Path.home() / ".medcnncad" / "models")
     shipped = resource_dir("Models")

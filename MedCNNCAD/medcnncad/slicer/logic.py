@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Union, cast
 import slicer
 
 from medcnncad import INTENDED_USE
-from medcnncad.errors import InputError, MedCNNCADError
+from medcnncad.errors import InputError, MedCNNCADError, RunCancelled
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER as DEFAULT_CLASSIFIER
 from medcnncad.slicer.dependencies import TORCH_VERSION, missing_requirements, pip_install_arguments
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # the engine's heavy modules load lazily (torch may not be in
 VolumeInputs = Union[Sequence[Any], Mapping[str, Any]]
 """Volume nodes in the model's channel order, or channel name -> volume node."""
 
-__all__ = ["SecondReaderLogic", "INTENDED_USE"]
+__all__ = ["SecondReaderLogic", "INTENDED_USE", "RunCancelled"]
 
 
 def firstNonEmptyVolume(volumeNodes: Any) -> Any:

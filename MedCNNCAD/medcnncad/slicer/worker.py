@@ -44,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification, cached_classifier
-from medcnncad.errors import InputError, MedCNNCADError
+from medcnncad.errors import InputError, MedCNNCADError, RunCancelled
 from medcnncad.inference.segmenter import SegmentationResult, cached_segmenter
 from medcnncad.lesions.components import Lesion
 from medcnncad.lesions.lesion_filter import RemovedCandidate
@@ -215,8 +215,8 @@ class WorkerError(MedCNNCADError):
     """The worker reported an error, or died."""
 
 
-class WorkerCancelled(MedCNNCADError):
-    """The run was cancelled by the user."""
+class WorkerCancelled(RunCancelled):
+    """The run was cancelled by the user (the worker was ended)."""
 
 
 class WorkerClient:
