@@ -18,7 +18,7 @@ from medcnncad.data.phantom import make_phantom, write_phantom
 from medcnncad.errors import InputError, MedCNNCADError
 from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.io.images import signals_deferred
-from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER
+from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL, DEMO_MODEL
 from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import find_model, load_model
 from medcnncad.pipeline.case import process_case
@@ -106,11 +106,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``demo`` and ``segment`` to the command line's subparsers."""
     p = sub.add_parser("demo", help="segment a held-out phantom case and evaluate it against its ground truth")
     add(p, "out", "seed", "model", "device", "classifier", "tta",
-        out={"required": False, "default": "demo_out"}, seed={"default": DEMO_SEED})
+        out={"required": False, "default": "demo_out"}, seed={"default": DEMO_SEED}, model={"default": DEMO_MODEL})
     p.set_defaults(func=run_demo)
 
     p = sub.add_parser("segment", help="segment one case")
-    add(p, "model", model={"required": True, "default": None})
+    add(p, "model", model={"help": f"model id or folder (manifest or MONAI bundle); default {DEFAULT_MODEL}"})
     p.add_argument("--input", action="append", required=True, metavar="NAME=PATH",
                    help="input channel (manifest channel name) and its volume file or DICOM folder")
     add(p, "out", "device", "trust", "classifier")

@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_GRADE_CLASSIFIER", "load_model", "describe_model", "find_model", "list_models",
-           "model_search_paths", "LoadedModel"]
+__all__ = ["DEFAULT_MODEL", "DEMO_MODEL", "DEFAULT_GRADE_CLASSIFIER", "load_model", "describe_model", "find_model",
+           "list_models", "model_search_paths", "LoadedModel"]
 
-from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL
+from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL, DEMO_MODEL
 
-_LAZY = {name: "medcnncad.models.registry" for name in __all__[2:] if name != "LoadedModel"}
+_LAZY = {name: "medcnncad.models.registry" for name in __all__[3:] if name != "LoadedModel"}
 _LAZY["LoadedModel"] = "medcnncad.models.loaded"
 
 
