@@ -38,29 +38,50 @@ def make_image(array_kji: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0,
 # carry @pytest.mark.slow themselves.
 SLOW = {
     ("test_bundle.py", "test_trusted_bundle_runs_and_matches_the_manifest_model"),  # 28 s
-    ("test_candidates.py", "test_fit_script_collects_your_own_cases"),  # 18 s
-    ("test_cli.py", "test_console_script_and_models_listing"),  # 9 s
-    ("test_cli.py", "test_untrusted_bundle_exit_2_then_trust_flag_runs"),  # 26 s
+    ("test_lesion_filter.py", "test_fit_script_collects_your_own_cases"),  # 18 s
+    ("test_app.py", "test_console_script_and_models_listing"),  # 9 s
+    ("test_app.py", "test_untrusted_bundle_exit_2_then_trust_flag_runs"),  # 26 s
     ("test_cohort.py", "test_dask_local_cluster_equals_serial"),  # 33 s
     ("test_cohort.py", "test_serial_run_summary_resume_and_failures"),  # 12 s
     ("test_demo.py", "test_demo_writes_outputs_and_reaches_dice"),  # 15 s
-    ("test_evaluation.py", "test_a_set_of_normal_heads_counts_false_positives_without_dice"),  # 12 s
-    ("test_evaluation.py", "test_case_dice_equals_an_independent_run"),  # 10 s
-    ("test_evaluation.py", "test_summary_pools_its_cases"),  # 28 s
-    ("test_evaluation.py", "test_tta_reaches_the_segmenter"),  # 29 s
+    ("test_evaluate_phantoms.py", "test_a_set_of_normal_heads_counts_false_positives_without_dice"),  # 12 s
+    ("test_evaluate_phantoms.py", "test_case_dice_equals_an_independent_run"),  # 10 s
+    ("test_evaluate_phantoms.py", "test_summary_pools_its_cases"),  # 28 s
+    ("test_evaluate_phantoms.py", "test_tta_reaches_the_segmenter"),  # 29 s
     ("test_interrupts.py", "test_signal_leaves_output_folder_as_it_was"),  # 15 s
-    ("test_models.py", "test_shipped_robust_model_reads_a_low_grade_core_in_the_case_own_contrast"),  # 20 s
+    ("test_registry.py", "test_shipped_robust_model_reads_a_low_grade_core_in_the_case_own_contrast"),  # 20 s
     ("test_phantom.py", "test_classic_phantoms_are_unchanged_by_the_new_features"),  # 7 s
     ("test_phantom.py", "test_grade_shapes_appearance_but_not_size_alone"),  # 12 s
     ("test_phantom.py", "test_same_seed_same_case_and_labels_are_brats"),  # 22 s
     ("test_phantom.py", "test_tumor_free_cases_and_clinical_like_geometry"),  # 48 s
-    ("test_slicer_module.py", "test_worker_run_matches_console_run_and_cancel_changes_nothing"),  # 29 s
-    ("test_train.py", "test_loader_workers_train_reproducibly_and_a_missing_gpu_fails_before_any_output"),  # 108 s
-    ("test_train.py", "test_train_writes_model_and_resumes"),  # 30 s
-    ("test_train_classifier.py", "test_train_classification_writes_a_calibrated_model_and_resumes"),  # 73 s
+    ("test_module.py", "test_worker_run_matches_console_run_and_cancel_changes_nothing"),  # 29 s
+    ("test_train_segmentation.py",
+     "test_loader_workers_train_reproducibly_and_a_missing_gpu_fails_before_any_output"),  # 108 s
+    ("test_train_segmentation.py", "test_train_writes_model_and_resumes"),  # 30 s
+    ("test_train_classification.py", "test_train_classification_writes_a_calibrated_model_and_resumes"),  # 73 s
     ("test_worker.py", "test_crashed_worker_is_reported_and_next_run_works"),  # 9 s
     ("test_worker.py", "test_worker_reports_bad_input_and_lives_on"),  # 7 s
     ("test_worker.py", "test_worker_result_equals_in_process_and_model_stays_loaded"),  # 12 s
+    ("test_module.py", "test_worker_knows_models_added_after_it_started"),  # 35 s
+    ("test_module.py", "test_cancel_through_a_launcher_adds_nothing_and_the_next_run_works"),  # 31 s
+    ("test_module.py", "test_background_is_the_first_non_empty_input_and_never_cleared"),  # 6 s
+    ("test_module.py", "test_console_api_segment_and_compare"),  # 5 s
+    ("test_module.py", "test_uncertainty_volume_is_never_thresholded_as_a_probability"),  # 3 s
+    ("test_worker.py", "test_cancel_through_a_launcher_ends_the_real_worker_and_next_run_works"),  # 14 s
+    ("test_worker.py", "test_cancelled_request_never_returns_its_result_even_if_it_already_arrived"),  # 13 s
+    ("test_worker.py", "test_worker_runs_in_its_own_session"),  # 7 s
+    ("test_app.py", "test_segment_writes_every_output"),  # 12 s
+    ("test_app.py", "test_segment_with_lesion_classifier_and_uncertainty"),  # 2 s
+    ("test_dependencies.py", "test_a_real_run_imports_nothing_else"),  # 11 s
+    ("test_phantom.py", "test_sequence_contrast_is_characteristic"),  # 9 s
+    ("test_registry.py", "test_shipped_robust_model_takes_any_subset_of_sequences"),  # 4 s
+    ("test_policy.py", "test_gpu_check_script_refuses_cleanly_without_cuda"),  # 3 s
+    ("test_policy.py", "test_bf16_loses_accuracy_on_the_demo_unet_so_the_gate_keeps_it_off"),  # 2 s
+    ("test_train_segmentation.py", "test_fine_tuning_keeps_matching_layers_and_reports_the_rest"),  # 3 s
+    ("test_dicom_seg.py", "test_cli_segment_from_dicom_with_dicom_seg"),  # 2 s
+    ("test_chain.py", "test_chain_registers_a_moved_sequence_onto_the_first_and_refuses_another_patient"),  # 2 s
+    ("test_html.py", "test_report_renders_with_its_images_in_headless_chromium"),  # 1.5 s
+    ("test_html.py", "test_pdf"),  # 1 s
 }
 
 

@@ -7,6 +7,7 @@ import functools
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,4 +100,56 @@ def write_bundle(folder: Path, code: bool = True) -> Path:
     }
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
     (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+    return folder
+
+
+def classify_segmenter(tmp_path, network):
+    """A CPU Segmenter of the blob manifest with the given network (grade-classifier tests)."""
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.loaded import LoadedModel
+    from medcnncad.models.manifest import parse_manifest
+    from medcnncad.models.preprocessing import build_preprocessing
+
+    manifest = parse_manifest(blob_manifest_dict(), tmp_path)
+    return Segmenter(LoadedModel(manifest, network, build_preprocessing(manifest.preprocessing), "manifest",
+                                 tmp_path), device="cpu")
+
+
+def blob_volume() -> np.ndarray:
+    """A 10 x 12 x 14 block of ones in a (20, 24, 28) float32 volume."""
+    vol = np.zeros((20, 24, 28), np.float32)
+    vol[5:15, 6:18, 8:22] = 1.0
+    return vol
+
+
+def classifier_dict(mask_channel: bool = True) -> dict:
+    """A tiny DenseNet grade classifier manifest for the blob structure (random weights)."""
+    return {
+        "schema_version": 1, "id": "tiny-grade", "version": "0.0.1", "task": "classification",
+        "trained_on": "nothing (random weights, for tests)",
+        "inputs": [{"name": "CT", "modality": "CT"}],
+        "classes": [{"name": "low"}, {"name": "high"}], "positive_class": "high",
+        "lesion_structure": "blob", "lesion_label_values": [3],
+        "patch": {"size_vox": [8, 8, 8], "spacing_mm": [2.0, 2.0, 2.0], "mask_channel": mask_channel},
+        "network": {"class": "monai.networks.nets.DenseNet",
+                    "kwargs": {"spatial_dims": 3, "in_channels": 1 + int(mask_channel), "out_channels": 2,
+                               "init_features": 4, "growth_rate": 2, "block_config": [1, 1], "bn_size": 1}},
+        "calibration": {"method": "temperature", "temperature": 2.0},
+        "operating_point": {"threshold": 0.5},
+        "weights": {"file": "model.pt", "sha256": "0" * 64},
+    }
+
+
+def write_classifier(folder, data: dict | None = None):
+    """Write the classifier's manifest and seeded random weights into ``folder``."""
+    from medcnncad.models.manifest import sha256_file
+    from medcnncad.models.weights import build_network
+
+    data = data or classifier_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = build_network(data["network"]["class"], data["network"]["kwargs"])
+    torch.save(net.state_dict(), folder / "model.pt")
+    data["weights"]["sha256"] = sha256_file(folder / "model.pt")
+    (folder / "manifest.json").write_text(json.dumps(data))
     return folder

@@ -41,7 +41,7 @@ def _module_name(path: Path) -> str:
 
 
 def _function_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -106,13 +106,13 @@ def test_import_contracts_hold():
     if not exe.exists():
         pytest.skip("import-linter is not installed (make venv installs it)")
     done = subprocess.run([str(exe), "--no-cache", str(ROOT / "pyproject.toml")], cwd=ROOT / "MedCNNCAD",
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 
 def test_the_module_file_only_wires_the_logic():
     """MedCNNCAD.py imports the engine only through the Logic facade (and the default model id)."""
-    tree = ast.parse((ROOT / "MedCNNCAD" / "MedCNNCAD.py").read_text())
+    tree = ast.parse((ROOT / "MedCNNCAD" / "MedCNNCAD.py").read_text(encoding="utf-8"))
     engine = sorted({node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                      and node.module and node.module.startswith("medcnncad")})
     assert engine == ["medcnncad.models.defaults", "medcnncad.slicer.logic"]

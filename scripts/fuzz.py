@@ -4,7 +4,7 @@ volume reader. Not part of CI: ``python scripts/fuzz.py TARGET SECONDS`` (``pip 
 Any exception other than the engine's own ``MedCNNCADError`` is a finding; atheris then
 writes the crashing input as ``crash-*`` in the working directory. Findings that were fixed
 are kept as regression inputs in ``Testing/fuzz_regressions/<target>/`` and replayed by
-``Testing/test_fuzz_regressions.py``.
+``Testing/io/test_fuzz_regressions.py``.
 """
 
 from __future__ import annotations

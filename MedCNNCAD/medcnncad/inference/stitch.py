@@ -10,7 +10,7 @@ accumulated in a band of slabs along the first spatial axis only: once no later 
 reaches a slab, it is finished, normalised and handed to ``sink`` (which activates it and
 stores it in whatever dtype the caller chose). Windows are cut from the unpadded input and
 zero-filled where they stick out, so the input is never copied. Equality with MONAI is
-asserted in ``Testing/test_stitch.py``.
+asserted in ``Testing/inference/test_stitch.py``.
 
 Axis order: tensors are channel-first (C, I, J, K), as MONAI's, and ``sink`` receives
 (C_out, i1 - i0, J, K) for rows ``i0:i1`` of the unpadded input.

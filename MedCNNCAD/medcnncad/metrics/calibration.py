@@ -115,7 +115,7 @@ def fit_platt(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     Platt (2000, section 2.2) replaces the 0/1 labels by (N+ + 1) / (N+ + 2) and 1 / (N- + 2), a
     prior that keeps the fit finite when the scores separate the classes (then plain maximum
     likelihood sends ``a`` to infinity and every probability to 0 or 1). Same fit as scikit-learn's
-    ``CalibratedClassifierCV(method="sigmoid")`` on ``logit(score)`` (Testing/test_classify.py).
+    ``CalibratedClassifierCV(method="sigmoid")`` on ``logit(score)`` (Testing/classification/test_grade.py).
     """
     x = _logit(np.asarray(scores))
     y = np.asarray(labels, dtype=np.float64)

@@ -5,7 +5,7 @@ neither torch nor MONAI. torch comes from the PyTorch extension (PyTorchUtils, w
 CUDA build that fits the machine); the rest is installed with pip after the user confirms.
 
 The lists are exactly what the Slicer run path imports (``medcnncad.slicer.logic``, the worker,
-the Segmenter, model loading, preprocessing, the grade classifier): ``Testing/test_slicer_dependencies.py``
+the Segmenter, model loading, preprocessing, the grade classifier): ``Testing/slicer_module/test_dependencies.py``
 derives that set from the source and from a real run and compares. Reporting, training, cohort
 and DICOM-export modules (matplotlib, highdicom, nilearn, dask, tqdm) are not on that path and
 are not installed into Slicer. Nothing here installs; nothing Slicer ships is upgraded: the pip

@@ -128,7 +128,7 @@ def test_console_script_and_models_listing():
 
 
 def test_segment_with_lesion_classifier_and_uncertainty(tmp_path, capsys):
-    from test_classify import classifier_dict, write_classifier
+    from helpers import classifier_dict, write_classifier
 
     data = classifier_dict()
     data.update(inputs=[{"name": n, "modality": "MR"} for n in ("T1", "T1c", "T2", "FLAIR")],

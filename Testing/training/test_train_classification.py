@@ -11,7 +11,7 @@ from medcnncad.classification.grade import load_classifier
 from medcnncad.cli import main
 from medcnncad.models.manifest import load_manifest, sha256_file
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "Resources" / "ModelTemplates" / "brats-grade-densenet.json"
+TEMPLATE = Path(__file__).resolve().parents[2] / "Resources" / "ModelTemplates" / "brats-grade-densenet.json"
 needs_colin27 = pytest.mark.skipif(not Path("/usr/share/mricron/templates/ch2.nii.gz").is_file(),
                                    reason="the robust preset uses Colin27 (Debian mricron-data; .ci/run installs it)")
 

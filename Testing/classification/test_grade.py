@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import make_image
-from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter
+from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter, blob_volume, classifier_dict, write_classifier
+from helpers import classify_segmenter as _segmenter
 
 from medcnncad.classification.grade import (
     FLIPS,
@@ -25,7 +26,7 @@ from medcnncad.errors import ModelError
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.metrics.calibration import binary_report, expected_calibration_error, youden_threshold
 from medcnncad.models.loaded import LoadedModel
-from medcnncad.models.manifest import parse_classifier_manifest, parse_manifest, sha256_file
+from medcnncad.models.manifest import parse_classifier_manifest, parse_manifest
 from medcnncad.models.preprocessing import build_preprocessing
 from medcnncad.models.weights import build_network
 
@@ -92,20 +93,8 @@ def test_patch_normalisation_keeps_absent_channels_zero():
 
 
 # -- test-time augmentation ---------------------------------------------------------------------
-def _segmenter(tmp_path, network) -> Segmenter:
-    manifest = parse_manifest(blob_manifest_dict(), tmp_path)
-    return Segmenter(LoadedModel(manifest, network, build_preprocessing(manifest.preprocessing), "manifest",
-                                 tmp_path), device="cpu")
-
-
-def _blob() -> np.ndarray:
-    vol = np.zeros((20, 24, 28), np.float32)
-    vol[5:15, 6:18, 8:22] = 1.0
-    return vol
-
-
 def test_tta_uncertainty_is_zero_for_identity_passes_and_flip_equivariant_models(tmp_path):
-    image = make_image(_blob())
+    image = make_image(blob_volume())
     plain = _segmenter(tmp_path, ThresholdNet()).run({"CT": image})
     assert plain.uncertainty is None and plain.tta_passes == 1
     same = _segmenter(tmp_path, ThresholdNet()).run({"CT": image}, tta=[(), ()])
@@ -117,7 +106,7 @@ def test_tta_uncertainty_is_zero_for_identity_passes_and_flip_equivariant_models
 
 
 def test_the_model_decides_tta_when_the_caller_does_not(tmp_path):
-    image = make_image(_blob())
+    image = make_image(blob_volume())
     augmented = blob_segmenter(tmp_path, inference={"test_time_augmentation": True})
     assert augmented.run({"CT": image}).tta_passes == 4
     assert augmented.run({"CT": image}, tta=False).tta_passes == 1
@@ -129,7 +118,7 @@ def _mode_warnings(result) -> list[str]:
 
 
 def test_a_run_outside_the_mode_the_lesion_filters_were_chosen_in_is_flagged(tmp_path):
-    image = {"CT": make_image(_blob())}
+    image = {"CT": make_image(blob_volume())}
     single = blob_segmenter(tmp_path, min_lesion_probability=0.5)
     assert _mode_warnings(single.run(image)) == []
     assert _mode_warnings(single.run(image, tta=True)) == [
@@ -151,7 +140,7 @@ class _Ramp(torch.nn.Module):
 
 
 def test_tta_uncertainty_measures_disagreement_between_passes(tmp_path):
-    image = make_image(_blob())
+    image = make_image(blob_volume())
     result = _segmenter(tmp_path, _Ramp()).run({"CT": image}, tta=[(), (1,)])
     # each voxel sees p = sigmoid(2 r) and, flipped, sigmoid(-2 r): std = |p - (1 - p)| / 2
     p = result.probabilities["blob"].astype(np.float64)
@@ -160,34 +149,6 @@ def test_tta_uncertainty_measures_disagreement_between_passes(tmp_path):
 
 
 # -- the classifier end to end ------------------------------------------------------------------
-def classifier_dict(mask_channel: bool = True) -> dict:
-    return {
-        "schema_version": 1, "id": "tiny-grade", "version": "0.0.1", "task": "classification",
-        "trained_on": "nothing (random weights, for tests)",
-        "inputs": [{"name": "CT", "modality": "CT"}],
-        "classes": [{"name": "low"}, {"name": "high"}], "positive_class": "high",
-        "lesion_structure": "blob", "lesion_label_values": [3],
-        "patch": {"size_vox": [8, 8, 8], "spacing_mm": [2.0, 2.0, 2.0], "mask_channel": mask_channel},
-        "network": {"class": "monai.networks.nets.DenseNet",
-                    "kwargs": {"spatial_dims": 3, "in_channels": 1 + int(mask_channel), "out_channels": 2,
-                               "init_features": 4, "growth_rate": 2, "block_config": [1, 1], "bn_size": 1}},
-        "calibration": {"method": "temperature", "temperature": 2.0},
-        "operating_point": {"threshold": 0.5},
-        "weights": {"file": "model.pt", "sha256": "0" * 64},
-    }
-
-
-def write_classifier(folder, data: dict | None = None):
-    data = data or classifier_dict()
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    net = build_network(data["network"]["class"], data["network"]["kwargs"])
-    torch.save(net.state_dict(), folder / "model.pt")
-    data["weights"]["sha256"] = sha256_file(folder / "model.pt")
-    (folder / "manifest.json").write_text(json.dumps(data))
-    return folder
-
-
 def test_classifier_manifest_checks_channels_and_classes(tmp_path):
     bad = classifier_dict()
     bad["positive_class"] = "medium"
@@ -201,7 +162,7 @@ def test_classifier_manifest_checks_channels_and_classes(tmp_path):
 
 def test_classifier_end_to_end_on_a_tiny_case(tmp_path):
     loaded = load_classifier(write_classifier(tmp_path / "clf"))
-    vol = _blob()
+    vol = blob_volume()
     vol[2:4, 2:4, 2:5] = 1.0  # a second, small lesion
     result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(vol, spacing=(1.5, 1.5, 2.0))})
     summary = attach_classification(result, loaded, tta=True)
@@ -240,7 +201,7 @@ def test_classifier_structure_must_exist_in_the_segmentation_model(tmp_path):
     data = classifier_dict()
     data["lesion_structure"] = "WT"
     loaded = load_classifier(write_classifier(tmp_path / "clf", data))
-    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())})
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(blob_volume())})
     with pytest.raises(ModelError, match="'WT' lesions"):
         attach_classification(result, loaded)
 
@@ -254,7 +215,7 @@ def test_report_and_outputs_carry_classification_and_uncertainty(tmp_path):
     from medcnncad.reporting.case_outputs import summary_table, write_case_outputs
 
     loaded = load_classifier(write_classifier(tmp_path / "clf"))
-    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())}, tta=True)
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(blob_volume())}, tta=True)
     attach_classification(result, loaded)
     outputs = write_case_outputs(result, tmp_path / "out")
     report = json.loads(outputs.files["report"].read_text())
@@ -300,7 +261,7 @@ def test_model_zoo_classification_bundle_loads_through_the_same_path(tmp_path):
     m = loaded.manifest
     assert m.class_names == ["benign", "uncertain", "malignant"] and m.positive_class == "malignant"
     assert m.patch_size == (8, 8, 8) and m.temperature == 1.0 and not m.mask_channel
-    textured = _blob() * (1 + 0.5 * np.random.default_rng(2).random(_blob().shape)).astype(np.float32)
+    textured = blob_volume() * (1 + 0.5 * np.random.default_rng(2).random(blob_volume().shape)).astype(np.float32)
     result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(textured, spacing=(1.5, 1.5, 2.0))})
     summary = attach_classification(result, loaded)
     assert len(summary["lesions"]) == 1 and summary["calibration"]["method"] == "none"
@@ -345,7 +306,7 @@ def test_case_probability_uses_the_manifest_calibration(tmp_path):
     manifest = parse_manifest(raw, tmp_path)
     segmenter = Segmenter(LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing),
                                       "manifest", tmp_path), device="cpu")
-    result = segmenter.run({"CT": make_image(_blob() * 0.51)})  # score sigmoid(40 * 0.01) = sigmoid(0.4)
+    result = segmenter.run({"CT": make_image(blob_volume() * 0.51)})  # score sigmoid(40 * 0.01) = sigmoid(0.4)
     score = case_score(result)
     assert score == pytest.approx(1 / (1 + np.exp(-0.4)), abs=1e-5)
     # logit(score) - ln 3: odds divided by three
@@ -441,7 +402,7 @@ def test_case_calibration_applies_only_to_the_inputs_it_was_fitted_with(tmp_path
     blocks = [{"method": "platt", "a": 1.0, "b": -np.log(3.0), "inputs": ["CT"], "fitted_on": "CT alone"},
               {"method": "platt", "a": 1.0, "b": np.log(2.0), "fitted_on": "CT and PET"}]  # no inputs: all of them
     seg = _pet_ct_segmenter(tmp_path, blocks)
-    ct = make_image(_blob() * 0.51)
+    ct = make_image(blob_volume() * 0.51)
     odds = np.exp(0.4)  # score sigmoid(0.4): odds e^0.4
     alone = seg.run({"CT": ct})
     assert case_score(alone) == pytest.approx(1 / (1 + 1 / odds), abs=1e-5)
@@ -496,7 +457,7 @@ def test_html_case_report_shows_lesion_classes(tmp_path):
     from medcnncad.reporting.html import case_report
 
     loaded = load_classifier(write_classifier(tmp_path / "clf"))
-    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(_blob())}, tta=True)
+    result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(blob_volume())}, tta=True)
     attach_classification(result, loaded)  # follows the segmentation run: test-time augmentation
     assert all(les.class_uncertainty is not None for les in result.lesions if les.class_probabilities)
     write_case_outputs(result, tmp_path / "out")
@@ -509,7 +470,7 @@ def test_lesions_below_the_classifier_minimum_are_not_classified(tmp_path):
     data = classifier_dict()
     data["min_lesion_ml"] = 0.1  # the small lesion: 2 x 2 x 3 voxels of 1.5 x 1.5 x 2 mm = 0.054 mL
     loaded = load_classifier(write_classifier(tmp_path / "clf", data))
-    vol = _blob()
+    vol = blob_volume()
     vol[2:4, 2:4, 2:5] = 1.0
     result = _segmenter(tmp_path, ThresholdNet()).run({"CT": make_image(vol, spacing=(1.5, 1.5, 2.0))})
     summary = attach_classification(result, loaded)

@@ -169,7 +169,7 @@ def test_fit_script_writes_a_manifest_the_engine_loads(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     raw = blob_manifest_dict()
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     fitted = {k: v for k, v in _classifier_json().items() if k != "min_probability"}
@@ -325,7 +325,7 @@ def test_fit_script_collects_your_own_cases(tmp_path):
     for name, image in images.items():
         sitk.WriteImage(image, str(case / f"{name}.nii.gz"))
     sitk.WriteImage(label, str(case / "label.nii.gz"))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "fit_lesion_filter.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "fit_lesion_filter.py"
 
     def collect(out: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(script), "collect", "--model", "brats-demo-unet", "--out",

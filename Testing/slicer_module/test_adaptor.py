@@ -200,8 +200,9 @@ def test_seg_nrrd_round_trip_through_slicer(scene, tmp_path, demo_result):
 
 def test_lesion_classes_and_uncertainty_in_the_scene(scene, tmp_path):
     """A classifier's P(class) columns and the TTA uncertainty volume reach the Slicer nodes."""
-    from helpers import ThresholdNet
-    from test_classify import _blob, _segmenter, classifier_dict, write_classifier
+    from helpers import ThresholdNet, classifier_dict, write_classifier
+    from helpers import blob_volume as _blob
+    from helpers import classify_segmenter as _segmenter
 
     from medcnncad.classification.grade import attach_classification, load_classifier
 

@@ -13,7 +13,7 @@ from medcnncad.metrics.segmentation import check_label_image
 from medcnncad.models.manifest import parse_manifest
 from medcnncad.models.weights import build_network
 
-HERE = Path(__file__).parent / "fuzz_regressions"
+HERE = Path(__file__).resolve().parents[1] / "fuzz_regressions"
 
 
 @pytest.mark.parametrize("path", sorted((HERE / "manifest").glob("*.json")), ids=lambda p: p.name)

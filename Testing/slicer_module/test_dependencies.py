@@ -40,7 +40,7 @@ def _file(module: str):
 
 
 def _imports(module: str) -> set[str]:
-    tree = ast.parse(_file(module).read_text())
+    tree = ast.parse(_file(module).read_text(encoding="utf-8"))
     skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
             for child in node.body for n in ast.walk(child)}
     # optional imports (try: import x / except ImportError: a fallback, no raise), e.g. psutil in the worker client
@@ -126,7 +126,8 @@ server.segment({{"id": 1, "model": "demo", "device": "cpu", "classifier": "brats
 assert (out / "o" / "result.json").is_file()
 print(json.dumps(sorted(direct - set(sys.stdlib_module_names) - {{"medcnncad", "__future__"}})))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace",
+                          cwd=ROOT,
                           env={**__import__("os").environ, "PYTHONPATH": str(ENGINE.parent)})
     assert done.returncode == 0, done.stderr[-3000:]
     imported = set(json.loads(done.stdout.strip().splitlines()[-1]))

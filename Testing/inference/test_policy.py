@@ -44,7 +44,7 @@ def test_gpu_check_script_refuses_cleanly_without_cuda():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the refusal path is for machines without it")
-    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
     done = subprocess.run([sys.executable, str(script), "--device", "cuda"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 3 and "Traceback" not in done.stderr
@@ -100,7 +100,7 @@ def test_gpu_check_cpu_dry_run_writes_the_report(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
     done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--repeats", "1", "--batch", "1",
                            "--skip-segresnet", "--skip-shipped", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
