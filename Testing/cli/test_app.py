@@ -79,13 +79,19 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     _one_line_error(capsys, ["calibrate-case", "--channels", "T1c,PET", "--n", "2"], "channels ['T1c', 'PET']")
 
 
-def test_untrusted_bundle_exit_2_then_trust_flag_runs(tmp_path, capsys):
+def _phantom_case(tmp_path):
+    """The small phantom's sequences written to ``tmp_path/case``: (--input arguments, label, case folder)."""
     images, label = small_phantom()
     case = tmp_path / "case"
     case.mkdir()
     args = []
     for name, img in images.items():
         args += ["--input", f"{name}={_write(img, case / f'{name}.nii.gz')}"]
+    return args, label, case
+
+
+def test_untrusted_bundle_exit_2_then_trust_flag_runs(tmp_path, capsys):
+    args, _, _ = _phantom_case(tmp_path)
     bundle = str(write_bundle(tmp_path / "bundle"))
     _one_line_error(capsys, ["segment", "--model", bundle, *args, "--out", str(tmp_path / "out")], "--trust")
     assert not (tmp_path / "out").exists()
@@ -95,12 +101,7 @@ def test_untrusted_bundle_exit_2_then_trust_flag_runs(tmp_path, capsys):
 
 
 def test_segment_writes_every_output(tmp_path, capsys):
-    images, label = small_phantom()
-    case = tmp_path / "case"
-    case.mkdir()
-    args = []
-    for name, img in images.items():
-        args += ["--input", f"{name}={_write(img, case / f'{name}.nii.gz')}"]
+    args, label, case = _phantom_case(tmp_path)
     ref = _write(label, case / "label.nii.gz")
     out = tmp_path / "out"
     assert main(["segment", "--model", "brats-demo-unet", *args, "--out", str(out), "--reference", ref]) == 0

@@ -58,50 +58,33 @@ def test_all_zero_input_gives_an_empty_result(segmenter):
     assert any("no non-zero voxels" in w for w in result.warnings)
 
 
-def test_injected_cuda_out_of_memory_falls_back_with_the_same_result(monkeypatch):
+@pytest.mark.parametrize("failures", [1, 2])
+def test_injected_cuda_out_of_memory_falls_back_with_the_same_result(monkeypatch, failures):
+    """One failure: one window at a time, stitched on the CPU. Two reach the last resort (the whole run on
+    the CPU): the result says where it ran, the segmenter (cached per process) keeps its device and its
+    network stays where it was."""
     images = _inputs()
     reference = Segmenter(load_model("demo"), "cpu").run(images)
     faulty = Segmenter(load_model("demo"), "cpu")
     forward = faulty.network.forward
     calls = {"n": 0}
 
-    def failing_once(x):
+    def failing(x):
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] <= failures:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return forward(x)
 
-    monkeypatch.setattr(faulty.network, "forward", failing_once)
-    result = faulty.run(images)
-    assert any("out of memory" in w for w in result.warnings)
-    np.testing.assert_array_equal(result.label_map, reference.label_map)
-    np.testing.assert_allclose(result.probabilities["ET"], reference.probabilities["ET"], atol=1e-6)
-
-
-def test_repeated_out_of_memory_runs_on_the_cpu_without_changing_the_shared_segmenter(monkeypatch):
-    """Two failures reach the last resort (the whole run on the CPU): the result says where it ran,
-    the segmenter (cached per process) keeps its device and its network stays where it was."""
-    images = _inputs()
-    reference = Segmenter(load_model("demo"), "cpu").run(images)
-    faulty = Segmenter(load_model("demo"), "cpu")
-    forward = faulty.network.forward
-    calls = {"n": 0}
-
-    def failing_twice(x):
-        calls["n"] += 1
-        if calls["n"] <= 2:
-            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return forward(x)
-
-    monkeypatch.setattr(faulty.network, "forward", failing_twice)
+    monkeypatch.setattr(faulty.network, "forward", failing)
     device, home = faulty.device, next(faulty.network.parameters()).device
     result = faulty.run(images)
     assert [w for w in result.warnings if "out of memory" in w] == [
         "out of memory on cpu; retrying with one window at a time and stitching on the CPU",
-        "out of memory on cpu again; running on the CPU"]
+        "out of memory on cpu again; running on the CPU"][:failures]
     assert result.device == "cpu" and faulty.device == device
     assert next(faulty.network.parameters()).device == home
     np.testing.assert_array_equal(result.label_map, reference.label_map)
+    np.testing.assert_allclose(result.probabilities["ET"], reference.probabilities["ET"], atol=1e-6)
 
 
 def test_memory_estimate_refuses_before_work(monkeypatch, segmenter):
