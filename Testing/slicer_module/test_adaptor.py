@@ -244,3 +244,21 @@ def test_removed_candidates_table(scene, tmp_path):
     assert nodes.removed_table.GetAttribute("MedCNNCAD.segmentation") == nodes.segmentation.GetID()
     vol[2:6, 12:16, 2:6] = 1.0
     assert sa.add_result_nodes(seg.run({"CT": make_image(vol)}), volume_from_image(image, "CT2")).removed_table is None
+
+
+def test_the_brain_mask_becomes_an_outlined_brain_segment(scene, demo_result):
+    """A run whose clinical preprocessing extracted the brain shows the mask as a "brain" segment (outline
+    only) with the step's report; a run without one adds no such node."""
+    import dataclasses
+
+    images, _, result = demo_result
+    t1 = volume_from_image(images["T1"], "T1")
+    assert sa.add_result_nodes(result, t1).brain_mask is None  # the demo model extracts no brain
+    mask = np.zeros_like(result.label_map)
+    mask[2:-2, 3:-3, 4:-4] = 1
+    step = {"step": "brain_mask", "applied": True, "source": "T1", "brain_ml": 1.0}
+    with_brain = dataclasses.replace(result, brain_mask=mask, preprocessing=[step])
+    node = sa.add_result_nodes(with_brain, t1).brain_mask
+    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(node, "brain", t1) > 0, mask > 0)
+    assert node.GetDisplayNode().GetSegmentOpacity2DFill("brain") == 0.0
+    assert json.loads(node.GetAttribute("MedCNNCAD.brainMask")) == step

@@ -303,6 +303,7 @@ class ResultNodes:
     lesion_table: Any
     result: SegmentationResult
     removed_table: Any = None  # components post-processing removed; None when it removed none
+    brain_mask: Any = None  # the clinical chain's brain mask ("brain" segment), when it extracted the brain
 
     @property
     def lesions(self) -> list[Lesion]:
@@ -326,9 +327,29 @@ def add_result_nodes(result: SegmentationResult, reference_volume: Any, with_pro
             table.SetAttribute(PROVENANCE_PREFIX + "classifier", result.classification["model"]["id"])
             table.SetAttribute(PROVENANCE_PREFIX + "caseRule", result.classification["case"]["rule"])
         removed = add_removed_table(result) if result.removed_candidates else None
-        for node in (*probs.values(), table, *([removed] if removed else [])):
+        brain = add_brain_mask_node(result, reference_volume) if result.brain_mask is not None else None
+        for node in (*probs.values(), table, *([removed] if removed else []), *([brain] if brain else [])):
             node.SetAttribute(PROVENANCE_PREFIX + "segmentation", seg.GetID())
-    return ResultNodes(seg, probs, table, result, removed)
+    return ResultNodes(seg, probs, table, result, removed, brain)
+
+
+BRAIN_COLOR = (0.85, 0.75, 0.6)
+
+
+def add_brain_mask_node(result: SegmentationResult, reference_volume: Any,
+                        name: str = "MedCNNCAD brain mask") -> Any:
+    """The brain mask the model's clinical preprocessing computed, as a segmentation with one "brain"
+    segment (outline only, so the reader can check what the model was shown); (K, J, I) on the reference."""
+    if result.brain_mask is None:
+        raise InputError("this run extracted no brain (the model's clinical preprocessing did not ask for it)")
+    seg = _new_segmentation(reference_volume, name)
+    _add_segment(seg, reference_volume, "brain", "brain", BRAIN_COLOR, result.brain_mask > 0)
+    display = seg.GetDisplayNode()
+    display.SetAllSegmentsOpacity2DFill(0.0)  # outline only: the tumor overlay stays readable
+    display.SetAllSegmentsOpacity3D(0.0)
+    step = next((s for s in result.preprocessing if s.get("step") == "brain_mask"), {})
+    seg.SetAttribute(PROVENANCE_PREFIX + "brainMask", json.dumps(step))
+    return seg
 
 
 # -- reference comparison -----------------------------------------------------------------
