@@ -454,7 +454,7 @@ def _whole_grid_filter(label_map: np.ndarray, fg: np.ndarray, post, channels, vo
 
 
 def bench_lesion_filter(repeats: int) -> None:
-    """brats-robust-unet's floors + lesion classifier, boxed (the engine) vs on the whole grid (scipy)."""
+    """brats-robust-unet's floors + lesion filter, boxed (the engine) vs on the whole grid (scipy)."""
     import dataclasses
 
     from medcnncad.data.phantom import make_phantom, preset

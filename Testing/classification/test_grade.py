@@ -207,7 +207,7 @@ def test_classifier_structure_must_exist_in_the_segmentation_model(tmp_path):
 
 
 def test_segmentation_model_is_not_a_classifier():
-    with pytest.raises(ModelError, match="not a lesion classifier"):
+    with pytest.raises(ModelError, match="not a lesion grade classifier"):
         load_classifier("brats-demo-unet")
 
 

@@ -154,7 +154,7 @@ def test_segment_with_lesion_classifier_and_uncertainty(tmp_path, capsys):
     assert "P(high)" in printed and "case abnormality probability" in printed and "(uncalibrated score)" in printed
     # a classifier is not a segmentation model: one line, exit 2
     assert main(["segment", "--model", str(clf), *args, "--out", str(tmp_path / "x")]) == 2
-    assert "lesion classifier is used with --classifier" in capsys.readouterr().err
+    assert "lesion grade classifier is used with --grade-classifier" in capsys.readouterr().err
 
 
 def test_tta_follows_the_model_unless_asked():

@@ -22,7 +22,7 @@ def test_demo_writes_outputs_and_reaches_dice(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "WT" in printed and "Dice" in printed and "not for diagnosis" in printed
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left behind
-    # the shipped lesion classifier grades the (high-grade pattern) demo tumor, with its rule
+    # the shipped lesion grade classifier grades the (high-grade pattern) demo tumor, with its rule
     classification = report["classification"]
     assert classification["model"]["id"] == "brats-grade-densenet"
     assert "phantom" in classification["model"]["trained_on"]

@@ -1,4 +1,4 @@
-"""Second-stage lesion classifier (medcnncad.lesions.lesion_filter): features by hand, the logistic rule,
+"""The lesion filter (medcnncad.lesions.lesion_filter): features by hand, the logistic rule,
 manifest validation, and the Segmenter applying it after the floors."""
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def test_reports_state_the_classifier(tmp_path):
     raw["postprocessing"]["lesion_classifier"] = _classifier_json(description="fitted on phantoms")
     rule = _lesion_filter(parse_manifest(raw, tmp_path))
     assert rule["classifier"]["min_probability"] == 0.5 and rule["classifier"]["features"] == ["mean_probability"]
-    assert "second-stage lesion classifier scores at least 0.5 (model post-processing); " in _filter_text(rule)
+    assert "the lesion filter (a second-stage logistic model) scores at least 0.5 (model post-processing); " in \
+        _filter_text(rule)
     assert "classifier" not in _lesion_filter(parse_manifest(blob_manifest_dict(), tmp_path))
     raw["inference"]["test_time_augmentation"] = True
     rule = _lesion_filter(parse_manifest(raw, tmp_path))
@@ -209,7 +210,7 @@ def test_classifier_records_what_it_removed_with_its_score():
     removed = []
     apply_lesion_filter(labels, lambda m: fg[m], 0.001, CHANNELS, classifier, removed)
     (a,) = removed
-    assert (a.stage, a.voxel_count, a.centroid_kji) == ("lesion classifier", 2, (1.0, 1.0, 1.5))
+    assert (a.stage, a.voxel_count, a.centroid_kji) == ("lesion filter", 2, (1.0, 1.0, 1.5))
     assert a.max_probability == 0.95
     assert a.classifier_probability == pytest.approx(0.4)
 
@@ -236,16 +237,16 @@ def test_reports_list_the_removed_candidates(tmp_path):
     vol[2:6, 12:16, 2:6] = 0.52  # probability 0.690: classifier P = sigmoid(0.690 - 0.8) = 0.4725, removed
     report = build_report(seg.run({"CT": make_image(vol)}))
     removed = report["removed_candidates"]
-    assert removed["count"] == 1 and removed["by_stage"] == {"lesion classifier": 1}
+    assert removed["count"] == 1 and removed["by_stage"] == {"lesion filter": 1}
     (c,) = removed["largest"]
     assert c["voxel_count"] == 64 and c["classifier_probability"] == pytest.approx(1 / (1 + math.exp(0.11)), abs=2e-3)
     assert c["centroid_lps_mm"] == pytest.approx([3.5, 13.5, 3.5])  # (i, j, k) centre at 1 mm spacing, origin 0
     from medcnncad.reporting.case_outputs import summary_table
 
-    assert "1 candidate component(s) removed by the model's post-processing (1 by lesion classifier)" in \
+    assert "1 candidate component(s) removed by the model's post-processing (1 by lesion filter)" in \
         summary_table(report)
     text = "".join(_removed_section(removed))
-    assert "1 candidate component(s) removed (1 by lesion classifier)" in text and "probability maps" in text
+    assert "1 candidate component(s) removed (1 by lesion filter)" in text and "probability maps" in text
     assert _removed_section({"count": 0, "by_stage": {}, "largest": []}) == []
 
 
@@ -345,7 +346,7 @@ def test_fit_script_collects_your_own_cases(tmp_path):
 @pytest.mark.parametrize("cubes, expected", [((1.0, 0.52), 1 / (1 + math.exp(-0.2))),
                                              ((0.52,), 1 / (1 + math.exp(0.11))), ((), 0.0)])
 def test_case_score_is_the_classifiers_largest_probability(tmp_path, cubes, expected):
-    """With a lesion classifier the case score agrees with what is kept: a case whose candidates all
+    """With a lesion filter the case score agrees with what is kept: a case whose candidates all
     fall below the threshold scores below it too (and no candidate at all scores 0)."""
     from medcnncad.inference.scoring import case_score
 

@@ -237,7 +237,7 @@ def test_removed_candidates_table(scene, tmp_path):
     result = seg.run({"CT": image})
     nodes = sa.add_result_nodes(result, volume_from_image(image, "CT"))
     table = nodes.removed_table.GetTable()
-    assert table.GetNumberOfRows() == 1 and table.GetValueByName(0, "removed_by").ToString() == "lesion classifier"
+    assert table.GetNumberOfRows() == 1 and table.GetValueByName(0, "removed_by").ToString() == "lesion filter"
     assert table.GetValueByName(0, "volume_ml").ToDouble() == pytest.approx(0.064)
     ras = [table.GetValueByName(0, axis).ToDouble() for axis in ("R", "A", "S")]
     assert ras == pytest.approx([-3.5, -13.5, 3.5])  # LPS (i, j, k) centre (3.5, 13.5, 3.5) at 1 mm, origin 0

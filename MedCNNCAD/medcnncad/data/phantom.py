@@ -491,7 +491,7 @@ def _crop_around_tumor(anatomy: _Anatomy, brain: np.ndarray, tumor: _Tumor,
 PRESETS: dict[str, PhantomConfig] = {
     # the set the first demo model was trained and evaluated on
     "classic": PhantomConfig(),
-    # grade as a hidden variable (for the lesion classifier), otherwise classic
+    # grade as a hidden variable (for the lesion grade classifier), otherwise classic
     "graded": PhantomConfig(hgg_fraction=0.5),
     # training distribution of the robust model: both grades, tumor-free cases, lesions down to
     # ~1 mL, two anatomies, skull on/off, tilted heads, 1-7 mm slices along any axis

@@ -47,9 +47,9 @@ class SegmentationResult:
         classification: lesion-classifier summary (model, case probability, rule) when a
             classifier ran (:func:`medcnncad.classification.grade.attach_classification`).
         removed_candidates: the foreground components post-processing removed from the label
-            map (volume, probability floor, lesion classifier), largest first; the probability
+            map (volume, probability floor, lesion filter), largest first; the probability
             maps keep them.
-        lesion_filter_max: with a second-stage lesion classifier, the largest probability it
+        lesion_filter_max: with a lesion filter (second stage), the largest probability it
             gave any candidate component (0 when none survived the floors); else ``None``.
         brain_mask: uint8 (K, J, I) brain mask when the model's clinical preprocessing extracted the
             brain (the inputs were masked with it), else ``None``.

@@ -18,10 +18,10 @@ __all__ = ["CASE_RULE", "case_score", "given_inputs", "case_probability", "calib
 
 
 CASE_RULE = ("case abnormality score = the largest foreground probability of any voxel (softmax: 1 - P(background)); "
-             "it is at least every lesion's maximum probability. For a model with a second-stage lesion classifier "
-             "it is instead the largest probability of being a true lesion that the classifier gave any candidate "
-             "component (0 when none survived the floors), so it agrees with what is shown: a lesion is kept when "
-             "its probability reaches the classifier's threshold. Reported as a probability after the model's "
+             "it is at least every lesion's maximum probability. For a model with a lesion filter (a second-stage "
+             "logistic model) it is instead the largest probability of being a true lesion that the filter gave any "
+             "candidate component (0 when none survived the floors), so it agrees with what is shown: a lesion is "
+             "kept when its probability reaches the filter's threshold. Reported as a probability after the model's "
              "Platt scaling (sigmoid(a * logit(score) + b); a score of 0, no candidate, gets its own probability), "
              "fitted on validation phantoms given the same sequences, when its manifest has one; otherwise the "
              "uncalibrated score")

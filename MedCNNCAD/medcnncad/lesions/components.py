@@ -44,7 +44,7 @@ class Lesion:
     mean_probability: float | None = None
     max_probability: float | None = None
     uncertainty: float | None = None  # mean test-time-augmentation uncertainty inside the lesion
-    class_probabilities: dict[str, float] | None = None  # lesion classifier (calibrated)
+    class_probabilities: dict[str, float] | None = None  # lesion grade classifier (calibrated)
     predicted_class: str | None = None
     class_uncertainty: float | None = None  # std of the positive-class probability over flips
 

@@ -1,4 +1,4 @@
-"""Second-stage lesion classifier: is a segmented component a true lesion or a false positive?
+"""The lesion filter (a second stage): is a segmented component a true lesion or a false positive?
 
 The classic CAD recipe: the segmenter proposes candidates (26-connected foreground components
 of the label map), a small classifier trained on the segmenter's own true and false candidates
@@ -39,7 +39,7 @@ HIGH_PROBABILITY = 0.9
 @dataclass(frozen=True)
 class RemovedCandidate:
     """A foreground component that post-processing removed from the label map (the probability maps
-    keep it). ``stage``: ``volume``, ``probability floor`` or ``lesion classifier``; ``centroid_kji``:
+    keep it). ``stage``: ``volume``, ``probability floor`` or ``lesion filter``; ``centroid_kji``:
     voxel indices (K, J, I) of its centre; probabilities are foreground probabilities in [0, 1]."""
 
     stage: str
@@ -119,7 +119,7 @@ def apply_lesion_filter(label_map: np.ndarray, foreground_at: Callable[[np.ndarr
     if removed is not None and drop.any():
         ids = np.flatnonzero(drop)
         sizes = np.bincount(labelled[inside], minlength=count + 1)
-        removed += removed_candidates(labelled, ids, ["lesion classifier"] * len(ids), sizes, voxel_ml,
+        removed += removed_candidates(labelled, ids, ["lesion filter"] * len(ids), sizes, voxel_ml,
                                       np.concatenate([[0.0], x[:, 1]]), score, box)
     inner[drop[labelled]] = 0
     return label_map

@@ -285,7 +285,7 @@ def _classifier_manifest(folder: Path, meta: dict, network: Any, weights: Path):
         raise ModelError(f"{folder}: bundle outputs are {out_spec.get('type')!r}, not class probabilities")
     extra = meta.get("medcnncad", {})
     if "lesion_structure" not in extra:
-        raise ModelError(f"{folder}: a classification bundle used as a lesion classifier needs "
+        raise ModelError(f"{folder}: a classification bundle used as a lesion grade classifier needs "
                          f"'medcnncad': {{'lesion_structure': ...}} in configs/metadata.json (the segmentation "
                          f"structure whose lesions it classifies)")
     classes = _channel_names(meta, "outputs", 2, "class")
@@ -310,7 +310,7 @@ def _classifier_manifest(folder: Path, meta: dict, network: Any, weights: Path):
 
 
 def load_classification_bundle(folder: str | Path, trust: bool = False):
-    """A model-zoo classification bundle (classification template format) as a lesion classifier.
+    """A model-zoo classification bundle (classification template format) as a lesion grade classifier.
 
     Its network and preprocessing come from ``configs/inference.json``/``.yaml`` (loading
     steps dropped; the rest runs on each raw lesion patch, given channel-first in (C, I, J, K)

@@ -43,7 +43,7 @@ def load_classifier(id_or_path: str | Path, trust: bool = False) -> LoadedClassi
         return load_classification_bundle(folder, trust)
     manifest = load_manifest(folder)
     if not isinstance(manifest, ClassifierManifest):
-        raise ModelError(f"{id_or_path}: model {manifest.id} is a {manifest.task} model, not a lesion classifier")
+        raise ModelError(f"{id_or_path}: model {manifest.id} is a {manifest.task} model, not a lesion grade classifier")
     state = load_state_dict_verified(manifest.weights_file, manifest.weights_sha256)
     network = build_network(manifest.network_class, manifest.network_kwargs)
     load_into(network, state, manifest.weights_file)

@@ -214,7 +214,7 @@ class Postprocessing:
     probability_file: str = "float32"  # or "uint8": round(255 p), NIfTI scl_slope 1/255 (error <= 1/510)
     min_lesion_probability: float = 0.0
     lesion_filter: LesionFilter | None = None  # second stage (lesions/lesion_filter.py), after the floors
-    label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied after the lesion classifier
+    label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied after the lesion filter
     core_refinement: CoreRefinement | None = None  # applied last (refine.py)
 
 

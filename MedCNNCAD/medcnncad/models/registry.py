@@ -108,8 +108,8 @@ def load_model(id_or_path: str | Path, trust: bool = False) -> LoadedModel:
         return load_bundle(folder, trust=trust)
     manifest = load_manifest(folder)
     if manifest.task != "segmentation":
-        raise ModelError(f"{id_or_path}: model {manifest.id} is a {manifest.task} model (a lesion classifier is "
-                         f"used with --classifier, not as the segmentation model)")
+        raise ModelError(f"{id_or_path}: model {manifest.id} is a {manifest.task} model (a lesion grade classifier "
+                         f"is used with --grade-classifier, not as the segmentation model)")
     assert isinstance(manifest, Manifest)  # task "segmentation": parse_manifest's schema
     state = load_state_dict_verified(manifest.weights_file, manifest.weights_sha256)
     network = build_network(manifest.network_class, manifest.network_kwargs)

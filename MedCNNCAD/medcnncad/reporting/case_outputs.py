@@ -170,7 +170,7 @@ def _removed_candidates(result: Any) -> dict[str, Any]:
 
 
 def _classifier_filter(classifier: Any) -> dict[str, Any]:
-    """The second-stage lesion classifier's part of ``lesion_filter`` (empty when the model has none)."""
+    """The second-stage (logistic) part of ``lesion_filter`` (empty when the model has none)."""
     if classifier is None:
         return {}
     return {"classifier": {"features": list(classifier.features), "min_probability": classifier.min_probability,
@@ -334,7 +334,7 @@ def summary_table(report: Mapping[str, Any]) -> str:
     if classification:
         positive = classification["positive_class"]
         lines.append("")
-        lines.append(f"lesion classifier {classification['model']['id']} {classification['model']['version']} "
+        lines.append(f"lesion grade classifier {classification['model']['id']} {classification['model']['version']} "
                      f"(trained on: {classification['model']['trained_on']})")
         for les in classification["lesions"]:
             spread = "" if les["uncertainty"] is None else f" +- {les['uncertainty']:.3f}"

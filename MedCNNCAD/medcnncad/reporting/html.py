@@ -273,7 +273,8 @@ def html_to_pdf(html_path: str | Path, pdf_path: str | Path | None = None, timeo
 def _filter_text(lesion_filter: dict) -> str:
     """One sentence on which components the model's post-processing removed."""
     classifier = lesion_filter.get("classifier")
-    second = (f" and that a second-stage lesion classifier scores at least {classifier['min_probability']:g}"
+    second = (f" and that the lesion filter (a second-stage logistic model) scores at least "
+              f"{classifier['min_probability']:g}"
               if classifier else "")
     mode = ", chosen with test-time augmentation" if lesion_filter.get("chosen_with_test_time_augmentation") else ""
     return (f"Shown: components of at least {lesion_filter['min_volume_ml']:g} mL whose largest foreground "

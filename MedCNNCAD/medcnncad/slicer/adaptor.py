@@ -215,7 +215,7 @@ def _table(name: str, columns: Iterable[tuple[str, str]], rows: Iterable[Sequenc
 
 def add_lesion_table(lesions: Sequence[Lesion], name: str = "MedCNNCAD lesions") -> Any:
     """A table node, one row per lesion: volume (mL), longest axial diameter (mm), probability, RAS centroid;
-    with test-time augmentation the mean uncertainty, and with a lesion classifier one ``P(<class>)``
+    with test-time augmentation the mean uncertainty, and with a grade classifier one ``P(<class>)``
     column per class (calibrated), the predicted class and its uncertainty (empty for other structures)."""
     classes = list(next((les.class_probabilities for les in lesions if les.class_probabilities), {}))
     with_uncertainty = any(les.uncertainty is not None for les in lesions)

@@ -94,7 +94,7 @@ class SecondReaderLogic:
 
     @staticmethod
     def lesionClassifier(enabled: bool = True) -> str | None:
-        """The installed lesion classifier's id when ``enabled`` and installed, else None."""
+        """The installed lesion grade classifier's id when ``enabled`` and installed, else None."""
         if not enabled:
             return None
         from medcnncad.models.registry import find_model
@@ -102,7 +102,7 @@ class SecondReaderLogic:
         try:
             find_model(DEFAULT_CLASSIFIER)
         except (MedCNNCADError, OSError) as exc:  # not installed, or an unreadable model folder
-            logging.info("lesion classifier not available: %s", exc)
+            logging.info("lesion grade classifier not available: %s", exc)
             return None
         return DEFAULT_CLASSIFIER
 
@@ -134,7 +134,7 @@ class SecondReaderLogic:
             except Exception as exc:  # noqa: BLE001 - ModelError, FileNotFoundError, OSError, bad JSON, ...
                 logging.warning("model %s skipped: %s", folder, exc)
                 continue
-            if m.task != "segmentation":  # lesion classifiers run with a segmentation model, not alone
+            if m.task != "segmentation":  # grade classifiers run with a segmentation model, not alone
                 continue
             out.append((str(folder) if m.raw.get("bundle") else m.id, f"{m.name} ({m.version})"))
         return out

@@ -1,4 +1,4 @@
-"""Training a lesion classifier (e.g. high- vs low-grade tumor) and calibrating it.
+"""Training a lesion grade classifier (e.g. high- vs low-grade tumor) and calibrating it.
 
 Same conventions as segmentation training (:mod:`medcnncad.training.segmentation`): phantoms generated on
 the fly (seeds TRAIN/VAL bases) or a CSV of cases with a ``class`` column, seeded,
@@ -212,7 +212,7 @@ def _val_logits(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 def train_classification(template: str | Path, out_dir: str | Path, cfg: ClassifierTrainConfig,
                          resume: bool = False, command: str = "") -> Path:
-    """Train, calibrate and write a lesion classifier described by a manifest template."""
+    """Train, calibrate and write a lesion grade classifier described by a manifest template."""
     started = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
