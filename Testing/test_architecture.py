@@ -24,6 +24,7 @@ LAZY_ALLOWED = {
     ("medcnncad.slicer.render", "matplotlib"): "only the PNG writer needs it",
     ("medcnncad.reporting.case_outputs", "medcnncad.reporting.dicom_seg"):
         "highdicom/pydicom: ~1 s, only --dicom-seg needs them, Slicer's run path must not require them",
+    ("medcnncad.reporting.case_outputs", "medcnncad.reporting.dicom_sr"): "as the DICOM SEG writer (highdicom)",
     ("medcnncad.pipeline.cohort", "dask"): "only non-serial cohort runs need dask.distributed",
     ("medcnncad.preprocessing.brain_mask", "deepbet"):
         "only brain extraction needs it (pandas, fill_voids); a clear error names it when missing",

@@ -42,7 +42,8 @@ def parse_pairs(items: Sequence[str], option: str = "--input", form: str = "NAME
 
 def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
               reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
-              classifier: str | None = None, tta: bool | None = None, precision: str | None = None) -> dict:
+              classifier: str | None = None, tta: bool | None = None, precision: str | None = None,
+              dicom_sr: bool = False) -> dict:
     """Load the model(s), then segment (+ classify, + evaluate) one case and write its outputs."""
     t0 = time.perf_counter()
     segmenter = build_segmenter(load_model(model_id, trust=trust), device, precision)
@@ -50,7 +51,7 @@ def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, tru
     progress = TqdmProgress()
     try:
         return process_case(segmenter, inputs, out, reference, series, dicom_seg, progress,
-                            {"model_load": time.perf_counter() - t0}, loaded_classifier, tta)
+                            {"model_load": time.perf_counter() - t0}, loaded_classifier, tta, dicom_sr)
     finally:
         progress.close()
 
@@ -97,7 +98,7 @@ def run_segment(args: argparse.Namespace) -> int:
     grader = None if (args.grade_classifier or "").lower() == "none" else args.grade_classifier
     report = _run_case(args.model, parse_pairs(args.input), Path(args.out), args.device, args.trust,
                        args.reference, parse_pairs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
-                       args.dicom_seg, grader, args.tta, args.precision)
+                       args.dicom_seg, grader, args.tta, args.precision, args.dicom_sr)
     print(summary_table(report))
     return 0
 
@@ -123,4 +124,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="pick the DICOM series of channel NAME in a folder holding several")
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write labels.seg.dcm, a DICOM SEG referencing the first channel's DICOM series")
+    p.add_argument("--dicom-sr", action="store_true",
+                   help="also write labels.sr.dcm, the lesion measurements as a DICOM SR (TID 1500) referencing "
+                        "the SEG (implies --dicom-seg)")
     p.set_defaults(func=run_segment)

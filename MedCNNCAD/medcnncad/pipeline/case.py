@@ -43,18 +43,19 @@ def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str])
 def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, reference: str | None = None,
                  series: dict[str, str] | None = None, dicom_seg: bool = False,
                  progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None,
-                 classifier=None, tta: bool | None = None) -> dict:
+                 classifier=None, tta: bool | None = None, dicom_sr: bool = False) -> dict:
     """Segment (+ classify lesions, + evaluate against ``reference``) one case; write its outputs.
 
     Returns the report (also written as ``out/report.json``). ``series`` picks DICOM series by
-    channel name; ``dicom_seg`` adds ``labels.seg.dcm``; ``classifier`` (a
+    channel name; ``dicom_seg`` adds ``labels.seg.dcm`` and ``dicom_sr`` the lesion measurements as
+    ``labels.sr.dcm`` (TID 1500, referencing that SEG); ``classifier`` (a
     :class:`~medcnncad.classification.grade.LoadedClassifier`) classifies the lesions; ``tta`` adds
     test-time augmentation (4x the network time) and the uncertainty map (``None``: the model's default).
     """
     progress = progress or (lambda stage, fraction: None)
     out = Path(out)
     series = series or {}
-    sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg else None
+    sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg or dicom_sr else None
     result = segmenter.run(_read_inputs(inputs, series), progress=progress, tta=tta)
     if classifier is not None:
         progress("classify", 0.0)
@@ -72,7 +73,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     t0 = time.perf_counter()
     outputs = write_case_outputs(result, out, background=_display_channel(result),
                                  metrics=metrics, reference_labels=ref_array, inputs=inputs, extra_timings=extra,
-                                 dicom_sources=sources)
+                                 dicom_sources=sources, dicom_sr=dicom_sr)
     report = json.loads(outputs.files["report"].read_text())
     report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
     report["reference"] = str(Path(reference).resolve()) if reference else None

@@ -254,7 +254,7 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
                        metrics: Mapping[str, StructureMetrics] | None = None,
                        reference_labels: np.ndarray | None = None, inputs: Mapping[str, str] | None = None,
                        extra_timings: Mapping[str, float] | None = None,
-                       dicom_sources: list[str] | None = None) -> CaseOutputs:
+                       dicom_sources: list[str] | None = None, dicom_sr: bool = False) -> CaseOutputs:
     """Write every output of one case atomically into ``out_dir``.
 
     Files: ``labels.nii.gz``, ``labels.seg.nrrd``, ``prob_<channel>.nii.gz``,
@@ -299,6 +299,11 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
 
             names["dicom_seg"] = "labels.seg.dcm"
             write_dicom_seg(result.label_map, result.manifest, dicom_sources, staging / names["dicom_seg"])
+            if dicom_sr:
+                from medcnncad.reporting.dicom_sr import write_dicom_sr  # lazy: as the SEG writer (highdicom)
+
+                names["dicom_sr"] = "labels.sr.dcm"
+                write_dicom_sr(result, staging / names["dicom_seg"], dicom_sources, staging / names["dicom_sr"])
         report = build_report(result, metrics, inputs, names, extra_timings)
         (staging / names["report"]).write_text(json.dumps(report, indent=2) + "\n")
         files = {}

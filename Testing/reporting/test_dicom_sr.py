@@ -1,0 +1,65 @@
+"""DICOM SR (TID 1500) of the lesion measurements: validated by dciodvfy and read back by highdicom to the
+same numbers, each group referencing its label's segment of the DICOM SEG written beside it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import highdicom as hd
+import pydicom
+import pytest
+from dicom_helpers import write_mr_series
+from helpers import small_phantom
+from pydicom.sr.codedict import codes
+
+from medcnncad.cli import main
+
+DESCRIPTIONS = {"T1": "AX T1 PRE", "T1c": "AX T1 POST GD", "T2": "AX T2", "FLAIR": "AX T2 FLAIR"}
+
+
+@pytest.fixture(scope="module")
+def sr_case(tmp_path_factory):
+    images, _ = small_phantom()
+    root = tmp_path_factory.mktemp("sr")
+    args = []
+    for number, (name, description) in enumerate(DESCRIPTIONS.items(), start=2):
+        folder = root / name
+        write_mr_series(images[name], folder, description, number)
+        args += ["--input", f"{name}={folder}"]
+    out = root / "out"
+    assert main(["segment", "--model", "brats-demo-unet", "--device", "cpu", *args, "--out", str(out),
+                 "--dicom-sr"]) == 0
+    return out
+
+
+def test_the_sr_validates(sr_case):
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian dicom3tools) is not installed; .ci/run installs it")
+    done = subprocess.run(["dciodvfy", str(sr_case / "labels.sr.dcm")], capture_output=True, text=True)
+    errors = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.lower().startswith("error")]
+    assert errors == []
+
+
+def test_the_sr_reads_back_to_the_report_s_lesions_and_references_the_seg(sr_case):
+    import json
+
+    report = json.loads((sr_case / "report.json").read_text())
+    sr = hd.sr.srread(str(sr_case / "labels.sr.dcm"))
+    seg = pydicom.dcmread(str(sr_case / "labels.seg.dcm"))
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    lesions = [les for les in report["lesions"] if les["kind"] == "label"]
+    assert len(groups) == len(lesions) > 0
+    numbers = {"NCR": 1, "ED": 2, "ET": 3}
+    for group, lesion in zip(groups, lesions):
+        assert group.tracking_identifier == f"{lesion['structure']} lesion {lesion['id']}"
+        segment = group.referenced_segment
+        assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert segment.referenced_segment_numbers == [numbers[lesion["structure"]]]
+        volume = group.get_measurements(name=codes.SCT.Volume)[0]
+        assert volume.value == pytest.approx(lesion["volume_ml"] * 1000.0, abs=1e-3) and volume.unit.value == "mm3"
+        diameter = group.get_measurements(name=codes.SCT.Diameter)[0]
+        assert diameter.value == pytest.approx(lesion["longest_diameter_mm"], abs=1e-3)
+        probability = group.get_measurements(name=codes.DCM.Probability)[0]
+        assert probability.value == pytest.approx(lesion["mean_probability"], abs=1e-4)
+    assert sr.SeriesDescription.endswith("(research use only)")
