@@ -82,6 +82,9 @@ SLOW = {
     ("test_chain.py", "test_chain_registers_a_moved_sequence_onto_the_first_and_refuses_another_patient"),  # 2 s
     ("test_html.py", "test_report_renders_with_its_images_in_headless_chromium"),  # 1.5 s
     ("test_html.py", "test_pdf"),  # 1 s
+    ("test_dicom_sr.py", "test_the_sr_validates"),  # 13 s (its fixture segments a DICOM case)
+    ("test_dicom_sr.py", "test_the_sr_reads_back_to_the_report_s_lesions_and_references_the_seg"),
+    ("test_dicom_sr.py", "test_batch_writes_the_seg_and_sr_of_each_dicom_case"),  # 5 s
 }
 
 

@@ -63,3 +63,18 @@ def test_the_sr_reads_back_to_the_report_s_lesions_and_references_the_seg(sr_cas
         probability = group.get_measurements(name=codes.DCM.Probability)[0]
         assert probability.value == pytest.approx(lesion["mean_probability"], abs=1e-4)
     assert sr.SeriesDescription.endswith("(research use only)")
+
+
+def test_batch_writes_the_seg_and_sr_of_each_dicom_case(sr_case, tmp_path):
+    """``batch --dicom-sr`` on a CSV whose inputs are DICOM series folders: each case gets both files."""
+    root = sr_case.parent
+    csv = tmp_path / "cases.csv"
+    csv.write_text("case_id,T1,T1c,T2,FLAIR\n" + "p1," + ",".join(str(root / n) for n in DESCRIPTIONS) + "\n")
+    out = tmp_path / "cohort"
+    assert main(["batch", "--cases", str(csv), "--out", str(out), "--model", "brats-demo-unet", "--device", "cpu",
+                 "--serial", "--dicom-sr"]) == 0
+    case = out / "cases" / "p1"
+    assert (case / "labels.seg.dcm").is_file() and (case / "labels.sr.dcm").is_file()
+    groups = hd.sr.srread(str(case / "labels.sr.dcm")).content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(hd.sr.srread(str(sr_case / "labels.sr.dcm")).content
+                              .get_volumetric_roi_measurement_groups())

@@ -39,7 +39,7 @@ def run_batch(args: argparse.Namespace) -> int:
     manifest = describe_model(args.model)
     cases = read_cases(args.cases, manifest.input_names)
     summary = run_cohort(cases, args.model, args.out, device=args.device, scheduler=args.scheduler,
-                         workers=args.workers, serial=args.serial)
+                         workers=args.workers, serial=args.serial, dicom_seg=args.dicom_seg, dicom_sr=args.dicom_sr)
     if args.report:
         for case in cases:
             if (Path(args.out) / "cases" / case.case_id / "report.json").is_file():
@@ -74,6 +74,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add(p, "workers", workers={"help": "processes of the local cluster"})
     p.add_argument("--serial", action="store_true", help="run in this process, without dask")
     p.add_argument("--report", action="store_true", help="also write HTML reports per case and for the cohort")
+    p.add_argument("--dicom-seg", action="store_true", help="also a DICOM SEG per case (DICOM inputs)")
+    p.add_argument("--dicom-sr", action="store_true",
+                   help="also the lesion measurements as a DICOM SR (TID 1500) per case (DICOM inputs)")
     p.set_defaults(func=run_batch)
 
     p = sub.add_parser("report", help="HTML report (and --pdf) of a case or cohort output folder")

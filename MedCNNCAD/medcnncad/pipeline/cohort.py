@@ -81,14 +81,19 @@ def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase
 
 # -- running ---------------------------------------------------------------------------------------
 
-def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str) -> dict[str, Any]:
-    """Run one case (in any process); returns a status record, never raises for bad input."""
+def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str,
+                        dicom: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
+    """Run one case (in any process); returns a status record, never raises for bad input.
+
+    ``dicom``: (write the DICOM SEG, write the DICOM SR) for cases whose first input is a DICOM series.
+    """
     folder = Path(out_dir) / "cases" / case.case_id
     if (folder / "report.json").is_file():
         return {"case_id": case.case_id, "status": "skipped"}
     t0 = time.perf_counter()
     try:
-        process_case(cached_segmenter(model, device), case.inputs, folder, case.reference, case.series)
+        process_case(cached_segmenter(model, device), case.inputs, folder, case.reference, case.series,
+                     dicom_seg=dicom[0], dicom_sr=dicom[1])
     except MedCNNCADError as exc:
         return {"case_id": case.case_id, "status": "failed", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one broken case must not stop the cohort
@@ -96,16 +101,17 @@ def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str)
     return {"case_id": case.case_id, "status": "done", "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _run_serial(cases: Sequence[CohortCase], model: str, device: str, out_dir: str, bar) -> list[dict]:
+def _run_serial(cases: Sequence[CohortCase], model: str, device: str, out_dir: str, bar,
+                dicom: tuple[bool, bool]) -> list[dict]:
     statuses = []
     for case in cases:
-        statuses.append(process_cohort_case(case, model, device, out_dir))
+        statuses.append(process_cohort_case(case, model, device, out_dir, dicom))
         bar.update(1)
     return statuses
 
 
 def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str, bar,
-              scheduler: str | None, workers: int) -> list[dict]:
+              scheduler: str | None, workers: int, dicom: tuple[bool, bool]) -> list[dict]:
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -115,8 +121,8 @@ def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(process_cohort_case, case, model, device, out_dir, key=f"case-{case.case_id}",
-                                 pure=False) for case in cases]
+        futures = [client.submit(process_cohort_case, case, model, device, out_dir, dicom,
+                                 key=f"case-{case.case_id}", pure=False) for case in cases]
         statuses = []
         for future in as_completed(futures):
             statuses.append(future.result())
@@ -129,19 +135,22 @@ def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str
 
 
 def run_cohort(cases: Sequence[CohortCase], model: str, out_dir: str | Path, device: str = "auto",
-               scheduler: str | None = None, workers: int = 2, serial: bool = False) -> dict[str, Any]:
+               scheduler: str | None = None, workers: int = 2, serial: bool = False,
+               dicom_seg: bool = False, dicom_sr: bool = False) -> dict[str, Any]:
     """Run every case (skipping finished ones), then write cohort.csv, failures.csv and the summary.
 
     ``serial`` runs in this process; otherwise on dask.distributed: the scheduler at
-    ``scheduler`` (``tcp://host:port``), or a local cluster of ``workers`` processes.
+    ``scheduler`` (``tcp://host:port``), or a local cluster of ``workers`` processes. ``dicom_seg`` /
+    ``dicom_sr`` add each case's DICOM SEG / SR (TID 1500) where its first input is a DICOM series.
     """
+    dicom = (dicom_seg or dicom_sr, dicom_sr)
     out = Path(out_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(cases), desc="cases", unit="case") as bar:
         if serial:
-            statuses = _run_serial(cases, model, device, str(out), bar)
+            statuses = _run_serial(cases, model, device, str(out), bar, dicom)
         else:
-            statuses = _run_dask(cases, model, device, str(out), bar, scheduler, workers)
+            statuses = _run_dask(cases, model, device, str(out), bar, scheduler, workers, dicom)
     by_id = {s["case_id"]: s for s in statuses}
     failures = [by_id[c.case_id] for c in cases if by_id[c.case_id]["status"] == "failed"]
     _write_csv(out / "failures.csv", ["case_id", "error"], ([f["case_id"], f["error"]] for f in failures))
