@@ -226,6 +226,9 @@ def test_chain_registers_a_moved_sequence_onto_the_first_and_refuses_another_pat
     assert prepared.images["T2"].GetSize() == fixed.GetSize() and grids_match(prepared.images["T2"], fixed)
     assert detail["quality_after"] > detail["quality_before"]
     assert 3.0 < detail["rotation_deg"] < 5.0
+    assert [w for w in prepared.warnings if "registered" in w] == [
+        f"clinical preprocessing: T2 registered onto T1 (rigid, {detail['rotation_deg']:.2f} deg, "
+        f"{detail['translation_mm']:.2f} mm; quality {detail['quality_before']:.2f} -> {detail['quality_after']:.2f})"]
     noise = sitk.GetImageFromArray(np.random.default_rng(0).normal(100, 30, (60, 60, 60)).astype(np.float32))
     noise.SetSpacing(fixed.GetSpacing())
     noise.SetOrigin(fixed.GetOrigin())

@@ -169,6 +169,20 @@ def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, 
     for name, image in work.items():  # registration "none": the old rule, scanner coordinates as they are
         if not same_space(first, image):
             work[name] = resample_to(image, first)
-    warnings = [f"{s.name}: {s.detail['zeroed']}" for s in steps if s.name == "background" and s.applied]
-    return PreparedCase(work, mask, steps, [f"clinical preprocessing {w} (constant background set to 0)"
-                                            for w in warnings])
+    return PreparedCase(work, mask, steps, [note for s in steps if s.applied for note in _notes(s)])
+
+
+def _notes(step: StepReport) -> list[str]:
+    """What a reader should know about a step that changed the case (report warnings, Slicer notes)."""
+    d = step.detail
+    if step.name == "background":
+        return [f"clinical preprocessing: the constant background ({v['value']:.3g}, {v['share']:.0%} of the volume) "
+                f"of {name} was set to 0" for name, v in d["zeroed"].items()]
+    if step.name == "registration":
+        return [f"clinical preprocessing: {name} registered onto {d['onto']} (rigid, {v['rotation_deg']:.2f} deg, "
+                f"{v['translation_mm']:.2f} mm; quality {v['quality_before']:.2f} -> {v['quality_after']:.2f})"
+                for name, v in d["sequences"].items() if isinstance(v, dict)]
+    if step.name == "brain_mask":
+        return [f"clinical preprocessing: brain extracted from {d['source']} ({d['brain_ml']:.0f} mL, deepbet); "
+                f"everything outside the mask was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
+    return ["clinical preprocessing: N4 bias-field correction applied"]
