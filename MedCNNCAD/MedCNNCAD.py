@@ -189,7 +189,8 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onAddModel(self):
         import qt
 
-        folder = qt.QFileDialog.getExistingDirectory(None, "Model folder (manifest.json) or MONAI bundle")
+        folder = qt.QFileDialog.getExistingDirectory(
+            None, "Model folder: manifest.json, MONAI bundle, nnU-Net v2 (dataset.json) or Auto3DSeg (model.pt)")
         if folder:
             with slicer.util.tryWithErrorDisplay("Cannot add this model."):
                 self._parameterNode.model = self.logic.addModelFolder(folder)
@@ -201,7 +202,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._parameterNode.model = modelId
         manifest = self.logic.describeModel(modelId)
-        self.ui.modelInfoLabel.text = f"{manifest.name} {manifest.version} - trained on: {manifest.trained_on}"
+        self.ui.modelInfoLabel.text = self.logic.modelCard(modelId)
         if index is not None:  # a model picked by hand starts in the mode its lesion filters were chosen in
             self._parameterNode.testTimeAugmentation = manifest.inference.test_time_augmentation
         volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")

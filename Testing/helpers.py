@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import csv
 import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "Resources" / "Models" / "brats-demo-unet"
@@ -152,4 +154,33 @@ def write_classifier(folder, data: dict | None = None):
     torch.save(net.state_dict(), folder / "model.pt")
     data["weights"]["sha256"] = sha256_file(folder / "model.pt")
     (folder / "manifest.json").write_text(json.dumps(data))
+    return folder
+
+
+AUTO3DSEG_LABEL_COLUMNS = ["LabelValue", "Name", "SegmentedPropertyCategoryCodeSequence.CodingSchemeDesignator",
+                 "SegmentedPropertyCategoryCodeSequence.CodeValue", "SegmentedPropertyCategoryCodeSequence.CodeMeaning",
+                 "SegmentedPropertyTypeCodeSequence.CodingSchemeDesignator",
+                 "SegmentedPropertyTypeCodeSequence.CodeValue", "SegmentedPropertyTypeCodeSequence.CodeMeaning"]
+
+
+def write_auto3dseg_model(folder: Path, in_channels: int, labels: dict[int, str], sigmoid: bool = False,
+                          network_extra: dict | None = None, **config) -> Path:
+    """A random-weight SegResNetDS checkpoint in the extension's exact layout."""
+    folder.mkdir(parents=True)
+    out = len(labels) if sigmoid else len(labels) + 1
+    network = {"_target_": "SegResNetDS", "init_filters": 8, "blocks_down": [1, 1, 1], "norm": "INSTANCE",
+               "in_channels": in_channels, "out_channels": out, "dsdepth": 1}
+    torch.manual_seed(in_channels * 10 + out)
+    net = ConfigParser(network).get_parsed_content()
+    network.update(network_extra or {})  # e.g. a "$" expression: the same network, but code in the config
+    full = {"network": network, "normalize_mode": "meanstd", "intensity_bounds": [0.0, 300.0], "roi_size": [32, 32, 32],
+            "resample_resolution": [1.0, 1.0, 1.2], "crop_foreground": True, "orientation_ras": False,
+            "sigmoid": sigmoid, "extra_modalities": {}, "bundle_root": str(folder), **config}
+    torch.save({"state_dict": net.state_dict(), "config": full, "epoch": 3, "best_metric": 0.5}, folder / "model.pt")
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(AUTO3DSEG_LABEL_COLUMNS)
+        for value, name in labels.items():
+            writer.writerow([value, name, "SCT", "49755003", "Morphologically Altered Structure", "SCT", "108369006",
+                             "Neoplasm"])
     return folder

@@ -32,6 +32,8 @@ LAZY_ALLOWED = {
     ("medcnncad.slicer.logic", "torch"): "loads at Slicer start, before torch is installed",
     ("medcnncad.slicer.logic", "SimpleITK"): "loads at Slicer start; only the worker path needs it",
     ("medcnncad.slicer.logic", "PyTorchUtils"): "a Slicer extension, present only inside Slicer",
+    ("medcnncad.models.nnunet", "nnunetv2"):
+        "optional (pip install nnunetv2), slow to import; only nnU-Net model folders need it",
     ("medcnncad.slicer.worker", "psutil"): "optional: without it the process group / taskkill ends the tree",
 }
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import ROOT, make_image
-from helpers import small_phantom, write_bundle
+from helpers import small_phantom, write_auto3dseg_model, write_bundle
 
 from medcnncad.cli import main
 from medcnncad.metrics.segmentation import structure_metrics
@@ -189,3 +189,23 @@ def test_calibrate_case_writes_only_a_calibration_that_helps_unless_forced(tmp_p
     else:
         assert "not written: leave-one-out log loss 0.105 is not below the uncalibrated score's 0.001" in printed
         assert (folder / "manifest.json").read_text() == before
+
+
+def test_auto3dseg_folder_listed_trusted_and_segmented(tmp_path, capsys, monkeypatch):
+    """An Auto3DSeg folder (SlicerMONAIAuto3DSeg layout) from the command line: listed with its format,
+    refused while its network config holds code, trusted by hash, then segmented to a full report."""
+    model = write_auto3dseg_model(tmp_path / "models" / "brain-a3d", 4, {1: "tumor core", 2: "edema", 3: "enhancing"},
+                                  sigmoid=True, network_extra={"init_filters": "$8"})
+    (model / "medcnncad.json").write_text(json.dumps({"inputs": ["T1", "T1c", "T2", "FLAIR"]}))
+    monkeypatch.setenv("MEDCNNCAD_MODEL_PATH", str(tmp_path / "models"))
+    assert main(["models"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("brain-a3d")]
+    assert listed and "Auto3DSeg SegResNet" in listed[0] and "T1c" in listed[0]
+    args, _, _ = _phantom_case(tmp_path)
+    _one_line_error(capsys, ["segment", "--model", str(model), *args, "--out", str(tmp_path / "out")], "trust")
+    assert main(["trust", str(model)]) == 0
+    assert main(["segment", "--model", str(model), *args, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["model"]["format"] == "auto3dseg"
+    assert report["model"]["source"].endswith("brain-a3d/model.pt")
+    assert (tmp_path / "out" / "labels.nii.gz").is_file()

@@ -326,6 +326,24 @@ def test_worker_knows_models_added_after_it_started(scene, module, tmp_path, mon
         logic.shutdown()
 
 
+def test_add_model_folder_of_another_format_shows_format_and_weights(scene, module, tmp_path, monkeypatch):
+    """"Add model folder" with an Auto3DSeg (SlicerMONAIAuto3DSeg) folder: listed under its folder, the
+    model card names the format and where the weights are, and it segments the sample case."""
+    from helpers import write_auto3dseg_model
+
+    monkeypatch.setenv("MEDCNNCAD_MODEL_PATH", "")
+    model = write_auto3dseg_model(tmp_path / "a3d" / "brain-a3d", 4, {1: "tumor", 2: "edema"})
+    (model / "medcnncad.json").write_text(json.dumps({"inputs": ["T1", "T1c", "T2", "FLAIR"]}))
+    logic = module.MedCNNCADLogic()
+    key = logic.addModelFolder(str(model))
+    assert key == str(model) and key in dict(logic.availableModels())
+    card = logic.modelCard(key)
+    assert "Auto3DSeg SegResNet" in card and str(model / "model.pt") in card
+    volumes, _ = _load_sample(scene)
+    nodes = logic.segment(volumes, model=key, device="cpu")
+    assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() >= 1
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="the stand-in launcher is a POSIX shell script")
 def test_cancel_through_a_launcher_adds_nothing_and_the_next_run_works(scene, module, tmp_path):
     import psutil

@@ -115,8 +115,10 @@ class Segmenter:
     def policy_note(self) -> dict[str, Any]:
         """What the report says about the execution policy: precision, layout, autocast dtype and why."""
         dtype = self.autocast_dtype()
+        runner = "engine" if self.model.predict is None else f"the model format's own predictor ({self.model.source})"
         return {"precision": self.precision, "autocast": str(dtype).replace("torch.", "") if dtype else "none",
-                "channels_last": self.channels_last, "device": str(self.device), "reason": self.policy_reason}
+                "channels_last": self.channels_last, "device": str(self.device), "reason": self.policy_reason,
+                "runner": runner}
 
     def policy(self) -> ExecutionPolicy:
         """The execution policy this segmenter runs the network under."""
@@ -146,6 +148,17 @@ class Segmenter:
                        raw: bool = False) -> np.ndarray:
         """:func:`medcnncad.inference.resample.to_input_grid` for this model (benchmarks, tests)."""
         return to_input_grid(self.manifest, probs, affine, reference, raw)
+
+    def _own_predictor(self, images: list[sitk.Image], mirror: bool, warnings: list[str]) -> np.ndarray:
+        """Probabilities (C_out, K, J, I) on the first input's grid from the model format's own
+        predictor; ``mirror``: its test-time mirroring (no uncertainty map is made)."""
+        assert self.model.predict is not None
+        stack = np.stack([sitk.GetArrayViewFromImage(image) for image in images]).astype(np.float32)
+        spacing = tuple(float(v) for v in reversed(images[0].GetSpacing()))
+        if mirror:
+            warnings.append(f"test-time augmentation: {self.model.source}'s own mirroring (no uncertainty map)")
+        probs = self.model.predict(stack, spacing, mirror, self.device)
+        return probs.astype(np.float16 if self.probability_dtype == torch.float16 else np.float32, copy=False)
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,
@@ -188,7 +201,12 @@ class Segmenter:
         warnings += mode_warning(self.manifest, len(flips) > 1)
         uncertainty = None
         device = self.device
-        if min(pre.shape[1:]) == 0:  # nothing but zeros in every channel: nothing to segment
+        if self.model.predict is not None:  # the format's own predictor (nnU-Net) does windows to grid
+            del pre
+            probs = self._own_predictor(images, len(flips) > 1, warnings)
+            timings["inference"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+        elif min(pre.shape[1:]) == 0:  # nothing but zeros in every channel: nothing to segment
             warnings.append("the input has no non-zero voxels; the result is empty")
             probs = background_only(self.manifest, images[0], self.probability_dtype)
             uncertainty = np.zeros(probs.shape[1:], np.float32) if len(flips) > 1 else None

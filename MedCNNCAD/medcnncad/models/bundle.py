@@ -17,9 +17,7 @@ activation (sigmoid + threshold, or softmax).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +26,7 @@ import yaml
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from medcnncad.errors import ModelError, TrustError
+from medcnncad.errors import ModelError
 from medcnncad.models.loaded import LoadedClassifier, LoadedModel
 from medcnncad.models.manifest import (
     ClassDef,
@@ -43,10 +41,11 @@ from medcnncad.models.manifest import (
     contained_path,
     sha256_file,
 )
+from medcnncad.models.trust import add_trusted_hash, files_hash, require_trust, trusted_hashes
 from medcnncad.models.weights import load_into, load_state_dict_verified
 
-__all__ = ["bundle_hash", "bundle_code_entries", "trusted_hashes", "trust_bundle", "load_bundle", "describe_bundle",
-           "load_classification_bundle"]
+__all__ = ["bundle_hash", "bundle_code_entries", "config_code_entries", "trusted_hashes", "trust_bundle",
+           "load_bundle", "describe_bundle", "load_classification_bundle"]
 
 _SAFE_TARGET_PREFIXES = ("monai.", "torch.nn.", "torch.optim.")
 _LOADING_TRANSFORMS = {"LoadImage", "LoadImaged", "EnsureChannelFirst", "EnsureChannelFirstd", "SaveImage",
@@ -62,15 +61,9 @@ def _config_files(folder: Path) -> list[Path]:
 def bundle_hash(folder: str | Path) -> str:
     """SHA-256 over the relative paths and contents of every file in ``configs/`` and ``models/``."""
     folder = Path(folder)
-    digest = hashlib.sha256()
-    for sub in ("configs", "models"):
-        root = folder / sub
-        if not root.is_dir():
-            continue
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    files = [p for sub in ("configs", "models") if (folder / sub).is_dir()
+             for p in (folder / sub).rglob("*") if p.is_file()]
+    return files_hash(folder, files)
 
 
 def _read_config(path: Path) -> Any:
@@ -94,55 +87,36 @@ def _walk(node: Any) -> Iterator[tuple[str | None, Any]]:
             yield from _walk(value)
 
 
-def bundle_code_entries(folder: str | Path) -> list[str]:
-    """Config entries that execute code: ``$`` expressions and ``_target_`` outside MONAI/torch.nn."""
+def config_code_entries(config: Any, where: str) -> list[str]:
+    """Entries of a parsed MONAI config that execute code: ``$`` expressions and ``_target_``
+    outside MONAI/torch.nn/torch.optim. ``where`` prefixes each entry (a file name)."""
     found = []
-    for path in _config_files(Path(folder)):
-        for key, value in _walk(_read_config(path)):
-            if isinstance(value, str) and value.startswith("$"):
-                found.append(f"{path.name}: {value[:80]}")
-            elif key == "_target_" and isinstance(value, str) and "." in value and \
-                    not value.startswith(_SAFE_TARGET_PREFIXES):
-                found.append(f"{path.name}: _target_ {value[:80]}")
+    for key, value in _walk(config):
+        if isinstance(value, str) and value.startswith("$"):
+            found.append(f"{where}: {value[:80]}")
+        elif key == "_target_" and isinstance(value, str) and "." in value and \
+                not value.startswith(_SAFE_TARGET_PREFIXES):
+            found.append(f"{where}: _target_ {value[:80]}")
     return found
 
 
-def _trust_file() -> Path:
-    home = Path(os.environ.get("MEDCNNCAD_HOME", Path.home() / ".medcnncad"))
-    return home / "trusted_bundles.json"
-
-
-def trusted_hashes() -> set[str]:
-    """Hashes of bundles the user has trusted (``$MEDCNNCAD_HOME/trusted_bundles.json``)."""
-    path = _trust_file()
-    try:
-        return set(json.loads(path.read_text()).get("sha256", []))
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
-        return set()
+def bundle_code_entries(folder: str | Path) -> list[str]:
+    """Config entries that execute code: ``$`` expressions and ``_target_`` outside MONAI/torch.nn."""
+    return [entry for path in _config_files(Path(folder))
+            for entry in config_code_entries(_read_config(path), path.name)]
 
 
 def trust_bundle(folder: str | Path) -> str:
     """Add a bundle's current hash to the trusted list; returns the hash."""
-    digest = bundle_hash(folder)
-    path = _trust_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    hashes = sorted(trusted_hashes() | {digest})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"sha256": hashes}, indent=2))
-    tmp.replace(path)
-    return digest
+    return add_trusted_hash(bundle_hash(folder))
 
 
 def _require_trust(folder: Path, trust: bool) -> None:
     """Refuse a bundle with code in its configs unless trusted now or by its hash."""
     code = bundle_code_entries(folder)
-    if not code or trust:
-        return
-    digest = bundle_hash(folder)
-    if digest not in trusted_hashes():
-        raise TrustError(f"{folder}: bundle configs contain executable code ({len(code)} entries, e.g. "
-                         f"{code[0]!r}); run it only if you trust its source: pass --trust, or "
-                         f"'medcnncad trust {folder}' (bundle sha256 {digest[:16]}...)")
+    if code:
+        require_trust(folder, bundle_hash(folder), trust,
+                      f"bundle configs contain executable code ({len(code)} entries, e.g. {code[0]!r})")
 
 
 def _find_config(folder: Path) -> Path:

@@ -16,7 +16,7 @@ __all__ = ["LoadedModel", "LoadedClassifier"]
 
 @dataclass
 class LoadedModel:
-    """A model ready to run: its manifest, network (eval mode) and preprocessing.
+    """A model ready to run: its manifest, network (eval mode) and preprocessing (or its own predictor).
 
     ``preprocess`` takes a channel-first MONAI ``MetaTensor`` (C, I, J, K) with a RAS
     affine and returns the network input in the same convention.
@@ -25,8 +25,12 @@ class LoadedModel:
     manifest: Manifest
     network: torch.nn.Module
     preprocess: Callable[[Any], Any]
-    source: str  # "manifest" or "bundle"
+    source: str  # "manifest", "bundle", "nnunet" or "auto3dseg"
     path: Path
+    predict: Callable[..., Any] | None = None
+    """A format's own end-to-end predictor (nnU-Net): ``predict(images, spacing, mirror, device)`` takes
+    the (C, K, J, I) float32 case and its (z, y, x) spacing in mm and returns probabilities
+    (C_out, K, J, I) on the same grid; the engine's windows, TTA and resampling are then skipped."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Finding, verifying and loading models (manifest folders and MONAI bundles).
+"""Finding, verifying and loading models: MedCNNCAD manifest folders, MONAI bundles, nnU-Net v2
+model folders and Auto3DSeg (SlicerMONAIAuto3DSeg) model folders.
 
 A model is found by id among the installed model folders, or by path. Weights are
 verified against the SHA-256 in the manifest *before* they are opened, and always
@@ -12,15 +13,18 @@ from pathlib import Path
 
 from medcnncad.errors import ModelError
 from medcnncad.io.resources import resource_dir
+from medcnncad.models.auto3dseg import describe_auto3dseg, is_auto3dseg_folder, load_auto3dseg
 from medcnncad.models.bundle import describe_bundle, load_bundle
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.manifest import ClassifierManifest, Manifest, load_manifest
+from medcnncad.models.nnunet import describe_nnunet, is_nnunet_folder, load_nnunet
 from medcnncad.models.preprocessing import build_preprocessing
 from medcnncad.models.weights import build_network, load_into, load_state_dict_verified
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_GRADE_CLASSIFIER", "model_search_paths", "list_models", "find_model",
-           "load_model", "describe_model"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_GRADE_CLASSIFIER", "MODEL_FORMATS", "model_format", "model_format_of",
+           "model_source", "model_key", "model_search_paths", "list_models", "find_model", "load_model",
+           "describe_model"]
 
 
 def model_search_paths() -> list[Path]:
@@ -41,6 +45,48 @@ def _is_bundle(folder: Path) -> bool:
     return (folder / "configs" / "metadata.json").is_file()
 
 
+MODEL_FORMATS = ("manifest", "bundle", "nnunet", "auto3dseg")
+
+
+def model_format(folder: Path) -> str | None:
+    """Which model format a folder holds (a MedCNNCAD manifest wins over the others), or None."""
+    if (folder / "manifest.json").is_file():
+        return "manifest"
+    if _is_bundle(folder):
+        return "bundle"
+    if is_nnunet_folder(folder):
+        return "nnunet"
+    if is_auto3dseg_folder(folder):
+        return "auto3dseg"
+    return None
+
+
+_FORMAT_NAMES = {"manifest": "MedCNNCAD manifest", "bundle": "MONAI bundle", "nnunet": "nnU-Net v2 model folder",
+                 "auto3dseg": "Auto3DSeg SegResNet (SlicerMONAIAuto3DSeg layout)"}
+
+
+def model_format_of(manifest: Manifest | ClassifierManifest) -> str:
+    """The format a described model came from: manifest, bundle, nnunet or auto3dseg."""
+    return "bundle" if manifest.raw.get("bundle") else str(manifest.raw.get("format", "manifest"))
+
+
+def model_source(manifest: Manifest | ClassifierManifest) -> str:
+    """One line for a model card: the format, and where the weights came from."""
+    kind = model_format_of(manifest)
+    if kind == "nnunet":
+        raw = manifest.raw
+        return (f"{_FORMAT_NAMES[kind]} ({raw.get('configuration', '?')}, folds {','.join(raw.get('folds', []))}); "
+                f"weights {manifest.folder}/fold_*/checkpoint_final.pth")
+    return f"{_FORMAT_NAMES[kind]}; weights {manifest.weights_file}"
+
+
+def model_key(manifest: Manifest | ClassifierManifest) -> str:
+    """How a caller names a model again: the manifest id, or the folder of any other format."""
+    if model_format_of(manifest) != "manifest":
+        return str(manifest.folder)
+    return manifest.id
+
+
 def list_models() -> list[Path]:
     """Every model folder (manifest or bundle) under the search paths."""
     found: list[Path] = []
@@ -48,7 +94,7 @@ def list_models() -> list[Path]:
         if not root.is_dir():
             continue
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            if (folder / "manifest.json").is_file() or _is_bundle(folder):
+            if model_format(folder) is not None:
                 found.append(folder)
     return found
 
@@ -87,8 +133,13 @@ def describe_model(id_or_path: str | Path) -> Manifest | ClassifierManifest:
         ModelError: unknown model or invalid manifest.
     """
     folder = find_model(str(id_or_path))
-    if _is_bundle(folder) and not (folder / "manifest.json").is_file():
+    kind = model_format(folder)
+    if kind == "bundle":
         return describe_bundle(folder)
+    if kind == "nnunet":
+        return describe_nnunet(folder)
+    if kind == "auto3dseg":
+        return describe_auto3dseg(folder)
     return load_manifest(folder)
 
 
@@ -104,8 +155,13 @@ def load_model(id_or_path: str | Path, trust: bool = False) -> LoadedModel:
         TrustError: an untrusted bundle with code in its configs.
     """
     folder = find_model(str(id_or_path))
-    if _is_bundle(folder) and not (folder / "manifest.json").is_file():
+    kind = model_format(folder)
+    if kind == "bundle":
         return load_bundle(folder, trust=trust)
+    if kind == "nnunet":
+        return load_nnunet(folder, trust=trust)
+    if kind == "auto3dseg":
+        return load_auto3dseg(folder, trust=trust)
     manifest = load_manifest(folder)
     if manifest.task != "segmentation":
         raise ModelError(f"{id_or_path}: model {manifest.id} is a {manifest.task} model (a lesion grade classifier "

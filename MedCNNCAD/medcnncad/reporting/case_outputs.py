@@ -35,6 +35,7 @@ from medcnncad.inference.scoring import (
 from medcnncad.io.images import UINT8_SCALE, signals_deferred, write_image, write_probability_map
 from medcnncad.io.segfile import write_seg_nrrd
 from medcnncad.metrics.segmentation import BRATS_2023, DETECTION_RULE, StructureMetrics
+from medcnncad.models.registry import model_format_of, model_source
 
 __all__ = ["CaseOutputs", "json_safe", "build_report", "write_case_outputs", "render_overlays", "summary_table"]
 
@@ -71,7 +72,8 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "intended_use": m.intended_use or INTENDED_USE,
         "model": {"id": m.id, "name": m.name, "version": m.version, "weights_sha256": m.weights_sha256,
-                  "trained_on": m.trained_on, "folder": str(m.folder)},
+                  "trained_on": m.trained_on, "folder": str(m.folder), "format": model_format_of(m),
+                  "source": model_source(m)},
         "device": result.device,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
         "inputs": dict(inputs or {}),

@@ -126,6 +126,7 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None) ->
             "<h2>Model</h2>", _table(["field", "value"], [
                 ("model", f"{model['name']} ({model['id']} {model['version']})"),
                 ("weights SHA-256", model["weights_sha256"]), ("trained on", model["trained_on"]),
+                ("format and weights", model.get("source", "MedCNNCAD manifest")),
                 ("device", report["device"]),
                 ("total time (s)", f"{sum(report['timings_s'].values()):.2f}")]),
             "<h2>Case</h2>", _table(["abnormality probability", "calibration", "rule"],

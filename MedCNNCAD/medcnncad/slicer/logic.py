@@ -118,7 +118,7 @@ class SecondReaderLogic:
     @staticmethod
     def availableModels() -> list[tuple[str, str]]:
         """(key, label) of every usable segmentation model; a broken model folder is logged and skipped."""
-        from medcnncad.models.registry import describe_model, list_models
+        from medcnncad.models.registry import describe_model, list_models, model_key
 
         out: list[tuple[str, str]] = []
         try:
@@ -136,7 +136,7 @@ class SecondReaderLogic:
                 continue
             if m.task != "segmentation":  # grade classifiers run with a segmentation model, not alone
                 continue
-            out.append((str(folder) if m.raw.get("bundle") else m.id, f"{m.name} ({m.version})"))
+            out.append((model_key(m), f"{m.name} ({m.version})"))
         return out
 
     @staticmethod
@@ -146,15 +146,24 @@ class SecondReaderLogic:
         return cast("Manifest", describe_model(model))  # the module offers segmentation models only
 
     @staticmethod
+    def modelCard(model: str) -> str:
+        """One line for the panel: name, version, format, where the weights came from, training data."""
+        from medcnncad.models.registry import describe_model, model_source
+
+        m = describe_model(model)
+        return f"{m.name} {m.version} - {model_source(m)} - trained on: {m.trained_on}"
+
+    @staticmethod
     def addModelFolder(folder: str) -> str:
-        """Check a model folder or bundle; it is then listed (``MEDCNNCAD_MODEL_PATH``). Returns its key."""
-        from medcnncad.models.registry import describe_model
+        """Check a model folder of any format (MedCNNCAD manifest, MONAI bundle, nnU-Net v2 folder, Auto3DSeg
+        ``model.pt`` + ``labels.csv``); it is then listed (``MEDCNNCAD_MODEL_PATH``). Returns its key."""
+        from medcnncad.models.registry import describe_model, model_key
 
         manifest = describe_model(folder)
         parent = os.path.dirname(os.path.abspath(folder))
         paths = [p for p in os.environ.get("MEDCNNCAD_MODEL_PATH", "").split(os.pathsep) if p]
         os.environ["MEDCNNCAD_MODEL_PATH"] = os.pathsep.join(paths + [parent])
-        return str(folder) if manifest.raw.get("bundle") else manifest.id
+        return model_key(manifest)
 
     @staticmethod
     def assignInputs(manifest: Manifest, volumeNodes: Sequence[Any]) -> dict[str, Any]:
