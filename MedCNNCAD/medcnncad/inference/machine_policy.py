@@ -153,8 +153,8 @@ def _decide(model: LoadedModel, device: torch.device) -> PolicyDecision:
 def build_segmenter(model: LoadedModel, device: str = "auto", precision: str | None = None) -> Segmenter:
     """A :class:`Segmenter` whose execution policy is ``precision``; ``"measured"`` decides it on this
     machine (:func:`measured_policy`) and the run's report says which policy ran and why."""
-    if precision != "measured":
-        return Segmenter(model, device, precision=precision)
+    if precision != "measured" or model.predict is not None:  # a format's own predictor keeps its precision
+        return Segmenter(model, device, precision=None if precision == "measured" else precision)
     decision = measured_policy(model, resolve_device(device))
     reason = decision.reason + (" (cached)" if decision.cached else "")
     return Segmenter(model, device, precision=decision.precision, channels_last=decision.channels_last,

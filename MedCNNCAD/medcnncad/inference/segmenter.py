@@ -115,7 +115,11 @@ class Segmenter:
     def policy_note(self) -> dict[str, Any]:
         """What the report says about the execution policy: precision, layout, autocast dtype and why."""
         dtype = self.autocast_dtype()
-        runner = "engine" if self.model.predict is None else f"the model format's own predictor ({self.model.source})"
+        if self.model.predict is not None:  # the format's predictor runs its own windows and precision
+            return {"runner": f"the model format's own predictor ({self.model.source})", "device": str(self.device),
+                    "reason": f"{self.model.source} models run through their own predictor (its windows, "
+                              f"mirroring and precision), which returns probabilities to the engine"}
+        runner = "engine"
         return {"precision": self.precision, "autocast": str(dtype).replace("torch.", "") if dtype else "none",
                 "channels_last": self.channels_last, "device": str(self.device), "reason": self.policy_reason,
                 "runner": runner}
