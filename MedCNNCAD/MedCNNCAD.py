@@ -96,6 +96,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._lastNodes = None
         self._probabilityNodes = {}
 
     def setup(self):
@@ -113,6 +114,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.intendedUseLabel.text = INTENDED_USE
         self.ui.applyButton.clicked.connect(self.onApplyOrCancel)
         self.ui.compareButton.clicked.connect(self.onCompare)
+        self.ui.exportDicomButton.clicked.connect(self.onExportDicom)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.addModelButton.clicked.connect(self.onAddModel)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
@@ -266,6 +268,8 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._probabilityNodes = nodes.probabilities
         self.ui.lesionTableView.setMRMLTableNode(nodes.lesion_table)
         self.ui.provenanceLabel.text = self.logic.provenanceText(nodes.segmentation)
+        self._lastNodes = nodes
+        self.ui.exportDicomButton.enabled = True
         removed = len(nodes.result.removed_candidates)
         self.ui.statusLabel.text = f"Done: {len(nodes.lesions)} lesions" + (
             f"; {removed} candidate(s) removed by the model's post-processing (table "
@@ -286,6 +290,20 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table = self.ui.discordanceTableView.mrmlTableNode()
         if table:
             self.logic.jumpToLesion(table, index.row())
+
+    def onExportDicom(self):
+        if not self.logic.dicomExportPackagesInstalled():
+            if not slicer.util.confirmOkCancelDisplay(
+                    "DICOM SEG/SR export needs highdicom and pydicom 3. Install them into MedCNNCAD's own "
+                    "folder (Slicer's pydicom is not changed)?"):
+                return
+            with slicer.util.tryWithErrorDisplay("Cannot install the DICOM export packages.", waitCursor=True):
+                self.logic.installDicomExportPackages()
+        inputs = [getattr(self._parameterNode, f"inputVolume{i}") for i in range(MAX_CHANNELS)]
+        with slicer.util.tryWithErrorDisplay("DICOM export failed.", waitCursor=True):
+            files = self.logic.exportToDicomDatabase(self._lastNodes, inputs)
+            names = ", ".join(pathlib.Path(f).name for f in files)
+            self.ui.statusLabel.text = f"Exported to the DICOM database: {names}"
 
     def onCompare(self):
         p = self._parameterNode

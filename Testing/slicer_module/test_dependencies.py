@@ -29,7 +29,9 @@ from medcnncad.slicer.dependencies import (
 ENGINE = ROOT / "MedCNNCAD" / "medcnncad"
 RUN_PATH = ("medcnncad.slicer.logic", "medcnncad.slicer.worker", "medcnncad.slicer.adaptor",
             "medcnncad.slicer.dependencies")
-PROVIDED = {"torch"} | set(SLICER_SHIPPED) | {"PyTorchUtils", "SampleData"}  # PyTorch extension, Slicer modules
+PROVIDED = {"torch"} | set(SLICER_SHIPPED) | {"PyTorchUtils", "SampleData", "DICOMLib"}  # extensions, Slicer modules
+# engine modules that Slicer's Python never runs: they run in a child process with their own packages
+OWN_PROCESS = {"medcnncad.slicer.dicom_export": "DICOM SEG/SR export: highdicom + pydicom 3 from a private folder"}
 # imported inside functions of run-path modules that the run path never calls (the real-run test checks)
 NOT_CALLED = {"matplotlib": "metrics.calibration.reliability_diagram: training/evaluation plots",
               "nnunetv2": "models.nnunet: only nnU-Net model folders; optional, a one-line error names it"}
@@ -68,7 +70,7 @@ def _closure() -> tuple[set[str], set[str]]:
     todo = list(RUN_PATH)
     while todo:
         module = todo.pop()
-        if module in seen or not _file(module).is_file():
+        if module in seen or module in OWN_PROCESS or not _file(module).is_file():
             continue
         seen.add(module)
         parts = module.split(".")

@@ -252,6 +252,70 @@ class SecondReaderLogic:
         if self._worker:
             self._worker.cancel()
 
+    # -- DICOM database --------------------------------------------------------------------
+    @staticmethod
+    def loadDicomSeries(seriesInstanceUids: Sequence[str]) -> list[Any]:
+        """Load series picked in Slicer's DICOM database (``DICOMUtils.loadSeriesByUID``); returns the
+        volume nodes, which keep ``DICOM.instanceUIDs`` so the result can be exported back as SEG + SR.
+        Channels are then proposed from their series descriptions (:meth:`assignInputs`)."""
+        from DICOMLib import DICOMUtils  # Slicer's DICOM module: only inside Slicer
+
+        if not seriesInstanceUids:
+            raise InputError("no DICOM series picked")
+        nodeIds = DICOMUtils.loadSeriesByUID(list(seriesInstanceUids))
+        nodes = [slicer.mrmlScene.GetNodeByID(i) for i in nodeIds]
+        return [n for n in nodes if n is not None and n.IsA("vtkMRMLScalarVolumeNode")]
+
+    @staticmethod
+    def dicomExportPackagesInstalled() -> bool:
+        """Whether highdicom + pydicom 3 sit in the export process's private folder."""
+        from medcnncad.slicer.dicom_export import export_packages_installed
+
+        return export_packages_installed()
+
+    @staticmethod
+    def installDicomExportPackages() -> None:
+        """Install highdicom + pydicom 3 into the private folder only (call after the user agreed):
+        Slicer's own pydicom stays as it is."""
+        from medcnncad.slicer.dicom_export import install_arguments
+
+        slicer.util.pip_install(install_arguments())
+
+    def exportToDicomDatabase(self, nodes: ResultNodes, referenceVolumeNode: Any, database: Any = None) -> list[str]:
+        """Write the run's DICOM SEG and DICOM SR (TID 1500, one measurement group per lesion) and import
+        both into the DICOM database, referencing the series ``referenceVolumeNode`` was loaded from
+        (the volume the result's grid is on; given the list of inputs, the first non-empty one).
+        Returns the written files.
+
+        Raises:
+            InputError: the reference volume did not come from the DICOM database.
+            MedCNNCADError: writing or importing failed (the message says why).
+        """
+        from medcnncad.models.registry import model_key
+        from medcnncad.slicer.dicom_export import export_to_database, source_files
+
+        database = database if database is not None else slicer.dicomDatabase
+        if isinstance(referenceVolumeNode, (list, tuple)):  # the inputs: the result is on the first non-empty one
+            referenceVolumeNode = firstNonEmptyVolume(referenceVolumeNode)
+        if referenceVolumeNode is None:
+            raise InputError("no input volume to reference: select the inputs the segmentation was made from")
+        sources = source_files(referenceVolumeNode, database)
+        out = pathlib.Path(tempfile.mkdtemp(prefix="MedCNNCAD-DICOM-"))
+        try:
+            files = export_to_database(nodes.result, sources, model_key(nodes.result.manifest), out,
+                                       python=shutil.which("PythonSlicer"))
+            self._importDicom(out, database)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)  # the database keeps its own copies
+        return [str(f) for f in files]
+
+    @staticmethod
+    def _importDicom(folder: pathlib.Path, database: Any) -> None:
+        from DICOMLib import DICOMUtils
+
+        if not DICOMUtils.importDicom(str(folder), database, copyFiles=True):
+            raise MedCNNCADError(f"the DICOM database did not import {folder}")
+
     def shutdown(self) -> None:
         if self._worker:
             self._worker.close()
