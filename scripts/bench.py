@@ -4,6 +4,7 @@ ratios are printed. ``make bench`` runs all; results are tabled in docs/performa
     python scripts/bench.py metrics [--repeats 5]
     python scripts/bench.py case [--repeats 3]
     python scripts/bench.py segresnet [--repeats 3]
+    python scripts/bench.py bundle [--repeats 3]    # the zoo SegResNet as a MONAI bundle, measured policy
     python scripts/bench.py policy
     python scripts/bench.py memory        # 512 x 512 x 600 CT, peak RSS, engine vs MONAI (subprocesses)
     python scripts/bench.py worker [--repeats 3]
@@ -213,6 +214,98 @@ def bench_segresnet(repeats: int) -> None:
     print(f"  the engine's network alone on the same window: {t_net:.2f} s")
     print(f"  speed-up vs MONAI: {t_monai / t_case:.2f}x; case / network: {t_case / t_net:.2f}")
     print("  stages of the last run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+
+def _segresnet_bundle(folder: Path) -> Path:
+    """The model-zoo brain-tumor SegResNet as a MONAI bundle (its inference config's shape; random weights)."""
+    import json
+
+    out = folder / "segresnet-bundle"
+    (out / "configs").mkdir(parents=True)
+    (out / "models").mkdir()
+    torch.manual_seed(0)
+    from monai.networks.nets import SegResNet
+
+    torch.save(SegResNet(**SEGRESNET_KWARGS).state_dict(), out / "models" / "model.pt")
+    meta = {"name": "SegResNet speed bundle", "version": "0.0.1", "data_source": "nothing: random weights, timing only",
+            "network_data_format": {
+                "inputs": {"image": {"type": "image", "num_channels": 4,
+                                     "channel_def": {"0": "T1c", "1": "T1", "2": "T2", "3": "FLAIR"}}},
+                "outputs": {"pred": {"type": "image", "num_channels": 3,
+                                     "channel_def": {"0": "TC", "1": "WT", "2": "ET"}}}}}
+    keys = "image"
+    config = {
+        "network_def": {"_target_": "SegResNet", **SEGRESNET_KWARGS},
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": keys},
+            {"_target_": "EnsureChannelFirstd", "keys": keys},
+            {"_target_": "Orientationd", "keys": keys, "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": keys, "pixdim": [1.0, 1.0, 1.0], "mode": "bilinear"},
+            {"_target_": "NormalizeIntensityd", "keys": keys, "nonzero": True, "channel_wise": True}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [240, 240, 160], "sw_batch_size": 1,
+                    "overlap": 0.5},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}]}}
+    (out / "configs" / "metadata.json").write_text(json.dumps(meta))
+    (out / "configs" / "inference.json").write_text(json.dumps(config))
+    return out
+
+
+def bench_bundle(repeats: int) -> None:
+    """The zoo SegResNet run *as a MONAI bundle*: MONAI's bundle-default pipeline vs the engine with the
+    bundle's own settings and with the policy measured on this machine (crop, window, precision, layout)."""
+    import contextlib
+    import io
+    import json
+    import os
+
+    from medcnncad.cli import main
+    from medcnncad.inference.machine_policy import cpu_bf16_native, measured_policy
+    from medcnncad.io.sample_case import load_sample_case
+    from medcnncad.models.registry import load_model
+
+    folder = Path(tempfile.mkdtemp(prefix="medcnncad-bench-bundle-"))
+    os.environ["MEDCNNCAD_POLICY_CACHE"] = str(folder / "policy-cache.json")  # a fresh measurement
+    images = load_sample_case(brats_size=True)
+    bundle = _segresnet_bundle(folder)
+    paths = {}
+    for name in ("T1c", "T1", "T2", "FLAIR"):
+        paths[name] = str(folder / f"{name}.nii.gz")
+        sitk.WriteImage(images[name], paths[name])
+
+    def segment(precision: str, out: str) -> None:
+        args = ["segment", "--model", str(bundle), "--device", "cpu", "--precision", precision, "--out",
+                str(folder / out)] + [a for n, p in paths.items() for a in ("--input", f"{n}={p}")]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(args) == 0
+
+    model = load_model(str(bundle))
+    start = time.perf_counter()
+    decision = measured_policy(model, torch.device("cpu"))
+    t_calibrate = time.perf_counter() - start
+    network = model.network
+    t_monai, _ = _median_time(lambda: _monai_bundle_default(paths, folder / "monai", network), repeats)
+    t_own, _ = _median_time(lambda: segment("fp32", "own"), repeats)
+    t_measured, _ = _median_time(lambda: segment("measured", "measured"), repeats)
+    own = json.loads((folder / "own" / "report.json").read_text())["timings_s"]
+    measured = json.loads((folder / "measured" / "report.json").read_text())
+    print(f"zoo SegResNet as a MONAI bundle (random weights), BraTS-size case (4 x 240x240x155 NIfTI), CPU, "
+          f"native bf16: {cpu_bf16_native()}, median of {repeats}:")
+    print(f"  policy measured on this machine in {t_calibrate:.1f} s: precision {decision.precision}, "
+          f"channels_last {decision.channels_last}, crop {decision.crop}")
+    for run in decision.runs:
+        print(f"    {run['precision']:>4} cl={run['channels_last']!s:5} crop={run['crop']:<8} {run['seconds']:6.2f} s  "
+              f"Dice>={run['dice_min']:.4f}  max dp {run['max_probability_difference']:.4f}  "
+              f"{'ok' if run['ok'] else 'rejected'}")
+    print(f"  MONAI bundle-default pipeline (load, one 240x240x160 window, overlap 0.5, sigmoid, save): "
+          f"{t_monai:.2f} s")
+    print(f"  medcnncad segment, the bundle's own settings (fp32, no crop): {t_own:.2f} s "
+          f"({t_monai / t_own:.2f}x MONAI); its inference stage {own['inference']:.2f} s, "
+          f"case / network {t_own / own['inference']:.2f}")
+    print(f"  medcnncad segment --precision measured: {t_measured:.2f} s ({t_monai / t_measured:.2f}x MONAI); "
+          f"stages: " + ", ".join(f"{k} {v:.2f}" for k, v in measured["timings_s"].items()))
+    print(f"  report.json execution_policy: {measured['execution_policy']}")
+
 
 CT_SHAPE_KJI = (600, 512, 512)
 CT_SPACING = (0.7, 0.7, 0.8)
@@ -490,7 +583,7 @@ def bench_lesion_filter(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["metrics", "case", "segresnet", "policy", "memory", "worker", "all",
+    parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
                                          "lesion-filter",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
@@ -519,6 +612,8 @@ def main() -> None:
         bench_memory()
     if args.what in ("segresnet", "all"):
         bench_segresnet(max(1, args.repeats // 2))
+    if args.what in ("bundle", "all"):
+        bench_bundle(max(1, args.repeats // 2))
 
 
 if __name__ == "__main__":

@@ -147,3 +147,85 @@ def test_measured_policy_comes_from_the_cache_per_machine_and_model_and_is_repor
     assert mp._read_cache(cache).get(f"{mp.machine_key(torch.device('cpu'))}:{other.manifest.weights_sha256}") is None
     plain = mp.build_segmenter(model, "cpu", None).policy_note()
     assert plain["precision"] == "auto" and plain["autocast"] == "none" and "manifest" in plain["reason"]
+
+
+def test_crop_to_foreground_by_hand():
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medcnncad.inference.inputs import crop_to_foreground
+
+    a = np.zeros((20, 30, 40), np.float32)  # (K, J, I)
+    a[5:8, 10:12, 3:4] = 1.0
+    b = np.zeros_like(a)
+    b[9, 29, 39] = 2.0  # the other channel reaches the far corner
+    images = [sitk.GetImageFromArray(x) for x in (a, b)]
+    for image in images:
+        image.SetOrigin((10.0, 20.0, 30.0))
+        image.SetSpacing((0.5, 1.0, 2.0))
+    cropped = crop_to_foreground(images, margin=2)
+    # union box: K 5..9, J 10..29, I 3..39; plus 2 voxels, clipped to the grid
+    assert cropped[0].GetSize() == (40 - 1, 30 - 8, 12 - 3)  # (I, J, K): I 1..39, J 8..29, K 3..11
+    assert cropped[0].GetOrigin() == (10.0 + 1 * 0.5, 20.0 + 8 * 1.0, 30.0 + 3 * 2.0)
+    assert float(sitk.GetArrayViewFromImage(cropped[1]).sum()) == 2.0
+    empty = [sitk.Image(4, 4, 4, sitk.sitkFloat32)]
+    assert crop_to_foreground(empty, 2)[0] is empty[0]
+
+
+def test_engine_crop_maps_back_exactly_and_the_gate_decides_whether_it_may_run(tmp_path, monkeypatch):
+    import numpy as np
+    import SimpleITK as sitk
+    from helpers import write_bundle
+
+    import medcnncad.inference.segmenter as segmenter_module
+    from medcnncad.inference.policy import CROP_MODES, agreement
+
+    images = {name: sitk.ConstantPad(img, (12, 12, 12), (12, 12, 12), 0.0)  # zero margins worth cropping
+              for name, img in small_phantom()[0].items()}
+    model = load_model(write_bundle(tmp_path / "bundle", code=False))
+    own = Segmenter(model, "cpu", precision="fp32").run(images)
+    # a crop whose margin reaches past the zero border cuts nothing: the same numbers, mapped back exactly
+    monkeypatch.setattr(segmenter_module, "CROP_MARGIN", 40)
+    same = Segmenter(model, "cpu", precision="fp32", crop_foreground=True).run(images)
+    assert agreement(own, same) == {"dice_min": 1.0, "max_probability_difference": 0.0}
+    monkeypatch.setattr(segmenter_module, "CROP_MARGIN", 8)
+    crop, fit = CROP_MODES["crop"]
+    cropped = Segmenter(model, "cpu", precision="fp32", crop_foreground=crop, fit_roi=fit)
+    result = cropped.run(images)
+    outside = np.all([sitk.GetArrayViewFromImage(img) == 0 for img in images.values()], axis=0)
+    assert result.label_map.shape == own.label_map.shape and cropped.policy_note()["crop_foreground"] is True
+    assert outside.any() and int(result.label_map[outside].max()) == 0
+    # a real crop moves the windows (and a fitted window changes what an instance-normalised network sees):
+    # numerics change, so each mode runs only where it agrees with the model's own settings
+    report = choose_policy(model, images, candidates=[("fp32", False, "crop"), ("fp32", False, "crop+fit")])
+    for run in report["runs"]:
+        assert run["ok"] == (run["dice_min"] >= DICE_MIN and run["max_probability_difference"] <= PROB_TOL)
+    chosen = next(r for r in report["runs"] if (r["precision"], r["channels_last"], r["crop"]) == report["chosen"])
+    assert chosen["ok"]
+    assert min(r["dice_min"] for r in report["runs"]) < 1.0  # the modes are not no-ops here
+
+
+def test_measured_policy_for_a_bundle_measures_the_crop_even_without_native_bf16(tmp_path, monkeypatch):
+    from helpers import write_bundle
+
+    import medcnncad.inference.machine_policy as mp
+
+    model = load_model(write_bundle(tmp_path / "bundle", code=False))
+    seen = {}
+
+    def fake_choose(model, images, device, candidates):
+        seen["candidates"], seen["inputs"] = list(candidates), sorted(images)
+        return {"chosen": ("fp32", False, "crop"), "runs": [{"ok": True}, {"ok": True}]}
+
+    monkeypatch.setattr(mp, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(mp, "choose_policy", fake_choose)
+    monkeypatch.setenv("MEDCNNCAD_POLICY_CACHE", str(tmp_path / "cache.json"))
+    decision = mp.measured_policy(model, torch.device("cpu"))
+    assert seen["candidates"] == [("fp32", False, "crop"), ("fp32", False, "crop+fit")]  # no emulated bf16
+    assert seen["inputs"] == sorted(model.manifest.input_names)  # the sample case
+    assert decision.crop == "crop" and decision.precision == "fp32"
+    segmenter = mp.build_segmenter(model, "cpu", "measured")  # from the cache now
+    assert segmenter.crop_foreground and segmenter.policy_note()["fit_roi"] == model.manifest.inference.fit_roi
+    monkeypatch.setattr(mp, "cpu_bf16_native", lambda: True)
+    assert ("bf16", True, "crop+fit") in mp._candidates(model, torch.device("cpu"))
+    assert all(crop == "none" for _, _, crop in mp._candidates(load_model("brats-demo-unet"), torch.device("cpu")))

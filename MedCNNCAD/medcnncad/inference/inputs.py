@@ -6,7 +6,7 @@ Images are SimpleITK images (LPS, mm); their arrays are (K, J, I).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +18,8 @@ from medcnncad.errors import InputError
 from medcnncad.io.images import available_memory_bytes, check_finite, geometry_text, read_volume, same_space
 from medcnncad.models.manifest import Manifest
 
-__all__ = ["read_files", "read_inputs", "on_one_grid", "in_manifest_order", "gather_inputs", "check_memory"]
+__all__ = ["crop_to_foreground", "read_files", "read_inputs", "on_one_grid", "in_manifest_order", "gather_inputs",
+           "check_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +150,28 @@ def check_memory(manifest: Manifest, probability_dtype: torch.dtype, image: torc
         raise InputError(f"this case needs about {need / 2**30:.1f} GiB of memory for model "
                          f"{manifest.id} but {available / 2**30:.1f} GiB are available; "
                          f"crop the volume or use a machine with more memory")
+
+
+def crop_to_foreground(images: Sequence[sitk.Image], margin: int) -> list[sitk.Image]:
+    """The images cut to the box of voxels that are non-zero in any of them, plus ``margin`` voxels
+    (clipped to the grid); the images themselves when nothing is non-zero. The box keeps the images'
+    physical placement (origin moved), so results map back onto the full grid by geometry.
+
+    Args:
+        images: co-registered images on one grid, (I, J, K) sizes as SimpleITK gives them.
+        margin: voxels added on every side of the box.
+    """
+    occupied = np.zeros(images[0].GetSize()[::-1], dtype=bool)  # (K, J, I)
+    for image in images:
+        occupied |= sitk.GetArrayViewFromImage(image) != 0
+    if not occupied.any():
+        return list(images)
+    lower, upper = [], []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(occupied.any(axis=other))
+        lower.append(max(0, int(hits[0]) - margin))
+        upper.append(min(occupied.shape[axis], int(hits[-1]) + 1 + margin))
+    index = [lower[2], lower[1], lower[0]]  # (I, J, K) for SimpleITK
+    size = [upper[2] - lower[2], upper[1] - lower[1], upper[0] - lower[0]]
+    return [sitk.RegionOfInterest(image, size, index) for image in images]

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from medcnncad.inference.policy import choose_policy
+from medcnncad.inference.policy import CROP_MODES, choose_policy
 from medcnncad.inference.segmenter import Segmenter, resolve_device
 from medcnncad.io.sample_case import SEQUENCES, load_sample_case
 from medcnncad.models.loaded import LoadedModel
@@ -46,6 +46,7 @@ class PolicyDecision:
     reason: str
     runs: tuple[dict[str, Any], ...] = ()
     cached: bool = False
+    crop: str = "none"  # the engine's crop (policy.CROP_MODES), for models that do not crop themselves
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +84,7 @@ def machine_key(device: torch.device) -> str:
     """A stable key of what decides the policy: CPU model and bf16/AMX flags, torch version, CUDA device."""
     flags = sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2", "f16c"})
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    text = json.dumps([_cpu_name(), flags, torch.__version__, device.type, gpu])
+    text = json.dumps(["policy-v2", _cpu_name(), flags, torch.__version__, device.type, gpu])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -128,26 +129,52 @@ def measured_policy(model: LoadedModel, device: torch.device, path: Path | None 
     cached = _read_cache(path).get(key)
     if cached:
         return PolicyDecision(cached["precision"], cached["channels_last"], cached["reason"],
-                              tuple(cached.get("runs", ())), cached=True)
+                              tuple(cached.get("runs", ())), cached=True, crop=str(cached.get("crop", "none")))
     decision = _decide(model, device)
     _write_cache(path, key, decision)
     return decision
 
 
+def _check_case(model: LoadedModel) -> dict[str, Any] | None:
+    """The sample case for the agreement check: by channel name, or (a MONAI bundle, whose channels are
+    named by its metadata) position by position; None when the model takes other inputs."""
+    names = model.manifest.input_names
+    case = load_sample_case()
+    if not set(names) - set(SEQUENCES):
+        return {name: image for name, image in case.items() if name in names}
+    if model.source == "bundle" and len(names) <= len(SEQUENCES) and \
+            all(c.modality == "MR" for c in model.manifest.inputs):
+        return {name: case[sequence] for name, sequence in zip(names, SEQUENCES)}
+    return None
+
+
+def _candidates(model: LoadedModel, device: torch.device) -> list[tuple[str, bool, str]]:
+    """What to measure against the reference (fp32, the model's layout, no engine crop): precisions and
+    layouts where the hardware runs a lower precision natively, and for models that do not crop
+    themselves (MONAI bundles) the engine's crop, alone and with the window fitted to it."""
+    native = device.type == "cuda" or cpu_bf16_native()
+    lower = (("bf16", False), ("bf16", True)) if device.type == "cpu" else (("fp16", False), ("fp16", True),
+                                                                               ("bf16", False))
+    out = [(p, cl, "none") for p, cl in (("fp32", True), *lower)] if native else []
+    if model.source == "bundle":
+        out += [("fp32", False, "crop"), ("fp32", False, "crop+fit")]
+        out += [(p, cl, "crop+fit") for p, cl in lower] if native else []
+    return out
+
+
 def _decide(model: LoadedModel, device: torch.device) -> PolicyDecision:
-    if device.type == "cpu" and not cpu_bf16_native():
+    candidates = _candidates(model, device)
+    if not candidates:
         return PolicyDecision("fp32", False, "this CPU has no native bf16 (it would be emulated): fp32, not measured")
-    if set(model.manifest.input_names) - set(SEQUENCES):
+    images = _check_case(model)
+    if images is None:
         return PolicyDecision("fp32", False, "no check case for this model's inputs: fp32")
-    images = {name: image for name, image in load_sample_case().items() if name in model.manifest.input_names}
-    candidates = (("fp32", True), ("bf16", False), ("bf16", True)) if device.type == "cpu" else \
-        (("fp16", False), ("fp16", True), ("bf16", False))
     report = choose_policy(model, images, device=device.type, candidates=candidates)
-    precision, channels_last = report["chosen"]
+    precision, channels_last, crop = report["chosen"]
     rejected = [r for r in report["runs"] if not r["ok"]]
-    reason = (f"measured on this machine: fastest run agreeing with fp32 on the sample case "
-              f"({len(report['runs'])} runs, {len(rejected)} rejected by the accuracy gate)")
-    return PolicyDecision(precision, channels_last, reason, tuple(report["runs"]))
+    reason = (f"measured on this machine: fastest run agreeing with the model's own fp32 settings on the "
+              f"sample case ({len(report['runs'])} runs, {len(rejected)} rejected by the accuracy gate)")
+    return PolicyDecision(precision, channels_last, reason, tuple(report["runs"]), crop=crop)
 
 
 def build_segmenter(model: LoadedModel, device: str = "auto", precision: str | None = None) -> Segmenter:
@@ -158,4 +185,5 @@ def build_segmenter(model: LoadedModel, device: str = "auto", precision: str | N
     decision = measured_policy(model, resolve_device(device))
     reason = decision.reason + (" (cached)" if decision.cached else "")
     return Segmenter(model, device, precision=decision.precision, channels_last=decision.channels_last,
-                     policy_reason=reason)
+                     policy_reason=reason, crop_foreground=CROP_MODES[decision.crop][0],
+                     fit_roi=CROP_MODES[decision.crop][1])

@@ -17,7 +17,7 @@ import numpy as np
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.metrics.segmentation import dice_per_label
 
-__all__ = ["DICE_MIN", "PROB_TOL", "agreement", "choose_policy"]
+__all__ = ["DICE_MIN", "PROB_TOL", "ENGINE_CROP_FIT_ROI", "CROP_MODES", "agreement", "choose_policy"]
 
 DICE_MIN = 0.99
 PROB_TOL = 0.02
@@ -32,27 +32,52 @@ def agreement(reference, candidate) -> dict[str, float]:
     return {"dice_min": float(min(dice)), "max_probability_difference": diff}
 
 
-def choose_policy(model, images: Mapping[str, Any], device: str = "cpu",
-                  candidates: Sequence[tuple[str, bool]] = (("fp32", True), ("bf16", False), ("bf16", True))
-                  ) -> dict[str, Any]:
-    """Run fp32 and each (precision, channels_last) candidate on ``images``; keep the fastest that agrees.
+Candidate = tuple  # (precision, channels_last) or (precision, channels_last, crop) with crop a CROP_MODES key
+ENGINE_CROP_FIT_ROI = 16  # window multiple with the engine's crop (networks downsampling up to 2**4)
+CROP_MODES: dict[str, tuple[bool, int | None]] = {  # mode -> (crop_foreground, fit_roi)
+    "none": (False, None),           # the model's own window over the whole image
+    "crop": (True, None),            # cut to the non-zero box; the model's window (fewer windows, same numerics)
+    "crop+fit": (True, ENGINE_CROP_FIT_ROI),  # and the window shrunk to the box (less padding; norms may differ)
+}
 
-    Returns ``{"chosen": (precision, channels_last), "runs": [...]}`` with each run's seconds,
-    Dice and probability difference against fp32.
+
+def _settings(candidate: Candidate) -> tuple[str, bool, str]:
+    precision, channels_last, *rest = candidate
+    mode = str(rest[0]) if rest else "none"
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode {mode!r}: choose from {sorted(CROP_MODES)}")
+    return str(precision), bool(channels_last), mode
+
+
+def choose_policy(model, images: Mapping[str, Any], device: str = "cpu",
+                  candidates: Sequence[Candidate] = (("fp32", True), ("bf16", False), ("bf16", True))
+                  ) -> dict[str, Any]:
+    """Run the reference and each candidate on ``images``; keep the fastest that agrees with the reference.
+
+    The reference is the model's own settings in fp32: no layout change and no engine crop (for a MONAI
+    bundle, the bundle's window over the whole image). A candidate is (precision, channels_last) or
+    (precision, channels_last, crop mode) with a :data:`CROP_MODES` key.
+
+    Returns ``{"chosen": (precision, channels_last, crop mode), "runs": [...]}`` with each run's
+    seconds, Dice and probability difference against the reference.
     """
-    def timed(precision: str, channels_last: bool):
-        segmenter = Segmenter(model, device, precision=precision, channels_last=channels_last)
+    def timed(precision: str, channels_last: bool, mode: str):
+        crop, fit = CROP_MODES[mode]
+        segmenter = Segmenter(model, device, precision=precision, channels_last=channels_last,
+                              crop_foreground=crop, fit_roi=fit)
         start = time.perf_counter()
         result = segmenter.run(images)
         return result, time.perf_counter() - start
 
-    reference, seconds = timed("fp32", False)
-    runs = [{"precision": "fp32", "channels_last": False, "seconds": seconds, "dice_min": 1.0,
-             "max_probability_difference": 0.0, "ok": True}]
-    for precision, channels_last in candidates:
-        result, seconds = timed(precision, channels_last)
+    reference, seconds = timed("fp32", False, "none")
+    runs = [{"precision": "fp32", "channels_last": False, "crop": "none", "seconds": seconds,
+             "dice_min": 1.0, "max_probability_difference": 0.0, "ok": True}]
+    for candidate in candidates:
+        precision, channels_last, mode = _settings(candidate)
+        result, seconds = timed(precision, channels_last, mode)
         score = agreement(reference, result)
         ok = score["dice_min"] >= DICE_MIN and score["max_probability_difference"] <= PROB_TOL
-        runs.append({"precision": precision, "channels_last": channels_last, "seconds": seconds, **score, "ok": ok})
+        runs.append({"precision": precision, "channels_last": channels_last, "crop": mode,
+                     "seconds": seconds, **score, "ok": ok})
     best = min((r for r in runs if r["ok"]), key=lambda r: r["seconds"])
-    return {"chosen": (best["precision"], best["channels_last"]), "runs": runs}
+    return {"chosen": (best["precision"], best["channels_last"], best["crop"]), "runs": runs}

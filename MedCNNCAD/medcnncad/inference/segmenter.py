@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ import SimpleITK as sitk
 import torch
 
 from medcnncad.errors import InputError
-from medcnncad.inference.inputs import check_memory, in_manifest_order, on_one_grid, read_inputs
+from medcnncad.inference.inputs import (
+    check_memory,
+    crop_to_foreground,
+    in_manifest_order,
+    on_one_grid,
+    read_inputs,
+)
 from medcnncad.inference.postprocess import (
     apply_label_volume_floors,
     foreground_probability_at,
@@ -65,6 +72,8 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+CROP_MARGIN = 8  # voxels around the non-zero box when the engine crops (``crop_foreground``)
+
 PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": None, "bf16": torch.bfloat16,
                                              "fp16": torch.float16}
 
@@ -80,6 +89,9 @@ class Segmenter:
         probability_dtype: ``float32``/``float16`` (how probabilities are held), overriding the
             manifest's ``postprocessing.probability_dtype``.
         policy_reason: why this precision and layout (reported); default: "as asked" or the manifest's.
+        crop_foreground: cut the inputs to their non-zero box (+ :data:`CROP_MARGIN` voxels) before the
+            model's preprocessing: the engine's crop for models that do not crop themselves (MONAI bundles).
+        fit_roi: shrink the sliding window to the image, rounded up to this multiple (overrides the manifest).
 
     Raises:
         InputError: an unknown device, precision or probability dtype.
@@ -87,9 +99,12 @@ class Segmenter:
 
     def __init__(self, model: LoadedModel, device: str = "auto", precision: str | None = None,
                  channels_last: bool | None = None, probability_dtype: str | None = None,
-                 policy_reason: str | None = None) -> None:
+                 policy_reason: str | None = None, crop_foreground: bool = False, fit_roi: int | None = None) -> None:
         self.model = model
         self.manifest = model.manifest
+        self.crop_foreground = crop_foreground
+        if fit_roi is not None:  # the execution policy's window, fitted to the (cropped) image
+            self.manifest = replace(self.manifest, inference=replace(self.manifest.inference, fit_roi=int(fit_roi)))
         self.device = resolve_device(device)
         self.precision = precision or self.manifest.inference.precision
         if self.precision not in PRECISIONS:
@@ -121,7 +136,8 @@ class Segmenter:
                               f"mirroring and precision), which returns probabilities to the engine"}
         runner = "engine"
         return {"precision": self.precision, "autocast": str(dtype).replace("torch.", "") if dtype else "none",
-                "channels_last": self.channels_last, "device": str(self.device), "reason": self.policy_reason,
+                "channels_last": self.channels_last, "crop_foreground": self.crop_foreground,
+                "fit_roi": self.manifest.inference.fit_roi, "device": str(self.device), "reason": self.policy_reason,
                 "runner": runner}
 
     def policy(self) -> ExecutionPolicy:
@@ -196,7 +212,8 @@ class Segmenter:
             warnings.append(f"optional channel(s) {missing} absent: filled with zeros")
         t0 = time.perf_counter()
         progress("preprocess", 0.0)
-        pre = self.model.preprocess(to_metatensor(images))
+        pre = self.model.preprocess(to_metatensor(crop_to_foreground(images, CROP_MARGIN) if self.crop_foreground
+                                                  else images))
         affine = torch.as_tensor(pre.affine, dtype=torch.float64).clone()
         check_memory(self.manifest, self.probability_dtype, pre, images[0])
         timings["preprocess"] = time.perf_counter() - t0
