@@ -8,6 +8,7 @@ The models are built here by nnunetv2's own planner, preprocessor and trainer
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +31,9 @@ HERE = Path(__file__).parent
 
 def _build(tmp_path_factory, *flags: str) -> Path:
     out = tmp_path_factory.mktemp("nnunet")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")  # nnU-Net prints non-ASCII progress bars
     done = subprocess.run([sys.executable, str(HERE / "make_nnunet_model.py"), str(out), *flags],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return Path(done.stdout.strip().splitlines()[-1])
 

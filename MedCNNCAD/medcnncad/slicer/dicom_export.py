@@ -120,12 +120,12 @@ def export_to_database(result: SegmentationResult, sources: list[str], model: st
         save_result(result, Path(tmp) / "result")
         listing = Path(tmp) / "sources.txt"
         listing.write_text("\n".join(sources), encoding="utf-8")
-        env = dict(os.environ)
+        env = dict(os.environ, PYTHONIOENCODING="utf-8")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(export_packages_dir()), str(ENGINE_DIR),
                                                            env.get("PYTHONPATH", "")]))
         done = run([python or sys.executable, "-m", "medcnncad.slicer.dicom_export", "--result",
                     str(Path(tmp) / "result"), "--model", model, "--sources", str(listing), "--out", str(out)],
-                   env=env, capture_output=True, text=True, timeout=600)
+                   env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout or "").strip().splitlines()
         raise MedCNNCADError(f"DICOM export failed: {lines[-1] if lines else f'exit code {done.returncode}'}")
