@@ -1,6 +1,9 @@
 """The real patients of a realdata folder (``../shared/realdata``; its README describes them): inputs, references
 and how each reference's label values map onto BraTS values. Never copied into the repository.
 
+Used by the real-patient evaluation (:mod:`medcnncad.evaluation.real`) and by the training data's tumor
+transplant (:mod:`medcnncad.data.transplant`); it lives in ``data`` so that both layers can read it.
+
 Each case gets its input sequences under the engine's channel names ("T1", "T1c", "T2",
 "FLAIR"), its reference label file (or ``None``), how the reference's label values map onto
 the BraTS values {0, 1 NCR, 2 ED, 4 ET}, and whether it is BraTS-preprocessed
@@ -30,8 +33,8 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
 
-__all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "discover_real_cases", "map_labels", "load_reference",
-           "read_dicom_seg_on_grid"]
+__all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
+           "load_reference", "read_dicom_seg_on_grid"]
 
 CHANNELS: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
 """Channel names the engine's BraTS models use."""
@@ -176,6 +179,20 @@ def _describe(folder: Path) -> RealCase | None:
                         _first(folder, "*-seg.nii*"), BRATS2021_MAP if _first(folder, "*-seg.nii*") else {},
                         notes="unlabelled" if _first(folder, "*-seg.nii*") is None else "")
     return None
+
+
+def describe_case(folder: str | Path) -> RealCase:
+    """The :class:`RealCase` of one case folder (its layout tells the source and label convention).
+
+    Raises:
+        InputError: when ``folder`` is not a folder or not a known case layout (see the realdata README).
+    """
+    path = Path(folder)
+    case = _describe(path) if path.is_dir() else None
+    if case is None or not case.inputs:
+        raise InputError(f"{path}: not a real case folder of a known layout (BRATS 2013, BraTS 2017/2021/2023, "
+                         "TCGA BraTS Toolkit, ReMIND; see the realdata README)")
+    return case
 
 
 def discover_real_cases(root: str | Path) -> list[RealCase]:
