@@ -105,3 +105,47 @@ def test_real_donor_from_the_shared_folder():
     assert np.median(donor.signal["FLAIR"][donor.label == 2]) > 1.3
     with pytest.raises(InputError, match="sub-regions"):
         load_donor(str(REALDATA / "ReMIND-022"))
+
+
+def test_training_switch_deals_transplants_evenly_and_is_off_by_default(donor_dirs):
+    from medcnncad.cli import main
+    from medcnncad.cli.train import train_config
+    from medcnncad.training.data import phantom_cases, with_transplants
+    from medcnncad.training.segmentation import TrainConfig
+
+    assert TrainConfig().transplant_share == 0.0 and TrainConfig().transplant_from == ()
+    cases = phantom_cases(list(range(10)), "realistic,robust")
+    assert with_transplants(cases, (), 0.0) is cases
+    mixed = with_transplants(cases, [str(donor_dirs["brats2021"])], 0.3)
+    assert [c["kind"] for c in mixed].count("transplant") == 3
+    assert [c["preset"] for c in mixed] == [c["preset"] for c in cases]  # the preset mix is kept
+    with pytest.raises(InputError, match="--transplant-from"):
+        with_transplants(cases, (), 0.5)
+    with pytest.raises(InputError, match="known layout"):
+        with_transplants(cases, [str(donor_dirs["brats2021"].parent)], 0.5)
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    from medcnncad.cli.train import add_parsers
+
+    add_parsers(sub)
+    args = parser.parse_args(["train", "segmentation", "--template", "t.json", "--out", "o",
+                              "--transplant-from", "a", "b", "--transplant-share", "0.25"])
+    cfg = train_config(args)
+    assert cfg.transplant_from == ("a", "b") and cfg.transplant_share == 0.25
+    assert main(["phantom", "--out", "x", "--transplant-from", str(donor_dirs["brats2021"].parent / "nope")]) == 2
+
+
+@pytest.mark.slow  # a whole-head realistic case: ~20 s
+def test_training_loads_a_transplant_case(donor_dirs):
+    from helpers import TEMPLATE
+
+    from medcnncad.models.manifest import load_manifest
+    from medcnncad.training.data import _load_case
+
+    manifest = load_manifest(TEMPLATE)
+    case = {"id": "t", "kind": "transplant", "seed": 3, "preset": "realistic", "donors": [str(donor_dirs["brats2021"])]}
+    images, label, info = _load_case(case, manifest)
+    assert info["donor"] == "BraTS2021_99999" and sorted(images) == sorted(c.name for c in manifest.inputs)
+    assert 4 in set(np.unique(sitk.GetArrayFromImage(label)))
