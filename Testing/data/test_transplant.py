@@ -100,11 +100,13 @@ def test_bad_donors_are_one_clear_error(tmp_path):
 @pytest.mark.skipif(not (REALDATA / "BraTS2021_00006").is_dir(), reason="needs ../shared/realdata")
 def test_real_donor_from_the_shared_folder():
     donor = load_donor(str(REALDATA / "BraTS2021_00006"))
-    assert set(np.unique(donor.label)) == {0, 1, 2, 4} and donor.tumor_ml > 50
+    assert set(np.unique(donor.label)) == {0, 1, 2, 4} and donor.tumor_ml > 50 and donor.grade == "HGG"
     assert np.median(donor.signal["T1c"][donor.label == 4]) > 1.3  # enhancement, relative to NAWM
     assert np.median(donor.signal["FLAIR"][donor.label == 2]) > 1.3
     with pytest.raises(InputError, match="sub-regions"):
         load_donor(str(REALDATA / "ReMIND-022"))
+    if (REALDATA / "TCGA-DU-7294").is_dir():  # the source says lower grade (and the fusion has no enhancing label)
+        assert load_donor(str(REALDATA / "TCGA-DU-7294")).grade == "LGG"
 
 
 def test_training_switch_deals_transplants_evenly_and_is_off_by_default(donor_dirs):

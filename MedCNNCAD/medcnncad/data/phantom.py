@@ -530,7 +530,8 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
 
     Returns:
         A :class:`PhantomCase` (images float32, label uint8 BraTS 0/1/2/4, one grid, LPS, mm)
-        whose ``info`` has the tumor ``kind``, ``grade`` (HGG, LGG, MET or none) and volumes.
+        whose ``info`` has the tumor ``kind``, ``grade`` (HGG, LGG, MET, none, or a transplant's donor grade)
+        and volumes.
     """
     rng = np.random.default_rng(seed)
     name = config.anatomies[int(rng.integers(len(config.anatomies)))]
@@ -569,7 +570,8 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
         array, scanner[sequence] = _realistic_sequence(rng, config, sequence, fractions, tumor, skull, slices)
         images[sequence] = place(array * mask, False)
     kind = str(tumor.info.get("kind", "glioblastoma"))
-    info = {**tumor.info, "grade": _GRADE_OF_KIND.get(kind, "HGG"), "anatomy": name, "skull": bool(skull),
+    grade = tumor.info.get("grade", _GRADE_OF_KIND.get(kind, "HGG"))  # a transplant's is its donor's
+    info = {**tumor.info, "grade": grade, "anatomy": name, "skull": bool(skull),
             "spacing_mm": [float(v) for v in spacing], "scanner": scanner}
     return PhantomCase(seed=seed, images=images, label=place(labels_from_compartments(tumor.compartments), True),
                        info=info)

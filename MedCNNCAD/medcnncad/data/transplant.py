@@ -86,12 +86,15 @@ class TumorDonor:
         label: uint8 BraTS labels (0/1/2/4) in the tumor's box plus a margin.
         signal: sequence -> float32 signal relative to normal-appearing white matter, same box.
         source: the donor's collection ("BraTS2021", "BRATS2013", ...).
+        grade: "HGG" / "LGG" where the source says so, else "HGG" when the tumor enhances and "LGG"
+            when it does not (a heuristic: some lower-grade gliomas enhance).
     """
 
     case_id: str
     label: np.ndarray
     signal: dict[str, np.ndarray]
     source: str
+    grade: str = "HGG"
 
     @property
     def tumor_ml(self) -> float:
@@ -160,7 +163,8 @@ def load_donor(folder: str | Path, margin_mm: int = 6) -> TumorDonor:
     box = ndimage.find_objects(tumor.astype(np.uint8))[0]
     box = tuple(slice(max(0, s.start - margin_mm), min(n, s.stop + margin_mm)) for s, n in zip(box, tumor.shape))
     signal = {name: _relative_to_nawm(a, brain, nawm, case.zscored)[box] for name, a in arrays.items()}
-    return TumorDonor(case.case_id, label[box].astype(np.uint8), signal, case.source)
+    grade = case.grade or ("HGG" if (label == 4).any() else "LGG")
+    return TumorDonor(case.case_id, label[box].astype(np.uint8), signal, case.source, grade)
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
@@ -246,7 +250,7 @@ def _paste(rng: np.random.Generator, donors: Sequence[TumorDonor], config: Trans
         full = np.ones(shape, np.float32)
         full[place.box] = local
         signals[name] = full
-    info = {"kind": "transplant", "donor": donor.case_id, "donor_source": donor.source,
+    info = {"kind": "transplant", "grade": donor.grade, "donor": donor.case_id, "donor_source": donor.source,
             "donor_tumor_ml": donor.tumor_ml, "scales": [float(s) for s in place.scales],
             "mass_effect_mm": float(amplitude), "center_kji": [float(v) for v in place.center],
             "volumes_ml": {n: float((label == v).sum()) / 1000.0 for n, v in (("core", 1), ("edema", 2),
