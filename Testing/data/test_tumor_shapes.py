@@ -157,6 +157,7 @@ PRESET_HASHES_SEED_7 = {
 }
 
 
+@pytest.mark.slow  # ~4 s per preset
 @pytest.mark.parametrize("name", sorted(PRESET_HASHES_SEED_7))
 def test_existing_presets_are_unchanged(name):
     assert PRESETS[name].realistic is None
