@@ -44,6 +44,7 @@ def test_same_seed_same_realistic_case_and_labels_are_brats():
     for name in images:
         np.testing.assert_array_equal(images[name], images2[name])
     assert set(np.unique(label)) <= {0, 1, 2, 4} and (label > 0).any()
+    assert (images["T1"][label > 0] > 0).all()  # every labelled voxel is inside the brain
     assert first.info["kind"] in ("glioblastoma", "lower-grade", "metastases")
     assert first.info != other.info
 

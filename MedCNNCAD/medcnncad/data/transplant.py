@@ -37,7 +37,16 @@ from sklearn.mixture import GaussianMixture
 from medcnncad.data.phantom import PhantomCase, PhantomConfig, TumorSource, make_realistic_phantom
 from medcnncad.data.phantom import preset as get_preset
 from medcnncad.data.real_cases import describe_case, load_reference
-from medcnncad.data.tumor_shapes import EDEMA, ENHANCING, NECROSIS, NON_ENHANCING, TissueMaps, TumorDraw, mass_effect
+from medcnncad.data.tumor_shapes import (
+    EDEMA,
+    ENHANCING,
+    NECROSIS,
+    NON_ENHANCING,
+    TissueMaps,
+    TumorDraw,
+    inside_brain,
+    mass_effect,
+)
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
 
@@ -240,6 +249,7 @@ def _paste(rng: np.random.Generator, donors: Sequence[TumorDonor], config: Trans
     compartments = np.zeros(shape, np.uint8)
     core_code = NECROSIS if (donor.label == 4).any() else NON_ENHANCING
     compartments[place.box] = np.select([label == 1, label == 2, label == 4], [core_code, EDEMA, ENHANCING], 0)
+    compartments[~inside_brain(moved)] = 0  # a tumor near the surface is cut where the template's brain ends
     weight = np.zeros(shape, np.float32)
     weight[place.box] = _blend_weight(label > 0, config.blend_mm)
     signals = {}
@@ -253,8 +263,8 @@ def _paste(rng: np.random.Generator, donors: Sequence[TumorDonor], config: Trans
     info = {"kind": "transplant", "grade": donor.grade, "donor": donor.case_id, "donor_source": donor.source,
             "donor_tumor_ml": donor.tumor_ml, "scales": [float(s) for s in place.scales],
             "mass_effect_mm": float(amplitude), "center_kji": [float(v) for v in place.center],
-            "volumes_ml": {n: float((label == v).sum()) / 1000.0 for n, v in (("core", 1), ("edema", 2),
-                                                                              ("enhancing", 4))}}
+            "volumes_ml": {n: float((compartments == c).sum()) / 1000.0 for n, c in
+                           (("core", core_code), ("edema", EDEMA), ("enhancing", ENHANCING))}}
     return TumorDraw(compartments, np.ones(shape, np.float32), moved, donor_signal=signals, donor_weight=weight,
                      info=info)
 

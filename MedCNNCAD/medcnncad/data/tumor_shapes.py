@@ -37,7 +37,7 @@ from medcnncad.errors import InputError
 
 __all__ = ["TUMOR_KINDS", "NECROSIS", "ENHANCING", "EDEMA", "NON_ENHANCING", "RealisticTumorConfig",
            "TissueMaps", "TumorDraw", "fractal_noise", "irregular_blob", "split_rim", "geodesic_edema",
-           "radial_displacement", "warp", "mass_effect", "draw_tumor", "labels_from_compartments"]
+           "radial_displacement", "warp", "mass_effect", "draw_tumor", "labels_from_compartments", "inside_brain"]
 
 TUMOR_KINDS: tuple[str, ...] = ("glioblastoma", "lower-grade", "metastases")
 NECROSIS, ENHANCING, EDEMA, NON_ENHANCING = 3, 4, 5, 6
@@ -148,6 +148,11 @@ class TumorDraw:
     donor_signal: dict[str, np.ndarray] = field(default_factory=dict)
     donor_weight: np.ndarray | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+
+def inside_brain(tissue: TissueMaps) -> np.ndarray:
+    """Boolean brain mask of an anatomy: tissue probabilities summing to more than 0.1 (the phantom's brain)."""
+    return (tissue.csf + tissue.gm + tissue.wm) > 0.1
 
 
 def labels_from_compartments(compartments: np.ndarray) -> np.ndarray:
@@ -539,6 +544,7 @@ def draw_tumor(rng: np.random.Generator, tissue: TissueMaps, config: RealisticTu
         compartments, moved, gains, info = _metastases(rng, tissue, config)
     else:
         compartments, moved, gains, info = _glioma(rng, tissue, config, kind)
+    compartments[~inside_brain(moved)] = 0  # lobes, satellites or oedema reaching past the brain's surface
     found = ndimage.find_objects((compartments > 0).astype(np.uint8))
     box = found[0] if found else tuple(slice(0, 1) for _ in compartments.shape)
     texture = _texture(rng, compartments, box, config)
