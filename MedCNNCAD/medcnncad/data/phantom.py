@@ -16,6 +16,11 @@ a second real anatomy (Colin27, with its skull, from Debian's ``mricron-data``),
 heads, and thick slices (2-7 mm) along any axis. Every feature is off in the classic
 configuration, which therefore draws exactly the random numbers it always did.
 
+The ``"realistic"`` preset (``PhantomConfig.realistic`` set) replaces the ellipsoid tumor and the
+simple noise model by patient-like tumors (:mod:`medcnncad.data.tumor_shapes`) and a scanner model
+(:mod:`medcnncad.data.scanner`): :func:`make_realistic_phantom`, which also renders real tumors
+transplanted into the templates (:mod:`medcnncad.data.transplant`).
+
 Labels follow the BraTS convention: 0 background, 1 necrotic / non-enhancing core,
 2 peritumoral oedema, 4 enhancing tumor. Regions: WT = {1, 2, 4}, TC = {1, 4},
 ET = {4}.
@@ -436,7 +441,8 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
 
     Args:
         seed: random seed (any non-negative integer).
-        config: sampling ranges and features; defaults to the classic :class:`PhantomConfig`.
+        config: sampling ranges and features; defaults to the classic :class:`PhantomConfig`. With
+            ``config.realistic`` set, the case comes from :func:`make_realistic_phantom`.
 
     Returns:
         A :class:`PhantomCase` whose images (float32) and label (uint8, BraTS values
