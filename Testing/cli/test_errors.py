@@ -41,6 +41,9 @@ MORE = [
     (["train", "segmentation", "--template", "{tmp}/missing.json", "--out", "{tmp}/t"], "missing.json"),
     (["train", "classification", "--template", TEMPLATE, "--out", "{tmp}/t", "--lr", "-1"], "-1"),
     (["evaluate-phantoms", "--preset", "nonsense", "--n", "1"], "nonsense"),
+    (["phantom", "--out", "{tmp}/p", "--transplant-from", "{tmp}/missing"], "missing"),
+    (["train", "segmentation", "--template", TEMPLATE, "--out", "{tmp}/t", "--transplant-share", "0.5"],
+     "--transplant-from"),
     (["nonsense-command"], "nonsense-command"),
 ]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from medcnncad.cli.options import DEMO_SEED, add
 from medcnncad.data.phantom import make_phantom, preset, write_phantom, write_sample_case
+from medcnncad.data.transplant import transplant_phantom
 from medcnncad.models.manifest import load_manifest, sha256_file
 from medcnncad.models.registry import find_model
 
@@ -15,7 +16,10 @@ __all__ = ["add_parsers"]
 
 
 def run_phantom(args: argparse.Namespace) -> int:
-    paths = write_phantom(make_phantom(args.seed, preset(args.preset)), args.out)
+    config = preset(args.preset)
+    case = transplant_phantom(args.seed, args.transplant_from, config) if args.transplant_from else \
+        make_phantom(args.seed, config)
+    paths = write_phantom(case, args.out)
     for name, path in paths.items():
         print(f"{name}\t{path}")
     return 0
@@ -35,7 +39,7 @@ def run_sample_data(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``phantom`` and ``sample-data``."""
     p = sub.add_parser("phantom", help="write one synthetic BraTS-like case with its label map")
-    add(p, "out", "seed", "preset")
+    add(p, "out", "seed", "preset", "transplant-from")
     p.set_defaults(func=run_phantom)
 
     p = sub.add_parser("sample-data", help="write the compact sample case registered with Slicer's Sample Data")

@@ -75,7 +75,11 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "seed-base": (("--seed-base",), {"type": int, "default": DEMO_SEED, "help": "first phantom seed"}),
     "n": (("--n",), {"type": positive_int, "default": 20, "help": "number of phantom cases"}),
     "preset": (("--preset",), {"default": "classic",
-                               "help": "phantom preset: classic, graded, robust, heldout, clinical-like, ..."}),
+                               "help": "phantom preset: classic, graded, robust, heldout, clinical-like, realistic "
+                                       "(patient-like tumors and scanner), ..."}),
+    "transplant-from": (("--transplant-from",), {"nargs": "+", "default": [], "metavar": "CASE_DIR",
+                                                 "help": "real labelled case folders (realdata layouts, 1 mm) whose "
+                                                         "tumors are transplanted into healthy anatomy"}),
     "channels": (("--channels",), {"help": "comma-separated sequences given to the model (e.g. T1c); others absent"}),
     "tumor-free": (("--tumor-free",), {"type": probability, "help": "share of tumor-free cases, replacing the preset's "
                                                               "(1: normal heads only, to count false positives)"}),

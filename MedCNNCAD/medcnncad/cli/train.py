@@ -35,6 +35,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     values = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
     values["patch"] = tuple(values["patch"])
     values["phantom_preset"] = args.phantoms
+    values["transplant_from"] = tuple(values.get("transplant_from") or ())
     return TrainConfig(**values)
 
 
@@ -93,8 +94,13 @@ def _add_train_segmentation(tsub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", help="CSV of cases or folder of case folders (default: phantoms generated on the fly)")
     t.add_argument("--val-fraction", type=fraction, default=0.15, help="validation share of --data cases")
     t.add_argument("--phantoms", default="classic",
-                   help="phantom preset (classic, graded, robust, robust-head, ...) or several, "
+                   help="phantom preset (classic, graded, robust, robust-head, realistic, ...) or several, "
                         "comma-separated, dealt in turn")
+    add(t, "transplant-from", **{"transplant-from": {"help": "real labelled case folders (training patients only: "
+                                                            "leave-patient-out) whose tumors --transplant-share of "
+                                                            "the training phantoms carry instead of a synthetic one"}})
+    t.add_argument("--transplant-share", type=probability, default=0.0,
+                   help="share of training phantoms with a real tumor from --transplant-from (default 0: none)")
     t.add_argument("--augmentation", default="light", choices=["light", "robust"])
     t.add_argument("--channel-drop", type=probability, default=0.0,
                    help="probability of zeroing random input sequences (missing-sequence robustness)")

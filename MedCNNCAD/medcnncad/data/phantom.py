@@ -16,6 +16,11 @@ a second real anatomy (Colin27, with its skull, from Debian's ``mricron-data``),
 heads, and thick slices (2-7 mm) along any axis. Every feature is off in the classic
 configuration, which therefore draws exactly the random numbers it always did.
 
+The ``"realistic"`` preset (``PhantomConfig.realistic`` set) replaces the ellipsoid tumor and the
+simple noise model by patient-like tumors (:mod:`medcnncad.data.tumor_shapes`) and a scanner model
+(:mod:`medcnncad.data.scanner`): :func:`make_realistic_phantom`, which also renders real tumors
+transplanted into the templates (:mod:`medcnncad.data.transplant`).
+
 Labels follow the BraTS convention: 0 background, 1 necrotic / non-enhancing core,
 2 peritumoral oedema, 4 enhancing tumor. Regions: WT = {1, 2, 4}, TC = {1, 4},
 ET = {4}.
@@ -26,6 +31,7 @@ Arrays are in SimpleITK / Slicer order (K, J, I) = (z, y, x); physical units are
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -36,12 +42,22 @@ import SimpleITK as sitk
 from scipy import ndimage
 from sklearn.mixture import GaussianMixture
 
+from medcnncad.data.scanner import ScannerConfig, scan
+from medcnncad.data.tumor_shapes import (
+    NECROSIS,
+    NON_ENHANCING,
+    RealisticTumorConfig,
+    TissueMaps,
+    TumorDraw,
+    draw_tumor,
+    labels_from_compartments,
+)
 from medcnncad.errors import InputError
 from medcnncad.io.images import write_image
 from medcnncad.io.segfile import write_seg_nrrd
 
 __all__ = ["cropped_phantom", "SEQUENCES", "ANATOMIES", "PRESETS", "PhantomConfig", "PhantomCase", "make_phantom",
-           "write_phantom", "write_sample_case", "preset"]
+           "make_realistic_phantom", "TumorSource", "write_phantom", "write_sample_case", "preset"]
 
 SEQUENCES: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
 
@@ -90,6 +106,10 @@ class PhantomConfig:
     crop_margin_mm: float | None = None  # only the tumor's box plus this margin (fast patches for classifiers)
     grade_core_radius_mm: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {"HGG": (6.0, 22.0), "LGG": (5.0, 20.0)})
+    # realistic tumors (medcnncad.data.tumor_shapes) and scanner (medcnncad.data.scanner) instead of the
+    # classic ellipsoid: see make_realistic_phantom; None keeps every other preset as it always was
+    realistic: RealisticTumorConfig | None = None
+    scanner: ScannerConfig = field(default_factory=ScannerConfig)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.anatomies) - set(ANATOMIES))
@@ -104,7 +124,8 @@ class PhantomCase:
     """One generated case: co-registered sequences and the label map on one grid.
 
     ``info`` records what was drawn: tumor sizes (mm), ``grade`` ("HGG", "LGG" or
-    "none" for a tumor-free case), ``anatomy``, ``skull`` and the output grid.
+    "none" for a tumor-free case; "MET" for realistic metastases), ``anatomy``, ``skull`` and
+    the output grid.
     """
 
     seed: int
@@ -420,13 +441,16 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
 
     Args:
         seed: random seed (any non-negative integer).
-        config: sampling ranges and features; defaults to the classic :class:`PhantomConfig`.
+        config: sampling ranges and features; defaults to the classic :class:`PhantomConfig`. With
+            ``config.realistic`` set, the case comes from :func:`make_realistic_phantom`.
 
     Returns:
         A :class:`PhantomCase` whose images (float32) and label (uint8, BraTS values
         0/1/2/4) share one anisotropic grid in LPS physical space.
     """
     config = config or PhantomConfig()
+    if config.realistic is not None:
+        return make_realistic_phantom(seed, config)
     rng = np.random.default_rng(seed)
     name = config.anatomies[int(rng.integers(len(config.anatomies)))] if len(config.anatomies) > 1 \
         else config.anatomies[0]
@@ -488,6 +512,128 @@ def _crop_around_tumor(anatomy: _Anatomy, brain: np.ndarray, tumor: _Tumor,
     return cropped, brain[box], tumor
 
 
+TumorSource = Callable[[np.random.Generator, TissueMaps], TumorDraw]
+"""Draws a tumor into healthy anatomy (1 mm KJI grid): :func:`medcnncad.data.tumor_shapes.draw_tumor` or a
+transplanted real tumor (:func:`medcnncad.data.transplant.transplant_source`)."""
+
+_GRADE_OF_KIND = {"glioblastoma": "HGG", "lower-grade": "LGG", "metastases": "MET", "none": "none"}
+
+
+def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource | None = None) -> PhantomCase:
+    """One case with a realistic tumor (or ``draw``'s) and scanner-like appearance; deterministic for a seed.
+
+    Anatomy, skull, tumor-free share, output grid, tilt and crop follow ``config`` as in
+    :func:`make_phantom`; the tumor comes from ``draw`` (default: :func:`draw_tumor` with
+    ``config.realistic``), its compartments are rendered with the classic tissue contrasts times
+    their texture (or, where ``draw`` gives them, a transplanted tumor's own signals), and every
+    sequence goes through :func:`medcnncad.data.scanner.scan` (contrast, bias, blur, slices,
+    Rician noise).
+
+    Args:
+        seed: random seed.
+        config: a configuration with ``realistic`` set (``None`` uses the default ranges).
+        draw: tumor source; ``None`` draws a synthetic one.
+
+    Returns:
+        A :class:`PhantomCase` (images float32, label uint8 BraTS 0/1/2/4, one grid, LPS, mm)
+        whose ``info`` has the tumor ``kind``, ``grade`` (HGG, LGG, MET, none, or a transplant's donor grade)
+        and volumes.
+    """
+    rng = np.random.default_rng(seed)
+    name = config.anatomies[int(rng.integers(len(config.anatomies)))]
+    anatomy = _anatomy(name)
+    skull = anatomy.head is not None and config.skull_fraction > 0 and rng.random() < config.skull_fraction
+    tissue = TissueMaps(anatomy.csf, anatomy.gm, anatomy.wm, anatomy.t1, anatomy.head)
+    free = config.tumor_free_fraction > 0 and rng.random() < config.tumor_free_fraction
+    if free:
+        tumor = TumorDraw(np.zeros(tissue.wm.shape, np.uint8), np.ones(tissue.wm.shape, np.float32), tissue,
+                          info={"kind": "none"})
+    elif draw is not None:
+        tumor = draw(rng, tissue)
+    else:
+        tumor = draw_tumor(rng, tissue, config.realistic or RealisticTumorConfig())
+    reference = anatomy.reference
+    if config.crop_margin_mm is not None and not free:
+        tumor, reference = _crop_draw(tumor, reference, config.crop_margin_mm)
+    moved = tumor.tissue
+    brain = ((moved.csf + moved.gm + moved.wm) > 0.1).astype(np.float32)
+    mask = np.maximum(brain, (moved.head > 0.02).astype(np.float32)) if skull and moved.head is not None else brain
+    fractions = _compartment_fractions(tumor)
+    spacing, slices = _output_geometry(rng, config)
+    rotation = _rotation(rng, config.tilt_deg) if config.tilt_deg > 0 else None
+    grid = None if rotation is None else _tilted_grid(reference, spacing, rotation)
+
+    def place(array: np.ndarray, is_label: bool) -> sitk.Image:
+        image = sitk.GetImageFromArray(array)
+        image.CopyInformation(reference)
+        if grid is None:
+            return _resample(image, spacing, label=is_label)
+        interp = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
+        return sitk.Resample(image, grid, sitk.Transform(), interp, 0, image.GetPixelID())
+
+    images, scanner = {}, {}
+    for sequence in SEQUENCES:
+        array, scanner[sequence] = _realistic_sequence(rng, config, sequence, fractions, tumor, skull, slices)
+        images[sequence] = place(array * mask, False)
+    kind = str(tumor.info.get("kind", "glioblastoma"))
+    grade = tumor.info.get("grade", _GRADE_OF_KIND.get(kind, "HGG"))  # a transplant's is its donor's
+    info = {**tumor.info, "grade": grade, "anatomy": name, "skull": bool(skull),
+            "spacing_mm": [float(v) for v in spacing], "scanner": scanner}
+    return PhantomCase(seed=seed, images=images, label=place(labels_from_compartments(tumor.compartments), True),
+                       info=info)
+
+
+def _compartment_fractions(tumor: TumorDraw) -> list[np.ndarray]:
+    """Tissue fractions in :data:`_TISSUE_SIGNAL` row order: CSF, GM, WM (displaced, outside the tumor),
+    then necrosis, enhancing, oedema, non-enhancing with a 0.6 mm partial-volume blur at their borders."""
+    parts = [np.zeros(tumor.compartments.shape, np.float32) for _ in range(NECROSIS, NON_ENHANCING + 1)]
+    found = ndimage.find_objects((tumor.compartments > 0).astype(np.uint8))
+    if found:
+        box = tuple(slice(max(0, s.start - 3), s.stop + 3) for s in found[0])
+        local = tumor.compartments[box]
+        for code, part in zip(range(NECROSIS, NON_ENHANCING + 1), parts):
+            part[box] = ndimage.gaussian_filter((local == code).astype(np.float32), 0.6)
+    normal = np.clip(1.0 - cast(np.ndarray, sum(parts)), 0, 1)
+    tissue = tumor.tissue
+    return [tissue.csf * normal, tissue.gm * normal, tissue.wm * normal, *parts]
+
+
+def _realistic_sequence(rng: np.random.Generator, config: PhantomConfig, name: str, fractions: list[np.ndarray],
+                        tumor: TumorDraw, skull: bool, slices: _Slices) -> tuple[np.ndarray, dict[str, float]]:
+    """One sequence on the 1 mm grid: tissue mixture with tumor texture (or donor signal), then the scanner."""
+    signal = np.asarray(_TISSUE_SIGNAL[name]) * (1 + config.contrast_jitter * rng.standard_normal(7))
+    for (sequence, code), gain in tumor.gains.items():
+        if sequence == name:
+            signal[code] *= gain
+    normal = cast(np.ndarray, sum(f * np.float32(v) for f, v in zip(fractions[:3], signal[:3])))
+    tumor_signal = cast(np.ndarray, sum(f * np.float32(v) for f, v in zip(fractions[3:], signal[3:])))
+    if name == "T1":  # half of the normal signal is the template's own T1 texture, as in the classic phantoms
+        normal = 0.5 * normal + 0.5 * tumor.tissue.t1 * cast(np.ndarray, sum(fractions[:3]))
+    image = (normal + tumor_signal * tumor.texture).astype(np.float32)
+    if name in tumor.donor_signal and tumor.donor_weight is not None:
+        w = tumor.donor_weight
+        image = (1 - w) * image + w * tumor.donor_signal[name] * np.float32(signal[2])
+    if skull and tumor.tissue.head is not None:
+        head_signal = _HEAD_SIGNAL[name] * (1 + config.contrast_jitter * rng.standard_normal())
+        image += tumor.tissue.head * np.float32(head_signal)
+    thickness = slices.thickness_mm if slices.thickness_mm is not None else rng.uniform(*config.slice_thickness_mm)
+    image, drawn = scan(rng, image, float(signal[2]), config.scanner, slices.axis, thickness)
+    return (image * rng.uniform(300, 1500)).astype(np.float32), drawn
+
+
+def _crop_draw(tumor: TumorDraw, reference: sitk.Image, margin_mm: float) -> tuple[TumorDraw, sitk.Image]:
+    """A drawn tumor and its grid restricted to the tumor's bounding box plus ``margin_mm`` (1 mm grid)."""
+    found = ndimage.find_objects((tumor.compartments > 0).astype(np.uint8))[0]
+    m = int(np.ceil(margin_mm))
+    box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, n in zip(found, tumor.compartments.shape))
+    k, j, i = box
+    tissue = TissueMaps(**{key: array[box] for key, array in tumor.tissue.arrays().items()})
+    cropped = TumorDraw(tumor.compartments[box], tumor.texture[box], tissue, tumor.gains,
+                        {key: array[box] for key, array in tumor.donor_signal.items()},
+                        None if tumor.donor_weight is None else tumor.donor_weight[box], tumor.info)
+    return cropped, reference[i.start:i.stop, j.start:j.stop, k.start:k.stop]
+
+
 PRESETS: dict[str, PhantomConfig] = {
     # the set the first demo model was trained and evaluated on
     "classic": PhantomConfig(),
@@ -527,6 +673,13 @@ PRESETS["robust-lgg"] = replace(PRESETS["robust"], hgg_fraction=0.15)
 # sequence): a fixed intensity rule no longer tells tumor core from oedema, so training has to use
 # the case's own context; trained together with "robust-head" ("robust-jitter,robust-head")
 PRESETS["robust-jitter"] = replace(PRESETS["robust"], contrast_jitter=0.25)
+# patient-like tumors (medcnncad.data.tumor_shapes: irregular, heterogeneous glioblastomas, lower-grade
+# gliomas and metastases, oedema along white matter, mass effect) and scanner (medcnncad.data.scanner:
+# gamma, bias, blur, Rician noise) on the "robust" geometry: two anatomies, skull on/off, tilted heads,
+# 1-7 mm slices along any axis, 10 % tumor-free. The classic bias_strength and noise_fraction are unused
+# (the scanner model replaces them); contrast_jitter still jitters each tissue's signal.
+PRESETS["realistic"] = replace(PRESETS["robust"], hgg_fraction=None, realistic=RealisticTumorConfig(),
+                               scanner=ScannerConfig())
 
 
 def preset(name: str) -> PhantomConfig:

@@ -1,7 +1,8 @@
 """Training data: synthetic phantoms generated on the fly, or cases listed in a CSV or a folder.
 
 A *case* is a dict ``{"id", "kind", ...}``: ``kind == "phantom"`` holds a ``seed`` and a
-phantom ``preset``; ``kind == "files"`` holds ``inputs`` (manifest channel name -> image
+phantom ``preset``; ``kind == "transplant"`` also holds ``donors`` (real case folders whose tumor
+it carries, :mod:`medcnncad.data.transplant`); ``kind == "files"`` holds ``inputs`` (manifest channel name -> image
 path) and ``label`` (path of a label map whose values are the manifest's label values).
 
 CSV: one row per case; a column per manifest input (its name or an alias, any case) and a
@@ -29,13 +30,15 @@ import torch
 
 from medcnncad.data.phantom import make_phantom, preset
 from medcnncad.data.phantom import preset as get_preset
+from medcnncad.data.real_cases import describe_case
+from medcnncad.data.transplant import transplant_phantom
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
 from medcnncad.models.channels import assign_channels
 from medcnncad.models.manifest import Manifest, parse_manifest
 from medcnncad.models.preprocessing import build_preprocessing_dict, to_metatensor
 
-__all__ = ["phantom_cases", "file_cases", "split_cases", "prepare_cases", "class_lut"]
+__all__ = ["phantom_cases", "with_transplants", "file_cases", "split_cases", "prepare_cases", "class_lut"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -51,6 +54,30 @@ def phantom_cases(seeds: list[int], preset: str) -> list[dict[str, Any]]:
         get_preset(name)  # unknown preset: ValueError before any work
     return [{"id": f"{names[i % len(names)]}-{s}", "kind": "phantom", "seed": int(s), "preset": names[i % len(names)]}
             for i, s in enumerate(seeds)]
+
+
+def with_transplants(cases: list[dict[str, Any]], donors: tuple[str, ...] | list[str],
+                     share: float) -> list[dict[str, Any]]:
+    """Turn every ``1/share``-th phantom case into a transplant case (kind ``"transplant"``).
+
+    A transplant case keeps its seed and preset (anatomy, grid, scanner) but carries a real tumor
+    from one of ``donors`` (:func:`medcnncad.data.transplant.transplant_phantom`). Cases are
+    chosen evenly along the list, so the preset mix stays even; ``share`` 0 returns ``cases``.
+
+    Raises:
+        InputError: for a share outside [0, 1], or a positive share without donors.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise InputError(f"transplant share {share}: must be between 0 and 1")
+    if share == 0:
+        return cases
+    if not donors:
+        raise InputError("a transplant share > 0 needs donor case folders (--transplant-from)")
+    for donor in donors:
+        describe_case(donor)  # an unknown folder fails before any work
+    chosen = {int(i) for i in np.floor(np.arange(round(share * len(cases))) / share)}
+    return [{**case, "id": f"transplant-{case['id']}", "kind": "transplant", "donors": [str(d) for d in donors]}
+            if i in chosen else case for i, case in enumerate(cases)]
 
 
 def _channel_for(header: str, manifest: Manifest) -> str | None:
@@ -149,8 +176,10 @@ def class_lut(manifest: Manifest) -> np.ndarray:
 
 def _load_case(case: dict[str, Any], manifest: Manifest):
     """(images by channel name, label image) for one case, all SimpleITK."""
-    if case["kind"] == "phantom":
-        ph = make_phantom(case["seed"], preset(case["preset"]))
+    if case["kind"] in ("phantom", "transplant"):
+        config = preset(case["preset"])
+        ph = transplant_phantom(case["seed"], case["donors"], config) if case["kind"] == "transplant" else \
+            make_phantom(case["seed"], config)
         return {c.name: ph.images[c.name] for c in manifest.inputs}, ph.label, ph.info
 
     images = {name: read_volume(path) for name, path in case["inputs"].items()}

@@ -40,7 +40,7 @@ from medcnncad.metrics.segmentation import dice
 from medcnncad.models.manifest import Manifest, parse_manifest, sha256_file
 from medcnncad.models.registry import load_model
 from medcnncad.models.weights import build_network
-from medcnncad.training.data import file_cases, phantom_cases, prepare_cases, split_cases
+from medcnncad.training.data import file_cases, phantom_cases, prepare_cases, split_cases, with_transplants
 
 __all__ = ["TrainConfig", "RegionDiceCELoss", "region_channels", "train_segmentation", "TRAIN_SEED_BASE",
            "VAL_SEED_BASE", "TEST_SEED_BASE"]
@@ -65,6 +65,8 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2
     phantom_preset: str = "classic"
+    transplant_from: tuple[str, ...] = ()  # real labelled case folders (training patients only) whose tumors ...
+    transplant_share: float = 0.0    # ... this share of the training phantoms carry (medcnncad.data.transplant)
     data: str | None = None          # CSV or folder of cases instead of phantoms
     val_fraction: float = 0.15
     augmentation: str = "light"      # see medcnncad.data.augment.AUGMENTATION_LEVELS
@@ -170,7 +172,11 @@ def _data(manifest: Manifest, cfg: TrainConfig) -> tuple[list[dict], list[dict],
     val_seeds = [VAL_SEED_BASE + cfg.seed * 1000 + i for i in range(cfg.n_val)]
     where = (f"synthetic phantoms, preset '{cfg.phantom_preset}': seeds {train_seeds[0]}..{train_seeds[-1]} "
              f"(train), {val_seeds[0]}..{val_seeds[-1]} (validation)")
-    return phantom_cases(train_seeds, cfg.phantom_preset), phantom_cases(val_seeds, cfg.phantom_preset), where
+    train = with_transplants(phantom_cases(train_seeds, cfg.phantom_preset), cfg.transplant_from, cfg.transplant_share)
+    if cfg.transplant_share > 0:
+        where += (f"; {sum(c['kind'] == 'transplant' for c in train)} training phantoms carry a real tumor "
+                  f"transplanted from {len(cfg.transplant_from)} case(s): {', '.join(cfg.transplant_from)}")
+    return train, phantom_cases(val_seeds, cfg.phantom_preset), where
 
 
 def initialise_from(network: torch.nn.Module, source: str) -> dict[str, Any]:

@@ -1,0 +1,305 @@
+"""The real patients of a realdata folder (``../shared/realdata``; its README describes them): inputs, references
+and how each reference's label values map onto BraTS values. Never copied into the repository.
+
+Used by the real-patient evaluation (:mod:`medcnncad.evaluation.real`) and by the training data's tumor
+transplant (:mod:`medcnncad.data.transplant`); it lives in ``data`` so that both layers can read it.
+
+Each case gets its input sequences under the engine's channel names ("T1", "T1c", "T2",
+"FLAIR"), its reference label file (or ``None``), how the reference's label values map onto
+the BraTS values {0, 1 NCR, 2 ED, 4 ET}, and whether it is BraTS-preprocessed
+(skull-stripped, 1 mm, co-registered) or clinical, and z-scored or raw.
+
+Arrays are in (K, J, I) = (z, y, x) order, as SimpleITK gives them.
+
+Example::
+
+    >>> cases = discover_real_cases("/work/shared/realdata")   # doctest: +SKIP
+    >>> case = cases[0]                                          # doctest: +SKIP
+    >>> ref = load_reference(case)                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from medcnncad.errors import InputError
+from medcnncad.io.images import read_volume
+
+__all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
+           "load_reference", "read_dicom_seg_on_grid"]
+
+CHANNELS: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
+"""Channel names the engine's BraTS models use."""
+
+BRATS_VALUES: frozenset[int] = frozenset({0, 1, 2, 4})
+"""BraTS label values: 0 background, 1 NCR (necrosis / non-enhancing core), 2 ED, 4 ET."""
+
+# Label maps per source (reference value -> BraTS value). Values absent from a map are an error.
+BRATS2013_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 3: 1, 4: 4})
+"""BRATS 2013 ``OTMultiClass``: 1 necrosis, 2 oedema, 3 non-enhancing tumor (core), 4 enhancing."""
+BRATS2021_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 4: 4})
+"""BraTS 2021 ``_seg``: already BraTS values."""
+BRATS2017_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 3: 4})
+"""This BraTS 2017 ``seg`` file (per the realdata README): 1 NCR/NET, 2 ED, 3 enhancing."""
+TCGA_FUSION_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 4: 4})
+"""BraTS Toolkit fusion (BraTS convention): 1 NCR/NET (core), 2 ED, 4 ET (absent in TCGA-DU-7294)."""
+WHOLE_TUMOR_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 2})
+"""A binary whole-tumor mask. Mapped to 2 (ED) only so that WT = {1, 2, 4} holds it; it says nothing
+about the sub-regions: score WT only (``RealCase.regions``)."""
+
+
+@dataclass(frozen=True)
+class RealCase:
+    """One real case.
+
+    Attributes:
+        case_id: the folder name.
+        source: "BRATS2013", "BraTS2017", "BraTS2021", "BraTS2023-GLI", "BraTS2023-MET",
+            "TCGA-BraTSToolkit" or "ReMIND".
+        inputs: channel name ("T1", "T1c", "T2", "FLAIR") -> image file or DICOM series folder.
+        reference: label file (NIfTI or DICOM SEG), or ``None`` for an unlabelled case.
+        label_map: reference value -> BraTS value (empty when there is no reference).
+        regions: the BraTS regions the reference supports ("WT", "TC", "ET"); a binary
+            whole-tumor reference supports "WT" only.
+        preprocessed: True for BraTS-style data (skull-stripped, 1 mm, co-registered);
+            False for clinical scans (skull on, own grids).
+        zscored: True when the inputs are already z-scored inside the brain.
+        reference_is_expert: False when the reference is an algorithm's output (the TCGA fusion).
+        reference_grid: channel whose grid the reference is mapped onto (DICOM SEG), else ``None``
+            (the reference file has its own grid, equal to the inputs').
+        notes: free text (licence, caveats).
+    """
+
+    case_id: str
+    source: str
+    inputs: Mapping[str, Path]
+    reference: Path | None
+    label_map: Mapping[int, int] = field(default_factory=dict)
+    regions: tuple[str, ...] = ("WT", "TC", "ET")
+    preprocessed: bool = True
+    zscored: bool = False
+    reference_is_expert: bool = True
+    reference_grid: str | None = None
+    notes: str = ""
+    grade: str | None = None  # "HGG" / "LGG" where the source says so (realdata README), else unknown
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the case has a reference."""
+        return self.reference is not None
+
+    def map_labels(self, values: np.ndarray) -> np.ndarray:
+        """Map a reference label array to BraTS values (see :func:`map_labels`)."""
+        return map_labels(values, self.label_map)
+
+
+def map_labels(values: np.ndarray, label_map: Mapping[int, int]) -> np.ndarray:
+    """Map integer label values to BraTS values with a lookup table.
+
+    Args:
+        values: integer label array (any shape, e.g. (K, J, I)).
+        label_map: source value -> BraTS value.
+
+    Returns:
+        uint8 array of the same shape with values in {0, 1, 2, 4}.
+
+    Raises:
+        InputError: when ``values`` holds a value the map does not know, or the map
+            targets a non-BraTS value.
+    """
+    if not set(label_map.values()) <= BRATS_VALUES:
+        raise InputError(f"label map targets non-BraTS values {sorted(set(label_map.values()) - BRATS_VALUES)}")
+    present = {int(v) for v in np.unique(values)}
+    unknown = sorted(present - set(label_map))
+    if unknown:
+        raise InputError(f"label values {unknown} are not in the label map {dict(label_map)}")
+    table = np.zeros(max(max(present), max(label_map)) + 1, dtype=np.uint8)
+    for source, target in label_map.items():
+        table[source] = target
+    return table[np.asarray(values, dtype=np.int64)]
+
+
+def _first(folder: Path, pattern: str) -> Path | None:
+    found = sorted(folder.glob(pattern))
+    return found[0] if found else None
+
+
+def _inputs(folder: Path, patterns: Mapping[str, str]) -> dict[str, Path]:
+    out = {}
+    for channel, pattern in patterns.items():
+        path = _first(folder, pattern)
+        if path is not None:
+            out[channel] = path
+    return out
+
+
+def _describe(folder: Path) -> RealCase | None:
+    """A RealCase for one folder, or None when the folder is not a known case layout."""
+    name = folder.name
+    if name.startswith("brats_2013_"):
+        return RealCase(name, "BRATS2013", _inputs(folder, {"T1c": "T1c_subtrMeanDivStd.nii*",
+                                                             "FLAIR": "Flair_subtrMeanDivStd.nii*"}),
+                        _first(folder, "OTMultiClass.nii*"), BRATS2013_MAP, zscored=True,
+                        notes="FLAIR and T1c only, z-scored inside the brain; CC BY-NC-SA 3.0", grade="HGG")
+    if name.startswith("BraTS2021_"):
+        return RealCase(name, "BraTS2021", _inputs(folder, {"T1": "*_t1.nii*", "T1c": "*_t1ce.nii*",
+                                                             "T2": "*_t2.nii*", "FLAIR": "*_flair.nii*"}),
+                        _first(folder, "*_seg.nii*"), BRATS2021_MAP)
+    if name.startswith("Brats17_"):
+        return RealCase(name, "BraTS2017", _inputs(folder, {"T1c": "t1ce*.nii*"}), _first(folder, "seg.nii*"),
+                        BRATS2017_MAP, zscored=True, notes="T1c only, z-scored")
+    if name.startswith("TCGA-"):
+        bet = folder / "raw_bet"
+        return RealCase(name, "TCGA-BraTSToolkit", _inputs(bet, {"T1": "*_t1_bet.nii*", "T1c": "*_t1c_bet.nii*",
+                                                                  "T2": "*_t2_bet.nii*", "FLAIR": "*_fla_bet.nii*"}),
+                        _first(folder / "fusion", "mav.nii*"), TCGA_FUSION_MAP, reference_is_expert=False,
+                        notes="reference = majority vote of five BraTS 2020 algorithms, not an expert", grade="LGG")
+    if name.startswith("ReMIND-"):
+        inputs = {}
+        for channel, pattern in {"T1c": "*T1post*", "T2": "*T2*"}.items():
+            dirs = sorted(p for p in folder.glob(pattern) if p.is_dir())
+            if dirs:
+                inputs[channel] = dirs[0]
+        seg = _first(folder, "*.dcm")
+        return RealCase(name, "ReMIND", inputs, seg, WHOLE_TUMOR_MAP if seg else {}, regions=("WT",),
+                        preprocessed=False, reference_grid="T1c",
+                        notes="clinical DICOM, skull on; DICOM SEG with one binary 'Glioma' segment = WT only")
+    if name.startswith("BraTS-GLI-") or name.startswith("BraTS-MET-"):
+        source = "BraTS2023-GLI" if "-GLI-" in name else "BraTS2023-MET"
+        return RealCase(name, source, _inputs(folder, {"T1": "*-t1n.nii*", "T1c": "*-t1c.nii*",
+                                                        "T2": "*-t2w.nii*", "FLAIR": "*-t2f.nii*"}),
+                        _first(folder, "*-seg.nii*"), BRATS2021_MAP if _first(folder, "*-seg.nii*") else {},
+                        notes="unlabelled" if _first(folder, "*-seg.nii*") is None else "")
+    return None
+
+
+def describe_case(folder: str | Path) -> RealCase:
+    """The :class:`RealCase` of one case folder (its layout tells the source and label convention).
+
+    Raises:
+        InputError: when ``folder`` is not a folder or not a known case layout (see the realdata README).
+    """
+    path = Path(folder)
+    case = _describe(path) if path.is_dir() else None
+    if case is None or not case.inputs:
+        raise InputError(f"{path}: not a real case folder of a known layout (BRATS 2013, BraTS 2017/2021/2023, "
+                         "TCGA BraTS Toolkit, ReMIND; see the realdata README)")
+    return case
+
+
+def discover_real_cases(root: str | Path) -> list[RealCase]:
+    """Every case folder of a realdata root that has a known layout, sorted by case id.
+
+    Args:
+        root: the realdata folder (e.g. ``/work/shared/realdata``).
+
+    Returns:
+        The cases; unlabelled ones have ``reference=None``. Folders of unknown layout are skipped.
+
+    Raises:
+        InputError: when ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder (the real-patient data, e.g. ../shared/realdata)")
+    cases = [c for c in (_describe(p) for p in sorted(root.iterdir()) if p.is_dir()) if c is not None]
+    return [c for c in cases if c.inputs]
+
+
+def read_dicom_seg_on_grid(seg_path: str | Path, grid: sitk.Image, segment: int = 1) -> sitk.Image:
+    """Rasterise one segment of a DICOM SEG onto an image grid (nearest neighbour).
+
+    The SEG's frames are stacked into a volume by their ImagePositionPatient along the slice
+    normal (its own grid, from the frames' orientation and pixel spacing), then resampled
+    onto ``grid`` with nearest-neighbour interpolation, so a SEG drawn on another series of
+    the same frame of reference lands where it belongs.
+
+    Args:
+        seg_path: the DICOM SEG file.
+        grid: the target image (e.g. the T1c series).
+        segment: SegmentNumber to read.
+
+    Returns:
+        uint8 mask (0/1) on ``grid``.
+
+    Raises:
+        InputError: when the segment has no frames or the frames are not parallel/equally spaced.
+    """
+    ds = pydicom.dcmread(str(seg_path))
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    pixels = ds.pixel_array
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+
+    def item(frame: Any, name: str) -> Any:
+        seq = getattr(frame, name, None) or getattr(shared, name, None)
+        if not seq:
+            raise InputError(f"{seg_path}: DICOM SEG without {name}")
+        return seq[0]
+
+    orientation = np.array(item(per_frame[0], "PlaneOrientationSequence").ImageOrientationPatient, dtype=np.float64)
+    spacing_rc = [float(v) for v in item(per_frame[0], "PixelMeasuresSequence").PixelSpacing]
+    thickness = float(getattr(item(per_frame[0], "PixelMeasuresSequence"), "SpacingBetweenSlices", 0) or
+                      getattr(item(per_frame[0], "PixelMeasuresSequence"), "SliceThickness", 1.0))
+    row, col = orientation[:3], orientation[3:]
+    normal = np.cross(row, col)
+    frames = [i for i, f in enumerate(per_frame)
+              if int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment]
+    if not frames:
+        raise InputError(f"{seg_path}: segment {segment} has no frames")
+    positions = np.array([item(per_frame[i], "PlanePositionSequence").ImagePositionPatient for i in frames],
+                         dtype=np.float64)
+    depth = positions @ normal
+    order = np.argsort(depth)
+    depth_sorted = depth[order]
+    if len(frames) > 1:
+        steps = np.diff(depth_sorted)
+        step = float(np.min(steps[steps > 1e-6])) if np.any(steps > 1e-6) else thickness
+    else:
+        step = thickness
+    n_slices = int(round((depth_sorted[-1] - depth_sorted[0]) / step)) + 1
+    volume = np.zeros((n_slices, pixels.shape[1], pixels.shape[2]), np.uint8)
+    for i in order:
+        k = int(round((depth[i] - depth_sorted[0]) / step))
+        volume[k] = np.maximum(volume[k], (pixels[frames[i]] > 0).astype(np.uint8))
+    image = sitk.GetImageFromArray(volume)
+    image.SetOrigin(tuple(positions[order[0]]))
+    # DICOM PixelSpacing is (row spacing, column spacing); ITK spacing is (x = along a row, y, z)
+    image.SetSpacing((spacing_rc[1], spacing_rc[0], step))
+    image.SetDirection(tuple(np.column_stack([row, col, normal]).ravel()))
+    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def load_reference(case: RealCase, grid: sitk.Image | None = None) -> sitk.Image:
+    """The case's reference as a uint8 BraTS-valued label image.
+
+    Args:
+        case: a labelled case.
+        grid: the image to map a DICOM SEG onto; default the case's ``reference_grid`` input
+            (read from disk). Ignored for NIfTI references (they carry their own grid).
+
+    Raises:
+        InputError: for an unlabelled case or unknown label values.
+    """
+    if case.reference is None:
+        raise InputError(f"{case.case_id}: no reference")
+    if case.reference.suffix == ".dcm":
+        if grid is None:
+            if case.reference_grid is None:
+                raise InputError(f"{case.case_id}: a DICOM SEG reference needs a grid")
+            grid = read_volume(case.inputs[case.reference_grid])
+        raw = read_dicom_seg_on_grid(case.reference, grid)
+    else:
+        raw = sitk.ReadImage(str(case.reference))
+    mapped = sitk.GetImageFromArray(case.map_labels(sitk.GetArrayViewFromImage(raw)))
+    mapped.CopyInformation(raw)
+    return mapped
