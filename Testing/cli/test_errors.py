@@ -28,6 +28,7 @@ BAD = {
     "calibrate-case": (["--tumor-free", "1.5"], "1.5"),
     "calibrate-classifier": (["--model", "no-such-model"], "no-such-model"),
     "evaluate-classifier": (["--workers", "0"], "'0'"),
+    "library": (["query", "--library", "{tmp}/missing", "--case", "{tmp}"], "missing"),
 }
 
 MORE = [
@@ -42,6 +43,10 @@ MORE = [
     (["train", "classification", "--template", TEMPLATE, "--out", "{tmp}/t", "--lr", "-1"], "-1"),
     (["evaluate-phantoms", "--preset", "nonsense", "--n", "1"], "nonsense"),
     (["nonsense-command"], "nonsense-command"),
+    (["library", "query", "--library", "{tmp}/l", "--case", "{tmp}", "-k", "0"], "'0'"),
+    (["library", "query", "--library", "{tmp}/l", "--case", "{tmp}", "--features", "colour"], "colour"),
+    (["library", "build", "--cases", "{tmp}/missing.csv", "--out", "{tmp}/l"], "missing.csv"),
+    (["library", "add", "--library", "{tmp}/missing", "--case", "{tmp}"], "missing"),
 ]
 
 

@@ -10,6 +10,7 @@ from medcnncad.cli.options import add
 from medcnncad.errors import InputError
 from medcnncad.models.registry import describe_model
 from medcnncad.pipeline.cohort import read_cases, run_cohort, summary_markdown
+from medcnncad.pipeline.library import add_cohort, read_library_csv
 from medcnncad.reporting.html import Screenshots, case_report, cohort_report, html_to_pdf
 
 __all__ = ["add_parsers"]
@@ -45,6 +46,10 @@ def run_batch(args: argparse.Namespace) -> int:
             if (Path(args.out) / "cases" / case.case_id / "report.json").is_file():
                 case_report(Path(args.out) / "cases" / case.case_id, _screenshots())
         print(cohort_report(args.out, {c.case_id: c.label for c in cases}))
+    if args.library:
+        rows = read_library_csv(args.cases, manifest.input_names)
+        library = add_cohort(args.library, rows, {c.case_id: Path(args.out) / "cases" / c.case_id for c in cases})
+        print(f"library {args.library}: {len(library.entries)} case(s), {len(library.lesions)} lesion(s)")
     print(summary_markdown(summary))
     print(f"per-case outputs in {Path(args.out) / 'cases'}; cohort.csv, failures.csv, summary.json, summary.md "
           f"in {args.out}")
@@ -77,6 +82,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-seg", action="store_true", help="also a DICOM SEG per case (DICOM inputs)")
     p.add_argument("--dicom-sr", action="store_true",
                    help="also the lesion measurements as a DICOM SR (TID 1500) per case (DICOM inputs)")
+    p.add_argument("--library", help="then add every segmented case (descriptors, thumbnails, the CSV's other "
+                                     "columns as metadata) to this similar-case library (created when absent)")
     p.set_defaults(func=run_batch)
 
     p = sub.add_parser("report", help="HTML report (and --pdf) of a case or cohort output folder")

@@ -1,0 +1,93 @@
+"""Nearest-neighbour search over library vectors: exact, in numpy (float32).
+
+Chosen by the benchmark in ``scripts/bench.py retrieval`` (docs/performance.md): at the sizes a lesion
+library reaches (10^3-10^5 lesions) an exact search answers a query in milliseconds without any index to
+build, and at 10^6 synthetic entries it stays well under a second; an approximate index (faiss HNSW) is
+faster per query at 10^6 but costs minutes to build, memory for its graph, a dependency, and returns
+approximate neighbours. Exact search also makes the results reproducible bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medcnncad.errors import InputError
+
+__all__ = ["ExactIndex", "standardise"]
+
+
+def standardise(vectors: np.ndarray, reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-dimension z-scores of ``vectors`` (N, D) with the mean and standard deviation of ``reference``
+    (default: ``vectors`` themselves; a constant dimension gets scale 1), divided by sqrt(D) so that blocks
+    of different lengths weigh alike when concatenated.
+
+    Returns:
+        (standardised float32 (N, D), mean (D,), scale (D,)).
+    """
+    reference = vectors if reference is None else reference
+    mean = reference.mean(0, dtype=np.float64)
+    scale = reference.std(0, dtype=np.float64)
+    scale[scale < 1e-9] = 1.0
+    scale = scale * np.sqrt(max(vectors.shape[1], 1))
+    return ((vectors - mean) / scale).astype(np.float32), mean, scale
+
+
+class ExactIndex:
+    """Exact k nearest neighbours by Euclidean distance.
+
+    Args:
+        vectors: (N, D) library vectors (converted to float32).
+
+    Example::
+
+        >>> index = ExactIndex(np.array([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]]))
+        >>> distances, rows = index.search(np.array([[0.0, 0.0]]), k=2)
+        >>> rows.tolist(), distances.round(3).tolist()
+        ([[0, 2]], [[0.0, 1.0]])
+    """
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.vectors.ndim != 2:
+            raise InputError(f"library vectors must be (N, D), got shape {self.vectors.shape}")
+        self.squared_norms = np.einsum("nd,nd->n", self.vectors, self.vectors)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest library rows of each query.
+
+        Args:
+            queries: (Q, D) query vectors.
+            k: neighbours per query (1 <= k <= N).
+
+        Returns:
+            (distances (Q, k) float32, rows (Q, k) int64), nearest first; equal distances in row order.
+
+        Raises:
+            InputError: ``k`` outside 1..N or a dimension mismatch.
+        """
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        n = len(self.vectors)
+        if not 1 <= k <= n:
+            raise InputError(f"k = {k}: the library holds {n} lesion(s); choose k between 1 and {n}")
+        if queries.shape[1] != self.vectors.shape[1]:
+            raise InputError(f"query vectors have {queries.shape[1]} values, the library's {self.vectors.shape[1]}")
+        squared = self.squared_norms[None, :] - 2.0 * (queries @ self.vectors.T) \
+            + np.einsum("qd,qd->q", queries, queries)[:, None]
+        np.maximum(squared, 0.0, out=squared)
+        if k < n:
+            candidates = np.argpartition(squared, k - 1, axis=1)[:, :k]
+            # rows tied with the k-th distance may be cut arbitrarily by argpartition: keep them all, then sort
+            kth = np.take_along_axis(squared, candidates, 1).max(1, keepdims=True)
+            rows = []
+            for q in range(len(queries)):
+                tied = np.flatnonzero(squared[q] <= kth[q])
+                order = np.lexsort((tied, squared[q, tied]))[:k]
+                rows.append(tied[order])
+            chosen = np.stack(rows)
+        else:
+            chosen = np.stack([np.lexsort((np.arange(n), row)) for row in squared])
+        distances = np.sqrt(np.take_along_axis(squared, chosen, 1))
+        return distances.astype(np.float32), chosen.astype(np.int64)
