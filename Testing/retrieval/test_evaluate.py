@@ -27,10 +27,10 @@ def test_leave_one_patient_out_never_retrieves_the_same_patient():
     vectors = np.array([[0.0], [0.1], [0.2], [10.0], [10.1]])
     labels = ["A", "A", "A", "B", "B"]
     groups = ["p1", "p1", "p2", "p3", "p4"]
-    out = leave_one_out(vectors, labels, groups, k=1, standardise_per_fold=False)
+    out = leave_one_out([vectors], labels, groups, k=1, standardise_per_fold=False)
     # every query's nearest other-patient lesion is in its own cluster
     assert out == {"precision_at_k": 1.0, "map_at_k": 1.0, "queries": 5, "k": 1}
-    out = leave_one_out(vectors, labels, groups, k=2, standardise_per_fold=False)
+    out = leave_one_out([vectors], labels, groups, k=2, standardise_per_fold=False)
     # p1's lesions: library {p2 A, p3 B, p4 B} -> [A, B]: P@2 = 1/2, AP@2 = 1/min(2, 1) = 1
     # p2: library {p1 A, p1 A, B, B} -> [A, A]: 1, 1;  p3: {A, A, A, p4 B} -> [B, A]: 1/2, AP = 1/1
     assert out["precision_at_k"] == pytest.approx((0.5 + 0.5 + 1 + 0.5 + 0.5) / 5)

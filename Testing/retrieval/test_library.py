@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cases import MODEL, NAMES, fake_case
+from retrieval_cases import MODEL, NAMES, fake_case
 
 from medcnncad.retrieval.library import Library, LibraryError
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medcnncad.retrieval.index import ExactIndex, standardise
+from medcnncad.retrieval.index import ExactIndex, standardise_blocks
 
 __all__ = ["precision_at_k", "average_precision_at_k", "leave_one_out"]
 
@@ -36,12 +36,13 @@ def average_precision_at_k(relevant: Sequence[bool], k: int, n_relevant: int) ->
     return float((precisions * hits).sum() / min(k, n_relevant))
 
 
-def leave_one_out(vectors: np.ndarray, labels: Sequence[str], groups: Sequence[str], k: int,
+def leave_one_out(blocks: Sequence[np.ndarray], labels: Sequence[str], groups: Sequence[str], k: int,
                   standardise_per_fold: bool = True) -> dict[str, float]:
     """Each lesion queries all lesions of the *other* groups (patients); precision@k and mAP@k of "same label".
 
     Args:
-        vectors: (N, D) raw descriptor vectors (standardised here, with the statistics of each fold's library).
+        blocks: descriptor blocks, each (N, D_b) raw values (e.g. [radiomics, deep]); each is standardised with the
+            statistics of each fold's library and weighted 1/sqrt(D_b), as a library query does.
         labels: relevance label per lesion (e.g. "HGG"/"LGG").
         groups: patient (case) per lesion; a query never retrieves lesions of its own patient.
         k: results per query (capped at the fold's library size).
@@ -51,15 +52,18 @@ def leave_one_out(vectors: np.ndarray, labels: Sequence[str], groups: Sequence[s
         ``{"precision_at_k": ..., "map_at_k": ..., "queries": n, "k": k}`` (NaN with fewer than 2 groups).
     """
     labels_arr, groups_arr = np.asarray(labels), np.asarray(groups)
+    blocks = [np.asarray(b, dtype=np.float64) for b in blocks]
     precisions, aps = [], []
-    for q in range(len(vectors)):
+    for q in range(len(labels_arr)):
         library = np.flatnonzero(groups_arr != groups_arr[q])
         if library.size == 0:
             continue
         kk = min(k, library.size)
-        base = vectors[library]
-        lib, mean, scale = standardise(base) if standardise_per_fold else (base.astype(np.float32), 0.0, 1.0)
-        query = ((vectors[q] - mean) / scale).astype(np.float32)[None]
+        if standardise_per_fold:
+            lib, query = standardise_blocks([b[library] for b in blocks], [b[q:q + 1] for b in blocks])
+        else:
+            lib = np.concatenate([b[library] for b in blocks], 1)
+            query = np.concatenate([b[q:q + 1] for b in blocks], 1)
         _, rows = ExactIndex(lib).search(query, kk)
         relevant = labels_arr[library[rows[0]]] == labels_arr[q]
         n_relevant = int(np.count_nonzero(labels_arr[library] == labels_arr[q]))

@@ -9,11 +9,13 @@ approximate neighbours. Exact search also makes the results reproducible bit for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from medcnncad.errors import InputError
 
-__all__ = ["ExactIndex", "standardise"]
+__all__ = ["ExactIndex", "standardise", "standardise_blocks"]
 
 
 def standardise(vectors: np.ndarray, reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,6 +32,21 @@ def standardise(vectors: np.ndarray, reference: np.ndarray | None = None) -> tup
     scale[scale < 1e-9] = 1.0
     scale = scale * np.sqrt(max(vectors.shape[1], 1))
     return ((vectors - mean) / scale).astype(np.float32), mean, scale
+
+
+def standardise_blocks(library: Sequence[np.ndarray], queries: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Library (N, D_b) and query (Q, D_b) blocks of descriptors, each block standardised with the library's
+    statistics (:func:`standardise`: z-score, then 1/sqrt(D_b), so each block weighs alike) and concatenated.
+
+    Returns:
+        (library (N, sum D_b), queries (Q, sum D_b)), float32.
+    """
+    parts_lib, parts_q = [], []
+    for lib_block, q_block in zip(library, queries):
+        lib, mean, scale = standardise(np.asarray(lib_block, dtype=np.float64))
+        parts_lib.append(lib)
+        parts_q.append(((np.asarray(q_block, dtype=np.float64) - mean) / scale).astype(np.float32))
+    return np.concatenate(parts_lib, 1), np.concatenate(parts_q, 1)
 
 
 class ExactIndex:

@@ -29,11 +29,11 @@ import numpy as np
 
 from medcnncad.errors import InputError
 from medcnncad.io.images import atomic_path
-from medcnncad.retrieval.index import ExactIndex, standardise
+from medcnncad.retrieval.index import ExactIndex, standardise_blocks
 from medcnncad.retrieval.versions import DESCRIPTOR_VERSION
 
 __all__ = ["LIBRARY_FORMAT", "FORMAT_VERSION", "FEATURES", "DEFAULT_FEATURES", "LibraryError", "LibraryLesion",
-           "Neighbour", "Library", "case_retrieval", "sha256_of", "feature_matrix"]
+           "Neighbour", "Library", "case_retrieval", "sha256_of"]
 
 LIBRARY_FORMAT = "medcnncad-case-library"
 FORMAT_VERSION = 1
@@ -93,36 +93,16 @@ def case_retrieval(report: Mapping[str, Any], where: str) -> dict[str, Any]:
     return block
 
 
-def feature_matrix(radiomics: np.ndarray, deep: np.ndarray | None, features: str) -> np.ndarray:
-    """The raw (N, D) vectors of a feature space: ``radiomics`` (N, R), ``deep`` (N, P), or both side by side."""
+def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> list[np.ndarray]:
+    """The descriptor blocks of a feature space: [radiomics], [deep] or [radiomics, deep]."""
     if features not in FEATURES:
         raise LibraryError(f"features {features!r}: choose from {', '.join(FEATURES)}")
     if features != "radiomics" and deep is None:
-        raise LibraryError(f"features {features!r}: the library's model has no deep descriptors (use radiomics)")
-    if features == "radiomics":
-        return radiomics
-    if features == "deep":
-        return deep  # type: ignore[return-value]
-    return np.concatenate([radiomics, deep], axis=1)
-
-
-def _standardised_blocks(radiomics: np.ndarray, deep: np.ndarray | None, features: str,
-                         q_radiomics: np.ndarray, q_deep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Library and query vectors of a feature space, each block z-scored with the library's statistics and
-    scaled by 1/sqrt(its length) (the two blocks of ``combined`` weigh alike)."""
-    parts_lib, parts_q = [], []
-    if features in ("radiomics", "combined"):
-        lib, mean, scale = standardise(radiomics)
-        parts_lib.append(lib)
-        parts_q.append(((q_radiomics - mean) / scale).astype(np.float32))
-    if features in ("deep", "combined"):
-        if deep is None or q_deep is None:
-            raise LibraryError(f"features {features!r}: no deep descriptors (the model's network has no known "
-                               f"encoder); use --features radiomics")
-        lib, mean, scale = standardise(deep)
-        parts_lib.append(lib)
-        parts_q.append(((q_deep - mean) / scale).astype(np.float32))
-    return np.concatenate(parts_lib, 1), np.concatenate(parts_q, 1)
+        raise LibraryError(f"features {features!r}: no deep descriptors (the model's network has no known encoder); "
+                           f"use --features radiomics")
+    if features == "radiomics" or deep is None:
+        return [radiomics]
+    return [deep] if features == "deep" else [radiomics, deep]
 
 
 @dataclass
@@ -300,6 +280,8 @@ class Library:
         deep = None if any(les.deep is None for les in pool) else np.stack([les.deep for les in pool])  # type: ignore[misc]
         q_radiomics = np.asarray([query["radiomics"][n] for n in self.radiomics_names], np.float32)[None]
         q_deep = None if query.get("deep") is None else np.asarray(query["deep"], np.float32)[None]
-        lib, q = _standardised_blocks(radiomics, deep, features, q_radiomics, q_deep)
+        if (deep is None) != (q_deep is None) and features != "radiomics":
+            raise LibraryError(f"{where}: deep descriptors are missing on one side; use --features radiomics")
+        lib, q = standardise_blocks(_blocks(features, radiomics, deep), _blocks(features, q_radiomics, q_deep))
         distances, rows = ExactIndex(lib).search(q, k)
         return [Neighbour(rank + 1, float(d), pool[int(r)]) for rank, (d, r) in enumerate(zip(distances[0], rows[0]))]

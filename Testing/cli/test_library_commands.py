@@ -12,7 +12,7 @@ from conftest import ROOT
 from helpers import small_phantom
 
 sys.path.insert(0, str(ROOT / "Testing" / "retrieval"))
-from cases import MODEL, NAMES, fake_case  # noqa: E402
+from retrieval_cases import MODEL, NAMES, fake_case  # noqa: E402
 
 from medcnncad.cli import main  # noqa: E402
 from medcnncad.retrieval.library import Library  # noqa: E402
