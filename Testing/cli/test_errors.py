@@ -28,6 +28,7 @@ BAD = {
     "calibrate-case": (["--tumor-free", "1.5"], "1.5"),
     "calibrate-classifier": (["--model", "no-such-model"], "no-such-model"),
     "evaluate-classifier": (["--workers", "0"], "'0'"),
+    "evaluate-retrieval": (["--n", "-1"], "-1"),
     "library": (["query", "--library", "{tmp}/missing", "--case", "{tmp}"], "missing"),
 }
 

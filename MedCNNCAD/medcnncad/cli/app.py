@@ -60,6 +60,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate-case": ("evaluate", "fit Platt scaling of a model's case abnormality probability"),
     "calibrate-classifier": ("train", "refit a lesion grade classifier's temperature and operating point"),
     "evaluate-classifier": ("train", "AUC, operating point, Brier, ECE of a lesion grade classifier"),
+    "evaluate-retrieval": ("evaluate", "similar-case retrieval quality (precision@k, mAP@k), phantoms and real cases"),
     "library": ("library", "similar-case library: build from a CSV, add a case, query with a case"),
 }
 """Command -> (module of :mod:`medcnncad.cli` that defines it, one-line help)."""
