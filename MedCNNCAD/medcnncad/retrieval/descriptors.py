@@ -46,7 +46,7 @@ from medcnncad.retrieval.versions import DESCRIPTOR_VERSION
 
 __all__ = ["DESCRIPTOR_VERSION", "LesionDescriptor", "retrieval_structure", "lesion_masks", "radiomics_names",
            "radiomics_features", "deep_features", "encoder_layers", "thumbnail", "case_descriptors",
-           "descriptors_json"]
+           "descriptors_json", "retrieval_report"]
 
 
 _INTENSITY_STATS = ("mean", "std", "median", "skewness", "kurtosis")
@@ -344,3 +344,11 @@ def descriptors_json(descriptors: Sequence[LesionDescriptor], result: Segmentati
             "deep": "MONAI UNet encoder activations (1/4-resolution block, bottom block): masked mean then masked "
                     "max per channel, window of the manifest roi_size centred on the lesion",
             "lesions": [d.to_json() for d in descriptors]}
+
+
+def retrieval_report(descriptors: Sequence[LesionDescriptor], result: SegmentationResult) -> dict[str, Any]:
+    """The part of a report.json a library query reads: ``model`` (id, version, weights sha256) and ``retrieval``
+    (for runs that write no report, e.g. Slicer's)."""
+    m = result.manifest
+    return {"model": {"id": m.id, "version": m.version, "weights_sha256": m.weights_sha256},
+            "retrieval": descriptors_json(descriptors, result)}
