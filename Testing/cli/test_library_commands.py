@@ -105,3 +105,7 @@ def test_build_segments_cases_without_a_result(tmp_path, capsys):
     assert main(["library", "query", "--library", str(lib), "--case", str(lib / "segmentations" / "cases" / "ph1"),
                  "-k", "1"]) == 0
     assert "\tph1\t" in capsys.readouterr().out
+    case = lib / "segmentations" / "cases" / "ph1"
+    assert main(["report", str(case), "--library", str(lib), "-k", "1"]) == 0
+    page = (case / "report.html").read_text()
+    assert "<h2>Similar cases</h2>" in page and "<td>HGG</td>" in page

@@ -110,3 +110,16 @@ def test_incompatible_cases_and_bad_requests_are_clear_errors(tmp_path):
         Library.open(tmp_path / "lib")
     with pytest.raises(LibraryError, match="not a case library"):
         Library.open(tmp_path / "nowhere")
+
+
+def test_html_similar_cases_section(tmp_path):
+    from medcnncad.reporting.html import _similar_section
+
+    library = _library(tmp_path)
+    report = json.loads((tmp_path / "c2" / "report.json").read_text())
+    similar = [n.to_json() for n in library.query(report, k=2, exclude_case="c2")]
+    html = "".join(_similar_section(tmp_path / "c2", report, similar))
+    assert "<h2>Similar cases</h2>" in html and "query: WT lesion 1 (2.00 mL)" in html
+    assert html.count("<tr>") == 3 and html.count("data:image/png;base64") == 3  # query + 2 neighbours
+    assert "<th>grade</th>" in html and "<td>LGG</td>" in html
+    assert _similar_section(tmp_path, report, None) == []

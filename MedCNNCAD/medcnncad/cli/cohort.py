@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
-from medcnncad.cli.options import add
+from medcnncad.cli.options import add, positive_int
 from medcnncad.errors import InputError
 from medcnncad.models.registry import describe_model
 from medcnncad.pipeline.cohort import read_cases, run_cohort, summary_markdown
 from medcnncad.pipeline.library import add_cohort, read_library_csv
 from medcnncad.reporting.html import Screenshots, case_report, cohort_report, html_to_pdf
+from medcnncad.retrieval.library import Library
 
 __all__ = ["add_parsers"]
 
@@ -61,7 +63,11 @@ def run_report(args: argparse.Namespace) -> int:
     if (folder / "summary.json").is_file():
         path = cohort_report(folder, _labels_from_cohort_csv(folder))
     elif (folder / "report.json").is_file():
-        path = case_report(folder, _screenshots())
+        similar = None
+        if args.library:
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            similar = [n.to_json() for n in Library.open(args.library).query(report, args.k, where=str(folder))]
+        path = case_report(folder, _screenshots(), similar)
     else:
         raise InputError(f"{folder}: neither a case folder (report.json) nor a cohort folder (summary.json)")
     print(path)
@@ -89,4 +95,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="HTML report (and --pdf) of a case or cohort output folder")
     p.add_argument("folder")
     p.add_argument("--pdf", action="store_true", help="also print it to PDF with headless Chromium")
+    p.add_argument("--library", help="a case's report: add its k most similar library cases (thumbnails, metadata)")
+    p.add_argument("-k", type=positive_int, default=3, help="similar cases shown with --library (default 3)")
     p.set_defaults(func=run_report)
