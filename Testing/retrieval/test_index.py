@@ -56,3 +56,14 @@ def test_agrees_with_faiss_exact_and_hnsw_recall():
     _, ann = hnsw.search(queries, 5)
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(rows, ann)])
     assert recall >= 0.9  # approximate: not every true neighbour is found
+
+
+def test_chunked_statistics_equal_numpy(monkeypatch):
+    from medcnncad.retrieval import index
+
+    monkeypatch.setattr(index, "_CHUNK", 7)  # several chunks and a short last one
+    vectors = np.random.default_rng(2).normal(3.0, 2.0, size=(50, 4)).astype(np.float32)
+    out, mean, scale = standardise(vectors)
+    np.testing.assert_allclose(mean, vectors.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(scale, vectors.astype(np.float64).std(0) * 2.0, rtol=1e-10)
+    np.testing.assert_allclose(out, (vectors - vectors.mean(0)) / (vectors.std(0) * 2.0), rtol=1e-4, atol=1e-5)

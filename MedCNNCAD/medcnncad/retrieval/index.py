@@ -18,20 +18,36 @@ from medcnncad.errors import InputError
 __all__ = ["ExactIndex", "standardise", "standardise_blocks"]
 
 
+_CHUNK = 65_536  # rows per chunk of the statistics: no full float64 copy of a large library
+
+
+def _mean_std(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) standard deviation in float64, in chunks of rows (two passes)."""
+    n = max(len(vectors), 1)
+    total = np.zeros(vectors.shape[1], np.float64)
+    for start in range(0, len(vectors), _CHUNK):
+        total += vectors[start:start + _CHUNK].sum(0, dtype=np.float64)
+    mean = total / n
+    squares = np.zeros(vectors.shape[1], np.float64)
+    for start in range(0, len(vectors), _CHUNK):
+        squares += ((vectors[start:start + _CHUNK].astype(np.float64) - mean) ** 2).sum(0)
+    return mean, np.sqrt(squares / n)
+
+
 def standardise(vectors: np.ndarray, reference: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-dimension z-scores of ``vectors`` (N, D) with the mean and standard deviation of ``reference``
     (default: ``vectors`` themselves; a constant dimension gets scale 1), divided by sqrt(D) so that blocks
     of different lengths weigh alike when concatenated.
 
     Returns:
-        (standardised float32 (N, D), mean (D,), scale (D,)).
+        (standardised float32 (N, D), mean (D,) float64, scale (D,) float64).
     """
-    reference = vectors if reference is None else reference
-    mean = reference.mean(0, dtype=np.float64)
-    scale = reference.std(0, dtype=np.float64)
+    mean, scale = _mean_std(vectors if reference is None else reference)
     scale[scale < 1e-9] = 1.0
     scale = scale * np.sqrt(max(vectors.shape[1], 1))
-    return ((vectors - mean) / scale).astype(np.float32), mean, scale
+    out = np.asarray(vectors, dtype=np.float32) - mean.astype(np.float32)
+    out /= scale.astype(np.float32)
+    return out, mean, scale
 
 
 def standardise_blocks(library: Sequence[np.ndarray], queries: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +59,7 @@ def standardise_blocks(library: Sequence[np.ndarray], queries: Sequence[np.ndarr
     """
     parts_lib, parts_q = [], []
     for lib_block, q_block in zip(library, queries):
-        lib, mean, scale = standardise(np.asarray(lib_block, dtype=np.float64))
+        lib, mean, scale = standardise(np.asarray(lib_block))
         parts_lib.append(lib)
         parts_q.append(((np.asarray(q_block, dtype=np.float64) - mean) / scale).astype(np.float32))
     return np.concatenate(parts_lib, 1), np.concatenate(parts_q, 1)
