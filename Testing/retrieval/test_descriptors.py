@@ -23,6 +23,8 @@ from medcnncad.retrieval.descriptors import (
     _pool,
     case_descriptors,
     encoder_layers,
+    lesion_masks,
+    radiomics_features,
     radiomics_names,
     thumbnail,
 )
@@ -117,3 +119,14 @@ def test_report_json_gets_the_descriptors_and_thumbnails(tmp_path):
     again = process_case(segmenter, {"CT": str(path)}, tmp_path / "out2")
     assert again["retrieval"]["lesions"] == block["lesions"]
     assert json.loads((tmp_path / "out" / "report.json").read_text())["retrieval"] == block
+
+
+def test_radiomics_on_the_lesion_box_equal_the_whole_grid(result):
+    """The features are computed on the lesion's box plus 2 voxels; the whole grid gives the same values."""
+    res, _ = result
+    _, masks = lesion_masks(res.label_map, res.manifest)
+    for mask in masks:
+        boxed = radiomics_features(mask, res.label_map, res.reference, res.images, res.manifest)
+        whole = radiomics_features(mask, res.label_map, res.reference, res.images, res.manifest, margin=None)
+        for name in boxed:
+            assert boxed[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-6), name
