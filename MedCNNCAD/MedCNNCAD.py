@@ -82,6 +82,8 @@ def parameterNodeClass():
         resultSegmentation: slicer.vtkMRMLSegmentationNode
         lesionTable: slicer.vtkMRMLTableNode
         metricsTable: slicer.vtkMRMLTableNode
+        libraryFolder: str = ""
+        similarCount: Annotated[int, WithinRange(1, 50)] = 5
 
     return MedCNNCADParameterNode
 
@@ -121,6 +123,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.lesionTableView.clicked.connect(self.onLesionClicked)
         self.ui.discordanceTableView.clicked.connect(self.onDiscordantLesionClicked)
         self.ui.probabilityThresholdSlider.valueChanged.connect(self.onThresholdChanged)
+        self.ui.similarButton.clicked.connect(self.onFindSimilar)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.updateDependencyState()
@@ -231,7 +234,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation."):
             self._job = self.logic.startSegmentation({k: v for k, v in volumes.items() if v}, p.model, p.device,
                                                      p.trust, self.logic.lesionClassifier(p.classifyLesions),
-                                                     p.testTimeAugmentation)
+                                                     p.testTimeAugmentation, p.libraryFolder or None)
             self.ui.applyButton.text = "Cancel"
             self.ui.progressBar.value = 0
             self.timer.start()
@@ -292,18 +295,16 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.jumpToLesion(table, index.row())
 
     def onExportDicom(self):
-        if not self.logic.dicomExportPackagesInstalled():
-            if not slicer.util.confirmOkCancelDisplay(
-                    "DICOM SEG/SR export needs highdicom and pydicom 3. Install them into MedCNNCAD's own "
-                    "folder (Slicer's pydicom is not changed)?"):
-                return
-            with slicer.util.tryWithErrorDisplay("Cannot install the DICOM export packages.", waitCursor=True):
-                self.logic.installDicomExportPackages()
         inputs = [getattr(self._parameterNode, f"inputVolume{i}") for i in range(MAX_CHANNELS)]
         with slicer.util.tryWithErrorDisplay("DICOM export failed.", waitCursor=True):
-            files = self.logic.exportToDicomDatabase(self._lastNodes, inputs)
-            names = ", ".join(pathlib.Path(f).name for f in files)
-            self.ui.statusLabel.text = f"Exported to the DICOM database: {names}"
+            ask = slicer.util.confirmOkCancelDisplay
+            files = self.logic.exportToDicomDatabase(self._lastNodes, inputs, askInstall=ask)
+            self.ui.statusLabel.text = f"Exported: {', '.join(pathlib.Path(f).name for f in files)}"
+
+    def onFindSimilar(self):
+        with slicer.util.tryWithErrorDisplay("Similar-case search failed.", waitCursor=True):
+            self.ui.similarTableView.setMRMLTableNode(self.logic.similarCasesTable(
+                self._parameterNode.similarCount, self._parameterNode.libraryFolder or None))
 
     def onCompare(self):
         p = self._parameterNode

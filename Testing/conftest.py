@@ -66,6 +66,7 @@ SLOW = {
     ("test_module.py", "test_cancel_through_a_launcher_adds_nothing_and_the_next_run_works"),  # 31 s
     ("test_module.py", "test_background_is_the_first_non_empty_input_and_never_cleared"),  # 6 s
     ("test_module.py", "test_console_api_segment_and_compare"),  # 5 s
+    ("test_module.py", "test_console_api_similar_cases"),  # 6 s
     ("test_module.py", "test_uncertainty_volume_is_never_thresholded_as_a_probability"),  # 3 s
     ("test_worker.py", "test_cancel_through_a_launcher_ends_the_real_worker_and_next_run_works"),  # 14 s
     ("test_worker.py", "test_cancelled_request_never_returns_its_result_even_if_it_already_arrived"),  # 13 s

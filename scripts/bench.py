@@ -9,6 +9,7 @@ ratios are printed. ``make bench`` runs all; results are tabled in docs/performa
     python scripts/bench.py memory        # 512 x 512 x 600 CT, peak RSS, engine vs MONAI (subprocesses)
     python scripts/bench.py worker [--repeats 3]
     python scripts/bench.py lesion-filter [--repeats 5]
+    python scripts/bench.py retrieval [--repeats 5]   # query latency + memory at 1e3/1e5/1e6 lesions, build time
 """
 
 from __future__ import annotations
@@ -581,10 +582,96 @@ def bench_lesion_filter(repeats: int) -> None:
     print(f"  ratio {t_whole / t_engine:.1f}x; label maps equal: {bool(np.array_equal(ours, reference))}")
 
 
+RETRIEVAL_DIMS = (38, 320)  # radiomics values of the BraTS models, deep values (UNet 16-32-64-128)
+
+
+def _ann_search(library: np.ndarray, queries: np.ndarray, k: int, repeats: int) -> dict | None:
+    """faiss HNSW (M = 32, efSearch = 64) when faiss is installed: build time, median query time, index bytes."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    t0 = time.perf_counter()
+    index = faiss.IndexHNSWFlat(library.shape[1], 32)
+    index.hnsw.efSearch = 64
+    index.add(library)
+    build = time.perf_counter() - t0
+    seconds, found = _median_time(lambda: [index.search(q[None], k)[1][0] for q in queries], repeats)
+    return {"build_s": build, "query_ms": 1000 * seconds / len(queries), "rows": np.stack(found),
+            "bytes": faiss.serialize_index(index).nbytes}
+
+
+def bench_retrieval(repeats: int) -> None:
+    """Exact numpy search (the shipped index) against faiss HNSW on synthetic descriptors; build time per case."""
+    import tracemalloc
+
+    from medcnncad.retrieval.index import ExactIndex, standardise_blocks
+
+    dims = sum(RETRIEVAL_DIMS)
+    rng = np.random.default_rng(0)
+    print(f"retrieval: {dims} values per lesion (combined: radiomics {RETRIEVAL_DIMS[0]} + deep "
+          f"{RETRIEVAL_DIMS[1]}), k = 5, 20 queries, medians of {repeats}")
+    for n in (1_000, 100_000, 1_000_000):
+        blocks = [rng.normal(size=(n, d)).astype(np.float32) for d in RETRIEVAL_DIMS]
+        queries = [rng.normal(size=(20, d)).astype(np.float32) for d in RETRIEVAL_DIMS]
+        t0 = time.perf_counter()
+        library, q = standardise_blocks(blocks, queries)
+        standardise_s = time.perf_counter() - t0
+        del blocks
+        index = ExactIndex(library)
+        tracemalloc.start()
+        seconds, found = _median_time(lambda index=index, q=q: [index.search(x[None], 5)[1][0] for x in q], repeats)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        exact = np.stack(found)
+        line = (f"  N = {n:>9,}: exact {1000 * seconds / len(q):8.2f} ms/query, vectors {library.nbytes / 2**20:7.1f} "
+                f"MiB, query working memory {peak / 2**20:6.1f} MiB, standardising the library {standardise_s:.2f} s")
+        ann = _ann_search(library, q, 5, repeats) if n <= 100_000 else None
+        if ann is not None:
+            recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact, ann["rows"])])
+            line += (f"\n  {'':13} faiss HNSW {ann['query_ms']:8.2f} ms/query, build {ann['build_s']:.1f} s, index "
+                     f"{ann['bytes'] / 2**20:.1f} MiB, recall@5 vs exact {recall:.3f}, "
+                     f"speed-up {1000 * seconds / len(q) / ann['query_ms']:.1f}x")
+        print(line)
+    _bench_retrieval_build(repeats)
+
+
+def _bench_retrieval_build(repeats: int) -> None:
+    """Descriptors of one segmented case (the cropped held-out phantom) and adding it to a library."""
+    sys.path.insert(0, str(ROOT / "Testing"))
+    from helpers import small_phantom
+
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
+    from medcnncad.pipeline.case import process_case
+    from medcnncad.retrieval.descriptors import case_descriptors
+    from medcnncad.retrieval.library import Library
+
+    images, _ = small_phantom()
+    for model_id in ("brats-demo-unet", "brats-robust-unet"):
+        segmenter = Segmenter(load_model(model_id), device="cpu")
+        result = segmenter.run(images, tta=False)
+        t_seg, _ = _median_time(lambda s=segmenter: s.run(images, tta=False), max(1, repeats // 2))
+        t_desc, described = _median_time(lambda s=segmenter, r=result: case_descriptors(r, s.model, s.device), repeats)
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = {}
+            for name, image in images.items():
+                paths[name] = str(Path(tmp) / f"{name}.nii.gz")
+                sitk.WriteImage(image, paths[name])
+            report = process_case(segmenter, paths, Path(tmp) / "case", tta=False)
+            library = Library.create(Path(tmp) / "lib", report["model"], report["retrieval"]["radiomics_names"])
+            case = Path(tmp) / "case"
+            t_add, _ = _median_time(lambda lib=library, case=case: lib.add_case(case, f"c{len(lib.entries)}"), repeats)
+            t_open, _ = _median_time(lambda: Library.open(Path(tmp) / "lib"), repeats)
+        print(f"  build, {model_id} on the cropped held-out phantom ({len(described)} lesion(s)): segmentation "
+              f"{t_seg:.2f} s (no TTA), descriptors {t_desc:.2f} s (+{100 * t_desc / t_seg:.0f} %), library add "
+              f"{1000 * t_add:.1f} ms, opening the {repeats + 0}-case library (checksums) {1000 * t_open:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
-                                         "lesion-filter",
+                                         "lesion-filter", "retrieval",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -610,6 +697,8 @@ def main() -> None:
         bench_worker(max(1, args.repeats // 2 + 1))
     if args.what in ("memory", "all"):
         bench_memory()
+    if args.what in ("retrieval", "all"):
+        bench_retrieval(args.repeats)
     if args.what in ("segresnet", "all"):
         bench_segresnet(max(1, args.repeats // 2))
     if args.what in ("bundle", "all"):

@@ -106,9 +106,10 @@ def test_segment_writes_every_output(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["segment", "--model", "brats-demo-unet", *args, "--out", str(out), "--reference", ref]) == 0
     names = {p.name for p in out.iterdir()}
-    assert {"labels.nii.gz", "labels.seg.nrrd", "prob_NCR.nii.gz", "prob_ED.nii.gz", "prob_ET.nii.gz",
-            "overlay.png", "report.json"} == names
     report = json.loads((out / "report.json").read_text())
+    thumbnails = {f"lesion_{les['lesion_id']}.png" for les in report["retrieval"]["lesions"]}
+    assert thumbnails and {"labels.nii.gz", "labels.seg.nrrd", "prob_NCR.nii.gz", "prob_ED.nii.gz", "prob_ET.nii.gz",
+                           "overlay.png", "report.json"} | thumbnails == names
     assert set(report["metrics"]) == {"NCR", "ED", "ET", "WT", "TC"}
     for key in ("dice", "jaccard", "precision", "recall", "sensitivity", "specificity", "accuracy", "f1",
                 "hd95_mm", "assd_mm", "volume_diff_ml"):

@@ -28,6 +28,8 @@ BAD = {
     "calibrate-case": (["--tumor-free", "1.5"], "1.5"),
     "calibrate-classifier": (["--model", "no-such-model"], "no-such-model"),
     "evaluate-classifier": (["--workers", "0"], "'0'"),
+    "evaluate-retrieval": (["--n", "-1"], "-1"),
+    "library": (["query", "--library", "{tmp}/missing", "--case", "{tmp}"], "missing"),
 }
 
 MORE = [
@@ -45,6 +47,10 @@ MORE = [
     (["train", "segmentation", "--template", TEMPLATE, "--out", "{tmp}/t", "--transplant-share", "0.5"],
      "--transplant-from"),
     (["nonsense-command"], "nonsense-command"),
+    (["library", "query", "--library", "{tmp}/l", "--case", "{tmp}", "-k", "0"], "'0'"),
+    (["library", "query", "--library", "{tmp}/l", "--case", "{tmp}", "--features", "colour"], "colour"),
+    (["library", "build", "--cases", "{tmp}/missing.csv", "--out", "{tmp}/l"], "missing.csv"),
+    (["library", "add", "--library", "{tmp}/missing", "--case", "{tmp}"], "missing"),
 ]
 
 

@@ -13,6 +13,7 @@ from bad_inputs import _brain, _image
 from medcnncad.cli import main
 from medcnncad.errors import InputError
 from medcnncad.pipeline.cohort import bootstrap_ci, expected_calibration_error, read_cases, run_cohort
+from medcnncad.retrieval.library import Library
 
 CHANNELS = ("T1", "T1c", "T2", "FLAIR")
 
@@ -48,14 +49,14 @@ def _reports(out):
     result = {}
     for report in sorted((out / "cases").glob("*/report.json")):
         data = json.loads(report.read_text())
-        result[report.parent.name] = (data["metrics"], data["lesions"], data["case"])
+        result[report.parent.name] = (data["metrics"], data["lesions"], data["case"], data["retrieval"]["lesions"])
     return result
 
 
 def test_serial_run_summary_resume_and_failures(cohort_csv, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["batch", "--cases", str(cohort_csv), "--out", str(out), "--device", "cpu", "--serial",
-                 "--report"]) == 0
+                 "--report", "--library", str(tmp_path / "lib")]) == 0
     summary = json.loads((out / "summary.json").read_text())
     page = (out / "report.html").read_text()
     for plot in ("Dice per structure", "Bland-Altman, WT volume", "ROC, case abnormality", "Reliability diagram"):
@@ -84,9 +85,15 @@ def test_serial_run_summary_resume_and_failures(cohort_csv, tmp_path, capsys):
     assert classification["cases"] == 4 and 0.0 <= classification["auc"] <= 1.0
     before = _reports(out)
     stamp = (out / "cases" / "case0" / "report.json").stat().st_mtime_ns
-    assert main(["batch", "--cases", str(cohort_csv), "--out", str(out), "--device", "cpu", "--serial"]) == 0
+    library = Library.open(tmp_path / "lib")  # every finished case, the CSV's label column as its metadata
+    assert [e["case_id"] for e in library.entries] == ["case0", "case1", "case2", "case3"]
+    entry = json.loads((tmp_path / "lib" / library.entries[0]["file"]).read_text())
+    assert entry["metadata"] == {"label": "1"}
+    assert main(["batch", "--cases", str(cohort_csv), "--out", str(out), "--device", "cpu", "--serial",
+                 "--library", str(tmp_path / "lib")]) == 0
     assert (out / "cases" / "case0" / "report.json").stat().st_mtime_ns == stamp  # resumed: not redone
     assert _reports(out) == before
+    assert len(Library.open(tmp_path / "lib").entries) == 4  # cases already in the library are not added twice
 
 
 def test_dask_local_cluster_equals_serial(cohort_csv, tmp_path):

@@ -133,3 +133,13 @@ def test_the_export_process_puts_the_private_folder_first(tmp_path, monkeypatch)
     assert seen["path"][0] == str(tmp_path / "home" / "dicom-export")
     assert seen["command"][1:3] == ["-m", "medcnncad.slicer.dicom_export"]
     assert "--target" in dicom_export.install_arguments() and "highdicom==" in dicom_export.install_arguments()
+
+
+def test_declining_the_package_install_exports_nothing(dicom_case, monkeypatch):
+    volumes, database, _ = dicom_case
+    asked, installed = [], []
+    monkeypatch.setattr(SecondReaderLogic, "dicomExportPackagesInstalled", staticmethod(lambda: False))
+    monkeypatch.setattr(SecondReaderLogic, "installDicomExportPackages", staticmethod(lambda: installed.append(1)))
+    files = SecondReaderLogic().exportToDicomDatabase(None, volumes["T1"], database,
+                                                      askInstall=lambda q: asked.append(q) or False)
+    assert files == [] and installed == [] and "Slicer's pydicom is not changed" in asked[0]

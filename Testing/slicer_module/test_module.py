@@ -176,7 +176,8 @@ def test_ui_parameter_bindings_are_parameter_node_fields():
 
 
 def test_module_file_stays_thin():
-    assert len((MODULE_DIR / "MedCNNCAD.py").read_text().splitlines()) <= 400
+    # 400 + the wiring of Similar cases (5) and of DICOM export (10)
+    assert len((MODULE_DIR / "MedCNNCAD.py").read_text().splitlines()) <= 415
 
 
 # -- issue #23: the extension as a clinician's first install meets it -----------------------------------------------
@@ -376,3 +377,39 @@ def test_cancel_through_a_launcher_adds_nothing_and_the_next_run_works(scene, mo
         assert nodes.segmentation.GetSegmentation().GetNumberOfSegments() == 3
     finally:
         logic.shutdown()
+
+
+def test_console_api_similar_cases(scene, module, tmp_path):
+    from medcnncad.errors import InputError
+    from medcnncad.retrieval.library import Library
+
+    volumes, _ = _load_sample(scene)
+    logic = module.MedCNNCADLogic()
+    with pytest.raises(InputError, match="no similar-case library"):
+        logic.similarCases()
+    with pytest.raises(InputError, match="run segment"):
+        logic.similarCases(library=str(tmp_path / "lib"))
+    logic.segment(volumes, model="demo", device="cpu")
+    logic.libraryPath = str(tmp_path / "lib")
+    with pytest.raises(InputError, match="not a case library"):
+        logic.similarCases()
+    # the library: this very case twice (its descriptors as a case folder would hold them), two metadata sets
+    described = logic._lastDescriptors  # computed on demand by the first query
+    case = tmp_path / "case"
+    case.mkdir()
+    assert described["retrieval"]["structure"] == "WT" and described["retrieval"]["lesions"]
+    (case / "report.json").write_text(json.dumps(described))
+    library = Library.create(tmp_path / "lib", described["model"], described["retrieval"]["radiomics_names"])
+    library.add_case(case, "same-a", {"grade": "HGG"})
+    library.add_case(case, "same-b", {"grade": "LGG"})
+    largest = max(described["retrieval"]["lesions"], key=lambda les: les["volume_ml"])["lesion_id"]
+    found = logic.similarCases(k=2)  # the largest lesion: itself in both library cases, at distance 0
+    assert [(n["case_id"], n["lesion_id"], n["distance"]) for n in found] == \
+        [("same-a", largest, 0.0), ("same-b", largest, 0.0)]
+    assert found[0]["metadata"] == {"grade": "HGG"} and found[0]["thumbnail"] is None  # no PNG in that folder
+    table = logic.similarCasesTable(k=2).GetTable()
+    assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == \
+        ["rank", "distance", "case", "lesion", "volume_ml", "grade", "thumbnail"]
+    assert table.GetNumberOfRows() == 2 and table.GetValueByName(1, "grade").ToString() == "LGG"
+    with pytest.raises(InputError, match="k = 100"):
+        logic.similarCases(k=100)

@@ -171,3 +171,20 @@ def test_worker_runs_in_its_own_session(client, case, tmp_path):
     _, paths = case
     client.submit({"cmd": "ping"})
     assert os.getsid(client.process.pid) == client.process.pid != os.getsid(0)
+
+
+def test_worker_writes_the_descriptors_when_asked(case, tmp_path):
+    """``describe``: the worker adds retrieval.json (model + descriptors), what Logic.similarCases queries with."""
+    import io
+    import json
+
+    from medcnncad.slicer.worker import _Server
+
+    server = _Server(io.StringIO())
+    server.segment({"id": 1, "model": "brats-demo-unet", "device": "cpu", "inputs": case[1],
+                    "out": str(tmp_path / "a"), "describe": True})
+    server.segment({"id": 2, "model": "brats-demo-unet", "device": "cpu", "inputs": case[1],
+                    "out": str(tmp_path / "b")})
+    found = json.loads((tmp_path / "a" / "retrieval.json").read_text())
+    assert found["model"]["id"] == "brats-demo-unet" and found["retrieval"]["lesions"][0]["deep"]
+    assert not (tmp_path / "b" / "retrieval.json").exists()

@@ -14,6 +14,9 @@ Stable syntax (scripts and docs rely on it)::
     medcnncad evaluate-phantoms [--model ID] [--n 20] [--json]
     medcnncad models
     medcnncad trust BUNDLE_FOLDER
+    medcnncad library build --cases cases.csv --out LIB [--model ID] [--serial]
+    medcnncad library add --library LIB --case RESULT_DIR [--case-id ID] [--meta KEY=VALUE ...]
+    medcnncad library query --library LIB --case RESULT_DIR [-k 5] [--lesion N] [--features combined] [--json]
 
 Each command group is a module of this package (``case``, ``evaluate``, ``cohort``, ``data``,
 ``models``, ``train``) with ``add_parsers(subparsers)``; shared options come from
@@ -57,6 +60,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate-case": ("evaluate", "fit Platt scaling of a model's case abnormality probability"),
     "calibrate-classifier": ("train", "refit a lesion grade classifier's temperature and operating point"),
     "evaluate-classifier": ("train", "AUC, operating point, Brier, ECE of a lesion grade classifier"),
+    "evaluate-retrieval": ("evaluate", "similar-case retrieval quality (precision@k, mAP@k), phantoms and real cases"),
+    "library": ("library", "similar-case library: build from a CSV, add a case, query with a case"),
 }
 """Command -> (module of :mod:`medcnncad.cli` that defines it, one-line help)."""
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
-from medcnncad.cli.options import add
+from medcnncad.cli.options import add, positive_int
 from medcnncad.errors import InputError
 from medcnncad.models.registry import describe_model
 from medcnncad.pipeline.cohort import read_cases, run_cohort, summary_markdown
+from medcnncad.pipeline.library import add_cohort, read_library_csv
 from medcnncad.reporting.html import Screenshots, case_report, cohort_report, html_to_pdf
+from medcnncad.retrieval.library import Library
 
 __all__ = ["add_parsers"]
 
@@ -45,6 +48,10 @@ def run_batch(args: argparse.Namespace) -> int:
             if (Path(args.out) / "cases" / case.case_id / "report.json").is_file():
                 case_report(Path(args.out) / "cases" / case.case_id, _screenshots())
         print(cohort_report(args.out, {c.case_id: c.label for c in cases}))
+    if args.library:
+        rows = read_library_csv(args.cases, manifest.input_names)
+        library = add_cohort(args.library, rows, {c.case_id: Path(args.out) / "cases" / c.case_id for c in cases})
+        print(f"library {args.library}: {len(library.entries)} case(s), {len(library.lesions)} lesion(s)")
     print(summary_markdown(summary))
     print(f"per-case outputs in {Path(args.out) / 'cases'}; cohort.csv, failures.csv, summary.json, summary.md "
           f"in {args.out}")
@@ -56,7 +63,11 @@ def run_report(args: argparse.Namespace) -> int:
     if (folder / "summary.json").is_file():
         path = cohort_report(folder, _labels_from_cohort_csv(folder))
     elif (folder / "report.json").is_file():
-        path = case_report(folder, _screenshots())
+        similar = None
+        if args.library:
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            similar = [n.to_json() for n in Library.open(args.library).query(report, args.k, where=str(folder))]
+        path = case_report(folder, _screenshots(), similar)
     else:
         raise InputError(f"{folder}: neither a case folder (report.json) nor a cohort folder (summary.json)")
     print(path)
@@ -77,9 +88,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-seg", action="store_true", help="also a DICOM SEG per case (DICOM inputs)")
     p.add_argument("--dicom-sr", action="store_true",
                    help="also the lesion measurements as a DICOM SR (TID 1500) per case (DICOM inputs)")
+    p.add_argument("--library", help="then add every segmented case (descriptors, thumbnails, the CSV's other "
+                                     "columns as metadata) to this similar-case library (created when absent)")
     p.set_defaults(func=run_batch)
 
     p = sub.add_parser("report", help="HTML report (and --pdf) of a case or cohort output folder")
     p.add_argument("folder")
     p.add_argument("--pdf", action="store_true", help="also print it to PDF with headless Chromium")
+    p.add_argument("--library", help="a case's report: add its k most similar library cases (thumbnails, metadata)")
+    p.add_argument("-k", type=positive_int, default=3, help="similar cases shown with --library (default 3)")
     p.set_defaults(func=run_report)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcnncad.cli.options import add, channel_list
+from medcnncad.cli.options import add, channel_list, non_negative_int
 from medcnncad.evaluation.phantoms import (
     calibration_helps,
     evaluate_on_phantoms,
@@ -18,6 +18,7 @@ from medcnncad.evaluation.phantoms import (
     write_case_calibration,
 )
 from medcnncad.evaluation.real import VARIANTS, evaluate_real, format_real_table
+from medcnncad.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
 from medcnncad.io.images import read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
 from medcnncad.models.manifest import Manifest, load_manifest
@@ -70,6 +71,15 @@ def run_evaluate_real(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate_retrieval(args: argparse.Namespace) -> int:
+    report = evaluate_retrieval(args.model, n=args.n, seed_base=args.seed_base, preset_name=args.preset,
+                                data=args.data, device=args.device)
+    if args.out:
+        Path(args.out).write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    print(json.dumps(json_safe(report), indent=2) if args.json else format_retrieval_table(report))
+    return 0
+
+
 def run_calibrate_case(args: argparse.Namespace) -> int:
     cal = fit_case_calibration(args.model, n_cases=args.n, preset=args.preset, tumor_free=args.tumor_free,
                                seed_base=args.seed_base, device=args.device, channels=channel_list(args.channels))
@@ -115,6 +125,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", help="comma-separated case ids (default: every labelled case)")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.set_defaults(func=run_evaluate_real)
+
+    p = sub.add_parser("evaluate-retrieval", help="similar-case retrieval: precision@k / mAP@k of same grade / tumor "
+                                                  "type on held-out phantoms and real patients (leave one out)")
+    add(p, "model", "n", "seed-base", "device", "json", "preset", preset={"default": "graded"},
+        n={"type": non_negative_int, "help": "held-out phantoms (0: none)"})
+    p.add_argument("--data", help="also the real cases of this folder (../shared/realdata; leave one patient out)")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    p.set_defaults(func=run_evaluate_retrieval)
 
     p = sub.add_parser("calibrate-case", help="fit Platt scaling of a model's case abnormality probability "
                                               "on validation phantoms (half tumor-free)")

@@ -56,7 +56,8 @@ from medcnncad.errors import InputError
 from medcnncad.io.images import write_image
 from medcnncad.io.segfile import write_seg_nrrd
 
-__all__ = ["cropped_phantom", "SEQUENCES", "ANATOMIES", "PRESETS", "PhantomConfig", "PhantomCase", "make_phantom",
+__all__ = ["cropped_phantom", "crop_around_tumor",
+           "SEQUENCES", "ANATOMIES", "PRESETS", "PhantomConfig", "PhantomCase", "make_phantom",
            "make_realistic_phantom", "TumorSource", "write_phantom", "write_sample_case", "preset"]
 
 SEQUENCES: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
@@ -735,7 +736,12 @@ def cropped_phantom(seed: int = 900_001, box_mm: tuple[float, float, float] = (9
     Returns:
         Sequence name -> cropped image, and the cropped label map (BraTS values 0/1/2/4).
     """
-    case = make_phantom(seed, config)
+    return crop_around_tumor(make_phantom(seed, config), box_mm)
+
+
+def crop_around_tumor(case: PhantomCase, box_mm: tuple[float, float, float] = (96.0, 96.0, 72.0)
+                      ) -> tuple[dict[str, sitk.Image], sitk.Image]:
+    """A generated case cropped to a ``box_mm`` (x, y, z) box around its tumor (:func:`cropped_phantom`)."""
     label = sitk.GetArrayFromImage(case.label)
     center = np.argwhere(label > 0).mean(0)[::-1]  # (i, j, k)
     spacing = np.array(case.label.GetSpacing())

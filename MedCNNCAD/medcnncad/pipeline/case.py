@@ -18,6 +18,7 @@ from medcnncad.io.images import atomic_path, read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics
 from medcnncad.models.channels import display_channel
 from medcnncad.reporting.case_outputs import write_case_outputs
+from medcnncad.retrieval.descriptors import case_descriptors
 
 __all__ = ["process_case"]
 
@@ -43,14 +44,17 @@ def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str])
 def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, reference: str | None = None,
                  series: dict[str, str] | None = None, dicom_seg: bool = False,
                  progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None,
-                 classifier=None, tta: bool | None = None, dicom_sr: bool = False) -> dict:
+                 classifier=None, tta: bool | None = None, dicom_sr: bool = False,
+                 descriptors: bool = True) -> dict:
     """Segment (+ classify lesions, + evaluate against ``reference``) one case; write its outputs.
 
     Returns the report (also written as ``out/report.json``). ``series`` picks DICOM series by
     channel name; ``dicom_seg`` adds ``labels.seg.dcm`` and ``dicom_sr`` the lesion measurements as
     ``labels.sr.dcm`` (TID 1500, referencing that SEG); ``classifier`` (a
     :class:`~medcnncad.classification.grade.LoadedClassifier`) classifies the lesions; ``tta`` adds
-    test-time augmentation (4x the network time) and the uncertainty map (``None``: the model's default).
+    test-time augmentation (4x the network time) and the uncertainty map (``None``: the model's default);
+    ``descriptors`` adds each lesion's similar-case retrieval descriptors and thumbnail
+    (:func:`medcnncad.retrieval.descriptors.case_descriptors`: one more network pass per lesion).
     """
     progress = progress or (lambda stage, fraction: None)
     out = Path(out)
@@ -69,11 +73,17 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
         metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
                                   result.manifest.structures())
         extra["metrics"] = time.perf_counter() - t0
+    described = None
+    if descriptors:
+        progress("descriptors", 0.0)
+        t0 = time.perf_counter()
+        described = case_descriptors(result, segmenter.model, segmenter.device)
+        extra["retrieval_descriptors"] = time.perf_counter() - t0
     progress("write", 0.0)
     t0 = time.perf_counter()
     outputs = write_case_outputs(result, out, background=_display_channel(result),
                                  metrics=metrics, reference_labels=ref_array, inputs=inputs, extra_timings=extra,
-                                 dicom_sources=sources, dicom_sr=dicom_sr)
+                                 dicom_sources=sources, dicom_sr=dicom_sr, descriptors=described)
     report = json.loads(outputs.files["report"].read_text())
     report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
     report["reference"] = str(Path(reference).resolve()) if reference else None

@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from medcnncad.io.images import UINT8_SCALE, signals_deferred, write_image, writ
 from medcnncad.io.segfile import write_seg_nrrd
 from medcnncad.metrics.segmentation import BRATS_2023, DETECTION_RULE, StructureMetrics
 from medcnncad.models.registry import model_format_of, model_source
+from medcnncad.retrieval.descriptors import LesionDescriptor, descriptors_json
 
 __all__ = ["CaseOutputs", "json_safe", "build_report", "write_case_outputs", "render_overlays", "summary_table"]
 
@@ -62,8 +63,9 @@ def json_safe(value: Any) -> Any:
 
 def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetrics] | None = None,
                  inputs: Mapping[str, str] | None = None, outputs: Mapping[str, str] | None = None,
-                 extra_timings: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """The ``report.json`` content for one case."""
+                 extra_timings: Mapping[str, float] | None = None,
+                 descriptors: Sequence[LesionDescriptor] | None = None) -> dict[str, Any]:
+    """The ``report.json`` content for one case (``retrieval``: the lesions' descriptors, when given)."""
     m = result.manifest
     timings = dict(result.timings)
     timings.update(extra_timings or {})
@@ -107,6 +109,8 @@ def build_report(result: SegmentationResult, metrics: Mapping[str, StructureMetr
         report["classification"] = result.classification
     if metrics is not None:
         report["metrics"] = {name: s.to_json() for name, s in metrics.items()}
+    if descriptors is not None:
+        report["retrieval"] = descriptors_json(descriptors, result)
     return json_safe(report)
 
 
@@ -256,13 +260,15 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
                        metrics: Mapping[str, StructureMetrics] | None = None,
                        reference_labels: np.ndarray | None = None, inputs: Mapping[str, str] | None = None,
                        extra_timings: Mapping[str, float] | None = None,
-                       dicom_sources: list[str] | None = None, dicom_sr: bool = False) -> CaseOutputs:
+                       dicom_sources: list[str] | None = None, dicom_sr: bool = False,
+                       descriptors: Sequence[LesionDescriptor] | None = None) -> CaseOutputs:
     """Write every output of one case atomically into ``out_dir``.
 
     Files: ``labels.nii.gz``, ``labels.seg.nrrd``, ``prob_<channel>.nii.gz``,
     ``overlay.png``, ``report.json``, ``uncertainty.nii.gz`` (with test-time augmentation)
     and, with ``dicom_sources`` (the files of the DICOM series the result's grid comes
-    from), ``labels.seg.dcm``.
+    from), ``labels.seg.dcm``; with ``descriptors`` (similar-case retrieval), report.json's
+    ``retrieval`` block and a thumbnail ``lesion_<id>.png`` per retrieval lesion.
     """
     out = Path(out_dir)
     try:
@@ -306,7 +312,11 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
 
                 names["dicom_sr"] = "labels.sr.dcm"
                 write_dicom_sr(result, staging / names["dicom_seg"], dicom_sources, staging / names["dicom_sr"])
-        report = build_report(result, metrics, inputs, names, extra_timings)
+        for descriptor in descriptors or ():
+            key = f"lesion_{descriptor.lesion_id}"
+            names[key] = f"{key}.png"
+            sitk.WriteImage(sitk.GetImageFromArray(descriptor.thumbnail), str(staging / names[key]))
+        report = build_report(result, metrics, inputs, names, extra_timings, descriptors)
         (staging / names["report"]).write_text(json.dumps(report, indent=2) + "\n")
         files = {}
         with signals_deferred():  # all files appear together, or none does

@@ -18,7 +18,7 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,8 @@ Screenshots = Callable[[Path, dict], list[tuple[str, bytes]]]
 """``(case folder, report.json as a dict) -> [(title, PNG bytes)]``; raises FileNotFoundError when it cannot render."""
 
 
-def case_report(case_dir: str | Path, screenshots: Screenshots | None = None) -> Path:
+def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
+                similar: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path.
 
     Args:
@@ -110,6 +111,8 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None) ->
         screenshots: renders slice views for the report, e.g.
             :func:`medcnncad.slicer.screenshots.case_screenshots` (Slicer's own slice pipeline, needs
             ``slicer-core``); ``None`` or a FileNotFoundError from it: the matplotlib overlay only.
+        similar: the nearest library lesions (:meth:`medcnncad.retrieval.library.Neighbour.to_json`: rank,
+            distance, case_id, lesion_id, volume_ml, metadata, thumbnail path) for a "Similar cases" section.
 
     Returns:
         The path of ``report.html`` inside ``case_dir`` (written atomically).
@@ -142,6 +145,7 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None) ->
         body.append(f"<p class='small'>{html.escape(_filter_text(report['lesion_filter']))}</p>")
     body += _removed_section(report.get("removed_candidates"))
     body += _classification_section(report)
+    body += _similar_section(case_dir, report, similar)
     if "metrics" in report:
         keys = ["dice", "jaccard", "precision", "recall", "specificity", "hd95_mm", "assd_mm", "volume_diff_ml"]
         body += ["<h2>Agreement with the reference</h2>",
@@ -156,6 +160,32 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None) ->
     with atomic_path(path) as tmp:
         tmp.write_text(_page(f"MedCNNCAD case report - {model['id']}", "".join(body)), encoding="utf-8")
     return path
+
+
+def _thumb(path: str | Path | None, alt: str) -> str:
+    return _img(Path(path).read_bytes(), alt) if path and Path(path).is_file() else "n/a"
+
+
+def _similar_section(case_dir: Path, report: dict, similar: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """The k nearest library lesions: thumbnail, distance, case, metadata (empty without a library)."""
+    if not similar:
+        return []
+    keys = sorted({k for n in similar for k in n["metadata"]})
+    query = max(report.get("retrieval", {}).get("lesions", []), key=lambda les: les["volume_ml"], default=None)
+    head = ""
+    if query is not None:
+        thumb = _thumb(case_dir / "lesion_{}.png".format(query["lesion_id"]), "query lesion")
+        head = (f"<p>query: {html.escape(report['retrieval']['structure'])} lesion {query['lesion_id']} "
+                f"({query['volume_ml']:.2f} mL) {thumb}</p>")
+    rows = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in (
+        n["rank"], f"{n['distance']:.3f}", html.escape(n["case_id"]), n["lesion_id"], f"{n['volume_ml']:.2f}",
+        *(html.escape(str(n["metadata"].get(k, ""))) for k in keys), _thumb(n["thumbnail"], n["case_id"]))) + "</tr>"
+        for n in similar)
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in
+                     ["rank", "distance", "case", "lesion", "volume mL", *keys, "thumbnail"])
+    return ["<h2>Similar cases</h2>", head, f"<table><tr>{header}</tr>{rows}</table>",
+            "<p class='small'>The nearest lesions of the case library by the retrieval descriptors "
+            "(docs/retrieval.md); similar appearance, not a diagnosis.</p>"]
 
 
 def _figure_png(draw) -> bytes:

@@ -235,6 +235,17 @@ def add_lesion_table(lesions: Sequence[Lesion], name: str = "MedCNNCAD lesions")
     return _table(name, columns, rows)
 
 
+def add_similar_table(neighbours: Sequence[Mapping[str, Any]], name: str = "MedCNNCAD similar cases") -> Any:
+    """A table node, one row per similar library lesion (``Neighbour.to_json`` dicts, nearest first): rank,
+    distance, case, lesion, volume (mL), one column per metadata key of the library, thumbnail file."""
+    keys = sorted({key for n in neighbours for key in n["metadata"]})
+    columns = [("rank", "int"), ("distance", "double"), ("case", "string"), ("lesion", "int"),
+               ("volume_ml", "double"), *((key, "string") for key in keys), ("thumbnail", "string")]
+    rows = [[n["rank"], n["distance"], n["case_id"], n["lesion_id"], n["volume_ml"],
+             *(n["metadata"].get(key, "") for key in keys), n["thumbnail"] or ""] for n in neighbours]
+    return _table(name, columns, rows)
+
+
 def add_removed_table(result: SegmentationResult, name: str = "MedCNNCAD removed candidates") -> Any:
     """A table node, one row per component the model's post-processing removed from the label map
     (stage, volume mL, largest foreground probability, classifier probability, RAS centre in mm):

@@ -55,6 +55,11 @@ class SecondReaderLogic:
 
     def __init__(self) -> None:
         self._worker: WorkerClient | None = None
+        self.libraryPath: str | None = None
+        """Similar-case library folder (``medcnncad library build``); set it before a worker run so that the
+        worker computes the lesions' descriptors too."""
+        self._lastRun: Any = None  # (result, segmenter) of the last console run, for similarCases
+        self._lastDescriptors: dict[str, Any] | None = None  # the last run's model + retrieval block
 
     # -- environment --------------------------------------------------------------------
     @staticmethod
@@ -199,12 +204,16 @@ class SecondReaderLogic:
             from medcnncad.classification.grade import attach_classification, cached_classifier
 
             attach_classification(result, cached_classifier(classifier))
+        self._lastRun, self._lastDescriptors = (result, segmenter), None
         return add_result_nodes(result, firstNonEmptyVolume(volumes.values()))
 
     def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
                           trust: bool = False, classifier: str | None = None,
-                          tta: bool | None = None) -> dict[str, Any]:
-        """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`."""
+                          tta: bool | None = None, library: str | None = None) -> dict[str, Any]:
+        """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`. With ``library``
+        (it becomes :attr:`libraryPath`) or :attr:`libraryPath` set, the worker also describes the lesions for
+        :meth:`similarCases`."""
+        self.libraryPath = library or self.libraryPath
         import SimpleITK as sitk
 
         from medcnncad.models.registry import find_model
@@ -223,7 +232,8 @@ class SecondReaderLogic:
         self._worker = self._worker or WorkerClient()
         requestId = self._worker.submit({"cmd": "segment", "model": modelFolder, "device": device, "trust": trust,
                                          "classifier": classifier or None, "tta": None if tta is None else bool(tta),
-                                         "inputs": inputs, "out": os.path.join(folder, "out")})
+                                         "inputs": inputs, "out": os.path.join(folder, "out"),
+                                         "describe": bool(self.libraryPath)})
         return {"id": requestId, "folder": folder, "manifest": manifest, "model": modelFolder,
                 "reference": firstNonEmptyVolume(volumes.values())}
 
@@ -243,6 +253,9 @@ class SecondReaderLogic:
             if event["event"] == "error":
                 raise WorkerError(event["message"])
             result = load_result(pathlib.Path(event["out"]), job["manifest"], volume_node_to_image(job["reference"]))
+            described = pathlib.Path(event["out"]) / "retrieval.json"
+            self._lastRun = None
+            self._lastDescriptors = json.loads(described.read_text()) if described.is_file() else None
             return add_result_nodes(result, job["reference"])
         finally:
             if finished:
@@ -281,11 +294,13 @@ class SecondReaderLogic:
 
         slicer.util.pip_install(install_arguments())
 
-    def exportToDicomDatabase(self, nodes: ResultNodes, referenceVolumeNode: Any, database: Any = None) -> list[str]:
+    def exportToDicomDatabase(self, nodes: ResultNodes, referenceVolumeNode: Any, database: Any = None,
+                              askInstall: Callable[[str], bool] | None = None) -> list[str]:
         """Write the run's DICOM SEG and DICOM SR (TID 1500, one measurement group per lesion) and import
         both into the DICOM database, referencing the series ``referenceVolumeNode`` was loaded from
         (the volume the result's grid is on; given the list of inputs, the first non-empty one).
-        Returns the written files.
+        Returns the written files; none when the export packages are missing and ``askInstall(question)``
+        (the Widget's confirmation) declines their installation into the private folder.
 
         Raises:
             InputError: the reference volume did not come from the DICOM database.
@@ -294,6 +309,11 @@ class SecondReaderLogic:
         from medcnncad.models.registry import model_key
         from medcnncad.slicer.dicom_export import export_to_database, source_files
 
+        if askInstall is not None and not self.dicomExportPackagesInstalled():
+            if not askInstall("DICOM SEG/SR export needs highdicom and pydicom 3. Install them into MedCNNCAD's own "
+                              "folder (Slicer's pydicom is not changed)?"):
+                return []
+            self.installDicomExportPackages()
         database = database if database is not None else slicer.dicomDatabase
         if isinstance(referenceVolumeNode, (list, tuple)):  # the inputs: the result is on the first non-empty one
             referenceVolumeNode = firstNonEmptyVolume(referenceVolumeNode)
@@ -319,6 +339,49 @@ class SecondReaderLogic:
     def shutdown(self) -> None:
         if self._worker:
             self._worker.close()
+
+    # -- similar cases --------------------------------------------------------------------
+    def similarCases(self, lesion: int | None = None, k: int = 5, library: str | None = None,
+                     features: str | None = None) -> list[dict[str, Any]]:
+        """The ``k`` library lesions most similar to a lesion of the last run (console API, blocking).
+
+        Args:
+            lesion: the lesion's id among the whole-tumor (retrieval structure) lesions of the lesion table;
+                ``None``: the largest.
+            k: how many (1 .. lesions in the library).
+            library: a library folder (``medcnncad library build``); default :attr:`libraryPath`.
+            features: ``combined`` (default), ``deep`` or ``radiomics``.
+
+        Returns:
+            One dict per neighbour, nearest first: rank, distance, case_id, lesion_id, volume_ml, metadata
+            (the library CSV's columns), thumbnail (PNG path).
+
+        Raises:
+            InputError: no run yet, no library, a library of another model, ``k`` out of range, a tampered library.
+        """
+        from medcnncad.retrieval.library import DEFAULT_FEATURES, Library
+
+        folder = library or self.libraryPath
+        if not folder:
+            raise InputError("no similar-case library: set logic.libraryPath or pass library=")
+        if self._lastDescriptors is None:
+            if self._lastRun is None:
+                raise InputError("no segmentation with lesion descriptors yet: run segment() first (or set "
+                                 "libraryPath before a worker run)")
+            from medcnncad.retrieval.descriptors import case_descriptors, retrieval_report
+
+            result, segmenter = self._lastRun
+            self._lastDescriptors = retrieval_report(case_descriptors(result, segmenter.model, segmenter.device),
+                                                     result)
+        neighbours = Library.open(folder).query(self._lastDescriptors, k, lesion, features or DEFAULT_FEATURES,
+                                                where="the last run")
+        return [n.to_json() for n in neighbours]
+
+    def similarCasesTable(self, k: int = 5, library: str | None = None, lesion: int | None = None) -> Any:
+        """:meth:`similarCases` as a table node (rank, distance, case, lesion, volume, metadata, thumbnail)."""
+        from medcnncad.slicer.adaptor import add_similar_table
+
+        return add_similar_table(self.similarCases(lesion, k, library))
 
     # -- viewing and comparison -----------------------------------------------------------
     @staticmethod

@@ -48,6 +48,7 @@ from medcnncad.errors import InputError, MedCNNCADError, RunCancelled
 from medcnncad.inference.segmenter import SegmentationResult, cached_segmenter
 from medcnncad.lesions.components import Lesion
 from medcnncad.lesions.lesion_filter import RemovedCandidate
+from medcnncad.retrieval.descriptors import case_descriptors, retrieval_report
 
 __all__ = ["serve", "save_result", "load_result", "WorkerClient", "WorkerError", "WorkerCancelled",
            "worker_popen_kwargs", "kill_process_tree"]
@@ -122,6 +123,10 @@ class _Server:
         if request.get("classifier"):
             attach_classification(result, cached_classifier(request["classifier"]))
         save_result(result, Path(request["out"]))
+        if request.get("describe"):  # similar-case retrieval descriptors (one more network pass per lesion)
+            progress("descriptors", 0.0)
+            found = retrieval_report(case_descriptors(result, segmenter.model, segmenter.device), result)
+            (Path(request["out"]) / "retrieval.json").write_text(json.dumps(found))
         self.emit(id=rid, event="done", out=request["out"])
 
     def handle(self, line: str) -> bool:

@@ -1,0 +1,105 @@
+"""``medcnncad library build | add | query``: the similar-case library (docs/retrieval.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from medcnncad.cli.options import add, positive_int
+from medcnncad.errors import InputError
+from medcnncad.models.registry import describe_model
+from medcnncad.pipeline.library import build_library
+from medcnncad.retrieval.library import DEFAULT_FEATURES, FEATURES, Library
+
+__all__ = ["add_parsers", "parse_metadata"]
+
+
+def parse_metadata(items: list[str] | None) -> dict[str, str]:
+    """``--meta KEY=VALUE`` options as a dict (InputError naming a malformed one)."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--meta {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _read_report(case: str) -> dict:
+    path = Path(case) / "report.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{case}: not a case output folder (no report.json)") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not JSON ({exc})") from None
+
+
+def run_build(args: argparse.Namespace) -> int:
+    manifest = describe_model(args.model)
+    library = build_library(args.cases, args.out, args.model, device=args.device, scheduler=args.scheduler,
+                            workers=args.workers, serial=args.serial, channels=manifest.input_names)
+    print(f"library {args.out}: {len(library.entries)} case(s), {len(library.lesions)} lesion(s), model "
+          f"{library.model['id']} {library.model['version']}")
+    return 0
+
+
+def run_add(args: argparse.Namespace) -> int:
+    library = Library.open(args.library)
+    case_id = args.case_id or Path(args.case).resolve().name
+    count = library.add_case(args.case, case_id, parse_metadata(args.meta))
+    print(f"added {case_id} ({count} lesion(s)); the library holds {len(library.entries)} case(s), "
+          f"{len(library.lesions)} lesion(s)")
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    library = Library.open(args.library)
+    report = _read_report(args.case)
+    neighbours = library.query(report, args.k, args.lesion, args.features, where=str(args.case),
+                               exclude_case=args.exclude)
+    if args.json:
+        print(json.dumps([n.to_json() for n in neighbours], indent=2))
+        return 0
+    keys = sorted({k for n in neighbours for k in n.lesion.metadata})
+    print("\t".join(["rank", "distance", "case_id", "lesion", "volume_ml", *keys, "thumbnail"]))
+    for n in neighbours:
+        les = n.lesion
+        print("\t".join([str(n.rank), f"{n.distance:.3f}", les.case_id, str(les.lesion_id), f"{les.volume_ml:.2f}",
+                         *(les.metadata.get(k, "") for k in keys), str(les.thumbnail or "")]))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``library`` with its ``build``, ``add`` and ``query`` commands."""
+    p = sub.add_parser("library", help="similar-case library: build from a CSV, add a case, query with a case")
+    lsub = p.add_subparsers(dest="action", required=True)
+
+    b = lsub.add_parser("build", help="build a library from a CSV (segmenting cases without a result folder)")
+    b.add_argument("--cases", required=True, help="CSV: case_id, result (case output folder) or the model's "
+                                                  "channel columns, and metadata columns (diagnosis, grade, ...)")
+    add(b, "out", "model", "device", out={"help": "the new library folder"})
+    b.add_argument("--scheduler", help="dask scheduler address (tcp://host:port); default a local cluster")
+    add(b, "workers", workers={"help": "processes of the local cluster"})
+    b.add_argument("--serial", action="store_true", help="segment in this process, without dask")
+    b.set_defaults(func=run_build)
+
+    a = lsub.add_parser("add", help="add one segmented case (its output folder) to a library")
+    a.add_argument("--library", required=True, help="the library folder")
+    a.add_argument("--case", required=True, help="case output folder (report.json with retrieval descriptors)")
+    a.add_argument("--case-id", help="the case's name in the library (default: the folder's name)")
+    a.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata (repeatable), e.g. grade=HGG")
+    a.set_defaults(func=run_add)
+
+    q = lsub.add_parser("query", help="the k library lesions most similar to a case's lesion")
+    q.add_argument("--library", required=True, help="the library folder")
+    q.add_argument("--case", required=True, help="case output folder (report.json with retrieval descriptors)")
+    q.add_argument("-k", type=positive_int, default=5, help="results (default 5)")
+    q.add_argument("--lesion", type=positive_int, help="the query lesion's id (default: the case's largest)")
+    q.add_argument("--features", choices=FEATURES, default=DEFAULT_FEATURES,
+                   help=f"descriptor used (default {DEFAULT_FEATURES})")
+    q.add_argument("--exclude", help="leave this library case out (the query case itself)")
+    add(q, "json")
+    q.set_defaults(func=run_query)
+

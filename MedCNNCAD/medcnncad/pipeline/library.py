@@ -1,0 +1,122 @@
+"""Building a similar-case library from a CSV: reuse each case's segmentation or run it (a cohort, on Dask),
+then add every case's descriptors, thumbnails and metadata columns (:class:`medcnncad.retrieval.Library`).
+
+CSV columns: ``case_id``; either ``result`` (a case output folder holding report.json, e.g. from
+``medcnncad segment`` or ``batch``) or the model's channel columns (a file or DICOM folder each, with
+optional ``<channel>_series``, as for ``batch``); every other column (diagnosis, grade, outcome, ...) is
+stored as the case's metadata, as given. Relative paths are relative to the CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medcnncad.errors import InputError
+from medcnncad.pipeline.cohort import CohortCase, read_cases, run_cohort
+from medcnncad.retrieval.library import Library, LibraryError, case_retrieval
+
+__all__ = ["LibraryRow", "read_library_csv", "build_library", "add_cohort"]
+
+_NOT_METADATA = {"case_id", "result", "reference"}
+
+
+@dataclass
+class LibraryRow:
+    """One CSV row: the case id, its existing result folder (or ``None``: to be segmented), its metadata."""
+
+    case_id: str
+    result: Path | None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_library_csv(csv_path: str | Path, channels: Sequence[str]) -> list[LibraryRow]:
+    """Parse the library CSV (errors name the file, line and column).
+
+    Args:
+        csv_path: the CSV.
+        channels: the model's input channel names (their columns, and ``<channel>_series``, are not metadata).
+    """
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{csv_path}: cannot be read as CSV ({exc})") from None
+    if not rows:
+        raise InputError(f"{csv_path}: no cases")
+    columns = set(rows[0])
+    if "case_id" not in columns or not ({"result", *channels} & columns):
+        raise InputError(f"{csv_path}: needs a case_id column and either a result column (case output folders) "
+                         f"or the channel columns {list(channels)}")
+    skip = _NOT_METADATA | set(channels) | {f"{c}_series" for c in channels}
+    out = []
+    for line, row in enumerate(rows, start=2):
+        case_id = (row.get("case_id") or "").strip()
+        result = (row.get("result") or "").strip()
+        if not result and not any((row.get(c) or "").strip() for c in channels):
+            raise InputError(f"{csv_path}: line {line}: case {case_id!r} has neither a result folder nor any of "
+                             f"the channels {list(channels)}")
+        metadata = {k: (v or "").strip() for k, v in row.items() if k is not None and k not in skip}
+        out.append(LibraryRow(case_id, (csv_path.parent / result).resolve() if result else None, metadata))
+    return out
+
+
+def add_cohort(library_dir: str | Path, rows: Sequence[LibraryRow], results: dict[str, Path]) -> Library:
+    """Add each row's case (its folder in ``results`` by case id, or its own ``result``) to the library at
+    ``library_dir``, created from the first case's model when absent. Cases without a report (failed) and
+    cases already in the library (a resumed batch) are skipped; returns the library."""
+    library_dir = Path(library_dir)
+    library = Library.open(library_dir) if (library_dir / "library.json").is_file() else None
+    for row in rows:
+        folder = row.result or results.get(row.case_id)
+        if folder is None or not (folder / "report.json").is_file():
+            if row.result is not None:
+                raise LibraryError(f"{row.result}: case {row.case_id!r}: not a case output folder (no report.json)")
+            continue
+        if library is not None and any(e["case_id"] == row.case_id for e in library.entries):
+            continue
+        if library is None:
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            library = Library.create(library_dir, report["model"],
+                                     case_retrieval(report, str(folder)).get("radiomics_names", []))
+        library.add_case(folder, row.case_id, row.metadata)
+    if library is None:
+        raise LibraryError(f"{library_dir}: no case could be added (every segmentation failed); see failures.csv")
+    return library
+
+
+def build_library(csv_path: str | Path, out: str | Path, model: str, device: str = "auto",
+                  scheduler: str | None = None, workers: int = 2, serial: bool = False,
+                  channels: Sequence[str] = ()) -> Library:
+    """``medcnncad library build``: segment the rows without a result folder (a cohort run into
+    ``out/segmentations``, serial or on Dask; descriptors are computed per case inside it), then add every
+    case to a new library at ``out``.
+
+    Args:
+        csv_path: the library CSV (:func:`read_library_csv`).
+        out: the new library folder (must not hold a library yet).
+        model: the segmentation model id or folder (rows to segment).
+        device, scheduler, workers, serial: as for :func:`medcnncad.pipeline.cohort.run_cohort`.
+        channels: the model's input channel names.
+    """
+    out = Path(out)
+    if (out / "library.json").exists():
+        raise LibraryError(f"{out}: already holds a case library (use 'library add')")
+    rows = read_library_csv(csv_path, channels)
+    ids = [r.case_id for r in rows]
+    to_segment: list[CohortCase] = []
+    if any(r.result is None for r in rows):
+        wanted = {r.case_id for r in rows if r.result is None}
+        to_segment = [c for c in read_cases(csv_path, channels) if c.case_id in wanted]
+    elif len(set(ids)) != len(ids):
+        raise InputError(f"{csv_path}: case ids are repeated")
+    results: dict[str, Path] = {}
+    if to_segment:
+        run_cohort(to_segment, model, out / "segmentations", device=device, scheduler=scheduler, workers=workers,
+                   serial=serial)
+        results = {c.case_id: out / "segmentations" / "cases" / c.case_id for c in to_segment}
+    return add_cohort(out, rows, results)

@@ -1,0 +1,287 @@
+"""The on-disk case library: descriptors, thumbnails and metadata of confirmed cases, portable between machines.
+
+Layout (every path relative to the library folder)::
+
+    library.json                      format, model (id, version, weights sha256), descriptor version,
+                                      radiomics feature names, and one entry per case: its file and sha256
+    entries/<case_id>/entry.json      metadata (the CSV's columns), lesions: id, volume, radiomics, deep vector,
+                                      thumbnail file and its sha256
+    entries/<case_id>/lesion_<id>.png thumbnails (uint8 axial view, outline at 255)
+
+Opening a library checks every entry's and thumbnail's SHA-256: a changed or missing file is refused with
+one error naming it. A query case must come from the same model weights and descriptor version. Nothing
+is stored that the case folder's ``report.json`` descriptors and the given metadata do not hold: no input
+paths, no DICOM tags; the case id and metadata columns are the CSV's (use pseudonyms there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medcnncad.errors import InputError
+from medcnncad.io.images import atomic_path
+from medcnncad.retrieval.index import ExactIndex, standardise_blocks
+from medcnncad.retrieval.versions import DESCRIPTOR_VERSION
+
+__all__ = ["LIBRARY_FORMAT", "FORMAT_VERSION", "FEATURES", "DEFAULT_FEATURES", "LibraryError", "LibraryLesion",
+           "Neighbour", "Library", "case_retrieval", "sha256_of"]
+
+LIBRARY_FORMAT = "medcnncad-case-library"
+FORMAT_VERSION = 1
+FEATURES = ("combined", "deep", "radiomics")
+DEFAULT_FEATURES = "combined"
+"""The descriptor that ships as the default (docs/retrieval.md has the numbers it was chosen by)."""
+_CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class LibraryError(InputError):
+    """A case library that cannot be used: tampered, incompatible, empty, or a bad request to it."""
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 (hex) of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class LibraryLesion:
+    """One lesion of the library: where it comes from, its descriptors and the case's metadata."""
+
+    case_id: str
+    lesion_id: int
+    volume_ml: float
+    radiomics: np.ndarray
+    deep: np.ndarray | None
+    metadata: dict[str, str]
+    thumbnail: Path | None
+
+
+@dataclass
+class Neighbour:
+    """A query result: rank (1 = nearest), distance (standardised descriptor units) and the library lesion."""
+
+    rank: int
+    distance: float
+    lesion: LibraryLesion
+
+    def to_json(self) -> dict[str, Any]:
+        les = self.lesion
+        return {"rank": self.rank, "distance": round(self.distance, 6), "case_id": les.case_id,
+                "lesion_id": les.lesion_id, "volume_ml": round(les.volume_ml, 3), "metadata": les.metadata,
+                "thumbnail": None if les.thumbnail is None else str(les.thumbnail)}
+
+
+def case_retrieval(report: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The ``retrieval`` block of a case's report.json (LibraryError when the report has none)."""
+    block = report.get("retrieval")
+    if not isinstance(block, dict) or "lesions" not in block:
+        raise LibraryError(f"{where}: report.json has no retrieval descriptors (segment the case again with this "
+                           f"version of medcnncad)")
+    return block
+
+
+def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> list[np.ndarray]:
+    """The descriptor blocks of a feature space: [radiomics], [deep] or [radiomics, deep]."""
+    if features not in FEATURES:
+        raise LibraryError(f"features {features!r}: choose from {', '.join(FEATURES)}")
+    if features != "radiomics" and deep is None:
+        raise LibraryError(f"features {features!r}: no deep descriptors (the model's network has no known encoder); "
+                           f"use --features radiomics")
+    if features == "radiomics" or deep is None:
+        return [radiomics]
+    return [deep] if features == "deep" else [radiomics, deep]
+
+
+@dataclass
+class Library:
+    """A case library folder (create with :meth:`create`, open with :meth:`open`)."""
+
+    root: Path
+    model: dict[str, str]
+    descriptor_version: str
+    radiomics_names: list[str]
+    entries: list[dict[str, str]] = field(default_factory=list)
+    lesions: list[LibraryLesion] = field(default_factory=list)
+
+    # -- creating and opening ----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: str | Path, model: Mapping[str, Any], radiomics_names: Sequence[str]) -> Library:
+        """A new empty library in ``root`` (which must not hold one) for the model ``model`` (report.json's
+        ``model`` block: id, version, weights_sha256)."""
+        root = Path(root)
+        if (root / "library.json").exists():
+            raise LibraryError(f"{root}: already holds a case library (use 'library add')")
+        root.mkdir(parents=True, exist_ok=True)
+        library = cls(root, {k: str(model[k]) for k in ("id", "version", "weights_sha256")}, DESCRIPTOR_VERSION,
+                      list(radiomics_names))
+        library._save()
+        return library
+
+    @classmethod
+    def open(cls, root: str | Path) -> Library:
+        """Open and verify a library: format, every entry's and thumbnail's checksum (LibraryError otherwise)."""
+        root = Path(root)
+        path = root / "library.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LibraryError(f"{root}: not a case library (no library.json)") from None
+        except (OSError, ValueError) as exc:
+            raise LibraryError(f"{path}: cannot be read ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != LIBRARY_FORMAT:
+            raise LibraryError(f"{path}: not a MedCNNCAD case library")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise LibraryError(f"{path}: library format {data.get('format_version')}, this medcnncad reads "
+                               f"{FORMAT_VERSION}")
+        if str(data.get("descriptor_version")) != DESCRIPTOR_VERSION:
+            raise LibraryError(f"{path}: built with descriptor version {data.get('descriptor_version')}, this "
+                               f"medcnncad computes version {DESCRIPTOR_VERSION}: rebuild the library")
+        library = cls(root, dict(data["model"]), str(data["descriptor_version"]), list(data["radiomics_names"]),
+                      list(data["entries"]))
+        for entry in library.entries:
+            library.lesions += library._read_entry(entry)
+        return library
+
+    def _read_entry(self, entry: Mapping[str, str]) -> list[LibraryLesion]:
+        path = self._inside(entry["file"])
+        if not path.is_file():
+            raise LibraryError(f"{path}: library entry of case {entry['case_id']} is missing")
+        if sha256_of(path) != entry["sha256"]:
+            raise LibraryError(f"{path}: checksum mismatch; the library was changed after it was built "
+                               f"(entry of case {entry['case_id']})")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        lesions = []
+        for les in data["lesions"]:
+            thumb = None
+            if les.get("thumbnail"):
+                thumb = path.parent / les["thumbnail"]
+                if not thumb.is_file() or sha256_of(thumb) != les["thumbnail_sha256"]:
+                    raise LibraryError(f"{thumb}: thumbnail missing or checksum mismatch; the library was changed "
+                                       f"after it was built")
+            deep = None if les.get("deep") is None else np.asarray(les["deep"], dtype=np.float32)
+            lesions.append(LibraryLesion(data["case_id"], int(les["lesion_id"]), float(les["volume_ml"]),
+                                         np.asarray([les["radiomics"][n] for n in self.radiomics_names], np.float32),
+                                         deep, dict(data.get("metadata", {})), thumb))
+        return lesions
+
+    def _inside(self, relative: str) -> Path:
+        path = (self.root / relative).resolve()
+        if self.root.resolve() not in path.parents:
+            raise LibraryError(f"{self.root / 'library.json'}: entry path {relative!r} leaves the library folder")
+        return path
+
+    def _save(self) -> None:
+        data = {"format": LIBRARY_FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
+                "descriptor_version": self.descriptor_version, "radiomics_names": self.radiomics_names,
+                "privacy": "descriptors, thumbnails and the metadata columns given; no input paths or DICOM tags",
+                "entries": self.entries}
+        with atomic_path(self.root / "library.json") as tmp:
+            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+    # -- adding ------------------------------------------------------------------------------------
+
+    def check_compatible(self, report: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """The case's retrieval block, when its model and descriptor version are the library's (else LibraryError)."""
+        block = case_retrieval(report, where)
+        model = report.get("model", {})
+        if model.get("weights_sha256") != self.model["weights_sha256"]:
+            raise LibraryError(f"{where}: segmented with model {model.get('id')} {model.get('version')} (weights "
+                               f"{str(model.get('weights_sha256'))[:12]}), the library holds model {self.model['id']} "
+                               f"{self.model['version']} (weights {self.model['weights_sha256'][:12]})")
+        if str(block.get("descriptor_version")) != self.descriptor_version:
+            raise LibraryError(f"{where}: descriptor version {block.get('descriptor_version')}, the library's is "
+                               f"{self.descriptor_version}")
+        return block
+
+    def add_case(self, case_dir: str | Path, case_id: str, metadata: Mapping[str, str] | None = None) -> int:
+        """Copy a segmented case's descriptors and thumbnails into the library; returns its lesion count.
+
+        Args:
+            case_dir: a case output folder (``report.json`` with ``retrieval``, ``lesion_<id>.png`` thumbnails).
+            case_id: the case's name in the library (letters, digits, ``.``, ``_``, ``-``); not yet present.
+            metadata: column -> value (diagnosis, grade, outcome, ...), stored as given.
+        """
+        case_dir = Path(case_dir)
+        if not _CASE_ID.fullmatch(case_id):
+            raise LibraryError(f"case id {case_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+        if any(e["case_id"] == case_id for e in self.entries):
+            raise LibraryError(f"case id {case_id!r} is already in the library {self.root}")
+        try:
+            report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LibraryError(f"{case_dir}: not a case output folder (no report.json)") from None
+        block = self.check_compatible(report, str(case_dir))
+        folder = self.root / "entries" / case_id
+        folder.mkdir(parents=True, exist_ok=True)
+        lesions = []
+        for les in block["lesions"]:
+            item = {k: les[k] for k in ("lesion_id", "volume_ml", "radiomics", "deep")}
+            source = case_dir / f"lesion_{les['lesion_id']}.png"
+            if source.is_file():
+                item["thumbnail"] = source.name
+                shutil.copyfile(source, folder / source.name)
+                item["thumbnail_sha256"] = sha256_of(folder / source.name)
+            lesions.append(item)
+        entry = {"case_id": case_id, "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
+                 "structure": block.get("structure"), "lesions": lesions}
+        path = folder / "entry.json"
+        path.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
+        record = {"case_id": case_id, "file": path.relative_to(self.root).as_posix(), "sha256": sha256_of(path)}
+        self.entries.append(record)
+        self.lesions += self._read_entry(record)
+        self._save()
+        return len(lesions)
+
+    # -- querying ----------------------------------------------------------------------------------
+
+    def query(self, report: Mapping[str, Any], k: int = 5, lesion_id: int | None = None,
+              features: str = DEFAULT_FEATURES, where: str = "the case", exclude_case: str | None = None
+              ) -> list[Neighbour]:
+        """The ``k`` library lesions nearest to one lesion of a segmented case.
+
+        Args:
+            report: the case's report.json content (same model and descriptor version as the library).
+            k: results (1 .. lesions in the library).
+            lesion_id: the query lesion's id in ``report['retrieval']['lesions']``; default the largest.
+            features: ``combined`` (default), ``deep`` or ``radiomics``.
+            where: the case's name for error messages.
+            exclude_case: a library case id left out (the query case itself, when it is in the library).
+        """
+        block = self.check_compatible(report, where)
+        if not block["lesions"]:
+            raise LibraryError(f"{where}: no lesion was found in this case; nothing to compare")
+        if lesion_id is None:
+            query = max(block["lesions"], key=lambda les: les["volume_ml"])
+        else:
+            query = next((les for les in block["lesions"] if int(les["lesion_id"]) == lesion_id), None)
+            if query is None:
+                ids = [les["lesion_id"] for les in block["lesions"]]
+                raise LibraryError(f"{where}: no lesion {lesion_id} (lesions: {ids})")
+        pool = [les for les in self.lesions if les.case_id != exclude_case]
+        if not pool:
+            raise LibraryError(f"{self.root}: the library is empty; add cases with 'medcnncad library add'")
+        if not 1 <= k <= len(pool):
+            raise LibraryError(f"k = {k}: the library holds {len(pool)} lesion(s); choose k between 1 and {len(pool)}")
+        radiomics = np.stack([les.radiomics for les in pool])
+        deep = None if any(les.deep is None for les in pool) else np.stack([les.deep for les in pool])  # type: ignore[misc]
+        q_radiomics = np.asarray([query["radiomics"][n] for n in self.radiomics_names], np.float32)[None]
+        q_deep = None if query.get("deep") is None else np.asarray(query["deep"], np.float32)[None]
+        if (deep is None) != (q_deep is None) and features != "radiomics":
+            raise LibraryError(f"{where}: deep descriptors are missing on one side; use --features radiomics")
+        lib, q = standardise_blocks(_blocks(features, radiomics, deep), _blocks(features, q_radiomics, q_deep))
+        distances, rows = ExactIndex(lib).search(q, k)
+        return [Neighbour(rank + 1, float(d), pool[int(r)]) for rank, (d, r) in enumerate(zip(distances[0], rows[0]))]

@@ -1,0 +1,111 @@
+"""``medcnncad library build | add | query`` end to end on hand-made case folders (and one real segmentation,
+slow); every bad input is exit code 2 and one line."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import SimpleITK as sitk
+from conftest import ROOT
+from helpers import small_phantom
+
+sys.path.insert(0, str(ROOT / "Testing" / "retrieval"))
+from retrieval_cases import MODEL, NAMES, fake_case  # noqa: E402
+
+from medcnncad.cli import main  # noqa: E402
+from medcnncad.retrieval.library import Library  # noqa: E402
+
+
+def _csv(tmp_path, rows: list[str], header: str = "case_id,result,grade,diagnosis") -> str:
+    path = tmp_path / "cases.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return str(path)
+
+
+def _cases(tmp_path):
+    fake_case(tmp_path / "r1", [(1.0, 0.5, [0.0, 0.0])])
+    fake_case(tmp_path / "r2", [(9.0, 0.3, [5.0, 5.0])])
+    fake_case(tmp_path / "r3", [(2.0, 0.5, [0.2, 0.1])])
+    return _csv(tmp_path, ["p1,r1,LGG,glioma", "p2,r2,HGG,glioma"])
+
+
+def _error(capsys, argv, word):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and word in err[0] and "Traceback" not in err[0], err
+
+
+def test_build_add_query(tmp_path, capsys):
+    cases = _cases(tmp_path)
+    lib = str(tmp_path / "lib")
+    assert main(["library", "build", "--cases", cases, "--out", lib]) == 0
+    assert "2 case(s), 2 lesion(s)" in capsys.readouterr().out
+    assert main(["library", "add", "--library", lib, "--case", str(tmp_path / "r3"), "--case-id", "p3",
+                 "--meta", "grade=HGG"]) == 0
+    assert "holds 3 case(s)" in capsys.readouterr().out
+    assert main(["library", "query", "--library", lib, "--case", str(tmp_path / "r3"), "-k", "2",
+                 "--exclude", "p3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split("\t") == ["rank", "distance", "case_id", "lesion", "volume_ml", "diagnosis", "grade",
+                                    "thumbnail"]
+    assert [line.split("\t")[2] for line in lines[1:]] == ["p1", "p2"]  # r3 looks like r1
+    assert lines[1].split("\t")[5:7] == ["glioma", "LGG"]
+    assert main(["library", "query", "--library", lib, "--case", str(tmp_path / "r3"), "-k", "1", "--json",
+                 "--features", "radiomics"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found[0]["case_id"] == "p3" and found[0]["distance"] == 0.0 and found[0]["metadata"] == {"grade": "HGG"}
+
+
+def test_bad_library_inputs_are_one_line(tmp_path, capsys):
+    cases = _cases(tmp_path)
+    lib = str(tmp_path / "lib")
+    assert main(["library", "build", "--cases", cases, "--out", lib]) == 0
+    capsys.readouterr()
+    _error(capsys, ["library", "build", "--cases", cases, "--out", lib], "already holds a case library")
+    _error(capsys, ["library", "query", "--library", lib, "--case", str(tmp_path / "r1"), "-k", "3"],
+           "k = 3: the library holds 2 lesion(s)")
+    other = fake_case(tmp_path / "other", [(1.0, 0.5, [0.0, 0.0])], model={**MODEL, "id": "robust",
+                                                                           "weights_sha256": "c" * 64})
+    _error(capsys, ["library", "query", "--library", lib, "--case", str(other)], "segmented with model robust")
+    old = fake_case(tmp_path / "old", [(1.0, 0.5, [0.0, 0.0])], version="0")
+    _error(capsys, ["library", "add", "--library", lib, "--case", str(old)], "descriptor version 0")
+    _error(capsys, ["library", "add", "--library", lib, "--case", str(tmp_path / "r1"), "--meta", "grade"],
+           "KEY=VALUE")
+    _error(capsys, ["library", "build", "--cases", _csv(tmp_path, ["p1,glioma"], "case_id,diagnosis"),
+                    "--out", str(tmp_path / "lib2"), "--model", "brats-demo-unet"], "needs a case_id column")
+    _error(capsys, ["library", "build", "--cases", _csv(tmp_path, ["p1,,LGG,glioma"]), "--out", str(tmp_path / "l3"),
+                    "--model", "brats-demo-unet"], "neither a result folder")
+    Library.create(tmp_path / "empty", MODEL, NAMES)
+    _error(capsys, ["library", "query", "--library", str(tmp_path / "empty"), "--case", str(tmp_path / "r1")],
+           "the library is empty")
+    entry = tmp_path / "lib" / "entries" / "p1" / "entry.json"
+    entry.write_text(entry.read_text().replace("LGG", "HGG"))
+    _error(capsys, ["library", "query", "--library", lib, "--case", str(tmp_path / "r1")], "checksum mismatch")
+
+
+@pytest.mark.slow
+def test_build_segments_cases_without_a_result(tmp_path, capsys):
+    images, _ = small_phantom()
+    paths = {}
+    for name, image in images.items():
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(paths[name]))
+    cases = _csv(tmp_path, [f"ph1,{paths['T1']},{paths['T1c']},{paths['T2']},{paths['FLAIR']},HGG"],
+                 "case_id,T1,T1c,T2,FLAIR,grade")
+    lib = tmp_path / "lib"
+    assert main(["library", "build", "--cases", cases, "--out", str(lib), "--model", "brats-demo-unet",
+                 "--serial", "--device", "cpu"]) == 0
+    library = Library.open(lib)
+    assert library.model["id"] == "brats-demo-unet" and library.lesions[0].metadata == {"grade": "HGG"}
+    assert library.lesions[0].deep is not None and library.lesions[0].deep.shape == (320,)
+    text = "".join(p.read_text() for p in lib.glob("entries/*/*.json")) + (lib / "library.json").read_text()
+    assert str(tmp_path) not in text  # no input paths in the library's own files
+    assert main(["library", "query", "--library", str(lib), "--case", str(lib / "segmentations" / "cases" / "ph1"),
+                 "-k", "1"]) == 0
+    assert "\tph1\t" in capsys.readouterr().out
+    case = lib / "segmentations" / "cases" / "ph1"
+    assert main(["report", str(case), "--library", str(lib), "-k", "1"]) == 0
+    page = (case / "report.html").read_text()
+    assert "<h2>Similar cases</h2>" in page and "<td>HGG</td>" in page

@@ -1,0 +1,150 @@
+"""Lesion descriptors: radiomics against numpy by hand, masked pooling by hand, stable vectors (same input ->
+same vector), and report.json's retrieval block with a thumbnail per lesion."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import make_image
+from helpers import blob_manifest_dict, blob_segmenter
+from monai.networks.nets import UNet
+
+from medcnncad.io.images import write_image
+from medcnncad.models.loaded import LoadedModel
+from medcnncad.models.manifest import parse_manifest
+from medcnncad.models.preprocessing import build_preprocessing
+from medcnncad.pipeline.case import process_case
+from medcnncad.retrieval.descriptors import (
+    _pool,
+    case_descriptors,
+    encoder_layers,
+    lesion_masks,
+    radiomics_features,
+    radiomics_names,
+    thumbnail,
+)
+
+
+def _volume() -> np.ndarray:
+    """(K, J, I) = (30, 40, 40): a ramp background in (0.05, 0.45), a ball of radius 6 and a 3x3x3 cube above 0.5."""
+    k, j, i = np.mgrid[:30, :40, :40]
+    image = 0.05 + 0.4 * i / 40.0
+    image[(k - 15) ** 2 + (j - 20) ** 2 + (i - 12) ** 2 <= 36] = 0.9
+    image[14:17, 19:22, 30:33] = 0.8
+    return image.astype(np.float32)
+
+
+def _unet_model(tmp_path) -> LoadedModel:
+    raw = blob_manifest_dict()
+    manifest = parse_manifest(raw, tmp_path)
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+    return LoadedModel(manifest, net.eval(), build_preprocessing(manifest.preprocessing), "manifest", tmp_path)
+
+
+@pytest.fixture()
+def result(tmp_path):
+    image = make_image(_volume(), spacing=(1.0, 1.0, 2.0))
+    return blob_segmenter(tmp_path).run({"CT": image}), image
+
+
+def test_radiomics_by_hand(result, tmp_path):
+    res, image = result
+    described = case_descriptors(res)
+    assert [d.lesion_id for d in described] == [1, 2] and all(d.deep is None for d in described)
+    ball = np.zeros((30, 40, 40), bool)
+    k, j, i = np.mgrid[:30, :40, :40]
+    ball[(k - 15) ** 2 + (j - 20) ** 2 + (i - 12) ** 2 <= 36] = True
+    first = described[0]
+    assert first.structure == "any" and list(first.radiomics) == radiomics_names(res.manifest)
+    assert first.volume_ml == pytest.approx(ball.sum() * 2.0 / 1000)  # voxel 1 x 1 x 2 mm
+    assert first.radiomics["log_volume_ml"] == pytest.approx(math.log1p(ball.sum() * 2.0 / 1000))
+    assert first.radiomics["fraction_blob"] == 1.0
+    values = _volume()
+    z = (values - values.mean()) / values.std()  # every voxel is non-zero: z-scored over all of them
+    assert first.radiomics["CT_mean"] == pytest.approx(float(z[ball].mean()), rel=1e-5)
+    assert first.radiomics["CT_std"] == pytest.approx(0.0, abs=1e-5)
+    assert described[1].volume_ml == pytest.approx(27 * 2.0 / 1000)
+    assert 0.8 < first.radiomics["roundness"] < 1.2  # a ball (ITK estimates the perimeter of a digital shape)
+
+
+def test_masked_pooling_by_hand():
+    feature = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]], [[[0.0, -1.0], [5.0, 2.0]]]])  # (C=2, 1, 2, 2)
+    weight = torch.tensor([[[0.5, 0.0], [1.0, 0.0]]])  # lesion share of each feature voxel
+    pooled = _pool(feature, weight)
+    # mean = sum(w f) / sum(w): channel 0 (0.5*1 + 1*3) / 1.5, channel 1 (0 + 5) / 1.5; max over w > 0
+    np.testing.assert_allclose(pooled, [3.5 / 1.5, 5 / 1.5, 3.0, 5.0], rtol=1e-6)
+    assert _pool(feature, torch.zeros_like(weight)).tolist() == [0.0] * 4
+
+
+def test_deep_descriptors_are_stable_and_lesion_specific(result, tmp_path):
+    res, _ = result
+    model = _unet_model(tmp_path)
+    assert len(encoder_layers(model.network)) == 3
+    first, again = case_descriptors(res, model), case_descriptors(res, model)
+    assert first[0].deep.shape == (2 * (8 + 16),) and first[0].deep.dtype == np.float32
+    for a, b in zip(first, again):  # same input -> same vector
+        assert np.array_equal(a.deep, b.deep) and a.radiomics == b.radiomics
+        assert np.array_equal(a.thumbnail, b.thumbnail)
+    assert not np.allclose(first[0].deep, first[1].deep)
+    assert encoder_layers(torch.nn.Conv3d(1, 1, 1)) == []
+
+
+def test_thumbnail_outlines_the_lesion():
+    image = make_image(_volume())
+    mask = np.zeros((30, 40, 40), bool)
+    mask[10:20, 15:25, 8:16] = True
+    thumb = thumbnail(image, mask, size=48)
+    assert thumb.shape == (48, 48) and thumb.dtype == np.uint8
+    assert (thumb == 255).any() and thumb.max() == 255 and (thumb < 255).sum() > 48 * 48 // 2
+
+
+def test_report_json_gets_the_descriptors_and_thumbnails(tmp_path):
+    path = write_image(make_image(_volume()), tmp_path / "ct.nii.gz")
+    segmenter = blob_segmenter(tmp_path)
+    report = process_case(segmenter, {"CT": str(path)}, tmp_path / "out")
+    block = report["retrieval"]
+    assert block["descriptor_version"] == "1" and block["structure"] == "any"
+    assert [les["lesion_id"] for les in block["lesions"]] == [1, 2]
+    ids = {les["id"] for les in report["lesions"] if les["structure"] == "any"}
+    assert ids == {1, 2}  # the same numbering as the lesion table
+    assert {"lesions", "case", "model", "outputs"} <= set(report)  # the existing keys stay
+    png = sitk.ReadImage(str(tmp_path / "out" / "lesion_1.png"))
+    assert png.GetSize() == (96, 96) and report["outputs"]["lesion_1"] == "lesion_1.png"
+    again = process_case(segmenter, {"CT": str(path)}, tmp_path / "out2")
+    assert again["retrieval"]["lesions"] == block["lesions"]
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["retrieval"] == block
+
+
+def test_radiomics_on_the_lesion_box_equal_the_whole_grid(result):
+    """The features are computed on the lesion's box plus 2 voxels; the whole grid gives the same values."""
+    res, _ = result
+    _, masks = lesion_masks(res.label_map, res.manifest)
+    for mask in masks:
+        boxed = radiomics_features(mask, res.label_map, res.reference, res.images, res.manifest)
+        whole = radiomics_features(mask, res.label_map, res.reference, res.images, res.manifest, margin=None)
+        for name in boxed:
+            assert boxed[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-6), name
+
+
+def test_only_the_largest_lesions_are_described(result):
+    """A scattered label map (30 one-voxel specks and one big lesion) costs MAX_DESCRIBED_LESIONS masks and
+    windows at most; the ids still point at the lesion table's rows."""
+    import numpy as np
+
+    from medcnncad.retrieval.descriptors import MAX_DESCRIBED_LESIONS, described_lesions
+
+    res, _ = result
+    labels = np.zeros((20, 40, 40), np.uint8)
+    labels[2:8, 2:8, 2:8] = res.manifest.labels[0].value  # id 1: the big one (components are numbered in scan order)
+    for n in range(30):
+        labels[12 + (n % 2) * 4, 2 + (n // 15) * 20, 5 + (n % 15) * 2] = res.manifest.labels[0].value
+    _, chosen = described_lesions(labels, res.manifest)
+    ids = [i for i, _ in chosen]
+    assert len(ids) == MAX_DESCRIBED_LESIONS and ids == sorted(ids) and ids[0] == 1
+    assert int(chosen[0][1].sum()) == 216 and all(int(m.sum()) == 1 for _, m in chosen[1:])

@@ -1,0 +1,125 @@
+"""The case library: build, add, query against hand-computed neighbours; checksums refuse a tampered library;
+an incompatible model or descriptor version, an empty library and a too-large k are one clear error each."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from retrieval_cases import MODEL, NAMES, fake_case
+
+from medcnncad.retrieval.library import Library, LibraryError
+
+
+def _library(tmp_path):
+    library = Library.create(tmp_path / "lib", MODEL, NAMES)
+    library.add_case(fake_case(tmp_path / "c1", [(1.0, 0.5, [0.0, 0.0]), (9.0, 0.5, [5.0, 5.0])]), "c1",
+                     {"grade": "LGG"})
+    library.add_case(fake_case(tmp_path / "c2", [(2.0, 0.6, [0.1, 0.0])]), "c2", {"grade": "HGG"})
+    library.add_case(fake_case(tmp_path / "c3", [(8.0, 0.4, [4.0, 5.0])]), "c3", {"grade": "HGG"})
+    return library
+
+
+def _standardised(rows):
+    rows = np.asarray(rows, float)
+    std = rows.std(0)
+    std[std == 0] = 1
+    return rows.mean(0), std * np.sqrt(rows.shape[1])
+
+
+def test_query_returns_the_hand_computed_neighbours(tmp_path):
+    library = _library(tmp_path)
+    reopened = Library.open(tmp_path / "lib")
+    assert [(les.case_id, les.lesion_id) for les in reopened.lesions] == [("c1", 1), ("c1", 2), ("c2", 1), ("c3", 1)]
+    query = json.loads(fake_case(tmp_path / "q", [(1.5, 0.5, [0.1, 0.1])]).joinpath("report.json").read_text())
+    # radiomics only: z-scores with the library's mean/std, divided by sqrt(2)
+    radiomics = [[1.0, 0.5], [9.0, 0.5], [2.0, 0.6], [8.0, 0.4]]
+    mean, scale = _standardised(radiomics)
+    lib = (np.asarray(radiomics) - mean) / scale
+    q = (np.array([1.5, 0.5]) - mean) / scale
+    expected = np.argsort(np.linalg.norm(lib - q, axis=1), kind="stable")
+    found = reopened.query(query, k=4, features="radiomics")
+    assert [n.rank for n in found] == [1, 2, 3, 4]
+    assert [(n.lesion.case_id, n.lesion.lesion_id) for n in found] == \
+        [(reopened.lesions[i].case_id, reopened.lesions[i].lesion_id) for i in expected]
+    np.testing.assert_allclose([n.distance for n in found], np.sort(np.linalg.norm(lib - q, axis=1)), rtol=1e-5)
+    assert found[0].lesion.metadata == {"grade": "LGG"} and found[0].lesion.thumbnail.is_file()
+    # combined: the deep block pulls the same way here; c1 lesion 1 stays nearest
+    assert reopened.query(query, k=2)[0].lesion.case_id == "c1"
+    assert {n.lesion.case_id for n in reopened.query(query, k=2, exclude_case="c1")} == {"c2", "c3"}
+    assert len(library.lesions) == 4
+
+
+def test_library_is_portable_and_stores_no_paths(tmp_path):
+    _library(tmp_path)
+    shutil.move(tmp_path / "lib", tmp_path / "elsewhere")
+    moved = Library.open(tmp_path / "elsewhere")
+    assert len(moved.lesions) == 4 and moved.lesions[0].thumbnail.parent.parent.parent == tmp_path / "elsewhere"
+    text = "".join(p.read_text() for p in (tmp_path / "elsewhere").rglob("*.json"))
+    assert str(tmp_path) not in text
+
+
+@pytest.mark.parametrize("target", ["entries/c2/entry.json", "entries/c2/lesion_1.png"])
+def test_a_tampered_library_is_refused(tmp_path, target):
+    _library(tmp_path)
+    path = tmp_path / "lib" / target
+    path.write_bytes(path.read_bytes() + b" ")
+    with pytest.raises(LibraryError, match="checksum mismatch"):
+        Library.open(tmp_path / "lib")
+
+
+def test_an_entry_outside_the_library_is_refused(tmp_path):
+    _library(tmp_path)
+    data = json.loads((tmp_path / "lib" / "library.json").read_text())
+    data["entries"][0]["file"] = "../c1/report.json"
+    (tmp_path / "lib" / "library.json").write_text(json.dumps(data))
+    with pytest.raises(LibraryError, match="leaves the library folder"):
+        Library.open(tmp_path / "lib")
+
+
+def test_incompatible_cases_and_bad_requests_are_clear_errors(tmp_path):
+    library = _library(tmp_path)
+    other = fake_case(tmp_path / "other", [(1.0, 0.5, [0.0, 0.0])], model={**MODEL, "weights_sha256": "b" * 64})
+    with pytest.raises(LibraryError, match="library holds model demo"):
+        library.add_case(other, "other")
+    old = fake_case(tmp_path / "old", [(1.0, 0.5, [0.0, 0.0])], version="0")
+    with pytest.raises(LibraryError, match="descriptor version 0"):
+        library.add_case(old, "old")
+    with pytest.raises(LibraryError, match="already in the library"):
+        library.add_case(tmp_path / "c1", "c1")
+    with pytest.raises(LibraryError, match="case id"):
+        library.add_case(tmp_path / "c1", "../x")
+    report = json.loads((tmp_path / "c1" / "report.json").read_text())
+    with pytest.raises(LibraryError, match="k = 5: the library holds 4 lesion"):
+        library.query(report, k=5)
+    with pytest.raises(LibraryError, match="no lesion 7"):
+        library.query(report, k=1, lesion_id=7)
+    with pytest.raises(LibraryError, match="no retrieval descriptors"):
+        library.query({"model": MODEL}, k=1)
+    empty = Library.create(tmp_path / "empty", MODEL, NAMES)
+    with pytest.raises(LibraryError, match="library is empty"):
+        empty.query(report, k=1)
+    with pytest.raises(LibraryError, match="already holds a case library"):
+        Library.create(tmp_path / "lib", MODEL, NAMES)
+    data = json.loads((tmp_path / "lib" / "library.json").read_text())
+    data["descriptor_version"] = "0"
+    (tmp_path / "lib" / "library.json").write_text(json.dumps(data))
+    with pytest.raises(LibraryError, match="descriptor version 0"):
+        Library.open(tmp_path / "lib")
+    with pytest.raises(LibraryError, match="not a case library"):
+        Library.open(tmp_path / "nowhere")
+
+
+def test_html_similar_cases_section(tmp_path):
+    from medcnncad.reporting.html import _similar_section
+
+    library = _library(tmp_path)
+    report = json.loads((tmp_path / "c2" / "report.json").read_text())
+    similar = [n.to_json() for n in library.query(report, k=2, exclude_case="c2")]
+    html = "".join(_similar_section(tmp_path / "c2", report, similar))
+    assert "<h2>Similar cases</h2>" in html and "query: WT lesion 1 (2.00 mL)" in html
+    assert html.count("<tr>") == 3 and html.count("data:image/png;base64") == 3  # query + 2 neighbours
+    assert "<th>grade</th>" in html and "<td>LGG</td>" in html
+    assert _similar_section(tmp_path, report, None) == []
