@@ -229,3 +229,12 @@ def test_measured_policy_for_a_bundle_measures_the_crop_even_without_native_bf16
     monkeypatch.setattr(mp, "cpu_bf16_native", lambda: True)
     assert ("bf16", True, "crop+fit") in mp._candidates(model, torch.device("cpu"))
     assert all(crop == "none" for _, _, crop in mp._candidates(load_model("brats-demo-unet"), torch.device("cpu")))
+
+
+def test_a_channels_last_segmenter_leaves_the_shared_model_as_it_was():
+    model = load_model("brats-demo-unet")
+    weight = next(p for p in model.network.parameters() if p.dim() == 5)
+    Segmenter(model, "cpu", precision="fp32", channels_last=True)
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last_3d)
+    plain = Segmenter(model, "cpu", precision="fp32")
+    assert plain.network is model.network  # no copy without a layout change

@@ -17,6 +17,7 @@ channel's grid, as float arrays in [0, 1] in (K, J, I) order.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -115,8 +116,8 @@ class Segmenter:
         if held not in ("float32", "float16"):
             raise InputError(f"probability dtype {held!r}: choose float32 or float16")
         self.probability_dtype = torch.float16 if held == "float16" else torch.float32
-        if self.channels_last:
-            self.network = self.network.to(  # type: ignore[call-overload]  # torch stubs omit memory_format
+        if self.channels_last:  # on a copy: Module.to() converts in place, and the loaded model may be shared
+            self.network = copy.deepcopy(self.network).to(  # type: ignore[call-overload]  # stubs omit memory_format
                 memory_format=torch.channels_last_3d)
         self.policy_reason = policy_reason or ("as asked" if precision or channels_last is not None else
                                                "the model's manifest (inference.precision, channels_last)")

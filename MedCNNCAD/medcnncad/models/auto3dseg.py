@@ -63,6 +63,7 @@ from medcnncad.models.manifest import (
     Postprocessing,
     Preprocessing,
     RegionDef,
+    palette_colour,
     sha256_file,
 )
 from medcnncad.models.trust import files_hash, require_trust
@@ -71,7 +72,6 @@ __all__ = ["is_auto3dseg_folder", "auto3dseg_hash", "describe_auto3dseg", "load_
            "OVERLAP"]
 
 OVERLAP = 0.625  # the script's SlidingWindowInfererAdapt(overlap=0.625, mode="gaussian")
-_PALETTE = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.2), (1.0, 0.9, 0.1), (0.3, 0.6, 1.0), (0.9, 0.4, 0.9), (0.1, 0.9, 0.9)]
 
 
 def is_auto3dseg_folder(folder: Path) -> bool:
@@ -146,7 +146,7 @@ def _manifest(folder: Path, config: dict[str, Any], network_name: str) -> Manife
         raise ModelError(f"{folder / 'medcnncad.json'}: names {len(names)} inputs, the network takes {count}")
     modality = "CT" if str(config.get("modality", "mri")).lower() == "ct" else "MR"
     roi = [int(v) for v in config.get("roi_size", (96, 96, 96))]
-    label_defs = tuple(LabelDef(name.replace(" ", "_"), value, _PALETTE[i % len(_PALETTE)])
+    label_defs = tuple(LabelDef(name.replace(" ", "_"), value, palette_colour(i))
                        for i, (value, name) in enumerate(sorted(labels.items())) if value)
     name = str(side.get("name", folder.name))
     weights = folder / "model.pt"

@@ -39,6 +39,7 @@ from medcnncad.models.manifest import (
     Postprocessing,
     Preprocessing,
     contained_path,
+    palette_colour,
     sha256_file,
 )
 from medcnncad.models.trust import add_trusted_hash, files_hash, require_trust, trusted_hashes
@@ -50,7 +51,6 @@ __all__ = ["bundle_hash", "bundle_code_entries", "config_code_entries", "trusted
 _SAFE_TARGET_PREFIXES = ("monai.", "torch.nn.", "torch.optim.")
 _LOADING_TRANSFORMS = {"LoadImage", "LoadImaged", "EnsureChannelFirst", "EnsureChannelFirstd", "SaveImage",
                        "SaveImaged"}
-_PALETTE = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.2), (1.0, 0.9, 0.1), (0.3, 0.6, 1.0), (0.9, 0.4, 0.9), (0.1, 0.9, 0.9)]
 
 
 def _config_files(folder: Path) -> list[Path]:
@@ -174,7 +174,7 @@ def _read_metadata(folder: Path) -> dict:
 def _bundle_manifest(folder: Path, meta: dict, network_name: str, inference: InferenceSettings,
                      post: Postprocessing, weights: Path) -> Manifest:
     """The engine's view of a bundle: channels from metadata, labels from the output channels."""
-    labels = tuple(LabelDef(c.name, c.value, _PALETTE[i % len(_PALETTE)]) for i, c in enumerate(post.channels)
+    labels = tuple(LabelDef(c.name, c.value, palette_colour(i)) for i, c in enumerate(post.channels)
                    if c.value)
     name = str(meta.get("name", folder.name))
     return Manifest(

@@ -22,11 +22,21 @@ from medcnncad.errors import ModelError
 from medcnncad.models.lesion_filter_features import feature_names
 
 __all__ = [
-    "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing", "ClinicalPreprocessing",
+    "LABEL_PALETTE", "palette_colour", "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing",
+    "ClinicalPreprocessing",
     "InferenceSettings",
     "OutputChannel", "CoreRefinement", "Postprocessing", "Manifest", "load_manifest", "parse_manifest", "sha256_file",
     "contained_path", "ClassDef", "ClassifierManifest", "parse_classifier_manifest",
 ]
+
+# colours for the labels of model formats that do not name any (MONAI bundles, nnU-Net, Auto3DSeg), in order
+LABEL_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.9, 0.2, 0.2), (0.2, 0.8, 0.2), (1.0, 0.9, 0.1), (0.3, 0.6, 1.0), (0.9, 0.4, 0.9), (0.1, 0.9, 0.9))
+
+
+def palette_colour(index: int) -> tuple[float, float, float]:
+    """The ``index``-th label colour of :data:`LABEL_PALETTE` (cycling)."""
+    return LABEL_PALETTE[index % len(LABEL_PALETTE)]
 
 _SCHEMA_PATH = Path(__file__).with_name("schemas") / "manifest.schema.json"
 

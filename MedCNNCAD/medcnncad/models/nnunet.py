@@ -45,6 +45,7 @@ from medcnncad.models.manifest import (
     Postprocessing,
     Preprocessing,
     RegionDef,
+    palette_colour,
 )
 from medcnncad.models.trust import files_hash, require_trust
 
@@ -52,7 +53,6 @@ __all__ = ["CHECKPOINT", "find_trainer", "is_nnunet_folder", "nnunet_folds", "nn
            "load_nnunet"]
 
 CHECKPOINT = "checkpoint_final.pth"
-_PALETTE = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.2), (1.0, 0.9, 0.1), (0.3, 0.6, 1.0), (0.9, 0.4, 0.9), (0.1, 0.9, 0.9)]
 NnUNetPredict = Callable[[np.ndarray, Sequence[float], bool, torch.device], np.ndarray]
 
 
@@ -99,14 +99,14 @@ def _outputs(dataset: dict[str, Any], path: Path) -> tuple[Postprocessing, tuple
     if not regions:
         by_value = sorted((int(v), str(name)) for name, v in labels.items() if name != "ignore")
         outs = tuple(OutputChannel(name.replace(" ", "_"), value) for value, name in by_value)
-        defs = tuple(LabelDef(c.name, c.value, _PALETTE[i % len(_PALETTE)]) for i, c in enumerate(outs) if c.value)
+        defs = tuple(LabelDef(c.name, c.value, palette_colour(i)) for i, c in enumerate(outs) if c.value)
         return Postprocessing("softmax", outs), defs, ()
     order = dataset.get("regions_class_order")
     fg = [(name, r) for name, r in regions.items() if set(r) != {0}]
     if not isinstance(order, list) or len(order) != len(fg):
         raise ModelError(f"{path}: a region-based model needs 'regions_class_order' with one value per region")
     outs = tuple(OutputChannel(name.replace(" ", "_"), int(v)) for (name, _), v in zip(fg, order))
-    defs = tuple(LabelDef(c.name, c.value, _PALETTE[i % len(_PALETTE)]) for i, c in enumerate(outs))
+    defs = tuple(LabelDef(c.name, c.value, palette_colour(i)) for i, c in enumerate(outs))
     # a region, in painted label values: every region's value whose original labels it contains
     region_defs = tuple(RegionDef(name.replace(" ", "_"), tuple(sorted(int(order[j]) for j, (_, rj) in enumerate(fg)
                                                                        if set(rj) <= set(r))))

@@ -49,9 +49,8 @@ class CohortCase:
     label: int | None = None
 
 
-def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase]:
-    """Parse and validate the cohort CSV (errors name the row and column)."""
-    csv_path = Path(csv_path)
+def read_csv_rows(csv_path: Path) -> list[dict[str, str]]:
+    """The rows of a cases CSV (cohort or library) as dicts; unreadable or empty is one clear error."""
     try:
         with open(csv_path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -59,6 +58,13 @@ def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase
         raise InputError(f"{csv_path}: cannot be read as CSV ({exc})") from None
     if not rows:
         raise InputError(f"{csv_path}: no cases")
+    return rows
+
+
+def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase]:
+    """Parse and validate the cohort CSV (errors name the row and column)."""
+    csv_path = Path(csv_path)
+    rows = read_csv_rows(csv_path)
     columns = set(rows[0])
     if "case_id" not in columns or not (set(channels) & columns):
         raise InputError(f"{csv_path}: needs a case_id column and channel columns {list(channels)}")

@@ -9,14 +9,13 @@ stored as the case's metadata, as given. Relative paths are relative to the CSV.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medcnncad.errors import InputError
-from medcnncad.pipeline.cohort import CohortCase, read_cases, run_cohort
+from medcnncad.pipeline.cohort import CohortCase, read_cases, read_csv_rows, run_cohort
 from medcnncad.retrieval.library import Library, LibraryError, case_retrieval
 
 __all__ = ["LibraryRow", "read_library_csv", "build_library", "add_cohort"]
@@ -41,13 +40,7 @@ def read_library_csv(csv_path: str | Path, channels: Sequence[str]) -> list[Libr
         channels: the model's input channel names (their columns, and ``<channel>_series``, are not metadata).
     """
     csv_path = Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{csv_path}: cannot be read as CSV ({exc})") from None
-    if not rows:
-        raise InputError(f"{csv_path}: no cases")
+    rows = read_csv_rows(csv_path)
     columns = set(rows[0])
     if "case_id" not in columns or not ({"result", *channels} & columns):
         raise InputError(f"{csv_path}: needs a case_id column and either a result column (case output folders) "
