@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,18 +66,20 @@ def run_evaluate_phantoms(args: argparse.Namespace) -> int:
 def run_evaluate_real(args: argparse.Namespace) -> int:
     report = evaluate_real(args.data, args.model, device=args.device, variants=channel_list(args.variants) or VARIANTS,
                            tta=args.tta, cases=channel_list(args.cases), grade_classifier=args.grade_classifier)
-    if args.out:
-        Path(args.out).write_text(json.dumps(json_safe(report), indent=2) + "\n")
-    print(json.dumps(json_safe(report), indent=2) if args.json else format_real_table(report))
-    return 0
+    return _emit(report, args, format_real_table)
 
 
 def run_evaluate_retrieval(args: argparse.Namespace) -> int:
     report = evaluate_retrieval(args.model, n=args.n, seed_base=args.seed_base, preset_name=args.preset,
                                 data=args.data, device=args.device)
+    return _emit(report, args, format_retrieval_table)
+
+
+def _emit(report: dict, args: argparse.Namespace, table: Callable[[dict], str]) -> int:
+    """The report as JSON into ``--out`` (when given), and as JSON (``--json``) or a table on stdout."""
     if args.out:
         Path(args.out).write_text(json.dumps(json_safe(report), indent=2) + "\n")
-    print(json.dumps(json_safe(report), indent=2) if args.json else format_retrieval_table(report))
+    print(json.dumps(json_safe(report), indent=2) if args.json else table(report))
     return 0
 
 
