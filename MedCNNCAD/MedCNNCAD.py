@@ -72,7 +72,7 @@ def parameterNodeClass():
         trust: bool = False
         device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
         classifyLesions: bool = True
-        testTimeAugmentation: bool = False
+        testTimeAugmentation: bool = True  # the default model's own mode (a test checks the manifest)
         inputVolume0: slicer.vtkMRMLScalarVolumeNode
         inputVolume1: slicer.vtkMRMLScalarVolumeNode
         inputVolume2: slicer.vtkMRMLScalarVolumeNode
@@ -132,6 +132,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         self.removeObservers()
         if self.logic:
+            self.timer.stop()  # a poll after shutdown would report the closed worker as a crash
             self.logic.shutdown()
 
     def enter(self):
@@ -382,12 +383,10 @@ class MedCNNCADTest(ScriptedLoadableModuleTest):
     def _waitForRun(self, widget, seconds=300):
         import time
 
-        import qt
-
         deadline = time.monotonic() + seconds
         while widget._job is not None:
             self.assertLess(time.monotonic(), deadline, "the worker did not finish")
-            qt.QApplication.processEvents()  # the widget's QTimer polls the worker
+            slicer.app.processEvents()  # the widget's QTimer polls the worker
             time.sleep(0.05)
 
     def test_WidgetApplyCancelApply(self):
@@ -399,7 +398,8 @@ class MedCNNCADTest(ScriptedLoadableModuleTest):
         p.model, p.device, p.classifyLesions, p.testTimeAugmentation = "demo", "cpu", True, False
         for i, node in enumerate(volumes):
             setattr(p, f"inputVolume{i}", node)
-        count = lambda: slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")  # noqa: E731
+        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")  # the sample's reference
+        count = lambda: slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") - before  # noqa: E731
         widget.onApplyOrCancel()  # Apply
         self._waitForRun(widget)
         self.assertEqual(count(), 1, widget.ui.statusLabel.text)

@@ -5,9 +5,8 @@ the Widget treats it as; every ``SlicerParameterName`` names a field of the para
 field has one widget); every signal/slot connection written in the .ui resolves in Qt except the
 ``mrmlSceneChanged(vtkMRMLScene*)`` ones, whose C++ argument type a Python stand-in cannot declare.
 
-What the stand-ins cannot prove (checked only by the self-test inside Slicer): PythonQt's attribute-style
-property access (``label.text = ...``) the Widget uses, the MRML behaviour of ``qMRMLNodeComboBox`` and
-``qMRMLTableView``, and ``parameterNodeWrapper``'s GUI binding itself.
+The Widget itself is driven in ``test_widget_driven.py``; what the stand-ins cannot prove is listed in
+``slicer_qt_harness.py``.
 """
 
 from __future__ import annotations
@@ -18,76 +17,17 @@ import re
 
 import pytest
 from conftest import ROOT
-
-QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6-Essentials is not installed (make venv does)")
-QtCore = pytest.importorskip("PySide6.QtCore")
-QtUiTools = pytest.importorskip("PySide6.QtUiTools")
+from slicer_qt_harness import (  # noqa: E402 - the stand-ins, shared with the driven Widget tests
+    STAND_INS,
+    QtCore,
+    QtUiTools,
+    QtWidgets,
+    ctkSliderWidget,
+    qMRMLTableView,
+)
 
 MODULE = ROOT / "MedCNNCAD" / "MedCNNCAD.py"
 UI = ROOT / "MedCNNCAD" / "Resources" / "UI" / "MedCNNCAD.ui"
-
-
-# -- stand-ins keeping the real class names, and the properties and signals the .ui and the Widget use ------
-class ctkCollapsibleButton(QtWidgets.QPushButton):  # noqa: N801 - Slicer's class names
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._collapsed = False
-
-    def getCollapsed(self) -> bool:
-        return self._collapsed
-
-    def setCollapsed(self, value: bool) -> None:
-        self._collapsed = bool(value)
-
-    collapsed = QtCore.Property(bool, getCollapsed, setCollapsed)
-
-
-class ctkSliderWidget(QtWidgets.QWidget):  # noqa: N801
-    valueChanged = QtCore.Signal(float)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._values = {"value": 0.0, "minimum": 0.0, "maximum": 99.0, "singleStep": 1.0}
-
-    def _getter(name):  # noqa: N805 - property factory
-        return lambda self: self._values[name]
-
-    def _setter(name):  # noqa: N805
-        def set_(self, v: float) -> None:
-            self._values[name] = float(v)
-            if name == "value":
-                self.valueChanged.emit(float(v))
-        return set_
-
-    value = QtCore.Property(float, _getter("value"), _setter("value"))
-    minimum = QtCore.Property(float, _getter("minimum"), _setter("minimum"))
-    maximum = QtCore.Property(float, _getter("maximum"), _setter("maximum"))
-    singleStep = QtCore.Property(float, _getter("singleStep"), _setter("singleStep"))
-
-
-class qMRMLNodeComboBox(QtWidgets.QWidget):  # noqa: N801
-    currentNodeChanged = QtCore.Signal(object)
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self._props: dict[str, object] = {}
-
-    @QtCore.Slot(object)
-    def setMRMLScene(self, scene: object) -> None:  # noqa: N802
-        self.scene = scene
-
-
-class qMRMLTableView(QtWidgets.QTableView):  # noqa: N801
-    @QtCore.Slot(object)
-    def setMRMLScene(self, scene: object) -> None:  # noqa: N802
-        self.scene = scene
-
-
-class qMRMLWidget(QtWidgets.QWidget):  # noqa: N801
-    mrmlSceneChanged = QtCore.Signal(object)
-
-
-STAND_INS = (ctkCollapsibleButton, ctkSliderWidget, qMRMLNodeComboBox, qMRMLTableView, qMRMLWidget)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ Images are SimpleITK images (LPS, mm); their arrays are (K, J, I).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,8 +18,8 @@ from medcnncad.errors import InputError
 from medcnncad.io.images import available_memory_bytes, check_finite, geometry_text, read_volume, same_space
 from medcnncad.models.manifest import Manifest
 
-__all__ = ["crop_to_foreground", "read_files", "read_inputs", "on_one_grid", "in_manifest_order", "gather_inputs",
-           "check_memory"]
+__all__ = ["check_channels", "crop_to_foreground", "read_files", "read_inputs", "on_one_grid", "in_manifest_order",
+           "gather_inputs", "check_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,25 @@ def read_files(paths: Mapping[str, str | Path]) -> dict[str, sitk.Image]:
         return dict(zip(paths, pool.map(read_volume, paths.values())))
 
 
+def check_channels(manifest: Manifest, names: Iterable[str]) -> None:
+    """Refuse a set of input channel names the model cannot run on (before anything is read or started).
+
+    Raises:
+        InputError: no input at all, a channel the model does not have, or a required one absent, naming them.
+    """
+    given = set(names)
+    if not given:
+        raise InputError(f"no input volume given (model {manifest.id} expects {manifest.input_names})")
+    unknown = sorted(given - {c.name for c in manifest.inputs})
+    if unknown:
+        raise InputError(f"input channel(s) {unknown} not in model {manifest.id} "
+                         f"(expects {manifest.input_names})")
+    missing_required = [c.name for c in manifest.inputs if c.required and c.name not in given]
+    if missing_required:
+        raise InputError(f"model {manifest.id} needs input channel(s) {missing_required} "
+                         f"(expects {manifest.input_names})")
+
+
 def read_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path]) -> dict[str, sitk.Image]:
     """Read and check a case's inputs: the given channels in manifest order, each on its own grid.
 
@@ -61,15 +80,7 @@ def read_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path
         InputError: an unknown channel, an absent required one, an unreadable file or a volume that is
             not 3D scalar, naming it.
     """
-    known = {c.name: c for c in manifest.inputs}
-    unknown = sorted(set(inputs) - set(known))
-    if unknown:
-        raise InputError(f"input channel(s) {unknown} not in model {manifest.id} "
-                         f"(expects {manifest.input_names})")
-    missing_required = [c.name for c in manifest.inputs if c.required and c.name not in inputs]
-    if missing_required:
-        raise InputError(f"model {manifest.id} needs input channel(s) {missing_required} "
-                         f"(expects {manifest.input_names})")
+    check_channels(manifest, inputs)
     present = [c.name for c in manifest.inputs if c.name in inputs]
     read = read_files({name: source for name in present if not isinstance(source := inputs[name], sitk.Image)})
     images: dict[str, sitk.Image] = {}

@@ -216,6 +216,7 @@ class SecondReaderLogic:
         self.libraryPath = library or self.libraryPath
         import SimpleITK as sitk
 
+        from medcnncad.inference.inputs import check_channels
         from medcnncad.models.registry import find_model
         from medcnncad.slicer.adaptor import volume_node_to_image
         from medcnncad.slicer.worker import WorkerClient
@@ -224,6 +225,7 @@ class SecondReaderLogic:
         modelFolder = str(find_model(model).resolve())
         manifest = self.describeModel(modelFolder)
         volumes = self._namedInputs(inputVolumeNodes, manifest)
+        check_channels(manifest, volumes)  # refused here, before a worker starts or a file is written
         folder = tempfile.mkdtemp(prefix="medcnncad-")
         inputs = {}
         for name, node in volumes.items():

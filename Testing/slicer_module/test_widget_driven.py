@@ -1,0 +1,195 @@
+"""The module's Widget driven in real Qt on a real MRML scene: setup(), parameter-node binding, model choice,
+Apply -> poll (QTimer) -> results, the threshold slider, Compare, exit()/enter()/cleanup(), and the module's
+own self-test methods (console path; Apply -> Cancel -> Apply through the worker).
+
+What is real and what is stood in for (and what that cannot prove) is listed in ``slicer_qt_harness.py``.
+"""
+
+from __future__ import annotations
+
+import unittest
+
+import pytest
+
+pytest.importorskip("slicer")
+from slicer_qt_harness import QtWidgets, make_widget, module_in_qt, process_events_until, unwrap  # noqa: E402
+
+pytestmark = pytest.mark.slow  # three worker runs of the demo model
+
+
+@pytest.fixture
+def env():
+    import slicer
+
+    from medcnncad.slicer.headless import new_scene
+
+    scene = new_scene()
+    for view in ("Red", "Yellow", "Green"):  # Slicer's slice views each have a composite node (layers)
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view)
+        scene.AddNode(composite)
+    with module_in_qt() as env:
+        yield env
+
+
+def _sample(env):
+    import SampleData
+
+    nodes = SampleData.downloadSamples("MedCNNCADPhantom")
+    return nodes[:4], nodes[4]
+
+
+def _select_model(widget, model_id: str) -> None:
+    combo = unwrap(widget.ui.modelComboBox)
+    index = combo.findData(model_id)
+    assert index >= 0, [combo.itemData(i) for i in range(combo.count())]
+    combo.setCurrentIndex(index)  # as a click: emits currentIndexChanged(int)
+
+
+def test_setup_lists_models_binds_the_parameter_node_and_shows_the_intended_use(env):
+    from medcnncad.models.defaults import DEFAULT_MODEL
+    from medcnncad.models.registry import describe_model
+    from medcnncad.slicer.logic import INTENDED_USE
+
+    widget = make_widget(env)
+    ui, p = widget.ui, widget._parameterNode
+    assert ui.intendedUseLabel.text == INTENDED_USE and "not for diagnosis" in INTENDED_USE
+    assert unwrap(ui.installFrame).isHidden() and ui.mainFrame.enabled  # torch and MONAI are installed here
+    combo = unwrap(ui.modelComboBox)
+    listed = [combo.itemData(i) for i in range(combo.count())]
+    assert listed == [key for key, _ in widget.logic.availableModels()] and len(listed) >= 2
+    assert ui.modelComboBox.currentData == DEFAULT_MODEL == p.model  # the default model is preselected
+    # ... in the mode its lesion filters were chosen in (the parameter's default follows its manifest)
+    assert p.testTimeAugmentation == describe_model(DEFAULT_MODEL).inference.test_time_augmentation
+    assert unwrap(ui.testTimeAugmentationCheckBox).isChecked() == p.testTimeAugmentation
+    assert "phantom" in ui.modelInfoLabel.text.lower()  # the model card says what it was trained on
+    device = unwrap(ui.deviceComboBox)  # filled from the Choice annotation, as Slicer's connector does
+    assert [device.itemText(i) for i in range(device.count())] == ["auto", "cpu", "cuda"]
+    # parameter node -> GUI
+    p.probabilityThreshold, p.device, p.trust = 0.3, "cpu", True
+    assert unwrap(ui.probabilityThresholdSlider).property("value") == pytest.approx(0.3)
+    assert device.currentText() == "cpu" and unwrap(ui.trustCheckBox).isChecked()
+    # GUI -> parameter node
+    unwrap(ui.probabilityThresholdSlider).setProperty("value", 0.65)
+    unwrap(ui.testTimeAugmentationCheckBox).setChecked(not p.testTimeAugmentation)
+    unwrap(ui.similarCountSpinBox).setValue(7)
+    assert p.probabilityThreshold == pytest.approx(0.65) and p.similarCount == 7
+    assert env.messages.errors == []
+
+
+def test_choosing_a_model_shows_its_inputs_and_proposes_volumes(env):
+    volumes, _ = _sample(env)
+    widget = make_widget(env)
+    ui, p = widget.ui, widget._parameterNode
+    assert p.testTimeAugmentation  # the preselected default model starts in its own (augmented) mode
+    _select_model(widget, "brats-demo-unet")
+    assert p.model == "brats-demo-unet" and not p.testTimeAugmentation
+    _select_model(widget, "brats-robust-unet")
+    labels = [getattr(ui, f"inputVolume{i}Label").text for i in range(4)]
+    assert labels == ["T1 (optional)", "T1c (optional)", "T2 (optional)", "FLAIR (optional)"]
+    assert p.testTimeAugmentation  # a model picked by hand starts in the mode its filters were chosen in
+    _select_model(widget, "brats-demo-unet")
+    assert p.model == "brats-demo-unet" and not p.testTimeAugmentation
+    assert [getattr(ui, f"inputVolume{i}Label").text for i in range(4)] == ["T1", "T1c", "T2", "FLAIR"]
+    for i, node in enumerate(volumes):  # proposed from the names, shown in the selectors through the binding
+        assert getattr(p, f"inputVolume{i}") is node
+        assert unwrap(getattr(ui, f"inputVolume{i}Selector")).currentNode() is node
+    assert "brats-grade-densenet" not in [unwrap(ui.modelComboBox).itemData(i)
+                                          for i in range(unwrap(ui.modelComboBox).count())]
+
+
+def test_apply_polls_the_worker_shows_results_thresholds_and_compares(env):
+    import slicer
+
+    volumes, reference = _sample(env)
+    widget = make_widget(env)
+    ui, p = widget.ui, widget._parameterNode
+    _select_model(widget, "brats-demo-unet")
+    p.device, p.classifyLesions = "cpu", True
+    unwrap(ui.applyButton).click()
+    assert ui.applyButton.text == "Cancel" and widget.timer.isActive()
+    process_events_until(env.app, lambda: widget._job is None)
+    assert env.messages.errors == [], env.messages.errors
+    assert ui.applyButton.text == "Apply" and ui.statusLabel.text.startswith("Done: "), ui.statusLabel.text
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2  # reference + result
+    assert p.resultSegmentation is not None and p.resultSegmentation is not reference
+    assert unwrap(ui.lesionTableView).mrmlTableNode() is p.lesionTable
+    assert p.lesionTable.GetTable().GetColumnByName("predicted_class") is not None  # classifier ran
+    assert "BraTS demo UNet" in ui.provenanceLabel.text and ui.exportDicomButton.enabled
+    composite = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+    assert composite.GetBackgroundVolumeID() == volumes[0].GetID()
+    probability = slicer.mrmlScene.GetNodeByID(composite.GetForegroundVolumeID())
+    assert probability.GetDisplayNode().GetApplyThreshold()
+    unwrap(ui.probabilityThresholdSlider).setProperty("value", 0.8)  # the slider re-thresholds the maps
+    assert probability.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.8) and p.probabilityThreshold == 0.8
+    unwrap(ui.referenceSelector).setCurrentNode(reference)  # the reader picks the reference
+    assert p.referenceSegmentation is reference
+    unwrap(ui.compareButton).click()
+    assert env.messages.errors == [], env.messages.errors
+    assert unwrap(ui.metricsTableView).mrmlTableNode() is p.metricsTable
+    assert p.metricsTable.GetTable().GetNumberOfRows() == 5  # NCR, ED, ET, WT, TC
+    assert "concordant" in ui.discordanceLabel.text or "only one reader" in ui.discordanceLabel.text
+    assert reference.GetSegmentation().GetNumberOfSegments() == 3  # the reader's node is untouched
+
+
+def test_a_failed_start_is_shown_once_and_leaves_the_scene_alone(env):
+    import slicer
+
+    widget = make_widget(env)
+    _select_model(widget, "brats-demo-unet")  # all four inputs required; none given
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(Exception) as raised:  # tryWithErrorDisplay shows the error, then re-raises (Slicer logs it)
+        widget.onApplyOrCancel()
+    assert len(env.messages.errors) == 1 and str(raised.value) in env.messages.errors[0]
+    assert "no input volume given (model brats-demo-unet expects [" in env.messages.errors[0]
+    assert widget._job is None and widget.ui.applyButton.text == "Apply"
+    assert widget.logic._worker is None  # refused before a worker was started or a file written
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+
+
+def test_exit_disconnects_enter_reconnects_cleanup_ends_a_running_worker(env):
+    _sample(env)
+    widget = make_widget(env)
+    ui, p = widget.ui, widget._parameterNode
+    widget.exit()
+    p.probabilityThreshold = 0.9
+    assert unwrap(ui.probabilityThresholdSlider).property("value") != pytest.approx(0.9)  # not bound while away
+    widget.enter()
+    assert unwrap(ui.probabilityThresholdSlider).property("value") == pytest.approx(0.9)
+    _select_model(widget, "brats-demo-unet")
+    p.device = "cpu"
+    unwrap(ui.applyButton).click()
+    worker = widget.logic._worker
+    assert worker.alive
+    widget.cleanup()  # Slicer closing, or the module reloaded, while a run is going
+    assert not worker.alive and not widget.timer.isActive()
+    process_events_until(env.app, lambda: True)
+    env.app.processEvents()
+    assert env.messages.errors == []  # no "worker stopped" dialog from a poll after cleanup
+
+
+def test_first_open_without_torch_shows_the_install_frame_and_imports_no_model(env, monkeypatch):
+    from medcnncad.slicer.logic import SecondReaderLogic
+
+    monkeypatch.setattr(SecondReaderLogic, "missingDependencies", staticmethod(lambda: (True, ["monai"])))
+    widget = make_widget(env)
+    ui = widget.ui
+    assert not unwrap(ui.installFrame).isHidden()  # shown once the panel is shown
+    assert "torch" in ui.installLabel.text and "monai" in ui.installLabel.text and not ui.mainFrame.enabled
+    assert unwrap(ui.modelComboBox).count() == 0 and env.messages.errors == []
+    env.messages.confirm_answer = False  # the user says no: nothing is installed
+    unwrap(ui.installButton).click()
+    assert len(env.messages.confirmations) == 1 and "PyTorch" in env.messages.confirmations[0]
+    assert not ui.mainFrame.enabled and env.messages.errors == []
+
+
+@pytest.mark.parametrize("method", ["test_SegmentAndCompare", "test_WidgetApplyCancelApply"])
+def test_the_module_self_test_passes(env, method):
+    widget = make_widget(env)  # Slicer creates the widget when the module is first opened
+    assert widget is not None
+    result = unittest.TestResult()
+    env.module.MedCNNCADTest(method).run(result)
+    assert result.testsRun == 1 and not result.skipped
+    assert result.wasSuccessful(), result.errors + result.failures
+    assert any(m.startswith("delayDisplay: MedCNNCAD") for m in env.messages.confirmations)
+    assert isinstance(unwrap(widget.ui.applyButton), QtWidgets.QPushButton)
