@@ -6,7 +6,6 @@ the Python console) and the Test. All work lives in the engine package next to t
 """
 
 import functools
-import json
 import logging
 import pathlib
 from typing import Annotated
@@ -44,21 +43,7 @@ class MedCNNCAD(ScriptedLoadableModule):
 
 def registerSampleData():
     """Register the shipped phantom case (checksummed local files) with the Sample Data module."""
-    import SampleData
-
-    folder = pathlib.Path(__file__).parent / "Resources" / "SampleData"
-    if not (folder / "MedCNNCADPhantom.json").exists():  # source tree: Resources/ is at the top level
-        folder = pathlib.Path(__file__).parents[1] / "Resources" / "SampleData"
-    files = json.loads((folder / "MedCNNCADPhantom.json").read_text())["files"]
-    names = ["T1", "T1c", "T2", "FLAIR", "reference"]
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="MedCNNCAD", sampleName="MedCNNCADPhantom",
-        uris=[(folder / files[n]["file"]).as_uri() for n in names],
-        fileNames=[files[n]["file"] for n in names],
-        nodeNames=[f"Phantom {n}" for n in names[:4]] + ["Phantom reference"],
-        checksums=[f"SHA256:{files[n]['sha256']}" for n in names],
-        loadFileType=["VolumeFile"] * 4 + ["SegmentationFile"],
-        thumbnailFileName=str(pathlib.Path(__file__).parent / "Resources" / "Icons" / "MedCNNCAD.png"))
+    SecondReaderLogic.registerSampleData(pathlib.Path(__file__).parent)
 
 
 @functools.cache
@@ -100,6 +85,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._lastNodes = None
         self._probabilityNodes = {}
+        self._queryLesion = None  # the lesion-table choice for similar cases (None: the largest)
 
     def setup(self):
         import qt
@@ -124,6 +110,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.discordanceTableView.clicked.connect(self.onDiscordantLesionClicked)
         self.ui.probabilityThresholdSlider.valueChanged.connect(self.onThresholdChanged)
         self.ui.similarButton.clicked.connect(self.onFindSimilar)
+        self.ui.similarTableView.clicked.connect(self.onSimilarCaseClicked)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.updateDependencyState()
@@ -272,7 +259,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._probabilityNodes = nodes.probabilities
         self.ui.lesionTableView.setMRMLTableNode(nodes.lesion_table)
         self.ui.provenanceLabel.text = self.logic.provenanceText(nodes.segmentation)
-        self._lastNodes = nodes
+        self._lastNodes, self._queryLesion = nodes, None
         self.ui.exportDicomButton.enabled = True
         removed = len(nodes.result.removed_candidates)
         self.ui.statusLabel.text = f"Done: {len(nodes.lesions)} lesions" + (
@@ -289,6 +276,8 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onLesionClicked(self, index):
         if self._parameterNode.lesionTable:
             self.logic.jumpToLesion(self._parameterNode.lesionTable, index.row())
+        if self._lastNodes and self._parameterNode.lesionTable is self._lastNodes.lesion_table:
+            self._queryLesion = self.logic.similarQueryLesion(self._lastNodes, index.row()) or self._queryLesion
 
     def onDiscordantLesionClicked(self, index):
         table = self.ui.discordanceTableView.mrmlTableNode()
@@ -305,7 +294,16 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFindSimilar(self):
         with slicer.util.tryWithErrorDisplay("Similar-case search failed.", waitCursor=True):
             self.ui.similarTableView.setMRMLTableNode(self.logic.similarCasesTable(
-                self._parameterNode.similarCount, self._parameterNode.libraryFolder or None))
+                self._parameterNode.similarCount, self._parameterNode.libraryFolder or None, self._queryLesion))
+            self.ui.statusLabel.text = f"Similar cases for lesion {self._queryLesion or 'the largest'}"
+
+    def onSimilarCaseClicked(self, index):
+        import qt
+
+        with slicer.util.tryWithErrorDisplay("Cannot show this similar case.", waitCursor=True):
+            self.ui.similarThumbnailLabel.setPixmap(qt.QPixmap(self.logic.lastSimilarCases[index.row()]["thumbnail"]
+                                                               or ""))
+            self.logic.loadSimilarCase(index.row())
 
     def onCompare(self):
         p = self._parameterNode

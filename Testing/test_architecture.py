@@ -35,6 +35,7 @@ LAZY_ALLOWED = {
     ("medcnncad.models.nnunet", "nnunetv2"):
         "optional (pip install nnunetv2), slow to import; only nnU-Net model folders need it",
     ("medcnncad.slicer.logic", "DICOMLib"): "Slicer's DICOM module, present only inside Slicer",
+    ("medcnncad.slicer.sample_data", "SampleData"): "Slicer's Sample Data module, present only inside Slicer",
     ("medcnncad.slicer.dicom_export", "medcnncad.reporting"):
         "highdicom/pydicom 3: only the export process imports them, from its private folder",
     ("medcnncad.slicer.worker", "psutil"): "optional: without it the process group / taskkill ends the tree",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import ROOT
@@ -96,9 +97,13 @@ def test_build_segments_cases_without_a_result(tmp_path, capsys):
                  "case_id,T1,T1c,T2,FLAIR,grade")
     lib = tmp_path / "lib"
     assert main(["library", "build", "--cases", cases, "--out", str(lib), "--model", "brats-demo-unet",
-                 "--serial", "--device", "cpu"]) == 0
+                 "--serial", "--device", "cpu", "--with-images"]) == 0
     library = Library.open(lib)
     assert library.model["id"] == "brats-demo-unet" and library.lesions[0].metadata == {"grade": "HGG"}
+    view = library.lesions[0].view  # --with-images: the first channel (T1) and the case's segmentation
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(view["image"]))),
+                                  sitk.GetArrayFromImage(images["T1"]))
+    assert view["segmentation"].name == "labels.seg.nrrd"
     assert library.lesions[0].deep is not None and library.lesions[0].deep.shape == (320,)
     text = "".join(p.read_text() for p in lib.glob("entries/*/*.json")) + (lib / "library.json").read_text()
     assert str(tmp_path) not in text  # no input paths in the library's own files

@@ -123,3 +123,44 @@ def test_html_similar_cases_section(tmp_path):
     assert html.count("<tr>") == 3 and html.count("data:image/png;base64") == 3  # query + 2 neighbours
     assert "<th>grade</th>" in html and "<td>LGG</td>" in html
     assert _similar_section(tmp_path, report, None) == []
+
+
+def test_view_images_are_stored_without_tags_checksummed_and_refused_when_missing(tmp_path):
+    import SimpleITK as sitk
+
+    library = Library.create(tmp_path / "lib", MODEL, NAMES)
+    case = fake_case(tmp_path / "c1", [(1.0, 0.5, [0.0, 0.0])])
+    with pytest.raises(LibraryError, match="no labels.seg.nrrd"):  # checked before anything is written
+        library.add_case(case, "c1", view_image=tmp_path / "t1.nrrd")
+    assert not (tmp_path / "lib" / "entries" / "c1").exists()
+    labels = sitk.Image(4, 5, 6, sitk.sitkUInt8)
+    sitk.WriteImage(labels, str(case / "labels.seg.nrrd"))
+    image = sitk.GetImageFromArray(np.arange(120, dtype=np.int16).reshape(6, 5, 4))
+    image.SetSpacing((1.0, 2.0, 3.0))
+    image.SetOrigin((10.0, -5.0, 2.5))
+    image.SetMetaData("0010|0010", "Doe^Jane")  # a patient name in the header
+    sitk.WriteImage(image, str(tmp_path / "t1.nrrd"))
+    assert "Doe^Jane" in (tmp_path / "t1.nrrd").read_bytes().decode("latin-1")
+    library.add_case(case, "c1", {"grade": "HGG"}, view_image=tmp_path / "t1.nrrd")
+    library.add_case(fake_case(tmp_path / "c2", [(2.0, 0.6, [0.1, 0.0])]), "c2")  # a case without images
+    reopened = Library.open(tmp_path / "lib")
+    view = reopened.lesions[0].view
+    stored = sitk.ReadImage(str(view["image"]))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(stored), sitk.GetArrayFromImage(image))
+    assert stored.GetSpacing() == (1.0, 2.0, 3.0) and stored.GetOrigin() == (10.0, -5.0, 2.5)
+    assert b"Doe^Jane" not in view["image"].read_bytes()
+    assert view["segmentation"].read_bytes() == (case / "labels.seg.nrrd").read_bytes()
+    assert reopened.lesions[1].view is None
+    assert reopened.query(json.loads((case / "report.json").read_text()), k=1)[0].to_json()["view"] == \
+        {"image": str(view["image"]), "segmentation": str(view["segmentation"])}
+    view["image"].unlink()
+    with pytest.raises(LibraryError, match="view image missing or checksum mismatch"):
+        Library.open(tmp_path / "lib")
+
+
+def test_at_most_k_returns_the_whole_smaller_library(tmp_path):
+    library = _library(tmp_path)
+    report = json.loads((tmp_path / "c1" / "report.json").read_text())
+    assert [n.rank for n in library.query(report, k=9, at_most=True)] == [1, 2, 3, 4]
+    with pytest.raises(LibraryError, match="k = 9"):
+        library.query(report, k=9)

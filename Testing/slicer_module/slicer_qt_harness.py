@@ -46,6 +46,7 @@ import pytest
 QtWidgets = pytest.importorskip("PySide6.QtWidgets", reason="PySide6-Essentials is not installed (make venv does)")
 QtCore = pytest.importorskip("PySide6.QtCore")
 QtUiTools = pytest.importorskip("PySide6.QtUiTools")
+QtGui = pytest.importorskip("PySide6.QtGui")
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_FILE = ROOT / "MedCNNCAD" / "MedCNNCAD.py"
@@ -190,8 +191,16 @@ class qMRMLTableView(QtWidgets.QTableView):  # noqa: N801
         self.scene = scene
 
     def setMRMLTableNode(self, node) -> None:  # noqa: N802
+        """Shows the table's cells (as text), so that rows can be clicked: ``clicked(QModelIndex)``."""
         assert node is None or node.IsA("vtkMRMLTableNode"), node
         self._table = node
+        model = QtGui.QStandardItemModel(self)
+        table = node.GetTable() if node is not None else None
+        for column in range(table.GetNumberOfColumns() if table is not None else 0):
+            model.setHorizontalHeaderItem(column, QtGui.QStandardItem(table.GetColumnName(column)))
+            for row in range(table.GetNumberOfRows()):
+                model.setItem(row, column, QtGui.QStandardItem(table.GetValue(row, column).ToString()))
+        self.setModel(model)
 
     def mrmlTableNode(self):  # noqa: N802
         return self._table
@@ -235,7 +244,7 @@ class QUiLoader:
 
 def make_qt_module() -> types.ModuleType:
     qt = types.ModuleType("qt")
-    for source in (QtCore, QtWidgets):
+    for source in (QtCore, QtGui, QtWidgets):
         for name in dir(source):
             if name.startswith("Q") or name == "Qt":
                 setattr(qt, name, getattr(source, name))

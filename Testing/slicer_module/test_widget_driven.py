@@ -193,3 +193,72 @@ def test_the_module_self_test_passes(env, method):
     assert result.wasSuccessful(), result.errors + result.failures
     assert any(m.startswith("delayDisplay: MedCNNCAD") for m in env.messages.confirmations)
     assert isinstance(unwrap(widget.ui.applyButton), QtWidgets.QPushButton)
+
+
+def _library_with_the_sample(tmp_path):
+    """A library (demo model) holding the sample case, segmented by the CLI, with its T1 as view image."""
+    from slicer_qt_harness import SAMPLE
+
+    from medcnncad.cli import main
+    from medcnncad.retrieval.library import Library
+
+    files = {n: str(SAMPLE / f"MedCNNCADPhantom_{n}.nrrd") for n in ("T1", "T1c", "T2", "FLAIR")}
+    out = tmp_path / "case"
+    import json
+
+    inputs = [arg for n, path in files.items() for arg in ("--input", f"{n}={path}")]
+    assert main(["segment", *inputs, "--model", "brats-demo-unet", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    library = Library.create(tmp_path / "lib", report["model"], report["retrieval"]["radiomics_names"])
+    library.add_case(out, "phantom-1", {"grade": "HGG"}, view_image=files["T1"])
+    return tmp_path / "lib"
+
+
+def test_similar_cases_for_the_chosen_lesion_and_one_shown_side_by_side(env, tmp_path):
+    import slicer
+
+    library = _library_with_the_sample(tmp_path)
+    _sample(env)
+    layout = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLayoutNode")  # Slicer's scene has one
+    widget = make_widget(env)
+    ui, p = widget.ui, widget._parameterNode
+    _select_model(widget, "brats-demo-unet")
+    p.device, p.libraryFolder = "cpu", str(library)
+    unwrap(ui.applyButton).click()
+    process_events_until(env.app, lambda: widget._job is None)
+    assert env.messages.errors == [] and ui.statusLabel.text.startswith("Done: ")
+    table = p.lesionTable.GetTable()
+    rows = [r for r in range(table.GetNumberOfRows()) if table.GetValueByName(r, "structure").ToString() == "WT"]
+    smallest = min(rows, key=lambda r: table.GetValueByName(r, "volume_ml").ToDouble())
+    lesion_id = table.GetValueByName(smallest, "id").ToInt()
+    view = unwrap(ui.lesionTableView)
+    view.clicked.emit(view.model().index(smallest, 0))
+    unwrap(ui.similarButton).click()
+    assert env.messages.errors == [], env.messages.errors
+    assert ui.statusLabel.text == f"Similar cases for lesion {lesion_id}"
+    similar = unwrap(ui.similarTableView).mrmlTableNode()
+    assert similar.GetTable().GetValueByName(0, "case").ToString() == "phantom-1"
+    assert widget.logic.lastSimilarCases[0]["view"] is not None
+    result = p.resultSegmentation
+    view = unwrap(ui.similarTableView)
+    view.clicked.emit(view.model().index(0, 0))
+    assert env.messages.errors == [], env.messages.errors
+    volume = slicer.mrmlScene.GetFirstNode("Similar case phantom-1 image")
+    segmentation = slicer.mrmlScene.GetFirstNode("Similar case phantom-1 segmentation")
+    assert volume is not None and segmentation.GetSegmentation().GetNumberOfSegments() >= 1
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    composites = {slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode").GetLayoutName():
+                  slicer.mrmlScene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode") for i in range(3)}
+    assert composites["Yellow"].GetBackgroundVolumeID() == volume.GetID()
+    assert composites["Yellow"].GetForegroundVolumeID() is None  # no probability map of the other patient
+    assert composites["Red"].GetBackgroundVolumeID() != volume.GetID()  # the current case stays on the left
+    yellow = next(n for n in slicer.util.getNodesByClass("vtkMRMLSliceNode") if n.GetLayoutName() == "Yellow")
+    assert list(segmentation.GetDisplayNode().GetViewNodeIDs()) == [yellow.GetID()]
+    assert yellow.GetID() not in list(result.GetDisplayNode().GetViewNodeIDs())  # our result, not over it
+    assert not unwrap(ui.similarThumbnailLabel).pixmap().isNull()
+    count = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    view.clicked.emit(view.model().index(0, 0))
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count  # loaded once
+    widget.logic.lastSimilarCases[0]["view"] = None  # a library case stored without a view image
+    view.clicked.emit(view.model().index(0, 0))
+    assert env.messages.errors and "added without a view image" in env.messages.errors[-1]

@@ -39,7 +39,8 @@ def _read_report(case: str) -> dict:
 def run_build(args: argparse.Namespace) -> int:
     manifest = describe_model(args.model)
     library = build_library(args.cases, args.out, args.model, device=args.device, scheduler=args.scheduler,
-                            workers=args.workers, serial=args.serial, channels=manifest.input_names)
+                            workers=args.workers, serial=args.serial, channels=manifest.input_names,
+                            with_images=args.with_images)
     print(f"library {args.out}: {len(library.entries)} case(s), {len(library.lesions)} lesion(s), model "
           f"{library.model['id']} {library.model['version']}")
     return 0
@@ -48,7 +49,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run_add(args: argparse.Namespace) -> int:
     library = Library.open(args.library)
     case_id = args.case_id or Path(args.case).resolve().name
-    count = library.add_case(args.case, case_id, parse_metadata(args.meta))
+    count = library.add_case(args.case, case_id, parse_metadata(args.meta), args.view_image)
     print(f"added {case_id} ({count} lesion(s)); the library holds {len(library.entries)} case(s), "
           f"{len(library.lesions)} lesion(s)")
     return 0
@@ -83,6 +84,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--scheduler", help="dask scheduler address (tcp://host:port); default a local cluster")
     add(b, "workers", workers={"help": "processes of the local cluster"})
     b.add_argument("--serial", action="store_true", help="segment in this process, without dask")
+    b.add_argument("--with-images", action="store_true",
+                   help="store each case's view image (view_image column, else its first channel) and segmentation, "
+                        "so that Slicer can show a similar case beside the current one (pixel data, no tags)")
     b.set_defaults(func=run_build)
 
     a = lsub.add_parser("add", help="add one segmented case (its output folder) to a library")
@@ -90,6 +94,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--case", required=True, help="case output folder (report.json with retrieval descriptors)")
     a.add_argument("--case-id", help="the case's name in the library (default: the folder's name)")
     a.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata (repeatable), e.g. grade=HGG")
+    a.add_argument("--view-image", help="one of the case's input volumes (file or DICOM folder), stored with its "
+                                        "segmentation so that Slicer can show the case (pixel data, no tags)")
     a.set_defaults(func=run_add)
 
     q = lsub.add_parser("query", help="the k library lesions most similar to a case's lesion")

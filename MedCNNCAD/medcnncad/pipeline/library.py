@@ -4,7 +4,9 @@ then add every case's descriptors, thumbnails and metadata columns (:class:`medc
 CSV columns: ``case_id``; either ``result`` (a case output folder holding report.json, e.g. from
 ``medcnncad segment`` or ``batch``) or the model's channel columns (a file or DICOM folder each, with
 optional ``<channel>_series``, as for ``batch``); every other column (diagnosis, grade, outcome, ...) is
-stored as the case's metadata, as given. Relative paths are relative to the CSV.
+stored as the case's metadata, as given, except ``view_image``: a volume stored with the case so that a viewer
+can show it (``build --with-images`` uses it, else the row's first channel). Relative paths are relative to the
+CSV.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from medcnncad.retrieval.library import Library, LibraryError, case_retrieval
 
 __all__ = ["LibraryRow", "read_library_csv", "build_library", "add_cohort"]
 
-_NOT_METADATA = {"case_id", "result", "reference"}
+_NOT_METADATA = {"case_id", "result", "reference", "view_image"}
 
 
 @dataclass
@@ -30,6 +32,8 @@ class LibraryRow:
     case_id: str
     result: Path | None
     metadata: dict[str, str] = field(default_factory=dict)
+    view_image: Path | None = None
+    """The ``view_image`` column, else the first channel given (used only with ``with_images``)."""
 
 
 def read_library_csv(csv_path: str | Path, channels: Sequence[str]) -> list[LibraryRow]:
@@ -54,14 +58,18 @@ def read_library_csv(csv_path: str | Path, channels: Sequence[str]) -> list[Libr
             raise InputError(f"{csv_path}: line {line}: case {case_id!r} has neither a result folder nor any of "
                              f"the channels {list(channels)}")
         metadata = {k: (v or "").strip() for k, v in row.items() if k is not None and k not in skip}
-        out.append(LibraryRow(case_id, (csv_path.parent / result).resolve() if result else None, metadata))
+        view = next((v for c in ("view_image", *channels) if (v := (row.get(c) or "").strip())), "")
+        out.append(LibraryRow(case_id, (csv_path.parent / result).resolve() if result else None, metadata,
+                              (csv_path.parent / view).resolve() if view else None))
     return out
 
 
-def add_cohort(library_dir: str | Path, rows: Sequence[LibraryRow], results: dict[str, Path]) -> Library:
+def add_cohort(library_dir: str | Path, rows: Sequence[LibraryRow], results: dict[str, Path],
+               with_images: bool = False) -> Library:
     """Add each row's case (its folder in ``results`` by case id, or its own ``result``) to the library at
     ``library_dir``, created from the first case's model when absent. Cases without a report (failed) and
-    cases already in the library (a resumed batch) are skipped; returns the library."""
+    cases already in the library (a resumed batch) are skipped; returns the library. ``with_images`` stores
+    each row's view image (a row without one is an error naming it)."""
     library_dir = Path(library_dir)
     library = Library.open(library_dir) if (library_dir / "library.json").is_file() else None
     for row in rows:
@@ -76,7 +84,9 @@ def add_cohort(library_dir: str | Path, rows: Sequence[LibraryRow], results: dic
             report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
             library = Library.create(library_dir, report["model"],
                                      case_retrieval(report, str(folder)).get("radiomics_names", []))
-        library.add_case(folder, row.case_id, row.metadata)
+        if with_images and row.view_image is None:
+            raise LibraryError(f"case {row.case_id!r}: --with-images needs a view_image column or a channel column")
+        library.add_case(folder, row.case_id, row.metadata, row.view_image if with_images else None)
     if library is None:
         raise LibraryError(f"{library_dir}: no case could be added (every segmentation failed); see failures.csv")
     return library
@@ -84,7 +94,7 @@ def add_cohort(library_dir: str | Path, rows: Sequence[LibraryRow], results: dic
 
 def build_library(csv_path: str | Path, out: str | Path, model: str, device: str = "auto",
                   scheduler: str | None = None, workers: int = 2, serial: bool = False,
-                  channels: Sequence[str] = ()) -> Library:
+                  channels: Sequence[str] = (), with_images: bool = False) -> Library:
     """``medcnncad library build``: segment the rows without a result folder (a cohort run into
     ``out/segmentations``, serial or on Dask; descriptors are computed per case inside it), then add every
     case to a new library at ``out``.
@@ -95,6 +105,7 @@ def build_library(csv_path: str | Path, out: str | Path, model: str, device: str
         model: the segmentation model id or folder (rows to segment).
         device, scheduler, workers, serial: as for :func:`medcnncad.pipeline.cohort.run_cohort`.
         channels: the model's input channel names.
+        with_images: store each case's view image and segmentation (see :func:`read_library_csv`).
     """
     out = Path(out)
     if (out / "library.json").exists():
@@ -112,4 +123,4 @@ def build_library(csv_path: str | Path, out: str | Path, model: str, device: str
         run_cohort(to_segment, model, out / "segmentations", device=device, scheduler=scheduler, workers=workers,
                    serial=serial)
         results = {c.case_id: out / "segmentations" / "cases" / c.case_id for c in to_segment}
-    return add_cohort(out, rows, results)
+    return add_cohort(out, rows, results, with_images)

@@ -7,11 +7,15 @@ Layout (every path relative to the library folder)::
     entries/<case_id>/entry.json      metadata (the CSV's columns), lesions: id, volume, radiomics, deep vector,
                                       thumbnail file and its sha256
     entries/<case_id>/lesion_<id>.png thumbnails (uint8 axial view, outline at 255)
+    entries/<case_id>/view_image.nrrd optional (``add_case(view_image=...)``): one input volume (voxels and
+    entries/<case_id>/labels.seg.nrrd geometry only, no header tags) and the case's segmentation, so that a
+                                      viewer can load a similar case beside the current one
 
 Opening a library checks every entry's and thumbnail's SHA-256: a changed or missing file is refused with
 one error naming it. A query case must come from the same model weights and descriptor version. Nothing
 is stored that the case folder's ``report.json`` descriptors and the given metadata do not hold: no input
-paths, no DICOM tags; the case id and metadata columns are the CSV's (use pseudonyms there).
+paths, no DICOM tags; the case id and metadata columns are the CSV's (use pseudonyms there). A library built
+with view images holds those patients' pixel data (no tags): share it as you would the images.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from medcnncad.errors import InputError
-from medcnncad.io.images import atomic_path
+from medcnncad.io.images import atomic_path, read_volume
 from medcnncad.retrieval.index import ExactIndex, standardise_blocks
 from medcnncad.retrieval.versions import DESCRIPTOR_VERSION
 
@@ -67,6 +72,9 @@ class LibraryLesion:
     deep: np.ndarray | None
     metadata: dict[str, str]
     thumbnail: Path | None
+    view: dict[str, Path] | None = None
+    """``{"image": ..., "segmentation": ...}`` (checksummed files of the library) when the case was added with
+    a view image, else None."""
 
 
 @dataclass
@@ -81,7 +89,8 @@ class Neighbour:
         les = self.lesion
         return {"rank": self.rank, "distance": round(self.distance, 6), "case_id": les.case_id,
                 "lesion_id": les.lesion_id, "volume_ml": round(les.volume_ml, 3), "metadata": les.metadata,
-                "thumbnail": None if les.thumbnail is None else str(les.thumbnail)}
+                "thumbnail": None if les.thumbnail is None else str(les.thumbnail),
+                "view": None if les.view is None else {k: str(v) for k, v in les.view.items()}}
 
 
 def case_retrieval(report: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -91,6 +100,25 @@ def case_retrieval(report: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise LibraryError(f"{where}: report.json has no retrieval descriptors (segment the case again with this "
                            f"version of medcnncad)")
     return block
+
+
+def _view_files(case_dir: Path, view_image: str | Path) -> tuple[sitk.Image, Path]:
+    """The view image (voxels and geometry only: no header tags) and the case's segmentation file, checked
+    before anything is written."""
+    segmentation = case_dir / "labels.seg.nrrd"
+    if not segmentation.is_file():
+        raise LibraryError(f"{case_dir}: no labels.seg.nrrd to show with the view image")
+    source = read_volume(view_image)
+    image = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(source))
+    image.CopyInformation(source)  # origin, spacing, direction; not the metadata dictionary (DICOM tags)
+    return image, segmentation
+
+
+def _store_view(folder: Path, image: sitk.Image, segmentation: Path) -> dict[str, str]:
+    sitk.WriteImage(image, str(folder / "view_image.nrrd"), useCompression=True)
+    shutil.copyfile(segmentation, folder / "labels.seg.nrrd")
+    return {"image": "view_image.nrrd", "image_sha256": sha256_of(folder / "view_image.nrrd"),
+            "segmentation": "labels.seg.nrrd", "segmentation_sha256": sha256_of(folder / "labels.seg.nrrd")}
 
 
 def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> list[np.ndarray]:
@@ -164,6 +192,7 @@ class Library:
             raise LibraryError(f"{path}: checksum mismatch; the library was changed after it was built "
                                f"(entry of case {entry['case_id']})")
         data = json.loads(path.read_text(encoding="utf-8"))
+        view = self._read_view(path.parent, data.get("view"))
         lesions = []
         for les in data["lesions"]:
             thumb = None
@@ -175,8 +204,21 @@ class Library:
             deep = None if les.get("deep") is None else np.asarray(les["deep"], dtype=np.float32)
             lesions.append(LibraryLesion(data["case_id"], int(les["lesion_id"]), float(les["volume_ml"]),
                                          np.asarray([les["radiomics"][n] for n in self.radiomics_names], np.float32),
-                                         deep, dict(data.get("metadata", {})), thumb))
+                                         deep, dict(data.get("metadata", {})), thumb, view))
         return lesions
+
+    @staticmethod
+    def _read_view(folder: Path, view: Mapping[str, str] | None) -> dict[str, Path] | None:
+        if not view:
+            return None
+        files = {}
+        for kind in ("image", "segmentation"):
+            path = folder / view[kind]
+            if path.parent != folder or not path.is_file() or sha256_of(path) != view[f"{kind}_sha256"]:
+                raise LibraryError(f"{path}: view {kind} missing or checksum mismatch; the library was changed after "
+                                   f"it was built")
+            files[kind] = path
+        return files
 
     def _inside(self, relative: str) -> Path:
         path = (self.root / relative).resolve()
@@ -187,7 +229,8 @@ class Library:
     def _save(self) -> None:
         data = {"format": LIBRARY_FORMAT, "format_version": FORMAT_VERSION, "model": self.model,
                 "descriptor_version": self.descriptor_version, "radiomics_names": self.radiomics_names,
-                "privacy": "descriptors, thumbnails and the metadata columns given; no input paths or DICOM tags",
+                "privacy": "descriptors, thumbnails, the metadata columns given and, for cases added with a view "
+                           "image, its voxels and the segmentation; no input paths or DICOM tags",
                 "entries": self.entries}
         with atomic_path(self.root / "library.json") as tmp:
             tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
@@ -207,13 +250,16 @@ class Library:
                                f"{self.descriptor_version}")
         return block
 
-    def add_case(self, case_dir: str | Path, case_id: str, metadata: Mapping[str, str] | None = None) -> int:
+    def add_case(self, case_dir: str | Path, case_id: str, metadata: Mapping[str, str] | None = None,
+                 view_image: str | Path | None = None) -> int:
         """Copy a segmented case's descriptors and thumbnails into the library; returns its lesion count.
 
         Args:
             case_dir: a case output folder (``report.json`` with ``retrieval``, ``lesion_<id>.png`` thumbnails).
             case_id: the case's name in the library (letters, digits, ``.``, ``_``, ``-``); not yet present.
             metadata: column -> value (diagnosis, grade, outcome, ...), stored as given.
+            view_image: one of the case's input volumes (file or DICOM folder): stored with the case's
+                ``labels.seg.nrrd`` so that a viewer can show the case (voxels and geometry only).
         """
         case_dir = Path(case_dir)
         if not _CASE_ID.fullmatch(case_id):
@@ -225,6 +271,7 @@ class Library:
         except FileNotFoundError:
             raise LibraryError(f"{case_dir}: not a case output folder (no report.json)") from None
         block = self.check_compatible(report, str(case_dir))
+        view = _view_files(case_dir, view_image) if view_image is not None else None
         folder = self.root / "entries" / case_id
         folder.mkdir(parents=True, exist_ok=True)
         lesions = []
@@ -238,6 +285,8 @@ class Library:
             lesions.append(item)
         entry = {"case_id": case_id, "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
                  "structure": block.get("structure"), "lesions": lesions}
+        if view is not None:
+            entry["view"] = _store_view(folder, *view)
         path = folder / "entry.json"
         path.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
         record = {"case_id": case_id, "file": path.relative_to(self.root).as_posix(), "sha256": sha256_of(path)}
@@ -249,8 +298,8 @@ class Library:
     # -- querying ----------------------------------------------------------------------------------
 
     def query(self, report: Mapping[str, Any], k: int = 5, lesion_id: int | None = None,
-              features: str = DEFAULT_FEATURES, where: str = "the case", exclude_case: str | None = None
-              ) -> list[Neighbour]:
+              features: str = DEFAULT_FEATURES, where: str = "the case", exclude_case: str | None = None,
+              at_most: bool = False) -> list[Neighbour]:
         """The ``k`` library lesions nearest to one lesion of a segmented case.
 
         Args:
@@ -260,6 +309,7 @@ class Library:
             features: ``combined`` (default), ``deep`` or ``radiomics``.
             where: the case's name for error messages.
             exclude_case: a library case id left out (the query case itself, when it is in the library).
+            at_most: ``k`` is an upper bound (a viewer's "up to k"): a smaller library returns all its lesions.
         """
         block = self.check_compatible(report, where)
         if not block["lesions"]:
@@ -274,6 +324,7 @@ class Library:
         pool = [les for les in self.lesions if les.case_id != exclude_case]
         if not pool:
             raise LibraryError(f"{self.root}: the library is empty; add cases with 'medcnncad library add'")
+        k = min(k, len(pool)) if at_most else k
         if not 1 <= k <= len(pool):
             raise LibraryError(f"k = {k}: the library holds {len(pool)} lesion(s); choose k between 1 and {len(pool)}")
         radiomics = np.stack([les.radiomics for les in pool])

@@ -60,6 +60,7 @@ class SecondReaderLogic:
         worker computes the lesions' descriptors too."""
         self._lastRun: Any = None  # (result, segmenter) of the last console run, for similarCases
         self._lastDescriptors: dict[str, Any] | None = None  # the last run's model + retrieval block
+        self.lastSimilarCases: list[dict[str, Any]] = []  # rows of the last similarCasesTable
 
     # -- environment --------------------------------------------------------------------
     @staticmethod
@@ -96,6 +97,13 @@ class SecondReaderLogic:
         if missing:
             slicer.util.pip_install(pip_install_arguments(missing))
         return True
+
+    @staticmethod
+    def registerSampleData(moduleDir: pathlib.Path) -> None:
+        """Register the shipped phantom case with Slicer's Sample Data module (local, checksummed files)."""
+        from medcnncad.slicer.sample_data import register_sample_data
+
+        register_sample_data(moduleDir)
 
     @staticmethod
     def lesionClassifier(enabled: bool = True) -> str | None:
@@ -344,7 +352,7 @@ class SecondReaderLogic:
 
     # -- similar cases --------------------------------------------------------------------
     def similarCases(self, lesion: int | None = None, k: int = 5, library: str | None = None,
-                     features: str | None = None) -> list[dict[str, Any]]:
+                     features: str | None = None, atMost: bool = False) -> list[dict[str, Any]]:
         """The ``k`` library lesions most similar to a lesion of the last run (console API, blocking).
 
         Args:
@@ -353,6 +361,7 @@ class SecondReaderLogic:
             k: how many (1 .. lesions in the library).
             library: a library folder (``medcnncad library build``); default :attr:`libraryPath`.
             features: ``combined`` (default), ``deep`` or ``radiomics``.
+            atMost: ``k`` is an upper bound (a smaller library returns all its lesions) instead of an error.
 
         Returns:
             One dict per neighbour, nearest first: rank, distance, case_id, lesion_id, volume_ml, metadata
@@ -376,14 +385,40 @@ class SecondReaderLogic:
             self._lastDescriptors = retrieval_report(case_descriptors(result, segmenter.model, segmenter.device),
                                                      result)
         neighbours = Library.open(folder).query(self._lastDescriptors, k, lesion, features or DEFAULT_FEATURES,
-                                                where="the last run")
+                                                where="the last run", at_most=atMost)
         return [n.to_json() for n in neighbours]
 
     def similarCasesTable(self, k: int = 5, library: str | None = None, lesion: int | None = None) -> Any:
-        """:meth:`similarCases` as a table node (rank, distance, case, lesion, volume, metadata, thumbnail)."""
+        """:meth:`similarCases` as a table node (rank, distance, case, lesion, volume, metadata, thumbnail);
+        up to ``k`` rows (a smaller library gives all its lesions), kept in :attr:`lastSimilarCases` for
+        :meth:`loadSimilarCase`."""
         from medcnncad.slicer.adaptor import add_similar_table
 
-        return add_similar_table(self.similarCases(lesion, k, library))
+        self.lastSimilarCases = self.similarCases(lesion, k, library, atMost=True)
+        return add_similar_table(self.lastSimilarCases)
+
+    def loadSimilarCase(self, row: int) -> tuple[Any, Any]:
+        """Show row ``row`` of the last similar-cases table beside the current case: its view image and
+        segmentation (loaded once) alone in the Yellow view of the side-by-side layout. Returns the volume and
+        segmentation nodes. Raises InputError for a bad row or a library case stored without a view image."""
+        from medcnncad.slicer.similar_view import load_similar_case, show_side_by_side
+
+        if not 0 <= row < len(self.lastSimilarCases):
+            raise InputError(f"similar case row {row}: the last table has {len(self.lastSimilarCases)} row(s)")
+        volume, segmentation = load_similar_case(self.lastSimilarCases[row])
+        show_side_by_side(volume, segmentation)
+        return volume, segmentation
+
+    @staticmethod
+    def similarQueryLesion(nodes: ResultNodes, row: int) -> int | None:
+        """The lesion id :meth:`similarCases` takes for row ``row`` of a run's lesion table: the row's id when
+        it is a lesion of the structure the descriptors describe (whole tumor for BraTS models), else None."""
+        from medcnncad.retrieval.descriptors import retrieval_structure
+
+        table = nodes.lesion_table.GetTable()
+        if table.GetValueByName(row, "structure").ToString() != retrieval_structure(nodes.result.manifest):
+            return None
+        return int(table.GetValueByName(row, "id").ToInt())
 
     # -- viewing and comparison -----------------------------------------------------------
     @staticmethod

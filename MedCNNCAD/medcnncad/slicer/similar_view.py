@@ -1,0 +1,106 @@
+"""A similar library case beside the current one: its view image and segmentation in the Yellow slice view of
+Slicer's side-by-side layout, the current case left in the Red view.
+
+The library case is another patient in its own scanner coordinates: it is shown only in the Yellow view (its
+segmentation's display is restricted to it), and MedCNNCAD's own result segmentations are restricted to the
+other views so that they are never drawn over it. The reader's own nodes are not changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import slicer
+
+from medcnncad.errors import InputError
+
+__all__ = ["SIMILAR_VIEW", "load_similar_case", "show_side_by_side"]
+
+SIMILAR_VIEW = "Yellow"
+"""The slice view that shows the library case (the right-hand view of the side-by-side layout)."""
+
+
+def load_similar_case(neighbour: Mapping[str, Any], scene: Any = None) -> tuple[Any, Any]:
+    """New volume and segmentation nodes for a library case (a ``Neighbour.to_json`` dict with ``view``).
+
+    Raises:
+        InputError: the case was added without a view image, or its files cannot be read (naming them).
+    """
+    scene = scene or slicer.mrmlScene
+    view = neighbour.get("view")
+    if not view:
+        raise InputError(f"library case {neighbour['case_id']} was added without a view image (add it with "
+                         f"'medcnncad library add --view-image' or build with --with-images)")
+    name = f"Similar case {neighbour['case_id']}"
+    loaded = _loaded(scene, str(neighbour["case_id"]))
+    if loaded is not None:
+        return loaded
+    logic = slicer.modules.volumes.logic()
+    volume = logic.AddArchetypeVolume(str(view["image"]), f"{name} image")
+    if volume is None:
+        raise InputError(f"{view['image']}: cannot be read as a volume")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} segmentation")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(view["segmentation"]))
+    if not storage.ReadData(segmentation):
+        scene.RemoveNode(segmentation)
+        scene.RemoveNode(volume)
+        raise InputError(f"{view['segmentation']}: cannot be read as a segmentation")
+    segmentation.CreateDefaultDisplayNodes()
+    for node in (volume, segmentation):
+        node.SetAttribute("MedCNNCAD.similarCase", str(neighbour["case_id"]))
+        node.SetAttribute("MedCNNCAD.similarLesion", str(neighbour["lesion_id"]))
+    return volume, segmentation
+
+
+def _loaded(scene: Any, case_id: str) -> tuple[Any, Any] | None:
+    """The volume and segmentation of a library case loaded before (a second click shows them again)."""
+    found = {}
+    for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"):
+        for i in range(scene.GetNumberOfNodesByClass(cls)):
+            node = scene.GetNthNodeByClass(i, cls)
+            if node.GetAttribute("MedCNNCAD.similarCase") == case_id:
+                found[cls] = node
+    return (found["vtkMRMLScalarVolumeNode"], found["vtkMRMLSegmentationNode"]) if len(found) == 2 else None
+
+
+def _views(scene: Any) -> list[Any]:
+    nodes = [scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(scene.GetNumberOfNodesByClass(
+        "vtkMRMLSliceNode"))]
+    return nodes + [scene.GetNthNodeByClass(i, "vtkMRMLViewNode") for i in range(scene.GetNumberOfNodesByClass(
+        "vtkMRMLViewNode"))]
+
+
+def _slice_node(scene: Any, layout_name: str) -> Any:
+    return next((n for n in _views(scene) if n.IsA("vtkMRMLSliceNode") and n.GetLayoutName() == layout_name), None)
+
+
+def show_side_by_side(volume: Any, segmentation: Any, scene: Any = None) -> None:
+    """Side-by-side layout (when the scene has a layout node): the library case alone in the Yellow view,
+    axial and centred on its segmentation; MedCNNCAD's result segmentations kept to the other views."""
+    scene = scene or slicer.mrmlScene
+    yellow = _slice_node(scene, SIMILAR_VIEW)
+    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    composite = next((c for c in composites if c.GetLayoutName() == SIMILAR_VIEW), None)
+    if yellow is None or composite is None:
+        raise InputError(f"the scene has no {SIMILAR_VIEW} slice view to show the similar case in")
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is not None:
+        layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+    others = [n.GetID() for n in _views(scene) if n is not yellow]
+    segmentation.GetDisplayNode().SetViewNodeIDs([yellow.GetID()])
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+        display = node.GetDisplayNode()
+        if node.GetAttribute("MedCNNCAD.modelName") and display is not None and not display.GetViewNodeIDs():
+            display.SetViewNodeIDs(others)  # a MedCNNCAD result: never drawn over the other patient
+    composite.SetBackgroundVolumeID(volume.GetID())
+    composite.SetForegroundVolumeID(None)
+    composite.SetLabelVolumeID(None)
+    yellow.SetOrientation("Axial")
+    bounds = [0.0] * 6
+    segmentation.GetRASBounds(bounds)
+    if bounds[0] <= bounds[1]:
+        yellow.JumpSliceByCentering(*[(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)])
