@@ -10,6 +10,7 @@ from medcnncad.cli import main
 from medcnncad.cli.app import COMMANDS
 
 TEMPLATE = str(ROOT / "Resources" / "ModelTemplates" / "brats-demo-unet.json")
+SAMPLE_REF = str(ROOT / "Resources" / "SampleData" / "MedCNNCADPhantom_reference.seg.nrrd")
 
 # command -> (arguments, a word the one-line message must contain); each fails before any real work
 BAD = {
@@ -51,6 +52,9 @@ MORE = [
     (["library", "query", "--library", "{tmp}/l", "--case", "{tmp}", "--features", "colour"], "colour"),
     (["library", "build", "--cases", "{tmp}/missing.csv", "--out", "{tmp}/l"], "missing.csv"),
     (["library", "add", "--library", "{tmp}/missing", "--case", "{tmp}"], "missing"),
+    (["evaluate", "--pred", SAMPLE_REF, "--ref", SAMPLE_REF, "--model", "brats-grade-densenet"],
+     "is a classification model"),
+    (["library", "add", "--library", "{tmp}/missing", "--case", "{tmp}", "--view-image", "{tmp}/t1.nrrd"], "missing"),
 ]
 
 

@@ -187,3 +187,20 @@ def test_bad_folders_are_one_line_errors(tmp_path):
     model = write_auto3dseg_model(tmp_path / "n", 1, {1: "a", 2: "b"}, sigmoid=True)
     with pytest.raises(ModelError, match="not supported"):
         describe_model(model)
+
+
+def test_listing_reads_the_checkpoint_config_once_per_file_version(tmp_path, monkeypatch):
+    from medcnncad.models import auto3dseg
+
+    model = write_auto3dseg_model(tmp_path / "m", 1, {1: "tumor"})
+    calls = []
+    real = auto3dseg._checkpoint
+    monkeypatch.setattr(auto3dseg, "_checkpoint", lambda folder, mmap=False: calls.append(mmap) or real(folder, mmap))
+    first = describe_model(model)
+    assert describe_model(model) == first and calls == [True]  # mapped, not read; then cached
+    checkpoint = torch.load(model / "model.pt", weights_only=True)
+    checkpoint["config"]["roi_size"] = [48, 48, 48]
+    torch.save(checkpoint, model / "model.pt")  # a new version of the file is described again
+    assert describe_model(model).inference.roi_size == (48, 48, 48) and calls == [True, True]
+    torch.save(checkpoint, model / "model.pt", _use_new_zipfile_serialization=False)  # legacy: cannot be mapped
+    assert describe_model(model).inference.roi_size == (48, 48, 48) and calls[-2:] == [True, False]

@@ -83,6 +83,9 @@ def test_weights_path_cannot_escape_the_model_folder(tmp_path, path):
     (lambda m: m["network"]["kwargs"].update({"out_channels": 5}), "out_channels=5"),
     (lambda m: m["labels"][0].update({"color": [2, 0, 0]}), "labels/0/color"),
     (lambda m: m["postprocessing"].update({"min_lesion_probability": 1.5}), "postprocessing/min_lesion_probability"),
+    (lambda m: m["preprocessing"]["normalization"].update({"method": "range"}), "'a_min' is a required property"),
+    (lambda m: m["preprocessing"]["normalization"].update({"method": "range", "a_min": 5, "a_max": 1}),
+     "a_min 5 must be below a_max 1"),
 ])
 def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
     raw = blob_manifest_dict()

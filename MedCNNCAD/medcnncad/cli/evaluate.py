@@ -22,8 +22,7 @@ from medcnncad.evaluation.real import VARIANTS, evaluate_real, format_real_table
 from medcnncad.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
 from medcnncad.io.images import read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
-from medcnncad.models.manifest import Manifest, load_manifest
-from medcnncad.models.registry import find_model
+from medcnncad.models.registry import describe_segmentation_model, find_model
 from medcnncad.reporting.case_outputs import json_safe
 
 __all__ = ["add_parsers"]
@@ -35,8 +34,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ref = check_label_image(ref_img, args.ref)
     pred = check_label_image(pred_img, args.pred, ref_img, args.ref)
     if args.model:
-        manifest = load_manifest(find_model(args.model))
-        assert isinstance(manifest, Manifest)  # --model names a segmentation model
+        manifest = describe_segmentation_model(args.model)
         structures = manifest.structures()
     else:
         values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)

@@ -33,7 +33,9 @@ under torch >= 2.6); a network config naming a class outside MONAI / torch.nn, o
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -85,10 +87,11 @@ def auto3dseg_hash(folder: Path) -> str:
     return files_hash(folder, files)
 
 
-def _checkpoint(folder: Path) -> dict[str, Any]:
+def _checkpoint(folder: Path, mmap: bool = False) -> dict[str, Any]:
+    """``model.pt``, tensors-only; ``mmap`` maps the tensors instead of reading them (for the config alone)."""
     path = folder / "model.pt"
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a refused model
         raise ModelError(f"{path}: refused to load ({type(exc).__name__}: {str(exc)[:160]}); an Auto3DSeg "
                          f"model.pt holds tensors and plain config values only") from None
@@ -163,10 +166,22 @@ def _manifest(folder: Path, config: dict[str, Any], network_name: str) -> Manife
                                                                            if k != "network"}})
 
 
+@functools.lru_cache(maxsize=32)
+def _config(folder: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """The checkpoint's config, read once per file version (model listings describe every model often)."""
+    try:
+        return _checkpoint(Path(folder), mmap=True)["config"]
+    except ModelError:  # a legacy (non-zip) file cannot be mapped: read it (a real refusal repeats below)
+        return _checkpoint(Path(folder))["config"]
+
+
 def describe_auto3dseg(folder: str | Path) -> Manifest:
     """The engine's view of an Auto3DSeg model folder (reads ``model.pt`` tensors-only, runs nothing)."""
     folder = Path(folder)
-    config = _checkpoint(folder)["config"]
+    if not (folder / "model.pt").is_file():
+        raise ModelError(f"{folder / 'model.pt'}: not found (an Auto3DSeg model folder holds model.pt)")
+    stat = (folder / "model.pt").stat()
+    config = copy.deepcopy(_config(str(folder), stat.st_mtime_ns, stat.st_size))
     target = str(config.get("network", {}).get("_target_", "network")).rsplit(".", 1)[-1]
     return _manifest(folder, config, target)
 

@@ -544,6 +544,9 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
     crop = pre.get("crop_foreground", {})
     inf = data["inference"]
     post = data["postprocessing"]
+    if norm["method"] == "range" and not norm["a_min"] < norm["a_max"]:
+        raise ModelError(f"{where}: preprocessing.normalization a_min {norm['a_min']} must be below a_max "
+                         f"{norm['a_max']}")
     manifest = Manifest(
         id=data["id"], version=data["version"], task=data["task"],
         inputs=tuple(InputChannel(c["name"], c["modality"], c.get("required", True), tuple(c.get("aliases", ())),

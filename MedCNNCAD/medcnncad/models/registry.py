@@ -24,7 +24,7 @@ from medcnncad.models.weights import build_network, load_into, load_state_dict_v
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_GRADE_CLASSIFIER", "MODEL_FORMATS", "model_format", "model_format_of",
            "model_source", "model_key", "model_search_paths", "list_models", "find_model", "load_model",
-           "describe_model"]
+           "describe_model", "describe_segmentation_model"]
 
 
 def model_search_paths() -> list[Path]:
@@ -141,6 +141,19 @@ def describe_model(id_or_path: str | Path) -> Manifest | ClassifierManifest:
     if kind == "auto3dseg":
         return describe_auto3dseg(folder)
     return load_manifest(folder)
+
+
+def describe_segmentation_model(id_or_path: str | Path) -> Manifest:
+    """:func:`describe_model` for a place that needs a segmentation model (any format).
+
+    Raises:
+        ModelError: unknown or invalid model, or a lesion grade classifier (naming it).
+    """
+    manifest = describe_model(id_or_path)
+    if not isinstance(manifest, Manifest):
+        raise ModelError(f"{id_or_path}: model {manifest.id} is a {manifest.task} model (a lesion grade classifier "
+                         f"is used with --grade-classifier, not as the segmentation model)")
+    return manifest
 
 
 def load_model(id_or_path: str | Path, trust: bool = False) -> LoadedModel:
