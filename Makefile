@@ -42,6 +42,7 @@ bench: $(STAMP)
 
 screenshot: $(STAMP)
 	$(PY) scripts/slicer_screenshot.py docs/slicer_screenshot.png
+	$(PY) scripts/panel_screenshot.py docs/module_panel.png
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -262,7 +262,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastNodes, self._queryLesion = nodes, None
         self.ui.exportDicomButton.enabled = True
         removed = len(nodes.result.removed_candidates)
-        self.ui.statusLabel.text = f"Done: {len(nodes.lesions)} lesions" + (
+        self.ui.statusLabel.text = f"Done: {self.logic.lesionSummary(nodes)}" + (
             f"; {removed} candidate(s) removed by the model's post-processing (table "
             f"'{nodes.removed_table.GetName()}'; still in the probability maps)" if removed else "")
         self.logic.showResultLayers(nodes)  # background: the first non-empty input (input 0 may be empty)

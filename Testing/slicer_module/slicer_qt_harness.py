@@ -110,7 +110,9 @@ class PythonQtObject:
 
 
 # -- stand-ins keeping the real class names, and the properties and signals the .ui and the Widget use ------
-class ctkCollapsibleButton(QtWidgets.QPushButton):  # noqa: N801 - Slicer's class names
+class ctkCollapsibleButton(QtWidgets.QGroupBox):  # noqa: N801 - Slicer's class names
+    """A titled box laying out its contents (drawn expanded); ``text`` and ``collapsed`` as CTK's."""
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self._collapsed = False
@@ -121,7 +123,11 @@ class ctkCollapsibleButton(QtWidgets.QPushButton):  # noqa: N801 - Slicer's clas
     def setCollapsed(self, value: bool) -> None:
         self._collapsed = bool(value)
 
+    def getText(self) -> str:
+        return self.title()
+
     collapsed = QtCore.Property(bool, getCollapsed, setCollapsed)
+    text = QtCore.Property(str, getText, QtWidgets.QGroupBox.setTitle)
 
 
 class ctkSliderWidget(QtWidgets.QWidget):  # noqa: N801
@@ -130,6 +136,10 @@ class ctkSliderWidget(QtWidgets.QWidget):  # noqa: N801
     def __init__(self, parent=None):
         super().__init__(parent)
         self._values = {"value": 0.0, "minimum": 0.0, "maximum": 99.0, "singleStep": 1.0}
+        self._shown = QtWidgets.QDoubleSpinBox(self)  # drawn only (screenshots); the value lives above
+        self._shown.setReadOnly(True)
+        QtWidgets.QHBoxLayout(self).addWidget(self._shown)
+        self.layout().setContentsMargins(0, 0, 0, 0)
 
     def _getter(name):  # noqa: N805 - property factory
         return lambda self: self._values[name]
@@ -141,6 +151,8 @@ class ctkSliderWidget(QtWidgets.QWidget):  # noqa: N801
                 if v == self._values["value"]:
                     return
             self._values[name] = float(v)
+            self._shown.setRange(self._values["minimum"], self._values["maximum"])
+            self._shown.setValue(self._values["value"])
             if name == "value":
                 self.valueChanged.emit(float(v))
         return set_
@@ -161,6 +173,10 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):  # noqa: N801
         super().__init__(parent)
         self.scene = None
         self._node = None
+        self._shown = QtWidgets.QComboBox(self)  # drawn only (screenshots): the current node's name
+        QtWidgets.QHBoxLayout(self).addWidget(self._shown)
+        self.layout().setContentsMargins(0, 0, 0, 0)
+        self._shown.addItem("None")
 
     @QtCore.Slot(object)
     def setMRMLScene(self, scene: object) -> None:  # noqa: N802
@@ -177,6 +193,7 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):  # noqa: N801
             assert any(node.IsA(t) for t in types_), f"{self.objectName()}: {node.GetClassName()} not in {types_}"
         if node is not self._node:
             self._node = node
+            self._shown.setItemText(0, node.GetName() if node is not None else "None")
             self.currentNodeChanged.emit(node)
 
 

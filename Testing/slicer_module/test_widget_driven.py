@@ -110,7 +110,10 @@ def test_apply_polls_the_worker_shows_results_thresholds_and_compares(env):
     assert ui.applyButton.text == "Cancel" and widget.timer.isActive()
     process_events_until(env.app, lambda: widget._job is None)
     assert env.messages.errors == [], env.messages.errors
-    assert ui.applyButton.text == "Apply" and ui.statusLabel.text.startswith("Done: "), ui.statusLabel.text
+    assert ui.applyButton.text == "Apply" and ui.statusLabel.text.startswith("Done: WT "), ui.statusLabel.text
+    table = p.lesionTable.GetTable() if p.lesionTable else None
+    wt = sum(table.GetValueByName(r, "structure").ToString() == "WT" for r in range(table.GetNumberOfRows()))
+    assert ui.statusLabel.text.startswith(f"Done: WT {wt} lesion(s) (NCR "), ui.statusLabel.text
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2  # reference + result
     assert p.resultSegmentation is not None and p.resultSegmentation is not reference
     assert unwrap(ui.lesionTableView).mrmlTableNode() is p.lesionTable

@@ -410,6 +410,19 @@ class SecondReaderLogic:
         return volume, segmentation
 
     @staticmethod
+    def lesionSummary(nodes: ResultNodes) -> str:
+        """One line for the panel, e.g. "WT 4 lesion(s) (NCR 1, ED 4, ET 1, TC 1)": lesions are counted per
+        structure; the structure a reader counts tumors in (whole tumor for BraTS models) comes first."""
+        from medcnncad.retrieval.descriptors import retrieval_structure
+
+        counts: dict[str, int] = {}
+        for lesion in nodes.lesions:
+            counts[lesion.structure] = counts.get(lesion.structure, 0) + 1
+        main = retrieval_structure(nodes.result.manifest)
+        others = ", ".join(f"{name} {count}" for name, count in counts.items() if name != main)
+        return f"{main} {counts.get(main, 0)} lesion(s)" + (f" ({others})" if others else "")
+
+    @staticmethod
     def similarQueryLesion(nodes: ResultNodes, row: int) -> int | None:
         """The lesion id :meth:`similarCases` takes for row ``row`` of a run's lesion table: the row's id when
         it is a lesion of the structure the descriptors describe (whole tumor for BraTS models), else None."""
