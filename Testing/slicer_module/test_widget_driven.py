@@ -144,7 +144,7 @@ def test_a_failed_start_is_shown_once_and_leaves_the_scene_alone(env):
     with pytest.raises(Exception) as raised:  # tryWithErrorDisplay shows the error, then re-raises (Slicer logs it)
         widget.onApplyOrCancel()
     assert len(env.messages.errors) == 1 and str(raised.value) in env.messages.errors[0]
-    assert "no input volume given (model brats-demo-unet expects [" in env.messages.errors[0]
+    assert "model brats-demo-unet needs input channel(s) ['T1', 'T1c', 'T2', 'FLAIR']" in env.messages.errors[0]
     assert widget._job is None and widget.ui.applyButton.text == "Apply"
     assert widget.logic._worker is None  # refused before a worker was started or a file written
     assert slicer.mrmlScene.GetNumberOfNodes() == before

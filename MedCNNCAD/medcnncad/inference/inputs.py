@@ -57,8 +57,6 @@ def check_channels(manifest: Manifest, names: Iterable[str]) -> None:
         InputError: no input at all, a channel the model does not have, or a required one absent, naming them.
     """
     given = set(names)
-    if not given:
-        raise InputError(f"no input volume given (model {manifest.id} expects {manifest.input_names})")
     unknown = sorted(given - {c.name for c in manifest.inputs})
     if unknown:
         raise InputError(f"input channel(s) {unknown} not in model {manifest.id} "
@@ -67,6 +65,8 @@ def check_channels(manifest: Manifest, names: Iterable[str]) -> None:
     if missing_required:
         raise InputError(f"model {manifest.id} needs input channel(s) {missing_required} "
                          f"(expects {manifest.input_names})")
+    if not given:  # every channel optional, none given
+        raise InputError(f"no input volume given (model {manifest.id} expects {manifest.input_names})")
 
 
 def read_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path]) -> dict[str, sitk.Image]:
