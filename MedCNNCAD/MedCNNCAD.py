@@ -43,7 +43,7 @@ class MedCNNCAD(ScriptedLoadableModule):
 
 def registerSampleData():
     """Register the shipped phantom case (checksummed local files) with the Sample Data module."""
-    SecondReaderLogic.registerSampleData(pathlib.Path(__file__).parent)
+    SecondReaderLogic.registerSampleData()
 
 
 @functools.cache

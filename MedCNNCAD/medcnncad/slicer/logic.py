@@ -99,11 +99,11 @@ class SecondReaderLogic:
         return True
 
     @staticmethod
-    def registerSampleData(moduleDir: pathlib.Path) -> None:
+    def registerSampleData() -> None:
         """Register the shipped phantom case with Slicer's Sample Data module (local, checksummed files)."""
         from medcnncad.slicer.sample_data import register_sample_data
 
-        register_sample_data(moduleDir)
+        register_sample_data()
 
     @staticmethod
     def lesionClassifier(enabled: bool = True) -> str | None:

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
-__all__ = ["SAMPLE_NAME", "sample_data_folder", "register_sample_data"]
+from medcnncad.errors import InputError
+from medcnncad.io.resources import resource_dir
+
+__all__ = ["SAMPLE_NAME", "register_sample_data"]
 
 SAMPLE_NAME = "MedCNNCADPhantom"
 _CHANNELS = ["T1", "T1c", "T2", "FLAIR"]
 
 
-def sample_data_folder(module_dir: pathlib.Path) -> pathlib.Path:
-    """``Resources/SampleData`` next to the module file (installed extension) or at the top of the source tree."""
-    folder = module_dir / "Resources" / "SampleData"
-    return folder if (folder / f"{SAMPLE_NAME}.json").exists() else module_dir.parent / "Resources" / "SampleData"
-
-
-def register_sample_data(module_dir: pathlib.Path) -> None:
+def register_sample_data() -> None:
     """Register the phantom case (four volumes and the reference segmentation) with Sample Data, under the
-    "MedCNNCAD" category; ``SampleData.downloadSamples("MedCNNCADPhantom")`` then loads it."""
+    "MedCNNCAD" category; ``SampleData.downloadSamples("MedCNNCADPhantom")`` then loads it.
+
+    Raises:
+        InputError: ``Resources/SampleData`` is not installed.
+    """
     import SampleData
 
-    folder = sample_data_folder(module_dir)
+    folder, icons = resource_dir("SampleData"), resource_dir("Icons")
+    if folder is None or icons is None:
+        raise InputError("Resources/SampleData or Resources/Icons not found: the sample case is not installed")
     files = json.loads((folder / f"{SAMPLE_NAME}.json").read_text())["files"]
     names = [*_CHANNELS, "reference"]
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
@@ -32,4 +34,4 @@ def register_sample_data(module_dir: pathlib.Path) -> None:
         nodeNames=[f"Phantom {n}" for n in _CHANNELS] + ["Phantom reference"],
         checksums=[f"SHA256:{files[n]['sha256']}" for n in names],
         loadFileType=["VolumeFile"] * len(_CHANNELS) + ["SegmentationFile"],
-        thumbnailFileName=str(module_dir / "Resources" / "Icons" / "MedCNNCAD.png"))
+        thumbnailFileName=str(icons / "MedCNNCAD.png"))
