@@ -121,6 +121,14 @@ def _store_view(folder: Path, image: sitk.Image, segmentation: Path) -> dict[str
             "segmentation": "labels.seg.nrrd", "segmentation_sha256": sha256_of(folder / "labels.seg.nrrd")}
 
 
+def _verified(folder: Path, name: str, sha256: str, what: str) -> Path:
+    """``folder / name``, a file of that entry folder whose SHA-256 is ``sha256`` (else LibraryError)."""
+    path = folder / name
+    if path.parent != folder or not path.is_file() or sha256_of(path) != sha256:
+        raise LibraryError(f"{path}: {what} missing or checksum mismatch; the library was changed after it was built")
+    return path
+
+
 def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> list[np.ndarray]:
     """The descriptor blocks of a feature space: [radiomics], [deep] or [radiomics, deep]."""
     if features not in FEATURES:
@@ -197,10 +205,7 @@ class Library:
         for les in data["lesions"]:
             thumb = None
             if les.get("thumbnail"):
-                thumb = path.parent / les["thumbnail"]
-                if not thumb.is_file() or sha256_of(thumb) != les["thumbnail_sha256"]:
-                    raise LibraryError(f"{thumb}: thumbnail missing or checksum mismatch; the library was changed "
-                                       f"after it was built")
+                thumb = _verified(path.parent, les["thumbnail"], les["thumbnail_sha256"], "thumbnail")
             deep = None if les.get("deep") is None else np.asarray(les["deep"], dtype=np.float32)
             lesions.append(LibraryLesion(data["case_id"], int(les["lesion_id"]), float(les["volume_ml"]),
                                          np.asarray([les["radiomics"][n] for n in self.radiomics_names], np.float32),
@@ -211,14 +216,8 @@ class Library:
     def _read_view(folder: Path, view: Mapping[str, str] | None) -> dict[str, Path] | None:
         if not view:
             return None
-        files = {}
-        for kind in ("image", "segmentation"):
-            path = folder / view[kind]
-            if path.parent != folder or not path.is_file() or sha256_of(path) != view[f"{kind}_sha256"]:
-                raise LibraryError(f"{path}: view {kind} missing or checksum mismatch; the library was changed after "
-                                   f"it was built")
-            files[kind] = path
-        return files
+        return {kind: _verified(folder, view[kind], view[f"{kind}_sha256"], f"view {kind}")
+                for kind in ("image", "segmentation")}
 
     def _inside(self, relative: str) -> Path:
         path = (self.root / relative).resolve()
