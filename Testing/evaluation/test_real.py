@@ -8,9 +8,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import ROOT
 
+from medcnncad.data.real_cases import BRATS2013_MAP, discover_real_cases, load_reference, map_labels
 from medcnncad.errors import InputError
 from medcnncad.evaluation.real import score_case
-from medcnncad.evaluation.real_cases import BRATS2013_MAP, discover_real_cases, load_reference, map_labels
 
 REALDATA = ROOT.parent / "shared" / "realdata"
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not here")

@@ -17,8 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification
+from medcnncad.data.real_cases import RealCase, discover_real_cases, load_reference
 from medcnncad.errors import InputError
-from medcnncad.evaluation.real_cases import RealCase, discover_real_cases, load_reference
 from medcnncad.inference.scoring import case_probability
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.io.images import same_space

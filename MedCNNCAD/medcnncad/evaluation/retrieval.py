@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from medcnncad.data.phantom import crop_around_tumor, make_phantom, preset
+from medcnncad.data.real_cases import discover_real_cases
 from medcnncad.errors import InputError
-from medcnncad.evaluation.real_cases import discover_real_cases
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.models.registry import load_model
 from medcnncad.retrieval.descriptors import LesionDescriptor, case_descriptors
