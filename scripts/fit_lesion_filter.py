@@ -105,10 +105,13 @@ def collect_files(model: str, out: Path, specs: list[str], tta: bool | None = No
 
 
 def collect(model: str, out: Path, sets: list[str], tta: bool | None = None,
-            min_probability: float | None = None) -> None:
+            min_probability: float | None = None, donors: tuple[str, ...] = ()) -> None:
     """Segment the phantoms of each set (``tta``: flips averaged, as ``--tta`` does; ``None``: the
-    model's default mode); one npz per case (skipped when present: resumable)."""
+    model's default mode); one npz per case (skipped when present: resumable). With ``donors``
+    (real labelled case folders: training patients only), every phantom carries one of their tumors
+    (:func:`medcnncad.data.transplant.transplant_phantom`)."""
     from medcnncad.data.phantom import make_phantom, preset
+    from medcnncad.data.transplant import transplant_phantom
 
     segmenter = _segmenter(model, min_probability)
     for spec in sets:
@@ -119,7 +122,8 @@ def collect(model: str, out: Path, sets: list[str], tta: bool | None = None,
             path = out / name / f"{seed}.npz"
             if path.exists():
                 continue
-            case = make_phantom(seed, preset(presets[seed % len(presets)]))
+            config = preset(presets[seed % len(presets)])
+            case = transplant_phantom(seed, donors, config) if donors else make_phantom(seed, config)
             _save(path, segmenter.run({c: case.images[c] for c in _inputs(kind, seed)}, tta=tta), case.label)
             print(name, seed, flush=True)
 
@@ -239,6 +243,9 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--set", dest="sets", action="append", default=[], help="NAME:PRESET:INPUTS:FIRST_SEED:N")
+    p.add_argument("--transplant-from", nargs="+", default=[],
+                   help="real labelled case folders (training patients only): every phantom of --set carries one "
+                        "of their tumors")
     p.add_argument("--cases", action="append", default=[],
                    help="NAME:PATH, your own cases: a CSV or a folder of case folders, as for medcnncad train --data")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction,
@@ -269,7 +276,7 @@ def main() -> None:
     p.add_argument("--label-floor", help="VALUE:MIN_ML:REPLACE_WITH, e.g. 4:0.2:1")
     args = parser.parse_args()
     if args.command == "collect":
-        collect(args.model, args.out, args.sets, args.tta, args.probability_floor)
+        collect(args.model, args.out, args.sets, args.tta, args.probability_floor, tuple(args.transplant_from))
         collect_files(args.model, args.out, args.cases, args.tta, args.probability_floor)
     elif args.command == "floors":
         floors(args.model, args.classifier, args.min_probability, args.validation, args.value, args.replace_with,
