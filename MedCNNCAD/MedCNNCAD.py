@@ -301,9 +301,9 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         import qt
 
         with slicer.util.tryWithErrorDisplay("Cannot show this similar case.", waitCursor=True):
+            self.logic.loadSimilarCase(index.row())  # checks the row first
             self.ui.similarThumbnailLabel.setPixmap(qt.QPixmap(self.logic.lastSimilarCases[index.row()]["thumbnail"]
                                                                or ""))
-            self.logic.loadSimilarCase(index.row())
 
     def onCompare(self):
         p = self._parameterNode

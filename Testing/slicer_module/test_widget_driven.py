@@ -262,6 +262,14 @@ def test_similar_cases_for_the_chosen_lesion_and_one_shown_side_by_side(env, tmp
     count = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
     view.clicked.emit(view.model().index(0, 0))
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == count  # loaded once
+    unwrap(ui.applyButton).click()  # a new run while the library case is shown
+    process_events_until(env.app, lambda: widget._job is None)
+    assert p.resultSegmentation is not result and env.messages.errors == []
+    assert composites["Yellow"].GetBackgroundVolumeID() == volume.GetID()
+    assert composites["Yellow"].GetForegroundVolumeID() is None
+    assert composites["Red"].GetForegroundVolumeID() is not None  # the new probability map, left
+    assert yellow.GetID() not in list(p.resultSegmentation.GetDisplayNode().GetViewNodeIDs())
+    assert len(p.resultSegmentation.GetDisplayNode().GetViewNodeIDs()) > 0
     widget.logic.lastSimilarCases[0]["view"] = None  # a library case stored without a view image
     view.clicked.emit(view.model().index(0, 0))
     assert env.messages.errors and "added without a view image" in env.messages.errors[-1]

@@ -443,12 +443,16 @@ class SecondReaderLogic:
     @staticmethod
     def showResultLayers(nodes: ResultNodes) -> None:
         """Slice views: the volume the run was aligned to (first non-empty input) as background, the first
-        probability map as foreground. A layer is left as it is rather than cleared when there is no node."""
+        probability map as foreground. A layer is left as it is rather than cleared when there is no node. A
+        library case shown in the Yellow view (:meth:`loadSimilarCase`) stays there, alone."""
+        from medcnncad.slicer.similar_view import keep_similar_view
+
         background = slicer.mrmlScene.GetNodeByID(nodes.segmentation.GetAttribute("MedCNNCAD.referenceVolumeID") or "")
         foreground = next((node for channel, node in nodes.probabilities.items() if channel != "uncertainty"), None)
-        slicer.util.setSliceViewerLayers(background=background if background is not None else "keep-current",
-                                         foreground=foreground if foreground is not None else "keep-current",
-                                         foregroundOpacity=0.4)
+        with keep_similar_view():  # a library case shown beside this one stays alone in its view
+            slicer.util.setSliceViewerLayers(background=background if background is not None else "keep-current",
+                                             foreground=foreground if foreground is not None else "keep-current",
+                                             foregroundOpacity=0.4)
 
     @staticmethod
     def jumpToLesion(lesionTableNode: Any, row: int) -> None:

@@ -8,14 +8,15 @@ other views so that they are never drawn over it. The reader's own nodes are not
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import slicer
 
 from medcnncad.errors import InputError
 
-__all__ = ["SIMILAR_VIEW", "load_similar_case", "show_side_by_side"]
+__all__ = ["SIMILAR_VIEW", "keep_similar_view", "load_similar_case", "show_side_by_side"]
 
 SIMILAR_VIEW = "Yellow"
 """The slice view that shows the library case (the right-hand view of the side-by-side layout)."""
@@ -76,26 +77,52 @@ def _slice_node(scene: Any, layout_name: str) -> Any:
     return next((n for n in _views(scene) if n.IsA("vtkMRMLSliceNode") and n.GetLayoutName() == layout_name), None)
 
 
+def _composite(scene: Any, layout_name: str) -> Any:
+    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
+                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
+    return next((c for c in composites if c.GetLayoutName() == layout_name), None)
+
+
+def _keep_off(segmentation: Any, yellow: Any, scene: Any) -> None:
+    """Restrict a MedCNNCAD result ``segmentation`` shown in every view to the views other than ``yellow``."""
+    display = segmentation.GetDisplayNode()
+    if segmentation.GetAttribute("MedCNNCAD.modelName") and display is not None and not display.GetViewNodeIDs():
+        display.SetViewNodeIDs([n.GetID() for n in _views(scene) if n is not yellow])
+
+
+@contextmanager
+def keep_similar_view(scene: Any = None) -> Iterator[None]:
+    """While the Yellow view shows a library case, keep it that way across the block: a new result's layers
+    (set in every view by ``slicer.util.setSliceViewerLayers``) are taken back out of the Yellow view and every
+    MedCNNCAD result segmentation is restricted to the other views. Does nothing when no library case is shown."""
+    scene = scene or slicer.mrmlScene
+    composite = _composite(scene, SIMILAR_VIEW)
+    shown = scene.GetNodeByID(composite.GetBackgroundVolumeID() or "") if composite is not None else None
+    yield
+    if shown is None or not shown.GetAttribute("MedCNNCAD.similarCase"):
+        return
+    composite.SetBackgroundVolumeID(shown.GetID())
+    composite.SetForegroundVolumeID(None)
+    composite.SetLabelVolumeID(None)
+    yellow = _slice_node(scene, SIMILAR_VIEW)
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        _keep_off(scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode"), yellow, scene)
+
+
 def show_side_by_side(volume: Any, segmentation: Any, scene: Any = None) -> None:
     """Side-by-side layout (when the scene has a layout node): the library case alone in the Yellow view,
     axial and centred on its segmentation; MedCNNCAD's result segmentations kept to the other views."""
     scene = scene or slicer.mrmlScene
     yellow = _slice_node(scene, SIMILAR_VIEW)
-    composites = [scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
-                  for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]
-    composite = next((c for c in composites if c.GetLayoutName() == SIMILAR_VIEW), None)
+    composite = _composite(scene, SIMILAR_VIEW)
     if yellow is None or composite is None:
         raise InputError(f"the scene has no {SIMILAR_VIEW} slice view to show the similar case in")
     layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     if layout is not None:
         layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-    others = [n.GetID() for n in _views(scene) if n is not yellow]
     segmentation.GetDisplayNode().SetViewNodeIDs([yellow.GetID()])
     for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
-        node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
-        display = node.GetDisplayNode()
-        if node.GetAttribute("MedCNNCAD.modelName") and display is not None and not display.GetViewNodeIDs():
-            display.SetViewNodeIDs(others)  # a MedCNNCAD result: never drawn over the other patient
+        _keep_off(scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode"), yellow, scene)  # never over it
     composite.SetBackgroundVolumeID(volume.GetID())
     composite.SetForegroundVolumeID(None)
     composite.SetLabelVolumeID(None)
