@@ -163,3 +163,53 @@ def test_manifest_probability_floor_removes_unsure_lesions(tmp_path, floor, kept
     assert [bool((result.label_map[box] == 3).all()) for box in boxes] == list(kept)
     assert result.label_map.sum() == 3 * 64 * sum(kept)
     assert len([les for les in result.lesions if les.structure == "blob"]) == sum(kept)
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_restrict_to_mask_sets_background_outside_only(tmp_path, activation):
+    from medcnncad.inference.postprocess import restrict_to_mask
+
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["activation"] = activation
+    if activation == "sigmoid":
+        raw["postprocessing"]["channels"] = [{"name": "blob", "value": 3}]
+        raw["network"]["kwargs"]["out_channels"] = 1
+    manifest = parse_manifest(raw, tmp_path)
+    channels = len(raw["postprocessing"]["channels"])
+    probs = np.full((channels, 2, 2, 3), 0.5, np.float32)
+    uncertainty = np.full((2, 2, 3), 0.25, np.float32)
+    mask = np.zeros((2, 2, 3), np.uint8)
+    mask[:, :, 0] = 1  # (K, J, I): the first column of I is inside
+    restrict_to_mask(probs, mask, manifest, uncertainty)
+    assert (probs[..., 0] == 0.5).all() and (uncertainty[..., 0] == 0.25).all()  # inside: untouched
+    assert (probs[-1, ..., 1:] == 0).all() and (uncertainty[..., 1:] == 0).all()  # the blob channel, outside
+    if activation == "softmax":
+        assert (probs[0, ..., 1:] == 1).all()  # softmax background takes the rest
+
+
+def test_results_inside_mask_no_lesion_outside_the_brain_mask(tmp_path, monkeypatch):
+    """A brain mask from the clinical chain cuts the blob in two. The input is left unmasked (as if the
+    network's receptive field saw past the mask), so without results_inside_mask the blob is found on both
+    sides; with it nothing is found or has a probability outside, and the inside is the same."""
+    vol = _volume()
+    image = make_image(vol)
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[:, :, :16] = 1  # (K, J, I): the blob spans i 8-24
+    mask_image = sitk.GetImageFromArray(mask)
+    mask_image.CopyInformation(image)
+    monkeypatch.setattr("medcnncad.preprocessing.chain.extract_brain", lambda *a, **k: mask_image)
+    monkeypatch.setattr("medcnncad.preprocessing.chain.apply_mask", lambda image, mask: image)
+    results = {}
+    for inside in (False, True):
+        raw = blob_manifest_dict()
+        raw["clinical_preprocessing"] = {"background": "keep", "registration": "none", "brain_mask": "always",
+                                         "results_inside_mask": inside}
+        manifest = parse_manifest(raw, tmp_path)
+        model = LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "manifest",
+                            tmp_path)
+        results[inside] = Segmenter(model, device="cpu").run({"CT": image})
+    assert (results[False].label_map[:, :, 16:] == 3).sum() == 10 * 14 * 9  # vol[5:15, 6:20, 16:25]
+    assert (results[True].label_map[:, :, 16:] == 0).all()
+    assert (results[True].probabilities["blob"][:, :, 16:] == 0).all()
+    np.testing.assert_array_equal(results[True].label_map[:, :, :16], results[False].label_map[:, :, :16])
+    assert (results[True].label_map == 3).sum() > 0

@@ -18,7 +18,8 @@ from medcnncad.lesions.lesion_filter import RemovedCandidate, apply_lesion_filte
 from medcnncad.models.manifest import LabelVolumeFloor, Manifest
 
 __all__ = ["softmax_background", "foreground_probability_at", "label_map_from_probabilities",
-           "remove_small_components", "apply_label_volume_floors", "postprocess", "mode_warning"]
+           "remove_small_components", "apply_label_volume_floors", "postprocess", "mode_warning",
+           "restrict_to_mask"]
 
 
 def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: float,
@@ -110,6 +111,22 @@ def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest, 
         for index, channel in enumerate(post.channels):
             out[k:k + rows][part[index] > post.threshold] = channel.value
     return out
+
+
+def restrict_to_mask(probs: np.ndarray, mask: np.ndarray, manifest: Manifest,
+                     uncertainty: np.ndarray | None = None) -> None:
+    """Set the (C, K, J, I) ``probs`` to background outside ``mask`` ((K, J, I), 0 = outside), in place.
+
+    Outside the brain mask the inputs were set to 0, so whatever the network outputs there is not a reading
+    of the patient: foreground channels become 0 there, a softmax background channel 1, and ``uncertainty``
+    ((K, J, I), when given) 0.
+    """
+    outside = mask == 0
+    post = manifest.postprocessing
+    for index, channel in enumerate(post.channels):
+        probs[index][outside] = 1 if channel.value == 0 and post.activation == "softmax" else 0
+    if uncertainty is not None:
+        uncertainty[outside] = 0
 
 
 def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
