@@ -178,10 +178,12 @@ def test_restrict_to_mask_sets_background_outside_only(tmp_path, activation):
     channels = len(raw["postprocessing"]["channels"])
     probs = np.full((channels, 2, 2, 3), 0.5, np.float32)
     uncertainty = np.full((2, 2, 3), 0.25, np.float32)
+    label_map = np.full((2, 2, 3), 3, np.uint8)
     mask = np.zeros((2, 2, 3), np.uint8)
     mask[:, :, 0] = 1  # (K, J, I): the first column of I is inside
-    restrict_to_mask(probs, mask, manifest, uncertainty)
+    restrict_to_mask(probs, label_map, mask, manifest, uncertainty)
     assert (probs[..., 0] == 0.5).all() and (uncertainty[..., 0] == 0.25).all()  # inside: untouched
+    assert (label_map[..., 0] == 3).all() and (label_map[..., 1:] == 0).all()
     assert (probs[-1, ..., 1:] == 0).all() and (uncertainty[..., 1:] == 0).all()  # the blob channel, outside
     if activation == "softmax":
         assert (probs[0, ..., 1:] == 1).all()  # softmax background takes the rest

@@ -113,15 +113,18 @@ def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest, 
     return out
 
 
-def restrict_to_mask(probs: np.ndarray, mask: np.ndarray, manifest: Manifest,
+def restrict_to_mask(probs: np.ndarray, label_map: np.ndarray, mask: np.ndarray, manifest: Manifest,
                      uncertainty: np.ndarray | None = None) -> None:
-    """Set the (C, K, J, I) ``probs`` to background outside ``mask`` ((K, J, I), 0 = outside), in place.
+    """Set the (C, K, J, I) ``probs`` and the (K, J, I) ``label_map`` to background outside ``mask``
+    ((K, J, I), 0 = outside), in place.
 
     Outside the brain mask the inputs were set to 0, so whatever the network outputs there is not a reading
-    of the patient: foreground channels become 0 there, a softmax background channel 1, and ``uncertainty``
-    ((K, J, I), when given) 0.
+    of the patient: labels become 0, foreground channels 0, a softmax background channel 1, and
+    ``uncertainty`` ((K, J, I), when given) 0. Run after :func:`postprocess`, so that the floors and the lesion
+    filter see the candidates they were fitted on.
     """
     outside = mask == 0
+    label_map[outside] = 0
     post = manifest.postprocessing
     for index, channel in enumerate(post.channels):
         probs[index][outside] = 1 if channel.value == 0 and post.activation == "softmax" else 0

@@ -251,14 +251,15 @@ class Segmenter:
             del mean
             if spread is not None:
                 uncertainty = to_input_grid(self.manifest, spread[None], affine, images[0], raw=True)[0]
-        clinical = self.manifest.clinical
-        if clinical is not None and clinical.results_inside_mask and prepared is not None and \
-                prepared.brain_mask is not None:
-            restrict_to_mask(probs, sitk.GetArrayViewFromImage(prepared.brain_mask), self.manifest, uncertainty)
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
         removed, classifier_max = postprocess(self.manifest, label_map, probs, voxel_ml, given, warnings)
+        clinical = self.manifest.clinical
+        if clinical is not None and clinical.results_inside_mask and prepared is not None and \
+                prepared.brain_mask is not None:
+            restrict_to_mask(probs, label_map, sitk.GetArrayViewFromImage(prepared.brain_mask), self.manifest,
+                             uncertainty)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0
