@@ -56,6 +56,22 @@ def test_classifier_drops_candidates_below_its_threshold():
                                                           keep_all), labels)
 
 
+def test_case_score_counts_only_candidates_touching_score_within():
+    """With a brain mask the filter's decisions stay the same, but a candidate wholly outside the mask
+    does not count towards the case score (it will not be shown)."""
+    labels, fg = _two_components()
+    classifier = LesionFilter(("log_volume_ml",), (0.0,), (1.0,), (1.0,), -math.log(0.003), 0.39)
+    brain = np.zeros(labels.shape, bool)
+    brain[1, 1, 1] = True  # touches component A (P 0.4) only
+    scores: list[float] = []
+    out = apply_lesion_filter(labels.copy(), lambda m: fg[m], 0.001, CHANNELS, classifier, None, scores, brain)
+    np.testing.assert_array_equal(out, labels)  # both kept, as without the mask
+    assert scores == pytest.approx([0.4])
+    scores = []
+    apply_lesion_filter(labels.copy(), lambda m: fg[m], 0.001, CHANNELS, classifier, None, scores)
+    assert scores == pytest.approx([0.4, 0.004 / 0.007])
+
+
 def test_classifier_uses_the_manifest_feature_order():
     """Features are picked by name: a classifier listing them in another order scores the same."""
     labels, fg = _two_components()

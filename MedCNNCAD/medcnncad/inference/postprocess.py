@@ -133,7 +133,8 @@ def restrict_to_mask(probs: np.ndarray, label_map: np.ndarray, mask: np.ndarray,
 
 
 def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
-                given: Mapping[str, sitk.Image], warnings: list[str]) -> tuple[list[RemovedCandidate], float | None]:
+                given: Mapping[str, sitk.Image], warnings: list[str],
+                score_within: np.ndarray | None = None) -> tuple[list[RemovedCandidate], float | None]:
     """The manifest's post-processing of a (K, J, I) label map, in place.
 
     Volume and probability floors, the lesion filter, label volume floors (a warning for each
@@ -146,6 +147,8 @@ def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, vo
         voxel_ml: one voxel's volume in mL.
         given: the inputs present, on the label map's grid (the core refinement reads them).
         warnings: human-readable notes are appended here.
+        score_within: boolean (K, J, I) mask (the brain, with ``results_inside_mask``): only candidates with a
+            voxel inside it count towards the lesion filter's largest probability (the case score).
 
     Returns:
         The removed candidates (largest first) and, with a lesion filter, the largest probability
@@ -160,7 +163,7 @@ def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, vo
     if post.lesion_filter is not None:
         apply_lesion_filter(label_map, foreground_at, voxel_ml,
                                 [(c.name, c.value) for c in post.channels if c.value != 0], post.lesion_filter,
-                                removed, scores)
+                                removed, scores, score_within)
     applied: list[tuple[LabelVolumeFloor, float]] = []
     apply_label_volume_floors(label_map, post.label_volume_floors, voxel_ml, applied)
     names = {0: "background", **{x.value: x.name for x in manifest.labels}}

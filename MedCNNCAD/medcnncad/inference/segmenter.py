@@ -254,12 +254,12 @@ class Segmenter:
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
-        removed, classifier_max = postprocess(self.manifest, label_map, probs, voxel_ml, given, warnings)
         clinical = self.manifest.clinical
-        if clinical is not None and clinical.results_inside_mask and prepared is not None and \
-                prepared.brain_mask is not None:
-            restrict_to_mask(probs, label_map, sitk.GetArrayViewFromImage(prepared.brain_mask), self.manifest,
-                             uncertainty)
+        brain = sitk.GetArrayViewFromImage(prepared.brain_mask) > 0 if clinical is not None and \
+            clinical.results_inside_mask and prepared is not None and prepared.brain_mask is not None else None
+        removed, classifier_max = postprocess(self.manifest, label_map, probs, voxel_ml, given, warnings, brain)
+        if brain is not None:  # after the floors and the filter: they see the candidates they were fitted on
+            restrict_to_mask(probs, label_map, brain, self.manifest, uncertainty)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
         timings["postprocess"] = time.perf_counter() - t0

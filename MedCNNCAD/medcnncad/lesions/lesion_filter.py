@@ -98,11 +98,13 @@ def component_features(labelled: np.ndarray, count: int, label_map: np.ndarray, 
 def apply_lesion_filter(label_map: np.ndarray, foreground_at: Callable[[np.ndarray], np.ndarray],
                             voxel_ml: float, channels: Sequence[tuple[str, int]], classifier: LesionFilter,
                             removed: list[RemovedCandidate] | None = None,
-                            scores: list[float] | None = None) -> np.ndarray:
+                            scores: list[float] | None = None,
+                            score_within: np.ndarray | None = None) -> np.ndarray:
     """Zero the components of a (K, J, I) label map that ``classifier`` scores below its threshold
     (in place; returned). ``foreground_at(mask)``: foreground probability at a mask's voxels;
     ``removed``: when given, a :class:`RemovedCandidate` per removed component is appended;
-    ``scores``: when given, every component's classifier probability is appended."""
+    ``scores``: when given, every component's classifier probability is appended, or with ``score_within``
+    (a boolean (K, J, I) mask, e.g. the brain) only those of the components with a voxel inside it."""
     found = boxed_components(label_map)
     if found is None:
         return label_map
@@ -114,7 +116,11 @@ def apply_lesion_filter(label_map: np.ndarray, foreground_at: Callable[[np.ndarr
     order = [feature_names(channels).index(name) for name in classifier.features]
     score = np.concatenate([[1.0], classifier.probability(x[:, order])])
     if scores is not None:
-        scores += score[1:].tolist()
+        counted = np.ones(count + 1, bool)
+        if score_within is not None:
+            counted[:] = False
+            counted[labelled[inside & score_within[box]]] = True
+        scores += score[1:][counted[1:]].tolist()
     drop = score < classifier.min_probability
     if removed is not None and drop.any():
         ids = np.flatnonzero(drop)

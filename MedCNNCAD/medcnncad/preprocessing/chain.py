@@ -11,7 +11,9 @@ Steps, in order, each timed and reported (:class:`StepReport`):
    error naming the sequence: the sequences may come from different patients.
 3. ``brain_mask``: deepbet brain extraction (:mod:`.brain_mask`) from the best sequence given, applied
    to every sequence. ``auto`` runs it only when the head's foreground is larger than
-   ``skull_stripped_max_ml`` (a skull-stripped brain is 1.1-1.7 L; a head with its skull 3-5 L).
+   ``skull_stripped_max_ml`` (a skull-stripped brain is 1.1-1.7 L; a head with its skull 3-5 L). With
+   ``results_inside_mask`` the segmenter later sets labels and probabilities outside the mask to
+   background (:func:`medcnncad.inference.postprocess.restrict_to_mask`).
 4. ``bias_correction``: N4 inside the brain mask (optional).
 
 Everything ends on the first given sequence's grid: the user's reference volume. Images are
