@@ -184,7 +184,7 @@ def _line(s: dict[str, float]) -> str:
             f"{s['et_sensitivity']:.3f} | Dice WT {s['WT']:.3f} TC {s['TC']:.3f} ET {s['ET']:.3f}")
 
 
-def fit(model: str, train: str, validation: list[str], thresholds: list[float],
+def fit(model: str, train: list[str], validation: list[str], thresholds: list[float],
         probability_floor: float | None = None) -> dict:
     """Fit on ``train``'s candidates (after the model's floors, its probability floor replaced by
     ``probability_floor`` when given); print the validation table; return the classifier as manifest JSON."""
@@ -193,7 +193,7 @@ def fit(model: str, train: str, validation: list[str], thresholds: list[float],
     post = _postprocessing(model, probability_floor)
     channels = [(c.name, c.value) for c in post.channels if c.value]
     xs, ys = [], []
-    for _label, ref, _, labelled, x in _cases(train, post):
+    for _label, ref, _, labelled, x in (case for folder in train for case in _cases(folder, post)):
         hit = np.zeros(len(x) + 1, bool)
         hit[labelled[(ref > 0) & (labelled > 0)]] = True
         xs.append(x)
@@ -253,7 +253,7 @@ def main() -> None:
     p = sub.add_parser("fit")
     p.add_argument("--probability-floor", type=float, help=floor_help)
     p.add_argument("--model", required=True)
-    p.add_argument("--train", required=True, help="folder of training-side npz cases")
+    p.add_argument("--train", nargs="+", required=True, help="folders of training-side npz cases")
     p.add_argument("--validation", nargs="+", required=True, help="folders of validation-side npz cases")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     p.add_argument("--save", type=Path, help="write the fitted classifier (JSON) here")
