@@ -126,7 +126,7 @@ class ClinicalPreprocessing:
     skull_stripped_max_ml: float = 2200.0
     mask_dilate_voxels: int = 0
     bias_correction: bool = False
-    results_inside_mask: bool = False  # probabilities outside the brain mask set to background
+    results_inside_mask: bool = False  # labels and probabilities outside the brain mask -> background
 
 
 @dataclass(frozen=True)
