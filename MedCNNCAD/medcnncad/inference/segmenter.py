@@ -254,9 +254,9 @@ class Segmenter:
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
+        mask = _mask_array(prepared)
         clinical = self.manifest.clinical
-        brain = sitk.GetArrayViewFromImage(prepared.brain_mask) > 0 if clinical is not None and \
-            clinical.results_inside_mask and prepared is not None and prepared.brain_mask is not None else None
+        brain = mask > 0 if mask is not None and clinical is not None and clinical.results_inside_mask else None
         removed, classifier_max = postprocess(self.manifest, label_map, probs, voxel_ml, given, warnings, brain)
         if brain is not None:  # after the floors and the filter: they see the candidates they were fitted on
             restrict_to_mask(probs, label_map, brain, self.manifest, uncertainty)
@@ -271,7 +271,7 @@ class Segmenter:
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(device),
                                   timings, missing, warnings, given, uncertainty, len(flips),
                                   removed_candidates=removed, lesion_filter_max=classifier_max,
-                                  brain_mask=_mask_array(prepared), preprocessing=_steps(prepared),
+                                  brain_mask=mask, preprocessing=_steps(prepared),
                                   execution_policy=self.policy_note())
 
 
