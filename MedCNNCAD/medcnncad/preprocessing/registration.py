@@ -157,6 +157,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, initial
         fixed: reference image (its grid is the target).
         moving: image to align.
         seed: seed of the metric's random sampling (same seed, inputs and threads: same result).
+            Any value, 0 included: SimpleITK reads a seed of 0 as "seed from the wall clock"
+            (``sitkWallClock``), so ``seed + 1`` is what ITK gets.
         initialiser: "moments" (centres of mass), "geometry" (centres of the image boxes),
             "identity" (start from the scanner coordinates; best when both series come from one
             session) or "auto" (identity and moments both tried, the lower final Mattes metric kept;
@@ -185,6 +187,13 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, initial
                              min_gradient_correlation)
     return _register(fixed, moving, seed, initialiser, fixed_mask, sampling, bins, iterations, threads,
                      min_gradient_correlation)
+
+
+def _itk_seed(seed: int) -> int:
+    """The seed handed to ITK: never 0, which SimpleITK takes as "seed from the wall clock"."""
+    if seed < 0:
+        raise InputError(f"registration seed {seed}: must be >= 0")
+    return seed + 1
 
 
 def _failure(gc_before: float, gc_after: float, nmi_before: float, nmi_after: float, threshold: float) -> str:
@@ -232,7 +241,8 @@ def _register(fixed: sitk.Image, moving: sitk.Image, seed: int, initialiser: str
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
     # the same number of samples at every level (a share of the coarse level's few voxels is too noisy)
-    method.SetMetricSamplingPercentagePerLevel([min(1.0, sampling * 16), min(1.0, sampling * 4), sampling], seed)
+    method.SetMetricSamplingPercentagePerLevel([min(1.0, sampling * 16), min(1.0, sampling * 4), sampling],
+                                               _itk_seed(seed))
     method.SetMetricFixedMask(mask)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=iterations,
