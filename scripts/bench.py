@@ -4,7 +4,8 @@ ratios are printed. ``make bench`` runs all; results are tabled in docs/performa
     python scripts/bench.py metrics [--repeats 5]
     python scripts/bench.py case [--repeats 3]
     python scripts/bench.py segresnet [--repeats 3]
-    python scripts/bench.py bundle [--repeats 3]    # the zoo SegResNet as a MONAI bundle, measured policy
+    python scripts/bench.py bundle [--repeats 3] [--weights DIR]  # zoo SegResNet as a MONAI bundle, measured policy
+    python scripts/bench.py segresnet-template --out T.json  # training template for --weights (performance.md)
     python scripts/bench.py policy
     python scripts/bench.py memory        # 512 x 512 x 600 CT, peak RSS, engine vs MONAI (subprocesses)
     python scripts/bench.py worker [--repeats 3]
@@ -152,8 +153,26 @@ def _segresnet_model(folder: Path, fit_roi: int) -> Path:
     return out
 
 
-def _monai_bundle_default(paths: dict[str, str], out: Path, network: torch.nn.Module) -> None:
-    """The model-zoo bundle's own pipeline: fp32, one 240x240x160 window, overlap 0.5, then save."""
+def write_segresnet_template(path: Path) -> None:
+    """The training template of the benchmark's trained zoo-size SegResNet (softmax over background, NCR,
+    ED, ET; 1 mm; phantoms): ``medcnncad train segmentation --template <path> ...`` (docs/performance.md)."""
+    import json
+
+    raw = json.loads((ROOT / "Resources" / "ModelTemplates" / "brats-demo-unet.json").read_text())
+    raw.update(id="segresnet-zoo-size-phantom", name="Zoo-size SegResNet trained on phantoms (benchmark weights only)",
+               aliases=[], intended_use="Benchmarking only - not for diagnosis.",
+               description="The model-zoo brain-tumor SegResNet size, trained briefly on synthetic phantoms so that "
+                           "the speed benchmark measures a network with trained outputs. Timing only.",
+               trained_on="synthetic phantoms (MedCNNCAD generator) - not on patient data; benchmark weights only")
+    raw["network"] = {"class": "monai.networks.nets.SegResNet", "kwargs": {**SEGRESNET_KWARGS, "out_channels": 4}}
+    raw["preprocessing"]["spacing_mm"] = [1.0, 1.0, 1.0]
+    raw["inference"] = {"roi_size": [128, 128, 128], "overlap": 0.25, "blend_mode": "gaussian", "sw_batch_size": 1}
+    path.write_text(json.dumps(raw, indent=1))
+
+
+def _monai_bundle_default(paths: dict[str, str], out: Path, network: torch.nn.Module, softmax: bool = False) -> None:
+    """The model-zoo bundle's own pipeline: fp32, one 240x240x160 window, overlap 0.5, then save
+    (sigmoid + threshold 0.5 as the zoo bundle; ``softmax``: softmax + arg-max)."""
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import (
         Activations,
@@ -176,7 +195,8 @@ def _monai_bundle_default(paths: dict[str, str], out: Path, network: torch.nn.Mo
     inferer = SlidingWindowInferer(roi_size=(240, 240, 160), sw_batch_size=1, overlap=0.5)
     with torch.inference_mode():
         logits = inferer(data["image"][None], network)[0]
-    pred = AsDiscrete(threshold=0.5)(Activations(sigmoid=True)(logits))
+    pred = (AsDiscrete(argmax=True)(Activations(softmax=True)(logits)) if softmax
+            else AsDiscrete(threshold=0.5)(Activations(sigmoid=True)(logits)))
     SaveImage(output_dir=str(out), output_postfix="seg", separate_folder=False, print_log=False)(pred)
 
 
@@ -216,9 +236,15 @@ def bench_segresnet(repeats: int) -> None:
     print(f"  speed-up vs MONAI: {t_monai / t_case:.2f}x; case / network: {t_case / t_net:.2f}")
     print("  stages of the last run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
-def _segresnet_bundle(folder: Path) -> Path:
-    """The model-zoo brain-tumor SegResNet as a MONAI bundle (its inference config's shape; random weights)."""
+def _segresnet_bundle(folder: Path, weights: Path | None = None) -> Path:
+    """The model-zoo brain-tumor SegResNet as a MONAI bundle (its inference config's shape).
+
+    ``weights``: a model folder written by ``medcnncad train segmentation`` for a SegResNet of that size
+    (manifest + model.pt, softmax outputs); the bundle then takes its network and weights and ends in a
+    softmax + arg-max. Without it: random weights, three sigmoid outputs (TC, WT, ET) as the zoo bundle.
+    """
     import json
+    import shutil
 
     out = folder / "segresnet-bundle"
     (out / "configs").mkdir(parents=True)
@@ -226,16 +252,27 @@ def _segresnet_bundle(folder: Path) -> Path:
     torch.manual_seed(0)
     from monai.networks.nets import SegResNet
 
-    torch.save(SegResNet(**SEGRESNET_KWARGS).state_dict(), out / "models" / "model.pt")
-    meta = {"name": "SegResNet speed bundle", "version": "0.0.1", "data_source": "nothing: random weights, timing only",
+    if weights is None:
+        kwargs, outputs, source = SEGRESNET_KWARGS, {"0": "TC", "1": "WT", "2": "ET"}, "nothing: random weights"
+        torch.save(SegResNet(**kwargs).state_dict(), out / "models" / "model.pt")
+        post = [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+                {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}]
+    else:
+        trained = json.loads((weights / "manifest.json").read_text())
+        kwargs = trained["network"]["kwargs"]
+        outputs = {str(i): c["name"] for i, c in enumerate(trained["postprocessing"]["channels"])}
+        source = f"{trained['trained_on']} ({trained['id']})"
+        shutil.copy(weights / trained["weights"]["file"], out / "models" / "model.pt")
+        post = [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}]
+    meta = {"name": "SegResNet speed bundle", "version": "0.0.1", "data_source": f"{source}, timing only",
             "network_data_format": {
                 "inputs": {"image": {"type": "image", "num_channels": 4,
                                      "channel_def": {"0": "T1c", "1": "T1", "2": "T2", "3": "FLAIR"}}},
-                "outputs": {"pred": {"type": "image", "num_channels": 3,
-                                     "channel_def": {"0": "TC", "1": "WT", "2": "ET"}}}}}
+                "outputs": {"pred": {"type": "image", "num_channels": len(outputs), "channel_def": outputs}}}}
     keys = "image"
     config = {
-        "network_def": {"_target_": "SegResNet", **SEGRESNET_KWARGS},
+        "network_def": {"_target_": "SegResNet", **kwargs},
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "LoadImaged", "keys": keys},
             {"_target_": "EnsureChannelFirstd", "keys": keys},
@@ -244,15 +281,13 @@ def _segresnet_bundle(folder: Path) -> Path:
             {"_target_": "NormalizeIntensityd", "keys": keys, "nonzero": True, "channel_wise": True}]},
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [240, 240, 160], "sw_batch_size": 1,
                     "overlap": 0.5},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}]}}
+        "postprocessing": {"_target_": "Compose", "transforms": post}}
     (out / "configs" / "metadata.json").write_text(json.dumps(meta))
     (out / "configs" / "inference.json").write_text(json.dumps(config))
     return out
 
 
-def bench_bundle(repeats: int) -> None:
+def bench_bundle(repeats: int, weights: Path | None = None) -> None:
     """The zoo SegResNet run *as a MONAI bundle*: MONAI's bundle-default pipeline vs the engine with the
     bundle's own settings and with the policy measured on this machine (crop, window, precision, layout)."""
     import contextlib
@@ -268,7 +303,7 @@ def bench_bundle(repeats: int) -> None:
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-bench-bundle-"))
     os.environ["MEDCNNCAD_POLICY_CACHE"] = str(folder / "policy-cache.json")  # a fresh measurement
     images = load_sample_case(brats_size=True)
-    bundle = _segresnet_bundle(folder)
+    bundle = _segresnet_bundle(folder, weights)
     paths = {}
     for name in ("T1c", "T1", "T2", "FLAIR"):
         paths[name] = str(folder / f"{name}.nii.gz")
@@ -285,12 +320,14 @@ def bench_bundle(repeats: int) -> None:
     decision = measured_policy(model, torch.device("cpu"))
     t_calibrate = time.perf_counter() - start
     network = model.network
-    t_monai, _ = _median_time(lambda: _monai_bundle_default(paths, folder / "monai", network), repeats)
+    t_monai, _ = _median_time(lambda: _monai_bundle_default(paths, folder / "monai", network, weights is not None),
+                              repeats)
     t_own, _ = _median_time(lambda: segment("fp32", "own"), repeats)
     t_measured, _ = _median_time(lambda: segment("measured", "measured"), repeats)
     own = json.loads((folder / "own" / "report.json").read_text())["timings_s"]
     measured = json.loads((folder / "measured" / "report.json").read_text())
-    print(f"zoo SegResNet as a MONAI bundle (random weights), BraTS-size case (4 x 240x240x155 NIfTI), CPU, "
+    which = f"weights {weights}" if weights else "random weights"
+    print(f"zoo SegResNet as a MONAI bundle ({which}), BraTS-size case (4 x 240x240x155 NIfTI), CPU, "
           f"native bf16: {cpu_bf16_native()}, median of {repeats}:")
     print(f"  policy measured on this machine in {t_calibrate:.1f} s: precision {decision.precision}, "
           f"channels_last {decision.channels_last}, crop {decision.crop}")
@@ -298,7 +335,7 @@ def bench_bundle(repeats: int) -> None:
         print(f"    {run['precision']:>4} cl={run['channels_last']!s:5} crop={run['crop']:<8} {run['seconds']:6.2f} s  "
               f"Dice>={run['dice_min']:.4f}  max dp {run['max_probability_difference']:.4f}  "
               f"{'ok' if run['ok'] else 'rejected'}")
-    print(f"  MONAI bundle-default pipeline (load, one 240x240x160 window, overlap 0.5, sigmoid, save): "
+    print(f"  MONAI bundle-default pipeline (load, one 240x240x160 window, overlap 0.5, activation, save): "
           f"{t_monai:.2f} s")
     print(f"  medcnncad segment, the bundle's own settings (fp32, no crop): {t_own:.2f} s "
           f"({t_monai / t_own:.2f}x MONAI); its inference stage {own['inference']:.2f} s, "
@@ -671,16 +708,22 @@ def _bench_retrieval_build(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
-                                         "lesion-filter", "retrieval",
+                                         "lesion-filter", "retrieval", "segresnet-template",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help="segresnet-template: where to write the training template")
+    parser.add_argument("--weights", type=Path, help="bundle: a trained zoo-size SegResNet model folder "
+                        "(medcnncad train segmentation) instead of random weights")
     args = parser.parse_args()
     if args.what.startswith("_memory-"):  # child processes of bench_memory
         if args.what == "_memory-monai":
             _memory_monai(args.folder)
         else:
             _memory_engine(args.folder, with_reference=args.what.endswith("-ref"))
+        return
+    if args.what == "segresnet-template":
+        write_segresnet_template(args.out)
         return
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
@@ -702,7 +745,7 @@ def main() -> None:
     if args.what in ("segresnet", "all"):
         bench_segresnet(max(1, args.repeats // 2))
     if args.what in ("bundle", "all"):
-        bench_bundle(max(1, args.repeats // 2))
+        bench_bundle(max(1, args.repeats // 2), args.weights)
 
 
 if __name__ == "__main__":

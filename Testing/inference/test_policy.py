@@ -238,3 +238,35 @@ def test_a_channels_last_segmenter_leaves_the_shared_model_as_it_was():
     assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last_3d)
     plain = Segmenter(model, "cpu", precision="fp32")
     assert plain.network is model.network  # no copy without a layout change
+
+
+def test_group_norm_in_channels_last_loses_precision_on_the_cpu():
+    """Why the measured policy runs no channels-last candidate for GroupNorm networks on the CPU: torch's
+    channels-last group-norm kernel is far from float64 where the contiguous one is not (if a torch
+    upgrade fixes it, this fails and mp.channels_last_safe can be relaxed)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 96, 96, 96) * 0.5 + 5.0
+    with torch.inference_mode():
+        exact = torch.nn.functional.group_norm(x.double(), 8)
+        contiguous = (torch.nn.functional.group_norm(x, 8).double() - exact).abs().max().item()
+        last = (torch.nn.functional.group_norm(x.to(memory_format=torch.channels_last_3d), 8).double()
+                - exact).abs().max().item()
+    assert contiguous < 1e-4 and last > 100 * contiguous
+
+
+def test_no_channels_last_candidate_for_a_group_norm_network_on_the_cpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from monai.networks.nets import SegResNet, UNet
+
+    import medcnncad.inference.machine_policy as mp
+
+    monkeypatch.setattr(mp, "cpu_bf16_native", lambda: True)
+    cpu = torch.device("cpu")
+    segresnet = SimpleNamespace(network=SegResNet(3, 8, 4, 2), source="bundle")  # GroupNorm
+    unet = SimpleNamespace(network=UNet(3, 4, 2, (8, 16), (2,), norm="instance"), source="bundle")
+    assert not mp.channels_last_safe(segresnet.network, cpu) and mp.channels_last_safe(unet.network, cpu)
+    assert mp.channels_last_safe(segresnet.network, torch.device("cuda"))  # the CPU kernel only
+    assert mp._candidates(segresnet, cpu) == [("bf16", False, "none"), ("fp32", False, "crop"),
+                                              ("fp32", False, "crop+fit"), ("bf16", False, "crop+fit")]
+    assert {cl for _, cl, _ in mp._candidates(unet, cpu)} == {True, False}
