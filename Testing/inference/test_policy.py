@@ -270,3 +270,21 @@ def test_no_channels_last_candidate_for_a_group_norm_network_on_the_cpu(monkeypa
     assert mp._candidates(segresnet, cpu) == [("bf16", False, "none"), ("fp32", False, "crop"),
                                               ("fp32", False, "crop+fit"), ("bf16", False, "crop+fit")]
     assert {cl for _, cl, _ in mp._candidates(unet, cpu)} == {True, False}
+
+
+def test_a_segmenter_asked_for_channels_last_keeps_a_group_norm_network_contiguous_on_the_cpu():
+    from dataclasses import replace
+
+    from monai.networks.nets import SegResNet
+
+    from medcnncad.inference.segmenter import CHANNELS_LAST_REFUSED
+
+    demo = load_model("brats-demo-unet")
+    grouped = replace(demo, network=SegResNet(3, 8, 4, 4))
+    refused = Segmenter(grouped, "cpu", precision="fp32", channels_last=True)
+    weight = next(p for p in refused.network.parameters() if p.dim() == 5)
+    assert refused.channels_last is False and weight.is_contiguous()
+    assert refused.policy_note()["channels_last"] is False
+    assert refused.policy_note()["reason"] == f"as asked; {CHANNELS_LAST_REFUSED}"
+    kept = Segmenter(demo, "cpu", precision="fp32", channels_last=True)  # instance norm: as asked
+    assert kept.channels_last is True and kept.policy_note()["reason"] == "as asked"

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from medcnncad.inference.policy import CROP_MODES, choose_policy
-from medcnncad.inference.segmenter import Segmenter, resolve_device
+from medcnncad.inference.segmenter import Segmenter, channels_last_safe, resolve_device
 from medcnncad.io.sample_case import SEQUENCES, load_sample_case
 from medcnncad.models.loaded import LoadedModel
 
@@ -79,19 +79,6 @@ def cpu_bf16_native() -> bool:
     except (AttributeError, RuntimeError):
         pass
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def channels_last_safe(network: torch.nn.Module, device: torch.device) -> bool:
-    """Whether the channels-last layout may be measured for ``network`` on ``device``.
-
-    Not for a network with ``GroupNorm`` on the CPU: PyTorch's CPU group-norm kernel for
-    ``channels_last_3d`` tensors loses precision with the size of the group (measured with torch
-    2.13 against float64: largest error 3e-3 on a 64^3 window, 3.5e-2 on 240 x 240 x 160 for
-    unit-variance activations, and hundreds when they carry a large mean; the contiguous kernel stays
-    near 1e-6; ``Testing/inference/test_policy.py`` measures it). The check case could pass the gate
-    while a larger case fails, so such candidates are not run at all. Instance norm is unaffected.
-    """
-    return device.type != "cpu" or not any(isinstance(m, torch.nn.GroupNorm) for m in network.modules())
 
 
 def machine_key(device: torch.device) -> str:
