@@ -151,3 +151,29 @@ def test_training_loads_a_transplant_case(donor_dirs):
     images, label, info = _load_case(case, manifest)
     assert info["donor"] == "BraTS2021_99999" and sorted(images) == sorted(c.name for c in manifest.inputs)
     assert 4 in set(np.unique(sitk.GetArrayFromImage(label)))
+
+
+@pytest.mark.slow  # three whole-head realistic cases and one segmentation: 30-60 s
+def test_lesion_filter_collection_draws_phantoms_carrying_the_donors_tumors(donor_dirs, tmp_path):
+    """scripts/fit_lesion_filter.py collect --transplant-from: each case's saved reference is the
+    transplant phantom's label for that seed and donors (not a plain phantom's), and a present case is
+    skipped (resumable)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "fit_lesion_filter.py"
+    spec = importlib.util.spec_from_file_location("fit_lesion_filter", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    donors = (str(donor_dirs["brats2021"]),)
+    module.collect("brats-demo-unet", tmp_path, ["t:realistic:all:1000:1"], tta=False, donors=donors)
+    saved = tmp_path / "t" / "1000.npz"
+    expected = sitk.GetArrayFromImage(transplant_phantom(1000, donors, preset("realistic")).label)
+    with np.load(saved) as npz:
+        np.testing.assert_array_equal(npz["ref"], expected)
+        assert npz["label"].shape == expected.shape
+    plain = sitk.GetArrayFromImage(make_phantom(1000, preset("realistic")).label)
+    assert plain.shape != expected.shape or not np.array_equal(plain, expected)
+    before = saved.stat().st_mtime_ns
+    module.collect("brats-demo-unet", tmp_path, ["t:realistic:all:1000:1"], tta=False, donors=donors)
+    assert saved.stat().st_mtime_ns == before
