@@ -116,9 +116,10 @@ def apply_lesion_filter(label_map: np.ndarray, foreground_at: Callable[[np.ndarr
     order = [feature_names(channels).index(name) for name in classifier.features]
     score = np.concatenate([[1.0], classifier.probability(x[:, order])])
     if scores is not None:
-        counted = np.ones(count + 1, bool)
-        if score_within is not None:
-            counted[:] = False
+        if score_within is None:
+            counted = np.ones(count + 1, bool)
+        else:  # only the components touching score_within
+            counted = np.zeros(count + 1, bool)
             counted[labelled[inside & score_within[box]]] = True
         scores += score[1:][counted[1:]].tolist()
     drop = score < classifier.min_probability
