@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcnncad.inference.background_norm import BackgroundStatistics
 from medcnncad.inference.inputs import in_manifest_order
 from medcnncad.inference.machine_policy import _check_case
 from medcnncad.models.preprocessing import to_metatensor
@@ -79,6 +80,7 @@ def main() -> None:
         given = net(fit_in).softmax(1)
         for n, m in norms.items():
             m.forward = originals[n]
+        mixed = BackgroundStatistics(net, [max(r, s) for r, s in zip(roi, pre.shape[2:])])(fit_in).softmax(1)
 
     def box(p: torch.Tensor, offsets: list[int], start: list[int]) -> torch.Tensor:
         sl = [slice(o + s, o + s + n) for o, s, n in zip(offsets, start, crop.shape[2:])]
@@ -86,7 +88,8 @@ def main() -> None:
 
     reference = box(ref, off_full, [int(v) for v in lo])
     for what, probs in (("fitted window, own statistics", box(own, off_fit, [0, 0, 0])),
-                        ("fitted window, reference statistics", box(given, off_fit, [0, 0, 0]))):
+                        ("fitted window, reference statistics", box(given, off_fit, [0, 0, 0])),
+                        ("fitted window, background run as constants", box(mixed, off_fit, [0, 0, 0]))):
         a, b = reference.argmax(0), probs.argmax(0)
         dice = {}
         for v in range(1, reference.shape[0]):

@@ -189,7 +189,7 @@ def test_engine_crop_maps_back_exactly_and_the_gate_decides_whether_it_may_run(t
     same = Segmenter(model, "cpu", precision="fp32", crop_foreground=True).run(images)
     assert agreement(own, same) == {"dice_min": 1.0, "max_probability_difference": 0.0}
     monkeypatch.setattr(segmenter_module, "CROP_MARGIN", 8)
-    crop, fit = CROP_MODES["crop"]
+    crop, fit, _ = CROP_MODES["crop"]
     cropped = Segmenter(model, "cpu", precision="fp32", crop_foreground=crop, fit_roi=fit)
     result = cropped.run(images)
     outside = np.all([sitk.GetArrayViewFromImage(img) == 0 for img in images.values()], axis=0)
@@ -268,7 +268,7 @@ def test_no_channels_last_candidate_for_a_group_norm_network_on_the_cpu(monkeypa
     assert not mp.channels_last_safe(segresnet.network, cpu) and mp.channels_last_safe(unet.network, cpu)
     assert mp.channels_last_safe(segresnet.network, torch.device("cuda"))  # the CPU kernel only
     assert mp._candidates(segresnet, cpu) == [("bf16", False, "none"), ("fp32", False, "crop"),
-                                              ("fp32", False, "crop+fit"), ("bf16", False, "crop+fit")]
+                                              ("fp32", False, "crop+fit+bg"), ("bf16", False, "crop+fit+bg")]
     assert {cl for _, cl, _ in mp._candidates(unet, cpu)} == {True, False}
 
 

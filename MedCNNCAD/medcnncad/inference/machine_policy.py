@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from medcnncad.inference.background_norm import supports_background_statistics
 from medcnncad.inference.policy import CROP_MODES, choose_policy
 from medcnncad.inference.segmenter import Segmenter, channels_last_safe, resolve_device
 from medcnncad.io.sample_case import SEQUENCES, load_sample_case
@@ -152,8 +153,9 @@ def _check_case(model: LoadedModel) -> dict[str, Any] | None:
 def _candidates(model: LoadedModel, device: torch.device) -> list[tuple[str, bool, str]]:
     """What to measure against the reference (fp32, the model's layout, no engine crop): precisions and
     layouts where the hardware runs a lower precision natively, and for models that do not crop
-    themselves (MONAI bundles) the engine's crop, alone and with the window fitted to it. No channels-last
-    candidate where :func:`channels_last_safe` says no."""
+    themselves (MONAI bundles) the engine's crop, alone and with the window fitted to it (for GroupNorm
+    networks with the bundle window's statistics: :mod:`medcnncad.inference.background_norm`). No
+    channels-last candidate where :func:`channels_last_safe` says no."""
     native = device.type == "cuda" or cpu_bf16_native()
     offered = (("bf16", False), ("bf16", True)) if device.type == "cpu" else (("fp16", False), ("fp16", True),
                                                                                  ("bf16", False))
@@ -161,8 +163,9 @@ def _candidates(model: LoadedModel, device: torch.device) -> list[tuple[str, boo
     lower = tuple((p, cl) for p, cl in offered if safe or not cl)
     out = [(p, cl, "none") for p, cl in ((("fp32", True),) if safe else ()) + lower] if native else []
     if model.source == "bundle":
-        out += [("fp32", False, "crop"), ("fp32", False, "crop+fit")]
-        out += [(p, cl, "crop+fit") for p, cl in lower] if native else []
+        fit = "crop+fit+bg" if supports_background_statistics(model.network) else "crop+fit"
+        out += [("fp32", False, "crop"), ("fp32", False, fit)]
+        out += [(p, cl, fit) for p, cl in lower] if native else []
     return out
 
 
@@ -190,4 +193,4 @@ def build_segmenter(model: LoadedModel, device: str = "auto", precision: str | N
     reason = decision.reason + (" (cached)" if decision.cached else "")
     return Segmenter(model, device, precision=decision.precision, channels_last=decision.channels_last,
                      policy_reason=reason, crop_foreground=CROP_MODES[decision.crop][0],
-                     fit_roi=CROP_MODES[decision.crop][1])
+                     fit_roi=CROP_MODES[decision.crop][1], background_statistics=CROP_MODES[decision.crop][2])

@@ -34,10 +34,13 @@ def agreement(reference, candidate) -> dict[str, float]:
 
 Candidate = tuple  # (precision, channels_last) or (precision, channels_last, crop) with crop a CROP_MODES key
 ENGINE_CROP_FIT_ROI = 16  # window multiple with the engine's crop (networks downsampling up to 2**4)
-CROP_MODES: dict[str, tuple[bool, int | None]] = {  # mode -> (crop_foreground, fit_roi)
-    "none": (False, None),           # the model's own window over the whole image
-    "crop": (True, None),            # cut to the non-zero box; the model's window (fewer windows, same numerics)
-    "crop+fit": (True, ENGINE_CROP_FIT_ROI),  # and the window shrunk to the box (less padding; norms may differ)
+CROP_MODES: dict[str, tuple[bool, int | None, bool]] = {  # mode -> (crop_foreground, fit_roi, background stats)
+    "none": (False, None, False),           # the model's own window over the whole image
+    "crop": (True, None, False),            # cut to the non-zero box; the model's window (fewer windows, same numerics)
+    "crop+fit": (True, ENGINE_CROP_FIT_ROI, False),  # and the window shrunk to the box (less padding; norms differ)
+    # and GroupNorm given the statistics of the model's own window, the background run alongside as constants
+    # (medcnncad.inference.background_norm)
+    "crop+fit+bg": (True, ENGINE_CROP_FIT_ROI, True),
 }
 
 
@@ -62,9 +65,9 @@ def choose_policy(model, images: Mapping[str, Any], device: str = "cpu",
     seconds, Dice and probability difference against the reference.
     """
     def timed(precision: str, channels_last: bool, mode: str):
-        crop, fit = CROP_MODES[mode]
+        crop, fit, background = CROP_MODES[mode]
         segmenter = Segmenter(model, device, precision=precision, channels_last=channels_last,
-                              crop_foreground=crop, fit_roi=fit)
+                              crop_foreground=crop, fit_roi=fit, background_statistics=background)
         start = time.perf_counter()
         result = segmenter.run(images)
         return result, time.perf_counter() - start

@@ -29,6 +29,7 @@ import SimpleITK as sitk
 import torch
 
 from medcnncad.errors import InputError
+from medcnncad.inference.background_norm import BackgroundStatistics
 from medcnncad.inference.inputs import (
     check_memory,
     crop_to_foreground,
@@ -115,17 +116,23 @@ class Segmenter:
         crop_foreground: cut the inputs to their non-zero box (+ :data:`CROP_MARGIN` voxels) before the
             model's preprocessing: the engine's crop for models that do not crop themselves (MONAI bundles).
         fit_roi: shrink the sliding window to the image, rounded up to this multiple (overrides the manifest).
+        background_statistics: GroupNorm layers normalise each (fitted) window with the statistics of the
+            manifest's own window filled around it with background (zeros): see
+            :mod:`medcnncad.inference.background_norm`.
 
     Raises:
         InputError: an unknown device, precision or probability dtype.
+        UnsupportedNetwork: ``background_statistics`` for a network it cannot run.
     """
 
     def __init__(self, model: LoadedModel, device: str = "auto", precision: str | None = None,
                  channels_last: bool | None = None, probability_dtype: str | None = None,
-                 policy_reason: str | None = None, crop_foreground: bool = False, fit_roi: int | None = None) -> None:
+                 policy_reason: str | None = None, crop_foreground: bool = False, fit_roi: int | None = None,
+                 background_statistics: bool = False) -> None:
         self.model = model
         self.manifest = model.manifest
         self.crop_foreground = crop_foreground
+        self.background_statistics = background_statistics
         if fit_roi is not None:  # the execution policy's window, fitted to the (cropped) image
             self.manifest = replace(self.manifest, inference=replace(self.manifest.inference, fit_roi=int(fit_roi)))
         self.device = resolve_device(device)
@@ -143,6 +150,8 @@ class Segmenter:
         if self.channels_last:  # on a copy: Module.to() converts in place, and the loaded model may be shared
             self.network = copy.deepcopy(self.network).to(  # type: ignore[call-overload]  # stubs omit memory_format
                 memory_format=torch.channels_last_3d)
+        if background_statistics:  # the manifest's own window, before any fit_roi
+            self.network = BackgroundStatistics(self.network, model.manifest.inference.roi_size)
         self.policy_reason = policy_reason or ("as asked" if precision or channels_last is not None else
                                                "the model's manifest (inference.precision, channels_last)")
         if refused:
@@ -164,8 +173,8 @@ class Segmenter:
         runner = "engine"
         return {"precision": self.precision, "autocast": str(dtype).replace("torch.", "") if dtype else "none",
                 "channels_last": self.channels_last, "crop_foreground": self.crop_foreground,
-                "fit_roi": self.manifest.inference.fit_roi, "device": str(self.device), "reason": self.policy_reason,
-                "runner": runner}
+                "fit_roi": self.manifest.inference.fit_roi, "background_statistics": self.background_statistics,
+                "device": str(self.device), "reason": self.policy_reason, "runner": runner}
 
     def policy(self) -> ExecutionPolicy:
         """The execution policy this segmenter runs the network under."""
