@@ -7,7 +7,11 @@ sliding window pads), a window fitted to the non-zero box (+8 voxels, multiple o
 window with every GroupNorm layer given the reference run's per-group mean and variance. Prints each
 label's Dice against the reference inside the fitted box, and the largest probability difference.
 
-    .venv/bin/python research/groupnorm_window.py <bundle folder>
+    .venv/bin/python research/groupnorm_window.py <bundle folder> [PREFIXES ...]
+
+Each PREFIXES (comma-separated module-name prefixes, e.g. ``down_layers.2,down_layers.3,up_layers.0``) adds
+a run of the background-as-constants window in which the GroupNorm layers so named get the reference run's
+statistics instead (where does the remaining difference come from?).
 
 Numbers: docs/performance.md, "The bundle benchmark with trained weights" (last paragraph).
 """
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcnncad.inference import background_norm
 from medcnncad.inference.background_norm import BackgroundStatistics
 from medcnncad.inference.inputs import in_manifest_order
 from medcnncad.inference.machine_policy import _check_case
@@ -36,6 +41,30 @@ def pad_to(x: torch.Tensor, size: list[int]) -> tuple[torch.Tensor, list[int]]:
         pads.append((lo, r - s - lo))
     flat = [v for pair in reversed(pads) for v in pair]
     return F.pad(x, flat), offsets
+
+
+def _partly_injected(net: torch.nn.Module, field: list[int], fit_in: torch.Tensor,
+                     stats: dict[str, tuple[torch.Tensor, torch.Tensor]], prefixes: list[str]) -> torch.Tensor:
+    """The background-as-constants run with the reference statistics in the GroupNorm layers named."""
+    names = {m: n for n, m in net.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+    mixed = background_norm.mixed_group_norm
+
+    def given(norm, window, constant, total):
+        if not any(names[norm].startswith(p) for p in prefixes):
+            return mixed(norm, window, constant, total)
+        mean, var = stats[names[norm]]
+        per = window.shape[1] // norm.num_groups
+        rstd = torch.rsqrt(var + norm.eps)[..., None]
+        a = (rstd * norm.weight.double().reshape(1, norm.num_groups, per)).reshape(1, -1, 1, 1, 1)
+        b = (norm.bias.double().reshape(1, norm.num_groups, per) - mean[..., None] * rstd *
+             norm.weight.double().reshape(1, norm.num_groups, per)).reshape(1, -1, 1, 1, 1)
+        return (window.double() * a + b).float(), (constant.double() * a + b).float()
+
+    background_norm.mixed_group_norm = given
+    try:
+        return BackgroundStatistics(net, field)(fit_in).softmax(1)
+    finally:
+        background_norm.mixed_group_norm = mixed
 
 
 def main() -> None:
@@ -80,7 +109,10 @@ def main() -> None:
         given = net(fit_in).softmax(1)
         for n, m in norms.items():
             m.forward = originals[n]
-        mixed = BackgroundStatistics(net, [max(r, s) for r, s in zip(roi, pre.shape[2:])])(fit_in).softmax(1)
+        field = [max(r, s) for r, s in zip(roi, pre.shape[2:])]
+        mixed = BackgroundStatistics(net, field)(fit_in).softmax(1)
+        partly = {prefixes: _partly_injected(net, field, fit_in, stats, prefixes.split(","))
+                  for prefixes in sys.argv[2:]}
 
     def box(p: torch.Tensor, offsets: list[int], start: list[int]) -> torch.Tensor:
         sl = [slice(o + s, o + s + n) for o, s, n in zip(offsets, start, crop.shape[2:])]
@@ -89,7 +121,9 @@ def main() -> None:
     reference = box(ref, off_full, [int(v) for v in lo])
     for what, probs in (("fitted window, own statistics", box(own, off_fit, [0, 0, 0])),
                         ("fitted window, reference statistics", box(given, off_fit, [0, 0, 0])),
-                        ("fitted window, background run as constants", box(mixed, off_fit, [0, 0, 0]))):
+                        ("fitted window, background run as constants", box(mixed, off_fit, [0, 0, 0])),
+                        *((f"background as constants, reference statistics at {k}", box(v, off_fit, [0, 0, 0]))
+                          for k, v in partly.items())):
         a, b = reference.argmax(0), probs.argmax(0)
         dice = {}
         for v in range(1, reference.shape[0]):
