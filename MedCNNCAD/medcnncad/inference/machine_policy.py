@@ -86,7 +86,8 @@ def machine_key(device: torch.device) -> str:
     """A stable key of what decides the policy: CPU model and bf16/AMX flags, torch version, CUDA device."""
     flags = sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2", "f16c"})
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    text = json.dumps(["policy-v2", _cpu_name(), flags, torch.__version__, device.type, gpu])
+    # the version changes when the candidates do (v3: crop+fit+bg), so cached decisions are measured again
+    text = json.dumps(["policy-v3", _cpu_name(), flags, torch.__version__, device.type, gpu])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
