@@ -288,3 +288,17 @@ def test_a_segmenter_asked_for_channels_last_keeps_a_group_norm_network_contiguo
     assert refused.policy_note()["reason"] == f"as asked; {CHANNELS_LAST_REFUSED}"
     kept = Segmenter(demo, "cpu", precision="fp32", channels_last=True)  # instance norm: as asked
     assert kept.channels_last is True and kept.policy_note()["reason"] == "as asked"
+
+
+def test_the_gate_records_the_layout_a_run_had_not_the_one_asked_for():
+    from dataclasses import replace
+
+    from helpers import small_phantom
+    from monai.networks.nets import SegResNet
+
+    torch.manual_seed(0)
+    grouped = replace(load_model("brats-demo-unet"), network=SegResNet(3, 8, 4, 4).eval())
+    report = choose_policy(grouped, small_phantom()[0], candidates=[("fp32", True)])
+    asked = report["runs"][1]  # channels-last asked for a GroupNorm network on the CPU: refused, contiguous ran
+    assert asked["channels_last"] is False and asked["dice_min"] == 1.0 and asked["max_probability_difference"] == 0
+    assert report["chosen"][1] is False

@@ -62,7 +62,8 @@ def choose_policy(model, images: Mapping[str, Any], device: str = "cpu",
     (precision, channels_last, crop mode) with a :data:`CROP_MODES` key.
 
     Returns ``{"chosen": (precision, channels_last, crop mode), "runs": [...]}`` with each run's
-    seconds, Dice and probability difference against the reference.
+    seconds, Dice and probability difference against the reference; ``channels_last`` is the layout the
+    run had (a channels-last candidate the :class:`Segmenter` refuses is recorded as contiguous).
     """
     def timed(precision: str, channels_last: bool, mode: str):
         crop, fit, background = CROP_MODES[mode]
@@ -70,17 +71,17 @@ def choose_policy(model, images: Mapping[str, Any], device: str = "cpu",
                               crop_foreground=crop, fit_roi=fit, background_statistics=background)
         start = time.perf_counter()
         result = segmenter.run(images)
-        return result, time.perf_counter() - start
+        return result, time.perf_counter() - start, segmenter.channels_last  # the layout it ran (may refuse)
 
-    reference, seconds = timed("fp32", False, "none")
+    reference, seconds, _ = timed("fp32", False, "none")
     runs = [{"precision": "fp32", "channels_last": False, "crop": "none", "seconds": seconds,
              "dice_min": 1.0, "max_probability_difference": 0.0, "ok": True}]
     for candidate in candidates:
         precision, channels_last, mode = _settings(candidate)
-        result, seconds = timed(precision, channels_last, mode)
+        result, seconds, ran_last = timed(precision, channels_last, mode)
         score = agreement(reference, result)
         ok = score["dice_min"] >= DICE_MIN and score["max_probability_difference"] <= PROB_TOL
-        runs.append({"precision": precision, "channels_last": channels_last, "crop": mode,
+        runs.append({"precision": precision, "channels_last": ran_last, "crop": mode,
                      "seconds": seconds, **score, "ok": ok})
     best = min((r for r in runs if r["ok"]), key=lambda r: r["seconds"])
     return {"chosen": (best["precision"], best["channels_last"], best["crop"]), "runs": runs}
