@@ -148,3 +148,43 @@ def test_only_the_largest_lesions_are_described(result):
     ids = [i for i, _ in chosen]
     assert len(ids) == MAX_DESCRIBED_LESIONS and ids == sorted(ids) and ids[0] == 1
     assert int(chosen[0][1].sum()) == 216 and all(int(m.sum()) == 1 for _, m in chosen[1:])
+
+
+def test_the_segmentation_s_network_input_gives_the_same_deep_descriptors(tmp_path):
+    """Reusing the network input the Segmenter kept (no second preprocessing) changes no value; the
+    engine's crop (another grid) keeps nothing."""
+    from dataclasses import replace
+
+    from medcnncad.inference.segmenter import Segmenter
+
+    def not_again(_images):
+        raise AssertionError("preprocessed a second time")
+
+    model = _unet_model(tmp_path)
+    image = make_image(_volume(), spacing=(1.0, 1.0, 2.0))
+    segmenter = Segmenter(model, "cpu")
+    kept = segmenter.run({"CT": image}, keep_network_input=True)
+    plain = segmenter.run({"CT": image})
+    assert plain.network_input is None and kept.network_input[0].shape[0] == 1
+    assert kept.network_input[1].shape == (4, 4)
+    described = case_descriptors(kept, replace(model, preprocess=not_again))
+    for a, b in zip(case_descriptors(plain, model), described, strict=True):
+        assert np.array_equal(a.deep, b.deep) and a.radiomics == b.radiomics
+    cropped = Segmenter(model, "cpu", crop_foreground=True).run({"CT": image}, keep_network_input=True)
+    assert cropped.network_input is None
+
+
+def test_a_lesion_box_z_scored_with_the_whole_image_s_statistics_is_that_box_of_the_z_scored_image():
+    from medcnncad.retrieval.descriptors import _zscore_stats, _zscored
+
+    volume = _volume()
+    volume[:, :, :5] = 0.0  # background that the statistics leave out
+    image = make_image(volume)
+    box = (slice(3, 17), slice(10, 31), slice(4, 22))  # (I, J, K) of the SimpleITK image
+    whole = sitk.GetArrayFromImage(_zscored(image))[box[2], box[1], box[0]]
+    boxed = sitk.GetArrayFromImage(_zscored(image[box], _zscore_stats(image)))
+    assert np.array_equal(boxed, whole) and (boxed == 0).any() and not np.array_equal(
+        boxed, sitk.GetArrayFromImage(_zscored(image[box])))  # the box's own statistics differ
+    inside = volume[volume != 0]
+    assert _zscore_stats(image) == pytest.approx((inside.mean(), inside.std()), rel=1e-6)
+    assert _zscore_stats(make_image(np.zeros((3, 3, 3), np.float32))) == (0.0, 1.0)

@@ -55,6 +55,9 @@ class SegmentationResult:
             brain (the inputs were masked with it), else ``None``.
         preprocessing: the clinical preprocessing steps (JSON-ready: step, seconds, applied, details).
         execution_policy: precision, memory layout, device the network ran with, and why.
+        network_input: when asked for (``Segmenter.run(keep_network_input=True)``), the network's input
+            before any flip: the model's preprocessing of the inputs, float32 (C, I, J, K), and its
+            4 x 4 RAS affine (mm); reused by the retrieval descriptors instead of preprocessing again.
     """
 
     label_map: np.ndarray
@@ -75,6 +78,7 @@ class SegmentationResult:
     brain_mask: np.ndarray | None = None
     preprocessing: list[dict] = field(default_factory=list)
     execution_policy: dict = field(default_factory=dict)
+    network_input: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def label_image(self) -> sitk.Image:
         """The label map as a SimpleITK image on the reference grid."""

@@ -218,7 +218,8 @@ class Segmenter:
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,
-            tta: bool | Sequence[tuple[int, ...]] | None = None) -> SegmentationResult:
+            tta: bool | Sequence[tuple[int, ...]] | None = None,
+            keep_network_input: bool = False) -> SegmentationResult:
         """Segment one case.
 
         Args:
@@ -228,6 +229,9 @@ class Segmenter:
                 (4x the network time) and returns an uncertainty map; a sequence of flip
                 dimension tuples of the (C, I, J, K) input chooses the passes; ``None``: the
                 model's default (manifest ``inference.test_time_augmentation``).
+            keep_network_input: return the network's input in ``network_input`` (held through
+                post-processing: more peak memory) when it is the model's preprocessing of the whole
+                inputs (not with the engine's crop, nor for a format with its own predictor).
         """
         if tta is None:
             tta = self.manifest.inference.test_time_augmentation
@@ -258,6 +262,7 @@ class Segmenter:
         warnings += mode_warning(self.manifest, len(flips) > 1)
         uncertainty = None
         device = self.device
+        kept: tuple[np.ndarray, np.ndarray] | None = None
         if self.model.predict is not None:  # the format's own predictor (nnU-Net) does windows to grid
             del pre
             probs = self._own_predictor(images, len(flips) > 1, warnings)
@@ -277,7 +282,9 @@ class Segmenter:
             mean, spread = averaged_probabilities(infer_once, pre.as_tensor(), flips,
                                                   softmax_background(self.manifest), progress, self.probability_dtype)
             device = ran_on[0]
-            del pre  # the network input is not needed any more (peak memory)
+            if keep_network_input and not self.crop_foreground:
+                kept = (np.asarray(pre.as_tensor().cpu(), dtype=np.float32), affine.numpy())
+            del pre  # the network input is not needed any more (peak memory), unless kept
             timings["inference"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             progress("postprocess", 0.0)
@@ -306,7 +313,7 @@ class Segmenter:
                                   timings, missing, warnings, given, uncertainty, len(flips),
                                   removed_candidates=removed, lesion_filter_max=classifier_max,
                                   brain_mask=mask, preprocessing=_steps(prepared),
-                                  execution_policy=self.policy_note())
+                                  execution_policy=self.policy_note(), network_input=kept)
 
 
 def _mask_array(prepared: PreparedCase | None) -> np.ndarray | None:

@@ -60,7 +60,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     out = Path(out)
     series = series or {}
     sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg or dicom_sr else None
-    result = segmenter.run(_read_inputs(inputs, series), progress=progress, tta=tta)
+    result = segmenter.run(_read_inputs(inputs, series), progress=progress, tta=tta, keep_network_input=descriptors)
     if classifier is not None:
         progress("classify", 0.0)
         attach_classification(result, classifier)
@@ -79,6 +79,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
         t0 = time.perf_counter()
         described = case_descriptors(result, segmenter.model, segmenter.device)
         extra["retrieval_descriptors"] = time.perf_counter() - t0
+    result.network_input = None  # held for the descriptors only
     progress("write", 0.0)
     t0 = time.perf_counter()
     outputs = write_case_outputs(result, out, background=_display_channel(result),

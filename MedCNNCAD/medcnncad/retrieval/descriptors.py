@@ -126,13 +126,24 @@ def radiomics_names(manifest: Manifest) -> list[str]:
     return names
 
 
-def _zscored(image: sitk.Image) -> sitk.Image:
-    """``image`` (float32) z-scored over its non-zero voxels (zero stays zero)."""
+def _zscore_stats(image: sitk.Image) -> tuple[float, float]:
+    """Mean and standard deviation (at least 1e-6) of ``image``'s non-zero voxels, as float32 values;
+    (0, 1) when every voxel is zero."""
+    array = sitk.GetArrayViewFromImage(image)
+    values = array[array != 0].astype(np.float32, copy=False)
+    if values.size == 0:
+        return 0.0, 1.0
+    return float(values.mean(dtype=np.float64)), max(float(values.std(dtype=np.float64)), 1e-6)
+
+
+def _zscored(image: sitk.Image, stats: tuple[float, float] | None = None) -> sitk.Image:
+    """``image`` (as float32) z-scored with ``stats`` (default: its own :func:`_zscore_stats`); zero stays
+    zero. Given the whole image's statistics, a box of it comes out as that box of the z-scored image."""
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     inside = array != 0
     if inside.any():
-        values = array[inside]
-        array[inside] = (values - values.mean(dtype=np.float64)) / max(float(values.std(dtype=np.float64)), 1e-6)
+        mean, std = stats if stats is not None else _zscore_stats(image)
+        array[inside] = (array[inside] - np.float64(mean)) / std
     out = sitk.GetImageFromArray(array)
     out.CopyInformation(image)
     return out
@@ -169,7 +180,8 @@ def _intensity(image: sitk.Image, mask: sitk.Image) -> dict[str, float]:
 
 def radiomics_features(mask: np.ndarray, label_map: np.ndarray, reference: sitk.Image,
                        images: dict[str, sitk.Image], manifest: Manifest,
-                       zscored: dict[str, sitk.Image] | None = None, margin: int | None = 2) -> dict[str, float]:
+                       zscore_stats: dict[str, tuple[float, float]] | None = None,
+                       margin: int | None = 2) -> dict[str, float]:
     """Interpretable features of one lesion.
 
     Args:
@@ -178,7 +190,8 @@ def radiomics_features(mask: np.ndarray, label_map: np.ndarray, reference: sitk.
         reference: the grid (spacing, origin, direction; LPS mm).
         images: channel name -> image on ``reference``'s grid (absent channels give zeros).
         manifest: labels and input channels (feature order).
-        zscored: ``images`` already z-scored (:func:`_zscored`), to share the work between lesions.
+        zscore_stats: each image's z-score statistics over its whole grid (:func:`_zscore_stats`), to share
+            the work between lesions; only the lesion's box is then z-scored.
         margin: computed on the lesion's box plus this many voxels (``None``: the whole grid); from 1 voxel
             on the values are those of the whole grid (the gradient's central differences inside the lesion
             see only voxels of the box), at a fraction of the work on a whole head.
@@ -186,7 +199,7 @@ def radiomics_features(mask: np.ndarray, label_map: np.ndarray, reference: sitk.
     Returns:
         Feature name -> value, in :func:`radiomics_names` order; volumes in mL, lengths in mm.
     """
-    zscored = zscored if zscored is not None else {n: _zscored(img) for n, img in images.items()}
+    stats = zscore_stats if zscore_stats is not None else {n: _zscore_stats(img) for n, img in images.items()}
     if margin is None:
         (k0, j0, i0), (k1, j1, i1) = (0, 0, 0), mask.shape
     else:
@@ -201,8 +214,9 @@ def radiomics_features(mask: np.ndarray, label_map: np.ndarray, reference: sitk.
     for x in manifest.labels:
         features[f"fraction_{x.name}"] = float(np.count_nonzero(inside == x.value)) / count
     for channel in manifest.inputs:
-        values = (_intensity(zscored[channel.name][int(i0):int(i1), int(j0):int(j1), int(k0):int(k1)], mask_image)
-                  if channel.name in zscored else dict.fromkeys((*_INTENSITY_STATS, *_TEXTURE_STATS), 0.0))
+        values = (_intensity(_zscored(images[channel.name][int(i0):int(i1), int(j0):int(j1), int(k0):int(k1)],
+                                      stats[channel.name]), mask_image)
+                  if channel.name in images else dict.fromkeys((*_INTENSITY_STATS, *_TEXTURE_STATS), 0.0))
         features.update({f"{channel.name}_{k}": v for k, v in values.items()})
     return {name: features[name] for name in radiomics_names(manifest)}
 
@@ -254,7 +268,8 @@ def _pool(feature: torch.Tensor, weight: torch.Tensor) -> np.ndarray:
 
 
 def deep_features(model: LoadedModel, images: Sequence[sitk.Image], masks: Sequence[np.ndarray],
-                  device: torch.device | str = "cpu", layers: Sequence[int] = (1, -1)) -> list[np.ndarray] | None:
+                  device: torch.device | str = "cpu", layers: Sequence[int] = (1, -1),
+                  network_input: tuple[np.ndarray, np.ndarray] | None = None) -> list[np.ndarray] | None:
     """The network's encoder activations pooled inside each lesion.
 
     Args:
@@ -264,6 +279,8 @@ def deep_features(model: LoadedModel, images: Sequence[sitk.Image], masks: Seque
         masks: boolean (K, J, I) lesion masks on that grid.
         device: where the network runs (float32).
         layers: which :func:`encoder_layers` to pool (default the 1/4-resolution block and the bottom).
+        network_input: the model's preprocessing of ``images`` already done (float32 (C, I, J, K) and its
+            RAS affine: ``SegmentationResult.network_input``); default: preprocess here.
 
     Returns:
         One float32 vector per mask: for each layer, the masked mean then the masked max over its channels;
@@ -272,9 +289,12 @@ def deep_features(model: LoadedModel, images: Sequence[sitk.Image], masks: Seque
     blocks = encoder_layers(model.network)
     if len(blocks) < 3 or not masks:
         return None if len(blocks) < 3 else []
-    pre = model.preprocess(to_metatensor(images))
-    affine = np.asarray(pre.affine, dtype=np.float64)
-    data = torch.as_tensor(pre.as_tensor() if hasattr(pre, "as_tensor") else pre, dtype=torch.float32).cpu()
+    if network_input is not None:
+        data, affine = torch.from_numpy(network_input[0]), np.asarray(network_input[1], dtype=np.float64)
+    else:
+        pre = model.preprocess(to_metatensor(images))
+        affine = np.asarray(pre.affine, dtype=np.float64)
+        data = torch.as_tensor(pre.as_tensor() if hasattr(pre, "as_tensor") else pre, dtype=torch.float32).cpu()
     grid = _pre_grid(affine, data.shape[1:])
     roi = list(model.manifest.inference.roi_size)
     caught: dict[int, torch.Tensor] = {}
@@ -354,15 +374,15 @@ def case_descriptors(result: SegmentationResult, model: LoadedModel | None = Non
         return []
     ids, masks = [i for i, _ in chosen], [m for _, m in chosen]
     given = result.images or {manifest.inputs[0].name: result.reference}
-    zscored = {name: _zscored(sitk.Cast(img, sitk.sitkFloat32)) for name, img in given.items()}
+    stats = {name: _zscore_stats(img) for name, img in given.items()}
     deep = None
     if model is not None:
         ordered, _ = in_manifest_order(manifest, given)
-        deep = deep_features(model, ordered, masks, device)
+        deep = deep_features(model, ordered, masks, device, network_input=result.network_input)
     shown = given[display_channel(list(given)) or next(iter(given))]
     voxel_ml = float(np.prod(result.reference.GetSpacing())) / 1000.0
     return [LesionDescriptor(ids[index], structure, float(np.count_nonzero(mask)) * voxel_ml,
-                             radiomics_features(mask, result.label_map, result.reference, given, manifest, zscored),
+                             radiomics_features(mask, result.label_map, result.reference, given, manifest, stats),
                              None if deep is None else deep[index], thumbnail(shown, mask))
             for index, mask in enumerate(masks)]
 

@@ -119,11 +119,13 @@ class _Server:
         def progress(stage: str, fraction: float) -> None:
             self.emit(id=rid, event="progress", stage=stage, fraction=fraction)
 
-        result = segmenter.run(request["inputs"], progress=progress, tta=request.get("tta"))
+        describe = bool(request.get("describe"))  # then the descriptors reuse the network's input
+        result = segmenter.run(request["inputs"], progress=progress, tta=request.get("tta"),
+                               keep_network_input=describe)
         if request.get("classifier"):
             attach_classification(result, cached_classifier(request["classifier"]))
         save_result(result, Path(request["out"]))
-        if request.get("describe"):  # similar-case retrieval descriptors (one more network pass per lesion)
+        if describe:  # similar-case retrieval descriptors (one more network pass per lesion)
             progress("descriptors", 0.0)
             found = retrieval_report(case_descriptors(result, segmenter.model, segmenter.device), result)
             (Path(request["out"]) / "retrieval.json").write_text(json.dumps(found))
