@@ -6,6 +6,7 @@ ratios are printed. ``make bench`` runs all; results are tabled in docs/performa
     python scripts/bench.py segresnet [--repeats 3]
     python scripts/bench.py bundle [--repeats 3] [--weights DIR]  # zoo SegResNet as a MONAI bundle, measured policy
     python scripts/bench.py segresnet-template --out T.json  # training template for --weights (performance.md)
+    python scripts/bench.py default-case [--repeats 3]  # the shipped default model, BraTS-size case, stages
     python scripts/bench.py policy
     python scripts/bench.py memory        # 512 x 512 x 600 CT, peak RSS, engine vs MONAI (subprocesses)
     python scripts/bench.py worker [--repeats 3]
@@ -332,6 +333,10 @@ def bench_bundle(repeats: int, weights: Path | None = None) -> None:
     print(f"  policy measured on this machine in {t_calibrate:.1f} s: precision {decision.precision}, "
           f"channels_last {decision.channels_last}, crop {decision.crop}")
     for run in decision.runs:
+        if run.get("error"):
+            print(f"    {run['precision']:>4} cl={run['channels_last']!s:5} crop={run['crop']:<8} "
+                  f"not run: {run['error']}")
+            continue
         print(f"    {run['precision']:>4} cl={run['channels_last']!s:5} crop={run['crop']:<8} {run['seconds']:6.2f} s  "
               f"Dice>={run['dice_min']:.4f}  max dp {run['max_probability_difference']:.4f}  "
               f"{'ok' if run['ok'] else 'rejected'}")
@@ -705,10 +710,58 @@ def _bench_retrieval_build(repeats: int) -> None:
               f"{1000 * t_add:.1f} ms, opening the {repeats + 0}-case library (checksums) {1000 * t_open:.1f} ms")
 
 
+def bench_default_case(repeats: int) -> None:
+    """The shipped default model on the BraTS-size sample case, as ``medcnncad segment`` runs it (its
+    clinical chain, test-time augmentation, descriptors, all outputs), in one process after a first run;
+    against its network alone on the same windows and flips. The descriptors are also timed with and
+    without the segmentation's network input reused, on the same result."""
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.inference.tta import TTA_FLIPS
+    from medcnncad.io.images import write_image
+    from medcnncad.io.sample_case import load_sample_case
+    from medcnncad.models.preprocessing import to_metatensor
+    from medcnncad.models.registry import DEFAULT_MODEL, load_model
+    from medcnncad.pipeline.case import process_case
+    from medcnncad.retrieval.descriptors import case_descriptors
+
+    folder = Path(tempfile.mkdtemp(prefix="medcnncad-default-"))
+    images = load_sample_case(brats_size=True)
+    paths = {}
+    for name, image in images.items():
+        paths[name] = str(folder / f"{name}.nii.gz")
+        write_image(image, paths[name])
+    model = load_model(DEFAULT_MODEL)
+    segmenter = Segmenter(model, "cpu")
+    process_case(segmenter, paths, folder / "warm")
+    t_case, report = _median_time(lambda: process_case(segmenter, paths, folder / "out"), repeats)
+    pre = model.preprocess(to_metatensor([images[c.name] for c in segmenter.manifest.inputs])).as_tensor()
+    flips = TTA_FLIPS if segmenter.manifest.inference.test_time_augmentation else [()]
+
+    def network() -> None:
+        for dims in flips:
+            segmenter._infer(torch.flip(pre, dims) if dims else pre, lambda s, f: None, [])
+
+    t_net, _ = _median_time(network, repeats)
+    result = segmenter.run(images, keep_network_input=True)
+    t_again, described = _median_time(lambda: case_descriptors(result, model, "cpu"), repeats)
+    kept, result.network_input = result.network_input, None
+    t_own, _ = _median_time(lambda: case_descriptors(result, model, "cpu"), repeats)
+    result.network_input = kept
+    stages = report["timings_s"]  # type: ignore[index]
+    print(f"default model {model.manifest.id} {model.manifest.version}, BraTS-size sample case "
+          f"(4 x 240x240x155 NIfTI), {len(flips)} test-time-augmentation pass(es), median of {repeats}:")
+    print(f"  process_case (as medcnncad segment, model loaded): {t_case:.2f} s; network alone {t_net:.2f} s; "
+          f"case / network {t_case / t_net:.2f}")
+    print("  stages of the last run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+    print(f"  descriptors of {len(described)} lesions: "  # type: ignore[arg-type]
+          f"{t_own:.2f} s preprocessing again, {t_again:.2f} s reusing the network input "
+          f"({t_own / t_again:.2f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
-                                         "lesion-filter", "retrieval", "segresnet-template",
+                                         "lesion-filter", "retrieval", "segresnet-template", "default-case",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -744,6 +797,8 @@ def main() -> None:
         bench_retrieval(args.repeats)
     if args.what in ("segresnet", "all"):
         bench_segresnet(max(1, args.repeats // 2))
+    if args.what in ("default-case", "all"):
+        bench_default_case(max(1, args.repeats // 2))
     if args.what in ("bundle", "all"):
         bench_bundle(max(1, args.repeats // 2), args.weights)
 

@@ -98,16 +98,82 @@ def test_networks_without_a_constant_rule_are_refused_by_name():
     assert not supports_background_statistics(UNet(3, 1, 2, (4, 8), (2,), norm="instance"))  # no GroupNorm
     assert supports_background_statistics(SegResNet(3, 8, 1, 2))
 
-    class SpatialCat(nn.Module):
+    class Cat(nn.Module):
+        def __init__(self, dim: int) -> None:
+            super().__init__()
+            self.dim = dim
+            self.norm = nn.GroupNorm(1, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.norm(torch.cat([x, x], dim=self.dim))
+
+    assert not supports_background_statistics(Cat(2))  # a spatial concatenation: refused before any run
+    assert supports_background_statistics(Cat(1)) and supports_background_statistics(Cat(-4))
+    with pytest.raises(UnsupportedNetwork, match="dim -1, a spatial axis"):
+        BackgroundStatistics(Cat(-1), (8, 8, 8))(torch.zeros(1, 2, 4, 4, 4))  # known only with the rank
+    assert BackgroundStatistics(Cat(-4), (8, 8, 8))(torch.zeros(1, 2, 4, 4, 4)).shape == (1, 4, 4, 4, 4)
+
+    class TwoOutputs(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.norm = nn.GroupNorm(1, 2)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.norm(torch.cat([x, x], dim=2))
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.norm(x), x
 
-    with pytest.raises(UnsupportedNetwork, match="spatial axis"):
-        BackgroundStatistics(SpatialCat(), (8, 8, 8))(torch.zeros(1, 2, 4, 4, 4))
+    assert not supports_background_statistics(TwoOutputs())
+
+
+class _InPlaceAfterUpsampling(nn.Module):
+    """1 x 1 x 1 only (exact), with an in-place activation on an up-sampled tensor whose input is used
+    again (found in review: the constant must not be shared between the two)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 4, 1)
+        self.norm1 = nn.GroupNorm(2, 4)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.act = nn.ReLU(inplace=True)
+        self.down = nn.Conv3d(4, 4, 1, stride=2)
+        self.norm2 = nn.GroupNorm(2, 8)
+        self.out = nn.Conv3d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(self.conv(x)) - 0.3  # a background constant with negative entries
+        u = self.act(self.up(y))
+        return self.out(self.norm2(torch.cat([self.down(u), y], 1)))
+
+
+def test_in_place_operations_do_not_change_a_constant_used_again():
+    torch.manual_seed(0)
+    net = _InPlaceAfterUpsampling().eval()
+    field = torch.full((1, 2, 16, 16, 16), 0.5)
+    window = torch.randn(1, 2, 4, 4, 4)
+    field[..., 4:8, 4:8, 4:8] = window
+    with torch.inference_mode():
+        expected = net(field)[..., 4:8, 4:8, 4:8]
+        got = BackgroundStatistics(net, (16, 16, 16), background=0.5)(window)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_a_bf16_window_is_as_exact_as_a_float32_window_rounded_to_bf16():
+    """Under CPU autocast the window is bf16: its statistics are taken in float32 and its output rounded
+    once (found in review: bf16 statistics and an in-place bf16 rescale doubled the error)."""
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(4, 8)
+    window = (torch.randn(2, 8, 16, 16, 16) * 2).bfloat16()
+    constant = torch.randn(2, 8, 1, 1, 1)
+    total = 2 * 16 ** 3
+    field = torch.cat([window.double().reshape(2, 8, -1),
+                       constant.double().reshape(2, 8, 1).expand(2, 8, 16 ** 3)], dim=-1)
+    exact = F.group_norm(field, 4, eps=norm.eps)[..., : 16 ** 3]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = mixed_group_norm(norm, window, constant, total)
+        best, _ = mixed_group_norm(norm, window.float(), constant, total)
+    assert got.dtype == torch.bfloat16 and best.dtype == torch.float32
+    error = (got.double().reshape(2, 8, -1) - exact).abs().max()
+    bound = (best.bfloat16().double().reshape(2, 8, -1) - exact).abs().max()  # float32, then rounded once
+    assert error <= 1.25 * bound
 
 
 def test_a_segmenter_with_background_statistics_is_closer_to_the_bundle_window_than_without(tmp_path):

@@ -47,7 +47,6 @@ ELEMENTWISE_FUNCTIONS = {operator.add, operator.iadd, operator.mul, operator.imu
                          F.gelu, F.silu, F.sigmoid}
 CONSTANT_KEEPING_FUNCTIONS = {F.interpolate}
 ELEMENTWISE_METHODS = {"contiguous", "float", "to", "type_as", "add", "mul", "relu", "sigmoid"}
-IN_PLACE = {operator.iadd: operator.add, operator.imul: operator.mul}
 
 
 class _Pair:
@@ -61,7 +60,19 @@ class _Pair:
 
 
 def _split(value: Any, which: str) -> Any:
-    return torch.fx.node.map_aggregate(value, lambda v: getattr(v, which) if isinstance(v, _Pair) else v)
+    """The window's or the constant's values of (nested) arguments; the constants are copies (they are
+    (N, C, 1, ...) small), so an in-place operation never changes a constant that another node uses."""
+    def pick(v: Any) -> Any:
+        if not isinstance(v, _Pair):
+            return v
+        value = getattr(v, which)
+        return value.clone() if which == "constant" and isinstance(value, torch.Tensor) else value
+    return torch.fx.node.map_aggregate(value, pick)
+
+
+def _cat_dim(node: torch.fx.Node) -> Any:
+    """The ``dim`` of a ``torch.cat`` node (a literal, or a node when computed)."""
+    return node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
 
 
 def _unsupported(graph: torch.fx.GraphModule) -> list[str]:
@@ -74,11 +85,21 @@ def _unsupported(graph: torch.fx.GraphModule) -> list[str]:
             bad = not isinstance(module, known) or (isinstance(module, CONV_MODULES) and
                                                     module.padding_mode != "zeros")
             out += [f"{type(module).__name__} ({node.target})"] if bad else []
-        elif node.op == "call_function" and node.target not in ELEMENTWISE_FUNCTIONS | CONSTANT_KEEPING_FUNCTIONS \
-                and node.target is not torch.cat:
+        elif node.op == "call_function" and node.target is torch.cat:
+            dim = _cat_dim(node)
+            out += [f"torch.cat along dim {dim} (a spatial axis)"] if not isinstance(dim, int) or dim > 1 or \
+                dim == 0 else []  # a negative dim is checked against the tensors' rank when run
+        elif node.op == "call_function" and node.target not in ELEMENTWISE_FUNCTIONS | CONSTANT_KEEPING_FUNCTIONS:
             out.append(f"function {getattr(node.target, '__name__', node.target)}")
         elif node.op == "call_method" and node.target not in ELEMENTWISE_METHODS:
             out.append(f"method {node.target}")
+        elif node.op == "get_attr":  # a parameter used directly: fine if it has no spatial extent
+            value = graph.get_parameter(str(node.target)) if str(node.target) in dict(graph.named_parameters()) \
+                else graph.get_buffer(str(node.target))
+            out += [f"attribute {node.target} with a spatial shape"] if value.dim() > 2 and \
+                math.prod(value.shape[2:]) > 1 else []
+        elif node.op == "output" and not isinstance(node.args[0], torch.fx.Node):
+            out.append("an output that is not a single tensor")
     return out
 
 
@@ -108,17 +129,24 @@ def mixed_group_norm(norm: nn.GroupNorm, window: torch.Tensor, constant: torch.T
                      total_voxels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """GroupNorm of ``window`` (N, C, *s) and ``constant`` (N, C, 1, ...) with statistics over a field of
     ``total_voxels`` voxels per channel: the window's voxels plus ``total_voxels - prod(s)`` voxels of the
-    constant. Returns both, normalised; the window in its own dtype (as PyTorch's GroupNorm under autocast).
+    constant. Returns both, normalised; the window in its own dtype (as PyTorch's GroupNorm under CPU
+    autocast; float32 under CUDA autocast, as there), with statistics computed in float32 or better.
 
-    The window's statistics come from PyTorch's own group-norm kernel (one fused pass; its normalised
-    output is then rescaled per channel in place), so the window costs one element-wise pass more than
-    GroupNorm.
+    The window's statistics come from PyTorch's own group-norm kernel (one fused pass). In float32 its
+    normalised output is then rescaled per channel in place (one element-wise pass more than GroupNorm); in
+    bf16/fp16 the kernel runs a second time with the rescaling as its weight and bias, so the output is
+    rounded once, as GroupNorm's.
     """
     n, channels = window.shape[:2]
     groups, per_group = norm.num_groups, channels // norm.num_groups
     inside = math.prod(window.shape[2:])
     share = min(1.0, inside / total_voxels)  # of the field's voxels that the window holds
-    normalised, mean_w, rstd_w = torch.native_group_norm(window, None, None, n, channels, inside, groups, norm.eps)
+    if window.is_cuda and torch.is_autocast_enabled("cuda"):
+        window = window.float()  # CUDA autocast runs GroupNorm in float32 and returns float32
+    # float32 weight and bias of ones and zeros make the CPU kernel return float32 statistics for a bf16 input
+    unit = torch.ones(channels, dtype=torch.float32, device=window.device)
+    normalised, mean_w, rstd_w = torch.native_group_norm(window, unit, torch.zeros_like(unit), n, channels, inside,
+                                                         groups, norm.eps)
     mean_w, rstd_w = mean_w.double().reshape(n, groups), rstd_w.double().reshape(n, groups)
     var_w = (rstd_w ** -2 - norm.eps).clamp(min=0)
     var_c, mean_c = torch.var_mean(constant.double().reshape(n, groups, -1), dim=-1, unbiased=False)
@@ -132,7 +160,13 @@ def mixed_group_norm(norm: nn.GroupNorm, window: torch.Tensor, constant: torch.T
     a = (rstd / rstd_w)[..., None] * gamma
     b = ((mean_w - mean) * rstd)[..., None] * gamma + beta
     view = (n, channels) + (1,) * (window.dim() - 2)
-    out_w = normalised.mul_(a.reshape(view).to(normalised.dtype)).add_(b.reshape(view).to(normalised.dtype))
+    if normalised.dtype == torch.float32:  # rescaled in place: one element-wise pass
+        out_w = normalised.mul_(a.reshape(view).float()).add_(b.reshape(view).float())
+    else:  # bf16/fp16: the kernel again with a and b as its weight and bias, so the output is rounded once
+        del normalised
+        parts = [torch.native_group_norm(window[i:i + 1], a[i].reshape(-1).float(), b[i].reshape(-1).float(), 1,
+                                         channels, inside, groups, norm.eps)[0] for i in range(n)]
+        out_w = parts[0] if n == 1 else torch.cat(parts)
     out_c = ((constant.double() - mean.repeat_interleave(per_group, 1).reshape(view)) *
              (rstd[..., None] * gamma).reshape(view) + beta.expand(n, -1, -1).reshape(view))
     return out_w, out_c.to(out_w.dtype)
@@ -175,9 +209,11 @@ class _PairInterpreter(torch.fx.Interpreter):
         window, constant = _split(args, "window"), _split(args, "constant")
         if target in CONSTANT_KEEPING_FUNCTIONS:
             return _Pair(target(*window, **_split(kwargs, "window")), constant[0])
-        if target is torch.cat and (kwargs.get("dim", args[1] if len(args) > 1 else 0) not in (1, -4)):
-            raise UnsupportedNetwork("torch.cat along a spatial axis: the constant field is not a constant there")
-        target = IN_PLACE.get(target, target)  # the constant may be broadcast: never in place
+        if target is torch.cat:
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if dim % window[0][0].dim() != 1:
+                raise UnsupportedNetwork(f"torch.cat along dim {dim}, a spatial axis: the background is not a "
+                                         f"constant there")
         return _Pair(target(*window, **_split(kwargs, "window")), target(*constant, **_split(kwargs, "constant")))
 
     def call_method(self, target: Any, args: Any, kwargs: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from medcnncad.inference.background_norm import UnsupportedNetwork
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.metrics.segmentation import dice_per_label
 
@@ -78,7 +79,12 @@ def choose_policy(model, images: Mapping[str, Any], device: str = "cpu",
              "dice_min": 1.0, "max_probability_difference": 0.0, "ok": True}]
     for candidate in candidates:
         precision, channels_last, mode = _settings(candidate)
-        result, seconds, ran_last = timed(precision, channels_last, mode)
+        try:
+            result, seconds, ran_last = timed(precision, channels_last, mode)
+        except UnsupportedNetwork as error:  # found only when run (e.g. a concatenation's axis)
+            runs.append({"precision": precision, "channels_last": channels_last, "crop": mode, "seconds": None,
+                         "dice_min": None, "max_probability_difference": None, "ok": False, "error": str(error)})
+            continue
         score = agreement(reference, result)
         ok = score["dice_min"] >= DICE_MIN and score["max_probability_difference"] <= PROB_TOL
         runs.append({"precision": precision, "channels_last": ran_last, "crop": mode,
