@@ -302,3 +302,13 @@ def test_the_gate_records_the_layout_a_run_had_not_the_one_asked_for():
     asked = report["runs"][1]  # channels-last asked for a GroupNorm network on the CPU: refused, contiguous ran
     assert asked["channels_last"] is False and asked["dice_min"] == 1.0 and asked["max_probability_difference"] == 0
     assert report["chosen"][1] is False
+
+
+def test_a_candidate_the_network_cannot_run_is_a_rejected_run_not_a_failed_calibration():
+    from helpers import small_phantom
+
+    demo = load_model("brats-demo-unet")  # MONAI UNet: transposed convolutions have no constant rule
+    report = choose_policy(demo, small_phantom()[0], candidates=[("fp32", False, "crop+fit+bg")])
+    refused = report["runs"][1]
+    assert not refused["ok"] and "ConvTranspose3d" in refused["error"] and refused["seconds"] is None
+    assert report["chosen"] == ("fp32", False, "none")
