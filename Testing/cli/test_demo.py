@@ -28,3 +28,17 @@ def test_demo_writes_outputs_and_reaches_dice(tmp_path, capsys):
     assert "phantom" in classification["model"]["trained_on"]
     assert classification["case"]["predicted"] == "HGG" and "largest probability" in classification["case"]["rule"]
     assert "P(HGG)" in printed
+
+
+def test_the_realistic_demo_runs_the_default_model_on_a_patient_like_phantom(tmp_path):
+    """`medcnncad demo --preset realistic`: an irregular, heterogeneous tumor with a scanner model, segmented
+    by the shipped default model (not the demo model) and scored against its ground truth."""
+    from medcnncad.models.defaults import DEFAULT_MODEL
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "realistic", "--out", str(out), "--device", "cpu", "--no-tta",
+                 "--classifier", "none"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["id"] == DEFAULT_MODEL and report["phantom"] == {"preset": "realistic", "seed": 900000}
+    assert report["metrics"]["WT"]["dice"] >= 0.85, report["metrics"]["WT"]
+    assert (out / "overlay.png").is_file() and "not for diagnosis" in report["intended_use"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from medcnncad.cli.options import DEMO_SEED, add
 from medcnncad.cli.progress import TqdmProgress
-from medcnncad.data.phantom import make_phantom, write_phantom
+from medcnncad.data.phantom import make_phantom, preset, write_phantom
 from medcnncad.errors import InputError, MedCNNCADError
 from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.io.images import signals_deferred
@@ -70,17 +70,19 @@ def _default_classifier(requested: str | None) -> str | None:
 def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
-    case = make_phantom(args.seed)
+    model = args.model or (DEMO_MODEL if args.preset == "classic" else DEFAULT_MODEL)
+    case = make_phantom(args.seed, preset(args.preset))
     with tempfile.TemporaryDirectory(prefix="medcnncad-demo-") as staging:
         paths = write_phantom(case, staging)
-        print(f"phantom case seed {args.seed} (held out from training) made in {time.perf_counter() - t0:.1f} s",
-              file=sys.stderr)
+        print(f"{args.preset} phantom case seed {args.seed} (held out from training) made in "
+              f"{time.perf_counter() - t0:.1f} s; model {model}", file=sys.stderr)
         inputs = {name: str(paths[name]) for name in case.images}
-        report = _run_case(args.model, inputs, out, args.device, False, str(paths["label"]),
+        report = _run_case(model, inputs, out, args.device, False, str(paths["label"]),
                            classifier=_default_classifier(args.grade_classifier), tta=args.tta)
         final = {name: out / "inputs" / path.name for name, path in paths.items()}
         report["inputs"] = {name: str(final[name]) for name in inputs}
         report["reference"] = str(final["label"])
+        report["phantom"] = {"preset": args.preset, "seed": args.seed}  # the case is synthetic: say which
         with signals_deferred():  # the input case joins the outputs only when they are complete
             (out / "inputs").mkdir(exist_ok=True)
             for name, path in paths.items():
@@ -106,8 +108,13 @@ def run_segment(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``demo`` and ``segment`` to the command line's subparsers."""
     p = sub.add_parser("demo", help="segment a held-out phantom case and evaluate it against its ground truth")
-    add(p, "out", "seed", "model", "device", "classifier", "tta",
-        out={"required": False, "default": "demo_out"}, seed={"default": DEMO_SEED}, model={"default": DEMO_MODEL})
+    add(p, "out", "seed", "model", "device", "classifier", "tta", "preset",
+        out={"required": False, "default": "demo_out"}, seed={"default": DEMO_SEED},
+        model={"default": None, "help": f"model id or folder; default {DEMO_MODEL} for the classic preset, else "
+                                        f"{DEFAULT_MODEL}"},
+        preset={"help": "phantom preset: classic (default, fast), realistic "
+                                                     "(irregular heterogeneous tumors, a scanner model; about 20 s "
+                                                     "to make), ..."})
     p.set_defaults(func=run_demo)
 
     p = sub.add_parser("segment", help="segment one case")
