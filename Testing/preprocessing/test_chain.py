@@ -243,3 +243,20 @@ def test_chain_registers_a_moved_sequence_onto_the_first_and_refuses_another_pat
     noise.SetOrigin(fixed.GetOrigin())
     with pytest.raises(InputError, match="input T2 onto T1: rigid registration failed"):
         prepare_case({"T1": fixed, "T2": noise}, spec)
+
+
+@pytest.mark.parametrize("which", ["sample case T1 (skull-stripped, BraTS size)", "Colin27 (skull on)"])
+def test_the_head_volume_on_a_coarser_grid_is_the_full_grid_s_within_one_percent(which):
+    """The chain's skull check measures the head on a grid shrunk 2x along axes finer than 1.25 mm."""
+    from medcnncad.io.sample_case import load_sample_case
+    from medcnncad.preprocessing.chain import head_volume_ml
+    from medcnncad.preprocessing.registration import foreground_mask
+
+    if which.startswith("Colin27"):
+        if not COLIN27.is_file():
+            pytest.skip("Debian mricron-data (Colin27 with skull) is not installed")
+        image = sitk.ReadImage(str(COLIN27), sitk.sitkFloat32)
+    else:
+        image = load_sample_case(brats_size=True)["T1"]
+    full = mask_volume_ml(foreground_mask(image))
+    assert abs(head_volume_ml(image) - full) <= 0.01 * full, (head_volume_ml(image), full)
