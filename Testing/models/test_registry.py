@@ -86,6 +86,8 @@ def test_weights_path_cannot_escape_the_model_folder(tmp_path, path):
     (lambda m: m["preprocessing"]["normalization"].update({"method": "range"}), "'a_min' is a required property"),
     (lambda m: m["preprocessing"]["normalization"].update({"method": "range", "a_min": 5, "a_max": 1}),
      "a_min 5 must be below a_max 1"),
+    (lambda m: m.update({"input_warnings": [{"inputs": ["MR"], "message": "x"}]}), "unknown inputs ['MR']"),
+    (lambda m: m.update({"input_warnings": [{"inputs": ["CT"], "message": ""}]}), "input_warnings/0/message"),
 ])
 def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
     raw = blob_manifest_dict()
@@ -166,3 +168,24 @@ def test_shipped_robust_model_reads_a_low_grade_core_in_the_case_own_contrast():
             for m in (result.label_map, labels)]
     assert outcome.applied and dice[0] < 0.55 and dice[1] > 0.85, (outcome, dice)
     np.testing.assert_array_equal(labels > 0, result.label_map > 0)
+
+
+def test_input_warnings_reach_the_result_of_a_run_given_exactly_those_inputs(tmp_path):
+    """A manifest's measured failure mode for a set of sequences travels with every such run's result."""
+    import numpy as np
+    import SimpleITK as sitk
+    from helpers import blob_segmenter
+
+    from medcnncad.models.registry import describe_model
+
+    image = sitk.GetImageFromArray(np.zeros((8, 8, 8), np.float32))
+    segmenter = blob_segmenter(tmp_path)
+    assert not [w for w in segmenter.run({"CT": image}).warnings if "measured" in w]
+    raw = blob_manifest_dict()
+    raw["input_warnings"] = [{"inputs": ["CT"], "message": "CT alone: measured to miss things"}]
+    manifest = parse_manifest(raw, tmp_path)
+    segmenter.manifest = manifest
+    assert "CT alone: measured to miss things" in segmenter.run({"CT": image}).warnings
+    shipped = describe_model("brats-robust-unet")  # the default model warns for post-contrast T1 alone only
+    assert shipped.warnings_for(["T1c"]) and "held-out real patients" in shipped.warnings_for(["T1c"])[0]
+    assert not shipped.warnings_for(["T1c", "FLAIR"]) and not shipped.warnings_for(["FLAIR"])

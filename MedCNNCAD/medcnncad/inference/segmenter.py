@@ -250,6 +250,7 @@ class Segmenter:
         images, missing = in_manifest_order(self.manifest, given if prepared else on_one_grid(given, warnings))
         if missing:
             warnings.append(f"optional channel(s) {missing} absent: filled with zeros")
+        warnings += self.manifest.warnings_for([name for name in self.manifest.input_names if name not in missing])
         t0 = time.perf_counter()
         progress("preprocess", 0.0)
         pre = self.model.preprocess(to_metatensor(crop_to_foreground(images, CROP_MARGIN) if self.crop_foreground

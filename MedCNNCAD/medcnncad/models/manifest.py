@@ -256,10 +256,15 @@ class Manifest:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     case_calibration: tuple[dict[str, Any], ...] = ()
     clinical: ClinicalPreprocessing | None = None
+    input_warnings: tuple[tuple[frozenset[str], str], ...] = ()  # (exact set of given inputs, message)
 
     @property
     def input_names(self) -> list[str]:
         return [c.name for c in self.inputs]
+
+    def warnings_for(self, given: Sequence[str]) -> list[str]:
+        """The manifest's ``input_warnings`` messages for a run given exactly the sequences ``given``."""
+        return [message for inputs, message in self.input_warnings if inputs == frozenset(given)]
 
     def case_calibration_for(self, given: Sequence[str]) -> dict[str, Any] | None:
         """The ``case_calibration`` block fitted with exactly the sequences ``given`` (None when there is none).
@@ -444,6 +449,9 @@ def _check_consistency(m: Manifest, where: str) -> None:
     n_in = m.network_kwargs.get("in_channels")
     if n_in is not None and n_in != len(m.inputs):
         raise ModelError(f"{where}: network in_channels={n_in} but {len(m.inputs)} inputs")
+    for inputs, _ in m.input_warnings:
+        if inputs - set(m.input_names):
+            raise ModelError(f"{where}: input_warnings name unknown inputs {sorted(inputs - set(m.input_names))}")
     _check_lesion_filter(m, where)
     _check_case_calibration(m, where)
     _check_core_refinement(m, where)
@@ -585,6 +593,7 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
         training=data.get("training", {}), folder=folder, raw=data,
         case_calibration=_case_calibrations(data.get("case_calibration"), [c["name"] for c in data["inputs"]]),
         clinical=ClinicalPreprocessing(**data["clinical_preprocessing"]) if "clinical_preprocessing" in data else None,
+        input_warnings=tuple((frozenset(w["inputs"]), w["message"]) for w in data.get("input_warnings", [])),
     )
     _check_consistency(manifest, where)
     return manifest
