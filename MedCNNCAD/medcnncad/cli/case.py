@@ -112,9 +112,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         out={"required": False, "default": "demo_out"}, seed={"default": DEMO_SEED},
         model={"default": None, "help": f"model id or folder; default {DEMO_MODEL} for the classic preset, else "
                                         f"{DEFAULT_MODEL}"},
-        preset={"help": "phantom preset: classic (default, fast), realistic "
-                                                     "(irregular heterogeneous tumors, a scanner model; about 20 s "
-                                                     "to make), ..."})
+        preset={"help": "phantom preset: classic (default, fast), realistic (irregular heterogeneous tumors, "
+                         "a scanner model; about 20 s to make), ..."})
     p.set_defaults(func=run_demo)
 
     p = sub.add_parser("segment", help="segment one case")
