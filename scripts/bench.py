@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,30 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def _network_time(segmenter, images: dict[str, sitk.Image], repeats: int) -> tuple[float, tuple[int, ...]]:
-    """Median time of the segmenter's sliding-window network alone on the preprocessed ``images``,
-    and the preprocessed grid's shape (I, J, K)."""
+def _network_time(segmenter, images: dict[str, sitk.Image], repeats: int,
+                  flips: Sequence[tuple[int, ...]] = ((),)) -> tuple[float, tuple[int, ...]]:
+    """Median time of the segmenter's sliding-window network alone on the preprocessed ``images`` (one pass
+    per entry of ``flips``, the dimensions of the (C, I, J, K) tensor flipped), and the preprocessed grid's
+    shape (I, J, K)."""
     from medcnncad.models.preprocessing import to_metatensor
 
-    pre = segmenter.model.preprocess(to_metatensor([images[c.name] for c in segmenter.manifest.inputs]))
-    t_net, _ = _median_time(lambda: segmenter._infer(pre.as_tensor(), lambda s, f: None, []), repeats)
+    pre = segmenter.model.preprocess(to_metatensor([images[c.name] for c in segmenter.manifest.inputs])).as_tensor()
+
+    def network() -> None:
+        for dims in flips:
+            segmenter._infer(torch.flip(pre, dims) if dims else pre, lambda s, f: None, [])
+
+    t_net, _ = _median_time(network, repeats)
     return t_net, tuple(pre.shape[1:])
+
+
+def _write_case(images: dict[str, sitk.Image], folder: Path) -> dict[str, str]:
+    """Write ``images`` as ``folder/<name>.nii.gz``; returns name -> path."""
+    paths = {}
+    for name, image in images.items():
+        paths[name] = str(folder / f"{name}.nii.gz")
+        sitk.WriteImage(image, paths[name])
+    return paths
 
 
 def _brats_size_labels() -> tuple[np.ndarray, np.ndarray]:
@@ -214,10 +231,7 @@ def bench_segresnet(repeats: int) -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-bench-"))
     images = load_sample_case(brats_size=True)
-    paths = {}
-    for name, img in images.items():
-        paths[name] = str(folder / f"{name}.nii.gz")
-        sitk.WriteImage(img, paths[name])
+    paths = _write_case(images, folder)
     model = _segresnet_model(folder, fit_roi=8)
     args = ["segment", "--model", str(model), "--device", "cpu", "--out", str(folder / "out")]
     for name in images:
@@ -305,10 +319,7 @@ def bench_bundle(repeats: int, weights: Path | None = None) -> None:
     os.environ["MEDCNNCAD_POLICY_CACHE"] = str(folder / "policy-cache.json")  # a fresh measurement
     images = load_sample_case(brats_size=True)
     bundle = _segresnet_bundle(folder, weights)
-    paths = {}
-    for name in ("T1c", "T1", "T2", "FLAIR"):
-        paths[name] = str(folder / f"{name}.nii.gz")
-        sitk.WriteImage(images[name], paths[name])
+    paths = _write_case(images, folder)
 
     def segment(precision: str, out: str) -> None:
         args = ["segment", "--model", str(bundle), "--device", "cpu", "--precision", precision, "--out",
@@ -696,10 +707,7 @@ def _bench_retrieval_build(repeats: int) -> None:
         t_seg, _ = _median_time(lambda s=segmenter: s.run(images, tta=False), max(1, repeats // 2))
         t_desc, described = _median_time(lambda s=segmenter, r=result: case_descriptors(r, s.model, s.device), repeats)
         with tempfile.TemporaryDirectory() as tmp:
-            paths = {}
-            for name, image in images.items():
-                paths[name] = str(Path(tmp) / f"{name}.nii.gz")
-                sitk.WriteImage(image, paths[name])
+            paths = _write_case(images, Path(tmp))
             report = process_case(segmenter, paths, Path(tmp) / "case", tta=False)
             library = Library.create(Path(tmp) / "lib", report["model"], report["retrieval"]["radiomics_names"])
             case = Path(tmp) / "case"
@@ -717,31 +725,20 @@ def bench_default_case(repeats: int) -> None:
     without the segmentation's network input reused, on the same result."""
     from medcnncad.inference.segmenter import Segmenter
     from medcnncad.inference.tta import TTA_FLIPS
-    from medcnncad.io.images import write_image
     from medcnncad.io.sample_case import load_sample_case
-    from medcnncad.models.preprocessing import to_metatensor
     from medcnncad.models.registry import DEFAULT_MODEL, load_model
     from medcnncad.pipeline.case import process_case
     from medcnncad.retrieval.descriptors import case_descriptors
 
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-default-"))
     images = load_sample_case(brats_size=True)
-    paths = {}
-    for name, image in images.items():
-        paths[name] = str(folder / f"{name}.nii.gz")
-        write_image(image, paths[name])
+    paths = _write_case(images, folder)
     model = load_model(DEFAULT_MODEL)
     segmenter = Segmenter(model, "cpu")
     process_case(segmenter, paths, folder / "warm")
     t_case, report = _median_time(lambda: process_case(segmenter, paths, folder / "out"), repeats)
-    pre = model.preprocess(to_metatensor([images[c.name] for c in segmenter.manifest.inputs])).as_tensor()
     flips = TTA_FLIPS if segmenter.manifest.inference.test_time_augmentation else [()]
-
-    def network() -> None:
-        for dims in flips:
-            segmenter._infer(torch.flip(pre, dims) if dims else pre, lambda s, f: None, [])
-
-    t_net, _ = _median_time(network, repeats)
+    t_net, _ = _network_time(segmenter, images, repeats, flips)
     result = segmenter.run(images, keep_network_input=True)
     t_again, described = _median_time(lambda: case_descriptors(result, model, "cpu"), repeats)
     kept, result.network_input = result.network_input, None
