@@ -205,3 +205,49 @@ def test_loader_workers_default_to_a_few_on_cuda_only(monkeypatch):
     assert _loader_workers(3, torch.device("cpu")) == 3
     with pytest.raises(InputError, match="loader workers -1"):
         _loader_workers(-1, torch.device("cpu"))
+
+
+def test_keep_weights_choose_the_single_sequence_and_bad_ones_fail_before_any_output(tmp_path, capsys):
+    from medcnncad.cli.train import name_weights
+    from medcnncad.errors import InputError
+    from medcnncad.models.manifest import parse_manifest
+    from medcnncad.training.segmentation import _keep_weights
+
+    manifest = parse_manifest(json.loads(TEMPLATE.read_text()), tmp_path)
+    names = [c.name.lower() for c in manifest.inputs]
+    default = _keep_weights(manifest)
+    assert default[names.index("t1c")] == 3.0 and default[names.index("flair")] == 2.0 and sum(default) == 7.0
+    weights = _keep_weights(manifest, name_weights("T1c=6, flair=2"))  # names match case-insensitively
+    assert weights[names.index("t1c")] == 6.0 and sum(weights) == 6.0 + 2.0 + 1.0 * (len(names) - 2)
+    with pytest.raises(InputError, match="'PD'"):
+        _keep_weights(manifest, (("PD", 2.0),))
+    with pytest.raises(InputError, match="at least one"):
+        _keep_weights(manifest, tuple((n, 0.0) for n in names))
+    template = str(_tiny_template(tmp_path))
+    argv = ["train", "segmentation", "--template", template, "--out", str(tmp_path / "bad"), "--n-train", "1",
+            "--n-val", "1", "--epochs", "1", "--steps-per-epoch", "1", "--workers", "1", "--channel-drop", "0.5",
+            "--keep-weights", "pd=3"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'pd'" in err[0] and not (tmp_path / "bad").exists()
+    argv[-1] = "t1c"  # no weight: a one-line usage error naming the option
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--keep-weights" in err[0] and "expected NAME=WEIGHT" in err[0]
+
+
+def test_single_share_sets_how_often_one_sequence_is_kept():
+    from medcnncad.data.augment import RandChannelDropd, segmentation_transforms
+
+    image = torch.ones(4, 2, 2, 2)
+    for share, expected in ((1.0, 1.0), (0.0, None)):
+        drop = [t for t in segmentation_transforms((2, 2, 2), 1, channel_drop=1.0, single_share=share).transforms
+                if isinstance(t, RandChannelDropd)][0]
+        drop.set_random_state(3)
+        kept = [int(drop({"image": image})["image"].flatten(1).amax(1).sum()) for _ in range(200)]
+        singles = sum(k == 1 for k in kept) / len(kept)
+        if expected is not None:
+            assert singles == expected
+        else:  # uniform proper subsets of 4 channels: one kept with probability 1/3
+            assert 0.2 < singles < 0.47

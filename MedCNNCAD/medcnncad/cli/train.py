@@ -29,6 +29,21 @@ from medcnncad.training.segmentation import TrainConfig, train_segmentation
 __all__ = ["add_parsers", "train_config"]
 
 
+def name_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """``"t1c=6,flair=2"`` -> ``(("t1c", 6.0), ("flair", 2.0))``; argparse reports a malformed pair."""
+    pairs = []
+    for item in text.split(","):
+        name, sep, weight = item.partition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = None
+        if not sep or not name.strip() or value is None:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=WEIGHT, e.g. t1c=6")
+        pairs.append((name.strip(), value))
+    return tuple(pairs)
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of parsed ``train segmentation`` options: every field whose name is an
     option (``--n-train`` -> ``n_train``); ``patch`` as a tuple."""
@@ -36,6 +51,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     values["patch"] = tuple(values["patch"])
     values["phantom_preset"] = args.phantoms
     values["transplant_from"] = tuple(values.get("transplant_from") or ())
+    values["keep_weights"] = tuple(values.get("keep_weights") or ())
     return TrainConfig(**values)
 
 
@@ -104,6 +120,11 @@ def _add_train_segmentation(tsub: argparse._SubParsersAction) -> None:
     t.add_argument("--augmentation", default="light", choices=["light", "robust"])
     t.add_argument("--channel-drop", type=probability, default=0.0,
                    help="probability of zeroing random input sequences (missing-sequence robustness)")
+    t.add_argument("--single-share", type=probability, default=0.5,
+                   help="share of the channel-dropped samples that keep exactly one sequence (default 0.5)")
+    t.add_argument("--keep-weights", type=name_weights, default=(), metavar="NAME=W,...",
+                   help="weights choosing that one sequence, e.g. t1c=6,flair=2 (unnamed inputs weigh 1; "
+                        "default t1c=3,flair=2)")
     t.add_argument("--init", help="start from this model's weights (matching layers kept, the rest re-initialised)")
     t.add_argument("--pretrained-lr-scale", type=non_negative_float, default=0.1,
                    help="learning-rate factor for layers taken from --init (new layers use --lr)")

@@ -79,13 +79,14 @@ class RandChannelDropd(Randomizable, MapTransform):
 
 def segmentation_transforms(patch: Sequence[int], samples_per_case: int, level: str = "light",
                             channel_drop: float = 0.0, keep_weights: Sequence[float] | None = None,
-                            negative_share: float = 1 / 3):
+                            negative_share: float = 1 / 3, single_share: float = 0.5):
     """Random patch sampling + augmentation for segmentation training.
 
     ``light``: flips and per-channel intensity scale/shift, Gaussian noise (the first demo
     model's recipe). ``robust``: adds affine (rotation +-15 degrees, scale +-10 %), gamma,
     bias field, blur, simulated low resolution, flips along every axis. ``channel_drop``
-    > 0 adds :class:`RandChannelDropd` with that probability. ``negative_share`` of the patches
+    > 0 adds :class:`RandChannelDropd` with that probability (``single_share`` of the dropped samples
+    keep one channel, chosen with ``keep_weights``). ``negative_share`` of the patches
     are centred on a background voxel (anywhere in the volume, scalp and air included), the
     rest on a labelled one (the default 1/3 is MONAI's pos=2, neg=1).
     """
@@ -115,5 +116,5 @@ def segmentation_transforms(patch: Sequence[int], samples_per_case: int, level: 
         RandGaussianNoised("image", prob=0.3, std=0.05),
     ]
     if channel_drop > 0:
-        steps.append(RandChannelDropd(["image"], prob=channel_drop, keep_weights=keep_weights))
+        steps.append(RandChannelDropd(["image"], prob=channel_drop, single=single_share, keep_weights=keep_weights))
     return Compose(steps)

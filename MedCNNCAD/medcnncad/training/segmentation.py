@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,9 @@ class TrainConfig:
     val_fraction: float = 0.15
     augmentation: str = "light"      # see medcnncad.data.augment.AUGMENTATION_LEVELS
     channel_drop: float = 0.0        # probability of zeroing a random subset of input channels
+    single_share: float = 0.5        # of the dropped samples, the share that keeps exactly one channel ...
+    keep_weights: tuple[tuple[str, float], ...] = ()  # ... chosen with these (input name, weight) pairs;
+    #                                  inputs not named weigh 1; empty: post-contrast T1 3, FLAIR 2
     negative_share: float = 1 / 3    # share of patches centred on background (the rest on a label)
     init: str | None = None          # model id/folder whose matching weights start the training
     pretrained_lr_scale: float = 0.1
@@ -156,10 +160,26 @@ class RegionDiceCELoss(torch.nn.Module):
         return loss
 
 
-def _keep_weights(manifest: Manifest) -> list[float]:
-    """Channel-dropout weights for keeping one channel: post-contrast T1 and FLAIR favoured."""
-    favoured = {"t1c": 3.0, "flair": 2.0}
-    return [favoured.get(c.name.lower(), 1.0) for c in manifest.inputs]
+DEFAULT_KEEP_WEIGHTS = (("t1c", 3.0), ("flair", 2.0))
+
+
+def _keep_weights(manifest: Manifest, pairs: Sequence[tuple[str, float]] = ()) -> list[float]:
+    """Channel-dropout weights for keeping one channel, one per manifest input (inputs not named in
+    ``pairs`` weigh 1; no pairs: post-contrast T1 and FLAIR favoured). Raises InputError naming an
+    input the manifest does not have or a negative weight."""
+    pairs = tuple(pairs) or DEFAULT_KEEP_WEIGHTS
+    names = [c.name.lower() for c in manifest.inputs]
+    weights = {}
+    for name, weight in pairs:
+        if name.lower() not in names:
+            raise InputError(f"keep weight for {name!r}: the model's inputs are {[c.name for c in manifest.inputs]}")
+        if weight < 0:
+            raise InputError(f"keep weight {name}={weight}: must be 0 or more")
+        weights[name.lower()] = float(weight)
+    out = [weights.get(n, 1.0) for n in names]
+    if sum(out) <= 0:
+        raise InputError(f"keep weights {dict(pairs)}: at least one input must weigh more than 0")
+    return out
 
 
 def _data(manifest: Manifest, cfg: TrainConfig) -> tuple[list[dict], list[dict], str]:
@@ -233,6 +253,7 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     raw = json.loads(Path(template).read_text())
     manifest = parse_manifest(raw, out, where=str(template))
     loss_fn = RegionDiceCELoss(region_channels(manifest), cfg.region_loss)  # a bad weight fails before any output
+    keep_weights = _keep_weights(manifest, cfg.keep_weights)  # so does a bad keep weight
     out.mkdir(parents=True, exist_ok=True)
     set_determinism(cfg.seed)
     train_cases, val_cases, where = _data(manifest, cfg)
@@ -242,7 +263,7 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     items = [{"image": torch.from_numpy(i), "label": torch.from_numpy(lab)} for i, lab, _ in train_data]
     cases_per_step = max(1, cfg.batch_size // cfg.samples_per_case)
     transforms = segmentation_transforms(cfg.patch, cfg.samples_per_case, cfg.augmentation, cfg.channel_drop,
-                                         _keep_weights(manifest), cfg.negative_share)
+                                         keep_weights, cfg.negative_share, cfg.single_share)
     transforms.set_random_state(seed=cfg.seed)
     dataset = Dataset(items, transforms)
     # With loader workers, one pass of the loader is one epoch's batches (cases drawn in shuffled rounds), so
@@ -286,7 +307,7 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
         mean_regions = float(np.mean([val[n] for n in names]))
         entry = {"epoch": state["epoch"], "loss": float(loss.item()), "val_dice": val}
         if cfg.channel_drop > 0:  # also judge the single favoured sequence (e.g. post-contrast T1 alone)
-            single = int(np.argmax(_keep_weights(manifest)))
+            single = int(np.argmax(keep_weights))
             val_single = _validate(network, val_data, manifest, only_channel=single, device=device)
             entry[f"val_dice_{manifest.inputs[single].name}_only"] = val_single
             mean_regions = 0.5 * (mean_regions + float(np.mean([val_single[n] for n in names])))
