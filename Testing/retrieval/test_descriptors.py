@@ -188,3 +188,24 @@ def test_a_lesion_box_z_scored_with_the_whole_image_s_statistics_is_that_box_of_
     inside = volume[volume != 0]
     assert _zscore_stats(image) == pytest.approx((inside.mean(), inside.std()), rel=1e-6)
     assert _zscore_stats(make_image(np.zeros((3, 3, 3), np.float32))) == (0.0, 1.0)
+
+
+def test_the_deep_descriptors_stop_after_the_encoder_with_the_values_of_a_full_pass(result, tmp_path, monkeypatch):
+    """The forward pass stops once the bottom block has run: the decoder never runs, and every vector equals
+    the one pooled from a full pass of the network."""
+    import medcnncad.retrieval.descriptors as descriptors
+
+    res, _ = result
+    model = _unet_model(tmp_path)
+    decoder_calls = []
+    model.network.model[2].register_forward_hook(lambda *_: decoder_calls.append(1))  # the last up-sampling block
+    early = case_descriptors(res, model)
+    assert len(early) == 2 and decoder_calls == []
+    monkeypatch.setattr(descriptors, "_encoder_pass", lambda network, window: network(window))
+    with pytest.raises(descriptors._EncoderDone):  # the stop is the hook's doing: a plain pass hits it too
+        case_descriptors(res, model)
+    monkeypatch.setattr(descriptors, "_stop_forward", lambda *_: None)
+    full = case_descriptors(res, model)
+    assert decoder_calls  # this time the whole network ran
+    for a, b in zip(early, full, strict=True):
+        assert np.array_equal(a.deep, b.deep)

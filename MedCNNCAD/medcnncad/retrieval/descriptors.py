@@ -301,6 +301,7 @@ def deep_features(model: LoadedModel, images: Sequence[sitk.Image], masks: Seque
     chosen = [blocks[i] for i in layers]
     hooks = [b.register_forward_hook(lambda _m, _i, out, n=n: caught.__setitem__(n, out.detach()))
              for n, b in enumerate(chosen)]
+    hooks.append(blocks[max(i % len(blocks) for i in layers)].register_forward_hook(_stop_forward))
     network = model.network.eval()
     vectors = []
     try:
@@ -317,7 +318,7 @@ def deep_features(model: LoadedModel, images: Sequence[sitk.Image], masks: Seque
             window = _window(data, centre, roi)[None].to(device)
             weight = _window(share_ijk[None], centre, roi)[None]
             with torch.no_grad():
-                network(window)
+                _encoder_pass(network, window)
             parts = []
             for n in range(len(chosen)):
                 feature = caught[n][0].float().cpu()
@@ -329,6 +330,24 @@ def deep_features(model: LoadedModel, images: Sequence[sitk.Image], masks: Seque
         for hook in hooks:
             hook.remove()
     return vectors
+
+
+class _EncoderDone(Exception):
+    """Raised by the hook of the deepest pooled encoder block: the decoder's output is not needed."""
+
+
+def _stop_forward(_module: torch.nn.Module, _inputs: Any, _output: Any) -> None:
+    raise _EncoderDone
+
+
+def _encoder_pass(network: torch.nn.Module, window: torch.Tensor) -> None:
+    """Run ``network`` on ``window`` until the deepest pooled encoder block has run (its hook raises
+    :class:`_EncoderDone`): MONAI's UNet runs every encoder block before any decoder block, so the
+    caught activations equal a full pass's and the decoder (most of a full pass's cost) is skipped."""
+    try:
+        network(window)
+    except _EncoderDone:
+        pass
 
 
 def _channels(block: torch.nn.Module) -> int:
