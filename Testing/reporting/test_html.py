@@ -102,3 +102,33 @@ def test_the_calibration_cell_says_what_the_probability_was_fitted_on():
     note = "uncalibrated: the model's case calibration was fitted with inputs T1c, not FLAIR"
     assert _calibration_cell({"calibration": "none", "calibration_note": note}) == f"uncalibrated score ({note})"
     assert _calibration_cell({"calibration": "none"}) == "uncalibrated score"
+
+
+def test_without_a_reference_the_overlay_does_not_promise_one(case_dir, tmp_path, monkeypatch):
+    """The overlay's title and the report's caption name a white reference outline only when a reference
+    was drawn."""
+    import shutil
+
+    import matplotlib.figure
+
+    from medcnncad.reporting.case_outputs import render_overlays
+
+    folder = tmp_path / "no_reference"
+    shutil.copytree(case_dir, folder)
+    report = json.loads((folder / "report.json").read_text())
+    report["reference"] = None
+    (folder / "report.json").write_text(json.dumps(report))
+    text = case_report(folder).read_text()
+    assert "AI labels filled (no reference given)" in text and "reference outlined" not in text
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda fig, t, **kw: titles.append(t) or original(fig, t, **kw))
+    from conftest import make_image
+    from helpers import blob_segmenter, blob_volume
+
+    result = blob_segmenter(tmp_path / "model").run({"CT": make_image(blob_volume())})
+    render_overlays(result, result.reference, tmp_path / "a.png")
+    render_overlays(result, result.reference, tmp_path / "b.png", reference_labels=result.label_map)
+    assert "(no reference given)" in titles[0] and "outlined" not in titles[0]
+    assert "reference outlined in white" in titles[1]

@@ -38,7 +38,8 @@ from medcnncad.metrics.segmentation import BRATS_2023, DETECTION_RULE, Structure
 from medcnncad.models.registry import model_format_of, model_source
 from medcnncad.retrieval.descriptors import LesionDescriptor, descriptors_json
 
-__all__ = ["CaseOutputs", "json_safe", "build_report", "write_case_outputs", "render_overlays", "summary_table"]
+__all__ = ["CaseOutputs", "json_safe", "build_report", "write_case_outputs", "render_overlays", "overlay_caption",
+           "summary_table"]
 
 @dataclass
 class CaseOutputs:
@@ -205,6 +206,13 @@ def _aspects(image: sitk.Image) -> list[float]:
     return [sy / sx, sz / sx, sz / sy]
 
 
+def overlay_caption(with_reference: bool) -> str:
+    """What the overlay shows: the reference is named only when one was drawn."""
+    if with_reference:
+        return "AI labels filled, reference outlined in white"
+    return "AI labels filled (no reference given)"
+
+
 def render_overlays(result: SegmentationResult, background: sitk.Image, out_png: str | Path,
                     reference_labels: np.ndarray | None = None, title: str = "") -> Path:
     """Three orthogonal slices (radiological convention) through the largest lesion.
@@ -248,7 +256,7 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
         for ax, (_, rl) in zip(axes, _display_slices(ref, center)):
             if rl.any():
                 ax.contour(rl > 0, levels=[0.5], colors="white", linewidths=0.8)
-    fig.suptitle(title or f"{result.manifest.name} - AI labels filled, reference outlined in white\n"
+    fig.suptitle(title or f"{result.manifest.name} - {overlay_caption(ref is not None)}\n"
                  f"{INTENDED_USE.split(' - ')[0]} - not for diagnosis", color="white", fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90, facecolor="black")

@@ -28,6 +28,7 @@ from sklearn.metrics import roc_curve
 from medcnncad import INTENDED_USE
 from medcnncad.inference.scoring import calibration_words
 from medcnncad.io.images import atomic_path
+from medcnncad.reporting.case_outputs import overlay_caption
 
 __all__ = ["case_report", "cohort_report", "html_to_pdf", "find_chromium", "Screenshots"]
 
@@ -124,7 +125,7 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
         shots = screenshots(case_dir, report) if screenshots is not None else []
     except FileNotFoundError:
         shots = []
-    shots.append(("AI labels filled, reference outlined", (case_dir / "overlay.png").read_bytes()))
+    shots.append((overlay_caption(report.get("reference") is not None), (case_dir / "overlay.png").read_bytes()))
     body = [f"<p class='small'>case folder {html.escape(str(case_dir))}; created {html.escape(report['created'])}</p>",
             "<h2>Model</h2>", _table(["field", "value"], [
                 ("model", f"{model['name']} ({model['id']} {model['version']})"),
