@@ -52,6 +52,7 @@ from medcnncad.data.tumor_shapes import (
     draw_tumor,
     labels_from_compartments,
 )
+from medcnncad.data.vessels import VESSEL_SIGNAL, VesselConfig, draw_vessels
 from medcnncad.errors import InputError
 from medcnncad.io.images import write_image
 from medcnncad.io.segfile import write_seg_nrrd
@@ -111,6 +112,9 @@ class PhantomConfig:
     # classic ellipsoid: see make_realistic_phantom; None keeps every other preset as it always was
     realistic: RealisticTumorConfig | None = None
     scanner: ScannerConfig = field(default_factory=ScannerConfig)
+    # enhancing normal structures (sinuses, cortical veins, choroid plexus; medcnncad.data.vessels), realistic
+    # phantoms only; None: none, as in the templates (and as every preset drew before they existed)
+    vessels: VesselConfig | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.anatomies) - set(ANATOMIES))
@@ -517,6 +521,7 @@ TumorSource = Callable[[np.random.Generator, TissueMaps], TumorDraw]
 """Draws a tumor into healthy anatomy (1 mm KJI grid): :func:`medcnncad.data.tumor_shapes.draw_tumor` or a
 transplanted real tumor (:func:`medcnncad.data.transplant.transplant_source`)."""
 
+_VESSEL_STREAM = 0x7E55E1  # the vessels draw from their own stream: the same seed gives the same case without them
 _GRADE_OF_KIND = {"glioblastoma": "HGG", "lower-grade": "LGG", "metastases": "MET", "none": "none"}
 
 
@@ -560,6 +565,7 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
     brain = ((moved.csf + moved.gm + moved.wm) > 0.1).astype(np.float32)
     mask = np.maximum(brain, (moved.head > 0.02).astype(np.float32)) if skull and moved.head is not None else brain
     fractions = _compartment_fractions(tumor)
+    vessels = _vessels(np.random.default_rng([seed, _VESSEL_STREAM]), config, brain, fractions, reference)
     spacing, slices = _output_geometry(rng, config)
     rotation = _rotation(rng, config.tilt_deg) if config.tilt_deg > 0 else None
     grid = None if rotation is None else _tilted_grid(reference, spacing, rotation)
@@ -574,12 +580,15 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
 
     images, scanner = {}, {}
     for sequence in SEQUENCES:
-        array, scanner[sequence] = _realistic_sequence(rng, config, sequence, fractions, tumor, skull, slices)
+        array, scanner[sequence] = _realistic_sequence(rng, config, sequence, fractions, tumor, skull, slices,
+                                                       vessels)
         images[sequence] = place(array * mask, False)
     kind = str(tumor.info.get("kind", "glioblastoma"))
     grade = tumor.info.get("grade", _GRADE_OF_KIND.get(kind, "HGG"))  # a transplant's is its donor's
     info = {**tumor.info, "grade": grade, "anatomy": name, "skull": bool(skull),
             "spacing_mm": [float(v) for v in spacing], "scanner": scanner}
+    if vessels is not None:
+        info["vessels_ml"] = round(float(vessels[0].sum()) / 1000.0, 2)  # 1 mm grid
     return PhantomCase(seed=seed, images=images, label=place(labels_from_compartments(tumor.compartments), True),
                        info=info)
 
@@ -599,9 +608,29 @@ def _compartment_fractions(tumor: TumorDraw) -> list[np.ndarray]:
     return [tissue.csf * normal, tissue.gm * normal, tissue.wm * normal, *parts]
 
 
+_VesselDraw = tuple[np.ndarray, dict[str, float]]  # vessel fraction (K, J, I) on the 1 mm grid, signal per sequence
+
+
+def _vessels(rng: np.random.Generator, config: PhantomConfig, brain: np.ndarray, fractions: list[np.ndarray],
+             reference: sitk.Image) -> _VesselDraw | None:
+    """The case's enhancing normal structures outside the tumor (fraction, 1 mm grid) and their signal per
+    sequence; None when the configuration has none. ``rng`` is the vessels' own stream, so a case drawn with
+    them equals the same seed's case without them (label, geometry, noise) except where they are."""
+    if config.vessels is None:
+        return None
+    fraction = draw_vessels(rng, brain > 0, fractions[0] + 0.0, reference, config.vessels)
+    fraction *= np.clip(1.0 - cast(np.ndarray, sum(fractions[3:])), 0, 1)  # the tumor keeps its own signal
+    jitter = config.vessels.signal_jitter
+    signal = {name: float(v * (1 + jitter * rng.standard_normal())) for name, v in VESSEL_SIGNAL.items()}
+    signal["T1c"] = float(rng.uniform(*config.vessels.enhancement))
+    return fraction.astype(np.float32), signal
+
+
 def _realistic_sequence(rng: np.random.Generator, config: PhantomConfig, name: str, fractions: list[np.ndarray],
-                        tumor: TumorDraw, skull: bool, slices: _Slices) -> tuple[np.ndarray, dict[str, float]]:
-    """One sequence on the 1 mm grid: tissue mixture with tumor texture (or donor signal), then the scanner."""
+                        tumor: TumorDraw, skull: bool, slices: _Slices,
+                        vessels: _VesselDraw | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """One sequence on the 1 mm grid: tissue mixture with tumor texture (or donor signal) and enhancing
+    normal structures (``vessels``: fraction and signal per sequence), then the scanner."""
     signal = np.asarray(_TISSUE_SIGNAL[name]) * (1 + config.contrast_jitter * rng.standard_normal(7))
     for (sequence, code), gain in tumor.gains.items():
         if sequence == name:
@@ -611,6 +640,9 @@ def _realistic_sequence(rng: np.random.Generator, config: PhantomConfig, name: s
     if name == "T1":  # half of the normal signal is the template's own T1 texture, as in the classic phantoms
         normal = 0.5 * normal + 0.5 * tumor.tissue.t1 * cast(np.ndarray, sum(fractions[:3]))
     image = (normal + tumor_signal * tumor.texture).astype(np.float32)
+    if vessels is not None:
+        fraction, vessel_signal = vessels
+        image = image * (1 - fraction) + fraction * np.float32(vessel_signal[name])
     if name in tumor.donor_signal and tumor.donor_weight is not None:
         w = tumor.donor_weight
         image = (1 - w) * image + w * tumor.donor_signal[name] * np.float32(signal[2])
@@ -681,6 +713,10 @@ PRESETS["robust-jitter"] = replace(PRESETS["robust"], contrast_jitter=0.25)
 # (the scanner model replaces them); contrast_jitter still jitters each tissue's signal.
 PRESETS["realistic"] = replace(PRESETS["robust"], hgg_fraction=None, realistic=RealisticTumorConfig(),
                                scanner=ScannerConfig())
+# "realistic" with the normal structures that enhance on post-contrast T1 (dural sinuses, cortical veins,
+# choroid plexus; medcnncad.data.vessels) in 80 % of the cases, labelled background: bright T1c that is
+# not tumor, which the templates lack and patients' scans always have
+PRESETS["realistic-vessels"] = replace(PRESETS["realistic"], vessels=VesselConfig())
 
 
 def preset(name: str) -> PhantomConfig:

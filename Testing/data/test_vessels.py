@@ -1,0 +1,68 @@
+"""Enhancing normal structures of realistic phantoms: where they are drawn, what they look like on each
+sequence, and that they change nothing else of a case (label, grid, noise)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medcnncad.data.phantom import _anatomy, make_realistic_phantom, preset
+from medcnncad.data.vessels import VesselConfig, _ball_offsets, axis_positions_mm, draw_vessels
+from medcnncad.errors import InputError
+
+
+def test_ball_offsets_hold_a_ball_s_volume():
+    offsets, weights = _ball_offsets(3.0)
+    assert abs(weights.sum() - 4 / 3 * np.pi * 27) / (4 / 3 * np.pi * 27) < 0.05
+    assert weights[np.all(offsets == 0, axis=1)][0] == 1.0 and weights.min() > 0
+
+
+def test_axis_positions_follow_the_geometry_and_refuse_an_oblique_grid():
+    image = sitk.Image(4, 3, 2, sitk.sitkFloat32)
+    image.SetOrigin((-1.5, 10.0, 0.0))
+    image.SetSpacing((1.0, 2.0, 0.5))
+    x, y, z = axis_positions_mm(image)
+    assert list(x) == [-1.5, -0.5, 0.5, 1.5] and list(y) == [10.0, 12.0, 14.0] and list(z) == [0.0, 0.5]
+    image.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    with pytest.raises(InputError, match="axis-aligned"):
+        axis_positions_mm(image)
+
+
+@pytest.fixture(scope="module")
+def mni():
+    anatomy = _anatomy("mni152")
+    return anatomy, (anatomy.csf + anatomy.gm + anatomy.wm) > 0.1
+
+
+def test_vessels_lie_in_the_brain_along_the_midline_and_surface(mni):
+    anatomy, brain = mni
+    vessels = draw_vessels(np.random.default_rng(3), brain, anatomy.csf, anatomy.reference, VesselConfig(probability=1))
+    assert vessels.dtype == np.float32 and 0 <= vessels.min() and vessels.max() <= 1
+    assert not vessels[~brain].any()
+    assert 2.0 < vessels.sum() / 1000 < 15.0  # mL on the 1 mm grid
+    x, _, _ = axis_positions_mm(anatomy.reference)
+    midline = np.abs(x) <= 3.0  # the sagittal sinus: the 6 mm around x = 0 hold far more than their share
+    share = vessels[..., midline].sum() / vessels.sum()
+    assert share > 5 * midline.sum() / len(x)
+    again = draw_vessels(np.random.default_rng(3), brain, anatomy.csf, anatomy.reference, VesselConfig(probability=1))
+    assert np.array_equal(vessels, again)
+    none = draw_vessels(np.random.default_rng(3), brain, anatomy.csf, anatomy.reference, VesselConfig(probability=0))
+    assert not none.any()
+
+
+def test_a_case_with_vessels_is_the_same_case_plus_bright_t1c_and_dark_t2_there():
+    with_vessels = replace(preset("realistic-vessels"), crop_margin_mm=25.0, skull_fraction=0.0,
+                           tumor_free_fraction=0.0, vessels=VesselConfig(probability=1.0))
+    plain = replace(with_vessels, vessels=None)
+    a, b = make_realistic_phantom(11, with_vessels), make_realistic_phantom(11, plain)
+    assert a.info["vessels_ml"] > 0 and "vessels_ml" not in b.info
+    assert np.array_equal(sitk.GetArrayFromImage(a.label), sitk.GetArrayFromImage(b.label))  # background label
+    assert a.images["T1c"].GetSize() == b.images["T1c"].GetSize()
+    t1c = sitk.GetArrayFromImage(a.images["T1c"]) - sitk.GetArrayFromImage(b.images["T1c"])
+    t2 = sitk.GetArrayFromImage(a.images["T2"]) - sitk.GetArrayFromImage(b.images["T2"])
+    changed = np.abs(t1c) > 1e-3 * np.abs(sitk.GetArrayFromImage(b.images["T1c"])).max()
+    assert 0 < changed.mean() < 0.2  # only near the vessels
+    assert t1c[changed].mean() > 0 and t2[changed].mean() < 0  # enhancing on T1c, flow void on T2
