@@ -618,7 +618,7 @@ def _vessels(rng: np.random.Generator, config: PhantomConfig, brain: np.ndarray,
     them equals the same seed's case without them (label, geometry, noise) except where they are."""
     if config.vessels is None:
         return None
-    fraction = draw_vessels(rng, brain > 0, fractions[0] + 0.0, reference, config.vessels)
+    fraction = draw_vessels(rng, brain > 0, fractions[0], reference, config.vessels)
     fraction *= np.clip(1.0 - cast(np.ndarray, sum(fractions[3:])), 0, 1)  # the tumor keeps its own signal
     jitter = config.vessels.signal_jitter
     signal = {name: float(v * (1 + jitter * rng.standard_normal())) for name, v in VESSEL_SIGNAL.items()}
