@@ -129,20 +129,21 @@ def draw_vessels(rng: np.random.Generator, brain: np.ndarray, csf: np.ndarray, r
         return out
     x_i, y_j, z_k = axis_positions_mm(reference)
     depth = ndimage.distance_transform_edt(brain).astype(np.float32)  # mm from outside (1 mm grid)
-    centre = np.argwhere(brain).mean(0)  # (k, j, i)
-    _sinuses(rng, out, brain, depth, x_i, y_j, z_k, centre, config)
+    centre_k, centre_j, _ = np.argwhere(brain).mean(0)
+    z_centre, y_centre = np.interp(centre_k, np.arange(len(z_k)), z_k), np.interp(centre_j, np.arange(len(y_j)), y_j)
+    _sinuses(rng, out, brain, depth, x_i, y_j, z_k, (z_centre, y_centre), config)
     _cortical_veins(rng, out, brain, depth, config)
-    _choroid_plexus(rng, out, csf, depth, x_i, y_j, centre, config)
+    _choroid_plexus(rng, out, csf, depth, x_i, y_j, y_centre, config)
     return np.where(brain, out, 0).astype(np.float32)
 
 
 def _sinuses(rng: np.random.Generator, out: np.ndarray, brain: np.ndarray, depth: np.ndarray, x_i: np.ndarray,
-             y_j: np.ndarray, z_k: np.ndarray, centre: np.ndarray, config: VesselConfig) -> None:
-    """Superior sagittal sinus (the midline of the convexity, above the centre or behind it) and the two
-    transverse sinuses (the posterior surface at the level of the torcula)."""
+             y_j: np.ndarray, z_k: np.ndarray, centre_mm: tuple[float, float], config: VesselConfig) -> None:
+    """Superior sagittal sinus (the midline of the convexity, above the brain's centre, LPS z and y in mm, or
+    behind it) and the two transverse sinuses (the posterior surface at the level of the torcula)."""
     radius = rng.uniform(*config.sinus_radius_mm)
     shell = brain & (depth <= 1.5 * radius)
-    z_centre, y_centre = np.interp(centre[0], np.arange(len(z_k)), z_k), np.interp(centre[1], np.arange(len(y_j)), y_j)
+    z_centre, y_centre = centre_mm
     midline = np.abs(x_i)[None, None, :] <= radius
     convexity = (z_k[:, None, None] >= z_centre) | (y_j[None, :, None] >= y_centre + 30)  # LPS: +y posterior
     sagittal = shell & midline & convexity
@@ -169,9 +170,9 @@ def _cortical_veins(rng: np.random.Generator, out: np.ndarray, brain: np.ndarray
 
 
 def _choroid_plexus(rng: np.random.Generator, out: np.ndarray, csf: np.ndarray, depth: np.ndarray, x_i: np.ndarray,
-                    y_j: np.ndarray, centre: np.ndarray, config: VesselConfig) -> None:
-    """A tuft in the atrium of each lateral ventricle (deep CSF behind the centre, either side of the midline)."""
-    y_centre = np.interp(centre[1], np.arange(len(y_j)), y_j)
+                    y_j: np.ndarray, y_centre: float, config: VesselConfig) -> None:
+    """A tuft in the atrium of each lateral ventricle (deep CSF behind the brain's centre ``y_centre``, LPS mm,
+    either side of the midline)."""
     ventricle = (csf > 0.5) & (depth > 20) & (y_j[None, :, None] >= y_centre)
     for side in (-1, 1):
         if rng.random() >= config.choroid_probability:
