@@ -66,3 +66,15 @@ def test_a_case_with_vessels_is_the_same_case_plus_bright_t1c_and_dark_t2_there(
     changed = np.abs(t1c) > 1e-3 * np.abs(sitk.GetArrayFromImage(b.images["T1c"])).max()
     assert 0 < changed.mean() < 0.2  # only near the vessels
     assert t1c[changed].mean() > 0 and t2[changed].mean() < 0  # enhancing on T1c, flow void on T2
+
+
+def test_the_skull_on_vessel_preset_is_robust_head_geometry_with_realistic_rendering():
+    head, vessels = preset("robust-head"), preset("realistic-head-vessels")
+    for field in ("anatomies", "skull_fraction", "tumor_free_fraction", "output_spacing_mm", "tilt_deg",
+                  "random_slice_axis"):
+        assert getattr(vessels, field) == getattr(head, field), field
+    assert head.realistic is None and head.vessels is None
+    assert vessels.realistic is not None and vessels.scanner is not None and vessels.vessels is not None
+    case = make_realistic_phantom(5, replace(vessels, crop_margin_mm=25.0, skull_fraction=1.0,
+                                             tumor_free_fraction=0.0, vessels=VesselConfig(probability=1.0)))
+    assert case.info["anatomy"] == "colin27" and case.info["skull"] and case.info["vessels_ml"] > 0
