@@ -1,4 +1,4 @@
-"""``medcnncad train segmentation|classification``, ``calibrate-classifier``, ``evaluate-classifier``."""
+"""``medcnncad train segmentation|classification|candidate``, ``calibrate-classifier``, ``evaluate-classifier``."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from medcnncad.cli.options import (
 )
 from medcnncad.models.registry import find_model
 from medcnncad.reporting.case_outputs import json_safe
+from medcnncad.training.candidate import make_candidate
 from medcnncad.training.classification import (
     ClassifierTrainConfig,
     evaluate_classifier,
@@ -68,6 +69,13 @@ def run_train_classification(args: argparse.Namespace) -> int:
     command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
     out = train_classification(args.template, args.out, cfg, resume=args.resume, command=command)
     print(f"classifier written to {out}")
+    return 0
+
+
+def run_train_candidate(args: argparse.Namespace) -> int:
+    out = make_candidate(args.run, args.like, args.out)
+    print(f"candidate written to {out}: the weights of {args.run} with {args.like}'s manifest "
+          f"(clinical chain, filters and calibration fitted for {args.like}'s own weights)")
     return 0
 
 
@@ -175,6 +183,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="task", required=True)
     _add_train_segmentation(tsub)
     _add_train_classification(tsub)
+    t = tsub.add_parser("candidate", help="a training run's weights with a shipped model's manifest (clinical "
+                                          "chain, inference settings, filters, calibration): the folder to score")
+    t.add_argument("--run", required=True, help="training run folder (medcnncad train segmentation --out)")
+    t.add_argument("--like", required=True, help="model id or folder whose manifest the candidate takes")
+    t.add_argument("--out", required=True, help="new (or empty) folder to write")
+    t.set_defaults(func=run_train_candidate)
 
     p = sub.add_parser("calibrate-classifier", help="refit a lesion grade classifier's temperature and operating "
                                                     "point on more validation phantoms")

@@ -718,8 +718,8 @@ PRESETS["realistic"] = replace(PRESETS["robust"], hgg_fraction=None, realistic=R
 # not tumor, which the templates lack and patients' scans always have
 PRESETS["realistic-vessels"] = replace(PRESETS["realistic"], vessels=VesselConfig())
 # skull-on heads as "robust-head" draws them (Colin27, skull on in 85 %, 2-7.5 mm slices along any axis, 15 %
-# tumor-free) with realistic tumors, the scanner model and the enhancing normal structures; trained together
-# with "realistic-vessels" ("realistic-vessels,realistic-head-vessels")
+# tumor-free) with realistic tumors, the scanner model and the enhancing normal structures; runs 12 and 13
+# trained with it and were not shipped (docs/models.md)
 PRESETS["realistic-head-vessels"] = replace(PRESETS["robust-head"], hgg_fraction=None,
                                             realistic=RealisticTumorConfig(), scanner=ScannerConfig(),
                                             vessels=VesselConfig())

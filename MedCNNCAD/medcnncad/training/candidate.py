@@ -1,0 +1,80 @@
+"""A trained run's weights in a shipped model's clothes: the folder to score before shipping.
+
+``medcnncad train segmentation`` writes its manifest from the training template: the network, the
+preprocessing it trained with and the plain post-processing. A shipped model's manifest holds more that
+is fitted or chosen after training: the clinical preprocessing chain (registration, brain extraction),
+test-time augmentation, probability floors, the lesion filter, the case-probability calibration and the
+input warnings. Scoring a fine-tuned run on patients without them measures another product (the run's
+own folder has no brain extraction and no lesion filter), so :func:`make_candidate` builds the folder to
+score: the shipped model's manifest with the run's weights and training record.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from medcnncad.errors import InputError
+from medcnncad.models.manifest import parse_manifest, sha256_file
+from medcnncad.models.registry import find_model
+from medcnncad.training.segmentation import write_manifest_json
+
+__all__ = ["make_candidate", "MUST_MATCH"]
+
+MUST_MATCH = ("task", "inputs", "labels", "network", "preprocessing")
+"""Manifest sections the run and the model must share: the weights only fit the same network, inputs and
+outputs, and were trained on the same preprocessing."""
+
+
+def _manifest(folder: Path, what: str) -> dict:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"{what} {folder}: no manifest.json there")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def make_candidate(run: str | Path, like: str | Path, out: str | Path) -> Path:
+    """Write ``out``: the manifest of model ``like`` (id or folder) with the weights and ``training`` block of
+    the training run folder ``run``; ``version`` becomes ``<like's>+candidate``.
+
+    Everything fitted after training (post-processing floors, lesion filter, case calibration) is ``like``'s,
+    fitted for ``like``'s weights; ``training.candidate`` says so. Raises :class:`InputError` naming the
+    section when the run's network, inputs, labels, task or preprocessing differ from ``like``'s, when
+    ``run`` has no weights, or when ``out`` exists and is not empty (nothing is written then).
+    """
+    run, out = Path(run), Path(out)
+    model_dir = find_model(str(like))
+    trained, shipped = _manifest(run, "training run"), _manifest(model_dir, "model")
+    for section in MUST_MATCH:
+        if trained.get(section) != shipped.get(section):
+            raise InputError(f"training run {run}: its {section!r} differs from {model_dir}'s; "
+                             f"its weights do not fit that model")
+    weights = run / trained.get("weights", {}).get("file", "model.pt")
+    if not weights.is_file():
+        raise InputError(f"training run {run}: weights {weights.name} not found")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not an empty folder; choose a new output folder")
+    raw = dict(shipped)
+    raw["version"] = f"{shipped['version']}+candidate"
+    raw["training"] = {**trained.get("training", {}), "candidate": {
+        "weights_from": str(run.resolve()),
+        "manifest_from": f"{shipped['id']} {shipped['version']} ({model_dir})",
+        "note": "clinical chain, inference settings, post-processing, lesion filter, case calibration and "
+                "warnings are that model's, fitted for its own weights"}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".medcnncad-candidate-", dir=out.parent))
+    try:  # the folder appears whole or not at all
+        shutil.copyfile(weights, staging / "model.pt")
+        raw["weights"] = {"file": "model.pt", "sha256": sha256_file(staging / "model.pt")}
+        write_manifest_json(raw, staging, parse_manifest)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
