@@ -10,7 +10,7 @@ from conftest import ROOT
 
 from medcnncad.data.real_cases import BRATS2013_MAP, discover_real_cases, load_reference, map_labels
 from medcnncad.errors import InputError
-from medcnncad.evaluation.real import score_case
+from medcnncad.evaluation.real import format_real_table, score_case
 
 REALDATA = ROOT.parent / "shared" / "realdata"
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not here")
@@ -30,8 +30,24 @@ def test_score_case_by_hand():
     assert scores["dice_WT"] == pytest.approx(2 * 48 / (64 + 72))
     assert scores["dice_TC"] == 0.0  # the only predicted core (ET) is the separate blob
     assert scores["found"] is True
+    assert scores["sensitivity_WT"] == pytest.approx(48 / 64)  # the shifted tumor keeps 48 of its 64 voxels
     assert scores["largest_outside_ml"] == pytest.approx(8 * 0.008)
     assert scores["reference_wt_ml"] == pytest.approx(64 * 0.008)
+
+
+def test_the_table_shows_how_much_of_the_tumor_was_marked():
+    row = {"case": "p1", "inputs": ["T1c"], "dice_WT": 0.003, "found": True, "sensitivity_WT": 0.0014,
+           "predicted_wt_ml": 0.3, "reference_wt_ml": 217.4, "largest_outside_ml": 0.0, "case_probability": 0.84,
+           "seconds": 9.0}
+    older = {**row, "case": "p2"}
+    del older["sensitivity_WT"]  # a report written before the column existed
+    summary = {"T1c": {"cases": 2, "found": 2, "mean_sensitivity_WT": 0.0007, "mean_dice_WT": 0.003,
+                       "fp_over_1ml": 0, "case_probability_below_0.9": 2}}
+    table = format_real_table({"model": "m", "version": "1", "trained_on": "phantoms", "rows": [row, older],
+                               "summary": summary})
+    assert "| p1 | T1c | 0.003 | - | - | yes (0.1 %) | 0.3/217.4 |" in table
+    assert "| p2 | T1c | 0.003 | - | - | yes (-) |" in table
+    assert "| T1c | 2 | 2 | 0.1 % | 0.003 | 0 | 2 |" in table
 
 
 def test_map_labels_refuses_unknown_values():

@@ -3,7 +3,8 @@
 
 Per case and input variant (all sequences given, post-contrast T1 alone, FLAIR alone): Dice and HD95
 per region the reference supports (WT, TC, ET), whether the tumor was found (any overlap of the
-predicted and reference whole tumor), the largest predicted whole-tumor component outside the
+predicted and reference whole tumor) and how much of it was marked (whole-tumor sensitivity: a 0.3 mL
+speck inside a 217 mL tumor is "found" at sensitivity 0.001), the largest predicted whole-tumor component outside the
 reference (mL; the issue's limit is 1 mL), and the case abnormality probability. Arrays (K, J, I).
 """
 
@@ -63,7 +64,8 @@ def score_case(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
     pred_wt, ref_wt = np.isin(pred, REGIONS["WT"]), np.isin(ref, REGIONS["WT"])
     out: dict[str, Any] = {f"dice_{r}": metrics[r].dice for r in regions}
     out.update({f"hd95_mm_{r}": metrics[r].hd95_mm for r in regions})
-    out.update(found=bool((pred_wt & ref_wt).any()), predicted_wt_ml=float(pred_wt.sum() * voxel_ml),
+    out.update(found=bool((pred_wt & ref_wt).any()), sensitivity_WT=metrics["WT"].sensitivity
+               if "WT" in metrics else None, predicted_wt_ml=float(pred_wt.sum() * voxel_ml),
                reference_wt_ml=float(ref_wt.sum() * voxel_ml),
                largest_outside_ml=_largest_outside_ml(pred_wt, ref_wt, voxel_ml))
     return out
@@ -135,9 +137,15 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         out[variant] = {"cases": len(sel), "found": sum(r["found"] for r in sel),
                         "mean_dice_WT": float(np.mean([r["dice_WT"] for r in sel])),
+                        "mean_sensitivity_WT": float(np.mean([r.get("sensitivity_WT") or 0.0 for r in sel])),
                         "fp_over_1ml": sum(r["largest_outside_ml"] > 1.0 for r in sel),
                         "case_probability_below_0.9": sum(r["case_probability"] < 0.9 for r in sel)}
     return out
+
+
+def _percent(share: float | None) -> str:
+    """0.0123 -> "1.2 %"; None (no reference tumor) -> "-"."""
+    return "-" if share is None else f"{100 * share:.1f} %"
 
 
 def format_real_table(report: dict[str, Any]) -> str:
@@ -145,21 +153,21 @@ def format_real_table(report: dict[str, Any]) -> str:
     def f(v: float | None, d: int = 3) -> str:
         return "-" if v is None else f"{v:.{d}f}"
     lines = [f"{report['model']} {report['version']} (trained on: {report['trained_on']})", "",
-             "| case | inputs | WT | TC | ET | found | pred/ref WT mL | largest FP mL | P(case) | s |",
+             "| case | inputs | WT | TC | ET | found (WT marked) | pred/ref WT mL | largest FP mL | P(case) | s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
         lines.append(f"| {r['case']} | {'+'.join(r['inputs'])} | {f(r.get('dice_WT'))} | {f(r.get('dice_TC'))} | "
-                     f"{f(r.get('dice_ET'))} | {'yes' if r['found'] else 'NO'} | {r['predicted_wt_ml']:.1f}/"
-                     f"{r['reference_wt_ml']:.1f} | {r['largest_outside_ml']:.2f} | {r['case_probability']:.3f} | "
-                     f"{r['seconds']:.0f} |")
+                     f"{f(r.get('dice_ET'))} | {'yes' if r['found'] else 'NO'} ({_percent(r.get('sensitivity_WT'))}) | "
+                     f"{r['predicted_wt_ml']:.1f}/{r['reference_wt_ml']:.1f} | {r['largest_outside_ml']:.2f} | "
+                     f"{r['case_probability']:.3f} | {r['seconds']:.0f} |")
     graded = [r for r in report["rows"] if "known_grade" in r]
     if graded:
         lines += ["", "| case | inputs | known grade | P(positive class) | predicted |", "|---|---|---|---|---|"]
         lines += [f"| {r['case']} | {'+'.join(r['inputs'])} | {r['known_grade'] or 'unknown'} | "
                   f"{f(r['grade_probability'])} | {r['predicted_grade']} |" for r in graded]
-    lines += ["", "| inputs | cases | tumor found | mean WT Dice | FP lesions > 1 mL | P(case) < 0.9 |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| inputs | cases | tumor found | mean WT marked | mean WT Dice | FP lesions > 1 mL "
+                  "| P(case) < 0.9 |", "|---|---|---|---|---|---|---|"]
     for variant, s in report["summary"].items():
-        lines.append(f"| {variant} | {s['cases']} | {s['found']} | {s['mean_dice_WT']:.3f} | {s['fp_over_1ml']} | "
-                     f"{s['case_probability_below_0.9']} |")
+        lines.append(f"| {variant} | {s['cases']} | {s['found']} | {_percent(s.get('mean_sensitivity_WT'))} | "
+                     f"{s['mean_dice_WT']:.3f} | {s['fp_over_1ml']} | {s['case_probability_below_0.9']} |")
     return "\n".join(lines)
