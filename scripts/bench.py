@@ -746,6 +746,7 @@ def bench_default_case(repeats: int) -> None:
     t_own, _ = _median_time(lambda: case_descriptors(result, model, "cpu"), repeats)
     result.network_input = kept
     t_full = _descriptors_with_the_decoder(result, model, repeats)
+    t_after, t_during = _descriptors_and_write(result, model, folder, repeats)
     stages = report["timings_s"]  # type: ignore[index]
     print(f"default model {model.manifest.id} {model.manifest.version}, BraTS-size sample case "
           f"(4 x 240x240x155 NIfTI), {len(flips)} test-time-augmentation pass(es), median of {repeats}:")
@@ -756,6 +757,23 @@ def bench_default_case(repeats: int) -> None:
           f"{t_own:.2f} s preprocessing again, {t_again:.2f} s reusing the network input "
           f"({t_own / t_again:.2f}x); {t_full:.2f} s reusing it but running the whole network per lesion "
           f"(encoder only: {t_full / t_again:.2f}x)")
+    print(f"  descriptors then writing: {t_after:.2f} s; descriptors while the volumes compress: {t_during:.2f} s "
+          f"({t_after / t_during:.2f}x)")
+
+
+def _descriptors_and_write(result, model, folder: Path, repeats: int) -> tuple[float, float]:
+    """Median times of the descriptors followed by writing every output, and of the writer computing the
+    descriptors itself while its threads compress the volumes (what ``process_case`` does)."""
+    from medcnncad.reporting.case_outputs import write_case_outputs
+    from medcnncad.retrieval.descriptors import case_descriptors
+
+    def after() -> None:
+        write_case_outputs(result, folder / "after", descriptors=case_descriptors(result, model, "cpu"))
+
+    def during() -> None:
+        write_case_outputs(result, folder / "during", descriptors=lambda: case_descriptors(result, model, "cpu"))
+
+    return _median_time(after, repeats)[0], _median_time(during, repeats)[0]
 
 
 def _descriptors_with_the_decoder(result, model, repeats: int) -> float:

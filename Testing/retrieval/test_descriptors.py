@@ -119,6 +119,29 @@ def test_report_json_gets_the_descriptors_and_thumbnails(tmp_path):
     again = process_case(segmenter, {"CT": str(path)}, tmp_path / "out2")
     assert again["retrieval"]["lesions"] == block["lesions"]
     assert json.loads((tmp_path / "out" / "report.json").read_text())["retrieval"] == block
+    assert report["timings_s"]["retrieval_descriptors"] > 0 and report["timings_s"]["write"] >= 0
+
+
+def test_descriptors_computed_by_the_writer_equal_those_handed_to_it(tmp_path):
+    """process_case lets the writer compute the descriptors while the volumes compress; the report is the
+    same as with descriptors computed first."""
+    from medcnncad.reporting.case_outputs import write_case_outputs
+
+    segmenter = blob_segmenter(tmp_path)
+    result = segmenter.run({"CT": make_image(_volume())}, keep_network_input=True)
+    first = case_descriptors(result, segmenter.model, segmenter.device)
+    calls = []
+
+    def later():
+        calls.append(1)
+        return case_descriptors(result, segmenter.model, segmenter.device)
+
+    given = write_case_outputs(result, tmp_path / "given", descriptors=first)
+    computed = write_case_outputs(result, tmp_path / "computed", descriptors=later)
+    a, b = (json.loads(o.files["report"].read_text()) for o in (given, computed))
+    assert calls == [1] and a["retrieval"] == b["retrieval"] and a["retrieval"]["lesions"]
+    assert "retrieval_descriptors" in b["timings_s"] and "retrieval_descriptors" not in a["timings_s"]
+    assert sorted(p.name for p in (tmp_path / "computed").iterdir()) == sorted(given.files[k].name for k in given.files)
 
 
 def test_radiomics_on_the_lesion_box_equal_the_whole_grid(result):

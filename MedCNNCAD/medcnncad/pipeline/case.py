@@ -54,7 +54,8 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     :class:`~medcnncad.classification.grade.LoadedClassifier`) classifies the lesions; ``tta`` adds
     test-time augmentation (4x the network time) and the uncertainty map (``None``: the model's default);
     ``descriptors`` adds each lesion's similar-case retrieval descriptors and thumbnail
-    (:func:`medcnncad.retrieval.descriptors.case_descriptors`: one more network pass per lesion).
+    (:func:`medcnncad.retrieval.descriptors.case_descriptors`: one encoder pass per lesion, computed by the
+    writer while it compresses the volumes).
     """
     progress = progress or (lambda stage, fraction: None)
     out = Path(out)
@@ -73,20 +74,26 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
         metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
                                   result.manifest.structures())
         extra["metrics"] = time.perf_counter() - t0
-    described = None
-    if descriptors:
+
+    def described() -> list:  # run by the writer while the volumes compress
         progress("descriptors", 0.0)
-        t0 = time.perf_counter()
-        described = case_descriptors(result, segmenter.model, segmenter.device)
-        extra["retrieval_descriptors"] = time.perf_counter() - t0
-    result.network_input = None  # held for the descriptors only
-    progress("write", 0.0)
+        found = case_descriptors(result, segmenter.model, segmenter.device)
+        progress("write", 0.5)
+        return found
+
+    if not descriptors:
+        progress("write", 0.0)
     t0 = time.perf_counter()
-    outputs = write_case_outputs(result, out, background=_display_channel(result),
-                                 metrics=metrics, reference_labels=ref_array, inputs=inputs, extra_timings=extra,
-                                 dicom_sources=sources, dicom_sr=dicom_sr, descriptors=described)
+    try:
+        outputs = write_case_outputs(result, out, background=_display_channel(result), metrics=metrics,
+                                     reference_labels=ref_array, inputs=inputs, extra_timings=extra,
+                                     dicom_sources=sources, dicom_sr=dicom_sr,
+                                     descriptors=described if descriptors else None)
+    finally:
+        result.network_input = None  # held for the descriptors only
     report = json.loads(outputs.files["report"].read_text())
-    report["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
+    timings = report["timings_s"]
+    timings["write"] = round(time.perf_counter() - t0 - timings.get("retrieval_descriptors", 0.0), 4)
     report["reference"] = str(Path(reference).resolve()) if reference else None
     with atomic_path(outputs.files["report"]) as tmp:  # the report is replaced whole or not at all
         tmp.write_text(json.dumps(report, indent=2) + "\n")

@@ -13,7 +13,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,14 +270,17 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
                        reference_labels: np.ndarray | None = None, inputs: Mapping[str, str] | None = None,
                        extra_timings: Mapping[str, float] | None = None,
                        dicom_sources: list[str] | None = None, dicom_sr: bool = False,
-                       descriptors: Sequence[LesionDescriptor] | None = None) -> CaseOutputs:
+                       descriptors: Sequence[LesionDescriptor] | Callable[[], Sequence[LesionDescriptor]] | None = None
+                       ) -> CaseOutputs:
     """Write every output of one case atomically into ``out_dir``.
 
     Files: ``labels.nii.gz``, ``labels.seg.nrrd``, ``prob_<channel>.nii.gz``,
     ``overlay.png``, ``report.json``, ``uncertainty.nii.gz`` (with test-time augmentation)
     and, with ``dicom_sources`` (the files of the DICOM series the result's grid comes
     from), ``labels.seg.dcm``; with ``descriptors`` (similar-case retrieval), report.json's
-    ``retrieval`` block and a thumbnail ``lesion_<id>.png`` per retrieval lesion.
+    ``retrieval`` block and a thumbnail ``lesion_<id>.png`` per retrieval lesion. ``descriptors`` may be a
+    function that computes them: it then runs here while the volumes compress in two threads, and its time
+    is the report's ``retrieval_descriptors``.
     """
     out = Path(out_dir)
     try:
@@ -303,6 +307,10 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
                 jobs.append(pool.submit(write_image, result.uncertainty_image(), staging / names["uncertainty"]))
             if result.brain_mask is not None:
                 jobs.append(pool.submit(write_image, result.brain_mask_image(), staging / names["brain_mask"]))
+            if callable(descriptors):
+                t0 = time.perf_counter()
+                descriptors = descriptors()
+                extra_timings = {**(extra_timings or {}), "retrieval_descriptors": time.perf_counter() - t0}
             write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
             render_overlays(result, background if background is not None else result.reference,
                             staging / names["overlay"], reference_labels)
