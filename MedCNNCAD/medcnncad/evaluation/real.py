@@ -64,9 +64,9 @@ def score_case(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
     pred_wt, ref_wt = np.isin(pred, REGIONS["WT"]), np.isin(ref, REGIONS["WT"])
     out: dict[str, Any] = {f"dice_{r}": metrics[r].dice for r in regions}
     out.update({f"hd95_mm_{r}": metrics[r].hd95_mm for r in regions})
-    out.update(found=bool((pred_wt & ref_wt).any()), sensitivity_WT=metrics["WT"].sensitivity
-               if "WT" in metrics else None, predicted_wt_ml=float(pred_wt.sum() * voxel_ml),
-               reference_wt_ml=float(ref_wt.sum() * voxel_ml),
+    marked = metrics["WT"].sensitivity if "WT" in metrics else None  # share of the reference tumor marked
+    out.update(found=bool((pred_wt & ref_wt).any()), sensitivity_WT=marked,
+               predicted_wt_ml=float(pred_wt.sum() * voxel_ml), reference_wt_ml=float(ref_wt.sum() * voxel_ml),
                largest_outside_ml=_largest_outside_ml(pred_wt, ref_wt, voxel_ml))
     return out
 
