@@ -47,6 +47,17 @@ def test_train_writes_model_and_resumes(tmp_path):
     assert isinstance(load_model(out).network, torch.nn.Module) and first
 
 
+def test_fine_tuning_from_a_model_says_how_to_score_it_as_that_model_runs(tmp_path, capsys):
+    out = tmp_path / "tuned"
+    argv = ["train", "segmentation", "--template", str(TEMPLATE), "--out", str(out), "--n-train", "1",
+            "--n-val", "1", "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16", "16", "16", "--workers", "1"]
+    assert main(argv + ["--init", "brats-robust-unet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"medcnncad train candidate --run {out} --like brats-robust-unet" in printed
+    assert main([*argv[:5], str(tmp_path / "fresh"), *argv[6:]]) == 0
+    assert "train candidate" not in capsys.readouterr().out  # nothing to carry over without --init
+
+
 def test_region_loss_scores_summed_label_probabilities_against_label_unions(tmp_path):
     """Two voxels, softmax probabilities given exactly; region Dice computed by hand."""
     from medcnncad.models.manifest import parse_manifest

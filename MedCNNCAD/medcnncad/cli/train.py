@@ -60,6 +60,9 @@ def run_train_segmentation(args: argparse.Namespace) -> int:
     command = "medcnncad " + " ".join(shlex.quote(a) for a in args.argv)
     out = train_segmentation(args.template, args.out, train_config(args), resume=args.resume, command=command)
     print(f"model written to {out}")
+    if args.init:  # its manifest is the template's: none of the init model's chain, filters or calibration
+        print(f"to score it as {args.init} runs (its clinical chain, filters and calibration): "
+              f"medcnncad train candidate --run {out} --like {args.init} --out <new folder>")
     return 0
 
 
