@@ -147,16 +147,16 @@ def test_metastases_are_several_enhancing_lesions():
 # make_phantom(7) of each preset cropped to its tumor box + 4 mm, digests computed with the generator
 # before the realistic tumors existed (commit dab4362): the new features leave every other preset alone.
 # The Colin27 presets' digests were computed again on 2026-12-04, when the Colin27 tissue fit became the
-# same on every machine (phantom._tissue_posteriors; before, they held only on the machine that made them)
+# same on every machine (data/mixture.py; before, they held only on the machine that made them)
 PRESET_HASHES_SEED_7 = {
     "classic": "15fdcb0a88443772d53c4548164f74159d37de2e26b0efd54cd4c46be777defe",
-    "clinical-like": "39c7a9c9e40cb87222318f87d688f5b1d95b4f57492684f01c40c52ea38721e4",
+    "clinical-like": "afce1ca350787df3cce07be3ed9d22c327e805d06289456f59c7816ac79051ed",
     "graded": "ec0466590d067ad86aa599675d215c256a93cae391aa8735c31c3c8d38f2bf0f",
-    "heldout": "a5ba660793b1cfc9a8bc5efd781c7cabd892dbc473e8f5168a9ddd9ecbf8d9d7",
-    "robust": "89758f57f205c6c271a7a12107305cef6eee345d08e55cb7a2ca295f6a0f7826",
-    "robust-head": "a2256383fedfaa5cb9822f3bc0bd53448596a44bc58a67c3d198ce6aa794b212",
-    "robust-jitter": "63207f8627a530cca10592d2b571e7feb9cda8ace30505aecedee59f5b2105ab",
-    "robust-lgg": "9f11a4c6ff8fa06a5679981d50c016b4c30323a436f13497ed589506f2936d85",
+    "heldout": "5603fc217f9389b2d5c905a26cf06ce8c0563db9fed4a331fa55a3244e74e343",
+    "robust": "ab526ec2a127d15c33ce08690da4f993dc7c9df370e4a629cc3b3dee62620c10",
+    "robust-head": "b1f7add8d0c66a65089b37ba9a993be113e6eb0cc72de9e25c137f28d88864b0",
+    "robust-jitter": "6dbed7cf4619eef1a1c6d03504255cedcaa00d0e00260c508ac94c47e2ad4953",
+    "robust-lgg": "79a0d000330953ee6c0e9097106d3d1fa2db4ee1a198674f0f19f0e8e121f80e",
 }
 
 

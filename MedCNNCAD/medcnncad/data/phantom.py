@@ -40,8 +40,8 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from sklearn.mixture import GaussianMixture
 
+from medcnncad.data.mixture import mixture_posteriors, stable_mixture
 from medcnncad.data.scanner import ScannerConfig, scan
 from medcnncad.data.tumor_shapes import (
     NECROSIS,
@@ -189,7 +189,8 @@ def _colin27() -> _Anatomy:
     head_img = nib.load(str(paths[0]))
     head, brain_t1 = _kji(head_img), _kji(nib.load(str(paths[1])))
     brain = brain_t1 > 0
-    posterior = _tissue_posteriors(brain_t1[brain].astype(np.float64))
+    values = brain_t1[brain]  # CSF < GM < WM on T1; the same maps on every machine (data.mixture)
+    posterior = mixture_posteriors(values, stable_mixture(values[::10]))
     maps = [np.zeros(brain.shape, np.float32) for _ in range(3)]
     for m, column in zip(maps, posterior.T):
         m[brain] = column
@@ -199,36 +200,6 @@ def _colin27() -> _Anatomy:
     affine = head_img.affine  # type: ignore[attr-defined]  # nibabel stubs: load() returns FileBasedImage
     reference = _image_from_ras_affine(head, affine)
     return _Anatomy(reference, np.clip(brain_t1 / scale, 0, 1), maps[0], maps[1], maps[2], outside)
-
-
-def _tissue_posteriors(values: np.ndarray) -> np.ndarray:
-    """CSF, GM, WM probabilities (n, 3) of T1 brain intensities from a 3-class Gaussian mixture, the same on
-    every machine.
-
-    scikit-learn's fit as it was called before (k-means start, float32 data) lands on other parameters with
-    another thread count or CPU (CSF mean 57.4 or 57.3; run to convergence, 49.7 or 51.1), which made every
-    Colin27 phantom differ between machines. Here the fit starts from the 5th, 50th and 95th percentiles
-    and runs in float64 with scikit-learn's default tolerance (CSF 56.1, GM 87.2, WM 111.4: close to the
-    maps the shipped models were trained on); its parameters are rounded to 4 significant digits and the
-    posteriors computed element-wise and rounded to multiples of 2^-12, so what is left of BLAS and SIMD
-    rounding (about 1e-11 in the parameters) does not reach the maps.
-    """
-    start = np.percentile(values, [5.0, 50.0, 95.0])[:, None]
-    mixture = GaussianMixture(3, means_init=start, random_state=0).fit(values[::10, None])
-    order = np.argsort(mixture.means_.ravel())  # CSF < GM < WM on T1
-    means, variances, weights = (_significant(a.ravel()[order], 4) for a in
-                                 (mixture.means_, mixture.covariances_, mixture.weights_))
-    log_density = (-0.5 * (values[:, None] - means) ** 2 / variances - 0.5 * np.log(2 * np.pi * variances)
-                   + np.log(weights))
-    posterior = np.exp(log_density - log_density.max(axis=1, keepdims=True))
-    posterior /= posterior.sum(axis=1, keepdims=True)
-    return (np.round(posterior * 4096) / 4096).astype(np.float32)
-
-
-def _significant(values: np.ndarray, digits: int) -> np.ndarray:
-    """``values`` rounded to ``digits`` significant digits (all non-zero)."""
-    scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(values))))
-    return np.round(values * scale) / scale
 
 
 def _image_from_ras_affine(array_kji: np.ndarray, affine_ras: np.ndarray) -> sitk.Image:

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from sklearn.mixture import GaussianMixture
 
+from medcnncad.data.mixture import mixture_posteriors, stable_mixture
 from medcnncad.data.phantom import PhantomCase, PhantomConfig, TumorSource, make_realistic_phantom
 from medcnncad.data.phantom import preset as get_preset
 from medcnncad.data.real_cases import describe_case, load_reference
@@ -115,11 +115,11 @@ def _nawm(reference: np.ndarray, brain: np.ndarray, tumor: np.ndarray) -> np.nda
     """Normal-appearing white matter: the voxels assigned to the brightest of 3 Gaussian-mixture classes
     (each holding > 10 % of the voxels) of a T1-weighted image, inside the brain and >= 5 mm from the tumor."""
     away = brain & (ndimage.distance_transform_edt(~tumor) >= 5)
-    values = reference[away][:, None].astype(np.float64)
-    mixture = GaussianMixture(3, random_state=0).fit(values[::20])
-    means = np.where(mixture.weights_ > 0.1, mixture.means_.ravel(), -np.inf)  # not a small class of vessels
+    values = reference[away]
+    mixture = stable_mixture(values[::20])  # the same classes on every machine
+    means = np.where(mixture.weights > 0.1, mixture.means, -np.inf)  # not a small class of vessels
     nawm = np.zeros_like(away)
-    nawm[away] = mixture.predict(values) == int(np.argmax(means))
+    nawm[away] = mixture_posteriors(values, mixture).argmax(axis=1) == int(np.argmax(means))
     if nawm.sum() < 100:
         raise InputError("could not find normal-appearing white matter in the donor (fewer than 100 voxels)")
     return nawm
