@@ -35,4 +35,5 @@ def test_the_classes_come_out_darkest_first_near_their_truth():
 
 
 def test_significant_digits_by_hand():
-    np.testing.assert_array_equal(significant(np.array([123.456, 0.012345, -9.8765]), 3), [123.0, 0.0123, -9.88])
+    np.testing.assert_array_equal(significant(np.array([123.456, 0.012345, -9.8765, 0.0]), 3),
+                                  [123.0, 0.0123, -9.88, 0.0])

@@ -28,8 +28,10 @@ class Mixture(NamedTuple):
 
 
 def significant(values: np.ndarray, digits: int) -> np.ndarray:
-    """``values`` rounded to ``digits`` significant digits (all non-zero)."""
-    scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(values))))
+    """``values`` rounded to ``digits`` significant digits (zeros stay zero: z-scored data can have a class
+    mean of 0)."""
+    magnitude = np.floor(np.log10(np.where(values == 0, 1.0, np.abs(values))))
+    scale = 10.0 ** (digits - 1 - magnitude)
     return np.round(values * scale) / scale
 
 
