@@ -52,6 +52,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     values["patch"] = tuple(values["patch"])
     values["phantom_preset"] = args.phantoms
     values["transplant_from"] = tuple(values.get("transplant_from") or ())
+    values["real_from"] = tuple(values.get("real_from") or ())
     values["keep_weights"] = tuple(values.get("keep_weights") or ())
     return TrainConfig(**values)
 
@@ -128,6 +129,11 @@ def _add_train_segmentation(tsub: argparse._SubParsersAction) -> None:
                                                             "the training phantoms carry instead of a synthetic one"}})
     t.add_argument("--transplant-share", type=probability, default=0.0,
                    help="share of training phantoms with a real tumor from --transplant-from (default 0: none)")
+    t.add_argument("--real-from", nargs="+", default=[], metavar="CASE_DIR",
+                   help="whole labelled real patient scans (realdata layouts; training patients only: "
+                        "leave-patient-out) added to the training cases, through the clinical chain")
+    t.add_argument("--real-copies", type=positive_int, default=1,
+                   help="times each --real-from scan enters the training list (default 1)")
     t.add_argument("--augmentation", default="light", choices=["light", "robust"])
     t.add_argument("--channel-drop", type=probability, default=0.0,
                    help="probability of zeroing random input sequences (missing-sequence robustness)")

@@ -3,7 +3,10 @@
 A *case* is a dict ``{"id", "kind", ...}``: ``kind == "phantom"`` holds a ``seed`` and a
 phantom ``preset``; ``kind == "transplant"`` also holds ``donors`` (real case folders whose tumor
 it carries, :mod:`medcnncad.data.transplant`); ``kind == "files"`` holds ``inputs`` (manifest channel name -> image
-path) and ``label`` (path of a label map whose values are the manifest's label values).
+path) and ``label`` (path of a label map whose values are the manifest's label values); ``kind == "real"`` holds
+``folder``, a whole labelled real patient scan of a realdata layout (:mod:`medcnncad.data.real_cases`), read
+with its own label convention and put through the manifest's clinical preprocessing chain as the engine would,
+and ``copies``, how many times it enters the training list.
 
 CSV: one row per case; a column per manifest input (its name or an alias, any case) and a
 ``label`` column; optional ``case`` (id), ``split`` (``train``/``val``) and ``class`` (for lesion
@@ -30,15 +33,17 @@ import torch
 
 from medcnncad.data.phantom import make_phantom, preset
 from medcnncad.data.phantom import preset as get_preset
-from medcnncad.data.real_cases import describe_case
+from medcnncad.data.real_cases import describe_case, load_reference
 from medcnncad.data.transplant import transplant_phantom
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
 from medcnncad.models.channels import assign_channels
-from medcnncad.models.manifest import Manifest, parse_manifest
+from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, parse_manifest
 from medcnncad.models.preprocessing import build_preprocessing_dict, to_metatensor
+from medcnncad.preprocessing.chain import prepare_case
 
-__all__ = ["phantom_cases", "with_transplants", "file_cases", "split_cases", "prepare_cases", "class_lut"]
+__all__ = ["phantom_cases", "with_transplants", "real_scan_cases", "expand_copies", "file_cases", "split_cases",
+           "prepare_cases", "class_lut"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -78,6 +83,32 @@ def with_transplants(cases: list[dict[str, Any]], donors: tuple[str, ...] | list
     chosen = {int(i) for i in np.floor(np.arange(round(share * len(cases))) / share)}
     return [{**case, "id": f"transplant-{case['id']}", "kind": "transplant", "donors": [str(d) for d in donors]}
             if i in chosen else case for i, case in enumerate(cases)]
+
+
+def real_scan_cases(folders: tuple[str, ...] | list[str], copies: int) -> list[dict[str, Any]]:
+    """Whole labelled real patient scans as training cases (kind ``"real"``), each entering ``copies`` times.
+
+    Only training patients belong here: a patient trained on can no longer be scored leave-patient-out.
+
+    Raises:
+        InputError: a folder of no known realdata layout, an unlabelled case, or ``copies`` < 1 with folders.
+    """
+    if not folders:
+        return []
+    if copies < 1:
+        raise InputError(f"real-scan copies {copies}: must be at least 1")
+    cases = []
+    for folder in folders:
+        case = describe_case(folder)  # an unknown folder fails before any work
+        if not case.labelled:
+            raise InputError(f"{folder}: no reference segmentation; a real scan trains only with its labels")
+        cases.append({"id": f"real-{case.case_id}", "kind": "real", "folder": str(folder), "copies": int(copies)})
+    return cases
+
+
+def expand_copies(cases: list[dict[str, Any]], prepared: list) -> list:
+    """``prepared[i]`` repeated ``cases[i]["copies"]`` times (default once): a case prepared once, drawn often."""
+    return [item for case, item in zip(cases, prepared, strict=True) for _ in range(int(case.get("copies", 1)))]
 
 
 def _channel_for(header: str, manifest: Manifest) -> str | None:
@@ -181,6 +212,8 @@ def _load_case(case: dict[str, Any], manifest: Manifest):
         ph = transplant_phantom(case["seed"], case["donors"], config) if case["kind"] == "transplant" else \
             make_phantom(case["seed"], config)
         return {c.name: ph.images[c.name] for c in manifest.inputs}, ph.label, ph.info
+    if case["kind"] == "real":
+        return _load_real_scan(case["folder"], manifest)
 
     images = {name: read_volume(path) for name, path in case["inputs"].items()}
     label = read_volume(case["label"])
@@ -188,6 +221,22 @@ def _load_case(case: dict[str, Any], manifest: Manifest):
     if label.GetSize() != first.GetSize():
         label = sitk.Resample(label, first, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return images, label, {}
+
+
+def _load_real_scan(folder: str, manifest: Manifest):
+    """A whole real scan as the engine sees it: the model's inputs the case has, through the manifest's clinical
+    chain (a template without one: the default chain the shipped models declare, i.e. constant background zeroed,
+    rigid registration, brain extraction where the head is not stripped), and the reference in BraTS values on
+    the chain's grid (the first given input's)."""
+    case = describe_case(folder)
+    given = {c.name: read_volume(case.inputs[c.name]) for c in manifest.inputs if c.name in case.inputs}
+    if not given:
+        raise InputError(f"{folder}: none of model {manifest.id}'s inputs ({manifest.input_names}) in this case")
+    prepared = prepare_case(given, manifest.clinical or ClinicalPreprocessing())
+    first = next(iter(prepared.images.values()))
+    label = load_reference(case)
+    label = sitk.Resample(label, first, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return prepared.images, label, {"real_case": case.case_id, "source": case.source}
 
 
 def _prepare(args: tuple[dict[str, Any], dict, str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:

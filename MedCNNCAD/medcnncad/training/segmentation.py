@@ -41,7 +41,15 @@ from medcnncad.metrics.segmentation import dice
 from medcnncad.models.manifest import Manifest, parse_manifest, sha256_file
 from medcnncad.models.registry import load_model
 from medcnncad.models.weights import build_network
-from medcnncad.training.data import file_cases, phantom_cases, prepare_cases, split_cases, with_transplants
+from medcnncad.training.data import (
+    expand_copies,
+    file_cases,
+    phantom_cases,
+    prepare_cases,
+    real_scan_cases,
+    split_cases,
+    with_transplants,
+)
 
 __all__ = ["TrainConfig", "RegionDiceCELoss", "region_channels", "train_segmentation", "TRAIN_SEED_BASE",
            "VAL_SEED_BASE", "TEST_SEED_BASE"]
@@ -68,6 +76,8 @@ class TrainConfig:
     phantom_preset: str = "classic"
     transplant_from: tuple[str, ...] = ()  # real labelled case folders (training patients only) whose tumors ...
     transplant_share: float = 0.0    # ... this share of the training phantoms carry (medcnncad.data.transplant)
+    real_from: tuple[str, ...] = ()  # whole labelled real scans (training patients only) added to the phantoms ...
+    real_copies: int = 1             # ... each this many times in the training list
     data: str | None = None          # CSV or folder of cases instead of phantoms
     val_fraction: float = 0.15
     augmentation: str = "light"      # see medcnncad.data.augment.AUGMENTATION_LEVELS
@@ -183,11 +193,19 @@ def _keep_weights(manifest: Manifest, pairs: Sequence[tuple[str, float]] = ()) -
 
 
 def _data(manifest: Manifest, cfg: TrainConfig) -> tuple[list[dict], list[dict], str]:
-    """Training and validation cases, and a sentence saying where they came from."""
+    """Training and validation cases, and a sentence saying where they came from.
+
+    Whole real scans (``cfg.real_from``) join the training cases only: validation stays on phantoms (or
+    ``--data`` cases), so no real patient chooses the checkpoint.
+    """
+    real = real_scan_cases(cfg.real_from, cfg.real_copies)
+    also = (f"; plus {len(real)} whole real patient scan(s), each {cfg.real_copies} time(s) in the training list: "
+            f"{', '.join(cfg.real_from)}") if real else ""
     if cfg.data:
         cases = file_cases(cfg.data, manifest)
         train, val = split_cases(cases, cfg.val_fraction, cfg.seed)
-        return train, val, f"{len(cases)} cases from {cfg.data} ({len(train)} train, {len(val)} validation)"
+        return (train + real, val,
+                f"{len(cases)} cases from {cfg.data} ({len(train)} train, {len(val)} validation){also}")
     train_seeds = [TRAIN_SEED_BASE + cfg.seed * 1000 + i for i in range(cfg.n_train)]
     val_seeds = [VAL_SEED_BASE + cfg.seed * 1000 + i for i in range(cfg.n_val)]
     where = (f"synthetic phantoms, preset '{cfg.phantom_preset}': seeds {train_seeds[0]}..{train_seeds[-1]} "
@@ -196,7 +214,7 @@ def _data(manifest: Manifest, cfg: TrainConfig) -> tuple[list[dict], list[dict],
     if cfg.transplant_share > 0:
         where += (f"; {sum(c['kind'] == 'transplant' for c in train)} training phantoms carry a real tumor "
                   f"transplanted from {len(cfg.transplant_from)} case(s): {', '.join(cfg.transplant_from)}")
-    return train, phantom_cases(val_seeds, cfg.phantom_preset), where
+    return train + real, phantom_cases(val_seeds, cfg.phantom_preset), where + also
 
 
 def initialise_from(network: torch.nn.Module, source: str) -> dict[str, Any]:
@@ -260,7 +278,8 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     print(f"preparing {len(train_cases)} training and {len(val_cases)} validation cases ({where})", file=sys.stderr)
     train_data = prepare_cases(train_cases, manifest, cfg.workers)
     val_data = [(image, label) for image, label, _ in prepare_cases(val_cases, manifest, cfg.workers)]
-    items = [{"image": torch.from_numpy(i), "label": torch.from_numpy(lab)} for i, lab, _ in train_data]
+    items = [{"image": torch.from_numpy(i), "label": torch.from_numpy(lab)}
+             for i, lab, _ in expand_copies(train_cases, train_data)]
     cases_per_step = max(1, cfg.batch_size // cfg.samples_per_case)
     transforms = segmentation_transforms(cfg.patch, cfg.samples_per_case, cfg.augmentation, cfg.channel_drop,
                                          keep_weights, cfg.negative_share, cfg.single_share)
