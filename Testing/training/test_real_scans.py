@@ -1,0 +1,99 @@
+"""Whole real scans as training cases (`train segmentation --real-from`): read with their own label
+convention, through the clinical chain (a z-scored constant background becomes 0), drawn ``copies`` times,
+training only (validation stays on phantoms), and bad folders refused by name."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medcnncad.errors import InputError
+from medcnncad.models.manifest import load_manifest
+from medcnncad.training.data import _load_case, _prepare, expand_copies, real_scan_cases
+from medcnncad.training.segmentation import TrainConfig, _data
+
+ROBUST_TEMPLATE = Path(__file__).resolve().parents[2] / "Resources" / "ModelTemplates" / "brats-robust-unet.json"
+
+
+def _image(array: np.ndarray, path: Path) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(image, str(path))
+
+
+@pytest.fixture()
+def brats2013_case(tmp_path) -> Path:
+    """A 40 mm cube in the BRATS 2013 layout: z-scored FLAIR and T1c (background -1.5, a constant), labels in
+    BRATS 2013 values (3, non-enhancing core, is BraTS 1) - small, so the chain skips brain extraction."""
+    folder = tmp_path / "brats_2013_pat9999_1"
+    folder.mkdir()
+    k, j, i = np.mgrid[:40, :40, :40]
+    brain = (k - 20) ** 2 + (j - 20) ** 2 + (i - 20) ** 2 < 15 ** 2
+    tumor = (k - 20) ** 2 + (j - 24) ** 2 + (i - 20) ** 2 < 5 ** 2
+    rng = np.random.default_rng(0)
+    for name in ("Flair", "T1c"):
+        values = np.where(brain, rng.uniform(-1.0, 1.0, brain.shape) + 2.0 * tumor, -1.5).astype(np.float32)
+        _image(values, folder / f"{name}_subtrMeanDivStd.nii.gz")
+    label = np.zeros(brain.shape, np.uint8)
+    label[tumor] = 3
+    label[tumor & (k == 20)] = 4
+    _image(label, folder / "OTMultiClass.nii.gz")
+    return folder
+
+
+def test_real_cases_enter_the_list_copies_times_and_bad_folders_are_refused(brats2013_case, tmp_path):
+    cases = real_scan_cases([str(brats2013_case)], 3)
+    assert cases == [{"id": "real-brats_2013_pat9999_1", "kind": "real", "folder": str(brats2013_case), "copies": 3}]
+    assert real_scan_cases([], 0) == []
+    assert expand_copies(cases + [{"id": "p"}], ["a", "b"]) == ["a", "a", "a", "b"]
+    with pytest.raises(InputError, match="at least 1"):
+        real_scan_cases([str(brats2013_case)], 0)
+    with pytest.raises(InputError, match="known layout"):
+        real_scan_cases([str(tmp_path / "nope")], 1)
+    unlabelled = tmp_path / "BraTS-GLI-99999-000"
+    unlabelled.mkdir()
+    _image(np.ones((4, 4, 4), np.float32), unlabelled / "BraTS-GLI-99999-000-t1c.nii.gz")
+    with pytest.raises(InputError, match="no reference"):
+        real_scan_cases([str(unlabelled)], 1)
+
+
+def test_a_real_scan_is_read_as_the_engine_sees_it(brats2013_case):
+    manifest = load_manifest(ROBUST_TEMPLATE)
+    case = real_scan_cases([str(brats2013_case)], 1)[0]
+    images, label, info = _load_case(case, manifest)
+    assert sorted(images) == ["FLAIR", "T1c"] and info["real_case"] == "brats_2013_pat9999_1"
+    t1c = sitk.GetArrayFromImage(images["T1c"])
+    assert np.count_nonzero(t1c == -1.5) == 0 and np.count_nonzero(t1c == 0) > 0.4 * t1c.size  # background -> 0
+    values, counts = np.unique(sitk.GetArrayFromImage(label), return_counts=True)
+    assert values.tolist() == [0, 1, 4]  # BRATS 2013's 3 (non-enhancing core) is BraTS 1
+    assert counts[1:].tolist() == [416, 69]  # the ball |x| < 5 voxels: 485 lattice points, 69 on its middle slice
+    image, lab, _ = _prepare((case, manifest.raw, str(manifest.folder)))
+    assert image.shape[0] == 4 and not image[0].any() and not image[2].any()  # T1 and T2 absent: zeros
+    assert set(np.unique(lab)) <= {0, 1, 3}  # channel indices: background, NCR, ET (4 is channel 3)
+
+
+def test_real_scans_train_and_never_validate(brats2013_case):
+    manifest = load_manifest(ROBUST_TEMPLATE)
+    cfg = TrainConfig(n_train=2, n_val=1, phantom_preset="classic", real_from=(str(brats2013_case),), real_copies=4)
+    train, val, where = _data(manifest, cfg)
+    assert [c["kind"] for c in train] == ["phantom", "phantom", "real"] and train[-1]["copies"] == 4
+    assert [c["kind"] for c in val] == ["phantom"]
+    assert "1 whole real patient scan(s), each 4 time(s)" in where and str(brats2013_case) in where
+
+
+def test_the_command_line_options_reach_the_config():
+    from medcnncad.cli.train import add_parsers, train_config
+
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers())
+    base = ["train", "segmentation", "--template", "t.json", "--out", "o"]
+    cfg = train_config(parser.parse_args(base + ["--real-from", "a", "b", "--real-copies", "5"]))
+    assert cfg.real_from == ("a", "b") and cfg.real_copies == 5
+    default = train_config(parser.parse_args(base))
+    assert default.real_from == () and default.real_copies == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--real-copies", "0"])
