@@ -10,7 +10,7 @@ from conftest import ROOT
 
 from medcnncad.data.real_cases import BRATS2013_MAP, discover_real_cases, load_reference, map_labels
 from medcnncad.errors import InputError
-from medcnncad.evaluation.real import format_real_table, score_case
+from medcnncad.evaluation.real import format_real_table, score_case, training_patients
 
 REALDATA = ROOT.parent / "shared" / "realdata"
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not here")
@@ -48,6 +48,23 @@ def test_the_table_shows_how_much_of_the_tumor_was_marked():
     assert "| p1 | T1c | 0.003 | - | - | yes (0.1 %) | 0.3/217.4 |" in table
     assert "| p2 | T1c | 0.003 | - | - | yes (-) |" in table
     assert "| T1c | 2 | 2 | 0.1 % | 0.003 | 0 | 2 |" in table
+
+
+def test_rows_of_training_patients_are_marked():
+    """The training record's transplant donors and whole real scans are training patients (folder names, paths
+    of any form); a record without them (phantoms only, or no record) names none."""
+    record = {"config": {"transplant_from": ["../shared/realdata/BraTS2021_00006", "/x/brats_2013_pat0001_1/"],
+                         "real_from": ["/work/shared/realdata/brats_2013_pat0003_1"]}}
+    assert training_patients(record) == {"BraTS2021_00006", "brats_2013_pat0001_1", "brats_2013_pat0003_1"}
+    assert training_patients({"config": {"transplant_from": [], "real_from": None}}) == set()
+    assert training_patients({}) == set()
+    row = {"case": "p1", "inputs": ["FLAIR"], "dice_WT": 0.9, "found": True, "sensitivity_WT": 0.9,
+           "predicted_wt_ml": 10.0, "reference_wt_ml": 10.0, "largest_outside_ml": 0.0, "case_probability": 0.99,
+           "seconds": 5.0}
+    report = {"model": "m", "version": "1", "trained_on": "phantoms", "summary": {}}
+    marked = format_real_table({**report, "rows": [{**row, "training_patient": True}, {**row, "case": "p2"}]})
+    assert "| p1 (training) | FLAIR |" in marked and "| p2 | FLAIR |" in marked and "not held out" in marked
+    assert "not held out" not in format_real_table({**report, "rows": [row]})
 
 
 def test_map_labels_refuses_unknown_values():

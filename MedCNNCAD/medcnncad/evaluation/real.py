@@ -5,13 +5,16 @@ Per case and input variant (all sequences given, post-contrast T1 alone, FLAIR a
 per region the reference supports (WT, TC, ET), whether the tumor was found (any overlap of the
 predicted and reference whole tumor) and how much of it was marked (whole-tumor sensitivity: a 0.3 mL
 speck inside a 217 mL tumor is "found" at sensitivity 0.001), the largest predicted whole-tumor component outside the
-reference (mL; the issue's limit is 1 mL), and the case abnormality probability. Arrays (K, J, I).
+reference (mL; the issue's limit is 1 mL), and the case abnormality probability. A row of a patient the model's
+training record names (transplant donors, whole real scans) is marked ``training_patient``: it is not a
+held-out result. Arrays (K, J, I).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +31,7 @@ from medcnncad.metrics.segmentation import compute_metrics
 from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import load_model
 
-__all__ = ["VARIANTS", "REGIONS", "evaluate_real", "score_case", "format_real_table"]
+__all__ = ["VARIANTS", "REGIONS", "evaluate_real", "score_case", "format_real_table", "training_patients"]
 
 VARIANTS = ("all", "T1c", "FLAIR")
 """Input variants: every sequence the case has, the post-contrast T1 alone, the FLAIR alone."""
@@ -42,6 +45,15 @@ def _inputs(case: RealCase, variant: str) -> dict[str, str] | None:
     if variant not in case.inputs or len(case.inputs) == 1:  # absent, or "all" is that run already
         return None
     return {variant: str(case.inputs[variant])}
+
+
+def training_patients(training: dict[str, Any]) -> set[str]:
+    """Case ids (folder names) of the real patients a model's training record names: its last run's transplant
+    donors and whole real scans (``training.config.transplant_from`` / ``real_from``). Earlier runs that a
+    fine-tune started from are not in the record; the model card names them."""
+    config = training.get("config") or {}
+    folders = [*(config.get("transplant_from") or ()), *(config.get("real_from") or ())]
+    return {Path(str(f)).name for f in folders}
 
 
 def _largest_outside_ml(pred_wt: np.ndarray, ref_wt: np.ndarray, voxel_ml: float) -> float:
@@ -99,6 +111,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     if not labelled:
         raise InputError(f"{root}: no labelled real case found")
     segmenter = Segmenter(load_model(model_id), device=device)
+    trained = training_patients(segmenter.manifest.training)
     grader = load_classifier(grade_classifier) if grade_classifier else None
     rows = []
     for case in labelled:
@@ -113,7 +126,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             ref = reference if same_space(reference, result.reference) else sitk.Resample(
                 reference, result.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             row = {"case": case.case_id, "source": case.source, "variant": variant, "inputs": sorted(given),
-                   "reference_is_expert": case.reference_is_expert,
+                   "reference_is_expert": case.reference_is_expert, "training_patient": case.case_id in trained,
                    **score_case(result.label_map, sitk.GetArrayViewFromImage(ref), result.reference.GetSpacing(),
                                 case.regions),
                    "case_probability": case_probability(result), "seconds": time.perf_counter() - start,
@@ -139,7 +152,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                         "mean_dice_WT": float(np.mean([r["dice_WT"] for r in sel])),
                         "mean_sensitivity_WT": float(np.mean([r.get("sensitivity_WT") or 0.0 for r in sel])),
                         "fp_over_1ml": sum(r["largest_outside_ml"] > 1.0 for r in sel),
-                        "case_probability_below_0.9": sum(r["case_probability"] < 0.9 for r in sel)}
+                        "case_probability_below_0.9": sum(r["case_probability"] < 0.9 for r in sel),
+                        "training_patient_rows": sum(bool(r.get("training_patient")) for r in sel)}
     return out
 
 
@@ -156,10 +170,14 @@ def format_real_table(report: dict[str, Any]) -> str:
              "| case | inputs | WT | TC | ET | found (WT marked) | pred/ref WT mL | largest FP mL | P(case) | s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
-        lines.append(f"| {r['case']} | {'+'.join(r['inputs'])} | {f(r.get('dice_WT'))} | {f(r.get('dice_TC'))} | "
+        name = f"{r['case']} (training)" if r.get("training_patient") else r["case"]
+        lines.append(f"| {name} | {'+'.join(r['inputs'])} | {f(r.get('dice_WT'))} | {f(r.get('dice_TC'))} | "
                      f"{f(r.get('dice_ET'))} | {'yes' if r['found'] else 'NO'} ({_percent(r.get('sensitivity_WT'))}) | "
                      f"{r['predicted_wt_ml']:.1f}/{r['reference_wt_ml']:.1f} | {r['largest_outside_ml']:.2f} | "
                      f"{r['case_probability']:.3f} | {r['seconds']:.0f} |")
+    if any(r.get("training_patient") for r in report["rows"]):
+        lines += ["", "(training): a patient the model was trained on (its training record names it) - not held out; "
+                      "the means below include those rows"]
     graded = [r for r in report["rows"] if "known_grade" in r]
     if graded:
         lines += ["", "| case | inputs | known grade | P(positive class) | predicted |", "|---|---|---|---|---|"]
