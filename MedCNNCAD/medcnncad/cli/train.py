@@ -134,6 +134,9 @@ def _add_train_segmentation(tsub: argparse._SubParsersAction) -> None:
                         "leave-patient-out) added to the training cases, through the clinical chain")
     t.add_argument("--real-copies", type=positive_int, default=1,
                    help="times each --real-from scan enters the training list (default 1)")
+    t.add_argument("--clinical-chain", action="store_true",
+                   help="put the phantoms through the clinical chain as at inference (deepbet brain extraction of "
+                        "skull-on heads); whole real scans always go through it")
     t.add_argument("--augmentation", default="light", choices=["light", "robust"])
     t.add_argument("--channel-drop", type=probability, default=0.0,
                    help="probability of zeroing random input sequences (missing-sequence robustness)")

@@ -239,12 +239,21 @@ def _load_real_scan(folder: str, manifest: Manifest):
     return prepared.images, label, {"real_case": case.case_id, "source": case.source}
 
 
+def _through_chain(images: dict[str, sitk.Image], manifest: Manifest) -> dict[str, sitk.Image]:
+    """A generated case through the clinical chain the engine runs before the model (brain extraction of a
+    head with its skull on, background, registration): what the network is shown at inference."""
+    return prepare_case(images, manifest.clinical or ClinicalPreprocessing()).images
+
+
 def _prepare(args: tuple[dict[str, Any], dict, str]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """One case through the manifest's preprocessing; absent optional inputs are zeros."""
+    """One case through the manifest's preprocessing; absent optional inputs are zeros. A phantom or transplant
+    case marked ``clinical_chain`` first goes through the clinical chain (whole real scans always do)."""
     case, manifest_raw, folder = args
     torch.set_num_threads(1)
     manifest = parse_manifest(manifest_raw, Path(folder))
     images, label, info = _load_case(case, manifest)
+    if case.get("clinical_chain") and case["kind"] in ("phantom", "transplant"):
+        images = _through_chain(images, manifest)
     first = next(iter(images.values()))
     ordered = []
     for channel in manifest.inputs:

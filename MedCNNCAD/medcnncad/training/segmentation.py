@@ -78,6 +78,7 @@ class TrainConfig:
     transplant_share: float = 0.0    # ... this share of the training phantoms carry (medcnncad.data.transplant)
     real_from: tuple[str, ...] = ()  # whole labelled real scans (training patients only) added to the phantoms ...
     real_copies: int = 1             # ... each this many times in the training list
+    clinical_chain: bool = False     # phantoms too go through the clinical chain (deepbet on skull-on heads)
     data: str | None = None          # CSV or folder of cases instead of phantoms
     val_fraction: float = 0.15
     augmentation: str = "light"      # see medcnncad.data.augment.AUGMENTATION_LEVELS
@@ -214,7 +215,11 @@ def _data(manifest: Manifest, cfg: TrainConfig) -> tuple[list[dict], list[dict],
     if cfg.transplant_share > 0:
         where += (f"; {sum(c['kind'] == 'transplant' for c in train)} training phantoms carry a real tumor "
                   f"transplanted from {len(cfg.transplant_from)} case(s): {', '.join(cfg.transplant_from)}")
-    return train + real, phantom_cases(val_seeds, cfg.phantom_preset), where + also
+    val = phantom_cases(val_seeds, cfg.phantom_preset)
+    if cfg.clinical_chain:  # training and validation phantoms as the engine shows them to the network
+        train, val = [{**c, "clinical_chain": True} for c in train], [{**c, "clinical_chain": True} for c in val]
+        where += "; phantoms through the clinical chain (brain extraction of skull-on heads) as at inference"
+    return train + real, val, where + also
 
 
 def initialise_from(network: torch.nn.Module, source: str) -> dict[str, Any]:
