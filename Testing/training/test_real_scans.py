@@ -91,9 +91,33 @@ def test_the_command_line_options_reach_the_config():
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers())
     base = ["train", "segmentation", "--template", "t.json", "--out", "o"]
-    cfg = train_config(parser.parse_args(base + ["--real-from", "a", "b", "--real-copies", "5"]))
-    assert cfg.real_from == ("a", "b") and cfg.real_copies == 5
+    cfg = train_config(parser.parse_args(base + ["--real-from", "a", "b", "--real-copies", "5", "--clinical-chain"]))
+    assert cfg.real_from == ("a", "b") and cfg.real_copies == 5 and cfg.clinical_chain
     default = train_config(parser.parse_args(base))
-    assert default.real_from == () and default.real_copies == 1
+    assert default.real_from == () and default.real_copies == 1 and not default.clinical_chain
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--real-copies", "0"])
+
+
+def test_clinical_chain_marks_every_phantom_and_prepare_runs_it(monkeypatch):
+    """--clinical-chain: every training and validation phantom is marked, and `_prepare` hands a marked phantom to
+    the chain before the model's preprocessing (an unmarked one never)."""
+    import medcnncad.training.data as data
+
+    manifest = load_manifest(ROBUST_TEMPLATE)
+    train, val, where = _data(manifest, TrainConfig(n_train=2, n_val=1, phantom_preset="classic", clinical_chain=True))
+    assert all(c["clinical_chain"] for c in train + val) and "clinical chain" in where
+    plain, _, _ = _data(manifest, TrainConfig(n_train=2, n_val=1, phantom_preset="classic"))
+    assert not any(c.get("clinical_chain") for c in plain)
+    seen = []
+
+    def chain(images, m):
+        seen.append(sorted(images))
+        return {name: image * 0 for name, image in images.items()}  # visible in the output: all zeros
+
+    monkeypatch.setattr(data, "_through_chain", chain)
+    case = {"id": "p", "kind": "phantom", "seed": 100000, "preset": "classic"}
+    image, _, _ = _prepare(({**case, "clinical_chain": True}, manifest.raw, str(manifest.folder)))
+    assert seen == [["FLAIR", "T1", "T1c", "T2"]] and not image.any()
+    image, _, _ = _prepare((case, manifest.raw, str(manifest.folder)))
+    assert len(seen) == 1 and image.any()
