@@ -232,11 +232,11 @@ def _load_real_scan(folder: str, manifest: Manifest):
     given = {c.name: read_volume(case.inputs[c.name]) for c in manifest.inputs if c.name in case.inputs}
     if not given:
         raise InputError(f"{folder}: none of model {manifest.id}'s inputs ({manifest.input_names}) in this case")
-    prepared = prepare_case(given, manifest.clinical or ClinicalPreprocessing())
-    first = next(iter(prepared.images.values()))
+    images = _through_chain(given, manifest)
+    first = next(iter(images.values()))
     label = load_reference(case)
     label = sitk.Resample(label, first, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return prepared.images, label, {"real_case": case.case_id, "source": case.source}
+    return images, label, {"real_case": case.case_id, "source": case.source}
 
 
 def _through_chain(images: dict[str, sitk.Image], manifest: Manifest) -> dict[str, sitk.Image]:
