@@ -83,6 +83,14 @@ _TISSUE_SIGNAL = {
 # Signal of the head outside the brain (scalp fat, marrow, muscle; bone stays dark), as a
 # factor on the anatomy's own T1 intensity.
 _HEAD_SIGNAL = {"T1": 1.0, "T1c": 1.1, "T2": 0.75, "FLAIR": 0.65}
+# Colin27's eye globes (RAS mm; radius mm), measured on ch2.nii.gz: the dark vitreous spheres in front of the
+# orbits (largest component below T1 60 within 16 mm of (+-32, 58, -38): centres (+-34.7, 62.0, -38), the
+# volume of a ball of radius 11.5 mm each). The head map renders every sequence from the template's T1, so the
+# globes are dark everywhere; in patients the vitreous is water: dark on T1/T1c, bright on T2, dark on FLAIR.
+_GLOBES_RAS_MM = ((-34.7, 62.0, -38.0), (34.7, 62.0, -38.0))
+_GLOBE_RADIUS_MM = 11.5
+_VITREOUS_SIGNAL = {name: signal[0] for name, signal in _TISSUE_SIGNAL.items()}  # CSF's: water
+_EYE_STREAM = 0xE7E5  # the globes' contrast draws from its own stream: the rest of a seed's case is unchanged
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,9 @@ class PhantomConfig:
     # enhancing normal structures (sinuses, cortical veins, choroid plexus; medcnncad.data.vessels), realistic
     # phantoms only; None: none, as in the templates (and as every preset drew before they existed)
     vessels: VesselConfig | None = None
+    # skull-on heads: render Colin27's eye globes as water (T2 bright) instead of the head's T1-derived signal;
+    # False keeps every preset as it always was
+    eyes: bool = False
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.anatomies) - set(ANATOMIES))
@@ -211,6 +222,39 @@ def _image_from_ras_affine(array_kji: np.ndarray, affine_ras: np.ndarray) -> sit
     image.SetOrigin(tuple(float(v) for v in lps[:, 3]))
     image.SetDirection(tuple(float(v) for v in (lps[:, :3] / spacing).ravel()))
     return image
+
+
+def _globes(reference: sitk.Image) -> np.ndarray:
+    """Share (0-1) of each voxel of ``reference``'s grid inside Colin27's eye globes, KJI float32 (1 mm edge)."""
+    size = reference.GetSize()
+    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in size], indexing="ij"), -1)
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    lps = (index * np.asarray(reference.GetSpacing())) @ direction.T + np.asarray(reference.GetOrigin())
+    share = np.zeros(size, np.float32)
+    for centre in _GLOBES_RAS_MM:
+        centre_lps = np.asarray([-centre[0], -centre[1], centre[2]])
+        distance = np.linalg.norm(lps - centre_lps, axis=-1)
+        share = np.maximum(share, np.clip(_GLOBE_RADIUS_MM + 0.5 - distance, 0.0, 1.0).astype(np.float32))
+    return np.ascontiguousarray(share.transpose(2, 1, 0))
+
+
+def _eye_signal(seed: int, config: PhantomConfig, skull: bool,
+                reference: sitk.Image) -> tuple[np.ndarray, dict[str, float]] | None:
+    """The globes' share map and each sequence's vitreous signal (jittered), or ``None`` without eyes."""
+    if not (skull and config.eyes):
+        return None
+    rng = np.random.default_rng([seed, _EYE_STREAM])
+    signal = {name: float(value * (1 + config.contrast_jitter * rng.standard_normal()))
+              for name, value in _VITREOUS_SIGNAL.items()}
+    return _globes(reference), signal
+
+
+def _with_eyes(image: np.ndarray, name: str, eyes: tuple[np.ndarray, dict[str, float]] | None) -> np.ndarray:
+    """``image`` (KJI, before the scanner) with the globes' voxels given the vitreous signal of ``name``."""
+    if eyes is None:
+        return image
+    share, signal = eyes
+    return (image * (1 - share) + share * np.float32(signal[name])).astype(image.dtype, copy=False)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cells: int = 6) -> np.ndarray:
@@ -359,11 +403,13 @@ class _Slices:
 
 
 def _sequence(rng: np.random.Generator, config: PhantomConfig, name: str, fractions: list[np.ndarray],
-              anatomy: _Anatomy, mask: np.ndarray, tumor: _Tumor, skull: bool, slices: _Slices) -> np.ndarray:
+              anatomy: _Anatomy, mask: np.ndarray, tumor: _Tumor, skull: bool, slices: _Slices,
+              eyes: tuple[np.ndarray, dict[str, float]] | None = None) -> np.ndarray:
     """One MRI sequence on the 1 mm grid: tissue mixture, texture, bias, noise, thick slices.
 
     ``fractions`` are the tissue fractions in :data:`_TISSUE_SIGNAL` row order; ``mask`` is
-    the brain (or the head when ``skull``) outside which the image is zero.
+    the brain (or the head when ``skull``) outside which the image is zero; ``eyes`` (from
+    :func:`_eye_signal`) gives the eye globes water's signal.
     """
     jitter = 1 + config.contrast_jitter * rng.standard_normal(len(fractions))
     signal = np.asarray(_TISSUE_SIGNAL[name][:len(fractions)]) * jitter
@@ -380,6 +426,7 @@ def _sequence(rng: np.random.Generator, config: PhantomConfig, name: str, fracti
         image = 0.5 * image + 0.5 * (anatomy.t1 * (1 - tumor_sum) + tumor_signal)
     if skull:
         image += anatomy.head * np.float32(_HEAD_SIGNAL[name] * (1 + config.contrast_jitter * rng.standard_normal()))
+        image = _with_eyes(image, name, eyes)
     boxes = ndimage.find_objects((tumor_sum > 0).astype(np.uint8))
     if boxes:
         box = boxes[0]
@@ -484,8 +531,10 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
         return sitk.Resample(image, grid, sitk.Transform(), interp, 0, image.GetPixelID())
 
     images = {}
+    eyes = _eye_signal(seed, config, skull, anatomy.reference)
     for sequence in SEQUENCES:
-        img = sitk.GetImageFromArray(_sequence(rng, config, sequence, fractions, anatomy, mask, tumor, skull, slices))
+        img = sitk.GetImageFromArray(_sequence(rng, config, sequence, fractions, anatomy, mask, tumor, skull, slices,
+                                               eyes))
         img.CopyInformation(anatomy.reference)
         images[sequence] = place(img, False)
     info = dict(tumor.info)
@@ -577,9 +626,10 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
         return sitk.Resample(image, grid, sitk.Transform(), interp, 0, image.GetPixelID())
 
     images, scanner = {}, {}
+    eyes = _eye_signal(seed, config, skull, reference)
     for sequence in SEQUENCES:
         array, scanner[sequence] = _realistic_sequence(rng, config, sequence, fractions, tumor, skull, slices,
-                                                       vessels)
+                                                       vessels, eyes)
         images[sequence] = place(array * mask, False)
     kind = str(tumor.info.get("kind", "glioblastoma"))
     grade = tumor.info.get("grade", _GRADE_OF_KIND.get(kind, "HGG"))  # a transplant's is its donor's
@@ -626,9 +676,11 @@ def _vessels(rng: np.random.Generator, config: PhantomConfig, brain: np.ndarray,
 
 def _realistic_sequence(rng: np.random.Generator, config: PhantomConfig, name: str, fractions: list[np.ndarray],
                         tumor: TumorDraw, skull: bool, slices: _Slices,
-                        vessels: _VesselDraw | None = None) -> tuple[np.ndarray, dict[str, float]]:
+                        vessels: _VesselDraw | None = None,
+                        eyes: tuple[np.ndarray, dict[str, float]] | None = None) -> tuple[np.ndarray, dict[str, float]]:
     """One sequence on the 1 mm grid: tissue mixture with tumor texture (or donor signal) and enhancing
-    normal structures (``vessels``: fraction and signal per sequence), then the scanner."""
+    normal structures (``vessels``: fraction and signal per sequence), the eye globes as water (``eyes``, from
+    :func:`_eye_signal`), then the scanner."""
     signal = np.asarray(_TISSUE_SIGNAL[name]) * (1 + config.contrast_jitter * rng.standard_normal(7))
     for (sequence, code), gain in tumor.gains.items():
         if sequence == name:
@@ -647,6 +699,7 @@ def _realistic_sequence(rng: np.random.Generator, config: PhantomConfig, name: s
     if skull and tumor.tissue.head is not None:
         head_signal = _HEAD_SIGNAL[name] * (1 + config.contrast_jitter * rng.standard_normal())
         image += tumor.tissue.head * np.float32(head_signal)
+        image = _with_eyes(image, name, eyes)
     thickness = slices.thickness_mm if slices.thickness_mm is not None else rng.uniform(*config.slice_thickness_mm)
     image, drawn = scan(rng, image, float(signal[2]), config.scanner, slices.axis, thickness)
     return (image * rng.uniform(300, 1500)).astype(np.float32), drawn
@@ -721,6 +774,10 @@ PRESETS["realistic-vessels"] = replace(PRESETS["realistic"], vessels=VesselConfi
 PRESETS["realistic-head-vessels"] = replace(PRESETS["robust-head"], hgg_fraction=None,
                                             realistic=RealisticTumorConfig(), scanner=ScannerConfig(),
                                             vessels=VesselConfig())
+# the two skull-on mixes with the eye globes rendered as water (bright on T2; `eyes`): a patient's T2 shows
+# them bright inside a brain mask that holds the orbits (docs/models.md, run 19); same draws otherwise
+PRESETS["robust-head-eyes"] = replace(PRESETS["robust-head"], eyes=True)
+PRESETS["realistic-head-vessels-eyes"] = replace(PRESETS["realistic-head-vessels"], eyes=True)
 
 
 def preset(name: str) -> PhantomConfig:
