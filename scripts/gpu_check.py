@@ -6,7 +6,10 @@ engine's execution policy: fp16 autocast, stitching on the GPU); per-label Dice 
 label maps must be >= 0.99. Then the GPU's per-case time (in memory and end to end with files),
 cases per second over a batch in one process, peak GPU memory, and the network time of a model-
 zoo-size SegResNet (init_filters 16, blocks_down 1,2,2,4; random weights: speed only) eager vs
-channels-last vs torch.compile. The shipped model (brats-robust-unet, manifest defaults: flip TTA,
+channels-last vs torch.compile. Per-stage times (median over the repeats, each stage timed after
+``torch.cuda.synchronize``) of the GPU-resident case (the default on CUDA: preprocessing, stitching and
+resampling back on the GPU; ``medcnncad.inference.resident``) and of the same engine with the case held on
+the host between stages, with their agreement. The shipped model (brats-robust-unet, manifest defaults: flip TTA,
 core refinement) gets the same agreement check and its per-case time. Prints one line per check and
 writes ``gpu_check.json`` to ``--out`` after each check, so a run stopped by its time limit still
 leaves what it measured.
@@ -73,6 +76,47 @@ def _timed(fn, device: str, repeats: int) -> list[float]:
     return times
 
 
+def _stage_times(engine, images: dict, device: str, repeats: int) -> tuple[dict[str, float], float]:
+    """Median seconds per stage (the result's timings) and per case over ``repeats`` in-memory runs."""
+    runs, totals = [], []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        runs.append(engine.run(images).timings)
+        _sync(device)
+        totals.append(time.perf_counter() - start)
+    return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}, statistics.median(totals)
+
+
+def _resident_vs_host(name: str, images: dict, device: str, repeats: int) -> dict:
+    """The resident case against the host-held one: stage times, case time, agreement (labels, probabilities)."""
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
+
+    model = load_model(name)
+    record: dict = {}
+    results = {}
+    for key, resident in (("resident", True), ("host", False)):
+        engine = Segmenter(model, device, resident=resident)
+        results[key] = engine.run(images)  # also the warm-up
+        record[f"stages_{key}_s"], record[f"per_case_{key}_s"] = _stage_times(engine, images, device, repeats)
+    dice = dice_per_label(results["host"].label_map, results["resident"].label_map, (1, 2, 4))
+    record["resident_vs_host_min_dice"] = min(dice.values())
+    record["resident_vs_host_max_probability_difference"] = max(
+        float(np.abs(results["resident"].probabilities[k].astype(np.float32) -
+                     results["host"].probabilities[k].astype(np.float32)).max()) for k in results["host"].probabilities)
+    record["resident_warnings"] = [w for w in results["resident"].warnings if "out of memory" in w]
+    print(f"{name} per stage, resident: {_rounded(record['stages_resident_s'])}, case "
+          f"{record['per_case_resident_s']:.3f} s; held on the host: {_rounded(record['stages_host_s'])}, case "
+          f"{record['per_case_host_s']:.3f} s; agreement min Dice {record['resident_vs_host_min_dice']:.4f}, max |dP| "
+          f"{record['resident_vs_host_max_probability_difference']:.4f}")
+    return record
+
+
+def _rounded(stages: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in stages.items()}
+
+
 def _segresnet_times(device: str, repeats: int) -> dict[str, float | str]:
     """Median forward time of a model-zoo-size SegResNet on one 4 x 240 x 240 x 160 input."""
     import torch
@@ -134,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     save()
     in_memory = _timed(lambda: engine.run(images), args.device, args.repeats)
     report["per_case_in_memory_s"] = statistics.median(in_memory)
+    report["resident_case"] = _resident_vs_host("brats-demo-unet", images, args.device, args.repeats)
+    save()
     with tempfile.TemporaryDirectory() as tmp:
         paths = {n: str(write_image(img, Path(tmp) / f"{n}.nii.gz")) for n, img in images.items()}
         files = _timed(lambda: process_case(engine, paths, Path(tmp) / "out"), args.device, args.repeats)

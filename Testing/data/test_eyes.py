@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medcnncad.data.phantom import (_GLOBE_RADIUS_MM, _GLOBES_RAS_MM, PRESETS, _anatomy, _eye_signal, _globes,
-                                    make_phantom)
-
+from medcnncad.data.phantom import (
+    _GLOBE_RADIUS_MM,
+    _GLOBES_RAS_MM,
+    PRESETS,
+    _anatomy,
+    _eye_signal,
+    _globes,
+    make_phantom,
+)
 
 
 def _colin27():

@@ -110,6 +110,11 @@ def test_gpu_check_cpu_dry_run_writes_the_report(tmp_path):
     assert report["agreement"]["min_dice"] == 1.0  # the same device and precision as the reference
     assert report["per_case_in_memory_s"] > 0 and report["batch_cases_per_s"] > 0
     assert "shipped_model" not in report and "segresnet_forward" not in report
+    resident = report["resident_case"]  # on the CPU: the torch resampling back against SimpleITK's
+    assert resident["resident_vs_host_min_dice"] > 0.999
+    assert resident["resident_vs_host_max_probability_difference"] < 1e-3
+    assert {"preprocess", "inference", "postprocess"} <= set(resident["stages_resident_s"])
+    assert resident["resident_warnings"] == []
 
 
 def test_measured_policy_without_native_bf16_keeps_fp32_without_a_run(tmp_path, monkeypatch):

@@ -14,9 +14,9 @@ from medcnncad.inference.postprocess import softmax_background
 from medcnncad.inference.windows import NUMPY_DTYPES
 from medcnncad.io.images import same_space
 from medcnncad.models.manifest import Manifest
-from medcnncad.models.preprocessing import lps_to_ras
+from medcnncad.models.preprocessing import lps_to_ras, ras_affine
 
-__all__ = ["to_input_grid", "background_only"]
+__all__ = ["to_input_grid", "to_input_grid_torch", "background_only"]
 
 
 def _grid_of(probs: torch.Tensor, affine: torch.Tensor) -> sitk.Image:
@@ -71,6 +71,49 @@ def to_input_grid(manifest: Manifest, probs: torch.Tensor, affine: torch.Tensor,
             for index in foreground:
                 rest += out[index, k:k + 16]
             out[background, k:k + 16] = np.clip(1.0 - rest, 0.0, 1.0)
+    return out
+
+
+def _reference_to_network_index(reference: sitk.Image, affine: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(K, J, I, 3) float32: each reference voxel's continuous (i', j', k') index on the network grid."""
+    index_map = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ ras_affine(reference)  # ref IJK -> net IJK
+    m = torch.as_tensor(index_map, dtype=torch.float32, device=device)
+    size_i, size_j, size_k = reference.GetSize()
+    i = torch.arange(size_i, dtype=torch.float32, device=device)[None, None, :, None]
+    j = torch.arange(size_j, dtype=torch.float32, device=device)[None, :, None, None]
+    k = torch.arange(size_k, dtype=torch.float32, device=device)[:, None, None, None]
+    return i * m[:3, 0] + j * m[:3, 1] + k * m[:3, 2] + m[:3, 3]
+
+
+def to_input_grid_torch(manifest: Manifest, probs: torch.Tensor, affine: torch.Tensor, reference: sitk.Image,
+                        raw: bool = False) -> torch.Tensor:
+    """:func:`to_input_grid` with torch on ``probs``' device (the GPU-resident case): (C, K, J, I), probs' dtype.
+
+    Trilinear ``grid_sample`` at each reference voxel's position on the network grid, edge values held, 0
+    beyond half a voxel outside the grid (SimpleITK's buffer rule); background = 1 - the foreground channels
+    for a softmax model, as in :func:`to_input_grid`. Agreement with it is tested (``Testing/inference/
+    test_resident.py``): equal but within half a voxel of the network grid's lower faces, where SimpleITK
+    extrapolates the edge slope instead of holding the edge value.
+    """
+    channels = manifest.postprocessing.channels if not raw else [None] * probs.shape[0]
+    background = None if raw else softmax_background(manifest)
+    keep = [i for i in range(len(channels)) if i != background]
+    if same_space(_grid_of(probs, affine), reference):
+        return probs.permute(0, 3, 2, 1).contiguous()
+    position = _reference_to_network_index(reference, affine, probs.device)
+    sizes = torch.tensor(probs.shape[1:], dtype=torch.float32, device=probs.device)
+    inside = ((position >= -0.5) & (position <= sizes - 0.5)).all(-1)
+    # grid_sample's last grid axis is (x, y, z) = (k', j', i') of a (C, I', J', K') input, in [-1, 1]
+    grid = (2.0 * position / (sizes - 1).clamp_min(1.0) - 1.0).flip(-1)
+    del position
+    sampled = torch.nn.functional.grid_sample(probs[keep][None].float(), grid[None], mode="bilinear",
+                                              padding_mode="border", align_corners=True)[0]
+    del grid
+    sampled = torch.where(inside, sampled, 0.0).clamp_(0.0, 1.0)
+    out = torch.empty((len(channels), *sampled.shape[1:]), dtype=probs.dtype, device=probs.device)
+    out[keep] = sampled.to(probs.dtype)
+    if background is not None:
+        out[background] = (1.0 - sampled.sum(0)).clamp_(0.0, 1.0).to(probs.dtype)
     return out
 
 

@@ -18,7 +18,6 @@ channel's grid, as float arrays in [0, 1] in (K, J, I) order.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +47,7 @@ from medcnncad.inference.postprocess import (
     softmax_background,
 )
 from medcnncad.inference.resample import background_only, to_input_grid
+from medcnncad.inference.resident import back_to_input_grid, clock, preprocess_on
 from medcnncad.inference.result import ProgressCallback, SegmentationResult, no_progress
 from medcnncad.inference.tta import TTA_FLIPS, averaged_probabilities
 from medcnncad.inference.windows import ExecutionPolicy, fit_roi, infer
@@ -119,6 +119,8 @@ class Segmenter:
         background_statistics: GroupNorm layers normalise each (fitted) window with the statistics of the
             manifest's own window filled around it with background (zeros): see
             :mod:`medcnncad.inference.background_norm`.
+        resident: keep the case on the device from preprocessing to the resampled probabilities
+            (:mod:`medcnncad.inference.resident`); default: on CUDA, not on the CPU.
 
     Raises:
         InputError: an unknown device, precision or probability dtype.
@@ -128,7 +130,7 @@ class Segmenter:
     def __init__(self, model: LoadedModel, device: str = "auto", precision: str | None = None,
                  channels_last: bool | None = None, probability_dtype: str | None = None,
                  policy_reason: str | None = None, crop_foreground: bool = False, fit_roi: int | None = None,
-                 background_statistics: bool = False) -> None:
+                 background_statistics: bool = False, resident: bool | None = None) -> None:
         self.model = model
         self.manifest = model.manifest
         self.crop_foreground = crop_foreground
@@ -136,6 +138,7 @@ class Segmenter:
         if fit_roi is not None:  # the execution policy's window, fitted to the (cropped) image
             self.manifest = replace(self.manifest, inference=replace(self.manifest.inference, fit_roi=int(fit_roi)))
         self.device = resolve_device(device)
+        self.resident = self.device.type == "cuda" if resident is None else bool(resident)
         self.precision = precision or self.manifest.inference.precision
         if self.precision not in PRECISIONS:
             raise InputError(f"precision {self.precision!r}: choose from {sorted(PRECISIONS)}")
@@ -174,7 +177,7 @@ class Segmenter:
         return {"precision": self.precision, "autocast": str(dtype).replace("torch.", "") if dtype else "none",
                 "channels_last": self.channels_last, "crop_foreground": self.crop_foreground,
                 "fit_roi": self.manifest.inference.fit_roi, "background_statistics": self.background_statistics,
-                "device": str(self.device), "reason": self.policy_reason, "runner": runner}
+                "device": str(self.device), "resident": self.resident, "reason": self.policy_reason, "runner": runner}
 
     def policy(self) -> ExecutionPolicy:
         """The execution policy this segmenter runs the network under."""
@@ -238,11 +241,11 @@ class Segmenter:
         progress = progress or no_progress
         timings: dict[str, float] = {}
         warnings: list[str] = []
-        t0 = time.perf_counter()
+        t0 = clock(self.device)
         progress("read", 0.0)
         given = read_inputs(self.manifest, inputs)
-        timings["read"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        timings["read"] = clock(self.device) - t0
+        t0 = clock(self.device)
         prepared = self._clinical_preprocessing(given, warnings, progress)
         if prepared is not None:
             given = prepared.images
@@ -251,14 +254,15 @@ class Segmenter:
         if missing:
             warnings.append(f"optional channel(s) {missing} absent: filled with zeros")
         warnings += self.manifest.warnings_for([name for name in self.manifest.input_names if name not in missing])
-        t0 = time.perf_counter()
+        t0 = clock(self.device)
         progress("preprocess", 0.0)
-        pre = self.model.preprocess(to_metatensor(crop_to_foreground(images, CROP_MARGIN) if self.crop_foreground
-                                                  else images))
+        pre = preprocess_on(self.model.preprocess, to_metatensor(crop_to_foreground(images, CROP_MARGIN)
+                                                                 if self.crop_foreground else images),
+                            self.device if self.resident else None, warnings)
         affine = torch.as_tensor(pre.affine, dtype=torch.float64).clone()
         check_memory(self.manifest, self.probability_dtype, pre, images[0])
-        timings["preprocess"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        timings["preprocess"] = clock(self.device) - t0
+        t0 = clock(self.device)
         flips = list(TTA_FLIPS if tta is True else (tta or [()]))
         warnings += mode_warning(self.manifest, len(flips) > 1)
         uncertainty = None
@@ -267,8 +271,8 @@ class Segmenter:
         if self.model.predict is not None:  # the format's own predictor (nnU-Net) does windows to grid
             del pre
             probs = self._own_predictor(images, len(flips) > 1, warnings)
-            timings["inference"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            timings["inference"] = clock(self.device) - t0
+            t0 = clock(self.device)
         elif min(pre.shape[1:]) == 0:  # nothing but zeros in every channel: nothing to segment
             warnings.append("the input has no non-zero voxels; the result is empty")
             probs = background_only(self.manifest, images[0], self.probability_dtype)
@@ -277,7 +281,8 @@ class Segmenter:
             ran_on = [self.device]
 
             def infer_once(image: torch.Tensor, report: ProgressCallback) -> torch.Tensor:
-                probs, ran_on[0] = infer(self.network, self.manifest, image, self.policy(), report, warnings)
+                probs, ran_on[0] = infer(self.network, self.manifest, image, self.policy(), report, warnings,
+                                         on_device=self.resident)
                 return probs
 
             mean, spread = averaged_probabilities(infer_once, pre.as_tensor(), flips,
@@ -286,13 +291,14 @@ class Segmenter:
             if keep_network_input and not self.crop_foreground:
                 kept = (np.asarray(pre.as_tensor().cpu(), dtype=np.float32), affine.numpy())
             del pre  # the network input is not needed any more (peak memory), unless kept
-            timings["inference"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            timings["inference"] = clock(self.device) - t0
+            t0 = clock(self.device)
             progress("postprocess", 0.0)
-            probs = to_input_grid(self.manifest, mean, affine, images[0])
+            probs = back_to_input_grid(self.manifest, mean, affine, images[0], warnings, resident=self.resident)
             del mean
             if spread is not None:
-                uncertainty = to_input_grid(self.manifest, spread[None], affine, images[0], raw=True)[0]
+                uncertainty = back_to_input_grid(self.manifest, spread[None], affine, images[0], warnings, raw=True,
+                                                 resident=self.resident)[0]
         label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
@@ -304,11 +310,11 @@ class Segmenter:
             restrict_to_mask(probs, label_map, brain, self.manifest, uncertainty)
         probabilities = {c.name: probs[i] for i, c in enumerate(self.manifest.postprocessing.channels)
                          if c.value != 0}
-        timings["postprocess"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        timings["postprocess"] = clock(self.device) - t0
+        t0 = clock(self.device)
         progress("lesions", 0.0)
         lesions = find_lesions(label_map, images[0], self.manifest, probabilities, uncertainty)
-        timings["lesions"] = time.perf_counter() - t0
+        timings["lesions"] = clock(self.device) - t0
         progress("done", 1.0)
         return SegmentationResult(label_map, probabilities, images[0], lesions, self.manifest, str(device),
                                   timings, missing, warnings, given, uncertainty, len(flips),

@@ -55,7 +55,8 @@ def activate(manifest: Manifest, logits: torch.Tensor) -> torch.Tensor:
 
 
 def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, policy: ExecutionPolicy,
-          progress: ProgressCallback, warnings: list[str]) -> tuple[torch.Tensor, torch.device]:
+          progress: ProgressCallback, warnings: list[str],
+          on_device: bool = False) -> tuple[torch.Tensor, torch.device]:
     """Sliding-window probabilities of one (C, I, J, K) tensor.
 
     Windows stream through :func:`medcnncad.inference.stitch.stream_sliding_window`, so no full-size
@@ -70,19 +71,19 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
         policy: device, precision, layout, window batch and probability dtype.
         progress: called with ("inference", fraction of windows done).
         warnings: human-readable notes are appended here.
+        on_device: keep the probabilities on the stitching device (the GPU-resident case) instead of
+            copying each finished row to the CPU; a fall-back that stitches on the CPU keeps them there.
 
     Returns:
-        Probabilities (C_out, I, J, K) on the CPU, and the device that ran the network.
+        Probabilities (C_out, I, J, K) on the CPU (or the stitching device, ``on_device``), and the device
+        that ran the network.
     """
     inf = manifest.inference
     roi = fit_roi(manifest, image.shape[1:])
     total = max(1, len(window_slices(image.shape[1:], roi, inf.overlap)))
     done = [0]
     n_out = len(manifest.postprocessing.channels)
-    # stored (C, K, J, I) like the input grid's arrays, seen as (C, I, J, K): when the model grid is the
-    # input grid, resample.to_input_grid hands this very array on (no second full-size copy)
-    storage = np.empty((n_out, *image.shape[1:][::-1]), dtype=NUMPY_DTYPES[policy.probability_dtype])
-    probs = torch.from_numpy(storage).permute(0, 3, 2, 1)
+    probs = torch.empty(0)
 
     def predictor(window: torch.Tensor, net: torch.nn.Module, device: torch.device) -> torch.Tensor:
         if policy.channels_last:
@@ -95,7 +96,7 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
         return out.float()
 
     def sink(i0: int, i1: int, logits: torch.Tensor) -> None:
-        probs[:, i0:i1] = activate(manifest, logits).to("cpu", policy.probability_dtype)
+        probs[:, i0:i1] = activate(manifest, logits).to(probs.device, policy.probability_dtype)
 
     cpu = torch.device("cpu")
     attempts = [(policy.sw_batch_size, policy.device, policy.device), (1, policy.device, cpu), (1, cpu, cpu)]
@@ -104,6 +105,7 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
         for attempt, (sw_batch, device, stitch) in enumerate(attempts):
             try:
                 done[0] = 0
+                probs = _storage(n_out, image.shape[1:], policy.probability_dtype, stitch if on_device else cpu)
                 with _network_on(network, device) as net:
                     stream_sliding_window(image, functools.partial(predictor, net=net, device=device), roi,
                                           inf.overlap, inf.blend_mode, sink, sw_batch, device, stitch)
@@ -119,6 +121,14 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     raise AssertionError("unreachable")
+
+
+def _storage(n_out: int, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Room for (C_out, I, J, K) probabilities, laid out (C, K, J, I) like the input grid's arrays: when the
+    model grid is the input grid, resample.to_input_grid hands this very array on (no second full-size copy)."""
+    if device.type == "cpu":
+        return torch.from_numpy(np.empty((n_out, *tuple(shape)[::-1]), dtype=NUMPY_DTYPES[dtype])).permute(0, 3, 2, 1)
+    return torch.empty((n_out, *tuple(shape)[::-1]), dtype=dtype, device=device).permute(0, 3, 2, 1)
 
 
 class _network_on:  # noqa: N801 - used as a context manager, like torch's lower-case ones

@@ -1,0 +1,123 @@
+"""The GPU-resident case's stages (run here on the CPU): the same numbers as the SimpleITK/numpy path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from helpers import small_phantom
+
+from medcnncad.inference.resample import to_input_grid, to_input_grid_torch
+from medcnncad.inference.segmenter import Segmenter
+from medcnncad.metrics.segmentation import dice_per_label
+from medcnncad.models.preprocessing import to_metatensor
+from medcnncad.models.registry import load_model
+
+
+def _tilted(image: sitk.Image, degrees: float = 12.0) -> sitk.Image:
+    """``image`` on a grid rotated about its centre and with another spacing (a user's oblique scan)."""
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(np.radians(degrees), np.radians(degrees / 2), 0.0)
+    centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+    rotation.SetCenter(centre)
+    direction = np.asarray(rotation.GetMatrix()).reshape(3, 3) @ np.asarray(image.GetDirection()).reshape(3, 3)
+    spacing = (1.3, 0.9, 2.2)
+    size = [int(n * s / t) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetSpacing(spacing)
+    grid.SetDirection(tuple(direction.ravel()))
+    grid.SetOrigin(tuple(np.asarray(centre) - direction @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2)))
+    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+
+
+@pytest.fixture(scope="module")
+def network_output():
+    images, _ = small_phantom()
+    images = {name: _tilted(image) for name, image in images.items()}
+    segmenter = Segmenter(load_model("brats-demo-unet"), "cpu")
+    ordered = [images[c.name] for c in segmenter.manifest.inputs]
+    pre = segmenter.model.preprocess(to_metatensor(ordered))
+    probs = segmenter._infer(pre.as_tensor(), lambda s, f: None, [])
+    return segmenter, probs, torch.as_tensor(pre.affine, dtype=torch.float64), ordered[0]
+
+
+def test_torch_resampling_back_equals_simpleitk(network_output):
+    segmenter, probs, affine, reference = network_output
+    expected = to_input_grid(segmenter.manifest, probs, affine, reference)
+    got = to_input_grid_torch(segmenter.manifest, probs, affine, reference)
+    assert got.shape == expected.shape and got.dtype == probs.dtype  # (C, K, J, I)
+    difference = np.abs(got.numpy() - expected)
+    # equal to float32 rounding except within half a voxel of the network grid's lower faces (see the docstring)
+    assert np.quantile(difference, 0.999) < 1e-4
+    assert difference.max() < 0.02
+    assert np.allclose(got.numpy().sum(0), 1.0, atol=1e-5)  # background = 1 - foreground
+    labels = [c.value for c in segmenter.manifest.postprocessing.channels]
+    dice = dice_per_label(got.numpy().argmax(0), expected.argmax(0), list(range(1, len(labels))))
+    assert min(dice.values()) > 0.999
+
+
+def test_torch_resampling_of_raw_channels_and_of_the_same_grid(network_output):
+    segmenter, probs, affine, reference = network_output
+    spread = probs[1:2].clone()
+    got = to_input_grid_torch(segmenter.manifest, spread, affine, reference, raw=True)
+    expected = to_input_grid(segmenter.manifest, spread, affine, reference, raw=True)
+    assert np.quantile(np.abs(got.numpy() - expected), 0.999) < 1e-4
+    same = sitk.Image([int(v) for v in probs.shape[1:]], sitk.sitkUInt8)  # the network grid itself
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine.numpy()
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    same.SetSpacing(tuple(spacing)), same.SetOrigin(tuple(lps[:3, 3])), same.SetDirection(
+        tuple((lps[:3, :3] / spacing).ravel()))
+    np.testing.assert_array_equal(to_input_grid_torch(segmenter.manifest, probs, affine, same).numpy(),
+                                  probs.permute(0, 3, 2, 1).numpy())
+
+
+@pytest.fixture(scope="module")
+def tilted_case():
+    images, _ = small_phantom()
+    return {name: _tilted(image) for name, image in images.items()}
+
+
+def test_a_resident_run_equals_the_host_run(tilted_case):
+    """The resident case's path (torch resampling back, probabilities kept where they were stitched), run here
+    on the CPU, gives the host path's labels, probabilities and uncertainty."""
+    model = load_model("brats-demo-unet")
+    host = Segmenter(model, "cpu").run(tilted_case, tta=True)
+    resident = Segmenter(model, "cpu", resident=True)
+    assert not Segmenter(model, "cpu").resident  # the default off a GPU
+    result = resident.run(tilted_case, tta=True)
+    assert result.execution_policy["resident"] is True and host.execution_policy["resident"] is False
+    np.testing.assert_array_equal(result.label_map, host.label_map)
+    for name, probability in host.probabilities.items():
+        assert np.abs(result.probabilities[name].astype(np.float32) - probability.astype(np.float32)).max() < 1e-4
+    assert np.abs(result.uncertainty - host.uncertainty).max() < 1e-4
+    assert not any("out of memory" in w for w in result.warnings)
+
+
+def test_out_of_memory_moves_a_stage_to_the_cpu_and_says_so(tilted_case, monkeypatch):
+    import medcnncad.inference.resident as resident
+
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    model = load_model("brats-demo-unet")
+    host = Segmenter(model, "cpu").run(tilted_case)
+    monkeypatch.setattr(resident, "to_input_grid_torch", full)
+    result = Segmenter(model, "cpu", resident=True).run(tilted_case)
+    assert [w for w in result.warnings if "out of memory" in w] == [
+        "out of memory on cpu in resampling back to the input grid; that stage ran on the CPU"]
+    np.testing.assert_array_equal(result.label_map, host.label_map)
+
+    calls = []
+
+    def preprocess(image):  # runs out of memory on the (meta) device, works on the CPU
+        calls.append(image.device.type)
+        if image.device.type != "cpu":
+            raise torch.OutOfMemoryError("simulated")
+        return image * 2
+
+    warnings: list[str] = []
+    image = to_metatensor([sitk.Image([4, 3, 2], sitk.sitkFloat32) + 1.0])
+    out = resident.preprocess_on(preprocess, image, torch.device("meta"), warnings)
+    assert calls == ["meta", "cpu"] and out.device.type == "cpu" and float(out.max()) == 2.0
+    assert warnings == ["out of memory on meta in preprocessing; that stage ran on the CPU"]
