@@ -91,6 +91,11 @@ _GLOBES_RAS_MM = ((-34.7, 62.0, -38.0), (34.7, 62.0, -38.0))
 _GLOBE_RADIUS_MM = 11.5
 _VITREOUS_SIGNAL = {name: signal[0] for name, signal in _TISSUE_SIGNAL.items()}  # CSF's: water
 _EYE_STREAM = 0xE7E5  # the globes' contrast draws from its own stream: the rest of a seed's case is unchanged
+# Each orbit's contents (globe, fat, muscles, optic nerve) as a capsule from the globe's centre back to the orbital
+# apex (RAS mm; radius mm), read off ch2.nii.gz's orbital fat; for the leaky brain masks below
+_ORBIT_APEX_RAS_MM = ((-20.0, 28.0, -38.0), (20.0, 28.0, -38.0))
+_ORBIT_RADIUS_MM = 13.0
+_LEAK_STREAM = 0x1EAC  # the leaky mask draws from its own stream
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,9 @@ class PhantomConfig:
     # skull-on heads: render Colin27's eye globes as water (T2 bright) instead of the head's T1-derived signal;
     # False keeps every preset as it always was
     eyes: bool = False
+    # share of skull-on heads cut by a leaky brain mask, as the clinical chain's brain extraction can leave one
+    # (the brain plus head tissue within 2-12 mm of it and, in half of them, the orbits' contents; zero beyond)
+    leaky_mask: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.anatomies) - set(ANATOMIES))
@@ -224,18 +232,59 @@ def _image_from_ras_affine(array_kji: np.ndarray, affine_ras: np.ndarray) -> sit
     return image
 
 
+def _points_lps(reference: sitk.Image) -> np.ndarray:
+    """Each voxel's LPS position (mm) on ``reference``'s grid, (K, J, I, 3) float32."""
+    size = reference.GetSize()
+    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in size[::-1]], indexing="ij")[::-1], -1)
+    direction = np.asarray(reference.GetDirection(), dtype=np.float32).reshape(3, 3)
+    return (index * np.asarray(reference.GetSpacing(), dtype=np.float32)) @ direction.T + \
+        np.asarray(reference.GetOrigin(), dtype=np.float32)
+
+
+def _lps(ras: tuple[float, float, float]) -> np.ndarray:
+    return np.asarray([-ras[0], -ras[1], ras[2]], dtype=np.float32)
+
+
 def _globes(reference: sitk.Image) -> np.ndarray:
     """Share (0-1) of each voxel of ``reference``'s grid inside Colin27's eye globes, KJI float32 (1 mm edge)."""
-    size = reference.GetSize()
-    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in size], indexing="ij"), -1)
-    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
-    lps = (index * np.asarray(reference.GetSpacing())) @ direction.T + np.asarray(reference.GetOrigin())
-    share = np.zeros(size, np.float32)
+    points = _points_lps(reference)
+    share = np.zeros(points.shape[:3], np.float32)
     for centre in _GLOBES_RAS_MM:
-        centre_lps = np.asarray([-centre[0], -centre[1], centre[2]])
-        distance = np.linalg.norm(lps - centre_lps, axis=-1)
-        share = np.maximum(share, np.clip(_GLOBE_RADIUS_MM + 0.5 - distance, 0.0, 1.0).astype(np.float32))
-    return np.ascontiguousarray(share.transpose(2, 1, 0))
+        distance = np.linalg.norm(points - _lps(centre), axis=-1)
+        share = np.maximum(share, np.clip(_GLOBE_RADIUS_MM + 0.5 - distance, 0.0, 1.0))
+    return share
+
+
+def _orbits(reference: sitk.Image) -> np.ndarray:
+    """KJI bool: voxels of ``reference``'s grid within :data:`_ORBIT_RADIUS_MM` of either orbit's axis (globe
+    centre to apex)."""
+    points = _points_lps(reference)
+    inside = np.zeros(points.shape[:3], bool)
+    for centre, apex in zip(_GLOBES_RAS_MM, _ORBIT_APEX_RAS_MM):
+        a, b = _lps(centre), _lps(apex)
+        t = np.clip(((points - a) @ (b - a)) / float((b - a) @ (b - a)), 0.0, 1.0)
+        inside |= np.linalg.norm(points - (a + t[..., None] * (b - a)), axis=-1) <= _ORBIT_RADIUS_MM
+    return inside
+
+
+def _leaky_mask(seed: int, config: PhantomConfig, skull: bool, brain: np.ndarray, head: np.ndarray | None,
+                reference: sitk.Image) -> np.ndarray | None:
+    """A brain mask as brain extraction may leave it on a skull-on head (1 mm KJI grid, float32 0/1), or ``None``.
+
+    In ``config.leaky_mask`` of the skull-on cases: the brain, the head tissue within 2-12 mm of it, and in half
+    of those the orbits' contents (:func:`_orbits`), which deepbet's mask from a T2 can hold (docs/models.md).
+    """
+    if not (skull and head is not None and config.leaky_mask > 0):
+        return None
+    rng = np.random.default_rng([seed, _LEAK_STREAM])
+    if rng.random() >= config.leaky_mask:
+        return None
+    tissue = head > 0.02
+    inside = brain > 0
+    keep = inside | (tissue & (ndimage.distance_transform_edt(~inside) <= rng.uniform(2.0, 12.0)))
+    if rng.random() < 0.5:
+        keep |= tissue & _orbits(reference)
+    return keep.astype(np.float32)
 
 
 def _eye_signal(seed: int, config: PhantomConfig, skull: bool,
@@ -519,6 +568,8 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
     spacing, slices = _output_geometry(rng, config)
     rotation = _rotation(rng, config.tilt_deg) if config.tilt_deg > 0 else None
     mask = np.maximum(brain, (anatomy.head > 0.02).astype(np.float32)) if skull and anatomy.head is not None else brain
+    leaky = _leaky_mask(seed, config, skull, brain, anatomy.head, anatomy.reference)
+    mask = mask if leaky is None else leaky
     core = tumor.necrosis + (tumor.non_enhancing if tumor.non_enhancing is not None else 0)
     label = sitk.GetImageFromArray(_labels_from_fractions(core, tumor.enhancing, tumor.edema))
     label.CopyInformation(anatomy.reference)
@@ -611,6 +662,8 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
     moved = tumor.tissue
     brain = ((moved.csf + moved.gm + moved.wm) > 0.1).astype(np.float32)
     mask = np.maximum(brain, (moved.head > 0.02).astype(np.float32)) if skull and moved.head is not None else brain
+    leaky = _leaky_mask(seed, config, skull, brain, moved.head, reference)
+    mask = mask if leaky is None else leaky
     fractions = _compartment_fractions(tumor)
     vessels = _vessels(np.random.default_rng([seed, _VESSEL_STREAM]), config, brain, fractions, reference)
     spacing, slices = _output_geometry(rng, config)
@@ -778,6 +831,10 @@ PRESETS["realistic-head-vessels"] = replace(PRESETS["robust-head"], hgg_fraction
 # them bright inside a brain mask that holds the orbits (docs/models.md, run 19); same draws otherwise
 PRESETS["robust-head-eyes"] = replace(PRESETS["robust-head"], eyes=True)
 PRESETS["realistic-head-vessels-eyes"] = replace(PRESETS["realistic-head-vessels"], eyes=True)
+# and half of their skull-on heads cut by a leaky brain mask (`leaky_mask`): head tissue next to the brain and the
+# orbits' contents left inside, zero beyond, as the clinical chain's brain extraction can leave them (run 20)
+PRESETS["robust-head-leaky"] = replace(PRESETS["robust-head-eyes"], leaky_mask=0.5)
+PRESETS["realistic-head-vessels-leaky"] = replace(PRESETS["realistic-head-vessels-eyes"], leaky_mask=0.5)
 
 
 def preset(name: str) -> PhantomConfig:
