@@ -1,4 +1,5 @@
-"""Eye globes rendered as water on skull-on phantoms (``PhantomConfig.eyes``)."""
+"""Eye globes rendered as water on skull-on phantoms (``PhantomConfig.eyes``), and leaky brain masks
+(``PhantomConfig.leaky_mask``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ import SimpleITK as sitk
 from medcnncad.data.phantom import (
     _GLOBE_RADIUS_MM,
     _GLOBES_RAS_MM,
+    _LEAK_STREAM,
+    _ORBIT_APEX_RAS_MM,
+    _ORBIT_RADIUS_MM,
     PRESETS,
     _anatomy,
     _eye_signal,
     _globes,
+    _orbits,
     make_phantom,
 )
 
@@ -84,3 +89,40 @@ def test_no_eyes_without_skull_or_without_the_option():
     assert _eye_signal(1, PRESETS["robust-head-eyes"], False, reference) is None  # skull off
     share, signal = _eye_signal(1, PRESETS["robust-head-eyes"], True, reference)
     assert signal["T2"] > 2 * signal["FLAIR"] and signal["T2"] > 2 * signal["T1"]
+
+
+def test_orbits_are_two_capsules_from_globe_to_apex():
+    reference = _colin27().reference
+    inside = _orbits(reference)
+    length = np.linalg.norm(np.subtract(_GLOBES_RAS_MM[0], _ORBIT_APEX_RAS_MM[0]))  # 37.0 mm
+    capsule = np.pi * _ORBIT_RADIUS_MM ** 2 * length + 4 / 3 * np.pi * _ORBIT_RADIUS_MM ** 3  # 28.9 mL
+    assert inside.sum() == pytest.approx(2 * capsule, rel=0.02)  # 1 mm voxels
+    for point in (*_GLOBES_RAS_MM, *_ORBIT_APEX_RAS_MM):
+        i, j, k = reference.TransformPhysicalPointToIndex((-point[0], -point[1], point[2]))
+        assert inside[k, j, i]
+    i, j, k = reference.TransformPhysicalPointToIndex((0.0, 0.0, 0.0))  # the middle of the brain
+    assert not inside[k, j, i]
+
+
+def _leak_draws(seed: int) -> tuple[bool, bool]:
+    """(cut by a leaky mask, orbits kept) as ``_leaky_mask`` draws them for a skull-on head at share 0.5."""
+    rng = np.random.default_rng([seed, _LEAK_STREAM])
+    cut = rng.random() < 0.5
+    rng.uniform(2.0, 12.0)
+    return cut, bool(rng.random() < 0.5)
+
+
+def test_a_leaky_mask_cuts_the_head_keeps_the_orbits_and_leaves_the_labels():
+    _colin27()
+    seed = next(s for s in range(112_000, 112_200) if _leak_draws(s) == (True, True)
+                and make_phantom(s, PRESETS["robust-head-eyes"]).info.get("skull"))
+    whole, cut = make_phantom(seed, PRESETS["robust-head-eyes"]), make_phantom(seed, PRESETS["robust-head-leaky"])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(whole.label), sitk.GetArrayFromImage(cut.label))
+    a, b = (sitk.GetArrayFromImage(c.images["T1c"]) for c in (whole, cut))
+    # the whole head's voxels or zero, but along the mask's edge (resampling onto the output grid mixes the two)
+    assert np.mean((b == 0) | np.isclose(b, a, rtol=1e-6)) > 0.97
+    assert (b == 0).sum() > (a == 0).sum() + 100_000  # a lot of the head is gone (scalp, face, neck)
+    assert _value_at(cut.images["T1c"], _GLOBES_RAS_MM[0]) > 0  # the orbits are still there
+    no_orbits = next(s for s in range(112_000, 112_200) if _leak_draws(s) == (True, False)
+                     and make_phantom(s, PRESETS["robust-head-eyes"]).info.get("skull"))
+    assert _value_at(make_phantom(no_orbits, PRESETS["robust-head-leaky"]).images["T1c"], _GLOBES_RAS_MM[0]) == 0
