@@ -789,10 +789,47 @@ def _descriptors_with_the_decoder(result, model, repeats: int) -> float:
         descriptors._stop_forward = stop
 
 
+def bench_resident(repeats: int) -> None:
+    """The GPU-resident case against the host-held one (demo model, BraTS-size sample case) on this machine's
+    device (CUDA when present, else the CPU), per stage; and the resampling back alone, torch vs SimpleITK."""
+    from medcnncad.inference.resample import to_input_grid, to_input_grid_torch
+    from medcnncad.inference.segmenter import Segmenter, resolve_device
+    from medcnncad.io.sample_case import load_sample_case
+    from medcnncad.models.preprocessing import to_metatensor
+    from medcnncad.models.registry import load_model
+
+    device = resolve_device("auto")
+    images = load_sample_case(brats_size=True)
+    model = load_model("brats-demo-unet")
+    stages = {}
+    for resident in (False, True):
+        engine = Segmenter(model, str(device), resident=resident)
+        engine.run(images)  # warm-up
+        runs = [engine.run(images).timings for _ in range(repeats)]
+        stages[resident] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    for resident, label in ((False, "held on the host"), (True, "resident")):
+        print(f"{device}, {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in stages[resident].items()) +
+              f"; total {sum(stages[resident].values()):.3f} s")
+    engine = Segmenter(model, str(device))
+    pre = engine.model.preprocess(to_metatensor([images[c.name] for c in engine.manifest.inputs]))
+    probs = engine._infer(pre.as_tensor().to(device), lambda s, f: None, [])
+    affine = torch.as_tensor(pre.affine, dtype=torch.float64)
+    reference = images[engine.manifest.inputs[0].name]
+    t_itk, expected = _median_time(lambda: to_input_grid(engine.manifest, probs.cpu(), affine, reference), repeats)
+    on = probs.to(device)
+
+    def torch_back() -> np.ndarray:
+        return to_input_grid_torch(engine.manifest, on, affine, reference).cpu().numpy()
+
+    t_torch, got = _median_time(torch_back, repeats)
+    print(f"resampling back {tuple(probs.shape)} -> {reference.GetSize()}: SimpleITK (CPU) {t_itk:.3f} s, torch on "
+          f"{device} {t_torch:.3f} s ({t_itk / t_torch:.2f}x); max |difference| {np.abs(got - expected).max():.2e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
-                                         "lesion-filter", "retrieval", "segresnet-template", "default-case",
+                                         "lesion-filter", "retrieval", "segresnet-template", "default-case", "resident",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -830,6 +867,8 @@ def main() -> None:
         bench_segresnet(max(1, args.repeats // 2))
     if args.what in ("default-case", "all"):
         bench_default_case(max(1, args.repeats // 2))
+    if args.what in ("resident", "all"):
+        bench_resident(max(1, args.repeats // 2))
     if args.what in ("bundle", "all"):
         bench_bundle(max(1, args.repeats // 2), args.weights)
 
