@@ -18,6 +18,7 @@ from medcnncad.data.phantom import (
     _eye_signal,
     _globes,
     _orbits,
+    _points_lps,
     make_phantom,
 )
 
@@ -72,15 +73,10 @@ def test_eyes_make_the_globes_bright_on_t2_and_change_nothing_else(name):
 
 
 def _far_from_globes(image: sitk.Image, margin_mm: float = 30.0) -> np.ndarray:
-    """KJI mask of voxels more than ``margin_mm`` from both globe centres."""
-    size = image.GetSize()
-    index = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in size], indexing="ij"), -1)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    lps = (index * np.asarray(image.GetSpacing())) @ direction.T + np.asarray(image.GetOrigin())
-    far = np.ones(size, bool)
-    for x, y, z in _GLOBES_RAS_MM:
-        far &= np.linalg.norm(lps - np.asarray([-x, -y, z]), axis=-1) > _GLOBE_RADIUS_MM + margin_mm
-    return far.transpose(2, 1, 0)
+    """KJI mask of voxels more than ``margin_mm`` from both globes."""
+    points = _points_lps(image)
+    return np.all([np.linalg.norm(points - np.asarray([-x, -y, z]), axis=-1) > _GLOBE_RADIUS_MM + margin_mm
+                   for x, y, z in _GLOBES_RAS_MM], axis=0)
 
 
 def test_no_eyes_without_skull_or_without_the_option():
