@@ -43,6 +43,18 @@ def test_globes_have_the_volume_and_place_of_two_balls():
         assert share[k, j, i] == 0.0
 
 
+def test_the_globes_sit_on_the_templates_dark_vitreous_outside_the_brain():
+    """An anchor outside the code's own conventions: the template's T1 is dark inside the globes, and no
+    brain tissue is there."""
+    anatomy = _colin27()
+    share = _globes(anatomy.reference) > 0.99
+    brain = anatomy.csf + anatomy.gm + anatomy.wm
+    assert brain[share].max() == 0
+    head = anatomy.head
+    rest = (head > 0.02) & ~share
+    assert np.median(head[share]) < 0.75 * np.median(head[rest])  # 0.34 against 0.50
+
+
 def _value_at(image: sitk.Image, ras: tuple[float, float, float]) -> float:
     index = image.TransformPhysicalPointToIndex((-ras[0], -ras[1], ras[2]))
     return float(image[index])
@@ -113,6 +125,8 @@ def test_a_leaky_mask_cuts_the_head_keeps_the_orbits_and_leaves_the_labels():
     seed = next(s for s in range(112_000, 112_200) if _leak_draws(s) == (True, True)
                 and make_phantom(s, PRESETS["robust-head-eyes"]).info.get("skull"))
     whole, cut = make_phantom(seed, PRESETS["robust-head-eyes"]), make_phantom(seed, PRESETS["robust-head-leaky"])
+    assert cut.info["leaky_mask"]["orbits"] is True and 2 <= cut.info["leaky_mask"]["margin_mm"] <= 12
+    assert "leaky_mask" not in whole.info
     np.testing.assert_array_equal(sitk.GetArrayFromImage(whole.label), sitk.GetArrayFromImage(cut.label))
     a, b = (sitk.GetArrayFromImage(c.images["T1c"]) for c in (whole, cut))
     # the whole head's voxels or zero, but along the mask's edge (resampling onto the output grid mixes the two)

@@ -68,8 +68,35 @@ def test_torch_resampling_of_raw_channels_and_of_the_same_grid(network_output):
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     same.SetSpacing(tuple(spacing)), same.SetOrigin(tuple(lps[:3, 3])), same.SetDirection(
         tuple((lps[:3, :3] / spacing).ravel()))
-    np.testing.assert_array_equal(to_input_grid_torch(segmenter.manifest, probs, affine, same).numpy(),
-                                  probs.permute(0, 3, 2, 1).numpy())
+    got = to_input_grid_torch(segmenter.manifest, probs, affine, same).numpy()
+    np.testing.assert_array_equal(got[1:], probs[1:].permute(0, 3, 2, 1).numpy())  # foreground: the array itself
+    np.testing.assert_allclose(got, to_input_grid(segmenter.manifest, probs, affine, same), atol=1e-6)
+
+
+def _grid(size, spacing, origin) -> sitk.Image:
+    image = sitk.Image([int(v) for v in size], sitk.sitkUInt8)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+@pytest.mark.parametrize("spacing, origin", [
+    ((0.5, 0.5, 0.5), (0.0, 0.0, 0.0)),  # 0.5 mm voxels: the last one exactly on the buffer's upper edge
+    ((0.7, 1.3, 0.9), (-6.0, -4.5, -3.0)),       # reaching past every face of the network grid
+])
+def test_torch_resampling_keeps_simpleitks_buffer_rule_at_every_face(spacing, origin):
+    """Random probabilities (no smooth zero border to hide the field-of-view edges)."""
+    manifest = load_model("brats-demo-unet").manifest
+    generator = torch.Generator().manual_seed(3)
+    probs = torch.softmax(torch.randn((4, 32, 24, 20), generator=generator) * 3, 0)  # (C, I', J', K'), 1 mm
+    affine = torch.as_tensor(np.diag([-1.0, -1.0, 1.0, 1.0]), dtype=torch.float64)  # LPS grid at the origin, RAS
+    size = [int(round(n / s)) + (4 if s != 0.5 else 0) for n, s in zip((32, 24, 20), spacing)]
+    reference = _grid(size, spacing, origin)
+    expected = to_input_grid(manifest, probs, affine, reference)
+    got = to_input_grid_torch(manifest, probs, affine, reference).numpy()
+    outside = expected[0] == 1.0  # background only: beyond the network grid
+    assert outside.any() and (~outside).any()
+    assert np.abs(got - expected).max() < 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +148,47 @@ def test_out_of_memory_moves_a_stage_to_the_cpu_and_says_so(tilted_case, monkeyp
     out = resident.preprocess_on(preprocess, image, torch.device("meta"), warnings)
     assert calls == ["meta", "cpu"] and out.device.type == "cpu" and float(out.max()) == 2.0
     assert warnings == ["out of memory on meta in preprocessing; that stage ran on the CPU"]
+
+
+def test_out_of_memory_in_the_passes_runs_them_again_on_the_host():
+    import medcnncad.inference.resident as resident
+
+    image = torch.rand((1, 6, 5, 4), generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def infer(x, report, on_device):  # out of memory while on the device; fine held on the host
+        calls.append(on_device)
+        if on_device:
+            raise torch.OutOfMemoryError("simulated")
+        return torch.stack([1 - x[0], x[0]])
+
+    warnings: list[str] = []
+    mean, spread = resident.averaged_on_device(infer, image, [(), (1,)], 0, lambda s, f: None, torch.float32, True,
+                                               warnings)
+    assert calls == [True, False, False]  # the device pass, then both passes on the host
+    torch.testing.assert_close(mean[1], image[0])  # flipping is undone: both passes agree
+    assert warnings == ["out of memory on cpu in test-time augmentation; that stage ran on the CPU"]
+
+
+def test_a_failure_inside_monais_compose_on_the_device_falls_back():
+    """MONAI's Compose wraps what a transform raises in a RuntimeError; the out-of-memory cause is still seen."""
+    import medcnncad.inference.resident as resident
+    from monai.transforms import Compose, Lambda
+
+    def on_device_only_fails(x):
+        if x.device.type != "cpu":
+            raise torch.OutOfMemoryError("simulated")
+        return x + 1
+
+    warnings: list[str] = []
+    image = to_metatensor([sitk.Image([4, 3, 2], sitk.sitkFloat32)])
+    out = resident.preprocess_on(Compose([Lambda(on_device_only_fails)]), image, torch.device("meta"), warnings)
+    assert float(out.max()) == 1.0
+    assert warnings == ["out of memory on meta in preprocessing; that stage ran on the CPU"]
+
+    def needs_host_arrays(x):
+        return np.asarray(x) + 1  # as a bundle's ToNumpyd would: fails for device tensors
+
+    warnings.clear()
+    out = resident.preprocess_on(Compose([Lambda(needs_host_arrays)]), image, torch.device("meta"), warnings)
+    assert float(np.max(out)) == 1.0 and len(warnings) == 1 and "in preprocessing" in warnings[0]

@@ -268,8 +268,9 @@ def _orbits(reference: sitk.Image) -> np.ndarray:
 
 
 def _leaky_mask(seed: int, config: PhantomConfig, skull: bool, brain: np.ndarray, head: np.ndarray | None,
-                reference: sitk.Image) -> np.ndarray | None:
-    """A brain mask as brain extraction may leave it on a skull-on head (1 mm KJI grid, float32 0/1), or ``None``.
+                reference: sitk.Image) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """A brain mask as brain extraction may leave it on a skull-on head (KJI on ``reference``'s grid, float32
+    0/1) and what was drawn (for the case's ``info``), or ``None``.
 
     In ``config.leaky_mask`` of the skull-on cases: the brain, the head tissue within 2-12 mm of it, and in half
     of those the orbits' contents (:func:`_orbits`), which deepbet's mask from a T2 can hold (docs/models.md).
@@ -281,10 +282,13 @@ def _leaky_mask(seed: int, config: PhantomConfig, skull: bool, brain: np.ndarray
         return None
     tissue = head > 0.02
     inside = brain > 0
-    keep = inside | (tissue & (ndimage.distance_transform_edt(~inside) <= rng.uniform(2.0, 12.0)))
-    if rng.random() < 0.5:
+    margin = float(rng.uniform(2.0, 12.0))
+    distance = ndimage.distance_transform_edt(~inside, sampling=reference.GetSpacing()[::-1])
+    keep = inside | (tissue & (distance <= margin))
+    orbits = bool(rng.random() < 0.5)
+    if orbits:
         keep |= tissue & _orbits(reference)
-    return keep.astype(np.float32)
+    return keep.astype(np.float32), {"margin_mm": round(margin, 1), "orbits": orbits}
 
 
 def _eye_signal(seed: int, config: PhantomConfig, skull: bool,
@@ -569,7 +573,7 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
     rotation = _rotation(rng, config.tilt_deg) if config.tilt_deg > 0 else None
     mask = np.maximum(brain, (anatomy.head > 0.02).astype(np.float32)) if skull and anatomy.head is not None else brain
     leaky = _leaky_mask(seed, config, skull, brain, anatomy.head, anatomy.reference)
-    mask = mask if leaky is None else leaky
+    mask = mask if leaky is None else leaky[0]
     core = tumor.necrosis + (tumor.non_enhancing if tumor.non_enhancing is not None else 0)
     label = sitk.GetImageFromArray(_labels_from_fractions(core, tumor.enhancing, tumor.edema))
     label.CopyInformation(anatomy.reference)
@@ -595,6 +599,8 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
                      "spacing_mm": [float(v) for v in spacing],
                      "tilt_deg": 0.0 if rotation is None else
                      float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1))))})
+        if leaky is not None:
+            info["leaky_mask"] = leaky[1]
     return PhantomCase(seed=seed, images=images, label=place(label, True), info=info)
 
 
@@ -663,7 +669,7 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
     brain = ((moved.csf + moved.gm + moved.wm) > 0.1).astype(np.float32)
     mask = np.maximum(brain, (moved.head > 0.02).astype(np.float32)) if skull and moved.head is not None else brain
     leaky = _leaky_mask(seed, config, skull, brain, moved.head, reference)
-    mask = mask if leaky is None else leaky
+    mask = mask if leaky is None else leaky[0]
     fractions = _compartment_fractions(tumor)
     vessels = _vessels(np.random.default_rng([seed, _VESSEL_STREAM]), config, brain, fractions, reference)
     spacing, slices = _output_geometry(rng, config)
@@ -690,6 +696,8 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
             "spacing_mm": [float(v) for v in spacing], "scanner": scanner}
     if vessels is not None:
         info["vessels_ml"] = round(float(vessels[0].sum()) / 1000.0, 2)  # 1 mm grid
+    if leaky is not None:
+        info["leaky_mask"] = leaky[1]
     return PhantomCase(seed=seed, images=images, label=place(labels_from_compartments(tumor.compartments), True),
                        info=info)
 

@@ -75,13 +75,14 @@ def to_input_grid(manifest: Manifest, probs: torch.Tensor, affine: torch.Tensor,
 
 
 def _reference_to_network_index(reference: sitk.Image, affine: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(K, J, I, 3) float32: each reference voxel's continuous (i', j', k') index on the network grid."""
+    """(K, J, I, 3) float64: each reference voxel's continuous (i', j', k') index on the network grid (float64,
+    so that a voxel exactly on the buffer's edge is not moved across it by rounding)."""
     index_map = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ ras_affine(reference)  # ref IJK -> net IJK
-    m = torch.as_tensor(index_map, dtype=torch.float32, device=device)
+    m = torch.as_tensor(index_map, dtype=torch.float64, device=device)
     size_i, size_j, size_k = reference.GetSize()
-    i = torch.arange(size_i, dtype=torch.float32, device=device)[None, None, :, None]
-    j = torch.arange(size_j, dtype=torch.float32, device=device)[None, :, None, None]
-    k = torch.arange(size_k, dtype=torch.float32, device=device)[:, None, None, None]
+    i = torch.arange(size_i, dtype=torch.float64, device=device)[None, None, :, None]
+    j = torch.arange(size_j, dtype=torch.float64, device=device)[None, :, None, None]
+    k = torch.arange(size_k, dtype=torch.float64, device=device)[:, None, None, None]
     return i * m[:3, 0] + j * m[:3, 1] + k * m[:3, 2] + m[:3, 3]
 
 
@@ -90,26 +91,27 @@ def to_input_grid_torch(manifest: Manifest, probs: torch.Tensor, affine: torch.T
     """:func:`to_input_grid` with torch on ``probs``' device (the GPU-resident case): (C, K, J, I), probs' dtype.
 
     Trilinear ``grid_sample`` at each reference voxel's position on the network grid, edge values held, 0
-    beyond half a voxel outside the grid (SimpleITK's buffer rule); background = 1 - the foreground channels
-    for a softmax model, as in :func:`to_input_grid`. Agreement with it is tested (``Testing/inference/
-    test_resident.py``): equal but within half a voxel of the network grid's lower faces, where SimpleITK
-    extrapolates the edge slope instead of holding the edge value.
+    outside [-0.5, size - 0.5) (SimpleITK's buffer rule); background = 1 - the foreground channels for a softmax
+    model, as in :func:`to_input_grid`. Agreement with it to float32 rounding is tested, field-of-view edges
+    included (``Testing/inference/test_resident.py``). Positions are computed in float64 (about 210 MB for a
+    240 x 240 x 155 grid).
     """
     channels = manifest.postprocessing.channels if not raw else [None] * probs.shape[0]
     background = None if raw else softmax_background(manifest)
     keep = [i for i in range(len(channels)) if i != background]
     if same_space(_grid_of(probs, affine), reference):
-        return probs.permute(0, 3, 2, 1).contiguous()
-    position = _reference_to_network_index(reference, affine, probs.device)
-    sizes = torch.tensor(probs.shape[1:], dtype=torch.float32, device=probs.device)
-    inside = ((position >= -0.5) & (position <= sizes - 0.5)).all(-1)
-    # grid_sample's last grid axis is (x, y, z) = (k', j', i') of a (C, I', J', K') input, in [-1, 1]
-    grid = (2.0 * position / (sizes - 1).clamp_min(1.0) - 1.0).flip(-1)
-    del position
-    sampled = torch.nn.functional.grid_sample(probs[keep][None].float(), grid[None], mode="bilinear",
-                                              padding_mode="border", align_corners=True)[0]
-    del grid
-    sampled = torch.where(inside, sampled, 0.0).clamp_(0.0, 1.0)
+        sampled = probs[keep].permute(0, 3, 2, 1).float()
+    else:
+        position = _reference_to_network_index(reference, affine, probs.device)
+        sizes = torch.tensor(probs.shape[1:], dtype=torch.float64, device=probs.device)
+        inside = ((position >= -0.5) & (position < sizes - 0.5)).all(-1)
+        # grid_sample's last grid axis is (x, y, z) = (k', j', i') of a (C, I', J', K') input, in [-1, 1]
+        grid = (2.0 * position / (sizes - 1).clamp_min(1.0) - 1.0).flip(-1).float()
+        del position
+        sampled = torch.nn.functional.grid_sample(probs[keep][None].float(), grid[None], mode="bilinear",
+                                                  padding_mode="border", align_corners=True)[0]
+        del grid
+        sampled = torch.where(inside, sampled, 0.0).clamp_(0.0, 1.0)
     out = torch.empty((len(channels), *sampled.shape[1:]), dtype=probs.dtype, device=probs.device)
     out[keep] = sampled.to(probs.dtype)
     if background is not None:

@@ -4,16 +4,17 @@ On CUDA the model's preprocessing (MONAI's transforms: orientation, resampling t
 normalisation, cropping) runs on the GPU, the sliding-window probabilities are stitched and averaged there
 (:func:`medcnncad.inference.windows.infer` with ``on_device``), and they are resampled back onto the user's
 grid there (:func:`medcnncad.inference.resample.to_input_grid_torch`); one copy brings the result to the
-host, where labels, lesions and files are made. Each stage falls back to the CPU on out-of-memory, says so
-in the warnings, and the case goes on. Stage times are taken after ``torch.cuda.synchronize`` so they
-measure the GPU's work, not its queue.
+host, where labels, lesions and files are made. Each stage falls back to the CPU on out-of-memory (the
+preprocessing also on any other failure on the device), says so in the warnings, and the case goes on.
+Stage times are taken after ``torch.cuda.synchronize`` so they measure the GPU's work, not its queue.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import numpy as np
@@ -22,9 +23,11 @@ import torch
 from monai.data import MetaTensor
 
 from medcnncad.inference.resample import to_input_grid, to_input_grid_torch
+from medcnncad.inference.result import ProgressCallback
+from medcnncad.inference.tta import averaged_probabilities
 from medcnncad.models.manifest import Manifest
 
-__all__ = ["clock", "preprocess_on", "back_to_input_grid"]
+__all__ = ["clock", "out_of_memory", "preprocess_on", "averaged_on_device", "back_to_input_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +39,64 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _fell_back(stage: str, device: torch.device, warnings: list[str]) -> None:
-    message = f"out of memory on {device} in {stage}; that stage ran on the CPU"
+def _fell_back(stage: str, device: torch.device, warnings: list[str], cause: str = "out of memory") -> None:
+    message = f"{cause} on {device} in {stage}; that stage ran on the CPU"
     log.warning(message)
     warnings.append(message)
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
+def out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is, or was raised from, a torch out-of-memory error (MONAI's ``Compose`` wraps what its
+    transforms raise in a ``RuntimeError``)."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def preprocess_on(preprocess: Callable[[MetaTensor], MetaTensor], image: MetaTensor, device: torch.device | None,
                   warnings: list[str]) -> MetaTensor:
     """The model's preprocessing of (C, I, J, K) ``image`` on ``device`` (None or CPU: where it is).
 
+    A failure on the device (out of memory, or a transform that needs host arrays, as a bundle's own
+    preprocessing may) runs it again on the CPU and appends why to ``warnings``; a failure there is raised.
+
     Returns:
-        The network input (C, I', J', K') with its RAS affine, on ``device`` (on the CPU after an
-        out-of-memory fall-back, which is appended to ``warnings``).
+        The network input (C, I', J', K') with its RAS affine, on ``device`` (or on the CPU after a fall-back).
     """
     if device is None or device.type == "cpu":
         return preprocess(image)
     try:
         return preprocess(cast(MetaTensor, image.to(device)))
-    except torch.OutOfMemoryError:
-        _fell_back("preprocessing", device, warnings)
+    except Exception as exc:  # noqa: BLE001 - any failure on the device is retried on the host, where it is raised
+        cause = "out of memory" if out_of_memory(exc) else f"{type(exc).__name__}"
+        _fell_back("preprocessing", device, warnings, cause)
         return preprocess(image)
+
+
+def averaged_on_device(infer: Callable[..., torch.Tensor], image: torch.Tensor, flips: Sequence[tuple[int, ...]],
+                       background: int | None, progress: ProgressCallback, dtype: torch.dtype, resident: bool,
+                       warnings: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`medcnncad.inference.tta.averaged_probabilities` with ``infer(image, report, on_device=...)``.
+
+    ``resident``: the passes' probabilities stay on the stitching device and are averaged there; out of memory
+    outside the network (flips, the running sums) runs all passes again held on the host.
+    """
+    def run(on_device: bool, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return averaged_probabilities(functools.partial(infer, on_device=on_device), source, flips, background,
+                                      progress, dtype)
+
+    if not resident:
+        return run(False, image)
+    try:
+        return run(True, image)
+    except torch.OutOfMemoryError:
+        _fell_back("test-time augmentation", image.device, warnings)
+        return run(False, image.cpu())
 
 
 def back_to_input_grid(manifest: Manifest, probs: torch.Tensor, affine: torch.Tensor, reference: sitk.Image,

@@ -47,9 +47,9 @@ from medcnncad.inference.postprocess import (
     softmax_background,
 )
 from medcnncad.inference.resample import background_only, to_input_grid
-from medcnncad.inference.resident import back_to_input_grid, clock, preprocess_on
+from medcnncad.inference.resident import averaged_on_device, back_to_input_grid, clock, preprocess_on
 from medcnncad.inference.result import ProgressCallback, SegmentationResult, no_progress
-from medcnncad.inference.tta import TTA_FLIPS, averaged_probabilities
+from medcnncad.inference.tta import TTA_FLIPS
 from medcnncad.inference.windows import ExecutionPolicy, fit_roi, infer
 from medcnncad.lesions.components import find_lesions
 from medcnncad.models.loaded import LoadedModel
@@ -258,7 +258,7 @@ class Segmenter:
         progress("preprocess", 0.0)
         pre = preprocess_on(self.model.preprocess, to_metatensor(crop_to_foreground(images, CROP_MARGIN)
                                                                  if self.crop_foreground else images),
-                            self.device if self.resident else None, warnings)
+                            self.device if self.resident and self.model.predict is None else None, warnings)
         affine = torch.as_tensor(pre.affine, dtype=torch.float64).clone()
         check_memory(self.manifest, self.probability_dtype, pre, images[0])
         timings["preprocess"] = clock(self.device) - t0
@@ -280,13 +280,13 @@ class Segmenter:
         else:
             ran_on = [self.device]
 
-            def infer_once(image: torch.Tensor, report: ProgressCallback) -> torch.Tensor:
+            def infer_once(image: torch.Tensor, report: ProgressCallback, on_device: bool) -> torch.Tensor:
                 probs, ran_on[0] = infer(self.network, self.manifest, image, self.policy(), report, warnings,
-                                         on_device=self.resident)
+                                         on_device=on_device)
                 return probs
 
-            mean, spread = averaged_probabilities(infer_once, pre.as_tensor(), flips,
-                                                  softmax_background(self.manifest), progress, self.probability_dtype)
+            mean, spread = averaged_on_device(infer_once, pre.as_tensor(), flips, softmax_background(self.manifest),
+                                              progress, self.probability_dtype, self.resident, warnings)
             device = ran_on[0]
             if keep_network_input and not self.crop_foreground:
                 kept = (np.asarray(pre.as_tensor().cpu(), dtype=np.float32), affine.numpy())

@@ -37,7 +37,9 @@ def averaged_probabilities(infer: Infer, image: torch.Tensor, flips: Sequence[tu
 
     Returns:
         Probabilities (C_out, I, J, K) and, for several passes, the spread (I, J, K) (else None);
-        each pass is un-flipped before averaging (Welford's update: no stack of passes is held).
+        each pass is un-flipped before averaging (Welford's update: no stack of passes is held). They stay
+        on the device the passes return them on; when passes come back on different devices (a pass that
+        fell back to the CPU), everything moves to the CPU.
     """
     if len(flips) <= 1 and not (flips and flips[0]):
         return infer(image, progress), None
@@ -50,6 +52,9 @@ def averaged_probabilities(infer: Infer, image: torch.Tensor, flips: Sequence[tu
         flipped = torch.flip(image, dims) if dims else image
         probs = infer(flipped, scaled).float()
         probs = torch.flip(probs, dims) if dims else probs
+        if total is not None and probs.device != total.device:  # a pass fell back to the CPU: all go there
+            assert mean_fg is not None and m2 is not None
+            total, mean_fg, m2, probs = total.cpu(), mean_fg.cpu(), m2.cpu(), probs.cpu()
         foreground = 1.0 - probs[background] if background is not None else probs.amax(0)
         if total is None:
             total, mean_fg, m2 = probs.clone(), foreground.clone(), torch.zeros_like(foreground)
