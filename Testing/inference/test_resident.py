@@ -172,8 +172,9 @@ def test_out_of_memory_in_the_passes_runs_them_again_on_the_host():
 
 def test_a_failure_inside_monais_compose_on_the_device_falls_back():
     """MONAI's Compose wraps what a transform raises in a RuntimeError; the out-of-memory cause is still seen."""
-    import medcnncad.inference.resident as resident
     from monai.transforms import Compose, Lambda
+
+    import medcnncad.inference.resident as resident
 
     def on_device_only_fails(x):
         if x.device.type != "cpu":
