@@ -78,13 +78,8 @@ def _timed(fn, device: str, repeats: int) -> list[float]:
 
 def _stage_times(engine, images: dict, device: str, repeats: int) -> tuple[dict[str, float], float]:
     """Median seconds per stage (the result's timings) and per case over ``repeats`` in-memory runs."""
-    runs, totals = [], []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        runs.append(engine.run(images).timings)
-        _sync(device)
-        totals.append(time.perf_counter() - start)
+    runs: list[dict[str, float]] = []
+    totals = _timed(lambda: runs.append(engine.run(images).timings), device, repeats)
     return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in runs[0]}, statistics.median(totals)
 
 

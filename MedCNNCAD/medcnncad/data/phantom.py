@@ -291,6 +291,16 @@ def _leaky_mask(seed: int, config: PhantomConfig, skull: bool, brain: np.ndarray
     return keep.astype(np.float32), {"margin_mm": round(margin, 1), "orbits": orbits}
 
 
+def _outside_mask(seed: int, config: PhantomConfig, skull: bool, brain: np.ndarray, head: np.ndarray | None,
+                  reference: sitk.Image) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """The mask (KJI float32 0/1) outside which a case is zero: the brain, the whole head when ``skull``, or a
+    leaky brain mask (:func:`_leaky_mask`), with what the leaky mask drew (else ``None``)."""
+    leaky = _leaky_mask(seed, config, skull, brain, head, reference)
+    if leaky is not None:
+        return leaky
+    return (np.maximum(brain, (head > 0.02).astype(np.float32)) if skull and head is not None else brain), None
+
+
 def _eye_signal(seed: int, config: PhantomConfig, skull: bool,
                 reference: sitk.Image) -> tuple[np.ndarray, dict[str, float]] | None:
     """The globes' share map and each sequence's vitreous signal (jittered), or ``None`` without eyes."""
@@ -571,9 +581,7 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
     fractions = [anatomy.csf * normal, anatomy.gm * normal, anatomy.wm * normal, *tissue]
     spacing, slices = _output_geometry(rng, config)
     rotation = _rotation(rng, config.tilt_deg) if config.tilt_deg > 0 else None
-    mask = np.maximum(brain, (anatomy.head > 0.02).astype(np.float32)) if skull and anatomy.head is not None else brain
-    leaky = _leaky_mask(seed, config, skull, brain, anatomy.head, anatomy.reference)
-    mask = mask if leaky is None else leaky[0]
+    mask, leaky = _outside_mask(seed, config, skull, brain, anatomy.head, anatomy.reference)
     core = tumor.necrosis + (tumor.non_enhancing if tumor.non_enhancing is not None else 0)
     label = sitk.GetImageFromArray(_labels_from_fractions(core, tumor.enhancing, tumor.edema))
     label.CopyInformation(anatomy.reference)
@@ -600,7 +608,7 @@ def make_phantom(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
                      "tilt_deg": 0.0 if rotation is None else
                      float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1))))})
         if leaky is not None:
-            info["leaky_mask"] = leaky[1]
+            info["leaky_mask"] = leaky
     return PhantomCase(seed=seed, images=images, label=place(label, True), info=info)
 
 
@@ -667,9 +675,7 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
         tumor, reference = _crop_draw(tumor, reference, config.crop_margin_mm)
     moved = tumor.tissue
     brain = ((moved.csf + moved.gm + moved.wm) > 0.1).astype(np.float32)
-    mask = np.maximum(brain, (moved.head > 0.02).astype(np.float32)) if skull and moved.head is not None else brain
-    leaky = _leaky_mask(seed, config, skull, brain, moved.head, reference)
-    mask = mask if leaky is None else leaky[0]
+    mask, leaky = _outside_mask(seed, config, skull, brain, moved.head, reference)
     fractions = _compartment_fractions(tumor)
     vessels = _vessels(np.random.default_rng([seed, _VESSEL_STREAM]), config, brain, fractions, reference)
     spacing, slices = _output_geometry(rng, config)
@@ -697,7 +703,7 @@ def make_realistic_phantom(seed: int, config: PhantomConfig, draw: TumorSource |
     if vessels is not None:
         info["vessels_ml"] = round(float(vessels[0].sum()) / 1000.0, 2)  # 1 mm grid
     if leaky is not None:
-        info["leaky_mask"] = leaky[1]
+        info["leaky_mask"] = leaky
     return PhantomCase(seed=seed, images=images, label=place(labels_from_compartments(tumor.compartments), True),
                        info=info)
 

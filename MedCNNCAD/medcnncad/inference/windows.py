@@ -126,8 +126,6 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
 def _storage(n_out: int, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Room for (C_out, I, J, K) probabilities, laid out (C, K, J, I) like the input grid's arrays: when the
     model grid is the input grid, resample.to_input_grid hands this very array on (no second full-size copy)."""
-    if device.type == "cpu":
-        return torch.from_numpy(np.empty((n_out, *tuple(shape)[::-1]), dtype=NUMPY_DTYPES[dtype])).permute(0, 3, 2, 1)
     return torch.empty((n_out, *tuple(shape)[::-1]), dtype=dtype, device=device).permute(0, 3, 2, 1)
 
 
