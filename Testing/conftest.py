@@ -19,9 +19,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
-    """Keep the trusted-bundle list and user model folder out of the real home."""
+    """Keep the trusted-bundle list, user model folder and policy cache out of the real home, and run every
+    model with its manifest's precision: the default (measured per machine) would calibrate in each test's
+    fresh home and, on a CPU with native bf16, change numbers the tests compare. Tests of the default unset it."""
     monkeypatch.setenv("MEDCNNCAD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEDCNNCAD_PRECISION", "manifest")
 
 
 def make_image(array_kji: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),

@@ -761,6 +761,53 @@ def bench_default_case(repeats: int) -> None:
           f"({t_after / t_during:.2f}x)")
 
 
+def bench_default_policy(repeats: int) -> None:
+    """What the default precision (``measured``) gives a user of the shipped default model on this machine:
+    the one-time calibration (fresh cache), then ``process_case`` on the BraTS-size sample case with the
+    model's own fp32 settings and with the measured policy, alternating, and how far their outputs differ."""
+    import json
+    import os
+
+    from medcnncad.inference.machine_policy import build_segmenter, cpu_bf16_native, measured_policy
+    from medcnncad.io.sample_case import load_sample_case
+    from medcnncad.metrics.segmentation import dice_per_label
+    from medcnncad.models.registry import DEFAULT_MODEL, load_model
+    from medcnncad.pipeline.case import process_case
+
+    folder = Path(tempfile.mkdtemp(prefix="medcnncad-default-policy-"))
+    os.environ["MEDCNNCAD_POLICY_CACHE"] = str(folder / "policy-cache.json")  # a fresh measurement
+    paths = _write_case(load_sample_case(brats_size=True), folder)
+    model = load_model(DEFAULT_MODEL)
+    start = time.perf_counter()
+    decision = measured_policy(model, torch.device("cpu"))
+    t_calibrate = time.perf_counter() - start
+    runs = {name: build_segmenter(model, "cpu", name) for name in ("manifest", "measured")}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name, segmenter in runs.items():  # a first run each, not timed
+        process_case(segmenter, paths, folder / f"warm-{name}")
+    for _ in range(repeats):
+        for name, segmenter in runs.items():
+            t0 = time.perf_counter()
+            process_case(segmenter, paths, folder / name)
+            times[name].append(time.perf_counter() - t0)
+    t = {name: statistics.median(v) for name, v in times.items()}
+    labels = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name / "labels.nii.gz"))) for name in runs}
+    dice = dice_per_label(labels["measured"], labels["manifest"], [lab.value for lab in model.manifest.labels])
+    report = json.loads((folder / "measured" / "report.json").read_text())
+    print(f"default model {model.manifest.id} {model.manifest.version}, BraTS-size sample case, CPU native bf16: "
+          f"{cpu_bf16_native()}, median of {repeats} alternating runs:")
+    print(f"  calibration (once per machine and model): {t_calibrate:.1f} s; chose precision {decision.precision}, "
+          f"channels_last {decision.channels_last}, crop {decision.crop}")
+    for run in decision.runs:
+        print(f"    {run['precision']:>4} cl={run['channels_last']!s:5} {run['seconds']:6.2f} s  "
+              f"Dice>={run['dice_min']:.4f}  max dp {run['max_probability_difference']:.4f}  "
+              f"{'ok' if run['ok'] else 'rejected'}")
+    print(f"  process_case, the manifest's fp32: {t['manifest']:.2f} s; the measured default: {t['measured']:.2f} s "
+          f"({t['manifest'] / t['measured']:.2f}x); label Dice measured vs fp32: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in dice.items()))
+    print("  stages of the measured run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["timings_s"].items()))
+
+
 def _descriptors_and_write(result, model, folder: Path, repeats: int) -> tuple[float, float]:
     """Median times of the descriptors followed by writing every output, and of the writer computing the
     descriptors itself while its threads compress the volumes (what ``process_case`` does)."""
@@ -830,6 +877,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
                                          "lesion-filter", "retrieval", "segresnet-template", "default-case", "resident",
+                                         "default-policy",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -867,6 +915,8 @@ def main() -> None:
         bench_segresnet(max(1, args.repeats // 2))
     if args.what in ("default-case", "all"):
         bench_default_case(max(1, args.repeats // 2))
+    if args.what in ("default-policy", "all"):
+        bench_default_policy(max(1, args.repeats // 2))
     if args.what in ("resident", "all"):
         bench_resident(max(1, args.repeats // 2))
     if args.what in ("bundle", "all"):

@@ -125,7 +125,7 @@ def test_the_export_process_puts_the_private_folder_first(tmp_path, monkeypatch)
 
     monkeypatch.setenv("MEDCNNCAD_HOME", str(tmp_path / "home"))
     images, _ = small_phantom()
-    from medcnncad.inference.segmenter import cached_segmenter
+    from medcnncad.inference.machine_policy import cached_segmenter
 
     result = cached_segmenter("brats-demo-unet", "cpu").run(images)
     with pytest.raises(Exception, match="DICOM export failed: medcnncad: error: boom"):

@@ -42,7 +42,8 @@ def run_batch(args: argparse.Namespace) -> int:
     manifest = describe_model(args.model)
     cases = read_cases(args.cases, manifest.input_names)
     summary = run_cohort(cases, args.model, args.out, device=args.device, scheduler=args.scheduler,
-                         workers=args.workers, serial=args.serial, dicom_seg=args.dicom_seg, dicom_sr=args.dicom_sr)
+                         workers=args.workers, serial=args.serial, dicom_seg=args.dicom_seg, dicom_sr=args.dicom_sr,
+                         precision=args.precision)
     if args.report:
         for case in cases:
             if (Path(args.out) / "cases" / case.case_id / "report.json").is_file():
@@ -80,7 +81,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``batch`` and ``report``."""
     p = sub.add_parser("batch", help="segment and evaluate a cohort from a CSV (resumable, on dask)")
     p.add_argument("--cases", required=True, help="CSV: case_id, one column per channel, [reference], [label]")
-    add(p, "out", "model", "device")
+    add(p, "out", "model", "device", "precision")
     p.add_argument("--scheduler", help="dask scheduler address (tcp://host:port); default a local cluster")
     add(p, "workers", workers={"help": "processes of the local cluster"})
     p.add_argument("--serial", action="store_true", help="run in this process, without dask")

@@ -63,7 +63,8 @@ def run_evaluate_phantoms(args: argparse.Namespace) -> int:
 
 def run_evaluate_real(args: argparse.Namespace) -> int:
     report = evaluate_real(args.data, args.model, device=args.device, variants=channel_list(args.variants) or VARIANTS,
-                           tta=args.tta, cases=channel_list(args.cases), grade_classifier=args.grade_classifier)
+                           tta=args.tta, cases=channel_list(args.cases), grade_classifier=args.grade_classifier,
+                           precision=args.precision)
     return _emit(report, args, format_real_table)
 
 
@@ -121,7 +122,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate-real", help="run the full chain on real patients' scans (a realdata folder) and "
                                              "score it against their references")
     p.add_argument("--data", required=True, help="folder of real cases (layout: ../shared/realdata/README.md)")
-    add(p, "model", "device", "tta", "json", "classifier")
+    add(p, "model", "device", "tta", "json", "classifier", "precision",
+        precision={"default": "manifest", "help": "execution precision (default manifest: the model's own, as every "
+                                                  "score in docs/models.md; see segment --help)"})
     p.add_argument("--variants", help=f"comma-separated input variants (default {','.join(VARIANTS)})")
     p.add_argument("--cases", help="comma-separated case ids (default: every labelled case)")
     p.add_argument("--out", help="also write the JSON report to this file")

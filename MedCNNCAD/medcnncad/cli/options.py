@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from medcnncad.inference.precisions import CASE_PRECISIONS, PRECISION_HELP
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL
 
 __all__ = ["OPTIONS", "TTA_HELP", "DEMO_SEED", "add", "channel_list", "OneLineParser", "positive_int",
@@ -63,6 +64,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                               "help": "lesion grade classifier (id or folder)"}),
     "device": (("--device",), {"default": "auto", "type": device_name,
                                "help": "auto (CUDA when present), cpu or cuda"}),
+    "precision": (("--precision",), {"choices": CASE_PRECISIONS, "help": PRECISION_HELP}),
     "tta": (("--tta",), {"action": argparse.BooleanOptionalAction, "help": TTA_HELP}),
     "trust": (("--trust",), {"action": "store_true",
                              "help": "allow a MONAI bundle's executable config for this run"}),

@@ -23,8 +23,8 @@ import SimpleITK as sitk
 from medcnncad.classification.grade import attach_classification
 from medcnncad.data.real_cases import RealCase, discover_real_cases, load_reference
 from medcnncad.errors import InputError
+from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.inference.scoring import case_probability
-from medcnncad.inference.segmenter import Segmenter
 from medcnncad.io.images import same_space
 from medcnncad.lesions.components import components
 from medcnncad.metrics.segmentation import compute_metrics
@@ -85,7 +85,7 @@ def score_case(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
 
 def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequence[str] = VARIANTS,
                   tta: bool | None = None, cases: Sequence[str] | None = None,
-                  grade_classifier: str | None = None) -> dict[str, Any]:
+                  grade_classifier: str | None = None, precision: str = "manifest") -> dict[str, Any]:
     """Run the model on every labelled real case of ``root`` and score it.
 
     Args:
@@ -97,6 +97,8 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
         cases: only these case ids (default every labelled case).
         grade_classifier: also grade the lesions with this classifier (id or folder): the case
             probability of its positive class (e.g. P(HGG)) next to the case's known grade.
+        precision: the execution policy (:data:`medcnncad.inference.precisions.CASE_PRECISIONS`); default the
+            model's own setting, so scores compare across machines; ``measured`` scores what a user's run gets.
 
     Returns:
         ``{"model", "version", "trained_on", "rows": [...], "summary": {...}}``; one row per case and variant.
@@ -110,7 +112,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     labelled = [c for c in discover_real_cases(root) if c.labelled and (cases is None or c.case_id in cases)]
     if not labelled:
         raise InputError(f"{root}: no labelled real case found")
-    segmenter = Segmenter(load_model(model_id), device=device)
+    segmenter = build_segmenter(load_model(model_id), device, precision)
     trained = training_patients(segmenter.manifest.training)
     grader = load_classifier(grade_classifier) if grade_classifier else None
     rows = []
@@ -139,7 +141,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             rows.append(row)
     m = segmenter.manifest
     return {"model": m.id, "version": m.version, "trained_on": m.trained_on, "rows": rows,
-            "summary": _summary(rows)}
+            "summary": _summary(rows), "execution_policy": segmenter.policy_note()}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -14,5 +14,6 @@ __all__ = ["Segmenter", "SegmentationResult", "cached_segmenter", "resolve_devic
 def __getattr__(name: str) -> Any:
     """Lazy re-exports (PEP 562): the segmenter imports torch and MONAI."""
     if name in __all__:
-        return getattr(importlib.import_module("medcnncad.inference.segmenter"), name)
+        home = "machine_policy" if name == "cached_segmenter" else "segmenter"
+        return getattr(importlib.import_module(f"medcnncad.inference.{home}"), name)
     raise AttributeError(f"module 'medcnncad.inference' has no attribute {name!r}")

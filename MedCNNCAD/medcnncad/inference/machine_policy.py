@@ -12,7 +12,14 @@ Machines differ: one CPU has native bf16 (``avx512_bf16``/AMX; oneDNN runs bf16 
    runs once per machine and model.
 
 A model whose gate fails keeps fp32; the run's report says which policy ran and why
-(``execution_policy``). Used when the precision is ``measured`` (``--precision measured``).
+(``execution_policy``).
+
+``measured`` is the default precision of every case run (``medcnncad segment`` and ``batch``, the Slicer
+module, the Python console's ``cached_segmenter``): :func:`default_precision` returns it unless
+``$MEDCNNCAD_PRECISION`` names another (``manifest`` for the model's own setting, as the evaluations and
+the test suite use, or ``fp32``/``bf16``/``fp16``/``auto``). The first run of a model on a machine pays for
+the calibration (about 25 s for ``brats-robust-unet`` on a 2-core CPU with native bf16); a file lock next to
+the cache keeps two processes from calibrating at once, so the second one reads the first one's decision.
 """
 
 from __future__ import annotations
@@ -23,20 +30,27 @@ import os
 import platform
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medcnncad.errors import InputError
 from medcnncad.inference.background_norm import supports_background_statistics
 from medcnncad.inference.policy import CROP_MODES, choose_policy
+from medcnncad.inference.precisions import CASE_PRECISIONS, PRECISION_ENV
 from medcnncad.inference.segmenter import Segmenter, channels_last_safe, resolve_device
 from medcnncad.io.sample_case import SEQUENCES, load_sample_case
 from medcnncad.models.loaded import LoadedModel
+from medcnncad.models.registry import load_model
 
-__all__ = ["PolicyDecision", "cpu_bf16_native", "channels_last_safe", "machine_key", "measured_policy", "cache_path",
-           "build_segmenter"]
+__all__ = ["PolicyDecision", "CASE_PRECISIONS", "cpu_bf16_native", "channels_last_safe", "machine_key",
+           "measured_policy", "cache_path", "default_precision", "build_segmenter", "cached_segmenter"]
+
+
 
 
 @dataclass(frozen=True)
@@ -129,13 +143,64 @@ def measured_policy(model: LoadedModel, device: torch.device, path: Path | None 
     """
     path = path or cache_path()
     key = f"{machine_key(device)}:{model.manifest.weights_sha256}"
-    cached = _read_cache(path).get(key)
-    if cached:
-        return PolicyDecision(cached["precision"], cached["channels_last"], cached["reason"],
-                              tuple(cached.get("runs", ())), cached=True, crop=str(cached.get("crop", "none")))
-    decision = _decide(model, device)
-    _write_cache(path, key, decision)
+    cached = _cached(path, key)
+    if cached is not None:
+        return cached
+    with _calibration_lock(path):
+        cached = _cached(path, key)  # another process may have decided while this one waited
+        if cached is not None:
+            return cached
+        decision = _decide(model, device)
+        _write_cache(path, key, decision)
     return decision
+
+
+def _cached(path: Path, key: str) -> PolicyDecision | None:
+    entry = _read_cache(path).get(key)
+    if not entry:
+        return None
+    return PolicyDecision(entry["precision"], entry["channels_last"], entry["reason"], tuple(entry.get("runs", ())),
+                          cached=True, crop=str(entry.get("crop", "none")))
+
+
+@contextmanager
+def _calibration_lock(path: Path) -> Iterator[None]:
+    """Held while deciding: an exclusive lock on a file next to the cache, so that a second process waits and
+    then reads the first one's decision (none where the folder cannot be written: each process measures)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(str(path) + ".lock", "a+b")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError:
+        yield
+        return
+    try:
+        _lock(handle.fileno(), True)
+        try:
+            yield
+        finally:
+            _lock(handle.fileno(), False)
+    finally:
+        handle.close()
+
+
+def _lock(fd: int, take: bool) -> None:
+    """Take (blocking) or release an exclusive lock on an open file: ``fcntl.flock`` on POSIX, the first
+    byte with ``msvcrt.locking`` on Windows (which gives up after 10 s: tried again until it is free)."""
+    if os.name != "nt":
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX if take else fcntl.LOCK_UN)
+        return
+    import msvcrt
+
+    os.lseek(fd, 0, os.SEEK_SET)
+    while True:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_LOCK if take else msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            return
+        except OSError:
+            if not take:
+                return
 
 
 def _check_case(model: LoadedModel) -> dict[str, Any] | None:
@@ -185,13 +250,51 @@ def _decide(model: LoadedModel, device: torch.device) -> PolicyDecision:
     return PolicyDecision(precision, channels_last, reason, tuple(report["runs"]), crop=crop)
 
 
+def default_precision() -> str:
+    """The precision of a case run when none is asked for: ``$MEDCNNCAD_PRECISION``, else ``measured``.
+
+    Raises:
+        InputError: the variable names no precision of :data:`CASE_PRECISIONS`.
+    """
+    value = os.environ.get(PRECISION_ENV, "").strip() or "measured"
+    if value not in CASE_PRECISIONS:
+        raise InputError(f"${PRECISION_ENV}={value!r}: choose one of {', '.join(CASE_PRECISIONS)}")
+    return value
+
+
 def build_segmenter(model: LoadedModel, device: str = "auto", precision: str | None = None) -> Segmenter:
-    """A :class:`Segmenter` whose execution policy is ``precision``; ``"measured"`` decides it on this
-    machine (:func:`measured_policy`) and the run's report says which policy ran and why."""
-    if precision != "measured" or model.predict is not None:  # a format's own predictor keeps its precision
-        return Segmenter(model, device, precision=None if precision == "measured" else precision)
+    """A :class:`Segmenter` whose execution policy is ``precision`` (None: :func:`default_precision`).
+
+    ``measured`` decides it on this machine (:func:`measured_policy`), ``manifest`` keeps the model's own
+    setting, ``auto``/``fp32``/``bf16``/``fp16`` override it; the run's report says which policy ran and why.
+    A format with its own predictor keeps its own precision.
+
+    Raises:
+        InputError: ``precision`` is not one of :data:`CASE_PRECISIONS`.
+    """
+    precision = precision or default_precision()
+    if precision not in CASE_PRECISIONS:
+        raise InputError(f"precision {precision!r}: choose one of {', '.join(CASE_PRECISIONS)}")
+    if precision != "measured" or model.predict is not None:
+        return Segmenter(model, device, precision=None if precision in ("measured", "manifest") else precision)
     decision = measured_policy(model, resolve_device(device))
     reason = decision.reason + (" (cached)" if decision.cached else "")
     return Segmenter(model, device, precision=decision.precision, channels_last=decision.channels_last,
                      policy_reason=reason, crop_foreground=CROP_MODES[decision.crop][0],
                      fit_roi=CROP_MODES[decision.crop][1], background_statistics=CROP_MODES[decision.crop][2])
+
+
+_SEGMENTERS: dict[tuple[str, str, bool, str], Segmenter] = {}
+
+
+def cached_segmenter(model: str, device: str = "auto", trust: bool = False,
+                     precision: str | None = None) -> Segmenter:
+    """A :class:`Segmenter` per (model, device, trust, precision) and process: the model loads once and its
+    execution policy (:func:`build_segmenter`; None: :func:`default_precision`) is decided once.
+
+    Used by the worker process, the cohort workers and the Slicer Logic's console API.
+    """
+    key = (str(model), device, trust, precision or default_precision())
+    if key not in _SEGMENTERS:
+        _SEGMENTERS[key] = build_segmenter(load_model(model, trust=trust), device, key[3])
+    return _SEGMENTERS[key]

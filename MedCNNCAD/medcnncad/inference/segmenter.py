@@ -54,10 +54,9 @@ from medcnncad.inference.windows import ExecutionPolicy, fit_roi, infer
 from medcnncad.lesions.components import find_lesions
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.preprocessing import to_metatensor
-from medcnncad.models.registry import load_model
 from medcnncad.preprocessing.chain import PreparedCase, prepare_case
 
-__all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device", "cached_segmenter",
+__all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device",
            "channels_last_safe", "CHANNELS_LAST_REFUSED",
            "PRECISIONS", "TTA_FLIPS",
            # the post-processing steps, re-exported for existing callers
@@ -332,17 +331,3 @@ def _mask_array(prepared: PreparedCase | None) -> np.ndarray | None:
 
 def _steps(prepared: PreparedCase | None) -> list[dict]:
     return [s.to_json() for s in prepared.steps] if prepared is not None else []
-
-
-_SEGMENTERS: dict[tuple[str, str, bool], Segmenter] = {}
-
-
-def cached_segmenter(model: str, device: str = "auto", trust: bool = False) -> Segmenter:
-    """A :class:`Segmenter` per (model, device, trust) and process: the model loads once.
-
-    Used by the worker process, the cohort workers and the Slicer Logic's console API.
-    """
-    key = (str(model), device, trust)
-    if key not in _SEGMENTERS:
-        _SEGMENTERS[key] = Segmenter(load_model(model, trust=trust), device=device)
-    return _SEGMENTERS[key]

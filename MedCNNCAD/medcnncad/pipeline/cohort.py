@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from medcnncad.errors import InputError, MedCNNCADError
-from medcnncad.inference.segmenter import cached_segmenter
+from medcnncad.inference.machine_policy import cached_segmenter
 from medcnncad.io.images import atomic_path
 from medcnncad.metrics.calibration import expected_calibration_error
 from medcnncad.metrics.segmentation import pooled_detection
@@ -88,18 +88,19 @@ def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase
 # -- running ---------------------------------------------------------------------------------------
 
 def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str,
-                        dicom: tuple[bool, bool] = (False, False)) -> dict[str, Any]:
+                        dicom: tuple[bool, bool] = (False, False), precision: str | None = None) -> dict[str, Any]:
     """Run one case (in any process); returns a status record, never raises for bad input.
 
-    ``dicom``: (write the DICOM SEG, write the DICOM SR) for cases whose first input is a DICOM series.
+    ``dicom``: (write the DICOM SEG, write the DICOM SR) for cases whose first input is a DICOM series;
+    ``precision``: the execution policy (None: measured once per machine and model).
     """
     folder = Path(out_dir) / "cases" / case.case_id
     if (folder / "report.json").is_file():
         return {"case_id": case.case_id, "status": "skipped"}
     t0 = time.perf_counter()
     try:
-        process_case(cached_segmenter(model, device), case.inputs, folder, case.reference, case.series,
-                     dicom_seg=dicom[0], dicom_sr=dicom[1])
+        segmenter = cached_segmenter(model, device, precision=precision)
+        process_case(segmenter, case.inputs, folder, case.reference, case.series, dicom_seg=dicom[0], dicom_sr=dicom[1])
     except MedCNNCADError as exc:
         return {"case_id": case.case_id, "status": "failed", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one broken case must not stop the cohort
@@ -108,26 +109,29 @@ def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str,
 
 
 def _run_serial(cases: Sequence[CohortCase], model: str, device: str, out_dir: str, bar,
-                dicom: tuple[bool, bool]) -> list[dict]:
+                dicom: tuple[bool, bool], precision: str | None) -> list[dict]:
     statuses = []
     for case in cases:
-        statuses.append(process_cohort_case(case, model, device, out_dir, dicom))
+        statuses.append(process_cohort_case(case, model, device, out_dir, dicom, precision))
         bar.update(1)
     return statuses
 
 
 def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str, bar,
-              scheduler: str | None, workers: int, dicom: tuple[bool, bool]) -> list[dict]:
+              scheduler: str | None, workers: int, dicom: tuple[bool, bool], precision: str | None) -> list[dict]:
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler:
         client = Client(scheduler)
     else:
+        # a local cluster's processes read this machine's policy cache: decide it here, once, before they
+        # start, so that no worker calibrates while the others run cases on the same cores
+        cached_segmenter(model, device, precision=precision)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = [client.submit(process_cohort_case, case, model, device, out_dir, dicom,
+        futures = [client.submit(process_cohort_case, case, model, device, out_dir, dicom, precision,
                                  key=f"case-{case.case_id}", pure=False) for case in cases]
         statuses = []
         for future in as_completed(futures):
@@ -142,21 +146,22 @@ def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str
 
 def run_cohort(cases: Sequence[CohortCase], model: str, out_dir: str | Path, device: str = "auto",
                scheduler: str | None = None, workers: int = 2, serial: bool = False,
-               dicom_seg: bool = False, dicom_sr: bool = False) -> dict[str, Any]:
+               dicom_seg: bool = False, dicom_sr: bool = False, precision: str | None = None) -> dict[str, Any]:
     """Run every case (skipping finished ones), then write cohort.csv, failures.csv and the summary.
 
     ``serial`` runs in this process; otherwise on dask.distributed: the scheduler at
     ``scheduler`` (``tcp://host:port``), or a local cluster of ``workers`` processes. ``dicom_seg`` /
-    ``dicom_sr`` add each case's DICOM SEG / SR (TID 1500) where its first input is a DICOM series.
+    ``dicom_sr`` add each case's DICOM SEG / SR (TID 1500) where its first input is a DICOM series;
+    ``precision``: the execution policy (None: measured once per machine and model; ``MEDCNNCAD_PRECISION``).
     """
     dicom = (dicom_seg or dicom_sr, dicom_sr)
     out = Path(out_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(cases), desc="cases", unit="case") as bar:
         if serial:
-            statuses = _run_serial(cases, model, device, str(out), bar, dicom)
+            statuses = _run_serial(cases, model, device, str(out), bar, dicom, precision)
         else:
-            statuses = _run_dask(cases, model, device, str(out), bar, scheduler, workers, dicom)
+            statuses = _run_dask(cases, model, device, str(out), bar, scheduler, workers, dicom, precision)
     by_id = {s["case_id"]: s for s in statuses}
     failures = [by_id[c.case_id] for c in cases if by_id[c.case_id]["status"] == "failed"]
     _write_csv(out / "failures.csv", ["case_id", "error"], ([f["case_id"], f["error"]] for f in failures))

@@ -195,17 +195,18 @@ class SecondReaderLogic:
     # -- segmentation ---------------------------------------------------------------------
     def segment(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto", trust: bool = False,
                 progress: Callable[[str, float], None] | None = None, classifier: str | None = None,
-                tta: bool | None = None) -> ResultNodes:
+                tta: bool | None = None, precision: str | None = None) -> ResultNodes:
         """Segment in this process (blocking). Volumes as a list in channel order or a name -> node dict.
 
         ``classifier`` (model id) adds calibrated lesion class probabilities to the lesion table;
         ``tta`` adds test-time augmentation (4x the network time) and an uncertainty volume; ``None``
-        follows the model (manifest ``inference.test_time_augmentation``).
+        follows the model (manifest ``inference.test_time_augmentation``). ``precision`` (None: measured once
+        per machine and model, ``medcnncad.inference.machine_policy.default_precision``) sets the execution policy.
         """
-        from medcnncad.inference.segmenter import cached_segmenter
+        from medcnncad.inference.machine_policy import cached_segmenter
         from medcnncad.slicer.adaptor import add_result_nodes, volume_node_to_image
 
-        segmenter = cached_segmenter(model, device, trust)
+        segmenter = cached_segmenter(model, device, trust, precision)
         volumes = self._namedInputs(inputVolumeNodes, segmenter.manifest)
         result = segmenter.run({k: volume_node_to_image(v) for k, v in volumes.items()}, progress=progress, tta=tta)
         if classifier:
@@ -217,10 +218,11 @@ class SecondReaderLogic:
 
     def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
                           trust: bool = False, classifier: str | None = None,
-                          tta: bool | None = None, library: str | None = None) -> dict[str, Any]:
+                          tta: bool | None = None, library: str | None = None,
+                          precision: str | None = None) -> dict[str, Any]:
         """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`. With ``library``
         (it becomes :attr:`libraryPath`) or :attr:`libraryPath` set, the worker also describes the lesions for
-        :meth:`similarCases`."""
+        :meth:`similarCases`. ``precision`` as for :meth:`segment`."""
         self.libraryPath = library or self.libraryPath
         import SimpleITK as sitk
 
@@ -243,7 +245,7 @@ class SecondReaderLogic:
         requestId = self._worker.submit({"cmd": "segment", "model": modelFolder, "device": device, "trust": trust,
                                          "classifier": classifier or None, "tta": None if tta is None else bool(tta),
                                          "inputs": inputs, "out": os.path.join(folder, "out"),
-                                         "describe": bool(self.libraryPath)})
+                                         "describe": bool(self.libraryPath), "precision": precision})
         return {"id": requestId, "folder": folder, "manifest": manifest, "model": modelFolder,
                 "reference": firstNonEmptyVolume(volumes.values())}
 

@@ -11,7 +11,10 @@ Protocol: one JSON object per line. Requests on stdin::
      "inputs": {"T1": "/tmp/x/T1.nrrd", ...}, "out": "/tmp/x/out"}
     {"id": 2, "cmd": "quit"}
 
-(``"tta": null`` or absent: the model's default, manifest ``inference.test_time_augmentation``.)
+(``"tta": null`` or absent: the model's default, manifest ``inference.test_time_augmentation``. An optional
+``"precision"``: one of ``medcnncad.inference.precisions.CASE_PRECISIONS``; absent: measured once per machine
+and model, so a model's first case on a machine also runs the calibration, during the progress stage
+"model and execution policy".)
 
 Events on stdout: ``{"id", "event": "progress", "stage", "fraction"}``, then
 ``{"id", "event": "done", "out"}`` or ``{"id", "event": "error", "message"}``. The
@@ -45,7 +48,8 @@ import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification, cached_classifier
 from medcnncad.errors import InputError, MedCNNCADError, RunCancelled
-from medcnncad.inference.segmenter import SegmentationResult, cached_segmenter
+from medcnncad.inference.machine_policy import cached_segmenter
+from medcnncad.inference.segmenter import SegmentationResult
 from medcnncad.lesions.components import Lesion
 from medcnncad.lesions.lesion_filter import RemovedCandidate
 from medcnncad.retrieval.descriptors import case_descriptors, retrieval_report
@@ -115,7 +119,10 @@ class _Server:
     def segment(self, request: Mapping[str, Any]) -> None:
         rid = request.get("id")
 
-        segmenter = cached_segmenter(request["model"], request.get("device", "auto"), bool(request.get("trust")))
+        self.emit(id=rid, event="progress", stage="model and execution policy", fraction=0.0)
+        segmenter = cached_segmenter(request["model"], request.get("device", "auto"), bool(request.get("trust")),
+                                     request.get("precision"))
+
         def progress(stage: str, fraction: float) -> None:
             self.emit(id=rid, event="progress", stage=stage, fraction=fraction)
 
