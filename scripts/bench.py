@@ -119,7 +119,7 @@ def bench_case(repeats: int) -> None:
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-bench-"))
     case = make_phantom(900_000)
     paths = write_phantom(case, folder / "case")
-    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(folder / "out"),
+    args = ["segment", "--model", "demo", "--device", "cpu", "--precision", "manifest", "--out", str(folder / "out"),
             "--reference", str(paths["label"])]
     for name in case.images:
         args += ["--input", f"{name}={paths[name]}"]
@@ -233,7 +233,8 @@ def bench_segresnet(repeats: int) -> None:
     images = load_sample_case(brats_size=True)
     paths = _write_case(images, folder)
     model = _segresnet_model(folder, fit_roi=8)
-    args = ["segment", "--model", str(model), "--device", "cpu", "--out", str(folder / "out")]
+    args = ["segment", "--model", str(model), "--device", "cpu", "--precision", "manifest",
+            "--out", str(folder / "out")]
     for name in images:
         args += ["--input", f"{name}={paths[name]}"]
     segmenter = Segmenter(load_model(str(model)), "cpu")
@@ -464,7 +465,7 @@ def _memory_engine(folder: Path, with_reference: bool) -> None:
     from medcnncad.cli import main as cli
 
     out = folder / ("engine-ref" if with_reference else "engine")
-    args = ["segment", "--model", str(folder / "ct-memory-bench"), "--device", "cpu",
+    args = ["segment", "--model", str(folder / "ct-memory-bench"), "--device", "cpu", "--precision", "manifest",
             "--input", f"CT={folder / 'ct.nii.gz'}", "--out", str(out)]
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -542,7 +543,7 @@ def bench_worker(repeats: int) -> None:
     folder = Path(tempfile.mkdtemp(prefix="medcnncad-worker-"))
     case = make_phantom(900_000)
     paths = write_phantom(case, folder / "case")
-    request = {"cmd": "segment", "model": "brats-demo-unet", "device": "cpu",
+    request = {"cmd": "segment", "model": "brats-demo-unet", "device": "cpu", "precision": "manifest",
                "inputs": {name: str(paths[name]) for name in case.images}, "out": str(folder / "out")}
     manifest = describe_model("brats-demo-unet")
     client = WorkerClient()

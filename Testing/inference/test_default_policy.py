@@ -113,3 +113,45 @@ def test_the_reference_is_timed_again_so_its_warm_up_does_not_choose_a_candidate
     report = policy.choose_policy(None, {}, candidates=[("bf16", False)])
     assert [r["seconds"] for r in report["runs"]] == [5.0, 6.0]
     assert report["chosen"] == ("fp32", False, "none")
+
+
+def test_a_file_system_that_cannot_lock_still_gets_a_decision(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(mp, "_decide", lambda model, device: mp.PolicyDecision("fp32", False, "measured here"))
+    decision = mp.measured_policy(load_model("brats-demo-unet"), torch.device("cpu"), tmp_path / "cache.json")
+    assert decision.precision == "fp32" and not decision.cached
+
+
+def test_the_cache_lives_in_medcnncad_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDCNNCAD_POLICY_CACHE", raising=False)
+    monkeypatch.setenv("MEDCNNCAD_HOME", str(tmp_path / "mc"))
+    assert mp.cache_path() == tmp_path / "mc" / "policy-cache.json"
+    monkeypatch.setenv("MEDCNNCAD_POLICY_CACHE", str(tmp_path / "elsewhere.json"))
+    assert mp.cache_path() == tmp_path / "elsewhere.json"
+
+
+def test_a_cohort_resolves_its_precision_before_any_case(tmp_path, monkeypatch):
+    from medcnncad.pipeline.cohort import CohortCase, run_cohort
+
+    monkeypatch.setenv("MEDCNNCAD_PRECISION", "fast")
+    case = CohortCase("c1", {"T1": str(tmp_path / "t1.nii.gz")})
+    with pytest.raises(InputError, match="MEDCNNCAD_PRECISION='fast'"):  # not a failed case per row: exit 2
+        run_cohort([case], "brats-demo-unet", tmp_path / "out", serial=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_deciding_once_loads_the_model_only_for_a_measured_policy(tmp_path, monkeypatch):
+    monkeypatch.setattr(mp, "load_model", lambda *a, **k: pytest.fail("manifest precision: nothing to decide"))
+    mp.decide_policy_once("brats-demo-unet", "cpu", "manifest")
+    mp.decide_policy_once("brats-demo-unet", "cpu")  # the suite's default: manifest
+    monkeypatch.setattr(mp, "load_model", load_model)
+    monkeypatch.setattr(mp, "_decide", lambda model, device: mp.PolicyDecision("bf16", False, "measured here"))
+    monkeypatch.setenv("MEDCNNCAD_POLICY_CACHE", str(tmp_path / "cache.json"))
+    mp.decide_policy_once("brats-demo-unet", "cpu", "measured")
+    decision = mp.measured_policy(load_model("brats-demo-unet"), torch.device("cpu"))
+    assert decision.cached and decision.precision == "bf16"  # the workers find it

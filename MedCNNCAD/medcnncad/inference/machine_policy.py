@@ -24,6 +24,7 @@ the cache keeps two processes from calibrating at once, so the second one reads 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ import platform
 import re
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,8 @@ from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.registry import load_model
 
 __all__ = ["PolicyDecision", "CASE_PRECISIONS", "cpu_bf16_native", "channels_last_safe", "machine_key",
-           "measured_policy", "cache_path", "default_precision", "build_segmenter", "cached_segmenter"]
+           "measured_policy", "cache_path", "default_precision", "build_segmenter", "cached_segmenter",
+           "decide_policy_once"]
 
 
 
@@ -106,8 +108,11 @@ def machine_key(device: torch.device) -> str:
 
 
 def cache_path() -> Path:
-    """``$MEDCNNCAD_POLICY_CACHE`` or ``~/.medcnncad/policy-cache.json``."""
-    return Path(os.environ.get("MEDCNNCAD_POLICY_CACHE", Path.home() / ".medcnncad" / "policy-cache.json"))
+    """``$MEDCNNCAD_POLICY_CACHE``, else ``policy-cache.json`` in ``$MEDCNNCAD_HOME`` (default ``~/.medcnncad``,
+    where the trusted-bundle list lives too)."""
+    if os.environ.get("MEDCNNCAD_POLICY_CACHE"):
+        return Path(os.environ["MEDCNNCAD_POLICY_CACHE"])
+    return Path(os.environ.get("MEDCNNCAD_HOME", Path.home() / ".medcnncad")) / "policy-cache.json"
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
@@ -166,26 +171,30 @@ def _cached(path: Path, key: str) -> PolicyDecision | None:
 @contextmanager
 def _calibration_lock(path: Path) -> Iterator[None]:
     """Held while deciding: an exclusive lock on a file next to the cache, so that a second process waits and
-    then reads the first one's decision (none where the folder cannot be written: each process measures)."""
+    then reads the first one's decision. Where the folder cannot be written or the file system cannot lock
+    (e.g. a cluster file system mounted without locks), there is no lock and each process measures."""
+    handle = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(str(path) + ".lock", "a+b")  # noqa: SIM115 - closed below, after the lock is released
-    except OSError:
-        yield
-        return
-    try:
         _lock(handle.fileno(), True)
-        try:
-            yield
-        finally:
-            _lock(handle.fileno(), False)
+    except OSError:
+        if handle is not None:
+            handle.close()
+        handle = None
+    try:
+        yield
     finally:
-        handle.close()
+        if handle is not None:
+            with suppress(OSError):  # closing the file releases the lock anyway
+                _lock(handle.fileno(), False)
+            handle.close()
 
 
 def _lock(fd: int, take: bool) -> None:
     """Take (blocking) or release an exclusive lock on an open file: ``fcntl.flock`` on POSIX, the first
-    byte with ``msvcrt.locking`` on Windows (which gives up after 10 s: tried again until it is free)."""
+    byte with ``msvcrt.locking`` on Windows (whose blocking mode gives up after 10 s with EDEADLOCK: then it
+    is tried again; any other error is raised)."""
     if os.name != "nt":
         import fcntl
 
@@ -194,13 +203,16 @@ def _lock(fd: int, take: bool) -> None:
     import msvcrt
 
     os.lseek(fd, 0, os.SEEK_SET)
+    if not take:
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+        return
     while True:
         try:
-            msvcrt.locking(fd, msvcrt.LK_LOCK if take else msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
             return
-        except OSError:
-            if not take:
-                return
+        except OSError as error:
+            if error.errno not in (errno.EDEADLOCK, errno.EACCES):
+                raise
 
 
 def _check_case(model: LoadedModel) -> dict[str, Any] | None:
@@ -282,6 +294,20 @@ def build_segmenter(model: LoadedModel, device: str = "auto", precision: str | N
     return Segmenter(model, device, precision=decision.precision, channels_last=decision.channels_last,
                      policy_reason=reason, crop_foreground=CROP_MODES[decision.crop][0],
                      fit_roi=CROP_MODES[decision.crop][1], background_statistics=CROP_MODES[decision.crop][2])
+
+
+def decide_policy_once(model: str, device: str = "auto", precision: str | None = None) -> None:
+    """Measure and cache ``model``'s policy on this machine now, if ``precision`` is measured and it is not
+    cached yet; the model is loaded for that only and let go (a process that starts others calls this first,
+    so that they find the decision instead of calibrating side by side)."""
+    if (precision or default_precision()) != "measured":
+        return
+    loaded = load_model(model)
+    if loaded.predict is None:
+        measured_policy(loaded, resolve_device(device))
+    del loaded
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 _SEGMENTERS: dict[tuple[str, str, bool, str], Segmenter] = {}

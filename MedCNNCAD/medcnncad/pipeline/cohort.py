@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from medcnncad.errors import InputError, MedCNNCADError
-from medcnncad.inference.machine_policy import cached_segmenter
+from medcnncad.inference.machine_policy import cached_segmenter, decide_policy_once, default_precision
 from medcnncad.io.images import atomic_path
 from medcnncad.metrics.calibration import expected_calibration_error
 from medcnncad.metrics.segmentation import pooled_detection
@@ -127,7 +128,11 @@ def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str
     else:
         # a local cluster's processes read this machine's policy cache: decide it here, once, before they
         # start, so that no worker calibrates while the others run cases on the same cores
-        cached_segmenter(model, device, precision=precision)
+        if any(not (Path(out_dir) / "cases" / case.case_id / "report.json").is_file() for case in cases):
+            try:
+                decide_policy_once(model, device, precision)
+            except Exception as exc:  # noqa: BLE001 - the cases then fail (or calibrate) one by one, as serially
+                print(f"execution policy not decided before the workers start: {exc}", file=sys.stderr)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
@@ -155,6 +160,7 @@ def run_cohort(cases: Sequence[CohortCase], model: str, out_dir: str | Path, dev
     ``precision``: the execution policy (None: measured once per machine and model; ``MEDCNNCAD_PRECISION``).
     """
     dicom = (dicom_seg or dicom_sr, dicom_sr)
+    precision = precision or default_precision()  # here, so that every worker runs the caller's (a bad one: exit 2)
     out = Path(out_dir)
     (out / "cases").mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(cases), desc="cases", unit="case") as bar:
