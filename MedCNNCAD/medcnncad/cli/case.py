@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -22,7 +21,7 @@ from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL, D
 from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import find_model, load_model
 from medcnncad.pipeline.case import process_case
-from medcnncad.reporting.case_outputs import summary_table
+from medcnncad.reporting.case_outputs import report_text, summary_table
 
 __all__ = ["add_parsers", "parse_pairs"]
 
@@ -89,7 +88,7 @@ def run_demo(args: argparse.Namespace) -> int:
             for name, path in paths.items():
                 shutil.copyfile(path, out / "inputs" / f".{path.name}.tmp")
                 os.replace(out / "inputs" / f".{path.name}.tmp", final[name])
-            (out / ".report.json.tmp").write_text(json.dumps(report, indent=2) + "\n")
+            (out / ".report.json.tmp").write_text(report_text(report) + "\n")
             os.replace(out / ".report.json.tmp", out / "report.json")  # paths that outlive the demo
     print(summary_table(report))
     print(f"\noutputs in {out}: labels.nii.gz, labels.seg.nrrd, prob_*.nii.gz, overlay.png, report.json, "

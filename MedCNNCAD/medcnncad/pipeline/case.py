@@ -17,7 +17,7 @@ from medcnncad.io.dicom_series import series_files
 from medcnncad.io.images import atomic_path, read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics
 from medcnncad.models.channels import display_channel
-from medcnncad.reporting.case_outputs import write_case_outputs
+from medcnncad.reporting.case_outputs import report_text, write_case_outputs
 from medcnncad.retrieval.descriptors import case_descriptors
 
 __all__ = ["process_case"]
@@ -96,7 +96,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     timings["write"] = round(time.perf_counter() - t0 - timings.get("retrieval_descriptors", 0.0), 4)
     report["reference"] = str(Path(reference).resolve()) if reference else None
     with atomic_path(outputs.files["report"]) as tmp:  # the report is replaced whole or not at all
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.write_text(report_text(report) + "\n")
     return report
 
 

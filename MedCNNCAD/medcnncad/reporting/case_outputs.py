@@ -39,8 +39,8 @@ from medcnncad.metrics.segmentation import BRATS_2023, DETECTION_RULE, Structure
 from medcnncad.models.registry import model_format_of, model_source
 from medcnncad.retrieval.descriptors import LesionDescriptor, descriptors_json
 
-__all__ = ["CaseOutputs", "json_safe", "build_report", "write_case_outputs", "render_overlays", "overlay_caption",
-           "summary_table"]
+__all__ = ["CaseOutputs", "json_safe", "report_text", "build_report", "write_case_outputs", "render_overlays",
+           "overlay_caption", "summary_table"]
 
 @dataclass
 class CaseOutputs:
@@ -48,6 +48,20 @@ class CaseOutputs:
 
     folder: Path
     files: dict[str, Path] = field(default_factory=dict)
+
+
+def report_text(value: Any, level: int = 0) -> str:
+    """JSON text of a report: objects indented by two spaces per level, and each element of an array of
+    objects on a line of its own, written compactly by the C encoder (``json.dumps(indent=2)`` runs the
+    pure-Python encoder over every value: 0.37 s for the 4784 lesions of a random-weight network).
+    ``json.loads`` gives back what ``json.dumps`` would (tested); keys must be strings."""
+    pad = "  " * (level + 1)
+    if isinstance(value, dict) and value:
+        items = (f"{pad}{json.dumps(key)}: {report_text(item, level + 1)}" for key, item in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + "  " * level + "}"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(item, dict) for item in value):
+        return "[\n" + ",\n".join(pad + json.dumps(item) for item in value) + "\n" + "  " * level + "]"
+    return json.dumps(value)
 
 
 def json_safe(value: Any) -> Any:
@@ -333,7 +347,7 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
             names[key] = f"{key}.png"
             sitk.WriteImage(sitk.GetImageFromArray(descriptor.thumbnail), str(staging / names[key]))
         report = build_report(result, metrics, inputs, names, extra_timings, descriptors)
-        (staging / names["report"]).write_text(json.dumps(report, indent=2) + "\n")
+        (staging / names["report"]).write_text(report_text(report) + "\n")
         files = {}
         with signals_deferred():  # all files appear together, or none does
             for key, name in names.items():
