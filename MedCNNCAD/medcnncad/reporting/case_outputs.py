@@ -53,7 +53,8 @@ class CaseOutputs:
 def report_text(value: Any, level: int = 0) -> str:
     """JSON text of a report: objects indented by two spaces per level, and each element of an array of
     objects on a line of its own, written compactly by the C encoder (``json.dumps(indent=2)`` runs the
-    pure-Python encoder over every value: 0.37 s for the 4784 lesions of a random-weight network).
+    pure-Python encoder over every value: 0.098 s against 0.040 s for the 4784 lesions of a random-weight
+    network, and the report is written twice).
     ``json.loads`` gives back what ``json.dumps`` would (tested); keys must be strings."""
     pad = "  " * (level + 1)
     if isinstance(value, dict) and value:

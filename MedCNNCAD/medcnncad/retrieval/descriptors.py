@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from medcnncad.inference.inputs import in_manifest_order
 from medcnncad.inference.result import SegmentationResult
-from medcnncad.lesions.components import components
+from medcnncad.lesions.components import components, nonzero_box
 from medcnncad.models.channels import display_channel
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.manifest import Manifest
@@ -203,8 +203,11 @@ def radiomics_features(mask: np.ndarray, label_map: np.ndarray, reference: sitk.
     if margin is None:
         (k0, j0, i0), (k1, j1, i1) = (0, 0, 0), mask.shape
     else:
-        where = np.argwhere(mask)
-        (k0, j0, i0), (k1, j1, i1) = (where.min(0) - margin).clip(0), where.max(0) + margin + 1
+        box_of_mask = nonzero_box(mask)  # projections, not every voxel's index: a body-sized lesion stays cheap
+        if box_of_mask is None:
+            raise ValueError("radiomics_features: the lesion mask is empty")
+        (k0, j0, i0) = [max(b.start - margin, 0) for b in box_of_mask]
+        (k1, j1, i1) = [b.stop + margin for b in box_of_mask]
     box = mask[k0:k1, j0:j1, i0:i1]
     mask_image = sitk.GetImageFromArray(box.astype(np.uint8))
     mask_image.CopyInformation(reference[int(i0):int(i1), int(j0):int(j1), int(k0):int(k1)])
