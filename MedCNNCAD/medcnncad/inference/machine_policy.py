@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -254,6 +255,8 @@ def _decide(model: LoadedModel, device: torch.device) -> PolicyDecision:
     images = _check_case(model)
     if images is None:
         return PolicyDecision("fp32", False, "no check case for this model's inputs: fp32")
+    print(f"medcnncad: measuring {model.manifest.id}'s execution policy on this machine ({len(candidates) + 2} runs "
+          f"of the sample case, once per machine and model; --precision manifest skips it)", file=sys.stderr)
     report = choose_policy(model, images, device=device.type, candidates=candidates)
     precision, channels_last, crop = report["chosen"]
     rejected = [r for r in report["runs"] if not r["ok"]]
