@@ -140,6 +140,19 @@ def _segresnet_times(device: str, repeats: int) -> dict[str, float | str]:
     return out
 
 
+def _measured_policy(model, device: str, out: Path) -> dict:
+    """The calibration a user's first default run does on this machine (fresh cache under ``out``): what it
+    chose, how long it took, and each candidate's seconds and agreement with fp32."""
+    import torch
+
+    from medcnncad.inference.machine_policy import measured_policy
+
+    start = time.perf_counter()
+    decision = measured_policy(model, torch.device(device), out / "policy-cache.json")
+    return {"seconds": round(time.perf_counter() - start, 2), "precision": decision.precision,
+            "channels_last": decision.channels_last, "crop": decision.crop, "runs": list(decision.runs)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -197,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shipped model per case (manifest defaults, {shipped['tta_passes']} passes + refinement): "
               f"{shipped['per_case_in_memory_s']:.3f} s in memory; CPU fp32 reference "
               f"{shipped['cpu_fp32_reference_s']:.1f} s")
+        save()
+        shipped["measured_policy"] = _measured_policy(robust.model, args.device, out)
+        chosen = shipped["measured_policy"]
+        print(f"the default precision's calibration here: {chosen['seconds']:.1f} s, chose {chosen['precision']} "
+              f"(channels_last {chosen['channels_last']}); runs: "
+              + ", ".join(f"{r['precision']}{'+cl' if r['channels_last'] else ''} {r['seconds']:.2f} s "
+                          f"{'ok' if r['ok'] else 'rejected'}" for r in chosen["runs"]))
         save()
     if not args.skip_segresnet:
         report["segresnet_forward"] = _segresnet_times(args.device, max(2, args.repeats // 2))
