@@ -78,3 +78,32 @@ def test_the_skull_on_vessel_preset_is_robust_head_geometry_with_realistic_rende
     case = make_realistic_phantom(5, replace(vessels, crop_margin_mm=25.0, skull_fraction=1.0,
                                              tumor_free_fraction=0.0, vessels=VesselConfig(probability=1.0)))
     assert case.info["anatomy"] == "colin27" and case.info["skull"] and case.info["vessels_ml"] > 0
+
+
+def test_wide_sinuses_are_as_wide_as_drawn_and_leave_the_rest_unchanged(mni):
+    """The ``-wide`` presets: the sagittal sinus is 2 r across (r from 3-6 mm instead of 1.5-3 mm), and the
+    cortical veins and choroid plexus (the same stream's later draws) come out where they did."""
+    from medcnncad.data.phantom import PRESETS, WIDE_SINUSES
+
+    assert PRESETS["realistic-vessels-wide"] == replace(PRESETS["realistic-vessels"], vessels=WIDE_SINUSES)
+    assert PRESETS["realistic-head-vessels-wide"] == replace(PRESETS["realistic-head-vessels"], vessels=WIDE_SINUSES)
+    anatomy, brain = mni
+    x, _, z = axis_positions_mm(anatomy.reference)
+    top = int(np.argmax(z >= 40.0))  # an axial slice of the convexity (LPS z, mm), where only the sagittal sinus runs
+    widths, drawn = [], []
+    for config in (VesselConfig(probability=1, cortical_veins=(0, 0), choroid_probability=0),
+                   replace(WIDE_SINUSES, probability=1, cortical_veins=(0, 0), choroid_probability=0)):
+        rng = np.random.default_rng(5)
+        radius = np.random.default_rng(5).uniform(*config.sinus_radius_mm, size=2)[1]  # after the presence draw
+        vessels = draw_vessels(rng, brain, anatomy.csf, anatomy.reference, config)
+        across = np.flatnonzero(vessels[top].max(axis=0) > 0.5)  # voxels along x (1 mm) holding the sinus
+        widths.append((len(across), radius))
+        drawn.append(vessels)
+    for count, radius in widths:
+        assert abs(count - 2 * radius) <= 2.0  # |x| <= r on the 1 mm grid, blurred by 0.6 mm
+    assert 3.0 <= widths[1][1] <= 6.0 and widths[1][0] > widths[0][0]
+    full = [draw_vessels(np.random.default_rng(5), brain, anatomy.csf, anatomy.reference, replace(c, probability=1))
+            for c in (VesselConfig(), WIDE_SINUSES)]
+    # far from the midline and above the transverse sinuses: veins only
+    away = np.broadcast_to((np.abs(x)[None, None, :] > 20.0) & (z[:, None, None] > 20.0), full[0].shape)
+    assert full[0][away].any() and np.array_equal(full[0][away], full[1][away])

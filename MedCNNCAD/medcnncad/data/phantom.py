@@ -849,6 +849,12 @@ PRESETS["realistic-head-vessels-eyes"] = replace(PRESETS["realistic-head-vessels
 # orbits' contents left inside, zero beyond, as the clinical chain's brain extraction can leave them (run 20)
 PRESETS["robust-head-leaky"] = replace(PRESETS["robust-head-eyes"], leaky_mask=0.5)
 PRESETS["realistic-head-vessels-leaky"] = replace(PRESETS["realistic-head-vessels-eyes"], leaky_mask=0.5)
+# the two vessel presets with dural sinuses as wide as patients' (radius 3-6 mm: 6-12 mm across, where the default
+# 1.5-3 mm draws 3-6 mm); the radius is the vessels' stream's first draw after the presence draw, so every other
+# part of a case is the same (run 21, docs/evaluations/robust-run21_plan.md)
+WIDE_SINUSES = VesselConfig(sinus_radius_mm=(3.0, 6.0))
+PRESETS["realistic-vessels-wide"] = replace(PRESETS["realistic-vessels"], vessels=WIDE_SINUSES)
+PRESETS["realistic-head-vessels-wide"] = replace(PRESETS["realistic-head-vessels"], vessels=WIDE_SINUSES)
 
 
 def preset(name: str) -> PhantomConfig:
