@@ -147,10 +147,13 @@ def _measured_policy(model, device: str, out: Path) -> dict:
 
     from medcnncad.inference.machine_policy import measured_policy
 
+    cache = out / "policy-cache.json"
+    cache.unlink(missing_ok=True)  # measured now, not read back from an earlier check into the same folder
     start = time.perf_counter()
-    decision = measured_policy(model, torch.device(device), out / "policy-cache.json")
+    decision = measured_policy(model, torch.device(device), cache)
     return {"seconds": round(time.perf_counter() - start, 2), "precision": decision.precision,
-            "channels_last": decision.channels_last, "crop": decision.crop, "runs": list(decision.runs)}
+            "channels_last": decision.channels_last, "crop": decision.crop, "cached": decision.cached,
+            "runs": list(decision.runs)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{shipped['per_case_in_memory_s']:.3f} s in memory; CPU fp32 reference "
               f"{shipped['cpu_fp32_reference_s']:.1f} s")
         save()
-        shipped["measured_policy"] = _measured_policy(robust.model, args.device, out)
-        chosen = shipped["measured_policy"]
+        shipped["measured_policy"] = chosen = _measured_policy(robust.model, args.device, out)
+        save()
         print(f"the default precision's calibration here: {chosen['seconds']:.1f} s, chose {chosen['precision']} "
               f"(channels_last {chosen['channels_last']}); runs: "
-              + ", ".join(f"{r['precision']}{'+cl' if r['channels_last'] else ''} {r['seconds']:.2f} s "
+              + ", ".join(f"{r['precision']}{'+cl' if r['channels_last'] else ''} "
+                          f"{'n/a' if r['seconds'] is None else format(r['seconds'], '.2f')} s "
                           f"{'ok' if r['ok'] else 'rejected'}" for r in chosen["runs"]))
-        save()
     if not args.skip_segresnet:
         report["segresnet_forward"] = _segresnet_times(args.device, max(2, args.repeats // 2))
         print(f"SegResNet (model-zoo size) forward on 4x240x240x160: {report['segresnet_forward']}")

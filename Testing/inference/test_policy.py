@@ -317,3 +317,28 @@ def test_a_candidate_the_network_cannot_run_is_a_rejected_run_not_a_failed_calib
     refused = report["runs"][1]
     assert not refused["ok"] and "ConvTranspose3d" in refused["error"] and refused["seconds"] is None
     assert report["chosen"] == ("fp32", False, "none")
+
+
+def test_gpu_check_records_a_fresh_calibration_of_the_shipped_model(tmp_path, monkeypatch):
+    """What the GPU check adds for the default precision, run on the CPU with a stubbed decision: measured
+    again even when an earlier check left a cache in the same folder, and said so."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import medcnncad.inference.machine_policy as mp
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    runs = ({"precision": "fp32", "channels_last": False, "crop": "none", "seconds": 1.0, "ok": True},
+            {"precision": "bf16", "channels_last": False, "crop": "crop+fit", "seconds": None, "ok": False})
+    monkeypatch.setattr(mp, "_decide", lambda model, device: mp.PolicyDecision("fp32", False, "measured here", runs))
+    model = load_model("brats-demo-unet")
+    (tmp_path / "policy-cache.json").write_text(json.dumps({"stale": {}}))
+    first = gpu_check._measured_policy(model, "cpu", tmp_path)
+    second = gpu_check._measured_policy(model, "cpu", tmp_path)  # the same folder again: measured again
+    for record in (first, second):
+        assert record["cached"] is False and record["precision"] == "fp32" and record["runs"] == list(runs)
+        json.dumps(record)  # the report is JSON
