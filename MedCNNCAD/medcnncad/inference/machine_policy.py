@@ -40,6 +40,11 @@ from typing import Any
 
 import torch
 
+if sys.platform == "win32":  # the calibration lock (_lock)
+    import msvcrt
+else:
+    import fcntl
+
 from medcnncad.errors import InputError
 from medcnncad.inference.background_norm import supports_background_statistics
 from medcnncad.inference.policy import CROP_MODES, choose_policy
@@ -196,24 +201,20 @@ def _lock(fd: int, take: bool) -> None:
     """Take (blocking) or release an exclusive lock on an open file: ``fcntl.flock`` on POSIX, the first
     byte with ``msvcrt.locking`` on Windows (whose blocking mode gives up after 10 s with EDEADLOCK: then it
     is tried again; any other error is raised)."""
-    if os.name != "nt":
-        import fcntl
-
-        fcntl.flock(fd, fcntl.LOCK_EX if take else fcntl.LOCK_UN)
-        return
-    import msvcrt
-
-    os.lseek(fd, 0, os.SEEK_SET)
-    if not take:
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
-        return
-    while True:
-        try:
-            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+    if sys.platform == "win32":
+        os.lseek(fd, 0, os.SEEK_SET)
+        if not take:
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
             return
-        except OSError as error:
-            if error.errno not in (errno.EDEADLOCK, errno.EACCES):
-                raise
+        while True:
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                return
+            except OSError as error:
+                if error.errno not in (errno.EDEADLOCK, errno.EACCES):
+                    raise
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX if take else fcntl.LOCK_UN)
 
 
 def _check_case(model: LoadedModel) -> dict[str, Any] | None:
