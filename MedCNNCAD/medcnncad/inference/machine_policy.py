@@ -59,8 +59,6 @@ __all__ = ["PolicyDecision", "CASE_PRECISIONS", "cpu_bf16_native", "channels_las
            "decide_policy_once"]
 
 
-
-
 @dataclass(frozen=True)
 class PolicyDecision:
     """The precision and memory layout to run, why, and the measurement behind it (seconds per run)."""
