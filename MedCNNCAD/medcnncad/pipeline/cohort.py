@@ -88,6 +88,11 @@ def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase
 
 # -- running ---------------------------------------------------------------------------------------
 
+def _case_report(out_dir: str | Path, case_id: str) -> Path:
+    """``OUT/cases/<case_id>/report.json``: written last, so a case that has it is done (and skipped on resume)."""
+    return Path(out_dir) / "cases" / case_id / "report.json"
+
+
 def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str,
                         dicom: tuple[bool, bool] = (False, False), precision: str | None = None) -> dict[str, Any]:
     """Run one case (in any process); returns a status record, never raises for bad input.
@@ -95,8 +100,9 @@ def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str,
     ``dicom``: (write the DICOM SEG, write the DICOM SR) for cases whose first input is a DICOM series;
     ``precision``: the execution policy (None: measured once per machine and model).
     """
-    folder = Path(out_dir) / "cases" / case.case_id
-    if (folder / "report.json").is_file():
+    report = _case_report(out_dir, case.case_id)
+    folder = report.parent
+    if report.is_file():
         return {"case_id": case.case_id, "status": "skipped"}
     t0 = time.perf_counter()
     try:
@@ -128,7 +134,7 @@ def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str
     else:
         # a local cluster's processes read this machine's policy cache: decide it here, once, before they
         # start, so that no worker calibrates while the others run cases on the same cores
-        if any(not (Path(out_dir) / "cases" / case.case_id / "report.json").is_file() for case in cases):
+        if any(not _case_report(out_dir, case.case_id).is_file() for case in cases):
             try:
                 decide_policy_once(model, device, precision)
             except Exception as exc:  # noqa: BLE001 - the cases then fail (or calibrate) one by one, as serially
@@ -171,8 +177,8 @@ def run_cohort(cases: Sequence[CohortCase], model: str, out_dir: str | Path, dev
     by_id = {s["case_id"]: s for s in statuses}
     failures = [by_id[c.case_id] for c in cases if by_id[c.case_id]["status"] == "failed"]
     _write_csv(out / "failures.csv", ["case_id", "error"], ([f["case_id"], f["error"]] for f in failures))
-    reports = {c.case_id: json.loads((out / "cases" / c.case_id / "report.json").read_text())
-               for c in cases if (out / "cases" / c.case_id / "report.json").is_file()}
+    reports = {c.case_id: json.loads(_case_report(out, c.case_id).read_text())
+               for c in cases if _case_report(out, c.case_id).is_file()}
     rows = cohort_rows(cases, reports)
     _write_csv(out / "cohort.csv", list(rows[0]) if rows else ["case_id"], (list(r.values()) for r in rows))
     summary = summarize(cases, reports)
