@@ -193,3 +193,76 @@ def test_a_failure_inside_monais_compose_on_the_device_falls_back():
     warnings.clear()
     out = resident.preprocess_on(Compose([Lambda(needs_host_arrays)]), image, torch.device("meta"), warnings)
     assert float(np.max(out)) == 1.0 and len(warnings) == 1 and "in preprocessing" in warnings[0]
+
+
+@pytest.mark.parametrize("pixel", [sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkUInt8,
+                                   sitk.sitkInt32])
+def test_the_network_input_made_on_a_device_equals_the_hosts(pixel):
+    """The resident case casts and transposes each image on the device; here the device is the CPU, through the
+    same code: the float32 values, their (C, I, J, K) order and the affine are the host path's, bit for bit."""
+    rng = np.random.default_rng(int(pixel))
+    images = []
+    for _ in range(3):
+        kji = rng.normal(300.0, 400.0, (5, 7, 9)) if pixel in (sitk.sitkFloat32, sitk.sitkFloat64) else \
+            rng.integers(0, 250, (5, 7, 9))
+        kji[0, 0, 0] = 16777217 if pixel in (sitk.sitkFloat64, sitk.sitkInt32) else kji[0, 0, 0]  # 2^24+1: rounds
+        image = sitk.Cast(sitk.GetImageFromArray(kji), pixel)
+        image.SetSpacing((0.9, 1.1, 3.0))
+        image.SetOrigin((10.0, -20.0, 5.0))
+        images.append(image)
+    host = to_metatensor(images)
+    made = to_metatensor(images, torch.device("cpu"))
+    assert made.dtype == torch.float32 and made.shape == (3, 9, 7, 5) and made.is_contiguous()
+    assert torch.equal(made.as_tensor(), host.as_tensor())
+    assert torch.equal(made.affine, host.affine)
+    assert float(made[0, 0, 0, 0]) == float(np.float32(sitk.GetArrayViewFromImage(images[0])[0, 0, 0]))
+
+
+def test_reading_onto_the_device_falls_back_to_the_host_when_out_of_memory(monkeypatch):
+    import medcnncad.inference.resident as resident
+
+    real = resident.to_metatensor
+    calls = []
+
+    def full_on_device(images, device=None):
+        calls.append(device)
+        if device is not None:
+            raise torch.OutOfMemoryError("simulated")
+        return real(images)
+
+    monkeypatch.setattr(resident, "to_metatensor", full_on_device)
+    warnings: list[str] = []
+    image = sitk.Image([4, 3, 2], sitk.sitkFloat32) + 2.0
+    out = resident.network_input_on([image], torch.device("meta"), warnings)
+    assert calls == [torch.device("meta"), None] and out.device.type == "cpu" and float(out.max()) == 2.0
+    assert warnings == ["out of memory on meta in reading the inputs onto the device; that stage ran on the CPU"]
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_labels_made_with_torch_equal_the_numpy_rule_ties_included(activation, dtype):
+    from pathlib import Path
+
+    from helpers import blob_manifest_dict
+
+    from medcnncad.inference.postprocess import label_map_from_probabilities, label_map_from_probabilities_torch
+    from medcnncad.models.manifest import parse_manifest
+
+    raw = blob_manifest_dict()
+    raw["postprocessing"] = {"activation": activation, "threshold": 0.5, "channels": [
+        {"name": "background", "value": 0}, {"name": "blob", "value": 3}, {"name": "core", "value": 5}]}
+    raw["labels"].append({"name": "core", "value": 5, "color": [0, 1, 0]})
+    if activation == "sigmoid":
+        raw["postprocessing"]["channels"] = raw["postprocessing"]["channels"][1:]
+    raw["network"]["kwargs"]["out_channels"] = len(raw["postprocessing"]["channels"])
+    manifest = parse_manifest(raw, Path("."))
+    n = len(manifest.postprocessing.channels)
+    # quarter steps: many voxels where two or three channels tie, and values exactly at the threshold
+    probs = (np.random.default_rng(1).integers(0, 5, (n, 13, 11, 9)) / 4).astype(dtype)
+    expected = label_map_from_probabilities(probs, manifest, rows=4)
+    got = label_map_from_probabilities_torch(torch.from_numpy(probs), manifest)
+    assert got.dtype == torch.uint8
+    np.testing.assert_array_equal(got.numpy(), expected)
+    if activation == "softmax":
+        tied = (probs == probs.max(0)).sum(0) > 1
+        assert tied.mean() > 0.2 and set(np.unique(expected[tied])) <= {0, 3}  # ties go to the first channel

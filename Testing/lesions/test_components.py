@@ -123,3 +123,20 @@ def test_lesions_measured_in_the_occupied_box_equal_whole_grid_scipy(tmp_path):
         assert lesion.mean_probability == pytest.approx(float(prob[mask].mean(dtype=np.float64)), rel=1e-9)
         assert lesion.longest_diameter_mm == pytest.approx(_brute_force_diameter(mask, image), rel=1e-12)
     assert find_lesions(np.zeros_like(labels), image, manifest) == []
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (1, 0, 0, 0, 0, 1, 0, 1, 0),
+                                       (0, 0, 1, 1, 0, 0, 0, 1, 0)])
+def test_diameter_of_large_blobs_equals_brute_force_whichever_array_axis_is_axial(direction):
+    """The edge voxels of every slice are found in one erosion by an in-slice cross; whether the axial slices
+    run across array axis K, J or I, the diameter is the all-pairs one (sagittal and coronal acquisitions)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(7)
+    mask = ndimage.gaussian_filter(rng.random((24, 26, 22)), 2) > 0.5
+    mask[5:19, 4:20, 3:18] |= rng.random((14, 16, 15)) > 0.6  # ragged, with holes: edges inside slices too
+    labelled, _ = ndimage.label(mask, np.ones((3, 3, 3)))
+    mask = labelled == np.argmax(np.bincount(labelled.ravel())[1:]) + 1
+    assert mask.sum() > 256  # the edge path, not the all-pairs one
+    image = make_image(mask.astype(np.uint8), spacing=(0.8, 1.1, 2.5), origin=(3, -7, 11), direction=direction)
+    assert longest_axial_diameter_mm(mask, image) == pytest.approx(_brute_force_diameter(mask, image), rel=1e-12)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from medcnncad.inference.refine import refine_core
 from medcnncad.lesions.components import boxed_components, mask_from_box
@@ -18,8 +19,8 @@ from medcnncad.lesions.lesion_filter import RemovedCandidate, apply_lesion_filte
 from medcnncad.models.manifest import LabelVolumeFloor, Manifest
 
 __all__ = ["softmax_background", "foreground_probability_at", "label_map_from_probabilities",
-           "remove_small_components", "apply_label_volume_floors", "postprocess", "mode_warning",
-           "restrict_to_mask"]
+           "label_map_from_probabilities_torch", "remove_small_components", "apply_label_volume_floors",
+           "postprocess", "mode_warning", "restrict_to_mask"]
 
 
 def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: float,
@@ -110,6 +111,19 @@ def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest, 
             continue
         for index, channel in enumerate(post.channels):
             out[k:k + rows][part[index] > post.threshold] = channel.value
+    return out
+
+
+def label_map_from_probabilities_torch(probabilities: torch.Tensor, manifest: Manifest) -> torch.Tensor:
+    """:func:`label_map_from_probabilities` where the (C, K, J, I) ``probabilities`` are (a GPU for the resident
+    case): uint8 (K, J, I), the same labels (``argmax`` takes the first of tied channels, as numpy's does)."""
+    post = manifest.postprocessing
+    values = torch.tensor([c.value for c in post.channels], dtype=torch.uint8, device=probabilities.device)
+    if post.activation == "softmax":
+        return values[probabilities.argmax(0)]
+    out = torch.zeros(probabilities.shape[1:], dtype=torch.uint8, device=probabilities.device)
+    for index, channel in enumerate(post.channels):
+        out[probabilities[index] > post.threshold] = channel.value
     return out
 
 

@@ -47,13 +47,19 @@ from medcnncad.inference.postprocess import (
     softmax_background,
 )
 from medcnncad.inference.resample import background_only, to_input_grid
-from medcnncad.inference.resident import averaged_on_device, back_to_input_grid, clock, preprocess_on
+from medcnncad.inference.resident import (
+    averaged_on_device,
+    back_to_input_grid,
+    back_with_labels,
+    clock,
+    network_input_on,
+    preprocess_on,
+)
 from medcnncad.inference.result import ProgressCallback, SegmentationResult, no_progress
 from medcnncad.inference.tta import TTA_FLIPS
 from medcnncad.inference.windows import ExecutionPolicy, fit_roi, infer
 from medcnncad.lesions.components import find_lesions
 from medcnncad.models.loaded import LoadedModel
-from medcnncad.models.preprocessing import to_metatensor
 from medcnncad.preprocessing.chain import PreparedCase, prepare_case
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device",
@@ -255,9 +261,10 @@ class Segmenter:
         warnings += self.manifest.warnings_for([name for name in self.manifest.input_names if name not in missing])
         t0 = clock(self.device)
         progress("preprocess", 0.0)
-        pre = preprocess_on(self.model.preprocess, to_metatensor(crop_to_foreground(images, CROP_MARGIN)
-                                                                 if self.crop_foreground else images),
-                            self.device if self.resident and self.model.predict is None else None, warnings)
+        on = self.device if self.resident and self.model.predict is None else None
+        pre = preprocess_on(self.model.preprocess, network_input_on(crop_to_foreground(images, CROP_MARGIN)
+                                                                    if self.crop_foreground else images, on,
+                                                                    warnings), on, warnings)
         affine = torch.as_tensor(pre.affine, dtype=torch.float64).clone()
         check_memory(self.manifest, self.probability_dtype, pre, images[0])
         timings["preprocess"] = clock(self.device) - t0
@@ -267,6 +274,7 @@ class Segmenter:
         uncertainty = None
         device = self.device
         kept: tuple[np.ndarray, np.ndarray] | None = None
+        label_map: np.ndarray | None = None
         if self.model.predict is not None:  # the format's own predictor (nnU-Net) does windows to grid
             del pre
             probs = self._own_predictor(images, len(flips) > 1, warnings)
@@ -293,12 +301,13 @@ class Segmenter:
             timings["inference"] = clock(self.device) - t0
             t0 = clock(self.device)
             progress("postprocess", 0.0)
-            probs = back_to_input_grid(self.manifest, mean, affine, images[0], warnings, resident=self.resident)
+            probs, label_map = back_with_labels(self.manifest, mean, affine, images[0], warnings, self.resident)
             del mean
             if spread is not None:
                 uncertainty = back_to_input_grid(self.manifest, spread[None], affine, images[0], warnings, raw=True,
                                                  resident=self.resident)[0]
-        label_map = label_map_from_probabilities(probs, self.manifest)
+        if label_map is None:  # the format's own predictor, or an empty input: labels from host probabilities
+            label_map = label_map_from_probabilities(probs, self.manifest)
         voxel_ml = float(np.prod(images[0].GetSpacing())) / 1000.0
         given = {c.name: image for c, image in zip(self.manifest.inputs, images) if c.name not in missing}
         mask = _mask_array(prepared)

@@ -8,6 +8,7 @@ network output can be resampled back onto the input grid from that affine alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -46,16 +47,40 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
     return lps_to_ras(lps)
 
 
-def to_metatensor(images: Sequence[sitk.Image]) -> MetaTensor:
+def to_metatensor(images: Sequence[sitk.Image], device: torch.device | None = None) -> MetaTensor:
     """Stack co-registered images into a float32 (C, I, J, K) MetaTensor with RAS affine.
 
-    One preallocated float32 array, filled channel by channel (any input pixel type): no other
-    full-size copy is made.
+    ``device`` None: on the host, in one preallocated float32 array filled channel by channel (any input
+    pixel type): no other full-size copy is made. A device (a GPU for the resident case): each image's
+    (K, J, I) voxels travel in their own pixel type and are cast and transposed there (the same float32
+    values: a cast rounds to nearest on both), so the host does no transposing copy. The affine stays on
+    the host, as for a host tensor moved with ``.to(device)``.
     """
-    data = np.empty((len(images), *images[0].GetSize()), dtype=np.float32)
+    affine = torch.as_tensor(ras_affine(images[0]), dtype=torch.float64)
+    if device is None:
+        data = np.empty((len(images), *images[0].GetSize()), dtype=np.float32)
+        for index, img in enumerate(images):
+            data[index] = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0)
+        return MetaTensor(torch.from_numpy(data), affine=affine)
+    on_device = torch.empty((len(images), *images[0].GetSize()), dtype=torch.float32, device=device)
     for index, img in enumerate(images):
-        data[index] = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0)
-    return MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(ras_affine(images[0]), dtype=torch.float64))
+        on_device[index] = _voxels_kji(img).to(device).permute(2, 1, 0)
+    return MetaTensor(on_device, affine=affine)
+
+
+_TORCH_CASTS = {np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32,
+                                      np.float64)}  # pixel types every torch device casts to float32
+
+
+def _voxels_kji(image: sitk.Image) -> torch.Tensor:
+    """(K, J, I) voxels of ``image`` as a host tensor sharing its buffer (read only), in the pixel type where
+    torch casts it on any device; other types (unsigned 16-64 bit) as float32, cast here."""
+    view = sitk.GetArrayViewFromImage(image)
+    if view.dtype not in _TORCH_CASTS:
+        return torch.from_numpy(np.asarray(view, dtype=np.float32))
+    with warnings.catch_warnings():  # the view is read only; torch warns, and the tensor is only read
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(view)
 
 
 def _steps(pre: Preprocessing, keys: tuple[str, ...], label_key: str | None) -> list[Any]:
