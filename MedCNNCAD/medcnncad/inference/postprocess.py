@@ -16,6 +16,7 @@ import torch
 from medcnncad.inference.refine import refine_core
 from medcnncad.lesions.components import boxed_components, mask_from_box
 from medcnncad.lesions.lesion_filter import RemovedCandidate, apply_lesion_filter, removed_candidates
+from medcnncad.lesions.vessel_filter import apply_vessel_filter
 from medcnncad.models.manifest import LabelVolumeFloor, Manifest
 
 __all__ = ["softmax_background", "foreground_probability_at", "label_map_from_probabilities",
@@ -146,6 +147,20 @@ def restrict_to_mask(probs: np.ndarray, label_map: np.ndarray, mask: np.ndarray,
         uncertainty[outside] = 0
 
 
+def _spacing_kji(given: Mapping[str, sitk.Image]) -> tuple[float, float, float]:
+    """Voxel spacing (mm) of the label map's grid, in (K, J, I) order (every given input is on it)."""
+    spacing = next(iter(given.values())).GetSpacing()
+    return float(spacing[2]), float(spacing[1]), float(spacing[0])
+
+
+def _vessel_warning(removed: list[RemovedCandidate]) -> list[str]:
+    """A warning naming what the vessel filter removed (nothing: none)."""
+    if not removed:
+        return []
+    return [f"removed {len(removed)} thin, long, enhancing component(s) ({sum(c.volume_ml for c in removed):.2f} "
+            "mL) as dural sinus or vessel mimics (model post-processing, vessel_filter)"]
+
+
 def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, voxel_ml: float,
                 given: Mapping[str, sitk.Image], warnings: list[str],
                 score_within: np.ndarray | None = None) -> tuple[list[RemovedCandidate], float | None]:
@@ -173,6 +188,11 @@ def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, vo
     removed: list[RemovedCandidate] = []
     remove_small_components(label_map, post.min_lesion_ml, voxel_ml, foreground_at, post.min_lesion_probability,
                             removed)
+    if post.vessel_filter is not None:  # before the lesion filter: a vessel is not a candidate, nor scored
+        vessels: list[RemovedCandidate] = []
+        apply_vessel_filter(label_map, _spacing_kji(given), post.vessel_filter, vessels)
+        removed += vessels
+        warnings += _vessel_warning(vessels)
     scores: list[float] = []
     if post.lesion_filter is not None:
         apply_lesion_filter(label_map, foreground_at, voxel_ml,

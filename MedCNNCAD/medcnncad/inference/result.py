@@ -47,7 +47,7 @@ class SegmentationResult:
         classification: lesion-classifier summary (model, case probability, rule) when a
             classifier ran (:func:`medcnncad.classification.grade.attach_classification`).
         removed_candidates: the foreground components post-processing removed from the label
-            map (volume, probability floor, lesion filter), largest first; the probability
+            map (volume, probability floor, vessel filter, lesion filter), largest first; the probability
             maps keep them.
         lesion_filter_max: with a lesion filter (second stage), the largest probability it
             gave any candidate component (0 when none survived the floors); else ``None``.

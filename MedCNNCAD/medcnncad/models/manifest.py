@@ -25,7 +25,8 @@ __all__ = [
     "LABEL_PALETTE", "palette_colour", "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing",
     "ClinicalPreprocessing",
     "InferenceSettings",
-    "OutputChannel", "CoreRefinement", "Postprocessing", "Manifest", "load_manifest", "parse_manifest", "sha256_file",
+    "OutputChannel", "CoreRefinement", "VesselFilter", "Postprocessing", "Manifest", "load_manifest", "parse_manifest",
+    "sha256_file",
     "contained_path", "ClassDef", "ClassifierManifest", "parse_classifier_manifest",
 ]
 
@@ -171,6 +172,22 @@ class LesionFilter:
 
 
 @dataclass(frozen=True)
+class VesselFilter:
+    """Thin, long, solid, mostly enhancing components (dural sinuses, veins) are removed
+    (:mod:`medcnncad.lesions.vessel_filter`): volume >= ``min_ml`` (mL), largest inscribed radius <=
+    ``max_radius_mm``, length along the principal axis >= ``min_length_mm``, share of ``enhancing_labels``
+    voxels >= ``min_enhancing_fraction``, slice-wise hole-filled volume <= ``max_fill_ratio`` x volume."""
+
+    enhancing_labels: tuple[int, ...]
+    max_radius_mm: float
+    min_length_mm: float
+    min_enhancing_fraction: float = 0.5
+    max_fill_ratio: float = 1.2
+    min_ml: float = 1.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class LabelVolumeFloor:
     """When a case's total volume of label ``value`` is below ``min_ml`` (mL), those voxels become
     ``replace_with`` (BraTS practice: a few enhancing voxels in a non-enhancing tumor become core)."""
@@ -227,6 +244,7 @@ class Postprocessing:
     lesion_filter: LesionFilter | None = None  # second stage (lesions/lesion_filter.py), after the floors
     label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied after the lesion filter
     core_refinement: CoreRefinement | None = None  # applied last (refine.py)
+    vessel_filter: VesselFilter | None = None  # after the floors, before the lesion filter (vessel_filter.py)
 
 
 @dataclass(frozen=True)
@@ -508,6 +526,13 @@ def _check_case_calibration(m: Manifest, where: str) -> None:
         seen.append(inputs)
 
 
+def _vessel_filter(data: dict[str, Any] | None) -> VesselFilter | None:
+    """``postprocessing.vessel_filter`` (schema-validated already) as a :class:`VesselFilter`."""
+    if data is None:
+        return None
+    return VesselFilter(**{**data, "enhancing_labels": tuple(data["enhancing_labels"])})
+
+
 def _parse_lesion_filter(data: dict[str, Any] | None) -> LesionFilter | None:
     """``postprocessing.lesion_filter`` (schema-validated already) as a :class:`LesionFilter`."""
     if data is None:
@@ -584,7 +609,8 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
                                       _parse_lesion_filter(_lesion_filter_block(data, where)),
                                       tuple(LabelVolumeFloor(f["value"], f["min_ml"], f["replace_with"])
                                             for f in post.get("label_volume_floors", [])),
-                                      _core_refinement(post.get("core_refinement"))),
+                                      _core_refinement(post.get("core_refinement")),
+                                      _vessel_filter(post.get("vessel_filter"))),
         weights_file=contained_path(folder, data["weights"]["file"], "weights"),
         weights_sha256=data["weights"]["sha256"],
         name=data.get("name", data["id"]), aliases=tuple(data.get("aliases", ())),
