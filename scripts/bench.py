@@ -613,7 +613,7 @@ def bench_lesion_filter(repeats: int) -> None:
     loaded = load_model("brats-robust-unet")
     post = loaded.manifest.postprocessing
     raw = dataclasses.replace(post, min_lesion_ml=0.0, min_lesion_probability=0.0, lesion_filter=None,
-                              label_volume_floors=())
+                              label_volume_floors=(), vessel_filter=None)
     case = make_phantom(900_000, preset("heldout"))
     result = Segmenter(dataclasses.replace(loaded, manifest=dataclasses.replace(loaded.manifest, postprocessing=raw)),
                        "cpu").run(case.images)

@@ -124,9 +124,13 @@ def _preprocessing_steps(name: str, images: dict, device: str) -> list[dict]:
     for step in build_preprocessing_dict(manifest.preprocessing).transforms:
         host, on_device = step({"image": host})["image"], step({"image": on_device})["image"]
         a, b = host.as_tensor(), on_device.as_tensor().cpu()
+        if a.shape != b.shape:  # e.g. a foreground crop that chose another box: nothing to subtract, and later steps
+            rows.append({"step": type(step).__name__, "shapes_differ": [list(a.shape), list(b.shape)]})
+            break
         rows.append({"step": type(step).__name__, "max_abs_difference": float((a - b).abs().max()),
                      "zero_on_one_side_only": int(((a == 0) != (b == 0)).sum()), "voxels": a.numel()})
     print(f"{name} preprocessing, host vs {device}: " + ", ".join(
+        f"{r['step']} shapes differ {r['shapes_differ']}" if "shapes_differ" in r else
         f"{r['step']} max |d| {r['max_abs_difference']:.2g} ({r['zero_on_one_side_only']} voxels zero on one side)"
         for r in rows))
     return rows

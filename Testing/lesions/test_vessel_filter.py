@@ -90,3 +90,23 @@ def test_the_manifest_declares_the_filter_and_postprocess_applies_it(tmp_path):
     raw["postprocessing"]["vessel_filter"]["max_radius"] = 6  # not a field: the schema refuses it
     with pytest.raises(Exception, match="max_radius"):
         parse_manifest(raw, tmp_path)
+
+
+def test_unknown_enhancing_labels_are_refused_and_reports_state_the_filter(tmp_path):
+    from medcnncad.errors import ModelError
+    from medcnncad.reporting.case_outputs import _lesion_filter
+    from medcnncad.reporting.html import _filter_text
+
+    raw = blob_manifest_dict()  # one label, blob = 3
+    raw["postprocessing"]["vessel_filter"] = {"enhancing_labels": [7], "max_radius_mm": 6, "min_length_mm": 60}
+    with pytest.raises(ModelError, match=r"vessel_filter enhancing_labels use unknown label values \[7\]"):
+        parse_manifest(raw, tmp_path)  # a typo would silently disable the filter (0 % enhancing)
+    raw["postprocessing"]["vessel_filter"]["enhancing_labels"] = [3]
+    rule = _lesion_filter(parse_manifest(raw, tmp_path))
+    assert {k: v for k, v in rule["vessel_filter"].items() if k not in ("rule", "description")} == {
+        "enhancing_labels": ["blob"], "max_radius_mm": 6, "min_length_mm": 60, "min_enhancing_fraction": 0.5,
+        "max_fill_ratio": 1.2, "min_ml": 1.0}
+    assert ("Components of at least 1 mL that are thin (largest inscribed radius at most 6 mm), long (at least 60 mm), "
+            "solid and mostly blob are removed as dural sinus or vessel mimics.") in _filter_text(rule)
+    del raw["postprocessing"]["vessel_filter"]
+    assert "vessel" not in _filter_text(_lesion_filter(parse_manifest(raw, tmp_path)))

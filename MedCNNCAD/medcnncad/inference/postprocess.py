@@ -1,5 +1,5 @@
-"""Post-processing of a segmentation: probabilities -> label map, component floors, the lesion filter,
-label volume floors and the core refinement, as the model's manifest (``postprocessing``) declares.
+"""Post-processing of a segmentation: probabilities -> label map, component floors, the vessel filter, the lesion
+filter, label volume floors and the core refinement, as the model's manifest (``postprocessing``) declares.
 
 Label maps are uint8 (K, J, I); probabilities (C, K, J, I) with C the manifest's output channels;
 volumes in mL.
@@ -166,8 +166,9 @@ def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, vo
                 score_within: np.ndarray | None = None) -> tuple[list[RemovedCandidate], float | None]:
     """The manifest's post-processing of a (K, J, I) label map, in place.
 
-    Volume and probability floors, the lesion filter, label volume floors (a warning for each
-    that fires), then the core refinement (a warning when it changes labels).
+    Volume and probability floors, the vessel filter (a warning when it removes something), the lesion
+    filter, label volume floors (a warning for each that fires), then the core refinement (a warning
+    when it changes labels).
 
     Args:
         manifest: the model's manifest (its ``postprocessing`` block).

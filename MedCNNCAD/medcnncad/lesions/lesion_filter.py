@@ -39,7 +39,7 @@ HIGH_PROBABILITY = 0.9
 @dataclass(frozen=True)
 class RemovedCandidate:
     """A foreground component that post-processing removed from the label map (the probability maps
-    keep it). ``stage``: ``volume``, ``probability floor`` or ``lesion filter``; ``centroid_kji``:
+    keep it). ``stage``: ``volume``, ``probability floor``, ``vessel filter`` or ``lesion filter``; ``centroid_kji``:
     voxel indices (K, J, I) of its centre; probabilities are foreground probabilities in [0, 1]."""
 
     stage: str

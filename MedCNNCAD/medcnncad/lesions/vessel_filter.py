@@ -11,7 +11,8 @@ is hollow, and is kept). A component is removed when all of these hold (``postpr
   included) from a voxel of the component to the nearest voxel outside it;
 - length >= ``min_length_mm``: the extent (mm) of its voxel centres along their principal axis;
 - share of its voxels with one of ``enhancing_labels`` >= ``min_enhancing_fraction``;
-- solid: filling the holes of each of its (K) slices adds at most ``max_fill_ratio`` - 1 of its volume.
+- solid: filling the holes of each of its (K) slices adds at most ``max_fill_ratio`` - 1 of its volume (the
+  array's slices only: a hollow tube lying within them, open at its ends, counts as solid).
 
 Arrays are (K, J, I) as SimpleITK gives them; ``spacing_kji`` is in mm in that order.
 """

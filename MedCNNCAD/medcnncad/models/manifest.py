@@ -458,6 +458,10 @@ def _check_consistency(m: Manifest, where: str) -> None:
         unknown = {floor.value, floor.replace_with} - values - {0}
         if unknown:
             raise ModelError(f"{where}: label_volume_floors use unknown label values {sorted(unknown)}")
+    vessels = m.postprocessing.vessel_filter
+    if vessels is not None and set(vessels.enhancing_labels) - values:
+        raise ModelError(f"{where}: vessel_filter enhancing_labels use unknown label values "
+                         f"{sorted(set(vessels.enhancing_labels) - values)}")
     for ch in m.postprocessing.channels:
         if ch.value and ch.value not in values:
             raise ModelError(f"{where}: output channel {ch.name!r} paints unknown label value {ch.value}")

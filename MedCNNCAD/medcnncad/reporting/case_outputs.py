@@ -139,7 +139,25 @@ def _lesion_filter(manifest: Any) -> dict[str, Any]:
                     "probability is below min_max_probability, are removed from the label map and the lesion "
                     "list; the probability maps keep them",
             "chosen_with_test_time_augmentation": manifest.inference.test_time_augmentation,
-            **_classifier_filter(post.lesion_filter), **_label_floors(manifest), **_core_refinement(manifest)}
+            **_vessel_filter(manifest), **_classifier_filter(post.lesion_filter), **_label_floors(manifest),
+            **_core_refinement(manifest)}
+
+
+def _vessel_filter(manifest: Any) -> dict[str, Any]:
+    """The manifest's vessel filter as report JSON, with label names (empty when the model has none)."""
+    spec = manifest.postprocessing.vessel_filter
+    if spec is None:
+        return {}
+    names = {x.value: x.name for x in manifest.labels}
+    return {"vessel_filter": {
+        "enhancing_labels": [names[v] for v in spec.enhancing_labels], "max_radius_mm": spec.max_radius_mm,
+        "min_length_mm": spec.min_length_mm, "min_enhancing_fraction": spec.min_enhancing_fraction,
+        "max_fill_ratio": spec.max_fill_ratio, "min_ml": spec.min_ml, "description": spec.description,
+        "rule": "after the volume and probability floors, before the lesion filter: a component of at least min_ml "
+                "whose largest inscribed radius is at most max_radius_mm, whose length along its principal axis is "
+                "at least min_length_mm, with at least min_enhancing_fraction of its voxels in enhancing_labels and "
+                "solid in its axial array slices (hole-filled volume at most max_fill_ratio x its volume) is removed "
+                "as a dural sinus or vessel mimic"}}
 
 
 def _core_refinement(manifest: Any) -> dict[str, Any]:
@@ -188,7 +206,8 @@ def _removed_candidates(result: Any) -> dict[str, Any]:
         by_stage[candidate.stage] = by_stage.get(candidate.stage, 0) + 1
     return {"count": len(removed), "by_stage": by_stage,
             "largest": [c.to_json(result.reference) for c in removed[:REMOVED_LISTED]],
-            "note": "removed from the label map and the lesion list by the model's post-processing (lesion_filter); "
+            "note": "removed from the label map and the lesion list by the model's post-processing (lesion_filter, "
+                    "including its vessel_filter); "
                     "still visible in the probability maps"}
 
 

@@ -312,7 +312,8 @@ def _filter_text(lesion_filter: dict) -> str:
     return (f"Shown: components of at least {lesion_filter['min_volume_ml']:g} mL whose largest foreground "
             f"probability is at least {lesion_filter['min_max_probability']:g}{second} (model post-processing"
             f"{mode}); "
-            "smaller or less certain ones remain visible in the probability maps." + _floors_text(lesion_filter)
+            "smaller or less certain ones remain visible in the probability maps." + _vessel_text(lesion_filter)
+            + _floors_text(lesion_filter)
             + _refinement_text(lesion_filter.get("core_refinement")))
 
 
@@ -339,6 +340,16 @@ def _removed_section(removed: dict | None) -> list[str]:
             f"component(s) removed ({html.escape(stages)}); the {shown} largest are listed. They remain visible in "
             "the probability maps: look there before ruling a finding out.</p>",
             _table(["removed by", "volume mL", "max P", "classifier P", "R", "A", "S"], rows)]
+
+
+def _vessel_text(lesion_filter: dict) -> str:
+    """One sentence on the model's vessel filter (none: empty)."""
+    spec = lesion_filter.get("vessel_filter")
+    if not spec:
+        return ""
+    return (f" Components of at least {spec['min_ml']:g} mL that are thin (largest inscribed radius at most "
+            f"{spec['max_radius_mm']:g} mm), long (at least {spec['min_length_mm']:g} mm), solid and mostly "
+            f"{'/'.join(spec['enhancing_labels'])} are removed as dural sinus or vessel mimics.")
 
 
 def _floors_text(lesion_filter: dict) -> str:
