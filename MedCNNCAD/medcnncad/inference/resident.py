@@ -119,10 +119,10 @@ def averaged_on_device(infer: Callable[..., torch.Tensor], image: torch.Tensor, 
 
 def to_host(tensor: torch.Tensor) -> np.ndarray:
     """A host numpy copy of ``tensor``. From a GPU it lands in page-locked memory from torch's caching host
-    allocator: a BraTS-size probability volume (107 MB) comes back in 2 ms there against 76 ms into fresh
+    allocator: a BraTS-size volume of three float32 channels (107 MB) comes back in 2 ms there against 76 ms into fresh
     pageable memory, which pays a page fault per 4 KiB (H200, performance.md). The array keeps its buffer
     alive; when it is freed the buffer serves the next case. torch rounds each such buffer up to a power of two
-    (a 143 MB probability volume holds 256 MiB), and that memory stays locked while the result lives and cached
+    (four channels, 143 MB, hold 256 MiB), and that memory stays locked while the result lives and cached
     after. Without page-locked memory to spare, ``.cpu()``."""
     if tensor.device.type != "cuda":
         return tensor.cpu().numpy()

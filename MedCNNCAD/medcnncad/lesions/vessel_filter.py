@@ -81,7 +81,10 @@ def apply_vessel_filter(label_map: np.ndarray, spacing_kji: tuple[float, float, 
         if crop is None or sizes[index] * voxel_ml < rule.min_ml:
             continue
         component = labelled[crop] == index
-        shape = tube_shape(component, inner[crop][component], spacing_kji, rule.enhancing_labels)
+        labels = inner[crop][component]
+        if np.isin(labels, rule.enhancing_labels).mean() < rule.min_enhancing_fraction:
+            continue  # most tumors: no distance transform of a large box for a component that cannot qualify
+        shape = tube_shape(component, labels, spacing_kji, rule.enhancing_labels)
         drop[index] = is_vessel_like(shape, float(sizes[index] * voxel_ml), rule)
     if removed is not None and drop.any():
         ids = np.flatnonzero(drop)
