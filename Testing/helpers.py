@@ -66,6 +66,22 @@ def small_phantom(seed: int = 900_001):
     return cropped_phantom(seed)
 
 
+def demo_model_unsnapped():
+    """The demo model's weights with 1.0.0's preprocessing: MONAI's transforms only, without 1.0.1's
+    interpolation-residue snap (``residue_fraction``, not a MONAI transform). It is what :func:`write_bundle`'s
+    bundle runs, and the case where bf16 measurably moves its probabilities past the gate's 0.02."""
+    import dataclasses
+
+    from medcnncad.models.preprocessing import build_preprocessing
+    from medcnncad.models.registry import load_model
+
+    model = load_model("brats-demo-unet")
+    assert model.manifest.preprocessing.residue_fraction  # else this helper is not needed
+    pre = dataclasses.replace(model.manifest.preprocessing, residue_fraction=None)
+    return dataclasses.replace(model, manifest=dataclasses.replace(model.manifest, preprocessing=pre),
+                               preprocess=build_preprocessing(pre))
+
+
 def write_bundle(folder: Path, code: bool = True) -> Path:
     """A model-zoo style bundle wrapping the demo model's weights, with the same preprocessing."""
     manifest = json.loads((DEMO_MODEL / "manifest.json").read_text())

@@ -126,7 +126,7 @@ def test_console_script_and_models_listing():
     done = subprocess.run([sys.executable, "-m", "medcnncad.cli", "models"], capture_output=True, text=True,
                           cwd=ROOT, env={"PYTHONPATH": str(ROOT / "MedCNNCAD"), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
-    assert "brats-demo-unet\t1.0.0\tsegmentation\tinputs T1,T1c,T2,FLAIR" in done.stdout
+    assert "brats-demo-unet\t1.0.1\tsegmentation\tinputs T1,T1c,T2,FLAIR" in done.stdout
 
 
 def test_segment_with_lesion_classifier_and_uncertainty(tmp_path, capsys):

@@ -17,7 +17,7 @@ from medcnncad.models.registry import load_model
 
 
 def _seed_cache(path, model, precision="bf16", channels_last=False):
-    key = f"{mp.machine_key(torch.device('cpu'))}:{model.manifest.weights_sha256}"
+    key = mp.policy_cache_key(model, torch.device('cpu'))
     path.write_text(json.dumps({key: {"precision": precision, "channels_last": channels_last,
                                       "reason": "measured here"}}))
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import small_phantom, write_bundle
+from helpers import demo_model_unsnapped, small_phantom, write_bundle
 
 from medcnncad.errors import TrustError
 from medcnncad.inference.segmenter import Segmenter, remove_small_components
@@ -46,7 +46,7 @@ def test_trusted_bundle_runs_and_matches_the_manifest_model(tmp_path):
     assert bundle.manifest.input_names == ["T1", "T1c", "T2", "FLAIR"]
     assert bundle.manifest.inference.roi_size == (96, 96, 96)
     a = Segmenter(bundle, "cpu").run(images)
-    b = Segmenter(load_model("brats-demo-unet"), "cpu").run(images)
+    b = Segmenter(demo_model_unsnapped(), "cpu").run(images)
     for name in ("NCR", "ED", "ET"):
         np.testing.assert_allclose(a.probabilities[name], b.probabilities[name], atol=1e-4)
     # the bundle paints channel indices (0..3); the manifest paints BraTS values (0, 1, 2, 4),

@@ -8,7 +8,7 @@ Machines differ: one CPU has native bf16 (``avx512_bf16``/AMX; oneDNN runs bf16 
    shipped sample case, for models that take BraTS sequences) and the fastest one that agrees with fp32
    (every label's Dice >= 0.99, probabilities within 0.02: :mod:`medcnncad.inference.policy`) is kept;
 3. the decision is cached in ``~/.medcnncad/policy-cache.json`` keyed by the machine (CPU model, its
-   bf16/AMX flags, torch version, CUDA device) and the model's weights (SHA-256), so the calibration
+   bf16/AMX flags, torch version, CUDA device) and the model (weights SHA-256, id and version), so the calibration
    runs once per machine and model.
 
 A model whose gate fails keeps fp32; the run's report says which policy ran and why
@@ -55,8 +55,8 @@ from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.registry import load_model
 
 __all__ = ["PolicyDecision", "CASE_PRECISIONS", "cpu_bf16_native", "channels_last_safe", "machine_key",
-           "measured_policy", "cache_path", "default_precision", "build_segmenter", "cached_segmenter",
-           "decide_policy_once"]
+           "policy_cache_key", "measured_policy", "cache_path", "default_precision", "build_segmenter",
+           "cached_segmenter", "decide_policy_once"]
 
 
 @dataclass(frozen=True)
@@ -139,11 +139,18 @@ def _write_cache(path: Path, key: str, decision: PolicyDecision) -> None:
         pass
 
 
+def policy_cache_key(model: LoadedModel, device: torch.device) -> str:
+    """The cache key of ``model``'s decision on this machine: the machine, the weights' SHA-256 and the model's
+    version (a new version may change the preprocessing or post-processing around the same weights, and with them
+    what the accuracy gate measures)."""
+    return f"{machine_key(device)}:{model.manifest.weights_sha256}:{model.manifest.id}@{model.manifest.version}"
+
+
 def measured_policy(model: LoadedModel, device: torch.device, path: Path | None = None) -> PolicyDecision:
     """The policy for ``model`` on this machine: from the cache, or decided now (see the module docstring).
 
     Args:
-        model: the loaded model (its weights' SHA-256 keys the cache).
+        model: the loaded model (its weights' SHA-256 and version key the cache: :func:`policy_cache_key`).
         device: where it runs.
         path: the cache file (default :func:`cache_path`).
 
@@ -151,7 +158,7 @@ def measured_policy(model: LoadedModel, device: torch.device, path: Path | None 
         The :class:`PolicyDecision`.
     """
     path = path or cache_path()
-    key = f"{machine_key(device)}:{model.manifest.weights_sha256}"
+    key = policy_cache_key(model, device)
     cached = _cached(path, key)
     if cached is not None:
         return cached

@@ -99,7 +99,13 @@ class RegionDef:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Orientation (axis codes, RAS convention as MONAI), spacing (x, y, z mm), normalisation, crop."""
+    """Orientation (axis codes, RAS convention as MONAI), spacing (x, y, z mm), normalisation, crop.
+
+    ``residue_fraction``: after resampling, a value whose magnitude is below this fraction of its channel's
+    largest magnitude is set to exactly 0 (interpolation residue such as 1e-14 of a bright neighbour, which
+    rounds differently on each device and which a ``nonzero`` normalisation and the foreground crop would
+    count as foreground). None: MONAI's behaviour, nothing snapped.
+    """
 
     orientation: str | None = None
     spacing_mm: tuple[float, float, float] | None = None
@@ -110,6 +116,7 @@ class Preprocessing:
     a_max: float | None = None
     crop_foreground: bool = False
     crop_margin_vox: int = 0
+    residue_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -599,7 +606,8 @@ def parse_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") 
             spacing_mm=tuple(pre["spacing_mm"]) if "spacing_mm" in pre else None,
             normalization=norm["method"], nonzero=norm.get("nonzero", True),
             channel_wise=norm.get("channel_wise", True), a_min=norm.get("a_min"), a_max=norm.get("a_max"),
-            crop_foreground=crop.get("enabled", False), crop_margin_vox=crop.get("margin_vox", 0)),
+            crop_foreground=crop.get("enabled", False), crop_margin_vox=crop.get("margin_vox", 0),
+            residue_fraction=pre.get("residue_fraction")),
         network_class=data["network"]["class"], network_kwargs=dict(data["network"]["kwargs"]),
         inference=InferenceSettings(tuple(inf["roi_size"]), inf.get("overlap", 0.25),
                                     inf.get("blend_mode", "gaussian"), inf.get("sw_batch_size", 1),
