@@ -83,7 +83,8 @@ def demo_model_unsnapped():
 
 
 def write_bundle(folder: Path, code: bool = True) -> Path:
-    """A model-zoo style bundle wrapping the demo model's weights, with the same preprocessing."""
+    """A model-zoo style bundle wrapping the demo model's weights, with its preprocessing as MONAI transforms (1.0.0's:
+    without 1.0.1's residue snap, which is not a MONAI transform; compare with :func:`demo_model_unsnapped`)."""
     manifest = json.loads((DEMO_MODEL / "manifest.json").read_text())
     (folder / "configs").mkdir(parents=True)
     (folder / "models").mkdir()

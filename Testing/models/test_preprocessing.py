@@ -15,7 +15,13 @@ from monai.transforms import Compose, NormalizeIntensityd, Orientationd, Spacing
 from medcnncad.errors import ModelError
 from medcnncad.io.sample_case import load_sample_case
 from medcnncad.models.manifest import Preprocessing, parse_manifest
-from medcnncad.models.preprocessing import SnapResidued, build_preprocessing, snap_residue, to_metatensor
+from medcnncad.models.preprocessing import (
+    SnapResidued,
+    build_preprocessing,
+    build_preprocessing_dict,
+    snap_residue,
+    to_metatensor,
+)
 
 
 def test_snap_residue_by_hand():
@@ -97,3 +103,18 @@ def test_snapping_makes_differently_rounded_resamplings_agree():
     one_side = (snapped[0] == 0) != (snapped[1] == 0)
     assert int(one_side.sum()) <= 2
     assert float((snapped[0] - snapped[1])[~one_side].abs().max()) < 1e-3
+
+
+def test_the_label_is_not_snapped_and_nothing_is_without_resampling():
+    """Training's dictionary steps snap the image only (a label's values are classes); without ``spacing_mm``
+    there is no resampling, so no step is added."""
+    pre = Preprocessing(orientation="RAS", spacing_mm=(1.5, 1.5, 1.5), normalization="none", residue_fraction=1e-5)
+    steps = build_preprocessing_dict(pre, label_key="label").transforms
+    snaps = [s for s in steps if isinstance(s, SnapResidued)]
+    assert len(snaps) == 1 and snaps[0].keys == ("image",)
+    image = to_metatensor([_block_image()])
+    label = MetaTensor(torch.full_like(image.as_tensor(), 1e-7), affine=image.affine)  # tiny on purpose
+    out = SnapResidued(("image",), 1e-5)({"image": image, "label": label})
+    assert out["label"] is label
+    unresampled = Preprocessing(orientation="RAS", normalization="none", residue_fraction=1e-5)
+    assert not any(isinstance(s, SnapResidued) for s in build_preprocessing_dict(unresampled).transforms)

@@ -84,6 +84,9 @@ def test_incompatible_cases_and_bad_requests_are_clear_errors(tmp_path):
     other = fake_case(tmp_path / "other", [(1.0, 0.5, [0.0, 0.0])], model={**MODEL, "weights_sha256": "b" * 64})
     with pytest.raises(LibraryError, match="library holds model demo"):
         library.add_case(other, "other")
+    newer = fake_case(tmp_path / "newer", [(1.0, 0.5, [0.0, 0.0])], model={**MODEL, "version": "1.0.1"})
+    with pytest.raises(LibraryError, match="demo 1.0.1 .* the library holds model demo 1.0.0"):
+        library.add_case(newer, "newer")  # the same weights, another version: its preprocessing may differ
     old = fake_case(tmp_path / "old", [(1.0, 0.5, [0.0, 0.0])], version="0")
     with pytest.raises(LibraryError, match="descriptor version 0"):
         library.add_case(old, "old")

@@ -64,6 +64,14 @@ def test_a_run_of_another_network_or_preprocessing_is_refused_by_name(tmp_path, 
     assert not (tmp_path / "candidate").exists()
 
 
+def test_a_run_without_the_residue_snap_fits_and_takes_the_model_s(tmp_path):
+    shipped = json.loads((find_model(SHIPPED) / "manifest.json").read_text())
+    assert shipped["preprocessing"]["residue_fraction"] == 1e-5
+    older = {k: v for k, v in shipped["preprocessing"].items() if k != "residue_fraction"}
+    out = make_candidate(_training_run(tmp_path / "run", preprocessing=older), SHIPPED, tmp_path / "candidate")
+    assert json.loads((out / "manifest.json").read_text())["preprocessing"] == shipped["preprocessing"]
+
+
 def test_an_existing_folder_is_left_alone_and_the_cli_says_so_in_one_line(tmp_path, capsys):
     run = _training_run(tmp_path / "run")
     out = tmp_path / "mine"

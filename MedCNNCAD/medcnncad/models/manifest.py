@@ -101,10 +101,10 @@ class RegionDef:
 class Preprocessing:
     """Orientation (axis codes, RAS convention as MONAI), spacing (x, y, z mm), normalisation, crop.
 
-    ``residue_fraction``: after resampling, a value whose magnitude is below this fraction of its channel's
-    largest magnitude is set to exactly 0 (interpolation residue such as 1e-14 of a bright neighbour, which
-    rounds differently on each device and which a ``nonzero`` normalisation and the foreground crop would
-    count as foreground). None: MONAI's behaviour, nothing snapped.
+    ``residue_fraction``: after resampling (with ``spacing_mm`` only), a value whose magnitude is below this
+    fraction of its channel's largest magnitude is set to exactly 0 (interpolation residue such as 1e-14 of a
+    bright neighbour, which rounds differently on each device and which a ``nonzero`` normalisation and the
+    foreground crop would count as foreground). None: MONAI's behaviour, nothing snapped.
     """
 
     orientation: str | None = None

@@ -94,8 +94,9 @@ def snap_residue(image: torch.Tensor, fraction: float) -> torch.Tensor:
     there). A ``nonzero`` z-score counts every non-zero voxel as foreground (z-scored to about -2.6 instead
     of staying 0), so the host's and the GPU's network inputs differ at the edge. Snapped, both are 0.
     """
-    scale = image.detach().abs().amax(dim=tuple(range(1, image.ndim)), keepdim=True)
-    return image.masked_fill(image.abs() < scale * fraction, 0)
+    magnitude = image.detach().abs()
+    scale = magnitude.amax(dim=tuple(range(1, image.ndim)), keepdim=True)
+    return image.masked_fill(magnitude < scale * fraction, 0)
 
 
 class SnapResidued:
@@ -119,8 +120,8 @@ def _steps(pre: Preprocessing, keys: tuple[str, ...], label_key: str | None) -> 
     if pre.spacing_mm:
         modes = ["bilinear"] * len(keys) + (["nearest"] if label_key else [])
         steps.append(Spacingd(all_keys, pixdim=pre.spacing_mm, mode=modes))
-    if pre.residue_fraction:
-        steps.append(SnapResidued(keys, pre.residue_fraction))
+        if pre.residue_fraction:  # only resampling leaves residue
+            steps.append(SnapResidued(keys, pre.residue_fraction))
     if pre.crop_foreground:
         steps.append(CropForegroundd(all_keys, source_key=keys[0], margin=pre.crop_margin_vox,
                                      allow_smaller=True))

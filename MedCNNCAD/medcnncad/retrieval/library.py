@@ -237,10 +237,13 @@ class Library:
     # -- adding ------------------------------------------------------------------------------------
 
     def check_compatible(self, report: Mapping[str, Any], where: str) -> dict[str, Any]:
-        """The case's retrieval block, when its model and descriptor version are the library's (else LibraryError)."""
+        """The case's retrieval block, when its model (weights and version: a new version may change the
+        preprocessing or post-processing around the same weights, and with them the descriptors) and descriptor
+        version are the library's (else LibraryError)."""
         block = case_retrieval(report, where)
         model = report.get("model", {})
-        if model.get("weights_sha256") != self.model["weights_sha256"]:
+        if (model.get("weights_sha256"), model.get("version")) != (self.model["weights_sha256"],
+                                                                   self.model.get("version")):
             raise LibraryError(f"{where}: segmented with model {model.get('id')} {model.get('version')} (weights "
                                f"{str(model.get('weights_sha256'))[:12]}), the library holds model {self.model['id']} "
                                f"{self.model['version']} (weights {self.model['weights_sha256'][:12]})")
