@@ -63,6 +63,19 @@ def test_the_filter_removes_the_tube_and_keeps_ball_short_tube_and_non_enhancing
     assert [(c.stage, c.voxel_count) for c in removed] == [("vessel filter", int(gone.sum()))]
     assert removed[0].volume_ml == pytest.approx(gone.sum() / 1000.0)
     assert removed[0].centroid_kji == pytest.approx((49.5, 20.0, 20.0))
+    assert removed[0].max_probability is None  # no probabilities given
+
+
+def test_a_removed_vessel_lists_its_largest_probability():
+    labels = np.zeros((100, 40, 40), np.uint8)
+    labels[_tube()] = 4
+    foreground = np.zeros(labels.shape, np.float32)
+    foreground[labels == 4] = 0.6
+    foreground[50, 20, 20] = 0.97  # on the tube's axis
+    foreground[5, 5, 5] = 0.99  # outside every component: not the tube's
+    removed: list = []
+    apply_vessel_filter(labels, (1.0, 1.0, 1.0), RULE, removed, lambda mask: foreground[mask])
+    assert [c.max_probability for c in removed] == [pytest.approx(0.97)]
 
 
 def test_the_manifest_declares_the_filter_and_postprocess_applies_it(tmp_path):
@@ -83,7 +96,8 @@ def test_the_manifest_declares_the_filter_and_postprocess_applies_it(tmp_path):
     probs[0] = 1 - probs[2]
     warnings: list[str] = []
     removed, _ = postprocess(manifest, labels, probs, 0.001, {"CT": make_image(labels.astype(np.float32))}, warnings)
-    assert not labels.any() and [c.stage for c in removed] == ["vessel filter"]
+    assert not labels.any() and [(c.stage, c.max_probability) for c in removed] == [("vessel filter",
+                                                                                      pytest.approx(0.9))]
     # 29 lattice points lie within 3 of a centre (Gauss's circle problem, N(3) = 29): 29 x 80 slices = 2.32 mL
     assert warnings == ["removed 1 thin, long, enhancing component(s) (2.32 mL) as dural sinus or vessel mimics "
                         "(model post-processing, vessel_filter)"]

@@ -191,7 +191,7 @@ def postprocess(manifest: Manifest, label_map: np.ndarray, probs: np.ndarray, vo
                             removed)
     if post.vessel_filter is not None:  # before the lesion filter: a vessel is not a candidate, nor scored
         vessels: list[RemovedCandidate] = []
-        apply_vessel_filter(label_map, _spacing_kji(given), post.vessel_filter, vessels)
+        apply_vessel_filter(label_map, _spacing_kji(given), post.vessel_filter, vessels, foreground_at)
         removed += vessels
         warnings += _vessel_warning(vessels)
     scores: list[float] = []

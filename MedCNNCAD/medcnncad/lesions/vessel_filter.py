@@ -19,12 +19,13 @@ Arrays are (K, J, I) as SimpleITK gives them; ``spacing_kji`` is in mm in that o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from medcnncad.lesions.components import boxed_components
+from medcnncad.lesions.components import boxed_components, mask_from_box
 from medcnncad.lesions.lesion_filter import RemovedCandidate, removed_candidates
 from medcnncad.models.manifest import VesselFilter
 
@@ -65,10 +66,12 @@ def is_vessel_like(shape: TubeShape, volume_ml: float, rule: VesselFilter) -> bo
 
 
 def apply_vessel_filter(label_map: np.ndarray, spacing_kji: tuple[float, float, float], rule: VesselFilter,
-                        removed: list[RemovedCandidate] | None = None) -> np.ndarray:
+                        removed: list[RemovedCandidate] | None = None,
+                        foreground_at: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Zero the 26-connected foreground components of a (K, J, I) label map that :func:`is_vessel_like` finds
     (in place; returned). ``removed``: when given, a :class:`RemovedCandidate` (stage ``vessel filter``) per
-    removed component is appended."""
+    removed component is appended, with its largest foreground probability when ``foreground_at`` (whole-grid
+    boolean mask -> the foreground probability at its voxels, in C order) is given."""
     found = boxed_components(label_map)
     if found is None:
         return label_map
@@ -88,6 +91,18 @@ def apply_vessel_filter(label_map: np.ndarray, spacing_kji: tuple[float, float, 
         drop[index] = is_vessel_like(shape, float(sizes[index] * voxel_ml), rule)
     if removed is not None and drop.any():
         ids = np.flatnonzero(drop)
-        removed += removed_candidates(labelled, ids, ["vessel filter"] * len(ids), sizes, voxel_ml, None, None, box)
+        removed += removed_candidates(labelled, ids, ["vessel filter"] * len(ids), sizes, voxel_ml,
+                                      _peaks(labelled, drop, foreground_at, label_map.shape, box), None, box)
     inner[drop[labelled]] = 0
     return label_map
+
+
+def _peaks(labelled: np.ndarray, drop: np.ndarray, foreground_at: Callable[[np.ndarray], np.ndarray] | None,
+           shape: tuple[int, ...], box: tuple[slice, ...]) -> np.ndarray | None:
+    """The largest foreground probability of each dropped component (indexed by id; others 0), or None."""
+    if foreground_at is None:
+        return None
+    inside = drop[labelled]
+    peak = np.zeros(len(drop), np.float32)
+    np.maximum.at(peak, labelled[inside], foreground_at(mask_from_box(shape, box, inside)))
+    return peak
