@@ -1,4 +1,4 @@
-"""``medcnncad train segmentation|classification|candidate``, ``calibrate-classifier``, ``evaluate-classifier``."""
+"""``medcnncad train segmentation|classification|candidate|soup``, ``calibrate-classifier``, ``evaluate-classifier``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from medcnncad.training.classification import (
     write_calibration,
 )
 from medcnncad.training.segmentation import TrainConfig, train_segmentation
+from medcnncad.training.soup import make_soup
 
 __all__ = ["add_parsers", "train_config"]
 
@@ -80,6 +81,13 @@ def run_train_candidate(args: argparse.Namespace) -> int:
     out = make_candidate(args.run, args.like, args.out)
     print(f"candidate written to {out}: the weights of {args.run} with {args.like}'s manifest "
           f"(clinical chain, filters and calibration fitted for {args.like}'s own weights)")
+    return 0
+
+
+def run_train_soup(args: argparse.Namespace) -> int:
+    out = make_soup(args.members, args.out)
+    print(f"soup of {len(args.members)} runs written to {out}; to score it as a shipped model runs: "
+          f"medcnncad train candidate --run {out} --like <model> --out <new folder>")
     return 0
 
 
@@ -201,6 +209,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--like", required=True, help="model id or folder whose manifest the candidate takes")
     t.add_argument("--out", required=True, help="new (or empty) folder to write")
     t.set_defaults(func=run_train_candidate)
+    t = tsub.add_parser("soup", help="the uniform mean of the weights of runs fine-tuned from one start (a seed "
+                                     "soup), written as a training run")
+    t.add_argument("--members", nargs="+", required=True, help="two or more training-run or model folders")
+    t.add_argument("--out", required=True, help="new (or empty) folder to write")
+    t.set_defaults(func=run_train_soup)
 
     p = sub.add_parser("calibrate-classifier", help="refit a lesion grade classifier's temperature and operating "
                                                     "point on more validation phantoms")

@@ -21,7 +21,7 @@ from medcnncad.models.manifest import parse_manifest, sha256_file
 from medcnncad.models.registry import find_model
 from medcnncad.training.segmentation import write_manifest_json
 
-__all__ = ["make_candidate", "MUST_MATCH", "NOT_COMPARED"]
+__all__ = ["make_candidate", "read_manifest", "compared_section", "MUST_MATCH", "NOT_COMPARED"]
 
 MUST_MATCH = ("task", "inputs", "labels", "network", "preprocessing")
 """Manifest sections the run and the model must share: the weights only fit the same network, inputs and
@@ -33,14 +33,16 @@ the brain's edge, docs/performance.md) and came after most runs (the shipped 2.1
 without it); the candidate takes the model's."""
 
 
-def _compared(manifest: dict, section: str) -> object:
+def compared_section(manifest: dict, section: str) -> object:
+    """``manifest[section]`` as :data:`MUST_MATCH` compares it (without the :data:`NOT_COMPARED` keys)."""
     value = manifest.get(section)
     if isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in NOT_COMPARED.get(section, ())}
     return value
 
 
-def _manifest(folder: Path, what: str) -> dict:
+def read_manifest(folder: Path, what: str) -> dict:
+    """The raw ``manifest.json`` of ``folder`` (``what`` names it in errors)."""
     path = folder / "manifest.json"
     if not path.is_file():
         raise InputError(f"{what} {folder}: no manifest.json there")
@@ -61,9 +63,9 @@ def make_candidate(run: str | Path, like: str | Path, out: str | Path) -> Path:
     """
     run, out = Path(run), Path(out)
     model_dir = find_model(str(like))
-    trained, shipped = _manifest(run, "training run"), _manifest(model_dir, "model")
+    trained, shipped = read_manifest(run, "training run"), read_manifest(model_dir, "model")
     for section in MUST_MATCH:
-        if _compared(trained, section) != _compared(shipped, section):
+        if compared_section(trained, section) != compared_section(shipped, section):
             raise InputError(f"training run {run}: its {section!r} differs from {model_dir}'s; "
                              f"its weights do not fit that model")
     weights = run / trained.get("weights", {}).get("file", "model.pt")

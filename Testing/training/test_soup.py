@@ -1,0 +1,72 @@
+"""``medcnncad train soup``: the uniform mean of training runs' weights, written as a training run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from medcnncad.cli.app import main
+from medcnncad.errors import InputError
+from medcnncad.models.manifest import sha256_file
+from medcnncad.models.registry import find_model, load_model
+from medcnncad.training.soup import average_state_dicts, make_soup
+
+SHIPPED = "brats-robust-unet"
+
+
+def _run(folder: Path, shift: float, seed: int, **changes) -> Path:
+    """A run folder: the shipped manifest and its weights with ``shift`` added to every float tensor."""
+    raw = json.loads((find_model(SHIPPED) / "manifest.json").read_text())
+    raw["training"] = {"config": {"seed": seed}, "seconds": 1.0}
+    raw.update(changes)
+    folder.mkdir()
+    state = torch.load(find_model(SHIPPED) / "model.pt", map_location="cpu")
+    torch.save({k: v + shift if v.is_floating_point() else v for k, v in state.items()}, folder / "model.pt")
+    raw["weights"] = {"file": "model.pt", "sha256": sha256_file(folder / "model.pt")}
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    return folder
+
+
+def test_average_by_hand_and_integer_tensors_kept():
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([2.0, 5.0]), "n": torch.tensor(3)}
+    c = {"w": torch.tensor([3.0, 11.0]), "n": torch.tensor(3)}
+    soup = average_state_dicts([a, b, c], ["a", "b", "c"])
+    assert torch.equal(soup["w"], torch.tensor([2.0, 6.0])) and soup["w"].dtype == torch.float32
+    assert torch.equal(soup["n"], torch.tensor(3))
+    with pytest.raises(InputError, match="b: integer tensor n differs"):
+        average_state_dicts([a, {**b, "n": torch.tensor(4)}], ["a", "b"])
+    with pytest.raises(InputError, match="b: tensor w has shape"):
+        average_state_dicts([a, {**b, "w": torch.zeros(3)}], ["a", "b"])
+
+
+def test_the_soup_of_two_runs_loads_and_holds_their_mean(tmp_path):
+    one, two = _run(tmp_path / "one", 0.01, 11), _run(tmp_path / "two", 0.03, 12)
+    out = make_soup([one, two], tmp_path / "soup")
+    shipped = torch.load(find_model(SHIPPED) / "model.pt", map_location="cpu")
+    soup = torch.load(out / "model.pt", map_location="cpu")
+    for key, value in shipped.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(soup[key], value + 0.02, atol=1e-6, rtol=0)
+    record = json.loads((out / "manifest.json").read_text())["training"]["soup"]
+    assert [m["seed"] for m in record["members"]] == [11, 12]
+    assert [m["weights_sha256"] for m in record["members"]] == [sha256_file(one / "model.pt"),
+                                                                sha256_file(two / "model.pt")]
+    assert load_model(str(out)).manifest.weights_sha256 == sha256_file(out / "model.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "soup", "two"]  # no staging folder left
+
+
+def test_members_of_another_network_or_too_few_are_refused_and_nothing_is_written(tmp_path, capsys):
+    one = _run(tmp_path / "one", 0.01, 11)
+    other = _run(tmp_path / "other", 0.03, 12, network={"class": "monai.networks.nets.UNet", "kwargs": {}})
+    with pytest.raises(InputError, match="its 'network' differs"):
+        make_soup([one, other], tmp_path / "soup")
+    with pytest.raises(InputError, match="at least two members"):
+        make_soup([one], tmp_path / "soup")
+    assert not (tmp_path / "soup").exists()
+    assert main(["train", "soup", "--members", str(one), str(other), "--out", str(tmp_path / "soup")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its 'network' differs" in err[0]
