@@ -68,14 +68,18 @@ def test_the_filter_removes_the_tube_and_keeps_ball_short_tube_and_non_enhancing
 
 def test_a_removed_vessel_lists_its_largest_probability():
     labels = np.zeros((100, 40, 40), np.uint8)
-    labels[_tube()] = 4
+    labels[_ball(labels.shape, (8, 10, 10), 6)] = 4  # kept (too thick), the lower component id, more probable
+    labels[_tube(labels.shape, centre=(28, 28))] = 4
     foreground = np.zeros(labels.shape, np.float32)
     foreground[labels == 4] = 0.6
-    foreground[50, 20, 20] = 0.97  # on the tube's axis
-    foreground[5, 5, 5] = 0.99  # outside every component: not the tube's
+    foreground[8, 10, 10] = 0.99  # the ball's centre
+    foreground[50, 28, 28] = 0.97  # on the tube's axis
+    foreground[95, 2, 2] = 0.995  # outside every component
     removed: list = []
     apply_vessel_filter(labels, (1.0, 1.0, 1.0), RULE, removed, lambda mask: foreground[mask])
     assert [c.max_probability for c in removed] == [pytest.approx(0.97)]
+    assert removed[0].centroid_kji[1:] == pytest.approx((28.0, 28.0))
+    assert labels[8, 10, 10] == 4
 
 
 def test_the_manifest_declares_the_filter_and_postprocess_applies_it(tmp_path):

@@ -39,8 +39,17 @@ def test_average_by_hand_and_integer_tensors_kept():
     assert torch.equal(soup["n"], torch.tensor(3))
     with pytest.raises(InputError, match="b: integer tensor n differs"):
         average_state_dicts([a, {**b, "n": torch.tensor(4)}], ["a", "b"])
-    with pytest.raises(InputError, match="b: tensor w has shape"):
+    with pytest.raises(InputError, match=r"b: tensor w is torch.float32 \(3,\), a's is torch.float32 \(2,\)"):
         average_state_dicts([a, {**b, "w": torch.zeros(3)}], ["a", "b"])
+    with pytest.raises(InputError, match="b: tensor w is torch.float16"):
+        average_state_dicts([a, {**b, "w": b["w"].half()}], ["a", "b"])
+    with pytest.raises(InputError, match="other tensors than a's .e.g. extra"):
+        average_state_dicts([a, {**b, "extra": torch.zeros(1)}], ["a", "b"])
+    # bf16 members: summed in float64, stored in bf16 (the float32 mean 1/3 + 2/3 would round the same way)
+    x, y = {"w": torch.tensor([1.0, 0.1], dtype=torch.bfloat16)}, {"w": torch.tensor([2.0, 0.2], dtype=torch.bfloat16)}
+    mean = average_state_dicts([x, y], ["x", "y"])["w"]
+    assert mean.dtype == torch.bfloat16
+    assert torch.equal(mean, ((x["w"].double() + y["w"].double()) / 2).to(torch.bfloat16))
 
 
 def test_the_soup_of_two_runs_loads_and_holds_their_mean(tmp_path):
@@ -53,10 +62,43 @@ def test_the_soup_of_two_runs_loads_and_holds_their_mean(tmp_path):
             torch.testing.assert_close(soup[key], value + 0.02, atol=1e-6, rtol=0)
     record = json.loads((out / "manifest.json").read_text())["training"]["soup"]
     assert [m["seed"] for m in record["members"]] == [11, 12]
+    assert json.loads((out / "manifest.json").read_text())["weights"] == {"file": "model.pt",
+                                                                         "sha256": sha256_file(out / "model.pt")}
     assert [m["weights_sha256"] for m in record["members"]] == [sha256_file(one / "model.pt"),
                                                                 sha256_file(two / "model.pt")]
     assert load_model(str(out)).manifest.weights_sha256 == sha256_file(out / "model.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "soup", "two"]  # no staging folder left
+
+
+def test_a_member_given_twice_or_a_soup_as_member_is_refused(tmp_path):
+    one, two = _run(tmp_path / "one", 0.01, 11), _run(tmp_path / "two", 0.03, 12)
+    with pytest.raises(InputError, match="the same run or weights as"):
+        make_soup([one, two, one], tmp_path / "soup")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("manifest.json", "model.pt"):
+        (copy / name).write_bytes((one / name).read_bytes())
+    with pytest.raises(InputError, match="the same run or weights as"):
+        make_soup([one, copy], tmp_path / "soup")
+    soup = make_soup([one, two], tmp_path / "soup")
+    with pytest.raises(InputError, match="already a soup"):
+        make_soup([soup, one], tmp_path / "soup2")
+    with pytest.raises(InputError, match="already a soup"):  # the shipped model is the soup of two seeds
+        make_soup([SHIPPED, one], tmp_path / "soup2")
+
+
+def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import medcnncad.training.soup as soup_module
+
+    one, two = _run(tmp_path / "one", 0.01, 11), _run(tmp_path / "two", 0.03, 12)
+
+    def broken(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(soup_module, "write_manifest_json", broken)
+    with pytest.raises(OSError, match="disk full"):
+        make_soup([one, two], tmp_path / "soup")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # neither the folder nor its staging
 
 
 def test_members_of_another_network_or_too_few_are_refused_and_nothing_is_written(tmp_path, capsys):

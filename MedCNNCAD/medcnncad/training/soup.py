@@ -18,6 +18,7 @@ import torch
 
 from medcnncad.errors import InputError
 from medcnncad.models.manifest import parse_manifest, sha256_file
+from medcnncad.models.registry import find_model
 from medcnncad.models.weights import load_state_dict_verified
 from medcnncad.training.candidate import MUST_MATCH, compared_section, read_manifest
 from medcnncad.training.segmentation import write_manifest_json
@@ -35,13 +36,11 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]], names: Sequen
     first = states[0]
     for state, name in zip(states[1:], names[1:]):
         if state.keys() != first.keys():
-            raise InputError(f"{name}: its weights hold other tensors than {names[0]}'s; not the same network")
+            odd = sorted(state.keys() ^ first.keys())[:3]
+            raise InputError(f"{name}: its weights hold other tensors than {names[0]}'s (e.g. {', '.join(odd)}); "
+                             "not the same network")
         for key, value in state.items():
-            if value.shape != first[key].shape:
-                raise InputError(f"{name}: tensor {key} has shape {tuple(value.shape)}, {names[0]}'s "
-                                 f"{tuple(first[key].shape)}")
-            if not value.is_floating_point() and not torch.equal(value, first[key]):
-                raise InputError(f"{name}: integer tensor {key} differs from {names[0]}'s; cannot average it")
+            _check_like(value, first[key], key, name, names[0])
     out = {}
     for key, value in first.items():
         if value.is_floating_point():
@@ -52,20 +51,46 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]], names: Sequen
     return out
 
 
+def _check_like(value: torch.Tensor, reference: torch.Tensor, key: str, name: str, first: str) -> None:
+    """Raise :class:`InputError` unless tensor ``key`` of member ``name`` can be averaged with ``first``'s."""
+    if value.shape != reference.shape or value.dtype != reference.dtype:
+        raise InputError(f"{name}: tensor {key} is {value.dtype} {tuple(value.shape)}, {first}'s is "
+                         f"{reference.dtype} {tuple(reference.shape)}")
+    if not value.is_floating_point() and not torch.equal(value, reference):
+        raise InputError(f"{name}: integer tensor {key} differs from {first}'s; cannot average it")
+
+
+def _members(members: Sequence[str | Path]) -> tuple[list[Path], list[dict]]:
+    """The members' folders (model ids resolved) and raw manifests; refuses fewer than two, a folder or weights
+    given twice (a weighted, not a uniform, mean) and a member that is itself a soup."""
+    if len(members) < 2:
+        raise InputError(f"a soup needs at least two members, got {len(members)}")
+    folders = [find_model(str(m)) for m in members]
+    raws = [read_manifest(f, "soup member") for f in folders]
+    seen: dict[object, Path] = {}
+    for folder, raw in zip(folders, raws):
+        for key in (folder.resolve(), raw.get("weights", {}).get("sha256")):
+            if key is not None and key in seen:
+                raise InputError(f"soup member {folder}: the same run or weights as {seen[key]}; each member once")
+            seen[key] = folder
+        if "soup" in raw.get("training", {}):
+            raise InputError(f"soup member {folder}: already a soup; give its members instead")
+    return folders, raws
+
+
 def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
     """Write ``out``: a training-run folder holding the uniform soup of ``members`` (two or more training-run or
-    model folders with a manifest and weights).
+    model folders with a manifest and weights, or installed model ids).
 
     The manifest is the first member's with the new weights; ``training.soup`` lists every member's folder,
-    version, seed and weights' SHA-256. Raises :class:`InputError` when fewer than two members are given, when
-    their network, inputs, labels, task or preprocessing differ, when weights are missing or fail their
-    checksum, or when ``out`` exists and is not empty (nothing is written then).
+    version, seed, starting model and weights' SHA-256. Members should be runs fine-tuned from one start (a soup
+    of unrelated networks is not a model); their starting points are recorded, not checked, as a path does not
+    identify weights. Raises :class:`InputError` when fewer than two members are given, when one is given twice
+    or is itself a soup, when their network, inputs, labels, task or preprocessing differ, when weights are
+    missing or fail their checksum, or when ``out`` exists and is not empty (nothing is written then).
     """
-    folders = [Path(m) for m in members]
+    folders, raws = _members(members)
     out = Path(out)
-    if len(folders) < 2:
-        raise InputError(f"a soup needs at least two members, got {len(folders)}")
-    raws = [read_manifest(f, "soup member") for f in folders]
     for folder, raw in zip(folders[1:], raws[1:]):
         for section in MUST_MATCH:
             if compared_section(raw, section) != compared_section(raws[0], section):
@@ -81,16 +106,18 @@ def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
     soup = average_state_dicts(states, [str(f) for f in folders])
     raw = dict(raws[0])
     raw["training"] = {**raws[0].get("training", {}), "soup": {
-        "rule": "uniform element-wise mean of the members' weights (float64 sum, stored as float32)",
+        "rule": "uniform element-wise mean of the members' weights (summed in float64, stored in each tensor's "
+                "own type)",
         "members": [{"folder": str(f.resolve()), "version": r.get("version"),
                      "seed": r.get("training", {}).get("config", {}).get("seed"),
+                     "initialised_from": r.get("training", {}).get("initialised_from", {}).get("model"),
                      "weights_sha256": r.get("weights", {}).get("sha256")} for f, r in zip(folders, raws)],
         "note": "the other fields of this training block describe the first member only"}}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".medcnncad-soup-", dir=out.parent))
     try:  # the folder appears whole or not at all
         torch.save(soup, staging / "model.pt")
-        raw["weights"] = {**raw.get("weights", {}), "file": "model.pt", "sha256": sha256_file(staging / "model.pt")}
+        raw["weights"] = {"file": "model.pt", "sha256": sha256_file(staging / "model.pt")}
         write_manifest_json(raw, staging, parse_manifest)
         if out.exists():
             out.rmdir()  # empty, checked above
