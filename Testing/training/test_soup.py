@@ -88,14 +88,14 @@ def test_a_member_given_twice_or_a_soup_as_member_is_refused(tmp_path):
 
 
 def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import medcnncad.training.soup as soup_module
+    import medcnncad.training.candidate as folders  # where the soup's folder is written
 
     one, two = _run(tmp_path / "one", 0.01, 11), _run(tmp_path / "two", 0.03, 12)
 
     def broken(*_args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(soup_module, "write_manifest_json", broken)
+    monkeypatch.setattr(folders, "write_manifest_json", broken)
     with pytest.raises(OSError, match="disk full"):
         make_soup([one, two], tmp_path / "soup")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # neither the folder nor its staging

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from medcnncad.errors import InputError
@@ -21,7 +22,8 @@ from medcnncad.models.manifest import parse_manifest, sha256_file
 from medcnncad.models.registry import find_model
 from medcnncad.training.segmentation import write_manifest_json
 
-__all__ = ["make_candidate", "read_manifest", "compared_section", "MUST_MATCH", "NOT_COMPARED"]
+__all__ = ["make_candidate", "read_manifest", "compared_section", "check_new_folder", "write_model_folder",
+           "MUST_MATCH", "NOT_COMPARED"]
 
 MUST_MATCH = ("task", "inputs", "labels", "network", "preprocessing")
 """Manifest sections the run and the model must share: the weights only fit the same network, inputs and
@@ -71,8 +73,7 @@ def make_candidate(run: str | Path, like: str | Path, out: str | Path) -> Path:
     weights = run / trained.get("weights", {}).get("file", "model.pt")
     if not weights.is_file():
         raise InputError(f"training run {run}: weights {weights.name} not found")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out}: exists and is not an empty folder; choose a new output folder")
+    check_new_folder(out)
     raw = dict(shipped)
     raw["version"] = f"{shipped['version']}+candidate"
     raw["training"] = {**trained.get("training", {}), "candidate": {
@@ -80,14 +81,27 @@ def make_candidate(run: str | Path, like: str | Path, out: str | Path) -> Path:
         "manifest_from": f"{shipped['id']} {shipped['version']} ({model_dir})",
         "note": "clinical chain, inference settings, post-processing, lesion filter, case calibration and "
                 "warnings are that model's, fitted for its own weights"}}
+    return write_model_folder(raw, out, lambda path: shutil.copyfile(weights, path), "candidate")
+
+
+def check_new_folder(out: Path) -> None:
+    """Raise :class:`InputError` when ``out`` exists and is not an empty folder."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out}: exists and is not an empty folder; choose a new output folder")
+
+
+def write_model_folder(raw: dict, out: Path, write_weights: Callable[[Path], object], what: str) -> Path:
+    """Write ``out`` (new or empty) whole or not at all: ``write_weights(path)`` writes ``model.pt``, then ``raw``
+    with a weights block naming it becomes ``manifest.json`` once it parses; built in a staging folder beside
+    ``out`` (``.medcnncad-<what>-*``) and renamed into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".medcnncad-candidate-", dir=out.parent))
-    try:  # the folder appears whole or not at all
-        shutil.copyfile(weights, staging / "model.pt")
+    staging = Path(tempfile.mkdtemp(prefix=f".medcnncad-{what}-", dir=out.parent))
+    try:
+        write_weights(staging / "model.pt")
         raw["weights"] = {"file": "model.pt", "sha256": sha256_file(staging / "model.pt")}
         write_manifest_json(raw, staging, parse_manifest)
         if out.exists():
-            out.rmdir()  # empty, checked above
+            out.rmdir()  # empty, checked before
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -9,19 +9,21 @@ in a shipped model's manifest for scoring, as for any training run.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from medcnncad.errors import InputError
-from medcnncad.models.manifest import parse_manifest, sha256_file
 from medcnncad.models.registry import find_model
 from medcnncad.models.weights import load_state_dict_verified
-from medcnncad.training.candidate import MUST_MATCH, compared_section, read_manifest
-from medcnncad.training.segmentation import write_manifest_json
+from medcnncad.training.candidate import (
+    MUST_MATCH,
+    check_new_folder,
+    compared_section,
+    read_manifest,
+    write_model_folder,
+)
 
 __all__ = ["average_state_dicts", "make_soup"]
 
@@ -95,8 +97,7 @@ def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
         for section in MUST_MATCH:
             if compared_section(raw, section) != compared_section(raws[0], section):
                 raise InputError(f"soup member {folder}: its {section!r} differs from {folders[0]}'s")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"{out}: exists and is not an empty folder; choose a new output folder")
+    check_new_folder(out)
     states = []
     for folder, raw in zip(folders, raws):
         weights = folder / raw.get("weights", {}).get("file", "model.pt")
@@ -113,15 +114,4 @@ def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
                      "initialised_from": r.get("training", {}).get("initialised_from", {}).get("model"),
                      "weights_sha256": r.get("weights", {}).get("sha256")} for f, r in zip(folders, raws)],
         "note": "the other fields of this training block describe the first member only"}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".medcnncad-soup-", dir=out.parent))
-    try:  # the folder appears whole or not at all
-        torch.save(soup, staging / "model.pt")
-        raw["weights"] = {"file": "model.pt", "sha256": sha256_file(staging / "model.pt")}
-        write_manifest_json(raw, staging, parse_manifest)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return write_model_folder(raw, out, lambda path: torch.save(soup, path), "soup")
