@@ -14,7 +14,7 @@ import SimpleITK as sitk
 import torch
 
 from medcnncad.inference.refine import refine_core
-from medcnncad.lesions.components import boxed_components, mask_from_box
+from medcnncad.lesions.components import boxed_components, component_peaks
 from medcnncad.lesions.lesion_filter import RemovedCandidate, apply_lesion_filter, removed_candidates
 from medcnncad.lesions.vessel_filter import apply_vessel_filter
 from medcnncad.models.manifest import LabelVolumeFloor, Manifest
@@ -46,11 +46,8 @@ def remove_small_components(label_map: np.ndarray, min_ml: float, voxel_ml: floa
     drop = small.copy()
     peak = None
     if by_probability:
-        inside = labelled > 0
-        peak = np.zeros(count + 1, np.float32)
         assert foreground_at is not None  # by_probability
-        np.maximum.at(peak, labelled[inside],
-                      foreground_at(mask_from_box(label_map.shape, box, inside)))
+        peak = component_peaks(labelled, labelled > 0, foreground_at, label_map.shape, box, count + 1)
         drop |= peak < min_probability
     drop[0] = False
     if removed is not None:

@@ -9,7 +9,7 @@ axis closest to the patient's superior-inferior direction), in mm.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import cast
 
@@ -21,7 +21,7 @@ from scipy.spatial import ConvexHull, QhullError
 from medcnncad.models.manifest import Manifest
 
 __all__ = ["Lesion", "find_lesions", "structure_masks", "structure_probability", "components", "nonzero_box",
-           "boxed_components", "mask_from_box",
+           "boxed_components", "mask_from_box", "component_peaks",
            "longest_axial_diameter_mm"]
 
 _CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
@@ -115,6 +115,18 @@ def mask_from_box(shape: tuple[int, ...], box: tuple[slice, ...], local: np.ndar
     mask = np.zeros(shape, bool)
     mask[box] = local
     return mask
+
+
+def component_peaks(labelled: np.ndarray, inside: np.ndarray, values_at: Callable[[np.ndarray], np.ndarray],
+                    shape: tuple[int, ...], box: tuple[slice, ...], length: int) -> np.ndarray:
+    """The largest value per component id (``length`` entries, 0 where none) over the voxels of ``inside``.
+
+    ``labelled``: component ids on ``box`` of a grid of ``shape`` (K, J, I); ``inside``: a boolean of
+    ``labelled``'s shape; ``values_at(mask)``: the values at the voxels of a whole-grid boolean mask, in C order
+    (e.g. foreground probabilities)."""
+    peak = np.zeros(length, np.float32)
+    np.maximum.at(peak, labelled[inside], values_at(mask_from_box(shape, box, inside)))
+    return peak
 
 
 _HULL_FROM = 64  # below this many points all pairs are cheaper than building a convex hull (~0.7 ms)

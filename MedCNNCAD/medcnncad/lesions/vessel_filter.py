@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from medcnncad.lesions.components import boxed_components, mask_from_box
+from medcnncad.lesions.components import boxed_components, component_peaks
 from medcnncad.lesions.lesion_filter import RemovedCandidate, removed_candidates
 from medcnncad.models.manifest import VesselFilter
 
@@ -102,7 +102,4 @@ def _peaks(labelled: np.ndarray, drop: np.ndarray, foreground_at: Callable[[np.n
     """The largest foreground probability of each dropped component (indexed by id; others 0), or None."""
     if foreground_at is None:
         return None
-    inside = drop[labelled]
-    peak = np.zeros(len(drop), np.float32)
-    np.maximum.at(peak, labelled[inside], foreground_at(mask_from_box(shape, box, inside)))
-    return peak
+    return component_peaks(labelled, drop[labelled], foreground_at, shape, box, len(drop))
