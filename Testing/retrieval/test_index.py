@@ -18,6 +18,21 @@ def test_exact_search_equals_brute_force():
     np.testing.assert_allclose(distances, np.sort(brute, axis=1)[:, :10], rtol=1e-4, atol=1e-4)
 
 
+def test_itself_at_distance_zero_and_near_neighbours_exact_where_norms_are_large():
+    """The fast expansion |a|^2 - 2 a.b + |b|^2 loses small distances to float32 rounding when the vectors are long
+    (measured: a lesion against its own library entry at 4.9e-4); the ranked distances are exact."""
+    rng = np.random.default_rng(1)
+    library = rng.normal(size=(50, 300)).astype(np.float32) * 3.0
+    near = library[7] + np.float32(1e-3) * np.eye(300, dtype=np.float32)[0]  # 1e-3 from row 7 along one axis
+    library = np.vstack([library, near])
+    distances, rows = ExactIndex(library).search(library[7], k=3)
+    assert rows[0, :2].tolist() == [7, 50]
+    assert distances[0, 0] == 0.0
+    assert distances[0, 1] == pytest.approx(1e-3, rel=1e-3)
+    _, all_rows = ExactIndex(library).search(library[7], k=len(library))  # k = N: the same exact ranking
+    assert all_rows[0, :2].tolist() == [7, 50]
+
+
 def test_ties_come_in_row_order_and_k_equal_to_n_ranks_everything():
     library = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, 0.0]])
     distances, rows = ExactIndex(library).search(np.zeros((1, 2)), k=3)

@@ -107,20 +107,21 @@ class ExactIndex:
             raise InputError(f"k = {k}: the library holds {n} lesion(s); choose k between 1 and {n}")
         if queries.shape[1] != self.vectors.shape[1]:
             raise InputError(f"query vectors have {queries.shape[1]} values, the library's {self.vectors.shape[1]}")
-        squared = self.squared_norms[None, :] - 2.0 * (queries @ self.vectors.T) \
-            + np.einsum("qd,qd->q", queries, queries)[:, None]
-        np.maximum(squared, 0.0, out=squared)
+        q_norms = np.einsum("qd,qd->q", queries, queries)
+        squared = self.squared_norms[None, :] - 2.0 * (queries @ self.vectors.T) + q_norms[:, None]
         if k < n:
-            candidates = np.argpartition(squared, k - 1, axis=1)[:, :k]
-            # rows tied with the k-th distance may be cut arbitrarily by argpartition: keep them all, then sort
-            kth = np.take_along_axis(squared, candidates, 1).max(1, keepdims=True)
-            rows = []
-            for q in range(len(queries)):
-                tied = np.flatnonzero(squared[q] <= kth[q])
-                order = np.lexsort((tied, squared[q, tied]))[:k]
-                rows.append(tied[order])
-            chosen = np.stack(rows)
+            # |a|^2 - 2 a.b + |b|^2 is fast but off by float32 rounding of the norms (a lesion against itself
+            # comes out at ~5e-4, not 0): it only shortlists the rows within that error of the k-th, including
+            # every row tied with it, and the shortlist is ranked by exact distances
+            slack = 8 * np.finfo(np.float32).eps * (self.squared_norms.max() + q_norms)
+            kth = np.partition(squared, k - 1, axis=1)[:, k - 1]
+            pools = [np.flatnonzero(squared[q] <= kth[q] + slack[q]) for q in range(len(queries))]
         else:
-            chosen = np.stack([np.lexsort((np.arange(n), row)) for row in squared])
-        distances = np.sqrt(np.take_along_axis(squared, chosen, 1))
-        return distances.astype(np.float32), chosen.astype(np.int64)
+            pools = [np.arange(n)] * len(queries)
+        rows, distances = [], []
+        for query, pool in zip(queries, pools):
+            exact = np.sqrt(np.square(self.vectors[pool].astype(np.float64) - query).sum(1))
+            order = np.lexsort((pool, exact))[:k]
+            rows.append(pool[order])
+            distances.append(exact[order])
+        return np.stack(distances).astype(np.float32), np.stack(rows).astype(np.int64)
