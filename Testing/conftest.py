@@ -21,7 +21,11 @@ torch.set_num_threads(1)
 def _isolated_home(tmp_path, monkeypatch):
     """Keep the trusted-bundle list, user model folder and policy cache out of the real home, and run every
     model with its manifest's precision: the default (measured per machine) would calibrate in each test's
-    fresh home and, on a CPU with native bf16, change numbers the tests compare. Tests of the default unset it."""
+    fresh home and, on a CPU with native bf16, change numbers the tests compare. Tests of the default unset it.
+    Processes a test starts (the Slicer worker, the command line) compute with one thread, as this one does
+    (above): a result compared across processes then differs by nothing but the process (two threads sum in
+    another order: measured 1.3e-6 on a probability)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     monkeypatch.setenv("MEDCNNCAD_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MEDCNNCAD_PRECISION", "manifest")
