@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -9,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from helpers import small_phantom
 
 from medcnncad.inference.segmenter import Segmenter
@@ -26,6 +28,17 @@ def case(tmp_path):
     return images, paths
 
 
+def _with_threads(threads: int, run):
+    """``run()`` with ``threads`` torch threads (a float32 sum's rounding follows the thread count: compared with a
+    worker's result, the in-process run uses the worker's count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def client():
     c = WorkerClient()
@@ -41,7 +54,8 @@ def test_worker_result_equals_in_process_and_model_stays_loaded(client, case, tm
     assert "inference" in stages and stages[-1] == "done"
     manifest = describe_model("demo")
     remote = load_result(tmp_path / "o1", manifest, images["T1"])
-    local = Segmenter(load_model("demo"), "cpu").run(images)
+    threads = json.loads((tmp_path / "o1" / "result.json").read_text())["torch_threads"]
+    local = _with_threads(threads, lambda: Segmenter(load_model("demo"), "cpu").run(images))
     np.testing.assert_array_equal(remote.label_map, local.label_map)
     np.testing.assert_allclose(remote.probabilities["ET"], local.probabilities["ET"], atol=1e-6)
     assert [les.volume_ml for les in remote.lesions] == [les.volume_ml for les in local.lesions]

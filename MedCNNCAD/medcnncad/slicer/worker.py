@@ -45,6 +45,7 @@ from typing import Any, TextIO
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from medcnncad.classification.grade import attach_classification, cached_classifier
 from medcnncad.errors import InputError, MedCNNCADError, RunCancelled
@@ -61,7 +62,8 @@ ENGINE_DIR = Path(__file__).resolve().parents[2]
 
 
 def save_result(result: SegmentationResult, out: Path) -> None:
-    """Write a result as NRRD files + ``result.json`` (label map, probabilities, lesions, timings)."""
+    """Write a result as NRRD files + ``result.json`` (label map, probabilities, lesions, timings, the worker's
+    torch thread count)."""
     out.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(result.label_image(), str(out / "labels.nrrd"), True)
     for channel in result.probabilities:
@@ -76,7 +78,8 @@ def save_result(result: SegmentationResult, out: Path) -> None:
             "timings": result.timings, "missing_channels": result.missing_channels, "warnings": result.warnings,
             "channels": list(result.probabilities), "lesions": [asdict(les) for les in result.lesions],
             "removed_candidates": [asdict(c) for c in result.removed_candidates],
-            "lesion_filter_max": result.lesion_filter_max}
+            "lesion_filter_max": result.lesion_filter_max,
+            "torch_threads": torch.get_num_threads()}  # float32 sums follow the thread count: for comparisons
     (out / "result.json").write_text(json.dumps(meta))
 
 
