@@ -107,12 +107,12 @@ class ExactIndex:
             raise InputError(f"k = {k}: the library holds {n} lesion(s); choose k between 1 and {n}")
         if queries.shape[1] != self.vectors.shape[1]:
             raise InputError(f"query vectors have {queries.shape[1]} values, the library's {self.vectors.shape[1]}")
-        q_norms = np.einsum("qd,qd->q", queries, queries)
-        squared = self.squared_norms[None, :] - 2.0 * (queries @ self.vectors.T) + q_norms[:, None]
         if k < n:
             # |a|^2 - 2 a.b + |b|^2 is fast but off by float32 rounding of the norms (a lesion against itself
             # comes out at ~5e-4, not 0): it only shortlists the rows within that error of the k-th, including
             # every row tied with it, and the shortlist is ranked by exact distances
+            q_norms = np.einsum("qd,qd->q", queries, queries)
+            squared = self.squared_norms[None, :] - 2.0 * (queries @ self.vectors.T) + q_norms[:, None]
             slack = 8 * np.finfo(np.float32).eps * (self.squared_norms.max() + q_norms)
             kth = np.partition(squared, k - 1, axis=1)[:, k - 1]
             pools = [np.flatnonzero(squared[q] <= kth[q] + slack[q]) for q in range(len(queries))]

@@ -22,8 +22,8 @@ from medcnncad.models.manifest import parse_manifest, sha256_file
 from medcnncad.models.registry import find_model
 from medcnncad.training.segmentation import write_manifest_json
 
-__all__ = ["make_candidate", "read_manifest", "compared_section", "check_new_folder", "write_model_folder",
-           "MUST_MATCH", "NOT_COMPARED"]
+__all__ = ["make_candidate", "read_manifest", "compared_section", "differing_section", "check_new_folder",
+           "write_model_folder", "MUST_MATCH", "NOT_COMPARED"]
 
 MUST_MATCH = ("task", "inputs", "labels", "network", "preprocessing")
 """Manifest sections the run and the model must share: the weights only fit the same network, inputs and
@@ -41,6 +41,13 @@ def compared_section(manifest: dict, section: str) -> object:
     if isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in NOT_COMPARED.get(section, ())}
     return value
+
+
+def differing_section(a: dict, b: dict) -> str | None:
+    """The first :data:`MUST_MATCH` section in which manifests ``a`` and ``b`` differ (compared as
+    :func:`compared_section` does), or None."""
+    return next((section for section in MUST_MATCH if compared_section(a, section) != compared_section(b, section)),
+                None)
 
 
 def read_manifest(folder: Path, what: str) -> dict:
@@ -66,10 +73,10 @@ def make_candidate(run: str | Path, like: str | Path, out: str | Path) -> Path:
     run, out = Path(run), Path(out)
     model_dir = find_model(str(like))
     trained, shipped = read_manifest(run, "training run"), read_manifest(model_dir, "model")
-    for section in MUST_MATCH:
-        if compared_section(trained, section) != compared_section(shipped, section):
-            raise InputError(f"training run {run}: its {section!r} differs from {model_dir}'s; "
-                             f"its weights do not fit that model")
+    section = differing_section(trained, shipped)
+    if section is not None:
+        raise InputError(f"training run {run}: its {section!r} differs from {model_dir}'s; "
+                         f"its weights do not fit that model")
     weights = run / trained.get("weights", {}).get("file", "model.pt")
     if not weights.is_file():
         raise InputError(f"training run {run}: weights {weights.name} not found")

@@ -17,13 +17,7 @@ import torch
 from medcnncad.errors import InputError
 from medcnncad.models.registry import find_model
 from medcnncad.models.weights import load_state_dict_verified
-from medcnncad.training.candidate import (
-    MUST_MATCH,
-    check_new_folder,
-    compared_section,
-    read_manifest,
-    write_model_folder,
-)
+from medcnncad.training.candidate import check_new_folder, differing_section, read_manifest, write_model_folder
 
 __all__ = ["average_state_dicts", "make_soup"]
 
@@ -94,9 +88,9 @@ def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
     folders, raws = _members(members)
     out = Path(out)
     for folder, raw in zip(folders[1:], raws[1:]):
-        for section in MUST_MATCH:
-            if compared_section(raw, section) != compared_section(raws[0], section):
-                raise InputError(f"soup member {folder}: its {section!r} differs from {folders[0]}'s")
+        section = differing_section(raw, raws[0])
+        if section is not None:
+            raise InputError(f"soup member {folder}: its {section!r} differs from {folders[0]}'s")
     check_new_folder(out)
     states = []
     for folder, raw in zip(folders, raws):
