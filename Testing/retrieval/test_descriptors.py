@@ -173,6 +173,37 @@ def test_only_the_largest_lesions_are_described(result):
     assert int(chosen[0][1].sum()) == 216 and all(int(m.sum()) == 1 for _, m in chosen[1:])
 
 
+def test_described_lesions_labelled_in_their_box_are_the_whole_grid_s_largest(result):
+    """The lesions are labelled inside the structure's box only (speed): the chosen ids and masks are those of
+    labelling the whole grid (``lesion_masks``), ties between equal sizes included, on a map whose lesions sit
+    away from the grid's corner and include a non-retrieval label that must not join them."""
+    import numpy as np
+
+    from medcnncad.retrieval.descriptors import (MAX_DESCRIBED_LESIONS, described_lesions, lesion_masks,
+                                                 retrieval_structure)
+
+    res, _ = result
+    value = res.manifest.labels[0].value
+    rng = np.random.default_rng(7)
+    labels = np.zeros((30, 50, 60), np.uint8)
+    for _ in range(40):  # blobs of 1 to 27 voxels, several of equal size, some touching
+        k, j, i = rng.integers(5, 25), rng.integers(10, 45), rng.integers(12, 55)
+        n = int(rng.integers(1, 4))
+        labels[k:k + n, j:j + n, i:i + n] = value
+    retrieved = res.manifest.structures()[retrieval_structure(res.manifest)]
+    other = [x.value for x in res.manifest.labels if x.value not in retrieved]
+    if other:
+        labels[0:2, 0:2, 0:2] = other[0]
+    _, whole = lesion_masks(labels, res.manifest)
+    sizes = np.array([int(m.sum()) for m in whole])
+    expected = sorted(int(i) + 1 for i in np.argsort(-sizes, kind="stable")[:MAX_DESCRIBED_LESIONS])
+    _, chosen = described_lesions(labels, res.manifest)
+    assert len(whole) > MAX_DESCRIBED_LESIONS and len(set(sizes.tolist())) < len(sizes)
+    assert [i for i, _ in chosen] == expected
+    for index, mask in chosen:
+        assert mask.shape == labels.shape and np.array_equal(mask, whole[index - 1])
+
+
 def test_the_segmentation_s_network_input_gives_the_same_deep_descriptors(tmp_path):
     """Reusing the network input the Segmenter kept (no second preprocessing) changes no value; the
     engine's crop (another grid) keeps nothing."""

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from medcnncad.inference.inputs import in_manifest_order
 from medcnncad.inference.result import SegmentationResult
-from medcnncad.lesions.components import components, nonzero_box
+from medcnncad.lesions.components import boxed_components, components, mask_from_box, nonzero_box
 from medcnncad.models.channels import display_channel
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.manifest import Manifest
@@ -110,12 +110,13 @@ def described_lesions(label_map: np.ndarray, manifest: Manifest,
     order. A scattered label map (an untrained network, a noisy case) thus costs at most ``limit``
     network windows and masks, not one per speck."""
     name = retrieval_structure(manifest)
-    labelled, count = components(np.isin(label_map, manifest.structures()[name]))
-    if count == 0:
+    found = boxed_components(np.isin(label_map, manifest.structures()[name]))
+    if found is None:
         return name, []
+    box, labelled, count = found  # labelled inside the structure's box only: the same ids as on the whole grid
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)[1:]
     chosen = sorted(int(i) + 1 for i in np.argsort(-sizes, kind="stable")[:limit])
-    return name, [(index, labelled == index) for index in chosen]
+    return name, [(index, mask_from_box(label_map.shape, box, labelled == index)) for index in chosen]
 
 
 def radiomics_names(manifest: Manifest) -> list[str]:
