@@ -809,6 +809,66 @@ def bench_default_policy(repeats: int) -> None:
     print("  stages of the measured run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in report["timings_s"].items()))
 
 
+def bench_freed_memory(repeats: int) -> None:
+    """``process_case`` of the shipped default model (its measured policy) on the BraTS-size sample case in fresh
+    processes, alternating: glibc as it is (``MEDCNNCAD_KEEP_FREED_MEMORY=0``) and the freed memory kept in the
+    process (what the ``medcnncad`` command does); each process runs one untimed case, then ``repeats`` timed ones
+    with a 3 s pause before each (a user's cases do not follow each other within milliseconds)."""
+    import json
+    import os
+    import subprocess
+
+    from medcnncad.inference.machine_policy import measured_policy
+    from medcnncad.io.sample_case import load_sample_case
+    from medcnncad.models.registry import DEFAULT_MODEL, load_model
+
+    folder = Path(tempfile.mkdtemp(prefix="medcnncad-freed-"))
+    _write_case(load_sample_case(brats_size=True), folder)
+    measured_policy(load_model(DEFAULT_MODEL), torch.device("cpu"))  # decided once, before the timed processes
+    runs: dict[str, list[dict]] = {"given back": [], "kept": []}
+    for _ in range(2):
+        for name, flag in (("given back", "0"), ("kept", "1")):
+            done = subprocess.run([sys.executable, __file__, "_freed-memory-case", "--folder", str(folder),
+                                   "--repeats", str(repeats)], capture_output=True, text=True, check=True,
+                                  env={**os.environ, "MEDCNNCAD_KEEP_FREED_MEMORY": flag})
+            runs[name] += json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"default model {DEFAULT_MODEL}, BraTS-size sample case, process_case with the measured policy; "
+          f"{len(runs['kept'])} timed cases each, in 2 alternating fresh processes per setting:")
+    medians = {}
+    for name, cases in runs.items():
+        medians[name] = statistics.median(c["seconds"] for c in cases)
+        stages = {k: statistics.median(c["timings"].get(k, 0.0) for c in cases) for k in cases[0]["timings"]}
+        spread = (min(c["seconds"] for c in cases), max(c["seconds"] for c in cases))
+        print(f"  freed memory {name:10}: case {medians[name]:.2f} s (range {spread[0]:.2f}-{spread[1]:.2f}), "
+              f"minor page faults per case {statistics.median(c['minor_faults'] for c in cases):,.0f}; "
+              f"case / network {statistics.median(c['seconds'] / c['timings']['inference'] for c in cases):.2f}")
+        print("    median stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if v >= 0.005))
+    print(f"  kept / given back: {medians['given back'] / medians['kept']:.2f}x faster")
+
+
+def _freed_memory_case(folder: Path, repeats: int) -> None:
+    """Child of :func:`bench_freed_memory`: JSON list of each timed case's seconds, stages and minor faults."""
+    import json
+    import resource
+
+    from medcnncad.inference.machine_policy import build_segmenter
+    from medcnncad.models.registry import DEFAULT_MODEL, load_model
+    from medcnncad.pipeline.case import process_case
+
+    paths = {p.name[:-len(".nii.gz")]: str(p) for p in sorted(folder.glob("*.nii.gz"))}
+    segmenter = build_segmenter(load_model(DEFAULT_MODEL), "cpu", "measured")
+    process_case(segmenter, paths, folder / "warm")
+    cases = []
+    for index in range(repeats):
+        time.sleep(3.0)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        report = process_case(segmenter, paths, folder / f"out-{index}")
+        cases.append({"seconds": time.perf_counter() - t0, "timings": report["timings_s"],
+                      "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults})
+    print(json.dumps(cases))
+
+
 def _descriptors_and_write(result, model, folder: Path, repeats: int) -> tuple[float, float]:
     """Median times of the descriptors followed by writing every output, and of the writer computing the
     descriptors itself while its threads compress the volumes (what ``process_case`` does)."""
@@ -878,7 +938,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
                                          "lesion-filter", "retrieval", "segresnet-template", "default-case", "resident",
-                                         "default-policy",
+                                         "default-policy", "freed-memory", "_freed-memory-case",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -886,6 +946,13 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="bundle: a trained zoo-size SegResNet model folder "
                         "(medcnncad train segmentation) instead of random weights")
     args = parser.parse_args()
+    if args.what != "_memory-monai":  # as the medcnncad command does (MONAI's own reference does not)
+        from medcnncad.inference.freed_memory import keep_freed_memory
+
+        keep_freed_memory()
+    if args.what == "_freed-memory-case":
+        _freed_memory_case(args.folder, args.repeats)
+        return
     if args.what.startswith("_memory-"):  # child processes of bench_memory
         if args.what == "_memory-monai":
             _memory_monai(args.folder)
@@ -918,6 +985,8 @@ def main() -> None:
         bench_default_case(max(1, args.repeats // 2))
     if args.what in ("default-policy", "all"):
         bench_default_policy(max(1, args.repeats // 2))
+    if args.what in ("freed-memory", "all"):
+        bench_freed_memory(max(1, args.repeats // 2))
     if args.what in ("resident", "all"):
         bench_resident(max(1, args.repeats // 2))
     if args.what in ("bundle", "all"):

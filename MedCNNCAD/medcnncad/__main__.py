@@ -2,6 +2,6 @@
 
 import sys
 
-from medcnncad.cli.app import main
+from medcnncad.cli.app import process_main
 
-sys.exit(main())
+sys.exit(process_main())

@@ -1,5 +1,5 @@
 """The ``medcnncad`` command line (see :mod:`medcnncad.cli.app` for the commands)."""
 
-from medcnncad.cli.app import build_parser, main
+from medcnncad.cli.app import build_parser, main, process_main
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "process_main", "build_parser"]

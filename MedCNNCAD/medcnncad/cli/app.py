@@ -41,6 +41,7 @@ from pathlib import Path
 from medcnncad import INTENDED_USE, __version__
 from medcnncad.cli.options import OneLineParser
 from medcnncad.errors import MedCNNCADError
+from medcnncad.inference.freed_memory import keep_freed_memory
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -96,6 +97,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _command_of(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
+
+
+def process_main() -> int:
+    """The command line as a process of its own (the ``medcnncad`` script, ``python -m medcnncad``): the memory
+    a case frees stays in the process for the next allocation
+    (:func:`~medcnncad.inference.freed_memory.keep_freed_memory`), then :func:`main`."""
+    keep_freed_memory()
+    return main()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,7 @@ import torch
 
 from medcnncad.classification.grade import attach_classification, cached_classifier
 from medcnncad.errors import InputError, MedCNNCADError, RunCancelled
+from medcnncad.inference.freed_memory import keep_freed_memory
 from medcnncad.inference.machine_policy import cached_segmenter
 from medcnncad.inference.segmenter import SegmentationResult
 from medcnncad.lesions.components import Lesion
@@ -336,4 +337,5 @@ class WorkerClient:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a process that exists to run cases (medcnncad.inference.freed_memory)
     serve()

@@ -1,0 +1,87 @@
+"""The case-running processes keep the memory a case frees (medcnncad.inference.freed_memory).
+
+Each check runs in a child process: the setting is process-wide and must not leak into the test process.
+A 64 MiB array is allocated, touched and freed; the resident set size (``/proc/self/statm``) says whether
+glibc gave the pages back to the kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                                reason="glibc's mallopt only")
+
+CHILD = r"""
+import json, os, sys
+import numpy as np
+
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+applied = None
+if sys.argv[1] == "keep":
+    from medcnncad.inference.freed_memory import keep_freed_memory
+    applied = keep_freed_memory()
+    again = keep_freed_memory()
+    assert again == applied
+block = np.ones(64 * 2**20 // 8)  # 64 MiB, every page touched
+held = rss_mib()
+del block
+print(json.dumps({"applied": applied, "given_back_mib": held - rss_mib()}))
+"""
+
+
+def _child(mode: str, **env: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, mode], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env}, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_glibc_gives_a_freed_large_block_back_by_default():
+    """The behaviour the setting changes: without it the 64 MiB go back to the kernel on free."""
+    assert _child("plain")["given_back_mib"] > 48
+
+
+def test_kept_the_freed_block_stays_in_the_process():
+    out = _child("keep")
+    assert out["applied"] is True
+    assert out["given_back_mib"] < 8
+
+
+def test_the_opt_out_leaves_glibc_as_it_is():
+    out = _child("keep", MEDCNNCAD_KEEP_FREED_MEMORY="0")
+    assert out["applied"] is False
+    assert out["given_back_mib"] > 48
+
+
+def test_the_command_line_process_keeps_freed_memory_but_main_alone_does_not(monkeypatch):
+    """``process_main`` (the ``medcnncad`` script, ``python -m medcnncad``) sets it before running the command;
+    ``main``, which tests and other programs call in their own process, leaves the process's allocator alone."""
+    import medcnncad.cli.app as app
+
+    calls: list[str] = []
+    monkeypatch.setattr(app, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(sys, "argv", ["medcnncad", "--version"])
+    assert app.main(["--version"]) == 0 and calls == []
+    assert app.process_main() == 0 and calls == ["kept"]
+
+
+def test_the_installed_script_and_python_m_run_process_main():
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    import medcnncad
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name == "medcnncad"}
+    assert scripts == {"medcnncad": "medcnncad.cli:process_main"}
+    package = Path(medcnncad.__file__).parent
+    for main_file in (package / "__main__.py", package / "cli" / "__main__.py"):
+        assert "sys.exit(process_main())" in main_file.read_text()
