@@ -10,7 +10,7 @@ reused within a second; a case's stages moved by up to 0.8 s from run to run wit
 
 What it does (glibc only, see ``mallopt(3)``): ``M_MMAP_MAX = 0`` serves large blocks from the heap,
 and ``M_TRIM_THRESHOLD`` (2 GiB) keeps the heap's freed top instead of returning it. Cost: the process
-keeps up to its peak heap until it exits (five cases in one process: max RSS 1.53 -> 1.66 GB).
+keeps up to its peak heap until it exits (five cases in one process: peak RSS 1.45 -> 1.59 GB).
 
 Only processes that exist to run cases call it (the command line, the Slicer module's inference
 worker, the benchmarks), never an import: Slicer's own process keeps its allocator as it is.
