@@ -28,10 +28,11 @@ def rss_mib():
 
 applied = None
 if sys.argv[1] == "keep":
-    from medcnncad.inference.freed_memory import keep_freed_memory
+    from medcnncad.inference.freed_memory import freed_memory_kept, keep_freed_memory
+    assert not freed_memory_kept()
     applied = keep_freed_memory()
     again = keep_freed_memory()
-    assert again == applied
+    assert again == applied == freed_memory_kept()
 block = np.ones(64 * 2**20 // 8)  # 64 MiB, every page touched
 held = rss_mib()
 del block

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
+import sys
 import time
 
 import numpy as np
@@ -185,6 +187,21 @@ def test_worker_runs_in_its_own_session(client, case, tmp_path):
     _, paths = case
     client.submit({"cmd": "ping"})
     assert os.getsid(client.process.pid) == client.process.pid != os.getsid(0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_worker_process_keeps_the_memory_a_case_frees(client):
+    """Started as Slicer starts it (``python -m medcnncad.slicer.worker``), the worker sets
+    :func:`~medcnncad.inference.freed_memory.keep_freed_memory` before its first request (this test process,
+    which never calls it, stays as it is)."""
+    rid = client.submit({"cmd": "ping"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        event = client.events.get(timeout=120)
+        if event.get("id") == rid and event.get("event") == "ready":
+            assert event["freed_memory_kept"] is True
+            return
+    raise AssertionError("no answer to ping")
 
 
 def test_worker_writes_the_descriptors_when_asked(case, tmp_path):

@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 
-__all__ = ["keep_freed_memory", "OPT_OUT"]
+__all__ = ["keep_freed_memory", "freed_memory_kept", "OPT_OUT"]
 
 OPT_OUT = "MEDCNNCAD_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h parameter numbers
@@ -42,6 +42,11 @@ def keep_freed_memory() -> bool:
     if _applied is None:
         _applied = _apply()
     return _applied
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` has been called in this process and is in effect (changes nothing)."""
+    return _applied is True
 
 
 def _apply() -> bool:

@@ -19,7 +19,9 @@ and model, so a model's first case on a machine also runs the calibration, durin
 Events on stdout: ``{"id", "event": "progress", "stage", "fraction"}``, then
 ``{"id", "event": "done", "out"}`` or ``{"id", "event": "error", "message"}``. The
 worker writes ``labels.nrrd``, ``prob_<channel>.nrrd`` and ``result.json`` into
-``out``. Loaded models stay in memory, so a second case does not pay start-up again.
+``out``. Loaded models stay in memory, so a second case does not pay start-up again, and so does the memory a
+case frees (glibc; :mod:`medcnncad.inference.freed_memory`). ``{"id", "cmd": "ping"}`` answers
+``{"id", "event": "ready", "pid", "freed_memory_kept"}``.
 
 Inside Slicer ``PythonSlicer`` is CTK's launcher: it starts the real interpreter (``python-real``)
 as a child process and forwards no signals, so killing the launcher alone leaves the worker
@@ -49,7 +51,7 @@ import torch
 
 from medcnncad.classification.grade import attach_classification, cached_classifier
 from medcnncad.errors import InputError, MedCNNCADError, RunCancelled
-from medcnncad.inference.freed_memory import keep_freed_memory
+from medcnncad.inference.freed_memory import freed_memory_kept, keep_freed_memory
 from medcnncad.inference.machine_policy import cached_segmenter
 from medcnncad.inference.segmenter import SegmentationResult
 from medcnncad.lesions.components import Lesion
@@ -152,7 +154,7 @@ class _Server:
         if request.get("cmd") == "quit":
             return False
         if request.get("cmd") == "ping":
-            self.emit(id=rid, event="ready", pid=os.getpid())
+            self.emit(id=rid, event="ready", pid=os.getpid(), freed_memory_kept=freed_memory_kept())
             return True
         try:
             if request.get("cmd") != "segment":
