@@ -50,6 +50,30 @@ def test_the_table_shows_how_much_of_the_tumor_was_marked():
     assert "| T1c | 2 | 2 | 0.1 % | 0.003 | 0 | 2 |" in table
 
 
+def test_the_summary_gives_each_mean_an_interval_that_resamples_patients():
+    """Three patients, FLAIR rows 0, 0, 1 (by hand, as in Testing/metrics/test_intervals.py: [0, 1]) and one T1c
+    row each for two of them (too few patients: no interval); every row together: 5 rows of 3 patients."""
+    from medcnncad.evaluation.real import _pooled, _summary
+
+    def row(case: str, variant: str, dice: float) -> dict:
+        return {"case": case, "variant": variant, "inputs": [variant], "dice_WT": dice, "found": dice > 0,
+                "sensitivity_WT": dice, "predicted_wt_ml": 1.0, "reference_wt_ml": 1.0, "largest_outside_ml": 0.0,
+                "case_probability": 0.95, "seconds": 1.0}
+
+    rows = [row("a", "FLAIR", 0.0), row("b", "FLAIR", 0.0), row("c", "FLAIR", 1.0), row("a", "T1c", 0.5),
+            row("b", "T1c", 0.5)]
+    summary, pooled = _summary(rows), _pooled(rows)
+    assert summary["FLAIR"]["dice_WT_ci95"] == [0.0, 1.0] and summary["T1c"]["dice_WT_ci95"] is None
+    assert pooled["rows"] == 5 and pooled["patients"] == 3 and pooled["mean_dice_WT"] == pytest.approx(0.4)
+    low, high = pooled["dice_WT_ci95"]
+    assert 0.0 <= low < 0.4 < high <= 1.0
+    table = format_real_table({"model": "m", "version": "1", "trained_on": "phantoms", "rows": rows,
+                               "summary": summary, "pooled": pooled})
+    assert "| FLAIR | 3 | 1 | 33.3 % | 0.333 (0.000-1.000) | 0 | 0 |" in table
+    assert "| T1c | 2 | 2 | 50.0 % | 0.500 | 0 | 0 |" in table
+    assert f"Every row: mean WT Dice 0.400 ({low:.3f}-{high:.3f}) over 5 rows of 3 patients" in table
+
+
 def test_rows_of_training_patients_are_marked():
     """The training record's transplant donors and whole real scans are training patients (folder names, paths
     of any form); a record without them (phantoms only, or no record) names none."""

@@ -27,6 +27,7 @@ from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.inference.scoring import case_probability
 from medcnncad.io.images import same_space
 from medcnncad.lesions.components import components
+from medcnncad.metrics.intervals import patient_bootstrap_interval
 from medcnncad.metrics.segmentation import compute_metrics
 from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import load_model
@@ -141,7 +142,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             rows.append(row)
     m = segmenter.manifest
     return {"model": m.id, "version": m.version, "trained_on": m.trained_on, "rows": rows,
-            "summary": _summary(rows), "execution_policy": segmenter.policy_note()}
+            "summary": _summary(rows), "pooled": _pooled(rows), "execution_policy": segmenter.policy_note()}
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,8 +156,22 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                         "mean_sensitivity_WT": float(np.mean([r.get("sensitivity_WT") or 0.0 for r in sel])),
                         "fp_over_1ml": sum(r["largest_outside_ml"] > 1.0 for r in sel),
                         "case_probability_below_0.9": sum(r["case_probability"] < 0.9 for r in sel),
-                        "training_patient_rows": sum(bool(r.get("training_patient")) for r in sel)}
+                        "training_patient_rows": sum(bool(r.get("training_patient")) for r in sel),
+                        "dice_WT_ci95": _interval(sel)}
     return out
+
+
+def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every row together (the headline mean), with its interval resampling patients."""
+    return {"rows": len(rows), "patients": len({r["case"] for r in rows}),
+            "mean_dice_WT": float(np.mean([r["dice_WT"] for r in rows])) if rows else None,
+            "dice_WT_ci95": _interval(rows)}
+
+
+def _interval(rows: list[dict[str, Any]]) -> list[float] | None:
+    """95 % bootstrap interval of the rows' mean WT Dice, resampling patients (:mod:`medcnncad.metrics.intervals`)."""
+    found = patient_bootstrap_interval([r["case"] for r in rows], [r["dice_WT"] for r in rows])
+    return None if found is None else [found[0], found[1]]
 
 
 def _percent(share: float | None) -> str:
@@ -185,9 +200,20 @@ def format_real_table(report: dict[str, Any]) -> str:
         lines += ["", "| case | inputs | known grade | P(positive class) | predicted |", "|---|---|---|---|---|"]
         lines += [f"| {r['case']} | {'+'.join(r['inputs'])} | {r['known_grade'] or 'unknown'} | "
                   f"{f(r['grade_probability'])} | {r['predicted_grade']} |" for r in graded]
-    lines += ["", "| inputs | cases | tumor found | mean WT marked | mean WT Dice | FP lesions > 1 mL "
+    lines += ["", "| inputs | cases | tumor found | mean WT marked | mean WT Dice (95 % interval) | FP lesions > 1 mL "
                   "| P(case) < 0.9 |", "|---|---|---|---|---|---|---|"]
     for variant, s in report["summary"].items():
         lines.append(f"| {variant} | {s['cases']} | {s['found']} | {_percent(s.get('mean_sensitivity_WT'))} | "
-                     f"{s['mean_dice_WT']:.3f} | {s['fp_over_1ml']} | {s['case_probability_below_0.9']} |")
+                     f"{s['mean_dice_WT']:.3f}{_ci(s.get('dice_WT_ci95'))} | {s['fp_over_1ml']} | "
+                     f"{s['case_probability_below_0.9']} |")
+    pooled = report.get("pooled")
+    if pooled and pooled["rows"]:
+        lines += ["", f"Every row: mean WT Dice {pooled['mean_dice_WT']:.3f}{_ci(pooled['dice_WT_ci95'])} over "
+                      f"{pooled['rows']} rows of {pooled['patients']} patients. Intervals: 95 % percentile bootstrap "
+                      "resampling patients (each with all its rows); with so few patients they are rough, and they "
+                      "do not include the optimism of choosing a model on these same patients."]
     return "\n".join(lines)
+
+
+def _ci(interval: Sequence[float] | None) -> str:
+    return "" if not interval else f" ({interval[0]:.3f}-{interval[1]:.3f})"
