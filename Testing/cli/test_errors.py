@@ -22,6 +22,7 @@ BAD = {
     "report": (["{tmp}/missing"], "missing"),
     "evaluate-phantoms": (["--n", "-3"], "-3"),
     "evaluate-real": (["--data", "{tmp}/missing"], "missing"),
+    "compare-real": (["--before", "{tmp}/missing.json", "--after", "{tmp}/missing.json"], "missing.json"),
     "sample-data": (["--out", "{tmp}/s", "--model", "no-such-model"], "no-such-model"),
     "models": (["--format", "xml"], "--format"),
     "trust": (["{tmp}"], "not a MONAI bundle"),

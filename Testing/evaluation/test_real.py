@@ -69,9 +69,49 @@ def test_the_summary_gives_each_mean_an_interval_that_resamples_patients():
     assert 0.0 <= low < 0.4 < high <= 1.0
     table = format_real_table({"model": "m", "version": "1", "trained_on": "phantoms", "rows": rows,
                                "summary": summary, "pooled": pooled})
-    assert "| FLAIR | 3 | 1 | 33.3 % | 0.333 (0.000-1.000) | 0 | 0 |" in table
+    assert "| FLAIR | 3 | 1 | 33.3 % | 0.333 (0.000 to 1.000) | 0 | 0 |" in table
     assert "| T1c | 2 | 2 | 50.0 % | 0.500 | 0 | 0 |" in table
-    assert f"Every row: mean WT Dice 0.400 ({low:.3f}-{high:.3f}) over 5 rows of 3 patients" in table
+    assert f"Every row: mean WT Dice 0.400 ({low:.3f} to {high:.3f}) over 5 rows of 3 patients" in table
+
+
+def _row(case: str, variant: str, dice: float, found: bool = True, outside: float = 0.0,
+         probability: float = 0.95) -> dict:
+    return {"case": case, "variant": variant, "inputs": [variant], "dice_WT": dice, "found": found,
+            "sensitivity_WT": dice, "predicted_wt_ml": 1.0, "reference_wt_ml": 1.0, "largest_outside_ml": outside,
+            "case_probability": probability, "seconds": 1.0}
+
+
+def test_compare_real_pairs_rows_and_resamples_patients(tmp_path, capsys):
+    """Changes by hand: FLAIR +0.1, +0.1, +0.4 (mean +0.2; a resample is +0.4 only when all three draws are
+    patient c, P 1/27 > 2.5 %, and +0.1 when none is: interval [+0.1, +0.4]); a T1c row lost its tumor and one
+    row is only in the new report. Through the command line too, and a file that is no report is one error."""
+    import json
+
+    from medcnncad.cli import main
+    from medcnncad.evaluation.real import compare_real_reports
+
+    before = {"model": "m", "version": "1", "rows": [_row("a", "FLAIR", 0.5), _row("b", "FLAIR", 0.6),
+                                                    _row("c", "FLAIR", 0.2), _row("a", "T1c", 0.3)]}
+    after = {"model": "m", "version": "2", "rows": [_row("a", "FLAIR", 0.6), _row("b", "FLAIR", 0.7),
+                                                   _row("c", "FLAIR", 0.6), _row("a", "T1c", 0.0, found=False),
+                                                   _row("d", "FLAIR", 0.9)]}
+    c = compare_real_reports(before, after)
+    flair = c["variants"]["FLAIR"]
+    assert (flair["rows"], flair["patients"]) == (3, 3)
+    assert flair["mean_change_dice_WT"] == pytest.approx(0.2) and flair["change_ci95"] == pytest.approx([0.1, 0.4])
+    assert c["variants"]["T1c"]["change_ci95"] is None  # one patient
+    assert c["every_row"]["rows"] == 4 and c["every_row"]["mean_change_dice_WT"] == pytest.approx(0.075)
+    assert c["outcome_changes"]["found"] == [{"case": "a", "variant": "T1c", "before": True, "after": False}]
+    assert c["outcome_changes"]["fp_over_1ml"] == [] and c["only_after"] == [["d", "FLAIR"]]
+    for name, report in (("b.json", before), ("a.json", after)):
+        (tmp_path / name).write_text(json.dumps(report))
+    assert main(["compare-real", "--before", str(tmp_path / "b.json"), "--after", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| FLAIR | 3 | 3 | +0.200 (+0.100 to +0.400) |" in out and "found: a T1c True -> False" in out
+    assert "only after (left out): d FLAIR" in out
+    (tmp_path / "x.json").write_text(json.dumps({"rows": [{"case": "a"}]}))
+    assert main(["compare-real", "--before", str(tmp_path / "x.json"), "--after", str(tmp_path / "a.json")]) == 2
+    assert "x.json: not an evaluate-real report" in capsys.readouterr().err
 
 
 def test_rows_of_training_patients_are_marked():

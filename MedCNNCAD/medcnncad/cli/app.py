@@ -43,7 +43,7 @@ from medcnncad.cli.options import OneLineParser
 from medcnncad.errors import MedCNNCADError
 from medcnncad.inference.freed_memory import keep_freed_memory
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "process_main", "build_parser", "COMMANDS"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("case", "segment a held-out phantom case and evaluate it against its ground truth"),
@@ -54,6 +54,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("cohort", "HTML report (and --pdf) of a case or cohort output folder"),
     "evaluate-phantoms": ("evaluate", "evaluate a model on held-out phantoms (never trained on)"),
     "evaluate-real": ("evaluate", "run the full chain on real patients' scans and score it against their references"),
+    "compare-real": ("evaluate", "two evaluate-real reports row by row: change of WT Dice with an interval"),
     "sample-data": ("data", "write the compact sample case registered with Slicer's Sample Data"),
     "models": ("models", "list installed models"),
     "trust": ("models", "trust a MONAI bundle (by the hash of its configs and weights)"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medcnncad.cli.options import add, channel_list, non_negative_int
+from medcnncad.errors import InputError
 from medcnncad.evaluation.phantoms import (
     calibration_helps,
     evaluate_on_phantoms,
@@ -18,7 +19,8 @@ from medcnncad.evaluation.phantoms import (
     format_table,
     write_case_calibration,
 )
-from medcnncad.evaluation.real import VARIANTS, evaluate_real, format_real_table
+from medcnncad.evaluation.real import (VARIANTS, compare_real_reports, evaluate_real, format_comparison,
+                                       format_real_table)
 from medcnncad.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
 from medcnncad.io.images import read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
@@ -66,6 +68,28 @@ def run_evaluate_real(args: argparse.Namespace) -> int:
                            tta=args.tta, cases=channel_list(args.cases), grade_classifier=args.grade_classifier,
                            precision=args.precision)
     return _emit(report, args, format_real_table)
+
+
+def run_compare_real(args: argparse.Namespace) -> int:
+    reports = [_real_report(path) for path in (args.before, args.after)]
+    comparison = compare_real_reports(*reports)
+    print(json.dumps(json_safe(comparison), indent=2) if args.json else format_comparison(comparison))
+    return 0
+
+
+def _real_report(path: str) -> dict:
+    """An ``evaluate-real --out`` report, or an error naming the file."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a JSON file ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list) or not all(
+            isinstance(r, dict) and {"case", "variant", "dice_WT", "found", "largest_outside_ml",
+                                     "case_probability"} <= set(r) for r in report["rows"]):
+        raise InputError(f"{path}: not an evaluate-real report (rows with case, variant, dice_WT, ...)")
+    return report
 
 
 def run_evaluate_retrieval(args: argparse.Namespace) -> int:
@@ -129,6 +153,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", help="comma-separated case ids (default: every labelled case)")
     p.add_argument("--out", help="also write the JSON report to this file")
     p.set_defaults(func=run_evaluate_real)
+
+    p = sub.add_parser("compare-real", help="two evaluate-real reports row by row: the change of WT Dice with a "
+                                            "95 %% interval resampling patients, and the rows whose outcome changed")
+    p.add_argument("--before", required=True, help="evaluate-real --out JSON of the model compared against")
+    p.add_argument("--after", required=True, help="evaluate-real --out JSON of the new model or setting")
+    add(p, "json")
+    p.set_defaults(func=run_compare_real)
 
     p = sub.add_parser("evaluate-retrieval", help="similar-case retrieval: precision@k / mAP@k of same grade / tumor "
                                                   "type on held-out phantoms and real patients (leave one out)")

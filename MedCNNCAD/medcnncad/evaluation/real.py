@@ -32,7 +32,8 @@ from medcnncad.metrics.segmentation import compute_metrics
 from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import load_model
 
-__all__ = ["VARIANTS", "REGIONS", "evaluate_real", "score_case", "format_real_table", "training_patients"]
+__all__ = ["VARIANTS", "REGIONS", "evaluate_real", "score_case", "format_real_table", "training_patients",
+           "compare_real_reports", "format_comparison"]
 
 VARIANTS = ("all", "T1c", "FLAIR")
 """Input variants: every sequence the case has, the post-contrast T1 alone, the FLAIR alone."""
@@ -215,5 +216,59 @@ def format_real_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ci(interval: Sequence[float] | None) -> str:
-    return "" if not interval else f" ({interval[0]:.3f}-{interval[1]:.3f})"
+def _ci(interval: Sequence[float] | None, signed: bool = False) -> str:
+    """" (low to high)" of a 95 % interval ("" without one); ``signed`` for changes."""
+    if not interval:
+        return ""
+    return f" ({interval[0]:+.3f} to {interval[1]:+.3f})" if signed else f" ({interval[0]:.3f} to {interval[1]:.3f})"
+
+
+def compare_real_reports(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Two ``evaluate-real`` reports row by row (same case and inputs): the mean change of WT Dice per input
+    variant and over every shared row, each with a 95 % interval resampling patients (the change of a patient's
+    rows together, :mod:`medcnncad.metrics.intervals`), and the rows whose tumor-found, false-positive (> 1 mL) or
+    case-probability (< 0.9) outcome changed. Rows in only one report are named and left out."""
+    def key(row: dict[str, Any]) -> tuple[str, str]:
+        return row["case"], row["variant"]
+
+    old, new = {key(r): r for r in before["rows"]}, {key(r): r for r in after["rows"]}
+    shared = [k for k in old if k in new]
+    if not shared:
+        raise InputError("compare-real: the two reports share no row (same case and inputs)")
+
+    def change(keys: list[tuple[str, str]]) -> dict[str, Any]:
+        deltas = [new[k]["dice_WT"] - old[k]["dice_WT"] for k in keys]
+        interval = patient_bootstrap_interval([k[0] for k in keys], deltas)
+        return {"rows": len(keys), "patients": len({k[0] for k in keys}),
+                "mean_change_dice_WT": float(np.mean(deltas)),
+                "change_ci95": None if interval is None else [interval[0], interval[1]]}
+
+    outcomes = {"found": lambda r: bool(r["found"]), "fp_over_1ml": lambda r: r["largest_outside_ml"] > 1.0,
+                "case_probability_below_0.9": lambda r: r["case_probability"] < 0.9}
+    return {"before": f"{before['model']} {before['version']}", "after": f"{after['model']} {after['version']}",
+            "variants": {v: change([k for k in shared if k[1] == v]) for v in VARIANTS
+                         if any(k[1] == v for k in shared)},
+            "every_row": change(shared),
+            "outcome_changes": {name: [{"case": k[0], "variant": k[1], "before": test(old[k]), "after": test(new[k])}
+                                       for k in shared if test(old[k]) != test(new[k])]
+                                for name, test in outcomes.items()},
+            "only_before": [list(k) for k in old if k not in new], "only_after": [list(k) for k in new if k not in old]}
+
+
+def format_comparison(comparison: dict[str, Any]) -> str:
+    """:func:`compare_real_reports` as a markdown table and lines."""
+    lines = [f"{comparison['after']} against {comparison['before']}, row by row (same case and inputs)", "",
+             "| inputs | rows | patients | mean change of WT Dice (95 % interval) |", "|---|---|---|---|"]
+    for name, c in [*comparison["variants"].items(), ("every row", comparison["every_row"])]:
+        lines.append(f"| {name} | {c['rows']} | {c['patients']} | {c['mean_change_dice_WT']:+.3f}"
+                     f"{_ci(c['change_ci95'], signed=True)} |")
+    lines.append("")
+    for name, changed in comparison["outcome_changes"].items():
+        lines.append(f"{name}: " + (", ".join(f"{c['case']} {c['variant']} {c['before']} -> {c['after']}"
+                                              for c in changed) or "no row changed"))
+    for side in ("only_before", "only_after"):
+        if comparison[side]:
+            lines.append(f"{side.replace('_', ' ')} (left out): " + ", ".join(" ".join(k) for k in comparison[side]))
+    lines += ["", "Intervals: 95 % percentile bootstrap resampling patients (a patient's rows together); they do not "
+                  "include the optimism of choosing between models on these same patients."]
+    return "\n".join(lines)
