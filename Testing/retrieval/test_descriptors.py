@@ -179,8 +179,12 @@ def test_described_lesions_labelled_in_their_box_are_the_whole_grid_s_largest(re
     away from the grid's corner and include a non-retrieval label that must not join them."""
     import numpy as np
 
-    from medcnncad.retrieval.descriptors import (MAX_DESCRIBED_LESIONS, described_lesions, lesion_masks,
-                                                 retrieval_structure)
+    from medcnncad.retrieval.descriptors import (
+        MAX_DESCRIBED_LESIONS,
+        described_lesions,
+        lesion_masks,
+        retrieval_structure,
+    )
 
     res, _ = result
     value = res.manifest.labels[0].value

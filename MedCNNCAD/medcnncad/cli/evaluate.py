@@ -19,8 +19,13 @@ from medcnncad.evaluation.phantoms import (
     format_table,
     write_case_calibration,
 )
-from medcnncad.evaluation.real import (VARIANTS, compare_real_reports, evaluate_real, format_comparison,
-                                       format_real_table)
+from medcnncad.evaluation.real import (
+    VARIANTS,
+    compare_real_reports,
+    evaluate_real,
+    format_comparison,
+    format_real_table,
+)
 from medcnncad.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
 from medcnncad.io.images import read_volume
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
