@@ -946,8 +946,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="bundle: a trained zoo-size SegResNet model folder "
                         "(medcnncad train segmentation) instead of random weights")
     args = parser.parse_args()
-    if args.what != "_memory-monai":  # as the medcnncad command does (MONAI's own reference does not)
-        from medcnncad.inference.freed_memory import keep_freed_memory
+    if not args.what.startswith("_memory-"):  # as the medcnncad command does; the peak-memory children compare
+        from medcnncad.inference.freed_memory import keep_freed_memory  # glibc's default, like for like
 
         keep_freed_memory()
     if args.what == "_freed-memory-case":

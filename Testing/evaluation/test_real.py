@@ -109,9 +109,19 @@ def test_compare_real_pairs_rows_and_resamples_patients(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| FLAIR | 3 | 3 | +0.200 (+0.100 to +0.400) |" in out and "found: a T1c True -> False" in out
     assert "only after (left out): d FLAIR" in out
-    (tmp_path / "x.json").write_text(json.dumps({"rows": [{"case": "a"}]}))
-    assert main(["compare-real", "--before", str(tmp_path / "x.json"), "--after", str(tmp_path / "a.json")]) == 2
-    assert "x.json: not an evaluate-real report" in capsys.readouterr().err
+    bad = {"x.json": ({"rows": [{"case": "a"}]}, "x.json: not an evaluate-real report"),
+           "v.json": ({"rows": before["rows"]}, "v.json: not an evaluate-real report"),
+           "n.json": ({**before, "rows": [{**_row("a", "T1c", 0.1), "dice_WT": None}]},
+                      "n.json: row a T1c has a score that is not a finite number"),
+           "d.json": ({**before, "rows": [_row("a", "T1c", 0.1), _row("a", "T1c", 0.2)]},
+                      "d.json: rows given twice: a T1c"),
+           "o.json": ({**before, "rows": [_row("z", "T1c", 0.1)]}, "o.json and "),
+           "t.txt": ("not json", "t.txt: not a JSON file")}
+    for name, (content, message) in bad.items():
+        (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+        assert main(["compare-real", "--before", str(tmp_path / name), "--after", str(tmp_path / "a.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "internal error" not in err[0], (name, err)
 
 
 def test_rows_of_training_patients_are_marked():

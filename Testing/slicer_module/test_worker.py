@@ -190,18 +190,23 @@ def test_worker_runs_in_its_own_session(client, case, tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_the_worker_process_keeps_the_memory_a_case_frees(client):
+def test_the_worker_process_keeps_the_memory_a_case_frees(monkeypatch):
     """Started as Slicer starts it (``python -m medcnncad.slicer.worker``), the worker sets
     :func:`~medcnncad.inference.freed_memory.keep_freed_memory` before its first request (this test process,
     which never calls it, stays as it is)."""
-    rid = client.submit({"cmd": "ping"})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        event = client.events.get(timeout=120)
-        if event.get("id") == rid and event.get("event") == "ready":
-            assert event["freed_memory_kept"] is True
-            return
-    raise AssertionError("no answer to ping")
+    monkeypatch.delenv("MEDCNNCAD_KEEP_FREED_MEMORY", raising=False)  # the worker inherits this environment
+    client = WorkerClient()
+    try:
+        rid = client.submit({"cmd": "ping"})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            event = client.events.get(timeout=120)
+            if event.get("id") == rid and event.get("event") == "ready":
+                assert event["freed_memory_kept"] is True
+                return
+        raise AssertionError("no answer to ping")
+    finally:
+        client.close()
 
 
 def test_worker_writes_the_descriptors_when_asked(case, tmp_path):

@@ -43,7 +43,7 @@ from medcnncad.cli.options import OneLineParser
 from medcnncad.errors import MedCNNCADError
 from medcnncad.inference.freed_memory import keep_freed_memory
 
-__all__ = ["main", "process_main", "build_parser", "COMMANDS"]
+__all__ = ["main", "process_main", "build_parser", "COMMANDS", "CASE_COMMANDS"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("case", "segment a held-out phantom case and evaluate it against its ground truth"),
@@ -100,12 +100,19 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
-def process_main() -> int:
-    """The command line as a process of its own (the ``medcnncad`` script, ``python -m medcnncad``): the memory
-    a case frees stays in the process for the next allocation
+CASE_COMMANDS = frozenset({"demo", "segment", "batch", "evaluate-phantoms", "evaluate-real", "calibrate-case",
+                           "evaluate-retrieval", "library"})
+"""Commands that run the segmentation network on cases: as their own process they keep the memory a case frees."""
+
+
+def process_main(argv: Sequence[str] | None = None) -> int:
+    """The command line as a process of its own (the ``medcnncad`` script, ``python -m medcnncad``): for a
+    :data:`CASE_COMMANDS` command the memory a case frees stays in the process for the next allocation
     (:func:`~medcnncad.inference.freed_memory.keep_freed_memory`), then :func:`main`."""
-    keep_freed_memory()
-    return main()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _command_of(argv) in CASE_COMMANDS:
+        keep_freed_memory()
+    return main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,4 +149,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(process_main())

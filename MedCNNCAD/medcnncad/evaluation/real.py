@@ -12,6 +12,7 @@ held-out result. Arrays (K, J, I).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,7 +172,10 @@ def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _interval(rows: list[dict[str, Any]]) -> list[float] | None:
     """95 % bootstrap interval of the rows' mean WT Dice, resampling patients (:mod:`medcnncad.metrics.intervals`)."""
-    found = patient_bootstrap_interval([r["case"] for r in rows], [r["dice_WT"] for r in rows])
+    values = [r["dice_WT"] for r in rows]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):  # the mean is undefined too
+        return None
+    found = patient_bootstrap_interval([r["case"] for r in rows], values)
     return None if found is None else [found[0], found[1]]
 
 
@@ -223,18 +227,20 @@ def _ci(interval: Sequence[float] | None, signed: bool = False) -> str:
     return f" ({interval[0]:+.3f} to {interval[1]:+.3f})" if signed else f" ({interval[0]:.3f} to {interval[1]:.3f})"
 
 
-def compare_real_reports(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+def compare_real_reports(before: dict[str, Any], after: dict[str, Any],
+                         names: tuple[str, str] = ("before", "after")) -> dict[str, Any]:
     """Two ``evaluate-real`` reports row by row (same case and inputs): the mean change of WT Dice per input
     variant and over every shared row, each with a 95 % interval resampling patients (the change of a patient's
     rows together, :mod:`medcnncad.metrics.intervals`), and the rows whose tumor-found, false-positive (> 1 mL) or
-    case-probability (< 0.9) outcome changed. Rows in only one report are named and left out."""
+    case-probability (< 0.9) outcome changed. Rows in only one report are named and left out; ``names`` (e.g.
+    the files) name the reports in errors."""
     def key(row: dict[str, Any]) -> tuple[str, str]:
         return row["case"], row["variant"]
 
     old, new = {key(r): r for r in before["rows"]}, {key(r): r for r in after["rows"]}
     shared = [k for k in old if k in new]
     if not shared:
-        raise InputError("compare-real: the two reports share no row (same case and inputs)")
+        raise InputError(f"{names[0]} and {names[1]} share no row (same case and inputs)")
 
     def change(keys: list[tuple[str, str]]) -> dict[str, Any]:
         deltas = [new[k]["dice_WT"] - old[k]["dice_WT"] for k in keys]

@@ -6,15 +6,21 @@ the kernel on ``free``, and the next array of that size is mapped afresh. On a v
 hypervisor takes freed guest pages back (virtio-balloon free page reporting; sandboxes like gVisor),
 touching such a page again is a fault to the host. Measured on the 2-core development VM (virtio_balloon):
 1 GiB of fresh pages took 2.4-7.2 s to touch once they had been free for 3-30 s, against 0.065 s when
-reused within a second; a case's stages moved by up to 0.8 s from run to run with it.
+reused within a second; a case's stages moved by up to 0.8 s from run to run with it, and keeping the freed
+memory made the shipped model's case 1.36-1.50x faster there (docs/performance.md).
 
 What it does (glibc only, see ``mallopt(3)``): ``M_MMAP_MAX = 0`` serves large blocks from the heap,
-and ``M_TRIM_THRESHOLD`` (2 GiB) keeps the heap's freed top instead of returning it. Cost: the process
-keeps up to its peak heap until it exits (five cases in one process: peak RSS 1.45 -> 1.59 GB).
+``M_TRIM_THRESHOLD = -1`` never trims the heap's freed top, and ``M_ARENA_MAX = 1`` makes threads started
+afterwards (the writer's compression threads, ITK's) allocate from the same heap: a thread's own arena holds
+at most 64 MiB per heap and maps anything larger afresh. Cost: the process keeps up to its peak heap until it
+exits (five identical cases in one process measured 1.53 GB peak RSS given back, 1.52 GB kept), more if
+fragmentation between cases of different sizes leaves holes; and threads share one allocator lock.
 
-Only processes that exist to run cases call it (the command line, the Slicer module's inference
-worker, the benchmarks), never an import: Slicer's own process keeps its allocator as it is.
-``MEDCNNCAD_KEEP_FREED_MEMORY=0`` turns it off.
+Only processes that exist to run cases call it: the command line's case commands (:data:`CASE_COMMANDS` in
+:mod:`medcnncad.cli.app`), the Slicer module's inference worker and the benchmarks; never an import, so
+Slicer's own process keeps its allocator as it is. Not Dask's workers: their nanny trims memory on purpose
+(``MALLOC_TRIM_THRESHOLD_``) and pauses or restarts a worker by its resident size. Call it before starting
+threads. ``MEDCNNCAD_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ __all__ = ["keep_freed_memory", "freed_memory_kept", "OPT_OUT"]
 OPT_OUT = "MEDCNNCAD_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h parameter numbers
 _M_MMAP_MAX = -4
-_TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes a C int
+_M_ARENA_MAX = -8
+_SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1), (_M_ARENA_MAX, 1))  # -1: never trim (mallopt(3))
 _applied: bool | None = None
 
 
@@ -50,14 +57,14 @@ def freed_memory_kept() -> bool:
 
 
 def _apply() -> bool:
-    if os.environ.get(OPT_OUT, "1").strip() == "0":
+    """Set :data:`_SETTINGS` with glibc's ``mallopt``; False when not on glibc, opted out, or any call failed."""
+    if os.environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
+    return all([bool(mallopt(parameter, value)) for parameter, value in _SETTINGS])  # every one tried

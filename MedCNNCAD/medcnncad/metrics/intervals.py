@@ -17,11 +17,17 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["patient_bootstrap_interval", "MIN_PATIENTS", "RESAMPLES"]
+__all__ = ["patient_bootstrap_interval", "seeded", "MIN_PATIENTS", "RESAMPLES", "SEED"]
 
 MIN_PATIENTS = 3  # fewer: no interval
 RESAMPLES = 9999
 SEED = 0
+_SEED_ARGUMENT = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"  # SciPy < 1.15
+
+
+def seeded(seed: int = SEED) -> dict[str, np.random.Generator]:
+    """``scipy.stats.bootstrap``'s keyword for a seeded generator (``rng`` from SciPy 1.15, ``random_state`` before)."""
+    return {_SEED_ARGUMENT: np.random.default_rng(seed)}
 
 
 def patient_bootstrap_interval(patients: Sequence[Hashable], values: Sequence[float],
@@ -36,9 +42,14 @@ def patient_bootstrap_interval(patients: Sequence[Hashable], values: Sequence[fl
     Returns:
         (low, high), or ``None`` with fewer than :data:`MIN_PATIENTS` patients. When every patient has the
         same mean the interval is that mean on both sides.
+
+    Raises:
+        ValueError: lengths differ, or a value is not finite.
     """
     if len(patients) != len(values):
         raise ValueError(f"patient_bootstrap_interval: {len(patients)} patients for {len(values)} values")
+    if not np.all(np.isfinite(np.asarray(values, dtype=np.float64))):
+        raise ValueError("patient_bootstrap_interval: a value is not finite (NaN or infinite)")
     sums: dict[Hashable, float] = {}
     counts: dict[Hashable, int] = {}
     for patient, value in zip(patients, values):
@@ -55,9 +66,6 @@ def patient_bootstrap_interval(patients: Sequence[Hashable], values: Sequence[fl
     def pooled_mean(s: np.ndarray, n: np.ndarray, axis: int = -1) -> np.ndarray:
         return s.sum(axis=axis) / n.sum(axis=axis)
 
-    generator = np.random.default_rng(SEED)
-    seed = {"rng": generator} if "rng" in inspect.signature(stats.bootstrap).parameters else \
-        {"random_state": generator}
     result = stats.bootstrap((total, rows), pooled_mean, paired=True, vectorized=True, n_resamples=RESAMPLES,
-                             confidence_level=confidence, method="percentile", **seed)
+                             confidence_level=confidence, method="percentile", **seeded())
     return float(result.confidence_interval.low), float(result.confidence_interval.high)

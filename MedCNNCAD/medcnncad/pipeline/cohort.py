@@ -29,7 +29,6 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from medcnncad.errors import InputError, MedCNNCADError
-from medcnncad.inference.freed_memory import keep_freed_memory
 from medcnncad.inference.machine_policy import cached_segmenter, decide_policy_once, default_precision
 from medcnncad.io.images import atomic_path
 from medcnncad.metrics.calibration import expected_calibration_error
@@ -142,7 +141,6 @@ def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str
                 print(f"execution policy not decided before the workers start: {exc}", file=sys.stderr)
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
-        client.run(keep_freed_memory)  # processes of our own that only run cases (medcnncad.inference.freed_memory)
     try:
         futures = [client.submit(process_cohort_case, case, model, device, out_dir, dicom, precision,
                                  key=f"case-{case.case_id}", pure=False) for case in cases]
