@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-segresnet", action="store_true")
     parser.add_argument("--skip-shipped", action="store_true", help="skip the shipped robust model's check")
     args = parser.parse_args(argv)
+    from medcnncad.inference.freed_memory import keep_freed_memory
+
+    kept = keep_freed_memory()  # as the medcnncad command's case commands do, before any thread starts
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     from medcnncad.io.images import write_image
     from medcnncad.pipeline.case import process_case
 
-    report: dict = {"device": args.device, "python": platform.python_version(), "torch": torch.__version__}
+    report: dict = {"device": args.device, "python": platform.python_version(), "torch": torch.__version__,
+                    "freed_memory_kept": kept}
     if args.device == "cuda":
         report["card"] = torch.cuda.get_device_name(0)
         report["cuda"] = torch.version.cuda
