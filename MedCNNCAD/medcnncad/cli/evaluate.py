@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from medcnncad.cli.options import add, channel_list, non_negative_int
-from medcnncad.errors import InputError
 from medcnncad.evaluation.phantoms import (
     calibration_helps,
     evaluate_on_phantoms,
@@ -25,6 +24,7 @@ from medcnncad.evaluation.real import (
     evaluate_real,
     format_comparison,
     format_real_table,
+    read_real_report,
 )
 from medcnncad.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
 from medcnncad.io.images import read_volume
@@ -76,39 +76,10 @@ def run_evaluate_real(args: argparse.Namespace) -> int:
 
 
 def run_compare_real(args: argparse.Namespace) -> int:
-    reports = [_real_report(path) for path in (args.before, args.after)]
+    reports = [read_real_report(path) for path in (args.before, args.after)]
     comparison = compare_real_reports(reports[0], reports[1], names=(args.before, args.after))
     print(json.dumps(json_safe(comparison), indent=2) if args.json else format_comparison(comparison))
     return 0
-
-
-_ROW_KEYS = {"case", "variant", "dice_WT", "found", "largest_outside_ml", "case_probability"}
-
-
-def _real_report(path: str) -> dict:
-    """An ``evaluate-real --out`` report (model, version, rows with finite scores, each case and inputs once), or
-    an :class:`InputError` naming the file and what is wrong."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON file ({exc})") from None
-    rows = report.get("rows") if isinstance(report, dict) else None
-    if (not isinstance(rows, list) or not isinstance(report.get("model"), str)
-            or not isinstance(report.get("version"), str)
-            or not all(isinstance(r, dict) and _ROW_KEYS <= set(r) for r in rows)):
-        raise InputError(f"{path}: not an evaluate-real report "
-                         f"(model, version, rows with {', '.join(sorted(_ROW_KEYS))})")
-    for row in rows:
-        if not all(isinstance(row[k], (int, float)) and np.isfinite(row[k])
-                   for k in ("dice_WT", "largest_outside_ml", "case_probability")):
-            raise InputError(f"{path}: row {row['case']} {row['variant']} has a score that is not a finite number")
-    seen = [(r["case"], r["variant"]) for r in rows]
-    twice = sorted({k for k in seen if seen.count(k) > 1})
-    if twice:
-        raise InputError(f"{path}: rows given twice: {', '.join(' '.join(map(str, k)) for k in twice)}")
-    return report
 
 
 def run_evaluate_retrieval(args: argparse.Namespace) -> int:

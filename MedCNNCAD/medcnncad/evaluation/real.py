@@ -12,6 +12,7 @@ held-out result. Arrays (K, J, I).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import load_model
 
 __all__ = ["VARIANTS", "REGIONS", "evaluate_real", "score_case", "format_real_table", "training_patients",
-           "compare_real_reports", "format_comparison"]
+           "compare_real_reports", "format_comparison", "read_real_report"]
 
 VARIANTS = ("all", "T1c", "FLAIR")
 """Input variants: every sequence the case has, the post-contrast T1 alone, the FLAIR alone."""
@@ -225,6 +226,39 @@ def _ci(interval: Sequence[float] | None, signed: bool = False) -> str:
     if not interval:
         return ""
     return f" ({interval[0]:+.3f} to {interval[1]:+.3f})" if signed else f" ({interval[0]:.3f} to {interval[1]:.3f})"
+
+
+_REPORT_ROW_KEYS = {"case", "variant", "dice_WT", "found", "largest_outside_ml", "case_probability"}
+
+
+def read_real_report(path: str | Path) -> dict[str, Any]:
+    """An ``evaluate-real --out`` report read back for :func:`compare_real_reports`: model, version, and rows with
+    finite scores, each case and inputs once.
+
+    Raises:
+        InputError: naming the file and what is wrong with it.
+    """
+    try:
+        report = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a JSON file ({exc})") from None
+    rows = report.get("rows") if isinstance(report, dict) else None
+    if (not isinstance(rows, list) or not isinstance(report.get("model"), str)
+            or not isinstance(report.get("version"), str)
+            or not all(isinstance(r, dict) and _REPORT_ROW_KEYS <= set(r) for r in rows)):
+        raise InputError(f"{path}: not an evaluate-real report "
+                         f"(model, version, rows with {', '.join(sorted(_REPORT_ROW_KEYS))})")
+    for row in rows:
+        if not all(isinstance(row[k], (int, float)) and math.isfinite(row[k])
+                   for k in ("dice_WT", "largest_outside_ml", "case_probability")):
+            raise InputError(f"{path}: row {row['case']} {row['variant']} has a score that is not a finite number")
+    seen = [(r["case"], r["variant"]) for r in rows]
+    twice = sorted({k for k in seen if seen.count(k) > 1})
+    if twice:
+        raise InputError(f"{path}: rows given twice: {', '.join(' '.join(map(str, k)) for k in twice)}")
+    return report
 
 
 def compare_real_reports(before: dict[str, Any], after: dict[str, Any],
