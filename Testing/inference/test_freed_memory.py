@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                                reason="glibc's mallopt only")
+from medcnncad.inference.freed_memory import glibc_malloc
+
+pytestmark = pytest.mark.skipif(not glibc_malloc(), reason="glibc's mallopt only")
 
 CHILD = r"""
 import json, os, sys, threading

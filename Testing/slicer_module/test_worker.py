@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
-import sys
 import time
 
 import numpy as np
@@ -15,6 +13,7 @@ import SimpleITK as sitk
 import torch
 from helpers import small_phantom
 
+from medcnncad.inference.freed_memory import glibc_malloc
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.models.registry import describe_model, load_model
 from medcnncad.slicer.worker import WorkerCancelled, WorkerClient, WorkerError, load_result
@@ -189,7 +188,7 @@ def test_worker_runs_in_its_own_session(client, case, tmp_path):
     assert os.getsid(client.process.pid) == client.process.pid != os.getsid(0)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(not glibc_malloc(), reason="glibc only")
 def test_the_worker_process_keeps_the_memory_a_case_frees(monkeypatch):
     """Started as Slicer starts it (``python -m medcnncad.slicer.worker``), the worker sets
     :func:`~medcnncad.inference.freed_memory.keep_freed_memory` before its first request (this test process,

@@ -30,7 +30,7 @@ import os
 import platform
 import sys
 
-__all__ = ["keep_freed_memory", "freed_memory_kept", "OPT_OUT"]
+__all__ = ["keep_freed_memory", "freed_memory_kept", "glibc_malloc", "opted_out", "OPT_OUT"]
 
 OPT_OUT = "MEDCNNCAD_KEEP_FREED_MEMORY"
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h parameter numbers
@@ -56,11 +56,19 @@ def freed_memory_kept() -> bool:
     return _applied is True
 
 
+def glibc_malloc() -> bool:
+    """Whether this process allocates with glibc's malloc (Linux with glibc), the only one the setting knows."""
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def opted_out() -> bool:
+    """Whether ``MEDCNNCAD_KEEP_FREED_MEMORY`` turns the setting off (0, false, no or off)."""
+    return os.environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _apply() -> bool:
     """Set :data:`_SETTINGS` with glibc's ``mallopt``; False when not on glibc, opted out, or any call failed."""
-    if os.environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if opted_out() or not glibc_malloc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
