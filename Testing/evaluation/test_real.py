@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import ROOT
 
-from medcnncad.data.real_cases import BRATS2013_MAP, discover_real_cases, load_reference, map_labels
+from medcnncad.data.real_cases import BRATS2013_MAP, describe_case, discover_real_cases, load_reference, map_labels
 from medcnncad.errors import InputError
 from medcnncad.evaluation.real import format_real_table, score_case, training_patients
 
@@ -170,3 +170,66 @@ def test_the_remind_dicom_seg_lands_on_the_t1c_series():
     assert ref.GetSize() == (248, 256, 176)  # the T1c series: 248 columns, 256 rows, 176 slices
     ml = float(np.count_nonzero(sitk.GetArrayViewFromImage(ref))) * float(np.prod(ref.GetSpacing())) / 1000
     assert 0.7 < ml < 0.85
+
+
+def _write_case(folder, names, labels=None, seg_name=None):
+    """Tiny 6x6x6 volumes under ``names``; ``labels`` (values placed one per voxel) written as ``seg_name``."""
+    folder.mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.ones((6, 6, 6), np.float32))
+    for name in names:
+        sitk.WriteImage(image, str(folder / name))
+    if labels is not None:
+        seg = np.zeros((6, 6, 6), np.uint8)
+        seg.flat[:len(labels)] = labels
+        sitk.WriteImage(sitk.GetImageFromArray(seg), str(folder / seg_name))
+    return folder
+
+
+def test_brats2023_labels_put_enhancing_tumor_at_3(tmp_path):
+    """BraTS 2023 (glioma, metastases, meningioma, SSA): 1 NETC, 2 SNFH, 3 ET -> BraTS 1, 2, 4."""
+    case_id = "BraTS-MET-00002-000"
+    _write_case(tmp_path / case_id, [f"{case_id}-{s}.nii.gz" for s in ("t1c", "t1n", "t2w", "t2f")],
+                [1, 2, 3], f"{case_id}-seg.nii.gz")
+    (case,) = discover_real_cases(tmp_path)
+    assert case.source == "BraTS2023-MET" and case.labelled and set(case.inputs) == {"T1", "T1c", "T2", "FLAIR"}
+    values = sitk.GetArrayFromImage(load_reference(case)).ravel()[:4]
+    np.testing.assert_array_equal(values, [1, 2, 4, 0])
+
+
+def test_brats2018_to_2021_names_keep_enhancing_tumor_at_4(tmp_path):
+    sources = {"BraTS20_Training_001": "BraTS2020", "Brats18_2013_2_1": "BraTS2018", "Brats17_TCIA_105_1": "BraTS2017"}
+    for case_id in sources:
+        _write_case(tmp_path / case_id, [f"{case_id}_{s}.nii.gz" for s in ("t1", "t1ce", "t2", "flair")],
+                    [1, 2, 4], f"{case_id}_seg.nii.gz")
+    cases = {c.case_id: c for c in discover_real_cases(tmp_path)}
+    assert {k: c.source for k, c in cases.items()} == sources
+    for case in cases.values():
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(load_reference(case)).ravel()[:4], [1, 2, 4, 0])
+
+
+def test_a_folder_of_another_name_is_read_by_its_file_names(tmp_path):
+    _write_case(tmp_path / "patient_a", ["a_flair.nii.gz", "a_t1ce.nii.gz"], [2, 4], "a_seg.nii.gz")
+    _write_case(tmp_path / "patient_b", ["b-t2f.nii.gz"], [2, 3], "b-seg.nii.gz")
+    _write_case(tmp_path / "notes", ["readme.nii.gz"])  # no known file names: skipped
+    cases = {c.case_id: c for c in discover_real_cases(tmp_path)}
+    assert sorted(cases) == ["patient_a", "patient_b"]
+    assert set(cases["patient_a"].inputs) == {"FLAIR", "T1c"} and cases["patient_a"].source == "BraTS2021-named"
+    assert set(cases["patient_b"].inputs) == {"FLAIR"} and cases["patient_b"].source == "BraTS2023-named"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(load_reference(cases["patient_b"])).ravel()[:3],
+                                  [2, 4, 0])
+
+
+def test_a_label_outside_the_convention_names_the_file(tmp_path):
+    case_id = "BraTS-GLI-02000-100"  # BraTS 2024 post-treatment: 4 is the resection cavity
+    _write_case(tmp_path / case_id, [f"{case_id}-t1c.nii.gz"], [1, 3, 4], f"{case_id}-seg.nii.gz")
+    (case,) = discover_real_cases(tmp_path)
+    with pytest.raises(InputError, match=rf"{case_id}-seg\.nii\.gz: label values \[4\].*BraTS2023-GLI"):
+        load_reference(case)
+
+
+def test_a_paediatric_brats_case_is_refused_not_misread(tmp_path):
+    case_id = "BraTS-PED-00001-000"  # its labels are 1 ET, 2 NET, 3 cyst, 4 oedema: not BraTS 2023's
+    folder = _write_case(tmp_path / case_id, [f"{case_id}-t1c.nii.gz"], [1, 2, 3, 4], f"{case_id}-seg.nii.gz")
+    assert discover_real_cases(tmp_path) == []
+    with pytest.raises(InputError, match="paediatric"):
+        describe_case(folder)

@@ -135,7 +135,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate-real", help="run the full chain on real patients' scans (a realdata folder) and "
                                              "score it against their references")
-    p.add_argument("--data", required=True, help="folder of real cases (layout: ../shared/realdata/README.md)")
+    p.add_argument("--data", required=True,
+                   help="folder of real case folders: ../shared/realdata's layouts, BraTS 2017-2021 "
+                        "(<case>_t1ce.nii.gz, _seg: labels 1, 2, 4) or BraTS 2023 (<case>-t1c.nii.gz, -seg: 1, 2, 3)")
     add(p, "model", "device", "tta", "json", "classifier", "precision",
         precision={"default": "manifest", "help": "execution precision (default manifest: the model's own, as every "
                                                   "score in docs/models.md; see segment --help)"})

@@ -49,6 +49,9 @@ BRATS2021_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 4: 4})
 """BraTS 2021 ``_seg``: already BraTS values."""
 BRATS2017_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 3: 4})
 """This BraTS 2017 ``seg`` file (per the realdata README): 1 NCR/NET, 2 ED, 3 enhancing."""
+BRATS2023_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 3: 4})
+"""BraTS 2023 ``-seg`` (glioma, metastases, meningioma, sub-Saharan Africa): 1 NETC (necrotic / non-enhancing
+core), 2 SNFH (surrounding FLAIR hyperintensity, i.e. oedema), 3 ET. A 4 (the 2024 resection cavity) is refused."""
 TCGA_FUSION_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 4: 4})
 """BraTS Toolkit fusion (BraTS convention): 1 NCR/NET (core), 2 ED, 4 ET (absent in TCGA-DU-7294)."""
 WHOLE_TUMOR_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 2})
@@ -62,8 +65,9 @@ class RealCase:
 
     Attributes:
         case_id: the folder name.
-        source: "BRATS2013", "BraTS2017", "BraTS2021", "BraTS2023-GLI", "BraTS2023-MET",
-            "TCGA-BraTSToolkit" or "ReMIND".
+        source: "BRATS2013", "BraTS2017" ... "BraTS2021", "BraTS2023-GLI" (-MET, -MEN, -SSA),
+            "TCGA-BraTSToolkit", "ReMIND", or, for a folder of another name, the file names' convention:
+            "BraTS2021-named" (``<case>_t1ce.nii.gz``) or "BraTS2023-named" (``<case>-t1c.nii.gz``).
         inputs: channel name ("T1", "T1c", "T2", "FLAIR") -> image file or DICOM series folder.
         reference: label file (NIfTI or DICOM SEG), or ``None`` for an unlabelled case.
         label_map: reference value -> BraTS value (empty when there is no reference).
@@ -141,18 +145,69 @@ def _inputs(folder: Path, patterns: Mapping[str, str]) -> dict[str, Path]:
     return out
 
 
+BRATS2021_FILES: Mapping[str, str] = MappingProxyType({"T1": "*_t1.nii*", "T1c": "*_t1ce.nii*", "T2": "*_t2.nii*",
+                                                       "FLAIR": "*_flair.nii*"})
+"""The BraTS 2017-2021 file names (``<case>_t1ce.nii.gz``, ``<case>_seg.nii.gz``; labels 1, 2, 4)."""
+BRATS2023_FILES: Mapping[str, str] = MappingProxyType({"T1": "*-t1n.nii*", "T1c": "*-t1c.nii*", "T2": "*-t2w.nii*",
+                                                       "FLAIR": "*-t2f.nii*"})
+"""The BraTS 2023 file names (``<case>-t1c.nii.gz``, ``<case>-seg.nii.gz``; labels 1, 2, 3)."""
+BRATS2023_TASKS: tuple[str, ...] = ("GLI", "MET", "MEN", "SSA")
+"""BraTS 2023 tasks whose labels follow :data:`BRATS2023_MAP` (the paediatric task's labels differ: not read)."""
+
+
+def _brats2021_named(folder: Path, source: str) -> RealCase:
+    """A folder of BraTS 2017-2021 named files (labels 1 NCR, 2 ED, 4 ET)."""
+    return RealCase(folder.name, source, _inputs(folder, BRATS2021_FILES), _first(folder, "*_seg.nii*"),
+                    BRATS2021_MAP)
+
+
+def _brats2023_named(folder: Path, source: str) -> RealCase:
+    """A folder of BraTS 2023 named files (labels 1 NETC, 2 SNFH, 3 ET)."""
+    seg = _first(folder, "*-seg.nii*")
+    return RealCase(folder.name, source, _inputs(folder, BRATS2023_FILES), seg, BRATS2023_MAP if seg else {},
+                    notes="" if seg else "unlabelled")
+
+
+def _brats2023_task(name: str) -> str | None:
+    """``GLI`` for ``BraTS-GLI-00001-000``; None for other names or tasks whose labels are not read."""
+    parts = name.split("-")
+    if len(parts) >= 2 and parts[0] == "BraTS" and parts[1] in BRATS2023_TASKS:
+        return parts[1]
+    return None
+
+
+def _unread_brats2023_task(name: str) -> bool:
+    """True for a BraTS 2023 case name of a task whose labels are not read (e.g. ``BraTS-PED-00001-000``)."""
+    return name.startswith("BraTS-") and _brats2023_task(name) is None
+
+
 def _describe(folder: Path) -> RealCase | None:
     """A RealCase for one folder, or None when the folder is not a known case layout."""
+    case = _describe_named_collection(folder)
+    if case is not None or _unread_brats2023_task(folder.name):
+        return case
+    # any other folder name: BraTS 2023 or BraTS 2017-2021 file names say the label convention
+    if _inputs(folder, BRATS2023_FILES):
+        return _brats2023_named(folder, "BraTS2023-named")
+    if _inputs(folder, BRATS2021_FILES):
+        return _brats2021_named(folder, "BraTS2021-named")
+    return None
+
+
+def _describe_named_collection(folder: Path) -> RealCase | None:
+    """A RealCase for a folder whose name says its collection (realdata README), else None."""
     name = folder.name
     if name.startswith("brats_2013_"):
         return RealCase(name, "BRATS2013", _inputs(folder, {"T1c": "T1c_subtrMeanDivStd.nii*",
                                                              "FLAIR": "Flair_subtrMeanDivStd.nii*"}),
                         _first(folder, "OTMultiClass.nii*"), BRATS2013_MAP, zscored=True,
                         notes="FLAIR and T1c only, z-scored inside the brain; CC BY-NC-SA 3.0", grade="HGG")
-    if name.startswith("BraTS2021_"):
-        return RealCase(name, "BraTS2021", _inputs(folder, {"T1": "*_t1.nii*", "T1c": "*_t1ce.nii*",
-                                                             "T2": "*_t2.nii*", "FLAIR": "*_flair.nii*"}),
-                        _first(folder, "*_seg.nii*"), BRATS2021_MAP)
+    for prefix, source in (("BraTS2021_", "BraTS2021"), ("BraTS20_", "BraTS2020"), ("BraTS19_", "BraTS2019"),
+                           ("Brats18_", "BraTS2018"), ("BraTS18_", "BraTS2018")):
+        if name.startswith(prefix):
+            return _brats2021_named(folder, source)
+    if name.startswith("Brats17_") and _first(folder, "seg.nii*") is None:
+        return _brats2021_named(folder, "BraTS2017")  # the challenge's own file names and labels (1, 2, 4)
     if name.startswith("Brats17_"):
         return RealCase(name, "BraTS2017", _inputs(folder, {"T1c": "t1ce*.nii*"}), _first(folder, "seg.nii*"),
                         BRATS2017_MAP, zscored=True, notes="T1c only, z-scored")
@@ -172,12 +227,9 @@ def _describe(folder: Path) -> RealCase | None:
         return RealCase(name, "ReMIND", inputs, seg, WHOLE_TUMOR_MAP if seg else {}, regions=("WT",),
                         preprocessed=False, reference_grid="T1c",
                         notes="clinical DICOM, skull on; DICOM SEG with one binary 'Glioma' segment = WT only")
-    if name.startswith("BraTS-GLI-") or name.startswith("BraTS-MET-"):
-        source = "BraTS2023-GLI" if "-GLI-" in name else "BraTS2023-MET"
-        return RealCase(name, source, _inputs(folder, {"T1": "*-t1n.nii*", "T1c": "*-t1c.nii*",
-                                                        "T2": "*-t2w.nii*", "FLAIR": "*-t2f.nii*"}),
-                        _first(folder, "*-seg.nii*"), BRATS2021_MAP if _first(folder, "*-seg.nii*") else {},
-                        notes="unlabelled" if _first(folder, "*-seg.nii*") is None else "")
+    task = _brats2023_task(name)
+    if task is not None:
+        return _brats2023_named(folder, f"BraTS2023-{task}")
     return None
 
 
@@ -189,6 +241,9 @@ def describe_case(folder: str | Path) -> RealCase:
     """
     path = Path(folder)
     case = _describe(path) if path.is_dir() else None
+    if _unread_brats2023_task(path.name):
+        raise InputError(f"{path}: a BraTS 2023 task whose label convention is not read here "
+                         f"(read: {', '.join(BRATS2023_TASKS)}; the paediatric labels differ)")
     if case is None or not case.inputs:
         raise InputError(f"{path}: not a real case folder of a known layout (BRATS 2013, BraTS 2017/2021/2023, "
                          "TCGA BraTS Toolkit, ReMIND; see the realdata README)")
@@ -288,7 +343,8 @@ def load_reference(case: RealCase, grid: sitk.Image | None = None) -> sitk.Image
             (read from disk). Ignored for NIfTI references (they carry their own grid).
 
     Raises:
-        InputError: for an unlabelled case or unknown label values.
+        InputError: for an unlabelled case, or label values the case's convention does not know (naming the
+            file).
     """
     if case.reference is None:
         raise InputError(f"{case.case_id}: no reference")
@@ -300,6 +356,10 @@ def load_reference(case: RealCase, grid: sitk.Image | None = None) -> sitk.Image
         raw = read_dicom_seg_on_grid(case.reference, grid)
     else:
         raw = sitk.ReadImage(str(case.reference))
-    mapped = sitk.GetImageFromArray(case.map_labels(sitk.GetArrayViewFromImage(raw)))
+    try:
+        values = case.map_labels(sitk.GetArrayViewFromImage(raw))
+    except InputError as exc:
+        raise InputError(f"{case.reference}: {exc} (read as {case.source})") from None
+    mapped = sitk.GetImageFromArray(values)
     mapped.CopyInformation(raw)
     return mapped
