@@ -233,3 +233,38 @@ def test_a_paediatric_brats_case_is_refused_not_misread(tmp_path):
     assert discover_real_cases(tmp_path) == []
     with pytest.raises(InputError, match="paediatric"):
         describe_case(folder)
+
+
+@pytest.mark.slow
+def test_evaluate_real_scores_a_brats2023_folder_as_its_own_label_file(tmp_path):
+    """A phantom written with BraTS 2023 names (enhancing tumor stored as 3) scores, through ``evaluate-real``,
+    the Dice that ``segment --reference`` gives against the phantom's own BraTS-valued label file."""
+    from medcnncad.cli.app import main
+    from medcnncad.data.phantom import make_phantom, write_phantom
+
+    paths = write_phantom(make_phantom(7), tmp_path / "phantom")
+    case_id = "BraTS-GLI-09999-000"
+    folder = tmp_path / "data" / case_id
+    folder.mkdir(parents=True)
+    for channel, name in (("T1", "t1n"), ("T1c", "t1c"), ("T2", "t2w"), ("FLAIR", "t2f")):
+        (folder / f"{case_id}-{name}.nii.gz").symlink_to(paths[channel])
+    label = sitk.ReadImage(str(paths["label"]))
+    values = sitk.GetArrayFromImage(label)
+    assert set(np.unique(values)) == {0, 1, 2, 4}
+    seg = sitk.GetImageFromArray(np.where(values == 4, 3, values).astype(np.uint8))
+    seg.CopyInformation(label)
+    sitk.WriteImage(seg, str(folder / f"{case_id}-seg.nii.gz"))
+
+    common = ["--model", "brats-demo-unet", "--device", "cpu", "--precision", "manifest", "--no-tta"]
+    assert main(["evaluate-real", "--data", str(tmp_path / "data"), "--variants", "all",
+                 "--grade-classifier", "none", "--out", str(tmp_path / "real.json"), *common]) == 0
+    assert main(["segment", "--input", f"T1={paths['T1']}", "--input", f"T1c={paths['T1c']}",
+                 "--input", f"T2={paths['T2']}", "--input", f"FLAIR={paths['FLAIR']}", "--reference",
+                 str(paths["label"]), "--out", str(tmp_path / "seg"), "--grade-classifier", "none", *common]) == 0
+    import json
+    (row,) = json.loads((tmp_path / "real.json").read_text())["rows"]
+    metrics = json.loads((tmp_path / "seg" / "report.json").read_text())["metrics"]
+    assert row["source"] == "BraTS2023-GLI"
+    for region in ("WT", "TC", "ET"):
+        assert row[f"dice_{region}"] == pytest.approx(metrics[region]["dice"], abs=1e-3), region
+    assert row["dice_ET"] > 0.5  # enhancing tumor was read as 4 (read as ED, ET Dice would be 0)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medcnncad.cli.options import DEMO_SEED, add
+from medcnncad.cli.options import DEMO_SEED, add, classifier_or_none
 from medcnncad.cli.progress import TqdmProgress
 from medcnncad.data.phantom import make_phantom, preset, write_phantom
 from medcnncad.errors import InputError, MedCNNCADError
@@ -97,7 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    grader = None if (args.grade_classifier or "").lower() == "none" else args.grade_classifier
+    grader = classifier_or_none(args.grade_classifier)
     report = _run_case(args.model, parse_pairs(args.input), Path(args.out), args.device, args.trust,
                        args.reference, parse_pairs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
                        args.dicom_seg, grader, args.tta, args.precision, args.dicom_sr)

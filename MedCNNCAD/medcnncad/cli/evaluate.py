@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcnncad.cli.options import add, channel_list, non_negative_int
+from medcnncad.cli.options import add, channel_list, classifier_or_none, non_negative_int
 from medcnncad.evaluation.phantoms import (
     calibration_helps,
     evaluate_on_phantoms,
@@ -70,7 +70,8 @@ def run_evaluate_phantoms(args: argparse.Namespace) -> int:
 
 def run_evaluate_real(args: argparse.Namespace) -> int:
     report = evaluate_real(args.data, args.model, device=args.device, variants=channel_list(args.variants) or VARIANTS,
-                           tta=args.tta, cases=channel_list(args.cases), grade_classifier=args.grade_classifier,
+                           tta=args.tta, cases=channel_list(args.cases),
+                           grade_classifier=classifier_or_none(args.grade_classifier),
                            precision=args.precision)
     return _emit(report, args, format_real_table)
 

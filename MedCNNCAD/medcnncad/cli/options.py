@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 from medcnncad.inference.precisions import CASE_PRECISIONS, PRECISION_HELP
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL
 
-__all__ = ["OPTIONS", "TTA_HELP", "DEMO_SEED", "add", "channel_list", "OneLineParser", "positive_int",
-           "non_negative_int", "non_negative_float", "positive_float", "probability", "fraction", "device_name"]
+__all__ = ["OPTIONS", "TTA_HELP", "DEMO_SEED", "add", "channel_list", "classifier_or_none", "OneLineParser",
+           "positive_int", "non_negative_int", "non_negative_float", "positive_float", "probability", "fraction",
+           "device_name"]
 
 DEMO_SEED = 900_000  # the first held-out phantom: never seen in training
 TTA_HELP = ("test-time augmentation (identity and flips averaged): uncertainty map and per-lesion uncertainty, "
@@ -103,3 +104,8 @@ def add(parser: argparse.ArgumentParser, *names: str, **overrides: dict[str, Any
 def channel_list(text: str | None) -> list[str] | None:
     """``--channels T1c,FLAIR`` as a list of names (None when the option is absent: every input)."""
     return [c.strip() for c in text.split(",")] if text else None
+
+
+def classifier_or_none(requested: str | None) -> str | None:
+    """The ``--grade-classifier`` value as a model id or folder; None when not given or given as 'none'."""
+    return None if not requested or requested.lower() == "none" else requested
