@@ -42,7 +42,7 @@ def largest_component(labels: np.ndarray) -> np.ndarray:
 
 def pseudo_label(folder: Path, out: Path, model: str) -> dict:
     case_id = folder.name.removesuffix("_unlabelled")
-    inputs = {channel: sorted(folder.glob(pattern))[0] for channel, pattern in BRATS2023_FILES.items()}
+    inputs = {channel: sorted(folder.glob(patterns[0]))[0] for channel, patterns in BRATS2023_FILES.items()}
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["segment", "--model", model, "--out", tmp, "--device", "cpu", "--precision", "manifest"]
         for channel, path in inputs.items():

@@ -268,3 +268,20 @@ def test_evaluate_real_scores_a_brats2023_folder_as_its_own_label_file(tmp_path)
     for region in ("WT", "TC", "ET"):
         assert row[f"dice_{region}"] == pytest.approx(metrics[region]["dice"], abs=1e-3), region
     assert row["dice_ET"] > 0.5  # enhancing tumor was read as 4 (read as ED, ET Dice would be 0)
+
+
+def test_collections_with_brats_labels_and_their_own_spellings_are_read(tmp_path):
+    """UCSF-PDGM (``_T1c``, ``_tumor_segmentation``) and UPENN-GBM (``_T1GD``, ``_segm``) name their files in
+    capitals and their own words, with BraTS's labels (1, 2, 4); the bias-corrected copies are not inputs."""
+    _write_case(tmp_path / "UCSF-PDGM-0004_nifti", ["UCSF-PDGM-0004_FLAIR.nii.gz", "UCSF-PDGM-0004_T1c.nii.gz",
+                                                    "UCSF-PDGM-0004_T1c_bias.nii.gz", "UCSF-PDGM-0004_T1.nii.gz",
+                                                    "UCSF-PDGM-0004_T2.nii.gz"],
+                [1, 2, 4], "UCSF-PDGM-0004_tumor_segmentation.nii.gz")
+    _write_case(tmp_path / "UPENN-GBM-00001_11", ["UPENN-GBM-00001_11_T1GD.nii.gz", "UPENN-GBM-00001_11_FLAIR.nii.gz"],
+                [2, 4, 1], "UPENN-GBM-00001_11_segm.nii.gz")
+    cases = {c.case_id: c for c in discover_real_cases(tmp_path)}
+    ucsf, upenn = cases["UCSF-PDGM-0004_nifti"], cases["UPENN-GBM-00001_11"]
+    assert ucsf.inputs["T1c"].name == "UCSF-PDGM-0004_T1c.nii.gz" and set(ucsf.inputs) == {"T1", "T1c", "T2", "FLAIR"}
+    assert upenn.inputs["T1c"].name == "UPENN-GBM-00001_11_T1GD.nii.gz" and set(upenn.inputs) == {"T1c", "FLAIR"}
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(load_reference(upenn)).ravel()[:4], [2, 4, 1, 0])
+    assert ucsf.reference is not None and ucsf.reference.name == "UCSF-PDGM-0004_tumor_segmentation.nii.gz"

@@ -20,7 +20,8 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -145,26 +146,46 @@ def _inputs(folder: Path, patterns: Mapping[str, str]) -> dict[str, Path]:
     return out
 
 
-BRATS2021_FILES: Mapping[str, str] = MappingProxyType({"T1": "*_t1.nii*", "T1c": "*_t1ce.nii*", "T2": "*_t2.nii*",
-                                                       "FLAIR": "*_flair.nii*"})
-"""The BraTS 2017-2021 file names (``<case>_t1ce.nii.gz``, ``<case>_seg.nii.gz``; labels 1, 2, 4)."""
-BRATS2023_FILES: Mapping[str, str] = MappingProxyType({"T1": "*-t1n.nii*", "T1c": "*-t1c.nii*", "T2": "*-t2w.nii*",
-                                                       "FLAIR": "*-t2f.nii*"})
+BRATS2021_FILES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "T1": ("*_t1.nii*",), "T1c": ("*_t1ce.nii*", "*_t1c.nii*", "*_t1gd.nii*"), "T2": ("*_t2.nii*",),
+    "FLAIR": ("*_flair.nii*",)})
+"""The BraTS 2017-2021 file names (``<case>_t1ce.nii.gz``; any case), with the post-contrast T1 spellings of
+collections that follow BraTS's labels (UCSF-PDGM ``_T1c``, UPENN-GBM ``_T1GD``)."""
+BRATS2021_SEGS: tuple[str, ...] = ("*_seg.nii*", "*_segm.nii*", "*_tumor_segmentation.nii*")
+"""Their label files (BraTS ``_seg``, UPENN-GBM ``_segm``, UCSF-PDGM ``_tumor_segmentation``; labels 1, 2, 4)."""
+BRATS2023_FILES: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "T1": ("*-t1n.nii*",), "T1c": ("*-t1c.nii*",), "T2": ("*-t2w.nii*",), "FLAIR": ("*-t2f.nii*",)})
 """The BraTS 2023 file names (``<case>-t1c.nii.gz``, ``<case>-seg.nii.gz``; labels 1, 2, 3)."""
 BRATS2023_TASKS: tuple[str, ...] = ("GLI", "MET", "MEN", "SSA")
 """BraTS 2023 tasks whose labels follow :data:`BRATS2023_MAP` (the paediatric task's labels differ: not read)."""
 
 
+def _first_named(folder: Path, patterns: Sequence[str]) -> Path | None:
+    """The first file of ``folder`` (sorted by name) whose lower-cased name matches a ``patterns`` entry (lower
+    case, tried in order), or None."""
+    names = sorted(folder.iterdir()) if folder.is_dir() else []
+    for pattern in patterns:
+        for path in names:
+            if fnmatch.fnmatchcase(path.name.lower(), pattern):
+                return path
+    return None
+
+
+def _named_inputs(folder: Path, patterns: Mapping[str, Sequence[str]]) -> dict[str, Path]:
+    found = {channel: _first_named(folder, alternatives) for channel, alternatives in patterns.items()}
+    return {channel: path for channel, path in found.items() if path is not None}
+
+
 def _brats2021_named(folder: Path, source: str) -> RealCase:
     """A folder of BraTS 2017-2021 named files (labels 1 NCR, 2 ED, 4 ET)."""
-    return RealCase(folder.name, source, _inputs(folder, BRATS2021_FILES), _first(folder, "*_seg.nii*"),
+    return RealCase(folder.name, source, _named_inputs(folder, BRATS2021_FILES), _first_named(folder, BRATS2021_SEGS),
                     BRATS2021_MAP)
 
 
 def _brats2023_named(folder: Path, source: str) -> RealCase:
     """A folder of BraTS 2023 named files (labels 1 NETC, 2 SNFH, 3 ET)."""
-    seg = _first(folder, "*-seg.nii*")
-    return RealCase(folder.name, source, _inputs(folder, BRATS2023_FILES), seg, BRATS2023_MAP if seg else {},
+    seg = _first_named(folder, ("*-seg.nii*",))
+    return RealCase(folder.name, source, _named_inputs(folder, BRATS2023_FILES), seg, BRATS2023_MAP if seg else {},
                     notes="" if seg else "unlabelled")
 
 
@@ -187,9 +208,9 @@ def _describe(folder: Path) -> RealCase | None:
     if case is not None or _unread_brats2023_task(folder.name):
         return case
     # any other folder name: BraTS 2023 or BraTS 2017-2021 file names say the label convention
-    if _inputs(folder, BRATS2023_FILES):
+    if _named_inputs(folder, BRATS2023_FILES):
         return _brats2023_named(folder, "BraTS2023-named")
-    if _inputs(folder, BRATS2021_FILES):
+    if _named_inputs(folder, BRATS2021_FILES):
         return _brats2021_named(folder, "BraTS2021-named")
     return None
 
