@@ -4,7 +4,8 @@ For each case folder given (BraTS 2023 names: ``<case>-t1c.nii.gz``, ``-t1n``, `
 ``medcnncad segment`` with every sequence (``--precision manifest``, the model's own test-time augmentation),
 keeps the label map's largest connected component (26-connectivity; satellites and specks dropped) and writes
 ``<out>/<case>/``: links to the four images and ``<case>-seg.nii.gz`` in the BraTS 2023 convention
-(1 NETC, 2 SNFH, 3 ET), which ``describe_case`` reads as a labelled case (``train segmentation --real-from``).
+(1 NETC, 2 SNFH, 3 ET), which ``describe_case`` reads as a labelled case (``train segmentation --real-from``), and
+``pseudo_label.json`` (how it was made), which makes it read the reference as a model's, not an expert's.
 
 The output is derived from patients' scans: write it outside the repository.
 
@@ -26,7 +27,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from medcnncad.cli.app import main as cli_main
-from medcnncad.data.real_cases import BRATS2023_FILES
+from medcnncad.data.real_cases import BRATS2023_FILES, PSEUDO_LABEL_MARKER
 
 TO_BRATS2023 = np.array([0, 1, 2, 0, 3], np.uint8)  # engine values 0, 1 NCR, 2 ED, 4 ET -> 0, 1, 2, 3
 
@@ -62,10 +63,14 @@ def pseudo_label(folder: Path, out: Path, model: str) -> dict:
     seg.CopyInformation(image)
     sitk.WriteImage(seg, str(case_out / f"{case_id}-seg.nii.gz"))
     ml = float(np.prod(image.GetSpacing())) / 1000
-    return {"case": case_id, "teacher": model, "predicted_ml": round(float((labels > 0).sum()) * ml, 2),
-            "kept_ml": round(float((kept > 0).sum()) * ml, 2),
-            "kept_ml_by_label": {name: round(float((kept == v).sum()) * ml, 2)
-                                 for name, v in (("NCR", 1), ("ED", 2), ("ET", 4))}}
+    record = {"case": case_id, "teacher": model, "inputs": sorted(inputs), "precision": "manifest",
+              "kept": "largest 26-connected component", "predicted_ml": round(float((labels > 0).sum()) * ml, 2),
+              "kept_ml": round(float((kept > 0).sum()) * ml, 2),
+              "kept_ml_by_label": {name: round(float((kept == v).sum()) * ml, 2)
+                                   for name, v in (("NCR", 1), ("ED", 2), ("ET", 4))}}
+    # the marker makes describe_case read the reference as a model's, not an expert's
+    (case_out / PSEUDO_LABEL_MARKER).write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def main() -> None:

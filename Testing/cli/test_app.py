@@ -210,3 +210,9 @@ def test_auto3dseg_folder_listed_trusted_and_segmented(tmp_path, capsys, monkeyp
     assert report["model"]["format"] == "auto3dseg"
     assert report["model"]["source"].endswith("brain-a3d/model.pt")
     assert (tmp_path / "out" / "labels.nii.gz").is_file()
+
+
+def test_grade_classifier_none_means_none_in_any_case():
+    from medcnncad.cli.options import classifier_or_none
+    assert [classifier_or_none(v) for v in (None, "", "none", "None", "brats-grade-densenet")] == [
+        None, None, None, None, "brats-grade-densenet"]

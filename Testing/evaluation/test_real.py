@@ -3,12 +3,21 @@ discovery and label maps against the files. Real data never enter the repository
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import ROOT
 
-from medcnncad.data.real_cases import BRATS2013_MAP, describe_case, discover_real_cases, load_reference, map_labels
+from medcnncad.data.real_cases import (
+    BRATS2013_MAP,
+    PSEUDO_LABEL_MARKER,
+    describe_case,
+    discover_real_cases,
+    load_reference,
+    map_labels,
+)
 from medcnncad.errors import InputError
 from medcnncad.evaluation.real import format_real_table, score_case, training_patients
 
@@ -197,7 +206,8 @@ def test_brats2023_labels_put_enhancing_tumor_at_3(tmp_path):
 
 
 def test_brats2018_to_2021_names_keep_enhancing_tumor_at_4(tmp_path):
-    sources = {"BraTS20_Training_001": "BraTS2020", "Brats18_2013_2_1": "BraTS2018", "Brats17_TCIA_105_1": "BraTS2017"}
+    sources = {"BraTS20_Training_001": "BraTS2020", "BraTS19_2013_10_1": "BraTS2019", "Brats18_2013_2_1": "BraTS2018",
+               "Brats17_TCIA_105_1": "BraTS2017"}
     for case_id in sources:
         _write_case(tmp_path / case_id, [f"{case_id}_{s}.nii.gz" for s in ("t1", "t1ce", "t2", "flair")],
                     [1, 2, 4], f"{case_id}_seg.nii.gz")
@@ -228,11 +238,16 @@ def test_a_label_outside_the_convention_names_the_file(tmp_path):
 
 
 def test_a_paediatric_brats_case_is_refused_not_misread(tmp_path):
-    case_id = "BraTS-PED-00001-000"  # its labels are 1 ET, 2 NET, 3 cyst, 4 oedema: not BraTS 2023's
-    folder = _write_case(tmp_path / case_id, [f"{case_id}-t1c.nii.gz"], [1, 2, 3, 4], f"{case_id}-seg.nii.gz")
+    """Its labels are 1 ET, 2 NET, 3 cyst, 4 oedema: not BraTS 2023's. Refused by its folder's name or, in a folder
+    of another name (any case), by its files' names."""
+    case_id = "BraTS-PED-00001-000"
+    folders = [_write_case(tmp_path / name, [f"{case_id}-t1c.nii.gz"], [1, 2, 3], f"{case_id}-seg.nii.gz")
+               for name in (case_id, "renamed", case_id.lower() + "_copy")]
     assert discover_real_cases(tmp_path) == []
-    with pytest.raises(InputError, match="paediatric"):
-        describe_case(folder)
+    for folder in folders:
+        with pytest.raises(InputError, match="task PED"):
+            describe_case(folder)
+    assert describe_case(_write_case(tmp_path / "brats-study-01", ["x_t1ce.nii.gz"])).source == "BraTS2021-named"
 
 
 @pytest.mark.slow
@@ -264,7 +279,7 @@ def test_evaluate_real_scores_a_brats2023_folder_as_its_own_label_file(tmp_path)
     import json
     (row,) = json.loads((tmp_path / "real.json").read_text())["rows"]
     metrics = json.loads((tmp_path / "seg" / "report.json").read_text())["metrics"]
-    assert row["source"] == "BraTS2023-GLI"
+    assert row["source"] == "BraTS2023-GLI" and row["reference_is_expert"] and row["notes"] == ""
     for region in ("WT", "TC", "ET"):
         assert row[f"dice_{region}"] == pytest.approx(metrics[region]["dice"], abs=1e-3), region
     assert row["dice_ET"] > 0.5  # enhancing tumor was read as 4 (read as ED, ET Dice would be 0)
@@ -273,15 +288,60 @@ def test_evaluate_real_scores_a_brats2023_folder_as_its_own_label_file(tmp_path)
 def test_collections_with_brats_labels_and_their_own_spellings_are_read(tmp_path):
     """UCSF-PDGM (``_T1c``, ``_tumor_segmentation``) and UPENN-GBM (``_T1GD``, ``_segm``) name their files in
     capitals and their own words, with BraTS's labels (1, 2, 4); the bias-corrected copies are not inputs."""
-    _write_case(tmp_path / "UCSF-PDGM-0004_nifti", ["UCSF-PDGM-0004_FLAIR.nii.gz", "UCSF-PDGM-0004_T1c.nii.gz",
-                                                    "UCSF-PDGM-0004_T1c_bias.nii.gz", "UCSF-PDGM-0004_T1.nii.gz",
-                                                    "UCSF-PDGM-0004_T2.nii.gz"],
-                [1, 2, 4], "UCSF-PDGM-0004_tumor_segmentation.nii.gz")
-    _write_case(tmp_path / "UPENN-GBM-00001_11", ["UPENN-GBM-00001_11_T1GD.nii.gz", "UPENN-GBM-00001_11_FLAIR.nii.gz"],
-                [2, 4, 1], "UPENN-GBM-00001_11_segm.nii.gz")
+    ucsf_id = "UCSF-PDGM-0004"
+    _write_case(tmp_path / f"{ucsf_id}_nifti", [f"{ucsf_id}_{name}.nii.gz" for name in (
+        "FLAIR", "T1c", "T1c_bias", "T1", "T2_bias", "brain_segmentation", "brain_parenchyma_segmentation")],
+        [1, 2, 4], f"{ucsf_id}_tumor_segmentation.nii.gz")
+    upenn_id = "UPENN-GBM-00001_11"
+    folder = _write_case(tmp_path / upenn_id, [f"{upenn_id}_T1GD.nii.gz", f"{upenn_id}_FLAIR.nii.gz"],
+                         [2, 4, 1], f"{upenn_id}_segm.nii.gz")
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((6, 6, 6), 7, np.uint8)),
+                    str(folder / f"{upenn_id}_automated_approx_segm.nii.gz"))  # sorts first; an algorithm's
+    (folder / f"._{upenn_id}_segm.nii.gz").write_bytes(b"\0" * 4096)  # a macOS companion file: not an image
     cases = {c.case_id: c for c in discover_real_cases(tmp_path)}
-    ucsf, upenn = cases["UCSF-PDGM-0004_nifti"], cases["UPENN-GBM-00001_11"]
-    assert ucsf.inputs["T1c"].name == "UCSF-PDGM-0004_T1c.nii.gz" and set(ucsf.inputs) == {"T1", "T1c", "T2", "FLAIR"}
-    assert upenn.inputs["T1c"].name == "UPENN-GBM-00001_11_T1GD.nii.gz" and set(upenn.inputs) == {"T1c", "FLAIR"}
+    ucsf, upenn = cases[f"{ucsf_id}_nifti"], cases[upenn_id]
+    assert {k: v.name for k, v in ucsf.inputs.items()} == {
+        "FLAIR": f"{ucsf_id}_FLAIR.nii.gz", "T1c": f"{ucsf_id}_T1c.nii.gz", "T1": f"{ucsf_id}_T1.nii.gz"}  # no T2
+    assert ucsf.reference is not None and ucsf.reference.name == f"{ucsf_id}_tumor_segmentation.nii.gz"
+    assert upenn.inputs["T1c"].name == f"{upenn_id}_T1GD.nii.gz" and set(upenn.inputs) == {"T1c", "FLAIR"}
+    assert upenn.reference is not None and upenn.reference.name == f"{upenn_id}_segm.nii.gz"
     np.testing.assert_array_equal(sitk.GetArrayFromImage(load_reference(upenn)).ravel()[:4], [2, 4, 1, 0])
-    assert ucsf.reference is not None and ucsf.reference.name == "UCSF-PDGM-0004_tumor_segmentation.nii.gz"
+    assert upenn.tumor_type is None and "file names" in upenn.notes  # the convention was read from the names
+
+
+def test_an_unlabelled_brats_case_has_no_label_map(tmp_path):
+    _write_case(tmp_path / "BraTS20_Validation_001", ["BraTS20_Validation_001_t1ce.nii.gz"])
+    (case,) = discover_real_cases(tmp_path)
+    assert not case.labelled and dict(case.label_map) == {} and case.notes == "unlabelled"
+
+
+def test_hgg_and_lgg_folders_give_their_cases_grade(tmp_path):
+    """The BraTS 2017-2019 releases keep their cases in HGG/ and LGG/."""
+    for grade, case_id in (("HGG", "Brats18_2013_2_1"), ("LGG", "Brats18_2013_0_1")):
+        _write_case(tmp_path / grade / case_id, [f"{case_id}_t1ce.nii.gz"], [2, 4], f"{case_id}_seg.nii.gz")
+    _write_case(tmp_path / "BraTS20_Training_001", ["BraTS20_Training_001_flair.nii.gz"])
+    assert [(c.case_id, c.grade) for c in discover_real_cases(tmp_path)] == [
+        ("BraTS20_Training_001", None), ("Brats18_2013_0_1", "LGG"), ("Brats18_2013_2_1", "HGG")]
+
+
+def test_an_unreadable_folder_is_skipped_not_a_traceback(tmp_path, monkeypatch):
+    _write_case(tmp_path / "BraTS20_Training_001", ["BraTS20_Training_001_flair.nii.gz"])
+    (tmp_path / "lost+found").mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "lost+found":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert [c.case_id for c in discover_real_cases(tmp_path)] == ["BraTS20_Training_001"]
+
+
+def test_a_pseudo_labelled_case_is_not_an_expert_reference(tmp_path):
+    case_id = "BraTS-GLI-00001-000"
+    folder = _write_case(tmp_path / case_id, [f"{case_id}-t1c.nii.gz"], [2, 3], f"{case_id}-seg.nii.gz")
+    assert describe_case(folder).reference_is_expert
+    (folder / PSEUDO_LABEL_MARKER).write_text("{}")
+    case = describe_case(folder)
+    assert not case.reference_is_expert and "pseudo-label" in case.notes and case.tumor_type == "glioma"

@@ -58,7 +58,7 @@ def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, tru
 def _default_classifier(requested: str | None) -> str | None:
     """The demo classifies lesions with the shipped grade classifier unless told otherwise ("none")."""
     if requested:
-        return None if requested.lower() == "none" else requested
+        return classifier_or_none(requested)
     try:
         find_model(DEFAULT_GRADE_CLASSIFIER)
     except MedCNNCADError:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -81,6 +81,9 @@ class RealCase:
         reference_grid: channel whose grid the reference is mapped onto (DICOM SEG), else ``None``
             (the reference file has its own grid, equal to the inputs').
         notes: free text (licence, caveats).
+        grade: "HGG" / "LGG" where the source says so (the realdata README; a BraTS 2017-2019 release's
+            ``HGG/`` and ``LGG/`` folders), else None.
+        tumor_type: "glioma", "metastasis" or "meningioma" where the source says so, else None.
     """
 
     case_id: str
@@ -94,7 +97,8 @@ class RealCase:
     reference_is_expert: bool = True
     reference_grid: str | None = None
     notes: str = ""
-    grade: str | None = None  # "HGG" / "LGG" where the source says so (realdata README), else unknown
+    grade: str | None = None
+    tumor_type: str | None = None
 
     @property
     def labelled(self) -> bool:
@@ -156,17 +160,32 @@ BRATS2021_SEGS: tuple[str, ...] = ("*_seg.nii*", "*_segm.nii*", "*_tumor_segment
 BRATS2023_FILES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "T1": ("*-t1n.nii*",), "T1c": ("*-t1c.nii*",), "T2": ("*-t2w.nii*",), "FLAIR": ("*-t2f.nii*",)})
 """The BraTS 2023 file names (``<case>-t1c.nii.gz``, ``<case>-seg.nii.gz``; labels 1, 2, 3)."""
+GRADE_FOLDERS: tuple[str, ...] = ("HGG", "LGG")
+"""Sub-folders of a data root that say their cases' grade (the BraTS 2017-2019 releases)."""
 BRATS2023_TASKS: tuple[str, ...] = ("GLI", "MET", "MEN", "SSA")
 """BraTS 2023 tasks whose labels follow :data:`BRATS2023_MAP` (the paediatric task's labels differ: not read)."""
 
 
+PSEUDO_LABEL_MARKER = "pseudo_label.json"
+"""A file in a case folder saying that its reference is a model's segmentation, not an expert's
+(``research/pseudo_labels.py`` writes it)."""
+
+
+def _files(folder: Path) -> list[Path]:
+    """The entries of ``folder`` sorted by name, without hidden ones (``._*`` companions); none if unreadable."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return []
+
+
 def _first_named(folder: Path, patterns: Sequence[str]) -> Path | None:
     """The first file of ``folder`` (sorted by name) whose lower-cased name matches a ``patterns`` entry (lower
-    case, tried in order), or None."""
-    names = sorted(folder.iterdir()) if folder.is_dir() else []
+    case, tried in order), or None. An algorithm's label file (a name with "automated") never matches."""
+    names = [(path, path.name.lower()) for path in _files(folder)]
     for pattern in patterns:
-        for path in names:
-            if fnmatch.fnmatchcase(path.name.lower(), pattern):
+        for path, name in names:
+            if "automated" not in name and fnmatch.fnmatchcase(name, pattern):
                 return path
     return None
 
@@ -176,42 +195,60 @@ def _named_inputs(folder: Path, patterns: Mapping[str, Sequence[str]]) -> dict[s
     return {channel: path for channel, path in found.items() if path is not None}
 
 
-def _brats2021_named(folder: Path, source: str) -> RealCase:
+def _brats2021_named(folder: Path, source: str, tumor_type: str | None = "glioma", notes: str = "") -> RealCase:
     """A folder of BraTS 2017-2021 named files (labels 1 NCR, 2 ED, 4 ET)."""
-    return RealCase(folder.name, source, _named_inputs(folder, BRATS2021_FILES), _first_named(folder, BRATS2021_SEGS),
-                    BRATS2021_MAP)
+    seg = _first_named(folder, BRATS2021_SEGS)
+    return RealCase(folder.name, source, _named_inputs(folder, BRATS2021_FILES), seg, BRATS2021_MAP if seg else {},
+                    notes=notes if seg else "unlabelled", tumor_type=tumor_type)
 
 
-def _brats2023_named(folder: Path, source: str) -> RealCase:
+def _brats2023_named(folder: Path, source: str, tumor_type: str | None, notes: str = "") -> RealCase:
     """A folder of BraTS 2023 named files (labels 1 NETC, 2 SNFH, 3 ET)."""
     seg = _first_named(folder, ("*-seg.nii*",))
     return RealCase(folder.name, source, _named_inputs(folder, BRATS2023_FILES), seg, BRATS2023_MAP if seg else {},
-                    notes="" if seg else "unlabelled")
+                    notes=notes if seg else "unlabelled", tumor_type=tumor_type)
+
+
+BRATS2023_TUMOR_TYPES: Mapping[str, str] = MappingProxyType({"GLI": "glioma", "SSA": "glioma", "MET": "metastasis",
+                                                             "MEN": "meningioma"})
 
 
 def _brats2023_task(name: str) -> str | None:
-    """``GLI`` for ``BraTS-GLI-00001-000``; None for other names or tasks whose labels are not read."""
+    """The task of a BraTS 2023 name, upper case (``GLI`` for ``BraTS-GLI-00001-000`` or ``brats-gli-...-t1c.nii.gz``),
+    whatever the task; None for other names."""
     parts = name.split("-")
-    if len(parts) >= 2 and parts[0] == "BraTS" and parts[1] in BRATS2023_TASKS:
-        return parts[1]
+    named = len(parts) >= 4 and parts[0].lower() == "brats" and parts[1].isalpha() and parts[2].isdigit()
+    return parts[1].upper() if named else None
+
+
+def _unread_task(folder: Path) -> str | None:
+    """A BraTS 2023 task whose labels are not read (e.g. ``PED``), named by the folder or by any of its files."""
+    for name in (folder.name, *(path.name for path in _files(folder))):
+        task = _brats2023_task(name)
+        if task is not None and task not in BRATS2023_TASKS:
+            return task
     return None
-
-
-def _unread_brats2023_task(name: str) -> bool:
-    """True for a BraTS 2023 case name of a task whose labels are not read (e.g. ``BraTS-PED-00001-000``)."""
-    return name.startswith("BraTS-") and _brats2023_task(name) is None
 
 
 def _describe(folder: Path) -> RealCase | None:
     """A RealCase for one folder, or None when the folder is not a known case layout."""
-    case = _describe_named_collection(folder)
-    if case is not None or _unread_brats2023_task(folder.name):
-        return case
-    # any other folder name: BraTS 2023 or BraTS 2017-2021 file names say the label convention
+    if _unread_task(folder) is not None:
+        return None
+    case = _describe_named_collection(folder) or _describe_by_file_names(folder)
+    if case is not None and case.labelled and (folder / PSEUDO_LABEL_MARKER).is_file():
+        case = replace(case, reference_is_expert=False,
+                       notes=f"reference = a model's segmentation (pseudo-label, {PSEUDO_LABEL_MARKER}), not an expert")
+    return case
+
+
+def _describe_by_file_names(folder: Path) -> RealCase | None:
+    """A folder of another name: BraTS 2023 or BraTS 2017-2021 file names say the label convention."""
     if _named_inputs(folder, BRATS2023_FILES):
-        return _brats2023_named(folder, "BraTS2023-named")
+        return _brats2023_named(folder, "BraTS2023-named", None,
+                                "label convention from the file names (BraTS 2023: 1 NETC, 2 SNFH, 3 ET)")
     if _named_inputs(folder, BRATS2021_FILES):
-        return _brats2021_named(folder, "BraTS2021-named")
+        return _brats2021_named(folder, "BraTS2021-named", None,
+                                "label convention from the file names (BraTS 2017-2021: 1 NCR, 2 ED, 4 ET)")
     return None
 
 
@@ -222,22 +259,25 @@ def _describe_named_collection(folder: Path) -> RealCase | None:
         return RealCase(name, "BRATS2013", _inputs(folder, {"T1c": "T1c_subtrMeanDivStd.nii*",
                                                              "FLAIR": "Flair_subtrMeanDivStd.nii*"}),
                         _first(folder, "OTMultiClass.nii*"), BRATS2013_MAP, zscored=True,
-                        notes="FLAIR and T1c only, z-scored inside the brain; CC BY-NC-SA 3.0", grade="HGG")
+                        notes="FLAIR and T1c only, z-scored inside the brain; CC BY-NC-SA 3.0", grade="HGG",
+                        tumor_type="glioma")
     for prefix, source in (("BraTS2021_", "BraTS2021"), ("BraTS20_", "BraTS2020"), ("BraTS19_", "BraTS2019"),
-                           ("Brats18_", "BraTS2018"), ("BraTS18_", "BraTS2018")):
+                           ("Brats18_", "BraTS2018")):
         if name.startswith(prefix):
             return _brats2021_named(folder, source)
-    if name.startswith("Brats17_") and _first(folder, "seg.nii*") is None:
+    if name.startswith("Brats17_") and _named_inputs(folder, BRATS2021_FILES):
         return _brats2021_named(folder, "BraTS2017")  # the challenge's own file names and labels (1, 2, 4)
     if name.startswith("Brats17_"):
-        return RealCase(name, "BraTS2017", _inputs(folder, {"T1c": "t1ce*.nii*"}), _first(folder, "seg.nii*"),
-                        BRATS2017_MAP, zscored=True, notes="T1c only, z-scored")
+        seg = _first(folder, "seg.nii*")
+        return RealCase(name, "BraTS2017", _inputs(folder, {"T1c": "t1ce*.nii*"}), seg,
+                        BRATS2017_MAP if seg else {}, zscored=True, notes="T1c only, z-scored", tumor_type="glioma")
     if name.startswith("TCGA-"):
         bet = folder / "raw_bet"
         return RealCase(name, "TCGA-BraTSToolkit", _inputs(bet, {"T1": "*_t1_bet.nii*", "T1c": "*_t1c_bet.nii*",
                                                                   "T2": "*_t2_bet.nii*", "FLAIR": "*_fla_bet.nii*"}),
                         _first(folder / "fusion", "mav.nii*"), TCGA_FUSION_MAP, reference_is_expert=False,
-                        notes="reference = majority vote of five BraTS 2020 algorithms, not an expert", grade="LGG")
+                        notes="reference = majority vote of five BraTS 2020 algorithms, not an expert", grade="LGG",
+                        tumor_type="glioma")
     if name.startswith("ReMIND-"):
         inputs = {}
         for channel, pattern in {"T1c": "*T1post*", "T2": "*T2*"}.items():
@@ -247,10 +287,11 @@ def _describe_named_collection(folder: Path) -> RealCase | None:
         seg = _first(folder, "*.dcm")
         return RealCase(name, "ReMIND", inputs, seg, WHOLE_TUMOR_MAP if seg else {}, regions=("WT",),
                         preprocessed=False, reference_grid="T1c",
-                        notes="clinical DICOM, skull on; DICOM SEG with one binary 'Glioma' segment = WT only")
-    task = _brats2023_task(name)
-    if task is not None:
-        return _brats2023_named(folder, f"BraTS2023-{task}")
+                        notes="clinical DICOM, skull on; DICOM SEG with one binary 'Glioma' segment = WT only",
+                        tumor_type="glioma")
+    task = _brats2023_task(name) or ""
+    if task in BRATS2023_TUMOR_TYPES and name.startswith("BraTS-"):
+        return _brats2023_named(folder, f"BraTS2023-{task}", BRATS2023_TUMOR_TYPES[task])
     return None
 
 
@@ -261,10 +302,11 @@ def describe_case(folder: str | Path) -> RealCase:
         InputError: when ``folder`` is not a folder or not a known case layout (see the realdata README).
     """
     path = Path(folder)
+    task = _unread_task(path) if path.is_dir() else None
+    if task is not None:
+        raise InputError(f"{path}: BraTS task {task}, whose label convention is not read here "
+                         f"(read: {', '.join(BRATS2023_TASKS)}; e.g. the paediatric task's labels mean other things)")
     case = _describe(path) if path.is_dir() else None
-    if _unread_brats2023_task(path.name):
-        raise InputError(f"{path}: a BraTS 2023 task whose label convention is not read here "
-                         f"(read: {', '.join(BRATS2023_TASKS)}; the paediatric labels differ)")
     if case is None or not case.inputs:
         raise InputError(f"{path}: not a real case folder of a known layout (BRATS 2013, BraTS 2017/2021/2023, "
                          "TCGA BraTS Toolkit, ReMIND; see the realdata README)")
@@ -286,8 +328,15 @@ def discover_real_cases(root: str | Path) -> list[RealCase]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder (the real-patient data, e.g. ../shared/realdata)")
-    cases = [c for c in (_describe(p) for p in sorted(root.iterdir()) if p.is_dir()) if c is not None]
-    return [c for c in cases if c.inputs]
+    cases = []
+    for folder in (p for p in _files(root) if p.is_dir()):
+        case = _describe(folder)
+        if case is None and folder.name.upper() in GRADE_FOLDERS:  # BraTS 2017-2019 releases: HGG/, LGG/
+            cases += [replace(c, grade=folder.name.upper()) for c in
+                      (_describe(p) for p in _files(folder) if p.is_dir()) if c is not None]
+        elif case is not None:
+            cases.append(case)
+    return sorted((c for c in cases if c.inputs), key=lambda c: c.case_id)
 
 
 def read_dicom_seg_on_grid(seg_path: str | Path, grid: sitk.Image, segment: int = 1) -> sitk.Image:

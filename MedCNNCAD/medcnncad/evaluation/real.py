@@ -133,6 +133,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
                 reference, result.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
             row = {"case": case.case_id, "source": case.source, "variant": variant, "inputs": sorted(given),
                    "reference_is_expert": case.reference_is_expert, "training_patient": case.case_id in trained,
+                   "notes": case.notes,
                    **score_case(result.label_map, sitk.GetArrayViewFromImage(ref), result.reference.GetSpacing(),
                                 case.regions),
                    "case_probability": case_probability(result), "seconds": time.perf_counter() - start,

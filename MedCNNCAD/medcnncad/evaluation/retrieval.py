@@ -65,11 +65,11 @@ def phantom_records(segmenter: Segmenter, n: int, seed_base: int, preset_name: s
 def real_records(segmenter: Segmenter, root: str, variants: Sequence[str] = ("all", "T1c", "FLAIR"),
                  tta: bool = False) -> list[dict[str, Any]]:
     """Segment every real case of ``root`` (labelled or not: no reference is used) with each input variant
-    and describe its largest lesion; ``grade`` is the source's (HGG/LGG, else None), ``type`` glioma or
-    metastasis (BraTS 2023 MET)."""
+    and describe its largest lesion; ``grade`` is the source's (HGG/LGG, else None), ``type`` the source's
+    (glioma, metastasis or meningioma; None when the source does not say)."""
     records = []
     for case in discover_real_cases(root):
-        kind = "metastasis" if case.source == "BraTS2023-MET" else "glioma"
+        kind = case.tumor_type
         for variant in variants:
             if variant == "all":
                 given = {k: str(v) for k, v in case.inputs.items()}
