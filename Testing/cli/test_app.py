@@ -216,3 +216,30 @@ def test_grade_classifier_none_means_none_in_any_case():
     from medcnncad.cli.options import classifier_or_none
     assert [classifier_or_none(v) for v in (None, "", "none", "None", "brats-grade-densenet")] == [
         None, None, None, None, "brats-grade-densenet"]
+
+
+def test_a_brats2023_reference_is_refused_until_its_convention_is_named(tmp_path, capsys):
+    """BraTS 2023 stores enhancing tumor as 3, a value the BraTS model has no label for: scored as it is, every
+    region would lose the enhancing tumor. Refused before the network runs (no output folder), then, with
+    ``--reference-labels brats2023``, scored exactly as the same reference in the model's own values."""
+    args, label, case = _phantom_case(tmp_path)
+    values = sitk.GetArrayFromImage(label)
+    assert 4 in values and 3 not in values
+    as_2023 = sitk.GetImageFromArray(np.where(values == 4, 3, values).astype(np.uint8))
+    as_2023.CopyInformation(label)
+    ref_2023 = _write(as_2023, case / "seg_2023.nii.gz")
+    ref = _write(label, case / "label.nii.gz")
+    common = ["segment", "--model", "brats-demo-unet", *args, "--precision", "manifest", "--grade-classifier", "none"]
+    _one_line_error(capsys, [*common, "--out", str(tmp_path / "refused"), "--reference", ref_2023],
+                    "seg_2023.nii.gz: label values [3] are not the model's ([1, 2, 4])")
+    assert not (tmp_path / "refused").exists()
+    assert main([*common, "--out", str(tmp_path / "a"), "--reference", ref_2023,
+                 "--reference-labels", "brats2023"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--reference", ref]) == 0
+    a, b = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("a", "b"))
+    assert a["metrics"] == b["metrics"] and a["metrics"]["ET"]["dice"] > 0.5
+    assert a["reference_labels"] == {"0": 0, "1": 1, "2": 2, "3": 4} and "reference_labels" not in b
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(tmp_path / "a" / "labels.nii.gz"), "--ref", ref_2023, "--json",
+                 "--model", "brats-demo-unet", "--reference-labels", "3=4"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["WT"]["dice"] == pytest.approx(a["metrics"]["WT"]["dice"])

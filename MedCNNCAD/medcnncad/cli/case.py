@@ -17,6 +17,7 @@ from medcnncad.data.phantom import make_phantom, preset, write_phantom
 from medcnncad.errors import InputError, MedCNNCADError
 from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.io.images import signals_deferred
+from medcnncad.metrics.label_conventions import parse_label_map
 from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL, DEMO_MODEL
 from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import find_model, load_model
@@ -42,7 +43,7 @@ def parse_pairs(items: Sequence[str], option: str = "--input", form: str = "NAME
 def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
               reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
               classifier: str | None = None, tta: bool | None = None, precision: str | None = None,
-              dicom_sr: bool = False) -> dict:
+              dicom_sr: bool = False, reference_labels: dict[int, int] | None = None) -> dict:
     """Load the model(s), then segment (+ classify, + evaluate) one case and write its outputs."""
     t0 = time.perf_counter()
     segmenter = build_segmenter(load_model(model_id, trust=trust), device, precision)
@@ -50,7 +51,8 @@ def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, tru
     progress = TqdmProgress()
     try:
         return process_case(segmenter, inputs, out, reference, series, dicom_seg, progress,
-                            {"model_load": time.perf_counter() - t0}, loaded_classifier, tta, dicom_sr)
+                            {"model_load": time.perf_counter() - t0}, loaded_classifier, tta, dicom_sr,
+                            reference_labels=reference_labels)
     finally:
         progress.close()
 
@@ -98,9 +100,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_segment(args: argparse.Namespace) -> int:
     grader = classifier_or_none(args.grade_classifier)
+    mapping = parse_label_map(args.reference_labels) if args.reference_labels else None
+    if mapping and not args.reference:
+        raise InputError("--reference-labels needs --reference (the label file it describes)")
     report = _run_case(args.model, parse_pairs(args.input), Path(args.out), args.device, args.trust,
                        args.reference, parse_pairs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
-                       args.dicom_seg, grader, args.tta, args.precision, args.dicom_sr)
+                       args.dicom_seg, grader, args.tta, args.precision, args.dicom_sr, mapping)
     print(summary_table(report))
     return 0
 
@@ -125,6 +130,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add(p, "out", "device", "trust", "classifier")
     add(p, "precision", "tta")
     p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
+    add(p, "reference_labels")
     p.add_argument("--series", action="append", metavar="NAME=UID_OR_DESCRIPTION",
                    help="pick the DICOM series of channel NAME in a folder holding several")
     p.add_argument("--dicom-seg", action="store_true",

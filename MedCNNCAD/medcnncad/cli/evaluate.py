@@ -28,6 +28,7 @@ from medcnncad.evaluation.real import (
 )
 from medcnncad.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
 from medcnncad.io.images import read_volume
+from medcnncad.metrics.label_conventions import check_reference_values, parse_label_map, relabel
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
 from medcnncad.models.registry import describe_segmentation_model, find_model
 from medcnncad.reporting.case_outputs import json_safe
@@ -40,8 +41,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pred_img = read_volume(args.pred)
     ref = check_label_image(ref_img, args.ref)
     pred = check_label_image(pred_img, args.pred, ref_img, args.ref)
+    if args.reference_labels:
+        ref = relabel(ref, parse_label_map(args.reference_labels))
     if args.model:
         manifest = describe_segmentation_model(args.model)
+        check_reference_values(ref, (label.value for label in manifest.labels), args.ref)
         structures = manifest.structures()
     else:
         values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)
@@ -127,7 +131,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="metrics between a predicted and a reference label map")
     p.add_argument("--pred", required=True)
     p.add_argument("--ref", required=True)
-    add(p, "json", "model", model={"default": None, "help": "take label names and regions from this model's manifest"})
+    add(p, "json", "model", "reference_labels",
+        model={"default": None, "help": "take label names and regions from this model's manifest"})
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("evaluate-phantoms", help="evaluate a model on held-out phantoms (never trained on)")

@@ -33,6 +33,7 @@ import SimpleITK as sitk
 
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
+from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS
 
 __all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
            "load_reference", "read_dicom_seg_on_grid"]
@@ -46,11 +47,11 @@ BRATS_VALUES: frozenset[int] = frozenset({0, 1, 2, 4})
 # Label maps per source (reference value -> BraTS value). Values absent from a map are an error.
 BRATS2013_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 3: 1, 4: 4})
 """BRATS 2013 ``OTMultiClass``: 1 necrosis, 2 oedema, 3 non-enhancing tumor (core), 4 enhancing."""
-BRATS2021_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 4: 4})
+BRATS2021_MAP: Mapping[int, int] = LABEL_CONVENTIONS["brats"]
 """BraTS 2021 ``_seg``: already BraTS values."""
 BRATS2017_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 3: 4})
 """This BraTS 2017 ``seg`` file (per the realdata README): 1 NCR/NET, 2 ED, 3 enhancing."""
-BRATS2023_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 3: 4})
+BRATS2023_MAP: Mapping[int, int] = LABEL_CONVENTIONS["brats2023"]
 """BraTS 2023 ``-seg`` (glioma, metastases, meningioma, sub-Saharan Africa): 1 NETC (necrotic / non-enhancing
 core), 2 SNFH (surrounding FLAIR hyperintensity, i.e. oedema), 3 ET. A 4 (the 2024 resection cavity) is refused."""
 TCGA_FUSION_MAP: Mapping[int, int] = MappingProxyType({0: 0, 1: 1, 2: 2, 4: 4})

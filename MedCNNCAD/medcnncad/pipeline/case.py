@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
 from medcnncad.io.images import atomic_path, read_volume
+from medcnncad.metrics.label_conventions import check_reference_values, relabel
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics
 from medcnncad.models.channels import display_channel
+from medcnncad.models.manifest import Manifest
 from medcnncad.reporting.case_outputs import report_text, write_case_outputs
 from medcnncad.retrieval.descriptors import case_descriptors
 
@@ -41,11 +47,22 @@ def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str])
     return series_files(inputs[first], series.get(first))
 
 
+def _read_reference(path: str, mapping: Mapping[int, int] | None,
+                    manifest: Manifest) -> tuple[sitk.Image, np.ndarray]:
+    """The reference label image and its (K, J, I) values in the model's convention (``mapping`` applied)."""
+    image = read_volume(path)
+    values = check_label_image(image, path)
+    if mapping:
+        values = relabel(values, mapping)
+    check_reference_values(values, (label.value for label in manifest.labels), path)
+    return image, values
+
+
 def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, reference: str | None = None,
                  series: dict[str, str] | None = None, dicom_seg: bool = False,
                  progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None,
                  classifier=None, tta: bool | None = None, dicom_sr: bool = False,
-                 descriptors: bool = True) -> dict:
+                 descriptors: bool = True, reference_labels: Mapping[int, int] | None = None) -> dict:
     """Segment (+ classify lesions, + evaluate against ``reference``) one case; write its outputs.
 
     Returns the report (also written as ``out/report.json``). ``series`` picks DICOM series by
@@ -55,25 +72,30 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     test-time augmentation (4x the network time) and the uncertainty map (``None``: the model's default);
     ``descriptors`` adds each lesion's similar-case retrieval descriptors and thumbnail
     (:func:`medcnncad.retrieval.descriptors.case_descriptors`: one encoder pass per lesion, computed by the
-    writer while it compresses the volumes).
+    writer while it compresses the volumes). ``reference_labels`` maps the reference's label values onto the
+    model's (:func:`medcnncad.metrics.label_conventions.parse_label_map`, e.g. BraTS 2023's 3 -> 4); a reference
+    holding a value that is none of the model's, after it, is refused before the network runs.
     """
     progress = progress or (lambda stage, fraction: None)
     out = Path(out)
     series = series or {}
     sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg or dicom_sr else None
+    extra = dict(extra_timings or {})
+    t0 = time.perf_counter()
+    ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None
+    reading_s = time.perf_counter() - t0
     result = segmenter.run(_read_inputs(inputs, series), progress=progress, tta=tta, keep_network_input=descriptors)
     if classifier is not None:
         progress("classify", 0.0)
         attach_classification(result, classifier)
     metrics = ref_array = None
-    extra = dict(extra_timings or {})
-    if reference:
+    if reference and ref is not None:
         t0 = time.perf_counter()
-        ref_img = read_volume(reference)
-        ref_array = check_label_image(ref_img, reference, result.reference, "the first input channel")
+        ref_img, ref_array = ref
+        check_label_image(ref_img, reference, result.reference, "the first input channel")  # the grid
         metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
                                   result.manifest.structures())
-        extra["metrics"] = time.perf_counter() - t0
+        extra["metrics"] = reading_s + time.perf_counter() - t0
 
     def described() -> list:  # run by the writer while the volumes compress
         progress("descriptors", 0.0)
@@ -95,6 +117,8 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     timings = report["timings_s"]
     timings["write"] = round(time.perf_counter() - t0 - timings.get("retrieval_descriptors", 0.0), 4)
     report["reference"] = str(Path(reference).resolve()) if reference else None
+    if reference and reference_labels:
+        report["reference_labels"] = {str(k): int(v) for k, v in sorted(reference_labels.items())}
     with atomic_path(outputs.files["report"]) as tmp:  # the report is replaced whole or not at all
         tmp.write_text(report_text(report) + "\n")
     return report

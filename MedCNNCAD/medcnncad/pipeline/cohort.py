@@ -2,7 +2,9 @@
 
 Input is a CSV with a ``case_id`` column, one column per model input channel (a file or a
 DICOM folder; relative paths are relative to the CSV), optional ``<channel>_series`` columns
-(DICOM series selector), an optional ``reference`` (label map) and an optional ``label``
+(DICOM series selector), an optional ``reference`` (label map) with an optional ``reference_labels`` (its label
+convention: ``brats2023``, ``msd`` or ``SOURCE=TARGET`` pairs, see
+:func:`medcnncad.metrics.label_conventions.parse_label_map`) and an optional ``label``
 (1 = abnormal, 0 = normal). Every case gets the outputs of ``medcnncad segment`` in
 ``OUT/cases/<case_id>/``; a case whose ``report.json`` exists is skipped (resume). A failed
 case is recorded in ``failures.csv`` and the cohort goes on.
@@ -32,6 +34,7 @@ from medcnncad.errors import InputError, MedCNNCADError
 from medcnncad.inference.machine_policy import cached_segmenter, decide_policy_once, default_precision
 from medcnncad.io.images import atomic_path
 from medcnncad.metrics.calibration import expected_calibration_error
+from medcnncad.metrics.label_conventions import parse_label_map
 from medcnncad.metrics.segmentation import pooled_detection
 from medcnncad.pipeline.case import process_case
 
@@ -48,6 +51,7 @@ class CohortCase:
     series: dict[str, str] = field(default_factory=dict)
     reference: str | None = None
     label: int | None = None
+    reference_labels: dict[int, int] | None = None
 
 
 def read_csv_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -79,10 +83,15 @@ def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase
         label = (row.get("label") or "").strip()
         if label not in ("", "0", "1"):
             raise InputError(f"{csv_path}: line {line}: label {label!r} must be 0, 1 or empty")
+        convention = (row.get("reference_labels") or "").strip()
+        try:
+            mapping = parse_label_map(convention) if convention else None
+        except InputError as exc:
+            raise InputError(f"{csv_path}: line {line}: column reference_labels: {exc}") from None
         cases.append(CohortCase(
             case_id, {c: resolve(row[c].strip()) for c in channels if (row.get(c) or "").strip()},
             {c: row[f"{c}_series"].strip() for c in channels if (row.get(f"{c}_series") or "").strip()},
-            resolve((row.get("reference") or "").strip()) or None, int(label) if label else None))
+            resolve((row.get("reference") or "").strip()) or None, int(label) if label else None, mapping))
     return cases
 
 
@@ -107,7 +116,8 @@ def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str,
     t0 = time.perf_counter()
     try:
         segmenter = cached_segmenter(model, device, precision=precision)
-        process_case(segmenter, case.inputs, folder, case.reference, case.series, dicom_seg=dicom[0], dicom_sr=dicom[1])
+        process_case(segmenter, case.inputs, folder, case.reference, case.series, dicom_seg=dicom[0], dicom_sr=dicom[1],
+                     reference_labels=case.reference_labels)
     except MedCNNCADError as exc:
         return {"case_id": case.case_id, "status": "failed", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one broken case must not stop the cohort
