@@ -163,6 +163,14 @@ def test_training_data_from_a_csv_and_a_folder(tmp_path):
     (tmp_path / "bad.csv").write_text("case,foo,label\nx,a.nii.gz,b.nii.gz\n")
     with pytest.raises(InputError, match="no column names an input"):
         file_cases(tmp_path / "bad.csv", manifest)
+    # a BraTS 2023 label file (enhancing tumor = 3) would train its enhancing tumor as background: refused
+    seg_path = tmp_path / "cases" / "case0" / "BraTS_seg.nii.gz"
+    seg = sitk.ReadImage(str(seg_path))
+    label_2023 = sitk.GetImageFromArray((sitk.GetArrayFromImage(seg) > 0).astype("uint8") * 3)
+    label_2023.CopyInformation(seg)
+    sitk.WriteImage(label_2023, str(seg_path))
+    with pytest.raises(InputError, match=r"case0/BraTS_seg\.nii\.gz: label values \[3\] are not the model's"):
+        _prepare((from_csv[0], manifest.raw, str(tmp_path)))
 
 
 

@@ -72,13 +72,13 @@ def relabel(values: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
     return out.astype(np.uint8 if out.max(initial=0) <= 255 else np.uint16)
 
 
-def check_reference_values(values: np.ndarray, known: Iterable[int], path: str) -> None:
+def check_reference_values(values: np.ndarray, known: Iterable[int], path: str, hint: str = HINT) -> None:
     """Refuse a reference holding a non-zero value that is none of the model's ``known`` label values.
 
     Raises:
-        InputError: naming ``path``, the unknown values, the model's values and how to state the convention.
+        InputError: naming ``path``, the unknown values, the model's values and ``hint`` (what to do).
     """
     allowed = {0, *(int(v) for v in known)}
     unknown = sorted(int(v) for v in np.unique(values) if int(v) not in allowed)
     if unknown:
-        raise InputError(f"{path}: label values {unknown} are not the model's ({sorted(allowed - {0})}); {HINT}")
+        raise InputError(f"{path}: label values {unknown} are not the model's ({sorted(allowed - {0})}); {hint}")

@@ -37,6 +37,8 @@ from medcnncad.data.real_cases import describe_case, load_reference
 from medcnncad.data.transplant import transplant_phantom
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
+from medcnncad.metrics.label_conventions import check_reference_values
+from medcnncad.metrics.segmentation import check_label_image
 from medcnncad.models.channels import assign_channels
 from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, parse_manifest
 from medcnncad.models.preprocessing import build_preprocessing_dict, to_metatensor
@@ -198,7 +200,8 @@ def split_cases(cases: list[dict[str, Any]], val_fraction: float, seed: int) -> 
 
 
 def class_lut(manifest: Manifest) -> np.ndarray:
-    """Label value -> output channel index (softmax models); unknown values map to 0."""
+    """Label value -> output channel index (softmax models); unknown values map to 0 (the case reader refuses
+    label files holding them)."""
     lut = np.zeros(256, dtype=np.int64)
     for index, channel in enumerate(manifest.postprocessing.channels):
         lut[channel.value] = index
@@ -217,6 +220,10 @@ def _load_case(case: dict[str, Any], manifest: Manifest):
 
     images = {name: read_volume(path) for name, path in case["inputs"].items()}
     label = read_volume(case["label"])
+    # a value the model has no output for would silently train as background (BraTS 2023's enhancing tumor is 3)
+    check_reference_values(check_label_image(label, case["label"]),
+                           (channel.value for channel in manifest.postprocessing.channels), case["label"],
+                           "convert the label file to the model's values before training (e.g. BraTS 2023's 3 -> 4)")
     first = next(iter(images.values()))
     if label.GetSize() != first.GetSize():
         label = sitk.Resample(label, first, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
