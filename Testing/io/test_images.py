@@ -67,6 +67,11 @@ def test_read_errors_name_the_file(tmp_path):
     sitk.WriteImage(flat, str(tmp_path / "flat.nii.gz"))
     with pytest.raises(InputError, match="expected a 3D volume, got 2D"):
         read_volume(tmp_path / "flat.nii.gz")
+    import nibabel as nib  # a Decathlon-style file: four sequences stacked along a fourth axis
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 4), np.float32), np.eye(4)), str(tmp_path / "BRATS_001.nii.gz"))
+    with pytest.raises(InputError, match=r"BRATS_001.nii.gz: 4 volumes in one 4D file.*each sequence as its own"):
+        read_volume(tmp_path / "BRATS_001.nii.gz")
     empty = tmp_path / "empty_dir"
     empty.mkdir()
     with pytest.raises(InputError, match="no DICOM series"):

@@ -76,6 +76,9 @@ def _read_file(path: Path) -> sitk.Image:
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     size = reader.GetSize()
+    if len(size) == 4 and size[3] > 1:
+        raise InputError(f"{path}: {size[3]} volumes in one 4D file of size {size} (e.g. the Decathlon's sequences "
+                         "stacked); give each sequence as its own 3D file")
     if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
         raise InputError(f"{path}: expected a 3D volume, got {len(size)}D of size {size}")
     voxels = int(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents()
