@@ -260,3 +260,86 @@ def test_the_head_volume_on_a_coarser_grid_is_the_full_grid_s_within_one_percent
         image = load_sample_case(brats_size=True)["T1"]
     full = mask_volume_ml(foreground_mask(image))
     assert abs(head_volume_ml(image) - full) <= 0.01 * full, (head_volume_ml(image), full)
+
+
+def test_gradient_correlation_registration_recovers_known_motion() -> None:
+    fixed = _head()
+    moving, truth = _moved(fixed, (5.0, -4.0, 3.0), (-6.0, 2.0, 5.0))
+    result = register_rigid(fixed, moving, initialiser="geometry", sampling=0.2, metric="gradient-correlation")
+    assert _max_error_mm(result.transform, truth, fixed, sitk.GetArrayViewFromImage(fixed) > 50) < 1.0
+    assert result.gradient_correlation_after > 0.9 > result.gradient_correlation_before
+    with pytest.raises(InputError, match="registration metric 'ncc': choose mattes or gradient-correlation"):
+        register_rigid(fixed, moving, metric="ncc")
+
+
+def _registration(gc_before: float, gc_after: float):
+    from medcnncad.preprocessing.registration import Registration
+
+    return Registration(sitk.Euler3DTransform(), -0.5, 1.1, 1.1, gc_before, gc_after, 1.0, 1.0, 0.1, "done")
+
+
+@pytest.mark.parametrize("mutual_information_after, expected", [
+    (0.80, "mutual information from the scanner coordinates"),  # it held: nothing else runs
+    (0.30, "gradient-magnitude correlation from the scanner coordinates"),  # above 0.25 but 0.5 below its start
+    (0.10, "gradient-magnitude correlation from the scanner coordinates")])  # below 0.25
+def test_the_chain_tries_other_registrations_when_mutual_information_goes_wrong(monkeypatch, mutual_information_after,
+                                                                              expected):
+    from medcnncad.preprocessing import chain
+
+    calls = []
+
+    def fake(fixed, moving, initialiser="moments", metric="mattes", **kwargs):
+        calls.append((initialiser, metric))
+        after = {("identity", "mattes"): mutual_information_after, ("identity", "gradient-correlation"): 0.78,
+                 ("moments", "mattes"): 0.6}[(initialiser, metric)]
+        return _registration(0.80, after)
+
+    monkeypatch.setattr(chain, "register_rigid", fake)
+    reg, how = chain.register_sequence(_head(16), _head(16), 0.25)
+    assert how == expected
+    assert len(calls) == (1 if mutual_information_after == 0.80 else 3)
+    monkeypatch.setattr(chain, "register_rigid", lambda *a, **k: _registration(0.30, 0.2))
+    with pytest.raises(InputError, match="correlation after registration 0.200 < 0.25 \\(before 0.300"):
+        chain.register_sequence(_head(16), _head(16), 0.25)
+
+
+def test_reacquire_makes_thick_slices_and_moves_the_head() -> None:
+    from medcnncad.data.acquisition import reacquire
+
+    image = sitk.Image(60, 60, 40, sitk.sitkFloat32)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    image.SetOrigin((-30.0, -30.0, -20.0))
+    image[28:33, 28:33, 18:23] = 100.0  # a bright 5 mm cube at the centre
+    thick = reacquire(image, slice_mm=4.0, in_plane_mm=0.5)
+    assert thick.GetSpacing() == (0.5, 0.5, 4.0) and thick.GetSize() == (120, 120, 10)
+    assert thick.GetOrigin() == image.GetOrigin() and thick.GetDirection() == image.GetDirection()
+
+    def centre_x(img: sitk.Image) -> float:
+        a = sitk.GetArrayViewFromImage(img)
+        i = np.argwhere(a > 0.5 * a.max())
+        return float(np.mean([img.TransformIndexToPhysicalPoint([int(v) for v in kji[::-1]])[0] for kji in i]))
+
+    moved = reacquire(image, slice_mm=4.0, in_plane_mm=0.5, shift_mm=(6.0, 0.0, 0.0))
+    # output(p) = input(motion(p)): the head appears shifted by -6 mm along x
+    assert centre_x(moved) == pytest.approx(centre_x(thick) - 6.0, abs=0.3)
+
+
+REALDATA = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REALDATA / "TCGA-DU-7294").is_dir(), reason="../shared/realdata is not here")
+def test_a_real_thick_slice_t2_is_registered_onto_the_t1():
+    """A held-out patient's T2 acquired again at 5 mm: mutual information moved it about 25 mm away from a perfect
+    start (quality 0.81 -> 0.16); the chain's fall-back keeps it in place and recovers a 5.4 degree, 6.7 mm motion."""
+    from medcnncad.data.acquisition import reacquire
+    from medcnncad.data.real_cases import describe_case
+    from medcnncad.io.images import read_volume
+    from medcnncad.preprocessing.chain import register_sequence
+
+    case = describe_case(REALDATA / "TCGA-DU-7294")
+    t1, t2 = read_volume(case.inputs["T1"]), read_volume(case.inputs["T2"])
+    reg, how = register_sequence(t1, reacquire(t2), 0.25)
+    assert reg.gradient_correlation_after > 0.75 and reg.translation_mm < 1.0 and reg.rotation_deg < 0.5, how
+    reg, how = register_sequence(t1, reacquire(t2, rotation_deg=(-4, 3, -2), shift_mm=(-5, 2, -4)), 0.25)
+    assert reg.gradient_correlation_after > 0.75 and abs(reg.rotation_deg - 5.39) < 0.5, how

@@ -1,11 +1,12 @@
 """Rigid registration of one MR sequence onto another with SimpleITK.
 
-Euler3D (rotation + translation), Mattes mutual information, three resolution levels,
-centred initialisation (by geometry or by image moments), deterministic sampling with a fixed
-seed. The quality figure is the normalised mutual information (Studholme's
-``(H(F) + H(M)) / H(F, M)``, 1 = independent, 2 = one image determines the other) inside the
-fixed image's foreground, before and after registration, and the correlation of gradient
-magnitudes there (edges in the same place give a high correlation whatever the contrast).
+Euler3D (rotation + translation), Mattes mutual information (or the correlation of gradient
+magnitudes, ``metric="gradient-correlation"``), three resolution levels, centred initialisation (by
+geometry or by image moments), deterministic sampling with a fixed seed. The quality figure is the
+normalised mutual information (Studholme's ``(H(F) + H(M)) / H(F, M)``, 1 = independent, 2 = one
+image determines the other) inside the fixed image's foreground, before and after registration, and
+the correlation of gradient magnitudes there (edges in the same place give a high correlation whatever
+the contrast).
 
 Arrays are in (K, J, I) order, as SimpleITK gives them.
 """
@@ -21,7 +22,13 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 
 __all__ = ["Registration", "grids_match", "register_rigid", "resample_to", "foreground_mask",
-           "normalised_mutual_information", "gradient_correlation", "MIN_GRADIENT_CORRELATION"]
+           "normalised_mutual_information", "gradient_correlation", "MIN_GRADIENT_CORRELATION", "METRICS",
+           "failure_text"]
+
+METRICS: tuple[str, ...] = ("mattes", "gradient-correlation")
+"""What the optimizer maximises: Mattes mutual information of the intensities, or the correlation of the
+images' gradient magnitudes (edges in the same place whatever the contrast; the quality figure's own measure)."""
+GRADIENT_SIGMA_MM = 1.5
 
 MIN_GRADIENT_CORRELATION = 0.25
 """Below this gradient-magnitude correlation after registration, the images are taken not to show
@@ -34,7 +41,8 @@ class Registration:
 
     Attributes:
         transform: maps fixed-space points to moving-space points (as ``sitk.Resample`` wants).
-        metric: final Mattes mutual information at the finest level (negative: lower is better).
+        metric: the optimizer's final metric at the finest level (negative Mattes mutual information or
+            negative gradient-magnitude correlation: lower is better).
         nmi_before: normalised mutual information inside the fixed foreground, identity transform.
         nmi_after: the same after registration.
         gradient_correlation_before: Pearson correlation of gradient magnitudes inside the fixed
@@ -150,7 +158,7 @@ def _euler_parts(transform: sitk.Transform, centre: tuple[float, ...]) -> tuple[
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, initialiser: str = "moments",
                    fixed_mask: sitk.Image | None = None, sampling: float = 0.02, bins: int = 50,
                    iterations: int = 100, threads: int = 1,
-                   min_gradient_correlation: float = MIN_GRADIENT_CORRELATION) -> Registration:
+                   min_gradient_correlation: float = MIN_GRADIENT_CORRELATION, metric: str = "mattes") -> Registration:
     """Rigidly register ``moving`` onto ``fixed``.
 
     Args:
@@ -171,6 +179,9 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, initial
         iterations: per resolution level.
         threads: ITK threads of the registration (1 keeps the metric sums in a fixed order).
         min_gradient_correlation: raise below this gradient-magnitude correlation after registration.
+        metric: "mattes" (mutual information of the intensities, ``bins`` bins) or "gradient-correlation"
+            (correlation of gradient magnitudes smoothed by 1.5 mm: robust where a thick-slice sequence's
+            intensity histogram misleads mutual information).
 
     Returns:
         The :class:`Registration`.
@@ -182,11 +193,13 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, initial
     """
     if fixed.GetDimension() != 3 or moving.GetDimension() != 3:
         raise InputError("register_rigid needs two 3D images")
-    if initialiser == "auto":  # both starts, keep the better final Mattes metric
+    if metric not in METRICS:
+        raise InputError(f"registration metric {metric!r}: choose {' or '.join(METRICS)}")
+    if initialiser == "auto":  # both starts, keep the better final metric
         return _best_of_both(fixed, moving, seed, fixed_mask, sampling, bins, iterations, threads,
-                             min_gradient_correlation)
+                             min_gradient_correlation, metric)
     return _register(fixed, moving, seed, initialiser, fixed_mask, sampling, bins, iterations, threads,
-                     min_gradient_correlation)
+                     min_gradient_correlation, metric)
 
 
 def _itk_seed(seed: int) -> int:
@@ -194,6 +207,12 @@ def _itk_seed(seed: int) -> int:
     if seed < 0:
         raise InputError(f"registration seed {seed}: must be >= 0")
     return seed + 1
+
+
+def failure_text(reg: Registration, threshold: float) -> str:
+    """The one-line reason a registration is refused: its quality figures against ``threshold``."""
+    return _failure(reg.gradient_correlation_before, reg.gradient_correlation_after, reg.nmi_before, reg.nmi_after,
+                    threshold)
 
 
 def _failure(gc_before: float, gc_after: float, nmi_before: float, nmi_after: float, threshold: float) -> str:
@@ -204,10 +223,10 @@ def _failure(gc_before: float, gc_after: float, nmi_before: float, nmi_after: fl
 
 def _best_of_both(fixed: sitk.Image, moving: sitk.Image, seed: int, fixed_mask: sitk.Image | None,
                   sampling: float, bins: int, iterations: int, threads: int,
-                  min_gradient_correlation: float) -> Registration:
-    """Identity and moments starts both tried; the lower final Mattes metric is kept."""
+                  min_gradient_correlation: float, metric: str) -> Registration:
+    """Identity and moments starts both tried; the lower final metric is kept."""
     start = time.perf_counter()
-    tries = [_register(fixed, moving, seed, how, fixed_mask, sampling, bins, iterations, threads, -2.0)
+    tries = [_register(fixed, moving, seed, how, fixed_mask, sampling, bins, iterations, threads, -2.0, metric)
              for how in ("identity", "moments")]
     best = min(tries, key=lambda r: r.metric)
     best = Registration(**{**best.__dict__, "seconds": time.perf_counter() - start})
@@ -217,9 +236,13 @@ def _best_of_both(fixed: sitk.Image, moving: sitk.Image, seed: int, fixed_mask: 
     return best
 
 
+def _gradient_magnitude(image: sitk.Image) -> sitk.Image:
+    return sitk.GradientMagnitudeRecursiveGaussian(image, GRADIENT_SIGMA_MM)
+
+
 def _register(fixed: sitk.Image, moving: sitk.Image, seed: int, initialiser: str, fixed_mask: sitk.Image | None,
               sampling: float, bins: int, iterations: int, threads: int,
-              min_gradient_correlation: float) -> Registration:
+              min_gradient_correlation: float, metric: str = "mattes") -> Registration:
     """One registration from one start (see :func:`register_rigid`)."""
     start = time.perf_counter()
     f = sitk.Cast(fixed, sitk.sitkFloat32)
@@ -238,7 +261,10 @@ def _register(fixed: sitk.Image, moving: sitk.Image, seed: int, initialiser: str
 
     method = sitk.ImageRegistrationMethod()
     method.SetNumberOfThreads(threads)
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    if metric == "gradient-correlation":
+        method.SetMetricAsCorrelation()
+    else:
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
     # the same number of samples at every level (a share of the coarse level's few voxels is too noisy)
     method.SetMetricSamplingPercentagePerLevel([min(1.0, sampling * 16), min(1.0, sampling * 4), sampling],
@@ -253,12 +279,13 @@ def _register(fixed: sitk.Image, moving: sitk.Image, seed: int, initialiser: str
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
     try:
-        transform = method.Execute(f, m)
+        edges = metric == "gradient-correlation"
+        transform = method.Execute(*((_gradient_magnitude(f), _gradient_magnitude(m)) if edges else (f, m)))
     except RuntimeError as exc:
         raise InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}") from exc
-    metric = float(method.GetMetricValue())
-    if not np.isfinite(metric):
-        raise InputError(f"rigid registration failed: metric {metric}")
+    final = float(method.GetMetricValue())
+    if not np.isfinite(final):
+        raise InputError(f"rigid registration failed: metric {final}")
     before = resample_to(m, f, sitk.Transform())
     after = resample_to(m, f, transform)
     nmi_before = normalised_mutual_information(f, before, mask)
@@ -270,5 +297,5 @@ def _register(fixed: sitk.Image, moving: sitk.Image, seed: int, initialiser: str
     seconds = time.perf_counter() - start
     if gc_after < min_gradient_correlation:
         raise InputError(_failure(gc_before, gc_after, nmi_before, nmi_after, min_gradient_correlation))
-    return Registration(transform, metric, nmi_before, nmi_after, gc_before, gc_after, angle, shift, seconds,
+    return Registration(transform, final, nmi_before, nmi_after, gc_before, gc_after, angle, shift, seconds,
                         method.GetOptimizerStopConditionDescription())
