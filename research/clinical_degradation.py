@@ -55,7 +55,9 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--out")
+    parser.add_argument("--no-motion", action="store_true", help="thick slices only, every sequence in place")
     args = parser.parse_args()
+    motions = [((0, 0, 0), (0, 0, 0))] * len(MOTIONS) if args.no_motion else MOTIONS
     segmenter = build_segmenter(load_model(args.model), "cpu", "manifest")
     order = [channel.name for channel in segmenter.manifest.inputs]
     rows = []
@@ -67,7 +69,7 @@ def main() -> None:
         row: dict = {"case": case.case_id, "inputs": names, "kept": names[0]}
         with tempfile.TemporaryDirectory() as tmp:
             given = {names[0]: str(case.inputs[names[0]])}
-            for name, motion in zip(names[1:], MOTIONS):
+            for name, motion in zip(names[1:], motions):
                 path = Path(tmp) / f"{name}.nii.gz"
                 sitk.WriteImage(reacquired(read_volume(case.inputs[name]), motion), str(path))
                 given[name] = str(path)
@@ -86,7 +88,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"model": args.model, "rows": rows}, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps({"model": args.model, "motion": not args.no_motion, "rows": rows},
+                                             indent=1) + "\n")
 
 
 if __name__ == "__main__":

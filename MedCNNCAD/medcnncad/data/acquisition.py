@@ -28,7 +28,9 @@ def reacquire(image: sitk.Image, slice_mm: float = 5.0, in_plane_mm: float = 0.9
     centre.
 
     The slice profile is a Gaussian of full width at half maximum ``slice_mm`` along the third axis; the new grid
-    keeps the image's origin and direction and covers its extent; linear interpolation into float32, 0 outside.
+    keeps the image's origin and direction and covers its extent; linear interpolation into float32. Where the
+    moved head leaves the old field of view the new image takes the old one's corner value (its background: 0,
+    or a z-scored volume's constant), so that a constant background stays constant.
     """
     profiled = sitk.SmoothingRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32),
                                                [1e-3, 1e-3, slice_mm * FWHM_TO_SIGMA])
@@ -42,4 +44,5 @@ def reacquire(image: sitk.Image, slice_mm: float = 5.0, in_plane_mm: float = 0.9
     motion.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
     motion.SetRotation(*np.deg2rad(np.asarray(rotation_deg, float)))
     motion.SetTranslation(tuple(float(v) for v in shift_mm))
-    return sitk.Resample(profiled, grid, motion, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    background = float(sitk.GetArrayViewFromImage(image)[0, 0, 0])
+    return sitk.Resample(profiled, grid, motion, sitk.sitkLinear, background, sitk.sitkFloat32)
