@@ -4,7 +4,8 @@ The BraTS-preprocessed held-out patients come co-registered at 1 mm. Clinical sc
 is often a 3D 1 mm acquisition while FLAIR and T2 are 2D with thick slices, and the series are not aligned. This
 takes each held-out patient with two or more sequences, keeps the first sequence in the model's channel order as
 given (the engine's reference grid, so Dice is measured on the same grid as in ``evaluate-real``), and re-acquires
-every other sequence (fixed before any run, the same for every patient):
+every other sequence (fixed before any run, the same for every patient), after setting a z-scored volume's
+constant background to 0 as a scanner's would be:
 
 - a 2D axial acquisition: slice profile a Gaussian of FWHM 5 mm along z, then sampled at 5 mm slices and
   0.9 x 0.9 mm in plane (linear interpolation);
@@ -39,6 +40,7 @@ from medcnncad.evaluation.real import score_case
 from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.io.images import read_volume, same_space
 from medcnncad.models.registry import DEFAULT_MODEL, load_model
+from medcnncad.preprocessing.background import zero_constant_background
 
 MOTIONS = [((3, -2, 4), (4, -3, 5)), ((-4, 3, -2), (-5, 2, -4)), ((2, 4, -3), (3, 5, -2))]
 SLICE_MM, IN_PLANE_MM = 5.0, 0.9
@@ -71,7 +73,8 @@ def main() -> None:
             given = {names[0]: str(case.inputs[names[0]])}
             for name, motion in zip(names[1:], motions):
                 path = Path(tmp) / f"{name}.nii.gz"
-                sitk.WriteImage(reacquired(read_volume(case.inputs[name]), motion), str(path))
+                head, _, _ = zero_constant_background(read_volume(case.inputs[name]))  # a scanner's 0 around the head
+                sitk.WriteImage(reacquired(head, motion), str(path))
                 given[name] = str(path)
             for label, inputs in (("as given", {n: str(case.inputs[n]) for n in names}), ("re-acquired", given)):
                 start = time.perf_counter()

@@ -301,6 +301,23 @@ def test_the_chain_tries_other_registrations_when_mutual_information_goes_wrong(
     assert len(calls) == (1 if mutual_information_after == 0.80 else 3)
 
 
+def test_an_optimizer_that_fails_is_one_failed_try(monkeypatch):
+    """ITK can stop a try ("All samples map outside moving image buffer"): the other tries still run."""
+    from medcnncad.preprocessing import chain
+
+    def fake(fixed, moving, initialiser="moments", metric="mattes", **kwargs):
+        if metric == "mattes":
+            raise InputError("rigid registration failed: All samples map outside moving image buffer")
+        return _registration(0.2, 0.7)
+
+    monkeypatch.setattr(chain, "register_rigid", fake)
+    assert chain.register_sequence(_head(16), _head(16), 0.25)[1] == \
+        "gradient-magnitude correlation from the scanner coordinates"
+    monkeypatch.setattr(chain, "register_rigid", lambda *a, **k: (_ for _ in ()).throw(InputError("stopped early")))
+    with pytest.raises(InputError, match="stopped early"):
+        chain.register_sequence(_head(16), _head(16), 0.25)
+
+
 def test_registrations_of_different_patients_are_refused_even_when_edges_were_maximised(monkeypatch):
     """Optimised for the quality figure itself, two patients' images reached 0.44: the gradient try needs 0.5."""
     from medcnncad.preprocessing import chain

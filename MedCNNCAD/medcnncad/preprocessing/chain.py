@@ -116,22 +116,34 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float)
     Raises:
         InputError: when no try reaches its floor (naming the best mutual-information try's figures).
     """
-    first = register_rigid(fixed, moving, initialiser="identity", min_gradient_correlation=-2.0)
-    if first.gradient_correlation_after >= max(min_quality, first.gradient_correlation_before - QUALITY_DROP):
+    errors: list[str] = []
+
+    def attempt(start: str, metric: str) -> Registration | None:  # an optimizer that fails is a failed try
+        try:
+            return register_rigid(fixed, moving, initialiser=start, metric=metric, min_gradient_correlation=-2.0)
+        except InputError as exc:
+            errors.append(str(exc))
+            return None
+
+    first = attempt("identity", "mattes")
+    if first is not None and first.gradient_correlation_after >= max(
+            min_quality, first.gradient_correlation_before - QUALITY_DROP):
         return first, "mutual information from the scanner coordinates"
     tries = [(first, "mutual information from the scanner coordinates", min_quality)]
     for start, metric in REGISTRATION_TRIES:
         edges = metric == "gradient-correlation"
         how = ("gradient-magnitude correlation" if edges else "mutual information") + \
             (" from the scanner coordinates" if start == "identity" else " from the centres of mass")
-        reg = register_rigid(fixed, moving, initialiser=start, metric=metric, min_gradient_correlation=-2.0)
-        tries.append((reg, how, max(min_quality, GRADIENT_TRY_MIN_QUALITY) if edges else min_quality))
-    passing = [(reg, how) for reg, how, floor in tries if reg.gradient_correlation_after >= floor]
-    if not passing:
-        best_mi = max((reg for reg, how, _ in tries if how.startswith("mutual")),
-                      key=lambda reg: reg.gradient_correlation_after)
-        raise InputError(failure_text(best_mi, min_quality))
-    return max(passing, key=lambda t: t[0].gradient_correlation_after)
+        floor = max(min_quality, GRADIENT_TRY_MIN_QUALITY) if edges else min_quality
+        tries.append((attempt(start, metric), how, floor))
+    done = [(reg, how, floor) for reg, how, floor in tries if reg is not None]
+    passing = [(reg, how) for reg, how, floor in done if reg.gradient_correlation_after >= floor]
+    if passing:
+        return max(passing, key=lambda t: t[0].gradient_correlation_after)
+    mutual = [reg for reg, how, _ in done if how.startswith("mutual")]
+    if mutual:
+        raise InputError(failure_text(max(mutual, key=lambda reg: reg.gradient_correlation_after), min_quality))
+    raise InputError(errors[0] if errors else "rigid registration failed")
 
 
 def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing) -> StepReport:
