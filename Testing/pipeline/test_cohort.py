@@ -130,5 +130,8 @@ def test_csv_errors_name_the_line(tmp_path):
     path.write_text("case_id,T1,reference,reference_labels\na,x.nii.gz,r.nii.gz,brats2023\nb,y.nii.gz,s.nii.gz,3:4\n")
     with pytest.raises(InputError, match="line 3: column reference_labels: label map '3:4'"):
         read_cases(path, CHANNELS)
+    path.write_text("case_id,T1,reference,reference_labels\na,x.nii.gz,,brats2023\n")
+    with pytest.raises(InputError, match="line 2: reference_labels 'brats2023' without a reference"):
+        read_cases(path, CHANNELS)
     path.write_text("case_id,T1,reference,reference_labels\na,x.nii.gz,r.nii.gz,brats2023\nb,y.nii.gz,s.nii.gz,\n")
     assert [c.reference_labels for c in read_cases(path, CHANNELS)] == [{0: 0, 1: 1, 2: 2, 3: 4}, None]

@@ -42,7 +42,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     ref = check_label_image(ref_img, args.ref)
     pred = check_label_image(pred_img, args.pred, ref_img, args.ref)
     if args.reference_labels:
-        ref = relabel(ref, parse_label_map(args.reference_labels))
+        ref = relabel(ref, parse_label_map(args.reference_labels), args.ref)
     if args.model:
         manifest = describe_segmentation_model(args.model)
         check_reference_values(ref, (label.value for label in manifest.labels), args.ref)

@@ -70,10 +70,11 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "trust": (("--trust",), {"action": "store_true",
                              "help": "allow a MONAI bundle's executable config for this run"}),
     "reference_labels": (("--reference-labels",), {
-        "metavar": "CONVENTION", "help": "the reference's label convention, mapped onto the model's values: brats "
-        "(2017-2021: 1 NCR, 2 ED, 4 ET), brats2023 (1 NETC, 2 SNFH, 3 ET), msd (Decathlon Task01: 1 oedema, 2 "
-        "non-enhancing, 3 enhancing) or SOURCE=TARGET pairs (e.g. 3=4); a reference with values that are none "
-        "of the model's is refused"}),
+        "metavar": "CONVENTION", "help": "the reference's label convention, mapped onto the BraTS models' values (1 "
+        "NCR, 2 ED, 4 ET): brats (2017-2021), brats2023 (1 NETC, 2 SNFH, 3 ET), msd (Decathlon Task01: 1 oedema, "
+        "2 non-enhancing, 3 enhancing); or SOURCE=TARGET pairs for any model (e.g. 3=4). A reference holding a "
+        "value the model has no label for is refused; one in another convention that uses only the model's "
+        "values cannot be detected, so name its convention"}),
     "classifier": (("--grade-classifier", "--classifier"),
                    {"dest": "grade_classifier", "help": "lesion grade classifier model (id or folder), e.g. "
                     f"{DEFAULT_GRADE_CLASSIFIER}; 'none' for none (--classifier: the name before 0.2)"}),

@@ -24,8 +24,9 @@ def reacquire(image: sitk.Image, slice_mm: float = 5.0, in_plane_mm: float = 0.9
               rotation_deg: Sequence[float] = (0.0, 0.0, 0.0), shift_mm: Sequence[float] = (0.0, 0.0, 0.0)
               ) -> sitk.Image:
     """``image`` acquired again as axial slices ``slice_mm`` thick (the image's third axis) with ``in_plane_mm``
-    pixels, of the same head moved by ``rotation_deg`` (about x, y, z, degrees) and ``shift_mm`` about the image
-    centre.
+    pixels, through a rigid motion M of ``rotation_deg`` (about x, y, z, degrees) and ``shift_mm`` about the image
+    centre: the new image at point p shows the old one at M(p), so the head appears moved by M's inverse, and a
+    registration of the new image onto the old one should find M's inverse (fixed -> moving points).
 
     The slice profile is a Gaussian of full width at half maximum ``slice_mm`` along the third axis; the new grid
     keeps the image's origin and direction and covers its extent; linear interpolation into float32. Where the

@@ -3,7 +3,8 @@
 A reference drawn in another convention is scored wrongly without an error: a BraTS 2023 label file stores
 enhancing tumor as 3, which a model with BraTS 2017-2021 values (1 NCR, 2 ED, 4 ET) has no label for, so its
 enhancing tumor drops out of every region. :func:`check_reference_values` refuses such a reference, naming the
-file and the values; :func:`parse_label_map` reads the user's statement of the convention (a name of
+file and the values (a file of another convention that uses only the model's values cannot be told apart: its
+convention must be named); :func:`parse_label_map` reads the user's statement of the convention (a name of
 :data:`LABEL_CONVENTIONS` or ``SOURCE=TARGET`` pairs) and :func:`relabel` applies it.
 
 Arrays are integer label maps of any shape (the engine's are (K, J, I)).
@@ -25,7 +26,8 @@ LABEL_CONVENTIONS: Mapping[str, Mapping[int, int]] = MappingProxyType({
     "brats2023": MappingProxyType({0: 0, 1: 1, 2: 2, 3: 4}),
     "msd": MappingProxyType({0: 0, 1: 2, 2: 1, 3: 4}),
 })
-"""Reference conventions onto the BraTS 2017-2021 values (0, 1 NCR, 2 ED, 4 ET) the engine's BraTS models use:
+"""Reference conventions onto the BraTS 2017-2021 values (0, 1 NCR, 2 ED, 4 ET) the engine's BraTS models use
+(a model with other labels needs ``SOURCE=TARGET`` pairs):
 ``brats`` (BraTS 2017-2021: unchanged), ``brats2023`` (BraTS 2023 glioma / metastasis / meningioma / SSA: 1 NETC,
 2 SNFH, 3 ET), ``msd`` (Medical Segmentation Decathlon Task01_BrainTumour: 1 oedema, 2 non-enhancing tumor,
 3 enhancing tumor)."""
@@ -60,11 +62,24 @@ def parse_label_map(text: str) -> dict[int, int]:
     return mapping
 
 
-def relabel(values: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+def relabel(values: np.ndarray, mapping: Mapping[int, int], name: str = "reference") -> np.ndarray:
     """``values`` with every value listed in ``mapping`` replaced by its target (all at once, so ``1=2,2=1``
-    swaps); values not listed are kept. Same shape; dtype uint8 when every value fits, else uint16."""
+    swaps); values not listed are kept. Same shape; dtype uint8 when every value fits, else uint16.
+
+    Raises:
+        InputError: naming ``name`` when a value that is not listed equals a listed value's target: kept, it
+            would merge silently with the mapped one (a BraTS 2024 file's resection cavity, 4, under
+            ``brats2023``, whose 3 becomes 4).
+    """
     array = np.asarray(values)
-    top = int(max(int(array.max(initial=0)), *mapping.keys(), *mapping.values()))
+    if not mapping:
+        return array.astype(np.uint8 if array.max(initial=0) <= 255 else np.uint16)
+    present = {int(v) for v in np.unique(array)}
+    merged = sorted(v for v in present - set(mapping) if v in set(mapping.values()) and v != 0)
+    if merged:
+        raise InputError(f"{name}: label values {merged} are not in the label map {dict(mapping)} but equal what it "
+                         "maps other values to; list them too (e.g. 4=0 to drop them)")
+    top = int(max(max(present), *mapping.keys(), *mapping.values()))
     table = np.arange(top + 1, dtype=np.int64)
     for source, target in mapping.items():
         table[source] = target
@@ -81,4 +96,5 @@ def check_reference_values(values: np.ndarray, known: Iterable[int], path: str, 
     allowed = {0, *(int(v) for v in known)}
     unknown = sorted(int(v) for v in np.unique(values) if int(v) not in allowed)
     if unknown:
-        raise InputError(f"{path}: label values {unknown} are not the model's ({sorted(allowed - {0})}); {hint}")
+        listed = f"{unknown[:10]}" if len(unknown) <= 10 else f"{unknown[:10]} and {len(unknown) - 10} more"
+        raise InputError(f"{path}: label values {listed} are not the model's ({sorted(allowed - {0})}); {hint}")

@@ -53,7 +53,7 @@ def _read_reference(path: str, mapping: Mapping[int, int] | None,
     image = read_volume(path)
     values = check_label_image(image, path)
     if mapping:
-        values = relabel(values, mapping)
+        values = relabel(values, mapping, path)
     check_reference_values(values, (label.value for label in manifest.labels), path)
     return image, values
 

@@ -84,6 +84,8 @@ def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase
         if label not in ("", "0", "1"):
             raise InputError(f"{csv_path}: line {line}: label {label!r} must be 0, 1 or empty")
         convention = (row.get("reference_labels") or "").strip()
+        if convention and not (row.get("reference") or "").strip():
+            raise InputError(f"{csv_path}: line {line}: reference_labels {convention!r} without a reference")
         try:
             mapping = parse_label_map(convention) if convention else None
         except InputError as exc:
