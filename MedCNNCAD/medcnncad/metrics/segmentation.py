@@ -44,8 +44,8 @@ from medcnncad.io.images import geometry_text, same_space
 from medcnncad.lesions.components import components, nonzero_box
 
 __all__ = ["dice_per_label", "StructureMetrics", "LesionDetection", "DetectionRule", "structure_metrics", "dice",
-           "lesion_detection", "compute_metrics", "check_label_image", "structures_for_labels", "pooled_detection",
-           "DETECTION_RULE", "STRICT", "BRATS_2023"]
+           "lesion_detection", "compute_metrics", "check_label_image", "check_same_grid", "structures_for_labels",
+           "pooled_detection", "DETECTION_RULE", "STRICT", "BRATS_2023"]
 
 DETECTION_RULE = ("26-connected components; a reference lesion is detected (TP) when at least one of its voxels "
                   "is predicted; a predicted lesion is a false positive when none of its voxels is in the reference")
@@ -367,6 +367,13 @@ def compute_metrics(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[flo
             for name, values in structures.items()}
 
 
+def check_same_grid(image: sitk.Image, path: str, reference: sitk.Image, reference_path: str = "reference") -> None:
+    """Refuse ``image`` when its grid is not ``reference``'s, with both geometries in the message."""
+    if not same_space(image, reference):
+        raise InputError(f"{path}: grid differs from {reference_path} ({path}: {geometry_text(image)}; "
+                         f"{reference_path}: {geometry_text(reference)})")
+
+
 def check_label_image(image: sitk.Image, path: str, reference: sitk.Image | None = None,
                       reference_path: str = "reference") -> np.ndarray:
     """Validate a label map image and return it as an integer (K, J, I) array.
@@ -375,9 +382,8 @@ def check_label_image(image: sitk.Image, path: str, reference: sitk.Image | None
         InputError: non-integer or negative values, or (when ``reference`` is given) a
             different grid, with both geometries in the message.
     """
-    if reference is not None and not same_space(image, reference):
-        raise InputError(f"{path}: grid differs from {reference_path} ({path}: {geometry_text(image)}; "
-                         f"{reference_path}: {geometry_text(reference)})")
+    if reference is not None:
+        check_same_grid(image, path, reference, reference_path)
     array = sitk.GetArrayFromImage(image)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all() or not np.array_equal(array, np.round(array)):

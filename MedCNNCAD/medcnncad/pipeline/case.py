@@ -20,7 +20,7 @@ from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
 from medcnncad.io.images import atomic_path, read_volume
 from medcnncad.metrics.label_conventions import check_reference_values, relabel
-from medcnncad.metrics.segmentation import check_label_image, compute_metrics
+from medcnncad.metrics.segmentation import check_label_image, check_same_grid, compute_metrics
 from medcnncad.models.channels import display_channel
 from medcnncad.models.manifest import Manifest
 from medcnncad.reporting.case_outputs import report_text, write_case_outputs
@@ -92,7 +92,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     if reference and ref is not None:
         t0 = time.perf_counter()
         ref_img, ref_array = ref
-        check_label_image(ref_img, reference, result.reference, "the first input channel")  # the grid
+        check_same_grid(ref_img, reference, result.reference, "the first input channel")
         metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
                                   result.manifest.structures())
         extra["metrics"] = reading_s + time.perf_counter() - t0
