@@ -33,7 +33,7 @@ import SimpleITK as sitk
 
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
-from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS
+from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS, relabel
 
 __all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
            "load_reference", "read_dicom_seg_on_grid"]
@@ -131,10 +131,7 @@ def map_labels(values: np.ndarray, label_map: Mapping[int, int]) -> np.ndarray:
     unknown = sorted(present - set(label_map))
     if unknown:
         raise InputError(f"label values {unknown} are not in the label map {dict(label_map)}")
-    table = np.zeros(max(max(present), max(label_map)) + 1, dtype=np.uint8)
-    for source, target in label_map.items():
-        table[source] = target
-    return table[np.asarray(values, dtype=np.int64)]
+    return relabel(values, label_map)  # every present value is listed: nothing can merge
 
 
 def _first(folder: Path, pattern: str) -> Path | None:
@@ -196,18 +193,22 @@ def _named_inputs(folder: Path, patterns: Mapping[str, Sequence[str]]) -> dict[s
     return {channel: path for channel, path in found.items() if path is not None}
 
 
+def _named_case(folder: Path, source: str, files: Mapping[str, Sequence[str]], segs: Sequence[str],
+                label_map: Mapping[int, int], tumor_type: str | None, notes: str = "") -> RealCase:
+    """A folder of challenge-named files: the inputs ``files`` name, the first label file ``segs`` names."""
+    seg = _first_named(folder, segs)
+    return RealCase(folder.name, source, _named_inputs(folder, files), seg, label_map if seg else {},
+                    notes=notes if seg else "unlabelled", tumor_type=tumor_type)
+
+
 def _brats2021_named(folder: Path, source: str, tumor_type: str | None = "glioma", notes: str = "") -> RealCase:
     """A folder of BraTS 2017-2021 named files (labels 1 NCR, 2 ED, 4 ET)."""
-    seg = _first_named(folder, BRATS2021_SEGS)
-    return RealCase(folder.name, source, _named_inputs(folder, BRATS2021_FILES), seg, BRATS2021_MAP if seg else {},
-                    notes=notes if seg else "unlabelled", tumor_type=tumor_type)
+    return _named_case(folder, source, BRATS2021_FILES, BRATS2021_SEGS, BRATS2021_MAP, tumor_type, notes)
 
 
 def _brats2023_named(folder: Path, source: str, tumor_type: str | None, notes: str = "") -> RealCase:
     """A folder of BraTS 2023 named files (labels 1 NETC, 2 SNFH, 3 ET)."""
-    seg = _first_named(folder, ("*-seg.nii*",))
-    return RealCase(folder.name, source, _named_inputs(folder, BRATS2023_FILES), seg, BRATS2023_MAP if seg else {},
-                    notes=notes if seg else "unlabelled", tumor_type=tumor_type)
+    return _named_case(folder, source, BRATS2023_FILES, ("*-seg.nii*",), BRATS2023_MAP, tumor_type, notes)
 
 
 BRATS2023_TUMOR_TYPES: Mapping[str, str] = MappingProxyType({"GLI": "glioma", "SSA": "glioma", "MET": "metastasis",
@@ -244,13 +245,13 @@ def _describe(folder: Path) -> RealCase | None:
 
 def _describe_by_file_names(folder: Path) -> RealCase | None:
     """A folder of another name: BraTS 2023 or BraTS 2017-2021 file names say the label convention."""
-    if _named_inputs(folder, BRATS2023_FILES):
-        return _brats2023_named(folder, "BraTS2023-named", None,
-                                "label convention from the file names (BraTS 2023: 1 NETC, 2 SNFH, 3 ET)")
-    if _named_inputs(folder, BRATS2021_FILES):
-        return _brats2021_named(folder, "BraTS2021-named", None,
-                                "label convention from the file names (BraTS 2017-2021: 1 NCR, 2 ED, 4 ET)")
-    return None
+    case = _brats2023_named(folder, "BraTS2023-named", None,
+                            "label convention from the file names (BraTS 2023: 1 NETC, 2 SNFH, 3 ET)")
+    if case.inputs:
+        return case
+    case = _brats2021_named(folder, "BraTS2021-named", None,
+                            "label convention from the file names (BraTS 2017-2021: 1 NCR, 2 ED, 4 ET)")
+    return case if case.inputs else None
 
 
 def _describe_named_collection(folder: Path) -> RealCase | None:
@@ -266,8 +267,9 @@ def _describe_named_collection(folder: Path) -> RealCase | None:
                            ("Brats18_", "BraTS2018")):
         if name.startswith(prefix):
             return _brats2021_named(folder, source)
-    if name.startswith("Brats17_") and _named_inputs(folder, BRATS2021_FILES):
-        return _brats2021_named(folder, "BraTS2017")  # the challenge's own file names and labels (1, 2, 4)
+    official = _brats2021_named(folder, "BraTS2017") if name.startswith("Brats17_") else None
+    if official is not None and official.inputs:  # the challenge's own file names and labels (1, 2, 4)
+        return official
     if name.startswith("Brats17_"):
         seg = _first(folder, "seg.nii*")
         return RealCase(name, "BraTS2017", _inputs(folder, {"T1c": "t1ce*.nii*"}), seg,
