@@ -20,6 +20,7 @@ from medcnncad.data.real_cases import (
 )
 from medcnncad.errors import InputError
 from medcnncad.evaluation.real import format_real_table, score_case, training_patients
+from medcnncad.metrics.label_conventions import relabel
 
 REALDATA = ROOT.parent / "shared" / "realdata"
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not here")
@@ -345,3 +346,50 @@ def test_a_pseudo_labelled_case_is_not_an_expert_reference(tmp_path):
     (folder / PSEUDO_LABEL_MARKER).write_text("{}")
     case = describe_case(folder)
     assert not case.reference_is_expert and "pseudo-label" in case.notes and case.tumor_type == "glioma"
+
+
+@pytest.mark.slow
+def test_a_decathlon_folder_and_a_4d_segment_input_score_as_the_separate_files(tmp_path):
+    """A phantom written as the Decathlon's Task01 (one 4D file, volumes FLAIR, T1w, t1gd, T2w; labels 1 oedema,
+    2 non-enhancing tumor, 3 enhancing) scores, through ``evaluate-real``, the Dice that ``segment --reference``
+    gives on its separate files; ``segment --input FLAIR,T1,T1c,T2=FILE`` gives those labels too."""
+    import json
+
+    from medcnncad.cli.app import main
+    from medcnncad.data.phantom import make_phantom, write_phantom
+
+    paths = write_phantom(make_phantom(7), tmp_path / "phantom")
+    task = tmp_path / "data" / "Task01_BrainTumour"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    (task / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}}))
+    stacked = sitk.JoinSeries([sitk.ReadImage(str(paths[c])) for c in ("FLAIR", "T1", "T1c", "T2")])
+    sitk.WriteImage(stacked, str(task / "imagesTr" / "BRATS_001.nii.gz"))
+    label = sitk.ReadImage(str(paths["label"]))
+    seg = sitk.GetImageFromArray(relabel(sitk.GetArrayFromImage(label), {0: 0, 2: 1, 1: 2, 4: 3}, "test"))
+    seg.CopyInformation(label)
+    sitk.WriteImage(seg, str(task / "labelsTr" / "BRATS_001.nii.gz"))
+
+    common = ["--model", "brats-demo-unet", "--device", "cpu", "--precision", "manifest", "--no-tta",
+              "--grade-classifier", "none"]
+    assert main(["evaluate-real", "--data", str(tmp_path / "data"), "--variants", "all",
+                 "--out", str(tmp_path / "real.json"), *common]) == 0
+    separate = ["--input", f"T1={paths['T1']}", "--input", f"T1c={paths['T1c']}", "--input", f"T2={paths['T2']}",
+                "--input", f"FLAIR={paths['FLAIR']}"]
+    stacked_input = ["--input", f"FLAIR,T1,T1c,T2={task / 'imagesTr' / 'BRATS_001.nii.gz'}"]
+    for name, given in (("separate", separate), ("stacked", stacked_input)):
+        assert main(["segment", *given, "--reference", str(paths["label"]), "--out", str(tmp_path / name),
+                     *common]) == 0
+    (row,) = json.loads((tmp_path / "real.json").read_text())["rows"]
+    reports = {name: json.loads((tmp_path / name / "report.json").read_text()) for name in ("separate", "stacked")}
+    assert row["source"] == "Decathlon:Task01_BrainTumour" and row["inputs"] == ["FLAIR", "T1", "T1c", "T2"]
+    for region in ("WT", "TC", "ET"):
+        want = reports["separate"]["metrics"][region]["dice"]
+        assert row[f"dice_{region}"] == pytest.approx(want, abs=1e-3), region
+        assert reports["stacked"]["metrics"][region]["dice"] == pytest.approx(want, abs=1e-6), region
+    assert row["dice_ET"] > 0.5  # 3 was read as enhancing tumor, 1 as oedema
+    assert reports["stacked"]["input_volumes"] == {"FLAIR": 0, "T1": 1, "T1c": 2, "T2": 3}
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "stacked" / "labels.nii.gz"))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "separate" / "labels.nii.gz"))))

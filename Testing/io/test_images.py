@@ -103,3 +103,35 @@ def test_uint8_probability_maps_read_back_as_probabilities_within_half_a_step(tm
     with pytest.raises(ValueError, match="uint16"):
         write_probability_map(probs, reference, tmp_path / "prob_z.nii.gz", "uint16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prob_x.nii.gz", "prob_y.nii.gz"]  # no temporaries left
+
+
+def test_a_4d_file_gives_the_volume_asked_for_on_its_own_grid(tmp_path):
+    """A Decathlon-style 4D file: volume i is the array's i-th volume, on the grid a 3D file of the same header
+    has (tilted direction, anisotropic spacing)."""
+    import nibabel as nib
+
+    from medcnncad.io.images import read_volumes
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(5, 6, 7, 3)).astype(np.float32)  # (x, y, z, volume), as nibabel stores it
+    angle = np.deg2rad(20)
+    affine = np.array([[np.cos(angle), -np.sin(angle), 0, 10], [np.sin(angle), np.cos(angle), 0, -4],
+                       [0, 0, 2.5, 7], [0, 0, 0, 1]]) @ np.diag([1.2, 0.9, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), str(tmp_path / "stacked.nii.gz"))
+    nib.save(nib.Nifti1Image(data[..., 2], affine), str(tmp_path / "third.nii.gz"))
+    third, first = read_volumes(tmp_path / "stacked.nii.gz", [2, 0])
+    alone = read_volume(tmp_path / "third.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(third), data[..., 2].transpose(2, 1, 0))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first), data[..., 0].transpose(2, 1, 0))
+    for got, want in ((third.GetOrigin(), alone.GetOrigin()), (third.GetSpacing(), alone.GetSpacing()),
+                      (third.GetDirection(), alone.GetDirection())):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(alone.GetDirection(), np.eye(3).ravel())  # the tilt was read
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(tmp_path / "stacked.nii.gz", "1")),
+                                  data[..., 1].transpose(2, 1, 0))
+    with pytest.raises(InputError, match=r"stacked.nii.gz: 3 volumes .* volume 3 does not exist \(0-based, 0 to 2\)"):
+        read_volume(tmp_path / "stacked.nii.gz", "3")
+    with pytest.raises(InputError, match=r"stacked.nii.gz: volume selector 'T1' is not a 0-based volume index"):
+        read_volume(tmp_path / "stacked.nii.gz", "T1")
+    with pytest.raises(InputError, match=r"third.nii.gz: a volume index was given, but the file holds one 3D volume"):
+        read_volume(tmp_path / "third.nii.gz", "0")

@@ -40,6 +40,31 @@ def parse_pairs(items: Sequence[str], option: str = "--input", form: str = "NAME
     return pairs
 
 
+def parse_inputs(items: Sequence[str], series_items: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """``--input`` and ``--series`` values as (channel -> path, channel -> selector).
+
+    ``--input FLAIR,T1,T1c,T2=FILE`` names the volumes of a 4D file in order: each channel gets the file and its
+    0-based volume index as selector. A channel named twice, or given a selector both ways, is an InputError.
+    """
+    inputs: dict[str, str] = {}
+    stacked: dict[str, str] = {}
+    for names, path in parse_pairs(items).items():
+        channels = [name.strip() for name in names.split(",")]
+        if len(channels) > 1 and (not all(channels) or len(set(channels)) < len(channels)):
+            raise InputError(f"--input {names}={path}: expected distinct channel names, e.g. FLAIR,T1,T1c,T2=FILE")
+        for index, channel in enumerate(channels):
+            if channel in inputs:
+                raise InputError(f"--input {channel}: given twice")
+            inputs[channel] = path
+            if len(channels) > 1:
+                stacked[channel] = str(index)
+    series = parse_pairs(series_items, "--series", "NAME=UID_OR_DESCRIPTION")
+    both = sorted(set(series) & set(stacked))
+    if both:
+        raise InputError(f"--series {both}: their volumes are already named by --input's order")
+    return inputs, {**series, **stacked}
+
+
 def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
               reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
               classifier: str | None = None, tta: bool | None = None, precision: str | None = None,
@@ -103,8 +128,8 @@ def run_segment(args: argparse.Namespace) -> int:
     mapping = parse_label_map(args.reference_labels) if args.reference_labels else None
     if mapping and not args.reference:
         raise InputError("--reference-labels needs --reference (the label file it describes)")
-    report = _run_case(args.model, parse_pairs(args.input), Path(args.out), args.device, args.trust,
-                       args.reference, parse_pairs(args.series or [], "--series", "NAME=UID_OR_DESCRIPTION"),
+    inputs, series = parse_inputs(args.input, args.series or [])
+    report = _run_case(args.model, inputs, Path(args.out), args.device, args.trust, args.reference, series,
                        args.dicom_seg, grader, args.tta, args.precision, args.dicom_sr, mapping)
     print(summary_table(report))
     return 0
@@ -126,13 +151,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment one case")
     add(p, "model", model={"help": f"model id or folder (manifest or MONAI bundle); default {DEFAULT_MODEL}"})
     p.add_argument("--input", action="append", required=True, metavar="NAME=PATH",
-                   help="input channel (manifest channel name) and its volume file or DICOM folder")
+                   help="input channel (manifest channel name) and its volume file or DICOM folder; a 4D file's "
+                        "volumes are named in order: FLAIR,T1,T1c,T2=FILE (the Decathlon's order)")
     add(p, "out", "device", "trust", "classifier")
     add(p, "precision", "tta")
     p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
     add(p, "reference_labels")
     p.add_argument("--series", action="append", metavar="NAME=UID_OR_DESCRIPTION",
-                   help="pick the DICOM series of channel NAME in a folder holding several")
+                   help="pick the DICOM series of channel NAME in a folder holding several (or, for a 4D file, "
+                        "its 0-based volume index)")
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write labels.seg.dcm, a DICOM SEG referencing the first channel's DICOM series")
     p.add_argument("--dicom-sr", action="store_true",

@@ -31,8 +31,9 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
+from medcnncad.data.dataset_json import Dataset, is_dataset_folder, read_dataset
 from medcnncad.errors import InputError
-from medcnncad.io.images import read_volume
+from medcnncad.io.images import read_volume, read_volumes
 from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS, relabel
 
 __all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
@@ -69,8 +70,10 @@ class RealCase:
         case_id: the folder name.
         source: "BRATS2013", "BraTS2017" ... "BraTS2021", "BraTS2023-GLI" (-MET, -MEN, -SSA),
             "TCGA-BraTSToolkit", "ReMIND", or, for a folder of another name, the file names' convention:
-            "BraTS2021-named" (``<case>_t1ce.nii.gz``) or "BraTS2023-named" (``<case>-t1c.nii.gz``).
-        inputs: channel name ("T1", "T1c", "T2", "FLAIR") -> image file or DICOM series folder.
+            "BraTS2021-named" (``<case>_t1ce.nii.gz``) or "BraTS2023-named" (``<case>-t1c.nii.gz``); for a case of a
+            dataset folder, "Decathlon:<folder>" or "nnU-Net:<folder>" (:mod:`medcnncad.data.dataset_json`).
+        inputs: channel name ("T1", "T1c", "T2", "FLAIR") -> image file or DICOM series folder (read them with
+            :meth:`input_sources` / :meth:`input_images`, which pick the volumes of a 4D file).
         reference: label file (NIfTI or DICOM SEG), or ``None`` for an unlabelled case.
         label_map: reference value -> BraTS value (empty when there is no reference).
         regions: the BraTS regions the reference supports ("WT", "TC", "ET"); a binary
@@ -85,6 +88,8 @@ class RealCase:
         grade: "HGG" / "LGG" where the source says so (the realdata README; a BraTS 2017-2019 release's
             ``HGG/`` and ``LGG/`` folders), else None.
         tumor_type: "glioma", "metastasis" or "meningioma" where the source says so, else None.
+        volumes: channel -> 0-based volume of its 4D input file (the Decathlon's stacked sequences); empty when
+            every input is a 3D file or a DICOM folder.
     """
 
     case_id: str
@@ -100,11 +105,29 @@ class RealCase:
     notes: str = ""
     grade: str | None = None
     tumor_type: str | None = None
+    volumes: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def labelled(self) -> bool:
         """Whether the case has a reference."""
         return self.reference is not None
+
+    def input_sources(self, channels: Sequence[str] | None = None) -> dict[str, str | sitk.Image]:
+        """What the engine reads for ``channels`` (default all, in the case's order): a file or DICOM folder's path,
+        or, for a volume of a 4D file, that volume read here (the file read once)."""
+        names = list(self.inputs) if channels is None else list(channels)
+        by_file: dict[Path, list[str]] = {}
+        for name in (n for n in names if n in self.volumes):
+            by_file.setdefault(Path(self.inputs[name]), []).append(name)
+        read: dict[str, sitk.Image] = {}
+        for path, stacked in by_file.items():
+            read.update(zip(stacked, read_volumes(path, [self.volumes[name] for name in stacked])))
+        return {name: read[name] if name in read else str(self.inputs[name]) for name in names}
+
+    def input_images(self, channels: Sequence[str] | None = None) -> dict[str, sitk.Image]:
+        """The input volumes of ``channels`` (default all), read."""
+        return {name: source if isinstance(source, sitk.Image) else read_volume(source)
+                for name, source in self.input_sources(channels).items()}
 
     def map_labels(self, values: np.ndarray) -> np.ndarray:
         """Map a reference label array to BraTS values (see :func:`map_labels`)."""
@@ -305,6 +328,9 @@ def describe_case(folder: str | Path) -> RealCase:
         InputError: when ``folder`` is not a folder or not a known case layout (see the realdata README).
     """
     path = Path(folder)
+    if is_dataset_folder(path):
+        raise InputError(f"{path}: a dataset folder (dataset.json, imagesTr/), not one case; evaluate-real "
+                         "--data reads its cases")
     task = _unread_task(path) if path.is_dir() else None
     if task is not None:
         raise InputError(f"{path}: BraTS task {task}, whose label convention is not read here "
@@ -331,15 +357,27 @@ def discover_real_cases(root: str | Path) -> list[RealCase]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a folder (the real-patient data, e.g. ../shared/realdata)")
+    if is_dataset_folder(root):
+        return _dataset_cases(read_dataset(root))
     cases = []
     for folder in (p for p in _files(root) if p.is_dir()):
         case = _describe(folder)
-        if case is None and folder.name.upper() in GRADE_FOLDERS:  # BraTS 2017-2019 releases: HGG/, LGG/
+        if is_dataset_folder(folder):
+            cases += _dataset_cases(read_dataset(folder))
+        elif case is None and folder.name.upper() in GRADE_FOLDERS:  # BraTS 2017-2019 releases: HGG/, LGG/
             cases += [replace(c, grade=folder.name.upper()) for c in
                       (_describe(p) for p in _files(folder) if p.is_dir()) if c is not None]
         elif case is not None:
             cases.append(case)
     return sorted((c for c in cases if c.inputs), key=lambda c: c.case_id)
+
+
+def _dataset_cases(dataset: Dataset) -> list[RealCase]:
+    """The cases of a Decathlon or nnU-Net dataset folder (:mod:`medcnncad.data.dataset_json`)."""
+    notes = f"label convention from {dataset.folder.name}/dataset.json: {dict(dataset.label_map)}"
+    return [RealCase(c.case_id, dataset.source, c.inputs, c.label, dataset.label_map if c.label else {},
+                     dataset.regions, notes=notes if c.label else "unlabelled", volumes=c.volumes)
+            for c in dataset.cases if c.inputs]
 
 
 def read_dicom_seg_on_grid(seg_path: str | Path, grid: sitk.Image, segment: int = 1) -> sitk.Image:
@@ -425,7 +463,7 @@ def load_reference(case: RealCase, grid: sitk.Image | None = None) -> sitk.Image
         if grid is None:
             if case.reference_grid is None:
                 raise InputError(f"{case.case_id}: a DICOM SEG reference needs a grid")
-            grid = read_volume(case.inputs[case.reference_grid])
+            grid = case.input_images([case.reference_grid])[case.reference_grid]
         raw = read_dicom_seg_on_grid(case.reference, grid)
     else:
         raw = sitk.ReadImage(str(case.reference))

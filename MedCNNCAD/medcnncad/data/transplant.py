@@ -155,7 +155,7 @@ def load_donor(folder: str | Path, margin_mm: int = 6) -> TumorDonor:
                          f"{'none' if not case.labelled else '/'.join(case.regions)})")
     if not case.preprocessed:
         raise InputError(f"{case.case_id}: a donor must be BraTS-preprocessed (1 mm, skull-stripped, co-registered)")
-    images = {name: read_volume(path) for name, path in case.inputs.items()}
+    images = case.input_images()
     first = next(iter(images.values()))
     if not np.allclose(first.GetSpacing(), 1.0, atol=0.05):
         raise InputError(f"{case.case_id}: donor spacing {first.GetSpacing()} mm, expected 1 mm")

@@ -34,8 +34,8 @@ from medcnncad.metrics.segmentation import compute_metrics
 from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import load_model
 
-__all__ = ["VARIANTS", "REGIONS", "evaluate_real", "score_case", "format_real_table", "training_patients",
-           "compare_real_reports", "format_comparison", "read_real_report"]
+__all__ = ["VARIANTS", "REGIONS", "evaluate_real", "variant_channels", "score_case", "format_real_table",
+           "training_patients", "compare_real_reports", "format_comparison", "read_real_report"]
 
 VARIANTS = ("all", "T1c", "FLAIR")
 """Input variants: every sequence the case has, the post-contrast T1 alone, the FLAIR alone."""
@@ -43,12 +43,14 @@ REGIONS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 """BraTS regions in BraTS label values."""
 
 
-def _inputs(case: RealCase, variant: str) -> dict[str, str] | None:
+def variant_channels(case: RealCase, variant: str) -> list[str] | None:
+    """The channels of ``case`` that input ``variant`` gives, or None when that variant is not run (its channel
+    absent, or the case's only one, so that "all" is that run already)."""
     if variant == "all":
-        return {k: str(v) for k, v in case.inputs.items()}
-    if variant not in case.inputs or len(case.inputs) == 1:  # absent, or "all" is that run already
+        return list(case.inputs)
+    if variant not in case.inputs or len(case.inputs) == 1:
         return None
-    return {variant: str(case.inputs[variant])}
+    return [variant]
 
 
 def training_patients(training: dict[str, Any]) -> set[str]:
@@ -123,15 +125,15 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     for case in labelled:
         reference = load_reference(case)
         for variant in variants:
-            given = _inputs(case, variant)
-            if given is None:
+            channels = variant_channels(case, variant)
+            if channels is None:
                 continue
             start = time.perf_counter()
-            result = segmenter.run(given, tta=tta)
+            result = segmenter.run(case.input_sources(channels), tta=tta)
             grading = attach_classification(result, grader) if grader is not None else None
             ref = reference if same_space(reference, result.reference) else sitk.Resample(
                 reference, result.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            row = {"case": case.case_id, "source": case.source, "variant": variant, "inputs": sorted(given),
+            row = {"case": case.case_id, "source": case.source, "variant": variant, "inputs": sorted(channels),
                    "reference_is_expert": case.reference_is_expert, "training_patient": case.case_id in trained,
                    "notes": case.notes,
                    **score_case(result.label_map, sitk.GetArrayViewFromImage(ref), result.reference.GetSpacing(),

@@ -21,6 +21,7 @@ import numpy as np
 from medcnncad.data.phantom import crop_around_tumor, make_phantom, preset
 from medcnncad.data.real_cases import discover_real_cases
 from medcnncad.errors import InputError
+from medcnncad.evaluation.real import variant_channels
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.models.registry import load_model
 from medcnncad.retrieval.descriptors import LesionDescriptor, case_descriptors
@@ -71,14 +72,11 @@ def real_records(segmenter: Segmenter, root: str, variants: Sequence[str] = ("al
     for case in discover_real_cases(root):
         kind = case.tumor_type
         for variant in variants:
-            if variant == "all":
-                given = {k: str(v) for k, v in case.inputs.items()}
-            elif variant in case.inputs and len(case.inputs) > 1:
-                given = {variant: str(case.inputs[variant])}
-            else:
+            channels = variant_channels(case, variant)
+            if channels is None:
                 continue
             start = time.perf_counter()
-            result = segmenter.run(given, tta=tta)
+            result = segmenter.run(case.input_sources(channels), tta=tta)
             record = _record(case_descriptors(result, segmenter.model, segmenter.device), group=case.case_id,
                              grade=case.grade, type=kind, variant=variant)
             if record is not None:

@@ -13,7 +13,7 @@ import signal
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +23,8 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 from medcnncad.io.dicom_series import series_files
 
-__all__ = ["read_volume", "check_finite", "write_image", "write_probability_map", "UINT8_SCALE", "atomic_path",
+__all__ = ["read_volume", "read_volumes", "volume_index", "check_finite", "write_image", "write_probability_map",
+           "UINT8_SCALE", "atomic_path",
            "same_space", "geometry_text", "signals_deferred", "available_memory_bytes"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
@@ -33,7 +34,9 @@ def read_volume(path: str | Path, series: str | None = None) -> sitk.Image:
     """Read a 3D scalar volume from a file or a DICOM series folder.
 
     ``series`` selects a DICOM series in a folder that holds several (SeriesInstanceUID or
-    SeriesDescription); a folder with several series and no selector is an error listing them.
+    SeriesDescription); a folder with several series and no selector is an error listing them. For a
+    4D file (e.g. the Decathlon's stacked sequences), ``series`` is the 0-based index of the volume to read
+    (:func:`volume_index`); a 4D file of several volumes without one is an error.
 
     Raises:
         InputError: naming the path when it is missing, unreadable, not 3D, not
@@ -42,12 +45,62 @@ def read_volume(path: str | Path, series: str | None = None) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        image = _reading(path, lambda: _read_dicom_folder(path, series))
+        return _checked(image, path)
+    index = volume_index(path, series) if series is not None else None
+    return read_volumes(path, [index])[0]
+
+
+def read_volumes(path: str | Path, indices: Sequence[int | None]) -> list[sitk.Image]:
+    """Read several 3D volumes of one file at once (a 4D file read once; ``None``: a 3D file's only volume).
+
+    Args:
+        path: a volume file (not a DICOM folder).
+        indices: 0-based volume indices along the file's 4th axis, or ``None`` for a file holding one volume.
+
+    Raises:
+        InputError: naming the path and the index, as :func:`read_volume` does.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found" if not path.exists() else f"{path}: not a volume file")
+    image = _reading(path, lambda: _read_file(path, any(i is not None for i in indices)))
+    if image.GetDimension() != 4:
+        if any(i is not None for i in indices):
+            raise InputError(f"{path}: a volume index was given, but the file holds one 3D volume")
+        return [_checked(image, path)]
+    count = image.GetSize()[3]
+    indices = [0 if index is None and count == 1 else index for index in indices]
+    for index in indices:
+        if index is None or not 0 <= index < count:
+            raise InputError(f"{path}: {count} volumes in one 4D file of size {image.GetSize()}; "
+                             + ("pick one of them" if index is None else f"volume {index} does not exist") +
+                             f" (0-based, 0 to {count - 1})")
+    return [_checked(image[:, :, :, int(index)], path) for index in indices]  # type: ignore[arg-type]
+
+
+def volume_index(path: str | Path, selector: str) -> int:
+    """A 4D file's volume selector (``"2"``: the third volume, 0-based) as an int, or an InputError naming both."""
+    text = str(selector).strip()
+    if not text.isdigit():
+        raise InputError(f"{path}: volume selector {selector!r} is not a 0-based volume index (a series selector "
+                         "is for DICOM folders)")
+    return int(text)
+
+
+def _reading(path: Path, read: Callable[[], sitk.Image]) -> sitk.Image:
+    """Run ``read``; SimpleITK's reading errors become one InputError naming the path."""
     try:
-        image = _read_dicom_folder(path, series) if path.is_dir() else _read_file(path)
+        return read()
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln for ln in first if "ERROR" in ln or "Exception" in ln), first[0] if first else "")
         raise InputError(f"{path}: cannot be read as an image ({detail.strip()[:160]})") from exc
+
+
+def _checked(image: sitk.Image, path: Path) -> sitk.Image:
+    """``image`` if it is a non-empty, finite 3D scalar volume, else an InputError naming ``path``."""
     if image.GetDimension() != 3:
         raise InputError(f"{path}: expected a 3D volume, got {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -68,18 +121,20 @@ def check_finite(image: sitk.Image, name: str) -> None:
 MAX_VOXELS = 2**31  # 2 G voxels (8 GiB as float32): larger headers are refused before reading
 
 
-def _read_file(path: Path) -> sitk.Image:
-    """Read one file, checking the header's declared size before any voxel is allocated."""
+def _read_file(path: Path, stacked: bool = False) -> sitk.Image:
+    """Read one file, checking the header's declared size before any voxel is allocated. A 4D file of several
+    volumes is returned as 4D when ``stacked`` (its volumes picked by index), else refused."""
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     size = reader.GetSize()
-    if len(size) == 4 and size[3] > 1:
+    if len(size) == 4 and size[3] > 1 and not stacked:
         raise InputError(f"{path}: {size[3]} volumes in one 4D file of size {size} (e.g. the Decathlon's sequences "
-                         "stacked); give each sequence as its own 3D file")
-    if len(size) != 3 and not (len(size) == 4 and size[3] == 1):
+                         "stacked); give each sequence as its own 3D file, or name the volumes in order "
+                         "(segment --input FLAIR,T1,T1c,T2=FILE; batch: a <channel>_series column, 0-based)")
+    if len(size) != 3 and not (len(size) == 4 and (size[3] == 1 or stacked)):
         raise InputError(f"{path}: expected a 3D volume, got {len(size)}D of size {size}")
     voxels = int(np.prod(size, dtype=np.float64)) * reader.GetNumberOfComponents()
     if voxels > MAX_VOXELS or min(size) < 1:
@@ -87,7 +142,7 @@ def _read_file(path: Path) -> sitk.Image:
                          f"(1 to {MAX_VOXELS} voxels)")
     _check_complete(path, voxels * _BYTES.get(reader.GetPixelID(), 1))
     image = reader.Execute()
-    if image.GetDimension() == 4:  # a 4D file with one time point is a 3D volume
+    if image.GetDimension() == 4 and size[3] == 1 and not stacked:  # one time point: a 3D volume
         image = image[:, :, :, 0]
     return image
 

@@ -18,7 +18,7 @@ from medcnncad.classification.grade import attach_classification
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
-from medcnncad.io.images import atomic_path, read_volume
+from medcnncad.io.images import atomic_path, read_volume, read_volumes, volume_index
 from medcnncad.metrics.label_conventions import check_reference_values, relabel
 from medcnncad.metrics.segmentation import check_label_image, check_same_grid, compute_metrics
 from medcnncad.models.channels import display_channel
@@ -30,12 +30,26 @@ __all__ = ["process_case"]
 
 
 def _read_inputs(inputs: dict[str, str], series: dict[str, str]) -> dict:
-    """DICOM folders are read here (with their series selector); files are left to the engine."""
+    """DICOM folders (with their series selector) and the picked volumes of 4D files (a 0-based index as the
+    selector; a file shared by several channels is read once) are read here; other files are left to the engine."""
     unknown = sorted(set(series) - set(inputs))
     if unknown:
         raise InputError(f"--series {unknown}: no --input with that channel name")
-    return {name: read_volume(path, series.get(name)) if Path(path).is_dir() else path
-            for name, path in inputs.items()}
+    picked = _volume_indices(inputs, series)
+    read: dict = {name: read_volume(path, series.get(name)) if Path(path).is_dir() else path
+                  for name, path in inputs.items() if name not in picked}
+    by_file: dict[Path, list[str]] = {}
+    for name in picked:
+        by_file.setdefault(Path(inputs[name]).resolve(), []).append(name)
+    for path, names in by_file.items():
+        read.update(zip(names, read_volumes(path, [picked[name] for name in names])))
+    return {name: read[name] for name in inputs}
+
+
+def _volume_indices(inputs: dict[str, str], series: dict[str, str]) -> dict[str, int]:
+    """Channel -> 0-based volume index, for the channels whose input is a file with a selector (a 4D file)."""
+    return {name: volume_index(inputs[name], selector) for name, selector in series.items()
+            if not Path(inputs[name]).is_dir()}
 
 
 def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str]) -> list[str]:
@@ -117,6 +131,9 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     timings = report["timings_s"]
     timings["write"] = round(time.perf_counter() - t0 - timings.get("retrieval_descriptors", 0.0), 4)
     report["reference"] = str(Path(reference).resolve()) if reference else None
+    volumes = _volume_indices(inputs, series)
+    if volumes:
+        report["input_volumes"] = volumes  # channel -> 0-based volume of its 4D input file
     if reference and reference_labels:
         report["reference_labels"] = {str(k): int(v) for k, v in sorted(reference_labels.items())}
     with atomic_path(outputs.files["report"]) as tmp:  # the report is replaced whole or not at all

@@ -2,9 +2,9 @@
 
 Input is a CSV with a ``case_id`` column, one column per model input channel (a file or a
 DICOM folder; relative paths are relative to the CSV), optional ``<channel>_series`` columns
-(DICOM series selector), an optional ``reference`` (label map) with an optional ``reference_labels`` (its label
-convention: ``brats2023``, ``msd`` or ``SOURCE=TARGET`` pairs, see
-:func:`medcnncad.metrics.label_conventions.parse_label_map`) and an optional ``label``
+(DICOM series selector; for a 4D file such as the Decathlon's, the channel's 0-based volume), an optional
+``reference`` (label map) with an optional ``reference_labels`` (its label convention: ``brats2023``, ``msd``
+or ``SOURCE=TARGET`` pairs, see :func:`medcnncad.metrics.label_conventions.parse_label_map`) and an optional ``label``
 (1 = abnormal, 0 = normal). Every case gets the outputs of ``medcnncad segment`` in
 ``OUT/cases/<case_id>/``; a case whose ``report.json`` exists is skipped (resume). A failed
 case is recorded in ``failures.csv`` and the cohort goes on.

@@ -236,7 +236,7 @@ def _load_real_scan(folder: str, manifest: Manifest):
     rigid registration, brain extraction where the head is not stripped), and the reference in BraTS values on
     the chain's grid (the first given input's)."""
     case = describe_case(folder)
-    given = {c.name: read_volume(case.inputs[c.name]) for c in manifest.inputs if c.name in case.inputs}
+    given = case.input_images([c.name for c in manifest.inputs if c.name in case.inputs])
     if not given:
         raise InputError(f"{folder}: none of model {manifest.id}'s inputs ({manifest.input_names}) in this case")
     images = _through_chain(given, manifest)

@@ -1,0 +1,222 @@
+"""Dataset folders described by a ``dataset.json``: the Medical Segmentation Decathlon's and nnU-Net's.
+
+A folder holding ``dataset.json`` beside ``imagesTr/`` (and ``labelsTr/``) is read in one of two layouts:
+
+- **Decathlon** (e.g. ``Task01_BrainTumour``): one 4D file per case, ``imagesTr/BRATS_001.nii.gz``, its volumes in
+  the order of ``dataset.json``'s ``"modality"`` (``{"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}``);
+- **nnU-Net** (v1 ``"modality"``, v2 ``"channel_names"``): one file per channel,
+  ``imagesTr/<case>_<XXXX><file_ending>``, channel ``XXXX`` as ``dataset.json`` names it.
+
+Label files are ``labelsTr/<case><file_ending>``. What their values mean comes from ``dataset.json``'s
+``"labels"`` (Decathlon and nnU-Net v1: value -> name; v2: name -> value, or, for region-based training such as
+nnU-Net's BraTS 2021 conversion, name -> list of values) and is mapped onto BraTS values {0, 1 NCR, 2 ED, 4 ET} by
+the label names (:data:`LABEL_NAMES`); a name this module does not know is an error naming it, never a guess.
+Channel names map onto the engine's ("T1", "T1c", "T2", "FLAIR") the same way (:data:`CHANNEL_NAMES`); a channel
+of another name (e.g. CT) is not read.
+
+Nothing here reads an image: the cases are described (paths, volume indices, label map) for
+:mod:`medcnncad.data.real_cases`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from medcnncad.errors import InputError
+
+__all__ = ["DATASET_FILE", "CHANNEL_NAMES", "LABEL_NAMES", "DatasetCase", "Dataset", "is_dataset_folder",
+           "read_dataset"]
+
+DATASET_FILE = "dataset.json"
+
+CHANNEL_NAMES: Mapping[str, str] = MappingProxyType({
+    "flair": "FLAIR", "t2flair": "FLAIR", "t2f": "FLAIR",
+    "t1": "T1", "t1w": "T1", "t1n": "T1", "nativet1": "T1",
+    "t1gd": "T1c", "t1ce": "T1c", "t1c": "T1c", "t1wce": "T1c", "t1post": "T1c", "t1contrast": "T1c",
+    "t2": "T2", "t2w": "T2"})
+"""Channel names of ``dataset.json`` (lower case, without spaces, hyphens, underscores or dots) -> engine channel."""
+
+LABEL_NAMES: Mapping[str, int] = MappingProxyType({
+    "background": 0,
+    "edema": 2, "oedema": 2, "peritumoral edema": 2, "ed": 2, "snfh": 2,
+    "surrounding non-enhancing flair hyperintensity": 2,
+    "non-enhancing tumor": 1, "non-enhancing tumor core": 1, "necrosis": 1, "necrotic": 1, "ncr": 1, "net": 1,
+    "ncr/net": 1, "netc": 1, "necrotic tumor core": 1, "necrotic core": 1,
+    "necrotic and non-enhancing tumor core": 1,
+    "enhancing tumor": 4, "enhancing": 4, "et": 4})
+"""Label names of ``dataset.json`` (lower case, "tumour" spelt "tumor", underscores as spaces) -> BraTS value."""
+
+WHOLE_TUMOR_NAMES: frozenset[str] = frozenset({"tumor", "whole tumor", "lesion", "glioma"})
+"""Names of a binary label that is the whole tumor: mapped to 2 (ED) so that WT holds it; WT is scored alone."""
+
+REGION_NAMES: Mapping[str, str] = MappingProxyType({"whole tumor": "WT", "tumor core": "TC", "enhancing tumor": "ET"})
+"""Region-based labels (name -> list of values): the BraTS region each name is."""
+
+
+@dataclass(frozen=True)
+class DatasetCase:
+    """One case of a dataset folder.
+
+    Attributes:
+        case_id: the case's file name stem (``BRATS_001``).
+        inputs: engine channel -> image file.
+        volumes: engine channel -> 0-based volume of its 4D file (Decathlon layout); empty for one file per channel.
+        label: the label file, or None.
+    """
+
+    case_id: str
+    inputs: Mapping[str, Path]
+    volumes: Mapping[str, int] = field(default_factory=dict)
+    label: Path | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset folder: its layout, how its label values map onto BraTS values, its cases."""
+
+    folder: Path
+    layout: str  # "Decathlon" or "nnU-Net"
+    label_map: Mapping[int, int]
+    regions: tuple[str, ...]
+    cases: tuple[DatasetCase, ...]
+
+    @property
+    def source(self) -> str:
+        """``"Decathlon:Task01_BrainTumour"``, ``"nnU-Net:Dataset137_BraTS2021"``."""
+        return f"{self.layout}:{self.folder.name}"
+
+
+def is_dataset_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``dataset.json`` and an ``imagesTr`` folder."""
+    return (folder / DATASET_FILE).is_file() and (folder / "imagesTr").is_dir()
+
+
+def read_dataset(folder: str | Path) -> Dataset:
+    """The dataset of a folder holding ``dataset.json`` and ``imagesTr/`` (see the module docstring).
+
+    Raises:
+        InputError: naming ``dataset.json`` when it cannot be read, names no channel this engine reads, or names a
+            label this module cannot map.
+    """
+    folder = Path(folder)
+    path = folder / DATASET_FILE
+    try:
+        description = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read as JSON ({exc})") from None
+    if not isinstance(description, dict):
+        raise InputError(f"{path}: not a JSON object")
+    channels = _channels(path, description)
+    label_map, regions = _label_map(path, description.get("labels"))
+    ending = str(description.get("file_ending") or ".nii.gz")
+    images = sorted(p for p in (folder / "imagesTr").iterdir() if not p.name.startswith(".") and p.is_file()
+                    and p.name.endswith(ending))
+    per_channel = any(re.search(r"_\d{4}$", p.name[:-len(ending)]) for p in images)
+    cases = (_per_channel_cases(folder, images, channels, ending) if per_channel
+             else _stacked_cases(folder, images, channels, ending))
+    return Dataset(folder, "nnU-Net" if per_channel else "Decathlon", label_map, regions, tuple(cases))
+
+
+def _normalized_channel(name: str) -> str:
+    return re.sub(r"[\s_.\-]", "", name.lower())
+
+
+def _channels(path: Path, description: Mapping[str, Any]) -> dict[int, str]:
+    """dataset.json's channel index -> engine channel, for the channels the engine reads."""
+    named = description.get("channel_names") or description.get("modality")
+    if not isinstance(named, dict) or not named:
+        raise InputError(f"{path}: no \"channel_names\" or \"modality\" object")
+    channels = {}
+    for index, name in named.items():
+        channel = CHANNEL_NAMES.get(_normalized_channel(str(name)))
+        if channel is not None and str(index).isdigit():
+            channels[int(index)] = channel
+    if not channels:
+        raise InputError(f"{path}: channels {sorted(map(str, named.values()))} are none of the MR sequences read "
+                         f"here (T1, T1c, T2, FLAIR)")
+    if len(set(channels.values())) < len(channels):
+        raise InputError(f"{path}: two channels name the same sequence ({dict(sorted(named.items()))})")
+    return channels
+
+
+def _label_name(name: str) -> str:
+    return " ".join(name.lower().replace("tumour", "tumor").replace("_", " ").split())
+
+
+def _label_map(path: Path, labels: Any) -> tuple[dict[int, int], tuple[str, ...]]:
+    """dataset.json's labels as (label value -> BraTS value, the regions they support)."""
+    if not isinstance(labels, dict) or not labels:
+        raise InputError(f"{path}: no \"labels\" object")
+    if all(str(k).lstrip("-").isdigit() for k in labels):  # Decathlon / nnU-Net v1: value -> name
+        by_value = {int(k): _label_name(str(v)) for k, v in labels.items()}
+    elif any(isinstance(v, list) for v in labels.values()):
+        return _region_label_map(path, labels)
+    else:  # nnU-Net v2: name -> value
+        by_value = {}
+        for name, value in labels.items():
+            if not isinstance(value, int):
+                raise InputError(f"{path}: label {name!r} has value {value!r}, not an integer")
+            by_value[value] = _label_name(str(name))
+    named = {v: n for v, n in by_value.items() if v != 0}
+    if len(named) == 1 and next(iter(named.values())) in WHOLE_TUMOR_NAMES:
+        return {0: 0, next(iter(named)): 2}, ("WT",)
+    unknown = sorted(n for n in by_value.values() if n not in LABEL_NAMES)
+    if unknown:
+        raise InputError(f"{path}: label names {unknown} are not read here (read: "
+                         f"{', '.join(sorted(LABEL_NAMES))}; or one whole-tumor label)")
+    return {v: LABEL_NAMES[n] for v, n in by_value.items()}, ("WT", "TC", "ET")
+
+
+def _region_label_map(path: Path, labels: Mapping[str, Any]) -> tuple[dict[int, int], tuple[str, ...]]:
+    """Region-based labels (nnU-Net v2: ``"whole tumor": [1, 2, 3], "tumor core": [2, 3], ...``): a value in the
+    enhancing tumor is ET (4), one in the core otherwise NCR (1), one in the whole tumor only ED (2)."""
+    regions: dict[str, set[int]] = {}
+    for name, value in labels.items():
+        key = _label_name(str(name))
+        values = value if isinstance(value, list) else [value]
+        if key == "background":
+            continue
+        if key not in REGION_NAMES or not all(isinstance(v, int) and v > 0 for v in values):
+            raise InputError(f"{path}: region label {name!r}: {value!r} is not read here (read: "
+                             f"{', '.join(REGION_NAMES)}, each a list of label values)")
+        regions[REGION_NAMES[key]] = set(values)
+    if "WT" not in regions:
+        raise InputError(f"{path}: region-based labels without a whole tumor ({sorted(labels)})")
+    mapping = {0: 0}
+    for value in sorted(set().union(*regions.values())):
+        mapping[value] = 4 if value in regions.get("ET", ()) else 1 if value in regions.get("TC", ()) else 2
+    return mapping, tuple(r for r in ("WT", "TC", "ET") if r in regions)
+
+
+def _label_file(folder: Path, case_id: str, ending: str) -> Path | None:
+    label = folder / "labelsTr" / f"{case_id}{ending}"
+    return label if label.is_file() else None
+
+
+def _stacked_cases(folder: Path, images: list[Path], channels: Mapping[int, str],
+                   ending: str) -> list[DatasetCase]:
+    """Decathlon: one 4D file per case, the channels its volumes."""
+    cases = []
+    for image in images:
+        case_id = image.name[:-len(ending)]
+        cases.append(DatasetCase(case_id, {c: image for c in channels.values()},
+                                 {c: i for i, c in sorted(channels.items())}, _label_file(folder, case_id, ending)))
+    return cases
+
+
+def _per_channel_cases(folder: Path, images: list[Path], channels: Mapping[int, str],
+                       ending: str) -> list[DatasetCase]:
+    """nnU-Net: ``<case>_<XXXX><ending>`` per channel."""
+    by_case: dict[str, dict[int, Path]] = {}
+    for image in images:
+        match = re.fullmatch(r"(.+)_(\d{4})", image.name[:-len(ending)])
+        if match and int(match.group(2)) in channels:
+            by_case.setdefault(match.group(1), {})[int(match.group(2))] = image
+    return [DatasetCase(case_id, {channels[i]: path for i, path in sorted(files.items())}, {},
+                        _label_file(folder, case_id, ending)) for case_id, files in sorted(by_case.items())]

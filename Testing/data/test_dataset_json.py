@@ -1,0 +1,101 @@
+"""Decathlon and nnU-Net dataset folders (``dataset.json``) read as real cases: channels, volumes and label values
+as their ``dataset.json`` names them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medcnncad.data.dataset_json import read_dataset
+from medcnncad.data.real_cases import describe_case, discover_real_cases, load_reference
+from medcnncad.errors import InputError
+
+MSD_TASK01 = {"name": "BRATS", "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+              "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}}
+"""Task01_BrainTumour's dataset.json, as the Decathlon ships it (its lists of files left out)."""
+NNUNET_BRATS21 = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
+                  "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
+                  "regions_class_order": [1, 2, 3], "numTraining": 1, "file_ending": ".nii.gz"}
+"""nnU-Net v2's Dataset137_BraTS2021 (region-based: its conversion stores 1 oedema, 2 NCR, 3 ET)."""
+
+
+def _volume(values: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    return image
+
+
+def _dataset(folder, description, images: dict[str, np.ndarray], labels: dict[str, list[int]]):
+    """Write ``dataset.json``, ``imagesTr/<name>`` ((K, J, I) or (volume, K, J, I) arrays) and ``labelsTr``."""
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    (folder / "dataset.json").write_text(json.dumps(description))
+    for name, values in images.items():
+        image = _volume(values) if values.ndim == 3 else sitk.JoinSeries([_volume(v) for v in values])
+        sitk.WriteImage(image, str(folder / "imagesTr" / name))
+    for name, placed in labels.items():
+        seg = np.zeros((4, 5, 6), np.uint8)
+        seg.flat[:len(placed)] = placed
+        sitk.WriteImage(_volume(seg), str(folder / "labelsTr" / name))
+    return folder
+
+
+def test_a_decathlon_task01_folder_gives_each_sequence_its_volume_and_msd_labels(tmp_path):
+    stacked = np.stack([np.full((4, 5, 6), float(v), np.float32) for v in range(4)])  # volume v holds the value v
+    root = _dataset(tmp_path / "Task01_BrainTumour", MSD_TASK01,
+                    {"BRATS_001.nii.gz": stacked, "BRATS_002.nii.gz": stacked}, {"BRATS_001.nii.gz": [1, 2, 3]})
+    (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05")  # a macOS companion, as the tarball has
+    for data in (root, tmp_path):  # the dataset folder itself, or a folder holding it
+        cases = {c.case_id: c for c in discover_real_cases(data)}
+        assert sorted(cases) == ["BRATS_001", "BRATS_002"]
+    case = cases["BRATS_001"]
+    assert case.source == "Decathlon:Task01_BrainTumour" and case.regions == ("WT", "TC", "ET")
+    assert case.volumes == {"FLAIR": 0, "T1": 1, "T1c": 2, "T2": 3}
+    assert list(case.inputs) == ["FLAIR", "T1", "T1c", "T2"]
+    images = case.input_images(["T2", "T1c"])
+    assert {k: float(sitk.GetArrayViewFromImage(v).mean()) for k, v in images.items()} == {"T2": 3.0, "T1c": 2.0}
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(load_reference(case)).ravel()[:4], [2, 1, 4, 0])
+    assert not cases["BRATS_002"].labelled
+    with pytest.raises(InputError, match="a dataset folder .* evaluate-real --data reads its cases"):
+        describe_case(root)
+
+
+def test_nnunet_region_labels_map_each_value_by_the_regions_holding_it(tmp_path):
+    """Dataset137's 1 (whole tumor only) is oedema, 2 (core, not enhancing) NCR, 3 (enhancing) ET."""
+    channel = np.ones((4, 5, 6), np.float32)
+    root = _dataset(tmp_path / "Dataset137_BraTS2021", NNUNET_BRATS21,
+                    {f"BraTS2021_00000_{i:04d}.nii.gz": channel * i for i in range(4)},
+                    {"BraTS2021_00000.nii.gz": [1, 2, 3]})
+    (case,) = discover_real_cases(root)
+    assert case.source == "nnU-Net:Dataset137_BraTS2021" and case.case_id == "BraTS2021_00000" and not case.volumes
+    assert list(case.inputs) == ["T1", "T1c", "T2", "FLAIR"]
+    assert case.inputs["FLAIR"].name == "BraTS2021_00000_0003.nii.gz"
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(load_reference(case)).ravel()[:4], [2, 1, 4, 0])
+
+
+def test_nnunet_v2_named_labels_and_a_whole_tumor_mask(tmp_path):
+    plain = {"channel_names": {"0": "FLAIR", "1": "T1Gd"}, "file_ending": ".nii.gz",
+             "labels": {"background": 0, "necrosis": 1, "oedema": 2, "enhancing_tumour": 3}}
+    assert dict(read_dataset(_dataset(tmp_path / "a", plain, {}, {})).label_map) == {0: 0, 1: 1, 2: 2, 3: 4}
+    binary = {**plain, "labels": {"background": 0, "tumor": 1}}
+    dataset = read_dataset(_dataset(tmp_path / "b", binary, {}, {}))
+    assert dict(dataset.label_map) == {0: 0, 1: 2} and dataset.regions == ("WT",)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"labels": {"0": "background", "1": "edema", "2": "resection cavity"}},
+     r"dataset.json: label names \['resection cavity'\] are not read here"),
+    ({"modality": {"0": "CT"}}, r"dataset.json: channels \['CT'\] are none of the MR sequences read here"),
+    ({"modality": {"0": "T1", "1": "T1w"}}, "dataset.json: two channels name the same sequence"),
+    ({"labels": {"background": 0, "whole tumor": [1, 2], "cavity": [3]}}, "region label 'cavity'"),
+])
+def test_a_dataset_json_that_cannot_be_read_is_one_error_naming_it(tmp_path, change, message):
+    root = _dataset(tmp_path / "Task99", {**MSD_TASK01, **change}, {}, {})
+    with pytest.raises(InputError, match=message):
+        discover_real_cases(tmp_path)
+    (root / "dataset.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"Task99/dataset.json: cannot be read as JSON"):
+        read_dataset(root)
