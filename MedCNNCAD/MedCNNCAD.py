@@ -64,6 +64,7 @@ def parameterNodeClass():
         inputVolume3: slicer.vtkMRMLScalarVolumeNode
         probabilityThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
         referenceSegmentation: slicer.vtkMRMLSegmentationNode
+        referenceLabels: str = ""  # the reference's label convention when not the model's: brats2023, msd, 3=4
         resultSegmentation: slicer.vtkMRMLSegmentationNode
         lesionTable: slicer.vtkMRMLTableNode
         metricsTable: slicer.vtkMRMLTableNode
@@ -308,7 +309,8 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCompare(self):
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
-            comparison = self.logic.compare(p.resultSegmentation, p.referenceSegmentation)
+            comparison = self.logic.compare(p.resultSegmentation, p.referenceSegmentation,
+                                            referenceLabels=p.referenceLabels)
             p.metricsTable = comparison.metrics_table
             self.ui.metricsTableView.setMRMLTableNode(comparison.metrics_table)
             self.ui.discordanceTableView.setMRMLTableNode(comparison.discordant_lesion_table)

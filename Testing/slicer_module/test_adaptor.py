@@ -262,3 +262,56 @@ def test_the_brain_mask_becomes_an_outlined_brain_segment(scene, demo_result):
     np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(node, "brain", t1) > 0, mask > 0)
     assert node.GetDisplayNode().GetSegmentOpacity2DFill("brain") == 0.0
     assert json.loads(node.GetAttribute("MedCNNCAD.brainMask")) == step
+
+
+def _loaded_as_slicer_loads(scene, values: np.ndarray, image: sitk.Image, folder) -> object:
+    """A label file brought in as Add Data does (vtkMRMLSegmentationStorageNode on a plain NIfTI): one segment per
+    value, named ``Segment_<value>``."""
+    label = sitk.GetImageFromArray(values.astype(np.uint8))
+    label.CopyInformation(image)
+    path = str(folder / "reference.nii.gz")
+    sitk.WriteImage(label, path)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(path)
+    assert storage.ReadData(node)
+    return node
+
+
+def test_a_label_file_imported_into_slicer_is_compared_by_its_values(scene, demo_result, tmp_path):
+    """Slicer names an imported label file's segments by value (Segment_4 from Add Data, Label_4 from Import
+    labelmap): they are read as those values, after the file's convention (BraTS 2023 stores ET as 3)."""
+    images, label, result = demo_result
+    t1 = volume_from_image(images["T1"], "T1")
+    ref_labels = sitk.GetArrayFromImage(label)
+    assert set(np.unique(ref_labels)) == {0, 1, 2, 4}
+    by_name = sa.segmentation_to_labels(sa.add_segmentation_node(ref_labels, result.manifest, t1, "named"), t1,
+                                        result.manifest)
+    as_2021 = _loaded_as_slicer_loads(scene, ref_labels, images["T1"], tmp_path)
+    seg = as_2021.GetSegmentation()
+    assert sorted(seg.GetNthSegment(i).GetName() for i in range(3)) == ["Segment_1", "Segment_2", "Segment_4"]
+    np.testing.assert_array_equal(sa.segmentation_to_labels(as_2021, t1, result.manifest), by_name)
+    as_2023 = _loaded_as_slicer_loads(scene, np.where(ref_labels == 4, 3, ref_labels), images["T1"], tmp_path)
+    with pytest.raises(InputError, match=r"'Segment_3'.*label value 3 is none of model brats-demo-unet's.*brats2023"):
+        sa.segmentation_to_labels(as_2023, t1, result.manifest)
+    np.testing.assert_array_equal(sa.segmentation_to_labels(as_2023, t1, result.manifest, {0: 0, 1: 1, 2: 2, 3: 4}),
+                                  by_name)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    slicer.util.updateVolumeFromArray(labelmap, np.where(ref_labels == 4, 3, ref_labels).astype(np.uint8))
+    labelmap.SetIJKToRASMatrix(t1_matrix(t1))
+    imported = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, imported)
+    names = sorted(imported.GetSegmentation().GetNthSegment(i).GetName() for i in range(3))
+    assert names == ["Label_1", "Label_2", "Label_3"]
+    np.testing.assert_array_equal(sa.segmentation_to_labels(imported, t1, result.manifest, {0: 0, 1: 1, 2: 2, 3: 4}),
+                                  by_name)
+    cavity = _loaded_as_slicer_loads(scene, np.where(ref_labels == 2, 4, ref_labels), images["T1"], tmp_path)
+    with pytest.raises(InputError, match=r"'Segment_4'.*not in the reference labels.*would merge"):
+        sa.segmentation_to_labels(cavity, t1, result.manifest, {0: 0, 1: 1, 2: 2, 3: 4})
+
+
+def t1_matrix(volume) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return matrix

@@ -75,6 +75,8 @@ def test_sample_data_checksums_match_the_index():
 
 
 def test_console_api_segment_and_compare(scene, module):
+    from medcnncad.errors import InputError
+
     volumes, reference = _load_sample(scene)
     logic = module.MedCNNCADLogic()
     manifest = logic.describeModel("demo")
@@ -90,6 +92,19 @@ def test_console_api_segment_and_compare(scene, module):
     for region in ("WT", "TC", "ET"):
         assert comparison.metrics[region].dice >= 0.80, region
     assert comparison.metrics_table.GetTable().GetNumberOfRows() == 5
+    # the same reference with its segments named by value, enhancing tumor stored as 3 (BraTS 2023): same numbers
+    renamed = {"NCR": "Segment_1", "ED": "Label_2", "ET": "3"}
+    segmentation = reference.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        segment.SetName(renamed[segment.GetName()])
+    with pytest.raises(InputError, match="label value 3 is none of model brats-demo-unet's"):
+        logic.compare(run.segmentation, reference)
+    with pytest.raises(InputError, match="label map 'brats2032'"):
+        logic.compare(run.segmentation, reference, referenceLabels="brats2032")
+    by_value = logic.compare(run.segmentation, reference, referenceLabels="brats2023")
+    for region in ("WT", "TC", "ET"):
+        assert by_value.metrics[region].dice == pytest.approx(comparison.metrics[region].dice), region
     assert "not for diagnosis" in run.segmentation.GetAttribute("MedCNNCAD.intendedUse")
     assert "BraTS demo UNet" in logic.provenanceText(run.segmentation)
     assert re.search(r"case abnormality probability [01]\.\d{4} \(uncalibrated score\)",

@@ -12,6 +12,7 @@ fails, the nodes it added are removed, so the scene is exactly as before.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -365,11 +366,20 @@ def add_brain_mask_node(result: SegmentationResult, reference_volume: Any,
 
 # -- reference comparison -----------------------------------------------------------------
 
-def segmentation_to_labels(segmentation_node: Any, reference_volume: Any, manifest: Manifest) -> np.ndarray:
+VALUE_NAMED_SEGMENT = re.compile(r"(?:segment_|label_)?(\d+)", re.IGNORECASE)
+"""How Slicer names the segments of a label file it imports: ``Segment_4`` (Add Data as a segmentation),
+``Label_4`` (Import labelmap without a colour table), ``4`` (with the default GenericColors table)."""
+
+
+def segmentation_to_labels(segmentation_node: Any, reference_volume: Any, manifest: Manifest,
+                           reference_labels: Mapping[int, int] | None = None) -> np.ndarray:
     """A segmentation node as a (K, J, I) label map of the manifest's values on ``reference_volume``'s grid.
 
-    Segments are matched to manifest labels by name (case-insensitive); a segment whose
-    name is no label is an error naming it, so nothing is compared silently wrongly.
+    A segment named as a manifest label (case-insensitive) is that label. A segment named by a label value, as
+    Slicer names an imported label file's segments (:data:`VALUE_NAMED_SEGMENT`), is that value after
+    ``reference_labels`` (the file's convention, e.g. BraTS 2023's 3 -> 4; default the model's own values).
+    Any other name, or a value that is none of the model's labels, is an error naming the segment, so nothing
+    is compared silently wrongly.
     """
     by_name = {label.name.lower(): label.value for label in manifest.labels}
     segmentation = segmentation_node.GetSegmentation()
@@ -380,11 +390,30 @@ def segmentation_to_labels(segmentation_node: Any, reference_volume: Any, manife
         name = segmentation.GetSegment(segment_id).GetName()
         value = by_name.get(name.lower())
         if value is None:
-            raise InputError(f"reference segment {name!r} of {segmentation_node.GetName()!r} matches no label of "
-                             f"model {manifest.id} ({', '.join(x.name for x in manifest.labels)})")
+            value = _value_named(name, segmentation_node.GetName(), manifest, reference_labels)
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume)
         labels[mask > 0] = value
     return labels
+
+
+def _value_named(name: str, node_name: str, manifest: Manifest, reference_labels: Mapping[int, int] | None) -> int:
+    """The model's label value of a segment named by a label value (``Segment_3`` under BraTS 2023: 4)."""
+    labels = ", ".join(f"{x.name} {x.value}" for x in manifest.labels)
+    match = VALUE_NAMED_SEGMENT.fullmatch(name.strip())
+    if match is None:
+        raise InputError(f"reference segment {name!r} of {node_name!r} matches no label of model {manifest.id} "
+                         f"({labels}); name it as one, or by its label value (e.g. Segment_4)")
+    source = int(match.group(1))
+    mapping = reference_labels or {}
+    if source not in mapping and source in mapping.values():
+        raise InputError(f"reference segment {name!r} of {node_name!r}: label value {source} is not in the "
+                         f"reference labels {dict(mapping)} and would merge with a value mapped to {source}")
+    value = mapping.get(source, source)
+    if value not in {x.value for x in manifest.labels}:
+        raise InputError(f"reference segment {name!r} of {node_name!r}: label value {source} is none of model "
+                         f"{manifest.id}'s ({labels}); name the file's label convention (reference labels "
+                         "brats2023, msd or 3=4-style pairs)")
+    return value
 
 
 def add_discordance_segmentation(ai_mask: np.ndarray, reference_mask: np.ndarray, reference_volume: Any,
@@ -439,11 +468,14 @@ class Comparison:
 
 
 def compare_nodes(ai_segmentation: Any, reference_segmentation: Any, reference_volume: Any, manifest: Manifest,
-                  discordance_structure: str | None = None) -> Comparison:
-    """Metrics per label/region, a discordance segmentation and lesion concordance (added atomically)."""
+                  discordance_structure: str | None = None,
+                  reference_labels: Mapping[int, int] | None = None) -> Comparison:
+    """Metrics per label/region, a discordance segmentation and lesion concordance (added atomically).
+    ``reference_labels`` maps the label values of a reference's value-named segments onto the model's
+    (:func:`segmentation_to_labels`)."""
     image = volume_node_to_image(reference_volume)
     ai = segmentation_to_labels(ai_segmentation, reference_volume, manifest)
-    ref = segmentation_to_labels(reference_segmentation, reference_volume, manifest)
+    ref = segmentation_to_labels(reference_segmentation, reference_volume, manifest, reference_labels)
     structures = manifest.structures()
     metrics = compute_metrics(ai, ref, image.GetSpacing(), structures)
     name = discordance_structure or (manifest.regions[0].name if manifest.regions else manifest.labels[0].name)

@@ -472,8 +472,15 @@ class SecondReaderLogic:
         return (f"{get('modelName')} {get('modelVersion')} | {case}weights SHA-256 {get('weightsSHA256')[:12]}... | "
                 f"device {get('device')} | timings {get('timings')} | trained on: {get('trainedOn')}{notes}")
 
-    def compare(self, segmentationNode: Any, referenceNode: Any, referenceVolumeNode: Any = None) -> Comparison:
-        """Metrics per label/region, discordance segments and lesion concordance vs a reference."""
+    def compare(self, segmentationNode: Any, referenceNode: Any, referenceVolumeNode: Any = None,
+                referenceLabels: str = "") -> Comparison:
+        """Metrics per label/region, discordance segments and lesion concordance vs a reference.
+
+        The reference's segments are named as the model's labels, or by label value as Slicer names an imported
+        label file's (``Segment_4``, ``Label_4``, ``4``); ``referenceLabels`` names that file's convention when it
+        is not the model's (``brats2023``, ``msd`` or ``3=4``-style pairs, as ``segment --reference-labels``).
+        """
+        from medcnncad.metrics.label_conventions import parse_label_map
         from medcnncad.slicer.adaptor import compare_nodes
 
         if segmentationNode is None or referenceNode is None:
@@ -485,4 +492,6 @@ class SecondReaderLogic:
             segmentationNode.GetAttribute("MedCNNCAD.referenceVolumeID") or "")
         if volume is None:
             raise InputError("the volume the AI segmented is no longer in the scene; pass referenceVolumeNode")
-        return compare_nodes(segmentationNode, referenceNode, volume, self.describeModel(modelId))
+        mapping = parse_label_map(referenceLabels) if referenceLabels.strip() else None
+        return compare_nodes(segmentationNode, referenceNode, volume, self.describeModel(modelId),
+                             reference_labels=mapping)
