@@ -44,6 +44,21 @@ def test_evaluate_json_matches_library(tmp_path, capsys):
         assert out["foreground"][key] == pytest.approx(getattr(expected, key), abs=1e-9), key
 
 
+def test_evaluate_without_a_model_notes_values_only_one_file_has(tmp_path, capsys):
+    """BraTS 2023 stores enhancing tumor as 3: compared value by value with a BraTS 2021 prediction, 3 and 4 are
+    each on one side only, which stderr says (with the option that fixes it); matching values say nothing."""
+    pred_path, _, pred, ref, spacing = _labels(tmp_path)
+    as_2023 = _write(make_image(np.where(ref == 4, 3, ref).astype(np.uint8), spacing), tmp_path / "ref2023.nii.gz")
+    assert main(["evaluate", "--pred", pred_path, "--ref", as_2023, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert set(json.loads(captured.out)["metrics"]) == {"label_2", "label_3", "label_4", "foreground"}
+    assert "label values [3] are only in" in captured.err and "[4] only in the prediction" in captured.err
+    assert "--reference-labels" in captured.err
+    assert main(["evaluate", "--pred", pred_path, "--ref", as_2023, "--json", "--reference-labels", "brats2023"]) == 0
+    captured = capsys.readouterr()
+    assert set(json.loads(captured.out)["metrics"]) == {"label_2", "label_4", "foreground"} and not captured.err
+
+
 def test_evaluate_with_model_names(tmp_path, capsys):
     pred_path, ref_path, *_ = _labels(tmp_path)
     assert main(["evaluate", "--pred", pred_path, "--ref", ref_path, "--json", "--model", "brats-demo-unet"]) == 0

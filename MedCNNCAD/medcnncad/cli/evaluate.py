@@ -50,6 +50,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)
         structures = structures_for_labels(values, {"foreground": values} if len(values) > 1 else None)
+        _note_one_sided_values(pred, ref, args.ref)
     metrics = compute_metrics(pred, ref, ref_img.GetSpacing(), structures)
     payload = {"pred": args.pred, "ref": args.ref, "metrics": {k: v.to_json() for k, v in metrics.items()}}
     if args.json:
@@ -62,6 +63,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(f"{name:<12}{f(m.dice):>7}{f(m.jaccard):>7}{f(m.precision):>7}{f(m.recall):>7}"
               f"{f(m.specificity, 4):>8}{f(m.hd95_mm, 2):>8}{f(m.assd_mm, 2):>8}{m.volume_diff_ml:>9.2f}")
     return 0
+
+
+def _note_one_sided_values(pred: np.ndarray, ref: np.ndarray, ref_name: str) -> None:
+    """Without a model, labels are compared value by value: say on stderr when each file has a value the other
+    lacks (BraTS 2023's enhancing tumor is 3 where BraTS 2021's is 4), which a label convention may explain."""
+    in_pred, in_ref = set(np.unique(pred).tolist()) - {0}, set(np.unique(ref).tolist()) - {0}
+    if in_pred - in_ref and in_ref - in_pred:
+        print(f"note: label values {sorted(in_ref - in_pred)} are only in {ref_name} and {sorted(in_pred - in_ref)} "
+              "only in the prediction; if the files use different label conventions, name the reference's with "
+              "--reference-labels (e.g. brats2023) or give --model", file=sys.stderr)
 
 
 def run_evaluate_phantoms(args: argparse.Namespace) -> int:
