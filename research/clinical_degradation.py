@@ -113,7 +113,7 @@ def _thick_first(segmenter, case, names: list[str], reference: sitk.Image, tmp: 
     head, _, _ = zero_constant_background(read_volume(case.inputs[names[0]]))
     thick = reacquire(head, SLICE_MM, IN_PLANE_MM, (0, 0, 0), (0, 0, 0))
     sitk.WriteImage(thick, str(tmp / "first.nii.gz"))
-    ref = sitk.GetArrayViewFromImage(_on(reference, thick))
+    ref = sitk.GetArrayFromImage(_on(reference, thick))
     for label, inputs in (("as given, labels onto the thick grid", {n: str(case.inputs[n]) for n in names}),
                           ("first thick", {names[0]: str(tmp / "first.nii.gz"),
                                            **{n: str(case.inputs[n]) for n in names[1:]}})):
@@ -121,7 +121,7 @@ def _thick_first(segmenter, case, names: list[str], reference: sitk.Image, tmp: 
         result = segmenter.run(inputs)
         labels = sitk.GetImageFromArray(result.label_map)
         labels.CopyInformation(result.reference)
-        scores = score_case(sitk.GetArrayViewFromImage(_on(labels, thick)), ref, thick.GetSpacing(), case.regions)
+        scores = score_case(sitk.GetArrayFromImage(_on(labels, thick)), ref, thick.GetSpacing(), case.regions)
         registration = [s for s in result.preprocessing if s["step"] == "registration"]
         row[label] = {"dice_WT": round(scores["dice_WT"], 3), "found": scores["found"],
                       "largest_outside_ml": round(scores["largest_outside_ml"], 2),
