@@ -141,6 +141,8 @@ def test_rows_of_training_patients_are_marked():
                          "real_from": ["/work/shared/realdata/brats_2013_pat0003_1"]}}
     assert training_patients(record) == {"BraTS2021_00006", "brats_2013_pat0001_1", "brats_2013_pat0003_1"}
     assert training_patients({"config": {"transplant_from": [], "real_from": None}}) == set()
+    assert training_patients({"config": {"real_from": ["/data/Task01_BrainTumour"]},  # a dataset: its case ids
+                              "real_patients": ["BRATS_001", "BRATS_007"]}) >= {"BRATS_001", "BRATS_007"}
     assert training_patients({}) == set()
     row = {"case": "p1", "inputs": ["FLAIR"], "dice_WT": 0.9, "found": True, "sensitivity_WT": 0.9,
            "predicted_wt_ml": 10.0, "reference_wt_ml": 10.0, "largest_outside_ml": 0.0, "case_probability": 0.99,

@@ -47,18 +47,56 @@ def brats2013_case(tmp_path) -> Path:
 
 def test_real_cases_enter_the_list_copies_times_and_bad_folders_are_refused(brats2013_case, tmp_path):
     cases = real_scan_cases([str(brats2013_case)], 3)
-    assert cases == [{"id": "real-brats_2013_pat9999_1", "kind": "real", "folder": str(brats2013_case), "copies": 3}]
+    assert cases == [{"id": "real-brats_2013_pat9999_1", "kind": "real", "folder": str(brats2013_case),
+                      "case_id": "brats_2013_pat9999_1", "in_root": False, "copies": 3}]
     assert real_scan_cases([], 0) == []
     assert expand_copies(cases + [{"id": "p"}], ["a", "b"]) == ["a", "a", "a", "b"]
     with pytest.raises(InputError, match="at least 1"):
         real_scan_cases([str(brats2013_case)], 0)
-    with pytest.raises(InputError, match="known layout"):
+    with pytest.raises(InputError, match="known layout.*nor does it hold labelled case folders"):
         real_scan_cases([str(tmp_path / "nope")], 1)
+    with pytest.raises(InputError, match=r"\['brats_2013_pat9999_1'\]: the same case id comes from more than one"):
+        real_scan_cases([str(brats2013_case), str(brats2013_case.parent)], 1)
     unlabelled = tmp_path / "BraTS-GLI-99999-000"
     unlabelled.mkdir()
     _image(np.ones((4, 4, 4), np.float32), unlabelled / "BraTS-GLI-99999-000-t1c.nii.gz")
     with pytest.raises(InputError, match="no reference"):
         real_scan_cases([str(unlabelled)], 1)
+
+
+def test_a_data_root_or_a_decathlon_folder_gives_every_labelled_case(brats2013_case, tmp_path):
+    """``--real-from`` a folder of case folders, or a Decathlon dataset (one 4D file per case, dataset.json naming
+    volumes and labels): one training case per labelled case, read with its own convention; unlabelled left out."""
+    import json
+
+    manifest = load_manifest(ROBUST_TEMPLATE)
+    (root,) = {c["folder"] for c in real_scan_cases([str(brats2013_case.parent)], 2)}
+    assert root == str(brats2013_case.parent)
+    task = tmp_path / "Task01_BrainTumour"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    (task / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}}))
+    t1c = sitk.ReadImage(str(brats2013_case / "T1c_subtrMeanDivStd.nii.gz"))
+    flair = sitk.ReadImage(str(brats2013_case / "Flair_subtrMeanDivStd.nii.gz"))
+    for case_id in ("BRATS_001", "BRATS_002"):
+        stacked = sitk.JoinSeries([flair, t1c * 0 + 7, t1c, t1c * 0 + 9])
+        sitk.WriteImage(stacked, str(task / "imagesTr" / f"{case_id}.nii.gz"))
+    k = np.arange(40)[:, None, None] * np.ones((1, 40, 40))
+    msd = np.where(k < 2, 1, np.where(k < 4, 2, np.where(k < 6, 3, 0))).astype(np.uint8)  # oedema, core, enhancing
+    _image(msd, task / "labelsTr" / "BRATS_001.nii.gz")
+    cases = real_scan_cases([str(task)], 1)
+    assert [(c["case_id"], c["in_root"], c["folder"]) for c in cases] == [("BRATS_001", True, str(task))]
+    images, label, info = _load_case(cases[0], manifest)
+    assert sorted(images) == ["FLAIR", "T1", "T1c", "T2"] and info["real_case"] == "BRATS_001"
+    assert info["source"] == "Decathlon:Task01_BrainTumour"
+    brain = sitk.GetArrayFromImage(t1c) != -1.5
+    for name, source in (("T1c", t1c), ("FLAIR", flair)):  # each channel its own volume (the brain as given)
+        given = sitk.GetArrayFromImage(source)[brain]
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(images[name])[brain], given)
+    values, counts = np.unique(sitk.GetArrayFromImage(label), return_counts=True)
+    assert values.tolist() == [0, 1, 2, 4] and counts[1:].tolist() == [3200, 3200, 3200]  # 2 slices of 40 x 40 each
 
 
 def test_a_real_scan_is_read_as_the_engine_sees_it(brats2013_case):

@@ -17,10 +17,10 @@ from medcnncad.training.soup import average_state_dicts, make_soup
 SHIPPED = "brats-robust-unet"
 
 
-def _run(folder: Path, shift: float, seed: int, **changes) -> Path:
+def _run(folder: Path, shift: float, seed: int, training: dict | None = None, **changes) -> Path:
     """A run folder: the shipped manifest and its weights with ``shift`` added to every float tensor."""
     raw = json.loads((find_model(SHIPPED) / "manifest.json").read_text())
-    raw["training"] = {"config": {"seed": seed}, "seconds": 1.0}
+    raw["training"] = {"config": {"seed": seed}, "seconds": 1.0, **(training or {})}
     raw.update(changes)
     folder.mkdir()
     state = torch.load(find_model(SHIPPED) / "model.pt", map_location="cpu")
@@ -68,6 +68,20 @@ def test_the_soup_of_two_runs_loads_and_holds_their_mean(tmp_path):
                                                                 sha256_file(two / "model.pt")]
     assert load_model(str(out)).manifest.weights_sha256 == sha256_file(out / "model.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "soup", "two"]  # no staging folder left
+
+
+def test_a_soup_names_every_members_real_patients(tmp_path):
+    """Members trained on different real patients: the soup's record lists them all, so evaluate-real marks any
+    member's patient as a training patient (the rest of the block describes the first member only)."""
+    from medcnncad.evaluation.real import training_patients
+
+    one = _run(tmp_path / "one", 0.01, 11, {"real_patients": ["BRATS_001"],
+                                           "config": {"seed": 11, "transplant_from": ["/d/brats_2013_pat0001_1"]}})
+    two = _run(tmp_path / "two", 0.03, 12, {"real_patients": ["BRATS_007"],
+                                           "config": {"seed": 12, "real_from": ["/d/BraTS2021_00006"]}})
+    training = json.loads((make_soup([one, two], tmp_path / "soup") / "manifest.json").read_text())["training"]
+    assert training["real_patients"] == ["BRATS_001", "BRATS_007", "BraTS2021_00006", "brats_2013_pat0001_1"]
+    assert training_patients(training) == set(training["real_patients"])
 
 
 def test_a_member_given_twice_or_a_soup_as_member_is_refused(tmp_path):

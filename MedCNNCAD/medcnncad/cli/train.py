@@ -138,8 +138,10 @@ def _add_train_segmentation(tsub: argparse._SubParsersAction) -> None:
     t.add_argument("--transplant-share", type=probability, default=0.0,
                    help="share of training phantoms with a real tumor from --transplant-from (default 0: none)")
     t.add_argument("--real-from", nargs="+", default=[], metavar="CASE_DIR",
-                   help="whole labelled real patient scans (realdata layouts; training patients only: "
-                        "leave-patient-out) added to the training cases, through the clinical chain")
+                   help="whole labelled real patient scans (training patients only: leave-patient-out) added to the "
+                        "training cases, through the clinical chain: a case folder, or a folder of them / a "
+                        "Decathlon or nnU-Net dataset (every labelled case evaluate-real reads there, each with its "
+                        "own label convention); the training record lists their case ids")
     t.add_argument("--real-copies", type=positive_int, default=1,
                    help="times each --real-from scan enters the training list (default 1)")
     t.add_argument("--clinical-chain", action="store_true",

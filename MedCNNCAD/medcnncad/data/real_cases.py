@@ -36,7 +36,7 @@ from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume, read_volumes
 from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS, relabel
 
-__all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
+__all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "find_case", "map_labels",
            "load_reference", "read_dicom_seg_on_grid"]
 
 CHANNELS: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
@@ -370,6 +370,18 @@ def discover_real_cases(root: str | Path) -> list[RealCase]:
         elif case is not None:
             cases.append(case)
     return sorted((c for c in cases if c.inputs), key=lambda c: c.case_id)
+
+
+def find_case(root: str | Path, case_id: str) -> RealCase:
+    """The case ``case_id`` of a data root or dataset folder (as :func:`discover_real_cases` lists it).
+
+    Raises:
+        InputError: when ``root`` holds no such case.
+    """
+    found = [case for case in discover_real_cases(root) if case.case_id == case_id]
+    if not found:
+        raise InputError(f"{root}: no case {case_id!r}")
+    return found[0]
 
 
 def _dataset_cases(dataset: Dataset) -> list[RealCase]:

@@ -54,12 +54,13 @@ def variant_channels(case: RealCase, variant: str) -> list[str] | None:
 
 
 def training_patients(training: dict[str, Any]) -> set[str]:
-    """Case ids (folder names) of the real patients a model's training record names: its last run's transplant
-    donors and whole real scans (``training.config.transplant_from`` / ``real_from``). Earlier runs that a
-    fine-tune started from are not in the record; the model card names them."""
+    """Case ids of the real patients a model's training record names: its last run's transplant donors
+    (``training.config.transplant_from``, folder names) and whole real scans (``training.real_patients``, the case
+    ids, which a data-root or dataset ``--real-from`` expands to; records before it: the ``real_from`` folder names).
+    Earlier runs that a fine-tune started from are not in the record; the model card names them."""
     config = training.get("config") or {}
     folders = [*(config.get("transplant_from") or ()), *(config.get("real_from") or ())]
-    return {Path(str(f)).name for f in folders}
+    return {Path(str(f)).name for f in folders} | {str(i) for i in training.get("real_patients") or ()}
 
 
 def _largest_outside_ml(pred_wt: np.ndarray, ref_wt: np.ndarray, voxel_ml: float) -> float:

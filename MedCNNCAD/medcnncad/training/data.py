@@ -33,7 +33,7 @@ import torch
 
 from medcnncad.data.phantom import make_phantom, preset
 from medcnncad.data.phantom import preset as get_preset
-from medcnncad.data.real_cases import describe_case, load_reference
+from medcnncad.data.real_cases import RealCase, describe_case, discover_real_cases, find_case, load_reference
 from medcnncad.data.transplant import transplant_phantom
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
@@ -90,22 +90,46 @@ def with_transplants(cases: list[dict[str, Any]], donors: tuple[str, ...] | list
 def real_scan_cases(folders: tuple[str, ...] | list[str], copies: int) -> list[dict[str, Any]]:
     """Whole labelled real patient scans as training cases (kind ``"real"``), each entering ``copies`` times.
 
-    Only training patients belong here: a patient trained on can no longer be scored leave-patient-out.
+    Each of ``folders`` is one case folder of a known layout (:func:`medcnncad.data.real_cases.describe_case`) or a
+    folder of them (a data root such as a BraTS release, its ``HGG/``/``LGG/``, or a Decathlon / nnU-Net dataset
+    folder: every labelled case :func:`~medcnncad.data.real_cases.discover_real_cases` lists; unlabelled ones are
+    left out). Only training patients belong here: a patient trained on can no longer be scored leave-patient-out,
+    so the training record lists every case id (``real_patients``).
 
     Raises:
-        InputError: a folder of no known realdata layout, an unlabelled case, or ``copies`` < 1 with folders.
+        InputError: a folder that is neither a case of a known layout nor holds labelled ones, an unlabelled case
+            folder, or ``copies`` < 1 with folders.
     """
     if not folders:
         return []
     if copies < 1:
         raise InputError(f"real-scan copies {copies}: must be at least 1")
-    cases = []
+    cases: list[dict[str, Any]] = []
     for folder in folders:
-        case = describe_case(folder)  # an unknown folder fails before any work
-        if not case.labelled:
-            raise InputError(f"{folder}: no reference segmentation; a real scan trains only with its labels")
-        cases.append({"id": f"real-{case.case_id}", "kind": "real", "folder": str(folder), "copies": int(copies)})
+        found = _real_cases_in(str(folder))
+        cases += [{"id": f"real-{case.case_id}", "kind": "real", "folder": str(folder), "case_id": case.case_id,
+                   "in_root": in_root, "copies": int(copies)} for case, in_root in found]
+    ids: list[str] = [case["case_id"] for case in cases]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InputError(f"real scans {repeated}: the same case id comes from more than one folder")
     return cases
+
+
+def _real_cases_in(folder: str) -> list[tuple[RealCase, bool]]:
+    """(case, whether ``folder`` holds it rather than is it) for one ``--real-from`` folder: a case folder, or a
+    folder of cases."""
+    try:
+        case = describe_case(folder)  # an unknown folder fails before any work
+    except InputError as exc:
+        path = Path(folder)
+        labelled = [c for c in discover_real_cases(path) if c.labelled] if path.is_dir() else []
+        if not labelled:
+            raise InputError(f"{exc}; nor does it hold labelled case folders or a dataset.json") from None
+        return [(c, True) for c in labelled]
+    if not case.labelled:
+        raise InputError(f"{folder}: no reference segmentation; a real scan trains only with its labels")
+    return [(case, False)]
 
 
 def expand_copies(cases: list[dict[str, Any]], prepared: list) -> list:
@@ -216,7 +240,7 @@ def _load_case(case: dict[str, Any], manifest: Manifest):
             make_phantom(case["seed"], config)
         return {c.name: ph.images[c.name] for c in manifest.inputs}, ph.label, ph.info
     if case["kind"] == "real":
-        return _load_real_scan(case["folder"], manifest)
+        return _load_real_scan(case["folder"], manifest, case["case_id"] if case.get("in_root") else None)
 
     images = {name: read_volume(path) for name, path in case["inputs"].items()}
     label = read_volume(case["label"])
@@ -230,12 +254,13 @@ def _load_case(case: dict[str, Any], manifest: Manifest):
     return images, label, {}
 
 
-def _load_real_scan(folder: str, manifest: Manifest):
+def _load_real_scan(folder: str, manifest: Manifest, case_id: str | None = None):
     """A whole real scan as the engine sees it: the model's inputs the case has, through the manifest's clinical
     chain (a template without one: the default chain the shipped models declare, i.e. constant background zeroed,
     rigid registration, brain extraction where the head is not stripped), and the reference in BraTS values on
-    the chain's grid (the first given input's)."""
-    case = describe_case(folder)
+    the chain's grid (the first given input's). ``case_id``: that case of ``folder`` when ``folder`` holds several
+    (a data root or dataset folder)."""
+    case = describe_case(folder) if case_id is None else find_case(folder, case_id)
     given = case.input_images([c.name for c in manifest.inputs if c.name in case.inputs])
     if not given:
         raise InputError(f"{folder}: none of model {manifest.id}'s inputs ({manifest.input_names}) in this case")

@@ -200,8 +200,8 @@ def _data(manifest: Manifest, cfg: TrainConfig) -> tuple[list[dict], list[dict],
     ``--data`` cases), so no real patient chooses the checkpoint.
     """
     real = real_scan_cases(cfg.real_from, cfg.real_copies)
-    also = (f"; plus {len(real)} whole real patient scan(s), each {cfg.real_copies} time(s) in the training list: "
-            f"{', '.join(cfg.real_from)}") if real else ""
+    also = (f"; plus {len(real)} whole real patient scan(s), each {cfg.real_copies} time(s) in the training list, "
+            f"from {', '.join(cfg.real_from)}") if real else ""
     if cfg.data:
         cases = file_cases(cfg.data, manifest)
         train, val = split_cases(cases, cfg.val_fraction, cfg.seed)
@@ -347,7 +347,8 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
             torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out / "model.pt")
         save_checkpoint(out, network, optimizer, scheduler, state)
     bar.close()
-    _write_manifest(raw, out, cfg, state, where, init_report, time.time() - started, command, device)
+    _write_manifest(raw, out, cfg, state, where, init_report, time.time() - started, command, device,
+                    sorted({c["case_id"] for c in train_cases if c["kind"] == "real"}))
     return out
 
 
@@ -402,7 +403,8 @@ def write_manifest_json(raw: dict, out: Path, check) -> None:
 
 
 def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: str, init_report: dict | None,
-                    seconds: float, command: str, device: torch.device | None = None) -> None:
+                    seconds: float, command: str, device: torch.device | None = None,
+                    real_patients: list[str] | None = None) -> None:
     raw = dict(raw)
     raw["weights"] = {"file": "model.pt", "sha256": sha256_file(out / "model.pt")}
     raw["training"] = {
@@ -412,6 +414,7 @@ def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: 
             "reinitialised": init_report["reinitialised"]},
         "missing_inputs": "zeros after normalisation (channel dropout)" if cfg.channel_drop > 0 else None,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "real_patients": list(real_patients or []),  # case ids of the whole real scans trained on
         "epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
         "validation_dice": state.get("best_val"), "history": state["history"],
         "seconds": round(seconds, 1), "command": command, "environment": environment(device),

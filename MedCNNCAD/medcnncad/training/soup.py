@@ -74,6 +74,19 @@ def _members(members: Sequence[str | Path]) -> tuple[list[Path], list[dict]]:
     return folders, raws
 
 
+def _members_patients(raws: Sequence[dict]) -> list[str]:
+    """Every member's real patients: whole scans (``real_patients``) and the folder names of its ``real_from`` and
+    ``transplant_from``, so that the soup's rows of any member's patient are never reported as held out."""
+    patients: set[str] = set()
+    for raw in raws:
+        training = raw.get("training", {})
+        config = training.get("config") or {}
+        patients |= {str(i) for i in training.get("real_patients") or ()}
+        patients |= {Path(str(f)).name for f in [*(config.get("real_from") or ()),
+                                                 *(config.get("transplant_from") or ())]}
+    return sorted(patients)
+
+
 def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
     """Write ``out``: a training-run folder holding the uniform soup of ``members`` (two or more training-run or
     model folders with a manifest and weights, or installed model ids).
@@ -107,5 +120,7 @@ def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
                      "seed": r.get("training", {}).get("config", {}).get("seed"),
                      "initialised_from": r.get("training", {}).get("initialised_from", {}).get("model"),
                      "weights_sha256": r.get("weights", {}).get("sha256")} for f, r in zip(folders, raws)],
-        "note": "the other fields of this training block describe the first member only"}}
+        "note": "the other fields of this training block describe the first member only, but real_patients"
+                " lists every member's real patients"},
+        "real_patients": _members_patients(raws)}
     return write_model_folder(raw, out, lambda path: torch.save(soup, path), "soup")
