@@ -249,10 +249,12 @@ def _channel_cases() -> list[Case]:
         Case("segment other orientation", arr(brain.transpose(0, 2, 1),
                                               direction=(0, 1, 0, 1, 0, 0, 0, 0, 1)), "ok"),
         Case("segment disjoint channel", arr(brain, origin=(1000.0, 0.0, 0.0)), "error", "same physical space"),
-        Case("segment 1-voxel-thick volume", lambda f: _segment(f, *[a for n in CHANNELS for a in (
-            "--input", f"{n}={_write(_image(_brain()[10:11]), f / f'{n}.nii.gz')}")]), "ok"),
-        Case("segment tiny 2x2x2 volume", lambda f: _segment(f, *[a for n in CHANNELS for a in (
-            "--input", f"{n}={_write(_image(_brain((2, 2, 2))), f / f'{n}.nii.gz')}")]), "ok"),
+        Case("segment 1-voxel-thick volume", lambda f: _segment(f, *[a for i, n in enumerate(CHANNELS) for a in (
+            "--input", f"{n}={_write(_image(_brain()[10:11] * (1 + i)), f / f'{n}.nii.gz')}")]), "ok"),
+        Case("segment tiny 2x2x2 volume", lambda f: _segment(f, *[a for i, n in enumerate(CHANNELS) for a in (
+            "--input", f"{n}={_write(_image(_brain((2, 2, 2)) * (1 + i)), f / f'{n}.nii.gz')}")]), "ok"),
+        Case("segment one file for two channels", lambda f: _segment(f, *[a for n in CHANNELS for a in (
+            "--input", f"{n}={_write(_image(_brain()), f / 'same.nii.gz')}")]), "error", "are the same image"),
     ]
     for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64, np.float64):
         info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None

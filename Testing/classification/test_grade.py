@@ -407,7 +407,7 @@ def test_case_calibration_applies_only_to_the_inputs_it_was_fitted_with(tmp_path
     alone = seg.run({"CT": ct})
     assert case_score(alone) == pytest.approx(1 / (1 + 1 / odds), abs=1e-5)
     assert case_probability(alone) == pytest.approx(1 / (1 + 3 / odds), abs=1e-5)  # odds / 3
-    both = seg.run({"CT": ct, "PET": ct})
+    both = seg.run({"CT": ct, "PET": ct * 1.0001})  # (one image for both channels is refused)
     assert case_probability(both) == pytest.approx(1 / (1 + 1 / (2 * odds)), abs=1e-5)  # odds x 2
     case = build_report(alone)["case"]
     assert case["calibration"] == "platt" and case["calibration_inputs"] == ["CT"]

@@ -92,7 +92,35 @@ def read_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path
                                  f"with {value.GetNumberOfComponentsPerPixel()} component(s)")
             check_finite(value, f"input {name}")
         images[name] = value if isinstance(value, sitk.Image) else read[name]
+    check_distinct(images)
     return images
+
+
+def check_distinct(images: Mapping[str, sitk.Image]) -> None:
+    """Refuse two channels holding the same image (the same file or volume node given twice, a 4D file's one frame
+    for every channel): the model would read one sequence as another without a sign of it. Constant images (e.g.
+    all zeros) are left to the engine's own handling of inputs without content.
+
+    Raises:
+        InputError: naming both channels.
+    """
+    names = list(images)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if _same_voxels(images[first], images[second]):
+                raise InputError(f"inputs {first} and {second} are the same image (voxel for voxel): give each "
+                                 "channel its own sequence")
+
+
+def _same_voxels(a: sitk.Image, b: sitk.Image) -> bool:
+    """Same grid and the same voxel values (a sparse sample first, so different images cost almost nothing)."""
+    if not same_space(a, b) or a.GetPixelID() != b.GetPixelID():
+        return False
+    x, y = sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
+    sample = x.ravel()[::997]
+    if not np.array_equal(sample, y.ravel()[::997]):
+        return False
+    return bool(np.array_equal(x, y)) and bool(x.min() != x.max())
 
 
 def on_one_grid(images: Mapping[str, sitk.Image], warnings: list[str]) -> dict[str, sitk.Image]:
