@@ -395,3 +395,22 @@ def test_a_decathlon_folder_and_a_4d_segment_input_score_as_the_separate_files(t
     assert reports["stacked"]["input_volumes"] == {"FLAIR": 0, "T1": 1, "T1c": 2, "T2": 3}
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "stacked" / "labels.nii.gz"))),
                                   sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "separate" / "labels.nii.gz"))))
+
+
+def test_a_named_convention_replaces_the_layouts_for_brats_2024_post_treatment(tmp_path):
+    """BraTS 2024 post-treatment names its files as BraTS 2023 does but stores the resection cavity as 4: refused
+    under the layout's convention (with the way out in the message), read with ``reference_labels`` brats2024 as
+    background, so the reference whole tumor is the NETC and ET voxels only."""
+    from medcnncad.evaluation.real import evaluate_real
+    from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS
+
+    case_id = "BraTS-GLI-02000-100"
+    _write_case(tmp_path / case_id, [f"{case_id}-{s}.nii.gz" for s in ("t1n", "t1c", "t2w", "t2f")], [1, 3, 4, 4, 4],
+                f"{case_id}-seg.nii.gz")
+    with pytest.raises(InputError, match="label values \\[4\\].*--reference-labels.*brats2024"):
+        evaluate_real(str(tmp_path), "brats-demo-unet", "cpu", variants=("all",), tta=False)
+    report = evaluate_real(str(tmp_path), "brats-demo-unet", "cpu", variants=("all",), tta=False,
+                           reference_labels=LABEL_CONVENTIONS["brats2024"])
+    (row,) = report["rows"]
+    assert row["reference_wt_ml"] == pytest.approx(2 / 1000)  # two 1 mm voxels: NETC and ET, not the cavity
+    assert row["notes"].startswith("label convention given")

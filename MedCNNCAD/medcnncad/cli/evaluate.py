@@ -87,7 +87,8 @@ def run_evaluate_real(args: argparse.Namespace) -> int:
     report = evaluate_real(args.data, args.model, device=args.device, variants=channel_list(args.variants) or VARIANTS,
                            tta=args.tta, cases=channel_list(args.cases),
                            grade_classifier=classifier_or_none(args.grade_classifier),
-                           precision=args.precision)
+                           precision=args.precision,
+                           reference_labels=parse_label_map(args.reference_labels) if args.reference_labels else None)
     return _emit(report, args, format_real_table)
 
 
@@ -154,10 +155,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                              "score it against their references")
     p.add_argument("--data", required=True,
                    help="folder of real case folders: ../shared/realdata's layouts, BraTS 2017-2021 "
-                        "(<case>_t1ce.nii.gz, _seg: labels 1, 2, 4) or BraTS 2023 (<case>-t1c.nii.gz, -seg: 1, 2, 3)")
-    add(p, "model", "device", "tta", "json", "classifier", "precision",
+                        "(<case>_t1ce.nii.gz, _seg: labels 1, 2, 4) or BraTS 2023 (<case>-t1c.nii.gz, -seg: 1, 2, 3), "
+                        "or a Decathlon / nnU-Net dataset folder (dataset.json)")
+    add(p, "model", "device", "tta", "json", "classifier", "precision", "reference_labels",
         precision={"default": "manifest", "help": "execution precision (default manifest: the model's own, as every "
-                                                  "score in docs/models.md; see segment --help)"})
+                                                  "score in docs/models.md; see segment --help)"},
+        reference_labels={"help": "the label convention of every case's reference, instead of the one its layout "
+                                  "says (e.g. brats2024: BraTS 2024 post-treatment, whose 4 is the resection cavity)"})
     p.add_argument("--variants", help=f"comma-separated input variants (default {','.join(VARIANTS)})")
     p.add_argument("--cases", help="comma-separated case ids (default: every labelled case)")
     p.add_argument("--out", help="also write the JSON report to this file")

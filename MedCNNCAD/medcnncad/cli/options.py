@@ -71,8 +71,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                              "help": "allow a MONAI bundle's executable config for this run"}),
     "reference_labels": (("--reference-labels",), {
         "metavar": "CONVENTION", "help": "the reference's label convention, mapped onto the BraTS models' values (1 "
-        "NCR, 2 ED, 4 ET): brats (2017-2021), brats2023 (1 NETC, 2 SNFH, 3 ET), msd (Decathlon Task01: 1 oedema, "
-        "2 non-enhancing, 3 enhancing); or SOURCE=TARGET pairs for any model (e.g. 3=4). A reference holding a "
+        "NCR, 2 ED, 4 ET): brats (2017-2021), brats2023 (1 NETC, 2 SNFH, 3 ET), brats2024 (post-treatment: also 4 "
+        "resection cavity, read as background), msd (Decathlon Task01: 1 oedema, 2 non-enhancing, 3 enhancing); "
+        "or SOURCE=TARGET pairs for any model (e.g. 3=4). A reference holding a "
         "value the model has no label for is refused; one in another convention that uses only the model's "
         "values cannot be detected, so name its convention"}),
     "classifier": (("--grade-classifier", "--classifier"),

@@ -482,7 +482,8 @@ def load_reference(case: RealCase, grid: sitk.Image | None = None) -> sitk.Image
     try:
         values = case.map_labels(sitk.GetArrayViewFromImage(raw))
     except InputError as exc:
-        raise InputError(f"{case.reference}: {exc} (read as {case.source})") from None
+        raise InputError(f"{case.reference}: {exc} (read as {case.source}; evaluate-real --reference-labels names "
+                         "another convention, e.g. brats2024, whose 4 is the resection cavity)") from None
     mapped = sitk.GetImageFromArray(values)
     mapped.CopyInformation(raw)
     return mapped

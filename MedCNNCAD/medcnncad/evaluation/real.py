@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ def score_case(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
 
 def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequence[str] = VARIANTS,
                   tta: bool | None = None, cases: Sequence[str] | None = None,
-                  grade_classifier: str | None = None, precision: str = "manifest") -> dict[str, Any]:
+                  grade_classifier: str | None = None, precision: str = "manifest",
+                  reference_labels: Mapping[int, int] | None = None) -> dict[str, Any]:
     """Run the model on every labelled real case of ``root`` and score it.
 
     Args:
@@ -106,6 +108,8 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             probability of its positive class (e.g. P(HGG)) next to the case's known grade.
         precision: the execution policy (:data:`medcnncad.inference.precisions.CASE_PRECISIONS`); default the
             model's own setting, so scores compare across machines; ``measured`` scores what a user's run gets.
+        reference_labels: the label convention of every case's reference (reference value -> BraTS value, e.g.
+            BraTS 2024's, whose 4 is the resection cavity), instead of the one each case's layout says.
 
     Returns:
         ``{"model", "version", "trained_on", "rows": [...], "summary": {...}}``; one row per case and variant.
@@ -119,6 +123,9 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     labelled = [c for c in discover_real_cases(root) if c.labelled and (cases is None or c.case_id in cases)]
     if not labelled:
         raise InputError(f"{root}: no labelled real case found")
+    if reference_labels is not None:
+        labelled = [replace(c, label_map=dict(reference_labels),
+                            notes=f"label convention given: {dict(reference_labels)}") for c in labelled]
     segmenter = build_segmenter(load_model(model_id), device, precision)
     trained = training_patients(segmenter.manifest.training)
     grader = load_classifier(grade_classifier) if grade_classifier else None

@@ -25,12 +25,14 @@ LABEL_CONVENTIONS: Mapping[str, Mapping[int, int]] = MappingProxyType({
     "brats": MappingProxyType({0: 0, 1: 1, 2: 2, 4: 4}),
     "brats2023": MappingProxyType({0: 0, 1: 1, 2: 2, 3: 4}),
     "msd": MappingProxyType({0: 0, 1: 2, 2: 1, 3: 4}),
+    "brats2024": MappingProxyType({0: 0, 1: 1, 2: 2, 3: 4, 4: 0}),
 })
 """Reference conventions onto the BraTS 2017-2021 values (0, 1 NCR, 2 ED, 4 ET) the engine's BraTS models use
 (a model with other labels needs ``SOURCE=TARGET`` pairs):
 ``brats`` (BraTS 2017-2021: unchanged), ``brats2023`` (BraTS 2023 glioma / metastasis / meningioma / SSA: 1 NETC,
 2 SNFH, 3 ET), ``msd`` (Medical Segmentation Decathlon Task01_BrainTumour: 1 oedema, 2 non-enhancing tumor,
-3 enhancing tumor)."""
+3 enhancing tumor), ``brats2024`` (BraTS 2024 post-treatment glioma: 1 NETC, 2 SNFH, 3 ET, 4 RC, the resection
+cavity, which is no tumor region: background)."""
 
 HINT = (f"say which convention the file follows (--reference-labels / reference_labels: "
         f"{', '.join(LABEL_CONVENTIONS)}, or SOURCE=TARGET pairs such as 3=4)")
