@@ -99,3 +99,49 @@ def test_a_dataset_json_that_cannot_be_read_is_one_error_naming_it(tmp_path, cha
     (root / "dataset.json").write_text("{not json")
     with pytest.raises(InputError, match=r"Task99/dataset.json: cannot be read as JSON"):
         read_dataset(root)
+
+
+def test_the_layout_comes_from_the_files_not_from_a_four_digit_case_id(tmp_path):
+    """Decathlon files named BRATS_0001, BRATS_0002 (4D) are two cases, not one case's channels 1 and 2; with
+    several channels, 3D files not named <case>_<XXXX> are refused rather than merged across patients."""
+    stacked = np.stack([np.full((4, 5, 6), float(v), np.float32) for v in range(4)])
+    root = _dataset(tmp_path / "Task01", MSD_TASK01, {"BRATS_0001.nii.gz": stacked, "BRATS_0002.nii.gz": stacked},
+                    {})
+    dataset = read_dataset(root)
+    assert dataset.layout == "Decathlon" and [c.case_id for c in dataset.cases] == ["BRATS_0001", "BRATS_0002"]
+    flat = np.ones((4, 5, 6), np.float32)
+    odd = _dataset(tmp_path / "odd", NNUNET_BRATS21, {"a_0000.nii.gz": flat, "b.nii.gz": flat}, {})
+    with pytest.raises(InputError, match="b.nii.gz is not named <case>_<XXXX>"):
+        read_dataset(odd)
+    single = _dataset(tmp_path / "flair_only", {"modality": {"0": "FLAIR"}, "labels": {"0": "background",
+                                                                                      "1": "tumour"}},
+                      {"BRATS_0001.nii.gz": flat * 2}, {"BRATS_0001.nii.gz": [1]})
+    (case,) = discover_real_cases(single)  # one channel, 3D files: a Decathlon case whose volume 0 is the file
+    assert case.volumes == {"FLAIR": 0} and case.regions == ("WT",)
+    assert float(sitk.GetArrayViewFromImage(case.input_images()["FLAIR"]).mean()) == 2.0
+
+
+def test_regions_are_those_the_labels_describe_in_full_and_unread_channels_are_noted(tmp_path):
+    partial = {"modality": {"0": "FLAIR", "1": "T1-weighted", "2": "t1gd"},
+               "labels": {"0": "background", "1": "edema", "2": "enhancing tumour"}}  # no necrosis / core label
+    dataset = read_dataset(_dataset(tmp_path / "partial", partial, {}, {}))
+    assert dataset.regions == ("ET",) and dataset.unread_channels == ("T1-weighted",)
+    v1 = {"modality": {"0": "FLAIR"}, "labels": {"0": "background", "1": "edema", "2": "non-enhancing",
+                                                 "3": "enhancing"}}  # nnU-Net v1's own BraTS conversions
+    assert dict(read_dataset(_dataset(tmp_path / "v1", v1, {}, {})).label_map) == {0: 0, 1: 2, 2: 1, 3: 4}
+    with pytest.raises(InputError, match="describe no BraTS region in full"):
+        read_dataset(_dataset(tmp_path / "edema", {**v1, "labels": {"0": "background", "1": "edema"}}, {}, {}))
+
+
+def test_one_case_id_from_two_places_is_refused_naming_both(tmp_path):
+    """nnU-Net's Dataset137 keeps the BraTS 2021 ids: beside the case's own folder, rows and training records would
+    mix two copies."""
+    channel = np.ones((4, 5, 6), np.float32)
+    _dataset(tmp_path / "Dataset137_BraTS2021", NNUNET_BRATS21,
+             {f"BraTS2021_00000_{i:04d}.nii.gz": channel * (i + 1) for i in range(4)},
+             {"BraTS2021_00000.nii.gz": [1, 2, 3]})
+    folder = tmp_path / "BraTS2021_00000"
+    folder.mkdir()
+    sitk.WriteImage(_volume(channel), str(folder / "BraTS2021_00000_t1ce.nii.gz"))
+    with pytest.raises(InputError, match=r"case id BraTS2021_00000 twice \(BraTS2021: .*; nnU-Net:Dataset137"):
+        discover_real_cases(tmp_path)

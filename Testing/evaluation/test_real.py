@@ -414,3 +414,16 @@ def test_a_named_convention_replaces_the_layouts_for_brats_2024_post_treatment(t
     (row,) = report["rows"]
     assert row["reference_wt_ml"] == pytest.approx(2 / 1000)  # two 1 mm voxels: NETC and ET, not the cavity
     assert row["notes"].startswith("label convention given")
+
+
+@needs_realdata
+def test_the_realdata_folder_as_training_data_keeps_expert_sub_region_references(capsys):
+    """``train --real-from ../shared/realdata``: ReMIND-022 (a whole-tumor mask) and TCGA-DU-7294 (five algorithms'
+    fusion) are left out, the unlabelled BraTS 2023 cases are not listed; ReMIND-022 named alone is refused."""
+    from medcnncad.training.data import real_scan_cases
+
+    ids = [c["case_id"] for c in real_scan_cases([str(REALDATA)], 1)]
+    assert "ReMIND-022" not in ids and "TCGA-DU-7294" not in ids and len(ids) == 8
+    assert "ReMIND-022 (regions WT), TCGA-DU-7294 (no expert)" in capsys.readouterr().err
+    with pytest.raises(InputError, match="ReMIND-022: its reference gives only WT"):
+        real_scan_cases([str(REALDATA / "ReMIND-022")], 1)

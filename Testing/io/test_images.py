@@ -133,5 +133,9 @@ def test_a_4d_file_gives_the_volume_asked_for_on_its_own_grid(tmp_path):
         read_volume(tmp_path / "stacked.nii.gz", "3")
     with pytest.raises(InputError, match=r"stacked.nii.gz: volume selector 'T1' is not a 0-based volume index"):
         read_volume(tmp_path / "stacked.nii.gz", "T1")
-    with pytest.raises(InputError, match=r"third.nii.gz: a volume index was given, but the file holds one 3D volume"):
-        read_volume(tmp_path / "third.nii.gz", "0")
+    with pytest.raises(InputError, match=r"third.nii.gz: volume 1 does not exist: the file holds one 3D volume"):
+        read_volume(tmp_path / "third.nii.gz", "1")
+    with pytest.raises(InputError, match=r"volume selector '²' is not a 0-based volume index"):
+        read_volume(tmp_path / "stacked.nii.gz", "²")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(tmp_path / "third.nii.gz", "0")),
+                                  sitk.GetArrayFromImage(alone))  # a one-volume file's volume 0 is itself

@@ -135,3 +135,24 @@ def test_csv_errors_name_the_line(tmp_path):
         read_cases(path, CHANNELS)
     path.write_text("case_id,T1,reference,reference_labels\na,x.nii.gz,r.nii.gz,brats2023\nb,y.nii.gz,s.nii.gz,\n")
     assert [c.reference_labels for c in read_cases(path, CHANNELS)] == [{0: 0, 1: 1, 2: 2, 3: 4}, None]
+
+
+def test_a_decathlon_file_named_out_of_its_dataset_json_order_is_refused(tmp_path):
+    """``--input T1,T1c,T2,FLAIR=imagesTr/BRATS_001.nii.gz`` (the engine's order, not the file's) would swap every
+    sequence without a sign: the dataset.json beside imagesTr/ says volume 0 is FLAIR."""
+    import json
+
+    from medcnncad.errors import InputError
+    from medcnncad.pipeline.case import _volume_indices
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+                                                       "labels": {"0": "background"}}))
+    image = tmp_path / "imagesTr" / "BRATS_001.nii.gz"
+    image.write_bytes(b"")  # only its place is read here
+    inputs = {name: str(image) for name in ("T1", "T1c", "T2", "FLAIR")}
+    right = {"FLAIR": "0", "T1": "1", "T1c": "2", "T2": "3"}
+    assert _volume_indices(inputs, right) == {"FLAIR": 0, "T1": 1, "T1c": 2, "T2": 3}
+    with pytest.raises(InputError, match=r"BRATS_001.nii.gz: volume 0 is FLAIR by its dataset.json, not T1 "
+                                         r"\(its order: FLAIR, T1, T1c, T2\)"):
+        _volume_indices(inputs, {"T1": "0", "T1c": "1", "T2": "2", "FLAIR": "3"})

@@ -309,6 +309,19 @@ def test_a_label_file_imported_into_slicer_is_compared_by_its_values(scene, demo
     cavity = _loaded_as_slicer_loads(scene, np.where(ref_labels == 2, 4, ref_labels), images["T1"], tmp_path)
     with pytest.raises(InputError, match=r"'Segment_4'.*not in the reference labels.*would merge"):
         sa.segmentation_to_labels(cavity, t1, result.manifest, {0: 0, 1: 1, 2: 2, 3: 4})
+    # BraTS 2024: 4 is the resection cavity, read as background (no segment refused, no voxel labelled)
+    post = _loaded_as_slicer_loads(scene, np.where(ref_labels == 4, 3, ref_labels) + 4 * (ref_labels == 0) *
+                                   (np.arange(ref_labels.size).reshape(ref_labels.shape) % 97 == 0),
+                                   images["T1"], tmp_path)
+    np.testing.assert_array_equal(sa.segmentation_to_labels(post, t1, result.manifest, {0: 0, 1: 1, 2: 2, 3: 4, 4: 0}),
+                                  by_name)
+    # the image import without a colour table numbers segments by position: Label_1 holds 2, Label_2 holds 4
+    positional = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    slicer.util.updateVolumeFromArray(labelmap, np.where(ref_labels == 1, 0, ref_labels).astype(np.uint8))
+    oriented = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(labelmap)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(oriented, positional, "Label")
+    with pytest.raises(InputError, match=r"'Label_1'.*its name says value 1 but its label value is 2"):
+        sa.segmentation_to_labels(positional, t1, result.manifest)
 
 
 def t1_matrix(volume) -> vtk.vtkMatrix4x4:

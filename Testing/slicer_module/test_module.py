@@ -92,19 +92,23 @@ def test_console_api_segment_and_compare(scene, module):
     for region in ("WT", "TC", "ET"):
         assert comparison.metrics[region].dice >= 0.80, region
     assert comparison.metrics_table.GetTable().GetNumberOfRows() == 5
-    # the same reference with its segments named by value, enhancing tumor stored as 3 (BraTS 2023): same numbers
-    renamed = {"NCR": "Segment_1", "ED": "Label_2", "ET": "3"}
+    # the same reference with its segments named by their label values (1, 2, 4), as Slicer names an imported
+    # label file's: the same numbers; a convention applies to them (here one swapping NCR and ED)
+    renamed = {"NCR": "Segment_1", "ED": "Label_2", "ET": "4"}
     segmentation = reference.GetSegmentation()
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
         segment.SetName(renamed[segment.GetName()])
-    with pytest.raises(InputError, match="label value 3 is none of model brats-demo-unet's"):
-        logic.compare(run.segmentation, reference)
+    by_value = logic.compare(run.segmentation, reference)
+    for region in ("WT", "TC", "ET", "NCR", "ED"):
+        assert by_value.metrics[region].dice == pytest.approx(comparison.metrics[region].dice), region
     with pytest.raises(InputError, match="label map 'brats2032'"):
         logic.compare(run.segmentation, reference, referenceLabels="brats2032")
-    by_value = logic.compare(run.segmentation, reference, referenceLabels="brats2023")
-    for region in ("WT", "TC", "ET"):
-        assert by_value.metrics[region].dice == pytest.approx(comparison.metrics[region].dice), region
+    swapped = logic.compare(run.segmentation, reference, referenceLabels="1=2,2=1,4=4")
+    assert swapped.metrics["WT"].dice == pytest.approx(comparison.metrics["WT"].dice)
+    assert swapped.metrics["ED"].dice < comparison.metrics["ED"].dice - 0.3
+    with pytest.raises(InputError, match="label value 4 is none of model brats-demo-unet's"):
+        logic.compare(run.segmentation, reference, referenceLabels="1=1,2=2,4=3")
     assert "not for diagnosis" in run.segmentation.GetAttribute("MedCNNCAD.intendedUse")
     assert "BraTS demo UNet" in logic.provenanceText(run.segmentation)
     assert re.search(r"case abnormality probability [01]\.\d{4} \(uncalibrated score\)",

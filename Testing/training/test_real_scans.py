@@ -55,7 +55,7 @@ def test_real_cases_enter_the_list_copies_times_and_bad_folders_are_refused(brat
         real_scan_cases([str(brats2013_case)], 0)
     with pytest.raises(InputError, match="known layout.*nor does it hold labelled case folders"):
         real_scan_cases([str(tmp_path / "nope")], 1)
-    with pytest.raises(InputError, match=r"\['brats_2013_pat9999_1'\]: the same case id comes from more than one"):
+    with pytest.raises(InputError, match=r"\['brats_2013_pat9999_1'\]: the same case id from two --real-from folders"):
         real_scan_cases([str(brats2013_case), str(brats2013_case.parent)], 1)
     unlabelled = tmp_path / "BraTS-GLI-99999-000"
     unlabelled.mkdir()
@@ -64,7 +64,7 @@ def test_real_cases_enter_the_list_copies_times_and_bad_folders_are_refused(brat
         real_scan_cases([str(unlabelled)], 1)
 
 
-def test_a_data_root_or_a_decathlon_folder_gives_every_labelled_case(brats2013_case, tmp_path):
+def test_a_data_root_or_a_decathlon_folder_gives_every_labelled_case(brats2013_case, tmp_path, capsys):
     """``--real-from`` a folder of case folders, or a Decathlon dataset (one 4D file per case, dataset.json naming
     volumes and labels): one training case per labelled case, read with its own convention; unlabelled left out."""
     import json
@@ -87,6 +87,7 @@ def test_a_data_root_or_a_decathlon_folder_gives_every_labelled_case(brats2013_c
     msd = np.where(k < 2, 1, np.where(k < 4, 2, np.where(k < 6, 3, 0))).astype(np.uint8)  # oedema, core, enhancing
     _image(msd, task / "labelsTr" / "BRATS_001.nii.gz")
     cases = real_scan_cases([str(task)], 1)
+    assert "left out" not in capsys.readouterr().err
     assert [(c["case_id"], c["in_root"], c["folder"]) for c in cases] == [("BRATS_001", True, str(task))]
     images, label, info = _load_case(cases[0], manifest)
     assert sorted(images) == ["FLAIR", "T1", "T1c", "T2"] and info["real_case"] == "BRATS_001"
@@ -159,3 +160,27 @@ def test_clinical_chain_marks_every_phantom_and_prepare_runs_it(monkeypatch):
     assert seen == [["FLAIR", "T1", "T1c", "T2"]] and not image.any()
     image, _, _ = _prepare((case, manifest.raw, str(manifest.folder)))
     assert len(seen) == 1 and image.any()
+
+
+def test_from_a_folder_of_cases_only_expert_references_of_every_sub_region_train(brats2013_case, capsys):
+    """A pseudo-labelled case (a model's reference) and a whole-tumor-only one are left out, named on stderr; a
+    whole-tumor-only case folder named alone is refused (it would teach that the whole tumor is oedema)."""
+    import json
+    import shutil
+
+    from medcnncad.data.real_cases import PSEUDO_LABEL_MARKER
+
+    root = brats2013_case.parent
+    pseudo = root / "brats_2013_pat9998_1"
+    shutil.copytree(brats2013_case, pseudo)
+    (pseudo / PSEUDO_LABEL_MARKER).write_text("{}")
+    task = root / "Task99_Tumour"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    (task / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR"},
+                                                   "labels": {"0": "background", "1": "tumour"}}))
+    shutil.copy(brats2013_case / "Flair_subtrMeanDivStd.nii.gz", task / "imagesTr" / "x.nii.gz")
+    shutil.copy(brats2013_case / "OTMultiClass.nii.gz", task / "labelsTr" / "x.nii.gz")
+    assert [c["case_id"] for c in real_scan_cases([str(root)], 1)] == ["brats_2013_pat9999_1"]
+    err = capsys.readouterr().err
+    assert "left out 2 case(s): brats_2013_pat9998_1 (no expert), x (regions WT)" in err

@@ -52,6 +52,9 @@ def parse_inputs(items: Sequence[str], series_items: Sequence[str] = ()) -> tupl
         channels = [name.strip() for name in names.split(",")]
         if len(channels) > 1 and (not all(channels) or len(set(channels)) < len(channels)):
             raise InputError(f"--input {names}={path}: expected distinct channel names, e.g. FLAIR,T1,T1c,T2=FILE")
+        if len(channels) > 1 and Path(path).is_dir():
+            raise InputError(f"--input {names}={path}: several channels name the volumes of one 4D file, not a "
+                             "folder")
         for index, channel in enumerate(channels):
             if channel in inputs:
                 raise InputError(f"--input {channel}: given twice")

@@ -28,10 +28,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import SimpleITK as sitk
+
 from medcnncad.errors import InputError
 
 __all__ = ["DATASET_FILE", "CHANNEL_NAMES", "LABEL_NAMES", "DatasetCase", "Dataset", "is_dataset_folder",
-           "read_dataset"]
+           "read_dataset", "declared_volumes"]
 
 DATASET_FILE = "dataset.json"
 
@@ -46,8 +48,8 @@ LABEL_NAMES: Mapping[str, int] = MappingProxyType({
     "background": 0,
     "edema": 2, "oedema": 2, "peritumoral edema": 2, "ed": 2, "snfh": 2,
     "surrounding non-enhancing flair hyperintensity": 2,
-    "non-enhancing tumor": 1, "non-enhancing tumor core": 1, "necrosis": 1, "necrotic": 1, "ncr": 1, "net": 1,
-    "ncr/net": 1, "netc": 1, "necrotic tumor core": 1, "necrotic core": 1,
+    "non-enhancing tumor": 1, "non-enhancing tumor core": 1, "non-enhancing": 1, "necrosis": 1, "necrotic": 1,
+    "ncr": 1, "net": 1, "ncr/net": 1, "netc": 1, "necrotic tumor core": 1, "necrotic core": 1,
     "necrotic and non-enhancing tumor core": 1,
     "enhancing tumor": 4, "enhancing": 4, "et": 4})
 """Label names of ``dataset.json`` (lower case, "tumour" spelt "tumor", underscores as spaces) -> BraTS value."""
@@ -85,6 +87,7 @@ class Dataset:
     label_map: Mapping[int, int]
     regions: tuple[str, ...]
     cases: tuple[DatasetCase, ...]
+    unread_channels: tuple[str, ...] = ()  # dataset.json's channels that are none of the engine's sequences
 
     @property
     def source(self) -> str:
@@ -95,6 +98,20 @@ class Dataset:
 def is_dataset_folder(folder: Path) -> bool:
     """Whether ``folder`` holds a ``dataset.json`` and an ``imagesTr`` folder."""
     return (folder / DATASET_FILE).is_file() and (folder / "imagesTr").is_dir()
+
+
+def declared_volumes(image_file: str | Path) -> dict[int, str] | None:
+    """For a file of a dataset folder's ``imagesTr/`` or ``imagesTs/``: its ``dataset.json``'s volume index -> engine
+    channel (the Decathlon's order); None for a file elsewhere or a description that cannot be read."""
+    path = Path(image_file).resolve()
+    description_file = path.parent.parent / DATASET_FILE
+    if path.parent.name not in ("imagesTr", "imagesTs") or not description_file.is_file():
+        return None
+    try:
+        description = json.loads(description_file.read_text())
+        return _channels(description_file, description)[0] if isinstance(description, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, InputError):
+        return None
 
 
 def read_dataset(folder: str | Path) -> Dataset:
@@ -112,23 +129,52 @@ def read_dataset(folder: str | Path) -> Dataset:
         raise InputError(f"{path}: cannot be read as JSON ({exc})") from None
     if not isinstance(description, dict):
         raise InputError(f"{path}: not a JSON object")
-    channels = _channels(path, description)
+    channels, unread = _channels(path, description)
     label_map, regions = _label_map(path, description.get("labels"))
     ending = str(description.get("file_ending") or ".nii.gz")
     images = sorted(p for p in (folder / "imagesTr").iterdir() if not p.name.startswith(".") and p.is_file()
                     and p.name.endswith(ending))
-    per_channel = any(re.search(r"_\d{4}$", p.name[:-len(ending)]) for p in images)
+    per_channel = _one_file_per_channel(path, description, images, ending)
     cases = (_per_channel_cases(folder, images, channels, ending) if per_channel
              else _stacked_cases(folder, images, channels, ending))
-    return Dataset(folder, "nnU-Net" if per_channel else "Decathlon", label_map, regions, tuple(cases))
+    return Dataset(folder, "nnU-Net" if per_channel else "Decathlon", label_map, regions, tuple(cases), unread)
+
+
+def _one_file_per_channel(path: Path, description: Mapping[str, Any], images: list[Path], ending: str) -> bool:
+    """nnU-Net's layout (a file per channel) rather than the Decathlon's (a file per case, its volumes the channels).
+
+    Decided by the files, never by a name alone: a first image holding several volumes is the Decathlon's; with
+    several channels declared, each in its own file, every image must be named ``<case>_<XXXX>``; with one, the
+    images are nnU-Net's when every one ends in that channel's ``_XXXX`` (``BRATS_0001`` beside ``BRATS_0002`` are
+    case ids)."""
+    if not images:
+        return False
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(images[0]))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"{images[0]}: cannot be read as an image") from None
+    size = reader.GetSize()
+    if len(size) == 4 and size[3] > 1:
+        return False
+    declared = description.get("channel_names") or description.get("modality") or {}
+    suffixes = [f"_{int(k):04d}" for k in declared if str(k).isdigit()] if len(declared) == 1 else [r"_\d{4}"]
+    named = [any(re.fullmatch(".+" + suffix, p.name[:-len(ending)]) for suffix in suffixes) for p in images]
+    if len(declared) > 1 and not all(named):
+        odd = next(p.name for p, ok in zip(images, named) if not ok)
+        raise InputError(f"{path}: {len(declared)} channels, each image holding one volume, but {odd} is not named "
+                         "<case>_<XXXX> (nnU-Net's one file per channel)")
+    return all(named)
 
 
 def _normalized_channel(name: str) -> str:
     return re.sub(r"[\s_.\-]", "", name.lower())
 
 
-def _channels(path: Path, description: Mapping[str, Any]) -> dict[int, str]:
-    """dataset.json's channel index -> engine channel, for the channels the engine reads."""
+def _channels(path: Path, description: Mapping[str, Any]) -> tuple[dict[int, str], tuple[str, ...]]:
+    """dataset.json's channel index -> engine channel for the channels the engine reads, and the names of those it
+    does not read."""
     named = description.get("channel_names") or description.get("modality")
     if not isinstance(named, dict) or not named:
         raise InputError(f"{path}: no \"channel_names\" or \"modality\" object")
@@ -142,7 +188,9 @@ def _channels(path: Path, description: Mapping[str, Any]) -> dict[int, str]:
                          f"here (T1, T1c, T2, FLAIR)")
     if len(set(channels.values())) < len(channels):
         raise InputError(f"{path}: two channels name the same sequence ({dict(sorted(named.items()))})")
-    return channels
+    unread = tuple(str(name) for index, name in named.items() if not str(index).isdigit()
+                   or int(index) not in channels)
+    return channels, unread
 
 
 def _label_name(name: str) -> str:
@@ -155,11 +203,12 @@ def _label_map(path: Path, labels: Any) -> tuple[dict[int, int], tuple[str, ...]
         raise InputError(f"{path}: no \"labels\" object")
     if all(str(k).lstrip("-").isdigit() for k in labels):  # Decathlon / nnU-Net v1: value -> name
         by_value = {int(k): _label_name(str(v)) for k, v in labels.items()}
-    elif any(isinstance(v, list) for v in labels.values()):
+    elif any(isinstance(v, list) for k, v in labels.items() if _label_name(str(k)) != "background"):
         return _region_label_map(path, labels)
     else:  # nnU-Net v2: name -> value
         by_value = {}
         for name, value in labels.items():
+            value = value[0] if isinstance(value, list) and len(value) == 1 else value
             if not isinstance(value, int):
                 raise InputError(f"{path}: label {name!r} has value {value!r}, not an integer")
             by_value[value] = _label_name(str(name))
@@ -168,9 +217,22 @@ def _label_map(path: Path, labels: Any) -> tuple[dict[int, int], tuple[str, ...]
         return {0: 0, next(iter(named)): 2}, ("WT",)
     unknown = sorted(n for n in by_value.values() if n not in LABEL_NAMES)
     if unknown:
-        raise InputError(f"{path}: label names {unknown} are not read here (read: "
-                         f"{', '.join(sorted(LABEL_NAMES))}; or one whole-tumor label)")
-    return {v: LABEL_NAMES[n] for v, n in by_value.items()}, ("WT", "TC", "ET")
+        raise InputError(f"{path}: label names {unknown} are not read here (read: background, the BraTS sub-regions "
+                         "as edema/SNFH, necrosis/non-enhancing tumor/NETC and enhancing tumor/ET, or one whole-tumor "
+                         "label)")
+    mapping = {v: LABEL_NAMES[n] for v, n in by_value.items()}
+    return mapping, _regions_of(path, set(mapping.values()))
+
+
+def _regions_of(path: Path, targets: set[int]) -> tuple[str, ...]:
+    """The BraTS regions a reference holding the sub-regions ``targets`` describes in full: ET needs 4, TC 1 and 4,
+    WT all three (a reference without oedema says nothing of the whole tumor's extent)."""
+    regions = tuple(region for region, needs in (("WT", {1, 2, 4}), ("TC", {1, 4}), ("ET", {4}))
+                    if needs <= targets)
+    if not regions:
+        raise InputError(f"{path}: the labels describe no BraTS region in full (WT needs oedema, necrosis/core and "
+                         "enhancing tumor; TC the latter two; ET the enhancing tumor)")
+    return regions
 
 
 def _region_label_map(path: Path, labels: Mapping[str, Any]) -> tuple[dict[int, int], tuple[str, ...]]:

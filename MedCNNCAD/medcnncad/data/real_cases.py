@@ -112,6 +112,10 @@ class RealCase:
         """Whether the case has a reference."""
         return self.reference is not None
 
+    def inputs_folder(self) -> Path:
+        """The folder of the case's first input (where to find it)."""
+        return Path(next(iter(self.inputs.values()))).parent
+
     def input_sources(self, channels: Sequence[str] | None = None) -> dict[str, str | sitk.Image]:
         """What the engine reads for ``channels`` (default all, in the case's order): a file or DICOM folder's path,
         or, for a volume of a 4D file, that volume read here (the file read once)."""
@@ -369,7 +373,12 @@ def discover_real_cases(root: str | Path) -> list[RealCase]:
                       (_describe(p) for p in _files(folder) if p.is_dir()) if c is not None]
         elif case is not None:
             cases.append(case)
-    return sorted((c for c in cases if c.inputs), key=lambda c: c.case_id)
+    found = sorted((c for c in cases if c.inputs), key=lambda c: c.case_id)
+    for first, second in zip(found, found[1:]):
+        if first.case_id == second.case_id:
+            raise InputError(f"{root}: case id {first.case_id} twice ({first.source}: {first.inputs_folder()}; "
+                             f"{second.source}: {second.inputs_folder()}); a case's rows must name one patient")
+    return found
 
 
 def find_case(root: str | Path, case_id: str) -> RealCase:
@@ -387,6 +396,8 @@ def find_case(root: str | Path, case_id: str) -> RealCase:
 def _dataset_cases(dataset: Dataset) -> list[RealCase]:
     """The cases of a Decathlon or nnU-Net dataset folder (:mod:`medcnncad.data.dataset_json`)."""
     notes = f"label convention from {dataset.folder.name}/dataset.json: {dict(dataset.label_map)}"
+    if dataset.unread_channels:
+        notes += f"; channels not read (none of T1, T1c, T2, FLAIR): {', '.join(dataset.unread_channels)}"
     return [RealCase(c.case_id, dataset.source, c.inputs, c.label, dataset.label_map if c.label else {},
                      dataset.regions, notes=notes if c.label else "unlabelled", volumes=c.volumes)
             for c in dataset.cases if c.inputs]

@@ -19,7 +19,7 @@ from medcnncad.io.images import available_memory_bytes, check_finite, geometry_t
 from medcnncad.models.manifest import Manifest
 
 __all__ = ["check_channels", "crop_to_foreground", "read_files", "read_inputs", "on_one_grid", "in_manifest_order",
-           "gather_inputs", "check_memory"]
+           "gather_inputs", "check_memory", "check_distinct"]
 
 log = logging.getLogger(__name__)
 

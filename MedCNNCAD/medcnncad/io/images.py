@@ -53,7 +53,7 @@ def read_volume(path: str | Path, series: str | None = None) -> sitk.Image:
 
 
 def read_volumes(path: str | Path, indices: Sequence[int | None]) -> list[sitk.Image]:
-    """Read several 3D volumes of one file at once (a 4D file read once; ``None``: a 3D file's only volume).
+    """Read several 3D volumes of one file at once (a 4D file read once; ``None`` or 0: a 3D file's only volume).
 
     Args:
         path: a volume file (not a DICOM folder).
@@ -67,9 +67,11 @@ def read_volumes(path: str | Path, indices: Sequence[int | None]) -> list[sitk.I
         raise InputError(f"{path}: file not found" if not path.exists() else f"{path}: not a volume file")
     image = _reading(path, lambda: _read_file(path, any(i is not None for i in indices)))
     if image.GetDimension() != 4:
-        if any(i is not None for i in indices):
-            raise InputError(f"{path}: a volume index was given, but the file holds one 3D volume")
-        return [_checked(image, path)]
+        wrong = sorted({i for i in indices if i not in (None, 0)})
+        if wrong:
+            raise InputError(f"{path}: volume {wrong[0]} does not exist: the file holds one 3D volume (index 0)")
+        checked = _checked(image, path)
+        return [checked for _ in indices]
     count = image.GetSize()[3]
     indices = [0 if index is None and count == 1 else index for index in indices]
     for index in indices:
@@ -83,7 +85,7 @@ def read_volumes(path: str | Path, indices: Sequence[int | None]) -> list[sitk.I
 def volume_index(path: str | Path, selector: str) -> int:
     """A 4D file's volume selector (``"2"``: the third volume, 0-based) as an int, or an InputError naming both."""
     text = str(selector).strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdecimal()):
         raise InputError(f"{path}: volume selector {selector!r} is not a 0-based volume index (a series selector "
                          "is for DICOM folders)")
     return int(text)

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification
+from medcnncad.data.dataset_json import declared_volumes
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
@@ -47,9 +48,16 @@ def _read_inputs(inputs: dict[str, str], series: dict[str, str]) -> dict:
 
 
 def _volume_indices(inputs: dict[str, str], series: dict[str, str]) -> dict[str, int]:
-    """Channel -> 0-based volume index, for the channels whose input is a file with a selector (a 4D file)."""
-    return {name: volume_index(inputs[name], selector) for name, selector in series.items()
-            if not Path(inputs[name]).is_dir()}
+    """Channel -> 0-based volume index, for the channels whose input is a file with a selector (a 4D file). A file
+    of a Decathlon dataset folder must be named in its ``dataset.json``'s order (a swap would go unseen)."""
+    picked = {name: volume_index(inputs[name], selector) for name, selector in series.items()
+              if Path(inputs[name]).is_file()}
+    for name, index in picked.items():
+        declared = declared_volumes(inputs[name])
+        if declared is not None and declared.get(index, name) != name:
+            raise InputError(f"{inputs[name]}: volume {index} is {declared[index]} by its dataset.json, not {name} "
+                             f"(its order: {', '.join(declared[i] for i in sorted(declared))})")
+    return picked
 
 
 def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str]) -> list[str]:

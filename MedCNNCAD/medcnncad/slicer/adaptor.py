@@ -387,29 +387,39 @@ def segmentation_to_labels(segmentation_node: Any, reference_volume: Any, manife
     labels = np.zeros(shape, dtype=np.uint8)
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
-        name = segmentation.GetSegment(segment_id).GetName()
+        segment = segmentation.GetSegment(segment_id)
+        name = segment.GetName()
         value = by_name.get(name.lower())
         if value is None:
-            value = _value_named(name, segmentation_node.GetName(), manifest, reference_labels)
+            value = _value_named(name, segment.GetLabelValue(), segmentation_node.GetName(), manifest,
+                                 reference_labels)
+        if value == 0:  # the convention reads it as background (BraTS 2024's resection cavity)
+            continue
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume)
         labels[mask > 0] = value
     return labels
 
 
-def _value_named(name: str, node_name: str, manifest: Manifest, reference_labels: Mapping[int, int] | None) -> int:
-    """The model's label value of a segment named by a label value (``Segment_3`` under BraTS 2023: 4)."""
+def _value_named(name: str, label_value: int, node_name: str, manifest: Manifest,
+                 reference_labels: Mapping[int, int] | None) -> int:
+    """The model's label value (0: background) of a segment named by a label value (``Segment_3`` under BraTS
+    2023: 4). The number in the name must be the segment's own label value: Slicer's import of an image without a
+    colour table numbers segments by position (``Label_2`` for the second value present), which is refused."""
     labels = ", ".join(f"{x.name} {x.value}" for x in manifest.labels)
     match = VALUE_NAMED_SEGMENT.fullmatch(name.strip())
     if match is None:
         raise InputError(f"reference segment {name!r} of {node_name!r} matches no label of model {manifest.id} "
                          f"({labels}); name it as one, or by its label value (e.g. Segment_4)")
     source = int(match.group(1))
+    if source != label_value:
+        raise InputError(f"reference segment {name!r} of {node_name!r}: its name says value {source} but its label "
+                         f"value is {label_value}; rename it as one of model {manifest.id}'s labels ({labels})")
     mapping = reference_labels or {}
     if source not in mapping and source in mapping.values():
         raise InputError(f"reference segment {name!r} of {node_name!r}: label value {source} is not in the "
                          f"reference labels {dict(mapping)} and would merge with a value mapped to {source}")
     value = mapping.get(source, source)
-    if value not in {x.value for x in manifest.labels}:
+    if value != 0 and value not in {x.value for x in manifest.labels}:
         raise InputError(f"reference segment {name!r} of {node_name!r}: label value {source} is none of model "
                          f"{manifest.id}'s ({labels}); name the file's label convention (reference labels "
                          "brats2023, msd or 3=4-style pairs)")

@@ -22,7 +22,9 @@ Arrays: image (C, I, J, K) float32 in RAS, label (1, I, J, K) uint8 channel indi
 from __future__ import annotations
 
 import csv
+import functools
 import multiprocessing as mp
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import torch
 
 from medcnncad.data.phantom import make_phantom, preset
 from medcnncad.data.phantom import preset as get_preset
-from medcnncad.data.real_cases import RealCase, describe_case, discover_real_cases, find_case, load_reference
+from medcnncad.data.real_cases import RealCase, describe_case, discover_real_cases, load_reference
 from medcnncad.data.transplant import transplant_phantom
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
@@ -112,24 +114,44 @@ def real_scan_cases(folders: tuple[str, ...] | list[str], copies: int) -> list[d
     ids: list[str] = [case["case_id"] for case in cases]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
-        raise InputError(f"real scans {repeated}: the same case id comes from more than one folder")
+        raise InputError(f"real scans {repeated}: the same case id from two --real-from folders (or one given "
+                         "twice)")
     return cases
+
+
+FULL_REGIONS = ("WT", "TC", "ET")
 
 
 def _real_cases_in(folder: str) -> list[tuple[RealCase, bool]]:
     """(case, whether ``folder`` holds it rather than is it) for one ``--real-from`` folder: a case folder, or a
-    folder of cases."""
+    folder of cases (:func:`_trainable_cases_of`). A reference must give every sub-region: a whole-tumor mask
+    would teach the network that the whole tumor is oedema."""
     try:
         case = describe_case(folder)  # an unknown folder fails before any work
     except InputError as exc:
-        path = Path(folder)
-        labelled = [c for c in discover_real_cases(path) if c.labelled] if path.is_dir() else []
-        if not labelled:
-            raise InputError(f"{exc}; nor does it hold labelled case folders or a dataset.json") from None
-        return [(c, True) for c in labelled]
+        return [(c, True) for c in _trainable_cases_of(Path(folder), str(exc))]
     if not case.labelled:
         raise InputError(f"{folder}: no reference segmentation; a real scan trains only with its labels")
+    if case.regions != FULL_REGIONS:
+        raise InputError(f"{folder}: its reference gives only {'/'.join(case.regions)}, not every tumor sub-region; "
+                         "it would teach the network a wrong one")
     return [(case, False)]
+
+
+def _trainable_cases_of(root: Path, not_a_case: str) -> list[RealCase]:
+    """The labelled cases of a folder of cases whose reference is an expert's and gives every sub-region; the
+    others are named on stderr."""
+    labelled = [c for c in discover_real_cases(root) if c.labelled] if root.is_dir() else []
+    if not labelled:
+        raise InputError(f"{not_a_case}; nor does it hold labelled case folders or a dataset.json")
+    kept = [c for c in labelled if c.regions == FULL_REGIONS and c.reference_is_expert]
+    left = [f"{c.case_id} ({'regions ' + '/'.join(c.regions) if c.regions != FULL_REGIONS else 'no expert'})"
+            for c in labelled if c not in kept]
+    if left:
+        print(f"--real-from {root}: left out {len(left)} case(s): {', '.join(left)}", file=sys.stderr)
+    if not kept:
+        raise InputError(f"{root}: no case with an expert reference of every tumor sub-region")
+    return kept
 
 
 def expand_copies(cases: list[dict[str, Any]], prepared: list) -> list:
@@ -260,7 +282,7 @@ def _load_real_scan(folder: str, manifest: Manifest, case_id: str | None = None)
     rigid registration, brain extraction where the head is not stripped), and the reference in BraTS values on
     the chain's grid (the first given input's). ``case_id``: that case of ``folder`` when ``folder`` holds several
     (a data root or dataset folder)."""
-    case = describe_case(folder) if case_id is None else find_case(folder, case_id)
+    case = describe_case(folder) if case_id is None else _cases_of(folder)[case_id]
     given = case.input_images([c.name for c in manifest.inputs if c.name in case.inputs])
     if not given:
         raise InputError(f"{folder}: none of model {manifest.id}'s inputs ({manifest.input_names}) in this case")
@@ -269,6 +291,12 @@ def _load_real_scan(folder: str, manifest: Manifest, case_id: str | None = None)
     label = load_reference(case)
     label = sitk.Resample(label, first, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return images, label, {"real_case": case.case_id, "source": case.source}
+
+
+@functools.lru_cache(maxsize=8)
+def _cases_of(root: str) -> dict[str, RealCase]:
+    """The cases of a ``--real-from`` folder of cases by id, listed once per process (not once per case)."""
+    return {case.case_id: case for case in discover_real_cases(root)}
 
 
 def _through_chain(images: dict[str, sitk.Image], manifest: Manifest) -> dict[str, sitk.Image]:
