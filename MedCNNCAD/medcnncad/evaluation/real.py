@@ -132,12 +132,13 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     rows = []
     for case in labelled:
         reference = load_reference(case)
+        sources = case.input_sources()  # a 4D file's volumes read once for every variant
         for variant in variants:
             channels = variant_channels(case, variant)
             if channels is None:
                 continue
             start = time.perf_counter()
-            result = segmenter.run(case.input_sources(channels), tta=tta)
+            result = segmenter.run({name: sources[name] for name in channels}, tta=tta)
             grading = attach_classification(result, grader) if grader is not None else None
             ref = reference if same_space(reference, result.reference) else sitk.Resample(
                 reference, result.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
