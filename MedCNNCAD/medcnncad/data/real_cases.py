@@ -33,10 +33,10 @@ import SimpleITK as sitk
 
 from medcnncad.data.dataset_json import Dataset, is_dataset_folder, read_dataset
 from medcnncad.errors import InputError
-from medcnncad.io.images import read_volume, read_volumes
+from medcnncad.io.images import read_picked_volumes, read_volume
 from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS, relabel
 
-__all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "find_case", "map_labels",
+__all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
            "load_reference", "read_dicom_seg_on_grid"]
 
 CHANNELS: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
@@ -120,12 +120,7 @@ class RealCase:
         """What the engine reads for ``channels`` (default all, in the case's order): a file or DICOM folder's path,
         or, for a volume of a 4D file, that volume read here (the file read once)."""
         names = list(self.inputs) if channels is None else list(channels)
-        by_file: dict[Path, list[str]] = {}
-        for name in (n for n in names if n in self.volumes):
-            by_file.setdefault(Path(self.inputs[name]), []).append(name)
-        read: dict[str, sitk.Image] = {}
-        for path, stacked in by_file.items():
-            read.update(zip(stacked, read_volumes(path, [self.volumes[name] for name in stacked])))
+        read = read_picked_volumes({n: self.inputs[n] for n in names if n in self.volumes}, self.volumes)
         return {name: read[name] if name in read else str(self.inputs[name]) for name in names}
 
     def input_images(self, channels: Sequence[str] | None = None) -> dict[str, sitk.Image]:
@@ -379,18 +374,6 @@ def discover_real_cases(root: str | Path) -> list[RealCase]:
             raise InputError(f"{root}: case id {first.case_id} twice ({first.source}: {first.inputs_folder()}; "
                              f"{second.source}: {second.inputs_folder()}); a case's rows must name one patient")
     return found
-
-
-def find_case(root: str | Path, case_id: str) -> RealCase:
-    """The case ``case_id`` of a data root or dataset folder (as :func:`discover_real_cases` lists it).
-
-    Raises:
-        InputError: when ``root`` holds no such case.
-    """
-    found = [case for case in discover_real_cases(root) if case.case_id == case_id]
-    if not found:
-        raise InputError(f"{root}: no case {case_id!r}")
-    return found[0]
 
 
 def _dataset_cases(dataset: Dataset) -> list[RealCase]:

@@ -13,7 +13,7 @@ import signal
 import struct
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,9 +23,9 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 from medcnncad.io.dicom_series import series_files
 
-__all__ = ["read_volume", "read_volumes", "volume_index", "check_finite", "write_image", "write_probability_map",
-           "UINT8_SCALE", "atomic_path",
-           "same_space", "geometry_text", "signals_deferred", "available_memory_bytes"]
+__all__ = ["read_volume", "read_volumes", "read_picked_volumes", "volume_index", "check_finite", "write_image",
+           "write_probability_map", "UINT8_SCALE", "atomic_path", "same_space", "geometry_text", "signals_deferred",
+           "available_memory_bytes"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
 
@@ -80,6 +80,18 @@ def read_volumes(path: str | Path, indices: Sequence[int | None]) -> list[sitk.I
                              + ("pick one of them" if index is None else f"volume {index} does not exist") +
                              f" (0-based, 0 to {count - 1})")
     return [_checked(image[:, :, :, int(index)], path) for index in indices]  # type: ignore[arg-type]
+
+
+def read_picked_volumes(files: Mapping[str, str | Path], indices: Mapping[str, int]) -> dict[str, sitk.Image]:
+    """Name -> the volume ``indices[name]`` of file ``files[name]``, each file read once however many names share
+    it (the channels of one 4D file)."""
+    by_file: dict[Path, list[str]] = {}
+    for name, path in files.items():
+        by_file.setdefault(Path(path).resolve(), []).append(name)
+    read: dict[str, sitk.Image] = {}
+    for path, names in by_file.items():
+        read.update(zip(names, read_volumes(path, [indices[name] for name in names])))
+    return read
 
 
 def volume_index(path: str | Path, selector: str) -> int:

@@ -19,7 +19,7 @@ from medcnncad.data.dataset_json import declared_volumes
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
-from medcnncad.io.images import atomic_path, read_volume, read_volumes, volume_index
+from medcnncad.io.images import atomic_path, read_picked_volumes, read_volume, volume_index
 from medcnncad.metrics.label_conventions import check_reference_values, relabel
 from medcnncad.metrics.segmentation import check_label_image, check_same_grid, compute_metrics
 from medcnncad.models.channels import display_channel
@@ -30,26 +30,22 @@ from medcnncad.retrieval.descriptors import case_descriptors
 __all__ = ["process_case"]
 
 
-def _read_inputs(inputs: dict[str, str], series: dict[str, str]) -> dict:
-    """DICOM folders (with their series selector) and the picked volumes of 4D files (a 0-based index as the
-    selector; a file shared by several channels is read once) are read here; other files are left to the engine."""
-    unknown = sorted(set(series) - set(inputs))
-    if unknown:
-        raise InputError(f"--series {unknown}: no --input with that channel name")
-    picked = _volume_indices(inputs, series)
+def _read_inputs(inputs: dict[str, str], series: dict[str, str], picked: dict[str, int]) -> dict:
+    """DICOM folders (with their series selector) and the ``picked`` volumes of 4D files (:func:`_volume_indices`;
+    a file shared by several channels is read once) are read here; other files are left to the engine."""
     read: dict = {name: read_volume(path, series.get(name)) if Path(path).is_dir() else path
                   for name, path in inputs.items() if name not in picked}
-    by_file: dict[Path, list[str]] = {}
-    for name in picked:
-        by_file.setdefault(Path(inputs[name]).resolve(), []).append(name)
-    for path, names in by_file.items():
-        read.update(zip(names, read_volumes(path, [picked[name] for name in names])))
+    read.update(read_picked_volumes({name: inputs[name] for name in picked}, picked))
     return {name: read[name] for name in inputs}
 
 
 def _volume_indices(inputs: dict[str, str], series: dict[str, str]) -> dict[str, int]:
     """Channel -> 0-based volume index, for the channels whose input is a file with a selector (a 4D file). A file
-    of a Decathlon dataset folder must be named in its ``dataset.json``'s order (a swap would go unseen)."""
+    of a Decathlon dataset folder must be named in its ``dataset.json``'s order (a swap would go unseen). A selector
+    for a channel without an input is an error."""
+    unknown = sorted(set(series) - set(inputs))
+    if unknown:
+        raise InputError(f"--series {unknown}: no --input with that channel name")
     picked = {name: volume_index(inputs[name], selector) for name, selector in series.items()
               if Path(inputs[name]).is_file()}
     for name, index in picked.items():
@@ -106,7 +102,9 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     t0 = time.perf_counter()
     ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None
     reading_s = time.perf_counter() - t0
-    result = segmenter.run(_read_inputs(inputs, series), progress=progress, tta=tta, keep_network_input=descriptors)
+    volumes = _volume_indices(inputs, series)
+    result = segmenter.run(_read_inputs(inputs, series, volumes), progress=progress, tta=tta,
+                           keep_network_input=descriptors)
     if classifier is not None:
         progress("classify", 0.0)
         attach_classification(result, classifier)
@@ -139,7 +137,6 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     timings = report["timings_s"]
     timings["write"] = round(time.perf_counter() - t0 - timings.get("retrieval_descriptors", 0.0), 4)
     report["reference"] = str(Path(reference).resolve()) if reference else None
-    volumes = _volume_indices(inputs, series)
     if volumes:
         report["input_volumes"] = volumes  # channel -> 0-based volume of its 4D input file
     if reference and reference_labels:
