@@ -71,12 +71,13 @@ def real_records(segmenter: Segmenter, root: str, variants: Sequence[str] = ("al
     records = []
     for case in discover_real_cases(root):
         kind = case.tumor_type
+        sources = case.input_sources()  # a 4D file's volumes read once for every variant, as evaluate-real does
         for variant in variants:
             channels = variant_channels(case, variant)
             if channels is None:
                 continue
             start = time.perf_counter()
-            result = segmenter.run(case.input_sources(channels), tta=tta)
+            result = segmenter.run({name: sources[name] for name in channels}, tta=tta)
             record = _record(case_descriptors(result, segmenter.model, segmenter.device), group=case.case_id,
                              grade=case.grade, type=kind, variant=variant)
             if record is not None:

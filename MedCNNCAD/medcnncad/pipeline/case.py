@@ -48,8 +48,9 @@ def _volume_indices(inputs: dict[str, str], series: dict[str, str]) -> dict[str,
         raise InputError(f"--series {unknown}: no --input with that channel name")
     picked = {name: volume_index(inputs[name], selector) for name, selector in series.items()
               if Path(inputs[name]).is_file()}
+    orders = {path: declared_volumes(path) for path in {inputs[name] for name in picked}}  # each file's once
     for name, index in picked.items():
-        declared = declared_volumes(inputs[name])
+        declared = orders[inputs[name]]
         if declared is not None and declared.get(index, name) != name:
             raise InputError(f"{inputs[name]}: volume {index} is {declared[index]} by its dataset.json, not {name} "
                              f"(its order: {', '.join(declared[i] for i in sorted(declared))})")
