@@ -62,6 +62,8 @@ def parameterNodeClass():
         inputVolume1: slicer.vtkMRMLScalarVolumeNode
         inputVolume2: slicer.vtkMRMLScalarVolumeNode
         inputVolume3: slicer.vtkMRMLScalarVolumeNode
+        inputSequence: slicer.vtkMRMLSequenceNode  # a 4D input to split into the channels above
+        volumeOrder: str = ""  # its volumes' channels in order (FLAIR,T1,T1c,T2); empty: from its dataset.json
         probabilityThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
         referenceSegmentation: slicer.vtkMRMLSegmentationNode
         referenceLabels: str = ""  # the reference's label convention when not the model's: brats2023, msd, 3=4
@@ -106,6 +108,11 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportDicomButton.clicked.connect(self.onExportDicom)
         self.ui.installButton.clicked.connect(self.onInstall)
         self.ui.addModelButton.clicked.connect(self.onAddModel)
+        self.ui.load4DFileButton.clicked.connect(self.onLoad4DFile)
+        self.ui.splitSequenceButton.clicked.connect(self.onSplitSequence)
+        # volume sequences only (the parameter node's binding sets the node type, not this filter)
+        sequenceItems = ("DataNodeClassName", "vtkMRMLScalarVolumeNode")
+        self.ui.inputSequenceSelector.addAttribute("vtkMRMLSequenceNode", *sequenceItems)
         self.ui.modelComboBox.currentIndexChanged.connect(self.onModelChanged)
         self.ui.lesionTableView.clicked.connect(self.onLesionClicked)
         self.ui.discordanceTableView.clicked.connect(self.onDiscordantLesionClicked)
@@ -189,6 +196,29 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay("Cannot add this model."):
                 self._parameterNode.model = self.logic.addModelFolder(folder)
                 self.populateModels()
+
+    def onLoad4DFile(self):
+        import qt
+
+        path = qt.QFileDialog.getOpenFileName(
+            None, "4D file holding several MRI sequences (e.g. the Decathlon's BRATS_001.nii.gz)", "",
+            "Volumes (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd);;All files (*)")
+        path = path[0] if isinstance(path, (tuple, list)) else path  # PythonQt: the path; other bindings: a pair
+        if path:
+            with slicer.util.tryWithErrorDisplay("Cannot load this 4D file."):
+                p = self._parameterNode
+                self.useInputs(self.logic.load4DFile(path, p.model, p.volumeOrder))
+
+    def onSplitSequence(self):
+        with slicer.util.tryWithErrorDisplay("Cannot split this sequence."):
+            p = self._parameterNode
+            self.useInputs(self.logic.splitSequence(p.inputSequence, p.model, p.volumeOrder))
+
+    def useInputs(self, volumes):
+        """Select channel -> volume node as the inputs; channels it does not name are cleared (one patient)."""
+        manifest = self.logic.describeModel(self._parameterNode.model)
+        for i, channel in enumerate(manifest.inputs[:MAX_CHANNELS]):
+            setattr(self._parameterNode, f"inputVolume{i}", volumes.get(channel.name))
 
     def onModelChanged(self, index=None):
         modelId = self.ui.modelComboBox.currentData

@@ -1,7 +1,7 @@
 """A real, headless Slicer MRML scene from the slicer-core package (never a mock).
 
 Recipe from shared/NOTES.md: application logic, colour logic with default colour nodes,
-module logics for Volumes, Segmentations and Subject Hierarchy, default slice views.
+module logics for Volumes, Segmentations, Subject Hierarchy and Sequences, default slice views.
 """
 
 from __future__ import annotations

@@ -185,12 +185,19 @@ class qMRMLNodeComboBox(QtWidgets.QWidget):  # noqa: N801
     def currentNode(self):  # noqa: N802
         return self._node
 
+    def addAttribute(self, node_type: str, name: str, value: str) -> None:  # noqa: N802
+        """The real one then lists only nodes of ``node_type`` whose attribute ``name`` is ``value``."""
+        self._attributes = [*getattr(self, "_attributes", []), (node_type, name, value)]
+
     def setCurrentNode(self, node) -> None:  # noqa: N802
         if node is not None:
             types_ = list(self.property("nodeTypes") or [])
             assert self.scene is not None, f"{self.objectName()}: no MRML scene (setMRMLScene was never called)"
             assert self.scene.IsNodePresent(node), f"{self.objectName()}: {node.GetID()} is not in the scene"
             assert any(node.IsA(t) for t in types_), f"{self.objectName()}: {node.GetClassName()} not in {types_}"
+            for node_type, name, value in getattr(self, "_attributes", []):
+                assert not node.IsA(node_type) or node.GetAttribute(name) == value, \
+                    f"{self.objectName()}: {node.GetName()} has {name}={node.GetAttribute(name)!r}, not {value!r}"
         if node is not self._node:
             self._node = node
             self._shown.setItemText(0, node.GetName() if node is not None else "None")
@@ -266,7 +273,8 @@ def make_qt_module() -> types.ModuleType:
             if name.startswith("Q") or name == "Qt":
                 setattr(qt, name, getattr(source, name))
     qt.QUiLoader = QUiLoader
-    qt.QFileDialog = types.SimpleNamespace(getExistingDirectory=lambda *a, **k: MESSAGES.folder_to_choose)
+    qt.QFileDialog = types.SimpleNamespace(getExistingDirectory=lambda *a, **k: MESSAGES.folder_to_choose,
+                                           getOpenFileName=lambda *a, **k: MESSAGES.file_to_choose)
     return qt
 
 
@@ -277,6 +285,7 @@ class Messages:
         self.confirmations: list[str] = []
         self.confirm_answer = True
         self.folder_to_choose = ""
+        self.file_to_choose = ""  # what getOpenFileName returns (PythonQt: the path alone)
 
     def error(self, text, *args, **kwargs) -> None:
         self.errors.append(str(text))

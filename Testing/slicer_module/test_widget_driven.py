@@ -273,3 +273,49 @@ def test_similar_cases_for_the_chosen_lesion_and_one_shown_side_by_side(env, tmp
     widget.logic.lastSimilarCases[0]["view"] = None  # a library case stored without a view image
     view.clicked.emit(view.model().index(0, 0))
     assert env.messages.errors and "added without a view image" in env.messages.errors[-1]
+
+
+def test_a_4d_file_and_a_sequence_become_the_channel_inputs(env, tmp_path):
+    """Load 4D file... (Slicer 5.10 cannot load one as volumes) and Split into inputs (a sequence, as 5.11 and
+    later load one): the volumes the order names are selected as the inputs; a refused order changes nothing."""
+    import numpy as np
+    import SimpleITK as sitk
+    import slicer
+
+    widget = make_widget(env)
+    _select_model(widget, "brats-demo-unet")
+    ui, p = widget.ui, widget._parameterNode
+    path = tmp_path / "BRATS_900.nii.gz"
+    stacked = np.stack([np.full((5, 6, 7), value, np.float32) for value in (10, 20, 30, 40)])
+    sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(v) for v in stacked]), str(path))
+    env.messages.file_to_choose = str(path)
+    p.volumeOrder = "FLAIR,T1,T1c,T2"
+    unwrap(ui.load4DFileButton).click()
+    assert env.messages.errors == []
+    chosen = [getattr(p, f"inputVolume{i}") for i in range(4)]  # the model's order: T1, T1c, T2, FLAIR
+    assert [n.GetName() for n in chosen] == ["BRATS_900 T1", "BRATS_900 T1c", "BRATS_900 T2", "BRATS_900 FLAIR"]
+    assert [float(slicer.util.arrayFromVolume(n).mean()) for n in chosen] == [20.0, 30.0, 40.0, 10.0]
+    assert unwrap(ui.inputVolume3Selector).currentNode() is chosen[3]
+
+    storage = slicer.vtkMRMLVolumeSequenceStorageNode()  # the same file as Slicer's sequence reader makes it
+    storage.SetFileName(str(path))
+    slicer.mrmlScene.AddNode(storage)
+    sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "BRATS_900 sequence")
+    sequence.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(sequence)
+    assert sequence.GetAttribute("DataNodeClassName") == "vtkMRMLScalarVolumeNode"  # the selector's filter
+    p.inputSequence = sequence
+    assert unwrap(ui.inputSequenceSelector).currentNode() is sequence
+    p.volumeOrder = ",,T1c"
+    unwrap(ui.splitSequenceButton).click()
+    assert env.messages.errors == []
+    assert [getattr(p, f"inputVolume{i}") for i in (0, 2, 3)] == [None, None, None]  # one patient's inputs only
+    assert p.inputVolume1.GetName() == "BRATS_900 sequence T1c"
+    assert float(slicer.util.arrayFromVolume(p.inputVolume1).mean()) == 30.0
+
+    before, selected = slicer.mrmlScene.GetNumberOfNodes(), p.inputVolume1
+    p.volumeOrder = "T1,T1"
+    with pytest.raises(Exception, match="names T1 twice"):  # shown, then re-raised as tryWithErrorDisplay does
+        widget.onSplitSequence()
+    assert len(env.messages.errors) == 1 and "volume order 'T1,T1' names T1 twice" in env.messages.errors[0]
+    assert slicer.mrmlScene.GetNumberOfNodes() == before and p.inputVolume1 is selected

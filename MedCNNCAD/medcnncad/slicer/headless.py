@@ -1,7 +1,7 @@
 """A headless Slicer scene from the ``slicer-core`` package (reports, docs and tests).
 
 Recipe from shared/NOTES.md: application logic, colour logic with default colour nodes, module
-logics for Volumes, Segmentations and Subject Hierarchy, default slice views. Sets
+logics for Volumes, Segmentations, Subject Hierarchy and Sequences, default slice views. Sets
 ``slicer.mrmlScene`` and a ``slicer.modules`` namespace whose entries have ``.logic()``.
 Not for use inside a running Slicer (which has its own scene).
 """
@@ -37,7 +37,8 @@ def new_scene():
     logics = {}
     for name, cls in (("volumes", slicer.vtkSlicerVolumesLogic),
                       ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-                      ("subjecthierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic)):
+                      ("subjecthierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic),
+                      ("sequences", slicer.vtkSlicerSequencesLogic)):
         logic = cls()
         logic.SetMRMLApplicationLogic(app)
         logic.SetMRMLScene(scene)

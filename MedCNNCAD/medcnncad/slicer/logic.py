@@ -188,9 +188,32 @@ class SecondReaderLogic:
                 for channel, nodeId in assign_channels(manifest, texts).items()}
 
     def _namedInputs(self, inputVolumeNodes: VolumeInputs, manifest: Manifest) -> dict[str, Any]:
+        from medcnncad.slicer.four_d import check_not_sequence_frames
+
         if isinstance(inputVolumeNodes, dict):
-            return dict(inputVolumeNodes)
-        return {c.name: node for c, node in zip(manifest.inputs, inputVolumeNodes) if node is not None}
+            named = dict(inputVolumeNodes)
+        else:
+            named = {c.name: node for c, node in zip(manifest.inputs, inputVolumeNodes) if node is not None}
+        check_not_sequence_frames(named)
+        return named
+
+    # -- 4D inputs (one file or sequence holding several MRI sequences) ----------------------
+    def load4DFile(self, path: str, model: str = "demo", volumeOrder: str = "") -> dict[str, Any]:
+        """Add one scalar volume node per channel of ``model`` that the 4D file's volumes hold; channel -> node.
+
+        ``volumeOrder`` names the 0-based volumes in order (``FLAIR,T1,T1c,T2``; an empty entry skips one); empty
+        for a file of a dataset folder, whose ``dataset.json`` says. Slicer 5.10 cannot load such a file as volumes.
+        """
+        from medcnncad.slicer.four_d import load_4d_file
+
+        return load_4d_file(path, self.describeModel(model), volumeOrder)
+
+    def splitSequence(self, sequenceNode: Any, model: str = "demo", volumeOrder: str = "") -> dict[str, Any]:
+        """Copy the items of a volume sequence (a 4D file loaded by Slicer 5.11 or later) into one scalar volume
+        node per channel of ``model``; channel -> node. ``volumeOrder`` as for :meth:`load4DFile`."""
+        from medcnncad.slicer.four_d import split_sequence
+
+        return split_sequence(sequenceNode, self.describeModel(model), volumeOrder)
 
     # -- segmentation ---------------------------------------------------------------------
     def segment(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto", trust: bool = False,

@@ -1,0 +1,181 @@
+"""One 4D image holding several MRI sequences (the Decathlon's BRATS_xxx.nii.gz) as the module's inputs, in a real
+headless Slicer scene: loaded by the engine (Slicer 5.10 cannot), or split from the volume sequence that Slicer's
+own reader makes of it (5.11 and later); a sequence's proxy given as a channel is refused."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("slicer")
+import slicer  # noqa: E402
+import slicer.util  # noqa: E402
+import vtk  # noqa: E402
+from conftest import ROOT  # noqa: E402
+from slicer_scene import new_scene, scene_fingerprint  # noqa: E402
+
+from medcnncad.errors import InputError  # noqa: E402
+from medcnncad.slicer.adaptor import volume_node_to_image  # noqa: E402
+from medcnncad.slicer.logic import SecondReaderLogic  # noqa: E402
+
+SAMPLE = ROOT / "Resources" / "SampleData"
+TASK01_ORDER = ("FLAIR", "T1", "T1c", "T2")
+"""The Decathlon's Task01 volume order (its dataset.json: FLAIR, T1w, t1gd, T2w)."""
+
+
+@pytest.fixture
+def scene():
+    return new_scene()
+
+
+@pytest.fixture(scope="module")
+def sample_images():
+    return {name: sitk.ReadImage(str(SAMPLE / f"MedCNNCADPhantom_{name}.nrrd"), sitk.sitkFloat32)
+            for name in TASK01_ORDER}
+
+
+def _task01_file(folder, sample_images, dataset_json: bool = True):
+    """The sample phantom as one Task01-style 4D file (volumes FLAIR, T1, T1c, T2), with its dataset.json."""
+    images = folder / "imagesTr"
+    images.mkdir(parents=True)
+    if dataset_json:
+        (folder / "dataset.json").write_text(json.dumps(
+            {"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}, "labels": {"0": "background"}}))
+    path = images / "BRATS_900.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([sample_images[name] for name in TASK01_ORDER]), str(path))
+    return path
+
+
+def _same_volume(node, image: sitk.Image) -> None:
+    """The node holds the image's voxels (K, J, I) on the image's grid."""
+    read = volume_node_to_image(node)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(read), sitk.GetArrayViewFromImage(image))
+    np.testing.assert_allclose(read.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(read.GetSpacing(), image.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(read.GetDirection(), image.GetDirection(), atol=1e-6)
+
+
+def _sequence_as_slicer_loads_it(scene, path):
+    """A volume sequence read by Slicer's own reader, with a browser and its proxy, as Add Data makes one."""
+    storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+    storage.SetFileName(str(path))
+    scene.AddNode(storage)
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "BRATS_900")
+    sequence.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(sequence)
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "BRATS_900 browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
+    return sequence, browser.GetProxyNode(sequence)
+
+
+def test_a_4d_file_of_a_dataset_folder_loads_in_its_dataset_json_order(scene, sample_images, tmp_path):
+    path = _task01_file(tmp_path / "Task01_BrainTumour", sample_images)
+    nodes = SecondReaderLogic().load4DFile(str(path), "demo")
+    assert {k: v.GetName() for k, v in nodes.items()} == {c: f"BRATS_900 {c}" for c in TASK01_ORDER}
+    for channel, node in nodes.items():
+        _same_volume(node, sample_images[channel])
+        assert node.GetAttribute("MedCNNCAD.sourceVolume") == f"{path}#{TASK01_ORDER.index(channel)}"
+    # the names are the channels': the module's automatic assignment proposes them as they are
+    logic = SecondReaderLogic()
+    assert logic.assignInputs(logic.describeModel("demo"), list(nodes.values())) == nodes
+
+
+def test_a_typed_order_picks_volumes_and_one_against_the_dataset_json_adds_nothing(scene, sample_images, tmp_path):
+    logic = SecondReaderLogic()
+    path = _task01_file(tmp_path / "Task01_BrainTumour", sample_images)
+    nodes = logic.load4DFile(str(path), "demo", ",,t1ce")  # an alias, in any case; volume 2 only
+    assert list(nodes) == ["T1c"]
+    _same_volume(nodes["T1c"], sample_images["T1c"])
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match=r"BRATS_900.nii.gz: volume 0 is FLAIR by its dataset.json, not T1 "
+                                         r"\(its order: FLAIR, T1, T1c, T2\)"):
+        logic.load4DFile(str(path), "demo", "T1,T1c,T2,FLAIR")  # the engine's order, not the file's
+    assert scene_fingerprint(scene) == before
+
+
+@pytest.mark.parametrize("order, message", [
+    ("", r"4 volumes and no dataset.json beside it to say which is which; type their order"),
+    ("T1,T1", r"volume order 'T1,T1' names T1 twice"),
+    ("FLAIR,T1,T1c,T2,T2w", r"names T2 twice"),
+    (",,,,FLAIR", r"names volume 4, but it holds 4 \(0 to 3\)"),
+    ("FLAIR,PD", r"volume order names 'PD', not a channel of model brats-demo-unet \(T1, T1c, T2, FLAIR\)"),
+    (" , ", r"volume order ' , ' names no channel"),
+])
+def test_an_order_that_cannot_be_right_is_refused_naming_the_file(scene, sample_images, tmp_path, order, message):
+    path = _task01_file(tmp_path / "plain", sample_images, dataset_json=False)
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match=message) as refused:
+        SecondReaderLogic().load4DFile(str(path), "demo", order)
+    assert str(path) in str(refused.value)
+    assert scene_fingerprint(scene) == before
+    with pytest.raises(InputError, match="missing.nii.gz: file not found"):
+        SecondReaderLogic().load4DFile(str(tmp_path / "missing.nii.gz"), "demo", "FLAIR")
+
+
+def test_a_sequence_made_by_slicers_reader_splits_into_the_same_volumes(scene, sample_images, tmp_path):
+    path = _task01_file(tmp_path / "Task01_BrainTumour", sample_images)
+    sequence, proxy = _sequence_as_slicer_loads_it(scene, path)
+    assert sequence.GetNumberOfDataNodes() == 4 and proxy is not None
+    kept = [np.array(slicer.util.arrayFromVolume(sequence.GetNthDataNode(i))) for i in range(4)]
+    nodes = SecondReaderLogic().splitSequence(sequence, "demo")  # its file's dataset.json gives the order
+    assert {k: v.GetName() for k, v in nodes.items()} == {c: f"BRATS_900 {c}" for c in TASK01_ORDER}
+    for channel, node in nodes.items():
+        _same_volume(node, sample_images[channel])
+        assert node.GetScene() is scene and node.GetID() != proxy.GetID()
+    for index, before in enumerate(kept):  # the sequence is unchanged
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(sequence.GetNthDataNode(index)), before)
+    with pytest.raises(InputError, match="select the 4D sequence"):
+        SecondReaderLogic().splitSequence(None, "demo")
+    empty = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "empty")
+    with pytest.raises(InputError, match="sequence 'empty' holds nothing, not scalar volumes"):
+        SecondReaderLogic().splitSequence(empty, "demo", "FLAIR")
+    transforms = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "motion")
+    transforms.SetDataNodeAtValue(slicer.vtkMRMLLinearTransformNode(), "0")
+    with pytest.raises(InputError, match="sequence 'motion' holds vtkMRMLLinearTransformNode, not scalar volumes"):
+        SecondReaderLogic().splitSequence(transforms, "demo", "FLAIR")
+
+
+def test_a_sequence_proxy_given_as_a_channel_is_refused_before_anything_runs(scene, sample_images, tmp_path):
+    """The proxy holds whichever volume the browser is at: the model would read T1c or FLAIR as the slider says."""
+    path = _task01_file(tmp_path / "Task01_BrainTumour", sample_images)
+    sequence, proxy = _sequence_as_slicer_loads_it(scene, path)
+    logic = SecondReaderLogic()
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match=r"T1c: volume 'BRATS_900' shows one of the 4 volumes of sequence "
+                                         r"'BRATS_900', whichever its browser is at; split the sequence"):
+        logic.segment({"T1c": proxy}, model="demo", device="cpu")
+    with pytest.raises(InputError, match="T1c: volume 'BRATS_900' shows one of the 4 volumes"):
+        logic.startSegmentation({"T1c": proxy}, model="demo", device="cpu")
+    assert scene_fingerprint(scene) == before
+    one = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "one volume")  # a sequence of one volume is that volume
+    one.SetDataNodeAtValue(sequence.GetNthDataNode(0), "0")
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "one browser")
+    browser.SetAndObserveMasterSequenceNodeID(one.GetID())
+    slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(browser)
+    from medcnncad.slicer.four_d import check_not_sequence_frames
+
+    check_not_sequence_frames({"FLAIR": browser.GetProxyNode(one)})
+
+
+def test_segmenting_the_split_volumes_equals_segmenting_the_separate_files(scene, sample_images, tmp_path):
+    logic = SecondReaderLogic()
+    path = _task01_file(tmp_path / "Task01_BrainTumour", sample_images)
+    separate = {name: slicer.modules.volumes.logic().AddArchetypeVolume(
+        str(SAMPLE / f"MedCNNCADPhantom_{name}.nrrd"), f"Phantom {name}") for name in TASK01_ORDER}
+    direct = logic.segment(separate, model="demo", device="cpu", precision="manifest")
+    split = logic.segment(logic.load4DFile(str(path), "demo"), model="demo", device="cpu", precision="manifest")
+    np.testing.assert_array_equal(split.result.label_map, direct.result.label_map)
+    assert direct.result.label_map.any()
+    matrix, other = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    separate["FLAIR"].GetIJKToRASMatrix(matrix)
+    slicer.mrmlScene.GetNodeByID(split.segmentation.GetAttribute("MedCNNCAD.referenceVolumeID")).GetIJKToRASMatrix(other)
+    assert all(abs(matrix.GetElement(r, c) - other.GetElement(r, c)) < 1e-4 for r in range(4) for c in range(4))
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
