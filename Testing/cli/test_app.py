@@ -59,6 +59,36 @@ def test_evaluate_without_a_model_notes_values_only_one_file_has(tmp_path, capsy
     assert set(json.loads(captured.out)["metrics"]) == {"label_2", "label_4", "foreground"} and not captured.err
 
 
+def test_evaluate_reads_a_dataset_folders_label_file_in_its_dataset_json_convention(tmp_path, capsys):
+    """The Decathlon's Task01 stores 1 oedema, 2 non-enhancing tumor, 3 enhancing tumor. A reference with no
+    enhancing tumor then holds only values the model has too (1, 2), so read as BraTS 2021's its oedema would be
+    scored as necrosis without a sign; in its labelsTr/ beside dataset.json it is read as that file says."""
+    _, _, pred, ref, spacing = _labels(tmp_path)
+    ref[ref == 4] = 1  # the core: necrosis, no enhancing tumor
+    pred = ref.copy()
+    pred_path = _write(make_image(pred, spacing), tmp_path / "pred_core.nii.gz")
+    task = tmp_path / "Task01_BrainTumour"
+    (task / "labelsTr").mkdir(parents=True)
+    (task / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}}))
+    msd = np.select([ref == 2, ref == 1], [1, 2], 0).astype(np.uint8)  # BraTS 2021 -> the Decathlon's values
+    inside = _write(make_image(msd, spacing), task / "labelsTr" / "BRATS_900.nii.gz")
+    outside = _write(make_image(msd, spacing), tmp_path / "BRATS_900.nii.gz")
+    argv = ["evaluate", "--pred", pred_path, "--json", "--model", "brats-demo-unet", "--ref"]
+    assert main([*argv, inside]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert metrics["NCR"]["dice"] == metrics["ED"]["dice"] == metrics["WT"]["dice"] == 1.0
+    assert main([*argv, outside]) == 0  # the same file elsewhere: the model's values, oedema and necrosis swapped
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert metrics["NCR"]["dice"] == metrics["ED"]["dice"] == 0.0 and metrics["WT"]["dice"] == 1.0
+    assert main([*argv, outside, "--reference-labels", "msd"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["ED"]["dice"] == 1.0
+    _one_line_error(capsys, [*argv, inside, "--reference-labels", "brats"],
+                    "BRATS_900.nii.gz: its dataset.json maps label 1 to 2, not 1 (its convention: 0=0, 1=2, 2=1, 3=4)")
+    assert main([*argv, inside, "--reference-labels", "msd"]) == 0  # the same convention, named: accepted
+
+
 def test_evaluate_with_model_names(tmp_path, capsys):
     pred_path, ref_path, *_ = _labels(tmp_path)
     assert main(["evaluate", "--pred", pred_path, "--ref", ref_path, "--json", "--model", "brats-demo-unet"]) == 0

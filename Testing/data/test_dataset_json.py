@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medcnncad.data.dataset_json import read_dataset
+from medcnncad.data.dataset_json import declared_labels, read_dataset, reference_convention
 from medcnncad.data.real_cases import describe_case, discover_real_cases, load_reference
 from medcnncad.errors import InputError
 
@@ -145,3 +145,35 @@ def test_one_case_id_from_two_places_is_refused_naming_both(tmp_path):
     sitk.WriteImage(_volume(channel), str(folder / "BraTS2021_00000_t1ce.nii.gz"))
     with pytest.raises(InputError, match=r"case id BraTS2021_00000 twice \(BraTS2021: .*; nnU-Net:Dataset137"):
         discover_real_cases(tmp_path)
+
+
+@pytest.mark.parametrize("description, expected", [
+    (MSD_TASK01, {0: 0, 1: 2, 2: 1, 3: 4}),
+    (NNUNET_BRATS21, {0: 0, 1: 2, 2: 1, 3: 4}),  # regions: 1 only in WT (oedema), 2 in TC (NCR), 3 in ET
+    ({"labels": {"0": "background", "1": "necrosis", "2": "edema", "4": "enhancing tumor"}}, {0: 0, 1: 1, 2: 2, 4: 4}),
+    ({"labels": {"background": 0, "tumor": 1}}, None),  # one whole-tumor label: not every region
+    ({"labels": {"0": "background", "1": "liver", "2": "cancer"}}, None),  # another task: the model's values
+    ({"labels": {"0": "background", "1": "edema", "3": "enhancing tumor"}}, None),  # no core: TC not in full
+])
+def test_a_label_file_of_a_dataset_folder_declares_its_convention(tmp_path, description, expected):
+    (tmp_path / "labelsTr").mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps(description))
+    label = tmp_path / "labelsTr" / "case_001.nii.gz"
+    assert declared_labels(label) == expected
+    assert declared_labels(tmp_path / "case_001.nii.gz") is None  # not in labelsTr/
+    assert reference_convention(label, None) == expected
+
+
+def test_a_convention_given_against_the_dataset_json_is_refused(tmp_path):
+    (tmp_path / "labelsTs").mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps(MSD_TASK01))
+    label = tmp_path / "labelsTs" / "BRATS_900.nii.gz"
+    msd = {0: 0, 1: 2, 2: 1, 3: 4}
+    assert reference_convention(label, msd) == msd
+    with pytest.raises(InputError, match=r"BRATS_900.nii.gz: its dataset.json maps label 3 to 4, not 3 \(its "
+                                         r"convention: 0=0, 1=2, 2=1, 3=4\)"):
+        reference_convention(label, {0: 0, 1: 2, 2: 1})  # 3 left as itself
+    with pytest.raises(InputError, match="maps label 1 to 2, not 1"):
+        reference_convention(label, {0: 0, 1: 1, 2: 2, 3: 4})  # BraTS 2023's
+    (tmp_path / "dataset.json").write_text("{not json")
+    assert reference_convention(label, {3: 4}) == {3: 4}  # an unreadable description declares nothing

@@ -384,8 +384,14 @@ def test_a_decathlon_folder_and_a_4d_segment_input_score_as_the_separate_files(t
     for name, given in (("separate", separate), ("stacked", stacked_input)):
         assert main(["segment", *given, "--reference", str(paths["label"]), "--out", str(tmp_path / name),
                      *common]) == 0
+    # the Decathlon's own label file as the reference: read in its dataset.json's convention, without being told
+    assert main(["segment", *stacked_input, "--reference", str(task / "labelsTr" / "BRATS_001.nii.gz"),
+                 "--out", str(tmp_path / "own"), *common]) == 0
     (row,) = json.loads((tmp_path / "real.json").read_text())["rows"]
-    reports = {name: json.loads((tmp_path / name / "report.json").read_text()) for name in ("separate", "stacked")}
+    reports = {name: json.loads((tmp_path / name / "report.json").read_text())
+               for name in ("separate", "stacked", "own")}
+    assert reports["own"]["metrics"] == reports["stacked"]["metrics"]
+    assert reports["own"]["reference_labels"] == {"0": 0, "1": 2, "2": 1, "3": 4}
     assert row["source"] == "Decathlon:Task01_BrainTumour" and row["inputs"] == ["FLAIR", "T1", "T1c", "T2"]
     for region in ("WT", "TC", "ET"):
         want = reports["separate"]["metrics"][region]["dice"]

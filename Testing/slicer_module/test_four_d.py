@@ -19,7 +19,7 @@ from conftest import ROOT  # noqa: E402
 from slicer_scene import new_scene, scene_fingerprint  # noqa: E402
 
 from medcnncad.errors import InputError  # noqa: E402
-from medcnncad.slicer.adaptor import volume_node_to_image  # noqa: E402
+from medcnncad.slicer.adaptor import segmentation_to_labels, volume_node_to_image  # noqa: E402
 from medcnncad.slicer.logic import SecondReaderLogic  # noqa: E402
 
 SAMPLE = ROOT / "Resources" / "SampleData"
@@ -44,7 +44,8 @@ def _task01_file(folder, sample_images, dataset_json: bool = True):
     images.mkdir(parents=True)
     if dataset_json:
         (folder / "dataset.json").write_text(json.dumps(
-            {"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}, "labels": {"0": "background"}}))
+            {"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+             "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}}))
     path = images / "BRATS_900.nii.gz"
     sitk.WriteImage(sitk.JoinSeries([sample_images[name] for name in TASK01_ORDER]), str(path))
     return path
@@ -175,6 +176,36 @@ def test_segmenting_the_split_volumes_equals_segmenting_the_separate_files(scene
     separate["FLAIR"].GetIJKToRASMatrix(matrix)
     slicer.mrmlScene.GetNodeByID(split.segmentation.GetAttribute("MedCNNCAD.referenceVolumeID")).GetIJKToRASMatrix(other)
     assert all(abs(matrix.GetElement(r, c) - other.GetElement(r, c)) < 1e-4 for r in range(4) for c in range(4))
+
+    # the Decathlon's label file (1 oedema, 2 non-enhancing, 3 enhancing) loaded as Add Data does: compared in its
+    # dataset.json's convention without being told, as the BraTS-named reference is
+    named = _segmentation_file(scene, SAMPLE / "MedCNNCADPhantom_reference.seg.nrrd")
+    expected = logic.compare(split.segmentation, named)
+    labels = segmentation_to_labels(named, separate["FLAIR"], logic.describeModel("demo"))
+    msd = sitk.GetImageFromArray(np.select([labels == 2, labels == 1, labels == 4], [1, 2, 3], 0).astype(np.uint8))
+    msd.CopyInformation(sample_images["FLAIR"])
+    (path.parent.parent / "labelsTr").mkdir()
+    sitk.WriteImage(msd, str(path.parent.parent / "labelsTr" / "BRATS_900.nii.gz"))
+    own = _segmentation_file(scene, path.parent.parent / "labelsTr" / "BRATS_900.nii.gz")
+    assert sorted(own.GetSegmentation().GetNthSegment(i).GetName() for i in range(3)) == \
+        ["Segment_1", "Segment_2", "Segment_3"]
+    compared = logic.compare(split.segmentation, own)
+    for region in ("NCR", "ED", "ET", "WT", "TC"):
+        assert compared.metrics[region].dice == pytest.approx(expected.metrics[region].dice, abs=1e-9), region
+    assert expected.metrics["ET"].dice > 0.5
+    with pytest.raises(InputError, match="its dataset.json maps label 1 to 2, not 1"):
+        logic.compare(split.segmentation, own, referenceLabels="brats2023")
+
+
+def _segmentation_file(scene, path):
+    """A label or .seg.nrrd file read into a segmentation node as Add Data does."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(node)
+    return node
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medcnncad.cli.options import add, channel_list, classifier_or_none, non_negative_int
+from medcnncad.data.dataset_json import reference_convention
 from medcnncad.evaluation.phantoms import (
     calibration_helps,
     evaluate_on_phantoms,
@@ -41,8 +42,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pred_img = read_volume(args.pred)
     ref = check_label_image(ref_img, args.ref)
     pred = check_label_image(pred_img, args.pred, ref_img, args.ref)
-    if args.reference_labels:
-        ref = relabel(ref, parse_label_map(args.reference_labels), args.ref)
+    convention = reference_convention(args.ref, parse_label_map(args.reference_labels) if args.reference_labels
+                                      else None)  # a dataset folder's label file: its dataset.json's
+    if convention:
+        ref = relabel(ref, convention, args.ref)
     if args.model:
         manifest = describe_segmentation_model(args.model)
         check_reference_values(ref, (label.value for label in manifest.labels), args.ref)

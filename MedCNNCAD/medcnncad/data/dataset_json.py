@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 
 __all__ = ["DATASET_FILE", "CHANNEL_NAMES", "LABEL_NAMES", "DatasetCase", "Dataset", "is_dataset_folder",
-           "read_dataset", "declared_volumes"]
+           "read_dataset", "declared_volumes", "declared_labels", "reference_convention"]
 
 DATASET_FILE = "dataset.json"
 
@@ -112,6 +112,46 @@ def declared_volumes(image_file: str | Path) -> dict[int, str] | None:
         return _channels(description_file, description)[0] if isinstance(description, dict) else None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, InputError):
         return None
+
+
+def declared_labels(label_file: str | Path) -> dict[int, int] | None:
+    """For a label file of a dataset folder's ``labelsTr/`` or ``labelsTs/``: its ``dataset.json``'s label value ->
+    BraTS value, when that describes all three regions (WT, TC, ET); None for a file elsewhere, a description that
+    cannot be read, labels of other names (another task), or one describing fewer regions."""
+    path = Path(label_file).resolve()
+    description_file = path.parent.parent / DATASET_FILE
+    if path.parent.name not in ("labelsTr", "labelsTs") or not description_file.is_file():
+        return None
+    try:
+        description = json.loads(description_file.read_text())
+        if not isinstance(description, dict):
+            return None
+        mapping, regions = _label_map(description_file, description.get("labels"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, InputError):
+        return None
+    return mapping if regions == ("WT", "TC", "ET") else None
+
+
+def reference_convention(label_file: str | Path, given: Mapping[int, int] | None) -> dict[int, int] | None:
+    """The label map to read a reference ``label_file`` with: ``given`` (the user's), else the one its dataset.json
+    declares (:func:`declared_labels`), else None (the model's own values).
+
+    Raises:
+        InputError: naming the file and its dataset.json when ``given`` maps a value otherwise than it declares (a
+            Decathlon file read as BraTS 2021's would swap oedema and necrosis without an error).
+    """
+    declared = declared_labels(label_file)
+    if declared is None:
+        return dict(given) if given else None
+    if given is None:
+        return declared
+    wrong = sorted(value for value, target in declared.items() if given.get(value, value) != target)
+    if wrong:
+        described = ", ".join(f"{value}={target}" for value, target in sorted(declared.items()))
+        raise InputError(f"{label_file}: its dataset.json maps label {wrong[0]} to {declared[wrong[0]]}, not "
+                         f"{given.get(wrong[0], wrong[0])} (its convention: {described}); leave the reference's "
+                         "convention out to use it")
+    return dict(given)
 
 
 def read_dataset(folder: str | Path) -> Dataset:

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification
-from medcnncad.data.dataset_json import declared_volumes
+from medcnncad.data.dataset_json import declared_volumes, reference_convention
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
@@ -92,8 +92,10 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     ``descriptors`` adds each lesion's similar-case retrieval descriptors and thumbnail
     (:func:`medcnncad.retrieval.descriptors.case_descriptors`: one encoder pass per lesion, computed by the
     writer while it compresses the volumes). ``reference_labels`` maps the reference's label values onto the
-    model's (:func:`medcnncad.metrics.label_conventions.parse_label_map`, e.g. BraTS 2023's 3 -> 4); a reference
-    holding a value that is none of the model's, after it, is refused before the network runs.
+    model's (:func:`medcnncad.metrics.label_conventions.parse_label_map`, e.g. BraTS 2023's 3 -> 4); a label file of
+    a dataset folder's ``labelsTr/`` is read in its ``dataset.json``'s convention, and one given against that is
+    refused (:func:`medcnncad.data.dataset_json.reference_convention`); a reference holding a value that is none of
+    the model's, after it, is refused before the network runs.
     """
     progress = progress or (lambda stage, fraction: None)
     out = Path(out)
@@ -101,6 +103,8 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg or dicom_sr else None
     extra = dict(extra_timings or {})
     t0 = time.perf_counter()
+    if reference:  # a label file of a dataset folder is read in its dataset.json's convention
+        reference_labels = reference_convention(reference, reference_labels)
     ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None
     reading_s = time.perf_counter() - t0
     volumes = _volume_indices(inputs, series)

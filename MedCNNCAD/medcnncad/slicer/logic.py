@@ -503,6 +503,7 @@ class SecondReaderLogic:
         label file's (``Segment_4``, ``Label_4``, ``4``); ``referenceLabels`` names that file's convention when it
         is not the model's (``brats2023``, ``msd`` or ``3=4``-style pairs, as ``segment --reference-labels``).
         """
+        from medcnncad.data.dataset_json import reference_convention
         from medcnncad.metrics.label_conventions import parse_label_map
         from medcnncad.slicer.adaptor import compare_nodes
 
@@ -516,5 +517,8 @@ class SecondReaderLogic:
         if volume is None:
             raise InputError("the volume the AI segmented is no longer in the scene; pass referenceVolumeNode")
         mapping = parse_label_map(referenceLabels) if referenceLabels.strip() else None
+        storage = referenceNode.GetStorageNode()
+        if storage is not None and storage.GetFileName():  # a dataset folder's label file: its dataset.json's
+            mapping = reference_convention(storage.GetFileName(), mapping)
         return compare_nodes(segmentationNode, referenceNode, volume, self.describeModel(modelId),
                              reference_labels=mapping)
