@@ -149,7 +149,7 @@ def test_a_decathlon_file_named_out_of_its_dataset_json_order_is_refused(tmp_pat
     (tmp_path / "dataset.json").write_text(json.dumps({"modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
                                                        "labels": {"0": "background"}}))
     image = tmp_path / "imagesTr" / "BRATS_001.nii.gz"
-    image.write_bytes(b"")  # only its place is read here
+    sitk.WriteImage(sitk.JoinSeries([sitk.Image(3, 4, 5, sitk.sitkFloat32)] * 4), str(image))  # its header is read
     inputs = {name: str(image) for name in ("T1", "T1c", "T2", "FLAIR")}
     right = {"FLAIR": "0", "T1": "1", "T1c": "2", "T2": "3"}
     assert _volume_indices(inputs, right) == {"FLAIR": 0, "T1": 1, "T1c": 2, "T2": 3}

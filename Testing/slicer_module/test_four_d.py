@@ -172,6 +172,10 @@ def test_segmenting_the_split_volumes_equals_segmenting_the_separate_files(scene
     split = logic.segment(logic.load4DFile(str(path), "demo"), model="demo", device="cpu", precision="manifest")
     np.testing.assert_array_equal(split.result.label_map, direct.result.label_map)
     assert direct.result.label_map.any()
+    sequence, _ = _sequence_as_slicer_loads_it(scene, path)
+    from_sequence = logic.segment(logic.splitSequence(sequence, "demo"), model="demo", device="cpu",
+                                  precision="manifest")
+    np.testing.assert_array_equal(from_sequence.result.label_map, direct.result.label_map)
     matrix, other = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
     separate["FLAIR"].GetIJKToRASMatrix(matrix)
     slicer.mrmlScene.GetNodeByID(split.segmentation.GetAttribute("MedCNNCAD.referenceVolumeID")).GetIJKToRASMatrix(other)
@@ -195,6 +199,80 @@ def test_segmenting_the_split_volumes_equals_segmenting_the_separate_files(scene
     assert expected.metrics["ET"].dice > 0.5
     with pytest.raises(InputError, match="its dataset.json maps label 1 to 2, not 1"):
         logic.compare(split.segmentation, own, referenceLabels="brats2023")
+
+
+def _dataset_file(folder, modality: dict, name: str, volumes: list[sitk.Image]):
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.json").write_text(json.dumps({"modality": modality, "labels": {"0": "background"}}))
+    image = volumes[0] if len(volumes) == 1 else sitk.JoinSeries(volumes)
+    sitk.WriteImage(image, str(folder / "imagesTr" / name))
+    return folder / "imagesTr" / name
+
+
+def test_what_a_dataset_json_says_of_each_volume_is_never_overridden(scene, sample_images, tmp_path):
+    """An nnU-Net file is the channel its _XXXX suffix names; a volume of a channel the engine does not read (ADC)
+    is not taken for another; a file holding another number of volumes than declared is refused."""
+    logic = SecondReaderLogic()
+    nnunet = {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"}
+    t1c = _dataset_file(tmp_path / "Dataset137", nnunet, "BraTS_001_0001.nii.gz", [sample_images["T1c"]])
+    nodes = logic.load4DFile(str(t1c), "demo")
+    assert list(nodes) == ["T1c"]
+    _same_volume(nodes["T1c"], sample_images["T1c"])
+    assert list(logic.load4DFile(str(t1c), "demo", "t1c")) == ["T1c"]
+    with pytest.raises(InputError, match="volume 0 is T1c by its dataset.json, not FLAIR"):
+        logic.load4DFile(str(t1c), "demo", "FLAIR")
+    two = [sample_images["T1"], sample_images["FLAIR"]]
+    adc = _dataset_file(tmp_path / "mixed", {"0": "T1w", "1": "ADC"}, "case_1.nii.gz", two)
+    assert list(logic.load4DFile(str(adc), "demo")) == ["T1"]
+    with pytest.raises(InputError, match=r"volume 1 is ADC by its dataset.json, not T2 \(its order: T1, ADC\)"):
+        logic.load4DFile(str(adc), "demo", ",T2")
+    three = _dataset_file(tmp_path / "short", {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}, "case_1.nii.gz",
+                          [sample_images[c] for c in TASK01_ORDER[:3]])
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match=r"case_1.nii.gz: 3 volumes, but its dataset.json declares 4 channels"):
+        logic.load4DFile(str(three), "demo")
+    assert scene_fingerprint(scene) == before
+
+
+def test_a_sequence_whose_items_differ_from_its_files_dataset_json_is_refused(scene, sample_images, tmp_path):
+    path = _task01_file(tmp_path / "Task01_BrainTumour", sample_images)
+    sequence, _ = _sequence_as_slicer_loads_it(scene, path)
+    sequence.RemoveDataNodeAtValue(sequence.GetNthIndexValue(0))  # FLAIR removed in Sequences: the rest would shift
+    with pytest.raises(InputError, match=r"sequence 'BRATS_900': 3 volumes, but its dataset.json declares 4"):
+        SecondReaderLogic().splitSequence(sequence, "demo")
+
+
+def test_channel_names_and_aliases_of_other_models(sample_images, tmp_path):
+    """A model's channel is matched by name before alias, an alias of two channels is refused, and a model naming
+    its post-contrast channel T1Gd reads a dataset.json's t1gd volume."""
+    from dataclasses import replace
+
+    from medcnncad.models.registry import describe_model
+    from medcnncad.slicer.four_d import volume_order
+
+    demo = describe_model("demo")
+    inputs = {c.name: c for c in demo.inputs}
+    shared = replace(demo, inputs=(replace(inputs["T1c"], aliases=("t1", "post")), inputs["T1"],
+                                   replace(inputs["T2"], aliases=("post",)), inputs["FLAIR"]))
+    assert volume_order("T1,FLAIR", shared, "f", 2) == {0: "T1", 1: "FLAIR"}
+    with pytest.raises(InputError, match="'post', an alias of model brats-demo-unet's channels T1c and T2"):
+        volume_order("post", shared, "f", 1)
+    gd = replace(demo, inputs=(inputs["T1"], replace(inputs["T1c"], name="T1Gd", aliases=()), inputs["T2"],
+                               inputs["FLAIR"]))
+    task01 = {0: "FLAIR", 1: "T1", 2: "T1c", 3: "T2"}
+    assert volume_order("", gd, "f", 4, task01) == {0: "FLAIR", 1: "T1", 2: "T1Gd", 3: "T2"}
+    assert volume_order(",,t1gd", gd, "f", 4, task01) == {2: "T1Gd"}
+
+
+def test_a_slicer_sequence_file_is_named_for_what_it_is(scene, sample_images, tmp_path):
+    path = _task01_file(tmp_path / "Task01_BrainTumour", sample_images)
+    sequence, _ = _sequence_as_slicer_loads_it(scene, path)
+    saved = tmp_path / "BRATS_900.seq.nrrd"
+    storage = slicer.vtkMRMLVolumeSequenceStorageNode()
+    storage.SetFileName(str(saved))
+    assert storage.WriteData(sequence)
+    with pytest.raises(InputError, match=r"BRATS_900.seq.nrrd: 4 components per voxel \(a Slicer sequence file"):
+        SecondReaderLogic().load4DFile(str(saved), "demo", "FLAIR")
 
 
 def _segmentation_file(scene, path):

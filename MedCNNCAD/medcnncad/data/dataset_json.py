@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 
 __all__ = ["DATASET_FILE", "CHANNEL_NAMES", "LABEL_NAMES", "DatasetCase", "Dataset", "is_dataset_folder",
-           "read_dataset", "declared_volumes", "declared_labels", "reference_convention"]
+           "read_dataset", "declared_volumes", "engine_channel", "declared_labels", "reference_convention"]
 
 DATASET_FILE = "dataset.json"
 
@@ -101,17 +101,59 @@ def is_dataset_folder(folder: Path) -> bool:
 
 
 def declared_volumes(image_file: str | Path) -> dict[int, str] | None:
-    """For a file of a dataset folder's ``imagesTr/`` or ``imagesTs/``: its ``dataset.json``'s volume index -> engine
-    channel (the Decathlon's order); None for a file elsewhere or a description that cannot be read."""
+    """For a file of a dataset folder's ``imagesTr/`` or ``imagesTs/``: what its ``dataset.json`` says each of its
+    volumes is, 0-based volume index -> engine channel (:func:`engine_channel`), or ``dataset.json``'s own name for a
+    channel the engine does not read (``ADC``). A 4D file (the Decathlon's) holds every declared channel in order; a
+    file of one volume is the channel its ``_XXXX`` suffix names (nnU-Net's), or the only one declared. None for a
+    file elsewhere, a description that cannot be read, or a one-volume file that names no declared channel.
+
+    Raises:
+        InputError: naming the file when a 4D file holds another number of volumes than its dataset.json declares
+            (its volumes would be taken for the wrong sequences).
+    """
     path = Path(image_file).resolve()
     description_file = path.parent.parent / DATASET_FILE
     if path.parent.name not in ("imagesTr", "imagesTs") or not description_file.is_file():
         return None
     try:
         description = json.loads(description_file.read_text())
-        return _channels(description_file, description)[0] if isinstance(description, dict) else None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, InputError):
+        named = description.get("channel_names") or description.get("modality")
+        declared = {int(k): engine_channel(str(v)) or str(v) for k, v in named.items() if str(k).isdigit()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
         return None
+    if not declared:
+        return None
+    count = _volume_count(path)
+    if count is None:
+        return None
+    if count > 1:
+        if sorted(declared) != list(range(count)):
+            raise InputError(f"{path}: {count} volumes, but its dataset.json declares {len(declared)} channels "
+                             f"({', '.join(declared[i] for i in sorted(declared))}): which volume is which is unknown")
+        return declared
+    ending = str(description.get("file_ending") or ".nii.gz")
+    suffix = re.fullmatch(r".+_(\d{4})", path.name[:-len(ending)]) if path.name.endswith(ending) else None
+    if suffix and int(suffix.group(1)) in declared:
+        return {0: declared[int(suffix.group(1))]}
+    return {0: next(iter(declared.values()))} if len(declared) == 1 else None
+
+
+def engine_channel(name: str) -> str | None:
+    """The engine's channel ("T1", "T1c", "T2", "FLAIR") a dataset.json or manifest channel name means (``t1gd``,
+    ``T2w``, ``Flair``; :data:`CHANNEL_NAMES`), or None."""
+    return CHANNEL_NAMES.get(_normalized_channel(name))
+
+
+def _volume_count(path: Path) -> int | None:
+    """How many volumes an image file holds (its header only), or None when it cannot be read."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size = reader.GetSize()
+    return int(size[3]) if len(size) == 4 else 1
 
 
 def declared_labels(label_file: str | Path) -> dict[int, int] | None:
@@ -220,7 +262,7 @@ def _channels(path: Path, description: Mapping[str, Any]) -> tuple[dict[int, str
         raise InputError(f"{path}: no \"channel_names\" or \"modality\" object")
     channels = {}
     for index, name in named.items():
-        channel = CHANNEL_NAMES.get(_normalized_channel(str(name)))
+        channel = engine_channel(str(name))
         if channel is not None and str(index).isdigit():
             channels[int(index)] = channel
     if not channels:

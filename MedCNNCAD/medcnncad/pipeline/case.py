@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification
-from medcnncad.data.dataset_json import declared_volumes, reference_convention
+from medcnncad.data.dataset_json import declared_volumes, engine_channel, reference_convention
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
@@ -51,7 +51,7 @@ def _volume_indices(inputs: dict[str, str], series: dict[str, str]) -> dict[str,
     orders = {path: declared_volumes(path) for path in {inputs[name] for name in picked}}  # each file's once
     for name, index in picked.items():
         declared = orders[inputs[name]]
-        if declared is not None and declared.get(index, name) != name:
+        if declared is not None and declared.get(index, name) not in (name, engine_channel(name)):
             raise InputError(f"{inputs[name]}: volume {index} is {declared[index]} by its dataset.json, not {name} "
                              f"(its order: {', '.join(declared[i] for i in sorted(declared))})")
     return picked

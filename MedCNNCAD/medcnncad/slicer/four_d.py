@@ -26,7 +26,7 @@ import slicer
 import slicer.util
 import vtk
 
-from medcnncad.data.dataset_json import declared_volumes
+from medcnncad.data.dataset_json import declared_volumes, engine_channel
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volumes
 from medcnncad.models.manifest import Manifest
@@ -39,10 +39,15 @@ SOURCE_ATTRIBUTE = "MedCNNCAD.sourceVolume"
 
 
 def _channel_of(manifest: Manifest, name: str, source: str) -> str:
+    """The model's channel a typed name means: its name (any case), else the one channel with that alias."""
     wanted = name.strip().lower()
-    for channel in manifest.inputs:
-        if wanted in (term.lower() for term in (channel.name, *channel.aliases)):
-            return channel.name
+    exact = [c.name for c in manifest.inputs if c.name.lower() == wanted]
+    by_alias = [c.name for c in manifest.inputs if wanted in (alias.lower() for alias in c.aliases)]
+    if exact or len(by_alias) == 1:
+        return (exact or by_alias)[0]
+    if by_alias:
+        raise InputError(f"{source}: volume order names {name.strip()!r}, an alias of model {manifest.id}'s channels "
+                         f"{' and '.join(by_alias)}; name the channel")
     known = ", ".join(c.name for c in manifest.inputs)
     raise InputError(f"{source}: volume order names {name.strip()!r}, not a channel of model {manifest.id} ({known})")
 
@@ -55,6 +60,15 @@ def _typed_order(text: str, manifest: Manifest, source: str) -> dict[int, str]:
     return order
 
 
+def _engine_names(manifest: Manifest) -> dict[str, str]:
+    """The model's channel -> the engine channel it is (by its name or an alias: ``T1Gd`` is T1c), else itself."""
+    names = {}
+    for channel in manifest.inputs:
+        engine = (engine_channel(term) for term in (channel.name, *channel.aliases))
+        names[channel.name] = next((e for e in engine if e), channel.name)
+    return names
+
+
 def volume_order(text: str, manifest: Manifest, source: str, count: int,
                  declared: Mapping[int, str] | None = None) -> dict[int, str]:
     """0-based volume index -> the model's channel, for the channels the model reads.
@@ -64,18 +78,23 @@ def volume_order(text: str, manifest: Manifest, source: str, count: int,
         manifest: the model whose channels (names or aliases, any case) the order names.
         source: the file or sequence, for the messages.
         count: how many volumes the source holds.
-        declared: the order its dataset.json declares (engine channel names), if any.
+        declared: what its dataset.json says each volume is (:func:`medcnncad.data.dataset_json.declared_volumes`:
+            engine channels, or dataset.json's names for channels the engine does not read), if anything.
 
     Raises:
-        InputError: naming ``source`` when no order is known, a name is not the model's, a channel is named twice,
-            the order names more volumes than exist, or it contradicts ``declared``.
+        InputError: naming ``source`` when no order is known, a name is not the model's (or an alias of two of its
+            channels), a channel is named twice, the order names more volumes than exist, the source holds another
+            number of volumes than ``declared``, or the order contradicts ``declared``.
     """
+    engine = _engine_names(manifest)
+    if declared and sorted(declared) != list(range(count)):
+        raise InputError(f"{source}: {count} volumes, but its dataset.json declares {len(declared)} "
+                         f"({', '.join(declared[i] for i in sorted(declared))}): which volume is which is unknown")
     if not text.strip():
         if not declared:
             raise InputError(f"{source}: {count} volumes and no dataset.json beside it to say which is which; type "
                              "their order (e.g. FLAIR,T1,T1c,T2 for the Decathlon's brain tumours)")
-        reads = {c.name for c in manifest.inputs}
-        order = {index: name for index, name in declared.items() if name in reads and index < count}
+        order = {index: channel for index, name in declared.items() for channel in engine if engine[channel] == name}
         if not order:
             raise InputError(f"{source}: its dataset.json declares {', '.join(declared.values())}; model "
                              f"{manifest.id} reads none of them")
@@ -87,7 +106,7 @@ def volume_order(text: str, manifest: Manifest, source: str, count: int,
         raise InputError(f"{source}: volume order {text!r} names volume {max(order)}, but it holds {count} (0 to "
                          f"{count - 1})")
     for index, channel in order.items():
-        if declared and declared.get(index, channel) != channel:
+        if declared and declared[index] != engine[channel]:
             raise InputError(f"{source}: volume {index} is {declared[index]} by its dataset.json, not {channel} "
                              f"(its order: {', '.join(declared[i] for i in sorted(declared))})")
     return order
@@ -100,6 +119,9 @@ def _file_volume_count(path: Path) -> int:
         reader.ReadImageInformation()
     except RuntimeError:
         raise InputError(f"{path}: cannot be read as an image") from None
+    if reader.GetNumberOfComponents() > 1:
+        raise InputError(f"{path}: {reader.GetNumberOfComponents()} components per voxel (a Slicer sequence file or a "
+                         "vector image): load it with Add Data, then Split into inputs")
     size = reader.GetSize()
     return int(size[3]) if len(size) == 4 else 1
 
