@@ -88,6 +88,11 @@ def test_weights_path_cannot_escape_the_model_folder(tmp_path, path):
      "a_min 5 must be below a_max 1"),
     (lambda m: m.update({"input_warnings": [{"inputs": ["MR"], "message": "x"}]}), "unknown inputs ['MR']"),
     (lambda m: m.update({"input_warnings": [{"inputs": ["CT"], "message": ""}]}), "input_warnings/0/message"),
+    (lambda m: (m["inputs"].append({"name": "PET", "modality": "PT", "aliases": ["ct"]}),
+                m["network"]["kwargs"].update({"in_channels": 2})), "inputs 'CT' and 'PET' are both called 'ct'"),
+    (lambda m: (m["inputs"][0].update({"aliases": ["scan"]}),
+                m["inputs"].append({"name": "PET", "modality": "PT", "aliases": ["Scan"]}),
+                m["network"]["kwargs"].update({"in_channels": 2})), "inputs 'CT' and 'PET' are both called 'scan'"),
 ])
 def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
     raw = blob_manifest_dict()

@@ -454,6 +454,11 @@ def _check_consistency(m: Manifest, where: str) -> None:
                         ("region", [r.name for r in m.regions])):
         if len(set(names)) != len(names):
             raise ModelError(f"{where}: duplicate {kind} names {names}")
+    terms: dict[str, str] = {}
+    for channel in m.inputs:  # a name or alias meaning two channels would pick one of them without a word
+        for term in {t.strip().lower() for t in (channel.name, *channel.aliases)}:
+            if terms.setdefault(term, channel.name) != channel.name:
+                raise ModelError(f"{where}: inputs {terms[term]!r} and {channel.name!r} are both called {term!r}")
     values = {x.value for x in m.labels}
     if len(values) != len(m.labels):
         raise ModelError(f"{where}: duplicate label values {[x.value for x in m.labels]}")
