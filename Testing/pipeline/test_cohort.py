@@ -156,3 +156,21 @@ def test_a_decathlon_file_named_out_of_its_dataset_json_order_is_refused(tmp_pat
     with pytest.raises(InputError, match=r"BRATS_001.nii.gz: volume 0 is FLAIR by its dataset.json, not T1 "
                                          r"\(its order: FLAIR, T1, T1c, T2\)"):
         _volume_indices(inputs, {"T1": "0", "T1c": "1", "T2": "2", "FLAIR": "3"})
+
+
+def test_an_nnunet_file_given_as_another_channel_than_its_suffix_is_refused(tmp_path):
+    """nnU-Net's imagesTr/<case>_0001.nii.gz is the channel dataset.json gives index 1 (here T1ce): given as FLAIR
+    with no selector, it would be read as FLAIR without a word."""
+    from medcnncad.errors import InputError
+    from medcnncad.pipeline.case import _volume_indices
+
+    (tmp_path / "imagesTr").mkdir()
+    channels = {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"}
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": channels, "labels": {"background": 0},
+                                                       "file_ending": ".nii.gz"}))
+    image = tmp_path / "imagesTr" / "BraTS2021_00006_0001.nii.gz"
+    sitk.WriteImage(sitk.Image(3, 4, 5, sitk.sitkFloat32), str(image))
+    assert _volume_indices({"T1c": str(image)}, {}) == {}
+    with pytest.raises(InputError, match=r"_0001.nii.gz: volume 0 is T1c by its dataset.json, not FLAIR"):
+        _volume_indices({"FLAIR": str(image)}, {})
+

@@ -234,6 +234,20 @@ def test_what_a_dataset_json_says_of_each_volume_is_never_overridden(scene, samp
     assert scene_fingerprint(scene) == before
 
 
+def test_a_volume_loaded_from_an_nnunet_file_is_only_the_channel_its_suffix_names(scene, sample_images, tmp_path):
+    nnunet = {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"}
+    path = _dataset_file(tmp_path / "Dataset137", nnunet, "BraTS_001_0001.nii.gz", [sample_images["T1c"]])
+    node = slicer.modules.volumes.logic().AddArchetypeVolume(str(path), "BraTS_001_0001")
+    logic = SecondReaderLogic()
+    manifest = logic.describeModel("demo")
+    assert logic._namedInputs({"T1c": node}, manifest) == {"T1c": node}
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match=r"FLAIR: volume 'BraTS_001_0001' \(.*BraTS_001_0001.nii.gz\) is T1c by its "
+                                         r"dataset.json, not FLAIR"):
+        logic.segment({"FLAIR": node}, model="demo", device="cpu")
+    assert scene_fingerprint(scene) == before
+
+
 def test_a_sequence_whose_items_differ_from_its_files_dataset_json_is_refused(scene, sample_images, tmp_path):
     path = _task01_file(tmp_path / "Task01_BrainTumour", sample_images)
     sequence, _ = _sequence_as_slicer_loads_it(scene, path)

@@ -41,18 +41,19 @@ def _read_inputs(inputs: dict[str, str], series: dict[str, str], picked: dict[st
 
 def _volume_indices(inputs: dict[str, str], series: dict[str, str]) -> dict[str, int]:
     """Channel -> 0-based volume index, for the channels whose input is a file with a selector (a 4D file). A file
-    of a Decathlon dataset folder must be named in its ``dataset.json``'s order (a swap would go unseen). A selector
-    for a channel without an input is an error."""
+    of a dataset folder (the Decathlon's 4D files, nnU-Net's ``<case>_XXXX``) must be given as the channel its
+    ``dataset.json`` says (a swap would go unseen). A selector for a channel without an input is an error."""
     unknown = sorted(set(series) - set(inputs))
     if unknown:
         raise InputError(f"--series {unknown}: no --input with that channel name")
     picked = {name: volume_index(inputs[name], selector) for name, selector in series.items()
               if Path(inputs[name]).is_file()}
-    orders = {path: declared_volumes(path) for path in {inputs[name] for name in picked}}  # each file's once
-    for name, index in picked.items():
-        declared = orders[inputs[name]]
+    files = {name: path for name, path in inputs.items() if Path(path).is_file()}
+    orders = {path: declared_volumes(path) for path in set(files.values())}  # each file's once
+    for name, path in files.items():
+        declared, index = orders[path], picked.get(name, 0)
         if declared is not None and declared.get(index, name) not in (name, engine_channel(name)):
-            raise InputError(f"{inputs[name]}: volume {index} is {declared[index]} by its dataset.json, not {name} "
+            raise InputError(f"{path}: volume {index} is {declared[index]} by its dataset.json, not {name} "
                              f"(its order: {', '.join(declared[i] for i in sorted(declared))})")
     return picked
 

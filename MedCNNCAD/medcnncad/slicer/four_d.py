@@ -5,7 +5,8 @@ one proxy volume that shows whichever volume the browser is at. A model needs on
 
 - :func:`load_4d_file` reads the file with the engine and adds one volume node per channel it names;
 - :func:`split_sequence` copies the named items of a volume sequence into volume nodes;
-- :func:`check_not_sequence_frames` refuses a sequence's proxy given as a channel (it is only the volume shown).
+- :func:`check_not_sequence_frames` refuses a sequence's proxy given as a channel (it is only the volume shown);
+- :func:`check_declared_channels` refuses a volume from a dataset folder's file given as another channel.
 
 Which volume is which sequence comes from the user's order (``FLAIR,T1,T1c,T2``, 0-based volumes in order; an empty
 entry skips a volume) or, for a file of a dataset folder's ``imagesTr/``, from its ``dataset.json``. A typed order
@@ -32,7 +33,8 @@ from medcnncad.io.images import read_volumes
 from medcnncad.models.manifest import Manifest
 from medcnncad.slicer.adaptor import NodeTransaction, ijk_to_ras_matrix
 
-__all__ = ["volume_order", "load_4d_file", "split_sequence", "check_not_sequence_frames", "SOURCE_ATTRIBUTE"]
+__all__ = ["volume_order", "load_4d_file", "split_sequence", "check_not_sequence_frames", "check_declared_channels",
+           "SOURCE_ATTRIBUTE"]
 
 SOURCE_ATTRIBUTE = "MedCNNCAD.sourceVolume"
 """Attribute of a node this module made: ``<file or sequence>#<0-based volume index>``."""
@@ -190,6 +192,23 @@ def split_sequence(sequence_node: Any, manifest: Manifest, order_text: str = "")
             array = np.array(slicer.util.arrayFromVolume(item), copy=True)
             nodes[channel] = _volume_node(array, matrix, f"{name} {channel}", f"{source or name}#{index}")
         return nodes
+
+
+def check_declared_channels(volumes: Mapping[str, Any], manifest: Manifest) -> None:
+    """Refuse a volume loaded from a dataset folder's file (nnU-Net's ``imagesTr/<case>_0001.nii.gz``) given as
+    another channel than its ``dataset.json`` says it is.
+
+    Raises:
+        InputError: naming the channel, the volume, its file and what its dataset.json declares.
+    """
+    engine = _engine_names(manifest)
+    for channel, node in volumes.items():
+        storage = node.GetStorageNode() if node is not None else None
+        source = storage.GetFileName() if storage is not None else None
+        declared = declared_volumes(source) if source and Path(source).is_file() else None
+        if declared is not None and len(declared) == 1 and declared[0] != engine.get(channel, channel):
+            raise InputError(f"{channel}: volume {node.GetName()!r} ({source}) is {declared[0]} by its dataset.json, "
+                             f"not {channel}")
 
 
 def check_not_sequence_frames(volumes: Mapping[str, Any]) -> None:

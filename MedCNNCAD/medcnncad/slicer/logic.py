@@ -188,13 +188,14 @@ class SecondReaderLogic:
                 for channel, nodeId in assign_channels(manifest, texts).items()}
 
     def _namedInputs(self, inputVolumeNodes: VolumeInputs, manifest: Manifest) -> dict[str, Any]:
-        from medcnncad.slicer.four_d import check_not_sequence_frames
+        from medcnncad.slicer.four_d import check_declared_channels, check_not_sequence_frames
 
         if isinstance(inputVolumeNodes, dict):
             named = dict(inputVolumeNodes)
         else:
             named = {c.name: node for c, node in zip(manifest.inputs, inputVolumeNodes) if node is not None}
         check_not_sequence_frames(named)
+        check_declared_channels(named, manifest)
         return named
 
     # -- 4D inputs (one file or sequence holding several MRI sequences) ----------------------
