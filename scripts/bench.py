@@ -565,6 +565,37 @@ def bench_worker(repeats: int) -> None:
           f"ratio {later / t_net:.2f}")
 
 
+def bench_forward(repeats: int) -> None:
+    """The zoo-size SegResNet's forward pass on the sample case's brain box (152 x 184 x 160, random weights) in
+    fp32, fp32 + channels-last, bf16 autocast and bf16 + channels-last, in one process: what the CPU's native bf16
+    (and AMX) gives a GroupNorm network; the largest output difference from fp32 says why the gate may refuse one."""
+    from monai.networks.nets import SegResNet
+
+    from medcnncad.inference.machine_policy import _cpu_flags, cpu_bf16_native
+
+    torch.manual_seed(0)
+    network = SegResNet(**SEGRESNET_KWARGS).eval()
+    image = torch.randn(1, 4, 152, 184, 160)
+
+    def run(bf16: bool, channels_last: bool) -> tuple[float, torch.Tensor]:
+        layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+        net, x = network.to(memory_format=layout), image.contiguous(memory_format=layout)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            net(x)  # warm-up: oneDNN picks and caches its kernels
+            seconds, out = _median_time(lambda: net(x), repeats)
+        return seconds, out.float()  # type: ignore[union-attr]
+
+    flags = sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2"})
+    print(f"zoo-size SegResNet forward, 4 x 152x184x160 brain box, random weights, CPU flags {flags}, native bf16: "
+          f"{cpu_bf16_native()}, median of {repeats}:")
+    t_fp32, reference = run(False, False)
+    print(f"  fp32: {t_fp32:.2f} s")
+    for bf16, channels_last in ((False, True), (True, False), (True, True)):
+        seconds, out = run(bf16, channels_last)
+        print(f"  {'bf16' if bf16 else 'fp32'}{' + channels-last' if channels_last else ''}: {seconds:.2f} s, "
+              f"{t_fp32 / seconds:.2f}x fp32; largest output difference {float((out - reference).abs().max()):.4f}")
+
+
 def bench_policy() -> None:
     """fp32 vs channels-last vs bf16 autocast for the demo UNet, with the accuracy gate."""
     from medcnncad.data.phantom import cropped_phantom as small_phantom
@@ -938,7 +969,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
                                          "lesion-filter", "retrieval", "segresnet-template", "default-case", "resident",
-                                         "default-policy", "freed-memory", "_freed-memory-case",
+                                         "default-policy", "freed-memory", "forward", "_freed-memory-case",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -991,6 +1022,8 @@ def main() -> None:
         bench_resident(max(1, args.repeats // 2))
     if args.what in ("bundle", "all"):
         bench_bundle(max(1, args.repeats // 2), args.weights)
+    if args.what in ("forward", "all"):
+        bench_forward(max(1, args.repeats // 2))
 
 
 if __name__ == "__main__":
