@@ -11,7 +11,7 @@ from helpers import small_phantom
 from medcnncad.inference.resample import to_input_grid, to_input_grid_torch
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.metrics.segmentation import dice_per_label
-from medcnncad.models.preprocessing import to_metatensor
+from medcnncad.models.preprocessing import ras_affine, to_metatensor
 from medcnncad.models.registry import load_model
 
 
@@ -210,11 +210,15 @@ def test_the_network_input_made_on_a_device_equals_the_hosts(pixel):
         image.SetSpacing((0.9, 1.1, 3.0))
         image.SetOrigin((10.0, -20.0, 5.0))
         images.append(image)
+    by_numpy = np.stack([sitk.GetArrayViewFromImage(image).astype(np.float32).transpose(2, 1, 0)
+                         for image in images])  # numpy's cast and transpose: the reference
     host = to_metatensor(images)
     made = to_metatensor(images, torch.device("cpu"))
-    assert made.dtype == torch.float32 and made.shape == (3, 9, 7, 5) and made.is_contiguous()
-    assert torch.equal(made.as_tensor(), host.as_tensor())
+    for tensor in (host, made):
+        assert tensor.dtype == torch.float32 and tensor.shape == (3, 9, 7, 5) and tensor.is_contiguous()
+        np.testing.assert_array_equal(tensor.as_tensor().numpy(), by_numpy)
     assert torch.equal(made.affine, host.affine)
+    np.testing.assert_array_equal(host.affine.numpy(), ras_affine(images[0]))
     assert float(made[0, 0, 0, 0]) == float(np.float32(sitk.GetArrayViewFromImage(images[0])[0, 0, 0]))
 
 

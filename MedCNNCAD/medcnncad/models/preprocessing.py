@@ -49,24 +49,22 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
 
 
 def to_metatensor(images: Sequence[sitk.Image], device: torch.device | None = None) -> MetaTensor:
-    """Stack co-registered images into a float32 (C, I, J, K) MetaTensor with RAS affine.
+    """Stack co-registered images into a float32 (C, I, J, K) MetaTensor with RAS affine, on ``device`` (None:
+    the host).
 
-    ``device`` None: on the host, in one preallocated float32 array filled channel by channel (any input
-    pixel type): no other full-size copy is made. A device (a GPU for the resident case): each image's
-    (K, J, I) voxels travel in their own pixel type and are cast and transposed there (the same float32
-    values: a cast rounds to nearest on both), so the host does no transposing copy. The affine stays on
-    the host, as for a host tensor moved with ``.to(device)``.
+    One preallocated float32 tensor is filled channel by channel: each image's (K, J, I) voxels, in their own
+    pixel type, are cast and transposed by torch's copy (the same float32 values as numpy's cast: both round to
+    nearest), on the device for a GPU (the resident case: the host does no transposing copy). On the host torch's
+    blocked, threaded copy is about 4x faster than numpy's transposed assignment for a BraTS-size case
+    (``Testing/inference/test_resident.py`` checks the values against numpy's). The affine stays on the host, as
+    for a host tensor moved with ``.to(device)``.
     """
     affine = torch.as_tensor(ras_affine(images[0]), dtype=torch.float64)
-    if device is None:
-        data = np.empty((len(images), *images[0].GetSize()), dtype=np.float32)
-        for index, img in enumerate(images):
-            data[index] = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0)
-        return MetaTensor(torch.from_numpy(data), affine=affine)
-    on_device = torch.empty((len(images), *images[0].GetSize()), dtype=torch.float32, device=device)
+    target = device or torch.device("cpu")
+    data = torch.empty((len(images), *images[0].GetSize()), dtype=torch.float32, device=target)
     for index, img in enumerate(images):
-        on_device[index] = _voxels_kji(img).to(device).permute(2, 1, 0)
-    return MetaTensor(on_device, affine=affine)
+        data[index] = _voxels_kji(img).to(target).permute(2, 1, 0)
+    return MetaTensor(data, affine=affine)
 
 
 _TORCH_CASTS = {np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32,
