@@ -112,15 +112,13 @@ def declared_volumes(image_file: str | Path) -> dict[int, str] | None:
             (its volumes would be taken for the wrong sequences).
     """
     path = Path(image_file).resolve()
-    description_file = path.parent.parent / DATASET_FILE
-    if path.parent.name not in ("imagesTr", "imagesTs") or not description_file.is_file():
+    found = _description_beside(path, ("imagesTr", "imagesTs"))
+    if found is None:
         return None
-    try:
-        description = json.loads(description_file.read_text())
-        named = description.get("channel_names") or description.get("modality")
-        declared = {int(k): engine_channel(str(v)) or str(v) for k, v in named.items() if str(k).isdigit()}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+    named = found[1].get("channel_names") or found[1].get("modality")
+    if not isinstance(named, dict):
         return None
+    declared = {int(k): engine_channel(str(v)) or str(v) for k, v in named.items() if str(k).isdigit()}
     if not declared:
         return None
     count = _volume_count(path)
@@ -131,11 +129,24 @@ def declared_volumes(image_file: str | Path) -> dict[int, str] | None:
             raise InputError(f"{path}: {count} volumes, but its dataset.json declares {len(declared)} channels "
                              f"({', '.join(declared[i] for i in sorted(declared))}): which volume is which is unknown")
         return declared
-    ending = str(description.get("file_ending") or ".nii.gz")
+    ending = str(found[1].get("file_ending") or ".nii.gz")
     suffix = re.fullmatch(r".+_(\d{4})", path.name[:-len(ending)]) if path.name.endswith(ending) else None
     if suffix and int(suffix.group(1)) in declared:
         return {0: declared[int(suffix.group(1))]}
     return {0: next(iter(declared.values()))} if len(declared) == 1 else None
+
+
+def _description_beside(path: Path, folders: tuple[str, ...]) -> tuple[Path, dict[str, Any]] | None:
+    """The dataset.json (its path and its object) of a file in one of a dataset folder's ``folders``; None for a
+    file elsewhere or a description that cannot be read as a JSON object."""
+    description_file = path.parent.parent / DATASET_FILE
+    if path.parent.name not in folders or not description_file.is_file():
+        return None
+    try:
+        description = json.loads(description_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return (description_file, description) if isinstance(description, dict) else None
 
 
 def engine_channel(name: str) -> str | None:
@@ -160,16 +171,12 @@ def declared_labels(label_file: str | Path) -> dict[int, int] | None:
     """For a label file of a dataset folder's ``labelsTr/`` or ``labelsTs/``: its ``dataset.json``'s label value ->
     BraTS value, when that describes all three regions (WT, TC, ET); None for a file elsewhere, a description that
     cannot be read, labels of other names (another task), or one describing fewer regions."""
-    path = Path(label_file).resolve()
-    description_file = path.parent.parent / DATASET_FILE
-    if path.parent.name not in ("labelsTr", "labelsTs") or not description_file.is_file():
+    found = _description_beside(Path(label_file).resolve(), ("labelsTr", "labelsTs"))
+    if found is None:
         return None
     try:
-        description = json.loads(description_file.read_text())
-        if not isinstance(description, dict):
-            return None
-        mapping, regions = _label_map(description_file, description.get("labels"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, InputError):
+        mapping, regions = _label_map(found[0], found[1].get("labels"))
+    except InputError:
         return None
     return mapping if regions == ("WT", "TC", "ET") else None
 
