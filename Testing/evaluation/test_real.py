@@ -19,7 +19,7 @@ from medcnncad.data.real_cases import (
     map_labels,
 )
 from medcnncad.errors import InputError
-from medcnncad.evaluation.real import format_real_table, score_case, training_patients
+from medcnncad.evaluation.real import evaluate_real, format_real_table, score_case, training_patients
 from medcnncad.metrics.label_conventions import relabel
 
 REALDATA = ROOT.parent / "shared" / "realdata"
@@ -392,6 +392,10 @@ def test_a_decathlon_folder_and_a_4d_segment_input_score_as_the_separate_files(t
                for name in ("separate", "stacked", "own")}
     assert reports["own"]["metrics"] == reports["stacked"]["metrics"]
     assert reports["own"]["reference_labels"] == {"0": 0, "1": 2, "2": 1, "3": 4}
+    from medcnncad.errors import InputError  # a convention given for the whole root cannot override dataset.json's
+
+    with pytest.raises(InputError, match="BRATS_001.nii.gz: its dataset.json maps label 1 to 2, not 1"):
+        evaluate_real(tmp_path / "data", "brats-demo-unet", device="cpu", reference_labels={0: 0, 1: 1, 2: 2, 4: 4})
     assert row["source"] == "Decathlon:Task01_BrainTumour" and row["inputs"] == ["FLAIR", "T1", "T1c", "T2"]
     for region in ("WT", "TC", "ET"):
         want = reports["separate"]["metrics"][region]["dice"]

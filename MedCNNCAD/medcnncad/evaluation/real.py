@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification
+from medcnncad.data.dataset_json import reference_convention
 from medcnncad.data.real_cases import RealCase, discover_real_cases, load_reference
 from medcnncad.errors import InputError
 from medcnncad.inference.machine_policy import build_segmenter
@@ -109,7 +110,8 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
         precision: the execution policy (:data:`medcnncad.inference.precisions.CASE_PRECISIONS`); default the
             model's own setting, so scores compare across machines; ``measured`` scores what a user's run gets.
         reference_labels: the label convention of every case's reference (reference value -> BraTS value, e.g.
-            BraTS 2024's, whose 4 is the resection cavity), instead of the one each case's layout says.
+            BraTS 2024's, whose 4 is the resection cavity), instead of the one each case's layout says; refused
+            for a dataset folder's label file whose dataset.json says otherwise.
 
     Returns:
         ``{"model", "version", "trained_on", "rows": [...], "summary": {...}}``; one row per case and variant.
@@ -124,6 +126,9 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     if not labelled:
         raise InputError(f"{root}: no labelled real case found")
     if reference_labels is not None:
+        for case in labelled:  # a dataset folder's label files mean what its dataset.json says: not overridden
+            if case.reference is not None:
+                reference_convention(case.reference, reference_labels)
         labelled = [replace(c, label_map=dict(reference_labels),
                             notes=f"label convention given: {dict(reference_labels)}") for c in labelled]
     segmenter = build_segmenter(load_model(model_id), device, precision)
