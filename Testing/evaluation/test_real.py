@@ -411,7 +411,6 @@ def test_a_named_convention_replaces_the_layouts_for_brats_2024_post_treatment(t
     """BraTS 2024 post-treatment names its files as BraTS 2023 does but stores the resection cavity as 4: refused
     under the layout's convention (with the way out in the message), read with ``reference_labels`` brats2024 as
     background, so the reference whole tumor is the NETC and ET voxels only."""
-    from medcnncad.evaluation.real import evaluate_real
     from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS
 
     case_id = "BraTS-GLI-02000-100"
