@@ -87,6 +87,13 @@ def test_evaluate_reads_a_dataset_folders_label_file_in_its_dataset_json_convent
     _one_line_error(capsys, [*argv, inside, "--reference-labels", "brats"],
                     "BRATS_900.nii.gz: its dataset.json maps label 1 to 2, not 1 (its convention: 0=0, 1=2, 2=1, 3=4)")
     assert main([*argv, inside, "--reference-labels", "msd"]) == 0  # the same convention, named: accepted
+    capsys.readouterr()
+    # without --model the values are compared as they are (a prediction in the dataset's own values scores 1)
+    assert main(["evaluate", "--pred", inside, "--ref", inside, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert {k: v["dice"] for k, v in json.loads(captured.out)["metrics"].items()} == \
+        {"label_1": 1.0, "label_2": 1.0, "foreground": 1.0}
+    assert "is a dataset folder's label file; without --model its values are compared as they are" in captured.err
 
 
 def test_evaluate_with_model_names(tmp_path, capsys):

@@ -151,9 +151,9 @@ def test_one_case_id_from_two_places_is_refused_naming_both(tmp_path):
     (MSD_TASK01, {0: 0, 1: 2, 2: 1, 3: 4}),
     (NNUNET_BRATS21, {0: 0, 1: 2, 2: 1, 3: 4}),  # regions: 1 only in WT (oedema), 2 in TC (NCR), 3 in ET
     ({"labels": {"0": "background", "1": "necrosis", "2": "edema", "4": "enhancing tumor"}}, {0: 0, 1: 1, 2: 2, 4: 4}),
-    ({"labels": {"background": 0, "tumor": 1}}, None),  # one whole-tumor label: not every region
-    ({"labels": {"0": "background", "1": "liver", "2": "cancer"}}, None),  # another task: the model's values
-    ({"labels": {"0": "background", "1": "edema", "3": "enhancing tumor"}}, None),  # no core: TC not in full
+    ({"labels": {"background": 0, "tumor": 1}}, {0: 0, 1: 2}),  # one whole-tumor label: WT (as oedema)
+    ({"labels": {"0": "background", "1": "liver", "2": "cancer"}}, None),  # another task: the file's values
+    ({"labels": {"0": "background", "1": "edema", "2": "enhancing tumor"}}, {0: 0, 1: 2, 2: 4}),  # no core: by name
 ])
 def test_a_label_file_of_a_dataset_folder_declares_its_convention(tmp_path, description, expected):
     (tmp_path / "labelsTr").mkdir()
@@ -177,3 +177,27 @@ def test_a_convention_given_against_the_dataset_json_is_refused(tmp_path):
         reference_convention(label, {0: 0, 1: 1, 2: 2, 3: 4})  # BraTS 2023's
     (tmp_path / "dataset.json").write_text("{not json")
     assert reference_convention(label, {3: 4}) == {3: 4}  # an unreadable description declares nothing
+
+
+def test_a_dataset_convention_reaches_the_models_values_by_their_names(tmp_path):
+    """Onto a BraTS model (NCR 1, ED 2, ET 4) the Decathlon's 1 oedema becomes 2; onto a model trained on the
+    Decathlon's own values (an nnU-Net model of Task01) nothing moves; a model of another task's labels gets no map."""
+    (tmp_path / "labelsTr").mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps(MSD_TASK01))
+    label = tmp_path / "labelsTr" / "BRATS_900.nii.gz"
+    brats = {"NCR": 1, "ED": 2, "ET": 4}
+    assert reference_convention(label, None, brats) == {0: 0, 1: 2, 2: 1, 3: 4}
+    task01_model = {"edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3}
+    assert reference_convention(label, None, task01_model) == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert reference_convention(label, {3: 3}, task01_model) == {3: 3}  # agrees: accepted
+    assert reference_convention(label, None, {"liver": 1, "tumor": 2}) is None
+    assert reference_convention(label, None, {"ED": 2, "ET": 4}) is None  # no label for the dataset's core
+
+
+def test_generic_channel_names_contradict_nothing():
+    from medcnncad.data.dataset_json import declared_contradicts
+
+    assert declared_contradicts("FLAIR", "T2") and declared_contradicts("ADC", "T2")
+    assert not declared_contradicts("FLAIR", "FLAIR")
+    assert not declared_contradicts("MRI", "FLAIR") and not declared_contradicts("zscore", "T2")  # generic dataset
+    assert not declared_contradicts("FLAIR", None)  # a bundle's "image": generic model channel

@@ -90,9 +90,9 @@ def test_weights_path_cannot_escape_the_model_folder(tmp_path, path):
     (lambda m: m.update({"input_warnings": [{"inputs": ["CT"], "message": ""}]}), "input_warnings/0/message"),
     (lambda m: (m["inputs"].append({"name": "PET", "modality": "PT", "aliases": ["ct"]}),
                 m["network"]["kwargs"].update({"in_channels": 2})), "inputs 'CT' and 'PET' are both called 'ct'"),
-    (lambda m: (m["inputs"][0].update({"aliases": ["scan"]}),
-                m["inputs"].append({"name": "PET", "modality": "PT", "aliases": ["Scan"]}),
-                m["network"]["kwargs"].update({"in_channels": 2})), "inputs 'CT' and 'PET' are both called 'scan'"),
+    (lambda m: (m["inputs"][0].update({"aliases": ["scan-1"]}),
+                m["inputs"].append({"name": "PET", "modality": "PT", "aliases": ["Scan_1"]}),
+                m["network"]["kwargs"].update({"in_channels": 2})), "inputs 'CT' and 'PET' are both called 'scan1'"),
 ])
 def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
     raw = blob_manifest_dict()

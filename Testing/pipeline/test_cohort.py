@@ -156,6 +156,7 @@ def test_a_decathlon_file_named_out_of_its_dataset_json_order_is_refused(tmp_pat
     with pytest.raises(InputError, match=r"BRATS_001.nii.gz: volume 0 is FLAIR by its dataset.json, not T1 "
                                          r"\(its order: FLAIR, T1, T1c, T2\)"):
         _volume_indices(inputs, {"T1": "0", "T1c": "1", "T2": "2", "FLAIR": "3"})
+    assert _volume_indices({"T1": str(image)}, {}) == {}  # no volume named: the reader asks for one, not this check
 
 
 def test_an_nnunet_file_given_as_another_channel_than_its_suffix_is_refused(tmp_path):
@@ -173,4 +174,13 @@ def test_an_nnunet_file_given_as_another_channel_than_its_suffix_is_refused(tmp_
     assert _volume_indices({"T1c": str(image)}, {}) == {}
     with pytest.raises(InputError, match=r"_0001.nii.gz: volume 0 is T1c by its dataset.json, not FLAIR"):
         _volume_indices({"FLAIR": str(image)}, {})
+    link = tmp_path / "imagesTr" / "BraTS2021_00007_0001.nii.gz"  # an imagesTr of links to the raw files
+    raw = tmp_path / "raw_t1ce.nii.gz"
+    sitk.WriteImage(sitk.Image(3, 4, 5, sitk.sitkFloat32), str(raw))
+    link.symlink_to(raw)
+    with pytest.raises(InputError, match="volume 0 is T1c by its dataset.json, not FLAIR"):
+        _volume_indices({"FLAIR": str(link)}, {})
+    assert _volume_indices({"FLAIR": str(image)}, {}, {"FLAIR": None}) == {}  # a model's generic channel name
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0}}))
+    assert _volume_indices({"FLAIR": str(image)}, {}) == {}  # a generic dataset.json name: no word against it
 

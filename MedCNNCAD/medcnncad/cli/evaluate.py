@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medcnncad.cli.options import add, channel_list, classifier_or_none, non_negative_int
-from medcnncad.data.dataset_json import reference_convention
+from medcnncad.data.dataset_json import declared_labels, reference_convention
 from medcnncad.evaluation.phantoms import (
     calibration_helps,
     evaluate_on_phantoms,
@@ -42,12 +42,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     pred_img = read_volume(args.pred)
     ref = check_label_image(ref_img, args.ref)
     pred = check_label_image(pred_img, args.pred, ref_img, args.ref)
-    convention = reference_convention(args.ref, parse_label_map(args.reference_labels) if args.reference_labels
-                                      else None)  # a dataset folder's label file: its dataset.json's
-    if convention:
-        ref = relabel(ref, convention, args.ref)
-    if args.model:
-        manifest = describe_segmentation_model(args.model)
+    given = parse_label_map(args.reference_labels) if args.reference_labels else None
+    manifest = describe_segmentation_model(args.model) if args.model else None
+    if manifest is not None:  # a dataset folder's label file: its dataset.json's convention, onto the model's labels
+        given = reference_convention(args.ref, given, {label.name: label.value for label in manifest.labels})
+    elif given is None and declared_labels(args.ref) is not None:
+        print(f"note: {args.ref} is a dataset folder's label file; without --model its values are compared as they "
+              "are (give --model to read it in its dataset.json's convention)", file=sys.stderr)
+    if given:
+        ref = relabel(ref, given, args.ref)
+    if manifest is not None:
         check_reference_values(ref, (label.value for label in manifest.labels), args.ref)
         structures = manifest.structures()
     else:

@@ -21,6 +21,7 @@ Nothing here reads an image: the cases are described (paths, volume indices, lab
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,9 +32,11 @@ from typing import Any
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
+from medcnncad.models.manifest import Manifest
 
 __all__ = ["DATASET_FILE", "CHANNEL_NAMES", "LABEL_NAMES", "DatasetCase", "Dataset", "is_dataset_folder",
-           "read_dataset", "declared_volumes", "engine_channel", "declared_labels", "reference_convention"]
+           "read_dataset", "declared_volumes", "engine_channel", "declared_contradicts", "model_engine_channels",
+           "declared_labels", "reference_convention"]
 
 DATASET_FILE = "dataset.json"
 
@@ -111,7 +114,7 @@ def declared_volumes(image_file: str | Path) -> dict[int, str] | None:
         InputError: naming the file when a 4D file holds another number of volumes than its dataset.json declares
             (its volumes would be taken for the wrong sequences).
     """
-    path = Path(image_file).resolve()
+    path = Path(os.path.abspath(image_file))  # a symlink is judged by where it is, not by its target
     found = _description_beside(path, ("imagesTr", "imagesTs"))
     if found is None:
         return None
@@ -149,6 +152,30 @@ def _description_beside(path: Path, folders: tuple[str, ...]) -> tuple[Path, dic
     return (description_file, description) if isinstance(description, dict) else None
 
 
+ENGINE_CHANNELS: frozenset[str] = frozenset(CHANNEL_NAMES.values())
+OTHER_SEQUENCES: frozenset[str] = frozenset({"adc", "dwi", "ct", "pd", "pdw", "swi", "pet", "dsc", "dce", "perfusion",
+                                              "t2star"})
+"""Channel names (normalised as :data:`CHANNEL_NAMES`' keys) of images that are none of the engine's sequences."""
+
+
+def declared_contradicts(declared: str, channel: str | None) -> bool:
+    """Whether a volume that a dataset.json calls ``declared`` (an engine channel, or its own name) cannot be given as
+    a model channel that is the engine channel ``channel``. A generic name on either side (``MRI``, ``zscore``, a
+    bundle's ``image``: ``channel`` None) contradicts nothing; an ADC is no FLAIR."""
+    if channel not in ENGINE_CHANNELS:
+        return False
+    if declared in ENGINE_CHANNELS:
+        return declared != channel
+    return _normalized_channel(declared) in OTHER_SEQUENCES
+
+
+def model_engine_channels(manifest: Manifest) -> dict[str, str | None]:
+    """The model's channel -> the engine channel its name or an alias means (``T1Gd``, ``t1ce``: T1c), or None for
+    a generic name (``image``)."""
+    return {channel.name: next((e for e in map(engine_channel, (channel.name, *channel.aliases)) if e), None)
+            for channel in manifest.inputs}
+
+
 def engine_channel(name: str) -> str | None:
     """The engine's channel ("T1", "T1c", "T2", "FLAIR") a dataset.json or manifest channel name means (``t1gd``,
     ``T2w``, ``Flair``; :data:`CHANNEL_NAMES`), or None."""
@@ -169,35 +196,55 @@ def _volume_count(path: Path) -> int | None:
 
 def declared_labels(label_file: str | Path) -> dict[int, int] | None:
     """For a label file of a dataset folder's ``labelsTr/`` or ``labelsTs/``: its ``dataset.json``'s label value ->
-    BraTS value, when that describes all three regions (WT, TC, ET); None for a file elsewhere, a description that
-    cannot be read, labels of other names (another task), or one describing fewer regions."""
-    found = _description_beside(Path(label_file).resolve(), ("labelsTr", "labelsTs"))
+    BraTS value (every region it describes, in full or not: a value is mapped by its name either way); None for a
+    file elsewhere, a description that cannot be read, or labels of other names (another task's)."""
+    found = _description_beside(Path(os.path.abspath(label_file)), ("labelsTr", "labelsTs"))
     if found is None:
         return None
     try:
-        mapping, regions = _label_map(found[0], found[1].get("labels"))
+        return _label_map(found[0], found[1].get("labels"))[0]
     except InputError:
         return None
-    return mapping if regions == ("WT", "TC", "ET") else None
 
 
-def reference_convention(label_file: str | Path, given: Mapping[int, int] | None) -> dict[int, int] | None:
+def _onto_model(declared: Mapping[int, int], model_labels: Mapping[str, int] | None) -> dict[int, int] | None:
+    """``declared`` (dataset value -> BraTS value) onto the model's values through the model's label names (BraTS
+    values themselves when ``model_labels`` is None); None when a model label's name is not a BraTS sub-region's or
+    the model has no label for a declared sub-region."""
+    if model_labels is None:
+        return dict(declared)
+    by_brats: dict[int, int] = {}
+    for name, value in model_labels.items():
+        brats = LABEL_NAMES.get(_label_name(name))
+        if not brats or brats in by_brats:
+            return None
+        by_brats[brats] = value
+    if any(brats and brats not in by_brats for brats in declared.values()):
+        return None
+    return {value: by_brats[brats] if brats else 0 for value, brats in declared.items()}
+
+
+def reference_convention(label_file: str | Path, given: Mapping[int, int] | None,
+                         model_labels: Mapping[str, int] | None = None) -> dict[int, int] | None:
     """The label map to read a reference ``label_file`` with: ``given`` (the user's), else the one its dataset.json
-    declares (:func:`declared_labels`), else None (the model's own values).
+    declares (:func:`declared_labels`) carried onto the model's values by the model's label names (``model_labels``,
+    name -> value; None: the BraTS values 1 NCR, 2 ED, 4 ET), else None (the file's values as they are). A model of
+    other label names (another task's) gets no automatic map.
 
     Raises:
         InputError: naming the file and its dataset.json when ``given`` maps a value otherwise than it declares (a
             Decathlon file read as BraTS 2021's would swap oedema and necrosis without an error).
     """
     declared = declared_labels(label_file)
-    if declared is None:
+    onto = _onto_model(declared, model_labels) if declared is not None else None
+    if onto is None:
         return dict(given) if given else None
     if given is None:
-        return declared
-    wrong = sorted(value for value, target in declared.items() if given.get(value, value) != target)
+        return onto
+    wrong = sorted(value for value, target in onto.items() if given.get(value, value) != target)
     if wrong:
-        described = ", ".join(f"{value}={target}" for value, target in sorted(declared.items()))
-        raise InputError(f"{label_file}: its dataset.json maps label {wrong[0]} to {declared[wrong[0]]}, not "
+        described = ", ".join(f"{value}={target}" for value, target in sorted(onto.items()))
+        raise InputError(f"{label_file}: its dataset.json maps label {wrong[0]} to {onto[wrong[0]]}, not "
                          f"{given.get(wrong[0], wrong[0])} (its convention: {described}); leave the reference's "
                          "convention out to use it")
     return dict(given)

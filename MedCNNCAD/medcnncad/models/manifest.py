@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -456,7 +457,7 @@ def _check_consistency(m: Manifest, where: str) -> None:
             raise ModelError(f"{where}: duplicate {kind} names {names}")
     terms: dict[str, str] = {}
     for channel in m.inputs:  # a name or alias meaning two channels would pick one of them without a word
-        for term in {t.strip().lower() for t in (channel.name, *channel.aliases)}:
+        for term in {re.sub(r"[^a-z0-9]+", "", t.lower()) for t in (channel.name, *channel.aliases)}:
             if terms.setdefault(term, channel.name) != channel.name:
                 raise ModelError(f"{where}: inputs {terms[term]!r} and {channel.name!r} are both called {term!r}")
     values = {x.value for x in m.labels}

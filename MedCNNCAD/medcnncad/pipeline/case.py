@@ -15,7 +15,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification
-from medcnncad.data.dataset_json import declared_volumes, engine_channel, reference_convention
+from medcnncad.data.dataset_json import (
+    declared_contradicts,
+    declared_volumes,
+    engine_channel,
+    model_engine_channels,
+    reference_convention,
+)
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
@@ -39,10 +45,13 @@ def _read_inputs(inputs: dict[str, str], series: dict[str, str], picked: dict[st
     return {name: read[name] for name in inputs}
 
 
-def _volume_indices(inputs: dict[str, str], series: dict[str, str]) -> dict[str, int]:
+def _volume_indices(inputs: dict[str, str], series: dict[str, str],
+                    engine_names: Mapping[str, str | None] | None = None) -> dict[str, int]:
     """Channel -> 0-based volume index, for the channels whose input is a file with a selector (a 4D file). A file
-    of a dataset folder (the Decathlon's 4D files, nnU-Net's ``<case>_XXXX``) must be given as the channel its
-    ``dataset.json`` says (a swap would go unseen). A selector for a channel without an input is an error."""
+    of a dataset folder (the Decathlon's 4D files, nnU-Net's ``<case>_XXXX``) must not be given as a channel its
+    ``dataset.json`` says it is not (a swap would go unseen; ``engine_names``: the model's channel -> the engine
+    channel it is, :func:`medcnncad.data.dataset_json.model_engine_channels`). A selector for a channel without an
+    input is an error."""
     unknown = sorted(set(series) - set(inputs))
     if unknown:
         raise InputError(f"--series {unknown}: no --input with that channel name")
@@ -51,8 +60,12 @@ def _volume_indices(inputs: dict[str, str], series: dict[str, str]) -> dict[str,
     files = {name: path for name, path in inputs.items() if Path(path).is_file()}
     orders = {path: declared_volumes(path) for path in set(files.values())}  # each file's once
     for name, path in files.items():
-        declared, index = orders[path], picked.get(name, 0)
-        if declared is not None and declared.get(index, name) not in (name, engine_channel(name)):
+        declared = orders[path]
+        if declared is None or (name not in picked and len(declared) > 1):  # a 4D file without a selector: the
+            continue                                                         # reader asks for one
+        index = picked.get(name, 0)
+        channel = engine_names[name] if engine_names is not None and name in engine_names else engine_channel(name)
+        if index in declared and declared_contradicts(declared[index], channel):
             raise InputError(f"{path}: volume {index} is {declared[index]} by its dataset.json, not {name} "
                              f"(its order: {', '.join(declared[i] for i in sorted(declared))})")
     return picked
@@ -105,10 +118,11 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     extra = dict(extra_timings or {})
     t0 = time.perf_counter()
     if reference:  # a label file of a dataset folder is read in its dataset.json's convention
-        reference_labels = reference_convention(reference, reference_labels)
+        reference_labels = reference_convention(reference, reference_labels,
+                                                {label.name: label.value for label in segmenter.manifest.labels})
     ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None
     reading_s = time.perf_counter() - t0
-    volumes = _volume_indices(inputs, series)
+    volumes = _volume_indices(inputs, series, model_engine_channels(segmenter.manifest))
     result = segmenter.run(_read_inputs(inputs, series, volumes), progress=progress, tta=tta,
                            keep_network_input=descriptors)
     if classifier is not None:

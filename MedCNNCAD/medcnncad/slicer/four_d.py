@@ -27,7 +27,7 @@ import slicer
 import slicer.util
 import vtk
 
-from medcnncad.data.dataset_json import declared_volumes, engine_channel
+from medcnncad.data.dataset_json import declared_contradicts, declared_volumes, model_engine_channels
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volumes
 from medcnncad.models.manifest import Manifest
@@ -62,15 +62,6 @@ def _typed_order(text: str, manifest: Manifest, source: str) -> dict[int, str]:
     return order
 
 
-def _engine_names(manifest: Manifest) -> dict[str, str]:
-    """The model's channel -> the engine channel it is (by its name or an alias: ``T1Gd`` is T1c), else itself."""
-    names = {}
-    for channel in manifest.inputs:
-        engine = (engine_channel(term) for term in (channel.name, *channel.aliases))
-        names[channel.name] = next((e for e in engine if e), channel.name)
-    return names
-
-
 def volume_order(text: str, manifest: Manifest, source: str, count: int,
                  declared: Mapping[int, str] | None = None) -> dict[int, str]:
     """0-based volume index -> the model's channel, for the channels the model reads.
@@ -88,7 +79,7 @@ def volume_order(text: str, manifest: Manifest, source: str, count: int,
             channels), a channel is named twice, the order names more volumes than exist, the source holds another
             number of volumes than ``declared``, or the order contradicts ``declared``.
     """
-    engine = _engine_names(manifest)
+    engine = model_engine_channels(manifest)
     if declared and sorted(declared) != list(range(count)):
         raise InputError(f"{source}: {count} volumes, but its dataset.json declares {len(declared)} "
                          f"({', '.join(declared[i] for i in sorted(declared))}): which volume is which is unknown")
@@ -108,7 +99,7 @@ def volume_order(text: str, manifest: Manifest, source: str, count: int,
         raise InputError(f"{source}: volume order {text!r} names volume {max(order)}, but it holds {count} (0 to "
                          f"{count - 1})")
     for index, channel in order.items():
-        if declared and declared[index] != engine[channel]:
+        if declared and declared_contradicts(declared[index], engine[channel]):
             raise InputError(f"{source}: volume {index} is {declared[index]} by its dataset.json, not {channel} "
                              f"(its order: {', '.join(declared[i] for i in sorted(declared))})")
     return order
@@ -201,12 +192,12 @@ def check_declared_channels(volumes: Mapping[str, Any], manifest: Manifest) -> N
     Raises:
         InputError: naming the channel, the volume, its file and what its dataset.json declares.
     """
-    engine = _engine_names(manifest)
+    engine = model_engine_channels(manifest)
     for channel, node in volumes.items():
         storage = node.GetStorageNode() if node is not None else None
         source = storage.GetFileName() if storage is not None else None
         declared = declared_volumes(source) if source and Path(source).is_file() else None
-        if declared is not None and len(declared) == 1 and declared[0] != engine.get(channel, channel):
+        if declared is not None and len(declared) == 1 and declared_contradicts(declared[0], engine.get(channel)):
             raise InputError(f"{channel}: volume {node.GetName()!r} ({source}) is {declared[0]} by its dataset.json, "
                              f"not {channel}")
 

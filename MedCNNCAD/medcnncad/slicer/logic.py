@@ -518,8 +518,8 @@ class SecondReaderLogic:
         if volume is None:
             raise InputError("the volume the AI segmented is no longer in the scene; pass referenceVolumeNode")
         mapping = parse_label_map(referenceLabels) if referenceLabels.strip() else None
+        manifest = self.describeModel(modelId)
         storage = referenceNode.GetStorageNode()
         if storage is not None and storage.GetFileName():  # a dataset folder's label file: its dataset.json's
-            mapping = reference_convention(storage.GetFileName(), mapping)
-        return compare_nodes(segmentationNode, referenceNode, volume, self.describeModel(modelId),
-                             reference_labels=mapping)
+            mapping = reference_convention(storage.GetFileName(), mapping, {x.name: x.value for x in manifest.labels})
+        return compare_nodes(segmentationNode, referenceNode, volume, manifest, reference_labels=mapping)
