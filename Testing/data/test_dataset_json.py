@@ -182,16 +182,23 @@ def test_a_convention_given_against_the_dataset_json_is_refused(tmp_path):
 def test_a_dataset_convention_reaches_the_models_values_by_their_names(tmp_path):
     """Onto a BraTS model (NCR 1, ED 2, ET 4) the Decathlon's 1 oedema becomes 2; onto a model trained on the
     Decathlon's own values (an nnU-Net model of Task01) nothing moves; a model of another task's labels gets no map."""
+    from dataclasses import replace
+
+    from medcnncad.models.manifest import LabelDef
+    from medcnncad.models.registry import describe_model
+
+    def model(**labels: int):  # the demo model with other labels (name -> value)
+        return replace(describe_model("demo"), labels=tuple(LabelDef(n, v, (1.0, 0.0, 0.0)) for n, v in labels.items()))
+
     (tmp_path / "labelsTr").mkdir()
     (tmp_path / "dataset.json").write_text(json.dumps(MSD_TASK01))
     label = tmp_path / "labelsTr" / "BRATS_900.nii.gz"
-    brats = {"NCR": 1, "ED": 2, "ET": 4}
-    assert reference_convention(label, None, brats) == {0: 0, 1: 2, 2: 1, 3: 4}
-    task01_model = {"edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3}
+    assert reference_convention(label, None, describe_model("demo")) == {0: 0, 1: 2, 2: 1, 3: 4}  # NCR 1, ED 2, ET 4
+    task01_model = model(**{"edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3})
     assert reference_convention(label, None, task01_model) == {0: 0, 1: 1, 2: 2, 3: 3}
     assert reference_convention(label, {3: 3}, task01_model) == {3: 3}  # agrees: accepted
-    assert reference_convention(label, None, {"liver": 1, "tumor": 2}) is None
-    assert reference_convention(label, None, {"ED": 2, "ET": 4}) is None  # no label for the dataset's core
+    assert reference_convention(label, None, model(liver=1, tumor=2)) is None
+    assert reference_convention(label, None, model(ED=2, ET=4)) is None  # no label for the dataset's core
 
 
 def test_generic_channel_names_contradict_nothing():

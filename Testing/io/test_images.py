@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from conftest import make_image
 
 from medcnncad.errors import InputError
-from medcnncad.io.images import read_volume, write_image
+from medcnncad.io.images import read_volume, volume_count, write_image
 
 
 def _write_dicom_series(image: sitk.Image, folder) -> None:
@@ -139,3 +139,16 @@ def test_a_4d_file_gives_the_volume_asked_for_on_its_own_grid(tmp_path):
         read_volume(tmp_path / "stacked.nii.gz", "²")
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_volume(tmp_path / "third.nii.gz", "0")),
                                   sitk.GetArrayFromImage(alone))  # a one-volume file's volume 0 is itself
+
+
+def test_volume_count_reads_the_header_only(tmp_path):
+    from medcnncad.errors import InputError
+
+    three = tmp_path / "three.nii.gz"
+    sitk.WriteImage(sitk.Image(4, 5, 6, sitk.sitkInt16), str(three))
+    four = tmp_path / "four.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([sitk.Image(4, 5, 6, sitk.sitkInt16)] * 3), str(four))
+    assert volume_count(three) == 1 and volume_count(four) == 3
+    (tmp_path / "not.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(InputError, match="not.nii.gz: cannot be read as an image"):
+        volume_count(tmp_path / "not.nii.gz")

@@ -45,7 +45,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     given = parse_label_map(args.reference_labels) if args.reference_labels else None
     manifest = describe_segmentation_model(args.model) if args.model else None
     if manifest is not None:  # a dataset folder's label file: its dataset.json's convention, onto the model's labels
-        given = reference_convention(args.ref, given, {label.name: label.value for label in manifest.labels})
+        given = reference_convention(args.ref, given, manifest)
     elif given is None and declared_labels(args.ref) is not None:
         print(f"note: {args.ref} is a dataset folder's label file; without --model its values are compared as they "
               "are (give --model to read it in its dataset.json's convention)", file=sys.stderr)

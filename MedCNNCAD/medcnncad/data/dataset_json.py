@@ -29,9 +29,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import SimpleITK as sitk
-
 from medcnncad.errors import InputError
+from medcnncad.io.images import volume_count
 from medcnncad.models.manifest import Manifest
 
 __all__ = ["DATASET_FILE", "CHANNEL_NAMES", "LABEL_NAMES", "DatasetCase", "Dataset", "is_dataset_folder",
@@ -124,8 +123,9 @@ def declared_volumes(image_file: str | Path) -> dict[int, str] | None:
     declared = {int(k): engine_channel(str(v)) or str(v) for k, v in named.items() if str(k).isdigit()}
     if not declared:
         return None
-    count = _volume_count(path)
-    if count is None:
+    try:
+        count = volume_count(path)
+    except InputError:
         return None
     if count > 1:
         if sorted(declared) != list(range(count)):
@@ -182,18 +182,6 @@ def engine_channel(name: str) -> str | None:
     return CHANNEL_NAMES.get(_normalized_channel(name))
 
 
-def _volume_count(path: Path) -> int | None:
-    """How many volumes an image file holds (its header only), or None when it cannot be read."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    size = reader.GetSize()
-    return int(size[3]) if len(size) == 4 else 1
-
-
 def declared_labels(label_file: str | Path) -> dict[int, int] | None:
     """For a label file of a dataset folder's ``labelsTr/`` or ``labelsTs/``: its ``dataset.json``'s label value ->
     BraTS value (every region it describes, in full or not: a value is mapped by its name either way); None for a
@@ -207,36 +195,36 @@ def declared_labels(label_file: str | Path) -> dict[int, int] | None:
         return None
 
 
-def _onto_model(declared: Mapping[int, int], model_labels: Mapping[str, int] | None) -> dict[int, int] | None:
+def _onto_model(declared: Mapping[int, int], model: Manifest | None) -> dict[int, int] | None:
     """``declared`` (dataset value -> BraTS value) onto the model's values through the model's label names (BraTS
-    values themselves when ``model_labels`` is None); None when a model label's name is not a BraTS sub-region's or
-    the model has no label for a declared sub-region."""
-    if model_labels is None:
+    values themselves when ``model`` is None); None when a model label's name is not a BraTS sub-region's or the
+    model has no label for a declared sub-region."""
+    if model is None:
         return dict(declared)
     by_brats: dict[int, int] = {}
-    for name, value in model_labels.items():
-        brats = LABEL_NAMES.get(_label_name(name))
+    for label in model.labels:
+        brats = LABEL_NAMES.get(_label_name(label.name))
         if not brats or brats in by_brats:
             return None
-        by_brats[brats] = value
+        by_brats[brats] = label.value
     if any(brats and brats not in by_brats for brats in declared.values()):
         return None
     return {value: by_brats[brats] if brats else 0 for value, brats in declared.items()}
 
 
 def reference_convention(label_file: str | Path, given: Mapping[int, int] | None,
-                         model_labels: Mapping[str, int] | None = None) -> dict[int, int] | None:
+                         model: Manifest | None = None) -> dict[int, int] | None:
     """The label map to read a reference ``label_file`` with: ``given`` (the user's), else the one its dataset.json
-    declares (:func:`declared_labels`) carried onto the model's values by the model's label names (``model_labels``,
-    name -> value; None: the BraTS values 1 NCR, 2 ED, 4 ET), else None (the file's values as they are). A model of
-    other label names (another task's) gets no automatic map.
+    declares (:func:`declared_labels`) carried onto ``model``'s values by its label names (None: the BraTS values
+    1 NCR, 2 ED, 4 ET), else None (the file's values as they are). A model of other label names (another task's)
+    gets no automatic map.
 
     Raises:
         InputError: naming the file and its dataset.json when ``given`` maps a value otherwise than it declares (a
             Decathlon file read as BraTS 2021's would swap oedema and necrosis without an error).
     """
     declared = declared_labels(label_file)
-    onto = _onto_model(declared, model_labels) if declared is not None else None
+    onto = _onto_model(declared, model) if declared is not None else None
     if onto is None:
         return dict(given) if given else None
     if given is None:
@@ -285,14 +273,7 @@ def _one_file_per_channel(path: Path, description: Mapping[str, Any], images: li
     case ids)."""
     if not images:
         return False
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(images[0]))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(f"{images[0]}: cannot be read as an image") from None
-    size = reader.GetSize()
-    if len(size) == 4 and size[3] > 1:
+    if volume_count(images[0]) > 1:
         return False
     declared = description.get("channel_names") or description.get("modality") or {}
     suffixes = [f"_{int(k):04d}" for k in declared if str(k).isdigit()] if len(declared) == 1 else [r"_\d{4}"]

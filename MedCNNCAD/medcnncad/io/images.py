@@ -23,7 +23,8 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 from medcnncad.io.dicom_series import series_files
 
-__all__ = ["read_volume", "read_volumes", "read_picked_volumes", "volume_index", "check_finite", "write_image",
+__all__ = ["read_volume", "read_volumes", "read_picked_volumes", "volume_index", "read_header", "volume_count",
+           "check_finite", "write_image",
            "write_probability_map", "UINT8_SCALE", "atomic_path", "same_space", "geometry_text", "signals_deferred",
            "available_memory_bytes"]
 
@@ -101,6 +102,28 @@ def volume_index(path: str | Path, selector: str) -> int:
         raise InputError(f"{path}: volume selector {selector!r} is not a 0-based volume index (a series selector "
                          "is for DICOM folders)")
     return int(text)
+
+
+def read_header(path: str | Path) -> sitk.ImageFileReader:
+    """A file's image header (size, components per voxel, pixel type), no voxels read.
+
+    Raises:
+        InputError: naming the path when it cannot be read as an image.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"{path}: cannot be read as an image") from None
+    return reader
+
+
+def volume_count(path: str | Path) -> int:
+    """How many 3D volumes an image file holds, by its header (a 4D file's fourth size, else 1); InputError naming
+    the path when it cannot be read."""
+    size = read_header(path).GetSize()
+    return int(size[3]) if len(size) == 4 else 1
 
 
 def _reading(path: Path, read: Callable[[], sitk.Image]) -> sitk.Image:

@@ -118,8 +118,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     extra = dict(extra_timings or {})
     t0 = time.perf_counter()
     if reference:  # a label file of a dataset folder is read in its dataset.json's convention
-        reference_labels = reference_convention(reference, reference_labels,
-                                                {label.name: label.value for label in segmenter.manifest.labels})
+        reference_labels = reference_convention(reference, reference_labels, segmenter.manifest)
     ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None
     reading_s = time.perf_counter() - t0
     volumes = _volume_indices(inputs, series, model_engine_channels(segmenter.manifest))

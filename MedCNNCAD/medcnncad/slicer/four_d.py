@@ -29,7 +29,7 @@ import vtk
 
 from medcnncad.data.dataset_json import declared_contradicts, declared_volumes, model_engine_channels
 from medcnncad.errors import InputError
-from medcnncad.io.images import read_volumes
+from medcnncad.io.images import read_header, read_volumes
 from medcnncad.models.manifest import Manifest
 from medcnncad.slicer.adaptor import NodeTransaction, ijk_to_ras_matrix
 
@@ -106,16 +106,11 @@ def volume_order(text: str, manifest: Manifest, source: str, count: int,
 
 
 def _file_volume_count(path: Path) -> int:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(f"{path}: cannot be read as an image") from None
-    if reader.GetNumberOfComponents() > 1:
-        raise InputError(f"{path}: {reader.GetNumberOfComponents()} components per voxel (a Slicer sequence file or a "
+    header = read_header(path)
+    if header.GetNumberOfComponents() > 1:
+        raise InputError(f"{path}: {header.GetNumberOfComponents()} components per voxel (a Slicer sequence file or a "
                          "vector image): load it with Add Data, then Split into inputs")
-    size = reader.GetSize()
+    size = header.GetSize()
     return int(size[3]) if len(size) == 4 else 1
 
 

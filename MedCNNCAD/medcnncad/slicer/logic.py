@@ -521,5 +521,5 @@ class SecondReaderLogic:
         manifest = self.describeModel(modelId)
         storage = referenceNode.GetStorageNode()
         if storage is not None and storage.GetFileName():  # a dataset folder's label file: its dataset.json's
-            mapping = reference_convention(storage.GetFileName(), mapping, {x.name: x.value for x in manifest.labels})
+            mapping = reference_convention(storage.GetFileName(), mapping, manifest)
         return compare_nodes(segmentationNode, referenceNode, volume, manifest, reference_labels=mapping)
