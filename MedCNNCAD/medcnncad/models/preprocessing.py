@@ -55,7 +55,7 @@ def to_metatensor(images: Sequence[sitk.Image], device: torch.device | None = No
     One preallocated float32 tensor is filled channel by channel: each image's (K, J, I) voxels, in their own
     pixel type, are cast and transposed by torch's copy (the same float32 values as numpy's cast: both round to
     nearest), on the device for a GPU (the resident case: the host does no transposing copy). On the host torch's
-    blocked, threaded copy is about 4x faster than numpy's transposed assignment for a BraTS-size case
+    blocked, threaded copy was 1.95x faster than numpy's transposed assignment for a BraTS-size case (warm process)
     (``Testing/inference/test_resident.py`` checks the values against numpy's). The affine stays on the host, as
     for a host tensor moved with ``.to(device)``.
     """
