@@ -257,8 +257,8 @@ def test_a_sequence_whose_items_differ_from_its_files_dataset_json_is_refused(sc
 
 
 def test_channel_names_and_aliases_of_other_models(sample_images, tmp_path):
-    """A model's channel is matched by name before alias, an alias of two channels is refused, and a model naming
-    its post-contrast channel T1Gd reads a dataset.json's t1gd volume."""
+    """A model's channel is matched by name before alias (any case, separators ignored), an alias of two channels is
+    refused, and a model naming its post-contrast channel T1Gd reads a dataset.json's t1gd volume."""
     from dataclasses import replace
 
     from medcnncad.models.registry import describe_model
@@ -269,6 +269,10 @@ def test_channel_names_and_aliases_of_other_models(sample_images, tmp_path):
     shared = replace(demo, inputs=(replace(inputs["T1c"], aliases=("t1", "post")), inputs["T1"],
                                    replace(inputs["T2"], aliases=("post",)), inputs["FLAIR"]))
     assert volume_order("T1,FLAIR", shared, "f", 2) == {0: "T1", 1: "FLAIR"}
+    # any case, separators ignored, as the manifest's own name check and the automatic assignment read names
+    assert volume_order(" Flair,t1,T1-CE,t_2", demo, "f", 4) == {0: "FLAIR", 1: "T1", 2: "T1c", 3: "T2"}
+    with pytest.raises(InputError, match="volume order names 'T1-X', not a channel of model brats-demo-unet"):
+        volume_order("T1-X", demo, "f", 1)
     with pytest.raises(InputError, match="'post', an alias of model brats-demo-unet's channels T1c and T2"):
         volume_order("post", shared, "f", 1)
     gd = replace(demo, inputs=(inputs["T1"], replace(inputs["T1c"], name="T1Gd", aliases=()), inputs["T2"],

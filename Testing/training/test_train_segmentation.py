@@ -134,7 +134,7 @@ def test_training_data_from_a_csv_and_a_folder(tmp_path):
     for channel in raw["inputs"]:
         channel["required"] = False
     manifest = parse_manifest(raw, tmp_path)
-    rows = ["case,t1ce,FLAIR,label"]
+    rows = ["case,T1-CE,FLAIR,label"]  # an alias (t1ce) in another case and with a separator
     for n in range(3):
         folder = tmp_path / "cases" / f"case{n}"
         folder.mkdir(parents=True)

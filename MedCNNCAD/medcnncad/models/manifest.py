@@ -26,7 +26,8 @@ __all__ = [
     "LABEL_PALETTE", "palette_colour", "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing",
     "ClinicalPreprocessing",
     "InferenceSettings",
-    "OutputChannel", "CoreRefinement", "VesselFilter", "Postprocessing", "Manifest", "load_manifest", "parse_manifest",
+    "channel_term", "OutputChannel", "CoreRefinement", "VesselFilter", "Postprocessing", "Manifest", "load_manifest",
+    "parse_manifest",
     "sha256_file",
     "contained_path", "ClassDef", "ClassifierManifest", "parse_classifier_manifest",
 ]
@@ -449,6 +450,12 @@ def _terminology(d: dict[str, Any] | None) -> Terminology | None:
                        _code(d.get("anatomic_region")))
 
 
+def channel_term(text: str) -> str:
+    """A channel name or alias as every name match reads it (volume order, training CSV headers, this manifest
+    check): lower case, separators and other non-alphanumerics removed (``T1-CE`` -> ``t1ce``)."""
+    return re.sub(r"[^a-z0-9]+", "", text.lower())
+
+
 def _check_consistency(m: Manifest, where: str) -> None:
     """Cross-field rules the JSON Schema cannot express."""
     for kind, names in (("input", m.input_names), ("label", [x.name for x in m.labels]),
@@ -457,7 +464,7 @@ def _check_consistency(m: Manifest, where: str) -> None:
             raise ModelError(f"{where}: duplicate {kind} names {names}")
     terms: dict[str, str] = {}
     for channel in m.inputs:  # a name or alias meaning two channels would pick one of them without a word
-        for term in {re.sub(r"[^a-z0-9]+", "", t.lower()) for t in (channel.name, *channel.aliases)}:
+        for term in {channel_term(t) for t in (channel.name, *channel.aliases)}:
             if terms.setdefault(term, channel.name) != channel.name:
                 raise ModelError(f"{where}: inputs {terms[term]!r} and {channel.name!r} are both called {term!r}")
     values = {x.value for x in m.labels}

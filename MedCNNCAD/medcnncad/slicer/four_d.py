@@ -11,8 +11,9 @@ one proxy volume that shows whichever volume the browser is at. A model needs on
 Which volume is which sequence comes from the user's order (``FLAIR,T1,T1c,T2``, 0-based volumes in order; an empty
 entry skips a volume) or, for a file of a dataset folder's ``imagesTr/``, from its ``dataset.json``. A typed order
 that contradicts that ``dataset.json`` is refused, naming its order. Names are the model's channel names or aliases,
-in any case. New nodes are named ``<source> <channel>`` (so :func:`medcnncad.models.channels.assign_channels`
-proposes them too) and added all or none; the user's nodes are never changed. Arrays are (K, J, I).
+in any case, separators ignored (``t1-ce`` is ``t1ce``). New nodes are named ``<source> <channel>`` (so
+:func:`medcnncad.models.channels.assign_channels` proposes them too) and added all or none; the user's nodes are never
+changed. Arrays are (K, J, I).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import vtk
 from medcnncad.data.dataset_json import declared_contradicts, declared_volumes, model_engine_channels
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_header, read_volumes
-from medcnncad.models.manifest import Manifest
+from medcnncad.models.manifest import Manifest, channel_term
 from medcnncad.slicer.adaptor import NodeTransaction, ijk_to_ras_matrix
 
 __all__ = ["volume_order", "load_4d_file", "split_sequence", "check_not_sequence_frames", "check_declared_channels",
@@ -41,10 +42,11 @@ SOURCE_ATTRIBUTE = "MedCNNCAD.sourceVolume"
 
 
 def _channel_of(manifest: Manifest, name: str, source: str) -> str:
-    """The model's channel a typed name means: its name (any case), else the one channel with that alias."""
-    wanted = name.strip().lower()
-    exact = [c.name for c in manifest.inputs if c.name.lower() == wanted]
-    by_alias = [c.name for c in manifest.inputs if wanted in (alias.lower() for alias in c.aliases)]
+    """The model's channel a typed name means: its name, else the one channel with that alias (any case, separators
+    ignored: :func:`~medcnncad.models.manifest.channel_term`)."""
+    wanted = channel_term(name)
+    exact = [c.name for c in manifest.inputs if channel_term(c.name) == wanted]
+    by_alias = [c.name for c in manifest.inputs if wanted in map(channel_term, c.aliases)]
     if exact or len(by_alias) == 1:
         return (exact or by_alias)[0]
     if by_alias:
@@ -68,7 +70,7 @@ def volume_order(text: str, manifest: Manifest, source: str, count: int,
 
     Args:
         text: the user's order, e.g. ``"FLAIR,T1,T1c,T2"`` (``",,T1c"``: volume 2 only); empty to use ``declared``.
-        manifest: the model whose channels (names or aliases, any case) the order names.
+        manifest: the model whose channels (names or aliases, any case, separators ignored) the order names.
         source: the file or sequence, for the messages.
         count: how many volumes the source holds.
         declared: what its dataset.json says each volume is (:func:`medcnncad.data.dataset_json.declared_volumes`:

@@ -42,7 +42,7 @@ from medcnncad.io.images import read_volume
 from medcnncad.metrics.label_conventions import check_reference_values
 from medcnncad.metrics.segmentation import check_label_image
 from medcnncad.models.channels import assign_channels
-from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, parse_manifest
+from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, channel_term, parse_manifest
 from medcnncad.models.preprocessing import build_preprocessing_dict, to_metatensor
 from medcnncad.preprocessing.chain import prepare_case
 
@@ -160,9 +160,9 @@ def expand_copies(cases: list[dict[str, Any]], prepared: list) -> list:
 
 
 def _channel_for(header: str, manifest: Manifest) -> str | None:
-    key = header.strip().lower()
-    for channel in manifest.inputs:
-        if key == channel.name.lower() or key in (a.lower() for a in channel.aliases):
+    key = channel_term(header)
+    for channel in manifest.inputs:  # names and aliases are distinct terms (the manifest's own check)
+        if key in map(channel_term, (channel.name, *channel.aliases)):
             return channel.name
     return None
 
