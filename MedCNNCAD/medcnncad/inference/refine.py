@@ -3,7 +3,8 @@
 Why: in a non-enhancing tumor the boundary between tumor core and oedema is a difference of a few
 per cent in signal whose direction changes from case to case, so a network's fixed rule finds the
 core's location but not its edge (docs/models.md, "Case-adaptive tumor core"). Inside the predicted
-tumor the case's own inputs are clustered by a Gaussian mixture (scikit-learn); each component votes
+tumor the case's own inputs are clustered by a Gaussian mixture (scikit-learn's EM, run in
+:mod:`medcnncad.inference.gaussian_mixture`); each component votes
 "core" when the network's mean core probability over its voxels exceeds 0.5, and a voxel is core
 where ``network_weight`` x its core probability + (1 - ``network_weight``) x its component's vote
 exceeds 0.5 (see :class:`~medcnncad.models.manifest.CoreRefinement`). The whole tumor and the fixed labels
@@ -25,8 +26,8 @@ from typing import cast
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from sklearn.mixture import GaussianMixture
 
+from medcnncad.inference.gaussian_mixture import fit_full_mixture, posterior
 from medcnncad.lesions.components import components, nonzero_box
 from medcnncad.models.manifest import CoreRefinement
 
@@ -80,10 +81,9 @@ def cluster_vote(features: np.ndarray, core_probability: np.ndarray, components:
     rng = np.random.default_rng(seed)
     fit = features if len(features) <= max_fit_voxels else features[rng.choice(len(features), max_fit_voxels,
                                                                                 replace=False)]
-    mixture = GaussianMixture(components, covariance_type="full", reg_covar=1e-3, random_state=seed).fit(fit)
-    posterior = mixture.predict_proba(features)
-    component_core = (posterior * core_probability[:, None]).sum(0) / np.maximum(posterior.sum(0), 1e-12)
-    return posterior @ (component_core > 0.5).astype(np.float64)
+    shares = posterior(fit_full_mixture(fit, components, reg_covar=1e-3, seed=seed), features)  # (K, N)
+    component_core = (shares @ core_probability) / np.maximum(shares.sum(1), 1e-12)
+    return (component_core > 0.5).astype(np.float64) @ shares
 
 
 def refine_core(label_map: np.ndarray, core_channels: Sequence[np.ndarray], images: Mapping[str, sitk.Image],
