@@ -12,6 +12,7 @@ ratios are printed. ``make bench`` runs all; results are tabled in docs/performa
     python scripts/bench.py worker [--repeats 3]
     python scripts/bench.py lesion-filter [--repeats 5]
     python scripts/bench.py retrieval [--repeats 5]   # query latency + memory at 1e3/1e5/1e6 lesions, build time
+    python scripts/bench.py mixture [--repeats 5]     # the core refinement's mixture fit, scikit-learn vs engine
 """
 
 from __future__ import annotations
@@ -928,6 +929,48 @@ def _descriptors_with_the_decoder(result, model, repeats: int) -> float:
         descriptors._stop_forward = stop
 
 
+def bench_mixture(repeats: int) -> None:
+    """The core refinement's mixture fit: scikit-learn's ``GaussianMixture`` (fit + ``predict_proba``) against
+    ``inference.gaussian_mixture`` (same algorithm, component-major arrays), alternating, on the features the
+    shipped default model's refinement clusters on the BraTS-size sample case, and on 200,000 voxels (the
+    manifest's fitting cap) of four correlated features; and the largest posterior difference."""
+    from sklearn.mixture import GaussianMixture
+
+    import medcnncad.inference.refine as refine
+    from medcnncad.inference.gaussian_mixture import fit_full_mixture, posterior
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.io.sample_case import load_sample_case
+    from medcnncad.models.registry import DEFAULT_MODEL, load_model
+
+    seen: list[np.ndarray] = []
+    clustering = refine.cluster_vote
+    refine.cluster_vote = lambda features, *rest: seen.append(features) or clustering(features, *rest)
+    try:
+        Segmenter(load_model(DEFAULT_MODEL), "cpu").run(load_sample_case(brats_size=True))
+    finally:
+        refine.cluster_vote = clustering
+    rng = np.random.default_rng(0)
+    cap = rng.normal(size=(200_000, 4)) @ rng.normal(size=(4, 4)) + np.repeat(rng.normal(0, 2, (4, 4)), 50_000, 0)
+    print(f"core refinement's mixture fit (4 components, full covariances), median of {repeats} alternating runs:")
+    for name, features in (("BraTS-size sample case", seen[0] if seen else None), ("200,000 voxels", cap)):
+        if features is None:
+            print(f"  {name}: the refinement did not run")
+            continue
+        times: dict[str, list[float]] = {"scikit-learn": [], "engine": []}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            mixture = GaussianMixture(4, covariance_type="full", reg_covar=1e-3, random_state=0).fit(features)
+            reference = mixture.predict_proba(features)
+            t1 = time.perf_counter()
+            ours = posterior(fit_full_mixture(features, 4, reg_covar=1e-3, seed=0), features)
+            times["scikit-learn"].append(t1 - t0)
+            times["engine"].append(time.perf_counter() - t1)
+        t = {k: statistics.median(v) for k, v in times.items()}
+        print(f"  {name} ({len(features)} x {features.shape[1]}, {mixture.n_iter_} EM iterations): scikit-learn "
+              f"{t['scikit-learn']:.3f} s, engine {t['engine']:.3f} s ({t['scikit-learn'] / t['engine']:.2f}x); "
+              f"largest posterior difference {np.abs(ours.T - reference).max():.1e}")
+
+
 def bench_resident(repeats: int) -> None:
     """The GPU-resident case against the host-held one (demo model, BraTS-size sample case) on this machine's
     device (CUDA when present, else the CPU), per stage; and the resampling back alone, torch vs SimpleITK."""
@@ -969,7 +1012,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["metrics", "case", "segresnet", "bundle", "policy", "memory", "worker", "all",
                                          "lesion-filter", "retrieval", "segresnet-template", "default-case", "resident",
-                                         "default-policy", "freed-memory", "forward", "_freed-memory-case",
+                                         "default-policy", "freed-memory", "forward", "mixture", "_freed-memory-case",
                                          "_memory-engine", "_memory-engine-ref", "_memory-monai"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -1022,6 +1065,8 @@ def main() -> None:
         bench_resident(max(1, args.repeats // 2))
     if args.what in ("bundle", "all"):
         bench_bundle(max(1, args.repeats // 2), args.weights)
+    if args.what in ("mixture", "all"):
+        bench_mixture(args.repeats)
     if args.what in ("forward", "all"):
         bench_forward(max(3, args.repeats // 2))  # fewer single passes have given 0.7x where three gave 1.7x
 
