@@ -21,6 +21,7 @@ def test_summary_pools_its_cases(summary):
         s = summary["structures"][name]
         assert s["cases_with_structure"] == len(cases)
         assert s["dice_mean"] == pytest.approx(np.mean([c["dice"] for c in cases]))
+        assert s["hd95_mm_missed"] == sum(c["hd95_mm"] is None for c in cases)
         detected = sum(c[name]["lesions"]["true_positive"] for c in summary["per_case"])
         reference = sum(c[name]["lesions"]["reference_lesions"] for c in summary["per_case"])
         assert s["lesion_sensitivity"] == pytest.approx(detected / reference)
@@ -34,6 +35,16 @@ def test_summary_pools_its_cases(summary):
     assert split["with_reference"] == 2  # one tumor per classic phantom
     # the demo model has no case calibration: the reported probability is the raw score
     assert all(c["abnormality_probability"] == c["abnormality_score_uncalibrated"] for c in summary["per_case"])
+
+
+def test_the_table_names_the_cases_the_hd95_median_leaves_out(summary):
+    from medcnncad.evaluation.phantoms import format_table
+
+    missed = {**summary, "structures": {**summary["structures"],
+                                        "ET": {**summary["structures"]["ET"], "hd95_mm_median": 4.0,
+                                               "hd95_mm_missed": 2}}}
+    table = format_table(missed)
+    assert "| 4.00 (2 missed) |" in table and "'(k missed)': cases with nothing predicted" in table
 
 
 def test_case_dice_equals_an_independent_run(summary):

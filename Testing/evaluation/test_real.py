@@ -45,6 +45,42 @@ def test_score_case_by_hand():
     assert scores["reference_wt_ml"] == pytest.approx(64 * 0.008)
 
 
+def test_a_reference_without_the_whole_tumor_scores_what_it_describes():
+    """A reference of the core only (necrosis 1 and enhancing 4, no oedema): TC and ET are scored, the whole-tumor
+    scores are undefined (not 0), and the tumor is found where the prediction touches the core."""
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[5:7, 5:7, 5:7] = 1
+    ref[5:7, 5:7, 7] = 4
+    pred = np.zeros_like(ref)
+    pred[4:9, 4:9, 4:9] = 2  # oedema around the core, the reference does not draw it
+    pred[5:7, 5:7, 5:8] = 1
+    pred[14:16, 14:16, 14:16] = 2  # a component away from the core: oedema or a false positive, unknown
+    scores = score_case(pred, ref, (1.0, 1.0, 1.0), ("TC", "ET"))
+    assert scores["dice_TC"] == pytest.approx(1.0) and scores["dice_ET"] == 0.0
+    assert scores["dice_WT"] is None and scores["sensitivity_WT"] is None
+    assert scores["reference_wt_ml"] is None and scores["largest_outside_ml"] is None
+    assert scores["found"] is True and scores["predicted_wt_ml"] == pytest.approx((125 + 8) / 1000)
+
+
+def test_summaries_average_only_the_rows_where_a_score_is_defined():
+    """A row whose reference has no whole tumor has no WT Dice and no share marked: the means are over the other
+    rows (0.9, not 0.45), the row is counted as left out, and the table says so."""
+    from medcnncad.evaluation.real import _pooled, _summary
+
+    rows = [_row("a", "FLAIR", 0.9), {**_row("b", "FLAIR", 0.0), "dice_WT": None, "sensitivity_WT": None,
+                                      "reference_wt_ml": None, "largest_outside_ml": None}]
+    summary, pooled = _summary(rows), _pooled(rows)
+    flair = summary["FLAIR"]
+    assert flair["mean_dice_WT"] == pytest.approx(0.9) and flair["mean_sensitivity_WT"] == pytest.approx(0.9)
+    assert flair["rows_without_WT"] == 1 and flair["fp_over_1ml"] == 0 and flair["found"] == 2
+    assert pooled["mean_dice_WT"] == pytest.approx(0.9) and pooled["rows_without_WT"] == 1
+    table = format_real_table({"model": "m", "version": "1", "trained_on": "phantoms", "rows": rows,
+                               "summary": summary, "pooled": pooled})
+    assert "| b | FLAIR | - | - | - | yes (-) | 1.0/- | - |" in table
+    assert "| FLAIR | 2 | 2 | 90.0 % | 0.900 (1 row without a whole-tumor reference left out) | 0 | 0 |" in table
+    assert "Every row: mean WT Dice 0.900 (1 row without a whole-tumor reference left out) over 2 rows" in table
+
+
 def test_the_table_shows_how_much_of_the_tumor_was_marked():
     row = {"case": "p1", "inputs": ["T1c"], "dice_WT": 0.003, "found": True, "sensitivity_WT": 0.0014,
            "predicted_wt_ml": 0.3, "reference_wt_ml": 217.4, "largest_outside_ml": 0.0, "case_probability": 0.84,
@@ -119,9 +155,13 @@ def test_compare_real_pairs_rows_and_resamples_patients(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| FLAIR | 3 | 3 | +0.200 (+0.100 to +0.400) |" in out and "found: a T1c True -> False" in out
     assert "only after (left out): d FLAIR" in out
+    core_only = {"dice_WT": None, "largest_outside_ml": None}
+    c = compare_real_reports({**before, "rows": [{**_row("e", "T1c", 0.3), **core_only}]},
+                             {**after, "rows": [{**_row("e", "T1c", 0.5), **core_only}]})
+    assert c["every_row"] == {"rows": 0, "patients": 0, "mean_change_dice_WT": None, "change_ci95": None}
     bad = {"x.json": ({"rows": [{"case": "a"}]}, "x.json: not an evaluate-real report"),
            "v.json": ({"rows": before["rows"]}, "v.json: not an evaluate-real report"),
-           "n.json": ({**before, "rows": [{**_row("a", "T1c", 0.1), "dice_WT": None}]},
+           "n.json": ({**before, "rows": [{**_row("a", "T1c", 0.1), "dice_WT": "high"}]},
                       "n.json: row a T1c has a score that is not a finite number"),
            "d.json": ({**before, "rows": [_row("a", "T1c", 0.1), _row("a", "T1c", 0.2)]},
                       "d.json: rows given twice: a T1c"),

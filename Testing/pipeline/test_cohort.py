@@ -108,6 +108,25 @@ def test_dask_local_cluster_equals_serial(cohort_csv, tmp_path):
     assert a == b
 
 
+def test_the_summary_counts_the_cases_a_distance_leaves_out():
+    """Four cases: HD95 1 and 6 mm, a missed tumor (no distance) and a tumor-free case with nothing predicted (0 mm,
+    as BraTS scores both empty). The median is over the three defined values and the table names the left-out one."""
+    from medcnncad.pipeline.cohort import CohortCase, summarize, summary_markdown
+
+    lesions = {"reference_lesions": 1, "true_positive": 1, "false_positive": 0}
+
+    def report(hd95, dice):
+        return {"metrics": {"WT": {"dice": dice, "hd95_mm": hd95, "assd_mm": hd95, "lesions": lesions}}}
+
+    reports = {"a": report(1.0, 0.9), "b": report(6.0, 0.5), "c": report(None, 0.0), "d": report(0.0, 1.0)}
+    cases = [CohortCase(name, {}) for name in reports]
+    summary = summarize(cases, reports)
+    hd95 = summary["structures"]["WT"]["hd95_mm"]
+    assert (hd95["n"], hd95["undefined"], hd95["median"]) == (3, 1, 1.0)
+    assert summary["structures"]["WT"]["dice"]["undefined"] == 0
+    assert "| 1.000 (1 of 4 undefined: one side empty) |" in summary_markdown(summary)
+
+
 def test_statistics_by_hand():
     assert bootstrap_ci([1.0]) is None
     low, high = bootstrap_ci([0.0, 1.0] * 10)

@@ -92,7 +92,8 @@ def evaluate_on_phantoms(model_id: str, n_cases: int = 20, seed_base: int = 900_
             "dice_min": float(dice.min()) if present else None,
             "empty_correct": (sum(c[name]["lesions"]["predicted_lesions"] == 0 for c in absent) / len(absent)
                               if absent else None),
-            "hd95_mm_median": float(np.median(hd95)) if len(hd95) else None,
+            "hd95_mm_median": float(np.median(hd95)) if len(hd95) else None,  # of the cases with a prediction
+            "hd95_mm_missed": len(present) - len(hd95),  # nothing predicted: no distance, not in the median
             **pooled_detection([c[name]["lesions"] for c in per_case]),
             **pooled_detection([c[name]["lesions_brats2023"] for c in per_case], "_brats2023"),
         }
@@ -126,6 +127,12 @@ def _pooled_by_content(counts: list[dict[str, Any]]) -> dict[str, Any]:
                                     if total["without_reference"] else None)}
 
 
+def _missed(structure: dict[str, Any]) -> str:
+    """" (k missed)" when the HD95 median leaves out cases where nothing was predicted, else ""."""
+    k = structure.get("hd95_mm_missed") or 0
+    return f" ({k} missed)" if k else ""
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """Markdown table of a summary from :func:`evaluate_on_phantoms`."""
     lines = [f"model {summary['model']} {summary['version']}, {summary['cases']} held-out phantoms "
@@ -133,7 +140,8 @@ def format_table(summary: dict[str, Any]) -> str:
              "s per case", "",
              f"preset {summary.get('preset', 'classic')}, sequences given: {', '.join(summary.get('channels', []))}; "
              f"{summary.get('tumor_free_cases', 0)} tumor-free cases. Dice over the cases whose reference has the "
-             "structure; 'empty ok' = share of the other cases where the prediction is empty too.", "",
+             "structure; 'empty ok' = share of the other cases where the prediction is empty too. HD95 over the cases "
+             "with a prediction; '(k missed)': cases with nothing predicted, which have no distance.", "",
              "Lesions: 'any overlap' counts every reference component and one shared voxel; 'BraTS 2023' "
              "merges reference components within 3 mm, matches within 3 mm and ignores reference lesions "
              "of 0.05 mL or less; its lesion-wise Dice is averaged over all cases, as the challenge ranks.", "",
@@ -144,7 +152,8 @@ def format_table(summary: dict[str, Any]) -> str:
     for name, s in summary["structures"].items():
         f = lambda v, d=3: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
         lines.append(f"| {name} | {s.get('cases_with_structure', '')} | {f(s['dice_mean'])} | {f(s['dice_median'])} | "
-                     f"{f(s['dice_min'])} | {f(s['hd95_mm_median'], 2)} | {f(s['lesion_sensitivity'], 2)} | "
+                     f"{f(s['dice_min'])} | {f(s['hd95_mm_median'], 2)}{_missed(s)} | "
+                     f"{f(s['lesion_sensitivity'], 2)} | "
                      f"{s['false_positive_lesions_per_case']:.2f} | {f(s.get('lesion_sensitivity_brats2023'), 2)} | "
                      f"{f(s.get('false_positive_lesions_per_case_brats2023'), 2)} | "
                      f"{f(s.get('lesionwise_dice_mean_brats2023'))} | {f(s.get('empty_correct'), 2)} |")

@@ -79,16 +79,24 @@ def _largest_outside_ml(pred_wt: np.ndarray, ref_wt: np.ndarray, voxel_ml: float
 
 def score_case(pred: np.ndarray, ref: np.ndarray, spacing_xyz: Sequence[float],
                regions: Sequence[str]) -> dict[str, Any]:
-    """Scores of one predicted (K, J, I) BraTS label map against a reference on the same grid."""
+    """Scores of one predicted (K, J, I) BraTS label map against a reference on the same grid.
+
+    ``regions`` are those the reference describes in full. Without the whole tumor (a reference of the core or
+    the enhancing tumor only), the tumor is found when the prediction touches the largest region it describes,
+    and the whole-tumor scores (Dice, share marked, reference volume, largest false positive outside it) are
+    ``None``: a predicted component away from that region may be oedema the reference does not draw."""
     metrics = compute_metrics(pred, ref, spacing_xyz, {r: REGIONS[r] for r in regions})
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
-    pred_wt, ref_wt = np.isin(pred, REGIONS["WT"]), np.isin(ref, REGIONS["WT"])
-    out: dict[str, Any] = {f"dice_{r}": metrics[r].dice for r in regions}
+    whole = "WT" in regions
+    pred_wt, ref_tumor = np.isin(pred, REGIONS["WT"]), np.isin(ref, REGIONS["WT" if whole else regions[0]])
+    out: dict[str, Any] = {f"dice_{r}": metrics[r].dice for r in ("WT", "TC", "ET") if r in regions}
+    if not whole:
+        out["dice_WT"] = None
     out.update({f"hd95_mm_{r}": metrics[r].hd95_mm for r in regions})
-    marked = metrics["WT"].sensitivity if "WT" in metrics else None  # share of the reference tumor marked
-    out.update(found=bool((pred_wt & ref_wt).any()), sensitivity_WT=marked,
-               predicted_wt_ml=float(pred_wt.sum() * voxel_ml), reference_wt_ml=float(ref_wt.sum() * voxel_ml),
-               largest_outside_ml=_largest_outside_ml(pred_wt, ref_wt, voxel_ml))
+    out.update(found=bool((pred_wt & ref_tumor).any()), sensitivity_WT=metrics["WT"].sensitivity if whole else None,
+               predicted_wt_ml=float(pred_wt.sum() * voxel_ml),
+               reference_wt_ml=float(ref_tumor.sum() * voxel_ml) if whole else None,
+               largest_outside_ml=_largest_outside_ml(pred_wt, ref_tumor, voxel_ml) if whole else None)
     return out
 
 
@@ -165,6 +173,13 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             "summary": _summary(rows), "pooled": _pooled(rows), "execution_policy": segmenter.policy_note()}
 
 
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of ``key`` over the rows where it is defined (None when none is): a row without a whole-tumor reference
+    has no WT Dice and no share marked, and counts as neither 0 nor 1."""
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = {}
     for variant in VARIANTS:
@@ -172,9 +187,10 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not sel:
             continue
         out[variant] = {"cases": len(sel), "found": sum(r["found"] for r in sel),
-                        "mean_dice_WT": float(np.mean([r["dice_WT"] for r in sel])),
-                        "mean_sensitivity_WT": float(np.mean([r.get("sensitivity_WT") or 0.0 for r in sel])),
-                        "fp_over_1ml": sum(r["largest_outside_ml"] > 1.0 for r in sel),
+                        "mean_dice_WT": _mean_of(sel, "dice_WT"),
+                        "mean_sensitivity_WT": _mean_of(sel, "sensitivity_WT"),
+                        "rows_without_WT": sum(r.get("dice_WT") is None for r in sel),
+                        "fp_over_1ml": sum((r["largest_outside_ml"] or 0.0) > 1.0 for r in sel),
                         "case_probability_below_0.9": sum(r["case_probability"] < 0.9 for r in sel),
                         "training_patient_rows": sum(bool(r.get("training_patient")) for r in sel),
                         "dice_WT_ci95": _interval(sel)}
@@ -183,13 +199,16 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Every row together (the headline mean), with its interval resampling patients."""
-    return {"rows": len(rows), "patients": len({r["case"] for r in rows}),
-            "mean_dice_WT": float(np.mean([r["dice_WT"] for r in rows])) if rows else None,
-            "dice_WT_ci95": _interval(rows)}
+    return {"rows": len(rows), "patients": len({r["case"] for r in rows}), "mean_dice_WT": _mean_of(rows, "dice_WT"),
+            "rows_without_WT": sum(r.get("dice_WT") is None for r in rows), "dice_WT_ci95": _interval(rows)}
 
 
 def _interval(rows: list[dict[str, Any]]) -> list[float] | None:
-    """95 % bootstrap interval of the rows' mean WT Dice, resampling patients (:mod:`medcnncad.metrics.intervals`)."""
+    """95 % bootstrap interval of the mean WT Dice of the rows that have one, resampling patients
+    (:mod:`medcnncad.metrics.intervals`)."""
+    rows = [r for r in rows if r.get("dice_WT") is not None]
+    if not rows:
+        return None
     values = [r["dice_WT"] for r in rows]
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):  # the mean is undefined too
         return None
@@ -213,7 +232,7 @@ def format_real_table(report: dict[str, Any]) -> str:
         name = f"{r['case']} (training)" if r.get("training_patient") else r["case"]
         lines.append(f"| {name} | {'+'.join(r['inputs'])} | {f(r.get('dice_WT'))} | {f(r.get('dice_TC'))} | "
                      f"{f(r.get('dice_ET'))} | {'yes' if r['found'] else 'NO'} ({_percent(r.get('sensitivity_WT'))}) | "
-                     f"{r['predicted_wt_ml']:.1f}/{r['reference_wt_ml']:.1f} | {r['largest_outside_ml']:.2f} | "
+                     f"{r['predicted_wt_ml']:.1f}/{f(r['reference_wt_ml'], 1)} | {f(r['largest_outside_ml'], 2)} | "
                      f"{r['case_probability']:.3f} | {r['seconds']:.0f} |")
     if any(r.get("training_patient") for r in report["rows"]):
         lines += ["", "(training): a patient the model was trained on (its training record names it) - not held out; "
@@ -227,15 +246,22 @@ def format_real_table(report: dict[str, Any]) -> str:
                   "| P(case) < 0.9 |", "|---|---|---|---|---|---|---|"]
     for variant, s in report["summary"].items():
         lines.append(f"| {variant} | {s['cases']} | {s['found']} | {_percent(s.get('mean_sensitivity_WT'))} | "
-                     f"{s['mean_dice_WT']:.3f}{_ci(s.get('dice_WT_ci95'))} | {s['fp_over_1ml']} | "
+                     f"{f(s['mean_dice_WT'])}{_ci(s.get('dice_WT_ci95'))}{_without_wt(s)} | {s['fp_over_1ml']} | "
                      f"{s['case_probability_below_0.9']} |")
     pooled = report.get("pooled")
     if pooled and pooled["rows"]:
-        lines += ["", f"Every row: mean WT Dice {pooled['mean_dice_WT']:.3f}{_ci(pooled['dice_WT_ci95'])} over "
+        lines += ["", f"Every row: mean WT Dice {f(pooled['mean_dice_WT'])}{_ci(pooled['dice_WT_ci95'])}"
+                      f"{_without_wt(pooled)} over "
                       f"{pooled['rows']} rows of {pooled['patients']} patients. Intervals: 95 % percentile bootstrap "
                       "resampling patients (each with all its rows); with so few patients they are rough, and they "
                       "do not include the optimism of choosing a model on these same patients."]
     return "\n".join(lines)
+
+
+def _without_wt(summary: dict[str, Any]) -> str:
+    """" (k rows without a whole-tumor reference left out)" when there are such rows."""
+    k = summary.get("rows_without_WT") or 0
+    return f" ({k} row{'s' if k > 1 else ''} without a whole-tumor reference left out)" if k else ""
 
 
 def _ci(interval: Sequence[float] | None, signed: bool = False) -> str:
@@ -267,8 +293,9 @@ def read_real_report(path: str | Path) -> dict[str, Any]:
             or not all(isinstance(r, dict) and _REPORT_ROW_KEYS <= set(r) for r in rows)):
         raise InputError(f"{path}: not an evaluate-real report "
                          f"(model, version, rows with {', '.join(sorted(_REPORT_ROW_KEYS))})")
-    for row in rows:
-        if not all(isinstance(row[k], (int, float)) and math.isfinite(row[k])
+    for row in rows:  # a row of a reference without the whole tumor has no WT Dice nor false positive outside it
+        if not all((row[k] is None and k != "case_probability") or (isinstance(row[k], (int, float))
+                                                                     and math.isfinite(row[k]))
                    for k in ("dice_WT", "largest_outside_ml", "case_probability")):
             raise InputError(f"{path}: row {row['case']} {row['variant']} has a score that is not a finite number")
     seen = [(r["case"], r["variant"]) for r in rows]
@@ -294,13 +321,16 @@ def compare_real_reports(before: dict[str, Any], after: dict[str, Any],
         raise InputError(f"{names[0]} and {names[1]} share no row (same case and inputs)")
 
     def change(keys: list[tuple[str, str]]) -> dict[str, Any]:
+        keys = [k for k in keys if old[k]["dice_WT"] is not None and new[k]["dice_WT"] is not None]
+        if not keys:
+            return {"rows": 0, "patients": 0, "mean_change_dice_WT": None, "change_ci95": None}
         deltas = [new[k]["dice_WT"] - old[k]["dice_WT"] for k in keys]
         interval = patient_bootstrap_interval([k[0] for k in keys], deltas)
         return {"rows": len(keys), "patients": len({k[0] for k in keys}),
                 "mean_change_dice_WT": float(np.mean(deltas)),
                 "change_ci95": None if interval is None else [interval[0], interval[1]]}
 
-    outcomes = {"found": lambda r: bool(r["found"]), "fp_over_1ml": lambda r: r["largest_outside_ml"] > 1.0,
+    outcomes = {"found": lambda r: bool(r["found"]), "fp_over_1ml": lambda r: (r["largest_outside_ml"] or 0.0) > 1.0,
                 "case_probability_below_0.9": lambda r: r["case_probability"] < 0.9}
     return {"before": f"{before['model']} {before['version']}", "after": f"{after['model']} {after['version']}",
             "variants": {v: change([k for k in shared if k[1] == v]) for v in VARIANTS
@@ -317,8 +347,8 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     lines = [f"{comparison['after']} against {comparison['before']}, row by row (same case and inputs)", "",
              "| inputs | rows | patients | mean change of WT Dice (95 % interval) |", "|---|---|---|---|"]
     for name, c in [*comparison["variants"].items(), ("every row", comparison["every_row"])]:
-        lines.append(f"| {name} | {c['rows']} | {c['patients']} | {c['mean_change_dice_WT']:+.3f}"
-                     f"{_ci(c['change_ci95'], signed=True)} |")
+        mean = "-" if c["mean_change_dice_WT"] is None else f"{c['mean_change_dice_WT']:+.3f}"
+        lines.append(f"| {name} | {c['rows']} | {c['patients']} | {mean}{_ci(c['change_ci95'], signed=True)} |")
     lines.append("")
     for name, changed in comparison["outcome_changes"].items():
         lines.append(f"{name}: " + (", ".join(f"{c['case']} {c['variant']} {c['before']} -> {c['after']}"

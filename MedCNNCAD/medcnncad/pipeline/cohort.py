@@ -263,7 +263,9 @@ def _classification(cases: Sequence[CohortCase], reports: dict[str, dict]) -> di
 
 
 def summarize(cases: Sequence[CohortCase], reports: dict[str, dict]) -> dict[str, Any]:
-    """Per structure and metric: n, mean, median, bootstrap 95 % CI; lesion detection; classification."""
+    """Per structure and metric: n, mean, median, bootstrap 95 % CI over the cases where it is defined, and how many
+    it is not (``undefined``: a distance with one side empty, i.e. a structure missed or predicted where the
+    reference has none; both empty count as 0 mm, as in BraTS); lesion detection; classification."""
     structures: dict[str, dict[str, Any]] = {}
     per_structure: dict[str, list[dict]] = {}
     for case in cases:
@@ -273,7 +275,8 @@ def summarize(cases: Sequence[CohortCase], reports: dict[str, dict]) -> dict[str
         entry: dict[str, Any] = {}
         for metric in METRICS:
             values = [m[metric] for m in items if m.get(metric) is not None]
-            entry[metric] = {"n": len(values), "mean": float(np.mean(values)) if values else None,
+            entry[metric] = {"n": len(values), "undefined": len(items) - len(values),
+                             "mean": float(np.mean(values)) if values else None,
                              "median": float(np.median(values)) if values else None,
                              "ci95": bootstrap_ci(values)}
         entry.update(pooled_detection([m["lesions"] for m in items if m.get("lesions")]))
@@ -282,6 +285,12 @@ def summarize(cases: Sequence[CohortCase], reports: dict[str, dict]) -> dict[str
         structures[name] = entry
     return {"cases": len(cases), "completed": len(reports), "structures": structures,
             "classification": _classification(cases, reports)}
+
+
+def _undefined(metric: dict[str, Any]) -> str:
+    """" (k of N cases undefined: one side empty)" for a summary metric left out of some cases, else ""."""
+    k = metric.get("undefined") or 0
+    return f" ({k} of {k + metric['n']} undefined: one side empty)" if k else ""
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
@@ -295,7 +304,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for name, s in summary["structures"].items():
         ci = s["dice"]["ci95"]
         lines.append(f"| {name} | {f(s['dice']['mean'])} [{f(ci[0]) if ci else 'n/a'}, {f(ci[1]) if ci else 'n/a'}] "
-                     f"| {f(s['dice']['median'])} | {f(s['hd95_mm']['median'])} | {f(s['lesion_sensitivity'])} | "
+                     f"| {f(s['dice']['median'])} | {f(s['hd95_mm']['median'])}{_undefined(s['hd95_mm'])} | "
+                     f"{f(s['lesion_sensitivity'])} | "
                      f"{f(s['false_positive_lesions_per_case'])} | {f(s.get('lesion_sensitivity_brats2023'))} | "
                      f"{f(s.get('false_positive_lesions_per_case_brats2023'))} | "
                      f"{f(s.get('lesionwise_dice_mean_brats2023'))} |")

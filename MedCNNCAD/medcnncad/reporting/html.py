@@ -262,9 +262,9 @@ def cohort_report(out_dir: str | Path, labels: dict[str, int | None] | None = No
     for name, s in summary["structures"].items():
         ci = s["dice"]["ci95"] or [None, None]
         rows.append((name, s["dice"]["mean"], ci[0], ci[1], s["dice"]["median"], s["hd95_mm"]["median"],
-                     s["lesion_sensitivity"], s["false_positive_lesions_per_case"]))
+                     s["hd95_mm"].get("undefined"), s["lesion_sensitivity"], s["false_positive_lesions_per_case"]))
     body.append(_table(["structure", "Dice mean", "CI low", "CI high", "Dice median", "HD95 median mm",
-                        "lesion sensitivity", "FP lesions/case"], rows))
+                        "HD95 undefined (one side empty)", "lesion sensitivity", "FP lesions/case"], rows))
     c = summary.get("classification")
     if c:
         body.append(_table(["cases", "AUC", "AUC CI", "Brier", "ECE"],
