@@ -152,3 +152,26 @@ def test_volume_count_reads_the_header_only(tmp_path):
     (tmp_path / "not.nii.gz").write_bytes(b"not an image")
     with pytest.raises(InputError, match="not.nii.gz: cannot be read as an image"):
         volume_count(tmp_path / "not.nii.gz")
+
+
+def test_scaled_nifti_reads_as_its_scaled_values_and_a_truncated_one_is_still_refused(tmp_path):
+    """A NIfTI with scl_slope (dcm2niix writes them; so do the uint8 probability maps) holds int16 or uint8 on disk
+    while ITK returns float32: the completeness check counts the bytes on disk, not in memory."""
+    import nibabel as nib
+
+    from medcnncad.io.images import write_probability_map
+
+    stored = (np.arange(20 * 20 * 10, dtype=np.int16).reshape(20, 20, 10) % 1000)
+    for suffix in (".nii", ".nii.gz"):
+        image = nib.Nifti1Image(stored, np.diag([-1.0, -1.0, 2.0, 1.0]))
+        image.header.set_slope_inter(0.5, -10.0)
+        nib.save(image, str(tmp_path / f"scaled{suffix}"))
+        back = read_volume(tmp_path / f"scaled{suffix}")
+        np.testing.assert_allclose(sitk.GetArrayFromImage(back).transpose(2, 1, 0), stored * 0.5 - 10.0)
+    raw = (tmp_path / "scaled.nii").read_bytes()
+    (tmp_path / "cut.nii").write_bytes(raw[:-100])
+    with pytest.raises(InputError, match=r"cut.nii: file is truncated \(\d+ bytes, the header declares"):
+        read_volume(tmp_path / "cut.nii")
+    probs = np.random.default_rng(1).random((5, 6, 7)).astype(np.float32)
+    path = write_probability_map(probs, make_image(np.zeros((5, 6, 7), np.float32)), tmp_path / "p.nii.gz", "uint8")
+    assert np.abs(sitk.GetArrayFromImage(read_volume(path)) - probs).max() <= 1 / 510 + 1e-6

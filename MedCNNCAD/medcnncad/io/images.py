@@ -177,7 +177,7 @@ def _read_file(path: Path, stacked: bool = False) -> sitk.Image:
     if voxels > MAX_VOXELS or min(size) < 1:
         raise InputError(f"{path}: declared size {size} is outside what the engine reads "
                          f"(1 to {MAX_VOXELS} voxels)")
-    _check_complete(path, voxels * _BYTES.get(reader.GetPixelID(), 1))
+    _check_complete(path, int(np.prod(size, dtype=np.float64)), voxels * _BYTES.get(reader.GetPixelID(), 1))
     image = reader.Execute()
     if image.GetDimension() == 4 and size[3] == 1 and not stacked:  # one time point: a 3D volume
         image = image[:, :, :, 0]
@@ -208,21 +208,25 @@ def _gzip_length(path: Path) -> int:
     return total
 
 
-def _nifti_offset(header: bytes) -> int | None:
-    """Voxel data offset of a NIfTI-1/2 header (None when the bytes are no NIfTI header)."""
+def _nifti_layout(header: bytes) -> tuple[int, int] | None:
+    """Voxel data offset and bits per voxel (``bitpix``, as stored: before any ``scl_slope`` scaling) of a NIfTI-1/2
+    header; None when the bytes are no NIfTI header; an offset of -1 when it is out of range."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             offset = struct.unpack(order + "f", header[108:112])[0]
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
         elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             offset = struct.unpack(order + "q", header[168:176])[0]
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
         else:
             continue
-        return int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1
-    return None
+        return (int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1), int(bitpix)
 
 
-def _check_complete(path: Path, data_bytes: int) -> None:
-    """Refuse NIfTI files (plain or gzip) that hold fewer voxel bytes than their header declares.
+def _check_complete(path: Path, voxels: int, read_bytes: int) -> None:
+    """Refuse NIfTI files (plain or gzip) that hold fewer voxel bytes than their header declares: ``voxels`` (per
+    component) times the header's own bits per voxel, which is what is on disk; ``read_bytes`` (what ITK will hold
+    in memory: a file with ``scl_slope`` comes back as float32) only when the header gives no usable ``bitpix``.
 
     ITK reads such truncated files without complaint (the missing voxels come back as zeros).
     """
@@ -235,12 +239,13 @@ def _check_complete(path: Path, data_bytes: int) -> None:
             header = gzip.GzipFile(fileobj=handle).read(544) if compressed else handle.read(544)
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(f"{path}: corrupt compressed data ({exc})") from None
-    offset = _nifti_offset(header)
-    if offset is None:
+    layout = _nifti_layout(header)
+    if layout is None:
         return
+    offset, bitpix = layout
     if offset == -1:
         raise InputError(f"{path}: invalid NIfTI header (voxel data offset out of range)")
-    expected = offset + data_bytes
+    expected = offset + (voxels * bitpix // 8 if bitpix > 0 and bitpix % 8 == 0 else read_bytes)
     if compressed:
         # gzip's trailer holds the uncompressed size (mod 2**32): a complete file matches it;
         # only when it does not, decompress the whole stream to say what is wrong
