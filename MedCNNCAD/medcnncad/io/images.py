@@ -221,6 +221,7 @@ def _nifti_layout(header: bytes) -> tuple[int, int] | None:
         else:
             continue
         return (int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1), int(bitpix)
+    return None
 
 
 def _check_complete(path: Path, voxels: int, read_bytes: int) -> None:
