@@ -175,3 +175,53 @@ def test_scaled_nifti_reads_as_its_scaled_values_and_a_truncated_one_is_still_re
     probs = np.random.default_rng(1).random((5, 6, 7)).astype(np.float32)
     path = write_probability_map(probs, make_image(np.zeros((5, 6, 7), np.float32)), tmp_path / "p.nii.gz", "uint8")
     assert np.abs(sitk.GetArrayFromImage(read_volume(path)) - probs).max() <= 1 / 510 + 1e-6
+
+
+def _series(folder, positions, orientations=None, slopes=None, spacing=(0.8, 0.9)):
+    """An MR series of 8 x 10 int16 slices (value 300 + 50 k), one file per position (LPS mm), with pydicom."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir()
+    series_uid = generate_uid()
+    for k, position in enumerate(positions):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.TransferSyntaxUID = MRImageStorage, ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = "1.2.3", series_uid, "1.2.3.4"
+        ds.Modality, ds.PatientID, ds.InstanceNumber = "MR", "P", k + 1
+        ds.ImagePositionPatient = [float(v) for v in position]
+        ds.ImageOrientationPatient = [float(v) for v in (orientations[k] if orientations else (1, 0, 0, 0, 1, 0))]
+        ds.PixelSpacing = [float(v) for v in spacing]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 8, 10
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        if slopes is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = slopes[k], 0.0
+        ds.PixelData = np.full((8, 10), 300 + 50 * k, np.int16).tobytes()
+        pydicom.dcmwrite(str(folder / f"s{k:03d}.dcm"), ds, enforce_file_format=True)
+
+
+def test_a_dicom_series_that_is_not_one_even_grid_is_refused(tmp_path):
+    """GDCM would stack each of these onto an even grid, placing slices millimetres off, with a stderr warning at
+    most; a series of per-slice rescale slopes is read as float (GDCM took the first slice's integers)."""
+    even = [(0.0, 0.0, 2.0 * k) for k in range(6)]
+    _series(tmp_path / "even", even)
+    assert read_volume(tmp_path / "even").GetSpacing() == pytest.approx((0.9, 0.8, 2.0))  # (0028,0030) is row\\col
+    cases = {
+        "gap": ([p for k, p in enumerate(even) if k != 3], None, r"unevenly spaced \(steps 2.00 to 4.00 mm"),
+        "echoes": (even[:3] * 2, None, r"6 of its 6 images share a slice position"),
+        "tilt": ([(0.0, 0.364 * z, z) for _, _, z in even], None, r"gantry tilt 20.0 degrees"),
+        "mixed": (even, [(1, 0, 0, 0, 1, 0)] * 3 + [(0, 1, 0, 0, 0, -1)] * 3, "slices of 2 orientations"),
+    }
+    for name, (positions, orientations, message) in cases.items():
+        _series(tmp_path / name, positions, orientations)
+        with pytest.raises(InputError, match=rf"{name}: .*{message}"):
+            read_volume(tmp_path / name)
+    slopes = [1.0, 0.013, 0.027, 0.0061, 0.5, 0.25]
+    _series(tmp_path / "scaled", even, slopes=slopes)
+    back = read_volume(tmp_path / "scaled")
+    expected = [(300 + 50 * k) * slope for k, slope in enumerate(slopes)]
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back)[:, 0, 0], expected, rtol=1e-6)

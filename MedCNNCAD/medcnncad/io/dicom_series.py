@@ -1,20 +1,28 @@
-"""DICOM series in a folder: list them, pick one by UID or description, list its files.
+"""DICOM series in a folder: list them, pick one by UID or description, list its files, check that they make one grid.
 
 Reading uses SimpleITK/GDCM (slices sorted by position, so frame k of a (K, J, I) array is
-the k-th file of :func:`series_files`). Writing DICOM SEG lives in
-:mod:`medcnncad.reporting.dicom_seg`.
+the k-th file of :func:`series_files`). GDCM stacks whatever files share a SeriesInstanceUID onto an even grid
+without complaint (a warning on stderr at most), so :func:`check_series_geometry` first refuses what would land on
+the wrong voxels: slices of several orientations, several images at one position (echoes, phases), missing or
+unevenly spaced slices, and a stack offset sideways (gantry tilt). Positions are in mm, LPS. Writing DICOM SEG lives
+in :mod:`medcnncad.reporting.dicom_seg`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
 
-__all__ = ["SeriesInfo", "list_series", "select_series", "series_files"]
+__all__ = ["SeriesInfo", "list_series", "select_series", "series_files", "check_series_geometry"]
+
+ORIENTATION_TOLERANCE = 1e-3  # direction cosines: more apart than this is another orientation
+SPACING_TOLERANCE = 0.1  # a slice step more than 10 % away from the median step: missing or uneven slices
 
 
 @dataclass(frozen=True)
@@ -65,3 +73,78 @@ def select_series(folder: str | Path, selector: str | None = None) -> str:
 def series_files(folder: str | Path, selector: str | None = None) -> list[str]:
     """Files of the selected series, sorted as SimpleITK stacks them into K."""
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), select_series(folder, selector)))
+
+
+def _numbers(reader: sitk.ImageFileReader, tag: str) -> list[float] | None:
+    if not reader.HasMetaDataKey(tag):
+        return None
+    try:
+        return [float(v) for v in reader.GetMetaData(tag).strip().split("\\") if v.strip()]
+    except ValueError:
+        return None
+
+
+def _slice_headers(files: Sequence[str]) -> list[dict[str, list[float] | None]]:
+    """Position (0020,0032), orientation (0020,0037), pixel spacing (0028,0030), rescale slope and intercept of each
+    file (None where a tag is absent or unreadable), from the headers only."""
+    tags = {"position": "0020|0032", "orientation": "0020|0037", "spacing": "0028|0030", "slope": "0028|1053",
+            "intercept": "0028|1052"}
+    headers = []
+    for path in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        reader.LoadPrivateTagsOff()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            headers.append(dict.fromkeys(tags))
+            continue
+        headers.append({name: _numbers(reader, tag) for name, tag in tags.items()})
+    return headers
+
+
+def check_series_geometry(folder: str | Path, files: Sequence[str]) -> bool:
+    """Refuse a series whose files do not make one evenly spaced grid; return whether their rescale slopes or
+    intercepts differ from file to file (then read as float: GDCM would take the first file's integer pixel type
+    and truncate the others' scaled values).
+
+    Files without position or orientation (or a single file) are not checked here.
+
+    Raises:
+        InputError: naming ``folder``: slices of several orientations, images sharing a position, missing or
+            unevenly spaced slices, or a stack offset sideways by more than half a pixel (gantry tilt).
+    """
+    headers = _slice_headers(files)
+    rescale = {(tuple(h["slope"] or [1.0]), tuple(h["intercept"] or [0.0])) for h in headers}
+    if len(files) < 2 or any(h["position"] is None or h["orientation"] is None for h in headers) or any(
+            len(h["position"] or ()) != 3 or len(h["orientation"] or ()) != 6 for h in headers):
+        return len(rescale) > 1
+    orientations = np.array([h["orientation"] for h in headers])
+    if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
+        kinds = len({tuple(np.round(o, 2)) for o in orientations})
+        raise InputError(f"{folder}: the series holds slices of {kinds} orientations, not one volume (e.g. axial and "
+                         "sagittal images under one SeriesInstanceUID); export each stack as its own series")
+    row, column = orientations[0, :3], orientations[0, 3:]
+    normal = np.cross(row, column)
+    positions = np.array([h["position"] for h in headers])
+    along = np.sort(positions @ normal)
+    steps = np.diff(along)
+    if np.any(steps < 1e-3):
+        _, counts = np.unique(np.round(along, 3), return_counts=True)
+        raise InputError(f"{folder}: {int(counts[counts > 1].sum())} of its {len(files)} images share a slice "
+                         "position with another (several echoes, phases or b-values in one series?): not one volume; "
+                         "select or export one of them as its own series")
+    median = float(np.median(steps))
+    if np.abs(steps - median).max() > max(SPACING_TOLERANCE * median, 0.01):
+        raise InputError(f"{folder}: slices are unevenly spaced (steps {steps.min():.2f} to {steps.max():.2f} mm "
+                         f"along the slice normal, median {median:.2f} mm): missing slices? Not read onto an even "
+                         "grid")
+    span = positions[np.argmax(positions @ normal)] - positions[np.argmin(positions @ normal)]
+    sideways = float(np.linalg.norm(span - (span @ normal) * normal))
+    pixel = min(headers[0]["spacing"] or [1.0])
+    if sideways > 0.5 * pixel:
+        tilt = float(np.degrees(np.arctan2(sideways, float(span @ normal))))
+        raise InputError(f"{folder}: the slices are offset sideways along the stack ({sideways:.1f} mm over "
+                         f"{float(span @ normal):.1f} mm: gantry tilt {tilt:.1f} degrees); a tilted stack is not one "
+                         "grid: resample it first (3D Slicer's DICOM import regularises the acquisition geometry)")
+    return len(rescale) > 1

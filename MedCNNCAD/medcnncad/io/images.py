@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
-from medcnncad.io.dicom_series import series_files
+from medcnncad.io.dicom_series import check_series_geometry, series_files
 
 __all__ = ["read_volume", "read_volumes", "read_picked_volumes", "volume_index", "read_header", "volume_count",
            "check_finite", "write_image",
@@ -263,9 +263,15 @@ def _check_complete(path: Path, voxels: int, read_bytes: int) -> None:
 
 
 def _read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
-    """Read the selected DICOM series of a folder, slices sorted by position."""
+    """Read the selected DICOM series of a folder, slices sorted by position, once its files are known to make one
+    evenly spaced grid (:func:`~medcnncad.io.dicom_series.check_series_geometry`); as float32 when the files'
+    rescale slopes or intercepts differ."""
+    files = series_files(folder, series)
+    per_file_rescale = check_series_geometry(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(series_files(folder, series))
+    reader.SetFileNames(files)
+    if per_file_rescale:
+        reader.SetOutputPixelType(sitk.sitkFloat32)
     return reader.Execute()
 
 
