@@ -144,8 +144,16 @@ def _checked(image: sitk.Image, path: Path) -> sitk.Image:
         raise InputError(f"{path}: expected a scalar volume, got {image.GetNumberOfComponentsPerPixel()} components")
     if min(image.GetSize()) < 1:
         raise InputError(f"{path}: empty volume {image.GetSize()}")
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    if np.abs(direction.T @ direction - np.eye(3)).max() > ORTHOGONAL_TOLERANCE:
+        raise InputError(f"{path}: its voxel axes are not perpendicular (a sheared grid, direction "
+                         f"{np.round(direction, 4).tolist()}): NIfTI and the engine's resampling hold orthogonal grids "
+                         "only; resample it onto one first")
     check_finite(image, str(path))
     return image
+
+
+ORTHOGONAL_TOLERANCE = 1e-4  # |D'D - I| of a direction matrix: rounding in headers, not a shear
 
 
 def check_finite(image: sitk.Image, name: str) -> None:
@@ -208,24 +216,29 @@ def _gzip_length(path: Path) -> int:
     return total
 
 
-def _nifti_layout(header: bytes) -> tuple[int, int] | None:
-    """Voxel data offset and bits per voxel (``bitpix``, as stored: before any ``scl_slope`` scaling) of a NIfTI-1/2
-    header; None when the bytes are no NIfTI header; an offset of -1 when it is out of range."""
+def _nifti_layout(header: bytes) -> tuple[int, int, tuple[float, float, float]] | None:
+    """Voxel data offset, bits per voxel (``bitpix``, as stored: before any ``scl_slope`` scaling) and the three
+    voxel sizes (``pixdim[1:4]``, mm) of a NIfTI-1/2 header; None when the bytes are no NIfTI header; an offset of -1
+    when it is out of range."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             offset = struct.unpack(order + "f", header[108:112])[0]
             bitpix = struct.unpack(order + "h", header[72:74])[0]
+            pixdim = struct.unpack(order + "3f", header[80:92])
         elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             offset = struct.unpack(order + "q", header[168:176])[0]
             bitpix = struct.unpack(order + "h", header[14:16])[0]
+            pixdim = struct.unpack(order + "3d", header[112:136])
         else:
             continue
-        return (int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1), int(bitpix)
+        return ((int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1), int(bitpix),
+                (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])))
     return None
 
 
 def _check_complete(path: Path, voxels: int, read_bytes: int) -> None:
-    """Refuse NIfTI files (plain or gzip) that hold fewer voxel bytes than their header declares: ``voxels`` (per
+    """Refuse NIfTI files (plain or gzip) with a negative voxel size, or that hold fewer voxel bytes than their header
+    declares: ``voxels`` (per
     component) times the header's own bits per voxel, which is what is on disk; ``read_bytes`` (what ITK will hold
     in memory: a file with ``scl_slope`` comes back as float32) only when the header gives no usable ``bitpix``.
 
@@ -243,9 +256,13 @@ def _check_complete(path: Path, voxels: int, read_bytes: int) -> None:
     layout = _nifti_layout(header)
     if layout is None:
         return
-    offset, bitpix = layout
+    offset, bitpix, pixdim = layout
     if offset == -1:
         raise InputError(f"{path}: invalid NIfTI header (voxel data offset out of range)")
+    if min(pixdim) < 0:
+        raise InputError(f"{path}: negative voxel size in its NIfTI header (pixdim {[round(v, 4) for v in pixdim]}): "
+                         "readers disagree on which side is left (ITK mirrors the axis, nibabel does not); write the "
+                         "file again with positive voxel sizes")
     expected = offset + (voxels * bitpix // 8 if bitpix > 0 and bitpix % 8 == 0 else read_bytes)
     if compressed:
         # gzip's trailer holds the uncompressed size (mod 2**32): a complete file matches it;
