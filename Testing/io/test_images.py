@@ -251,3 +251,33 @@ def test_a_sheared_grid_and_a_negative_voxel_size_are_refused(tmp_path):
     # would report its absolute value)
     with pytest.raises(InputError, match=r"negative.nii: negative voxel size in its NIfTI header \(pixdim \[-2.0"):
         read_volume(tmp_path / "negative.nii")
+
+
+def test_an_enhanced_multiframe_file_is_read_only_with_its_frames_in_spatial_order(tmp_path):
+    """GDCM stacks a multi-frame object's frames in stored order onto an even grid: a six-slice series converted to
+    one enhanced MR object (highdicom, which stores them in spatial order), then its frames reordered with pydicom,
+    reads in either direction; frames out of order are refused."""
+    import copy
+
+    import highdicom as hd
+    import pydicom
+
+    _series(tmp_path / "slices", [(0.0, 0.0, 2.0 * k) for k in range(6)])
+    slices = [pydicom.dcmread(str(path)) for path in sorted((tmp_path / "slices").iterdir())]
+    hd.legacy.LegacyConvertedEnhancedMRImage(slices, series_instance_uid=hd.UID(), series_number=2,
+                                             sop_instance_uid=hd.UID(), instance_number=1).save_as(
+        str(tmp_path / "converted.dcm"))
+    source = pydicom.dcmread(str(tmp_path / "converted.dcm"))
+    for name, order in (("ascending", range(6)), ("descending", range(5, -1, -1)), ("shuffled", [3, 0, 5, 1, 4, 2])):
+        dataset = copy.deepcopy(source)
+        dataset.PerFrameFunctionalGroupsSequence = [copy.deepcopy(source.PerFrameFunctionalGroupsSequence[k])
+                                                    for k in order]
+        dataset.PixelData = source.pixel_array[list(order)].tobytes()
+        dataset.save_as(str(tmp_path / f"{name}.dcm"))
+    for name in ("ascending", "descending"):
+        image = read_volume(tmp_path / f"{name}.dcm")
+        for k in range(6):  # slice k holds the pixels of the slice at its own position (value 300 + 50 j at 2 j mm)
+            z = image.TransformIndexToPhysicalPoint((0, 0, k))[2]
+            assert sitk.GetArrayFromImage(image)[k, 0, 0] == 300 + 50 * round(z / 2.0), (name, k)
+    with pytest.raises(InputError, match=r"shuffled.dcm: its 6 frames are not stored in spatial order"):
+        read_volume(tmp_path / "shuffled.dcm")

@@ -19,7 +19,8 @@ import SimpleITK as sitk
 
 from medcnncad.errors import InputError
 
-__all__ = ["SeriesInfo", "list_series", "select_series", "series_files", "check_series_geometry"]
+__all__ = ["SeriesInfo", "list_series", "select_series", "series_files", "check_series_geometry", "check_stack",
+           "check_multiframe_geometry"]
 
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines: more apart than this is another orientation
 SPACING_TOLERANCE = 0.1  # a slice step more than 10 % away from the median step: missing or uneven slices
@@ -116,35 +117,88 @@ def check_series_geometry(folder: str | Path, files: Sequence[str]) -> bool:
     """
     headers = _slice_headers(files)
     rescale = {(tuple(h["slope"] or [1.0]), tuple(h["intercept"] or [0.0])) for h in headers}
-    if len(files) < 2 or any(h["position"] is None or h["orientation"] is None for h in headers) or any(
-            len(h["position"] or ()) != 3 or len(h["orientation"] or ()) != 6 for h in headers):
-        return len(rescale) > 1
-    orientations = np.array([h["orientation"] for h in headers])
+    if len(files) >= 2 and all(len(h["position"] or ()) == 3 and len(h["orientation"] or ()) == 6 for h in headers):
+        check_stack(folder, np.array([h["position"] for h in headers]), np.array([h["orientation"] for h in headers]),
+                    min(headers[0]["spacing"] or [1.0]), in_order=False)
+    return len(rescale) > 1
+
+
+def check_stack(source: str | Path, positions: np.ndarray, orientations: np.ndarray, pixel_mm: float,
+                in_order: bool) -> None:
+    """Refuse slices that are not one evenly spaced grid: (N, 3) ``positions`` (LPS mm) and (N, 6) ``orientations``
+    (row and column cosines) of the N slices, ``pixel_mm`` their smallest in-plane spacing; ``in_order``: the slices
+    are read in the given order (the frames of one file), so they must also be stored in spatial order.
+
+    Raises:
+        InputError: naming ``source`` (see :func:`check_series_geometry`; and frames out of spatial order).
+    """
     if np.abs(orientations - orientations[0]).max() > ORIENTATION_TOLERANCE:
         kinds = len({tuple(np.round(o, 2)) for o in orientations})
-        raise InputError(f"{folder}: the series holds slices of {kinds} orientations, not one volume (e.g. axial and "
+        raise InputError(f"{source}: the series holds slices of {kinds} orientations, not one volume (e.g. axial and "
                          "sagittal images under one SeriesInstanceUID); export each stack as its own series")
-    row, column = orientations[0, :3], orientations[0, 3:]
-    normal = np.cross(row, column)
-    positions = np.array([h["position"] for h in headers])
-    along = np.sort(positions @ normal)
-    steps = np.diff(along)
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    along = positions @ normal
+    steps = np.diff(along if in_order else np.sort(along))
+    if in_order and not (np.all(steps > 0) or np.all(steps < 0)) and np.all(np.abs(steps) >= 1e-3):
+        shown = ", ".join(f"{v:.2f}" for v in along[:8]) + (", ..." if len(along) > 8 else "")
+        raise InputError(f"{source}: its {len(along)} frames are not stored in spatial order (positions along the "
+                         f"slice normal {shown} mm): they would be stacked out of place")
+    steps = np.abs(steps)
     if np.any(steps < 1e-3):
         _, counts = np.unique(np.round(along, 3), return_counts=True)
-        raise InputError(f"{folder}: {int(counts[counts > 1].sum())} of its {len(files)} images share a slice "
+        raise InputError(f"{source}: {int(counts[counts > 1].sum())} of its {len(along)} images share a slice "
                          "position with another (several echoes, phases or b-values in one series?): not one volume; "
                          "select or export one of them as its own series")
     median = float(np.median(steps))
     if np.abs(steps - median).max() > max(SPACING_TOLERANCE * median, 0.01):
-        raise InputError(f"{folder}: slices are unevenly spaced (steps {steps.min():.2f} to {steps.max():.2f} mm "
+        raise InputError(f"{source}: slices are unevenly spaced (steps {steps.min():.2f} to {steps.max():.2f} mm "
                          f"along the slice normal, median {median:.2f} mm): missing slices? Not read onto an even "
                          "grid")
-    span = positions[np.argmax(positions @ normal)] - positions[np.argmin(positions @ normal)]
+    span = positions[np.argmax(along)] - positions[np.argmin(along)]
     sideways = float(np.linalg.norm(span - (span @ normal) * normal))
-    pixel = min(headers[0]["spacing"] or [1.0])
-    if sideways > 0.5 * pixel:
+    if sideways > 0.5 * pixel_mm:
         tilt = float(np.degrees(np.arctan2(sideways, float(span @ normal))))
-        raise InputError(f"{folder}: the slices are offset sideways along the stack ({sideways:.1f} mm over "
+        raise InputError(f"{source}: the slices are offset sideways along the stack ({sideways:.1f} mm over "
                          f"{float(span @ normal):.1f} mm: gantry tilt {tilt:.1f} degrees); a tilted stack is not one "
                          "grid: resample it first (3D Slicer's DICOM import regularises the acquisition geometry)")
-    return len(rescale) > 1
+
+
+def _frame_item(dataset, shared, name: str):  # noqa: ANN001, ANN202 - pydicom datasets
+    """A frame's functional group ``name`` item, from the frame's own groups or the shared ones (None if absent)."""
+    for groups in (dataset, shared):
+        if groups is not None and name in groups and len(groups[name].value):
+            return groups[name].value[0]
+    return None
+
+
+def check_multiframe_geometry(path: str | Path) -> None:
+    """Refuse an enhanced multi-frame DICOM file whose frames are not one evenly spaced grid in stored order (GDCM
+    reads the frames in file order onto an even grid). Files that are no such object, or lack per-frame positions,
+    are not checked.
+
+    Raises:
+        InputError: naming ``path`` (see :func:`check_stack`).
+    """
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - not a DICOM file pydicom reads: left to ITK
+        return
+    frames = dataset.get("PerFrameFunctionalGroupsSequence")
+    if not frames or len(frames) < 2:
+        return
+    shared_groups = dataset.get("SharedFunctionalGroupsSequence")
+    shared = shared_groups[0] if shared_groups else None
+    positions, orientations, pixel = [], [], None
+    for frame in frames:
+        plane, orientation = _frame_item(frame, shared, "PlanePositionSequence"), _frame_item(
+            frame, shared, "PlaneOrientationSequence")
+        measures = _frame_item(frame, shared, "PixelMeasuresSequence")
+        if plane is None or orientation is None or "ImagePositionPatient" not in plane:
+            return
+        positions.append([float(v) for v in plane.ImagePositionPatient])
+        orientations.append([float(v) for v in orientation.ImageOrientationPatient])
+        if pixel is None and measures is not None and "PixelSpacing" in measures:
+            pixel = min(float(v) for v in measures.PixelSpacing)
+    check_stack(path, np.array(positions), np.array(orientations), pixel or 1.0, in_order=True)

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
-from medcnncad.io.dicom_series import check_series_geometry, series_files
+from medcnncad.io.dicom_series import check_multiframe_geometry, check_series_geometry, series_files
 
 __all__ = ["read_volume", "read_volumes", "read_picked_volumes", "volume_index", "read_header", "volume_count",
            "check_finite", "write_image",
@@ -186,10 +186,18 @@ def _read_file(path: Path, stacked: bool = False) -> sitk.Image:
         raise InputError(f"{path}: declared size {size} is outside what the engine reads "
                          f"(1 to {MAX_VOXELS} voxels)")
     _check_complete(path, int(np.prod(size, dtype=np.float64)), voxels * _BYTES.get(reader.GetPixelID(), 1))
+    if _is_dicom_file(path):  # an enhanced multi-frame object's frames: in spatial order on an even grid?
+        check_multiframe_geometry(path)
     image = reader.Execute()
     if image.GetDimension() == 4 and size[3] == 1 and not stacked:  # one time point: a 3D volume
         image = image[:, :, :, 0]
     return image
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
+    with open(path, "rb") as handle:
+        return handle.read(132)[128:] == b"DICM"
 
 
 _BYTES = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
