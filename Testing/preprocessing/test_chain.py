@@ -327,6 +327,28 @@ def test_the_chain_tries_other_registrations_when_mutual_information_goes_wrong(
     assert len(calls) == (1 if mutual_information_after == 0.80 else 3)
 
 
+@pytest.mark.parametrize("gradient_after, expected", [
+    (0.84, "gradient-magnitude correlation from the scanner coordinates"),  # the better try wins
+    (0.45, "mutual information from the scanner coordinates")])  # under its floor: the weak first try is kept
+def test_a_weak_first_registration_competes_with_the_other_tries(monkeypatch, gradient_after, expected):
+    """A helper's thick-slice T2 moved 9 mm: mutual information lifted the quality 0.20 -> 0.36 (4-5 mm off) and was
+    kept without another look, where the gradient try reached 0.84 (0.6 mm off). Above 0.25 but under the
+    gradient try's 0.5 floor, the first try now competes with the others."""
+    from medcnncad.preprocessing import chain
+
+    calls = []
+
+    def fake(fixed, moving, initialiser="moments", metric="mattes", **kwargs):
+        calls.append((initialiser, metric))
+        after = {("identity", "mattes"): 0.36, ("identity", "gradient-correlation"): gradient_after,
+                 ("moments", "mattes"): 0.30}[(initialiser, metric)]
+        return _registration(0.20, after)
+
+    monkeypatch.setattr(chain, "register_rigid", fake)
+    reg, how = chain.register_sequence(_head(16), _head(16), 0.25)
+    assert how == expected and len(calls) == 3
+
+
 def test_an_optimizer_that_fails_is_one_failed_try(monkeypatch):
     """ITK can stop a try ("All samples map outside moving image buffer"): the other tries still run."""
     from medcnncad.preprocessing import chain

@@ -108,7 +108,8 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float)
     First Mattes mutual information from the scanner coordinates (series of one session are nearly aligned).
     When its quality figure (gradient-magnitude correlation inside the head) ends below ``min_quality`` or more
     than :data:`QUALITY_DROP` below where it started, that try is out, the tries of :data:`REGISTRATION_TRIES`
-    run, and the best quality figure among those that reach their floor wins (``min_quality``; for the try that
+    run, and the best quality figure among those that reach their floor wins; when it passes but ends below
+    :data:`GRADIENT_TRY_MIN_QUALITY`, those tries run too and it competes with them (``min_quality``; for the try that
     maximises the figure itself, at least :data:`GRADIENT_TRY_MIN_QUALITY`). None reaching it is a refusal:
     better than a registration that went the wrong way. (The scanner coordinates themselves do not compete:
     BraTS-space images of different patients score 0.36 unmoved.) Mutual information is misled by some
@@ -128,11 +129,16 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float)
             return None
 
     first = attempt("identity", "mattes")
-    if first is not None and first.gradient_correlation_after >= max(
-            min_quality, first.gradient_correlation_before - QUALITY_DROP):
+    first_passes = first is not None and first.gradient_correlation_after >= max(
+        min_quality, first.gradient_correlation_before - QUALITY_DROP)
+    if first is not None and first_passes and first.gradient_correlation_after >= GRADIENT_TRY_MIN_QUALITY:
         return first, "mutual information from the scanner coordinates"
-    tries: list[tuple[Registration | None, str, float]] = []
-    for start, metric in REGISTRATION_TRIES:  # the first try is out: it went the wrong way or ended too low
+    # the first try is out (it went the wrong way or ended too low) or weak (below the gradient try's floor: on a
+    # thick-slice T2 moved 9 mm it ended at 0.36, 4-5 mm off, where the gradient try reached 0.84, 0.6 mm off):
+    # the other tries run, and a weak first try competes with them
+    tries: list[tuple[Registration | None, str, float]] = (
+        [(first, "mutual information from the scanner coordinates", min_quality)] if first_passes else [])
+    for start, metric in REGISTRATION_TRIES:
         edges = metric == "gradient-correlation"
         how = ("gradient-magnitude correlation" if edges else "mutual information") + \
             (" from the scanner coordinates" if start == "identity" else " from the centres of mass")
