@@ -30,7 +30,7 @@ from medcnncad.metrics.label_conventions import check_reference_values, relabel
 from medcnncad.metrics.segmentation import check_label_image, check_same_grid, compute_metrics
 from medcnncad.models.channels import display_channel
 from medcnncad.models.manifest import Manifest
-from medcnncad.reporting.case_outputs import report_text, write_case_outputs
+from medcnncad.reporting.case_outputs import check_inputs_spared, report_text, write_case_outputs
 from medcnncad.retrieval.descriptors import case_descriptors
 
 __all__ = ["process_case"]
@@ -112,6 +112,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     the model's, after it, is refused before the network runs.
     """
     progress = progress or (lambda stage, fraction: None)
+    check_inputs_spared(out, [*inputs.values(), reference])  # before the network runs
     out = Path(out)
     series = series or {}
     sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg or dicom_sr else None

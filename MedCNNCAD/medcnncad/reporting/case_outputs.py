@@ -8,13 +8,14 @@ folder as it was.
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from medcnncad.models.registry import model_format_of, model_source
 from medcnncad.retrieval.descriptors import LesionDescriptor, descriptors_json
 
 __all__ = ["CaseOutputs", "json_safe", "report_text", "build_report", "write_case_outputs", "render_overlays",
+           "OUTPUT_PATTERNS", "check_inputs_spared",
            "overlay_caption", "summary_table"]
 
 @dataclass
@@ -299,6 +301,44 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
     return Path(out_png)
 
 
+OUTPUT_PATTERNS = ("labels.nii.gz", "labels.seg.nrrd", "overlay.png", "report.json", "prob_*.nii.gz",
+                   "uncertainty.nii.gz", "brain_mask.nii.gz", "labels.seg.dcm", "labels.sr.dcm", "lesion_*.png")
+"""The names a case run may write into its output folder (``*``: a channel name or a lesion id)."""
+
+
+def check_inputs_spared(out_dir: str | Path, paths: Iterable[str | Path | None]) -> None:
+    """Refuse a run whose outputs would replace one of its own input files (e.g. ``--out`` the folder that holds the
+    reference ``labels.nii.gz``), before anything runs.
+
+    Raises:
+        InputError: naming the input file and the output folder.
+    """
+    if not str(out_dir).strip():
+        raise InputError("output folder: empty path (give a folder, e.g. --out results/case1)")
+    folder = Path(out_dir).resolve()
+    for path in paths:
+        if path is None or not Path(path).is_file():
+            continue
+        resolved = Path(path).resolve()
+        if resolved.parent == folder and any(fnmatch.fnmatch(resolved.name, p) for p in OUTPUT_PATTERNS):
+            raise InputError(f"{path}: this run would replace it with its own {resolved.name} in {out_dir}; "
+                             "write the outputs to another folder")
+
+
+def _stale_outputs(out: Path, written: Iterable[str]) -> list[Path]:
+    """Files an earlier run listed in ``out``'s report.json (``outputs``) that this run does not write again (its
+    uncertainty map after a run without test-time augmentation, another case's lesion thumbnails): removed, so that
+    the folder holds one run. Only names of :data:`OUTPUT_PATTERNS` are touched."""
+    try:
+        earlier = json.loads((out / "report.json").read_text()).get("outputs") or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    keep = set(written)
+    return [out / name for name in earlier.values() if isinstance(name, str) and name not in keep
+            and Path(name).name == name and any(fnmatch.fnmatch(name, p) for p in OUTPUT_PATTERNS)
+            and (out / name).is_file()]
+
+
 def write_case_outputs(result: SegmentationResult, out_dir: str | Path, background: sitk.Image | None = None,
                        metrics: Mapping[str, StructureMetrics] | None = None,
                        reference_labels: np.ndarray | None = None, inputs: Mapping[str, str] | None = None,
@@ -369,10 +409,13 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
         report = build_report(result, metrics, inputs, names, extra_timings, descriptors)
         (staging / names["report"]).write_text(report_text(report) + "\n")
         files = {}
+        stale = _stale_outputs(out, names.values())
         with signals_deferred():  # all files appear together, or none does
             for key, name in names.items():
                 os.replace(staging / name, out / name)
                 files[key] = out / name
+            for path in stale:
+                path.unlink(missing_ok=True)
         return CaseOutputs(out, files)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,49 @@
+"""A case's output folder: never the run's own input files, and one run's files only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import SimpleITK as sitk
+from helpers import small_phantom
+
+from medcnncad.cli import main
+
+
+def _case(folder):
+    images, label = small_phantom()
+    args = ["segment", "--model", "demo", "--device", "cpu"]
+    for name, image in images.items():
+        sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
+        args += ["--input", f"{name}={folder / f'{name}.nii.gz'}"]
+    sitk.WriteImage(label, str(folder / "labels.nii.gz"))  # the reference, named as the run names its labels
+    return args
+
+
+def test_a_run_that_would_replace_its_own_reference_is_refused_before_it_runs(tmp_path, capsys):
+    """A helper's reproduction: --out the folder holding the reference labels.nii.gz replaced the user's file with
+    the prediction (exit 0, and the report named the replaced file as the reference)."""
+    args = _case(tmp_path)
+    digest = hashlib.md5((tmp_path / "labels.nii.gz").read_bytes()).hexdigest()
+    assert main(args + ["--reference", str(tmp_path / "labels.nii.gz"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "labels.nii.gz: this run would replace it with its own labels.nii.gz" in err[0]
+    assert hashlib.md5((tmp_path / "labels.nii.gz").read_bytes()).hexdigest() == digest
+    assert not (tmp_path / "report.json").exists()
+    assert main(args + ["--out", ""]) == 2
+    assert "output folder: empty path" in capsys.readouterr().err
+
+
+def test_a_second_run_leaves_none_of_the_first_runs_extra_files(tmp_path):
+    """With test-time augmentation the run writes uncertainty.nii.gz; a run without it into the same folder removes
+    it (a reader would take the old map for this run's); files the runs did not write stay."""
+    args = _case(tmp_path) + ["--out", str(tmp_path / "out")]
+    assert main(args + ["--tta"]) == 0
+    assert (tmp_path / "out" / "uncertainty.nii.gz").is_file()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert main(args + ["--no-tta"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "uncertainty" not in report["outputs"] and not (tmp_path / "out" / "uncertainty.nii.gz").exists()
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*report["outputs"].values(), "notes.txt"])
