@@ -60,7 +60,29 @@ MORE = [
     (["evaluate", "--pred", SAMPLE_REF, "--ref", SAMPLE_REF, "--model", "brats-grade-densenet"],
      "is a classification model"),
     (["library", "add", "--library", "{tmp}/missing", "--case", "{tmp}", "--view-image", "{tmp}/t1.nrrd"], "missing"),
+    # a helper's fuzzing (helper-25): these were tracebacks ("internal error") before
+    (["phantom", "--out", "{tmp}/p", "--seed", "-1"], "'-1'"),
+    (["evaluate-phantoms", "--seed-base", "-5", "--n", "1"], "'-5'"),
+    (["train", "segmentation", "--template", "{tmp}/bad.json", "--out", "{tmp}/t"], "bad.json: not a JSON file"),
+    (["report", "{tmp}/truncated"], "truncated/report.json: not a JSON file"),
+    (["report", "{tmp}/foreign"], "foreign/report.json: not a MedCNNCAD case report.json (no model)"),
+    (["report", "{tmp}/cohort"], "cohort.csv: line 3: expected a case_id and a label 0, 1 or blank, got label 'yes'"),
+    (["library", "build", "--cases", "{tmp}/lib.csv", "--out", "{tmp}/l"], "truncated/report.json: not a JSON file"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _bad_files(tmp_path):
+    """Files the cases above name: a manifest template that is no JSON, a truncated case report.json, a JSON
+    report.json of another tool, a cohort folder whose cohort.csv has a label 'yes'."""
+    (tmp_path / "bad.json").write_text("case,T1\n")
+    for name, text in (("truncated", '{"model": {"id": "m"'), ("foreign", '{"retrieval": 5}')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(text)
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "summary.json").write_text('{"structures": {}, "cases": 0, "completed": 0}')
+    (tmp_path / "cohort" / "cohort.csv").write_text("case_id,label\na,1\nb,yes\n")
+    (tmp_path / "lib.csv").write_text("case_id,result\nc1,truncated\n")
 
 
 def test_every_command_has_a_bad_input_case():

@@ -203,3 +203,28 @@ def test_an_nnunet_file_given_as_another_channel_than_its_suffix_is_refused(tmp_
     (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0}}))
     assert _volume_indices({"FLAIR": str(image)}, {}) == {}  # a generic dataset.json name: no word against it
 
+
+
+def test_a_spreadsheet_export_reads_as_written(tmp_path):
+    """A UTF-8 byte-order mark, a header in another case or with separators, and blank lines (a helper's fuzzing:
+    'needs a case_id column', every case failing on the ignored 'flair' column with exit 0, and line numbers that
+    skipped the blank lines)."""
+    path = tmp_path / "c.csv"
+    path.write_bytes("case_id,t1,T-2,flair\n\na,a1.nii.gz,a2.nii.gz,a3.nii.gz\n\n\nb,b1.nii.gz,,\n".encode("utf-8-sig"))
+    cases = read_cases(path, ["T1", "T2", "FLAIR"])
+    assert [sorted(c.inputs) for c in cases] == [["FLAIR", "T1", "T2"], ["T1"]]
+    assert cases[0].inputs["FLAIR"].endswith("a3.nii.gz")
+    path.write_text("case_id,T1\n\na,x.nii.gz\n\n\na,y.nii.gz\n")
+    with pytest.raises(InputError, match="line 6: case_id 'a'"):  # the line in the file, blank lines counted
+        read_cases(path, ["T1"])
+    path.write_text("case_id,flair,FLAIR\na,x.nii.gz,y.nii.gz\n")
+    with pytest.raises(InputError, match=r"columns \['flair', 'FLAIR'\] all name channel FLAIR"):
+        read_cases(path, ["FLAIR"])
+
+
+def test_a_batch_where_every_case_fails_is_not_a_success(tmp_path, capsys):
+    (tmp_path / "c.csv").write_text("case_id,T1,T1c,T2,FLAIR\na,missing.nii.gz,m.nii.gz,m.nii.gz,m.nii.gz\n")
+    code = main(["batch", "--cases", str(tmp_path / "c.csv"), "--out", str(tmp_path / "out"), "--serial",
+                 "--model", "demo", "--device", "cpu"])
+    assert code == 2
+    assert "no case completed (1 failed; the reasons are in" in capsys.readouterr().err

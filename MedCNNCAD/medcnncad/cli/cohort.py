@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import sys
 from pathlib import Path
 
 from medcnncad.cli.options import add, positive_int
 from medcnncad.errors import InputError
+from medcnncad.io.json_files import read_json_object
 from medcnncad.models.registry import describe_model
 from medcnncad.pipeline.cohort import read_cases, run_cohort, summary_markdown
 from medcnncad.pipeline.library import add_cohort, read_library_csv
@@ -31,10 +32,21 @@ def _screenshots() -> Screenshots | None:
 
 
 def _labels_from_cohort_csv(folder: Path) -> dict[str, int | None]:
+    """Case id -> the 0/1 label of ``folder``'s cohort.csv (None where blank); an unreadable file or a label that is
+    not 0 or 1 is an InputError naming the file and line."""
     labels: dict[str, int | None] = {}
-    with open(folder / "cohort.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            labels[row["case_id"]] = int(row["label"]) if row.get("label") else None
+    path = folder / "cohort.csv"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                line, value = reader.line_num, (row.get("label") or "").strip()
+                if value not in ("", "0", "1") or "case_id" not in row:
+                    raise InputError(f"{path}: line {line}: expected a case_id and a label 0, 1 or blank, "
+                                     f"got label {value!r}")
+                labels[row["case_id"]] = int(value) if value else None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: cannot be read as CSV ({exc})") from None
     return labels
 
 
@@ -56,6 +68,10 @@ def run_batch(args: argparse.Namespace) -> int:
     print(summary_markdown(summary))
     print(f"per-case outputs in {Path(args.out) / 'cases'}; cohort.csv, failures.csv, summary.json, summary.md "
           f"in {args.out}")
+    if cases and not summary["completed"]:  # every case failed: not a success
+        print(f"medcnncad: error: no case completed ({len(summary.get('failed_cases', []))} failed; the reasons are "
+              f"in {Path(args.out) / 'failures.csv'})", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -66,7 +82,7 @@ def run_report(args: argparse.Namespace) -> int:
     elif (folder / "report.json").is_file():
         similar = None
         if args.library:
-            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            report = read_json_object(folder / "report.json", "a MedCNNCAD case report.json", ("model",))
             similar = [n.to_json() for n in Library.open(args.library).query(report, args.k, where=str(folder))]
         path = case_report(folder, _screenshots(), similar)
     else:

@@ -81,8 +81,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                     f"{DEFAULT_GRADE_CLASSIFIER}; 'none' for none (--classifier: the name before 0.2)"}),
     "out": (("--out",), {"required": True, "help": "output folder"}),
     "json": (("--json",), {"action": "store_true", "help": "print the result as JSON"}),
-    "seed": (("--seed",), {"type": int, "default": 0, "help": "random seed"}),
-    "seed-base": (("--seed-base",), {"type": int, "default": DEMO_SEED, "help": "first phantom seed"}),
+    "seed": (("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed (an integer >= 0)"}),
+    "seed-base": (("--seed-base",), {"type": non_negative_int, "default": DEMO_SEED, "help": "first phantom seed"}),
     "n": (("--n",), {"type": positive_int, "default": 20, "help": "number of phantom cases"}),
     "preset": (("--preset",), {"default": "classic",
                                "help": "phantom preset: classic, graded, robust, heldout, clinical-like, realistic "

@@ -36,6 +36,7 @@ from medcnncad.io.images import atomic_path
 from medcnncad.metrics.calibration import expected_calibration_error
 from medcnncad.metrics.label_conventions import parse_label_map
 from medcnncad.metrics.segmentation import pooled_detection
+from medcnncad.models.manifest import channel_term
 from medcnncad.pipeline.case import process_case
 
 __all__ = ["CohortCase", "read_cases", "run_cohort", "summarize", "bootstrap_ci", "expected_calibration_error"]
@@ -54,28 +55,49 @@ class CohortCase:
     reference_labels: dict[int, int] | None = None
 
 
-def read_csv_rows(csv_path: Path) -> list[dict[str, str]]:
-    """The rows of a cases CSV (cohort or library) as dicts; unreadable or empty is one clear error."""
+def read_csv_rows(csv_path: Path, channels: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
+    """The rows of a cases CSV (cohort or library) as (line number in the file, row) pairs, blank lines skipped; a
+    UTF-8 byte-order mark (a spreadsheet's export) is read past. A column named as one of ``channels`` in another
+    case or with separators (``flair``, ``T1-c`` for ``T1c``; :func:`~medcnncad.models.manifest.channel_term`), and its
+    ``<channel>_series`` column, is renamed to the channel's own name. Unreadable, empty, or two columns for one
+    channel is one clear error naming the file."""
     try:
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"{csv_path}: cannot be read as CSV ({exc})") from None
     if not rows:
         raise InputError(f"{csv_path}: no cases")
-    return rows
+    renames = _channel_columns(csv_path, list(rows[0][1]), channels)
+    return [(line, {renames.get(k, k): v for k, v in row.items()}) for line, row in rows]
+
+
+def _channel_columns(csv_path: Path, headers: Sequence[str | None], channels: Sequence[str]) -> dict[str, str]:
+    """Header -> the channel (or ``<channel>_series``) it names, for headers not spelled as the channel is."""
+    renames: dict[str, str] = {}
+    for channel in channels:
+        for suffix in ("", "_series"):
+            named = [h for h in headers if h is not None and h.strip() and (
+                channel_term(h.removesuffix("_series") if suffix else h) == channel_term(channel))
+                     and h.endswith(suffix) and (suffix or not h.endswith("_series"))]
+            if len(named) > 1:
+                raise InputError(f"{csv_path}: columns {named} all name channel {channel}{suffix}; keep one")
+            if named and named[0] != channel + suffix:
+                renames[named[0]] = channel + suffix
+    return renames
 
 
 def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase]:
     """Parse and validate the cohort CSV (errors name the row and column)."""
     csv_path = Path(csv_path)
-    rows = read_csv_rows(csv_path)
-    columns = set(rows[0])
+    rows = read_csv_rows(csv_path, channels)
+    columns = set(rows[0][1])
     if "case_id" not in columns or not (set(channels) & columns):
         raise InputError(f"{csv_path}: needs a case_id column and channel columns {list(channels)}")
     resolve = lambda value: str((csv_path.parent / value).resolve()) if value else ""  # noqa: E731
     cases, seen = [], set()
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         case_id = (row.get("case_id") or "").strip()
         if not case_id or case_id in seen or "/" in case_id or case_id.startswith("."):
             raise InputError(f"{csv_path}: line {line}: case_id {case_id!r} is empty, repeated or not a folder name")

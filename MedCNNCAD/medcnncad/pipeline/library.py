@@ -11,12 +11,12 @@ CSV.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medcnncad.errors import InputError
+from medcnncad.io.json_files import read_json_object
 from medcnncad.pipeline.cohort import CohortCase, read_cases, read_csv_rows, run_cohort
 from medcnncad.retrieval.library import Library, LibraryError, case_retrieval
 
@@ -44,14 +44,14 @@ def read_library_csv(csv_path: str | Path, channels: Sequence[str]) -> list[Libr
         channels: the model's input channel names (their columns, and ``<channel>_series``, are not metadata).
     """
     csv_path = Path(csv_path)
-    rows = read_csv_rows(csv_path)
-    columns = set(rows[0])
+    rows = read_csv_rows(csv_path, channels)
+    columns = set(rows[0][1])
     if "case_id" not in columns or not ({"result", *channels} & columns):
         raise InputError(f"{csv_path}: needs a case_id column and either a result column (case output folders) "
                          f"or the channel columns {list(channels)}")
     skip = _NOT_METADATA | set(channels) | {f"{c}_series" for c in channels}
     out = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         case_id = (row.get("case_id") or "").strip()
         result = (row.get("result") or "").strip()
         if not result and not any((row.get(c) or "").strip() for c in channels):
@@ -81,7 +81,7 @@ def add_cohort(library_dir: str | Path, rows: Sequence[LibraryRow], results: dic
         if library is not None and any(e["case_id"] == row.case_id for e in library.entries):
             continue
         if library is None:
-            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            report = read_json_object(folder / "report.json", "a MedCNNCAD case report.json", ("model",))
             library = Library.create(library_dir, report["model"],
                                      case_retrieval(report, str(folder)).get("radiomics_names", []))
         if with_images and row.view_image is None:

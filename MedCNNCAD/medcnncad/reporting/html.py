@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from sklearn.metrics import roc_curve
 from medcnncad import INTENDED_USE
 from medcnncad.inference.scoring import calibration_words
 from medcnncad.io.images import atomic_path
+from medcnncad.io.json_files import read_json_object
 from medcnncad.reporting.case_outputs import overlay_caption
 
 __all__ = ["case_report", "cohort_report", "html_to_pdf", "find_chromium", "Screenshots"]
@@ -119,7 +119,7 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
         The path of ``report.html`` inside ``case_dir`` (written atomically).
     """
     case_dir = Path(case_dir)
-    report = json.loads((case_dir / "report.json").read_text())
+    report = read_json_object(case_dir / "report.json", "a MedCNNCAD case report.json", ("model",))
     model = report["model"]
     try:
         shots = screenshots(case_dir, report) if screenshots is not None else []
@@ -248,8 +248,9 @@ def _cohort_plots(reports: dict[str, dict], labels: dict[str, int | None]) -> li
 def cohort_report(out_dir: str | Path, labels: dict[str, int | None] | None = None) -> Path:
     """Write ``report.html`` for a cohort folder written by ``medcnncad batch``."""
     out_dir = Path(out_dir)
-    summary = json.loads((out_dir / "summary.json").read_text())
-    reports = {p.parent.name: json.loads(p.read_text()) for p in sorted((out_dir / "cases").glob("*/report.json"))}
+    summary = read_json_object(out_dir / "summary.json", "a MedCNNCAD cohort summary.json", ("structures",))
+    reports = {p.parent.name: read_json_object(p, "a MedCNNCAD case report.json", ("model",))
+               for p in sorted((out_dir / "cases").glob("*/report.json"))}
     first = next(iter(reports.values()), None)
     body = []
     if first:

@@ -34,6 +34,7 @@ import SimpleITK as sitk
 
 from medcnncad.errors import InputError
 from medcnncad.io.images import atomic_path, read_volume
+from medcnncad.io.json_files import read_json_object
 from medcnncad.retrieval.index import ExactIndex, standardise_blocks
 from medcnncad.retrieval.versions import DESCRIPTOR_VERSION
 
@@ -268,10 +269,9 @@ class Library:
             raise LibraryError(f"case id {case_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
         if any(e["case_id"] == case_id for e in self.entries):
             raise LibraryError(f"case id {case_id!r} is already in the library {self.root}")
-        try:
-            report = json.loads((case_dir / "report.json").read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LibraryError(f"{case_dir}: not a case output folder (no report.json)") from None
+        if not (case_dir / "report.json").is_file():
+            raise LibraryError(f"{case_dir}: not a case output folder (no report.json)")
+        report = read_json_object(case_dir / "report.json", "a MedCNNCAD case report.json")
         block = self.check_compatible(report, str(case_dir))
         view = _view_files(case_dir, view_image) if view_image is not None else None
         folder = self.root / "entries" / case_id

@@ -36,6 +36,7 @@ from medcnncad.classification.grade import classify_patches, fit_temperature, le
 from medcnncad.data.phantom import make_phantom, preset
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
+from medcnncad.io.json_files import read_json_object
 from medcnncad.lesions.components import components
 from medcnncad.metrics.calibration import binary_report, reliability_diagram, youden_threshold
 from medcnncad.models.manifest import parse_classifier_manifest, sha256_file
@@ -215,9 +216,9 @@ def train_classification(template: str | Path, out_dir: str | Path, cfg: Classif
     """Train, calibrate and write a lesion grade classifier described by a manifest template."""
     started = time.time()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    raw = json.loads(Path(template).read_text())
+    raw = read_json_object(template, "a classifier manifest template (JSON object)")
     manifest = parse_classifier_manifest(raw, out, where=str(template))
+    out.mkdir(parents=True, exist_ok=True)
     set_determinism(cfg.seed)
     train_cases, val_cases, where = _cases(cfg, manifest)
     print(f"preparing lesion patches of {len(train_cases)} training and {len(val_cases)} validation cases",

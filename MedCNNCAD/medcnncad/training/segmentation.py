@@ -37,6 +37,7 @@ from tqdm import tqdm
 from medcnncad.data.augment import segmentation_transforms
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import resolve_device
+from medcnncad.io.json_files import read_json_object
 from medcnncad.metrics.segmentation import dice
 from medcnncad.models.manifest import Manifest, parse_manifest, sha256_file
 from medcnncad.models.registry import load_model
@@ -273,7 +274,7 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     cfg = dataclasses.replace(cfg, loader_workers=_loader_workers(cfg.loader_workers, device))
     assert cfg.loader_workers is not None  # just resolved
     out = Path(out_dir)
-    raw = json.loads(Path(template).read_text())
+    raw = read_json_object(template, "a model manifest template (JSON object)")
     manifest = parse_manifest(raw, out, where=str(template))
     loss_fn = RegionDiceCELoss(region_channels(manifest), cfg.region_loss)  # a bad weight fails before any output
     keep_weights = _keep_weights(manifest, cfg.keep_weights)  # so does a bad keep weight
