@@ -68,6 +68,9 @@ MORE = [
     (["report", "{tmp}/foreign"], "foreign/report.json: not a MedCNNCAD case report.json (no model)"),
     (["report", "{tmp}/cohort"], "cohort.csv: line 3: expected a case_id and a label 0, 1 or blank, got label 'yes'"),
     (["library", "build", "--cases", "{tmp}/lib.csv", "--out", "{tmp}/l"], "truncated/report.json: not a JSON file"),
+    (["evaluate-real", "--data", "{tmp}", "--out", "{tmp}/cohort"], "cohort: a folder; give a file name"),
+    (["evaluate", "--pred", "{tmp}/seven.nrrd", "--ref", SAMPLE_REF, "--model", "demo"],
+     "seven.nrrd: label values [7] are not the model's ([1, 2, 4]); a prediction of another model?"),
 ]
 
 
@@ -83,6 +86,13 @@ def _bad_files(tmp_path):
     (tmp_path / "cohort" / "summary.json").write_text('{"structures": {}, "cases": 0, "completed": 0}')
     (tmp_path / "cohort" / "cohort.csv").write_text("case_id,label\na,1\nb,yes\n")
     (tmp_path / "lib.csv").write_text("case_id,result\nc1,truncated\n")
+    import SimpleITK as sitk  # a prediction on the sample reference's grid holding a value no model label has
+
+    reference = sitk.ReadImage(SAMPLE_REF)
+    seven = sitk.Cast(sitk.Image(reference.GetSize(), sitk.sitkUInt8) + 0, sitk.sitkUInt8)
+    seven.CopyInformation(reference)
+    seven[0, 0, 0] = 7
+    sitk.WriteImage(seven, str(tmp_path / "seven.nrrd"))
 
 
 def test_every_command_has_a_bad_input_case():

@@ -93,6 +93,8 @@ def test_weights_path_cannot_escape_the_model_folder(tmp_path, path):
     (lambda m: (m["inputs"][0].update({"aliases": ["scan-1"]}),
                 m["inputs"].append({"name": "PET", "modality": "PT", "aliases": ["Scan_1"]}),
                 m["network"]["kwargs"].update({"in_channels": 2})), "inputs 'CT' and 'PET' are both called 'scan1'"),
+    (lambda m: m["preprocessing"].update({"spacing_mm": [float("nan"), 1.5, 1.5]}),  # json reads NaN; schemas pass it
+     "invalid manifest at preprocessing/spacing_mm/0: not a finite number"),
 ])
 def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
     raw = blob_manifest_dict()

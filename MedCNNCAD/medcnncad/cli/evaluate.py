@@ -12,6 +12,7 @@ import numpy as np
 
 from medcnncad.cli.options import add, channel_list, classifier_or_none, non_negative_int
 from medcnncad.data.dataset_json import declared_labels, reference_convention
+from medcnncad.errors import InputError
 from medcnncad.evaluation.phantoms import (
     calibration_helps,
     evaluate_on_phantoms,
@@ -28,7 +29,7 @@ from medcnncad.evaluation.real import (
     read_real_report,
 )
 from medcnncad.evaluation.retrieval import evaluate_retrieval, format_retrieval_table
-from medcnncad.io.images import read_volume
+from medcnncad.io.images import atomic_path, read_volume
 from medcnncad.metrics.label_conventions import check_reference_values, parse_label_map, relabel
 from medcnncad.metrics.segmentation import check_label_image, compute_metrics, structures_for_labels
 from medcnncad.models.registry import describe_segmentation_model, find_model
@@ -51,8 +52,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
               "are (give --model to read it in its dataset.json's convention)", file=sys.stderr)
     if given:
         ref = relabel(ref, given, args.ref)
-    if manifest is not None:
+    if manifest is not None:  # a value that is none of the model's labels would drop out of every structure
         check_reference_values(ref, (label.value for label in manifest.labels), args.ref)
+        check_reference_values(pred, (label.value for label in manifest.labels), args.pred,
+                               "a prediction of another model? name that model, or leave --model out to compare the "
+                               "values as they are")
         structures = manifest.structures()
     else:
         values = sorted(int(v) for v in np.union1d(np.unique(pred), np.unique(ref)) if v)
@@ -90,7 +94,19 @@ def run_evaluate_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out_file(out: str | None) -> None:
+    """Refuse an ``--out`` file that cannot be written before a long evaluation runs (a folder, or in no folder)."""
+    if not out:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise InputError(f"--out {out}: a folder; give a file name for the JSON report")
+    if not path.resolve().parent.is_dir():
+        raise InputError(f"--out {out}: folder {path.resolve().parent} does not exist")
+
+
 def run_evaluate_real(args: argparse.Namespace) -> int:
+    _check_out_file(args.out)
     report = evaluate_real(args.data, args.model, device=args.device, variants=channel_list(args.variants) or VARIANTS,
                            tta=args.tta, cases=channel_list(args.cases),
                            grade_classifier=classifier_or_none(args.grade_classifier),
@@ -107,6 +123,7 @@ def run_compare_real(args: argparse.Namespace) -> int:
 
 
 def run_evaluate_retrieval(args: argparse.Namespace) -> int:
+    _check_out_file(args.out)
     report = evaluate_retrieval(args.model, n=args.n, seed_base=args.seed_base, preset_name=args.preset,
                                 data=args.data, device=args.device)
     return _emit(report, args, format_retrieval_table)
@@ -115,7 +132,8 @@ def run_evaluate_retrieval(args: argparse.Namespace) -> int:
 def _emit(report: dict, args: argparse.Namespace, table: Callable[[dict], str]) -> int:
     """The report as JSON into ``--out`` (when given), and as JSON (``--json``) or a table on stdout."""
     if args.out:
-        Path(args.out).write_text(json.dumps(json_safe(report), indent=2) + "\n")
+        with atomic_path(args.out) as tmp:  # the report appears whole or not at all
+            tmp.write_text(json.dumps(json_safe(report), indent=2) + "\n")
     print(json.dumps(json_safe(report), indent=2) if args.json else table(report))
     return 0
 

@@ -48,7 +48,13 @@ def _tag(path: str, tag: str) -> str:
 def list_series(folder: str | Path) -> list[SeriesInfo]:
     """Every DICOM series in a folder: SeriesInstanceUID, SeriesDescription, modality, file count."""
     out = []
-    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's "No Series were found" is said by the caller, once
+    try:
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
+    for uid in uids:
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
         out.append(SeriesInfo(uid, _tag(files[0], "0008|103e"), _tag(files[0], "0008|0060"), len(files)))
     return out

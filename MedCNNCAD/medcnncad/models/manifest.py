@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -374,6 +375,21 @@ def _validate(data: dict[str, Any], schema: str, where: str) -> None:
     except jsonschema.ValidationError as exc:
         loc = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise ModelError(f"{where}: invalid manifest at {loc}: {exc.message[:200]}") from None
+    bad = _non_finite(data)
+    if bad:  # Python's JSON reads NaN and Infinity, and every schema bound lets NaN through
+        raise ModelError(f"{where}: invalid manifest at {bad}: not a finite number")
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The path of the first NaN or infinite number in a parsed JSON value (None when there is none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(top level)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}/{key}" if where else str(key))
+        if found:
+            return found
+    return None
 
 
 def parse_classifier_manifest(data: dict[str, Any], folder: Path, where: str = "manifest") -> ClassifierManifest:
