@@ -476,3 +476,21 @@ def test_the_realdata_folder_as_training_data_keeps_expert_sub_region_references
     assert "ReMIND-022 (regions WT), TCGA-DU-7294 (no expert)" in capsys.readouterr().err
     with pytest.raises(InputError, match="ReMIND-022: its reference gives only WT"):
         real_scan_cases([str(REALDATA / "ReMIND-022")], 1)
+
+
+def test_a_reference_on_another_grid_is_used_only_when_it_covers_the_images():
+    """A reference at another resolution over the same field of view is resampled; one that covers a corner of the
+    images only (a helper's 8 x 7 x 6 label file beside 24 x 24 x 20 images scored Dice 0.003 without a word) is
+    refused, naming it."""
+    from medcnncad.evaluation.real import _reference_on
+
+    grid = sitk.Image(24, 24, 20, sitk.sitkFloat32)
+    coarse = sitk.Image(12, 12, 10, sitk.sitkUInt8)
+    coarse.SetSpacing((2.0, 2.0, 2.0))
+    coarse.SetOrigin((0.5, 0.5, 0.5))  # voxel centres of the 2 mm grid: the same 24 x 24 x 20 mm box
+    coarse[6, 6, 5] = 2
+    mapped = _reference_on(coarse, grid, "coarse.nii.gz")
+    assert mapped.GetSize() == (24, 24, 20) and int(sitk.GetArrayViewFromImage(mapped).sum()) == 2 * 8
+    with pytest.raises(InputError, match=r"small.nii.gz: its grid \(size \(8, 7, 6\).*does not cover the images'"):
+        _reference_on(sitk.Image(8, 7, 6, sitk.sitkUInt8), grid, "small.nii.gz")
+    assert _reference_on(grid, grid, "same") is grid

@@ -29,7 +29,7 @@ from medcnncad.data.real_cases import RealCase, discover_real_cases, load_refere
 from medcnncad.errors import InputError
 from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.inference.scoring import case_probability
-from medcnncad.io.images import same_space
+from medcnncad.io.images import geometry_text, same_space
 from medcnncad.lesions.components import components
 from medcnncad.metrics.intervals import patient_bootstrap_interval
 from medcnncad.metrics.segmentation import compute_metrics
@@ -153,8 +153,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             start = time.perf_counter()
             result = segmenter.run({name: sources[name] for name in channels}, tta=tta)
             grading = attach_classification(result, grader) if grader is not None else None
-            ref = reference if same_space(reference, result.reference) else sitk.Resample(
-                reference, result.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            ref = _reference_on(reference, result.reference, case.reference)
             row = {"case": case.case_id, "source": case.source, "variant": variant, "inputs": sorted(channels),
                    "reference_is_expert": case.reference_is_expert, "training_patient": case.case_id in trained,
                    "notes": case.notes,
@@ -171,6 +170,27 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     m = segmenter.manifest
     return {"model": m.id, "version": m.version, "trained_on": m.trained_on, "rows": rows,
             "summary": _summary(rows), "pooled": _pooled(rows), "execution_policy": segmenter.policy_note()}
+
+
+def _reference_on(reference: sitk.Image, grid: sitk.Image, path: Any) -> sitk.Image:
+    """The reference on the images' grid: as it is when it shares it, else resampled (nearest neighbour) when its
+    grid covers the images' whole field of view (to within one of its voxels).
+
+    Raises:
+        InputError: naming the reference file when its grid does not cover the images (another scan's label file
+            would score a Dice near 0 without a word).
+    """
+    if same_space(reference, grid):
+        return reference
+    size = np.asarray(grid.GetSize(), dtype=float)
+    corners = [grid.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in np.where(bits, size - 0.5, -0.5)))
+               for bits in np.ndindex(2, 2, 2)]
+    inside = [np.asarray(reference.TransformPhysicalPointToContinuousIndex(c)) for c in corners]
+    limit = np.asarray(reference.GetSize(), dtype=float) - 0.5
+    if not all(np.all(i >= -1.5) and np.all(i <= limit + 1.0) for i in inside):
+        raise InputError(f"{path}: its grid ({geometry_text(reference)}) does not cover the images' "
+                         f"({geometry_text(grid)}): not this scan's label file?")
+    return sitk.Resample(reference, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
 def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
