@@ -86,6 +86,24 @@ def test_bad_library_inputs_are_one_line(tmp_path, capsys):
     _error(capsys, ["library", "query", "--library", lib, "--case", str(tmp_path / "r1")], "checksum mismatch")
 
 
+def test_a_build_that_fails_on_a_case_leaves_no_half_library(tmp_path, capsys):
+    """A helper's reproduction: the second case's report.json holds no retrieval descriptors; the build failed
+    after adding the first and left library.json, so the rerun with a good CSV said "already holds a case
+    library"."""
+    _cases(tmp_path)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    report.pop("retrieval")
+    (bare / "report.json").write_text(json.dumps(report))
+    lib = str(tmp_path / "lib")
+    _error(capsys, ["library", "build", "--cases", _csv(tmp_path, ["p1,r1,LGG,glioma", "p2,bare,HGG,glioma"]),
+                    "--out", lib], "no retrieval descriptors")
+    assert not (tmp_path / "lib" / "library.json").exists() and not (tmp_path / "lib" / "entries").exists()
+    assert main(["library", "build", "--cases", _csv(tmp_path, ["p1,r1,LGG,glioma", "p2,r2,HGG,glioma"]),
+                 "--out", lib]) == 0
+
+
 @pytest.mark.slow
 def test_build_segments_cases_without_a_result(tmp_path, capsys):
     images, _ = small_phantom()

@@ -151,3 +151,27 @@ def test_training_presets_are_dealt_in_turn_and_unknown_names_fail_first():
     assert jitter.contrast_jitter == 0.25 and dataclasses.replace(jitter, contrast_jitter=0.15) == preset("robust")
     with pytest.raises(ValueError, match="'nonsense'"):
         phantom_cases([1], "robust,nonsense")
+
+
+def test_a_phantom_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """An interrupt after two of the five files (a helper's SIGINT) left T1 and T1c of the new seed beside an older
+    case's label: the files now appear together, and an earlier case stays as it was."""
+    import medcnncad.data.phantom as phantom
+
+    case = phantom.make_phantom(7)
+    phantom.write_phantom(case, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    written = []
+    real_write = phantom.write_image
+
+    def interrupted(image, path, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(path)
+        return real_write(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(phantom, "write_image", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        phantom.write_phantom(phantom.make_phantom(8), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no staging folder left either
+    assert sorted(before) == ["FLAIR.nii.gz", "T1.nii.gz", "T1c.nii.gz", "T2.nii.gz", "label.nii.gz"]

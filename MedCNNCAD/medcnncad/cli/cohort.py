@@ -53,6 +53,8 @@ def _labels_from_cohort_csv(folder: Path) -> dict[str, int | None]:
 def run_batch(args: argparse.Namespace) -> int:
     manifest = describe_model(args.model)
     cases = read_cases(args.cases, manifest.input_names)
+    if args.library and Path(args.library).exists() and not Path(args.library).is_dir():  # before the cohort runs
+        raise InputError(f"--library {args.library}: a file, not a library folder")
     summary = run_cohort(cases, args.model, args.out, device=args.device, scheduler=args.scheduler,
                          workers=args.workers, serial=args.serial, dicom_seg=args.dicom_seg, dicom_sr=args.dicom_sr,
                          precision=args.precision)

@@ -54,7 +54,7 @@ from medcnncad.data.tumor_shapes import (
 )
 from medcnncad.data.vessels import VESSEL_SIGNAL, VesselConfig, draw_vessels
 from medcnncad.errors import InputError
-from medcnncad.io.images import write_image
+from medcnncad.io.images import staged_outputs, write_image
 from medcnncad.io.segfile import write_seg_nrrd
 
 __all__ = ["cropped_phantom", "crop_around_tumor",
@@ -865,15 +865,14 @@ def preset(name: str) -> PhantomConfig:
 
 
 def write_phantom(case: PhantomCase, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``<seq>.nii.gz`` per sequence and ``label.nii.gz``; returns the paths by name."""
+    """Write ``<seq>.nii.gz`` per sequence and ``label.nii.gz``, all together or none (an interrupted run leaves no
+    case whose sequences and label come from two seeds); returns the paths by name."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / f"{name}.nii.gz" for name in case.images}
-    for name, img in case.images.items():
-        write_image(img, paths[name])
-    paths["label"] = out / "label.nii.gz"
-    write_image(case.label, paths["label"])
-    return paths
+    names = {**{name: f"{name}.nii.gz" for name in case.images}, "label": "label.nii.gz"}
+    with staged_outputs(out) as staging:
+        for name, image in [*case.images.items(), ("label", case.label)]:
+            write_image(image, staging / names[name])
+    return {name: out / file for name, file in names.items()}
 
 
 def write_sample_case(out_dir: str | Path, manifest, seed: int = 900_000) -> dict[str, Path]:
@@ -888,6 +887,14 @@ def write_sample_case(out_dir: str | Path, manifest, seed: int = 900_000) -> dic
     brain = np.argwhere(sitk.GetArrayViewFromImage(case.images["T1"]) > 0)
     (k0, j0, i0), (k1, j1, i1) = brain.min(0), brain.max(0) + 1
     out = Path(out_dir)
+    with staged_outputs(out) as staging:  # every file of the sample, or none
+        written = _write_sample_files(case, (k0, j0, i0), (k1, j1, i1), manifest, staging)
+    return {name: out / path.name for name, path in written.items()}
+
+
+def _write_sample_files(case: PhantomCase, low: Any, high: Any, manifest: Any, out: Path) -> dict[str, Path]:
+    """The sample case's files (:func:`write_sample_case`) cropped to the (K, J, I) box ``low`` to ``high``."""
+    (k0, j0, i0), (k1, j1, i1) = low, high
     paths = {}
     for name, image in [*case.images.items(), ("label", case.label)]:
         crop = image[int(i0):int(i1), int(j0):int(j1), int(k0):int(k1)]

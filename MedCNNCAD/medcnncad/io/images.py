@@ -26,6 +26,7 @@ from medcnncad.io.dicom_series import check_multiframe_geometry, check_series_ge
 __all__ = ["read_volume", "read_volumes", "read_picked_volumes", "volume_index", "read_header", "volume_count",
            "check_finite", "write_image",
            "write_probability_map", "UINT8_SCALE", "atomic_path", "same_space", "geometry_text", "signals_deferred",
+           "staged_outputs",
            "available_memory_bytes"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
@@ -298,6 +299,29 @@ def _read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
     if per_file_rescale:
         reader.SetOutputPixelType(sitk.sitkFloat32)
     return reader.Execute()
+
+
+@contextmanager
+def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
+    """A staging folder inside ``out_dir`` (created if needed): the files written there appear in ``out_dir``
+    together when the block ends, replacing files of the same names; on an error or an interrupt none does.
+
+    Raises:
+        InputError: naming ``out_dir`` when it cannot be created or written.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".medcnncad-staging-", dir=out))
+    except OSError as exc:
+        raise InputError(f"{out}: output folder is not writable ({exc.strerror})") from None
+    try:
+        yield staging
+        with signals_deferred():
+            for path in sorted(staging.iterdir()):
+                os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ CSV.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,4 +124,9 @@ def build_library(csv_path: str | Path, out: str | Path, model: str, device: str
         run_cohort(to_segment, model, out / "segmentations", device=device, scheduler=scheduler, workers=workers,
                    serial=serial)
         results = {c.case_id: out / "segmentations" / "cases" / c.case_id for c in to_segment}
-    return add_cohort(out, rows, results, with_images)
+    try:
+        return add_cohort(out, rows, results, with_images)
+    except BaseException:  # a half-built library would block the rerun ("already holds a case library")
+        (out / "library.json").unlink(missing_ok=True)
+        shutil.rmtree(out / "entries", ignore_errors=True)  # the segmentations stay: a rerun skips those cases
+        raise
