@@ -55,3 +55,17 @@ def test_signal_leaves_output_folder_as_it_was(tmp_path, stage, sig):
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["labels.nii.gz"]
     assert (out / "labels.nii.gz").read_text() == "an earlier result"
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
+    """A helper's Ctrl-C one second after start landed while torch was being imported, before main's handlers,
+    and printed a 70-line traceback."""
+    from medcnncad.cli import app
+
+    def loading(command):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app, "build_parser", loading)
+    assert app.main(["segment", "--help"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["medcnncad: interrupted before the command started; nothing was written"]

@@ -119,9 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input, 130 when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser(_command_of(argv) or "").parse_args(argv)
+        args = build_parser(_command_of(argv) or "").parse_args(argv)  # imports the command's modules (torch)
     except SystemExit as exc:  # --help, --version, or a usage error (already printed as one line)
         return int(exc.code or 0)
+    except KeyboardInterrupt:  # Ctrl-C while the command's modules load: nothing has run yet
+        print("medcnncad: interrupted before the command started; nothing was written", file=sys.stderr)
+        return 130
     args.argv = argv
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None  # SIGTERM = Ctrl-C
