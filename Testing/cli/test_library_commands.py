@@ -67,6 +67,8 @@ def test_bad_library_inputs_are_one_line(tmp_path, capsys):
     _error(capsys, ["library", "build", "--cases", cases, "--out", lib], "already holds a case library")
     _error(capsys, ["library", "query", "--library", lib, "--case", str(tmp_path / "r1"), "-k", "3"],
            "k = 3: the library holds 2 lesion(s)")
+    _error(capsys, ["library", "query", "--library", lib, "--case", str(tmp_path / "r1"), "--exclude", "nosuch"],
+           "--exclude nosuch: no such case in the library")
     other = fake_case(tmp_path / "other", [(1.0, 0.5, [0.0, 0.0])], model={**MODEL, "id": "robust",
                                                                            "weights_sha256": "c" * 64})
     _error(capsys, ["library", "query", "--library", lib, "--case", str(other)], "segmented with model robust")

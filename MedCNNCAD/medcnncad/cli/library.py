@@ -57,6 +57,8 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_query(args: argparse.Namespace) -> int:
     library = Library.open(args.library)
+    if args.exclude and not any(entry["case_id"] == args.exclude for entry in library.entries):
+        raise InputError(f"--exclude {args.exclude}: no such case in the library {args.library}")
     report = _read_report(args.case)
     neighbours = library.query(report, args.k, args.lesion, args.features, where=str(args.case),
                                exclude_case=args.exclude)

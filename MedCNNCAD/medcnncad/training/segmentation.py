@@ -366,7 +366,8 @@ def _loader_workers(requested: int | None, device: torch.device) -> int:
 def resume_state(out: Path, network: torch.nn.Module, optimizer, scheduler) -> dict | None:
     """Restore network, optimizer and scheduler from ``out/checkpoint.pt``; its training state, or None."""
     ckpt = out / "checkpoint.pt"
-    if not ckpt.is_file():
+    if not ckpt.is_file():  # the first chunk of a resumable run: said, so a mistyped folder is noticed
+        print(f"--resume: no checkpoint in {out}; training starts at epoch 0", file=sys.stderr)
         return None
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own checkpoint
     network.load_state_dict(saved["network"])
