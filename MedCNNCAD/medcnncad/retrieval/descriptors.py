@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from medcnncad.inference.inputs import in_manifest_order
 from medcnncad.inference.result import SegmentationResult
+from medcnncad.io.itk_threads import itk_threads
 from medcnncad.lesions.components import boxed_components, components, mask_from_box, nonzero_box
 from medcnncad.models.channels import display_channel
 from medcnncad.models.loaded import LoadedModel
@@ -212,6 +213,15 @@ def radiomics_features(mask: np.ndarray, label_map: np.ndarray, reference: sitk.
     box = mask[k0:k1, j0:j1, i0:i1]
     mask_image = sitk.GetImageFromArray(box.astype(np.uint8))
     mask_image.CopyInformation(reference[int(i0):int(i1), int(j0):int(j1), int(k0):int(k1)])
+    with itk_threads(1):  # ITK's label statistics merge threads' sums in the order they finish: one fixed order
+        return _box_features(mask, box, mask_image, (k0, j0, i0, k1, j1, i1), label_map, images, manifest, stats)
+
+
+def _box_features(mask: np.ndarray, box: np.ndarray, mask_image: sitk.Image, bounds: tuple[int, ...],
+                  label_map: np.ndarray, images: dict[str, sitk.Image], manifest: Manifest,
+                  stats: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """:func:`radiomics_features` on the lesion's box ``bounds`` (k0, j0, i0, k1, j1, i1) and its mask image."""
+    k0, j0, i0, k1, j1, i1 = bounds
     features = _shape(mask_image)
     count = max(int(np.count_nonzero(mask)), 1)
     inside = label_map[k0:k1, j0:j1, i0:i1][box]
