@@ -47,3 +47,22 @@ def test_a_second_run_leaves_none_of_the_first_runs_extra_files(tmp_path):
     assert "uncertainty" not in report["outputs"] and not (tmp_path / "out" / "uncertainty.nii.gz").exists()
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*report["outputs"].values(), "notes.txt"])
+
+
+def test_an_input_reached_through_a_symlink_or_in_another_case_is_spared(tmp_path):
+    """A helper's review: case/labels.nii.gz -> /store/ref.nii.gz with --out case was let through (the check compared
+    the link's target), and os.replace would have swapped the link for the prediction."""
+    import pytest
+
+    from medcnncad.errors import InputError
+    from medcnncad.reporting.case_outputs import check_inputs_spared
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "case").mkdir()
+    (tmp_path / "store" / "ref.nii.gz").write_bytes(b"x")
+    (tmp_path / "case" / "labels.nii.gz").symlink_to(tmp_path / "store" / "ref.nii.gz")
+    (tmp_path / "case" / "Report.JSON").write_bytes(b"{}")
+    for given in ("labels.nii.gz", "Report.JSON"):
+        with pytest.raises(InputError, match=f"{given}: this run would replace it"):
+            check_inputs_spared(tmp_path / "case", [tmp_path / "case" / given])
+    check_inputs_spared(tmp_path / "out", [tmp_path / "case" / "labels.nii.gz"])  # another folder: fine

@@ -478,10 +478,10 @@ def test_the_realdata_folder_as_training_data_keeps_expert_sub_region_references
         real_scan_cases([str(REALDATA / "ReMIND-022")], 1)
 
 
-def test_a_reference_on_another_grid_is_used_only_when_it_covers_the_images():
-    """A reference at another resolution over the same field of view is resampled; one that covers a corner of the
-    images only (a helper's 8 x 7 x 6 label file beside 24 x 24 x 20 images scored Dice 0.003 without a word) is
-    refused, naming it."""
+def test_a_reference_on_another_grid_is_used_unless_its_labels_lie_outside_the_images():
+    """A reference at another resolution, or cropped to its labels (Slicer's .seg.nrrd), is resampled; one whose
+    labels lie outside the images (another scan's file: a helper's run scored Dice 0.003 without a word) is refused,
+    naming it."""
     from medcnncad.evaluation.real import _reference_on
 
     grid = sitk.Image(24, 24, 20, sitk.sitkFloat32)
@@ -491,6 +491,13 @@ def test_a_reference_on_another_grid_is_used_only_when_it_covers_the_images():
     coarse[6, 6, 5] = 2
     mapped = _reference_on(coarse, grid, "coarse.nii.gz")
     assert mapped.GetSize() == (24, 24, 20) and int(sitk.GetArrayViewFromImage(mapped).sum()) == 2 * 8
-    with pytest.raises(InputError, match=r"small.nii.gz: its grid \(size \(8, 7, 6\).*does not cover the images'"):
-        _reference_on(sitk.Image(8, 7, 6, sitk.sitkUInt8), grid, "small.nii.gz")
+    cropped = sitk.Image(4, 4, 4, sitk.sitkUInt8)
+    cropped.SetOrigin((10.0, 10.0, 8.0))
+    cropped[1, 1, 1] = 4
+    assert sitk.GetArrayViewFromImage(_reference_on(cropped, grid, "cropped.seg.nrrd"))[9, 11, 11] == 4
+    elsewhere = sitk.Image(8, 7, 6, sitk.sitkUInt8)
+    elsewhere.SetOrigin((100.0, 0.0, 0.0))
+    elsewhere[2, 2, 2] = 1
+    with pytest.raises(InputError, match=r"elsewhere.nii.gz: only 0 of its 0.001 labelled mL lie inside the images"):
+        _reference_on(elsewhere, grid, "elsewhere.nii.gz")
     assert _reference_on(grid, grid, "same") is grid

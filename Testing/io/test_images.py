@@ -172,6 +172,11 @@ def test_scaled_nifti_reads_as_its_scaled_values_and_a_truncated_one_is_still_re
     (tmp_path / "cut.nii").write_bytes(raw[:-100])
     with pytest.raises(InputError, match=r"cut.nii: file is truncated \(\d+ bytes, the header declares"):
         read_volume(tmp_path / "cut.nii")
+    wrong = bytearray(raw)  # bitpix written as 32 for int16 data: readers go by the datatype code, and so does this
+    wrong[72:74] = (32).to_bytes(2, "little")
+    (tmp_path / "bitpix.nii").write_bytes(bytes(wrong))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(read_volume(tmp_path / "bitpix.nii")).transpose(2, 1, 0),
+                               stored * 0.5 - 10.0)
     probs = np.random.default_rng(1).random((5, 6, 7)).astype(np.float32)
     path = write_probability_map(probs, make_image(np.zeros((5, 6, 7), np.float32)), tmp_path / "p.nii.gz", "uint8")
     assert np.abs(sitk.GetArrayFromImage(read_volume(path)) - probs).max() <= 1 / 510 + 1e-6
@@ -209,6 +214,8 @@ def test_a_dicom_series_that_is_not_one_even_grid_is_refused(tmp_path):
     most; a series of per-slice rescale slopes is read as float (GDCM took the first slice's integers)."""
     even = [(0.0, 0.0, 2.0 * k) for k in range(6)]
     _series(tmp_path / "even", even)
+    _series(tmp_path / "rounded", [(0.0, 0.0, round(0.625 * k, 1)) for k in range(8)])  # positions to one decimal
+    assert read_volume(tmp_path / "rounded").GetSize()[2] == 8
     assert read_volume(tmp_path / "even").GetSpacing() == pytest.approx((0.9, 0.8, 2.0))  # (0028,0030) is row\\col
     cases = {
         "gap": ([p for k, p in enumerate(even) if k != 3], None, r"unevenly spaced \(steps 2.00 to 4.00 mm"),

@@ -173,24 +173,23 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
 
 
 def _reference_on(reference: sitk.Image, grid: sitk.Image, path: Any) -> sitk.Image:
-    """The reference on the images' grid: as it is when it shares it, else resampled (nearest neighbour) when its
-    grid covers the images' whole field of view (to within one of its voxels).
+    """The reference on the images' grid: as it is when it shares it, else resampled (nearest neighbour): another
+    session's tilt, another resolution or a cropped label file (Slicer saves the labelled region only) are fine.
 
     Raises:
-        InputError: naming the reference file when its grid does not cover the images (another scan's label file
-            would score a Dice near 0 without a word).
+        InputError: naming the reference file when fewer than half of its labelled millilitres land inside the
+            images (another scan's label file would score a Dice near 0 without a word).
     """
     if same_space(reference, grid):
         return reference
-    size = np.asarray(grid.GetSize(), dtype=float)
-    corners = [grid.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in np.where(bits, size - 0.5, -0.5)))
-               for bits in np.ndindex(2, 2, 2)]
-    inside = [np.asarray(reference.TransformPhysicalPointToContinuousIndex(c)) for c in corners]
-    limit = np.asarray(reference.GetSize(), dtype=float) - 0.5
-    if not all(np.all(i >= -1.5) and np.all(i <= limit + 1.0) for i in inside):
-        raise InputError(f"{path}: its grid ({geometry_text(reference)}) does not cover the images' "
-                         f"({geometry_text(grid)}): not this scan's label file?")
-    return sitk.Resample(reference, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    mapped = sitk.Resample(reference, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    before = np.count_nonzero(sitk.GetArrayViewFromImage(reference)) * float(np.prod(reference.GetSpacing()))
+    after = np.count_nonzero(sitk.GetArrayViewFromImage(mapped)) * float(np.prod(grid.GetSpacing()))
+    if before > 0 and after < 0.5 * before:
+        raise InputError(f"{path}: only {after / 1000:.3g} of its {before / 1000:.3g} labelled mL lie inside the "
+                         f"images ({geometry_text(grid)}); its own grid: {geometry_text(reference)}: not this scan's "
+                         "label file?")
+    return mapped
 
 
 def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:

@@ -156,7 +156,9 @@ def check_stack(source: str | Path, positions: np.ndarray, orientations: np.ndar
                          "position with another (several echoes, phases or b-values in one series?): not one volume; "
                          "select or export one of them as its own series")
     median = float(np.median(steps))
-    if np.abs(steps - median).max() > max(SPACING_TOLERANCE * median, 0.01):
+    # positions written to one decimal (0.625 mm slices: steps 0.6 and 0.7) or whole mm (2.5 mm: 2 and 3) pass;
+    # a missing slice (a step of twice the median) never does
+    if np.abs(steps - median).max() > max(SPACING_TOLERANCE * median, min(0.5, 0.45 * median)):
         raise InputError(f"{source}: slices are unevenly spaced (steps {steps.min():.2f} to {steps.max():.2f} mm "
                          f"along the slice normal, median {median:.2f} mm): missing slices? Not read onto an even "
                          "grid")

@@ -225,22 +225,28 @@ def _gzip_length(path: Path) -> int:
     return total
 
 
+_NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8, 1536: 16,
+                1792: 16, 2048: 32, 2304: 4}
+"""NIfTI datatype code -> bytes per voxel on disk (what readers go by; ``bitpix`` may be written wrong)."""
+
+
 def _nifti_layout(header: bytes) -> tuple[int, int, tuple[float, float, float]] | None:
-    """Voxel data offset, bits per voxel (``bitpix``, as stored: before any ``scl_slope`` scaling) and the three
-    voxel sizes (``pixdim[1:4]``, mm) of a NIfTI-1/2 header; None when the bytes are no NIfTI header; an offset of -1
-    when it is out of range."""
+    """Voxel data offset, bits per voxel as stored (from the datatype code; ``bitpix`` for an unknown code; before
+    any ``scl_slope`` scaling) and the three voxel sizes (``pixdim[1:4]``, mm) of a NIfTI-1/2 header; None when the
+    bytes are no NIfTI header; an offset of -1 when it is out of range."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
             offset = struct.unpack(order + "f", header[108:112])[0]
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[70:74])
             pixdim = struct.unpack(order + "3f", header[80:92])
         elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
             offset = struct.unpack(order + "q", header[168:176])[0]
-            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            datatype, bitpix = struct.unpack(order + "2h", header[12:16])
             pixdim = struct.unpack(order + "3d", header[112:136])
         else:
             continue
-        return ((int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1), int(bitpix),
+        bits = 8 * _NIFTI_BYTES[datatype] if datatype in _NIFTI_BYTES else int(bitpix)
+        return ((int(offset) if np.isfinite(offset) and 0 <= offset < 2**40 else -1), bits,
                 (float(pixdim[0]), float(pixdim[1]), float(pixdim[2])))
     return None
 

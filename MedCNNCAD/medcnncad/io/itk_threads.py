@@ -8,6 +8,7 @@ busy machine the same inputs then give results that differ in the last bits from
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,12 +17,17 @@ import SimpleITK as sitk
 __all__ = ["itk_threads"]
 
 
+_SETTING = threading.RLock()  # the count is process-wide: one block at a time sets and restores it
+
+
 @contextmanager
 def itk_threads(threads: int = 1) -> Iterator[None]:
-    """ITK's global default thread count set to ``threads`` for the block, then restored (also on an error)."""
-    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    """ITK's global default thread count set to ``threads`` for the block, then restored (also on an error); blocks
+    in other threads of the process wait, so none restores a count another has set."""
+    with _SETTING:
+        before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)

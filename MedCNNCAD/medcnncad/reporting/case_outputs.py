@@ -319,10 +319,11 @@ def check_inputs_spared(out_dir: str | Path, paths: Iterable[str | Path | None])
     for path in paths:
         if path is None or not Path(path).is_file():
             continue
-        resolved = Path(path).resolve()
-        if resolved.parent == folder and any(fnmatch.fnmatch(resolved.name, p) for p in OUTPUT_PATTERNS):
-            raise InputError(f"{path}: this run would replace it with its own {resolved.name} in {out_dir}; "
-                             "write the outputs to another folder")
+        given = Path(path).absolute()  # the name in its folder (a symlink's own), and the file it points to
+        for parent, name in ((given.parent.resolve(), given.name), (given.resolve().parent, given.resolve().name)):
+            if parent == folder and any(fnmatch.fnmatch(name.lower(), p) for p in OUTPUT_PATTERNS):
+                raise InputError(f"{path}: this run would replace it with its own {name.lower()} in {out_dir}; "
+                                 "write the outputs to another folder")
 
 
 def _stale_outputs(out: Path, written: Iterable[str]) -> list[Path]:
