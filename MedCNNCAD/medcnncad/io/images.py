@@ -308,9 +308,10 @@ def _read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
 
 
 @contextmanager
-def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
+def staged_outputs(out_dir: str | Path, remove: Sequence[Path] = ()) -> Iterator[Path]:
     """A staging folder inside ``out_dir`` (created if needed): the files written there appear in ``out_dir``
-    together when the block ends, replacing files of the same names; on an error or an interrupt none does.
+    together when the block ends, replacing files of the same names, and the files of ``remove`` (a list the block
+    may still fill) go in the same step; on an error or an interrupt nothing changes.
 
     Raises:
         InputError: naming ``out_dir`` when it cannot be created or written.
@@ -326,6 +327,8 @@ def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
         with signals_deferred():
             for path in sorted(staging.iterdir()):
                 os.replace(path, out / path.name)
+            for path in remove:
+                path.unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

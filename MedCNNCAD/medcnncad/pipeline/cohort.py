@@ -75,17 +75,19 @@ def read_csv_rows(csv_path: Path, channels: Sequence[str] = ()) -> list[tuple[in
 
 def _channel_columns(csv_path: Path, headers: Sequence[str | None], channels: Sequence[str]) -> dict[str, str]:
     """Header -> the channel (or ``<channel>_series``) it names, for headers not spelled as the channel is."""
-    renames: dict[str, str] = {}
-    for channel in channels:
-        for suffix in ("", "_series"):
-            named = [h for h in headers if h is not None and h.strip() and (
-                channel_term(h.removesuffix("_series") if suffix else h) == channel_term(channel))
-                     and h.endswith(suffix) and (suffix or not h.endswith("_series"))]
-            if len(named) > 1:
-                raise InputError(f"{csv_path}: columns {named} all name channel {channel}{suffix}; keep one")
-            if named and named[0] != channel + suffix:
-                renames[named[0]] = channel + suffix
-    return renames
+    by_term = {channel_term(channel): channel for channel in channels}
+    named: dict[str, list[str]] = {}  # channel or <channel>_series -> the headers that name it
+    for header in headers:
+        if not header or not header.strip():
+            continue
+        base, suffix = (header.removesuffix("_series"), "_series") if header.endswith("_series") else (header, "")
+        channel = by_term.get(channel_term(base))
+        if channel is not None:
+            named.setdefault(channel + suffix, []).append(header)
+    for target, columns in named.items():
+        if len(columns) > 1:
+            raise InputError(f"{csv_path}: columns {columns} all name channel {target}; keep one")
+    return {columns[0]: target for target, columns in named.items() if columns[0] != target}
 
 
 def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase]:

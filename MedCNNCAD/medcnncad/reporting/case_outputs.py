@@ -11,9 +11,6 @@ import datetime as _dt
 import fnmatch
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +31,7 @@ from medcnncad.inference.scoring import (
     case_probability,
     case_score,
 )
-from medcnncad.io.images import UINT8_SCALE, signals_deferred, write_image, write_probability_map
+from medcnncad.io.images import UINT8_SCALE, staged_outputs, write_image, write_probability_map
 from medcnncad.io.segfile import write_seg_nrrd
 from medcnncad.metrics.segmentation import BRATS_2023, DETECTION_RULE, StructureMetrics
 from medcnncad.models.registry import model_format_of, model_source
@@ -358,12 +355,8 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
     is the report's ``retrieval_descriptors``.
     """
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".medcnncad-staging-", dir=out))
-    except OSError as exc:
-        raise InputError(f"{out}: output folder is not writable ({exc.strerror})") from None
-    try:
+    stale: list[Path] = []  # an earlier run's files this one does not write: removed as the new ones appear
+    with staged_outputs(out, stale) as staging:  # all files appear together, or none does
         names = {"labels": "labels.nii.gz", "segmentation": "labels.seg.nrrd", "overlay": "overlay.png",
                  "report": "report.json"}
         names.update({f"prob_{channel}": f"prob_{channel}.nii.gz" for channel in result.probabilities})
@@ -409,17 +402,8 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
             sitk.WriteImage(sitk.GetImageFromArray(descriptor.thumbnail), str(staging / names[key]))
         report = build_report(result, metrics, inputs, names, extra_timings, descriptors)
         (staging / names["report"]).write_text(report_text(report) + "\n")
-        files = {}
-        stale = _stale_outputs(out, names.values())
-        with signals_deferred():  # all files appear together, or none does
-            for key, name in names.items():
-                os.replace(staging / name, out / name)
-                files[key] = out / name
-            for path in stale:
-                path.unlink(missing_ok=True)
-        return CaseOutputs(out, files)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        stale += _stale_outputs(out, names.values())
+    return CaseOutputs(out, {key: out / name for key, name in names.items()})
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
