@@ -22,7 +22,7 @@ from medcnncad.models.defaults import DEFAULT_GRADE_CLASSIFIER, DEFAULT_MODEL, D
 from medcnncad.models.grade_classifier import load_classifier
 from medcnncad.models.registry import find_model, load_model
 from medcnncad.pipeline.case import process_case
-from medcnncad.reporting.case_outputs import check_inputs_spared, report_text, summary_table
+from medcnncad.reporting.case_outputs import report_text, summary_table
 
 __all__ = ["add_parsers", "parse_pairs"]
 
@@ -68,7 +68,7 @@ def parse_inputs(items: Sequence[str], series_items: Sequence[str] = ()) -> tupl
     return inputs, {**series, **stacked}
 
 
-def _run_case(model_id: str, inputs: dict[str, str], out: Path, device: str, trust: bool,
+def _run_case(model_id: str, inputs: dict[str, str], out: str | Path, device: str, trust: bool,
               reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
               classifier: str | None = None, tta: bool | None = None, precision: str | None = None,
               dicom_sr: bool = False, reference_labels: dict[int, int] | None = None) -> dict:
@@ -132,8 +132,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if mapping and not args.reference:
         raise InputError("--reference-labels needs --reference (the label file it describes)")
     inputs, series = parse_inputs(args.input, args.series or [])
-    check_inputs_spared(args.out, [*inputs.values(), args.reference])  # "" would be the current folder
-    report = _run_case(args.model, inputs, Path(args.out), args.device, args.trust, args.reference, series,
+    report = _run_case(args.model, inputs, args.out, args.device, args.trust, args.reference, series,
                        args.dicom_seg, grader, args.tta, args.precision, args.dicom_sr, mapping)
     print(summary_table(report))
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from medcnncad.cli.options import add, positive_int
 from medcnncad.errors import InputError
 from medcnncad.io.json_files import read_json_object
 from medcnncad.models.registry import describe_model
-from medcnncad.pipeline.cohort import read_cases, run_cohort, summary_markdown
+from medcnncad.pipeline.cohort import read_cases, read_csv_rows, run_cohort, summary_markdown
 from medcnncad.pipeline.library import add_cohort, read_library_csv
 from medcnncad.reporting.html import Screenshots, case_report, cohort_report, html_to_pdf
 from medcnncad.retrieval.library import Library
@@ -34,19 +33,13 @@ def _screenshots() -> Screenshots | None:
 def _labels_from_cohort_csv(folder: Path) -> dict[str, int | None]:
     """Case id -> the 0/1 label of ``folder``'s cohort.csv (None where blank); an unreadable file or a label that is
     not 0 or 1 is an InputError naming the file and line."""
-    labels: dict[str, int | None] = {}
     path = folder / "cohort.csv"
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                line, value = reader.line_num, (row.get("label") or "").strip()
-                if value not in ("", "0", "1") or "case_id" not in row:
-                    raise InputError(f"{path}: line {line}: expected a case_id and a label 0, 1 or blank, "
-                                     f"got label {value!r}")
-                labels[row["case_id"]] = int(value) if value else None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{path}: cannot be read as CSV ({exc})") from None
+    labels: dict[str, int | None] = {}
+    for line, row in read_csv_rows(path):
+        value = (row.get("label") or "").strip()
+        if value not in ("", "0", "1") or "case_id" not in row:
+            raise InputError(f"{path}: line {line}: expected a case_id and a label 0, 1 or blank, got label {value!r}")
+        labels[row["case_id"]] = int(value) if value else None
     return labels
 
 

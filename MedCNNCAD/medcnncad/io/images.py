@@ -186,7 +186,7 @@ def _read_file(path: Path, stacked: bool = False) -> sitk.Image:
     if voxels > MAX_VOXELS or min(size) < 1:
         raise InputError(f"{path}: declared size {size} is outside what the engine reads "
                          f"(1 to {MAX_VOXELS} voxels)")
-    _check_complete(path, int(np.prod(size, dtype=np.float64)), voxels * _BYTES.get(reader.GetPixelID(), 1))
+    _check_nifti_header(path, int(np.prod(size, dtype=np.float64)), voxels * _BYTES.get(reader.GetPixelID(), 1))
     if _is_dicom_file(path):  # an enhanced multi-frame object's frames: in spatial order on an even grid?
         check_multiframe_geometry(path)
     image = reader.Execute()
@@ -251,11 +251,11 @@ def _nifti_layout(header: bytes) -> tuple[int, int, tuple[float, float, float]] 
     return None
 
 
-def _check_complete(path: Path, voxels: int, read_bytes: int) -> None:
+def _check_nifti_header(path: Path, voxels: int, read_bytes: int) -> None:
     """Refuse NIfTI files (plain or gzip) with a negative voxel size, or that hold fewer voxel bytes than their header
-    declares: ``voxels`` (per
-    component) times the header's own bits per voxel, which is what is on disk; ``read_bytes`` (what ITK will hold
-    in memory: a file with ``scl_slope`` comes back as float32) only when the header gives no usable ``bitpix``.
+    declares: ``voxels`` (per component) times the bytes per voxel on disk (:func:`_nifti_layout`: from the datatype
+    code, not ITK's float32 for a file with ``scl_slope``); ``read_bytes`` (what ITK will hold in memory) only when
+    the header gives no usable size.
 
     ITK reads such truncated files without complaint (the missing voxels come back as zeros).
     """

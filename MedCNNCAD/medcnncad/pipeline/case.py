@@ -91,7 +91,7 @@ def _read_reference(path: str, mapping: Mapping[int, int] | None,
     return image, values
 
 
-def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, reference: str | None = None,
+def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, reference: str | None = None,
                  series: dict[str, str] | None = None, dicom_seg: bool = False,
                  progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None,
                  classifier=None, tta: bool | None = None, dicom_sr: bool = False,
@@ -112,7 +112,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: Path, refere
     the model's, after it, is refused before the network runs.
     """
     progress = progress or (lambda stage, fraction: None)
-    check_inputs_spared(out, [*inputs.values(), reference])  # before the network runs
+    check_inputs_spared(out, [*inputs.values(), reference])  # before the network runs; "" is refused, not "."
     out = Path(out)
     series = series or {}
     sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg or dicom_sr else None
