@@ -18,6 +18,7 @@ ratios are printed. ``make bench`` runs all; results are tabled in docs/performa
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -568,19 +569,23 @@ def bench_worker(repeats: int) -> None:
 
 def bench_forward(repeats: int) -> None:
     """The zoo-size SegResNet's forward pass on the sample case's brain box (152 x 184 x 160, random weights) in
-    fp32, fp32 + channels-last, bf16 autocast and bf16 + channels-last, in one process: what the CPU's native bf16
-    (and AMX) gives a GroupNorm network; the largest output difference from fp32 says why the gate may refuse one."""
+    fp32, fp32 + channels-last, bf16 autocast and bf16 + channels-last (PyTorch's channels-last GroupNorm, and the
+    engine's, which normalises contiguous copies), in one process: what the CPU's native bf16 (and AMX) gives a
+    GroupNorm network; the largest output difference from fp32 says why the gate may refuse one."""
     from monai.networks.nets import SegResNet
 
+    from medcnncad.inference.layout import to_channels_last
     from medcnncad.inference.machine_policy import _cpu_flags, cpu_bf16_native
 
     torch.manual_seed(0)
     network = SegResNet(**SEGRESNET_KWARGS).eval()
     image = torch.randn(1, 4, 152, 184, 160)
 
-    def run(bf16: bool, channels_last: bool) -> tuple[float, torch.Tensor]:
+    def run(bf16: bool, channels_last: bool, hooks: bool = False) -> tuple[float, torch.Tensor]:
         layout = torch.channels_last_3d if channels_last else torch.contiguous_format
-        net, x = network.to(memory_format=layout), image.contiguous(memory_format=layout)
+        net = to_channels_last(network, torch.device("cpu")) if hooks else copy.deepcopy(network).to(
+            memory_format=layout)
+        x = image.contiguous(memory_format=layout)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             net(x)  # warm-up: oneDNN picks and caches its kernels
             seconds, out = _median_time(lambda: net(x), repeats)
@@ -591,10 +596,18 @@ def bench_forward(repeats: int) -> None:
           f"{cpu_bf16_native()}, median of {repeats}:")
     t_fp32, reference = run(False, False)
     print(f"  fp32: {t_fp32:.2f} s")
-    for bf16, channels_last in ((False, True), (True, False), (True, True)):
-        seconds, out = run(bf16, channels_last)
-        print(f"  {'bf16' if bf16 else 'fp32'}{' + channels-last' if channels_last else ''}: {seconds:.2f} s, "
-              f"{t_fp32 / seconds:.2f}x fp32; largest output difference {float((out - reference).abs().max()):.4f}")
+    t_bf16, bf16_out = reference, reference
+    for bf16, channels_last, hooks in ((False, True, False), (True, False, False), (True, True, False),
+                                       (False, True, True), (True, True, True)):
+        seconds, out = run(bf16, channels_last, hooks)
+        if bf16 and not channels_last:
+            t_bf16, bf16_out = seconds, out
+        layout = " + channels-last" + (" (the engine's: GroupNorm on contiguous copies)" if hooks else
+                                       " (PyTorch's channels-last GroupNorm)") if channels_last else ""
+        same = f", largest difference from bf16 {float((out - bf16_out).abs().max()):.4f}, {t_bf16 / seconds:.2f}x " \
+               f"bf16" if bf16 and channels_last else ""
+        print(f"  {'bf16' if bf16 else 'fp32'}{layout}: {seconds:.2f} s, {t_fp32 / seconds:.2f}x fp32; largest "
+              f"output difference from fp32 {float((out - reference).abs().max()):.4f}{same}")
 
 
 def bench_policy() -> None:

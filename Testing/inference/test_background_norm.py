@@ -38,6 +38,20 @@ def test_mixed_group_norm_is_group_norm_over_the_window_plus_the_constant_voxels
     assert torch.allclose(plain, norm(window), atol=1e-5)
 
 
+def test_a_channels_last_window_is_normalised_as_exactly_as_a_contiguous_one_and_keeps_its_layout():
+    """A channels-last network's GroupNorm on the CPU (medcnncad.inference.layout): the mixed statistics
+    come from the contiguous kernel, whose error does not grow with a large mean as the channels-last one's."""
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(8, 16)
+    window = torch.randn(1, 16, 64, 64, 64) * 0.5 + 5.0
+    constant = torch.randn(1, 16, 1, 1, 1)
+    total = 2 * 64 ** 3
+    contiguous, _ = mixed_group_norm(norm, window, constant, total)
+    last, _ = mixed_group_norm(norm, window.contiguous(memory_format=torch.channels_last_3d), constant, total)
+    assert last.is_contiguous(memory_format=torch.channels_last_3d) and not last.is_contiguous()
+    assert torch.equal(last, contiguous)
+
+
 def test_a_convolution_of_a_constant_field_is_its_bias_plus_the_kernel_sum_times_the_constant():
     torch.manual_seed(1)
     constant = torch.randn(1, 6, 1, 1, 1)

@@ -30,6 +30,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from medcnncad.inference.layout import channels_last_of
+
 __all__ = ["BackgroundStatistics", "UnsupportedNetwork", "supports_background_statistics"]
 
 
@@ -138,6 +140,9 @@ def mixed_group_norm(norm: nn.GroupNorm, window: torch.Tensor, constant: torch.T
     rounded once, as GroupNorm's.
     """
     n, channels = window.shape[:2]
+    layout = channels_last_of(window)
+    if window.device.type == "cpu" and layout is not None:
+        window = window.contiguous()  # the CPU kernel is inexact in channels-last (medcnncad.inference.layout)
     groups, per_group = norm.num_groups, channels // norm.num_groups
     inside = math.prod(window.shape[2:])
     share = min(1.0, inside / total_voxels)  # of the field's voxels that the window holds
@@ -169,6 +174,7 @@ def mixed_group_norm(norm: nn.GroupNorm, window: torch.Tensor, constant: torch.T
         out_w = parts[0] if n == 1 else torch.cat(parts)
     out_c = ((constant.double() - mean.repeat_interleave(per_group, 1).reshape(view)) *
              (rstd[..., None] * gamma).reshape(view) + beta.expand(n, -1, -1).reshape(view))
+    out_w = out_w.contiguous(memory_format=layout) if layout is not None else out_w
     return out_w, out_c.to(out_w.dtype)
 
 

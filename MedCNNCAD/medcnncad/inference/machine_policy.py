@@ -49,12 +49,12 @@ from medcnncad.errors import InputError
 from medcnncad.inference.background_norm import supports_background_statistics
 from medcnncad.inference.policy import CROP_MODES, choose_policy
 from medcnncad.inference.precisions import CASE_PRECISIONS, PRECISION_ENV
-from medcnncad.inference.segmenter import Segmenter, channels_last_safe, resolve_device
+from medcnncad.inference.segmenter import Segmenter, resolve_device
 from medcnncad.io.sample_case import SEQUENCES, load_sample_case
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.registry import load_model
 
-__all__ = ["PolicyDecision", "CASE_PRECISIONS", "cpu_bf16_native", "channels_last_safe", "machine_key",
+__all__ = ["PolicyDecision", "CASE_PRECISIONS", "cpu_bf16_native", "machine_key",
            "policy_cache_key", "measured_policy", "cache_path", "default_precision", "build_segmenter",
            "cached_segmenter", "decide_policy_once"]
 
@@ -106,8 +106,9 @@ def machine_key(device: torch.device) -> str:
     """A stable key of what decides the policy: CPU model and bf16/AMX flags, torch version, CUDA device."""
     flags = sorted(_cpu_flags() & {"avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2", "f16c"})
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    # the version changes when the candidates do (v3: crop+fit+bg), so cached decisions are measured again
-    text = json.dumps(["policy-v3", _cpu_name(), flags, torch.__version__, device.type, gpu])
+    # the version changes when the candidates do (v3: crop+fit+bg; v4: channels-last for GroupNorm networks on
+    # the CPU), so cached decisions are measured again
+    text = json.dumps(["policy-v4", _cpu_name(), flags, torch.__version__, device.type, gpu])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -239,14 +240,13 @@ def _candidates(model: LoadedModel, device: torch.device) -> list[tuple[str, boo
     """What to measure against the reference (fp32, the model's layout, no engine crop): precisions and
     layouts where the hardware runs a lower precision natively, and for models that do not crop
     themselves (MONAI bundles) the engine's crop, alone and with the window fitted to it (for GroupNorm
-    networks with the bundle window's statistics: :mod:`medcnncad.inference.background_norm`). No
-    channels-last candidate where :func:`channels_last_safe` says no."""
+    networks with the bundle window's statistics: :mod:`medcnncad.inference.background_norm`). Channels-last
+    is offered for every network (GroupNorm layers on the CPU normalise contiguous copies:
+    :mod:`medcnncad.inference.layout`)."""
     native = device.type == "cuda" or cpu_bf16_native()
-    offered = (("bf16", False), ("bf16", True)) if device.type == "cpu" else (("fp16", False), ("fp16", True),
-                                                                                 ("bf16", False))
-    safe = channels_last_safe(model.network, device)
-    lower = tuple((p, cl) for p, cl in offered if safe or not cl)
-    out = [(p, cl, "none") for p, cl in ((("fp32", True),) if safe else ()) + lower] if native else []
+    lower = (("bf16", False), ("bf16", True)) if device.type == "cpu" else (("fp16", False), ("fp16", True),
+                                                                               ("bf16", False))
+    out = [(p, cl, "none") for p, cl in (("fp32", True),) + lower] if native else []
     if model.source == "bundle":
         fit = "crop+fit+bg" if supports_background_statistics(model.network) else "crop+fit"
         out += [("fp32", False, "crop"), ("fp32", False, fit)]

@@ -17,7 +17,6 @@ channel's grid, as float arrays in [0, 1] in (K, J, I) order.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from medcnncad.inference.inputs import (
     on_one_grid,
     read_inputs,
 )
+from medcnncad.inference.layout import to_channels_last
 from medcnncad.inference.postprocess import (
     apply_label_volume_floors,
     foreground_probability_at,
@@ -63,7 +63,6 @@ from medcnncad.models.loaded import LoadedModel
 from medcnncad.preprocessing.chain import PreparedCase, prepare_case
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device",
-           "channels_last_safe", "CHANNELS_LAST_REFUSED",
            "PRECISIONS", "TTA_FLIPS",
            # the post-processing steps, re-exported for existing callers
            "label_map_from_probabilities", "remove_small_components", "apply_label_volume_floors",
@@ -87,25 +86,6 @@ PRECISIONS: dict[str, torch.dtype | None] = {"auto": None, "fp32": None, "bf16":
                                              "fp16": torch.float16}
 
 
-def channels_last_safe(network: torch.nn.Module, device: torch.device) -> bool:
-    """Whether the channels-last layout may be used for ``network`` on ``device``.
-
-    Not for a network with ``GroupNorm`` on the CPU: PyTorch's CPU group-norm kernel for
-    ``channels_last_3d`` tensors loses precision with the size of the group (measured with torch
-    2.13 against float64: largest error 3e-3 on a 64^3 window, 3.5e-2 on 240 x 240 x 160 for
-    unit-variance activations, and hundreds when they carry a large mean; the contiguous kernel stays
-    near 1e-6; ``Testing/inference/test_policy.py`` measures it). The check case could pass the gate
-    while a larger case fails, so the measured policy does not run such candidates and a
-    :class:`Segmenter` asked for channels-last there keeps the contiguous layout and says why.
-    Instance norm is unaffected.
-    """
-    return device.type != "cpu" or not any(isinstance(m, torch.nn.GroupNorm) for m in network.modules())
-
-
-CHANNELS_LAST_REFUSED = ("channels-last refused: the network has GroupNorm, whose CPU kernel loses precision "
-                         "in that layout (contiguous kept)")
-
-
 class Segmenter:
     """Runs one loaded model on cases; construction and weights are paid once.
 
@@ -113,8 +93,8 @@ class Segmenter:
         model: from :func:`medcnncad.models.registry.load_model`.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``auto``/``fp32``/``bf16``/``fp16``, overriding the manifest's ``inference.precision``.
-        channels_last: overrides the manifest's ``inference.channels_last`` (refused, with the reason in
-            the policy note, where :func:`channels_last_safe` says no).
+        channels_last: overrides the manifest's ``inference.channels_last`` (GroupNorm layers on the CPU
+            then normalise contiguous copies: :mod:`medcnncad.inference.layout`).
         probability_dtype: ``float32``/``float16`` (how probabilities are held), overriding the
             manifest's ``postprocessing.probability_dtype``.
         policy_reason: why this precision and layout (reported); default: "as asked" or the manifest's.
@@ -148,22 +128,17 @@ class Segmenter:
         if self.precision not in PRECISIONS:
             raise InputError(f"precision {self.precision!r}: choose from {sorted(PRECISIONS)}")
         self.channels_last = self.manifest.inference.channels_last if channels_last is None else channels_last
-        refused = self.channels_last and not channels_last_safe(model.network, self.device)
-        self.channels_last = self.channels_last and not refused
         self.network = model.network.to(self.device).eval()
         held = probability_dtype or self.manifest.postprocessing.probability_dtype
         if held not in ("float32", "float16"):
             raise InputError(f"probability dtype {held!r}: choose float32 or float16")
         self.probability_dtype = torch.float16 if held == "float16" else torch.float32
-        if self.channels_last:  # on a copy: Module.to() converts in place, and the loaded model may be shared
-            self.network = copy.deepcopy(self.network).to(  # type: ignore[call-overload]  # stubs omit memory_format
-                memory_format=torch.channels_last_3d)
+        if self.channels_last:
+            self.network = to_channels_last(self.network, self.device)
         if background_statistics:  # the manifest's own window, before any fit_roi
             self.network = BackgroundStatistics(self.network, model.manifest.inference.roi_size)
         self.policy_reason = policy_reason or ("as asked" if precision or channels_last is not None else
                                                "the model's manifest (inference.precision, channels_last)")
-        if refused:
-            self.policy_reason += f"; {CHANNELS_LAST_REFUSED}"
 
     def autocast_dtype(self) -> torch.dtype | None:
         """The autocast dtype of the execution policy on this device (None: plain fp32)."""
