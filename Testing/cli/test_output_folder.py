@@ -66,3 +66,19 @@ def test_an_input_reached_through_a_symlink_or_in_another_case_is_spared(tmp_pat
         with pytest.raises(InputError, match=f"{given}: this run would replace it"):
             check_inputs_spared(tmp_path / "case", [tmp_path / "case" / given])
     check_inputs_spared(tmp_path / "out", [tmp_path / "case" / "labels.nii.gz"])  # another folder: fine
+
+
+def test_an_output_name_taken_by_a_folder_is_refused_before_anything_is_replaced(tmp_path, capsys):
+    """The final move replaced files one by one: with a folder named like a later output, os.replace failed there
+    and left the case folder half this run's, half the earlier run's."""
+    args = _case(tmp_path) + ["--out", str(tmp_path / "out")]
+    assert main(args + ["--no-tta"]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    (tmp_path / "out" / "uncertainty.nii.gz").mkdir()  # sorts after report.json and the others
+    (tmp_path / "out" / "uncertainty.nii.gz" / "mine.txt").write_text("mine")
+    assert main(args + ["--tta"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "uncertainty.nii.gz: an output's name is taken by a folder" in err[0]
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    assert after == before and (tmp_path / "out" / "uncertainty.nii.gz" / "mine.txt").read_text() == "mine"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".medcnncad-staging")]

@@ -314,7 +314,8 @@ def staged_outputs(out_dir: str | Path, remove: Sequence[Path] = ()) -> Iterator
     may still fill) go in the same step; on an error or an interrupt nothing changes.
 
     Raises:
-        InputError: naming ``out_dir`` when it cannot be created or written.
+        InputError: naming ``out_dir`` when it cannot be created or written, or an output whose name a folder
+            (or anything but a file) holds there; checked before anything is replaced.
     """
     out = Path(out_dir)
     try:
@@ -324,8 +325,13 @@ def staged_outputs(out_dir: str | Path, remove: Sequence[Path] = ()) -> Iterator
         raise InputError(f"{out}: output folder is not writable ({exc.strerror})") from None
     try:
         yield staging
+        staged = sorted(staging.iterdir())
+        taken = [out / p.name for p in staged if (out / p.name).exists() and not (out / p.name).is_file()]
+        if taken:  # os.replace would fail there, after the files before it had been replaced
+            raise InputError(f"{taken[0]}: an output's name is taken by a folder (or another non-file); nothing was "
+                             f"written to {out}")
         with signals_deferred():
-            for path in sorted(staging.iterdir()):
+            for path in staged:
                 os.replace(path, out / path.name)
             for path in remove:
                 path.unlink(missing_ok=True)
