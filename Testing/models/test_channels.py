@@ -29,3 +29,19 @@ def test_each_volume_serves_one_channel():
     manifest = load_manifest(DEMO_MODEL)
     assert assign_channels(manifest, {"x": ["t1"]}) == {"T1": "x"}
     assert assign_channels(manifest, {}) == {}
+
+
+def test_a_typed_channel_name_means_the_channel_of_that_name_or_alias_in_any_spelling():
+    """The one reading behind the volume order of 4D files and training CSV headers."""
+    from dataclasses import replace
+
+    manifest = load_manifest(DEMO_MODEL)
+    assert manifest.channels_named("t1c") == ["T1c"] and manifest.channels_named(" T-1_C ") == ["T1c"]
+    assert manifest.channels_named("Flair") == ["FLAIR"] and manifest.channels_named("t1ce") == ["T1c"]  # alias
+    assert manifest.channels_named("PD") == []
+    t1 = next(c for c in manifest.inputs if c.name == "T1")
+    t2 = next(c for c in manifest.inputs if c.name == "T2")
+    clash = replace(manifest, inputs=(replace(t1, aliases=("scan",)), replace(t2, aliases=("SCAN",))))
+    assert clash.channels_named("scan") == ["T1", "T2"]  # an unchecked manifest: callers refuse it
+    named = replace(manifest, inputs=(replace(t1, aliases=("t2",)), t2))
+    assert named.channels_named("t2") == ["T2"]  # a channel's name before another's alias

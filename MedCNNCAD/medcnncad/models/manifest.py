@@ -290,6 +290,15 @@ class Manifest:
     def input_names(self) -> list[str]:
         return [c.name for c in self.inputs]
 
+    def channels_named(self, text: str) -> list[str]:
+        """The input channels ``text`` names, read as :func:`channel_term` reads names (any case, separators
+        ignored): the channel of that name, else every channel with that alias. At most one in a manifest read
+        from JSON (its check refuses a term that means two channels); formats adapted from elsewhere (bundles,
+        nnU-Net) are not checked, so callers refuse more than one."""
+        term = channel_term(text)
+        exact = [c.name for c in self.inputs if channel_term(c.name) == term]
+        return exact or [c.name for c in self.inputs if term in map(channel_term, c.aliases)]
+
     def warnings_for(self, given: Sequence[str]) -> list[str]:
         """The manifest's ``input_warnings`` messages for a run given exactly the sequences ``given``."""
         return [message for inputs, message in self.input_warnings if inputs == frozenset(given)]

@@ -31,7 +31,7 @@ import vtk
 from medcnncad.data.dataset_json import declared_contradicts, declared_volumes, model_engine_channels
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_header, read_volumes
-from medcnncad.models.manifest import Manifest, channel_term
+from medcnncad.models.manifest import Manifest
 from medcnncad.slicer.adaptor import NodeTransaction, ijk_to_ras_matrix
 
 __all__ = ["volume_order", "load_4d_file", "split_sequence", "check_not_sequence_frames", "check_declared_channels",
@@ -42,16 +42,13 @@ SOURCE_ATTRIBUTE = "MedCNNCAD.sourceVolume"
 
 
 def _channel_of(manifest: Manifest, name: str, source: str) -> str:
-    """The model's channel a typed name means: its name, else the one channel with that alias (any case, separators
-    ignored: :func:`~medcnncad.models.manifest.channel_term`)."""
-    wanted = channel_term(name)
-    exact = [c.name for c in manifest.inputs if channel_term(c.name) == wanted]
-    by_alias = [c.name for c in manifest.inputs if wanted in map(channel_term, c.aliases)]
-    if exact or len(by_alias) == 1:
-        return (exact or by_alias)[0]
-    if by_alias:
+    """The model's channel a typed name means (:meth:`~medcnncad.models.manifest.Manifest.channels_named`)."""
+    found = manifest.channels_named(name)
+    if len(found) == 1:
+        return found[0]
+    if found:
         raise InputError(f"{source}: volume order names {name.strip()!r}, an alias of model {manifest.id}'s channels "
-                         f"{' and '.join(by_alias)}; name the channel")
+                         f"{' and '.join(found)}; name the channel")
     known = ", ".join(c.name for c in manifest.inputs)
     raise InputError(f"{source}: volume order names {name.strip()!r}, not a channel of model {manifest.id} ({known})")
 
