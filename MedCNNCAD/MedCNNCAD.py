@@ -139,7 +139,17 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event):
+        if self._job is not None:  # its result belongs to the patient being closed (the Logic discards it too)
+            self.logic.cancelSegmentation()
+        self._lastNodes, self._probabilityNodes, self._queryLesion = None, {}, None
+        self.ui.exportDicomButton.enabled = False
+        self.clearTables()
         self.setParameterNode(None)
+
+    def clearTables(self):
+        for view in (self.ui.lesionTableView, self.ui.metricsTableView, self.ui.discordanceTableView,
+                     self.ui.similarTableView):
+            view.setMRMLTableNode(None)
 
     def onSceneEndClose(self, caller, event):
         if self.parent.isEntered:
@@ -248,9 +258,9 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancelSegmentation()
             return
         p = self._parameterNode
-        manifest = self.logic.describeModel(p.model)
-        volumes = {c.name: getattr(p, f"inputVolume{i}") for i, c in enumerate(manifest.inputs[:MAX_CHANNELS])}
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation."):
+            manifest = self.logic.describeModel(p.model)  # a model folder that went away: the dialog says so
+            volumes = {c.name: getattr(p, f"inputVolume{i}") for i, c in enumerate(manifest.inputs[:MAX_CHANNELS])}
             self._job = self.logic.startSegmentation({k: v for k, v in volumes.items() if v}, p.model, p.device,
                                                      p.trust, self.logic.lesionClassifier(p.classifyLesions),
                                                      p.testTimeAugmentation, p.libraryFolder or None)
@@ -288,6 +298,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.resultSegmentation = nodes.segmentation
         p.lesionTable = nodes.lesion_table
         self._probabilityNodes = nodes.probabilities
+        self.clearTables()  # the previous run's comparison and similar cases are not this run's
         self.ui.lesionTableView.setMRMLTableNode(nodes.lesion_table)
         self.ui.provenanceLabel.text = self.logic.provenanceText(nodes.segmentation)
         self._lastNodes, self._queryLesion = nodes, None

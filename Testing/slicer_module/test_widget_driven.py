@@ -270,6 +270,8 @@ def test_similar_cases_for_the_chosen_lesion_and_one_shown_side_by_side(env, tmp
     assert composites["Red"].GetForegroundVolumeID() is not None  # the new probability map, left
     assert yellow.GetID() not in list(p.resultSegmentation.GetDisplayNode().GetViewNodeIDs())
     assert len(p.resultSegmentation.GetDisplayNode().GetViewNodeIDs()) > 0
+    assert view.mrmlTableNode() is None  # the previous run's similar cases are not shown beside the new run
+    unwrap(ui.similarButton).click()
     widget.logic.lastSimilarCases[0]["view"] = None  # a library case stored without a view image
     view.clicked.emit(view.model().index(0, 0))
     assert env.messages.errors and "added without a view image" in env.messages.errors[-1]

@@ -78,7 +78,7 @@ def read_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path
 
     Raises:
         InputError: an unknown channel, an absent required one, an unreadable file or a volume that is
-            not 3D scalar, naming it.
+            not 3D scalar or is a single slice (:func:`check_thickness`), naming it.
     """
     check_channels(manifest, inputs)
     present = [c.name for c in manifest.inputs if c.name in inputs]
@@ -92,8 +92,28 @@ def read_inputs(manifest: Manifest, inputs: Mapping[str, sitk.Image | str | Path
                                  f"with {value.GetNumberOfComponentsPerPixel()} component(s)")
             check_finite(value, f"input {name}")
         images[name] = value if isinstance(value, sitk.Image) else read[name]
+        check_thickness(images[name], f"input {name}")
     check_distinct(images)
     return images
+
+
+MIN_VOXELS_PER_AXIS = 3
+"""A volume with fewer voxels than this along an axis is a single slice or a sliver, not a 3D scan: refused."""
+
+
+def check_thickness(image: sitk.Image, source: str) -> None:
+    """Refuse a volume that is a single slice (or a sliver) along some axis: the 3D networks would run and return a
+    result that means nothing (a one-slice volume ran without a word).
+
+    Raises:
+        InputError: naming the volume, its size (I, J, K) and the axis.
+    """
+    size = image.GetSize()
+    thin = [axis for axis, n in zip("IJK", size) if n < MIN_VOXELS_PER_AXIS]
+    if thin:
+        raise InputError(f"{source}: {size[0]} x {size[1]} x {size[2]} voxels, {size['IJK'.index(thin[0])]} along "
+                         f"{thin[0]}: a single slice or a sliver, not a 3D volume (at least {MIN_VOXELS_PER_AXIS} "
+                         f"voxels per axis)")
 
 
 def check_distinct(images: Mapping[str, sitk.Image]) -> None:

@@ -68,11 +68,32 @@ def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def check_untransformed(node: Any, what: str = "volume") -> None:
+    """Refuse a node under a parent transform: its voxels are shown where the transform puts them, but the
+    engine reads the node's own geometry, so the result would land elsewhere (a registration left as a transform
+    would be read unregistered). Hardening the transform gives the node the geometry that is shown.
+
+    Raises:
+        InputError: naming the node and its transform.
+    """
+    transform = node.GetParentTransformNode() if node is not None else None
+    if transform is not None:
+        raise InputError(f"{what} {node.GetName()!r} is under transform {transform.GetName()!r}: harden it first "
+                         f"(Data module: right-click the {what}, 'Harden transform'); the AI reads the {what}'s own "
+                         f"geometry, so its result would not land where the {what} is shown")
+
+
 def volume_node_to_image(volume_node: Any) -> sitk.Image:
-    """A scalar volume node as a SimpleITK image (LPS geometry, voxels copied)."""
+    """A scalar volume node as a SimpleITK image (LPS geometry, voxels copied).
+
+    Raises:
+        InputError: a node without voxels, not 3D, a single slice, or under a parent transform
+            (:func:`check_untransformed`).
+    """
     if volume_node is None or volume_node.GetImageData() is None:
         name = volume_node.GetName() if volume_node is not None else "None"
         raise InputError(f"volume {name!r} has no image data")
+    check_untransformed(volume_node)
     array = slicer.util.arrayFromVolume(volume_node)
     if array.ndim != 3:
         raise InputError(f"volume {volume_node.GetName()!r}: expected a 3D scalar volume, got shape {array.shape}")
@@ -327,7 +348,12 @@ class ResultNodes:
 
 
 def add_result_nodes(result: SegmentationResult, reference_volume: Any, with_probabilities: bool = True) -> ResultNodes:
-    """All result nodes of one run, added atomically (nothing is added if anything fails)."""
+    """All result nodes of one run, added atomically (nothing is added if anything fails).
+
+    Raises:
+        InputError: ``reference_volume`` is not on the grid of the result (the engine's first input channel).
+    """
+    check_on_result_grid(result, reference_volume)
     with NodeTransaction():
         seg = add_segmentation_node(result.label_map, result.manifest, reference_volume)
         set_provenance(seg, result, {"referenceVolumeID": reference_volume.GetID()})
@@ -343,6 +369,19 @@ def add_result_nodes(result: SegmentationResult, reference_volume: Any, with_pro
         for node in (*probs.values(), table, *([removed] if removed else []), *([brain] if brain else [])):
             node.SetAttribute(PROVENANCE_PREFIX + "segmentation", seg.GetID())
     return ResultNodes(seg, probs, table, result, removed, brain)
+
+
+def check_on_result_grid(result: SegmentationResult, volume: Any) -> None:
+    """Refuse to place a result on a volume whose grid is not the result's (its size, IJK-to-RAS within 1e-3 mm):
+    segments are written through the volume's geometry, probabilities through the result's."""
+    shape = slicer.util.arrayFromVolume(volume).shape
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    same = shape == result.label_map.shape and np.allclose(
+        _matrix_to_numpy(matrix), _matrix_to_numpy(ijk_to_ras_matrix(result.reference)), atol=1e-3)
+    if not same:
+        raise InputError(f"volume {volume.GetName()!r} is not on the grid the result was computed on (shape {shape} "
+                         f"vs {result.label_map.shape}): place the result on the model's first input channel")
 
 
 BRAIN_COLOR = (0.85, 0.75, 0.6)
@@ -382,9 +421,10 @@ def segmentation_to_labels(segmentation_node: Any, reference_volume: Any, manife
     is compared silently wrongly.
     """
     by_name = {label.name.lower(): label.value for label in manifest.labels}
-    segmentation = segmentation_node.GetSegmentation()
+    segmentation = _segmentation_of(segmentation_node)
     shape = slicer.util.arrayFromVolume(reference_volume).shape
     labels = np.zeros(shape, dtype=np.uint8)
+    owner = np.full(shape, -1, dtype=np.int16)  # which segment labelled each voxel: overlaps are refused
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
         segment = segmentation.GetSegment(segment_id)
@@ -395,9 +435,35 @@ def segmentation_to_labels(segmentation_node: Any, reference_volume: Any, manife
                                  reference_labels)
         if value == 0:  # the convention reads it as background (BraTS 2024's resection cavity)
             continue
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume)
-        labels[mask > 0] = value
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume) > 0
+        _check_no_overlap(segmentation, segmentation_node.GetName(), owner, mask, index)
+        labels[mask] = value
+        owner[mask] = index
     return labels
+
+
+def _segmentation_of(node: Any) -> Any:
+    """The vtkSegmentation of a segmentation node not under a transform; anything else is refused by name."""
+    if node is None or not hasattr(node, "GetSegmentation"):
+        kind = type(node).__name__ if node is not None else "None"
+        name = node.GetName() if hasattr(node, "GetName") else kind
+        raise InputError(f"{name!r} is a {kind}, not a segmentation node: import it as a segmentation first "
+                         f"(Segmentations module, Import labelmap)")
+    check_untransformed(node, "segmentation")
+    return node.GetSegmentation()
+
+
+def _check_no_overlap(segmentation: Any, node_name: str, owner: np.ndarray, mask: np.ndarray, index: int) -> None:
+    """Refuse a segment that overlaps an earlier one: one label per voxel, else the metrics would depend on the
+    order of the segments (a later one overwriting an earlier)."""
+    earlier = owner[mask]
+    earlier = earlier[earlier >= 0]
+    if earlier.size:
+        other = segmentation.GetSegment(segmentation.GetNthSegmentID(int(earlier[0]))).GetName()
+        this = segmentation.GetSegment(segmentation.GetNthSegmentID(index)).GetName()
+        raise InputError(f"segmentation {node_name!r}: segments {other!r} and {this!r} overlap ({earlier.size} "
+                         f"voxels); a reference needs one label per voxel (Segment Editor: masking 'Overwrite "
+                         f"other segments')")
 
 
 def _value_named(name: str, label_value: int, node_name: str, manifest: Manifest,
@@ -486,6 +552,9 @@ def compare_nodes(ai_segmentation: Any, reference_segmentation: Any, reference_v
     image = volume_node_to_image(reference_volume)
     ai = segmentation_to_labels(ai_segmentation, reference_volume, manifest)
     ref = segmentation_to_labels(reference_segmentation, reference_volume, manifest, reference_labels)
+    if not ref.any():  # an empty reference (Segment Editor's new segmentation) would score every Dice 0
+        raise InputError(f"reference {reference_segmentation.GetName()!r} has no labelled voxel on "
+                         f"{reference_volume.GetName()!r}: nothing to compare")
     structures = manifest.structures()
     metrics = compute_metrics(ai, ref, image.GetSpacing(), structures)
     name = discordance_structure or (manifest.regions[0].name if manifest.regions else manifest.labels[0].name)

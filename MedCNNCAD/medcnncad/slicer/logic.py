@@ -190,8 +190,10 @@ class SecondReaderLogic:
     def _namedInputs(self, inputVolumeNodes: VolumeInputs, manifest: Manifest) -> dict[str, Any]:
         from medcnncad.slicer.four_d import check_declared_channels, check_not_sequence_frames
 
-        if isinstance(inputVolumeNodes, dict):
-            named = dict(inputVolumeNodes)
+        if isinstance(inputVolumeNodes, dict):  # in the model's order: the engine's reference is its first channel
+            order = [c.name for c in manifest.inputs]
+            named = dict(sorted(inputVolumeNodes.items(), key=lambda item: (
+                order.index(item[0]) if item[0] in order else len(order))))
         else:
             named = {c.name: node for c, node in zip(manifest.inputs, inputVolumeNodes) if node is not None}
         check_not_sequence_frames(named)
@@ -260,11 +262,16 @@ class SecondReaderLogic:
         manifest = self.describeModel(modelFolder)
         volumes = self._namedInputs(inputVolumeNodes, manifest)
         check_channels(manifest, volumes)  # refused here, before a worker starts or a file is written
+        images = {name: volume_node_to_image(node) for name, node in volumes.items()}  # refused before any file
         folder = tempfile.mkdtemp(prefix="medcnncad-")
         inputs = {}
-        for name, node in volumes.items():
-            inputs[name] = os.path.join(folder, f"{name}.nrrd")
-            sitk.WriteImage(volume_node_to_image(node), inputs[name])
+        try:
+            for name, image in images.items():
+                inputs[name] = os.path.join(folder, f"{name}.nrrd")
+                sitk.WriteImage(image, inputs[name])
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self._worker = self._worker or WorkerClient()
         requestId = self._worker.submit({"cmd": "segment", "model": modelFolder, "device": device, "trust": trust,
                                          "classifier": classifier or None, "tta": None if tta is None else bool(tta),
@@ -288,6 +295,9 @@ class SecondReaderLogic:
                 return None
             if event["event"] == "error":
                 raise WorkerError(event["message"])
+            if not slicer.mrmlScene.IsNodePresent(job["reference"]):  # the scene was closed (or the input removed)
+                raise InputError("the input volume left the scene while the run was going (scene closed?): its "
+                                 "result was discarded")
             result = load_result(pathlib.Path(event["out"]), job["manifest"], volume_node_to_image(job["reference"]))
             described = pathlib.Path(event["out"]) / "retrieval.json"
             self._lastRun = None
@@ -333,13 +343,15 @@ class SecondReaderLogic:
     def exportToDicomDatabase(self, nodes: ResultNodes, referenceVolumeNode: Any, database: Any = None,
                               askInstall: Callable[[str], bool] | None = None) -> list[str]:
         """Write the run's DICOM SEG and DICOM SR (TID 1500, one measurement group per lesion) and import
-        both into the DICOM database, referencing the series ``referenceVolumeNode`` was loaded from
-        (the volume the result's grid is on; given the list of inputs, the first non-empty one).
+        both into the DICOM database, referencing the series the run's reference volume was loaded from (the volume
+        the result's grid is on, recorded on the segmentation; ``referenceVolumeNode``, a node or the list of
+        inputs the user has selected, must hold it).
         Returns the written files; none when the export packages are missing and ``askInstall(question)``
         (the Widget's confirmation) declines their installation into the private folder.
 
         Raises:
-            InputError: the reference volume did not come from the DICOM database.
+            InputError: the reference volume did not come from the DICOM database, is no longer in the scene, or
+                is not among the selected volumes.
             MedCNNCADError: writing or importing failed (the message says why).
         """
         from medcnncad.models.registry import model_key
@@ -351,10 +363,7 @@ class SecondReaderLogic:
                 return []
             self.installDicomExportPackages()
         database = database if database is not None else slicer.dicomDatabase
-        if isinstance(referenceVolumeNode, (list, tuple)):  # the inputs: the result is on the first non-empty one
-            referenceVolumeNode = firstNonEmptyVolume(referenceVolumeNode)
-        if referenceVolumeNode is None:
-            raise InputError("no input volume to reference: select the inputs the segmentation was made from")
+        referenceVolumeNode = self._exportReference(nodes, referenceVolumeNode)
         sources = source_files(referenceVolumeNode, database)
         out = pathlib.Path(tempfile.mkdtemp(prefix="MedCNNCAD-DICOM-"))
         try:
@@ -364,6 +373,24 @@ class SecondReaderLogic:
         finally:
             shutil.rmtree(out, ignore_errors=True)  # the database keeps its own copies
         return [str(f) for f in files]
+
+    @staticmethod
+    def _exportReference(nodes: ResultNodes, given: Any) -> Any:
+        """The volume the run's result is on (the segmentation's ``referenceVolumeID``), checked against what the
+        caller selected (a node or the list of inputs): the export must reference the series the run read, not
+        whatever is selected now."""
+        from medcnncad.slicer.adaptor import check_on_result_grid
+
+        ran = slicer.mrmlScene.GetNodeByID(nodes.segmentation.GetAttribute("MedCNNCAD.referenceVolumeID") or "")
+        if ran is None:
+            raise InputError(f"the volume {nodes.segmentation.GetName()!r} was computed on is no longer in the scene")
+        selected = list(given) if isinstance(given, (list, tuple)) else [given]
+        if given is not None and ran not in selected:
+            names = ", ".join(n.GetName() for n in selected if n is not None) or "none"
+            raise InputError(f"{nodes.segmentation.GetName()!r} was computed on {ran.GetName()!r}, not on the "
+                             f"selected volumes ({names}): select that run's inputs, or segment these")
+        check_on_result_grid(nodes.result, ran)
+        return ran
 
     @staticmethod
     def _importDicom(folder: pathlib.Path, database: Any) -> None:

@@ -2,8 +2,10 @@
 Slicer's side-by-side layout, the current case left in the Red view.
 
 The library case is another patient in its own scanner coordinates: it is shown only in the Yellow view (its
-segmentation's display is restricted to it), and MedCNNCAD's own result segmentations are restricted to the
-other views so that they are never drawn over it. The reader's own nodes are not changed.
+segmentation's display is restricted to it), and every other segmentation shown in all views (MedCNNCAD's
+results, brain masks and discordance, and the reader's own, e.g. a reference) is restricted to the other views
+so that nothing of the current patient is drawn over it. That view restriction is the only change to the reader's
+nodes (Segmentations module, Display, Views, undoes it).
 """
 
 from __future__ import annotations
@@ -84,9 +86,12 @@ def _composite(scene: Any, layout_name: str) -> Any:
 
 
 def _keep_off(segmentation: Any, yellow: Any, scene: Any) -> None:
-    """Restrict a MedCNNCAD result ``segmentation`` shown in every view to the views other than ``yellow``."""
+    """Restrict a segmentation of the current patient shown in every view (the AI result, its brain mask and
+    discordance, the reader's own reference) to the views other than ``yellow``: drawn over the library case it
+    would sit on another patient's anatomy. Library cases' segmentations are left as they are."""
     display = segmentation.GetDisplayNode()
-    if segmentation.GetAttribute("MedCNNCAD.modelName") and display is not None and not display.GetViewNodeIDs():
+    if not segmentation.GetAttribute("MedCNNCAD.similarCase") and display is not None and \
+            not display.GetViewNodeIDs():
         display.SetViewNodeIDs([n.GetID() for n in _views(scene) if n is not yellow])
 
 
@@ -94,7 +99,7 @@ def _keep_off(segmentation: Any, yellow: Any, scene: Any) -> None:
 def keep_similar_view(scene: Any = None) -> Iterator[None]:
     """While the Yellow view shows a library case, keep it that way across the block: a new result's layers
     (set in every view by ``slicer.util.setSliceViewerLayers``) are taken back out of the Yellow view and every
-    MedCNNCAD result segmentation is restricted to the other views. Does nothing when no library case is shown."""
+    segmentation but the library case's is restricted to the other views. Does nothing when no library case is shown."""
     scene = scene or slicer.mrmlScene
     composite = _composite(scene, SIMILAR_VIEW)
     shown = scene.GetNodeByID(composite.GetBackgroundVolumeID() or "") if composite is not None else None
@@ -111,7 +116,7 @@ def keep_similar_view(scene: Any = None) -> Iterator[None]:
 
 def show_side_by_side(volume: Any, segmentation: Any, scene: Any = None) -> None:
     """Side-by-side layout (when the scene has a layout node): the library case alone in the Yellow view,
-    axial and centred on its segmentation; MedCNNCAD's result segmentations kept to the other views."""
+    axial and centred on its segmentation; every other segmentation kept to the other views."""
     scene = scene or slicer.mrmlScene
     yellow = _slice_node(scene, SIMILAR_VIEW)
     composite = _composite(scene, SIMILAR_VIEW)

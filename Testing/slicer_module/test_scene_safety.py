@@ -1,0 +1,184 @@
+"""A result lands on the volume, the patient and the grid it was computed from, and a reference is compared only
+when it means one label per voxel (a review's reproductions, in a real headless Slicer scene)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+pytest.importorskip("slicer")
+import slicer  # noqa: E402
+import slicer.util  # noqa: E402
+import vtk  # noqa: E402
+from helpers import small_phantom  # noqa: E402
+from slicer_scene import new_scene, scene_fingerprint, volume_from_image  # noqa: E402
+
+from medcnncad.errors import InputError  # noqa: E402
+from medcnncad.inference.inputs import read_inputs  # noqa: E402
+from medcnncad.inference.segmenter import Segmenter  # noqa: E402
+from medcnncad.models.registry import load_model  # noqa: E402
+from medcnncad.slicer import adaptor as sa  # noqa: E402
+from medcnncad.slicer.logic import SecondReaderLogic  # noqa: E402
+from medcnncad.slicer.similar_view import SIMILAR_VIEW, show_side_by_side  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    return new_scene()
+
+
+@pytest.fixture(scope="module")
+def demo_result():
+    images, label = small_phantom()
+    return images, label, Segmenter(load_model("brats-demo-unet"), "cpu").run(images)
+
+
+def _translated(scene, node, mm=(30.0, -20.0, 10.0)):
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    matrix = vtk.vtkMatrix4x4()
+    for axis, value in enumerate(mm):
+        matrix.SetElement(axis, 3, value)
+    transform.SetMatrixTransformToParent(matrix)
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    return transform
+
+
+def test_a_volume_under_a_transform_is_refused_not_read_where_it_is_not_shown(scene, demo_result):
+    """The engine read the volume's own geometry while Slicer showed it moved: the result landed 37 mm away (and a
+    FLAIR registered by an unhardened transform was read unregistered: ED Dice 0.74)."""
+    images, label, result = demo_result
+    nodes = {c: volume_from_image(images[c], c) for c in ("T1", "T1c", "T2", "FLAIR")}
+    _translated(scene, nodes["FLAIR"])
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match="volume 'FLAIR' is under transform 'moved': harden it first"):
+        SecondReaderLogic().segment(nodes, model="demo", device="cpu", tta=False)
+    assert scene_fingerprint(scene) == before
+    reference = sa.add_segmentation_node(sitk.GetArrayFromImage(label), result.manifest, nodes["T1"], "reader")
+    _translated(scene, reference)
+    ai = sa.add_segmentation_node(result.label_map, result.manifest, nodes["T1"], "AI")
+    with pytest.raises(InputError, match="segmentation 'reader' is under transform 'moved'"):
+        sa.compare_nodes(ai, reference, nodes["T1"], result.manifest)
+
+
+def test_the_result_is_placed_on_the_models_first_channel_whatever_the_order_of_a_dict(scene, demo_result):
+    """Given {FLAIR: ..., T1: ...} with FLAIR on another grid, the segments were written through FLAIR's geometry
+    while the probabilities (and the engine's label map) were on T1's: 28,000 voxels apart."""
+    images, _, result = demo_result
+    flair = sitk.Image(images["FLAIR"])
+    flair.SetOrigin(tuple(np.add(flair.GetOrigin(), (6.0, 0.0, 0.0))))
+    nodes = {"FLAIR": volume_from_image(flair, "FLAIR"), "T2": volume_from_image(images["T2"], "T2"),
+             "T1c": volume_from_image(images["T1c"], "T1c"), "T1": volume_from_image(images["T1"], "T1")}
+    manifest = load_model("brats-demo-unet").manifest
+    assert list(SecondReaderLogic()._namedInputs(nodes, manifest)) == ["T1", "T1c", "T2", "FLAIR"]
+    run = SecondReaderLogic().segment(nodes, model="demo", device="cpu", tta=False)
+    assert run.segmentation.GetAttribute("MedCNNCAD.referenceVolumeID") == nodes["T1"].GetID()
+    for label in run.result.manifest.labels:
+        drawn = slicer.util.arrayFromSegmentBinaryLabelmap(run.segmentation, label.name, nodes["T1"]) > 0
+        assert np.array_equal(drawn, run.result.label_map == label.value), label.name
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match="volume 'FLAIR' is not on the grid the result was computed on"):
+        sa.add_result_nodes(run.result, nodes["FLAIR"])
+    assert scene_fingerprint(scene) == before
+
+
+def test_a_dicom_export_references_the_volume_the_run_read_not_what_is_selected_now(scene, demo_result):
+    images, _, result = demo_result
+    ran = volume_from_image(images["T1"], "patient A T1")
+    other = volume_from_image(images["T1"], "patient B T1")
+    nodes = sa.add_result_nodes(result, ran)
+    logic = SecondReaderLogic()
+    with pytest.raises(InputError, match="computed on 'patient A T1', not on the selected volumes "
+                                         r"\(patient B T1\)"):
+        logic.exportToDicomDatabase(nodes, [other], database=object())
+    assert logic._exportReference(nodes, [None, ran]) is ran and logic._exportReference(nodes, ran) is ran
+    scene.RemoveNode(ran)
+    with pytest.raises(InputError, match="no longer in the scene"):
+        logic._exportReference(nodes, None)
+
+
+def test_a_worker_result_whose_volume_left_the_scene_is_discarded(scene, demo_result, tmp_path):
+    """Closing the scene during a worker run put the old patient's result into the next patient's scene (the
+    node ID was reused by the new patient's T1)."""
+    images, _, result = demo_result
+    reference = volume_from_image(images["T1"], "patient A T1")
+    logic = SecondReaderLogic()
+
+    class Finished:
+        def poll(self, request, progress):
+            return {"event": "done", "out": str(tmp_path / "out")}
+
+    logic._worker = Finished()  # type: ignore[assignment]
+    (tmp_path / "job").mkdir()
+    job = {"id": 1, "folder": str(tmp_path / "job"), "manifest": result.manifest, "reference": reference}
+    scene.Clear(0)
+    volume_from_image(images["T1"], "patient B T1")
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match="left the scene while the run was going"):
+        logic.pollSegmentation(job)
+    assert scene_fingerprint(scene) == before and not (tmp_path / "job").exists()
+
+
+def _reference(volume, manifest, masks: dict[str, np.ndarray]):
+    node = sa._new_segmentation(volume, "reader")
+    for name, mask in masks.items():
+        sa._add_segment(node, volume, name, name, (1, 0, 0), mask)
+    return node
+
+
+def test_overlapping_empty_or_labelmap_references_are_refused_by_name(scene, demo_result):
+    """Overlapping segments were written one over another, so the metrics depended on the segments' order (NCR
+    0.000 or 0.957 for the same drawing); an empty reference scored every Dice 0; a labelmap node crashed."""
+    images, label, result = demo_result
+    t1 = volume_from_image(images["T1"], "T1")
+    truth = sitk.GetArrayFromImage(label)
+    ai = sa.add_segmentation_node(result.label_map, result.manifest, t1, "AI")
+    whole_tumor_as_ed = {"NCR": truth == 1, "ET": truth == 4, "ED": truth > 0}
+    with pytest.raises(InputError, match=r"segments '(NCR|ET)' and 'ED' overlap \(\d+ voxels\)"):
+        sa.compare_nodes(ai, _reference(t1, result.manifest, whole_tumor_as_ed), t1, result.manifest)
+    empty = _reference(t1, result.manifest, {"NCR": truth < 0, "ED": truth < 0})
+    with pytest.raises(InputError, match="reference 'reader_1' has no labelled voxel on 'T1'"):
+        sa.compare_nodes(ai, empty, t1, result.manifest)
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "my labels")
+    with pytest.raises(InputError, match="'my labels' is a vtkMRMLLabelMapVolumeNode, not a segmentation node"):
+        sa.compare_nodes(ai, labelmap, t1, result.manifest)
+    disjoint = {"NCR": truth == 1, "ET": truth == 4, "ED": truth == 2}
+    assert sa.compare_nodes(ai, _reference(t1, result.manifest, disjoint), t1, result.manifest).metrics["WT"].dice > 0
+
+
+def test_a_single_slice_is_refused_as_not_a_3d_volume(demo_result):
+    images, _, _ = demo_result
+    manifest = load_model("brats-demo-unet").manifest
+    sliced = {name: image[:, :, 10:11] for name, image in images.items()}
+    with pytest.raises(InputError, match=r"input T1: \d+ x \d+ x 1 voxels, 1 along K: a single slice"):
+        read_inputs(manifest, sliced)
+    assert set(read_inputs(manifest, {n: image[:, :, 10:13] for n, image in images.items()})) == set(images)
+
+
+def test_nothing_of_the_current_patient_is_drawn_over_a_library_case(scene, demo_result):
+    images, label, result = demo_result
+    for layout in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(layout)
+        scene.AddNode(composite)
+    t1 = volume_from_image(images["T1"], "T1")
+    nodes = sa.add_result_nodes(dataclasses.replace(
+        result, brain_mask=(sitk.GetArrayFromImage(images["T1"]) > 0).astype(np.uint8)), t1)
+    reader = sa.add_segmentation_node(sitk.GetArrayFromImage(label), result.manifest, t1, "my reference")
+    library = volume_from_image(images["T2"], "library case image")
+    library_seg = sa.add_segmentation_node(sitk.GetArrayFromImage(label), result.manifest, library, "library seg")
+    for node in (library, library_seg):
+        node.SetAttribute("MedCNNCAD.similarCase", "X")
+    show_side_by_side(library, library_seg)
+    yellow = next(scene.GetNthNodeByClass(i, "vtkMRMLSliceNode") for i in range(
+        scene.GetNumberOfNodesByClass("vtkMRMLSliceNode"))
+        if scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").GetLayoutName() == SIMILAR_VIEW)
+
+    def in_yellow(segmentation):
+        ids = segmentation.GetDisplayNode().GetViewNodeIDs()
+        return not ids or yellow.GetID() in ids
+
+    assert [in_yellow(s) for s in (nodes.segmentation, nodes.brain_mask, reader)] == [False, False, False]
+    assert in_yellow(library_seg)
