@@ -105,3 +105,25 @@ def test_a_channel_whose_origin_differs_by_rounding_takes_the_first_channels_gri
     assert main(args + ["--out", str(tmp_path / "out"), "--grade-classifier", "none"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["grid"]["origin_lps_mm"] == list(first.GetOrigin()) and report["retrieval"]["lesions"]
+
+
+def test_a_new_run_removes_the_earlier_runs_html_and_pdf_report(tmp_path):
+    """A helper's reproduction: report.html of case A stayed beside case B's outputs (its lesion table A's volumes).
+    The new run removes report.html and report.pdf (what ``medcnncad report`` writes) with the earlier run's files,
+    in the same step as its own appear; a folder without an earlier report.json keeps its report.html."""
+    from medcnncad.reporting.html import case_report
+
+    args = _case(tmp_path) + ["--grade-classifier", "none", "--no-tta"]
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out)]) == 0
+    case_report(out)
+    (out / "report.pdf").write_bytes(b"%PDF-1.4 case A")
+    assert main(args + ["--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "report.html" not in names and "report.pdf" not in names
+    assert names == sorted(json.loads((out / "report.json").read_text())["outputs"].values())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "report.html").write_text("<p>mine</p>")
+    assert main(args + ["--out", str(other)]) == 0
+    assert (other / "report.html").read_text() == "<p>mine</p>"

@@ -38,7 +38,7 @@ from medcnncad.models.registry import model_format_of, model_source
 from medcnncad.retrieval.descriptors import LesionDescriptor, descriptors_json
 
 __all__ = ["CaseOutputs", "json_safe", "report_text", "build_report", "write_case_outputs", "render_overlays",
-           "OUTPUT_PATTERNS", "check_inputs_spared",
+           "OUTPUT_PATTERNS", "REPORT_FILES", "check_inputs_spared",
            "overlay_caption", "summary_table"]
 
 @dataclass
@@ -302,6 +302,10 @@ OUTPUT_PATTERNS = ("labels.nii.gz", "labels.seg.nrrd", "overlay.png", "report.js
                    "uncertainty.nii.gz", "brain_mask.nii.gz", "labels.seg.dcm", "labels.sr.dcm", "lesion_*.png")
 """The names a case run may write into its output folder (``*``: a channel name or a lesion id)."""
 
+REPORT_FILES = ("report.html", "report.pdf")
+"""What ``medcnncad report`` writes into a case folder (:func:`medcnncad.reporting.html.case_report`,
+:func:`~medcnncad.reporting.html.html_to_pdf`): made from one run's report.json, so a new run removes them."""
+
 
 def check_inputs_spared(out_dir: str | Path, paths: Iterable[str | Path | None]) -> None:
     """Refuse a run whose outputs would replace one of its own input files (e.g. ``--out`` the folder that holds the
@@ -325,16 +329,17 @@ def check_inputs_spared(out_dir: str | Path, paths: Iterable[str | Path | None])
 
 def _stale_outputs(out: Path, written: Iterable[str]) -> list[Path]:
     """Files an earlier run listed in ``out``'s report.json (``outputs``) that this run does not write again (its
-    uncertainty map after a run without test-time augmentation, another case's lesion thumbnails): removed, so that
-    the folder holds one run. Only names of :data:`OUTPUT_PATTERNS` are touched."""
+    uncertainty map after a run without test-time augmentation, another case's lesion thumbnails), and the HTML/PDF
+    report made from that run (:data:`REPORT_FILES`): removed, so that the folder holds one run. Only names of
+    :data:`OUTPUT_PATTERNS` and :data:`REPORT_FILES` are touched, and only beside an earlier run's report.json."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs") or {}
     except (OSError, ValueError, AttributeError):
         return []
     keep = set(written)
-    return [out / name for name in earlier.values() if isinstance(name, str) and name not in keep
-            and Path(name).name == name and any(fnmatch.fnmatch(name, p) for p in OUTPUT_PATTERNS)
-            and (out / name).is_file()]
+    listed = [name for name in earlier.values() if isinstance(name, str) and name not in keep
+              and Path(name).name == name and any(fnmatch.fnmatch(name, p) for p in OUTPUT_PATTERNS)]
+    return [out / name for name in [*listed, *REPORT_FILES] if (out / name).is_file()]
 
 
 def write_case_outputs(result: SegmentationResult, out_dir: str | Path, background: sitk.Image | None = None,
