@@ -29,6 +29,7 @@ from medcnncad.inference.scoring import calibration_words
 from medcnncad.io.images import atomic_path
 from medcnncad.io.json_files import read_json_object
 from medcnncad.reporting.case_outputs import overlay_caption
+from medcnncad.reporting.input_files import unchanged_inputs
 
 __all__ = ["case_report", "cohort_report", "html_to_pdf", "find_chromium", "Screenshots"]
 
@@ -103,6 +104,19 @@ Screenshots = Callable[[Path, dict], list[tuple[str, bytes]]]
 """``(case folder, report.json as a dict) -> [(title, PNG bytes)]``; raises FileNotFoundError when it cannot render."""
 
 
+def _screenshots(case_dir: Path, report: dict,
+                 screenshots: Screenshots | None) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The rendered views of the input files that are as the run read them (:func:`unchanged_inputs`: typed relative
+    paths, moved or rewritten files are left out), and one note per file left out."""
+    if screenshots is None:
+        return [], []
+    checked, skipped = unchanged_inputs(report)
+    try:
+        return screenshots(case_dir, checked), skipped
+    except FileNotFoundError:
+        return [], skipped
+
+
 def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
                 similar: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path.
@@ -111,7 +125,9 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
         case_dir: the case's output folder (``report.json``, ``overlay.png``, ``labels.seg.nrrd``).
         screenshots: renders slice views for the report, e.g.
             :func:`medcnncad.slicer.screenshots.case_screenshots` (Slicer's own slice pipeline, needs
-            ``slicer-core``); ``None`` or a FileNotFoundError from it: the matplotlib overlay only.
+            ``slicer-core``); ``None`` or a FileNotFoundError from it: the matplotlib overlay only. It is given
+            the report with only the input files (and reference) still as the run read them, and the report notes
+            each one left out (:func:`medcnncad.reporting.input_files.unchanged_inputs`).
         similar: the nearest library lesions (:meth:`medcnncad.retrieval.library.Neighbour.to_json`: rank,
             distance, case_id, lesion_id, volume_ml, metadata, thumbnail path) for a "Similar cases" section.
 
@@ -121,10 +137,7 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
     case_dir = Path(case_dir)
     report = read_json_object(case_dir / "report.json", "a MedCNNCAD case report.json", ("model",))
     model = report["model"]
-    try:
-        shots = screenshots(case_dir, report) if screenshots is not None else []
-    except FileNotFoundError:
-        shots = []
+    shots, skipped = _screenshots(case_dir, report, screenshots)
     shots.append((overlay_caption(report.get("reference") is not None), (case_dir / "overlay.png").read_bytes()))
     body = [f"<p class='small'>case folder {html.escape(str(case_dir))}; created {html.escape(report['created'])}</p>",
             "<h2>Model</h2>", _table(["field", "value"], [
@@ -137,7 +150,8 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
                                     [(report["case"]["abnormality_probability"], _calibration_cell(report["case"]),
                                       report["case"]["rule"])])]
     body += _notes_section(report.get("warnings"))
-    body += ["<h2>Images</h2>"] + [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
+    body += ["<h2>Images</h2>"] + [f"<p class='small'>Slicer views: {html.escape(note)}</p>" for note in skipped]
+    body += [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
     body += ["<h2>Lesions</h2>", _table(
         ["structure", "id", "volume mL", "longest diameter mm", "mean P", "max P", "R", "A", "S"],
         [(les["structure"], les["id"], les["volume_ml"], les["longest_diameter_mm"], les["mean_probability"],
