@@ -177,3 +177,34 @@ def test_the_slicer_views_show_this_cases_files_only_from_any_folder(tmp_path, m
             "not shown</p>") in text
     assert f"Slicer views: reference {case_a.resolve() / 'ref.nii.gz'}: missing; not shown" in text
     assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", text)) == 2  # the stand-in view, the overlay
+
+
+def test_the_banner_and_the_overlay_title_state_the_models_intended_use_and_training_data(case_dir, tmp_path,
+                                                                                          monkeypatch):
+    """A helper's review: the HTML banner and the overlay title showed the package's generic intended use, not the
+    model's own report.json ``intended_use`` (for brats-robust-unet: what it misses on real patients) nor what the
+    model was trained on."""
+    import dataclasses
+
+    import matplotlib.figure
+    from conftest import make_image
+    from helpers import blob_segmenter, blob_volume
+
+    from medcnncad import INTENDED_USE
+    from medcnncad.reporting.case_outputs import render_overlays
+
+    demo = ("<p class='banner'>Research use only - not for diagnosis. Trained on synthetic phantoms; performance on "
+            "real scans is unknown.<br>Trained on: synthetic phantoms (MedCNNCAD generator on the MNI152 template) - "
+            f"not on patient data.<br>{INTENDED_USE}</p>")
+    assert demo in case_report(case_dir).read_text()
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda fig, t, **kw: titles.append(t) or original(fig, t, **kw))
+    segmenter = blob_segmenter(tmp_path / "model")
+    segmenter.manifest = dataclasses.replace(segmenter.manifest, intended_use="Research only. Misses small blobs.",
+                                             trained_on="two blob phantoms")
+    result = segmenter.run({"CT": make_image(blob_volume())})
+    result.manifest = segmenter.manifest
+    render_overlays(result, result.reference, tmp_path / "a.png")
+    assert titles[-1].splitlines()[1:] == ["Research only. Misses small blobs.", "Trained on: two blob phantoms."]
