@@ -7,9 +7,12 @@ import json
 from medcnncad.cli import main
 
 
-def test_demo_writes_outputs_and_reaches_dice(tmp_path, capsys):
+def test_demo_writes_outputs_and_reaches_dice(tmp_path, capsys, monkeypatch):
+    from medcnncad.reporting.input_files import unchanged_inputs
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", "demo", "--device", "cpu"]) == 0  # relative, as typed
     for name in ("labels.nii.gz", "labels.seg.nrrd", "prob_NCR.nii.gz", "prob_ED.nii.gz", "prob_ET.nii.gz",
                  "overlay.png", "report.json", "inputs/T1c.nii.gz", "inputs/label.nii.gz"):
         assert (out / name).is_file(), name
@@ -17,6 +20,9 @@ def test_demo_writes_outputs_and_reaches_dice(tmp_path, capsys):
     for region in ("WT", "TC", "ET"):
         assert report["metrics"][region]["dice"] >= 0.80, (region, report["metrics"][region]["dice"])
     assert "not for diagnosis" in report["intended_use"]
+    # the copied input case, named by absolute path, is the one the run read (the HTML report's Slicer views show it)
+    assert report["inputs"]["T1c"] == str((out / "inputs" / "T1c.nii.gz").resolve())
+    assert unchanged_inputs(report) == (report, [])
     assert "phantom" in report["model"]["trained_on"]
     assert report["lesions"] and all(les["volume_ml"] > 0 for les in report["lesions"])
     printed = capsys.readouterr().out

@@ -82,3 +82,48 @@ def test_an_output_name_taken_by_a_folder_is_refused_before_anything_is_replaced
     after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
     assert after == before and (tmp_path / "out" / "uncertainty.nii.gz" / "mine.txt").read_text() == "mine"
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".medcnncad-staging")]
+
+
+def test_a_channel_whose_origin_differs_by_rounding_takes_the_first_channels_grid(tmp_path):
+    """A helper's reproduction: T1c's origin 2e-5 mm off the other channels' (a converter's rounding) passed the
+    same-grid test, kept its own origin, and ITK refused the retrieval descriptors ("Inputs do not occupy the same
+    physical space"): exit 1. The channel now takes the first channel's geometry exactly."""
+    from medcnncad.inference.inputs import on_one_grid
+
+    args = _case(tmp_path)
+    t1c = sitk.ReadImage(str(tmp_path / "T1c.nii.gz"))
+    first = sitk.ReadImage(str(tmp_path / "T1.nii.gz"))
+    t1c.SetOrigin(tuple(o + 2e-5 for o in t1c.GetOrigin()))
+    sitk.WriteImage(t1c, str(tmp_path / "T1c.nii.gz"))
+    nudged = sitk.ReadImage(str(tmp_path / "T1c.nii.gz"))
+    assert nudged.GetOrigin() != first.GetOrigin()
+    warnings: list[str] = []
+    grid = on_one_grid({"T1": first, "T1c": nudged}, warnings)
+    assert grid["T1c"].GetOrigin() == first.GetOrigin() and grid["T1c"].GetSpacing() == first.GetSpacing()
+    assert grid["T1c"].GetDirection() == first.GetDirection() and warnings == []
+    assert nudged.GetOrigin() != first.GetOrigin()  # the caller's image is left as it was
+    assert main(args + ["--out", str(tmp_path / "out"), "--grade-classifier", "none"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["grid"]["origin_lps_mm"] == list(first.GetOrigin()) and report["retrieval"]["lesions"]
+
+
+def test_a_new_run_removes_the_earlier_runs_html_and_pdf_report(tmp_path):
+    """A helper's reproduction: report.html of case A stayed beside case B's outputs (its lesion table A's volumes).
+    The new run removes report.html and report.pdf (what ``medcnncad report`` writes) with the earlier run's files,
+    in the same step as its own appear; a folder without an earlier report.json keeps its report.html."""
+    from medcnncad.reporting.html import case_report
+
+    args = _case(tmp_path) + ["--grade-classifier", "none", "--no-tta"]
+    out = tmp_path / "out"
+    assert main(args + ["--out", str(out)]) == 0
+    case_report(out)
+    (out / "report.pdf").write_bytes(b"%PDF-1.4 case A")
+    assert main(args + ["--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "report.html" not in names and "report.pdf" not in names
+    assert names == sorted(json.loads((out / "report.json").read_text())["outputs"].values())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "report.html").write_text("<p>mine</p>")
+    assert main(args + ["--out", str(other)]) == 0
+    assert (other / "report.html").read_text() == "<p>mine</p>"

@@ -288,3 +288,21 @@ def test_an_enhanced_multiframe_file_is_read_only_with_its_frames_in_spatial_ord
             assert sitk.GetArrayFromImage(image)[k, 0, 0] == 300 + 50 * round(z / 2.0), (name, k)
     with pytest.raises(InputError, match=r"shuffled.dcm: its 6 frames are not stored in spatial order"):
         read_volume(tmp_path / "shuffled.dcm")
+
+
+def test_a_write_error_in_staged_outputs_names_the_final_path_not_the_staging_copy(tmp_path):
+    """A helper's review: a failed write named out/.medcnncad-staging-xxx/.labels-k2j3.sr.dcm, a path that is gone
+    when the user reads the message; it now names out/labels.sr.dcm, and the folder is left as it was."""
+    from medcnncad.io.images import atomic_path, staged_outputs
+
+    with pytest.raises(OSError) as caught:
+        with staged_outputs(tmp_path / "out") as staging:
+            (staging / "labels.nii.gz").write_bytes(b"x")
+            with atomic_path(staging / "labels.sr.dcm") as tmp:
+                raise OSError(28, "No space left on device", str(tmp))
+    assert caught.value.filename == str(tmp_path / "out" / "labels.sr.dcm")
+    assert caught.value.strerror == "No space left on device" and list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(OSError) as caught:
+        with staged_outputs(tmp_path / "out") as staging:
+            raise OSError(13, "Permission denied", str(staging / "report.json"))
+    assert caught.value.filename == str(tmp_path / "out" / "report.json")

@@ -78,3 +78,25 @@ def test_batch_writes_the_seg_and_sr_of_each_dicom_case(sr_case, tmp_path):
     groups = hd.sr.srread(str(case / "labels.sr.dcm")).content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(hd.sr.srread(str(sr_case / "labels.sr.dcm")).content
                               .get_volumetric_roi_measurement_groups())
+
+
+def test_the_seg_and_the_sr_say_research_use_and_what_the_model_was_trained_on(sr_case):
+    """A helper's review: neither object said what the model was trained on, and the SR's ContentDescription was
+    absent although the module said it stated research use. Where a PACS shows them: the descriptions (LO, 64
+    characters, cut at a word) and each segment's description (the whole text)."""
+    from medcnncad.models.registry import describe_model
+
+    sr = pydicom.dcmread(str(sr_case / "labels.sr.dcm"))
+    seg = pydicom.dcmread(str(sr_case / "labels.seg.dcm"))
+    short = "Research use only; trained on synthetic phantoms - not on..."
+    assert sr.ContentDescription == short and seg.ContentDescription == short
+    assert seg.SeriesDescription == "MedCNNCAD AI segmentation (research use only)"
+    version = describe_model("brats-demo-unet").version
+    assert [item.SegmentDescription for item in seg.SegmentSequence] == [
+        f"{name} by brats-demo-unet {version}, AI segmentation. Research use only - not for diagnosis. Trained on "
+        "synthetic phantoms; performance on real scans is unknown. Trained on: synthetic phantoms (MedCNNCAD "
+        "generator on the MNI152 template) - not on patient data." for name in ("NCR", "ED", "ET")]
+    from medcnncad.reporting.dicom_seg import lo_text
+
+    assert lo_text("r\u00e9sum\u00e9 a\\b " + "word " * 20) == "r?sum? a/b " + "word " * 9 + "word..."
+    assert len(lo_text("x" * 100)) == 64 and lo_text("x" * 100).endswith("...")

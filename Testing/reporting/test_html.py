@@ -132,3 +132,79 @@ def test_without_a_reference_the_overlay_does_not_promise_one(case_dir, tmp_path
     render_overlays(result, result.reference, tmp_path / "b.png", reference_labels=result.label_map)
     assert "(no reference given)" in titles[0] and "outlined" not in titles[0]
     assert "reference outlined in white" in titles[1]
+
+
+def test_the_slicer_views_show_this_cases_files_only_from_any_folder(tmp_path, monkeypatch):
+    """A helper's reproduction: inputs typed as relative paths were stored so in report.json, and ``medcnncad report``
+    run from another case's folder rendered that case's T1c under this case's labels. report.json now names the
+    files by absolute path with their SHA-256; a file missing or changed since the run is left out, with a note."""
+    import hashlib
+    import shutil
+
+    images, label = small_phantom()
+    case_a, case_b = tmp_path / "caseA", tmp_path / "caseB"
+    case_a.mkdir()
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(tmp_path / "out"), "--no-tta",
+            "--grade-classifier", "none", "--reference", "ref.nii.gz"]
+    for name, img in images.items():
+        sitk.WriteImage(img, str(case_a / f"{name}.nii.gz"))
+        args += ["--input", f"{name}={name}.nii.gz"]  # relative, as typed in the case's folder
+    sitk.WriteImage(label, str(case_a / "ref.nii.gz"))
+    monkeypatch.chdir(case_a)
+    assert main(args) == 0
+    shutil.copytree(case_a, case_b)
+    t1c_b = sitk.ReadImage(str(case_b / "T1c.nii.gz"))
+    sitk.WriteImage(sitk.Cast(t1c_b, sitk.sitkFloat32) * 2.0, str(case_b / "T1c.nii.gz"))  # another case's T1c
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    t1c = str((case_a / "T1c.nii.gz").resolve())
+    assert report["inputs"]["T1c"] == t1c and report["reference"] == str((case_a / "ref.nii.gz").resolve())
+    assert report["input_files"]["T1c"] == {"size_bytes": (case_a / "T1c.nii.gz").stat().st_size,
+                                            "sha256": hashlib.sha256((case_a / "T1c.nii.gz").read_bytes()).hexdigest()}
+    given = []
+
+    def recorded(folder, shown):  # a stand-in renderer: what it was asked to load
+        given.append((dict(shown["inputs"]), shown["reference"]))
+        return [("AI segmentation (Slicer slice views)", (folder / "overlay.png").read_bytes())]
+
+    monkeypatch.chdir(case_b)  # medcnncad report run from the other case's folder
+    text = case_report(tmp_path / "out", recorded).read_text()
+    assert given[-1] == (report["inputs"], report["reference"]) and "Slicer views:" not in text
+    sitk.WriteImage(sitk.ReadImage(str(case_b / "T1c.nii.gz")), t1c)  # case A's T1c rewritten after the run
+    (case_a / "ref.nii.gz").unlink()
+    text = case_report(tmp_path / "out", recorded).read_text()
+    assert given[-1] == ({k: v for k, v in report["inputs"].items() if k != "T1c"}, None)
+    assert (f"<p class='small'>Slicer views: input T1c {t1c}: changed since the run (size or SHA-256 differ); "
+            "not shown</p>") in text
+    assert f"Slicer views: reference {case_a.resolve() / 'ref.nii.gz'}: missing; not shown" in text
+    assert len(re.findall(r"<img [^>]*src=\"data:image/png;base64,", text)) == 2  # the stand-in view, the overlay
+
+
+def test_the_banner_and_the_overlay_title_state_the_models_intended_use_and_training_data(case_dir, tmp_path,
+                                                                                          monkeypatch):
+    """A helper's review: the HTML banner and the overlay title showed the package's generic intended use, not the
+    model's own report.json ``intended_use`` (for brats-robust-unet: what it misses on real patients) nor what the
+    model was trained on."""
+    import dataclasses
+
+    import matplotlib.figure
+    from conftest import make_image
+    from helpers import blob_segmenter, blob_volume
+
+    from medcnncad import INTENDED_USE
+    from medcnncad.reporting.case_outputs import render_overlays
+
+    demo = ("<p class='banner'>Research use only - not for diagnosis. Trained on synthetic phantoms; performance on "
+            "real scans is unknown.<br>Trained on: synthetic phantoms (MedCNNCAD generator on the MNI152 template) - "
+            f"not on patient data.<br>{INTENDED_USE}</p>")
+    assert demo in case_report(case_dir).read_text()
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda fig, t, **kw: titles.append(t) or original(fig, t, **kw))
+    segmenter = blob_segmenter(tmp_path / "model")
+    segmenter.manifest = dataclasses.replace(segmenter.manifest, intended_use="Research only. Misses small blobs.",
+                                             trained_on="two blob phantoms")
+    result = segmenter.run({"CT": make_image(blob_volume())})
+    result.manifest = segmenter.manifest
+    render_overlays(result, result.reference, tmp_path / "a.png")
+    assert titles[-1].splitlines()[1:] == ["Research only. Misses small blobs.", "Trained on: two blob phantoms."]

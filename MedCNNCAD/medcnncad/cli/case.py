@@ -110,8 +110,8 @@ def run_demo(args: argparse.Namespace) -> int:
                            classifier=_default_classifier(args.grade_classifier), tta=args.tta,
                            precision=args.precision)
         final = {name: out / "inputs" / path.name for name, path in paths.items()}
-        report["inputs"] = {name: str(final[name]) for name in inputs}
-        report["reference"] = str(final["label"])
+        report["inputs"] = {name: str(final[name].resolve()) for name in inputs}  # the copies: same SHA-256
+        report["reference"] = str(final["label"].resolve())
         report["phantom"] = {"preset": args.preset, "seed": args.seed}  # the case is synthetic: say which
         with signals_deferred():  # the input case joins the outputs only when they are complete
             (out / "inputs").mkdir(exist_ok=True)

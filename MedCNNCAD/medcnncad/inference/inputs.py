@@ -146,6 +146,9 @@ def _same_voxels(a: sitk.Image, b: sitk.Image) -> bool:
 def on_one_grid(images: Mapping[str, sitk.Image], warnings: list[str]) -> dict[str, sitk.Image]:
     """Inputs on other grids of the same physical space, resampled (linear, scanner coordinates as they
     are) onto the first input's grid, with a warning; an input that barely overlaps the first is an error.
+    An input on the first's grid up to :func:`~medcnncad.io.images.same_space`'s tolerance (an origin a converter
+    rounded 1e-5 mm away) takes the first's geometry exactly (a copy; its voxels as they are), so every later
+    step sees one grid (ITK's filters compare geometry at a tighter tolerance and refuse two).
     Models with ``clinical_preprocessing`` register the sequences instead (:mod:`medcnncad.preprocessing`)."""
     names = list(images)
     first_name, first = names[0], images[names[0]]
@@ -153,6 +156,7 @@ def on_one_grid(images: Mapping[str, sitk.Image], warnings: list[str]) -> dict[s
     for name in names[1:]:
         img = images[name]
         if same_space(first, img):
+            out[name] = _with_geometry_of(first, img)
             continue
         if _overlap_fraction(first, img) < 0.5:
             raise InputError(f"input {name}: not in the same physical space as {first_name} "
@@ -162,6 +166,17 @@ def on_one_grid(images: Mapping[str, sitk.Image], warnings: list[str]) -> dict[s
         warnings.append(message)
         out[name] = sitk.Resample(img, first, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return out
+
+
+def _with_geometry_of(first: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """``image`` with ``first``'s origin, spacing and direction exactly (a copy when they differ at all; the
+    caller's image is not changed). Both are on one grid by :func:`~medcnncad.io.images.same_space`."""
+    if (image.GetOrigin(), image.GetSpacing(), image.GetDirection()) == \
+            (first.GetOrigin(), first.GetSpacing(), first.GetDirection()):
+        return image
+    copy = sitk.Image(image)  # copy-on-write: the voxels are shared until written
+    copy.CopyInformation(first)
+    return copy
 
 
 def in_manifest_order(manifest: Manifest, images: Mapping[str, sitk.Image]) -> tuple[list[sitk.Image], list[str]]:

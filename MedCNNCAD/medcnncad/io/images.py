@@ -311,7 +311,8 @@ def _read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
 def staged_outputs(out_dir: str | Path, remove: Sequence[Path] = ()) -> Iterator[Path]:
     """A staging folder inside ``out_dir`` (created if needed): the files written there appear in ``out_dir``
     together when the block ends, replacing files of the same names, and the files of ``remove`` (a list the block
-    may still fill) go in the same step; on an error or an interrupt nothing changes.
+    may still fill) go in the same step; on an error or an interrupt nothing changes. An OSError raised in the
+    block names the output's final path in ``out_dir``, not its hidden staging copy.
 
     Raises:
         InputError: naming ``out_dir`` when it cannot be created or written, or an output whose name a folder
@@ -324,7 +325,12 @@ def staged_outputs(out_dir: str | Path, remove: Sequence[Path] = ()) -> Iterator
     except OSError as exc:
         raise InputError(f"{out}: output folder is not writable ({exc.strerror})") from None
     try:
-        yield staging
+        try:
+            yield staging
+        except OSError as exc:  # a write error names the file the user will look for, not the hidden staging copy
+            exc.filename = _final_name(exc.filename, staging, out)
+            exc.filename2 = _final_name(exc.filename2, staging, out)
+            raise
         staged = sorted(staging.iterdir())
         taken = [out / p.name for p in staged if (out / p.name).exists() and not (out / p.name).is_file()]
         if taken:  # os.replace would fail there, after the files before it had been replaced
@@ -337,6 +343,18 @@ def staged_outputs(out_dir: str | Path, remove: Sequence[Path] = ()) -> Iterator
                 path.unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _final_name(name: object, staging: Path, out: Path) -> object:
+    """A path inside the staging folder as the output it becomes in ``out`` (an :func:`atomic_path` temporary
+    ``.labels-k2j3.sr.dcm`` as ``labels.sr.dcm``); any other value as it is."""
+    if not isinstance(name, (str, os.PathLike)) or Path(name).parent != staging:
+        return name
+    written = Path(name).name
+    if written.startswith("."):  # atomic_path's ".<stem>-<random>.<suffixes>"
+        head, dot, tail = written[1:].partition(".")
+        written = head.rsplit("-", 1)[0] + dot + tail
+    return str(out / written)
 
 
 @contextmanager

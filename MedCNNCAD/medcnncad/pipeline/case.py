@@ -31,6 +31,7 @@ from medcnncad.metrics.segmentation import check_label_image, check_same_grid, c
 from medcnncad.models.channels import display_channel
 from medcnncad.models.manifest import Manifest
 from medcnncad.reporting.case_outputs import check_inputs_spared, report_text, write_case_outputs
+from medcnncad.reporting.input_files import file_fingerprint, input_fingerprints, resolved_paths
 from medcnncad.retrieval.descriptors import case_descriptors
 
 __all__ = ["process_case"]
@@ -98,7 +99,9 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
                  descriptors: bool = True, reference_labels: Mapping[int, int] | None = None) -> dict:
     """Segment (+ classify lesions, + evaluate against ``reference``) one case; write its outputs.
 
-    Returns the report (also written as ``out/report.json``). ``series`` picks DICOM series by
+    Returns the report (also written as ``out/report.json``; it names the inputs and the reference by resolved
+    absolute paths, with each file's size and SHA-256: :mod:`medcnncad.reporting.input_files`). ``series`` picks
+    DICOM series by
     channel name; ``dicom_seg`` adds ``labels.seg.dcm`` and ``dicom_sr`` the lesion measurements as
     ``labels.sr.dcm`` (TID 1500, referencing that SEG); ``classifier`` (a
     :class:`~medcnncad.classification.grade.LoadedClassifier`) classifies the lesions; ``tta`` adds
@@ -118,6 +121,8 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg or dicom_sr else None
     extra = dict(extra_timings or {})
     t0 = time.perf_counter()
+    read_files = input_fingerprints(inputs)  # what this run reads, for the HTML report's check (input_files.py)
+    reference_file = file_fingerprint(reference) if reference else None
     if reference:  # a label file of a dataset folder is read in its dataset.json's convention
         reference_labels = reference_convention(reference, reference_labels, segmenter.manifest)
     ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None
@@ -148,7 +153,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     t0 = time.perf_counter()
     try:
         outputs = write_case_outputs(result, out, background=_display_channel(result), metrics=metrics,
-                                     reference_labels=ref_array, inputs=inputs, extra_timings=extra,
+                                     reference_labels=ref_array, inputs=resolved_paths(inputs), extra_timings=extra,
                                      dicom_sources=sources, dicom_sr=dicom_sr,
                                      descriptors=described if descriptors else None)
     finally:
@@ -157,6 +162,9 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     timings = report["timings_s"]
     timings["write"] = round(time.perf_counter() - t0 - timings.get("retrieval_descriptors", 0.0), 4)
     report["reference"] = str(Path(reference).resolve()) if reference else None
+    report["input_files"] = read_files  # channel -> size and SHA-256 of its file (not for DICOM folders)
+    if reference_file is not None:
+        report["reference_file"] = reference_file
     if volumes:
         report["input_volumes"] = volumes  # channel -> 0-based volume of its 4D input file
     if reference and reference_labels:

@@ -11,6 +11,7 @@ import datetime as _dt
 import fnmatch
 import json
 import math
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,8 +39,8 @@ from medcnncad.models.registry import model_format_of, model_source
 from medcnncad.retrieval.descriptors import LesionDescriptor, descriptors_json
 
 __all__ = ["CaseOutputs", "json_safe", "report_text", "build_report", "write_case_outputs", "render_overlays",
-           "OUTPUT_PATTERNS", "check_inputs_spared",
-           "overlay_caption", "summary_table"]
+           "OUTPUT_PATTERNS", "REPORT_FILES", "check_inputs_spared",
+           "overlay_caption", "model_statement", "summary_table"]
 
 @dataclass
 class CaseOutputs:
@@ -247,6 +248,23 @@ def overlay_caption(with_reference: bool) -> str:
     return "AI labels filled (no reference given)"
 
 
+def model_statement(intended_use: str, trained_on: str) -> list[str]:
+    """The model's own intended-use text (the package's :data:`medcnncad.INTENDED_USE` when the manifest has none) and
+    what it was trained on, as the HTML banner and the overlay title state them: one sentence per item."""
+    lines = [intended_use.strip() or INTENDED_USE]
+    if trained_on.strip():
+        lines.append(f"Trained on: {trained_on.strip()}.")
+    return lines
+
+
+def _overlay_title(result: SegmentationResult, with_reference: bool) -> str:
+    """The overlay's title: model and caption, then the model's intended use and training data, wrapped to the
+    figure's width."""
+    m = result.manifest
+    lines = [f"{m.name} - {overlay_caption(with_reference)}", *model_statement(m.intended_use, m.trained_on)]
+    return "\n".join(textwrap.fill(line, 170) for line in lines)
+
+
 def render_overlays(result: SegmentationResult, background: sitk.Image, out_png: str | Path,
                     reference_labels: np.ndarray | None = None, title: str = "") -> Path:
     """Three orthogonal slices (radiological convention) through the largest lesion.
@@ -290,8 +308,7 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
         for ax, (_, rl) in zip(axes, _display_slices(ref, center)):
             if rl.any():
                 ax.contour(rl > 0, levels=[0.5], colors="white", linewidths=0.8)
-    fig.suptitle(title or f"{result.manifest.name} - {overlay_caption(ref is not None)}\n"
-                 f"{INTENDED_USE.split(' - ')[0]} - not for diagnosis", color="white", fontsize=9)
+    fig.suptitle(title or _overlay_title(result, ref is not None), color="white", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90, facecolor="black")
     plt.close(fig)
@@ -301,6 +318,10 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
 OUTPUT_PATTERNS = ("labels.nii.gz", "labels.seg.nrrd", "overlay.png", "report.json", "prob_*.nii.gz",
                    "uncertainty.nii.gz", "brain_mask.nii.gz", "labels.seg.dcm", "labels.sr.dcm", "lesion_*.png")
 """The names a case run may write into its output folder (``*``: a channel name or a lesion id)."""
+
+REPORT_FILES = ("report.html", "report.pdf")
+"""What ``medcnncad report`` writes into a case folder (:func:`medcnncad.reporting.html.case_report`,
+:func:`~medcnncad.reporting.html.html_to_pdf`): made from one run's report.json, so a new run removes them."""
 
 
 def check_inputs_spared(out_dir: str | Path, paths: Iterable[str | Path | None]) -> None:
@@ -325,16 +346,17 @@ def check_inputs_spared(out_dir: str | Path, paths: Iterable[str | Path | None])
 
 def _stale_outputs(out: Path, written: Iterable[str]) -> list[Path]:
     """Files an earlier run listed in ``out``'s report.json (``outputs``) that this run does not write again (its
-    uncertainty map after a run without test-time augmentation, another case's lesion thumbnails): removed, so that
-    the folder holds one run. Only names of :data:`OUTPUT_PATTERNS` are touched."""
+    uncertainty map after a run without test-time augmentation, another case's lesion thumbnails), and the HTML/PDF
+    report made from that run (:data:`REPORT_FILES`): removed, so that the folder holds one run. Only names of
+    :data:`OUTPUT_PATTERNS` and :data:`REPORT_FILES` are touched, and only beside an earlier run's report.json."""
     try:
         earlier = json.loads((out / "report.json").read_text()).get("outputs") or {}
     except (OSError, ValueError, AttributeError):
         return []
     keep = set(written)
-    return [out / name for name in earlier.values() if isinstance(name, str) and name not in keep
-            and Path(name).name == name and any(fnmatch.fnmatch(name, p) for p in OUTPUT_PATTERNS)
-            and (out / name).is_file()]
+    listed = [name for name in earlier.values() if isinstance(name, str) and name not in keep
+              and Path(name).name == name and any(fnmatch.fnmatch(name, p) for p in OUTPUT_PATTERNS)]
+    return [out / name for name in [*listed, *REPORT_FILES] if (out / name).is_file()]
 
 
 def write_case_outputs(result: SegmentationResult, out_dir: str | Path, background: sitk.Image | None = None,

@@ -1,12 +1,15 @@
 """The AI segmentation as a DICOM Segmentation (highdicom) that references its source series.
 
 Segment labels are coded from the manifest's terminology (SNOMED-CT) and the algorithm is
-identified by the model's id and version. Label maps are (K, J, I) on the source series' grid:
-frame k is the k-th file of :func:`medcnncad.io.dicom_series.series_files`.
+identified by the model's id and version. What a PACS shows of the object says it is research use only and what the
+model was trained on: the series description, the content description (both LO, 64 characters: cut at a word, with
+"...") and each segment's description (ST) with the model's whole intended-use and trained-on text. Label maps are
+(K, J, I) on the source series' grid: frame k is the k-th file of :func:`medcnncad.io.dicom_series.series_files`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import highdicom as hd
@@ -20,11 +23,37 @@ from medcnncad.errors import InputError
 from medcnncad.io.images import atomic_path
 from medcnncad.models.manifest import Code, Manifest
 
-__all__ = ["write_dicom_seg"]
+__all__ = ["write_dicom_seg", "lo_text", "research_statement"]
 
 
 def _coded(code: Code) -> CodedConcept:
     return CodedConcept(value=code.code, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def lo_text(text: str, limit: int = 64) -> str:
+    """``text`` as a DICOM LO value (default character repertoire): ASCII (others -> "?"), no backslash, at most
+    ``limit`` characters (64 for LO), cut at a word with "..." when longer."""
+    text = " ".join(text.encode("ascii", "replace").decode("ascii").replace("\\", "/").split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 3]
+    if " " in cut[limit // 2:]:
+        cut = cut[:cut.rindex(" ")]
+    return cut.rstrip(" ,;:(-") + "..."
+
+
+def research_statement(manifest: Manifest) -> str:
+    """"Research use only; trained on <the manifest's trained_on without its parenthesised details>", for a short
+    (LO) value: "Research use only; trained on synthetic phantoms - not on..." for the demo model."""
+    trained = " ".join(re.sub(r"\s*\([^)]*\)", "", manifest.trained_on).split())
+    return "Research use only" + (f"; trained on {trained}" if trained else ", not for diagnosis")
+
+
+def _segment_text(label_name: str, manifest: Manifest) -> str:
+    """A segment's description (ST, 1024 characters): the label, the model and its intended use and training data."""
+    intended = manifest.intended_use.strip() or "Research use only - not for diagnosis."
+    trained = f" Trained on: {manifest.trained_on.strip()}." if manifest.trained_on.strip() else ""
+    return lo_text(f"{label_name} by {manifest.id} {manifest.version}, AI segmentation. {intended}{trained}", 1024)
 
 
 _DEFAULT_CATEGORY = Code("SCT", "49755003", "Morphologically Altered Structure")
@@ -32,7 +61,7 @@ _DEFAULT_TYPE = Code("SCT", "108369006", "Neoplasm")
 
 
 def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: list[str], out_path: str | Path,
-                    series_description: str = "MedCNNCAD AI segmentation") -> Path:
+                    series_description: str = "MedCNNCAD AI segmentation (research use only)") -> Path:
     """Write a (K, J, I) label map on the source series' grid as a DICOM Segmentation (binary).
 
     One segment per manifest label (value -> segment number in manifest order); empty frames
@@ -61,8 +90,10 @@ def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: lis
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9001,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="MedCNNCAD",
         manufacturer_model_name=manifest.id[:64], software_versions=__version__, device_serial_number="0",
-        content_description="AI segmentation, research use only - not for diagnosis"[:64],
-        content_label="MEDCNNCAD", series_description=series_description[:64])
+        content_description=lo_text(research_statement(manifest)),
+        content_label="MEDCNNCAD", series_description=lo_text(series_description))
+    for item, label in zip(seg.SegmentSequence, manifest.labels):
+        item.SegmentDescription = _segment_text(label.name, manifest)
     with atomic_path(out_path) as tmp:
         seg.save_as(str(tmp))
     return Path(out_path)

@@ -4,8 +4,10 @@ One measurement group (TID 1411, volumetric ROI) per lesion of each manifest lab
 identifier (UID and "<label> lesion <id>"), its volume (mm3), longest diameter (mm) and the model's mean
 probability of its label inside it, each referencing the label's segment of the DICOM SEG written beside it
 and the source series (QuantitativeReporting's conventions: Slicer's QuantitativeReporting reads such
-reports with their SEG). The algorithm is named with the model's id and version; the report says it is
-research use only in its content description. Lesions are (K, J, I) components of the label map.
+reports with their SEG). The algorithm is named with the model's id and version; the series description says it is
+research use only, and the content description (ContentDescription, LO: 64 characters, cut at a word) says so with
+what the model was trained on (the SEG's segment descriptions hold the whole text). Lesions are (K, J, I) components
+of the label map.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from medcnncad import __version__
 from medcnncad.errors import InputError
 from medcnncad.inference.result import SegmentationResult
 from medcnncad.io.images import atomic_path
+from medcnncad.reporting.dicom_seg import lo_text, research_statement
 
 __all__ = ["write_dicom_sr", "lesion_groups"]
 
@@ -90,6 +93,7 @@ def write_dicom_sr(result: SegmentationResult, seg_path: str | Path, source_file
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="MedCNNCAD", is_complete=True,
         series_description="MedCNNCAD AI measurements (research use only)"[:64],
         software_versions=__version__)
+    sr.ContentDescription = lo_text(research_statement(result.manifest))
     with atomic_path(out_path) as tmp:
         sr.save_as(str(tmp))
     return Path(out_path)

@@ -1,6 +1,7 @@
 """Self-contained HTML reports (and PDF through headless Chromium) for a case and a cohort.
 
-A case report shows the intended-use statement, the model's provenance (id, version, SHA-256,
+A case report shows the model's intended-use statement and training data (its banner, with the package's
+second-reader statement), the model's provenance (id, version, SHA-256,
 device), the case-level probability, the run's warnings (notes), slice screenshots of the image
 with the AI segmentation and the reference (rendered by a caller-given ``screenshots`` function,
 e.g. Slicer's slice pipeline from :mod:`medcnncad.slicer.screenshots`, and the matplotlib
@@ -28,7 +29,8 @@ from medcnncad import INTENDED_USE
 from medcnncad.inference.scoring import calibration_words
 from medcnncad.io.images import atomic_path
 from medcnncad.io.json_files import read_json_object
-from medcnncad.reporting.case_outputs import overlay_caption
+from medcnncad.reporting.case_outputs import model_statement, overlay_caption
+from medcnncad.reporting.input_files import unchanged_inputs
 
 __all__ = ["case_report", "cohort_report", "html_to_pdf", "find_chromium", "Screenshots"]
 
@@ -55,10 +57,21 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _page(title: str, body: str) -> str:
+def _banner(report: Mapping[str, Any] | None) -> str:
+    """The intended-use banner: the model's own text and what it was trained on (from a case's report.json), then
+    the package's statement; the package's alone without a report."""
+    if report is None:
+        return f"<p class='banner'>{html.escape(INTENDED_USE)}</p>"
+    lines = model_statement(report.get("intended_use") or "", report["model"].get("trained_on") or "")
+    lines += [INTENDED_USE] if INTENDED_USE not in lines else []
+    return "<p class='banner'>" + "<br>".join(html.escape(line) for line in lines) + "</p>"
+
+
+def _page(title: str, body: str, report: Mapping[str, Any] | None = None) -> str:
+    """A whole HTML page; ``report``: the case report.json whose model the banner names."""
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style>{_ONLOAD}</head><body><h1>{html.escape(title)}</h1>"
-            f"<p class='banner'>{html.escape(INTENDED_USE)}</p>{body}</body></html>")
+            f"{_banner(report)}{body}</body></html>")
 
 
 def _classification_section(report: dict) -> list[str]:
@@ -103,6 +116,19 @@ Screenshots = Callable[[Path, dict], list[tuple[str, bytes]]]
 """``(case folder, report.json as a dict) -> [(title, PNG bytes)]``; raises FileNotFoundError when it cannot render."""
 
 
+def _screenshots(case_dir: Path, report: dict,
+                 screenshots: Screenshots | None) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The rendered views of the input files that are as the run read them (:func:`unchanged_inputs`: typed relative
+    paths, moved or rewritten files are left out), and one note per file left out."""
+    if screenshots is None:
+        return [], []
+    checked, skipped = unchanged_inputs(report)
+    try:
+        return screenshots(case_dir, checked), skipped
+    except FileNotFoundError:
+        return [], skipped
+
+
 def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
                 similar: Sequence[Mapping[str, Any]] | None = None) -> Path:
     """Write ``report.html`` for a case folder written by ``medcnncad segment``; returns its path.
@@ -111,7 +137,9 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
         case_dir: the case's output folder (``report.json``, ``overlay.png``, ``labels.seg.nrrd``).
         screenshots: renders slice views for the report, e.g.
             :func:`medcnncad.slicer.screenshots.case_screenshots` (Slicer's own slice pipeline, needs
-            ``slicer-core``); ``None`` or a FileNotFoundError from it: the matplotlib overlay only.
+            ``slicer-core``); ``None`` or a FileNotFoundError from it: the matplotlib overlay only. It is given
+            the report with only the input files (and reference) still as the run read them, and the report notes
+            each one left out (:func:`medcnncad.reporting.input_files.unchanged_inputs`).
         similar: the nearest library lesions (:meth:`medcnncad.retrieval.library.Neighbour.to_json`: rank,
             distance, case_id, lesion_id, volume_ml, metadata, thumbnail path) for a "Similar cases" section.
 
@@ -121,10 +149,7 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
     case_dir = Path(case_dir)
     report = read_json_object(case_dir / "report.json", "a MedCNNCAD case report.json", ("model",))
     model = report["model"]
-    try:
-        shots = screenshots(case_dir, report) if screenshots is not None else []
-    except FileNotFoundError:
-        shots = []
+    shots, skipped = _screenshots(case_dir, report, screenshots)
     shots.append((overlay_caption(report.get("reference") is not None), (case_dir / "overlay.png").read_bytes()))
     body = [f"<p class='small'>case folder {html.escape(str(case_dir))}; created {html.escape(report['created'])}</p>",
             "<h2>Model</h2>", _table(["field", "value"], [
@@ -137,7 +162,8 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
                                     [(report["case"]["abnormality_probability"], _calibration_cell(report["case"]),
                                       report["case"]["rule"])])]
     body += _notes_section(report.get("warnings"))
-    body += ["<h2>Images</h2>"] + [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
+    body += ["<h2>Images</h2>"] + [f"<p class='small'>Slicer views: {html.escape(note)}</p>" for note in skipped]
+    body += [f"<h3>{html.escape(t)}</h3>{_img(png, t)}" for t, png in shots]
     body += ["<h2>Lesions</h2>", _table(
         ["structure", "id", "volume mL", "longest diameter mm", "mean P", "max P", "R", "A", "S"],
         [(les["structure"], les["id"], les["volume_ml"], les["longest_diameter_mm"], les["mean_probability"],
@@ -159,7 +185,7 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
                         f"{html.escape(report['lesion_detection_rule_brats2023'])}</p>")
     path = case_dir / "report.html"
     with atomic_path(path) as tmp:
-        tmp.write_text(_page(f"MedCNNCAD case report - {model['id']}", "".join(body)), encoding="utf-8")
+        tmp.write_text(_page(f"MedCNNCAD case report - {model['id']}", "".join(body), report), encoding="utf-8")
     return path
 
 
@@ -273,7 +299,7 @@ def cohort_report(out_dir: str | Path, labels: dict[str, int | None] | None = No
     body += [f"<h2>{html.escape(t)}</h2>{_img(png, t)}" for t, png in _cohort_plots(reports, labels or {})]
     path = out_dir / "report.html"
     with atomic_path(path) as tmp:
-        tmp.write_text(_page("MedCNNCAD cohort report", "".join(body)), encoding="utf-8")
+        tmp.write_text(_page("MedCNNCAD cohort report", "".join(body), first), encoding="utf-8")
     return path
 
 

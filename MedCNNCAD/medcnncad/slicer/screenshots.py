@@ -26,12 +26,16 @@ __all__ = ["case_screenshots"]
 
 
 def case_screenshots(case_dir: Path, report: dict) -> list[tuple[str, bytes]]:
-    """Slicer slice views of the AI segmentation and the reference (needs slicer-core)."""
+    """Slicer slice views of the AI segmentation and the reference (needs slicer-core).
+
+    ``report``: the case's report.json with only the files still as the run read them
+    (:func:`medcnncad.reporting.input_files.unchanged_inputs`, as :func:`medcnncad.reporting.html.case_report`
+    passes it); a relative path is never read against the current folder."""
     new_scene()
     inputs = report.get("inputs") or {}
     shown = display_channel(list(inputs))
     image_path = inputs[shown] if shown is not None else None
-    if image_path is None or Path(image_path).is_dir():
+    if image_path is None or not Path(image_path).is_absolute() or Path(image_path).is_dir():
         raise FileNotFoundError("no image file to render")
     volume = slicer.modules.volumes.logic().AddArchetypeVolume(str(image_path), "image")
     if volume is None:
@@ -40,7 +44,7 @@ def case_screenshots(case_dir: Path, report: dict) -> list[tuple[str, bytes]]:
     largest = max(report["lesions"], key=lambda les: les["voxel_count"], default=None)
     center = largest["centroid_ras_mm"] if largest else [0.0, 0.0, 0.0]
     segmentations = [("AI segmentation", _read_segmentation(case_dir / "labels.seg.nrrd", "AI segmentation"))]
-    if report.get("reference") and Path(report["reference"]).is_file():
+    if report.get("reference") and Path(report["reference"]).is_absolute() and Path(report["reference"]).is_file():
         segmentations.append(("Reference", _reference_segmentation(report)))
     for title, seg in segmentations:
         with tempfile.TemporaryDirectory() as tmp:
