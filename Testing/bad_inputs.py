@@ -250,9 +250,13 @@ def _channel_cases() -> list[Case]:
                                               direction=(0, 1, 0, 1, 0, 0, 0, 0, 1)), "ok"),
         Case("segment disjoint channel", arr(brain, origin=(1000.0, 0.0, 0.0)), "error", "same physical space"),
         Case("segment 1-voxel-thick volume", lambda f: _segment(f, *[a for i, n in enumerate(CHANNELS) for a in (
-            "--input", f"{n}={_write(_image(_brain()[10:11] * (1 + i)), f / f'{n}.nii.gz')}")]), "ok"),
+            "--input", f"{n}={_write(_image(_brain()[10:11] * (1 + i)), f / f'{n}.nii.gz')}")]), "error",
+            "1 along K: a single slice or a sliver, not a 3D volume"),
         Case("segment tiny 2x2x2 volume", lambda f: _segment(f, *[a for i, n in enumerate(CHANNELS) for a in (
-            "--input", f"{n}={_write(_image(_brain((2, 2, 2)) * (1 + i)), f / f'{n}.nii.gz')}")]), "ok"),
+            "--input", f"{n}={_write(_image(_brain((2, 2, 2)) * (1 + i)), f / f'{n}.nii.gz')}")]), "error",
+            "2 x 2 x 2 voxels, 2 along I: a single slice or a sliver"),
+        Case("segment 3-voxel-thick volume", lambda f: _segment(f, *[a for i, n in enumerate(CHANNELS) for a in (
+            "--input", f"{n}={_write(_image(_brain()[10:13] * (1 + i)), f / f'{n}.nii.gz')}")]), "ok"),
         Case("segment one file for two channels", lambda f: _segment(f, *[a for n in CHANNELS for a in (
             "--input", f"{n}={_write(_image(_brain()), f / 'same.nii.gz')}")]), "error", "are the same image"),
     ]

@@ -100,3 +100,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if (item.path.name, item.originalname) in SLOW:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def scene():
+    """A new real MRML scene from slicer-core (``slicer.mrmlScene``) with Slicer's module logics (Slicer-module
+    tests; skipped without slicer-core)."""
+    pytest.importorskip("slicer")
+    from slicer_scene import new_scene
+
+    return new_scene()
+
+
+@pytest.fixture(scope="module")
+def demo_result():
+    """(images, reference label image, SegmentationResult) of brats-demo-unet on the small phantom, on the CPU;
+    computed once per test file."""
+    from helpers import small_phantom
+
+    from medcnncad.inference.segmenter import Segmenter
+    from medcnncad.models.registry import load_model
+
+    images, label = small_phantom()
+    return images, label, Segmenter(load_model("brats-demo-unet"), "cpu").run(images)

@@ -13,26 +13,11 @@ import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 import vtk  # noqa: E402
 from conftest import make_image  # noqa: E402
-from helpers import small_phantom  # noqa: E402
-from slicer_scene import new_scene, scene_fingerprint, volume_from_image  # noqa: E402
+from slicer_scene import scene_fingerprint, volume_from_image  # noqa: E402
 
 from medcnncad.errors import InputError  # noqa: E402
 from medcnncad.inference.scoring import case_probability  # noqa: E402
-from medcnncad.inference.segmenter import Segmenter  # noqa: E402
-from medcnncad.models.registry import load_model  # noqa: E402
 from medcnncad.slicer import adaptor as sa  # noqa: E402
-
-
-@pytest.fixture
-def scene():
-    return new_scene()
-
-
-@pytest.fixture(scope="module")
-def demo_result():
-    images, label = small_phantom()
-    result = Segmenter(load_model("brats-demo-unet"), "cpu").run(images)
-    return images, label, result
 
 
 def test_volume_node_geometry_round_trip(scene):

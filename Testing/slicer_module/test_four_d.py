@@ -16,7 +16,7 @@ import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 import vtk  # noqa: E402
 from conftest import ROOT  # noqa: E402
-from slicer_scene import new_scene, scene_fingerprint  # noqa: E402
+from slicer_scene import scene_fingerprint  # noqa: E402
 
 from medcnncad.errors import InputError  # noqa: E402
 from medcnncad.slicer.adaptor import segmentation_to_labels, volume_node_to_image  # noqa: E402
@@ -25,11 +25,6 @@ from medcnncad.slicer.logic import SecondReaderLogic  # noqa: E402
 SAMPLE = ROOT / "Resources" / "SampleData"
 TASK01_ORDER = ("FLAIR", "T1", "T1c", "T2")
 """The Decathlon's Task01 volume order (its dataset.json: FLAIR, T1w, t1gd, T2w)."""
-
-
-@pytest.fixture
-def scene():
-    return new_scene()
 
 
 @pytest.fixture(scope="module")

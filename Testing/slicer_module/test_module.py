@@ -19,7 +19,7 @@ pytest.importorskip("slicer")
 import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 from conftest import ROOT  # noqa: E402
-from slicer_scene import new_scene, scene_fingerprint  # noqa: E402
+from slicer_scene import scene_fingerprint  # noqa: E402
 
 MODULE_DIR = ROOT / "MedCNNCAD"
 SAMPLE = ROOT / "Resources" / "SampleData"
@@ -37,11 +37,6 @@ def _import_module_file():
     import MedCNNCAD
 
     return MedCNNCAD
-
-
-@pytest.fixture
-def scene():
-    return new_scene()
 
 
 @pytest.fixture

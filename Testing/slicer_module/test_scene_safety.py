@@ -13,27 +13,14 @@ pytest.importorskip("slicer")
 import slicer  # noqa: E402
 import slicer.util  # noqa: E402
 import vtk  # noqa: E402
-from helpers import small_phantom  # noqa: E402
-from slicer_scene import new_scene, scene_fingerprint, volume_from_image  # noqa: E402
+from slicer_scene import scene_fingerprint, volume_from_image  # noqa: E402
 
 from medcnncad.errors import InputError  # noqa: E402
 from medcnncad.inference.inputs import read_inputs  # noqa: E402
-from medcnncad.inference.segmenter import Segmenter  # noqa: E402
 from medcnncad.models.registry import load_model  # noqa: E402
 from medcnncad.slicer import adaptor as sa  # noqa: E402
 from medcnncad.slicer.logic import SecondReaderLogic  # noqa: E402
 from medcnncad.slicer.similar_view import SIMILAR_VIEW, show_side_by_side  # noqa: E402
-
-
-@pytest.fixture
-def scene():
-    return new_scene()
-
-
-@pytest.fixture(scope="module")
-def demo_result():
-    images, label = small_phantom()
-    return images, label, Segmenter(load_model("brats-demo-unet"), "cpu").run(images)
 
 
 def _translated(scene, node, mm=(30.0, -20.0, 10.0)):

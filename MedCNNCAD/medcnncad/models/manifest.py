@@ -27,7 +27,8 @@ __all__ = [
     "LABEL_PALETTE", "palette_colour", "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing",
     "ClinicalPreprocessing",
     "InferenceSettings",
-    "channel_term", "OutputChannel", "CoreRefinement", "VesselFilter", "Postprocessing", "Manifest", "load_manifest",
+    "channel_term", "channels_named", "OutputChannel", "CoreRefinement", "VesselFilter", "Postprocessing", "Manifest",
+    "load_manifest",
     "parse_manifest",
     "sha256_file",
     "contained_path", "ClassDef", "ClassifierManifest", "parse_classifier_manifest",
@@ -291,13 +292,8 @@ class Manifest:
         return [c.name for c in self.inputs]
 
     def channels_named(self, text: str) -> list[str]:
-        """The input channels ``text`` names, read as :func:`channel_term` reads names (any case, separators
-        ignored): the channel of that name, else every channel with that alias. At most one in a manifest read
-        from JSON (its check refuses a term that means two channels); formats adapted from elsewhere (bundles,
-        nnU-Net) are not checked, so callers refuse more than one."""
-        term = channel_term(text)
-        exact = [c.name for c in self.inputs if channel_term(c.name) == term]
-        return exact or [c.name for c in self.inputs if term in map(channel_term, c.aliases)]
+        """The input channels ``text`` names: :func:`channels_named` over this manifest's inputs."""
+        return channels_named(self.inputs, text)
 
     def warnings_for(self, given: Sequence[str]) -> list[str]:
         """The manifest's ``input_warnings`` messages for a run given exactly the sequences ``given``."""
@@ -473,6 +469,16 @@ def _terminology(d: dict[str, Any] | None) -> Terminology | None:
         return None
     return Terminology(_code(d["category"]), _code(d["type"]), _code(d.get("modifier")),  # type: ignore[arg-type]
                        _code(d.get("anatomic_region")))
+
+
+def channels_named(inputs: Sequence[InputChannel], text: str) -> list[str]:
+    """The input channels (of a segmentation or a classifier manifest) ``text`` names, read as :func:`channel_term`
+    reads names (any case, separators ignored): the channel of that name, else every channel with that alias. At
+    most one in a manifest read from JSON (its check refuses a term that means two channels); formats adapted from
+    elsewhere (bundles, nnU-Net) are not checked, so callers refuse more than one."""
+    term = channel_term(text)
+    exact = [c.name for c in inputs if channel_term(c.name) == term]
+    return exact or [c.name for c in inputs if term in map(channel_term, c.aliases)]
 
 
 def channel_term(text: str) -> str:

@@ -42,7 +42,7 @@ from medcnncad.io.images import read_volume
 from medcnncad.metrics.label_conventions import check_reference_values
 from medcnncad.metrics.segmentation import check_label_image
 from medcnncad.models.channels import assign_channels
-from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, parse_manifest
+from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, channels_named, parse_manifest
 from medcnncad.models.preprocessing import build_preprocessing_dict, to_metatensor
 from medcnncad.preprocessing.chain import prepare_case
 
@@ -160,9 +160,9 @@ def expand_copies(cases: list[dict[str, Any]], prepared: list) -> list:
 
 
 def _channel_for(header: str, manifest: Manifest) -> str | None:
-    """The channel a CSV header names (:meth:`~medcnncad.models.manifest.Manifest.channels_named`), None for none
-    or more than one."""
-    found = manifest.channels_named(header)
+    """The channel a CSV header names (:func:`~medcnncad.models.manifest.channels_named`), None for none or more
+    than one."""
+    found = channels_named(manifest.inputs, header)
     return found[0] if len(found) == 1 else None
 
 
