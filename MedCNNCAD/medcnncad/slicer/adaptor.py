@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -68,38 +69,64 @@ def _matrix_to_numpy(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def check_untransformed(node: Any, what: str = "volume") -> None:
-    """Refuse a node under a parent transform: its voxels are shown where the transform puts them, but the
-    engine reads the node's own geometry, so the result would land elsewhere (a registration left as a transform
-    would be read unregistered). Hardening the transform gives the node the geometry that is shown.
+def ijk_to_world(node: Any) -> np.ndarray:
+    """A volume node's IJK-to-RAS matrix (4 x 4) in world coordinates: its own, times its parent transform's to the
+    world when it is under one (a sequence registered by a transform that was not hardened is read where Slicer
+    shows it).
 
     Raises:
-        InputError: naming the node and its transform.
+        InputError: a non-linear transform, naming the node and the transform.
     """
-    transform = node.GetParentTransformNode() if node is not None else None
-    if transform is not None:
-        raise InputError(f"{what} {node.GetName()!r} is under transform {transform.GetName()!r}: harden it first "
-                         f"(Data module: right-click the {what}, 'Harden transform'); the AI reads the {what}'s own "
-                         f"geometry, so its result would not land where the {what} is shown")
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    transform = node.GetParentTransformNode()
+    if transform is None:
+        return _matrix_to_numpy(matrix)
+    if not transform.IsTransformToWorldLinear():
+        raise InputError(f"volume {node.GetName()!r} is under the non-linear transform {transform.GetName()!r}: "
+                         f"harden it first (Data module: right-click the volume, 'Harden transform')")
+    to_world = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformToWorld(to_world)
+    return _matrix_to_numpy(to_world) @ _matrix_to_numpy(matrix)
+
+
+@contextmanager
+def world_geometry(volume: Any) -> Iterator[Any]:
+    """A volume node with ``volume``'s grid in world coordinates, to write segments through: ``volume`` itself when
+    it is not under a transform, else a temporary node (its voxels shared, no parent transform; removed afterwards).
+    Slicer's array-to-segment import applies a reference volume's transform twice (measured with slicer-core), while
+    its segment export onto a volume is transform-aware, so reading goes through ``volume`` itself."""
+    if volume.GetParentTransformNode() is None:
+        yield volume
+        return
+    matrix = vtk.vtkMatrix4x4()
+    for r, row in enumerate(ijk_to_world(volume)):
+        for c, value in enumerate(row):
+            matrix.SetElement(r, c, float(value))
+    scene = volume.GetScene() or slicer.mrmlScene
+    temporary = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{volume.GetName()} (world geometry)")
+    try:
+        temporary.SetIJKToRASMatrix(matrix)
+        temporary.SetAndObserveImageData(volume.GetImageData())
+        yield temporary
+    finally:
+        scene.RemoveNode(temporary)
 
 
 def volume_node_to_image(volume_node: Any) -> sitk.Image:
-    """A scalar volume node as a SimpleITK image (LPS geometry, voxels copied).
+    """A scalar volume node as a SimpleITK image (LPS geometry in world coordinates: a linear parent transform
+    applied, :func:`ijk_to_world`; voxels copied).
 
     Raises:
-        InputError: a node without voxels, not 3D, a single slice, or under a parent transform
-            (:func:`check_untransformed`).
+        InputError: a node without voxels, not 3D, or under a non-linear transform.
     """
     if volume_node is None or volume_node.GetImageData() is None:
         name = volume_node.GetName() if volume_node is not None else "None"
         raise InputError(f"volume {name!r} has no image data")
-    check_untransformed(volume_node)
     array = slicer.util.arrayFromVolume(volume_node)
     if array.ndim != 3:
         raise InputError(f"volume {volume_node.GetName()!r}: expected a 3D scalar volume, got shape {array.shape}")
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASMatrix(matrix)
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ _matrix_to_numpy(matrix)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_world(volume_node)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(np.array(array, copy=True))
     image.SetSpacing(tuple(float(s) for s in spacing))
@@ -354,8 +381,8 @@ def add_result_nodes(result: SegmentationResult, reference_volume: Any, with_pro
         InputError: ``reference_volume`` is not on the grid of the result (the engine's first input channel).
     """
     check_on_result_grid(result, reference_volume)
-    with NodeTransaction():
-        seg = add_segmentation_node(result.label_map, result.manifest, reference_volume)
+    with NodeTransaction(), world_geometry(reference_volume) as geometry:
+        seg = add_segmentation_node(result.label_map, result.manifest, geometry)
         set_provenance(seg, result, {"referenceVolumeID": reference_volume.GetID()})
         probs = add_probability_nodes(result) if with_probabilities else {}
         if with_probabilities and result.uncertainty is not None:
@@ -365,7 +392,7 @@ def add_result_nodes(result: SegmentationResult, reference_volume: Any, with_pro
             table.SetAttribute(PROVENANCE_PREFIX + "classifier", result.classification["model"]["id"])
             table.SetAttribute(PROVENANCE_PREFIX + "caseRule", result.classification["case"]["rule"])
         removed = add_removed_table(result) if result.removed_candidates else None
-        brain = add_brain_mask_node(result, reference_volume) if result.brain_mask is not None else None
+        brain = add_brain_mask_node(result, geometry) if result.brain_mask is not None else None
         for node in (*probs.values(), table, *([removed] if removed else []), *([brain] if brain else [])):
             node.SetAttribute(PROVENANCE_PREFIX + "segmentation", seg.GetID())
     return ResultNodes(seg, probs, table, result, removed, brain)
@@ -375,10 +402,8 @@ def check_on_result_grid(result: SegmentationResult, volume: Any) -> None:
     """Refuse to place a result on a volume whose grid is not the result's (its size, IJK-to-RAS within 1e-3 mm):
     segments are written through the volume's geometry, probabilities through the result's."""
     shape = slicer.util.arrayFromVolume(volume).shape
-    matrix = vtk.vtkMatrix4x4()
-    volume.GetIJKToRASMatrix(matrix)
     same = shape == result.label_map.shape and np.allclose(
-        _matrix_to_numpy(matrix), _matrix_to_numpy(ijk_to_ras_matrix(result.reference)), atol=1e-3)
+        ijk_to_world(volume), _matrix_to_numpy(ijk_to_ras_matrix(result.reference)), atol=1e-3)
     if not same:
         raise InputError(f"volume {volume.GetName()!r} is not on the grid the result was computed on (shape {shape} "
                          f"vs {result.label_map.shape}): place the result on the model's first input channel")
@@ -443,13 +468,13 @@ def segmentation_to_labels(segmentation_node: Any, reference_volume: Any, manife
 
 
 def _segmentation_of(node: Any) -> Any:
-    """The vtkSegmentation of a segmentation node not under a transform; anything else is refused by name."""
+    """The vtkSegmentation of a segmentation node (its export onto a volume applies both nodes' transforms);
+    anything else is refused by name."""
     if node is None or not hasattr(node, "GetSegmentation"):
         kind = type(node).__name__ if node is not None else "None"
         name = node.GetName() if hasattr(node, "GetName") else kind
         raise InputError(f"{name!r} is a {kind}, not a segmentation node: import it as a segmentation first "
                          f"(Segmentations module, Import labelmap)")
-    check_untransformed(node, "segmentation")
     return node.GetSegmentation()
 
 
@@ -562,7 +587,8 @@ def compare_nodes(ai_segmentation: Any, reference_segmentation: Any, reference_v
     one_sided = lesion_concordance(ai_mask, ref_mask, image, name)
     with NodeTransaction():
         table = add_metrics_table(metrics)
-        discordance = add_discordance_segmentation(ai_mask, ref_mask, reference_volume, name)
+        with world_geometry(reference_volume) as geometry:
+            discordance = add_discordance_segmentation(ai_mask, ref_mask, geometry, name)
         lesions = _table("MedCNNCAD discordant lesions",
                          (("structure", "string"), ("found_by", "string"), ("volume_ml", "double"),
                           ("R", "double"), ("A", "double"), ("S", "double")),
