@@ -1,12 +1,15 @@
-"""DICOM SR (TID 1500) of the lesion measurements: validated by dciodvfy and read back by highdicom to the
-same numbers, each group referencing its label's segment of the DICOM SEG written beside it."""
+"""DICOM SR (TID 1500) of the segment measurements: validated by dciodvfy and read back by highdicom, one group
+per segment of the DICOM SEG written beside it, whose numbers are that segment's (its frames read back, report.json's
+lesions)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from dicom_helpers import write_mr_series
@@ -41,27 +44,55 @@ def test_the_sr_validates(sr_case):
     assert errors == []
 
 
-def test_the_sr_reads_back_to_the_report_s_lesions_and_references_the_seg(sr_case):
-    import json
+def _segment_voxels(seg: pydicom.Dataset) -> tuple[dict[int, int], float]:
+    """The SEG read back: segment number -> its voxel count over its frames, and one voxel's volume (mm3): pixel
+    spacing x the distance between adjacent frame positions along the slice normal (where a reader stacks them; the
+    SEG's SpacingBetweenSlices is the source files' and GDCM's test series say 1)."""
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    counts: dict[int, int] = {}
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        counts[number] = counts.get(number, 0) + int(np.count_nonzero(frame))
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    cosines = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    positions = np.array([item.PlanePositionSequence[0].ImagePositionPatient
+                          for item in seg.PerFrameFunctionalGroupsSequence], float)
+    depths = np.unique(positions @ np.cross(cosines[:3], cosines[3:]))  # a slice's frames share one position
+    pixel = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    return counts, pixel[0] * pixel[1] * float(np.diff(depths).min())
 
+
+def test_each_group_describes_the_seg_segment_it_references(sr_case):
+    """A reviewer's reproduction: the SR had one group per lesion, each referencing its label's whole segment but
+    stating that lesion's volume (ED: 47259.7 and 818.6 mm3 for a 50663.2 mm3 segment). Now one group per segment
+    the result contains, in segment order: its volume is the segment's as read back from the SEG's frames (voxels x
+    spacing; also the sum of the label's lesion volumes in report.json, nothing being filtered after the lesions are
+    found), its count the label's lesions, its mean probability the voxel-weighted mean of theirs, and no diameter
+    (none of the segment's own; see :mod:`medcnncad.reporting.dicom_sr`)."""
     report = json.loads((sr_case / "report.json").read_text())
     sr = hd.sr.srread(str(sr_case / "labels.sr.dcm"))
     seg = pydicom.dcmread(str(sr_case / "labels.seg.dcm"))
+    voxels, voxel_mm3 = _segment_voxels(seg)
+    names = {int(item.SegmentNumber): item.SegmentLabel for item in seg.SegmentSequence}
     groups = sr.content.get_volumetric_roi_measurement_groups()
-    lesions = [les for les in report["lesions"] if les["kind"] == "label"]
-    assert len(groups) == len(lesions) > 0
-    numbers = {"NCR": 1, "ED": 2, "ET": 3}
-    for group, lesion in zip(groups, lesions):
-        assert group.tracking_identifier == f"{lesion['structure']} lesion {lesion['id']}"
-        segment = group.referenced_segment
-        assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
-        assert segment.referenced_segment_numbers == [numbers[lesion["structure"]]]
+    assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [[n] for n in sorted(voxels)]
+    assert len(groups) == 3 and sorted(voxels) == [1, 2, 3]  # the demo run has NCR, ED and ET
+    for group in groups:
+        number = group.referenced_segment.referenced_segment_numbers[0]
+        lesions = [les for les in report["lesions"] if les["kind"] == "label" and les["structure"] == names[number]]
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        plural = "lesion" if len(lesions) == 1 else "lesions"
+        assert group.tracking_identifier == f"{names[number]} ({len(lesions)} {plural})"
         volume = group.get_measurements(name=codes.SCT.Volume)[0]
-        assert volume.value == pytest.approx(lesion["volume_ml"] * 1000.0, abs=1e-3) and volume.unit.value == "mm3"
-        diameter = group.get_measurements(name=codes.SCT.Diameter)[0]
-        assert diameter.value == pytest.approx(lesion["longest_diameter_mm"], abs=1e-3)
+        assert volume.unit.value == "mm3"
+        assert volume.value == pytest.approx(voxels[number] * voxel_mm3, rel=1e-6)  # positions: 6 decimals
+        assert volume.value == pytest.approx(sum(les["volume_ml"] for les in lesions) * 1000.0, abs=1e-3)
+        assert group.get_measurements(name=codes.SCT.NumberOfLesions)[0].value == len(lesions)
         probability = group.get_measurements(name=codes.DCM.Probability)[0]
-        assert probability.value == pytest.approx(lesion["mean_probability"], abs=1e-4)
+        weighted = sum(les["mean_probability"] * les["voxel_count"] for les in lesions) / voxels[number]
+        assert probability.value == pytest.approx(weighted, abs=1e-4)
+        assert probability.derivation == codes.cid7464.Mean
+        assert group.get_measurements(name=codes.SCT.Diameter) == []
     assert sr.SeriesDescription.endswith("(research use only)")
 
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.sr.codedict import codes
 
 pytest.importorskip("slicer")
 import slicer  # noqa: E402
@@ -87,13 +90,18 @@ def test_seg_and_sr_reach_the_database_and_reference_the_source(dicom_case, monk
     frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
     numbers = [int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
                for f in seg.PerFrameFunctionalGroupsSequence]
-    labels = nodes.result.label_map
+    labels, painted = nodes.result.label_map, {}
     for number, label in enumerate(nodes.result.manifest.labels, start=1):  # every voxel of every label
-        painted = sum(int(frames[i].sum()) for i, n in enumerate(numbers) if n == number)
-        assert painted == int((labels == label.value).sum()), label.name
-    label_lesions = [les for les in nodes.lesions if les.kind == "label"]
-    groups = [item for item in sr.ContentSequence if item.ValueType == "CONTAINER"]
-    assert label_lesions and groups  # one measurement report with the lesions' groups
+        painted[number] = sum(int(frames[i].sum()) for i, n in enumerate(numbers) if n == number)
+        assert painted[number] == int((labels == label.value).sum()), label.name
+    groups = hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_volumetric_roi_measurement_groups()
+    voxel_mm3 = float(np.prod(nodes.result.reference.GetSpacing()))
+    assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [[n] for n in painted if painted[n]]
+    assert len(groups) == 3  # one group per segment: NCR, ED, ET
+    for group in groups:  # each measures the segment it references
+        number = group.referenced_segment.referenced_segment_numbers[0]
+        volume = group.get_measurements(name=codes.SCT.Volume)[0].value
+        assert volume == pytest.approx(painted[number] * voxel_mm3, abs=1e-3)
 
 
 def test_files_come_back_in_slice_order(dicom_case):

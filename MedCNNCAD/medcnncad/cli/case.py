@@ -166,6 +166,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-seg", action="store_true",
                    help="also write labels.seg.dcm, a DICOM SEG referencing the first channel's DICOM series")
     p.add_argument("--dicom-sr", action="store_true",
-                   help="also write labels.sr.dcm, the lesion measurements as a DICOM SR (TID 1500) referencing "
-                        "the SEG (implies --dicom-seg)")
+                   help="also write labels.sr.dcm, each SEG segment's volume, number of lesions and mean probability "
+                        "as a DICOM SR (TID 1500) referencing the SEG (implies --dicom-seg)")
     p.set_defaults(func=run_segment)

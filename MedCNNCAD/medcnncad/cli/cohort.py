@@ -99,7 +99,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", action="store_true", help="also write HTML reports per case and for the cohort")
     p.add_argument("--dicom-seg", action="store_true", help="also a DICOM SEG per case (DICOM inputs)")
     p.add_argument("--dicom-sr", action="store_true",
-                   help="also the lesion measurements as a DICOM SR (TID 1500) per case (DICOM inputs)")
+                   help="also each SEG segment's measurements as a DICOM SR (TID 1500) per case (DICOM inputs)")
     p.add_argument("--library", help="then add every segmented case (descriptors, thumbnails, the CSV's other "
                                      "columns as metadata) to this similar-case library (created when absent)")
     p.set_defaults(func=run_batch)

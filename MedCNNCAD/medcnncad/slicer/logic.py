@@ -342,7 +342,7 @@ class SecondReaderLogic:
 
     def exportToDicomDatabase(self, nodes: ResultNodes, referenceVolumeNode: Any, database: Any = None,
                               askInstall: Callable[[str], bool] | None = None) -> list[str]:
-        """Write the run's DICOM SEG and DICOM SR (TID 1500, one measurement group per lesion) and import
+        """Write the run's DICOM SEG and DICOM SR (TID 1500, one measurement group per SEG segment) and import
         both into the DICOM database, referencing the series the run's reference volume was loaded from (the volume
         the result's grid is on, recorded on the segmentation; ``referenceVolumeNode``, a node or the list of
         inputs the user has selected, must hold it).
