@@ -93,6 +93,9 @@ def test_each_group_describes_the_seg_segment_it_references(sr_case):
         assert probability.value == pytest.approx(weighted, abs=1e-4)
         assert probability.derivation == codes.cid7464.Mean
         assert group.get_measurements(name=codes.SCT.Diameter) == []
+        segment_type = next(item for item in seg.SegmentSequence if int(item.SegmentNumber) == number)
+        assert group.finding_type.value == segment_type.SegmentedPropertyTypeCodeSequence[0].CodeValue  # e.g. Edema
+    assert len({g.finding_type.value for g in groups}) == 3  # not Neoplasm for the oedema
     assert sr.SeriesDescription.endswith("(research use only)")
 
 

@@ -21,9 +21,9 @@ from pydicom.sr.codedict import codes
 from medcnncad import __version__
 from medcnncad.errors import InputError
 from medcnncad.io.images import atomic_path
-from medcnncad.models.manifest import Code, Manifest
+from medcnncad.models.manifest import Code, LabelDef, Manifest
 
-__all__ = ["write_dicom_seg", "lo_text", "research_statement"]
+__all__ = ["write_dicom_seg", "lo_text", "research_statement", "property_type"]
 
 
 def _coded(code: Code) -> CodedConcept:
@@ -60,6 +60,12 @@ _DEFAULT_CATEGORY = Code("SCT", "49755003", "Morphologically Altered Structure")
 _DEFAULT_TYPE = Code("SCT", "108369006", "Neoplasm")
 
 
+def property_type(label: LabelDef) -> CodedConcept:
+    """A label's segmented property type (its terminology's, else Neoplasm): the SEG segment's, and the finding type
+    of the SR group that measures it."""
+    return _coded(label.terminology.type if label.terminology else _DEFAULT_TYPE)
+
+
 def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: list[str], out_path: str | Path,
                     series_description: str = "MedCNNCAD AI segmentation (research use only)") -> Path:
     """Write a (K, J, I) label map on the source series' grid as a DICOM Segmentation (binary).
@@ -82,7 +88,7 @@ def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: lis
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=label.name,
             segmented_property_category=_coded(term.category if term else _DEFAULT_CATEGORY),
-            segmented_property_type=_coded(term.type if term else _DEFAULT_TYPE),
+            segmented_property_type=property_type(label),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
             anatomic_regions=[_coded(term.anatomic_region)] if term and term.anatomic_region else None))
     seg = hd.seg.Segmentation(

@@ -36,7 +36,8 @@ from medcnncad.errors import InputError
 from medcnncad.inference.result import SegmentationResult
 from medcnncad.io.images import atomic_path
 from medcnncad.lesions.components import components, structure_probability
-from medcnncad.reporting.dicom_seg import lo_text, research_statement
+from medcnncad.models.manifest import LabelDef
+from medcnncad.reporting.dicom_seg import lo_text, property_type, research_statement
 
 __all__ = ["write_dicom_sr", "segment_groups"]
 
@@ -58,16 +59,17 @@ def segment_groups(result: SegmentationResult, seg: pydicom.Dataset, source_seri
         segment = hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
             source_series=hd.sr.SourceSeriesForSegmentation(source_series_uid))
-        groups.append(_segment_group(result, label.name, mask, segment, algorithm))
+        groups.append(_segment_group(result, label, mask, segment, algorithm))
     return groups
 
 
-def _segment_group(result: SegmentationResult, name: str, mask: np.ndarray, segment: hd.sr.ReferencedSegment,
+def _segment_group(result: SegmentationResult, label: LabelDef, mask: np.ndarray, segment: hd.sr.ReferencedSegment,
                    algorithm: hd.sr.AlgorithmIdentification) -> _Group:
-    """The group of label ``name``'s segment, whose voxels are ``mask`` (K, J, I) on the result's grid: its volume
+    """The group of ``label``'s segment, whose voxels are ``mask`` (K, J, I) on the result's grid (finding type: the
+    segment's property type, e.g. Edema): its volume
     (mm3, 3 decimals), its number of 26-connected lesions and the model's mean probability of the label over it (0-1,
     4 decimals; left out when the result's probabilities do not give it)."""
-    count = components(mask)[1]
+    name, count = label.name, components(mask)[1]
     tracking = hd.sr.TrackingIdentifier(uid=hd.UID(),
                                         identifier=f"{name} ({count} {'lesion' if count == 1 else 'lesions'})")
     voxel_mm3 = float(np.prod(result.reference.GetSpacing()))
@@ -81,7 +83,7 @@ def _segment_group(result: SegmentationResult, name: str, mask: np.ndarray, segm
         measurements.append(hd.sr.Measurement(name=_PROBABILITY, value=round(mean, 4), unit=codes.UCUM.NoUnits,
                                               derivation=_MEAN, algorithm_id=algorithm))
     return _Group(
-        tracking_identifier=tracking, referenced_segment=segment, finding_type=codes.SCT.Neoplasm,
+        tracking_identifier=tracking, referenced_segment=segment, finding_type=property_type(label),
         algorithm_id=algorithm, measurements=measurements)
 
 
