@@ -99,10 +99,7 @@ def world_geometry(volume: Any) -> Iterator[Any]:
     if volume.GetParentTransformNode() is None:
         yield volume
         return
-    matrix = vtk.vtkMatrix4x4()
-    for r, row in enumerate(ijk_to_world(volume)):
-        for c, value in enumerate(row):
-            matrix.SetElement(r, c, float(value))
+    matrix = _numpy_to_matrix(ijk_to_world(volume))
     scene = volume.GetScene() or slicer.mrmlScene
     temporary = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{volume.GetName()} (world geometry)")
     try:
@@ -141,11 +138,14 @@ def ijk_to_ras_matrix(image: sitk.Image) -> vtk.vtkMatrix4x4:
     lps = np.eye(4)
     lps[:3, :3] = direction
     lps[:3, 3] = image.GetOrigin()
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return _numpy_to_matrix(np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
+
+
+def _numpy_to_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     matrix = vtk.vtkMatrix4x4()
     for r in range(4):
         for c in range(4):
-            matrix.SetElement(r, c, float(ras[r, c]))
+            matrix.SetElement(r, c, float(array[r, c]))
     return matrix
 
 
