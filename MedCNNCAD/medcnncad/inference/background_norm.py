@@ -30,7 +30,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from medcnncad.inference.layout import channels_last_of
+from medcnncad.inference.layout import channels_last_of, has_group_norm
 
 __all__ = ["BackgroundStatistics", "UnsupportedNetwork", "supports_background_statistics"]
 
@@ -118,7 +118,7 @@ def _trace(network: nn.Module) -> torch.fx.GraphModule:
 
 def supports_background_statistics(network: nn.Module) -> bool:
     """Whether :class:`BackgroundStatistics` can run ``network`` and it has GroupNorm layers to change."""
-    if not any(isinstance(m, nn.GroupNorm) for m in network.modules()):
+    if not has_group_norm(network):
         return False
     try:
         _trace(network)
