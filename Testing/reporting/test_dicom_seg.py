@@ -75,6 +75,10 @@ def test_dicom_seg_validates_and_reads_back(dicom_case, tmp_path):
     numbers = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
                                                 ignore_spatial_locations=True)
     np.testing.assert_array_equal(np.array([0, 1, 2, 4])[numbers], labels)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert pydicom.dcmread(files[0]).SpacingBetweenSlices == 1  # GDCM's value, not the slices' 1.907 mm
+    assert float(measures.SpacingBetweenSlices) == pytest.approx(images["T1c"].GetSpacing()[2], abs=1e-5)
+    assert float(measures.SliceThickness) == pytest.approx(images["T1c"].GetSpacing()[2], abs=1e-5)
     with pytest.raises(InputError, match="does not match the DICOM series"):
         write_dicom_seg(labels[:-1], manifest, files, tmp_path / "bad.dcm")
 

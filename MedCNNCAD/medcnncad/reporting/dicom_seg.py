@@ -66,14 +66,24 @@ def property_type(label: LabelDef) -> CodedConcept:
     return _coded(label.terminology.type if label.terminology else _DEFAULT_TYPE)
 
 
+def _without_spacing_between_slices(source: pydicom.Dataset) -> pydicom.Dataset:
+    """The source file's dataset (read for this SEG only) without its SpacingBetweenSlices, so that highdicom
+    measures the spacing from the slices' positions: a source's own value is not trusted (GDCM writes 1 mm for
+    1.9 mm slices) and highdicom would copy it into the SEG unchecked."""
+    if "SpacingBetweenSlices" in source:
+        del source.SpacingBetweenSlices
+    return source
+
+
 def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: list[str], out_path: str | Path,
                     series_description: str = "MedCNNCAD AI segmentation (research use only)") -> Path:
     """Write a (K, J, I) label map on the source series' grid as a DICOM Segmentation (binary).
 
     One segment per manifest label (value -> segment number in manifest order); empty frames
-    are omitted. Raises InputError when the label map does not match the series.
+    are omitted. Raises InputError when the label map does not match the series. The spacing between slices is
+    highdicom's measurement from the files' positions, not the source's SpacingBetweenSlices.
     """
-    sources = [pydicom.dcmread(f) for f in source_files]
+    sources = [_without_spacing_between_slices(pydicom.dcmread(f)) for f in source_files]
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     if label_map.shape != (len(sources), rows, cols):
         raise InputError(f"label map shape {label_map.shape} does not match the DICOM series "
