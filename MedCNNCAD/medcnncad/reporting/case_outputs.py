@@ -236,6 +236,23 @@ def _display_slices(image: sitk.Image, center_ijk: tuple[float, float, float]) -
     return [("axial", arr[k, :, :]), ("coronal", arr[::-1, j, :]), ("sagittal", arr[::-1, :, i])]
 
 
+VIEW_EDGES = {"axial": ("R", "L", "A", "P"), "coronal": ("R", "L", "S", "I"), "sagittal": ("A", "P", "S", "I")}
+"""The patient directions at each view's left, right, top and bottom edge, for the slices of
+:func:`_display_slices` (radiological convention: the patient's right on the image's left)."""
+
+
+def _mark_edges(ax: Any, view: str, shape: tuple[int, ...]) -> None:
+    """Write the patient directions of ``view`` (:data:`VIEW_EDGES`) inside the middle of each edge of its
+    (rows, columns) ``shape`` slice drawn in ``ax``."""
+    left, right, top, bottom = VIEW_EDGES[view]
+    rows, cols = shape
+    style = {"color": "yellow", "fontsize": 9, "fontweight": "bold"}
+    ax.text(0, rows / 2, left, ha="left", va="center", **style)
+    ax.text(cols - 1, rows / 2, right, ha="right", va="center", **style)
+    ax.text(cols / 2, 0, top, ha="center", va="top", **style)
+    ax.text(cols / 2, rows - 1, bottom, ha="center", va="bottom", **style)
+
+
 def _aspects(image: sitk.Image) -> list[float]:
     sx, sy, sz = image.GetSpacing()
     return [sy / sx, sz / sx, sz / sy]
@@ -267,7 +284,8 @@ def _overlay_title(result: SegmentationResult, with_reference: bool) -> str:
 
 def render_overlays(result: SegmentationResult, background: sitk.Image, out_png: str | Path,
                     reference_labels: np.ndarray | None = None, title: str = "") -> Path:
-    """Three orthogonal slices (radiological convention) through the largest lesion.
+    """Three orthogonal slices (radiological convention) through the largest lesion, each edge marked with its
+    patient direction (R/L, A/P, S/I).
 
     AI labels are filled in their manifest colours; reference boundaries (if given) are
     drawn as white contours.
@@ -304,6 +322,7 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
         ax.imshow(colors[lab], aspect=aspect, interpolation="nearest")
         ax.set_title(name, color="white", fontsize=10)
         ax.axis("off")
+        _mark_edges(ax, name, img.shape)
     if ref is not None:
         for ax, (_, rl) in zip(axes, _display_slices(ref, center)):
             if rl.any():
