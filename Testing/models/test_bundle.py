@@ -54,3 +54,42 @@ def test_trusted_bundle_runs_and_matches_the_manifest_model(tmp_path):
     voxel_ml = float(np.prod(b.reference.GetSpacing())) / 1000
     brats = remove_small_components(np.array([0, 1, 2, 4], np.uint8)[a.label_map], 0.1, voxel_ml)
     np.testing.assert_array_equal(brats, b.label_map)
+
+
+def _with_entry(folder, entry: dict):
+    """The code-free bundle with ``entry`` as the options of its first preprocessing step (so that building
+    the preprocessing builds it)."""
+    config = folder / "configs" / "inference.json"
+    data = json.loads(config.read_text())
+    data["side"] = entry
+    data["preprocessing"]["transforms"][2]["allow_missing_keys"] = "@side"
+    config.write_text(json.dumps(data))
+    return folder
+
+
+def _side_effects(tmp_path):
+    """What each config below does when run: (entry, file it creates or empties)."""
+    victim = tmp_path / "victim.txt"
+    return {
+        "monai utility": ({"_target_": "monai.utils.misc.run_cmd", "cmd_list": ["touch", str(victim)]}, victim),
+        "builtin by bare name": ({"_target_": "open", "file": str(victim), "mode": "w"}, victim),
+        "reader by bare name": ({"_target_": "LoadImaged", "keys": "image", "reader": "open", "file": str(victim),
+                                 "mode": "w"}, victim),
+        "macro from another file": (f"%{tmp_path / 'evil.json'}#step", victim),
+    }
+
+
+@pytest.mark.parametrize("case", ["monai utility", "builtin by bare name", "reader by bare name",
+                                  "macro from another file"])
+def test_configs_that_run_code_without_a_dollar_need_trust(tmp_path, case):
+    entry, victim = _side_effects(tmp_path)[case]
+    victim.write_text("precious")
+    if case == "macro from another file":  # the imported file holds the code, and is neither checked nor hashed
+        victim.unlink()
+        (tmp_path / "evil.json").write_text(json.dumps({"step": f"$open({str(victim)!r}, 'w').close()"}))
+    folder = _with_entry(write_bundle(tmp_path / "bundle", code=False), entry)
+    assert bundle_code_entries(folder)
+    with pytest.raises(TrustError, match="executable code"):
+        load_model(folder)
+    assert victim.exists() == (case != "macro from another file")
+    assert not victim.exists() or victim.read_text() == "precious"
