@@ -6,12 +6,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from helpers import demo_model_unsnapped, small_phantom, write_bundle
 
-from medcnncad.errors import TrustError
+from medcnncad.errors import ModelError, TrustError
+from medcnncad.inference.postprocess import label_map_from_probabilities, label_map_from_probabilities_torch
 from medcnncad.inference.segmenter import Segmenter, remove_small_components
 from medcnncad.models.bundle import bundle_code_entries, trust_bundle
-from medcnncad.models.registry import load_model
+from medcnncad.models.registry import describe_model, load_model
 
 
 def test_untrusted_bundle_with_code_is_refused(tmp_path):
@@ -93,3 +95,48 @@ def test_configs_that_run_code_without_a_dollar_need_trust(tmp_path, case):
         load_model(folder)
     assert victim.exists() == (case != "macro from another file")
     assert not victim.exists() or victim.read_text() == "precious"
+
+
+def _brats_sigmoid_bundle(folder, extra: dict | None = None):
+    """The code-free bundle with MONAI's BraTS bundle's outputs: sigmoid tumor core, whole tumor, enhancing
+    tumor, in that channel order, and ``extra`` as the metadata's ``medcnncad`` block."""
+    folder = write_bundle(folder, code=False)
+    meta = json.loads((folder / "configs" / "metadata.json").read_text())
+    meta["network_data_format"]["outputs"]["pred"] = {
+        "type": "image", "num_channels": 3,
+        "channel_def": {"0": "Tumor core", "1": "Whole tumor", "2": "Enhancing tumor"}}
+    if extra is not None:
+        meta["medcnncad"] = extra
+    (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
+    config = json.loads((folder / "configs" / "inference.json").read_text())
+    config["postprocessing"]["transforms"] = [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+                                              {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}]
+    (folder / "configs" / "inference.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_overlapping_sigmoid_outputs_need_their_nesting(tmp_path):
+    folder = _brats_sigmoid_bundle(tmp_path / "bundle")
+    for read in (describe_model, load_model):
+        with pytest.raises(ModelError, match=r"metadata.json: the bundle's 3 sigmoid outputs .* may overlap"):
+            read(folder)
+
+
+def test_nested_sigmoid_outputs_paint_the_innermost_region(tmp_path):
+    nested = ["Whole tumor", "Tumor core", "Enhancing tumor"]
+    manifest = describe_model(_brats_sigmoid_bundle(tmp_path / "bundle", {"nested_outputs": nested}))
+    # four voxels: background, oedema (whole tumor only), necrotic core (+ core), enhancing (all three);
+    # channels in the bundle's order: tumor core, whole tumor, enhancing tumor
+    probabilities = np.array([[0.1, 0.2, 0.9, 0.8], [0.1, 0.9, 0.9, 0.9], [0.1, 0.1, 0.2, 0.7]], np.float32)
+    probabilities = probabilities[:, :, None, None]
+    labels = label_map_from_probabilities(probabilities, manifest)[:, 0, 0]
+    np.testing.assert_array_equal(labels, [0, 2, 1, 3])  # values: channel index + 1
+    np.testing.assert_array_equal(label_map_from_probabilities_torch(torch.from_numpy(probabilities), manifest)
+                                  .numpy()[:, 0, 0], labels)
+    voxels = {name: int(np.isin(labels, values).sum()) for name, values in manifest.structures().items()}
+    assert voxels == {"Tumor_core": 2, "Whole_tumor": 3, "Enhancing_tumor": 1}
+
+
+def test_exclusive_sigmoid_outputs_keep_the_channel_order(tmp_path):
+    manifest = describe_model(_brats_sigmoid_bundle(tmp_path / "bundle", {"exclusive_outputs": True}))
+    assert manifest.postprocessing.painting() == (0, 1, 2) and manifest.regions == ()

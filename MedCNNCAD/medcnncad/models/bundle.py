@@ -43,6 +43,7 @@ from medcnncad.models.manifest import (
     OutputChannel,
     Postprocessing,
     Preprocessing,
+    RegionDef,
     contained_path,
     palette_colour,
     sha256_file,
@@ -175,16 +176,50 @@ def _targets(config: Any, names: tuple[str, ...]) -> list[dict]:
             str(v.get("_target_", "")).rsplit(".", 1)[-1] in names]
 
 
-def _postprocessing(config: Any, channels: list[str]) -> Postprocessing:
+def _postprocessing(config: Any, channels: list[str], meta: dict,
+                    where: Path) -> tuple[Postprocessing, tuple[RegionDef, ...]]:
+    """Activation, output channels (softmax: value = channel index; sigmoid: index + 1) and, for nested
+    sigmoid outputs, the painting order and regions (:func:`_sigmoid_layout`)."""
     act = _targets(config, ("Activations", "Activationsd"))
     sigmoid = any(a.get("sigmoid") is True for a in act)
     thresholds = [d["threshold"] for d in _targets(config, ("AsDiscrete", "AsDiscreted"))
                   if isinstance(d.get("threshold"), (int, float))]
     if sigmoid:
         outs = tuple(OutputChannel(name, i + 1) for i, name in enumerate(channels))
-        return Postprocessing("sigmoid", outs, float(thresholds[0]) if thresholds else 0.5)
+        order, regions = _sigmoid_layout(outs, meta.get("medcnncad", {}), where)
+        return Postprocessing("sigmoid", outs, float(thresholds[0]) if thresholds else 0.5,
+                              paint_order=order), regions
     outs = tuple(OutputChannel(name, i) for i, name in enumerate(channels))
-    return Postprocessing("softmax", outs)
+    return Postprocessing("softmax", outs), ()
+
+
+def _sigmoid_layout(outs: tuple[OutputChannel, ...], extra: Any,
+                    where: Path) -> tuple[tuple[int, ...], tuple[RegionDef, ...]]:
+    """Painting order (channel indices) and regions of several sigmoid outputs, from the metadata's
+    ``medcnncad`` block: ``nested_outputs`` (every output's name, outermost first, as BraTS whole tumor,
+    tumor core, enhancing tumor: painted in that order, each a region of its own and the inner outputs'
+    values) or ``exclusive_outputs: true`` (outputs never overlap: channel order, no regions).
+
+    Sigmoid outputs may overlap, and a bundle does not say how (MONAI's BraTS bundle lists tumor core
+    before the whole tumor that contains it: painted in channel order the core would vanish), so several
+    outputs without either key are refused.
+    """
+    extra = extra if isinstance(extra, dict) else {}
+    names = [c.name for c in outs]
+    nested = extra.get("nested_outputs")
+    if len(outs) < 2 or (nested is None and extra.get("exclusive_outputs") is True):
+        return (), ()
+    if nested is None:
+        raise ModelError(f"{where}: the bundle's {len(outs)} sigmoid outputs {names} may overlap; say how in "
+                         f"'medcnncad': {{'nested_outputs': [outermost, ..., innermost]}} (e.g. whole tumor, "
+                         f"tumor core, enhancing tumor) or {{'exclusive_outputs': true}}")
+    given = [str(n).replace(" ", "_") for n in nested] if isinstance(nested, list) else []
+    if sorted(given) != sorted(names):
+        raise ModelError(f"{where}: medcnncad.nested_outputs {nested!r} must name each output {names} once")
+    order = tuple(names.index(n) for n in given)
+    regions = tuple(RegionDef(outs[i].name, tuple(sorted(outs[j].value for j in order[k:])))
+                    for k, i in enumerate(order))
+    return order, regions
 
 
 def _channel_names(meta: dict, key: str, count_default: int, prefix: str) -> list[str]:
@@ -216,15 +251,16 @@ def _read_metadata(folder: Path) -> dict:
 
 
 def _bundle_manifest(folder: Path, meta: dict, network_name: str, inference: InferenceSettings,
-                     post: Postprocessing, weights: Path) -> Manifest:
-    """The engine's view of a bundle: channels from metadata, labels from the output channels."""
+                     outputs: tuple[Postprocessing, tuple[RegionDef, ...]], weights: Path) -> Manifest:
+    """The engine's view of a bundle: channels from metadata, labels (and regions) from the outputs."""
+    post, regions = outputs
     labels = tuple(LabelDef(c.name, c.value, palette_colour(i)) for i, c in enumerate(post.channels)
                    if c.value)
     name = str(meta.get("name", folder.name))
     return Manifest(
         id=name.lower().replace(" ", "-"), version=str(meta.get("version", "0.0.0")), task="segmentation",
         inputs=tuple(InputChannel(n, "MR") for n in _channel_names(meta, "inputs", 1, "image")), labels=labels,
-        regions=(), preprocessing=Preprocessing(), network_class=network_name, network_kwargs={},
+        regions=regions, preprocessing=Preprocessing(), network_class=network_name, network_kwargs={},
         inference=inference, postprocessing=post, weights_file=weights, weights_sha256=sha256_file(weights),
         name=name, description=str(meta.get("description", "")),
         trained_on=str(meta.get("data_source", "see bundle metadata")),
@@ -240,7 +276,8 @@ def describe_bundle(folder: str | Path) -> Manifest:
     settings = _inference_settings({k: v for k, v in raw_inferer.items()
                                     if k in _INFERER_FIELDS and not (isinstance(v, str) and v[:1] in "$@")})
     network = str((config.get("network_def") or {}).get("_target_", "network")) if isinstance(config, dict) else ""
-    post = _postprocessing(config, _channel_names(meta, "outputs", 2, "class"))
+    post = _postprocessing(config, _channel_names(meta, "outputs", 2, "class"), meta,
+                           folder / "configs" / "metadata.json")
     return _bundle_manifest(folder, meta, network.rsplit(".", 1)[-1], settings, post,
                             contained_path(folder, "models/model.pt", "weights"))
 
@@ -288,7 +325,8 @@ def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
     network, inferer = parsed["network_def"], parsed["inferer"]
     preprocess = _preprocess_without_loading(parsed["preprocessing"], meta)
 
-    post = _postprocessing(_read_config(config_path), _channel_names(meta, "outputs", 2, "class"))
+    post = _postprocessing(_read_config(config_path), _channel_names(meta, "outputs", 2, "class"), meta,
+                           folder / "configs" / "metadata.json")
     manifest = _bundle_manifest(folder, meta, type(network).__name__, _inference_settings(
         {k: getattr(inferer, k) for k in _INFERER_FIELDS if hasattr(inferer, k)}), post, weights)
     return LoadedModel(manifest, network, preprocess, "bundle", folder)
