@@ -103,6 +103,17 @@ def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
         parse_manifest(raw, tmp_path)
 
 
+def test_a_folder_named_like_a_model_does_not_hide_it(tmp_path, monkeypatch):
+    """An output folder in the working directory named like the installed model (``--out brats-demo-unet``)
+    is no model: the id still finds the installed one, and the folder alone is refused by name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "brats-demo-unet").mkdir()
+    (tmp_path / "not-a-model").mkdir()
+    assert find_model("brats-demo-unet").resolve() == DEMO_MODEL.resolve()
+    with pytest.raises(ModelError, match="not-a-model: not a model folder"):
+        find_model("not-a-model")
+
+
 def test_unknown_model_id(tmp_path):
     with pytest.raises(ModelError, match="no such model"):
         find_model("no-such-model")

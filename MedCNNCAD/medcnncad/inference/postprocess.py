@@ -95,8 +95,8 @@ def foreground_probability_at(probabilities: np.ndarray, manifest: Manifest) -> 
 def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest, rows: int = 16) -> np.ndarray:
     """Apply the manifest's rule to (C, K, J, I) probabilities of all output channels; uint8 (K, J, I).
 
-    softmax: value of the arg-max channel. sigmoid: channels painted in order where
-    probability > threshold (later channels overwrite earlier ones). Works ``rows`` slices
+    softmax: value of the arg-max channel. sigmoid: channels painted in order (``Postprocessing.painting``)
+    where probability > threshold (later channels overwrite earlier ones). Works ``rows`` slices
     at a time, so no full-size index array is ever allocated.
     """
     post = manifest.postprocessing
@@ -107,8 +107,8 @@ def label_map_from_probabilities(probabilities: np.ndarray, manifest: Manifest, 
         if post.activation == "softmax":
             out[k:k + rows] = values[np.argmax(part, axis=0)]
             continue
-        for index, channel in enumerate(post.channels):
-            out[k:k + rows][part[index] > post.threshold] = channel.value
+        for index in post.painting():
+            out[k:k + rows][part[index] > post.threshold] = post.channels[index].value
     return out
 
 
@@ -120,8 +120,8 @@ def label_map_from_probabilities_torch(probabilities: torch.Tensor, manifest: Ma
     if post.activation == "softmax":
         return values[probabilities.argmax(0)]
     out = torch.zeros(probabilities.shape[1:], dtype=torch.uint8, device=probabilities.device)
-    for index, channel in enumerate(post.channels):
-        out[probabilities[index] > post.threshold] = channel.value
+    for index in post.painting():
+        out[probabilities[index] > post.threshold] = post.channels[index].value
     return out
 
 

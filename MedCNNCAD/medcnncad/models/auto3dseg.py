@@ -27,8 +27,9 @@ input grid (identical when no resampling happens: input spacing within 0.75-1.25
 (``{"inputs": ["T1c", "T1", "FLAIR", "T2"], "name": ...}``), which the folder itself does not.
 
 Safe loading: ``model.pt`` is opened with ``torch.load(weights_only=True)`` (as the script does
-under torch >= 2.6); a network config naming a class outside MONAI / torch.nn, or holding a
-``$`` expression, runs only after the trust step (:mod:`medcnncad.models.trust`).
+under torch >= 2.6); a network config that can run code (``bundle.config_code_entries``: a
+``$`` expression, a ``_target_`` that is not a MONAI network/transform/inferer or torch.nn class, ...),
+runs only after the trust step (:mod:`medcnncad.models.trust`).
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ def load_auto3dseg(folder: str | Path, trust: bool = False) -> LoadedModel:
 
     Raises:
         ModelError: not an Auto3DSeg checkpoint, weights that do not fit, unsupported outputs.
-        TrustError: the network config names code outside MONAI / torch.nn and the folder is not trusted.
+        TrustError: the network config can run code and the folder is not trusted.
     """
     folder = Path(folder)
     checkpoint = _checkpoint(folder)

@@ -3,9 +3,10 @@
 A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or
 ``.yaml``) and ``models/model.pt``. Its network, sliding-window inferer and
 preprocessing come from the config, parsed by ``monai.bundle.ConfigParser``. Because
-``$`` entries of a config are Python expressions executed on parse (and ``_target_``
-may name any callable), a bundle whose config contains either kind of code runs only
-when the user trusts it: ``trust=True`` for one run, or its hash in the trusted list
+``$`` entries of a config are Python expressions executed on parse (and ``_target_``,
+a ``%`` macro or a loader's ``reader`` may name any callable or file), a bundle whose config
+can run code (:func:`config_code_entries`) runs only when the user trusts it: ``trust=True``
+for one run, or its hash in the trusted list
 (:func:`trust_bundle`). The hash covers every file under ``configs/`` and ``models/``,
 so a changed bundle is no longer trusted.
 
@@ -22,9 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import monai.data
 import yaml
 from monai.bundle import ConfigParser
+from monai.bundle.config_item import ComponentLocator
 from monai.transforms import Compose
+from monai.transforms.io.array import SUPPORTED_READERS
+from monai.utils.module import locate
 
 from medcnncad.errors import ModelError
 from medcnncad.models.loaded import LoadedClassifier, LoadedModel
@@ -38,6 +43,7 @@ from medcnncad.models.manifest import (
     OutputChannel,
     Postprocessing,
     Preprocessing,
+    RegionDef,
     contained_path,
     palette_colour,
     sha256_file,
@@ -48,7 +54,10 @@ from medcnncad.models.weights import load_into, load_state_dict_verified
 __all__ = ["bundle_hash", "bundle_code_entries", "config_code_entries", "trusted_hashes", "trust_bundle",
            "load_bundle", "describe_bundle", "load_classification_bundle"]
 
-_SAFE_TARGET_PREFIXES = ("monai.", "torch.nn.", "torch.optim.")
+# modules whose classes a config may build without trust: networks, transforms, inferers, torch layers and
+# optimisers (not MONAI's utilities, bundle runners, data sets, engines or handlers, which can run commands,
+# read or write files and download)
+_SAFE_TARGET_PREFIXES = ("monai.networks.", "monai.transforms.", "monai.inferers.", "torch.nn.", "torch.optim.")
 _LOADING_TRANSFORMS = {"LoadImage", "LoadImaged", "EnsureChannelFirst", "EnsureChannelFirstd", "SaveImage",
                        "SaveImaged"}
 
@@ -87,21 +96,57 @@ def _walk(node: Any) -> Iterator[tuple[str | None, Any]]:
             yield from _walk(value)
 
 
+def _safe_class(path: str) -> bool:
+    """Whether the dotted ``path`` names a class in a module of :data:`_SAFE_TARGET_PREFIXES` (only those
+    modules are imported to find out)."""
+    return path.startswith(_SAFE_TARGET_PREFIXES) and isinstance(locate(path), type)
+
+
+def _safe_target(target: str, locator: ComponentLocator) -> bool:
+    """Whether a ``_target_`` builds a safe class. A name without a dot is looked up as MONAI's config
+    parser does: among MONAI's modules (every candidate must be safe), else by ``pydoc.locate``, which
+    finds Python's builtins (``open``, ``exec``): never safe."""
+    if "." in target:
+        return _safe_class(target)
+    modules = locator.get_component_module_name(target)
+    candidates = [modules] if isinstance(modules, str) else modules or []
+    return bool(candidates) and all(_safe_class(f"{module}.{target}") for module in candidates)
+
+
+def _builtin_io_class(name: str) -> bool:
+    """A ``reader``/``writer`` string that LoadImage/SaveImage resolve to MONAI's own class (other strings
+    are looked up with ``pydoc.locate`` and called)."""
+    return name.lower() in SUPPORTED_READERS or isinstance(getattr(monai.data, name, None), type)
+
+
+def _code_entry(key: str | None, value: Any, locator: ComponentLocator) -> str | None:
+    """Why one config entry (``key``: ``value``) can run code, or None."""
+    if isinstance(value, str) and value.startswith("$"):
+        return value[:80]
+    if isinstance(value, str) and value.startswith("%") and ConfigParser.split_path_id(value[1:])[0]:
+        return f"{value[:80]} (imports config from a file outside the checked ones)"
+    if key == "_target_" and isinstance(value, str) and not _safe_target(value, locator):
+        return f"_target_ {value[:80]}"
+    if key == "_mode_" and value != "default":
+        return f"_mode_ {str(value)[:80]}"
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    if key in ("reader", "writer") and not all(isinstance(n, str) and _builtin_io_class(n) for n in names):
+        return f"{key} {str(value)[:80]}"
+    return None
+
+
 def config_code_entries(config: Any, where: str) -> list[str]:
-    """Entries of a parsed MONAI config that execute code: ``$`` expressions and ``_target_``
-    outside MONAI/torch.nn/torch.optim. ``where`` prefixes each entry (a file name)."""
-    found = []
-    for key, value in _walk(config):
-        if isinstance(value, str) and value.startswith("$"):
-            found.append(f"{where}: {value[:80]}")
-        elif key == "_target_" and isinstance(value, str) and "." in value and \
-                not value.startswith(_SAFE_TARGET_PREFIXES):
-            found.append(f"{where}: _target_ {value[:80]}")
-    return found
+    """Entries of a parsed MONAI config that can execute code: ``$`` expressions, ``%`` macros that import
+    another file, a ``_target_`` that is not a class of MONAI's networks, transforms or inferers, torch.nn or
+    torch.optim (a name without a dot resolved as MONAI resolves it), a ``_mode_`` other than ``default``,
+    and a ``reader``/``writer`` that is not MONAI's own. ``where`` prefixes each entry (a file name)."""
+    locator = ComponentLocator()
+    found = [_code_entry(key, value, locator) for key, value in _walk(config)]
+    return [f"{where}: {entry}" for entry in found if entry is not None]
 
 
 def bundle_code_entries(folder: str | Path) -> list[str]:
-    """Config entries that execute code: ``$`` expressions and ``_target_`` outside MONAI/torch.nn."""
+    """Config entries that can execute code (:func:`config_code_entries`) in every file of ``configs/``."""
     return [entry for path in _config_files(Path(folder))
             for entry in config_code_entries(_read_config(path), path.name)]
 
@@ -131,16 +176,50 @@ def _targets(config: Any, names: tuple[str, ...]) -> list[dict]:
             str(v.get("_target_", "")).rsplit(".", 1)[-1] in names]
 
 
-def _postprocessing(config: Any, channels: list[str]) -> Postprocessing:
+def _postprocessing(config: Any, channels: list[str], meta: dict,
+                    where: Path) -> tuple[Postprocessing, tuple[RegionDef, ...]]:
+    """Activation, output channels (softmax: value = channel index; sigmoid: index + 1) and, for nested
+    sigmoid outputs, the painting order and regions (:func:`_sigmoid_layout`)."""
     act = _targets(config, ("Activations", "Activationsd"))
     sigmoid = any(a.get("sigmoid") is True for a in act)
     thresholds = [d["threshold"] for d in _targets(config, ("AsDiscrete", "AsDiscreted"))
                   if isinstance(d.get("threshold"), (int, float))]
     if sigmoid:
         outs = tuple(OutputChannel(name, i + 1) for i, name in enumerate(channels))
-        return Postprocessing("sigmoid", outs, float(thresholds[0]) if thresholds else 0.5)
+        order, regions = _sigmoid_layout(outs, meta.get("medcnncad", {}), where)
+        return Postprocessing("sigmoid", outs, float(thresholds[0]) if thresholds else 0.5,
+                              paint_order=order), regions
     outs = tuple(OutputChannel(name, i) for i, name in enumerate(channels))
-    return Postprocessing("softmax", outs)
+    return Postprocessing("softmax", outs), ()
+
+
+def _sigmoid_layout(outs: tuple[OutputChannel, ...], extra: Any,
+                    where: Path) -> tuple[tuple[int, ...], tuple[RegionDef, ...]]:
+    """Painting order (channel indices) and regions of several sigmoid outputs, from the metadata's
+    ``medcnncad`` block: ``nested_outputs`` (every output's name, outermost first, as BraTS whole tumor,
+    tumor core, enhancing tumor: painted in that order, each a region of its own and the inner outputs'
+    values) or ``exclusive_outputs: true`` (outputs never overlap: channel order, no regions).
+
+    Sigmoid outputs may overlap, and a bundle does not say how (MONAI's BraTS bundle lists tumor core
+    before the whole tumor that contains it: painted in channel order the core would vanish), so several
+    outputs without either key are refused.
+    """
+    extra = extra if isinstance(extra, dict) else {}
+    names = [c.name for c in outs]
+    nested = extra.get("nested_outputs")
+    if len(outs) < 2 or (nested is None and extra.get("exclusive_outputs") is True):
+        return (), ()
+    if nested is None:
+        raise ModelError(f"{where}: the bundle's {len(outs)} sigmoid outputs {names} may overlap; say how in "
+                         f"'medcnncad': {{'nested_outputs': [outermost, ..., innermost]}} (e.g. whole tumor, "
+                         f"tumor core, enhancing tumor) or {{'exclusive_outputs': true}}")
+    given = [str(n).replace(" ", "_") for n in nested] if isinstance(nested, list) else []
+    if sorted(given) != sorted(names):
+        raise ModelError(f"{where}: medcnncad.nested_outputs {nested!r} must name each output {names} once")
+    order = tuple(names.index(n) for n in given)
+    regions = tuple(RegionDef(outs[i].name, tuple(sorted(outs[j].value for j in order[k:])))
+                    for k, i in enumerate(order))
+    return order, regions
 
 
 def _channel_names(meta: dict, key: str, count_default: int, prefix: str) -> list[str]:
@@ -172,15 +251,16 @@ def _read_metadata(folder: Path) -> dict:
 
 
 def _bundle_manifest(folder: Path, meta: dict, network_name: str, inference: InferenceSettings,
-                     post: Postprocessing, weights: Path) -> Manifest:
-    """The engine's view of a bundle: channels from metadata, labels from the output channels."""
+                     outputs: tuple[Postprocessing, tuple[RegionDef, ...]], weights: Path) -> Manifest:
+    """The engine's view of a bundle: channels from metadata, labels (and regions) from the outputs."""
+    post, regions = outputs
     labels = tuple(LabelDef(c.name, c.value, palette_colour(i)) for i, c in enumerate(post.channels)
                    if c.value)
     name = str(meta.get("name", folder.name))
     return Manifest(
         id=name.lower().replace(" ", "-"), version=str(meta.get("version", "0.0.0")), task="segmentation",
         inputs=tuple(InputChannel(n, "MR") for n in _channel_names(meta, "inputs", 1, "image")), labels=labels,
-        regions=(), preprocessing=Preprocessing(), network_class=network_name, network_kwargs={},
+        regions=regions, preprocessing=Preprocessing(), network_class=network_name, network_kwargs={},
         inference=inference, postprocessing=post, weights_file=weights, weights_sha256=sha256_file(weights),
         name=name, description=str(meta.get("description", "")),
         trained_on=str(meta.get("data_source", "see bundle metadata")),
@@ -196,7 +276,8 @@ def describe_bundle(folder: str | Path) -> Manifest:
     settings = _inference_settings({k: v for k, v in raw_inferer.items()
                                     if k in _INFERER_FIELDS and not (isinstance(v, str) and v[:1] in "$@")})
     network = str((config.get("network_def") or {}).get("_target_", "network")) if isinstance(config, dict) else ""
-    post = _postprocessing(config, _channel_names(meta, "outputs", 2, "class"))
+    post = _postprocessing(config, _channel_names(meta, "outputs", 2, "class"), meta,
+                           folder / "configs" / "metadata.json")
     return _bundle_manifest(folder, meta, network.rsplit(".", 1)[-1], settings, post,
                             contained_path(folder, "models/model.pt", "weights"))
 
@@ -244,7 +325,8 @@ def load_bundle(folder: str | Path, trust: bool = False) -> LoadedModel:
     network, inferer = parsed["network_def"], parsed["inferer"]
     preprocess = _preprocess_without_loading(parsed["preprocessing"], meta)
 
-    post = _postprocessing(_read_config(config_path), _channel_names(meta, "outputs", 2, "class"))
+    post = _postprocessing(_read_config(config_path), _channel_names(meta, "outputs", 2, "class"), meta,
+                           folder / "configs" / "metadata.json")
     manifest = _bundle_manifest(folder, meta, type(network).__name__, _inference_settings(
         {k: getattr(inferer, k) for k in _INFERER_FIELDS if hasattr(inferer, k)}), post, weights)
     return LoadedModel(manifest, network, preprocess, "bundle", folder)

@@ -241,7 +241,8 @@ class CoreRefinement:
 @dataclass(frozen=True)
 class Postprocessing:
     """``softmax``: label = value of the arg-max channel. ``sigmoid``: channels are painted in
-    list order wherever their probability exceeds ``threshold`` (later channels win).
+    list order (or ``paint_order``, channel indices, when given) wherever their probability exceeds
+    ``threshold`` (later channels win).
     Connected foreground components smaller than ``min_lesion_ml``, or whose largest foreground
     probability is below ``min_lesion_probability``, are removed from the label map."""
 
@@ -256,6 +257,11 @@ class Postprocessing:
     label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied after the lesion filter
     core_refinement: CoreRefinement | None = None  # applied last (refine.py)
     vessel_filter: VesselFilter | None = None  # after the floors, before the lesion filter (vessel_filter.py)
+    paint_order: tuple[int, ...] = ()  # sigmoid: channel indices, painted in this order (empty: list order)
+
+    def painting(self) -> tuple[int, ...]:
+        """The channel indices in the order a sigmoid label map paints them (later ones win)."""
+        return self.paint_order or tuple(range(len(self.channels)))
 
 
 @dataclass(frozen=True)

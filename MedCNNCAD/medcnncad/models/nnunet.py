@@ -86,25 +86,46 @@ def _inputs(dataset: dict[str, Any], path: Path) -> tuple[InputChannel, ...]:
     names = dataset.get("channel_names") or dataset.get("modality")
     if not isinstance(names, dict) or not names:
         raise ModelError(f"{path}: no 'channel_names' (nnU-Net v2 dataset.json)")
+    if not all(str(k).isdigit() for k in names):
+        raise ModelError(f"{path}: 'channel_names' keys {sorted(names)} must be channel numbers (0, 1, ...)")
     ordered = [str(names[k]) for k in sorted(names, key=int)]
     return tuple(InputChannel(n, "CT" if n.upper() == "CT" else "MR") for n in ordered)
 
 
+def _label_values(labels: dict[str, Any], path: Path) -> dict[str, tuple[int, ...]]:
+    """``dataset.json`` ``labels`` but ``ignore``, each as its label values (an int is one value)."""
+    out = {}
+    for name, value in labels.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer()
+                                 for v in values):
+            raise ModelError(f"{path}: label {name!r} is {value!r}, not an integer label value or a list of them")
+        if name != "ignore":
+            out[name] = tuple(int(v) for v in values)
+    return out
+
+
 def _outputs(dataset: dict[str, Any], path: Path) -> tuple[Postprocessing, tuple[LabelDef, ...], tuple[RegionDef, ...]]:
-    """Output channels, label values and regions as nnU-Net's LabelManager orders them."""
+    """Output channels, label values and regions as nnU-Net's LabelManager orders them.
+
+    As ``LabelManager``: the model is region-based when some label is a list of more than one value; its
+    regions are then every entry but ``ignore`` and the background (an int is a one-value region), in
+    ``dataset.json`` order. Otherwise one softmax channel per label value, sorted (``[1]`` is label 1).
+    """
     labels = dataset.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise ModelError(f"{path}: no 'labels'")
-    regions = {name: tuple(v) for name, v in labels.items() if isinstance(v, (list, tuple))}
-    if not regions:
-        by_value = sorted((int(v), str(name)) for name, v in labels.items() if name != "ignore")
+    values = _label_values(labels, path)
+    if not any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values()):
+        by_value = sorted((v[0], name) for name, v in values.items())
         outs = tuple(OutputChannel(name.replace(" ", "_"), value) for value, name in by_value)
         defs = tuple(LabelDef(c.name, c.value, palette_colour(i)) for i, c in enumerate(outs) if c.value)
         return Postprocessing("softmax", outs), defs, ()
     order = dataset.get("regions_class_order")
-    fg = [(name, r) for name, r in regions.items() if set(r) != {0}]
+    fg = [(name, r) for name, r in values.items() if set(r) != {0}]
     if not isinstance(order, list) or len(order) != len(fg):
-        raise ModelError(f"{path}: a region-based model needs 'regions_class_order' with one value per region")
+        raise ModelError(f"{path}: a region-based model needs 'regions_class_order' with one value per region "
+                         f"({len(fg)}: {[name for name, _ in fg]}), not {order!r}")
     outs = tuple(OutputChannel(name.replace(" ", "_"), int(v)) for (name, _), v in zip(fg, order))
     defs = tuple(LabelDef(c.name, c.value, palette_colour(i)) for i, c in enumerate(outs))
     # a region, in painted label values: every region's value whose original labels it contains

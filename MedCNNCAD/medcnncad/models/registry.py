@@ -100,9 +100,13 @@ def list_models() -> list[Path]:
 
 
 def find_model(id_or_path: str) -> Path:
-    """Resolve a model id (manifest ``id`` or bundle folder name) or a folder path."""
+    """Resolve a model folder path, or a model id (manifest ``id`` or alias, or another format's folder name).
+
+    A folder that holds a model wins; a folder that holds none (an output folder named like a model) does
+    not hide the installed model of that id, and is refused by name when there is none.
+    """
     candidate = Path(id_or_path).expanduser()
-    if candidate.is_dir():
+    if candidate.is_dir() and model_format(candidate) is not None:
         return candidate
     if candidate.name == "manifest.json" and candidate.is_file():
         return candidate.parent
@@ -116,6 +120,9 @@ def find_model(id_or_path: str) -> Path:
                 continue
         elif folder.name == id_or_path:
             return folder
+    if candidate.is_dir():
+        raise ModelError(f"{candidate}: not a model folder (manifest not found: no manifest.json, and not a MONAI "
+                         f"bundle, nnU-Net v2 or Auto3DSeg model folder)")
     raise ModelError(f"{id_or_path}: no such model (not a folder, and no installed model has this id; "
                      f"see 'medcnncad models')")
 
