@@ -12,7 +12,7 @@ from helpers import demo_model_unsnapped, small_phantom, write_bundle
 from medcnncad.errors import ModelError, TrustError
 from medcnncad.inference.postprocess import label_map_from_probabilities, label_map_from_probabilities_torch
 from medcnncad.inference.segmenter import Segmenter, remove_small_components
-from medcnncad.models.bundle import bundle_code_entries, trust_bundle
+from medcnncad.models.bundle import brats_nesting, bundle_code_entries, trust_bundle
 from medcnncad.models.registry import describe_model, load_model
 
 
@@ -97,14 +97,16 @@ def test_configs_that_run_code_without_a_dollar_need_trust(tmp_path, case):
     assert not victim.exists() or victim.read_text() == "precious"
 
 
-def _brats_sigmoid_bundle(folder, extra: dict | None = None):
+BRATS_OUTPUTS = ("Tumor core", "Whole tumor", "Enhancing tumor")
+
+
+def _brats_sigmoid_bundle(folder, extra: dict | None = None, outputs: tuple[str, ...] = BRATS_OUTPUTS):
     """The code-free bundle with MONAI's BraTS bundle's outputs: sigmoid tumor core, whole tumor, enhancing
-    tumor, in that channel order, and ``extra`` as the metadata's ``medcnncad`` block."""
+    tumor, in that channel order (or ``outputs``), and ``extra`` as the metadata's ``medcnncad`` block."""
     folder = write_bundle(folder, code=False)
     meta = json.loads((folder / "configs" / "metadata.json").read_text())
     meta["network_data_format"]["outputs"]["pred"] = {
-        "type": "image", "num_channels": 3,
-        "channel_def": {"0": "Tumor core", "1": "Whole tumor", "2": "Enhancing tumor"}}
+        "type": "image", "num_channels": 3, "channel_def": {str(i): name for i, name in enumerate(outputs)}}
     if extra is not None:
         meta["medcnncad"] = extra
     (folder / "configs" / "metadata.json").write_text(json.dumps(meta))
@@ -116,15 +118,16 @@ def _brats_sigmoid_bundle(folder, extra: dict | None = None):
 
 
 def test_overlapping_sigmoid_outputs_need_their_nesting(tmp_path):
-    folder = _brats_sigmoid_bundle(tmp_path / "bundle")
+    folder = _brats_sigmoid_bundle(tmp_path / "bundle", outputs=("lesion", "oedema", "core"))
     for read in (describe_model, load_model):
         with pytest.raises(ModelError, match=r"metadata.json: the bundle's 3 sigmoid outputs .* may overlap"):
             read(folder)
 
 
-def test_nested_sigmoid_outputs_paint_the_innermost_region(tmp_path):
-    nested = ["Whole tumor", "Tumor core", "Enhancing tumor"]
-    manifest = describe_model(_brats_sigmoid_bundle(tmp_path / "bundle", {"nested_outputs": nested}))
+@pytest.mark.parametrize("extra", [{"nested_outputs": ["Whole tumor", "Tumor core", "Enhancing tumor"]}, None],
+                         ids=["declared", "BraTS names"])
+def test_nested_sigmoid_outputs_paint_the_innermost_region(tmp_path, extra):
+    manifest = describe_model(_brats_sigmoid_bundle(tmp_path / "bundle", extra))
     # four voxels: background, oedema (whole tumor only), necrotic core (+ core), enhancing (all three);
     # channels in the bundle's order: tumor core, whole tumor, enhancing tumor
     probabilities = np.array([[0.1, 0.2, 0.9, 0.8], [0.1, 0.9, 0.9, 0.9], [0.1, 0.1, 0.2, 0.7]], np.float32)
@@ -135,6 +138,14 @@ def test_nested_sigmoid_outputs_paint_the_innermost_region(tmp_path):
                                   .numpy()[:, 0, 0], labels)
     voxels = {name: int(np.isin(labels, values).sum()) for name, values in manifest.structures().items()}
     assert voxels == {"Tumor_core": 2, "Whole_tumor": 3, "Enhancing_tumor": 1}
+
+
+def test_brats_nesting_by_hand():
+    assert brats_nesting(["TC", "WT", "ET"]) == ["WT", "TC", "ET"]
+    assert brats_nesting(["enhancing_tumor", "Whole tumor", "tumor_core"]) == ["Whole tumor", "tumor_core",
+                                                                              "enhancing_tumor"]
+    assert brats_nesting(["WT", "whole_tumor", "ET"]) is None  # one region twice
+    assert brats_nesting(["WT", "TC", "edema"]) is None
 
 
 def test_exclusive_sigmoid_outputs_keep_the_channel_order(tmp_path):

@@ -51,8 +51,8 @@ from medcnncad.models.manifest import (
 from medcnncad.models.trust import add_trusted_hash, files_hash, require_trust, trusted_hashes
 from medcnncad.models.weights import load_into, load_state_dict_verified
 
-__all__ = ["bundle_hash", "bundle_code_entries", "config_code_entries", "trusted_hashes", "trust_bundle",
-           "load_bundle", "describe_bundle", "load_classification_bundle"]
+__all__ = ["bundle_hash", "brats_nesting", "bundle_code_entries", "config_code_entries", "trusted_hashes",
+           "trust_bundle", "load_bundle", "describe_bundle", "load_classification_bundle"]
 
 # modules whose classes a config may build without trust: networks, transforms, inferers, torch layers and
 # optimisers (not MONAI's utilities, bundle runners, data sets, engines or handlers, which can run commands,
@@ -193,6 +193,23 @@ def _postprocessing(config: Any, channels: list[str], meta: dict,
     return Postprocessing("softmax", outs), ()
 
 
+_BRATS_REGIONS = ({"whole_tumor", "wt"}, {"tumor_core", "tc"}, {"enhancing_tumor", "et"})
+"""The BraTS regions, outermost first, each by the names a bundle's ``channel_def`` gives it (case and spaces
+aside): the whole tumor holds the tumor core, which holds the enhancing tumor."""
+
+
+def brats_nesting(names: list[str]) -> list[str] | None:
+    """``names`` ordered outermost first when every one names a different BraTS region (:data:`_BRATS_REGIONS`,
+    e.g. MONAI's BraTS bundle's "Tumor core", "Whole tumor", "Enhancing tumor"), else ``None``."""
+    rank: dict[str, int] = {}
+    for name in names:
+        found = [i for i, aliases in enumerate(_BRATS_REGIONS) if name.lower().replace(" ", "_") in aliases]
+        if not found or found[0] in rank.values():
+            return None
+        rank[name] = found[0]
+    return sorted(names, key=rank.__getitem__)
+
+
 def _sigmoid_layout(outs: tuple[OutputChannel, ...], extra: Any,
                     where: Path) -> tuple[tuple[int, ...], tuple[RegionDef, ...]]:
     """Painting order (channel indices) and regions of several sigmoid outputs, from the metadata's
@@ -201,14 +218,17 @@ def _sigmoid_layout(outs: tuple[OutputChannel, ...], extra: Any,
     values) or ``exclusive_outputs: true`` (outputs never overlap: channel order, no regions).
 
     Sigmoid outputs may overlap, and a bundle does not say how (MONAI's BraTS bundle lists tumor core
-    before the whole tumor that contains it: painted in channel order the core would vanish), so several
-    outputs without either key are refused.
+    before the whole tumor that contains it: painted in channel order the core would vanish). Without either
+    key, outputs that are the BraTS regions are nested as BraTS defines them (:func:`brats_nesting`); other
+    overlapping outputs are refused.
     """
     extra = extra if isinstance(extra, dict) else {}
     names = [c.name for c in outs]
     nested = extra.get("nested_outputs")
     if len(outs) < 2 or (nested is None and extra.get("exclusive_outputs") is True):
         return (), ()
+    if nested is None:
+        nested = brats_nesting(names)
     if nested is None:
         raise ModelError(f"{where}: the bundle's {len(outs)} sigmoid outputs {names} may overlap; say how in "
                          f"'medcnncad': {{'nested_outputs': [outermost, ..., innermost]}} (e.g. whole tumor, "
