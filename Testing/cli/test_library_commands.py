@@ -134,3 +134,19 @@ def test_build_segments_cases_without_a_result(tmp_path, capsys):
     assert main(["report", str(case), "--library", str(lib), "-k", "1"]) == 0
     page = (case / "report.html").read_text()
     assert "<h2>Similar cases</h2>" in page and "<td>HGG</td>" in page
+
+
+def test_a_malformed_query_report_is_exit_2_naming_it(tmp_path, capsys):
+    cases = _cases(tmp_path)
+    lib = str(tmp_path / "lib")
+    assert main(["library", "build", "--cases", cases, "--out", lib]) == 0
+    bad = fake_case(tmp_path / "bad", [(1.0, 0.5, [0.0, 0.0])])
+    (bad / "report.json").write_text("[1, 2]")
+    _error(capsys, ["library", "query", "--library", lib, "--case", str(bad)], "bad/report.json: not a MedCNNCAD")
+    report = json.loads((tmp_path / "r3" / "report.json").read_text())
+    report["retrieval"]["lesions"][0]["deep"] = [0.0]
+    (bad / "report.json").write_text(json.dumps(report))
+    _error(capsys, ["library", "query", "--library", lib, "--case", str(bad)],
+           "bad: retrieval lesion 1: deep: 1 value(s), expected 2")
+    _error(capsys, ["library", "add", "--library", lib, "--case", str(bad)], "deep: 1 value(s), expected 2")
+    assert len(Library.open(lib).entries) == 2

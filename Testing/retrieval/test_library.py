@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from retrieval_cases import MODEL, NAMES, fake_case
 
-from medcnncad.retrieval.library import Library, LibraryError
+from medcnncad.retrieval.library import Library, LibraryError, sha256_of
 
 
 def _library(tmp_path):
@@ -167,3 +167,51 @@ def test_at_most_k_returns_the_whole_smaller_library(tmp_path):
     assert [n.rank for n in library.query(report, k=9, at_most=True)] == [1, 2, 3, 4]
     with pytest.raises(LibraryError, match="k = 9"):
         library.query(report, k=9)
+
+
+def test_non_finite_descriptors_are_refused_not_ranked(tmp_path):
+    """A NaN made every distance NaN and the ranking the library's row order (c1, c2, c3 at distance nan)."""
+    library = _library(tmp_path)
+    nan_radiomics = fake_case(tmp_path / "n1", [(float("nan"), 0.5, [0.0, 0.0])])
+    with pytest.raises(LibraryError, match=r"n1: retrieval lesion 1: value 'volume_ml' is nan"):
+        library.add_case(nan_radiomics, "n1")
+    assert not (tmp_path / "lib" / "entries" / "n1").exists() and len(library.lesions) == 4
+    inf_deep = json.loads(fake_case(tmp_path / "q", [(1.5, 0.5, [0.1, float("inf")])])
+                          .joinpath("report.json").read_text())
+    with pytest.raises(LibraryError, match=r"q: retrieval lesion 1: deep: value 1 is inf: not a finite number"):
+        library.query(inf_deep, k=1, where=str(tmp_path / "q"))
+    nan_roundness = json.loads(fake_case(tmp_path / "q2", [(1.5, float("nan"), [0.1, 0.1])])
+                               .joinpath("report.json").read_text())
+    with pytest.raises(LibraryError, match=r"radiomics: value 'roundness' is nan"):
+        library.query(nan_roundness, k=1, features="radiomics")
+    # a library written before the check (NaN in an entry, its checksum updated) is refused at open
+    entry = tmp_path / "lib" / "entries" / "c2" / "entry.json"
+    entry.write_text(entry.read_text().replace('"roundness": 0.6', '"roundness": NaN'))
+    data = json.loads((tmp_path / "lib" / "library.json").read_text())
+    data["entries"][1]["sha256"] = sha256_of(entry)
+    (tmp_path / "lib" / "library.json").write_text(json.dumps(data))
+    with pytest.raises(LibraryError, match=r"c2/entry.json: retrieval lesion 1: radiomics: value 'roundness' is nan"):
+        Library.open(tmp_path / "lib")
+
+
+def test_malformed_descriptors_are_one_clear_error(tmp_path):
+    library = _library(tmp_path)
+    report = json.loads((tmp_path / "c2" / "report.json").read_text())
+    del report["retrieval"]["lesions"][0]["radiomics"]["roundness"]
+    with pytest.raises(LibraryError, match=r"the case: retrieval lesion 1: no radiomics value 'roundness'"):
+        library.query(report, k=1)
+    report = json.loads((tmp_path / "c2" / "report.json").read_text())
+    report["retrieval"]["lesions"][0]["deep"] = [0.1, 0.0, 0.3]  # the library's vectors have 2 values
+    with pytest.raises(LibraryError, match=r"retrieval lesion 1: deep: 3 value\(s\), expected 2"):
+        library.query(report, k=1)
+    two = fake_case(tmp_path / "two", [(1.0, 0.5, [0.0, 0.0]), (2.0, 0.5, [0.0])])  # lengths differ inside a case
+    with pytest.raises(LibraryError, match=r"two: retrieval lesion 2: deep: 1 value\(s\), expected 2"):
+        library.add_case(two, "two")
+    with pytest.raises(LibraryError, match="no retrieval descriptors"):
+        library.query([1, 2], k=1)  # type: ignore[arg-type]
+    with pytest.raises(LibraryError, match="an integer lesion_id"):
+        library.query({**report, "retrieval": {**report["retrieval"], "lesions": [{"lesion_id": "1"}]}}, k=1)
+    # the well-formed query still answers: c2's own lesion, at distance 0
+    good = json.loads((tmp_path / "c2" / "report.json").read_text())
+    found = library.query(good, k=1)
+    assert found[0].lesion.case_id == "c2" and found[0].distance == pytest.approx(0.0, abs=1e-6)

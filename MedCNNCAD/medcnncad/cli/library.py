@@ -8,6 +8,7 @@ from pathlib import Path
 
 from medcnncad.cli.options import add, positive_int
 from medcnncad.errors import InputError
+from medcnncad.io.json_files import read_json_object
 from medcnncad.models.registry import describe_model
 from medcnncad.pipeline.library import build_library
 from medcnncad.retrieval.library import DEFAULT_FEATURES, FEATURES, Library
@@ -28,12 +29,9 @@ def parse_metadata(items: list[str] | None) -> dict[str, str]:
 
 def _read_report(case: str) -> dict:
     path = Path(case) / "report.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{case}: not a case output folder (no report.json)") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: not JSON ({exc})") from None
+    if not path.is_file():
+        raise InputError(f"{case}: not a case output folder (no report.json)")
+    return read_json_object(path, "a MedCNNCAD case report.json")
 
 
 def run_build(args: argparse.Namespace) -> int:

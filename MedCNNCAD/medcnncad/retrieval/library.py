@@ -39,7 +39,7 @@ from medcnncad.retrieval.index import ExactIndex, standardise_blocks
 from medcnncad.retrieval.versions import DESCRIPTOR_VERSION
 
 __all__ = ["LIBRARY_FORMAT", "FORMAT_VERSION", "FEATURES", "DEFAULT_FEATURES", "LibraryError", "LibraryLesion",
-           "Neighbour", "Library", "case_retrieval", "sha256_of"]
+           "Neighbour", "Library", "case_retrieval", "lesion_vectors", "sha256_of"]
 
 LIBRARY_FORMAT = "medcnncad-case-library"
 FORMAT_VERSION = 1
@@ -96,7 +96,7 @@ class Neighbour:
 
 def case_retrieval(report: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The ``retrieval`` block of a case's report.json (LibraryError when the report has none)."""
-    block = report.get("retrieval")
+    block = report.get("retrieval") if isinstance(report, Mapping) else None
     if not isinstance(block, dict) or "lesions" not in block:
         raise LibraryError(f"{where}: report.json has no retrieval descriptors (segment the case again with this "
                            f"version of medcnncad)")
@@ -128,6 +128,43 @@ def _verified(folder: Path, name: str, sha256: str, what: str) -> Path:
     if path.parent != folder or not path.is_file() or sha256_of(path) != sha256:
         raise LibraryError(f"{path}: {what} missing or checksum mismatch; the library was changed after it was built")
     return path
+
+
+def _vector(values: Any, what: str, length: int | None = None, names: Sequence[str] = ()) -> np.ndarray:
+    """``values`` (a list of numbers) as float32, when every value is a finite number and, with ``length``, there
+    are that many (LibraryError naming ``what`` and the value, by its ``names`` entry or its index, otherwise: a
+    NaN would make every distance NaN and the ranking the library's row order)."""
+    try:
+        vector = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LibraryError(f"{what}: not a list of numbers") from None
+    if vector.ndim != 1 or (length is not None and len(vector) != length):
+        raise LibraryError(f"{what}: {vector.size} value(s), expected {length if length is not None else 'a list'}")
+    bad = np.flatnonzero(~np.isfinite(vector))
+    if bad.size:
+        name = repr(names[bad[0]]) if names else str(int(bad[0]))
+        raise LibraryError(f"{what}: value {name} is {vector[bad[0]]}: not a finite number")
+    return vector.astype(np.float32)
+
+
+def lesion_vectors(les: Any, names: Sequence[str], deep_length: int | None,
+                   where: str) -> tuple[int, float, np.ndarray, np.ndarray | None]:
+    """(lesion id, volume mL, radiomics float32 in ``names`` order, deep float32 or None) of one lesion of a
+    retrieval block or library entry, checked: an integer id, a finite volume, a finite value for every name,
+    a deep vector of finite values (``deep_length`` of them when given) or none (LibraryError naming ``where``,
+    the lesion and the value otherwise)."""
+    if not isinstance(les, Mapping) or not isinstance(les.get("radiomics"), Mapping) or \
+            not isinstance(les.get("lesion_id"), int) or isinstance(les.get("lesion_id"), bool):
+        raise LibraryError(f"{where}: a retrieval lesion without an integer lesion_id and a radiomics object")
+    what = f"{where}: retrieval lesion {les['lesion_id']}"
+    missing = [n for n in names if n not in les["radiomics"]]
+    if missing:
+        raise LibraryError(f"{what}: no radiomics value {missing[0]!r} (the library's features: another model's "
+                           f"descriptors?)")
+    volume = _vector([les.get("volume_ml")], what, names=["volume_ml"])[0]
+    radiomics = _vector([les["radiomics"][n] for n in names], f"{what}: radiomics", names=names)
+    deep = None if les.get("deep") is None else _vector(les["deep"], f"{what}: deep", deep_length)
+    return les["lesion_id"], float(volume), radiomics, deep
 
 
 def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> list[np.ndarray]:
@@ -202,16 +239,20 @@ class Library:
                                f"(entry of case {entry['case_id']})")
         data = json.loads(path.read_text(encoding="utf-8"))
         view = self._read_view(path.parent, data.get("view"))
-        lesions = []
+        lesions: list[LibraryLesion] = []
         for les in data["lesions"]:
             thumb = None
             if les.get("thumbnail"):
                 thumb = _verified(path.parent, les["thumbnail"], les["thumbnail_sha256"], "thumbnail")
-            deep = None if les.get("deep") is None else np.asarray(les["deep"], dtype=np.float32)
-            lesions.append(LibraryLesion(data["case_id"], int(les["lesion_id"]), float(les["volume_ml"]),
-                                         np.asarray([les["radiomics"][n] for n in self.radiomics_names], np.float32),
-                                         deep, dict(data.get("metadata", {})), thumb, view))
+            lesion_id, volume, radiomics, deep = lesion_vectors(les, self.radiomics_names,
+                                                                self.deep_length(lesions), str(path))
+            lesions.append(LibraryLesion(data["case_id"], lesion_id, volume, radiomics, deep,
+                                         dict(data.get("metadata", {})), thumb, view))
         return lesions
+
+    def deep_length(self, more: Sequence[LibraryLesion] = ()) -> int | None:
+        """The length of the deep vectors of the library's lesions (and ``more``), None when none has one."""
+        return next((len(les.deep) for les in (*self.lesions, *more) if les.deep is not None), None)
 
     @staticmethod
     def _read_view(folder: Path, view: Mapping[str, str] | None) -> dict[str, Path] | None:
@@ -242,7 +283,8 @@ class Library:
         preprocessing or post-processing around the same weights, and with them the descriptors) and descriptor
         version are the library's (else LibraryError)."""
         block = case_retrieval(report, where)
-        model = report.get("model", {})
+        given = report.get("model")
+        model: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         if (model.get("weights_sha256"), model.get("version")) != (self.model["weights_sha256"],
                                                                    self.model.get("version")):
             raise LibraryError(f"{where}: segmented with model {model.get('id')} {model.get('version')} (weights "
@@ -251,6 +293,12 @@ class Library:
         if str(block.get("descriptor_version")) != self.descriptor_version:
             raise LibraryError(f"{where}: descriptor version {block.get('descriptor_version')}, the library's is "
                                f"{self.descriptor_version}")
+        if not isinstance(block["lesions"], list):
+            raise LibraryError(f"{where}: report.json retrieval lesions is not a list")
+        length = self.deep_length()
+        for les in block["lesions"]:
+            deep = lesion_vectors(les, self.radiomics_names, length, where)[3]
+            length = length if deep is None else len(deep)
         return block
 
     def add_case(self, case_dir: str | Path, case_id: str, metadata: Mapping[str, str] | None = None,
