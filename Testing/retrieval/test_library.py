@@ -215,3 +215,73 @@ def test_malformed_descriptors_are_one_clear_error(tmp_path):
     good = json.loads((tmp_path / "c2" / "report.json").read_text())
     found = library.query(good, k=1)
     assert found[0].lesion.case_id == "c2" and found[0].distance == pytest.approx(0.0, abs=1e-6)
+
+
+def test_adds_through_two_open_handles_keep_both_cases(tmp_path):
+    """Two 'library add' processes that opened the library before either saved: the second save dropped the
+    first case from library.json (1 entry of 2, its folder orphaned), and one id added twice replaced the
+    first case's files; both adds had reported success."""
+    Library.create(tmp_path / "lib", MODEL, NAMES)
+    first, second = Library.open(tmp_path / "lib"), Library.open(tmp_path / "lib")
+    assert first.add_case(fake_case(tmp_path / "c1", [(1.0, 0.5, [0.0, 0.0]), (9.0, 0.5, [5.0, 5.0])]), "c1") == 2
+    assert second.add_case(fake_case(tmp_path / "c2", [(2.0, 0.6, [0.1, 0.0])]), "c2") == 1
+    assert [(les.case_id, les.lesion_id) for les in second.lesions] == [("c1", 1), ("c1", 2), ("c2", 1)]
+    reopened = Library.open(tmp_path / "lib")
+    assert [e["case_id"] for e in reopened.entries] == ["c1", "c2"] and len(reopened.lesions) == 3
+    with pytest.raises(LibraryError, match="'c2' is already in the library"):
+        first.add_case(fake_case(tmp_path / "c3", [(8.0, 0.4, [4.0, 5.0])]), "c2")
+    assert Library.open(tmp_path / "lib").lesions[2].volume_ml == 2.0  # c2's own files, not c3's
+
+
+def test_an_add_waits_for_the_library_lock(tmp_path):
+    import threading
+
+    from medcnncad.io.file_lock import exclusive_lock
+    from medcnncad.retrieval.library import LOCK_FILE
+
+    library = Library.create(tmp_path / "lib", MODEL, NAMES)
+    case = fake_case(tmp_path / "c1", [(1.0, 0.5, [0.0, 0.0])])
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (library.add_case(case, "c1"), done.set()))
+    with exclusive_lock(tmp_path / "lib" / LOCK_FILE) as locked:
+        assert locked
+        worker.start()
+        assert not done.wait(0.5) and not (tmp_path / "lib" / "entries" / "c1").exists()
+    worker.join(10)
+    assert done.is_set() and [e["case_id"] for e in Library.open(tmp_path / "lib").entries] == ["c1"]
+
+
+def test_case_ids_differing_only_in_case_are_refused(tmp_path):
+    """On macOS and Windows 'P1' and 'p1' share one entry folder: the second add overwrote the first's entry and the
+    library was refused at the next open (checksum mismatch)."""
+    library = _library(tmp_path)
+    with pytest.raises(LibraryError, match="case id 'C1': the library .* holds 'c1', the same name but for case"):
+        library.add_case(fake_case(tmp_path / "other", [(3.0, 0.5, [0.0, 0.0])]), "C1")
+    assert len(Library.open(tmp_path / "lib").entries) == 3
+
+
+def test_a_failed_add_leaves_no_entry_folder(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    import medcnncad.retrieval.library as library_module
+
+    library = _library(tmp_path)
+    case = fake_case(tmp_path / "c4", [(3.0, 0.5, [0.0, 0.0])])
+    (case / "labels.seg.nrrd").write_bytes(b"")
+    (tmp_path / "lib" / "entries" / "c4").mkdir()
+    (tmp_path / "lib" / "entries" / "c4" / "lesion_7.png").write_bytes(b"an earlier failed add's file")
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(library_module, "_store_view", disk_full)
+    image = tmp_path / "t1.nrrd"
+    sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(image))
+    with pytest.raises(OSError, match="No space left"):
+        library.add_case(case, "c4", view_image=image)
+    assert not (tmp_path / "lib" / "entries" / "c4").exists()
+    assert [e["case_id"] for e in library.entries] == ["c1", "c2", "c3"] and len(library.lesions) == 4
+    monkeypatch.undo()
+    assert library.add_case(case, "c4") == 1
+    assert sorted(p.name for p in (tmp_path / "lib" / "entries" / "c4").iterdir()) == ["entry.json", "lesion_1.png"]
+    assert len(Library.open(tmp_path / "lib").lesions) == 5

@@ -33,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
+from medcnncad.io.file_lock import exclusive_lock
 from medcnncad.io.images import atomic_path, read_volume
 from medcnncad.io.json_files import read_json_object
 from medcnncad.retrieval.index import ExactIndex, standardise_blocks
@@ -44,6 +45,8 @@ __all__ = ["LIBRARY_FORMAT", "FORMAT_VERSION", "FEATURES", "DEFAULT_FEATURES", "
 LIBRARY_FORMAT = "medcnncad-case-library"
 FORMAT_VERSION = 1
 FEATURES = ("combined", "deep", "radiomics")
+LOCK_FILE = ".library.lock"
+"""Held (:func:`medcnncad.io.file_lock.exclusive_lock`) while a case is added or the library created."""
 DEFAULT_FEATURES = "combined"
 """The descriptor that ships as the default (docs/retrieval.md has the numbers it was chosen by)."""
 _CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -179,6 +182,48 @@ def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> li
     return [deep] if features == "deep" else [radiomics, deep]
 
 
+def _write_entry(folder: Path, case_dir: Path, case_id: str, block: Mapping[str, Any],
+                 metadata: Mapping[str, str] | None, view: tuple[sitk.Image, Path] | None) -> dict[str, str]:
+    """Write a case's entry folder (entry.json, thumbnails, view files); returns its library.json record."""
+    folder.mkdir(parents=True)
+    lesions = []
+    for les in block["lesions"]:
+        item = {k: les[k] for k in ("lesion_id", "volume_ml", "radiomics", "deep")}
+        source = case_dir / f"lesion_{les['lesion_id']}.png"
+        if source.is_file():
+            item["thumbnail"] = source.name
+            shutil.copyfile(source, folder / source.name)
+            item["thumbnail_sha256"] = sha256_of(folder / source.name)
+        lesions.append(item)
+    entry = {"case_id": case_id, "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
+             "structure": block.get("structure"), "lesions": lesions}
+    if view is not None:
+        entry["view"] = _store_view(folder, *view)
+    path = folder / "entry.json"
+    path.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
+    return {"case_id": case_id, "file": f"entries/{case_id}/entry.json", "sha256": sha256_of(path)}
+
+
+def _read_index(root: Path) -> dict[str, Any]:
+    """``root``'s library.json, checked: format, format version, descriptor version (LibraryError otherwise)."""
+    path = root / "library.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LibraryError(f"{root}: not a case library (no library.json)") from None
+    except (OSError, ValueError) as exc:
+        raise LibraryError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != LIBRARY_FORMAT:
+        raise LibraryError(f"{path}: not a MedCNNCAD case library")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise LibraryError(f"{path}: library format {data.get('format_version')}, this medcnncad reads "
+                           f"{FORMAT_VERSION}")
+    if str(data.get("descriptor_version")) != DESCRIPTOR_VERSION:
+        raise LibraryError(f"{path}: built with descriptor version {data.get('descriptor_version')}, this "
+                           f"medcnncad computes version {DESCRIPTOR_VERSION}: rebuild the library")
+    return data
+
+
 @dataclass
 class Library:
     """A case library folder (create with :meth:`create`, open with :meth:`open`)."""
@@ -202,33 +247,36 @@ class Library:
         root.mkdir(parents=True, exist_ok=True)
         library = cls(root, {k: str(model[k]) for k in ("id", "version", "weights_sha256")}, DESCRIPTOR_VERSION,
                       list(radiomics_names))
-        library._save()
+        with exclusive_lock(root / LOCK_FILE):
+            if (root / "library.json").exists():  # another process created it meanwhile
+                raise LibraryError(f"{root}: already holds a case library (use 'library add')")
+            library._save()
         return library
 
     @classmethod
     def open(cls, root: str | Path) -> Library:
         """Open and verify a library: format, every entry's and thumbnail's checksum (LibraryError otherwise)."""
         root = Path(root)
-        path = root / "library.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LibraryError(f"{root}: not a case library (no library.json)") from None
-        except (OSError, ValueError) as exc:
-            raise LibraryError(f"{path}: cannot be read ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != LIBRARY_FORMAT:
-            raise LibraryError(f"{path}: not a MedCNNCAD case library")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise LibraryError(f"{path}: library format {data.get('format_version')}, this medcnncad reads "
-                               f"{FORMAT_VERSION}")
-        if str(data.get("descriptor_version")) != DESCRIPTOR_VERSION:
-            raise LibraryError(f"{path}: built with descriptor version {data.get('descriptor_version')}, this "
-                               f"medcnncad computes version {DESCRIPTOR_VERSION}: rebuild the library")
+        data = _read_index(root)
         library = cls(root, dict(data["model"]), str(data["descriptor_version"]), list(data["radiomics_names"]),
                       list(data["entries"]))
         for entry in library.entries:
             library.lesions += library._read_entry(entry)
         return library
+
+    def _refresh(self) -> None:
+        """Take in the entries another process added since this library was opened (call under the lock)."""
+        data = _read_index(self.root)
+        if (dict(data["model"]), list(data["radiomics_names"])) != (self.model, self.radiomics_names):
+            raise LibraryError(f"{self.root / 'library.json'}: was replaced by another library while open; open it "
+                               f"again")
+        by_case: dict[str, list[LibraryLesion]] = {}
+        for les in self.lesions:
+            by_case.setdefault(les.case_id, []).append(les)
+        lesions: list[LibraryLesion] = []
+        for entry in data["entries"]:
+            lesions += by_case[entry["case_id"]] if entry["case_id"] in by_case else self._read_entry(entry)
+        self.entries, self.lesions = list(data["entries"]), lesions
 
     def _read_entry(self, entry: Mapping[str, str]) -> list[LibraryLesion]:
         path = self._inside(entry["file"])
@@ -315,35 +363,38 @@ class Library:
         case_dir = Path(case_dir)
         if not _CASE_ID.fullmatch(case_id):
             raise LibraryError(f"case id {case_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
-        if any(e["case_id"] == case_id for e in self.entries):
-            raise LibraryError(f"case id {case_id!r} is already in the library {self.root}")
         if not (case_dir / "report.json").is_file():
             raise LibraryError(f"{case_dir}: not a case output folder (no report.json)")
         report = read_json_object(case_dir / "report.json", "a MedCNNCAD case report.json")
-        block = self.check_compatible(report, str(case_dir))
-        view = _view_files(case_dir, view_image) if view_image is not None else None
-        folder = self.root / "entries" / case_id
-        folder.mkdir(parents=True, exist_ok=True)
-        lesions = []
-        for les in block["lesions"]:
-            item = {k: les[k] for k in ("lesion_id", "volume_ml", "radiomics", "deep")}
-            source = case_dir / f"lesion_{les['lesion_id']}.png"
-            if source.is_file():
-                item["thumbnail"] = source.name
-                shutil.copyfile(source, folder / source.name)
-                item["thumbnail_sha256"] = sha256_of(folder / source.name)
-            lesions.append(item)
-        entry = {"case_id": case_id, "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
-                 "structure": block.get("structure"), "lesions": lesions}
-        if view is not None:
-            entry["view"] = _store_view(folder, *view)
-        path = folder / "entry.json"
-        path.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
-        record = {"case_id": case_id, "file": path.relative_to(self.root).as_posix(), "sha256": sha256_of(path)}
-        self.entries.append(record)
-        self.lesions += self._read_entry(record)
-        self._save()
+        with exclusive_lock(self.root / LOCK_FILE):  # one add at a time: none is lost, no id is written twice
+            self._refresh()
+            self._check_new_id(case_id)
+            block = self.check_compatible(report, str(case_dir))
+            view = _view_files(case_dir, view_image) if view_image is not None else None
+            folder = self.root / "entries" / case_id
+            shutil.rmtree(folder, ignore_errors=True)  # files of an add that failed: no entry's (checked above)
+            record: dict[str, str] | None = None
+            try:
+                record = _write_entry(folder, case_dir, case_id, block, metadata, view)
+                lesions = self._read_entry(record)
+                self.entries.append(record)
+                self._save()
+            except BaseException:  # neither a half-written entry folder nor an unsaved record stays behind
+                self.entries = [e for e in self.entries if e is not record]
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            self.lesions += lesions
         return len(lesions)
+
+    def _check_new_id(self, case_id: str) -> None:
+        """LibraryError when ``case_id`` is in the library, also in another case (``P1``, ``p1``): on a file system
+        that ignores case (macOS, Windows) both would share one entry folder."""
+        same = next((e["case_id"] for e in self.entries if e["case_id"].casefold() == case_id.casefold()), None)
+        if same == case_id:
+            raise LibraryError(f"case id {case_id!r} is already in the library {self.root}")
+        if same is not None:
+            raise LibraryError(f"case id {case_id!r}: the library {self.root} holds {same!r}, the same name but for "
+                               f"case (one entry folder on macOS and Windows); choose another id")
 
     # -- querying ----------------------------------------------------------------------------------
 
