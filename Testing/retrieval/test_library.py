@@ -214,7 +214,7 @@ def test_malformed_descriptors_are_one_clear_error(tmp_path):
     # the well-formed query still answers: c2's own lesion, at distance 0
     good = json.loads((tmp_path / "c2" / "report.json").read_text())
     found = library.query(good, k=1)
-    assert found[0].lesion.case_id == "c2" and found[0].distance == pytest.approx(0.0, abs=1e-6)
+    assert found[0].lesion.case_id == "c2" and found[0].distance == 0.0
 
 
 def test_adds_through_two_open_handles_keep_both_cases(tmp_path):
