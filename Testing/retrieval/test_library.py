@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from retrieval_cases import MODEL, NAMES, fake_case
 
+from medcnncad.pipeline.library import LibraryRow, add_cohort
 from medcnncad.retrieval.library import Library, LibraryError, sha256_of
 
 
@@ -285,3 +286,18 @@ def test_a_failed_add_leaves_no_entry_folder(tmp_path, monkeypatch):
     assert library.add_case(case, "c4") == 1
     assert sorted(p.name for p in (tmp_path / "lib" / "entries" / "c4").iterdir()) == ["entry.json", "lesion_1.png"]
     assert len(Library.open(tmp_path / "lib").lesions) == 5
+
+
+def test_a_cohort_reusing_a_library_case_id_is_refused_not_skipped(tmp_path):
+    """``batch --library`` into an existing library skipped every row whose id the library held, as if resumed: a
+    second cohort's case0 (another patient, HGG) silently never entered the library (1 case, the first's LGG)."""
+    first = fake_case(tmp_path / "A" / "case0", [(1.0, 0.5, [0.0, 0.0])])
+    add_cohort(tmp_path / "lib", [LibraryRow("case0", first, {"grade": "LGG"})], {})
+    resumed = add_cohort(tmp_path / "lib", [LibraryRow("case0", first, {"grade": "LGG"})], {})  # the same case
+    assert len(resumed.entries) == 1
+    other = fake_case(tmp_path / "B" / "case0", [(9.0, 0.2, [5.0, 5.0])])
+    with pytest.raises(LibraryError, match=r"B/case0: case id 'case0': the library .* holds another case"):
+        add_cohort(tmp_path / "lib", [LibraryRow("case0", other, {"grade": "HGG"})], {})
+    added = add_cohort(tmp_path / "lib", [LibraryRow("case0-B", other, {"grade": "HGG"})], {})
+    assert [(les.case_id, les.volume_ml, les.metadata["grade"]) for les in added.lesions] == \
+        [("case0", 1.0, "LGG"), ("case0-B", 9.0, "HGG")]

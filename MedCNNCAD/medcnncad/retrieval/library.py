@@ -170,6 +170,11 @@ def lesion_vectors(les: Any, names: Sequence[str], deep_length: int | None,
     return les["lesion_id"], float(volume), radiomics, deep
 
 
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Both None, or equal arrays."""
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
 def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> list[np.ndarray]:
     """The descriptor blocks of a feature space: [radiomics], [deep] or [radiomics, deep]."""
     if features not in FEATURES:
@@ -385,6 +390,26 @@ class Library:
                 raise
             self.lesions += lesions
         return len(lesions)
+
+    def holds(self, case_id: str, report: Mapping[str, Any], where: str) -> bool:
+        """Whether ``case_id`` is in the library as the case of ``report`` (the same lesions and descriptors: added
+        before, e.g. by the run a batch resumes); False when the id is not in the library.
+
+        Raises:
+            LibraryError: the library holds another case under ``case_id`` (another cohort's patient of the
+                same id), naming ``where`` and the id.
+        """
+        held = [(les.lesion_id, les.radiomics, les.deep) for les in self.lesions if les.case_id == case_id]
+        if not held and not any(e["case_id"] == case_id for e in self.entries):
+            return False
+        block = self.check_compatible(report, where)
+        given = [(i, r, d) for i, _, r, d in (lesion_vectors(les, self.radiomics_names, None, where)
+                                               for les in block["lesions"])]
+        if len(given) != len(held) or not all(a[0] == b[0] and _same(a[1], b[1]) and _same(a[2], b[2])
+                                               for a, b in zip(given, held)):
+            raise LibraryError(f"{where}: case id {case_id!r}: the library {self.root} holds another case under this "
+                               f"id (other lesion descriptors: another patient?); give this case another case_id")
+        return True
 
     def _check_new_id(self, case_id: str) -> None:
         """LibraryError when ``case_id`` is in the library, also in another case (``P1``, ``p1``): on a file system
