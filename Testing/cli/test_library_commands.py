@@ -134,3 +134,48 @@ def test_build_segments_cases_without_a_result(tmp_path, capsys):
     assert main(["report", str(case), "--library", str(lib), "-k", "1"]) == 0
     page = (case / "report.html").read_text()
     assert "<h2>Similar cases</h2>" in page and "<td>HGG</td>" in page
+
+
+def test_a_malformed_query_report_is_exit_2_naming_it(tmp_path, capsys):
+    cases = _cases(tmp_path)
+    lib = str(tmp_path / "lib")
+    assert main(["library", "build", "--cases", cases, "--out", lib]) == 0
+    bad = fake_case(tmp_path / "bad", [(1.0, 0.5, [0.0, 0.0])])
+    (bad / "report.json").write_text("[1, 2]")
+    _error(capsys, ["library", "query", "--library", lib, "--case", str(bad)], "bad/report.json: not a MedCNNCAD")
+    report = json.loads((tmp_path / "r3" / "report.json").read_text())
+    report["retrieval"]["lesions"][0]["deep"] = [0.0]
+    (bad / "report.json").write_text(json.dumps(report))
+    _error(capsys, ["library", "query", "--library", lib, "--case", str(bad)],
+           "bad: retrieval lesion 1: deep: 1 value(s), expected 2")
+    _error(capsys, ["library", "add", "--library", lib, "--case", str(bad)], "deep: 1 value(s), expected 2")
+    assert len(Library.open(lib).entries) == 2
+
+
+def test_report_can_leave_the_case_itself_out_and_a_self_match_is_noted(tmp_path, capsys, monkeypatch):
+    """``report --library`` had no --exclude: a case in the library was its own nearest neighbour (distance 0,
+    its own grade), with nothing said."""
+    import medcnncad.cli.cohort as cohort_cli
+
+    cases = _cases(tmp_path)
+    lib = str(tmp_path / "lib")
+    assert main(["library", "build", "--cases", cases, "--out", lib]) == 0
+    capsys.readouterr()
+    assert main(["library", "query", "--library", lib, "--case", str(tmp_path / "r1"), "-k", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1].split("\t")[:3] == ["1", "0.000", "p1"]
+    assert err.strip() == (f"medcnncad: note: library case(s) p1 hold this lesion's exact descriptors (distance 0): "
+                           f"most likely {tmp_path / 'r1'} itself; --exclude CASE_ID leaves a case out")
+    shown = []
+    monkeypatch.setattr(cohort_cli, "case_report", lambda folder, _shots, similar: shown.append(similar) or folder)
+    _error(capsys, ["report", str(tmp_path / "r1"), "--library", lib, "-k", "1", "--exclude", "p9"],
+           "--exclude p9: no such case in the library")
+    assert main(["report", str(tmp_path / "r1"), "--library", lib, "-k", "1"]) == 0
+    assert [(n["case_id"], n["distance"], n["metadata"]["grade"]) for n in shown[-1]] == [("p1", 0.0, "LGG")]
+    assert "p1 hold this lesion's exact descriptors" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "r1"), "--library", lib, "-k", "1", "--exclude", "p1"]) == 0
+    assert capsys.readouterr().err == ""
+    # left: p2 alone, one lesion: z-scored against itself it is all zeros, r1 is (1-9, 0.5-0.3, 0-5, 0-5) / 1 / sqrt(2)
+    # per block (a constant column gets scale 1): sqrt((64 + 0.04) / 2 + (25 + 25) / 2) = 7.5299
+    assert [n["case_id"] for n in shown[-1]] == ["p2"]
+    assert shown[-1][0]["distance"] == pytest.approx(np.sqrt((64 + 0.04) / 2 + 50 / 2), abs=1e-5)

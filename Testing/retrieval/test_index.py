@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medcnncad.errors import InputError
-from medcnncad.retrieval.index import ExactIndex, standardise
+from medcnncad.retrieval.index import ExactIndex, standardise, standardise_blocks
 
 
 def test_exact_search_equals_brute_force():
@@ -82,3 +82,20 @@ def test_chunked_statistics_equal_numpy(monkeypatch):
     np.testing.assert_allclose(mean, vectors.astype(np.float64).mean(0), rtol=1e-12)
     np.testing.assert_allclose(scale, vectors.astype(np.float64).std(0) * 2.0, rtol=1e-10)
     np.testing.assert_allclose(out, (vectors - vectors.mean(0)) / (vectors.std(0) * 2.0), rtol=1e-4, atol=1e-5)
+
+
+def test_a_query_equal_to_a_library_row_is_standardised_onto_it():
+    """Library rows were standardised in float32, queries in float64 then rounded: a case queried against its own
+    library entry came out at 5.96e-8, not 0."""
+    radiomics = np.array([[1.0, 0.5], [9.0, 0.5], [2.0, 0.6], [8.0, 0.4]], np.float32)
+    deep = np.array([[0.0, 0.0], [5.0, 5.0], [0.1, 0.0], [4.0, 5.0]], np.float32)
+    lib, query = standardise_blocks([radiomics, deep], [radiomics[2:3], deep[2:3]])
+    assert np.array_equal(query[0], lib[2])
+    distances, rows = ExactIndex(lib).search(query, k=2)
+    assert rows.tolist() == [[2, 0]] and distances[0, 0] == 0.0
+    # hand-computed: radiomics mean (5, 0.5), std (3.5355, 0.0707), deep mean (2.275, 2.5), std (2.2532, 2.5)
+    mean_r, std_r = np.array([5.0, 0.5]), np.sqrt([12.5, 0.005])
+    mean_d, std_d = np.array([2.275, 2.5]), np.sqrt([5.076875, 6.25])
+    q = np.concatenate([(radiomics[2] - mean_r) / std_r, (deep[2] - mean_d) / std_d]) / np.sqrt(2)
+    r0 = np.concatenate([(radiomics[0] - mean_r) / std_r, (deep[0] - mean_d) / std_d]) / np.sqrt(2)
+    assert distances[0, 1] == pytest.approx(np.linalg.norm(q - r0), rel=1e-6)

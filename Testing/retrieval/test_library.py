@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from retrieval_cases import MODEL, NAMES, fake_case
 
-from medcnncad.retrieval.library import Library, LibraryError
+from medcnncad.pipeline.library import LibraryRow, add_cohort
+from medcnncad.retrieval.library import Library, LibraryError, sha256_of
 
 
 def _library(tmp_path):
@@ -167,3 +168,136 @@ def test_at_most_k_returns_the_whole_smaller_library(tmp_path):
     assert [n.rank for n in library.query(report, k=9, at_most=True)] == [1, 2, 3, 4]
     with pytest.raises(LibraryError, match="k = 9"):
         library.query(report, k=9)
+
+
+def test_non_finite_descriptors_are_refused_not_ranked(tmp_path):
+    """A NaN made every distance NaN and the ranking the library's row order (c1, c2, c3 at distance nan)."""
+    library = _library(tmp_path)
+    nan_radiomics = fake_case(tmp_path / "n1", [(float("nan"), 0.5, [0.0, 0.0])])
+    with pytest.raises(LibraryError, match=r"n1: retrieval lesion 1: value 'volume_ml' is nan"):
+        library.add_case(nan_radiomics, "n1")
+    assert not (tmp_path / "lib" / "entries" / "n1").exists() and len(library.lesions) == 4
+    inf_deep = json.loads(fake_case(tmp_path / "q", [(1.5, 0.5, [0.1, float("inf")])])
+                          .joinpath("report.json").read_text())
+    with pytest.raises(LibraryError, match=r"q: retrieval lesion 1: deep: value 1 is inf: not a finite number"):
+        library.query(inf_deep, k=1, where=str(tmp_path / "q"))
+    nan_roundness = json.loads(fake_case(tmp_path / "q2", [(1.5, float("nan"), [0.1, 0.1])])
+                               .joinpath("report.json").read_text())
+    with pytest.raises(LibraryError, match=r"radiomics: value 'roundness' is nan"):
+        library.query(nan_roundness, k=1, features="radiomics")
+    # a library written before the check (NaN in an entry, its checksum updated) is refused at open
+    entry = tmp_path / "lib" / "entries" / "c2" / "entry.json"
+    entry.write_text(entry.read_text().replace('"roundness": 0.6', '"roundness": NaN'))
+    data = json.loads((tmp_path / "lib" / "library.json").read_text())
+    data["entries"][1]["sha256"] = sha256_of(entry)
+    (tmp_path / "lib" / "library.json").write_text(json.dumps(data))
+    with pytest.raises(LibraryError, match=r"c2/entry.json: retrieval lesion 1: radiomics: value 'roundness' is nan"):
+        Library.open(tmp_path / "lib")
+
+
+def test_malformed_descriptors_are_one_clear_error(tmp_path):
+    library = _library(tmp_path)
+    report = json.loads((tmp_path / "c2" / "report.json").read_text())
+    del report["retrieval"]["lesions"][0]["radiomics"]["roundness"]
+    with pytest.raises(LibraryError, match=r"the case: retrieval lesion 1: no radiomics value 'roundness'"):
+        library.query(report, k=1)
+    report = json.loads((tmp_path / "c2" / "report.json").read_text())
+    report["retrieval"]["lesions"][0]["deep"] = [0.1, 0.0, 0.3]  # the library's vectors have 2 values
+    with pytest.raises(LibraryError, match=r"retrieval lesion 1: deep: 3 value\(s\), expected 2"):
+        library.query(report, k=1)
+    two = fake_case(tmp_path / "two", [(1.0, 0.5, [0.0, 0.0]), (2.0, 0.5, [0.0])])  # lengths differ inside a case
+    with pytest.raises(LibraryError, match=r"two: retrieval lesion 2: deep: 1 value\(s\), expected 2"):
+        library.add_case(two, "two")
+    with pytest.raises(LibraryError, match="no retrieval descriptors"):
+        library.query([1, 2], k=1)  # type: ignore[arg-type]
+    with pytest.raises(LibraryError, match="an integer lesion_id"):
+        library.query({**report, "retrieval": {**report["retrieval"], "lesions": [{"lesion_id": "1"}]}}, k=1)
+    # the well-formed query still answers: c2's own lesion, at distance 0
+    good = json.loads((tmp_path / "c2" / "report.json").read_text())
+    found = library.query(good, k=1)
+    assert found[0].lesion.case_id == "c2" and found[0].distance == 0.0
+
+
+def test_adds_through_two_open_handles_keep_both_cases(tmp_path):
+    """Two 'library add' processes that opened the library before either saved: the second save dropped the
+    first case from library.json (1 entry of 2, its folder orphaned), and one id added twice replaced the
+    first case's files; both adds had reported success."""
+    Library.create(tmp_path / "lib", MODEL, NAMES)
+    first, second = Library.open(tmp_path / "lib"), Library.open(tmp_path / "lib")
+    assert first.add_case(fake_case(tmp_path / "c1", [(1.0, 0.5, [0.0, 0.0]), (9.0, 0.5, [5.0, 5.0])]), "c1") == 2
+    assert second.add_case(fake_case(tmp_path / "c2", [(2.0, 0.6, [0.1, 0.0])]), "c2") == 1
+    assert [(les.case_id, les.lesion_id) for les in second.lesions] == [("c1", 1), ("c1", 2), ("c2", 1)]
+    reopened = Library.open(tmp_path / "lib")
+    assert [e["case_id"] for e in reopened.entries] == ["c1", "c2"] and len(reopened.lesions) == 3
+    with pytest.raises(LibraryError, match="'c2' is already in the library"):
+        first.add_case(fake_case(tmp_path / "c3", [(8.0, 0.4, [4.0, 5.0])]), "c2")
+    assert Library.open(tmp_path / "lib").lesions[2].volume_ml == 2.0  # c2's own files, not c3's
+
+
+def test_an_add_waits_for_the_library_lock(tmp_path):
+    import threading
+
+    from medcnncad.io.file_lock import exclusive_lock
+    from medcnncad.retrieval.library import LOCK_FILE
+
+    library = Library.create(tmp_path / "lib", MODEL, NAMES)
+    case = fake_case(tmp_path / "c1", [(1.0, 0.5, [0.0, 0.0])])
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (library.add_case(case, "c1"), done.set()))
+    with exclusive_lock(tmp_path / "lib" / LOCK_FILE) as locked:
+        assert locked
+        worker.start()
+        assert not done.wait(0.5) and not (tmp_path / "lib" / "entries" / "c1").exists()
+    worker.join(10)
+    assert done.is_set() and [e["case_id"] for e in Library.open(tmp_path / "lib").entries] == ["c1"]
+
+
+def test_case_ids_differing_only_in_case_are_refused(tmp_path):
+    """On macOS and Windows 'P1' and 'p1' share one entry folder: the second add overwrote the first's entry and the
+    library was refused at the next open (checksum mismatch)."""
+    library = _library(tmp_path)
+    with pytest.raises(LibraryError, match="case id 'C1': the library .* holds 'c1', the same name but for case"):
+        library.add_case(fake_case(tmp_path / "other", [(3.0, 0.5, [0.0, 0.0])]), "C1")
+    assert len(Library.open(tmp_path / "lib").entries) == 3
+
+
+def test_a_failed_add_leaves_no_entry_folder(tmp_path, monkeypatch):
+    import SimpleITK as sitk
+
+    import medcnncad.retrieval.library as library_module
+
+    library = _library(tmp_path)
+    case = fake_case(tmp_path / "c4", [(3.0, 0.5, [0.0, 0.0])])
+    (case / "labels.seg.nrrd").write_bytes(b"")
+    (tmp_path / "lib" / "entries" / "c4").mkdir()
+    (tmp_path / "lib" / "entries" / "c4" / "lesion_7.png").write_bytes(b"an earlier failed add's file")
+
+    def disk_full(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(library_module, "_store_view", disk_full)
+    image = tmp_path / "t1.nrrd"
+    sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(image))
+    with pytest.raises(OSError, match="No space left"):
+        library.add_case(case, "c4", view_image=image)
+    assert not (tmp_path / "lib" / "entries" / "c4").exists()
+    assert [e["case_id"] for e in library.entries] == ["c1", "c2", "c3"] and len(library.lesions) == 4
+    monkeypatch.undo()
+    assert library.add_case(case, "c4") == 1
+    assert sorted(p.name for p in (tmp_path / "lib" / "entries" / "c4").iterdir()) == ["entry.json", "lesion_1.png"]
+    assert len(Library.open(tmp_path / "lib").lesions) == 5
+
+
+def test_a_cohort_reusing_a_library_case_id_is_refused_not_skipped(tmp_path):
+    """``batch --library`` into an existing library skipped every row whose id the library held, as if resumed: a
+    second cohort's case0 (another patient, HGG) silently never entered the library (1 case, the first's LGG)."""
+    first = fake_case(tmp_path / "A" / "case0", [(1.0, 0.5, [0.0, 0.0])])
+    add_cohort(tmp_path / "lib", [LibraryRow("case0", first, {"grade": "LGG"})], {})
+    resumed = add_cohort(tmp_path / "lib", [LibraryRow("case0", first, {"grade": "LGG"})], {})  # the same case
+    assert len(resumed.entries) == 1
+    other = fake_case(tmp_path / "B" / "case0", [(9.0, 0.2, [5.0, 5.0])])
+    with pytest.raises(LibraryError, match=r"B/case0: case id 'case0': the library .* holds another case"):
+        add_cohort(tmp_path / "lib", [LibraryRow("case0", other, {"grade": "HGG"})], {})
+    added = add_cohort(tmp_path / "lib", [LibraryRow("case0-B", other, {"grade": "HGG"})], {})
+    assert [(les.case_id, les.volume_ml, les.metadata["grade"]) for les in added.lesions] == \
+        [("case0", 1.0, "LGG"), ("case0-B", 9.0, "HGG")]

@@ -17,10 +17,11 @@ from slicer_scene import scene_fingerprint, volume_from_image  # noqa: E402
 
 from medcnncad.errors import InputError  # noqa: E402
 from medcnncad.inference.inputs import read_inputs  # noqa: E402
+from medcnncad.io.segfile import write_seg_nrrd  # noqa: E402
 from medcnncad.models.registry import load_model  # noqa: E402
 from medcnncad.slicer import adaptor as sa  # noqa: E402
 from medcnncad.slicer.logic import SecondReaderLogic  # noqa: E402
-from medcnncad.slicer.similar_view import SIMILAR_VIEW, show_side_by_side  # noqa: E402
+from medcnncad.slicer.similar_view import SIMILAR_VIEW, load_similar_case, show_side_by_side  # noqa: E402
 
 
 def _translated(scene, node, mm=(30.0, -20.0, 10.0)):
@@ -205,3 +206,23 @@ def test_nothing_of_the_current_patient_is_drawn_over_a_library_case(scene, demo
 
     assert [in_yellow(s) for s in (nodes.segmentation, nodes.brain_mask, reader)] == [False, False, False]
     assert in_yellow(library_seg)
+
+
+def test_a_case_id_from_another_library_is_loaded_from_its_own_files(scene, demo_result, tmp_path):
+    """Loaded nodes were reused by case id alone: after switching to another library holding a case of the same id
+    (case_001 in two libraries), clicking it showed the first library's patient."""
+    images, label, result = demo_result
+    rows = []
+    for name, channel in (("first", "T1"), ("second", "FLAIR")):
+        folder = tmp_path / name / "entries" / "case_001"
+        folder.mkdir(parents=True)
+        sitk.WriteImage(images[channel], str(folder / "view_image.nrrd"))
+        write_seg_nrrd(sitk.GetArrayFromImage(label), images[channel], result.manifest, folder / "labels.seg.nrrd")
+        rows.append({"case_id": "case_001", "lesion_id": 1, "view": {"image": str(folder / "view_image.nrrd"),
+                                                                     "segmentation": str(folder / "labels.seg.nrrd")}})
+    first, _ = load_similar_case(rows[0], scene)
+    again, _ = load_similar_case(rows[0], scene)
+    second, _ = load_similar_case(rows[1], scene)
+    assert again is first and second is not first  # a second click reuses; another library's case is its own
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(second), sitk.GetArrayFromImage(images["FLAIR"]))
+    assert not np.array_equal(sitk.GetArrayFromImage(images["FLAIR"]), sitk.GetArrayFromImage(images["T1"]))

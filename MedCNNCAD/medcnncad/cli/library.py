@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from medcnncad.cli.options import add, positive_int
 from medcnncad.errors import InputError
+from medcnncad.io.json_files import read_json_object
 from medcnncad.models.registry import describe_model
 from medcnncad.pipeline.library import build_library
-from medcnncad.retrieval.library import DEFAULT_FEATURES, FEATURES, Library
+from medcnncad.retrieval.library import DEFAULT_FEATURES, FEATURES, Library, Neighbour
 
-__all__ = ["add_parsers", "parse_metadata"]
+__all__ = ["add_parsers", "parse_metadata", "query_library"]
 
 
 def parse_metadata(items: list[str] | None) -> dict[str, str]:
@@ -28,12 +30,9 @@ def parse_metadata(items: list[str] | None) -> dict[str, str]:
 
 def _read_report(case: str) -> dict:
     path = Path(case) / "report.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{case}: not a case output folder (no report.json)") from None
-    except ValueError as exc:
-        raise InputError(f"{path}: not JSON ({exc})") from None
+    if not path.is_file():
+        raise InputError(f"{case}: not a case output folder (no report.json)")
+    return read_json_object(path, "a MedCNNCAD case report.json")
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -55,13 +54,25 @@ def run_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def query_library(library: Library, report: dict, k: int, where: str, exclude: str | None = None,
+                  lesion: int | None = None, features: str = DEFAULT_FEATURES) -> list[Neighbour]:
+    """``library.query``; ``exclude`` must be a case of the library (InputError naming it). A neighbour at
+    distance 0 (the query lesion's exact descriptors: most likely the query case itself, in the library) gets a
+    note on stderr saying how to leave it out."""
+    if exclude and not any(entry["case_id"] == exclude for entry in library.entries):
+        raise InputError(f"--exclude {exclude}: no such case in the library {library.root}")
+    neighbours = library.query(report, k, lesion, features, where=where, exclude_case=exclude)
+    same = sorted({n.lesion.case_id for n in neighbours if n.distance == 0.0})
+    if same:
+        print(f"medcnncad: note: library case(s) {', '.join(same)} hold this lesion's exact descriptors "
+              f"(distance 0): most likely {where} itself; --exclude CASE_ID leaves a case out", file=sys.stderr)
+    return neighbours
+
+
 def run_query(args: argparse.Namespace) -> int:
     library = Library.open(args.library)
-    if args.exclude and not any(entry["case_id"] == args.exclude for entry in library.entries):
-        raise InputError(f"--exclude {args.exclude}: no such case in the library {args.library}")
     report = _read_report(args.case)
-    neighbours = library.query(report, args.k, args.lesion, args.features, where=str(args.case),
-                               exclude_case=args.exclude)
+    neighbours = query_library(library, report, args.k, str(args.case), args.exclude, args.lesion, args.features)
     if args.json:
         print(json.dumps([n.to_json() for n in neighbours], indent=2))
         return 0

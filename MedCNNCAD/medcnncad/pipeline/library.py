@@ -69,7 +69,8 @@ def add_cohort(library_dir: str | Path, rows: Sequence[LibraryRow], results: dic
                with_images: bool = False) -> Library:
     """Add each row's case (its folder in ``results`` by case id, or its own ``result``) to the library at
     ``library_dir``, created from the first case's model when absent. Cases without a report (failed) and
-    cases already in the library (a resumed batch) are skipped; returns the library. ``with_images`` stores
+    cases already in the library (a resumed batch: the same id and descriptors) are skipped; another case under an id
+    the library holds is a LibraryError naming it; returns the library. ``with_images`` stores
     each row's view image (a row without one is an error naming it)."""
     library_dir = Path(library_dir)
     library = Library.open(library_dir) if (library_dir / "library.json").is_file() else None
@@ -79,10 +80,10 @@ def add_cohort(library_dir: str | Path, rows: Sequence[LibraryRow], results: dic
             if row.result is not None:
                 raise LibraryError(f"{row.result}: case {row.case_id!r}: not a case output folder (no report.json)")
             continue
-        if library is not None and any(e["case_id"] == row.case_id for e in library.entries):
-            continue
+        report = read_json_object(folder / "report.json", "a MedCNNCAD case report.json", ("model",))
+        if library is not None and library.holds(row.case_id, report, str(folder)):
+            continue  # added before (a resumed batch); another case under its id is an error, not skipped
         if library is None:
-            report = read_json_object(folder / "report.json", "a MedCNNCAD case report.json", ("model",))
             library = Library.create(library_dir, report["model"],
                                      case_retrieval(report, str(folder)).get("radiomics_names", []))
         if with_images and row.view_image is None:

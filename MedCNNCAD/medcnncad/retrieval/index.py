@@ -45,9 +45,15 @@ def standardise(vectors: np.ndarray, reference: np.ndarray | None = None) -> tup
     mean, scale = _mean_std(vectors if reference is None else reference)
     scale[scale < 1e-9] = 1.0
     scale = scale * np.sqrt(max(vectors.shape[1], 1))
+    return _scaled(vectors, mean, scale), mean, scale
+
+
+def _scaled(vectors: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(vectors - mean) / scale in float32: the one computation for library and query rows, so that a query
+    equal to a library row lands on it exactly (distance 0)."""
     out = np.asarray(vectors, dtype=np.float32) - mean.astype(np.float32)
     out /= scale.astype(np.float32)
-    return out, mean, scale
+    return out
 
 
 def standardise_blocks(library: Sequence[np.ndarray], queries: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +67,7 @@ def standardise_blocks(library: Sequence[np.ndarray], queries: Sequence[np.ndarr
     for lib_block, q_block in zip(library, queries):
         lib, mean, scale = standardise(np.asarray(lib_block))
         parts_lib.append(lib)
-        parts_q.append(((np.asarray(q_block, dtype=np.float64) - mean) / scale).astype(np.float32))
+        parts_q.append(_scaled(np.atleast_2d(q_block), mean, scale))
     return np.concatenate(parts_lib, 1), np.concatenate(parts_q, 1)
 
 

@@ -33,17 +33,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
+from medcnncad.io.file_lock import exclusive_lock
 from medcnncad.io.images import atomic_path, read_volume
 from medcnncad.io.json_files import read_json_object
 from medcnncad.retrieval.index import ExactIndex, standardise_blocks
 from medcnncad.retrieval.versions import DESCRIPTOR_VERSION
 
 __all__ = ["LIBRARY_FORMAT", "FORMAT_VERSION", "FEATURES", "DEFAULT_FEATURES", "LibraryError", "LibraryLesion",
-           "Neighbour", "Library", "case_retrieval", "sha256_of"]
+           "Neighbour", "Library", "case_retrieval", "lesion_vectors", "sha256_of"]
 
 LIBRARY_FORMAT = "medcnncad-case-library"
 FORMAT_VERSION = 1
 FEATURES = ("combined", "deep", "radiomics")
+LOCK_FILE = ".library.lock"
+"""Held (:func:`medcnncad.io.file_lock.exclusive_lock`) while a case is added or the library created."""
 DEFAULT_FEATURES = "combined"
 """The descriptor that ships as the default (docs/retrieval.md has the numbers it was chosen by)."""
 _CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -96,7 +99,7 @@ class Neighbour:
 
 def case_retrieval(report: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The ``retrieval`` block of a case's report.json (LibraryError when the report has none)."""
-    block = report.get("retrieval")
+    block = report.get("retrieval") if isinstance(report, Mapping) else None
     if not isinstance(block, dict) or "lesions" not in block:
         raise LibraryError(f"{where}: report.json has no retrieval descriptors (segment the case again with this "
                            f"version of medcnncad)")
@@ -130,6 +133,48 @@ def _verified(folder: Path, name: str, sha256: str, what: str) -> Path:
     return path
 
 
+def _vector(values: Any, what: str, length: int | None = None, names: Sequence[str] = ()) -> np.ndarray:
+    """``values`` (a list of numbers) as float32, when every value is a finite number and, with ``length``, there
+    are that many (LibraryError naming ``what`` and the value, by its ``names`` entry or its index, otherwise: a
+    NaN would make every distance NaN and the ranking the library's row order)."""
+    try:
+        vector = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LibraryError(f"{what}: not a list of numbers") from None
+    if vector.ndim != 1 or (length is not None and len(vector) != length):
+        raise LibraryError(f"{what}: {vector.size} value(s), expected {length if length is not None else 'a list'}")
+    bad = np.flatnonzero(~np.isfinite(vector))
+    if bad.size:
+        name = repr(names[bad[0]]) if names else str(int(bad[0]))
+        raise LibraryError(f"{what}: value {name} is {vector[bad[0]]}: not a finite number")
+    return vector.astype(np.float32)
+
+
+def lesion_vectors(les: Any, names: Sequence[str], deep_length: int | None,
+                   where: str) -> tuple[int, float, np.ndarray, np.ndarray | None]:
+    """(lesion id, volume mL, radiomics float32 in ``names`` order, deep float32 or None) of one lesion of a
+    retrieval block or library entry, checked: an integer id, a finite volume, a finite value for every name,
+    a deep vector of finite values (``deep_length`` of them when given) or none (LibraryError naming ``where``,
+    the lesion and the value otherwise)."""
+    if not isinstance(les, Mapping) or not isinstance(les.get("radiomics"), Mapping) or \
+            not isinstance(les.get("lesion_id"), int) or isinstance(les.get("lesion_id"), bool):
+        raise LibraryError(f"{where}: a retrieval lesion without an integer lesion_id and a radiomics object")
+    what = f"{where}: retrieval lesion {les['lesion_id']}"
+    missing = [n for n in names if n not in les["radiomics"]]
+    if missing:
+        raise LibraryError(f"{what}: no radiomics value {missing[0]!r} (the library's features: another model's "
+                           f"descriptors?)")
+    volume = _vector([les.get("volume_ml")], what, names=["volume_ml"])[0]
+    radiomics = _vector([les["radiomics"][n] for n in names], f"{what}: radiomics", names=names)
+    deep = None if les.get("deep") is None else _vector(les["deep"], f"{what}: deep", deep_length)
+    return les["lesion_id"], float(volume), radiomics, deep
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Both None, or equal arrays."""
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
 def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> list[np.ndarray]:
     """The descriptor blocks of a feature space: [radiomics], [deep] or [radiomics, deep]."""
     if features not in FEATURES:
@@ -140,6 +185,48 @@ def _blocks(features: str, radiomics: np.ndarray, deep: np.ndarray | None) -> li
     if features == "radiomics" or deep is None:
         return [radiomics]
     return [deep] if features == "deep" else [radiomics, deep]
+
+
+def _write_entry(folder: Path, case_dir: Path, case_id: str, block: Mapping[str, Any],
+                 metadata: Mapping[str, str] | None, view: tuple[sitk.Image, Path] | None) -> dict[str, str]:
+    """Write a case's entry folder (entry.json, thumbnails, view files); returns its library.json record."""
+    folder.mkdir(parents=True)
+    lesions = []
+    for les in block["lesions"]:
+        item = {k: les[k] for k in ("lesion_id", "volume_ml", "radiomics", "deep")}
+        source = case_dir / f"lesion_{les['lesion_id']}.png"
+        if source.is_file():
+            item["thumbnail"] = source.name
+            shutil.copyfile(source, folder / source.name)
+            item["thumbnail_sha256"] = sha256_of(folder / source.name)
+        lesions.append(item)
+    entry = {"case_id": case_id, "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
+             "structure": block.get("structure"), "lesions": lesions}
+    if view is not None:
+        entry["view"] = _store_view(folder, *view)
+    path = folder / "entry.json"
+    path.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
+    return {"case_id": case_id, "file": f"entries/{case_id}/entry.json", "sha256": sha256_of(path)}
+
+
+def _read_index(root: Path) -> dict[str, Any]:
+    """``root``'s library.json, checked: format, format version, descriptor version (LibraryError otherwise)."""
+    path = root / "library.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LibraryError(f"{root}: not a case library (no library.json)") from None
+    except (OSError, ValueError) as exc:
+        raise LibraryError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != LIBRARY_FORMAT:
+        raise LibraryError(f"{path}: not a MedCNNCAD case library")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise LibraryError(f"{path}: library format {data.get('format_version')}, this medcnncad reads "
+                           f"{FORMAT_VERSION}")
+    if str(data.get("descriptor_version")) != DESCRIPTOR_VERSION:
+        raise LibraryError(f"{path}: built with descriptor version {data.get('descriptor_version')}, this "
+                           f"medcnncad computes version {DESCRIPTOR_VERSION}: rebuild the library")
+    return data
 
 
 @dataclass
@@ -165,33 +252,36 @@ class Library:
         root.mkdir(parents=True, exist_ok=True)
         library = cls(root, {k: str(model[k]) for k in ("id", "version", "weights_sha256")}, DESCRIPTOR_VERSION,
                       list(radiomics_names))
-        library._save()
+        with exclusive_lock(root / LOCK_FILE):
+            if (root / "library.json").exists():  # another process created it meanwhile
+                raise LibraryError(f"{root}: already holds a case library (use 'library add')")
+            library._save()
         return library
 
     @classmethod
     def open(cls, root: str | Path) -> Library:
         """Open and verify a library: format, every entry's and thumbnail's checksum (LibraryError otherwise)."""
         root = Path(root)
-        path = root / "library.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise LibraryError(f"{root}: not a case library (no library.json)") from None
-        except (OSError, ValueError) as exc:
-            raise LibraryError(f"{path}: cannot be read ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != LIBRARY_FORMAT:
-            raise LibraryError(f"{path}: not a MedCNNCAD case library")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise LibraryError(f"{path}: library format {data.get('format_version')}, this medcnncad reads "
-                               f"{FORMAT_VERSION}")
-        if str(data.get("descriptor_version")) != DESCRIPTOR_VERSION:
-            raise LibraryError(f"{path}: built with descriptor version {data.get('descriptor_version')}, this "
-                               f"medcnncad computes version {DESCRIPTOR_VERSION}: rebuild the library")
+        data = _read_index(root)
         library = cls(root, dict(data["model"]), str(data["descriptor_version"]), list(data["radiomics_names"]),
                       list(data["entries"]))
         for entry in library.entries:
             library.lesions += library._read_entry(entry)
         return library
+
+    def _refresh(self) -> None:
+        """Take in the entries another process added since this library was opened (call under the lock)."""
+        data = _read_index(self.root)
+        if (dict(data["model"]), list(data["radiomics_names"])) != (self.model, self.radiomics_names):
+            raise LibraryError(f"{self.root / 'library.json'}: was replaced by another library while open; open it "
+                               f"again")
+        by_case: dict[str, list[LibraryLesion]] = {}
+        for les in self.lesions:
+            by_case.setdefault(les.case_id, []).append(les)
+        lesions: list[LibraryLesion] = []
+        for entry in data["entries"]:
+            lesions += by_case[entry["case_id"]] if entry["case_id"] in by_case else self._read_entry(entry)
+        self.entries, self.lesions = list(data["entries"]), lesions
 
     def _read_entry(self, entry: Mapping[str, str]) -> list[LibraryLesion]:
         path = self._inside(entry["file"])
@@ -202,16 +292,20 @@ class Library:
                                f"(entry of case {entry['case_id']})")
         data = json.loads(path.read_text(encoding="utf-8"))
         view = self._read_view(path.parent, data.get("view"))
-        lesions = []
+        lesions: list[LibraryLesion] = []
         for les in data["lesions"]:
             thumb = None
             if les.get("thumbnail"):
                 thumb = _verified(path.parent, les["thumbnail"], les["thumbnail_sha256"], "thumbnail")
-            deep = None if les.get("deep") is None else np.asarray(les["deep"], dtype=np.float32)
-            lesions.append(LibraryLesion(data["case_id"], int(les["lesion_id"]), float(les["volume_ml"]),
-                                         np.asarray([les["radiomics"][n] for n in self.radiomics_names], np.float32),
-                                         deep, dict(data.get("metadata", {})), thumb, view))
+            lesion_id, volume, radiomics, deep = lesion_vectors(les, self.radiomics_names,
+                                                                self.deep_length(lesions), str(path))
+            lesions.append(LibraryLesion(data["case_id"], lesion_id, volume, radiomics, deep,
+                                         dict(data.get("metadata", {})), thumb, view))
         return lesions
+
+    def deep_length(self, more: Sequence[LibraryLesion] = ()) -> int | None:
+        """The length of the deep vectors of the library's lesions (and ``more``), None when none has one."""
+        return next((len(les.deep) for les in (*self.lesions, *more) if les.deep is not None), None)
 
     @staticmethod
     def _read_view(folder: Path, view: Mapping[str, str] | None) -> dict[str, Path] | None:
@@ -242,7 +336,8 @@ class Library:
         preprocessing or post-processing around the same weights, and with them the descriptors) and descriptor
         version are the library's (else LibraryError)."""
         block = case_retrieval(report, where)
-        model = report.get("model", {})
+        given = report.get("model")
+        model: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
         if (model.get("weights_sha256"), model.get("version")) != (self.model["weights_sha256"],
                                                                    self.model.get("version")):
             raise LibraryError(f"{where}: segmented with model {model.get('id')} {model.get('version')} (weights "
@@ -251,6 +346,12 @@ class Library:
         if str(block.get("descriptor_version")) != self.descriptor_version:
             raise LibraryError(f"{where}: descriptor version {block.get('descriptor_version')}, the library's is "
                                f"{self.descriptor_version}")
+        if not isinstance(block["lesions"], list):
+            raise LibraryError(f"{where}: report.json retrieval lesions is not a list")
+        length = self.deep_length()
+        for les in block["lesions"]:
+            deep = lesion_vectors(les, self.radiomics_names, length, where)[3]
+            length = length if deep is None else len(deep)
         return block
 
     def add_case(self, case_dir: str | Path, case_id: str, metadata: Mapping[str, str] | None = None,
@@ -267,35 +368,58 @@ class Library:
         case_dir = Path(case_dir)
         if not _CASE_ID.fullmatch(case_id):
             raise LibraryError(f"case id {case_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
-        if any(e["case_id"] == case_id for e in self.entries):
-            raise LibraryError(f"case id {case_id!r} is already in the library {self.root}")
         if not (case_dir / "report.json").is_file():
             raise LibraryError(f"{case_dir}: not a case output folder (no report.json)")
         report = read_json_object(case_dir / "report.json", "a MedCNNCAD case report.json")
-        block = self.check_compatible(report, str(case_dir))
-        view = _view_files(case_dir, view_image) if view_image is not None else None
-        folder = self.root / "entries" / case_id
-        folder.mkdir(parents=True, exist_ok=True)
-        lesions = []
-        for les in block["lesions"]:
-            item = {k: les[k] for k in ("lesion_id", "volume_ml", "radiomics", "deep")}
-            source = case_dir / f"lesion_{les['lesion_id']}.png"
-            if source.is_file():
-                item["thumbnail"] = source.name
-                shutil.copyfile(source, folder / source.name)
-                item["thumbnail_sha256"] = sha256_of(folder / source.name)
-            lesions.append(item)
-        entry = {"case_id": case_id, "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
-                 "structure": block.get("structure"), "lesions": lesions}
-        if view is not None:
-            entry["view"] = _store_view(folder, *view)
-        path = folder / "entry.json"
-        path.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
-        record = {"case_id": case_id, "file": path.relative_to(self.root).as_posix(), "sha256": sha256_of(path)}
-        self.entries.append(record)
-        self.lesions += self._read_entry(record)
-        self._save()
+        with exclusive_lock(self.root / LOCK_FILE):  # one add at a time: none is lost, no id is written twice
+            self._refresh()
+            self._check_new_id(case_id)
+            block = self.check_compatible(report, str(case_dir))
+            view = _view_files(case_dir, view_image) if view_image is not None else None
+            folder = self.root / "entries" / case_id
+            shutil.rmtree(folder, ignore_errors=True)  # files of an add that failed: no entry's (checked above)
+            record: dict[str, str] | None = None
+            try:
+                record = _write_entry(folder, case_dir, case_id, block, metadata, view)
+                lesions = self._read_entry(record)
+                self.entries.append(record)
+                self._save()
+            except BaseException:  # neither a half-written entry folder nor an unsaved record stays behind
+                self.entries = [e for e in self.entries if e is not record]
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            self.lesions += lesions
         return len(lesions)
+
+    def holds(self, case_id: str, report: Mapping[str, Any], where: str) -> bool:
+        """Whether ``case_id`` is in the library as the case of ``report`` (the same lesions and descriptors: added
+        before, e.g. by the run a batch resumes); False when the id is not in the library.
+
+        Raises:
+            LibraryError: the library holds another case under ``case_id`` (another cohort's patient of the
+                same id), naming ``where`` and the id.
+        """
+        held = [(les.lesion_id, les.radiomics, les.deep) for les in self.lesions if les.case_id == case_id]
+        if not held and not any(e["case_id"] == case_id for e in self.entries):
+            return False
+        block = self.check_compatible(report, where)
+        given = [(i, r, d) for i, _, r, d in (lesion_vectors(les, self.radiomics_names, None, where)
+                                               for les in block["lesions"])]
+        if len(given) != len(held) or not all(a[0] == b[0] and _same(a[1], b[1]) and _same(a[2], b[2])
+                                               for a, b in zip(given, held)):
+            raise LibraryError(f"{where}: case id {case_id!r}: the library {self.root} holds another case under this "
+                               f"id (other lesion descriptors: another patient?); give this case another case_id")
+        return True
+
+    def _check_new_id(self, case_id: str) -> None:
+        """LibraryError when ``case_id`` is in the library, also in another case (``P1``, ``p1``): on a file system
+        that ignores case (macOS, Windows) both would share one entry folder."""
+        same = next((e["case_id"] for e in self.entries if e["case_id"].casefold() == case_id.casefold()), None)
+        if same == case_id:
+            raise LibraryError(f"case id {case_id!r} is already in the library {self.root}")
+        if same is not None:
+            raise LibraryError(f"case id {case_id!r}: the library {self.root} holds {same!r}, the same name but for "
+                               f"case (one entry folder on macOS and Windows); choose another id")
 
     # -- querying ----------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ __all__ = ["SIMILAR_VIEW", "keep_similar_view", "load_similar_case", "show_side_
 
 SIMILAR_VIEW = "Yellow"
 """The slice view that shows the library case (the right-hand view of the side-by-side layout)."""
+_IMAGE_ATTRIBUTE = "MedCNNCAD.similarImage"  # the library's view image file a similar case's nodes were loaded from
 
 
 def load_similar_case(neighbour: Mapping[str, Any], scene: Any = None) -> tuple[Any, Any]:
@@ -36,7 +37,7 @@ def load_similar_case(neighbour: Mapping[str, Any], scene: Any = None) -> tuple[
         raise InputError(f"library case {neighbour['case_id']} was added without a view image (add it with "
                          f"'medcnncad library add --view-image' or build with --with-images)")
     name = f"Similar case {neighbour['case_id']}"
-    loaded = _loaded(scene, str(neighbour["case_id"]))
+    loaded = _loaded(scene, str(neighbour["case_id"]), str(view["image"]))
     if loaded is not None:
         return loaded
     logic = slicer.modules.volumes.logic()
@@ -54,16 +55,18 @@ def load_similar_case(neighbour: Mapping[str, Any], scene: Any = None) -> tuple[
     for node in (volume, segmentation):
         node.SetAttribute("MedCNNCAD.similarCase", str(neighbour["case_id"]))
         node.SetAttribute("MedCNNCAD.similarLesion", str(neighbour["lesion_id"]))
+        node.SetAttribute(_IMAGE_ATTRIBUTE, str(view["image"]))
     return volume, segmentation
 
 
-def _loaded(scene: Any, case_id: str) -> tuple[Any, Any] | None:
-    """The volume and segmentation of a library case loaded before (a second click shows them again)."""
+def _loaded(scene: Any, case_id: str, image: str) -> tuple[Any, Any] | None:
+    """The volume and segmentation of a library case loaded before from the view image file ``image`` (a second
+    click shows them again); a case of the same id from another library (another file) is not it."""
     found = {}
     for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"):
         for i in range(scene.GetNumberOfNodesByClass(cls)):
             node = scene.GetNthNodeByClass(i, cls)
-            if node.GetAttribute("MedCNNCAD.similarCase") == case_id:
+            if node.GetAttribute("MedCNNCAD.similarCase") == case_id and node.GetAttribute(_IMAGE_ATTRIBUTE) == image:
                 found[cls] = node
     return (found["vtkMRMLScalarVolumeNode"], found["vtkMRMLSegmentationNode"]) if len(found) == 2 else None
 
