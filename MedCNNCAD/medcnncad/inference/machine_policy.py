@@ -24,7 +24,6 @@ the cache keeps two processes from calibrating at once, so the second one reads 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -40,16 +39,12 @@ from typing import Any
 
 import torch
 
-if sys.platform == "win32":  # the calibration lock (_lock)
-    import msvcrt
-else:
-    import fcntl
-
 from medcnncad.errors import InputError
 from medcnncad.inference.background_norm import supports_background_statistics
 from medcnncad.inference.policy import CROP_MODES, choose_policy
 from medcnncad.inference.precisions import CASE_PRECISIONS, PRECISION_ENV
 from medcnncad.inference.segmenter import Segmenter, resolve_device
+from medcnncad.io.file_lock import exclusive_lock
 from medcnncad.io.sample_case import SEQUENCES, load_sample_case
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.registry import load_model
@@ -182,45 +177,14 @@ def _cached(path: Path, key: str) -> PolicyDecision | None:
 
 @contextmanager
 def _calibration_lock(path: Path) -> Iterator[None]:
-    """Held while deciding: an exclusive lock on a file next to the cache, so that a second process waits and
-    then reads the first one's decision. Where the folder cannot be written or the file system cannot lock
-    (e.g. a cluster file system mounted without locks), there is no lock and each process measures."""
-    handle = None
-    try:
+    """Held while deciding: an exclusive lock on a file next to the cache (:func:`exclusive_lock`), so that a
+    second process waits and then reads the first one's decision. Where the folder cannot be written or the file
+    system cannot lock (e.g. a cluster file system mounted without locks), there is no lock and each process
+    measures."""
+    with suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(str(path) + ".lock", "a+b")  # noqa: SIM115 - closed below, after the lock is released
-        _lock(handle.fileno(), True)
-    except OSError:
-        if handle is not None:
-            handle.close()
-        handle = None
-    try:
+    with exclusive_lock(str(path) + ".lock"):
         yield
-    finally:
-        if handle is not None:
-            with suppress(OSError):  # closing the file releases the lock anyway
-                _lock(handle.fileno(), False)
-            handle.close()
-
-
-def _lock(fd: int, take: bool) -> None:
-    """Take (blocking) or release an exclusive lock on an open file: ``fcntl.flock`` on POSIX, the first
-    byte with ``msvcrt.locking`` on Windows (whose blocking mode gives up after 10 s with EDEADLOCK: then it
-    is tried again; any other error is raised)."""
-    if sys.platform == "win32":
-        os.lseek(fd, 0, os.SEEK_SET)
-        if not take:
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-            return
-        while True:
-            try:
-                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-                return
-            except OSError as error:
-                if error.errno not in (errno.EDEADLOCK, errno.EACCES):
-                    raise
-    else:
-        fcntl.flock(fd, fcntl.LOCK_EX if take else fcntl.LOCK_UN)
 
 
 def _check_case(model: LoadedModel) -> dict[str, Any] | None:
