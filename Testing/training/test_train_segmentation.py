@@ -345,3 +345,25 @@ def test_a_resume_with_other_settings_is_one_line_error(tmp_path, monkeypatch, c
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("medcnncad: error: --resume") and "(epochs 1 -> 2)" in err[-1]
     assert sha256_file(tmp_path / "m" / "manifest.json") == before
+
+
+def test_a_run_on_patient_data_does_not_claim_it_was_not(tmp_path, monkeypatch):
+    """The template says "synthetic phantoms ... - not on patient data"; a run with two whole real scans and
+    tumors of one donor in half its phantoms says which patients instead, in its manifest's trained_on."""
+    import medcnncad.training.segmentation as seg
+
+    _tiny_data(monkeypatch)
+    real = [{"id": "real-p1", "kind": "real", "case_id": "p1"}, {"id": "real-p2", "kind": "real", "case_id": "p2"}]
+    monkeypatch.setattr(seg, "_data", lambda manifest, cfg: (real, [{"id": "v", "kind": "phantom"}], "test"))
+    cfg = seg.TrainConfig(epochs=1, steps_per_epoch=1, patch=(16, 16, 16), workers=1, device="cpu",
+                          transplant_from=("/data/donor7",), transplant_share=0.5)
+    template = _tiny_template(tmp_path)
+    assert "not on patient data" in json.loads(template.read_text())["trained_on"]
+    seg.train_segmentation(template, tmp_path / "m", cfg)
+    assert load_manifest(tmp_path / "m").trained_on == (
+        "synthetic phantoms (MedCNNCAD generator on the MNI152 template); real tumors of donor7 transplanted into "
+        "50% of the phantoms; the whole scans of p1, p2 (patient data)")
+    phantoms_only = seg.TrainConfig()
+    assert seg.trained_on_text("phantoms - not on patient data", phantoms_only, []) == "phantoms - not on patient data"
+    assert seg.trained_on_text("phantoms - not on patient data", seg.TrainConfig(data="/x/cases.csv"), []) == \
+        "the cases of /x/cases.csv (patient data)"

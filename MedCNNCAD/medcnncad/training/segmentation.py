@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -59,7 +60,8 @@ from medcnncad.training.data import (
 )
 
 __all__ = ["TrainConfig", "RegionDiceCELoss", "region_channels", "train_segmentation", "TRAIN_SEED_BASE",
-           "VAL_SEED_BASE", "TEST_SEED_BASE", "resume_state", "save_checkpoint", "resumable_config"]
+           "VAL_SEED_BASE", "TEST_SEED_BASE", "resume_state", "save_checkpoint", "resumable_config",
+           "trained_on_text"]
 
 TRAIN_SEED_BASE = 100_000
 VAL_SEED_BASE = 200_000
@@ -410,11 +412,32 @@ def write_manifest_json(raw: dict, out: Path, check) -> None:
     tmp.replace(out / "manifest.json")
 
 
+NOT_ON_PATIENTS = re.compile(r"\s*[-,;(]?\s*not on (any )?patient data\)?", re.IGNORECASE)
+"""A template's claim that its model saw no patient data (dropped when this run's did)."""
+
+
+def trained_on_text(template: str, cfg: TrainConfig, real_patients: Sequence[str]) -> str:
+    """The manifest's ``trained_on``: the template's text, unless this run trained on patient data (``--data``
+    cases, transplanted real tumors, whole real scans), which it then names, without the template's "not on
+    patient data"."""
+    used = [f"the cases of {cfg.data}"] if cfg.data else []
+    if cfg.transplant_share > 0 and cfg.transplant_from:
+        used.append("real tumors of " + ", ".join(Path(d).name for d in cfg.transplant_from)
+                    + f" transplanted into {cfg.transplant_share:.0%} of the phantoms")
+    if real_patients:
+        used.append("the whole scans of " + ", ".join(real_patients))
+    if not used:
+        return template
+    base = "" if cfg.data else NOT_ON_PATIENTS.sub("", template).strip()
+    return "; ".join([base, *used] if base else used) + " (patient data)"
+
+
 def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: str, init_report: dict | None,
                     seconds: float, command: str, device: torch.device | None = None,
                     real_patients: list[str] | None = None) -> None:
     raw = dict(raw)
     raw["weights"] = {"file": "model.pt", "sha256": sha256_file(out / "model.pt")}
+    raw["trained_on"] = trained_on_text(str(raw.get("trained_on", "")), cfg, real_patients or [])
     raw["training"] = {
         "data": where,
         "initialised_from": None if init_report is None else {
