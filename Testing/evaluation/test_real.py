@@ -501,3 +501,17 @@ def test_a_reference_on_another_grid_is_used_unless_its_labels_lie_outside_the_i
     with pytest.raises(InputError, match=r"elsewhere.nii.gz: only 0 of its 0.001 labelled mL lie inside the images"):
         _reference_on(elsewhere, grid, "elsewhere.nii.gz")
     assert _reference_on(grid, grid, "same") is grid
+
+
+def test_a_case_named_in_cases_that_is_not_scored_is_one_line_error(tmp_path, capsys):
+    """``--cases`` naming a mistyped id or an unlabelled case left that patient out of every mean without a word;
+    now exit 2, naming both, before the model loads."""
+    from medcnncad.cli import main
+
+    _write_case(tmp_path / "BraTS2021_00001", ["BraTS2021_00001_t1ce.nii.gz"], [1, 2, 4], "BraTS2021_00001_seg.nii.gz")
+    _write_case(tmp_path / "BraTS2021_00002", ["BraTS2021_00002_t1ce.nii.gz"])
+    with pytest.raises(InputError, match=r"--cases: BraTS2021_0001 not in .*; BraTS2021_00002 without a reference"):
+        evaluate_real(str(tmp_path), "no-such-model", cases=["BraTS2021_00001", "BraTS2021_0001", "BraTS2021_00002"])
+    assert main(["evaluate-real", "--data", str(tmp_path), "--cases", "BraTS2021_0001"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cases: BraTS2021_0001 not in" in err[0]

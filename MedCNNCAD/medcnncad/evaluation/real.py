@@ -130,9 +130,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise InputError(f"variants {unknown}: choose from {list(VARIANTS)}")
-    labelled = [c for c in discover_real_cases(root) if c.labelled and (cases is None or c.case_id in cases)]
-    if not labelled:
-        raise InputError(f"{root}: no labelled real case found")
+    labelled = _chosen_cases(root, cases)
     if reference_labels is not None:
         for case in labelled:  # a dataset folder's label files mean what its dataset.json says: not overridden
             if case.reference is not None:
@@ -170,6 +168,28 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     m = segmenter.manifest
     return {"model": m.id, "version": m.version, "trained_on": m.trained_on, "rows": rows,
             "summary": _summary(rows), "pooled": _pooled(rows), "execution_policy": segmenter.policy_note()}
+
+
+def _chosen_cases(root: str, cases: Sequence[str] | None) -> list[RealCase]:
+    """The labelled cases of ``root`` (only ``cases``, when given).
+
+    Raises:
+        InputError: no labelled case, or a case id of ``cases`` that is not a labelled case of ``root`` (a
+            mistyped id would otherwise leave its patient out of every mean without a word).
+    """
+    found = discover_real_cases(root)
+    labelled = [c for c in found if c.labelled and (cases is None or c.case_id in cases)]
+    if cases is not None:
+        ids = {c.case_id for c in found}
+        absent = [c for c in cases if c not in ids]
+        unlabelled = [c for c in cases if c in ids and c not in {case.case_id for case in labelled}]
+        if absent or unlabelled:
+            raise InputError(f"--cases: {', '.join(absent)}{' not in ' + str(root) if absent else ''}"
+                             f"{'; ' if absent and unlabelled else ''}"
+                             f"{', '.join(unlabelled)}{' without a reference' if unlabelled else ''}")
+    if not labelled:
+        raise InputError(f"{root}: no labelled real case found")
+    return labelled
 
 
 def _reference_on(reference: sitk.Image, grid: sitk.Image, path: Any) -> sitk.Image:
