@@ -350,16 +350,17 @@ def compare_real_reports(before: dict[str, Any], after: dict[str, Any],
     variant and over every shared row, each with a 95 % interval resampling patients (the change of a patient's
     rows together, :mod:`medcnncad.metrics.intervals`), and the rows whose tumor-found, false-positive (> 1 mL) or
     case-probability (< 0.9) outcome changed. Rows in only one report are named and left out; ``names`` (e.g.
-    the files) name the reports in errors."""
-    def key(row: dict[str, Any]) -> tuple[str, str]:
-        return row["case"], row["variant"]
-
-    old, new = {key(r): r for r in before["rows"]}, {key(r): r for r in after["rows"]}
-    shared = [k for k in old if k in new]
+    the files) name the reports in errors. A row pairs with a row of the same case, variant and inputs (the "all"
+    variant of a case read with other sequences is another row), and a row of a training patient in either report
+    (``training_patient``) is not a held-out comparison: it is named (``training_patient_rows``) and left out."""
+    old, new = {_row_key(r): r for r in before["rows"]}, {_row_key(r): r for r in after["rows"]}
+    paired = [k for k in old if k in new]
+    trained = [k for k in paired if old[k].get("training_patient") or new[k].get("training_patient")]
+    shared = [k for k in paired if k not in trained]
     if not shared:
-        raise InputError(f"{names[0]} and {names[1]} share no row (same case and inputs)")
+        raise InputError(f"{names[0]} and {names[1]} share no held-out row (same case and inputs)")
 
-    def change(keys: list[tuple[str, str]]) -> dict[str, Any]:
+    def change(keys: list[tuple[str, str, str]]) -> dict[str, Any]:
         keys = [k for k in keys if old[k]["dice_WT"] is not None and new[k]["dice_WT"] is not None]
         if not keys:
             return {"rows": 0, "patients": 0, "mean_change_dice_WT": None, "change_ci95": None}
@@ -378,7 +379,13 @@ def compare_real_reports(before: dict[str, Any], after: dict[str, Any],
             "outcome_changes": {name: [{"case": k[0], "variant": k[1], "before": test(old[k]), "after": test(new[k])}
                                        for k in shared if test(old[k]) != test(new[k])]
                                 for name, test in outcomes.items()},
-            "only_before": [list(k) for k in old if k not in new], "only_after": [list(k) for k in new if k not in old]}
+            "only_before": [list(k) for k in old if k not in new], "only_after": [list(k) for k in new if k not in old],
+            "training_patient_rows": [list(k) for k in trained]}
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(case, variant, inputs joined by "+") of an ``evaluate-real`` row: what makes two rows comparable."""
+    return row["case"], row["variant"], "+".join(sorted(str(i) for i in row.get("inputs") or ()))
 
 
 def format_comparison(comparison: dict[str, Any]) -> str:
@@ -395,6 +402,9 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     for side in ("only_before", "only_after"):
         if comparison[side]:
             lines.append(f"{side.replace('_', ' ')} (left out): " + ", ".join(" ".join(k) for k in comparison[side]))
+    if comparison.get("training_patient_rows"):
+        lines.append("training patients' rows (not held out, left out): "
+                     + ", ".join(" ".join(k) for k in comparison["training_patient_rows"]))
     lines += ["", "Intervals: 95 % percentile bootstrap resampling patients (a patient's rows together); they do not "
                   "include the optimism of choosing between models on these same patients."]
     return "\n".join(lines)
