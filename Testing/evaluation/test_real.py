@@ -537,3 +537,25 @@ def test_compare_real_pairs_same_inputs_and_leaves_training_patients_out(capsys)
     assert "training patients' rows (not held out, left out): b all FLAIR" in format_comparison(c)
     with pytest.raises(InputError, match="share no held-out row"):
         compare_real_reports({**before, "rows": before["rows"][1:2]}, {**after, "rows": after["rows"][1:2]})
+
+
+def test_a_renamed_copy_of_a_training_patient_is_still_a_training_patient(tmp_path):
+    """A whole scan trained on from a folder called "patientA" (a copy of BraTS2021_00001) was scored as held
+    out under its real name: the record's case id is "patientA". Its reference file's SHA-256, recorded by the
+    training data (real_scan_cases) and compared by evaluate-real, marks it."""
+    from medcnncad.evaluation.real import is_training_patient
+    from medcnncad.models.manifest import sha256_file
+    from medcnncad.training.data import real_scan_cases
+
+    original = _write_case(tmp_path / "data" / "BraTS2021_00001", ["BraTS2021_00001_t1ce.nii.gz"], [1, 2, 4],
+                           "BraTS2021_00001_seg.nii.gz")
+    copy = _write_case(tmp_path / "patientA", ["BraTS2021_00001_t1ce.nii.gz"], [1, 2, 4],
+                       "BraTS2021_00001_seg.nii.gz")
+    (trained,) = real_scan_cases([str(copy)], 1)
+    assert trained["case_id"] == "patientA"
+    assert trained["reference_sha256"] == sha256_file(original / "BraTS2021_00001_seg.nii.gz")
+    (case,) = discover_real_cases(tmp_path / "data")
+    names = training_patients({"real_patients": ["patientA"]})
+    assert not is_training_patient(case, names, set())  # by name alone: missed
+    assert is_training_patient(case, names, {trained["reference_sha256"]})
+    assert not is_training_patient(case, names, {"0" * 64})

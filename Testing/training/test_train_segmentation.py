@@ -355,6 +355,7 @@ def test_a_run_on_patient_data_does_not_claim_it_was_not(tmp_path, monkeypatch):
     _tiny_data(monkeypatch)
     real = [{"id": "real-p1", "kind": "real", "case_id": "p1"}, {"id": "real-p2", "kind": "real", "case_id": "p2"}]
     monkeypatch.setattr(seg, "_data", lambda manifest, cfg: (real, [{"id": "v", "kind": "phantom"}], "test"))
+    monkeypatch.setattr(seg, "donor_references", lambda donors: ["f" * 64])
     cfg = seg.TrainConfig(epochs=1, steps_per_epoch=1, patch=(16, 16, 16), workers=1, device="cpu",
                           transplant_from=("/data/donor7",), transplant_share=0.5)
     template = _tiny_template(tmp_path)
@@ -363,6 +364,7 @@ def test_a_run_on_patient_data_does_not_claim_it_was_not(tmp_path, monkeypatch):
     assert load_manifest(tmp_path / "m").trained_on == (
         "synthetic phantoms (MedCNNCAD generator on the MNI152 template); real tumors of donor7 transplanted into "
         "50% of the phantoms; the whole scans of p1, p2 (patient data)")
+    assert load_manifest(tmp_path / "m").training["real_patient_references"] == ["f" * 64]
     phantoms_only = seg.TrainConfig()
     assert seg.trained_on_text("phantoms - not on patient data", phantoms_only, []) == "phantoms - not on patient data"
     assert seg.trained_on_text("phantoms - not on patient data", seg.TrainConfig(data="/x/cases.csv"), []) == \

@@ -34,10 +34,11 @@ from medcnncad.lesions.components import components
 from medcnncad.metrics.intervals import patient_bootstrap_interval
 from medcnncad.metrics.segmentation import compute_metrics
 from medcnncad.models.grade_classifier import load_classifier
+from medcnncad.models.manifest import sha256_file
 from medcnncad.models.registry import load_model
 
 __all__ = ["VARIANTS", "REGIONS", "evaluate_real", "variant_channels", "score_case", "format_real_table",
-           "training_patients", "compare_real_reports", "format_comparison", "read_real_report"]
+           "training_patients", "is_training_patient", "compare_real_reports", "format_comparison", "read_real_report"]
 
 VARIANTS = ("all", "T1c", "FLAIR")
 """Input variants: every sequence the case has, the post-contrast T1 alone, the FLAIR alone."""
@@ -63,6 +64,16 @@ def training_patients(training: dict[str, Any]) -> set[str]:
     config = training.get("config") or {}
     folders = [*(config.get("transplant_from") or ()), *(config.get("real_from") or ())]
     return {Path(str(f)).name for f in folders} | {str(i) for i in training.get("real_patients") or ()}
+
+
+def is_training_patient(case: RealCase, names: set[str], references: set[str]) -> bool:
+    """Whether ``case`` is a patient of a model's training record: by its id (:func:`training_patients`) or, for a
+    record with ``real_patient_references``, by its reference file's SHA-256 (a training patient's folder copied
+    under another name)."""
+    if case.case_id in names:
+        return True
+    return bool(references) and case.reference is not None and Path(case.reference).is_file() and \
+        sha256_file(case.reference) in references
 
 
 def _largest_outside_ml(pred_wt: np.ndarray, ref_wt: np.ndarray, voxel_ml: float) -> float:
@@ -139,10 +150,12 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
                             notes=f"label convention given: {dict(reference_labels)}") for c in labelled]
     segmenter = build_segmenter(load_model(model_id), device, precision)
     trained = training_patients(segmenter.manifest.training)
+    trained_references = set(segmenter.manifest.training.get("real_patient_references") or ())
     grader = load_classifier(grade_classifier) if grade_classifier else None
     rows = []
     for case in labelled:
         reference = load_reference(case)
+        training_patient = is_training_patient(case, trained, trained_references)
         sources = case.input_sources()  # a 4D file's volumes read once for every variant
         for variant in variants:
             channels = variant_channels(case, variant)
@@ -153,7 +166,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             grading = attach_classification(result, grader) if grader is not None else None
             ref = _reference_on(reference, result.reference, case.reference)
             row = {"case": case.case_id, "source": case.source, "variant": variant, "inputs": sorted(channels),
-                   "reference_is_expert": case.reference_is_expert, "training_patient": case.case_id in trained,
+                   "reference_is_expert": case.reference_is_expert, "training_patient": training_patient,
                    "notes": case.notes,
                    **score_case(result.label_map, sitk.GetArrayViewFromImage(ref), result.reference.GetSpacing(),
                                 case.regions),

@@ -50,6 +50,7 @@ from medcnncad.training.checkpoint import (
     save_weights_atomically,
 )
 from medcnncad.training.data import (
+    donor_references,
     expand_copies,
     file_cases,
     phantom_cases,
@@ -349,7 +350,8 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
         save_checkpoint(out, network, optimizer, scheduler, state, best_weights, generators)
     bar.close()
     _write_manifest(raw, out, cfg, state, where, init_report, time.time() - started, command, device,
-                    sorted({c["case_id"] for c in train_cases if c["kind"] == "real"}))
+                    sorted({c["case_id"] for c in train_cases if c["kind"] == "real"}),
+                    _patient_references(train_cases, cfg))
     return out
 
 
@@ -432,9 +434,18 @@ def trained_on_text(template: str, cfg: TrainConfig, real_patients: Sequence[str
     return "; ".join([base, *used] if base else used) + " (patient data)"
 
 
+def _patient_references(train_cases: list[dict], cfg: TrainConfig) -> list[str]:
+    """The reference files' SHA-256 of the whole scans and transplant donors trained on (``evaluate-real`` marks
+    a renamed copy of such a patient too)."""
+    refs = {c["reference_sha256"] for c in train_cases if c["kind"] == "real" and c.get("reference_sha256")}
+    if cfg.transplant_share > 0:
+        refs |= set(donor_references(cfg.transplant_from))
+    return sorted(refs)
+
+
 def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: str, init_report: dict | None,
                     seconds: float, command: str, device: torch.device | None = None,
-                    real_patients: list[str] | None = None) -> None:
+                    real_patients: list[str] | None = None, references: list[str] | None = None) -> None:
     raw = dict(raw)
     raw["weights"] = {"file": "model.pt", "sha256": sha256_file(out / "model.pt")}
     raw["trained_on"] = trained_on_text(str(raw.get("trained_on", "")), cfg, real_patients or [])
@@ -446,6 +457,7 @@ def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: 
         "missing_inputs": "zeros after normalisation (channel dropout)" if cfg.channel_drop > 0 else None,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "real_patients": list(real_patients or []),  # case ids of the whole real scans trained on
+        "real_patient_references": list(references or []),  # their and the donors' reference files' SHA-256
         "epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
         "validation_dice": state.get("best_val"), "history": state["history"],
         "seconds": round(seconds, 1), "command": command, "environment": environment(device),
