@@ -148,13 +148,13 @@ def test_compare_real_pairs_rows_and_resamples_patients(tmp_path, capsys):
     assert c["variants"]["T1c"]["change_ci95"] is None  # one patient
     assert c["every_row"]["rows"] == 4 and c["every_row"]["mean_change_dice_WT"] == pytest.approx(0.075)
     assert c["outcome_changes"]["found"] == [{"case": "a", "variant": "T1c", "before": True, "after": False}]
-    assert c["outcome_changes"]["fp_over_1ml"] == [] and c["only_after"] == [["d", "FLAIR"]]
+    assert c["outcome_changes"]["fp_over_1ml"] == [] and c["only_after"] == [["d", "FLAIR", "FLAIR"]]
     for name, report in (("b.json", before), ("a.json", after)):
         (tmp_path / name).write_text(json.dumps(report))
     assert main(["compare-real", "--before", str(tmp_path / "b.json"), "--after", str(tmp_path / "a.json")]) == 0
     out = capsys.readouterr().out
     assert "| FLAIR | 3 | 3 | +0.200 (+0.100 to +0.400) |" in out and "found: a T1c True -> False" in out
-    assert "only after (left out): d FLAIR" in out
+    assert "only after (left out): d FLAIR FLAIR" in out
     core_only = {"dice_WT": None, "largest_outside_ml": None}
     c = compare_real_reports({**before, "rows": [{**_row("e", "T1c", 0.3), **core_only}]},
                              {**after, "rows": [{**_row("e", "T1c", 0.5), **core_only}]})
@@ -501,3 +501,61 @@ def test_a_reference_on_another_grid_is_used_unless_its_labels_lie_outside_the_i
     with pytest.raises(InputError, match=r"elsewhere.nii.gz: only 0 of its 0.001 labelled mL lie inside the images"):
         _reference_on(elsewhere, grid, "elsewhere.nii.gz")
     assert _reference_on(grid, grid, "same") is grid
+
+
+def test_a_case_named_in_cases_that_is_not_scored_is_one_line_error(tmp_path, capsys):
+    """``--cases`` naming a mistyped id or an unlabelled case left that patient out of every mean without a word;
+    now exit 2, naming both, before the model loads."""
+    from medcnncad.cli import main
+
+    _write_case(tmp_path / "BraTS2021_00001", ["BraTS2021_00001_t1ce.nii.gz"], [1, 2, 4], "BraTS2021_00001_seg.nii.gz")
+    _write_case(tmp_path / "BraTS2021_00002", ["BraTS2021_00002_t1ce.nii.gz"])
+    with pytest.raises(InputError, match=r"--cases: BraTS2021_0001 not in .*; BraTS2021_00002 without a reference"):
+        evaluate_real(str(tmp_path), "no-such-model", cases=["BraTS2021_00001", "BraTS2021_0001", "BraTS2021_00002"])
+    assert main(["evaluate-real", "--data", str(tmp_path), "--cases", "BraTS2021_0001"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cases: BraTS2021_0001 not in" in err[0]
+
+
+def test_compare_real_pairs_same_inputs_and_leaves_training_patients_out(capsys):
+    """Case a's "all" row was read with T1c+FLAIR before and T1+T1c+T2+FLAIR after (another folder): not the same
+    row. Case b became a training patient of the new model (+0.3): not held out. Only c's change (+0.1) is
+    averaged; before the fix the mean was (0.4 + 0.3 + 0.1) / 3 = 0.267."""
+    from medcnncad.evaluation.real import compare_real_reports, format_comparison
+
+    def row(case, dice, inputs, trained=False):
+        return {**_row(case, "all", dice), "inputs": inputs, "training_patient": trained}
+
+    before = {"model": "m", "version": "1", "rows": [row("a", 0.3, ["FLAIR", "T1c"]), row("b", 0.5, ["FLAIR"]),
+                                                    row("c", 0.6, ["FLAIR"])]}
+    after = {"model": "m", "version": "2", "rows": [row("a", 0.7, ["FLAIR", "T1", "T1c", "T2"]),
+                                                   row("b", 0.8, ["FLAIR"], trained=True), row("c", 0.7, ["FLAIR"])]}
+    c = compare_real_reports(before, after)
+    assert c["every_row"]["rows"] == 1 and c["every_row"]["mean_change_dice_WT"] == pytest.approx(0.1)
+    assert c["only_before"] == [["a", "all", "FLAIR+T1c"]] and c["only_after"] == [["a", "all", "FLAIR+T1+T1c+T2"]]
+    assert c["training_patient_rows"] == [["b", "all", "FLAIR"]]
+    assert "training patients' rows (not held out, left out): b all FLAIR" in format_comparison(c)
+    with pytest.raises(InputError, match="share no held-out row"):
+        compare_real_reports({**before, "rows": before["rows"][1:2]}, {**after, "rows": after["rows"][1:2]})
+
+
+def test_a_renamed_copy_of_a_training_patient_is_still_a_training_patient(tmp_path):
+    """A whole scan trained on from a folder called "patientA" (a copy of BraTS2021_00001) was scored as held
+    out under its real name: the record's case id is "patientA". Its reference file's SHA-256, recorded by the
+    training data (real_scan_cases) and compared by evaluate-real, marks it."""
+    from medcnncad.evaluation.real import is_training_patient
+    from medcnncad.models.manifest import sha256_file
+    from medcnncad.training.data import real_scan_cases
+
+    original = _write_case(tmp_path / "data" / "BraTS2021_00001", ["BraTS2021_00001_t1ce.nii.gz"], [1, 2, 4],
+                           "BraTS2021_00001_seg.nii.gz")
+    copy = _write_case(tmp_path / "patientA", ["BraTS2021_00001_t1ce.nii.gz"], [1, 2, 4],
+                       "BraTS2021_00001_seg.nii.gz")
+    (trained,) = real_scan_cases([str(copy)], 1)
+    assert trained["case_id"] == "patientA"
+    assert trained["reference_sha256"] == sha256_file(original / "BraTS2021_00001_seg.nii.gz")
+    (case,) = discover_real_cases(tmp_path / "data")
+    names = training_patients({"real_patients": ["patientA"]})
+    assert not is_training_patient(case, names, set())  # by name alone: missed
+    assert is_training_patient(case, names, {trained["reference_sha256"]})
+    assert not is_training_patient(case, names, {"0" * 64})

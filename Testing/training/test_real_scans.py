@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
-from medcnncad.models.manifest import load_manifest
+from medcnncad.models.manifest import load_manifest, sha256_file
 from medcnncad.training.data import _load_case, _prepare, expand_copies, real_scan_cases
 from medcnncad.training.segmentation import TrainConfig, _data
 
@@ -48,7 +48,8 @@ def brats2013_case(tmp_path) -> Path:
 def test_real_cases_enter_the_list_copies_times_and_bad_folders_are_refused(brats2013_case, tmp_path):
     cases = real_scan_cases([str(brats2013_case)], 3)
     assert cases == [{"id": "real-brats_2013_pat9999_1", "kind": "real", "folder": str(brats2013_case),
-                      "case_id": "brats_2013_pat9999_1", "in_root": False, "copies": 3}]
+                      "case_id": "brats_2013_pat9999_1", "in_root": False, "copies": 3,
+                      "reference_sha256": sha256_file(brats2013_case / "OTMultiClass.nii.gz")}]
     assert real_scan_cases([], 0) == []
     assert expand_copies(cases + [{"id": "p"}], ["a", "b"]) == ["a", "a", "a", "b"]
     with pytest.raises(InputError, match="at least 1"):

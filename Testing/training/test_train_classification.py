@@ -28,12 +28,28 @@ def _tiny_template(tmp_path: Path) -> Path:
 
 
 @needs_colin27
-def test_train_classification_writes_a_calibrated_model_and_resumes(tmp_path, capsys):
+def test_train_classification_writes_a_calibrated_model_and_resumes(tmp_path, capsys, monkeypatch):
+    """Stopped after its first epoch and resumed, a run reuses the cached patches and ends with the weights of
+    one uninterrupted run (each epoch's draws are seeded by the epoch, dropout's stream is in the checkpoint)."""
+    import medcnncad.training.classification as clf
+
+    argv = ["train", "classification", "--template", str(_tiny_template(tmp_path)), "--n-train", "6", "--n-val",
+            "6", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "4", "--workers", "1"]
+    assert main(argv + ["--out", str(tmp_path / "long")]) == 0
     out = tmp_path / "clf"
-    argv = ["train", "classification", "--template", str(_tiny_template(tmp_path)), "--out", str(out),
-            "--n-train", "6", "--n-val", "6", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
-            "--workers", "1"]
-    assert main(argv) == 0
+    saved = clf.save_checkpoint
+
+    def stop_after_first_epoch(*args, **kwargs):
+        saved(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clf, "save_checkpoint", stop_after_first_epoch)
+    assert main(argv + ["--out", str(out)]) == 130
+    monkeypatch.setattr(clf, "save_checkpoint", saved)
+    capsys.readouterr()
+    assert main(argv + ["--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "patches from" in err and "resumed at epoch 1" in err
     manifest = load_manifest(out)
     assert manifest.task == "classification" and manifest.weights_sha256 == sha256_file(out / "model.pt")
     assert manifest.calibration["method"] == "temperature" and manifest.temperature > 0
@@ -42,14 +58,13 @@ def test_train_classification_writes_a_calibrated_model_and_resumes(tmp_path, ca
     assert (out / "patches.npz").is_file()
     loaded = load_classifier(out)
     assert loaded.manifest.class_names == ["LGG", "HGG"]
-    # a second epoch resumes from the checkpoint and reuses the cached patches
-    argv[argv.index("--epochs") + 1] = "2"
-    capsys.readouterr()
-    assert main(argv + ["--resume"]) == 0
-    err = capsys.readouterr().err
-    assert "patches from" in err and "resumed at epoch 1" in err
-    history = load_manifest(out).training["history"]
-    assert [h["epoch"] for h in history] == [1, 2] and history[0] == manifest.training["history"][0]
+    long = load_manifest(tmp_path / "long")
+    assert [h["epoch"] for h in manifest.training["history"]] == [1, 2]
+    assert [h["loss"] for h in manifest.training["history"]] == [h["loss"] for h in long.training["history"]]
+    assert manifest.weights_sha256 == long.weights_sha256
+    argv[argv.index("--epochs") + 1] = "3"  # another schedule is another run
+    assert main(argv + ["--out", str(out), "--resume"]) == 2
+    assert "other settings (epochs 2 -> 3)" in capsys.readouterr().err
     # held-out evaluation: temperature scaling keeps the ranking (same AUC) and the report is complete
     from medcnncad.training.classification import evaluate_classifier
 

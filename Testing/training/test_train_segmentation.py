@@ -10,6 +10,7 @@ import torch
 from helpers import TEMPLATE
 
 from medcnncad.cli import main
+from medcnncad.errors import InputError
 from medcnncad.models.manifest import load_manifest, sha256_file
 from medcnncad.models.registry import load_model
 
@@ -25,7 +26,7 @@ def _tiny_template(tmp_path):
     return path
 
 
-def test_train_writes_model_and_resumes(tmp_path):
+def test_train_writes_model_and_resumes(tmp_path, capsys):
     out = tmp_path / "model"
     argv = ["train", "segmentation", "--template", str(_tiny_template(tmp_path)), "--out", str(out),
             "--n-train", "1", "--n-val", "1", "--epochs", "1", "--steps-per-epoch", "2", "--patch", "16", "16", "16",
@@ -38,12 +39,11 @@ def test_train_writes_model_and_resumes(tmp_path):
     assert training["epochs"] == 1 and set(training["validation_dice"]) == {"NCR", "ED", "ET", "WT", "TC"}
     assert "medcnncad train segmentation" in training["command"] and "100000" in training["data"]
     first = load_model(out).network.state_dict()
-    # resume: a second epoch starts from the checkpoint, not from scratch
-    argv[argv.index("--epochs") + 1] = "2"
+    # resume of a finished run: nothing left to train, the same record (test below: an interrupted one)
     assert main(argv + ["--resume"]) == 0
     resumed = load_manifest(out)
-    assert resumed.training["epochs"] == 2 and len(resumed.training["history"]) == 2
-    assert resumed.training["history"][0] == training["history"][0]
+    assert resumed.training["epochs"] == 1 and resumed.training["history"] == training["history"]
+    assert resumed.weights_sha256 == manifest.weights_sha256
     assert isinstance(load_model(out).network, torch.nn.Module) and first
 
 
@@ -270,3 +270,102 @@ def test_single_share_sets_how_often_one_sequence_is_kept():
             assert singles == expected
         else:  # uniform proper subsets of 4 channels: one kept with probability 1/3
             assert 0.2 < singles < 0.47
+
+
+def _tiny_data(monkeypatch):
+    """Two training cases and one validation case of 20^3 voxels (4 channels, labels 0-3), made here instead of
+    phantoms, so that a run of a few steps takes a second."""
+    import medcnncad.training.segmentation as seg
+
+    rng = np.random.default_rng(5)
+
+    def case(_):
+        label = np.zeros((1, 20, 20, 20), np.uint8)
+        label[0, 6:14, 6:14, 6:14] = rng.integers(1, 4, (8, 8, 8))
+        image = (rng.normal(0, 1, (4, 20, 20, 20)) + label).astype(np.float32)
+        return image, label, {}
+
+    made = [case(i) for i in range(3)]
+    monkeypatch.setattr(seg, "_data", lambda manifest, cfg: ([{"id": "a", "kind": "phantom"},
+                                                                {"id": "b", "kind": "phantom"}],
+                                                               [{"id": "v", "kind": "phantom"}], "two test cases"))
+    monkeypatch.setattr(seg, "prepare_cases", lambda cases, manifest, workers: made[:2] if len(cases) == 2
+                        else made[2:])
+
+
+@pytest.mark.parametrize("loader_workers", ["0", "1"])
+def test_a_run_interrupted_and_resumed_ends_as_one_long_run(tmp_path, monkeypatch, loader_workers):
+    """Three epochs in one go and the same command stopped after epoch 1 then resumed give the same weights, the
+    same losses and the same model.pt: the checkpoint carries the random streams (data order, augmentation,
+    the loader workers' seeds) and the best epoch's weights. A resume with another schedule is refused."""
+    import medcnncad.training.segmentation as seg
+
+    _tiny_data(monkeypatch)
+    argv = ["train", "segmentation", "--template", str(_tiny_template(tmp_path)), "--epochs", "3",
+            "--steps-per-epoch", "2", "--patch", "16", "16", "16", "--workers", "1", "--device", "cpu",
+            "--seed", "3", "--augmentation", "robust", "--channel-drop", "0.5", "--loader-workers", loader_workers]
+    assert main(argv + ["--out", str(tmp_path / "long")]) == 0
+
+    saved = seg.save_checkpoint
+
+    def stop_after_first_epoch(*args, **kwargs):
+        saved(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(seg, "save_checkpoint", stop_after_first_epoch)
+    assert main(argv + ["--out", str(tmp_path / "split")]) == 130
+    monkeypatch.setattr(seg, "save_checkpoint", saved)
+    (tmp_path / "split" / "model.pt").write_bytes(b"torn")  # as a crash while writing it would leave it
+    assert main(argv + ["--out", str(tmp_path / "split"), "--resume"]) == 0
+    long, split = load_manifest(tmp_path / "long"), load_manifest(tmp_path / "split")
+    assert [h["loss"] for h in split.training["history"]] == [h["loss"] for h in long.training["history"]]
+    assert split.weights_sha256 == long.weights_sha256 == sha256_file(tmp_path / "split" / "model.pt")
+    a = torch.load(tmp_path / "long" / "checkpoint.pt", weights_only=False)["network"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["network"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    argv[argv.index("--epochs") + 1] = "4"
+    with pytest.raises(InputError, match=r"other settings \(epochs 3 -> 4\)"):
+        seg.train_segmentation(str(_tiny_template(tmp_path)), tmp_path / "split",
+                               seg.TrainConfig(epochs=4, steps_per_epoch=2, patch=(16, 16, 16), workers=1,
+                                               device="cpu", seed=3, augmentation="robust", channel_drop=0.5,
+                                               loader_workers=int(loader_workers)), resume=True)
+
+
+def test_a_resume_with_other_settings_is_one_line_error(tmp_path, monkeypatch, capsys):
+    """The checkpoint's cosine schedule spans its own epochs; a resume asking for more would record 4 epochs and
+    train a warm restart: refused, exit 2, naming the setting; nothing is rewritten."""
+    _tiny_data(monkeypatch)
+    argv = ["train", "segmentation", "--template", str(_tiny_template(tmp_path)), "--out", str(tmp_path / "m"),
+            "--epochs", "1", "--steps-per-epoch", "1", "--patch", "16", "16", "16", "--workers", "1"]
+    assert main(argv) == 0
+    before = sha256_file(tmp_path / "m" / "manifest.json")
+    argv[argv.index("--epochs") + 1] = "2"
+    capsys.readouterr()
+    assert main(argv + ["--resume", "--workers", "2"]) == 2  # workers only prepare cases: not compared
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("medcnncad: error: --resume") and "(epochs 1 -> 2)" in err[-1]
+    assert sha256_file(tmp_path / "m" / "manifest.json") == before
+
+
+def test_a_run_on_patient_data_does_not_claim_it_was_not(tmp_path, monkeypatch):
+    """The template says "synthetic phantoms ... - not on patient data"; a run with two whole real scans and
+    tumors of one donor in half its phantoms says which patients instead, in its manifest's trained_on."""
+    import medcnncad.training.segmentation as seg
+
+    _tiny_data(monkeypatch)
+    real = [{"id": "real-p1", "kind": "real", "case_id": "p1"}, {"id": "real-p2", "kind": "real", "case_id": "p2"}]
+    monkeypatch.setattr(seg, "_data", lambda manifest, cfg: (real, [{"id": "v", "kind": "phantom"}], "test"))
+    monkeypatch.setattr(seg, "donor_references", lambda donors: ["f" * 64])
+    cfg = seg.TrainConfig(epochs=1, steps_per_epoch=1, patch=(16, 16, 16), workers=1, device="cpu",
+                          transplant_from=("/data/donor7",), transplant_share=0.5)
+    template = _tiny_template(tmp_path)
+    assert "not on patient data" in json.loads(template.read_text())["trained_on"]
+    seg.train_segmentation(template, tmp_path / "m", cfg)
+    assert load_manifest(tmp_path / "m").trained_on == (
+        "synthetic phantoms (MedCNNCAD generator on the MNI152 template); real tumors of donor7 transplanted into "
+        "50% of the phantoms; the whole scans of p1, p2 (patient data)")
+    assert load_manifest(tmp_path / "m").training["real_patient_references"] == ["f" * 64]
+    phantoms_only = seg.TrainConfig()
+    assert seg.trained_on_text("phantoms - not on patient data", phantoms_only, []) == "phantoms - not on patient data"
+    assert seg.trained_on_text("phantoms - not on patient data", seg.TrainConfig(data="/x/cases.csv"), []) == \
+        "the cases of /x/cases.csv (patient data)"

@@ -94,7 +94,10 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "tumor-free": (("--tumor-free",), {"type": probability, "help": "share of tumor-free cases, replacing the preset's "
                                                               "(1: normal heads only, to count false positives)"}),
     "workers": (("--workers",), {"type": positive_int, "default": 2, "help": "worker processes"}),
-    "resume": (("--resume",), {"action": "store_true", "help": "continue from the output folder's checkpoint"}),
+    "resume": (("--resume",), {"action": "store_true",
+                               "help": "continue an interrupted run from the output folder's checkpoint (same "
+                                       "command: it ends as one uninterrupted run would; other settings are "
+                                       "refused)"}),
     "write": (("--write",), {"action": "store_true", "help": "store the result in the model's manifest"}),
 }
 

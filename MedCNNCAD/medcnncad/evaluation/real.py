@@ -34,10 +34,11 @@ from medcnncad.lesions.components import components
 from medcnncad.metrics.intervals import patient_bootstrap_interval
 from medcnncad.metrics.segmentation import compute_metrics
 from medcnncad.models.grade_classifier import load_classifier
+from medcnncad.models.manifest import sha256_file
 from medcnncad.models.registry import load_model
 
 __all__ = ["VARIANTS", "REGIONS", "evaluate_real", "variant_channels", "score_case", "format_real_table",
-           "training_patients", "compare_real_reports", "format_comparison", "read_real_report"]
+           "training_patients", "is_training_patient", "compare_real_reports", "format_comparison", "read_real_report"]
 
 VARIANTS = ("all", "T1c", "FLAIR")
 """Input variants: every sequence the case has, the post-contrast T1 alone, the FLAIR alone."""
@@ -63,6 +64,16 @@ def training_patients(training: dict[str, Any]) -> set[str]:
     config = training.get("config") or {}
     folders = [*(config.get("transplant_from") or ()), *(config.get("real_from") or ())]
     return {Path(str(f)).name for f in folders} | {str(i) for i in training.get("real_patients") or ()}
+
+
+def is_training_patient(case: RealCase, names: set[str], references: set[str]) -> bool:
+    """Whether ``case`` is a patient of a model's training record: by its id (:func:`training_patients`) or, for a
+    record with ``real_patient_references``, by its reference file's SHA-256 (a training patient's folder copied
+    under another name)."""
+    if case.case_id in names:
+        return True
+    return bool(references) and case.reference is not None and Path(case.reference).is_file() and \
+        sha256_file(case.reference) in references
 
 
 def _largest_outside_ml(pred_wt: np.ndarray, ref_wt: np.ndarray, voxel_ml: float) -> float:
@@ -130,9 +141,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise InputError(f"variants {unknown}: choose from {list(VARIANTS)}")
-    labelled = [c for c in discover_real_cases(root) if c.labelled and (cases is None or c.case_id in cases)]
-    if not labelled:
-        raise InputError(f"{root}: no labelled real case found")
+    labelled = _chosen_cases(root, cases)
     if reference_labels is not None:
         for case in labelled:  # a dataset folder's label files mean what its dataset.json says: not overridden
             if case.reference is not None:
@@ -141,10 +150,12 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
                             notes=f"label convention given: {dict(reference_labels)}") for c in labelled]
     segmenter = build_segmenter(load_model(model_id), device, precision)
     trained = training_patients(segmenter.manifest.training)
+    trained_references = set(segmenter.manifest.training.get("real_patient_references") or ())
     grader = load_classifier(grade_classifier) if grade_classifier else None
     rows = []
     for case in labelled:
         reference = load_reference(case)
+        training_patient = is_training_patient(case, trained, trained_references)
         sources = case.input_sources()  # a 4D file's volumes read once for every variant
         for variant in variants:
             channels = variant_channels(case, variant)
@@ -155,7 +166,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             grading = attach_classification(result, grader) if grader is not None else None
             ref = _reference_on(reference, result.reference, case.reference)
             row = {"case": case.case_id, "source": case.source, "variant": variant, "inputs": sorted(channels),
-                   "reference_is_expert": case.reference_is_expert, "training_patient": case.case_id in trained,
+                   "reference_is_expert": case.reference_is_expert, "training_patient": training_patient,
                    "notes": case.notes,
                    **score_case(result.label_map, sitk.GetArrayViewFromImage(ref), result.reference.GetSpacing(),
                                 case.regions),
@@ -170,6 +181,28 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     m = segmenter.manifest
     return {"model": m.id, "version": m.version, "trained_on": m.trained_on, "rows": rows,
             "summary": _summary(rows), "pooled": _pooled(rows), "execution_policy": segmenter.policy_note()}
+
+
+def _chosen_cases(root: str, cases: Sequence[str] | None) -> list[RealCase]:
+    """The labelled cases of ``root`` (only ``cases``, when given).
+
+    Raises:
+        InputError: no labelled case, or a case id of ``cases`` that is not a labelled case of ``root`` (a
+            mistyped id would otherwise leave its patient out of every mean without a word).
+    """
+    found = discover_real_cases(root)
+    labelled = [c for c in found if c.labelled and (cases is None or c.case_id in cases)]
+    if cases is not None:
+        ids = {c.case_id for c in found}
+        absent = [c for c in cases if c not in ids]
+        unlabelled = [c for c in cases if c in ids and c not in {case.case_id for case in labelled}]
+        if absent or unlabelled:
+            raise InputError(f"--cases: {', '.join(absent)}{' not in ' + str(root) if absent else ''}"
+                             f"{'; ' if absent and unlabelled else ''}"
+                             f"{', '.join(unlabelled)}{' without a reference' if unlabelled else ''}")
+    if not labelled:
+        raise InputError(f"{root}: no labelled real case found")
+    return labelled
 
 
 def _reference_on(reference: sitk.Image, grid: sitk.Image, path: Any) -> sitk.Image:
@@ -330,16 +363,17 @@ def compare_real_reports(before: dict[str, Any], after: dict[str, Any],
     variant and over every shared row, each with a 95 % interval resampling patients (the change of a patient's
     rows together, :mod:`medcnncad.metrics.intervals`), and the rows whose tumor-found, false-positive (> 1 mL) or
     case-probability (< 0.9) outcome changed. Rows in only one report are named and left out; ``names`` (e.g.
-    the files) name the reports in errors."""
-    def key(row: dict[str, Any]) -> tuple[str, str]:
-        return row["case"], row["variant"]
-
-    old, new = {key(r): r for r in before["rows"]}, {key(r): r for r in after["rows"]}
-    shared = [k for k in old if k in new]
+    the files) name the reports in errors. A row pairs with a row of the same case, variant and inputs (the "all"
+    variant of a case read with other sequences is another row), and a row of a training patient in either report
+    (``training_patient``) is not a held-out comparison: it is named (``training_patient_rows``) and left out."""
+    old, new = {_row_key(r): r for r in before["rows"]}, {_row_key(r): r for r in after["rows"]}
+    paired = [k for k in old if k in new]
+    trained = [k for k in paired if old[k].get("training_patient") or new[k].get("training_patient")]
+    shared = [k for k in paired if k not in trained]
     if not shared:
-        raise InputError(f"{names[0]} and {names[1]} share no row (same case and inputs)")
+        raise InputError(f"{names[0]} and {names[1]} share no held-out row (same case and inputs)")
 
-    def change(keys: list[tuple[str, str]]) -> dict[str, Any]:
+    def change(keys: list[tuple[str, str, str]]) -> dict[str, Any]:
         keys = [k for k in keys if old[k]["dice_WT"] is not None and new[k]["dice_WT"] is not None]
         if not keys:
             return {"rows": 0, "patients": 0, "mean_change_dice_WT": None, "change_ci95": None}
@@ -358,7 +392,13 @@ def compare_real_reports(before: dict[str, Any], after: dict[str, Any],
             "outcome_changes": {name: [{"case": k[0], "variant": k[1], "before": test(old[k]), "after": test(new[k])}
                                        for k in shared if test(old[k]) != test(new[k])]
                                 for name, test in outcomes.items()},
-            "only_before": [list(k) for k in old if k not in new], "only_after": [list(k) for k in new if k not in old]}
+            "only_before": [list(k) for k in old if k not in new], "only_after": [list(k) for k in new if k not in old],
+            "training_patient_rows": [list(k) for k in trained]}
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """(case, variant, inputs joined by "+") of an ``evaluate-real`` row: what makes two rows comparable."""
+    return row["case"], row["variant"], "+".join(sorted(str(i) for i in row.get("inputs") or ()))
 
 
 def format_comparison(comparison: dict[str, Any]) -> str:
@@ -375,6 +415,9 @@ def format_comparison(comparison: dict[str, Any]) -> str:
     for side in ("only_before", "only_after"):
         if comparison[side]:
             lines.append(f"{side.replace('_', ' ')} (left out): " + ", ".join(" ".join(k) for k in comparison[side]))
+    if comparison.get("training_patient_rows"):
+        lines.append("training patients' rows (not held out, left out): "
+                     + ", ".join(" ".join(k) for k in comparison["training_patient_rows"]))
     lines += ["", "Intervals: 95 % percentile bootstrap resampling patients (a patient's rows together); they do not "
                   "include the optimism of choosing between models on these same patients."]
     return "\n".join(lines)

@@ -41,14 +41,13 @@ from medcnncad.lesions.components import components
 from medcnncad.metrics.calibration import binary_report, reliability_diagram, youden_threshold
 from medcnncad.models.manifest import parse_classifier_manifest, sha256_file
 from medcnncad.models.weights import build_network
+from medcnncad.training.checkpoint import resume_state, save_checkpoint, save_weights_atomically
 from medcnncad.training.data import file_cases, phantom_cases, split_cases
 from medcnncad.training.segmentation import (
     TEST_SEED_BASE,
     TRAIN_SEED_BASE,
     VAL_SEED_BASE,
     environment,
-    resume_state,
-    save_checkpoint,
     write_manifest_json,
 )
 
@@ -229,15 +228,18 @@ def train_classification(template: str | Path, out_dir: str | Path, cfg: Classif
     network = build_network(manifest.network_class, manifest.network_kwargs)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.steps_per_epoch)
-    state: dict[str, Any] = (resume_state(out, network, optimizer, scheduler) if resume else None) or \
-        {"epoch": 0, "best": -1.0, "history": []}
-    rng = np.random.default_rng([cfg.seed, state["epoch"]])
+    config = {k: v for k, v in asdict(cfg).items() if k != "workers"}  # a resumed run must share these
+    state: dict[str, Any] = (resume_state(out, network, optimizer, scheduler, config=config) if resume else None) \
+        or {"epoch": 0, "best": -1.0, "history": []}
+    state["config"] = config
+    best_weights = state.pop("best_weights", None)
     loss_fn = torch.nn.CrossEntropyLoss()
     positive = manifest.positive_index
     bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, initial=state["epoch"] * cfg.steps_per_epoch,
                desc="train", unit="step")
     network.train()
     while state["epoch"] < cfg.epochs:
+        rng = np.random.default_rng([cfg.seed, state["epoch"]])  # each epoch's draws: the same when resumed there
         for _ in range(cfg.steps_per_epoch):
             idx = rng.integers(0, len(y_train), cfg.batch_size)
             batch = _augment(torch.from_numpy(x_train[idx]), rng, len(manifest.inputs), cfg.channel_drop)
@@ -258,8 +260,9 @@ def train_classification(template: str | Path, out_dir: str | Path, cfg: Classif
         bar.write(f"epoch {state['epoch']}: loss {loss.item():.3f} val AUC {auc:.3f} accuracy {accuracy:.3f}")
         if auc > state["best"]:
             state.update(best=auc, best_epoch=state["epoch"])
-            torch.save(network.state_dict(), out / "model.pt")
-        save_checkpoint(out, network, optimizer, scheduler, state)
+            best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+            save_weights_atomically(best_weights, out / "model.pt")
+        save_checkpoint(out, network, optimizer, scheduler, state, best_weights)
     bar.close()
     network.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
     logits = _val_logits(network, x_val)

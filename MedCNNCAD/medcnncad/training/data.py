@@ -42,12 +42,12 @@ from medcnncad.io.images import read_volume
 from medcnncad.metrics.label_conventions import check_reference_values
 from medcnncad.metrics.segmentation import check_label_image
 from medcnncad.models.channels import assign_channels
-from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, channels_named, parse_manifest
+from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, channels_named, parse_manifest, sha256_file
 from medcnncad.models.preprocessing import build_preprocessing_dict, to_metatensor
 from medcnncad.preprocessing.chain import prepare_case
 
 __all__ = ["phantom_cases", "with_transplants", "real_scan_cases", "expand_copies", "file_cases", "split_cases",
-           "prepare_cases", "class_lut"]
+           "prepare_cases", "class_lut", "reference_sha256", "donor_references"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -110,13 +110,25 @@ def real_scan_cases(folders: tuple[str, ...] | list[str], copies: int) -> list[d
     for folder in folders:
         found = _real_cases_in(str(folder))
         cases += [{"id": f"real-{case.case_id}", "kind": "real", "folder": str(folder), "case_id": case.case_id,
-                   "in_root": in_root, "copies": int(copies)} for case, in_root in found]
+                   "in_root": in_root, "copies": int(copies), "reference_sha256": reference_sha256(case)}
+                  for case, in_root in found]
     ids: list[str] = [case["case_id"] for case in cases]
     repeated = sorted({i for i in ids if ids.count(i) > 1})
     if repeated:
         raise InputError(f"real scans {repeated}: the same case id from two --real-from folders (or one given "
                          "twice)")
     return cases
+
+
+def reference_sha256(case: RealCase) -> str | None:
+    """SHA-256 of a real case's reference file (None without one): it names the patient whatever its folder is
+    called, so a renamed copy of a training patient is still recognised as one (``evaluate-real``)."""
+    return None if case.reference is None or not Path(case.reference).is_file() else sha256_file(case.reference)
+
+
+def donor_references(donors: tuple[str, ...] | list[str]) -> list[str]:
+    """The reference SHA-256 of each transplant donor case folder that has one (:func:`reference_sha256`)."""
+    return [sha for sha in (reference_sha256(describe_case(d)) for d in donors) if sha is not None]
 
 
 FULL_REGIONS = ("WT", "TC", "ET")

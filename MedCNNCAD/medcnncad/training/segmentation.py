@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -42,7 +43,14 @@ from medcnncad.metrics.segmentation import dice
 from medcnncad.models.manifest import Manifest, parse_manifest, sha256_file
 from medcnncad.models.registry import load_model
 from medcnncad.models.weights import build_network
+from medcnncad.training.checkpoint import (
+    random_generators,
+    resume_state,
+    save_checkpoint,
+    save_weights_atomically,
+)
 from medcnncad.training.data import (
+    donor_references,
     expand_copies,
     file_cases,
     phantom_cases,
@@ -53,7 +61,8 @@ from medcnncad.training.data import (
 )
 
 __all__ = ["TrainConfig", "RegionDiceCELoss", "region_channels", "train_segmentation", "TRAIN_SEED_BASE",
-           "VAL_SEED_BASE", "TEST_SEED_BASE"]
+           "VAL_SEED_BASE", "TEST_SEED_BASE", "resume_state", "save_checkpoint", "resumable_config",
+           "trained_on_text"]
 
 TRAIN_SEED_BASE = 100_000
 VAL_SEED_BASE = 200_000
@@ -292,11 +301,12 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     transforms.set_random_state(seed=cfg.seed)
     dataset = Dataset(items, transforms)
     # With loader workers, one pass of the loader is one epoch's batches (cases drawn in shuffled rounds), so
-    # the workers (each seeded by MONAI from the run's seed) prepare batches ahead however few the cases are.
+    # the workers prepare batches ahead however few the cases are. They start anew each epoch, seeded by MONAI
+    # from this process's torch stream, which the checkpoint saves: a resumed run draws what one long run draws.
     sampler = (torch.utils.data.RandomSampler(dataset, num_samples=cfg.steps_per_epoch * cases_per_step)
                if cfg.loader_workers > 0 else None)
     loader = DataLoader(dataset, batch_size=cases_per_step, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.loader_workers, persistent_workers=cfg.loader_workers > 0,
+                        num_workers=cfg.loader_workers, persistent_workers=False,
                         pin_memory=device.type == "cuda")
     network = build_network(manifest.network_class, manifest.network_kwargs)
     init_report = initialise_from(network, cfg.init) if cfg.init else None
@@ -306,26 +316,16 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     network.to(device)
     optimizer = _optimizer(network, cfg, set(init_report["kept"]) if init_report else set())
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.steps_per_epoch)
-    state = resume_state(out, network, optimizer, scheduler) if resume else None
+    generators = random_generators(transforms)  # after the loader, which re-seeds the transforms
+    state = resume_state(out, network, optimizer, scheduler, generators, resumable_config(cfg)) if resume else None
     state = state or {"epoch": 0, "best": -1.0, "history": []}
+    state["config"] = resumable_config(cfg)
+    best_weights = state.pop("best_weights", None)
     network.train()
     total = cfg.epochs * cfg.steps_per_epoch
     bar = tqdm(total=total, initial=state["epoch"] * cfg.steps_per_epoch, desc="train", unit="step")
     while state["epoch"] < cfg.epochs:
-        done = 0
-        while done < cfg.steps_per_epoch:
-            for batch in loader:
-                optimizer.zero_grad()
-                image = batch["image"].to(device, non_blocking=True)
-                loss = loss_fn(network(image), batch["label"].to(device, non_blocking=True).long())
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                done += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=state["epoch"] + 1)
-                if done >= cfg.steps_per_epoch:
-                    break
+        loss = _train_epoch(network, loader, optimizer, scheduler, loss_fn, cfg, device, bar, state["epoch"])
         state["epoch"] += 1
         val = _validate(network, val_data, manifest, device=device)
         names = [r.name for r in manifest.regions] + [x.name for x in manifest.labels]
@@ -345,11 +345,13 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
             state["best"] = mean_regions
             state["best_epoch"] = state["epoch"]
             state["best_val"] = val
-            torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out / "model.pt")
-        save_checkpoint(out, network, optimizer, scheduler, state)
+            best_weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+            save_weights_atomically(best_weights, out / "model.pt")
+        save_checkpoint(out, network, optimizer, scheduler, state, best_weights, generators)
     bar.close()
     _write_manifest(raw, out, cfg, state, where, init_report, time.time() - started, command, device,
-                    sorted({c["case_id"] for c in train_cases if c["kind"] == "real"}))
+                    sorted({c["case_id"] for c in train_cases if c["kind"] == "real"}),
+                    _patient_references(train_cases, cfg))
     return out
 
 
@@ -363,26 +365,34 @@ def _loader_workers(requested: int | None, device: torch.device) -> int:
     return requested
 
 
-def resume_state(out: Path, network: torch.nn.Module, optimizer, scheduler) -> dict | None:
-    """Restore network, optimizer and scheduler from ``out/checkpoint.pt``; its training state, or None."""
-    ckpt = out / "checkpoint.pt"
-    if not ckpt.is_file():  # the first chunk of a resumable run: said, so a mistyped folder is noticed
-        print(f"--resume: no checkpoint in {out}; training starts at epoch 0", file=sys.stderr)
-        return None
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own checkpoint
-    network.load_state_dict(saved["network"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    print(f"resumed at epoch {saved['state']['epoch']}", file=sys.stderr)
-    return saved["state"]
+RESUME_IGNORES = ("device", "workers")
+"""Settings a resumed run may change: where the network trains and how many processes prepare the cases."""
 
 
-def save_checkpoint(out: Path, network: torch.nn.Module, optimizer, scheduler, state: dict) -> None:
-    """Everything needed to resume after an interruption, written atomically to ``out/checkpoint.pt``."""
-    tmp = out / "checkpoint.pt.tmp"
-    torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "state": state}, tmp)
-    tmp.replace(out / "checkpoint.pt")
+def resumable_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the interrupted one (all but :data:`RESUME_IGNORES`)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RESUME_IGNORES}
+
+
+def _train_epoch(network: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
+                 loss_fn: torch.nn.Module, cfg: TrainConfig, device: torch.device, bar: tqdm,
+                 epoch: int) -> torch.Tensor:
+    """``cfg.steps_per_epoch`` optimisation steps on (B, C, K, J, I) patches; the last step's loss."""
+    done = 0
+    while done < cfg.steps_per_epoch:
+        for batch in loader:
+            optimizer.zero_grad()
+            image = batch["image"].to(device, non_blocking=True)
+            loss = loss_fn(network(image), batch["label"].to(device, non_blocking=True).long())
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
+            if done >= cfg.steps_per_epoch:
+                break
+    return loss
 
 
 def environment(device: torch.device | None = None) -> dict[str, str]:
@@ -404,11 +414,41 @@ def write_manifest_json(raw: dict, out: Path, check) -> None:
     tmp.replace(out / "manifest.json")
 
 
+NOT_ON_PATIENTS = re.compile(r"\s*[-,;(]?\s*not on (any )?patient data\)?", re.IGNORECASE)
+"""A template's claim that its model saw no patient data (dropped when this run's did)."""
+
+
+def trained_on_text(template: str, cfg: TrainConfig, real_patients: Sequence[str]) -> str:
+    """The manifest's ``trained_on``: the template's text, unless this run trained on patient data (``--data``
+    cases, transplanted real tumors, whole real scans), which it then names, without the template's "not on
+    patient data"."""
+    used = [f"the cases of {cfg.data}"] if cfg.data else []
+    if cfg.transplant_share > 0 and cfg.transplant_from:
+        used.append("real tumors of " + ", ".join(Path(d).name for d in cfg.transplant_from)
+                    + f" transplanted into {cfg.transplant_share:.0%} of the phantoms")
+    if real_patients:
+        used.append("the whole scans of " + ", ".join(real_patients))
+    if not used:
+        return template
+    base = "" if cfg.data else NOT_ON_PATIENTS.sub("", template).strip()
+    return "; ".join([base, *used] if base else used) + " (patient data)"
+
+
+def _patient_references(train_cases: list[dict], cfg: TrainConfig) -> list[str]:
+    """The reference files' SHA-256 of the whole scans and transplant donors trained on (``evaluate-real`` marks
+    a renamed copy of such a patient too)."""
+    refs = {c["reference_sha256"] for c in train_cases if c["kind"] == "real" and c.get("reference_sha256")}
+    if cfg.transplant_share > 0:
+        refs |= set(donor_references(cfg.transplant_from))
+    return sorted(refs)
+
+
 def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: str, init_report: dict | None,
                     seconds: float, command: str, device: torch.device | None = None,
-                    real_patients: list[str] | None = None) -> None:
+                    real_patients: list[str] | None = None, references: list[str] | None = None) -> None:
     raw = dict(raw)
     raw["weights"] = {"file": "model.pt", "sha256": sha256_file(out / "model.pt")}
+    raw["trained_on"] = trained_on_text(str(raw.get("trained_on", "")), cfg, real_patients or [])
     raw["training"] = {
         "data": where,
         "initialised_from": None if init_report is None else {
@@ -417,6 +457,7 @@ def _write_manifest(raw: dict, out: Path, cfg: TrainConfig, state: dict, where: 
         "missing_inputs": "zeros after normalisation (channel dropout)" if cfg.channel_drop > 0 else None,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "real_patients": list(real_patients or []),  # case ids of the whole real scans trained on
+        "real_patient_references": list(references or []),  # their and the donors' reference files' SHA-256
         "epochs": state["epoch"], "best_epoch": state.get("best_epoch"),
         "validation_dice": state.get("best_val"), "history": state["history"],
         "seconds": round(seconds, 1), "command": command, "environment": environment(device),

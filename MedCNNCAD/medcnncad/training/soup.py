@@ -122,5 +122,7 @@ def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
                      "weights_sha256": r.get("weights", {}).get("sha256")} for f, r in zip(folders, raws)],
         "note": "the other fields of this training block describe the first member only, but real_patients"
                 " lists every member's real patients"},
-        "real_patients": _members_patients(raws)}
+        "real_patients": _members_patients(raws),
+        "real_patient_references": sorted({str(sha) for r in raws
+                                           for sha in r.get("training", {}).get("real_patient_references") or ()})}
     return write_model_folder(raw, out, lambda path: torch.save(soup, path), "soup")
