@@ -69,3 +69,18 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     assert app.main(["segment", "--help"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["medcnncad: interrupted before the command started; nothing was written"]
+
+
+def test_an_interrupted_training_run_says_its_checkpoint_is_kept(monkeypatch, capsys):
+    """Training keeps checkpoint.pt after each epoch on purpose (--resume); the message must not say otherwise."""
+    from medcnncad.cli import train
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_segmentation", interrupted)
+    from medcnncad.cli import app
+
+    assert app.main(["train", "segmentation", "--template", "t.json", "--out", "x"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("medcnncad: interrupted; the --out folder keeps the last finished epoch's checkpoint")

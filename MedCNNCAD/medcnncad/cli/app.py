@@ -115,6 +115,15 @@ def process_main(argv: Sequence[str] | None = None) -> int:
     return main(argv)
 
 
+def interrupted_message(command: str | None) -> str:
+    """What an interrupted command leaves: a training run keeps its last finished epoch's checkpoint (to resume);
+    every other command's outputs appear all at once at its end, so none were kept."""
+    if command == "train":
+        return ("medcnncad: interrupted; the --out folder keeps the last finished epoch's checkpoint: the same "
+                "command with --resume continues from it")
+    return "medcnncad: interrupted; no partial outputs were kept"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for bad input, 130 when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -138,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"medcnncad: error: {where}: {_one_line(exc.strerror or str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("medcnncad: interrupted; no partial outputs were kept", file=sys.stderr)
+        print(interrupted_message(_command_of(argv)), file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback in a log
         log = Path(tempfile.gettempdir()) / "medcnncad-error.log"
