@@ -137,7 +137,18 @@ def test_nested_sigmoid_outputs_paint_the_innermost_region(tmp_path, extra):
     np.testing.assert_array_equal(label_map_from_probabilities_torch(torch.from_numpy(probabilities), manifest)
                                   .numpy()[:, 0, 0], labels)
     voxels = {name: int(np.isin(labels, values).sum()) for name, values in manifest.structures().items()}
-    assert voxels == {"Tumor_core": 2, "Whole_tumor": 3, "Enhancing_tumor": 1}
+    # a painted value is its output outside the next inner one: the oedema is not called "whole tumor"
+    if extra is None:  # named as BraTS names its sub-regions and regions
+        assert {x.value: x.name for x in manifest.labels} == {1: "NCR", 2: "ED", 3: "ET"}
+        assert voxels == {"NCR": 1, "ED": 1, "ET": 1, "WT": 3, "TC": 2}
+    else:
+        assert {x.value: x.name for x in manifest.labels} == {1: "Tumor_core_outside_Enhancing_tumor",
+                                                              2: "Whole_tumor_outside_Tumor_core",
+                                                              3: "Enhancing_tumor"}
+        assert voxels == {"Tumor_core_outside_Enhancing_tumor": 1, "Whole_tumor_outside_Tumor_core": 1,
+                          "Enhancing_tumor": 1, "Whole_tumor": 3, "Tumor_core": 2}
+    # the probability files stay the outputs' own: P(whole tumor), not P(oedema)
+    assert [c.name for c in manifest.postprocessing.channels] == ["Tumor_core", "Whole_tumor", "Enhancing_tumor"]
 
 
 def test_brats_nesting_by_hand():

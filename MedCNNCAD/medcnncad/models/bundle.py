@@ -51,8 +51,8 @@ from medcnncad.models.manifest import (
 from medcnncad.models.trust import add_trusted_hash, files_hash, require_trust, trusted_hashes
 from medcnncad.models.weights import load_into, load_state_dict_verified
 
-__all__ = ["bundle_hash", "brats_nesting", "bundle_code_entries", "config_code_entries", "trusted_hashes",
-           "trust_bundle", "load_bundle", "describe_bundle", "load_classification_bundle"]
+__all__ = ["bundle_hash", "brats_nesting", "BRATS_SUBREGIONS", "bundle_code_entries", "config_code_entries",
+           "trusted_hashes", "trust_bundle", "load_bundle", "describe_bundle", "load_classification_bundle"]
 
 # modules whose classes a config may build without trust: networks, transforms, inferers, torch layers and
 # optimisers (not MONAI's utilities, bundle runners, data sets, engines or handlers, which can run commands,
@@ -176,21 +176,24 @@ def _targets(config: Any, names: tuple[str, ...]) -> list[dict]:
             str(v.get("_target_", "")).rsplit(".", 1)[-1] in names]
 
 
-def _postprocessing(config: Any, channels: list[str], meta: dict,
-                    where: Path) -> tuple[Postprocessing, tuple[RegionDef, ...]]:
+_Outputs = tuple[Postprocessing, tuple[RegionDef, ...], dict[int, str]]
+"""A bundle's postprocessing, its regions and its label names by value (where they are not the output names)."""
+
+
+def _postprocessing(config: Any, channels: list[str], meta: dict, where: Path) -> _Outputs:
     """Activation, output channels (softmax: value = channel index; sigmoid: index + 1) and, for nested
-    sigmoid outputs, the painting order and regions (:func:`_sigmoid_layout`)."""
+    sigmoid outputs, the painting order, regions and label names (:func:`_sigmoid_layout`)."""
     act = _targets(config, ("Activations", "Activationsd"))
     sigmoid = any(a.get("sigmoid") is True for a in act)
     thresholds = [d["threshold"] for d in _targets(config, ("AsDiscrete", "AsDiscreted"))
                   if isinstance(d.get("threshold"), (int, float))]
     if sigmoid:
         outs = tuple(OutputChannel(name, i + 1) for i, name in enumerate(channels))
-        order, regions = _sigmoid_layout(outs, meta.get("medcnncad", {}), where)
+        order, regions, names = _sigmoid_layout(outs, meta.get("medcnncad", {}), where)
         return Postprocessing("sigmoid", outs, float(thresholds[0]) if thresholds else 0.5,
-                              paint_order=order), regions
+                              paint_order=order), regions, names
     outs = tuple(OutputChannel(name, i) for i, name in enumerate(channels))
-    return Postprocessing("softmax", outs), ()
+    return Postprocessing("softmax", outs), (), {}
 
 
 _BRATS_REGIONS = ({"whole_tumor", "wt"}, {"tumor_core", "tc"}, {"enhancing_tumor", "et"})
@@ -210,23 +213,32 @@ def brats_nesting(names: list[str]) -> list[str] | None:
     return sorted(names, key=rank.__getitem__)
 
 
+BRATS_SUBREGIONS = ("ED", "NCR", "ET")
+"""What a voxel painted with each BraTS region (outermost first) and none inside it is: oedema (whole tumor outside
+the core), necrotic / non-enhancing core (core outside the enhancing tumor), enhancing tumor."""
+
+
 def _sigmoid_layout(outs: tuple[OutputChannel, ...], extra: Any,
-                    where: Path) -> tuple[tuple[int, ...], tuple[RegionDef, ...]]:
-    """Painting order (channel indices) and regions of several sigmoid outputs, from the metadata's
+                    where: Path) -> tuple[tuple[int, ...], tuple[RegionDef, ...], dict[int, str]]:
+    """Painting order (channel indices), regions and label names of several sigmoid outputs, from the metadata's
     ``medcnncad`` block: ``nested_outputs`` (every output's name, outermost first, as BraTS whole tumor,
     tumor core, enhancing tumor: painted in that order, each a region of its own and the inner outputs'
     values) or ``exclusive_outputs: true`` (outputs never overlap: channel order, no regions).
 
+    A painted value of a nested output marks the voxels of that output outside the next inner one, so its label
+    is named for that (``<output>_outside_<inner>``; the innermost keeps its name, and is no region of its own).
     Sigmoid outputs may overlap, and a bundle does not say how (MONAI's BraTS bundle lists tumor core
     before the whole tumor that contains it: painted in channel order the core would vanish). Without either
-    key, outputs that are the BraTS regions are nested as BraTS defines them (:func:`brats_nesting`); other
+    key, outputs that are the BraTS regions are nested as BraTS defines them (:func:`brats_nesting`), their
+    labels named as BraTS names the sub-regions (:data:`BRATS_SUBREGIONS`) and their regions WT and TC; other
     overlapping outputs are refused.
     """
     extra = extra if isinstance(extra, dict) else {}
     names = [c.name for c in outs]
     nested = extra.get("nested_outputs")
     if len(outs) < 2 or (nested is None and extra.get("exclusive_outputs") is True):
-        return (), ()
+        return (), (), {}
+    brats = nested is None and brats_nesting(names) is not None
     if nested is None:
         nested = brats_nesting(names)
     if nested is None:
@@ -237,9 +249,12 @@ def _sigmoid_layout(outs: tuple[OutputChannel, ...], extra: Any,
     if sorted(given) != sorted(names):
         raise ModelError(f"{where}: medcnncad.nested_outputs {nested!r} must name each output {names} once")
     order = tuple(names.index(n) for n in given)
-    regions = tuple(RegionDef(outs[i].name, tuple(sorted(outs[j].value for j in order[k:])))
-                    for k, i in enumerate(order))
-    return order, regions
+    inner = [tuple(sorted(outs[j].value for j in order[k:])) for k in range(len(order))]
+    if brats:
+        return order, (RegionDef("WT", inner[0]), RegionDef("TC", inner[1])), \
+            {outs[i].value: BRATS_SUBREGIONS[k] for k, i in enumerate(order)}
+    labels = {outs[i].value: f"{outs[i].name}_outside_{outs[order[k + 1]].name}" for k, i in enumerate(order[:-1])}
+    return order, tuple(RegionDef(outs[i].name, inner[k]) for k, i in enumerate(order[:-1])), labels
 
 
 def _channel_names(meta: dict, key: str, count_default: int, prefix: str) -> list[str]:
@@ -271,11 +286,11 @@ def _read_metadata(folder: Path) -> dict:
 
 
 def _bundle_manifest(folder: Path, meta: dict, network_name: str, inference: InferenceSettings,
-                     outputs: tuple[Postprocessing, tuple[RegionDef, ...]], weights: Path) -> Manifest:
+                     outputs: _Outputs, weights: Path) -> Manifest:
     """The engine's view of a bundle: channels from metadata, labels (and regions) from the outputs."""
-    post, regions = outputs
-    labels = tuple(LabelDef(c.name, c.value, palette_colour(i)) for i, c in enumerate(post.channels)
-                   if c.value)
+    post, regions, names = outputs
+    labels = tuple(LabelDef(names.get(c.value, c.name), c.value, palette_colour(i))
+                   for i, c in enumerate(post.channels) if c.value)
     name = str(meta.get("name", folder.name))
     return Manifest(
         id=name.lower().replace(" ", "-"), version=str(meta.get("version", "0.0.0")), task="segmentation",
