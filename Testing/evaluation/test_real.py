@@ -559,3 +559,25 @@ def test_a_renamed_copy_of_a_training_patient_is_still_a_training_patient(tmp_pa
     assert not is_training_patient(case, names, set())  # by name alone: missed
     assert is_training_patient(case, names, {trained["reference_sha256"]})
     assert not is_training_patient(case, names, {"0" * 64})
+
+
+def test_the_report_names_the_cases_a_variant_was_not_run_on(tmp_path):
+    """A case with T1c alone gets one row ('all'); T1c alone and FLAIR alone are not run on it, and the report and
+    its table say so instead of counting one case fewer without a word."""
+    from medcnncad.data.phantom import make_phantom, write_phantom
+
+    paths = write_phantom(make_phantom(7), tmp_path / "phantom")
+    case_id = "BraTS-GLI-09998-000"
+    folder = tmp_path / "data" / case_id
+    folder.mkdir(parents=True)
+    (folder / f"{case_id}-t1c.nii.gz").symlink_to(paths["T1c"])
+    label = sitk.ReadImage(str(paths["label"]))
+    seg = sitk.GetImageFromArray(np.where(sitk.GetArrayFromImage(label) == 4, 3,
+                                          sitk.GetArrayFromImage(label)).astype(np.uint8))
+    seg.CopyInformation(label)
+    sitk.WriteImage(seg, str(folder / f"{case_id}-seg.nii.gz"))
+    report = evaluate_real(str(tmp_path / "data"), "brats-robust-unet", "cpu", tta=False, precision="manifest")
+    assert [(r["variant"], r["inputs"]) for r in report["rows"]] == [("all", ["T1c"])]
+    assert report["variants_not_run"] == {"T1c": [f"{case_id} (T1c is its only sequence: scored once, as 'all')"],
+                                          "FLAIR": [f"{case_id} (no FLAIR)"]}
+    assert f"Not run with FLAIR alone: {case_id} (no FLAIR)." in format_real_table(report)

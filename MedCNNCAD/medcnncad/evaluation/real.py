@@ -153,6 +153,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
     trained_references = set(segmenter.manifest.training.get("real_patient_references") or ())
     grader = load_classifier(grade_classifier) if grade_classifier else None
     rows = []
+    not_run: dict[str, list[str]] = {}
     for case in labelled:
         reference = load_reference(case)
         training_patient = is_training_patient(case, trained, trained_references)
@@ -160,6 +161,7 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
         for variant in variants:
             channels = variant_channels(case, variant)
             if channels is None:
+                not_run.setdefault(variant, []).append(_why_not_run(case, variant))
                 continue
             start = time.perf_counter()
             result = segmenter.run({name: sources[name] for name in channels}, tta=tta)
@@ -180,7 +182,15 @@ def evaluate_real(root: str, model_id: str, device: str = "auto", variants: Sequ
             rows.append(row)
     m = segmenter.manifest
     return {"model": m.id, "version": m.version, "trained_on": m.trained_on, "rows": rows,
-            "summary": _summary(rows), "pooled": _pooled(rows), "execution_policy": segmenter.policy_note()}
+            "summary": _summary(rows), "pooled": _pooled(rows), "variants_not_run": not_run,
+            "execution_policy": segmenter.policy_note()}
+
+
+def _why_not_run(case: RealCase, variant: str) -> str:
+    """The case id and why ``variant`` was not run on it (:func:`variant_channels`)."""
+    if variant not in case.inputs:
+        return f"{case.case_id} (no {variant})"
+    return f"{case.case_id} ({variant} is its only sequence: scored once, as 'all')"
 
 
 def _chosen_cases(root: str, cases: Sequence[str] | None) -> list[RealCase]:
@@ -307,6 +317,8 @@ def format_real_table(report: dict[str, Any]) -> str:
                       f"{pooled['rows']} rows of {pooled['patients']} patients. Intervals: 95 % percentile bootstrap "
                       "resampling patients (each with all its rows); with so few patients they are rough, and they "
                       "do not include the optimism of choosing a model on these same patients."]
+    for variant, why in (report.get("variants_not_run") or {}).items():
+        lines.append(f"Not run with {variant} alone: {', '.join(why)}.")
     return "\n".join(lines)
 
 
