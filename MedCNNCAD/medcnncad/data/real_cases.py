@@ -35,9 +35,10 @@ from medcnncad.data.dataset_json import Dataset, is_dataset_folder, read_dataset
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_picked_volumes, read_volume
 from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS, relabel
+from medcnncad.models.manifest import sha256_file
 
 __all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
-           "load_reference", "read_dicom_seg_on_grid"]
+           "load_reference", "read_dicom_seg_on_grid", "reference_sha256"]
 
 CHANNELS: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
 """Channel names the engine's BraTS models use."""
@@ -449,6 +450,12 @@ def read_dicom_seg_on_grid(seg_path: str | Path, grid: sitk.Image, segment: int 
     image.SetSpacing((spacing_rc[1], spacing_rc[0], step))
     image.SetDirection(tuple(np.column_stack([row, col, normal]).ravel()))
     return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def reference_sha256(case: RealCase) -> str | None:
+    """SHA-256 of a real case's reference file (None without one): it names the patient whatever its folder is
+    called, so a renamed copy of a training patient is still recognised as one (``evaluate-real``)."""
+    return None if case.reference is None or not Path(case.reference).is_file() else sha256_file(case.reference)
 
 
 def load_reference(case: RealCase, grid: sitk.Image | None = None) -> sitk.Image:

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 
 from medcnncad.classification.grade import attach_classification
 from medcnncad.data.dataset_json import reference_convention
-from medcnncad.data.real_cases import RealCase, discover_real_cases, load_reference
+from medcnncad.data.real_cases import RealCase, discover_real_cases, load_reference, reference_sha256
 from medcnncad.errors import InputError
 from medcnncad.inference.machine_policy import build_segmenter
 from medcnncad.inference.scoring import case_probability
@@ -34,7 +34,6 @@ from medcnncad.lesions.components import components
 from medcnncad.metrics.intervals import patient_bootstrap_interval
 from medcnncad.metrics.segmentation import compute_metrics
 from medcnncad.models.grade_classifier import load_classifier
-from medcnncad.models.manifest import sha256_file
 from medcnncad.models.registry import load_model
 
 __all__ = ["VARIANTS", "REGIONS", "evaluate_real", "variant_channels", "score_case", "format_real_table",
@@ -72,8 +71,7 @@ def is_training_patient(case: RealCase, names: set[str], references: set[str]) -
     under another name)."""
     if case.case_id in names:
         return True
-    return bool(references) and case.reference is not None and Path(case.reference).is_file() and \
-        sha256_file(case.reference) in references
+    return bool(references) and reference_sha256(case) in references
 
 
 def _largest_outside_ml(pred_wt: np.ndarray, ref_wt: np.ndarray, voxel_ml: float) -> float:

@@ -238,8 +238,8 @@ def _sigmoid_layout(outs: tuple[OutputChannel, ...], extra: Any,
     nested = extra.get("nested_outputs")
     if len(outs) < 2 or (nested is None and extra.get("exclusive_outputs") is True):
         return (), (), {}
-    brats = nested is None and brats_nesting(names) is not None
-    if nested is None:
+    brats = nested is None  # no declaration: the outputs' BraTS names, if they are BraTS regions
+    if brats:
         nested = brats_nesting(names)
     if nested is None:
         raise ModelError(f"{where}: the bundle's {len(outs)} sigmoid outputs {names} may overlap; say how in "

@@ -35,19 +35,25 @@ import torch
 
 from medcnncad.data.phantom import make_phantom, preset
 from medcnncad.data.phantom import preset as get_preset
-from medcnncad.data.real_cases import RealCase, describe_case, discover_real_cases, load_reference
+from medcnncad.data.real_cases import (
+    RealCase,
+    describe_case,
+    discover_real_cases,
+    load_reference,
+    reference_sha256,
+)
 from medcnncad.data.transplant import transplant_phantom
 from medcnncad.errors import InputError
 from medcnncad.io.images import read_volume
 from medcnncad.metrics.label_conventions import check_reference_values
 from medcnncad.metrics.segmentation import check_label_image
 from medcnncad.models.channels import assign_channels
-from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, channels_named, parse_manifest, sha256_file
+from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, channels_named, parse_manifest
 from medcnncad.models.preprocessing import build_preprocessing_dict, to_metatensor
 from medcnncad.preprocessing.chain import prepare_case
 
 __all__ = ["phantom_cases", "with_transplants", "real_scan_cases", "expand_copies", "file_cases", "split_cases",
-           "prepare_cases", "class_lut", "reference_sha256", "donor_references"]
+           "prepare_cases", "class_lut", "donor_references"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -118,12 +124,6 @@ def real_scan_cases(folders: tuple[str, ...] | list[str], copies: int) -> list[d
         raise InputError(f"real scans {repeated}: the same case id from two --real-from folders (or one given "
                          "twice)")
     return cases
-
-
-def reference_sha256(case: RealCase) -> str | None:
-    """SHA-256 of a real case's reference file (None without one): it names the patient whatever its folder is
-    called, so a renamed copy of a training patient is still recognised as one (``evaluate-real``)."""
-    return None if case.reference is None or not Path(case.reference).is_file() else sha256_file(case.reference)
 
 
 def donor_references(donors: tuple[str, ...] | list[str]) -> list[str]:
