@@ -103,6 +103,22 @@ def test_invalid_manifests_name_the_problem(tmp_path, mutate, message):
         parse_manifest(raw, tmp_path)
 
 
+@pytest.mark.parametrize("calibration, where, key", [
+    ({"method": "platt", "a": 1.0, "b": 0.0, "fited_on": "40 phantoms"}, "case_calibration", "fited_on"),
+    ([{"method": "platt", "a": 1.0, "b": 0.0, "no_candidate_prob": 0.2}], "case_calibration/0", "no_candidate_prob"),
+])
+def test_a_misspelt_case_calibration_key_is_refused_naming_the_file_and_the_key(tmp_path, calibration, where, key):
+    """A misspelt key would be ignored without a word (``no_candidate_prob``: cases without a candidate scored by
+    Platt's line instead of their own probability); the schema refuses it like any other unknown key."""
+    raw = blob_manifest_dict()
+    raw["case_calibration"] = calibration
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelError) as refused:
+        load_manifest(tmp_path)
+    assert str(refused.value) == (f"{tmp_path / 'manifest.json'}: invalid manifest at {where}: "
+                                  f"Additional properties are not allowed ('{key}' was unexpected)")
+
+
 def test_a_folder_named_like_a_model_does_not_hide_it(tmp_path, monkeypatch):
     """An output folder in the working directory named like the installed model (``--out brats-demo-unet``)
     is no model: the id still finds the installed one, and the folder alone is refused by name."""
