@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import ROOT, make_image
-from helpers import small_phantom, write_auto3dseg_model, write_bundle
+from helpers import blob_volume, small_phantom, write_auto3dseg_model, write_bundle
 
 from medcnncad.cli import main
 from medcnncad.metrics.segmentation import structure_metrics
@@ -150,6 +150,26 @@ def test_untrusted_bundle_exit_2_then_trust_flag_runs(tmp_path, capsys):
     assert main(["segment", "--model", bundle, *args, "--out", str(tmp_path / "out"), "--trust"]) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["model"]["id"] == "demo-bundle"
+
+
+def test_a_bundle_whose_network_gives_another_output_count_than_its_metadata_is_one_line_exit_2(tmp_path, capsys):
+    """The demo bundle's metadata declares three outputs for its four-output network: one line naming the model,
+    its folder and both counts (before: an internal error from the stitching), and no output folder."""
+    bundle = write_bundle(tmp_path / "bundle", code=False)
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata["network_data_format"]["outputs"]["pred"].update(
+        {"num_channels": 3, "channel_def": {"0": "background", "1": "NCR", "2": "ED"}})
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["inferer"]["roi_size"] = [32, 32, 32]  # one small window: the error comes from the first
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    args = []
+    for k, name in enumerate(("T1", "T1c", "T2", "FLAIR")):  # each its own image: the same one twice is refused
+        args += ["--input", f"{name}={_write(make_image(blob_volume() * (k + 1)), tmp_path / f'{name}.nii.gz')}"]
+    _one_line_error(capsys, ["segment", "--model", str(bundle), *args, "--out", str(tmp_path / "out")],
+                    f"medcnncad: error: model 'demo-bundle' ({bundle}): its network gives 4 output channels, but its "
+                    f"manifest declares 3 (background, NCR, ED)")
+    assert not (tmp_path / "out").exists()
 
 
 def test_segment_writes_every_output(tmp_path, capsys):

@@ -7,10 +7,11 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from conftest import make_image
-from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter
+from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter, blob_volume
 
-from medcnncad.errors import InputError
+from medcnncad.errors import InputError, ModelError
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.manifest import parse_manifest
@@ -215,3 +216,48 @@ def test_results_inside_mask_no_lesion_outside_the_brain_mask(tmp_path, monkeypa
     assert (results[True].probabilities["blob"][:, :, 16:] == 0).all()
     np.testing.assert_array_equal(results[True].label_map[:, :, :16], results[False].label_map[:, :, :16])
     assert (results[True].label_map == 3).sum() > 0
+
+
+class _CountedNet(ThresholdNet):
+    """:class:`ThresholdNet`'s two channels cut or padded to ``channels``; counts its calls."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.channels, self.calls = channels, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = super().forward(x)
+        return torch.cat([out, out[:, 1:]], dim=1)[:, :self.channels]
+
+
+@pytest.mark.parametrize("resident", [False, True])
+@pytest.mark.parametrize("channels, gives", [(1, "1 output channel"), (3, "3 output channels")])
+def test_a_network_giving_another_output_count_than_its_manifest_stops_at_the_first_window(tmp_path, resident,
+                                                                                          channels, gives):
+    """One channel where the manifest declares two was broadcast into both (softmax 1 everywhere: an empty label
+    map without a word); three failed in the stitching. Both are a ModelError naming the model and the counts,
+    raised on the first window (the blob volume takes 8 windows), in the host and the resident path."""
+    manifest = parse_manifest(blob_manifest_dict(), tmp_path)
+    network = _CountedNet(channels)
+    segmenter = Segmenter(LoadedModel(manifest, network, build_preprocessing(manifest.preprocessing), "manifest",
+                                      tmp_path), device="cpu", resident=resident)
+    with pytest.raises(ModelError) as refused:
+        segmenter.run({"CT": make_image(blob_volume())})
+    assert str(refused.value) == (f"model 'blob' ({tmp_path}): its network gives {gives}, but its manifest "
+                                  f"declares 2 (background, blob)")
+    assert network.calls == 1
+
+
+def test_a_format_predictor_giving_another_output_count_is_refused_by_name(tmp_path):
+    """The nnU-Net path (the format's own predictor returns probabilities): one channel for two declared."""
+    manifest = parse_manifest(blob_manifest_dict(), tmp_path)
+
+    def predict(images: np.ndarray, spacing: tuple, mirror: bool, device: torch.device) -> np.ndarray:
+        return np.ones((1, *images.shape[1:]), np.float32)
+
+    model = LoadedModel(manifest, ThresholdNet(), build_preprocessing(manifest.preprocessing), "nnunet", tmp_path,
+                        predict=predict)
+    with pytest.raises(ModelError, match=r"^model 'blob' \(.*\): its network gives 1 output channel, but its "
+                                         r"manifest declares 2 \(background, blob\)$"):
+        Segmenter(model, device="cpu").run({"CT": make_image(blob_volume())})

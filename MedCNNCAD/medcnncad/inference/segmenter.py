@@ -57,7 +57,7 @@ from medcnncad.inference.resident import (
 )
 from medcnncad.inference.result import ProgressCallback, SegmentationResult, no_progress
 from medcnncad.inference.tta import TTA_FLIPS
-from medcnncad.inference.windows import ExecutionPolicy, fit_roi, infer
+from medcnncad.inference.windows import ExecutionPolicy, check_output_count, fit_roi, infer
 from medcnncad.lesions.components import find_lesions
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.preprocessing.chain import PreparedCase, prepare_case
@@ -190,13 +190,15 @@ class Segmenter:
 
     def _own_predictor(self, images: list[sitk.Image], mirror: bool, warnings: list[str]) -> np.ndarray:
         """Probabilities (C_out, K, J, I) on the first input's grid from the model format's own
-        predictor; ``mirror``: its test-time mirroring (no uncertainty map is made)."""
+        predictor; ``mirror``: its test-time mirroring (no uncertainty map is made). A predictor giving
+        another number of channels than the manifest declares is a ModelError (:func:`check_output_count`)."""
         assert self.model.predict is not None
         stack = np.stack([sitk.GetArrayViewFromImage(image) for image in images]).astype(np.float32)
         spacing = tuple(float(v) for v in reversed(images[0].GetSpacing()))
         if mirror:
             warnings.append(f"test-time augmentation: {self.model.source}'s own mirroring (no uncertainty map)")
         probs = self.model.predict(stack, spacing, mirror, self.device)
+        check_output_count(self.manifest, probs.shape[0])
         return probs.astype(np.float16 if self.probability_dtype == torch.float16 else np.float32, copy=False)
 
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medcnncad.errors import ModelError
 from medcnncad.inference.result import ProgressCallback
 from medcnncad.inference.stitch import stream_sliding_window, window_slices
 from medcnncad.models.manifest import Manifest
 
-__all__ = ["ExecutionPolicy", "NUMPY_DTYPES", "activate", "fit_roi", "infer"]
+__all__ = ["ExecutionPolicy", "NUMPY_DTYPES", "activate", "check_output_count", "fit_roi", "infer"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,23 @@ def activate(manifest: Manifest, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits)
 
 
+def check_output_count(manifest: Manifest, count: int) -> None:
+    """Refuse a network output of ``count`` channels when the manifest declares another number.
+
+    The manifest (or the engine's view of a bundle, nnU-Net or Auto3DSeg folder) says what each output
+    channel is; a network with fewer channels would be broadcast into every declared one (a silently wrong
+    label map), one with more would fail deep in the stitching.
+
+    Raises:
+        ModelError: naming the model, its folder and both counts.
+    """
+    declared = manifest.postprocessing.channels
+    if count != len(declared):
+        raise ModelError(f"model {manifest.id!r} ({manifest.folder}): its network gives {count} output "
+                         f"channel{'s' * (count != 1)}, but its manifest declares {len(declared)} "
+                         f"({', '.join(c.name for c in declared)})")
+
+
 def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, policy: ExecutionPolicy,
           progress: ProgressCallback, warnings: list[str],
           on_device: bool = False) -> tuple[torch.Tensor, torch.device]:
@@ -62,7 +80,9 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
     Windows stream through :func:`medcnncad.inference.stitch.stream_sliding_window`, so no full-size
     float32 logits are held. On CUDA out-of-memory the run is repeated with one window at a time and
     stitching on the CPU, then entirely on the CPU (the network is moved there for this run only and
-    moved back afterwards); each fall-back is logged and appended to ``warnings``.
+    moved back afterwards); each fall-back is logged and appended to ``warnings``. Each window batch's output
+    is checked against the manifest's channels (:func:`check_output_count`), so a network of another output
+    count stops at the first window.
 
     Args:
         network: the model's network (eval mode), on ``policy.device``.
@@ -77,6 +97,9 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
     Returns:
         Probabilities (C_out, I, J, K) on the CPU (or the stitching device, ``on_device``), and the device
         that ran the network.
+
+    Raises:
+        ModelError: the network gives another number of output channels than the manifest declares.
     """
     inf = manifest.inference
     roi = fit_roi(manifest, image.shape[1:])
@@ -91,6 +114,7 @@ def infer(network: torch.nn.Module, manifest: Manifest, image: torch.Tensor, pol
         dtype = policy.autocast
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = net(window)
+        check_output_count(manifest, out.shape[1])  # one integer comparison per window batch
         done[0] += window.shape[0]
         progress("inference", min(1.0, done[0] / total))
         return out.float()
