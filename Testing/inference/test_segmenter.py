@@ -12,6 +12,7 @@ from conftest import make_image
 from helpers import ThresholdNet, blob_manifest_dict, blob_segmenter, blob_volume
 
 from medcnncad.errors import InputError, ModelError
+from medcnncad.inference.postprocess import label_map_from_probabilities, label_map_from_probabilities_torch
 from medcnncad.inference.segmenter import Segmenter
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.models.manifest import parse_manifest
@@ -261,3 +262,40 @@ def test_a_format_predictor_giving_another_output_count_is_refused_by_name(tmp_p
     with pytest.raises(ModelError, match=r"^model 'blob' \(.*\): its network gives 1 output channel, but its "
                                          r"manifest declares 2 \(background, blob\)$"):
         Segmenter(model, device="cpu").run({"CT": make_image(blob_volume())})
+
+
+def _nested_sigmoid_manifest(tmp_path, outputs: list[tuple[str, int]]):
+    """The blob manifest as a BraTS-style sigmoid model: labels NCR 1, ED 2, ET 4, one output per ``outputs``."""
+    raw = blob_manifest_dict()
+    raw["labels"] = [{"name": n, "value": v, "color": [1, 0, 0]} for n, v in (("NCR", 1), ("ED", 2), ("ET", 4))]
+    raw["regions"] = [{"name": "WT", "labels": [1, 2, 4]}, {"name": "TC", "labels": [1, 4]}]
+    raw["network"]["kwargs"]["out_channels"] = len(outputs)
+    raw["postprocessing"] = {"activation": "sigmoid", "channels": [{"name": n, "value": v} for n, v in outputs]}
+    return parse_manifest(raw, tmp_path)
+
+
+# four voxels (K, J, I) = (1, 1, 4): outside the tumor, whole tumor only, core (not enhancing), enhancing
+_NESTED = {"WT": [0.1, 0.9, 0.9, 0.9], "TC": [0.1, 0.1, 0.9, 0.9], "ET": [0.1, 0.1, 0.1, 0.9]}
+
+
+@pytest.mark.parametrize("order, labels", [
+    (["WT", "TC", "ET"], [0, 2, 1, 4]),  # outermost first: each voxel gets its innermost output's value
+    (["TC", "WT", "ET"], [0, 2, 2, 4]),  # the core listed before the whole tumor holding it is painted over
+])
+def test_an_own_manifest_paints_overlapping_sigmoid_outputs_in_list_order(tmp_path, order, labels):
+    """An own manifest declares no paint order (the schema has no ``paint_order``): its channels are the network's
+    outputs in order and are painted in that order, later ones winning, so nested outputs are listed outermost
+    first (docs/manifest.md). Only a bundle's engine-made manifest carries a painting order of its own."""
+    values = {"WT": 2, "TC": 1, "ET": 4}
+    manifest = _nested_sigmoid_manifest(tmp_path, [(name, values[name]) for name in order])
+    assert manifest.postprocessing.painting() == (0, 1, 2)
+    probs = np.array([_NESTED[name] for name in order], np.float32).reshape(3, 1, 1, 4)
+    assert label_map_from_probabilities(probs, manifest).ravel().tolist() == labels
+    assert label_map_from_probabilities_torch(torch.from_numpy(probs), manifest).ravel().tolist() == labels
+
+
+def test_an_own_manifest_cannot_declare_a_paint_order(tmp_path):
+    raw = blob_manifest_dict()
+    raw["postprocessing"]["paint_order"] = [1, 0]
+    with pytest.raises(ModelError, match=r"postprocessing: Additional properties are not allowed \('paint_order'"):
+        parse_manifest(raw, tmp_path)

@@ -241,8 +241,10 @@ class CoreRefinement:
 @dataclass(frozen=True)
 class Postprocessing:
     """``softmax``: label = value of the arg-max channel. ``sigmoid``: channels are painted in
-    list order (or ``paint_order``, channel indices, when given) wherever their probability exceeds
-    ``threshold`` (later channels win).
+    list order (the network's output order) wherever their probability exceeds ``threshold`` (later
+    channels win). ``paint_order`` (channel indices) is set only for MONAI bundles, from their metadata's
+    ``medcnncad.nested_outputs`` or their BraTS output names; a manifest file cannot declare it, and lists
+    nested outputs outermost first instead.
     Connected foreground components smaller than ``min_lesion_ml``, or whose largest foreground
     probability is below ``min_lesion_probability``, are removed from the label map."""
 
@@ -257,7 +259,7 @@ class Postprocessing:
     label_volume_floors: tuple[LabelVolumeFloor, ...] = ()  # applied after the lesion filter
     core_refinement: CoreRefinement | None = None  # applied last (refine.py)
     vessel_filter: VesselFilter | None = None  # after the floors, before the lesion filter (vessel_filter.py)
-    paint_order: tuple[int, ...] = ()  # sigmoid: channel indices, painted in this order (empty: list order)
+    paint_order: tuple[int, ...] = ()  # sigmoid, bundles only: channel indices, painted in this order (empty: list)
 
     def painting(self) -> tuple[int, ...]:
         """The channel indices in the order a sigmoid label map paints them (later ones win)."""
