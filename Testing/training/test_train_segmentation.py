@@ -369,3 +369,17 @@ def test_a_run_on_patient_data_does_not_claim_it_was_not(tmp_path, monkeypatch):
     assert seg.trained_on_text("phantoms - not on patient data", phantoms_only, []) == "phantoms - not on patient data"
     assert seg.trained_on_text("phantoms - not on patient data", seg.TrainConfig(data="/x/cases.csv"), []) == \
         "the cases of /x/cases.csv (patient data)"
+
+
+def test_a_sigmoid_template_is_refused_before_any_output(tmp_path, capsys):
+    """Training fits a softmax; a sigmoid template would be trained as softmax and written as sigmoid."""
+    raw = json.loads(_tiny_template(tmp_path).read_text())
+    raw["postprocessing"]["activation"] = "sigmoid"
+    template = tmp_path / "sigmoid.json"
+    template.write_text(json.dumps(raw))
+    out = tmp_path / "never-written"
+    assert main(["train", "segmentation", "--template", str(template), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"medcnncad: error: {template}: postprocessing activation 'sigmoid': training fits softmax "
+                   f"models only (one label per voxel); set \"activation\": \"softmax\" with one channel per label")
+    assert not out.exists()

@@ -60,7 +60,8 @@ from medcnncad.training.data import (
     with_transplants,
 )
 
-__all__ = ["TrainConfig", "RegionDiceCELoss", "region_channels", "train_segmentation", "TRAIN_SEED_BASE",
+__all__ = ["TrainConfig", "RegionDiceCELoss", "check_softmax_template", "region_channels", "train_segmentation",
+           "TRAIN_SEED_BASE",
            "VAL_SEED_BASE", "TEST_SEED_BASE", "resume_state", "save_checkpoint", "resumable_config",
            "trained_on_text"]
 
@@ -137,6 +138,19 @@ def _validate(network: torch.nn.Module, data: list[tuple[np.ndarray, np.ndarray]
             scores.append(_region_dice(pred, label[0].astype(np.int64), manifest))
     network.train()
     return {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+
+
+def check_softmax_template(manifest: Manifest, where: str) -> None:
+    """Refuse a template whose postprocessing is not ``softmax``: training fits one softmax over the output
+    channels (:class:`RegionDiceCELoss`), so a sigmoid model would be trained as one thing and run as another.
+
+    Raises:
+        InputError: naming the template and its activation.
+    """
+    activation = manifest.postprocessing.activation
+    if activation != "softmax":
+        raise InputError(f"{where}: postprocessing activation {activation!r}: training fits softmax models only "
+                         f"(one label per voxel); set \"activation\": \"softmax\" with one channel per label")
 
 
 def region_channels(manifest: Manifest) -> list[list[int]]:
@@ -285,6 +299,7 @@ def train_segmentation(template: str | Path, out_dir: str | Path, cfg: TrainConf
     out = Path(out_dir)
     raw = read_json_object(template, "a model manifest template (JSON object)")
     manifest = parse_manifest(raw, out, where=str(template))
+    check_softmax_template(manifest, str(template))  # before any output
     loss_fn = RegionDiceCELoss(region_channels(manifest), cfg.region_loss)  # a bad weight fails before any output
     keep_weights = _keep_weights(manifest, cfg.keep_weights)  # so does a bad keep weight
     out.mkdir(parents=True, exist_ok=True)
