@@ -428,3 +428,34 @@ def test_console_api_similar_cases(scene, module, tmp_path):
     assert table.GetNumberOfRows() == 2 and table.GetValueByName(1, "grade").ToString() == "LGG"
     with pytest.raises(InputError, match="k = 100"):
         logic.similarCases(k=100)
+
+
+def test_console_similar_cases_are_distinct_library_cases(scene, module, tmp_path):
+    """A library case holding the query lesion twice filled both rows of k=2 ("twice", lesions 1 and 2); the
+    panel's table now shows two cases, each with its nearest lesion, and the lesion list stays available."""
+    from medcnncad.errors import InputError
+    from medcnncad.retrieval.library import Library
+
+    volumes, _ = _load_sample(scene)
+    logic = module.MedCNNCADLogic()
+    logic.segment(volumes, model="demo", device="cpu")
+    logic.libraryPath = str(tmp_path / "lib")
+    with pytest.raises(InputError, match="not a case library"):
+        logic.similarCases()
+    described = logic._lastDescriptors
+    largest = max(described["retrieval"]["lesions"], key=lambda les: les["volume_ml"])
+    twice = {**described, "retrieval": {**described["retrieval"], "lesions": [
+        {**largest, "lesion_id": 1}, {**largest, "lesion_id": 2, "volume_ml": largest["volume_ml"] / 2}]}}
+    for name, report in (("twice", twice), ("once", described)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+    library = Library.create(tmp_path / "lib", described["model"], described["retrieval"]["radiomics_names"])
+    library.add_case(tmp_path / "twice", "twice")
+    library.add_case(tmp_path / "once", "once")
+    table = logic.similarCasesTable(k=2).GetTable()
+    assert [table.GetValueByName(r, "case").ToString() for r in range(table.GetNumberOfRows())] == ["twice", "once"]
+    assert [(n["case_id"], n["lesion_id"], n["distance"]) for n in logic.lastSimilarCases] == \
+        [("twice", 1, 0.0), ("once", largest["lesion_id"], 0.0)]
+    assert [(n["case_id"], n["lesion_id"]) for n in logic.similarCases(k=2, distinctCases=False)] == \
+        [("twice", 1), ("twice", 2)]
+    assert len(logic.similarCases(k=5, atMost=True)) == 2

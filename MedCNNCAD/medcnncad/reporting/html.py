@@ -140,8 +140,9 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
             ``slicer-core``); ``None`` or a FileNotFoundError from it: the matplotlib overlay only. It is given
             the report with only the input files (and reference) still as the run read them, and the report notes
             each one left out (:func:`medcnncad.reporting.input_files.unchanged_inputs`).
-        similar: the nearest library lesions (:meth:`medcnncad.retrieval.library.Neighbour.to_json`: rank,
-            distance, case_id, lesion_id, volume_ml, metadata, thumbnail path) for a "Similar cases" section.
+        similar: the nearest library cases, one row each, or lesions
+            (:meth:`medcnncad.retrieval.library.Neighbour.to_json`: rank, distance, case_id, lesion_id, volume_ml,
+            metadata, thumbnail path) for a "Similar cases" section.
 
     Returns:
         The path of ``report.html`` inside ``case_dir`` (written atomically).
@@ -194,7 +195,7 @@ def _thumb(path: str | Path | None, alt: str) -> str:
 
 
 def _similar_section(case_dir: Path, report: dict, similar: Sequence[Mapping[str, Any]] | None) -> list[str]:
-    """The k nearest library lesions: thumbnail, distance, case, metadata (empty without a library)."""
+    """The k nearest library cases (or lesions): thumbnail, distance, case, metadata (empty without a library)."""
     if not similar:
         return []
     keys = sorted({k for n in similar for k in n["metadata"]})
@@ -211,8 +212,16 @@ def _similar_section(case_dir: Path, report: dict, similar: Sequence[Mapping[str
     header = "".join(f"<th>{html.escape(h)}</th>" for h in
                      ["rank", "distance", "case", "lesion", "volume mL", *keys, "thumbnail"])
     return ["<h2>Similar cases</h2>", head, f"<table><tr>{header}</tr>{rows}</table>",
-            "<p class='small'>The nearest lesions of the case library by the retrieval descriptors "
+            f"<p class='small'>{_similar_rows_text(similar)} by the retrieval descriptors "
             "(docs/retrieval.md); similar appearance, not a diagnosis.</p>"]
+
+
+def _similar_rows_text(similar: Sequence[Mapping[str, Any]]) -> str:
+    """What the rows of a "Similar cases" table are: one per library case, or lesions of fewer cases."""
+    cases = len({n["case_id"] for n in similar})
+    if cases == len(similar):
+        return "The nearest cases of the case library, one row each (its lesion nearest to the query),"
+    return f"The nearest lesions of the case library ({len(similar)} lesions of {cases} cases)"
 
 
 def _figure_png(draw) -> bytes:

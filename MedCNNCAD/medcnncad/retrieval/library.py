@@ -425,34 +425,50 @@ class Library:
 
     def query(self, report: Mapping[str, Any], k: int = 5, lesion_id: int | None = None,
               features: str = DEFAULT_FEATURES, where: str = "the case", exclude_case: str | None = None,
-              at_most: bool = False) -> list[Neighbour]:
-        """The ``k`` library lesions nearest to one lesion of a segmented case.
+              at_most: bool = False, distinct_cases: bool = True) -> list[Neighbour]:
+        """The ``k`` library cases (or lesions) nearest to one lesion of a segmented case.
 
         Args:
             report: the case's report.json content (same model and descriptor version as the library).
-            k: results (1 .. lesions in the library).
+            k: results (1 .. cases in the library; lesions with ``distinct_cases=False``).
             lesion_id: the query lesion's id in ``report['retrieval']['lesions']``; default the largest.
             features: ``combined`` (default), ``deep`` or ``radiomics``.
             where: the case's name for error messages.
             exclude_case: a library case id left out (the query case itself, when it is in the library).
-            at_most: ``k`` is an upper bound (a viewer's "up to k"): a smaller library returns all its lesions.
+            at_most: ``k`` is an upper bound (a viewer's "up to k"): a smaller library returns all it holds.
+            distinct_cases: one row per library case, its lesion nearest to the query (default: "the 5 most
+                similar cases" are 5 patients); False: the ``k`` nearest lesions, several possibly of one case.
         """
+        query = self._query_lesion(report, lesion_id, where)
+        pool = [les for les in self.lesions if les.case_id != exclude_case]
+        if not pool:
+            raise LibraryError(f"{self.root}: the library is empty; add cases with 'medcnncad library add'")
+        k = _checked_k(k, pool, at_most, distinct_cases)
+        index, q = self._index(pool, query, features, where)
+        if distinct_cases:
+            found = _nearest_per_case(index, q, [les.case_id for les in pool], k)
+        else:
+            distances, rows = index.search(q, k)
+            found = list(zip(distances[0].tolist(), rows[0].tolist()))
+        return [Neighbour(rank + 1, float(d), pool[int(r)]) for rank, (d, r) in enumerate(found)]
+
+    def _query_lesion(self, report: Mapping[str, Any], lesion_id: int | None, where: str) -> Mapping[str, Any]:
+        """The query lesion of ``report``'s retrieval block: ``lesion_id``, else the largest (LibraryError when the
+        case has none or not that one)."""
         block = self.check_compatible(report, where)
         if not block["lesions"]:
             raise LibraryError(f"{where}: no lesion was found in this case; nothing to compare")
         if lesion_id is None:
-            query = max(block["lesions"], key=lambda les: les["volume_ml"])
-        else:
-            query = next((les for les in block["lesions"] if int(les["lesion_id"]) == lesion_id), None)
-            if query is None:
-                ids = [les["lesion_id"] for les in block["lesions"]]
-                raise LibraryError(f"{where}: no lesion {lesion_id} (lesions: {ids})")
-        pool = [les for les in self.lesions if les.case_id != exclude_case]
-        if not pool:
-            raise LibraryError(f"{self.root}: the library is empty; add cases with 'medcnncad library add'")
-        k = min(k, len(pool)) if at_most else k
-        if not 1 <= k <= len(pool):
-            raise LibraryError(f"k = {k}: the library holds {len(pool)} lesion(s); choose k between 1 and {len(pool)}")
+            return max(block["lesions"], key=lambda les: les["volume_ml"])
+        query = next((les for les in block["lesions"] if int(les["lesion_id"]) == lesion_id), None)
+        if query is None:
+            ids = [les["lesion_id"] for les in block["lesions"]]
+            raise LibraryError(f"{where}: no lesion {lesion_id} (lesions: {ids})")
+        return query
+
+    def _index(self, pool: Sequence[LibraryLesion], query: Mapping[str, Any], features: str,
+               where: str) -> tuple[ExactIndex, np.ndarray]:
+        """The exact index of ``pool``'s standardised descriptors and the query lesion's row, in ``features``."""
         radiomics = np.stack([les.radiomics for les in pool])
         deep = None if any(les.deep is None for les in pool) else np.stack([les.deep for les in pool])  # type: ignore[misc]
         q_radiomics = np.asarray([query["radiomics"][n] for n in self.radiomics_names], np.float32)[None]
@@ -460,5 +476,34 @@ class Library:
         if (deep is None) != (q_deep is None) and features != "radiomics":
             raise LibraryError(f"{where}: deep descriptors are missing on one side; use --features radiomics")
         lib, q = standardise_blocks(_blocks(features, radiomics, deep), _blocks(features, q_radiomics, q_deep))
-        distances, rows = ExactIndex(lib).search(q, k)
-        return [Neighbour(rank + 1, float(d), pool[int(r)]) for rank, (d, r) in enumerate(zip(distances[0], rows[0]))]
+        return ExactIndex(lib), q
+
+
+def _checked_k(k: int, pool: Sequence[LibraryLesion], at_most: bool, distinct_cases: bool) -> int:
+    """``k`` (capped at what ``pool`` holds with ``at_most``) when 1 <= k <= the pool's cases (lesions without
+    ``distinct_cases``); LibraryError naming ``k`` and both counts otherwise."""
+    cases = len({les.case_id for les in pool})
+    available = cases if distinct_cases else len(pool)
+    k = min(k, available) if at_most else k
+    if 1 <= k <= available:
+        return k
+    if distinct_cases:
+        raise LibraryError(f"k = {k}: the library holds {cases} case(s) ({len(pool)} lesion(s)); choose k between 1 "
+                           f"and {cases} (or ask for lesions, several per case: --lesions)")
+    raise LibraryError(f"k = {k}: the library holds {len(pool)} lesion(s); choose k between 1 and {len(pool)}")
+
+
+def _nearest_per_case(index: ExactIndex, query: np.ndarray, case_ids: Sequence[str],
+                      k: int) -> list[tuple[float, int]]:
+    """(distance, row) of the nearest row of each of the ``k`` cases nearest to ``query``, nearest first: the
+    first row of each case in the exact ranking, searched with twice as many rows until ``k`` cases are found
+    (``k`` must not exceed the cases in ``case_ids``)."""
+    wanted = k
+    while True:
+        distances, rows = index.search(query, wanted)
+        found: dict[str, tuple[float, int]] = {}
+        for distance, row in zip(distances[0].tolist(), rows[0].tolist()):
+            found.setdefault(case_ids[row], (distance, row))
+        if len(found) >= k or wanted == len(index):
+            return list(found.values())[:k]
+        wanted = min(2 * wanted, len(index))

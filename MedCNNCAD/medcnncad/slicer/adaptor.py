@@ -285,7 +285,7 @@ def add_lesion_table(lesions: Sequence[Lesion], name: str = "MedCNNCAD lesions")
 
 
 def add_similar_table(neighbours: Sequence[Mapping[str, Any]], name: str = "MedCNNCAD similar cases") -> Any:
-    """A table node, one row per similar library lesion (``Neighbour.to_json`` dicts, nearest first): rank,
+    """A table node, one row per similar library case or lesion (``Neighbour.to_json`` dicts, nearest first): rank,
     distance, case, lesion, volume (mL), one column per metadata key of the library, thumbnail file."""
     keys = sorted({key for n in neighbours for key in n["metadata"]})
     columns = [("rank", "int"), ("distance", "double"), ("case", "string"), ("lesion", "int"),
