@@ -50,7 +50,7 @@ def test_build_add_query(tmp_path, capsys):
                  "--exclude", "p3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split("\t") == ["rank", "distance", "case_id", "lesion", "volume_ml", "diagnosis", "grade",
-                                    "thumbnail"]
+                                    "thumbnail", "note"]
     assert [line.split("\t")[2] for line in lines[1:]] == ["p1", "p2"]  # r3 looks like r1
     assert lines[1].split("\t")[5:7] == ["glioma", "LGG"]
     assert main(["library", "query", "--library", lib, "--case", str(tmp_path / "r3"), "-k", "1", "--json",
@@ -213,3 +213,19 @@ def test_query_and_report_list_distinct_cases_unless_lesions_are_asked_for(tmp_p
     page = (tmp_path / "new" / "report.html").read_text()
     similar = page[page.index("<h2>Similar cases</h2>"):]
     assert similar.count("<td>p1</td>") == 2 and "<td>p2</td>" not in similar and "2 lesions of 1 cases" in similar
+
+
+def test_query_table_notes_a_case_segmented_from_other_sequences(tmp_path, capsys):
+    """A T1c-only case was ranked against four-sequence library cases without a word."""
+    fake_case(tmp_path / "r1", [(1.0, 0.5, [0.0, 0.0])], given_inputs=["T1", "T1c", "T2", "FLAIR"])
+    fake_case(tmp_path / "r2", [(9.0, 0.3, [5.0, 5.0])])  # added before the sequences were recorded
+    fake_case(tmp_path / "new", [(1.1, 0.5, [0.1, 0.0])], given_inputs=["T1c"])
+    lib = str(tmp_path / "lib")
+    assert main(["library", "build", "--cases", _csv(tmp_path, ["p1,r1,LGG,glioma", "p2,r2,HGG,glioma"]),
+                 "--out", lib]) == 0
+    capsys.readouterr()
+    assert main(["library", "query", "--library", lib, "--case", str(tmp_path / "new"), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[-1] for line in lines] == [
+        "note", "library case p1 was segmented from FLAIR+T1+T1c+T2, this case from T1c only",
+        "library case p2 was segmented from unknown sequences (not recorded), this case from T1c only"]

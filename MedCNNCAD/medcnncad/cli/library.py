@@ -81,11 +81,11 @@ def run_query(args: argparse.Namespace) -> int:
         print(json.dumps([n.to_json() for n in neighbours], indent=2))
         return 0
     keys = sorted({k for n in neighbours for k in n.lesion.metadata})
-    print("\t".join(["rank", "distance", "case_id", "lesion", "volume_ml", *keys, "thumbnail"]))
+    print("\t".join(["rank", "distance", "case_id", "lesion", "volume_ml", *keys, "thumbnail", "note"]))
     for n in neighbours:
         les = n.lesion
         print("\t".join([str(n.rank), f"{n.distance:.3f}", les.case_id, str(les.lesion_id), f"{les.volume_ml:.2f}",
-                         *(les.metadata.get(k, "") for k in keys), str(les.thumbnail or "")]))
+                         *(les.metadata.get(k, "") for k in keys), str(les.thumbnail or ""), n.inputs_note or ""]))
     return 0
 
 

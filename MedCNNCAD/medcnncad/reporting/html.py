@@ -205,15 +205,25 @@ def _similar_section(case_dir: Path, report: dict, similar: Sequence[Mapping[str
         thumb = _thumb(case_dir / "lesion_{}.png".format(query["lesion_id"]), "query lesion")
         head = (f"<p>query: {html.escape(report['retrieval']['structure'])} lesion {query['lesion_id']} "
                 f"({query['volume_ml']:.2f} mL) {thumb}</p>")
+    noted = any(n.get("inputs_note") for n in similar)
     rows = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in (
         n["rank"], f"{n['distance']:.3f}", html.escape(n["case_id"]), n["lesion_id"], f"{n['volume_ml']:.2f}",
-        *(html.escape(str(n["metadata"].get(k, ""))) for k in keys), _thumb(n["thumbnail"], n["case_id"]))) + "</tr>"
+        *(html.escape(str(n["metadata"].get(k, ""))) for k in keys), _thumb(n["thumbnail"], n["case_id"]),
+        *([html.escape(n.get("inputs_note") or "")] if noted else []))) + "</tr>"
         for n in similar)
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in
-                     ["rank", "distance", "case", "lesion", "volume mL", *keys, "thumbnail"])
+    names = ["rank", "distance", "case", "lesion", "volume mL", *keys, "thumbnail", *(["note"] if noted else [])]
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in names)
     return ["<h2>Similar cases</h2>", head, f"<table><tr>{header}</tr>{rows}</table>",
             f"<p class='small'>{_similar_rows_text(similar)} by the retrieval descriptors "
-            "(docs/retrieval.md); similar appearance, not a diagnosis.</p>"]
+            "(docs/retrieval.md); similar appearance, not a diagnosis.</p>", *_inputs_caveat(noted)]
+
+
+def _inputs_caveat(noted: bool) -> list[str]:
+    """Why a note on other input sequences matters (nothing when no row has one)."""
+    if not noted:
+        return []
+    return ["<p class='small'>A case segmented from other input sequences is not compared on equal terms: an absent "
+            "sequence gives zeros in the intensity descriptors and changes the segmentation that is described.</p>"]
 
 
 def _similar_rows_text(similar: Sequence[Mapping[str, Any]]) -> str:
