@@ -50,7 +50,7 @@ def test_build_add_query(tmp_path, capsys):
                  "--exclude", "p3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split("\t") == ["rank", "distance", "case_id", "lesion", "volume_ml", "diagnosis", "grade",
-                                    "thumbnail"]
+                                    "thumbnail", "note"]
     assert [line.split("\t")[2] for line in lines[1:]] == ["p1", "p2"]  # r3 looks like r1
     assert lines[1].split("\t")[5:7] == ["glioma", "LGG"]
     assert main(["library", "query", "--library", lib, "--case", str(tmp_path / "r3"), "-k", "1", "--json",
@@ -66,7 +66,7 @@ def test_bad_library_inputs_are_one_line(tmp_path, capsys):
     capsys.readouterr()
     _error(capsys, ["library", "build", "--cases", cases, "--out", lib], "already holds a case library")
     _error(capsys, ["library", "query", "--library", lib, "--case", str(tmp_path / "r1"), "-k", "3"],
-           "k = 3: the library holds 2 lesion(s)")
+           "k = 3: the library holds 2 case(s) (2 lesion(s))")
     _error(capsys, ["library", "query", "--library", lib, "--case", str(tmp_path / "r1"), "--exclude", "nosuch"],
            "--exclude nosuch: no such case in the library")
     other = fake_case(tmp_path / "other", [(1.0, 0.5, [0.0, 0.0])], model={**MODEL, "id": "robust",
@@ -179,3 +179,53 @@ def test_report_can_leave_the_case_itself_out_and_a_self_match_is_noted(tmp_path
     # per block (a constant column gets scale 1): sqrt((64 + 0.04) / 2 + (25 + 25) / 2) = 7.5299
     assert [n["case_id"] for n in shown[-1]] == ["p2"]
     assert shown[-1][0]["distance"] == pytest.approx(np.sqrt((64 + 0.04) / 2 + 50 / 2), abs=1e-5)
+
+
+def test_query_and_report_list_distinct_cases_unless_lesions_are_asked_for(tmp_path, capsys):
+    """A library case with two lesions near the query filled two of the k rows of ``library query`` and of the
+    report's "Similar cases" (k=2: p1 twice, p2 not shown)."""
+    fake_case(tmp_path / "r1", [(1.0, 0.5, [0.0, 0.0]), (1.2, 0.5, [0.1, 0.0])])
+    fake_case(tmp_path / "r2", [(5.0, 0.5, [2.0, 2.0])])
+    fake_case(tmp_path / "new", [(1.15, 0.5, [0.08, 0.0])])
+    lib = str(tmp_path / "lib")
+    assert main(["library", "build", "--cases", _csv(tmp_path, ["p1,r1,LGG,glioma", "p2,r2,HGG,glioma"]),
+                 "--out", lib]) == 0
+    capsys.readouterr()
+    query = ["library", "query", "--library", lib, "--case", str(tmp_path / "new"), "-k", "2"]
+    assert main(query) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert [(r[0], r[2], r[3]) for r in rows] == [("1", "p1", "2"), ("2", "p2", "1")]
+    assert main([*query, "--lesions", "--json"]) == 0
+    assert [(n["case_id"], n["lesion_id"]) for n in json.loads(capsys.readouterr().out)] == [("p1", 2), ("p1", 1)]
+    _error(capsys, [*query[:-1], "3"], "k = 3: the library holds 2 case(s) (3 lesion(s)); choose k between 1 and 2")
+    (tmp_path / "new" / "overlay.png").write_bytes((tmp_path / "new" / "lesion_1.png").read_bytes())
+    report = json.loads((tmp_path / "new" / "report.json").read_text())
+    report.update(created="2026-01-01T00:00:00+00:00", device="cpu", timings_s={"network": 1.0}, warnings=[],
+                  case={"abnormality_probability": 0.9, "rule": "max"}, inputs={},
+                  model={**MODEL, "name": "Demo", "trained_on": "phantoms"})
+    (tmp_path / "new" / "report.json").write_text(json.dumps(report))
+    assert main(["report", str(tmp_path / "new"), "--library", lib, "-k", "2"]) == 0
+    page = (tmp_path / "new" / "report.html").read_text()
+    similar = page[page.index("<h2>Similar cases</h2>"):]
+    assert [c for c in ("<td>p1</td>", "<td>p2</td>") if c in similar] == ["<td>p1</td>", "<td>p2</td>"]
+    assert similar.count("<td>p1</td>") == 1 and "one row each" in similar
+    assert main(["report", str(tmp_path / "new"), "--library", lib, "-k", "2", "--lesions"]) == 0
+    page = (tmp_path / "new" / "report.html").read_text()
+    similar = page[page.index("<h2>Similar cases</h2>"):]
+    assert similar.count("<td>p1</td>") == 2 and "<td>p2</td>" not in similar and "2 lesions of 1 cases" in similar
+
+
+def test_query_table_notes_a_case_segmented_from_other_sequences(tmp_path, capsys):
+    """A T1c-only case was ranked against four-sequence library cases without a word."""
+    fake_case(tmp_path / "r1", [(1.0, 0.5, [0.0, 0.0])], given_inputs=["T1", "T1c", "T2", "FLAIR"])
+    fake_case(tmp_path / "r2", [(9.0, 0.3, [5.0, 5.0])])  # added before the sequences were recorded
+    fake_case(tmp_path / "new", [(1.1, 0.5, [0.1, 0.0])], given_inputs=["T1c"])
+    lib = str(tmp_path / "lib")
+    assert main(["library", "build", "--cases", _csv(tmp_path, ["p1,r1,LGG,glioma", "p2,r2,HGG,glioma"]),
+                 "--out", lib]) == 0
+    capsys.readouterr()
+    assert main(["library", "query", "--library", lib, "--case", str(tmp_path / "new"), "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[-1] for line in lines] == [
+        "note", "library case p1 was segmented from FLAIR+T1+T1c+T2, this case from T1c only",
+        "library case p2 was segmented from unknown sequences (not recorded), this case from T1c only"]

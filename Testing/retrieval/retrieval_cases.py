@@ -15,9 +15,10 @@ NAMES = ["volume", "roundness"]
 
 
 def fake_case(folder: Path, lesions: list[tuple[float, float, list[float] | None]], model: dict | None = None,
-              version: str = DESCRIPTOR_VERSION) -> Path:
+              version: str = DESCRIPTOR_VERSION, given_inputs: list[str] | None = None) -> Path:
     """A case folder whose lesions have radiomics (volume, roundness) and a deep vector each; lesion ids 1..n,
-    volume_ml = the first radiomics value."""
+    volume_ml = the first radiomics value. ``given_inputs``: the sequences the run was given (None: not recorded,
+    as in reports written before they were)."""
     folder.mkdir(parents=True, exist_ok=True)
     items = []
     for index, (volume, roundness, deep) in enumerate(lesions, start=1):
@@ -28,5 +29,7 @@ def fake_case(folder: Path, lesions: list[tuple[float, float, list[float] | None
     report = {"model": dict(model or MODEL), "lesions": [],
               "retrieval": {"descriptor_version": version, "structure": "WT", "radiomics_names": NAMES,
                             "lesions": items}}
+    if given_inputs is not None:
+        report["retrieval"]["given_inputs"] = list(given_inputs)
     (folder / "report.json").write_text(json.dumps(report))
     return folder

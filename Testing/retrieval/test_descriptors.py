@@ -110,6 +110,7 @@ def test_report_json_gets_the_descriptors_and_thumbnails(tmp_path):
     report = process_case(segmenter, {"CT": str(path)}, tmp_path / "out")
     block = report["retrieval"]
     assert block["descriptor_version"] == "1" and block["structure"] == "any"
+    assert block["given_inputs"] == ["CT"]  # what the run was given: a library query compares it with its cases'
     assert [les["lesion_id"] for les in block["lesions"]] == [1, 2]
     ids = {les["id"] for les in report["lesions"] if les["structure"] == "any"}
     assert ids == {1, 2}  # the same numbering as the lesion table

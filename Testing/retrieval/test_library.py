@@ -41,7 +41,7 @@ def test_query_returns_the_hand_computed_neighbours(tmp_path):
     lib = (np.asarray(radiomics) - mean) / scale
     q = (np.array([1.5, 0.5]) - mean) / scale
     expected = np.argsort(np.linalg.norm(lib - q, axis=1), kind="stable")
-    found = reopened.query(query, k=4, features="radiomics")
+    found = reopened.query(query, k=4, features="radiomics", distinct_cases=False)  # every lesion ranked
     assert [n.rank for n in found] == [1, 2, 3, 4]
     assert [(n.lesion.case_id, n.lesion.lesion_id) for n in found] == \
         [(reopened.lesions[i].case_id, reopened.lesions[i].lesion_id) for i in expected]
@@ -96,8 +96,10 @@ def test_incompatible_cases_and_bad_requests_are_clear_errors(tmp_path):
     with pytest.raises(LibraryError, match="case id"):
         library.add_case(tmp_path / "c1", "../x")
     report = json.loads((tmp_path / "c1" / "report.json").read_text())
-    with pytest.raises(LibraryError, match="k = 5: the library holds 4 lesion"):
+    with pytest.raises(LibraryError, match=r"k = 5: the library holds 3 case\(s\) \(4 lesion"):
         library.query(report, k=5)
+    with pytest.raises(LibraryError, match="k = 5: the library holds 4 lesion"):
+        library.query(report, k=5, distinct_cases=False)
     with pytest.raises(LibraryError, match="no lesion 7"):
         library.query(report, k=1, lesion_id=7)
     with pytest.raises(LibraryError, match="no retrieval descriptors"):
@@ -165,7 +167,8 @@ def test_view_images_are_stored_without_tags_checksummed_and_refused_when_missin
 def test_at_most_k_returns_the_whole_smaller_library(tmp_path):
     library = _library(tmp_path)
     report = json.loads((tmp_path / "c1" / "report.json").read_text())
-    assert [n.rank for n in library.query(report, k=9, at_most=True)] == [1, 2, 3, 4]
+    assert [n.rank for n in library.query(report, k=9, at_most=True)] == [1, 2, 3]  # c1, c2, c3
+    assert [n.rank for n in library.query(report, k=9, at_most=True, distinct_cases=False)] == [1, 2, 3, 4]
     with pytest.raises(LibraryError, match="k = 9"):
         library.query(report, k=9)
 

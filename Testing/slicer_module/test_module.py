@@ -424,7 +424,66 @@ def test_console_api_similar_cases(scene, module, tmp_path):
     assert found[0]["metadata"] == {"grade": "HGG"} and found[0]["thumbnail"] is None  # no PNG in that folder
     table = logic.similarCasesTable(k=2).GetTable()
     assert [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())] == \
-        ["rank", "distance", "case", "lesion", "volume_ml", "grade", "thumbnail"]
+        ["rank", "distance", "case", "lesion", "volume_ml", "grade", "thumbnail", "note"]
     assert table.GetNumberOfRows() == 2 and table.GetValueByName(1, "grade").ToString() == "LGG"
     with pytest.raises(InputError, match="k = 100"):
         logic.similarCases(k=100)
+
+
+def test_console_similar_cases_are_distinct_library_cases(scene, module, tmp_path):
+    """A library case holding the query lesion twice filled both rows of k=2 ("twice", lesions 1 and 2); the
+    panel's table now shows two cases, each with its nearest lesion, and the lesion list stays available."""
+    from medcnncad.errors import InputError
+    from medcnncad.retrieval.library import Library
+
+    volumes, _ = _load_sample(scene)
+    logic = module.MedCNNCADLogic()
+    logic.segment(volumes, model="demo", device="cpu")
+    logic.libraryPath = str(tmp_path / "lib")
+    with pytest.raises(InputError, match="not a case library"):
+        logic.similarCases()
+    described = logic._lastDescriptors
+    largest = max(described["retrieval"]["lesions"], key=lambda les: les["volume_ml"])
+    twice = {**described, "retrieval": {**described["retrieval"], "lesions": [
+        {**largest, "lesion_id": 1}, {**largest, "lesion_id": 2, "volume_ml": largest["volume_ml"] / 2}]}}
+    for name, report in (("twice", twice), ("once", described)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+    library = Library.create(tmp_path / "lib", described["model"], described["retrieval"]["radiomics_names"])
+    library.add_case(tmp_path / "twice", "twice")
+    library.add_case(tmp_path / "once", "once")
+    table = logic.similarCasesTable(k=2).GetTable()
+    assert [table.GetValueByName(r, "case").ToString() for r in range(table.GetNumberOfRows())] == ["twice", "once"]
+    assert [(n["case_id"], n["lesion_id"], n["distance"]) for n in logic.lastSimilarCases] == \
+        [("twice", 1, 0.0), ("once", largest["lesion_id"], 0.0)]
+    assert [(n["case_id"], n["lesion_id"]) for n in logic.similarCases(k=2, distinctCases=False)] == \
+        [("twice", 1), ("twice", 2)]
+    assert len(logic.similarCases(k=5, atMost=True)) == 2
+
+
+def test_console_similar_cases_note_a_library_case_from_other_sequences(scene, module, tmp_path):
+    """The run's descriptors record the sequences it was given; a library case segmented from T1c alone was
+    listed beside the four-sequence run without a word, in the Logic's rows and the panel's table."""
+    from medcnncad.errors import InputError
+    from medcnncad.retrieval.library import Library
+
+    volumes, _ = _load_sample(scene)
+    logic = module.MedCNNCADLogic()
+    logic.segment(volumes, model="demo", device="cpu")
+    logic.libraryPath = str(tmp_path / "lib")
+    with pytest.raises(InputError, match="not a case library"):
+        logic.similarCases()
+    described = logic._lastDescriptors
+    assert sorted(described["retrieval"]["given_inputs"]) == ["FLAIR", "T1", "T1c", "T2"]
+    t1c = {**described, "retrieval": {**described["retrieval"], "given_inputs": ["T1c"]}}
+    for name, report in (("t1c-only", t1c), ("same", described)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(report))
+    library = Library.create(tmp_path / "lib", described["model"], described["retrieval"]["radiomics_names"])
+    library.add_case(tmp_path / "t1c-only", "t1c-only")
+    library.add_case(tmp_path / "same", "same")
+    table = logic.similarCasesTable(k=2).GetTable()
+    note = "library case t1c-only was segmented from T1c only, this case from FLAIR+T1+T1c+T2"
+    assert [(n["case_id"], n["given_inputs"], n["inputs_note"]) for n in logic.lastSimilarCases] == \
+        [("t1c-only", ["T1c"], note), ("same", described["retrieval"]["given_inputs"], None)]
+    assert [table.GetValueByName(r, "note").ToString() for r in range(2)] == [note, ""]

@@ -80,7 +80,7 @@ def run_report(args: argparse.Namespace) -> int:
         if args.library:
             report = read_json_object(folder / "report.json", "a MedCNNCAD case report.json", ("model",))
             similar = [n.to_json() for n in query_library(Library.open(args.library), report, args.k, str(folder),
-                                                       args.exclude)]
+                                                       args.exclude, lesions=args.lesions)]
         path = case_report(folder, _screenshots(), similar)
     else:
         raise InputError(f"{folder}: neither a case folder (report.json) nor a cohort folder (summary.json)")
@@ -110,7 +110,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("folder")
     p.add_argument("--pdf", action="store_true", help="also print it to PDF with headless Chromium")
     p.add_argument("--library", help="a case's report: add its k most similar library cases (thumbnails, metadata)")
-    p.add_argument("-k", type=positive_int, default=3, help="similar cases shown with --library (default 3)")
+    p.add_argument("-k", type=positive_int, default=3, help="similar cases shown with --library, one row per library "
+                                                           "case (default 3)")
+    add(p, "lesions")
     p.add_argument("--exclude", metavar="CASE_ID", help="with --library: leave this library case out (the case itself, "
                                                         "when it is in the library)")
     p.set_defaults(func=run_report)

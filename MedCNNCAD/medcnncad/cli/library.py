@@ -55,13 +55,16 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def query_library(library: Library, report: dict, k: int, where: str, exclude: str | None = None,
-                  lesion: int | None = None, features: str = DEFAULT_FEATURES) -> list[Neighbour]:
-    """``library.query``; ``exclude`` must be a case of the library (InputError naming it). A neighbour at
+                  lesion: int | None = None, features: str = DEFAULT_FEATURES,
+                  lesions: bool = False) -> list[Neighbour]:
+    """``library.query``: the ``k`` nearest library cases, one row each (``lesions``: the ``k`` nearest lesions,
+    several possibly of one case); ``exclude`` must be a case of the library (InputError naming it). A neighbour at
     distance 0 (the query lesion's exact descriptors: most likely the query case itself, in the library) gets a
     note on stderr saying how to leave it out."""
     if exclude and not any(entry["case_id"] == exclude for entry in library.entries):
         raise InputError(f"--exclude {exclude}: no such case in the library {library.root}")
-    neighbours = library.query(report, k, lesion, features, where=where, exclude_case=exclude)
+    neighbours = library.query(report, k, lesion, features, where=where, exclude_case=exclude,
+                               distinct_cases=not lesions)
     same = sorted({n.lesion.case_id for n in neighbours if n.distance == 0.0})
     if same:
         print(f"medcnncad: note: library case(s) {', '.join(same)} hold this lesion's exact descriptors "
@@ -72,16 +75,17 @@ def query_library(library: Library, report: dict, k: int, where: str, exclude: s
 def run_query(args: argparse.Namespace) -> int:
     library = Library.open(args.library)
     report = _read_report(args.case)
-    neighbours = query_library(library, report, args.k, str(args.case), args.exclude, args.lesion, args.features)
+    neighbours = query_library(library, report, args.k, str(args.case), args.exclude, args.lesion, args.features,
+                               args.lesions)
     if args.json:
         print(json.dumps([n.to_json() for n in neighbours], indent=2))
         return 0
     keys = sorted({k for n in neighbours for k in n.lesion.metadata})
-    print("\t".join(["rank", "distance", "case_id", "lesion", "volume_ml", *keys, "thumbnail"]))
+    print("\t".join(["rank", "distance", "case_id", "lesion", "volume_ml", *keys, "thumbnail", "note"]))
     for n in neighbours:
         les = n.lesion
         print("\t".join([str(n.rank), f"{n.distance:.3f}", les.case_id, str(les.lesion_id), f"{les.volume_ml:.2f}",
-                         *(les.metadata.get(k, "") for k in keys), str(les.thumbnail or "")]))
+                         *(les.metadata.get(k, "") for k in keys), str(les.thumbnail or ""), n.inputs_note or ""]))
     return 0
 
 
@@ -111,10 +115,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                         "segmentation so that Slicer can show the case (pixel data, no tags)")
     a.set_defaults(func=run_add)
 
-    q = lsub.add_parser("query", help="the k library lesions most similar to a case's lesion")
+    q = lsub.add_parser("query", help="the k library cases most similar to a case's lesion")
     q.add_argument("--library", required=True, help="the library folder")
     q.add_argument("--case", required=True, help="case output folder (report.json with retrieval descriptors)")
-    q.add_argument("-k", type=positive_int, default=5, help="results (default 5)")
+    q.add_argument("-k", type=positive_int, default=5, help="results: library cases, one row each (default 5)")
+    add(q, "lesions")
     q.add_argument("--lesion", type=positive_int, help="the query lesion's id (default: the case's largest)")
     q.add_argument("--features", choices=FEATURES, default=DEFAULT_FEATURES,
                    help=f"descriptor used (default {DEFAULT_FEATURES})")

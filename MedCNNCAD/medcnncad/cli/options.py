@@ -81,6 +81,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                     f"{DEFAULT_GRADE_CLASSIFIER}; 'none' for none (--classifier: the name before 0.2)"}),
     "out": (("--out",), {"required": True, "help": "output folder"}),
     "json": (("--json",), {"action": "store_true", "help": "print the result as JSON"}),
+    "lesions": (("--lesions",), {"action": "store_true",
+                                 "help": "similar cases: the k nearest library lesions, several possibly of one case, "
+                                         "instead of the k nearest cases (one row each: its nearest lesion)"}),
     "seed": (("--seed",), {"type": non_negative_int, "default": 0, "help": "random seed (an integer >= 0)"}),
     "seed-base": (("--seed-base",), {"type": non_negative_int, "default": DEMO_SEED, "help": "first phantom seed"}),
     "n": (("--n",), {"type": positive_int, "default": 20, "help": "number of phantom cases"}),

@@ -140,8 +140,9 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
             ``slicer-core``); ``None`` or a FileNotFoundError from it: the matplotlib overlay only. It is given
             the report with only the input files (and reference) still as the run read them, and the report notes
             each one left out (:func:`medcnncad.reporting.input_files.unchanged_inputs`).
-        similar: the nearest library lesions (:meth:`medcnncad.retrieval.library.Neighbour.to_json`: rank,
-            distance, case_id, lesion_id, volume_ml, metadata, thumbnail path) for a "Similar cases" section.
+        similar: the nearest library cases, one row each, or lesions
+            (:meth:`medcnncad.retrieval.library.Neighbour.to_json`: rank, distance, case_id, lesion_id, volume_ml,
+            metadata, thumbnail path) for a "Similar cases" section.
 
     Returns:
         The path of ``report.html`` inside ``case_dir`` (written atomically).
@@ -194,7 +195,7 @@ def _thumb(path: str | Path | None, alt: str) -> str:
 
 
 def _similar_section(case_dir: Path, report: dict, similar: Sequence[Mapping[str, Any]] | None) -> list[str]:
-    """The k nearest library lesions: thumbnail, distance, case, metadata (empty without a library)."""
+    """The k nearest library cases (or lesions): thumbnail, distance, case, metadata (empty without a library)."""
     if not similar:
         return []
     keys = sorted({k for n in similar for k in n["metadata"]})
@@ -204,15 +205,33 @@ def _similar_section(case_dir: Path, report: dict, similar: Sequence[Mapping[str
         thumb = _thumb(case_dir / "lesion_{}.png".format(query["lesion_id"]), "query lesion")
         head = (f"<p>query: {html.escape(report['retrieval']['structure'])} lesion {query['lesion_id']} "
                 f"({query['volume_ml']:.2f} mL) {thumb}</p>")
+    noted = any(n.get("inputs_note") for n in similar)
     rows = "".join("<tr>" + "".join(f"<td>{v}</td>" for v in (
         n["rank"], f"{n['distance']:.3f}", html.escape(n["case_id"]), n["lesion_id"], f"{n['volume_ml']:.2f}",
-        *(html.escape(str(n["metadata"].get(k, ""))) for k in keys), _thumb(n["thumbnail"], n["case_id"]))) + "</tr>"
+        *(html.escape(str(n["metadata"].get(k, ""))) for k in keys), _thumb(n["thumbnail"], n["case_id"]),
+        *([html.escape(n.get("inputs_note") or "")] if noted else []))) + "</tr>"
         for n in similar)
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in
-                     ["rank", "distance", "case", "lesion", "volume mL", *keys, "thumbnail"])
+    names = ["rank", "distance", "case", "lesion", "volume mL", *keys, "thumbnail", *(["note"] if noted else [])]
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in names)
     return ["<h2>Similar cases</h2>", head, f"<table><tr>{header}</tr>{rows}</table>",
-            "<p class='small'>The nearest lesions of the case library by the retrieval descriptors "
-            "(docs/retrieval.md); similar appearance, not a diagnosis.</p>"]
+            f"<p class='small'>{_similar_rows_text(similar)} by the retrieval descriptors "
+            "(docs/retrieval.md); similar appearance, not a diagnosis.</p>", *_inputs_caveat(noted)]
+
+
+def _inputs_caveat(noted: bool) -> list[str]:
+    """Why a note on other input sequences matters (nothing when no row has one)."""
+    if not noted:
+        return []
+    return ["<p class='small'>A case segmented from other input sequences is not compared on equal terms: an absent "
+            "sequence gives zeros in the intensity descriptors and changes the segmentation that is described.</p>"]
+
+
+def _similar_rows_text(similar: Sequence[Mapping[str, Any]]) -> str:
+    """What the rows of a "Similar cases" table are: one per library case, or lesions of fewer cases."""
+    cases = len({n["case_id"] for n in similar})
+    if cases == len(similar):
+        return "The nearest cases of the case library, one row each (its lesion nearest to the query),"
+    return f"The nearest lesions of the case library ({len(similar)} lesions of {cases} cases)"
 
 
 def _figure_png(draw) -> bytes:

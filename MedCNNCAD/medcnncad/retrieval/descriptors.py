@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from medcnncad.inference.inputs import in_manifest_order
 from medcnncad.inference.result import SegmentationResult
+from medcnncad.inference.scoring import given_inputs
 from medcnncad.io.itk_threads import itk_threads
 from medcnncad.lesions.components import boxed_components, components, mask_from_box, nonzero_box
 from medcnncad.models.channels import display_channel
@@ -421,8 +422,11 @@ def case_descriptors(result: SegmentationResult, model: LoadedModel | None = Non
 
 
 def descriptors_json(descriptors: Sequence[LesionDescriptor], result: SegmentationResult) -> dict[str, Any]:
-    """report.json ``retrieval``: descriptor version, how each block is made, and the lesions' vectors."""
+    """report.json ``retrieval``: descriptor version, the input sequences the run was given (``given_inputs``:
+    descriptors of runs given other sequences are not comparable alike), how each block is made, and the lesions'
+    vectors."""
     return {"descriptor_version": DESCRIPTOR_VERSION, "structure": retrieval_structure(result.manifest),
+            "given_inputs": given_inputs(result),
             "radiomics_names": radiomics_names(result.manifest),
             "deep": "MONAI UNet encoder activations (1/4-resolution block, bottom block): masked mean then masked "
                     "max per channel, window of the manifest roi_size centred on the lesion",

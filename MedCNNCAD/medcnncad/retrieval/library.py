@@ -4,8 +4,9 @@ Layout (every path relative to the library folder)::
 
     library.json                      format, model (id, version, weights sha256), descriptor version,
                                       radiomics feature names, and one entry per case: its file and sha256
-    entries/<case_id>/entry.json      metadata (the CSV's columns), lesions: id, volume, radiomics, deep vector,
-                                      thumbnail file and its sha256
+    entries/<case_id>/entry.json      metadata (the CSV's columns), the input sequences the case was segmented
+                                      from (given_inputs; absent in entries added before they were recorded),
+                                      lesions: id, volume, radiomics, deep vector, thumbnail file and its sha256
     entries/<case_id>/lesion_<id>.png thumbnails (uint8 axial view, outline at 255)
     entries/<case_id>/view_image.nrrd optional (``add_case(view_image=...)``): one input volume (voxels and
     entries/<case_id>/labels.seg.nrrd geometry only, no header tags) and the case's segmentation, so that a
@@ -40,7 +41,7 @@ from medcnncad.retrieval.index import ExactIndex, standardise_blocks
 from medcnncad.retrieval.versions import DESCRIPTOR_VERSION
 
 __all__ = ["LIBRARY_FORMAT", "FORMAT_VERSION", "FEATURES", "DEFAULT_FEATURES", "LibraryError", "LibraryLesion",
-           "Neighbour", "Library", "case_retrieval", "lesion_vectors", "sha256_of"]
+           "Neighbour", "Library", "case_retrieval", "given_inputs_of", "inputs_note", "lesion_vectors", "sha256_of"]
 
 LIBRARY_FORMAT = "medcnncad-case-library"
 FORMAT_VERSION = 1
@@ -79,22 +80,56 @@ class LibraryLesion:
     view: dict[str, Path] | None = None
     """``{"image": ..., "segmentation": ...}`` (checksummed files of the library) when the case was added with
     a view image, else None."""
+    given_inputs: list[str] | None = None
+    """The input sequences the case was segmented from; None when its entry predates their recording."""
 
 
 @dataclass
 class Neighbour:
-    """A query result: rank (1 = nearest), distance (standardised descriptor units) and the library lesion."""
+    """A query result: rank (1 = nearest), distance (standardised descriptor units), the library lesion, and a
+    note when the library case was segmented from other input sequences than the query case (or either is
+    unknown)."""
 
     rank: int
     distance: float
     lesion: LibraryLesion
+    inputs_note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         les = self.lesion
         return {"rank": self.rank, "distance": round(self.distance, 6), "case_id": les.case_id,
                 "lesion_id": les.lesion_id, "volume_ml": round(les.volume_ml, 3), "metadata": les.metadata,
                 "thumbnail": None if les.thumbnail is None else str(les.thumbnail),
-                "view": None if les.view is None else {k: str(v) for k, v in les.view.items()}}
+                "view": None if les.view is None else {k: str(v) for k, v in les.view.items()},
+                "given_inputs": les.given_inputs, "inputs_note": self.inputs_note}
+
+
+def given_inputs_of(record: Mapping[str, Any], where: str) -> list[str] | None:
+    """The ``given_inputs`` of a retrieval block or library entry: the input sequences the case was segmented
+    from; None when the record predates them (LibraryError naming ``where`` when they are not a list of names)."""
+    given = record.get("given_inputs")
+    if given is None:
+        return None
+    if not isinstance(given, list) or not all(isinstance(name, str) and name for name in given):
+        raise LibraryError(f"{where}: given_inputs {given!r}: expected a list of sequence names")
+    return list(given)
+
+
+def _sequences(names: Sequence[str] | None) -> str:
+    """'FLAIR+T1+T1c+T2', 'T1c only', or 'unknown sequences (not recorded)'."""
+    if names is None:
+        return "unknown sequences (not recorded)"
+    joined = "+".join(sorted(names))
+    return f"{joined} only" if len(names) == 1 else joined
+
+
+def inputs_note(case_id: str, library_inputs: Sequence[str] | None, query_inputs: Sequence[str] | None) -> str | None:
+    """A plain note when library case ``case_id`` was segmented from other input sequences than the query case,
+    or when either side's are unknown (None); None when both were given the same sequences."""
+    if library_inputs is not None and query_inputs is not None and set(library_inputs) == set(query_inputs):
+        return None
+    return (f"library case {case_id} was segmented from {_sequences(library_inputs)}, this case from "
+            f"{_sequences(query_inputs)}")
 
 
 def case_retrieval(report: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -201,7 +236,8 @@ def _write_entry(folder: Path, case_dir: Path, case_id: str, block: Mapping[str,
             item["thumbnail_sha256"] = sha256_of(folder / source.name)
         lesions.append(item)
     entry = {"case_id": case_id, "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
-             "structure": block.get("structure"), "lesions": lesions}
+             "structure": block.get("structure"), "given_inputs": given_inputs_of(block, str(case_dir)),
+             "lesions": lesions}
     if view is not None:
         entry["view"] = _store_view(folder, *view)
     path = folder / "entry.json"
@@ -292,6 +328,7 @@ class Library:
                                f"(entry of case {entry['case_id']})")
         data = json.loads(path.read_text(encoding="utf-8"))
         view = self._read_view(path.parent, data.get("view"))
+        given = given_inputs_of(data, str(path))
         lesions: list[LibraryLesion] = []
         for les in data["lesions"]:
             thumb = None
@@ -300,7 +337,7 @@ class Library:
             lesion_id, volume, radiomics, deep = lesion_vectors(les, self.radiomics_names,
                                                                 self.deep_length(lesions), str(path))
             lesions.append(LibraryLesion(data["case_id"], lesion_id, volume, radiomics, deep,
-                                         dict(data.get("metadata", {})), thumb, view))
+                                         dict(data.get("metadata", {})), thumb, view, given))
         return lesions
 
     def deep_length(self, more: Sequence[LibraryLesion] = ()) -> int | None:
@@ -348,6 +385,7 @@ class Library:
                                f"{self.descriptor_version}")
         if not isinstance(block["lesions"], list):
             raise LibraryError(f"{where}: report.json retrieval lesions is not a list")
+        given_inputs_of(block, where)
         length = self.deep_length()
         for les in block["lesions"]:
             deep = lesion_vectors(les, self.radiomics_names, length, where)[3]
@@ -425,34 +463,56 @@ class Library:
 
     def query(self, report: Mapping[str, Any], k: int = 5, lesion_id: int | None = None,
               features: str = DEFAULT_FEATURES, where: str = "the case", exclude_case: str | None = None,
-              at_most: bool = False) -> list[Neighbour]:
-        """The ``k`` library lesions nearest to one lesion of a segmented case.
+              at_most: bool = False, distinct_cases: bool = True) -> list[Neighbour]:
+        """The ``k`` library cases (or lesions) nearest to one lesion of a segmented case, each with a note when
+        that library case was segmented from other input sequences than this one (:func:`inputs_note`).
 
         Args:
             report: the case's report.json content (same model and descriptor version as the library).
-            k: results (1 .. lesions in the library).
+            k: results (1 .. cases in the library; lesions with ``distinct_cases=False``).
             lesion_id: the query lesion's id in ``report['retrieval']['lesions']``; default the largest.
             features: ``combined`` (default), ``deep`` or ``radiomics``.
             where: the case's name for error messages.
             exclude_case: a library case id left out (the query case itself, when it is in the library).
-            at_most: ``k`` is an upper bound (a viewer's "up to k"): a smaller library returns all its lesions.
+            at_most: ``k`` is an upper bound (a viewer's "up to k"): a smaller library returns all it holds.
+            distinct_cases: one row per library case, its lesion nearest to the query (default: "the 5 most
+                similar cases" are 5 patients); False: the ``k`` nearest lesions, several possibly of one case.
         """
+        query = self._query_lesion(report, lesion_id, where)
+        pool = [les for les in self.lesions if les.case_id != exclude_case]
+        if not pool:
+            raise LibraryError(f"{self.root}: the library is empty; add cases with 'medcnncad library add'")
+        k = _checked_k(k, pool, at_most, distinct_cases)
+        index, q = self._index(pool, query, features, where)
+        if distinct_cases:
+            found = _nearest_per_case(index, q, [les.case_id for les in pool], k)
+        else:
+            distances, rows = index.search(q, k)
+            found = list(zip(distances[0].tolist(), rows[0].tolist()))
+        given = given_inputs_of(case_retrieval(report, where), where)
+        neighbours = []
+        for rank, (distance, row) in enumerate(found, start=1):
+            les = pool[int(row)]
+            neighbours.append(Neighbour(rank, float(distance), les, inputs_note(les.case_id, les.given_inputs, given)))
+        return neighbours
+
+    def _query_lesion(self, report: Mapping[str, Any], lesion_id: int | None, where: str) -> Mapping[str, Any]:
+        """The query lesion of ``report``'s retrieval block: ``lesion_id``, else the largest (LibraryError when the
+        case has none or not that one)."""
         block = self.check_compatible(report, where)
         if not block["lesions"]:
             raise LibraryError(f"{where}: no lesion was found in this case; nothing to compare")
         if lesion_id is None:
-            query = max(block["lesions"], key=lambda les: les["volume_ml"])
-        else:
-            query = next((les for les in block["lesions"] if int(les["lesion_id"]) == lesion_id), None)
-            if query is None:
-                ids = [les["lesion_id"] for les in block["lesions"]]
-                raise LibraryError(f"{where}: no lesion {lesion_id} (lesions: {ids})")
-        pool = [les for les in self.lesions if les.case_id != exclude_case]
-        if not pool:
-            raise LibraryError(f"{self.root}: the library is empty; add cases with 'medcnncad library add'")
-        k = min(k, len(pool)) if at_most else k
-        if not 1 <= k <= len(pool):
-            raise LibraryError(f"k = {k}: the library holds {len(pool)} lesion(s); choose k between 1 and {len(pool)}")
+            return max(block["lesions"], key=lambda les: les["volume_ml"])
+        query = next((les for les in block["lesions"] if int(les["lesion_id"]) == lesion_id), None)
+        if query is None:
+            ids = [les["lesion_id"] for les in block["lesions"]]
+            raise LibraryError(f"{where}: no lesion {lesion_id} (lesions: {ids})")
+        return query
+
+    def _index(self, pool: Sequence[LibraryLesion], query: Mapping[str, Any], features: str,
+               where: str) -> tuple[ExactIndex, np.ndarray]:
+        """The exact index of ``pool``'s standardised descriptors and the query lesion's row, in ``features``."""
         radiomics = np.stack([les.radiomics for les in pool])
         deep = None if any(les.deep is None for les in pool) else np.stack([les.deep for les in pool])  # type: ignore[misc]
         q_radiomics = np.asarray([query["radiomics"][n] for n in self.radiomics_names], np.float32)[None]
@@ -460,5 +520,34 @@ class Library:
         if (deep is None) != (q_deep is None) and features != "radiomics":
             raise LibraryError(f"{where}: deep descriptors are missing on one side; use --features radiomics")
         lib, q = standardise_blocks(_blocks(features, radiomics, deep), _blocks(features, q_radiomics, q_deep))
-        distances, rows = ExactIndex(lib).search(q, k)
-        return [Neighbour(rank + 1, float(d), pool[int(r)]) for rank, (d, r) in enumerate(zip(distances[0], rows[0]))]
+        return ExactIndex(lib), q
+
+
+def _checked_k(k: int, pool: Sequence[LibraryLesion], at_most: bool, distinct_cases: bool) -> int:
+    """``k`` (capped at what ``pool`` holds with ``at_most``) when 1 <= k <= the pool's cases (lesions without
+    ``distinct_cases``); LibraryError naming ``k`` and both counts otherwise."""
+    cases = len({les.case_id for les in pool})
+    available = cases if distinct_cases else len(pool)
+    k = min(k, available) if at_most else k
+    if 1 <= k <= available:
+        return k
+    if distinct_cases:
+        raise LibraryError(f"k = {k}: the library holds {cases} case(s) ({len(pool)} lesion(s)); choose k between 1 "
+                           f"and {cases} (or ask for lesions, several per case: --lesions)")
+    raise LibraryError(f"k = {k}: the library holds {len(pool)} lesion(s); choose k between 1 and {len(pool)}")
+
+
+def _nearest_per_case(index: ExactIndex, query: np.ndarray, case_ids: Sequence[str],
+                      k: int) -> list[tuple[float, int]]:
+    """(distance, row) of the nearest row of each of the ``k`` cases nearest to ``query``, nearest first: the
+    first row of each case in the exact ranking, searched with twice as many rows until ``k`` cases are found
+    (``k`` must not exceed the cases in ``case_ids``)."""
+    wanted = k
+    while True:
+        distances, rows = index.search(query, wanted)
+        found: dict[str, tuple[float, int]] = {}
+        for distance, row in zip(distances[0].tolist(), rows[0].tolist()):
+            found.setdefault(case_ids[row], (distance, row))
+        if len(found) >= k or wanted == len(index):
+            return list(found.values())[:k]
+        wanted = min(2 * wanted, len(index))

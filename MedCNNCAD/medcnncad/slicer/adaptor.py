@@ -285,13 +285,16 @@ def add_lesion_table(lesions: Sequence[Lesion], name: str = "MedCNNCAD lesions")
 
 
 def add_similar_table(neighbours: Sequence[Mapping[str, Any]], name: str = "MedCNNCAD similar cases") -> Any:
-    """A table node, one row per similar library lesion (``Neighbour.to_json`` dicts, nearest first): rank,
-    distance, case, lesion, volume (mL), one column per metadata key of the library, thumbnail file."""
+    """A table node, one row per similar library case or lesion (``Neighbour.to_json`` dicts, nearest first): rank,
+    distance, case, lesion, volume (mL), one column per metadata key of the library, thumbnail file, and the note
+    when the library case was segmented from other input sequences than this one (empty otherwise)."""
     keys = sorted({key for n in neighbours for key in n["metadata"]})
     columns = [("rank", "int"), ("distance", "double"), ("case", "string"), ("lesion", "int"),
-               ("volume_ml", "double"), *((key, "string") for key in keys), ("thumbnail", "string")]
+               ("volume_ml", "double"), *((key, "string") for key in keys), ("thumbnail", "string"),
+               ("note", "string")]
     rows = [[n["rank"], n["distance"], n["case_id"], n["lesion_id"], n["volume_ml"],
-             *(n["metadata"].get(key, "") for key in keys), n["thumbnail"] or ""] for n in neighbours]
+             *(n["metadata"].get(key, "") for key in keys), n["thumbnail"] or "", n.get("inputs_note") or ""]
+            for n in neighbours]
     return _table(name, columns, rows)
 
 

@@ -405,16 +405,19 @@ class SecondReaderLogic:
 
     # -- similar cases --------------------------------------------------------------------
     def similarCases(self, lesion: int | None = None, k: int = 5, library: str | None = None,
-                     features: str | None = None, atMost: bool = False) -> list[dict[str, Any]]:
-        """The ``k`` library lesions most similar to a lesion of the last run (console API, blocking).
+                     features: str | None = None, atMost: bool = False,
+                     distinctCases: bool = True) -> list[dict[str, Any]]:
+        """The ``k`` library cases most similar to a lesion of the last run, one row each (console API, blocking).
 
         Args:
             lesion: the lesion's id among the whole-tumor (retrieval structure) lesions of the lesion table;
                 ``None``: the largest.
-            k: how many (1 .. lesions in the library).
+            k: how many (1 .. cases in the library; lesions with ``distinctCases=False``).
             library: a library folder (``medcnncad library build``); default :attr:`libraryPath`.
             features: ``combined`` (default), ``deep`` or ``radiomics``.
-            atMost: ``k`` is an upper bound (a smaller library returns all its lesions) instead of an error.
+            atMost: ``k`` is an upper bound (a smaller library returns all it holds) instead of an error.
+            distinctCases: one row per library case, its lesion nearest to the query (default); False: the ``k``
+                nearest library lesions, several possibly of one case.
 
         Returns:
             One dict per neighbour, nearest first: rank, distance, case_id, lesion_id, volume_ml, metadata
@@ -438,16 +441,18 @@ class SecondReaderLogic:
             self._lastDescriptors = retrieval_report(case_descriptors(result, segmenter.model, segmenter.device),
                                                      result)
         neighbours = Library.open(folder).query(self._lastDescriptors, k, lesion, features or DEFAULT_FEATURES,
-                                                where="the last run", at_most=atMost)
+                                                where="the last run", at_most=atMost,
+                                                distinct_cases=distinctCases)
         return [n.to_json() for n in neighbours]
 
-    def similarCasesTable(self, k: int = 5, library: str | None = None, lesion: int | None = None) -> Any:
+    def similarCasesTable(self, k: int = 5, library: str | None = None, lesion: int | None = None,
+                          distinctCases: bool = True) -> Any:
         """:meth:`similarCases` as a table node (rank, distance, case, lesion, volume, metadata, thumbnail);
-        up to ``k`` rows (a smaller library gives all its lesions), kept in :attr:`lastSimilarCases` for
-        :meth:`loadSimilarCase`."""
+        up to ``k`` rows, one per library case (``distinctCases=False``: per lesion; a smaller library gives all
+        it holds), kept in :attr:`lastSimilarCases` for :meth:`loadSimilarCase`."""
         from medcnncad.slicer.adaptor import add_similar_table
 
-        self.lastSimilarCases = self.similarCases(lesion, k, library, atMost=True)
+        self.lastSimilarCases = self.similarCases(lesion, k, library, atMost=True, distinctCases=distinctCases)
         return add_similar_table(self.lastSimilarCases)
 
     def loadSimilarCase(self, row: int) -> tuple[Any, Any]:
