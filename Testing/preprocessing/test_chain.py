@@ -443,3 +443,139 @@ def test_a_real_thick_slice_t2_is_registered_onto_the_t1():
     other = describe_case(REALDATA / "brats_2013_pat0002_1")  # another patient's FLAIR: edges maximised to 0.44
     with pytest.raises(InputError, match="rigid registration failed"):
         register_sequence(read_volume(case.inputs["FLAIR"]), read_volume(other.inputs["FLAIR"]), 0.25)
+
+
+def _parameters(reg) -> np.ndarray:
+    t = reg.transform
+    return np.array(t.GetNthTransform(0).GetParameters() if hasattr(t, "GetNthTransform") else t.GetParameters())
+
+
+def test_tries_sharing_one_pair_give_what_each_try_gives_alone():
+    """The registration pair (mask, fixed edges, figures before) is made once for every try of a sequence: each
+    try's transform and figures equal those of the try made on its own, bit for bit, for both metrics and starts;
+    the pair's figures before equal the public figures computed directly."""
+    from medcnncad.preprocessing.registration import (
+        RegistrationPair,
+        foreground_mask,
+        gradient_correlation,
+        normalised_mutual_information,
+    )
+
+    fixed = _head(48)
+    moving, _ = _moved(fixed, (0.0, 2.0, 3.0), (2.0, -1.0, 1.5))
+    pair = RegistrationPair(fixed, moving)
+    unmoved = resample_to(moving, fixed)
+    mask = foreground_mask(fixed)
+    assert pair.nmi_before == normalised_mutual_information(fixed, unmoved, mask)
+    assert pair.gc_before == gradient_correlation(fixed, unmoved, mask)
+    for start, metric in [("identity", "mattes"), ("identity", "gradient-correlation"), ("moments", "mattes")]:
+        alone = register_rigid(fixed, moving, initialiser=start, metric=metric, min_gradient_correlation=-2.0)
+        shared = register_rigid(fixed, moving, initialiser=start, metric=metric, min_gradient_correlation=-2.0,
+                                pair=pair)
+        np.testing.assert_array_equal(_parameters(shared), _parameters(alone))
+        assert (shared.metric, shared.nmi_before, shared.nmi_after, shared.gradient_correlation_before,
+                shared.gradient_correlation_after) == (alone.metric, alone.nmi_before, alone.nmi_after,
+                                                       alone.gradient_correlation_before,
+                                                       alone.gradient_correlation_after)
+        after = resample_to(moving, fixed, alone.transform)
+        assert shared.gradient_correlation_after == gradient_correlation(fixed, after, mask)
+
+
+def test_the_other_tries_run_side_by_side_and_choose_what_one_at_a_time_chooses(monkeypatch):
+    """When the first try is weak, the other tries run at the same time on two threads (a barrier that both must
+    reach proves it: one at a time, it would time out) and the chosen registration is bit for bit the one chosen
+    with one worker."""
+    import threading
+
+    from medcnncad.preprocessing import chain
+
+    monkeypatch.setattr(chain, "GRADIENT_TRY_MIN_QUALITY", 0.999)  # no try reaches it: every try runs and competes
+    fixed = _head(40)
+    moving, _ = _moved(fixed, (0.0, 0.0, 3.0), (2.0, -1.0, 1.0))
+    serial_reg, serial_how = chain.register_sequence(fixed, moving, 0.25, workers=1)
+    met = threading.Barrier(2, timeout=20)
+    real = chain.register_rigid
+    threads: list[str] = []
+
+    def spy(*args, **kwargs):
+        if kwargs["metric"] == "gradient-correlation" or kwargs["initialiser"] == "moments":
+            threads.append(threading.current_thread().name)
+            met.wait()  # both other tries must be running at once to pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "register_rigid", spy)
+    reg, how = chain.register_sequence(fixed, moving, 0.25, workers=2)
+    assert len(set(threads)) == 2 and how == serial_how
+    np.testing.assert_array_equal(_parameters(reg), _parameters(serial_reg))
+    assert reg.gradient_correlation_after == serial_reg.gradient_correlation_after
+
+
+def test_several_moved_sequences_are_registered_side_by_side_as_one_at_a_time(monkeypatch):
+    """Three sequences off the first one's grid: registered at once on two workers, the prepared images and the
+    report (in input order) equal those of one worker."""
+    from medcnncad.models.manifest import ClinicalPreprocessing
+    from medcnncad.preprocessing import chain
+
+    fixed = _head(40)
+    images = {"T1": fixed}
+    for n, name in enumerate(["T1c", "T2", "FLAIR"]):
+        moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
+        moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
+        images[name] = moved
+    spec = ClinicalPreprocessing(brain_mask="never")
+    monkeypatch.setattr(chain, "registration_workers", lambda: 1)
+    one = chain.prepare_case(images, spec)
+    monkeypatch.setattr(chain, "registration_workers", lambda: 2)
+    two = chain.prepare_case(images, spec)
+    report = [{k: v for k, v in d.items() if k != "seconds"}
+              for d in two.steps[1].detail["sequences"].values()]
+    assert list(two.steps[1].detail["sequences"]) == ["T1c", "T2", "FLAIR"]
+    assert report == [{k: v for k, v in d.items() if k != "seconds"}
+                      for d in one.steps[1].detail["sequences"].values()]
+    for name in images:
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(two.images[name]),
+                                      sitk.GetArrayViewFromImage(one.images[name]))
+
+
+def test_itk_thread_blocks_of_one_count_run_together_and_another_count_waits():
+    """Blocks asking for the same ITK thread count hold it at the same time (both reach a barrier inside); a block
+    asking for another count starts only after both have left, and the count before is restored at the end; a
+    block of another count nested in one of this thread is refused instead of waiting for itself."""
+    import threading
+
+    from medcnncad.io.itk_threads import itk_threads
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    inside = threading.Barrier(3, timeout=30)  # a, b and this thread
+    leave = threading.Event()
+    events: list[str] = []
+
+    def one(name: str) -> None:
+        with itk_threads(1):
+            events.append(f"{name} holds {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}")
+            inside.wait()
+            leave.wait(30)
+            events.append(f"{name} leaves")
+
+    def other() -> None:
+        with itk_threads(3):
+            events.append(f"other holds {sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()}")
+
+    workers = [threading.Thread(target=one, args=(n,)) for n in "ab"]
+    for w in workers:
+        w.start()
+    inside.wait()  # a and b both hold count 1 now
+    late = threading.Thread(target=other)
+    late.start()
+    late.join(0.2)
+    assert late.is_alive()  # a block that could start would have ended at once: it waits for a and b
+    leave.set()
+    for w in [*workers, late]:
+        w.join(30)
+    assert sorted(events[:2]) == ["a holds 1", "b holds 1"]
+    assert sorted(events[2:4]) == ["a leaves", "b leaves"] and events[4:] == ["other holds 3"]
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before
+    with itk_threads(1), pytest.raises(RuntimeError, match=r"itk_threads\(2\) inside itk_threads\(1\)"):
+        with itk_threads(2):
+            pass
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before

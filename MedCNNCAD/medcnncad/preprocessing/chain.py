@@ -8,7 +8,9 @@ Steps, in order, each timed and reported (:class:`StepReport`):
    registered onto it (Mattes mutual information from the scanner coordinates; where that lowers the quality
    figure or ends below its floor, the correlation of gradient magnitudes (floor 0.5) and a start from the
    centres of mass compete: :func:`register_sequence`, :mod:`.registration`) and resampled onto its grid;
-   sequences already on that grid are left alone ("grids match"). A registration whose quality
+   sequences already on that grid are left alone ("grids match"). Registrations of several sequences, and the tries
+   after a weak first one, run side by side on the cores (each on one ITK thread: the same transforms as one at a
+   time). A registration whose quality
    (gradient-magnitude correlation inside the head) stays below ``min_registration_quality`` is an
    error naming the sequence: the sequences may come from different patients.
 3. ``brain_mask``: deepbet brain extraction (:mod:`.brain_mask`) from the best sequence given, applied
@@ -24,10 +26,13 @@ SimpleITK images (LPS, mm); arrays (K, J, I).
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,13 +45,16 @@ from medcnncad.preprocessing.bias import n4_correct
 from medcnncad.preprocessing.brain_mask import apply_mask, extract_brain, mask_volume_ml, pick_source
 from medcnncad.preprocessing.registration import (
     Registration,
+    RegistrationPair,
     failure_text,
     foreground_mask,
     register_rigid,
     resample_to,
 )
 
-__all__ = ["StepReport", "PreparedCase", "prepare_case", "head_volume_ml"]
+__all__ = ["StepReport", "PreparedCase", "prepare_case", "head_volume_ml", "register_sequence", "registration_workers"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -102,7 +110,8 @@ optimised for it, images of different patients reached 0.23-0.44 (three pairs of
 2026-12-04); a held-out patient's own 5 mm T2 reached 0.80. Lightly supported, like the 0.25 floor."""
 
 
-def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float) -> tuple[Registration, str]:
+def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float,
+                      workers: int | None = None) -> tuple[Registration, str]:
     """Rigidly register one sequence onto the reference sequence: the registration and how it was found.
 
     First Mattes mutual information from the scanner coordinates (series of one session are nearly aligned).
@@ -116,14 +125,22 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float)
     thick-slice sequences (measured on a held-out patient's T2 re-sampled at 5 mm: from a perfect start it moved
     25 mm away), which the correlation of gradient magnitudes is not.
 
+    The other tries run side by side on up to ``workers`` cores (default :func:`registration_workers`). Each runs
+    its metric on one ITK thread with its own seeded samples, so the result does not depend on how many run at once.
+
     Raises:
         InputError: when no try reaches its floor (naming the first try's figures).
     """
     errors: list[str] = []
+    try:
+        pair = RegistrationPair(fixed, moving)  # the mask, edges and figures before: made once for every try
+    except RuntimeError as exc:
+        raise InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}") from None
 
     def attempt(start: str, metric: str) -> Registration | None:  # an optimizer that fails is a failed try
         try:
-            return register_rigid(fixed, moving, initialiser=start, metric=metric, min_gradient_correlation=-2.0)
+            return register_rigid(fixed, moving, initialiser=start, metric=metric, min_gradient_correlation=-2.0,
+                                  pair=pair)
         except InputError as exc:
             errors.append(str(exc))
             return None
@@ -138,12 +155,13 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float)
     # the other tries run, and a weak first try competes with them
     tries: list[tuple[Registration | None, str, float]] = (
         [(first, "mutual information from the scanner coordinates", min_quality)] if first_passes else [])
-    for start, metric in REGISTRATION_TRIES:
+    found = _side_by_side([partial(attempt, start, metric) for start, metric in REGISTRATION_TRIES], workers)
+    for (start, metric), reg in zip(REGISTRATION_TRIES, found):
         edges = metric == "gradient-correlation"
         how = ("gradient-magnitude correlation" if edges else "mutual information") + \
             (" from the scanner coordinates" if start == "identity" else " from the centres of mass")
         floor = max(min_quality, GRADIENT_TRY_MIN_QUALITY) if edges else min_quality
-        tries.append((attempt(start, metric), how, floor))
+        tries.append((reg, how, floor))
     done = [(reg, how, floor) for reg, how, floor in tries if reg is not None]
     passing = [(reg, how) for reg, how, floor in done if reg.gradient_correlation_after >= floor]
     if passing:
@@ -160,26 +178,48 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float)
     raise InputError(errors[0] if errors else "rigid registration failed")
 
 
-def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing) -> StepReport:
+def registration_workers() -> int:
+    """How many registrations may run side by side: the cores this process may use (each runs on one ITK thread)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _side_by_side(jobs: Sequence[Callable[[], T]], workers: int | None) -> list[T]:
+    """Each job's result, in job order, run on up to ``workers`` threads (default :func:`registration_workers`);
+    the first error raised, in job order, is raised once every job has ended."""
+    count = min(len(jobs), max(1, workers if workers is not None else registration_workers()))
+    if count <= 1:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="medcnncad-registration") as pool:
+        futures = [pool.submit(job) for job in jobs]
+        wait(futures)
+    return [future.result() for future in futures]
+
+
+def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, workers: int | None = None) -> StepReport:
+    """Each sequence off the first one's grid registered onto it (side by side, :func:`_side_by_side`)."""
     start = time.perf_counter()
     names = list(images)
     fixed = images[names[0]]
-    done: dict[str, Any] = {}
-    for name in names[1:]:
-        moving = images[name]
-        if same_space(fixed, moving):
-            done[name] = "grids match"
-            continue
+    done: dict[str, Any] = {name: "grids match" for name in names[1:] if same_space(fixed, images[name])}
+    moved = [name for name in names[1:] if name not in done]
+    # the tries of one sequence share the cores with the other sequences' registrations
+    inner = max(1, (workers if workers is not None else registration_workers()) // max(1, len(moved)))
+
+    def one(name: str) -> tuple[Registration, str]:
         try:
-            reg, how = register_sequence(fixed, moving, spec.min_registration_quality)
+            return register_sequence(fixed, images[name], spec.min_registration_quality, inner)
         except InputError as exc:
             raise InputError(f"input {name} onto {names[0]}: {exc}") from None
-        images[name] = resample_to(moving, fixed, reg.transform)
+
+    found = _side_by_side([partial(one, name) for name in moved], workers)
+    for name, (reg, how) in zip(moved, found):
+        images[name] = resample_to(images[name], fixed, reg.transform)
         done[name] = {"rotation_deg": round(reg.rotation_deg, 3), "translation_mm": round(reg.translation_mm, 3),
                       "quality_before": round(reg.gradient_correlation_before, 3),
                       "quality_after": round(reg.gradient_correlation_after, 3),
                       "nmi_before": round(reg.nmi_before, 4), "nmi_after": round(reg.nmi_after, 4),
                       "method": how, "seconds": round(reg.seconds, 2)}
+    done = {name: done[name] for name in names[1:]}  # in input order, as the report always listed them
     applied = any(isinstance(v, dict) for v in done.values())
     return StepReport("registration", time.perf_counter() - start, applied,
                       {"onto": names[0], "sequences": done,

@@ -13,6 +13,7 @@ Arrays are in (K, J, I) order, as SimpleITK gives them.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 from medcnncad.io.itk_threads import itk_threads
 
-__all__ = ["Registration", "grids_match", "register_rigid", "resample_to", "foreground_mask",
+__all__ = ["Registration", "RegistrationPair", "grids_match", "register_rigid", "resample_to", "foreground_mask",
            "normalised_mutual_information", "gradient_correlation", "MIN_GRADIENT_CORRELATION", "METRICS",
            "failure_text"]
 
@@ -121,14 +122,52 @@ def gradient_correlation(fixed: sitk.Image, moving_on_fixed: sitk.Image, mask: s
     """Pearson correlation of the gradient magnitudes of two images on one grid, inside ``mask``."""
     inside = sitk.GetArrayViewFromImage(mask) > 0
 
-    def gm(image: sitk.Image) -> np.ndarray:
-        g = sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma_mm)
-        return sitk.GetArrayViewFromImage(g)[inside].astype(np.float64)
+    def gm(image: sitk.Image) -> sitk.Image:
+        return sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma_mm)
 
-    a, b = gm(fixed), gm(moving_on_fixed)
+    return _edge_correlation(gm(fixed), gm(moving_on_fixed), inside)
+
+
+def _edge_correlation(fixed_edges: sitk.Image, moving_edges: sitk.Image, inside: np.ndarray) -> float:
+    """Pearson correlation of two gradient-magnitude images inside the boolean (K, J, I) ``inside``."""
+    a = sitk.GetArrayViewFromImage(fixed_edges)[inside].astype(np.float64)
+    b = sitk.GetArrayViewFromImage(moving_edges)[inside].astype(np.float64)
     if a.size < 100 or a.std() == 0 or b.std() == 0:
         return 0.0
     return float(np.corrcoef(a, b)[0, 1])
+
+
+class RegistrationPair:
+    """What every try of registering one image onto another shares, computed once: both images as float32, the
+    fixed image's foreground mask, its gradient magnitude, and the quality figures before registration (the
+    moving image on the fixed grid unmoved). The moving image's gradient magnitude (the gradient-correlation
+    metric's input) is made when first asked for. Read-only once made: tries running side by side may share it.
+    """
+
+    def __init__(self, fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None = None) -> None:
+        self.fixed = sitk.Cast(fixed, sitk.sitkFloat32)
+        self.moving = sitk.Cast(moving, sitk.sitkFloat32)
+        self.mask = fixed_mask if fixed_mask is not None else foreground_mask(self.fixed)
+        self.inside = sitk.GetArrayViewFromImage(self.mask) > 0
+        self.fixed_edges = _gradient_magnitude(self.fixed)
+        before = resample_to(self.moving, self.fixed, sitk.Transform())
+        self.nmi_before = normalised_mutual_information(self.fixed, before, self.mask)
+        self.gc_before = _edge_correlation(self.fixed_edges, _gradient_magnitude(before), self.inside)
+        self._moving_edges: sitk.Image | None = None
+        self._making = threading.Lock()
+
+    def moving_edges(self) -> sitk.Image:
+        """The moving image's gradient magnitude (made once, also when tries ask at the same time)."""
+        with self._making:
+            if self._moving_edges is None:
+                self._moving_edges = _gradient_magnitude(self.moving)
+            return self._moving_edges
+
+    def figures_after(self, transform: sitk.Transform) -> tuple[float, float]:
+        """Normalised mutual information and gradient-magnitude correlation with ``transform`` applied."""
+        after = resample_to(self.moving, self.fixed, transform)
+        return (normalised_mutual_information(self.fixed, after, self.mask),
+                _edge_correlation(self.fixed_edges, _gradient_magnitude(after), self.inside))
 
 
 def resample_to(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform | None = None,
@@ -159,7 +198,8 @@ def _euler_parts(transform: sitk.Transform, centre: tuple[float, ...]) -> tuple[
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, initialiser: str = "moments",
                    fixed_mask: sitk.Image | None = None, sampling: float = 0.02, bins: int = 50,
                    iterations: int = 100, threads: int = 1,
-                   min_gradient_correlation: float = MIN_GRADIENT_CORRELATION, metric: str = "mattes") -> Registration:
+                   min_gradient_correlation: float = MIN_GRADIENT_CORRELATION, metric: str = "mattes",
+                   pair: RegistrationPair | None = None) -> Registration:
     """Rigidly register ``moving`` onto ``fixed``.
 
     Args:
@@ -183,6 +223,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, initial
         metric: "mattes" (mutual information of the intensities, ``bins`` bins) or "gradient-correlation"
             (correlation of gradient magnitudes smoothed by 1.5 mm: robust where a thick-slice sequence's
             intensity histogram misleads mutual information).
+        pair: ``RegistrationPair(fixed, moving, fixed_mask)`` already made (several tries of one pair share it;
+            the same result as without it).
 
     Returns:
         The :class:`Registration`.
@@ -196,11 +238,10 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, initial
         raise InputError("register_rigid needs two 3D images")
     if metric not in METRICS:
         raise InputError(f"registration metric {metric!r}: choose {' or '.join(METRICS)}")
+    pair = pair if pair is not None else RegistrationPair(fixed, moving, fixed_mask)
     if initialiser == "auto":  # both starts, keep the better final metric
-        return _best_of_both(fixed, moving, seed, fixed_mask, sampling, bins, iterations, threads,
-                             min_gradient_correlation, metric)
-    return _register(fixed, moving, seed, initialiser, fixed_mask, sampling, bins, iterations, threads,
-                     min_gradient_correlation, metric)
+        return _best_of_both(pair, seed, sampling, bins, iterations, threads, min_gradient_correlation, metric)
+    return _register(pair, seed, initialiser, sampling, bins, iterations, threads, min_gradient_correlation, metric)
 
 
 def _itk_seed(seed: int) -> int:
@@ -222,12 +263,11 @@ def _failure(gc_before: float, gc_after: float, nmi_before: float, nmi_after: fl
             f"show different patients or the optimizer stopped in a wrong place")
 
 
-def _best_of_both(fixed: sitk.Image, moving: sitk.Image, seed: int, fixed_mask: sitk.Image | None,
-                  sampling: float, bins: int, iterations: int, threads: int,
+def _best_of_both(pair: RegistrationPair, seed: int, sampling: float, bins: int, iterations: int, threads: int,
                   min_gradient_correlation: float, metric: str) -> Registration:
     """Identity and moments starts both tried; the lower final metric is kept."""
     start = time.perf_counter()
-    tries = [_register(fixed, moving, seed, how, fixed_mask, sampling, bins, iterations, threads, -2.0, metric)
+    tries = [_register(pair, seed, how, sampling, bins, iterations, threads, -2.0, metric)
              for how in ("identity", "moments")]
     best = min(tries, key=lambda r: r.metric)
     best = Registration(**{**best.__dict__, "seconds": time.perf_counter() - start})
@@ -241,14 +281,11 @@ def _gradient_magnitude(image: sitk.Image) -> sitk.Image:
     return sitk.GradientMagnitudeRecursiveGaussian(image, GRADIENT_SIGMA_MM)
 
 
-def _register(fixed: sitk.Image, moving: sitk.Image, seed: int, initialiser: str, fixed_mask: sitk.Image | None,
-              sampling: float, bins: int, iterations: int, threads: int,
-              min_gradient_correlation: float, metric: str = "mattes") -> Registration:
+def _register(pair: RegistrationPair, seed: int, initialiser: str, sampling: float, bins: int, iterations: int,
+              threads: int, min_gradient_correlation: float, metric: str = "mattes") -> Registration:
     """One registration from one start (see :func:`register_rigid`)."""
     start = time.perf_counter()
-    f = sitk.Cast(fixed, sitk.sitkFloat32)
-    m = sitk.Cast(moving, sitk.sitkFloat32)
-    mask = fixed_mask if fixed_mask is not None else foreground_mask(f)
+    f, m, mask = pair.fixed, pair.moving, pair.mask
     if initialiser == "identity":
         euler = sitk.Euler3DTransform()
         euler.SetCenter(f.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in f.GetSize()]))
@@ -282,18 +319,14 @@ def _register(fixed: sitk.Image, moving: sitk.Image, seed: int, initialiser: str
     try:
         edges = metric == "gradient-correlation"
         with itk_threads(threads):  # the v4 metric's sums: in a fixed order
-            transform = method.Execute(*((_gradient_magnitude(f), _gradient_magnitude(m)) if edges else (f, m)))
+            transform = method.Execute(*((pair.fixed_edges, pair.moving_edges()) if edges else (f, m)))
     except RuntimeError as exc:
         raise InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}") from exc
     final = float(method.GetMetricValue())
     if not np.isfinite(final):
         raise InputError(f"rigid registration failed: metric {final}")
-    before = resample_to(m, f, sitk.Transform())
-    after = resample_to(m, f, transform)
-    nmi_before = normalised_mutual_information(f, before, mask)
-    nmi_after = normalised_mutual_information(f, after, mask)
-    gc_before = gradient_correlation(f, before, mask)
-    gc_after = gradient_correlation(f, after, mask)
+    nmi_before, gc_before = pair.nmi_before, pair.gc_before
+    nmi_after, gc_after = pair.figures_after(transform)
     angle, shift = _euler_parts(transform, f.TransformContinuousIndexToPhysicalPoint(
         [(n - 1) / 2 for n in f.GetSize()]))
     seconds = time.perf_counter() - start
