@@ -102,5 +102,38 @@ def test_dicom_seg_needs_a_dicom_input(tmp_path, capsys):
         sitk.WriteImage(img, str(tmp_path / f"{name}.nii.gz"))
         args += ["--input", f"{name}={tmp_path / f'{name}.nii.gz'}"]
     assert main(args) == 2
-    assert "is not a DICOM series folder" in capsys.readouterr().err
+    assert "is not a DICOM series folder or DICOM file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dicom_seg_references_the_frames_of_an_enhanced_multiframe_input(dicom_case, tmp_path):
+    """Scanners now write enhanced multi-frame MR (one file, all slices); given one as the grid's input, the SEG (and
+    the SR on it) used to be refused as "not a DICOM series folder". The SEG now references the file's frames: read
+    back frame by frame with highdicom it is the label map written beside it, and dciodvfy finds no error."""
+    import highdicom as hd
+    import pydicom
+
+    folder, _, _ = dicom_case
+    slices = [pydicom.dcmread(f) for f in series_files(folder, "AX T1 PRE")]
+    multiframe = tmp_path / "t1_enhanced.dcm"
+    hd.legacy.LegacyConvertedEnhancedMRImage(slices, series_instance_uid=hd.UID(), series_number=12,
+                                             sop_instance_uid=hd.UID(), instance_number=1).save_as(str(multiframe))
+    out = tmp_path / "out"
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(out), "--dicom-seg", "--dicom-sr",
+            "--input", f"T1={multiframe}"]
+    for name in ("T1c", "T2", "FLAIR"):
+        args += ["--input", f"{name}={folder}", "--series", f"{name}={DESCRIPTIONS[name]}"]
+    assert main(args) == 0
+    assert _dciodvfy_errors(out / "labels.seg.dcm") == []
+    source = pydicom.dcmread(str(multiframe), stop_before_pixels=True)
+    seg = hd.seg.segread(str(out / "labels.seg.dcm"))
+    frames = int(source.NumberOfFrames)
+    numbers = seg.get_pixels_by_source_frame(source_sop_instance_uid=source.SOPInstanceUID,
+                                             source_frame_numbers=list(range(1, frames + 1)), combine_segments=True)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))
+    assert labels.shape == (frames, int(source.Rows), int(source.Columns)) and labels.any()
+    np.testing.assert_array_equal(np.array([0, 1, 2, 4])[numbers], labels)
+    sr = pydicom.dcmread(str(out / "labels.sr.dcm"))
+    evidence = {sop.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
+    assert source.SOPInstanceUID in evidence and seg.SOPInstanceUID in evidence

@@ -151,3 +151,62 @@ def test_declining_the_package_install_exports_nothing(dicom_case, monkeypatch):
     files = SecondReaderLogic().exportToDicomDatabase(None, volumes["T1"], database,
                                                       askInstall=lambda q: asked.append(q) or False)
     assert files == [] and installed == [] and "Slicer's pydicom is not changed" in asked[0]
+
+
+def _node_of(image: sitk.Image, name: str):
+    """A scalar volume node with ``image``'s voxels and geometry (LPS -> RAS)."""
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    flip = np.diag([-1.0, -1.0, 1.0])
+    node.SetOrigin(*(flip @ np.array(image.GetOrigin())))
+    node.SetSpacing(image.GetSpacing())
+    node.SetIJKToRASDirections(*(flip @ np.array(image.GetDirection()).reshape(3, 3)).T.ravel())
+    return node
+
+
+def _multiframe_node(folder: Path, out: Path):
+    """The T1 series converted to one enhanced MR file (highdicom) and a volume node as Slicer's scalar volume plugin
+    makes from it: its geometry as ITK reads the file, DICOM.instanceUIDs its one instance."""
+    slices = [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))]
+    out.mkdir()
+    path = out / "t1_enhanced.dcm"
+    hd.legacy.LegacyConvertedEnhancedMRImage(slices, series_instance_uid=hd.UID(), series_number=12,
+                                             sop_instance_uid=hd.UID(), instance_number=1).save_as(str(path))
+    node = _node_of(sitk.ReadImage(str(path)), "12: T1 enhanced")  # GDCM stacks the frames in stored order
+    node.SetAttribute("DICOM.instanceUIDs", str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID))
+    return node, path
+
+
+def test_an_enhanced_multiframe_reference_is_exported_frame_by_frame(dicom_case, monkeypatch, tmp_path):
+    """A volume loaded from one enhanced multi-frame file was refused ("no slice geometry"): its frames are now the
+    slices, checked to lie where the volume's slices lie, and the SEG read back frame by frame is the run's label
+    map; a volume whose slices run the other way is refused naming the first frame that lies elsewhere."""
+    _, _, folders = dicom_case
+    node, path = _multiframe_node(folders[0], tmp_path / "enhanced")
+    volumes = {name: _node_of(sitk.ReadImage([str(f) for f in sorted(folder.glob("*.dcm"))]), name)
+               for name, folder in zip(("T1c", "T2", "FLAIR"), folders[1:])}  # where the series lie
+    database = StandInDatabase([*folders, path.parent])
+    assert dicom_export.source_files(node, database) == [str(path)]
+    captured: dict = {}
+    monkeypatch.setattr(SecondReaderLogic, "_importDicom", staticmethod(
+        lambda folder, db: captured.update(seg=hd.seg.segread(str(Path(folder) / "labels.seg.dcm")))))
+    logic = SecondReaderLogic()
+    nodes = logic.segment({**volumes, "T1": node}, model="brats-demo-unet", device="cpu")
+    exported = logic.exportToDicomDatabase(nodes, node, database)
+    assert [Path(f).name for f in exported] == ["labels.seg.dcm", "labels.sr.dcm"]
+    head = pydicom.dcmread(path, stop_before_pixels=True)
+    frames, uid = int(head.NumberOfFrames), str(head.SOPInstanceUID)
+    assert frames == nodes.result.label_map.shape[0]
+    numbers = captured["seg"].get_pixels_by_source_frame(source_sop_instance_uid=uid,
+                                                         source_frame_numbers=list(range(1, frames + 1)),
+                                                         combine_segments=True)
+    values = np.array([0] + [label.value for label in nodes.result.manifest.labels])
+    assert nodes.result.label_map.any()
+    np.testing.assert_array_equal(values[numbers], nodes.result.label_map)
+    axes = [[0.0] * 3 for _ in range(3)]
+    node.GetIJKToRASDirections(axes)
+    last = np.array(node.GetOrigin()) + (frames - 1) * node.GetSpacing()[2] * np.array(axes[2])
+    node.SetIJKToRASDirections(*axes[0], *axes[1], *(-np.array(axes[2])))  # the same slices stacked the other way
+    node.SetOrigin(*last)
+    with pytest.raises(InputError, match=r"frame 1 of .*t1_enhanced.dcm lies [0-9.]+ mm from the volume's slice 0"):
+        dicom_export.source_files(node, database)

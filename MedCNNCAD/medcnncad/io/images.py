@@ -26,7 +26,7 @@ from medcnncad.io.dicom_series import check_multiframe_geometry, check_series_ge
 __all__ = ["read_volume", "read_volumes", "read_picked_volumes", "volume_index", "read_header", "volume_count",
            "check_finite", "write_image",
            "write_probability_map", "UINT8_SCALE", "atomic_path", "same_space", "geometry_text", "signals_deferred",
-           "staged_outputs",
+           "staged_outputs", "is_dicom_file",
            "available_memory_bytes"]
 
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".seg.nrrd", ".mha", ".mhd", ".dcm")
@@ -187,7 +187,7 @@ def _read_file(path: Path, stacked: bool = False) -> sitk.Image:
         raise InputError(f"{path}: declared size {size} is outside what the engine reads "
                          f"(1 to {MAX_VOXELS} voxels)")
     _check_nifti_header(path, int(np.prod(size, dtype=np.float64)), voxels * _BYTES.get(reader.GetPixelID(), 1))
-    if _is_dicom_file(path):  # an enhanced multi-frame object's frames: in spatial order on an even grid?
+    if is_dicom_file(path):  # an enhanced multi-frame object's frames: in spatial order on an even grid?
         check_multiframe_geometry(path)
     image = reader.Execute()
     if image.GetDimension() == 4 and size[3] == 1 and not stacked:  # one time point: a 3D volume
@@ -195,7 +195,7 @@ def _read_file(path: Path, stacked: bool = False) -> sitk.Image:
     return image
 
 
-def _is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
     """Whether ``path`` is a DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
     with open(path, "rb") as handle:
         return handle.read(132)[128:] == b"DICM"

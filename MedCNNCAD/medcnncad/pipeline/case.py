@@ -25,7 +25,7 @@ from medcnncad.data.dataset_json import (
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import series_files
-from medcnncad.io.images import atomic_path, read_picked_volumes, read_volume, volume_index
+from medcnncad.io.images import atomic_path, is_dicom_file, read_picked_volumes, read_volume, volume_index
 from medcnncad.metrics.label_conventions import check_reference_values, relabel
 from medcnncad.metrics.segmentation import check_label_image, check_same_grid, compute_metrics
 from medcnncad.models.channels import display_channel
@@ -73,10 +73,14 @@ def _volume_indices(inputs: dict[str, str], series: dict[str, str],
 
 
 def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str]) -> list[str]:
-    """Files of the DICOM series the result's grid comes from (the first channel given)."""
+    """Files of the DICOM series the result's grid comes from (the first channel given): a series folder's files, or
+    one enhanced multi-frame DICOM file given as the input itself."""
     first = next(c.name for c in model_inputs if c.name in inputs)
-    if not Path(inputs[first]).is_dir():
-        raise InputError(f"--dicom-seg: input {first} ({inputs[first]}) is not a DICOM series folder; "
+    path = Path(inputs[first])
+    if path.is_file() and is_dicom_file(path):
+        return [str(path)]
+    if not path.is_dir():
+        raise InputError(f"--dicom-seg: input {first} ({inputs[first]}) is not a DICOM series folder or DICOM file; "
                          f"a DICOM SEG must reference the series it was computed on")
     return series_files(inputs[first], series.get(first))
 

@@ -23,7 +23,7 @@ from medcnncad.errors import InputError
 from medcnncad.io.images import atomic_path
 from medcnncad.models.manifest import Code, LabelDef, Manifest
 
-__all__ = ["write_dicom_seg", "lo_text", "research_statement", "property_type"]
+__all__ = ["write_dicom_seg", "lo_text", "research_statement", "property_type", "source_slices"]
 
 
 def _coded(code: Code) -> CodedConcept:
@@ -75,9 +75,18 @@ def _without_spacing_between_slices(source: pydicom.Dataset) -> pydicom.Dataset:
     return source
 
 
+def source_slices(sources: list[pydicom.Dataset]) -> int:
+    """How many slices the source series has: one per file, or the frames of one enhanced multi-frame file (the label
+    map's K follows their stored order, as the volume was read)."""
+    if len(sources) == 1:
+        return int(getattr(sources[0], "NumberOfFrames", 1) or 1)
+    return len(sources)
+
+
 def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: list[str], out_path: str | Path,
                     series_description: str = "MedCNNCAD AI segmentation (research use only)") -> Path:
-    """Write a (K, J, I) label map on the source series' grid as a DICOM Segmentation (binary).
+    """Write a (K, J, I) label map on the source series' grid as a DICOM Segmentation (binary). ``source_files``: the
+    series' files in K order, or one enhanced multi-frame file whose frames are K (the SEG then references its frames).
 
     One segment per manifest label (value -> segment number in manifest order); empty frames
     are omitted. Raises InputError when the label map does not match the series. The spacing between slices is
@@ -85,9 +94,10 @@ def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: lis
     """
     sources = [_without_spacing_between_slices(pydicom.dcmread(f)) for f in source_files]
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
-    if label_map.shape != (len(sources), rows, cols):
+    slices = source_slices(sources)
+    if label_map.shape != (slices, rows, cols):
         raise InputError(f"label map shape {label_map.shape} does not match the DICOM series "
-                         f"({len(sources)} slices of {rows} x {cols})")
+                         f"({slices} slices of {rows} x {cols})")
     algorithm = hd.AlgorithmIdentificationSequence(name=manifest.id, version=manifest.version,
                                                    family=codes.cid7162.ArtificialIntelligence)
     numbers = np.zeros(256, dtype=np.uint8)

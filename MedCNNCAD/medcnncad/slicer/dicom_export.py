@@ -11,7 +11,8 @@ never imports them.
 Flow (:func:`export_to_database`): the source series' files are looked up in the DICOM database
 from the reference volume's ``DICOM.instanceUIDs`` attribute (set by Slicer's DICOM scalar
 volume plugin), sorted along the slice normal as Slicer stacks them (so slice k of the label
-map is file k); the result is saved as the worker saves it; the child writes ``labels.seg.dcm``
+map is file k), or the one enhanced multi-frame file it was loaded from, whose frame k must lie where the volume's
+slice k lies (checked); the result is saved as the worker saves it; the child writes ``labels.seg.dcm``
 and ``labels.sr.dcm``; the caller imports the folder into the database (``DICOMUtils.importDicom``).
 """
 
@@ -35,7 +36,8 @@ from medcnncad.models.registry import describe_model
 from medcnncad.slicer.worker import ENGINE_DIR, load_result, save_result
 
 __all__ = ["EXPORT_PACKAGES", "export_packages_dir", "export_packages_installed", "install_arguments",
-           "source_files", "sort_by_slice_position", "write_seg_and_sr", "export_to_database", "main"]
+           "source_files", "sort_by_slice_position", "frame_positions", "check_frames_are_slices", "write_seg_and_sr",
+           "export_to_database", "main"]
 
 EXPORT_PACKAGES = ("highdicom==0.28.2", "pydicom==3.0.2")  # the versions the tests validate (constraints.txt)
 
@@ -87,7 +89,50 @@ def source_files(volume_node: Any, database: Any) -> list[str]:
     if missing:
         raise InputError(f"volume {volume_node.GetName()!r}: {len(missing)} of its DICOM instances are not in "
                          f"the database any more (e.g. {missing[0]})")
+    frames = int(getattr(pydicom.dcmread(files[0], stop_before_pixels=True), "NumberOfFrames", 1) or 1)
+    if len(files) == 1 and frames > 1:
+        check_frames_are_slices(volume_node, files[0])  # one enhanced multi-frame file: its frames are the slices
+        return files
     return sort_by_slice_position(files)
+
+
+def frame_positions(path: str) -> np.ndarray:
+    """(frames, 3) ImagePositionPatient (LPS, mm) of each frame of an enhanced multi-frame file, in stored order."""
+    head = pydicom.dcmread(path, stop_before_pixels=True)
+    try:
+        return np.array([[float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+                         for item in head.PerFrameFunctionalGroupsSequence])
+    except AttributeError:
+        raise InputError(f"{path}: the multi-frame source has no per-frame positions (PlanePositionSequence)") from None
+
+
+def check_frames_are_slices(volume_node: Any, path: str, tolerance_mm: float = 0.01) -> None:
+    """Refuse an enhanced multi-frame source whose frame k does not lie where the volume node's slice k lies (the label
+    map's K is the volume's, and the SEG gives its slice k to frame k + 1).
+
+    Args:
+        volume_node: the reference ``vtkMRMLScalarVolumeNode`` (its own IJK-to-RAS geometry, the scanner's frame).
+        path: the one DICOM file the node was loaded from.
+        tolerance_mm: how far a frame's position may lie from its slice's.
+
+    Raises:
+        InputError: naming the volume, the file and the first frame that lies elsewhere (or the counts).
+    """
+    positions = frame_positions(path)
+    slices = int(volume_node.GetImageData().GetDimensions()[2])
+    if len(positions) != slices:
+        raise InputError(f"volume {volume_node.GetName()!r}: {path} has {len(positions)} frames for its {slices} "
+                         f"slices")
+    axes = [[0.0] * 3 for _ in range(3)]
+    volume_node.GetIJKToRASDirections(axes)  # axes[2]: the K axis in RAS
+    step = np.asarray(axes[2]) * float(volume_node.GetSpacing()[2])
+    ras = np.asarray(volume_node.GetOrigin()) + np.arange(slices)[:, None] * step
+    lps = ras * np.array([-1.0, -1.0, 1.0])
+    off = np.linalg.norm(lps - positions, axis=1)
+    if off.max() > tolerance_mm:
+        k = int(np.argmax(off > tolerance_mm))
+        raise InputError(f"volume {volume_node.GetName()!r}: frame {k + 1} of {path} lies {off[k]:.2f} mm from the "
+                         f"volume's slice {k}: the frames are not stacked as the volume's slices")
 
 
 def write_seg_and_sr(result: SegmentationResult, sources: list[str], out: Path) -> list[Path]:
