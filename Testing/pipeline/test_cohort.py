@@ -96,16 +96,48 @@ def test_serial_run_summary_resume_and_failures(cohort_csv, tmp_path, capsys):
     assert len(Library.open(tmp_path / "lib").entries) == 4  # cases already in the library are not added twice
 
 
+def _assert_same(a, b, where: str = "report") -> None:
+    """``a`` and ``b`` (JSON values) hold the same keys, items, strings, integers and flags, and floats equal to float32
+    rounding (relative 1e-5, absolute 1e-6)."""
+    assert type(a) is type(b) or {type(a), type(b)} <= {int, float}, f"{where}: {a!r} vs {b!r}"
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} items"
+        for n, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{n}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6), f"{where}: {a!r} vs {b!r}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def test_the_report_comparison_takes_float32_rounding_and_nothing_more():
+    report = {"lesions": [{"id": 1, "volume_ml": 46.6, "p": 0.6061134338378906, "kind": "ET"}]}
+    _assert_same(report, {"lesions": [{"id": 1, "volume_ml": 46.6, "p": 0.6061137318611145, "kind": "ET"}]})
+    for other in ({"id": 2}, {"volume_ml": 46.601}, {"p": 0.61}, {"kind": "ED"}):
+        with pytest.raises(AssertionError):
+            _assert_same(report, {"lesions": [{**report["lesions"][0], **other}]})
+    with pytest.raises(AssertionError, match="2 items"):
+        _assert_same(report, {"lesions": report["lesions"] * 2})
+
+
 def test_dask_local_cluster_equals_serial(cohort_csv, tmp_path):
+    """The same cases on a local dask cluster and in this process: the same lesions, labels and reports, numbers equal
+    to float32 rounding. Not to the bit: with one thread each, the network's probabilities still differed by up to
+    3e-7 between the two processes now and then (and the radiomics and encoder descriptors after them), which made
+    an exact comparison fail about once in several full runs."""
     cases = read_cases(cohort_csv, CHANNELS)
     run_cohort(cases, "demo", tmp_path / "serial", device="cpu", serial=True)
     run_cohort(cases, "demo", tmp_path / "dask", device="cpu", workers=2)
     serial, distributed = _reports(tmp_path / "serial"), _reports(tmp_path / "dask")
     assert set(serial) == {"case0", "case1", "case2", "case3"}
-    assert serial == distributed
+    _assert_same(serial, distributed)
     a = json.loads((tmp_path / "serial" / "summary.json").read_text())
     b = json.loads((tmp_path / "dask" / "summary.json").read_text())
-    assert a == b
+    _assert_same(a, b, "summary")
 
 
 def test_the_summary_counts_the_cases_a_distance_leaves_out():
