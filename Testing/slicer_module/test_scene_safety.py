@@ -226,3 +226,20 @@ def test_a_case_id_from_another_library_is_loaded_from_its_own_files(scene, demo
     assert again is first and second is not first  # a second click reuses; another library's case is its own
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(second), sitk.GetArrayFromImage(images["FLAIR"]))
     assert not np.array_equal(sitk.GetArrayFromImage(images["FLAIR"]), sitk.GetArrayFromImage(images["T1"]))
+
+
+def test_a_run_leaves_no_display_node_without_its_volume(scene, demo_result):
+    """Each segment written through slicer.util's segment-array helper left a LabelMapVolumeDisplay node behind (its
+    temporary label map volume removed, the display node kept): three per run with the demo model."""
+    images, _, _ = demo_result
+    nodes = {c: volume_from_image(images[c], c) for c in ("T1", "T1c", "T2", "FLAIR")}
+
+    def orphans() -> list[str]:
+        found = scene.GetNodesByClass("vtkMRMLDisplayNode")
+        return [found.GetItemAsObject(i).GetID() for i in range(found.GetNumberOfItems())
+                if found.GetItemAsObject(i).GetDisplayableNode() is None]
+
+    assert orphans() == []
+    run = SecondReaderLogic().segment(nodes, model="demo", device="cpu", tta=False)
+    assert run.segmentation.GetSegmentation().GetNumberOfSegments() >= 3
+    assert orphans() == []
