@@ -430,9 +430,9 @@ def test_console_api_similar_cases(scene, module, tmp_path):
         logic.similarCases(k=100)
 
 
-def test_console_similar_cases_are_distinct_library_cases(scene, module, tmp_path):
-    """A library case holding the query lesion twice filled both rows of k=2 ("twice", lesions 1 and 2); the
-    panel's table now shows two cases, each with its nearest lesion, and the lesion list stays available."""
+def _run_beside_a_library(scene, module, tmp_path, cases):
+    """A demo run in the console Logic and the library ``tmp_path/lib`` of ``cases`` (case id -> a function making
+    its report.json from the run's own descriptors), added in that order; the Logic and the run's descriptors."""
     from medcnncad.errors import InputError
     from medcnncad.retrieval.library import Library
 
@@ -443,45 +443,47 @@ def test_console_similar_cases_are_distinct_library_cases(scene, module, tmp_pat
     with pytest.raises(InputError, match="not a case library"):
         logic.similarCases()
     described = logic._lastDescriptors
-    largest = max(described["retrieval"]["lesions"], key=lambda les: les["volume_ml"])
-    twice = {**described, "retrieval": {**described["retrieval"], "lesions": [
-        {**largest, "lesion_id": 1}, {**largest, "lesion_id": 2, "volume_ml": largest["volume_ml"] / 2}]}}
-    for name, report in (("twice", twice), ("once", described)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "report.json").write_text(json.dumps(report))
     library = Library.create(tmp_path / "lib", described["model"], described["retrieval"]["radiomics_names"])
-    library.add_case(tmp_path / "twice", "twice")
-    library.add_case(tmp_path / "once", "once")
+    for name, make in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps(make(described)))
+        library.add_case(tmp_path / name, name)
+    return logic, described
+
+
+def _largest(described):
+    return max(described["retrieval"]["lesions"], key=lambda les: les["volume_ml"])
+
+
+def _twice(described):
+    """The run's largest lesion twice (ids 1 and 2, the second half as large)."""
+    largest = _largest(described)
+    return {**described, "retrieval": {**described["retrieval"], "lesions": [
+        {**largest, "lesion_id": 1}, {**largest, "lesion_id": 2, "volume_ml": largest["volume_ml"] / 2}]}}
+
+
+def test_console_similar_cases_are_distinct_library_cases(scene, module, tmp_path):
+    """A library case holding the query lesion twice filled both rows of k=2 ("twice", lesions 1 and 2); the
+    panel's table now shows two cases, each with its nearest lesion, and the lesion list stays available."""
+    logic, described = _run_beside_a_library(scene, module, tmp_path, {"twice": _twice, "once": lambda d: d})
     table = logic.similarCasesTable(k=2).GetTable()
     assert [table.GetValueByName(r, "case").ToString() for r in range(table.GetNumberOfRows())] == ["twice", "once"]
     assert [(n["case_id"], n["lesion_id"], n["distance"]) for n in logic.lastSimilarCases] == \
-        [("twice", 1, 0.0), ("once", largest["lesion_id"], 0.0)]
+        [("twice", 1, 0.0), ("once", _largest(described)["lesion_id"], 0.0)]
     assert [(n["case_id"], n["lesion_id"]) for n in logic.similarCases(k=2, distinctCases=False)] == \
         [("twice", 1), ("twice", 2)]
     assert len(logic.similarCases(k=5, atMost=True)) == 2
 
 
+def _t1c_only(described):
+    return {**described, "retrieval": {**described["retrieval"], "given_inputs": ["T1c"]}}
+
+
 def test_console_similar_cases_note_a_library_case_from_other_sequences(scene, module, tmp_path):
     """The run's descriptors record the sequences it was given; a library case segmented from T1c alone was
     listed beside the four-sequence run without a word, in the Logic's rows and the panel's table."""
-    from medcnncad.errors import InputError
-    from medcnncad.retrieval.library import Library
-
-    volumes, _ = _load_sample(scene)
-    logic = module.MedCNNCADLogic()
-    logic.segment(volumes, model="demo", device="cpu")
-    logic.libraryPath = str(tmp_path / "lib")
-    with pytest.raises(InputError, match="not a case library"):
-        logic.similarCases()
-    described = logic._lastDescriptors
+    logic, described = _run_beside_a_library(scene, module, tmp_path, {"t1c-only": _t1c_only, "same": lambda d: d})
     assert sorted(described["retrieval"]["given_inputs"]) == ["FLAIR", "T1", "T1c", "T2"]
-    t1c = {**described, "retrieval": {**described["retrieval"], "given_inputs": ["T1c"]}}
-    for name, report in (("t1c-only", t1c), ("same", described)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "report.json").write_text(json.dumps(report))
-    library = Library.create(tmp_path / "lib", described["model"], described["retrieval"]["radiomics_names"])
-    library.add_case(tmp_path / "t1c-only", "t1c-only")
-    library.add_case(tmp_path / "same", "same")
     table = logic.similarCasesTable(k=2).GetTable()
     note = "library case t1c-only was segmented from T1c only, this case from FLAIR+T1+T1c+T2"
     assert [(n["case_id"], n["given_inputs"], n["inputs_note"]) for n in logic.lastSimilarCases] == \
