@@ -512,7 +512,7 @@ def test_the_other_tries_run_side_by_side_and_choose_what_one_at_a_time_chooses(
 
 def test_several_moved_sequences_are_registered_side_by_side_as_one_at_a_time(monkeypatch):
     """Three sequences off the first one's grid: registered at once on two workers, the prepared images and the
-    report (in input order) equal those of one worker."""
+    report (in input order) equal those of one worker, and the reference's mask is made once for all three."""
     from medcnncad.models.manifest import ClinicalPreprocessing
     from medcnncad.preprocessing import chain
 
@@ -522,11 +522,17 @@ def test_several_moved_sequences_are_registered_side_by_side_as_one_at_a_time(mo
         moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
         moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
         images[name] = moved
+    from medcnncad.preprocessing import registration
+
     spec = ClinicalPreprocessing(brain_mask="never")
     monkeypatch.setattr(chain, "registration_workers", lambda: 1)
     one = chain.prepare_case(images, spec)
     monkeypatch.setattr(chain, "registration_workers", lambda: 2)
+    masks = []
+    real_mask = registration.foreground_mask
+    monkeypatch.setattr(registration, "foreground_mask", lambda image: masks.append(1) or real_mask(image))
     two = chain.prepare_case(images, spec)
+    assert len(masks) == 1  # the reference's mask (and edges) made once for the three sequences
     report = [{k: v for k, v in d.items() if k != "seconds"}
               for d in two.steps[1].detail["sequences"].values()]
     assert list(two.steps[1].detail["sequences"]) == ["T1c", "T2", "FLAIR"]

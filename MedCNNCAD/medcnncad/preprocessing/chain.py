@@ -44,6 +44,7 @@ from medcnncad.preprocessing.background import zero_constant_background
 from medcnncad.preprocessing.bias import n4_correct
 from medcnncad.preprocessing.brain_mask import apply_mask, extract_brain, mask_volume_ml, pick_source
 from medcnncad.preprocessing.registration import (
+    FixedImage,
     Registration,
     RegistrationPair,
     failure_text,
@@ -110,8 +111,8 @@ optimised for it, images of different patients reached 0.23-0.44 (three pairs of
 2026-12-04); a held-out patient's own 5 mm T2 reached 0.80. Lightly supported, like the 0.25 floor."""
 
 
-def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float,
-                      workers: int | None = None) -> tuple[Registration, str]:
+def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float, workers: int | None = None,
+                      reference: FixedImage | None = None) -> tuple[Registration, str]:
     """Rigidly register one sequence onto the reference sequence: the registration and how it was found.
 
     First Mattes mutual information from the scanner coordinates (series of one session are nearly aligned).
@@ -127,13 +128,14 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float,
 
     The other tries run side by side on up to ``workers`` cores (default :func:`registration_workers`). Each runs
     its metric on one ITK thread with its own seeded samples, so the result does not depend on how many run at once.
+    ``reference``: ``FixedImage(fixed)`` already made (sequences registered onto one reference share it).
 
     Raises:
         InputError: when no try reaches its floor (naming the first try's figures).
     """
     errors: list[str] = []
     try:
-        pair = RegistrationPair(fixed, moving)  # the mask, edges and figures before: made once for every try
+        pair = RegistrationPair(reference or fixed, moving)  # mask, edges, figures before: once for every try
     except RuntimeError as exc:
         raise InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}") from None
 
@@ -178,6 +180,15 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float,
     raise InputError(errors[0] if errors else "rigid registration failed")
 
 
+def _fixed_side(fixed: sitk.Image) -> FixedImage:
+    """:class:`FixedImage` of the reference sequence (an ITK failure, e.g. an image too small to filter, as an
+    InputError)."""
+    try:
+        return FixedImage(fixed)
+    except RuntimeError as exc:
+        raise InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}") from None
+
+
 def registration_workers() -> int:
     """How many registrations may run side by side: the cores this process may use (each runs on one ITK thread)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -204,10 +215,11 @@ def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, wo
     moved = [name for name in names[1:] if name not in done]
     # the tries of one sequence share the cores with the other sequences' registrations
     inner = max(1, (workers if workers is not None else registration_workers()) // max(1, len(moved)))
+    reference = _fixed_side(fixed) if moved else None  # the fixed mask and edges: once for every sequence
 
     def one(name: str) -> tuple[Registration, str]:
         try:
-            return register_sequence(fixed, images[name], spec.min_registration_quality, inner)
+            return register_sequence(fixed, images[name], spec.min_registration_quality, inner, reference)
         except InputError as exc:
             raise InputError(f"input {name} onto {names[0]}: {exc}") from None
 

@@ -23,9 +23,9 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 from medcnncad.io.itk_threads import itk_threads
 
-__all__ = ["Registration", "RegistrationPair", "grids_match", "register_rigid", "resample_to", "foreground_mask",
-           "normalised_mutual_information", "gradient_correlation", "MIN_GRADIENT_CORRELATION", "METRICS",
-           "failure_text"]
+__all__ = ["Registration", "FixedImage", "RegistrationPair", "grids_match", "register_rigid", "resample_to",
+           "foreground_mask", "normalised_mutual_information", "gradient_correlation", "MIN_GRADIENT_CORRELATION",
+           "METRICS", "failure_text"]
 
 METRICS: tuple[str, ...] = ("mattes", "gradient-correlation")
 """What the optimizer maximises: Mattes mutual information of the intensities, or the correlation of the
@@ -137,19 +137,31 @@ def _edge_correlation(fixed_edges: sitk.Image, moving_edges: sitk.Image, inside:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+class FixedImage:
+    """The fixed side of registrations onto one image, made once for every moving image and try: the image as
+    float32, its foreground mask (given, or :func:`foreground_mask`), that mask as a boolean (K, J, I) array and the
+    image's gradient magnitude. Read-only once made."""
+
+    def __init__(self, fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> None:
+        self.image = sitk.Cast(fixed, sitk.sitkFloat32)
+        self.mask = fixed_mask if fixed_mask is not None else foreground_mask(self.image)
+        self.inside = sitk.GetArrayViewFromImage(self.mask) > 0
+        self.edges = _gradient_magnitude(self.image)
+
+
 class RegistrationPair:
-    """What every try of registering one image onto another shares, computed once: both images as float32, the
-    fixed image's foreground mask, its gradient magnitude, and the quality figures before registration (the
-    moving image on the fixed grid unmoved). The moving image's gradient magnitude (the gradient-correlation
-    metric's input) is made when first asked for. Read-only once made: tries running side by side may share it.
+    """What every try of registering one image onto another shares, computed once: the fixed side
+    (:class:`FixedImage`, which several moving images may share), the moving image as float32 and the quality figures
+    before registration (the moving image on the fixed grid unmoved). The moving image's gradient magnitude (the
+    gradient-correlation metric's input) is made when first asked for. Read-only once made: tries running side by side
+    may share it.
     """
 
-    def __init__(self, fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image | None = None) -> None:
-        self.fixed = sitk.Cast(fixed, sitk.sitkFloat32)
+    def __init__(self, fixed: sitk.Image | FixedImage, moving: sitk.Image,
+                 fixed_mask: sitk.Image | None = None) -> None:
+        side = fixed if isinstance(fixed, FixedImage) else FixedImage(fixed, fixed_mask)
+        self.fixed, self.mask, self.inside, self.fixed_edges = side.image, side.mask, side.inside, side.edges
         self.moving = sitk.Cast(moving, sitk.sitkFloat32)
-        self.mask = fixed_mask if fixed_mask is not None else foreground_mask(self.fixed)
-        self.inside = sitk.GetArrayViewFromImage(self.mask) > 0
-        self.fixed_edges = _gradient_magnitude(self.fixed)
         before = resample_to(self.moving, self.fixed, sitk.Transform())
         self.nmi_before = normalised_mutual_information(self.fixed, before, self.mask)
         self.gc_before = _edge_correlation(self.fixed_edges, _gradient_magnitude(before), self.inside)
