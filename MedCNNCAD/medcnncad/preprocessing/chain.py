@@ -49,6 +49,7 @@ from medcnncad.preprocessing.registration import (
     RegistrationPair,
     failure_text,
     foreground_mask,
+    itk_failure,
     register_rigid,
     resample_to,
 )
@@ -137,7 +138,7 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float,
     try:
         pair = RegistrationPair(reference or fixed, moving)  # mask, edges, figures before: once for every try
     except RuntimeError as exc:
-        raise InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}") from None
+        raise itk_failure(exc) from None
 
     def attempt(start: str, metric: str) -> Registration | None:  # an optimizer that fails is a failed try
         try:
@@ -186,7 +187,7 @@ def _fixed_side(fixed: sitk.Image) -> FixedImage:
     try:
         return FixedImage(fixed)
     except RuntimeError as exc:
-        raise InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}") from None
+        raise itk_failure(exc) from None
 
 
 def registration_workers() -> int:

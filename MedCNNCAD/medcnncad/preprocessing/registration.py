@@ -25,7 +25,7 @@ from medcnncad.io.itk_threads import itk_threads
 
 __all__ = ["Registration", "FixedImage", "RegistrationPair", "grids_match", "register_rigid", "resample_to",
            "foreground_mask", "normalised_mutual_information", "gradient_correlation", "MIN_GRADIENT_CORRELATION",
-           "METRICS", "failure_text"]
+           "METRICS", "failure_text", "itk_failure"]
 
 METRICS: tuple[str, ...] = ("mattes", "gradient-correlation")
 """What the optimizer maximises: Mattes mutual information of the intensities, or the correlation of the
@@ -263,6 +263,11 @@ def _itk_seed(seed: int) -> int:
     return seed + 1
 
 
+def itk_failure(exc: RuntimeError) -> InputError:
+    """An ITK error met while registering, as the one-line InputError the chain raises (ITK's last line, cut)."""
+    return InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}")
+
+
 def failure_text(reg: Registration, threshold: float) -> str:
     """The one-line reason a registration is refused: its quality figures against ``threshold``."""
     return _failure(reg.gradient_correlation_before, reg.gradient_correlation_after, reg.nmi_before, reg.nmi_after,
@@ -333,7 +338,7 @@ def _register(pair: RegistrationPair, seed: int, initialiser: str, sampling: flo
         with itk_threads(threads):  # the v4 metric's sums: in a fixed order
             transform = method.Execute(*((pair.fixed_edges, pair.moving_edges()) if edges else (f, m)))
     except RuntimeError as exc:
-        raise InputError(f"rigid registration failed: {str(exc).strip().splitlines()[-1][:200]}") from exc
+        raise itk_failure(exc) from exc
     final = float(method.GetMetricValue())
     if not np.isfinite(final):
         raise InputError(f"rigid registration failed: metric {final}")
