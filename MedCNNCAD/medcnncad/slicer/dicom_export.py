@@ -89,11 +89,15 @@ def source_files(volume_node: Any, database: Any) -> list[str]:
     if missing:
         raise InputError(f"volume {volume_node.GetName()!r}: {len(missing)} of its DICOM instances are not in "
                          f"the database any more (e.g. {missing[0]})")
-    frames = int(getattr(pydicom.dcmread(files[0], stop_before_pixels=True), "NumberOfFrames", 1) or 1)
-    if len(files) == 1 and frames > 1:
+    if len(files) == 1 and _frame_count(files[0]) > 1:
         check_frames_are_slices(volume_node, files[0])  # one enhanced multi-frame file: its frames are the slices
         return files
     return sort_by_slice_position(files)
+
+
+def _frame_count(path: str) -> int:
+    """NumberOfFrames of a DICOM file (1 when absent), read from its header only."""
+    return int(getattr(pydicom.dcmread(path, stop_before_pixels=True), "NumberOfFrames", 1) or 1)
 
 
 def frame_positions(path: str) -> np.ndarray:
