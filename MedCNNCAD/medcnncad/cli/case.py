@@ -71,7 +71,8 @@ def parse_inputs(items: Sequence[str], series_items: Sequence[str] = ()) -> tupl
 def _run_case(model_id: str, inputs: dict[str, str], out: str | Path, device: str, trust: bool,
               reference: str | None, series: dict[str, str] | None = None, dicom_seg: bool = False,
               classifier: str | None = None, tta: bool | None = None, precision: str | None = None,
-              dicom_sr: bool = False, reference_labels: dict[int, int] | None = None) -> dict:
+              dicom_sr: bool = False, reference_labels: dict[int, int] | None = None,
+              brain_mask: str | None = None, brain_mask_from: str | None = None) -> dict:
     """Load the model(s), then segment (+ classify, + evaluate) one case and write its outputs."""
     t0 = time.perf_counter()
     segmenter = build_segmenter(load_model(model_id, trust=trust), device, precision)
@@ -80,7 +81,8 @@ def _run_case(model_id: str, inputs: dict[str, str], out: str | Path, device: st
     try:
         return process_case(segmenter, inputs, out, reference, series, dicom_seg, progress,
                             {"model_load": time.perf_counter() - t0}, loaded_classifier, tta, dicom_sr,
-                            reference_labels=reference_labels)
+                            reference_labels=reference_labels, brain_mask=brain_mask,
+                            brain_mask_from=brain_mask_from)
     finally:
         progress.close()
 
@@ -133,7 +135,8 @@ def run_segment(args: argparse.Namespace) -> int:
         raise InputError("--reference-labels needs --reference (the label file it describes)")
     inputs, series = parse_inputs(args.input, args.series or [])
     report = _run_case(args.model, inputs, args.out, args.device, args.trust, args.reference, series,
-                       args.dicom_seg, grader, args.tta, args.precision, args.dicom_sr, mapping)
+                       args.dicom_seg, grader, args.tta, args.precision, args.dicom_sr, mapping,
+                       args.brain_mask, args.brain_mask_from)
     print(summary_table(report))
     return 0
 
@@ -168,4 +171,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-sr", action="store_true",
                    help="also write labels.sr.dcm, each SEG segment's volume, number of lesions and mean probability "
                         "as a DICOM SR (TID 1500) referencing the SEG (implies --dicom-seg)")
+    mask = p.add_mutually_exclusive_group()
+    mask.add_argument("--brain-mask", metavar="FILE",
+                      help="your own brain mask (non-zero = brain; a volume file or DICOM folder on the first input's "
+                           "grid, e.g. a corrected brain_mask.nii.gz of an earlier run) instead of the model's brain "
+                           "extraction; for models whose clinical preprocessing extracts the brain")
+    mask.add_argument("--brain-mask-from", metavar="NAME",
+                      help="extract the brain (deepbet) from this given sequence instead of the model's choice "
+                           "(T1, else T2, FLAIR, T1c), e.g. T1c when the T2's mask takes in the eyes")
     p.set_defaults(func=run_segment)

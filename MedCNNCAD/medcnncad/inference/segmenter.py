@@ -60,7 +60,8 @@ from medcnncad.inference.tta import TTA_FLIPS
 from medcnncad.inference.windows import ExecutionPolicy, check_output_count, fit_roi, infer
 from medcnncad.lesions.components import find_lesions
 from medcnncad.models.loaded import LoadedModel
-from medcnncad.preprocessing.chain import PreparedCase, prepare_case
+from medcnncad.preprocessing.brain_mask import BrainMaskChoice
+from medcnncad.preprocessing.chain import PreparedCase, check_choice, prepare_case
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device",
            "PRECISIONS", "TTA_FLIPS",
@@ -169,13 +170,16 @@ class Segmenter:
         return fit_roi(self.manifest, shape)
 
     def _clinical_preprocessing(self, given: dict[str, sitk.Image], warnings: list[str],
-                                progress: ProgressCallback) -> PreparedCase | None:
-        """The manifest's clinical preprocessing chain on the given inputs (None when it has none)."""
+                                progress: ProgressCallback,
+                                brain_mask: BrainMaskChoice | None = None) -> PreparedCase | None:
+        """The manifest's clinical preprocessing chain on the given inputs (None when it has none);
+        ``brain_mask``: the reader's choice of the brain mask (refused for a model without that step)."""
         spec = self.manifest.clinical
+        check_choice(given, spec, brain_mask, f"model {self.manifest.id}")
         if spec is None:
             return None
         progress("clinical preprocessing", 0.0)
-        prepared = prepare_case(given, spec, use_gpu=self.device.type == "cuda")
+        prepared = prepare_case(given, spec, use_gpu=self.device.type == "cuda", choice=brain_mask)
         warnings += prepared.warnings
         return prepared
 
@@ -204,7 +208,8 @@ class Segmenter:
     def run(self, inputs: Mapping[str, sitk.Image | str | Path],
             progress: ProgressCallback | None = None,
             tta: bool | Sequence[tuple[int, ...]] | None = None,
-            keep_network_input: bool = False) -> SegmentationResult:
+            keep_network_input: bool = False,
+            brain_mask: BrainMaskChoice | None = None) -> SegmentationResult:
         """Segment one case.
 
         Args:
@@ -217,6 +222,9 @@ class Segmenter:
             keep_network_input: return the network's input in ``network_input`` (held through
                 post-processing: more peak memory) when it is the model's preprocessing of the whole
                 inputs (not with the engine's crop, nor for a format with its own predictor).
+            brain_mask: the reader's own brain mask for this case, or the sequence deepbet should read
+                (:class:`~medcnncad.preprocessing.brain_mask.BrainMaskChoice`); None: the model's rule. Only for
+                a model whose clinical preprocessing extracts the brain (else an InputError, before any work).
         """
         if tta is None:
             tta = self.manifest.inference.test_time_augmentation
@@ -228,7 +236,7 @@ class Segmenter:
         given = read_inputs(self.manifest, inputs)
         timings["read"] = clock(self.device) - t0
         t0 = clock(self.device)
-        prepared = self._clinical_preprocessing(given, warnings, progress)
+        prepared = self._clinical_preprocessing(given, warnings, progress, brain_mask)
         if prepared is not None:
             given = prepared.images
             timings.update({f"clinical_{s.name}": s.seconds for s in prepared.steps})

@@ -30,11 +30,27 @@ from medcnncad.metrics.label_conventions import check_reference_values, relabel
 from medcnncad.metrics.segmentation import check_label_image, check_same_grid, compute_metrics
 from medcnncad.models.channels import display_channel
 from medcnncad.models.manifest import Manifest
+from medcnncad.preprocessing.brain_mask import BrainMaskChoice
+from medcnncad.preprocessing.chain import check_model_takes_choice
 from medcnncad.reporting.case_outputs import check_inputs_spared, report_text, write_case_outputs
 from medcnncad.reporting.input_files import file_fingerprint, input_fingerprints, resolved_paths
 from medcnncad.retrieval.descriptors import case_descriptors
 
-__all__ = ["process_case"]
+__all__ = ["process_case", "brain_mask_choice"]
+
+
+def brain_mask_choice(path: str | None = None, source: str | None = None) -> BrainMaskChoice | None:
+    """The reader's brain-mask choice for one case: a mask file (a volume file or DICOM folder, non-zero voxels
+    are brain, on the first given sequence's grid) or the sequence deepbet should read; None when neither.
+
+    Raises:
+        InputError: both given, or the file cannot be read (one line naming it).
+    """
+    if path and source:
+        raise InputError(f"brain mask {path} and brain mask from {source}: give one, not both")
+    if path:
+        return BrainMaskChoice(image=read_volume(path), name=f"brain mask {path}")
+    return BrainMaskChoice(source=source) if source else None
 
 
 def _read_inputs(inputs: dict[str, str], series: dict[str, str], picked: dict[str, int]) -> dict:
@@ -100,7 +116,8 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
                  series: dict[str, str] | None = None, dicom_seg: bool = False,
                  progress: ProgressCallback | None = None, extra_timings: dict[str, float] | None = None,
                  classifier=None, tta: bool | None = None, dicom_sr: bool = False,
-                 descriptors: bool = True, reference_labels: Mapping[int, int] | None = None) -> dict:
+                 descriptors: bool = True, reference_labels: Mapping[int, int] | None = None,
+                 brain_mask: str | None = None, brain_mask_from: str | None = None) -> dict:
     """Segment (+ classify lesions, + evaluate against ``reference``) one case; write its outputs.
 
     Returns the report (also written as ``out/report.json``; it names the inputs and the reference by resolved
@@ -116,10 +133,12 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     model's (:func:`medcnncad.metrics.label_conventions.parse_label_map`, e.g. BraTS 2023's 3 -> 4); a label file of
     a dataset folder's ``labelsTr/`` is read in its ``dataset.json``'s convention, and one given against that is
     refused (:func:`medcnncad.data.dataset_json.reference_convention`); a reference holding a value that is none of
-    the model's, after it, is refused before the network runs.
+    the model's, after it, is refused before the network runs. ``brain_mask`` (a mask file on the first input's
+    grid) or ``brain_mask_from`` (a given sequence) replace the model's rule for the brain mask of its clinical
+    preprocessing (:func:`brain_mask_choice`; the report's ``brain_mask_file`` names the file with its SHA-256).
     """
     progress = progress or (lambda stage, fraction: None)
-    check_inputs_spared(out, [*inputs.values(), reference])  # before the network runs; "" is refused, not "."
+    check_inputs_spared(out, [*inputs.values(), reference, brain_mask])  # before the network runs; "" is refused
     out = Path(out)
     series = series or {}
     sources = _dicom_sources(segmenter.manifest.inputs, inputs, series) if dicom_seg or dicom_sr else None
@@ -127,13 +146,16 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     t0 = time.perf_counter()
     read_files = input_fingerprints(inputs)  # what this run reads, for the HTML report's check (input_files.py)
     reference_file = file_fingerprint(reference) if reference else None
+    mask_file = file_fingerprint(brain_mask) if brain_mask else None
+    choice = brain_mask_choice(brain_mask, brain_mask_from)
+    check_model_takes_choice(segmenter.manifest.clinical, choice, f"model {segmenter.manifest.id}")  # before reading
     if reference:  # a label file of a dataset folder is read in its dataset.json's convention
         reference_labels = reference_convention(reference, reference_labels, segmenter.manifest)
     ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None
     reading_s = time.perf_counter() - t0
     volumes = _volume_indices(inputs, series, model_engine_channels(segmenter.manifest))
     result = segmenter.run(_read_inputs(inputs, series, volumes), progress=progress, tta=tta,
-                           keep_network_input=descriptors)
+                           keep_network_input=descriptors, brain_mask=choice)
     if classifier is not None:
         progress("classify", 0.0)
         attach_classification(result, classifier)
@@ -169,6 +191,8 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     report["input_files"] = read_files  # channel -> size and SHA-256 of its file (not for DICOM folders)
     if reference_file is not None:
         report["reference_file"] = reference_file
+    if brain_mask:  # path, and size and SHA-256 when it is a file (not a DICOM folder)
+        report["brain_mask_file"] = {"path": str(Path(brain_mask).resolve()), **(mask_file or {})}
     if volumes:
         report["input_volumes"] = volumes  # channel -> 0-based volume of its 4D input file
     if reference and reference_labels:

@@ -4,8 +4,10 @@ Input is a CSV with a ``case_id`` column, one column per model input channel (a 
 DICOM folder; relative paths are relative to the CSV), optional ``<channel>_series`` columns
 (DICOM series selector; for a 4D file such as the Decathlon's, the channel's 0-based volume), an optional
 ``reference`` (label map) with an optional ``reference_labels`` (its label convention: ``brats2023``, ``msd``
-or ``SOURCE=TARGET`` pairs, see :func:`medcnncad.metrics.label_conventions.parse_label_map`) and an optional ``label``
-(1 = abnormal, 0 = normal). Every case gets the outputs of ``medcnncad segment`` in
+or ``SOURCE=TARGET`` pairs, see :func:`medcnncad.metrics.label_conventions.parse_label_map`), an optional ``label``
+(1 = abnormal, 0 = normal) and, for a model that extracts the brain, an optional ``brain_mask`` (the case's own mask
+file) or ``brain_mask_from`` (the sequence to extract it from; :func:`medcnncad.pipeline.case.brain_mask_choice`).
+Every case gets the outputs of ``medcnncad segment`` in
 ``OUT/cases/<case_id>/``; a case whose ``report.json`` exists is skipped (resume). A failed
 case is recorded in ``failures.csv`` and the cohort goes on.
 
@@ -21,7 +23,7 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,8 @@ class CohortCase:
     reference: str | None = None
     label: int | None = None
     reference_labels: dict[int, int] | None = None
+    brain_mask: str | None = None
+    brain_mask_from: str | None = None
 
 
 def read_csv_rows(csv_path: Path, channels: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
@@ -117,8 +121,19 @@ def read_cases(csv_path: str | Path, channels: Sequence[str]) -> list[CohortCase
         cases.append(CohortCase(
             case_id, {c: resolve(row[c].strip()) for c in channels if (row.get(c) or "").strip()},
             {c: row[f"{c}_series"].strip() for c in channels if (row.get(f"{c}_series") or "").strip()},
-            resolve((row.get("reference") or "").strip()) or None, int(label) if label else None, mapping))
+            resolve((row.get("reference") or "").strip()) or None, int(label) if label else None, mapping,
+            *_brain_mask_columns(csv_path, line, row, resolve)))
     return cases
+
+
+def _brain_mask_columns(csv_path: Path, line: int, row: Mapping[str, str | None],
+                        resolve: Callable[[str], str]) -> tuple[str | None, str | None]:
+    """A row's ``brain_mask`` (resolved path) and ``brain_mask_from``; both in one row is refused."""
+    path = (row.get("brain_mask") or "").strip()
+    source = (row.get("brain_mask_from") or "").strip()
+    if path and source:
+        raise InputError(f"{csv_path}: line {line}: brain_mask and brain_mask_from both given; give one")
+    return resolve(path) or None, source or None
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -143,7 +158,8 @@ def process_cohort_case(case: CohortCase, model: str, device: str, out_dir: str,
     try:
         segmenter = cached_segmenter(model, device, precision=precision)
         process_case(segmenter, case.inputs, folder, case.reference, case.series, dicom_seg=dicom[0], dicom_sr=dicom[1],
-                     reference_labels=case.reference_labels)
+                     reference_labels=case.reference_labels, brain_mask=case.brain_mask,
+                     brain_mask_from=case.brain_mask_from)
     except MedCNNCADError as exc:
         return {"case_id": case.case_id, "status": "failed", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one broken case must not stop the cohort

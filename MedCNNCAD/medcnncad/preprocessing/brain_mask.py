@@ -9,12 +9,17 @@ Which sequence: measured on a BraTS 2021 case against its skull-stripping (docs/
 "Real patients"), native T1 agreed best (Dice 0.987, 99.5 % of the tumor inside), T2 kept the most
 tumor (99.8 %), FLAIR 98.9 %, and T1c cut 7.6 % of the tumor: :data:`SOURCE_ORDER` is therefore
 T1, T2, FLAIR, T1c. Arrays are (K, J, I) as SimpleITK gives them.
+
+A reader can override that rule for one case (:class:`BrainMaskChoice`): name the sequence deepbet reads
+(e.g. the post-contrast T1 when the T2's mask takes in the orbits), or give a mask of their own (a corrected
+"brain" segment, another tool's skull-stripping), which is then used as it is.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import nibabel as nib
@@ -22,10 +27,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
+from medcnncad.io.images import check_finite, geometry_text, same_space
 from medcnncad.models.preprocessing import ras_affine
 
-__all__ = ["SOURCE_ORDER", "MIN_SHARE", "MAX_SHARE", "extract_brain", "check_mask", "apply_mask", "mask_volume_ml",
-           "pick_source"]
+__all__ = ["SOURCE_ORDER", "MIN_SHARE", "MAX_SHARE", "BrainMaskChoice", "extract_brain", "check_mask", "apply_mask",
+           "mask_volume_ml", "pick_source", "given_mask"]
 
 SOURCE_ORDER = ("T1", "T2", "FLAIR", "T1c")
 """Sequences to compute the brain mask from, best first (see the module docstring)."""
@@ -33,6 +39,51 @@ MIN_SHARE = 0.005
 """A mask covering less than this share of the volume is taken as a failed extraction (empty)."""
 MAX_SHARE = 0.95
 """A mask covering more than this share of the volume is taken as a failed extraction (everything)."""
+
+
+@dataclass(frozen=True)
+class BrainMaskChoice:
+    """A reader's choice of one case's brain mask, instead of the model's rule (:func:`pick_source`).
+
+    Attributes:
+        source: the given sequence (channel name) deepbet extracts the brain from.
+        image: the reader's own mask (non-zero voxels are brain) on the grid of the case's first given sequence
+            (the reference); used as it is: no deepbet, no dilation.
+        name: where ``image`` comes from (a file, a Slicer segment), for messages and the report.
+
+    At most one of ``source`` and ``image``.
+    """
+
+    source: str | None = None
+    image: sitk.Image | None = None
+    name: str = "the given brain mask"
+
+    def __post_init__(self) -> None:
+        if self.source is not None and self.image is not None:
+            raise InputError(f"{self.name}: give a brain mask or a sequence to extract it from, not both "
+                             f"(sequence {self.source})")
+
+
+def given_mask(choice: BrainMaskChoice, reference: sitk.Image, reference_name: str) -> sitk.Image:
+    """The reader's mask of ``choice`` as a uint8 (0/1) image on ``reference``'s grid.
+
+    Raises:
+        InputError: naming the mask, when it is not a 3D image on the reference's grid (size, spacing, origin,
+            direction within :func:`medcnncad.io.images.same_space`'s tolerance), holds a NaN or infinity, or is
+            empty or covers (almost) the whole volume (:func:`check_mask`).
+    """
+    image = choice.image
+    assert image is not None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{choice.name}: a brain mask must be one 3D scalar volume (got {image.GetDimension()}D with "
+                         f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel)")
+    check_finite(image, choice.name)
+    if not same_space(image, reference):
+        raise InputError(f"{choice.name}: not on the grid of input {reference_name}, the case's reference "
+                         f"({geometry_text(image)} against {geometry_text(reference)})")
+    mask = sitk.GetImageFromArray((sitk.GetArrayViewFromImage(image) != 0).astype(np.uint8))
+    mask.CopyInformation(reference)
+    return check_mask(mask, choice.name)
 
 
 @functools.lru_cache(maxsize=1)

@@ -13,7 +13,8 @@ Steps, in order, each timed and reported (:class:`StepReport`):
    time). A registration whose quality
    (gradient-magnitude correlation inside the head) stays below ``min_registration_quality`` is an
    error naming the sequence: the sequences may come from different patients.
-3. ``brain_mask``: deepbet brain extraction (:mod:`.brain_mask`) from the best sequence given, applied
+3. ``brain_mask``: deepbet brain extraction (:mod:`.brain_mask`) from the best sequence given (or the
+   one the reader chose, or the reader's own mask: :class:`~.brain_mask.BrainMaskChoice`), applied
    to every sequence. ``auto`` runs it only when the head's foreground is larger than
    ``skull_stripped_max_ml`` (a skull-stripped brain is 1.1-1.7 L; a head with its skull 3-5 L). With
    ``results_inside_mask`` the segmenter later sets labels and probabilities outside the mask to
@@ -42,7 +43,14 @@ from medcnncad.io.images import same_space
 from medcnncad.models.manifest import ClinicalPreprocessing
 from medcnncad.preprocessing.background import zero_constant_background
 from medcnncad.preprocessing.bias import n4_correct
-from medcnncad.preprocessing.brain_mask import apply_mask, extract_brain, mask_volume_ml, pick_source
+from medcnncad.preprocessing.brain_mask import (
+    BrainMaskChoice,
+    apply_mask,
+    extract_brain,
+    given_mask,
+    mask_volume_ml,
+    pick_source,
+)
 from medcnncad.preprocessing.registration import (
     FixedImage,
     Registration,
@@ -54,7 +62,8 @@ from medcnncad.preprocessing.registration import (
     resample_to,
 )
 
-__all__ = ["StepReport", "PreparedCase", "prepare_case", "head_volume_ml", "register_sequence", "registration_workers"]
+__all__ = ["StepReport", "PreparedCase", "prepare_case", "check_choice", "check_model_takes_choice",
+           "head_volume_ml", "register_sequence", "registration_workers"]
 
 T = TypeVar("T")
 
@@ -239,11 +248,19 @@ def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, wo
                        "quality": "gradient-magnitude correlation inside the head (-1 to 1), before and after"})
 
 
-def _brain_mask(images: dict[str, sitk.Image], spec: ClinicalPreprocessing,
-                use_gpu: bool) -> tuple[StepReport, sitk.Image | None]:
+def _brain_mask(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, use_gpu: bool,
+                choice: BrainMaskChoice | None = None) -> tuple[StepReport, sitk.Image | None]:
+    """The brain-mask step: the reader's own mask when ``choice`` gives one, else deepbet on ``choice``'s
+    sequence or the model's rule's (:func:`pick_source`), when the head is not already skull-stripped."""
     start = time.perf_counter()
-    source = pick_source(list(images))
-    detail: dict[str, Any] = {"mode": spec.brain_mask, "source": source}
+    if choice is not None and choice.image is not None:
+        reference = next(iter(images))
+        mask = given_mask(choice, images[reference], reference)
+        detail: dict[str, Any] = {"mode": "given", "source": choice.name, "method": "given by the reader"}
+        return _masked(images, mask, start, detail)
+    source = choice.source if choice is not None and choice.source else pick_source(list(images))
+    detail = {"mode": spec.brain_mask, "source": source,
+              "source_chosen_by": "the reader" if choice is not None and choice.source else "the model's rule"}
     if spec.brain_mask == "auto":
         head = head_volume_ml(images[source])
         detail.update(head_ml=round(head, 1), skull_stripped_max_ml=spec.skull_stripped_max_ml)
@@ -251,10 +268,46 @@ def _brain_mask(images: dict[str, sitk.Image], spec: ClinicalPreprocessing,
             detail["reason"] = "already skull-stripped (head foreground within the limit)"
             return StepReport("brain_mask", time.perf_counter() - start, False, detail), None
     mask = extract_brain(images[source], f"input {source}", spec.mask_dilate_voxels, use_gpu)
+    detail["method"] = "deepbet 1.0 (TorchScript)"
+    return _masked(images, mask, start, detail)
+
+
+def _masked(images: dict[str, sitk.Image], mask: sitk.Image, start: float,
+            detail: dict[str, Any]) -> tuple[StepReport, sitk.Image]:
+    """Every sequence set to 0 outside ``mask``; the step's report (with the mask's volume) and the mask."""
     for name in images:
         images[name] = apply_mask(images[name], mask)
-    detail.update(brain_ml=round(mask_volume_ml(mask), 1), method="deepbet 1.0 (TorchScript)")
+    detail["brain_ml"] = round(mask_volume_ml(mask), 1)
     return StepReport("brain_mask", time.perf_counter() - start, True, detail), mask
+
+
+def check_model_takes_choice(spec: ClinicalPreprocessing | None, choice: BrainMaskChoice | None,
+                             model: str = "the model") -> None:
+    """Refuse a brain-mask choice for a model whose clinical preprocessing extracts no brain (``spec`` None or its
+    ``brain_mask`` "never"), naming ``model``; no choice passes."""
+    if choice is None or (choice.source is None and choice.image is None):
+        return
+    if spec is None or spec.brain_mask == "never":
+        raise InputError(f"{model} extracts no brain (its manifest's clinical_preprocessing.brain_mask is "
+                         f"{'absent' if spec is None else 'never'}): a brain mask or its sequence cannot be chosen")
+
+
+def check_choice(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing | None,
+                 choice: BrainMaskChoice | None, model: str = "the model") -> None:
+    """Refuse a reader's brain-mask choice the case cannot take, before any work: a model whose chain
+    extracts no brain, a sequence that was not given, a mask not on the first given sequence's grid.
+
+    Raises:
+        InputError: naming the model, the sequence or the mask.
+    """
+    if choice is None or (choice.source is None and choice.image is None):
+        return
+    check_model_takes_choice(spec, choice, model)
+    if choice.source is not None and choice.source not in images:
+        raise InputError(f"brain mask from {choice.source}: not one of the given sequences ({', '.join(images)})")
+    if choice.image is not None:
+        reference = next(iter(images))
+        given_mask(choice, images[reference], reference)
 
 
 def _bias(images: dict[str, sitk.Image], mask: sitk.Image | None) -> StepReport:
@@ -270,21 +323,26 @@ def _bias(images: dict[str, sitk.Image], mask: sitk.Image | None) -> StepReport:
     return StepReport("bias_correction", time.perf_counter() - start, True, {"n4": fields})
 
 
-def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, use_gpu: bool = False) -> PreparedCase:
+def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, use_gpu: bool = False,
+                 choice: BrainMaskChoice | None = None) -> PreparedCase:
     """Run the chain on the given sequences (manifest order; the first is the reference grid).
 
     Args:
         images: sequence name -> image as read, each on its own grid.
         spec: the manifest's ``clinical_preprocessing``.
         use_gpu: run brain extraction on CUDA.
+        choice: the reader's brain mask, or the sequence to extract it from, for this case (None: the
+            model's rule; checked before any step: :func:`check_choice`).
 
     Returns:
         The :class:`PreparedCase` (every image on the first one's grid).
 
     Raises:
         InputError: a registration that fails its quality check, a brain mask that is empty or
-            covers the whole volume, deepbet missing when brain extraction is asked for.
+            covers the whole volume, deepbet missing when brain extraction is asked for, a brain-mask
+            choice the case cannot take.
     """
+    check_choice(images, spec, choice)
     work = dict(images)
     steps, mask = [], None
     if spec.background == "zero_constant":
@@ -292,7 +350,7 @@ def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, 
     if spec.registration == "rigid":
         steps.append(_registration(work, spec))
     if spec.brain_mask != "never":
-        step, mask = _brain_mask(work, spec, use_gpu)
+        step, mask = _brain_mask(work, spec, use_gpu, choice)
         steps.append(step)
     if spec.bias_correction:
         steps.append(_bias(work, mask))
@@ -313,6 +371,9 @@ def _notes(step: StepReport) -> list[str]:
         return [f"clinical preprocessing: {name} registered onto {d['onto']} (rigid, {v['rotation_deg']:.2f} deg, "
                 f"{v['translation_mm']:.2f} mm; quality {v['quality_before']:.2f} -> {v['quality_after']:.2f})"
                 for name, v in d["sequences"].items() if isinstance(v, dict)]
+    if step.name == "brain_mask" and d["mode"] == "given":
+        return [f"clinical preprocessing: the brain mask was given ({d['source']}, {d['brain_ml']:.0f} mL); everything "
+                f"outside it was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
     if step.name == "brain_mask":
         return [f"clinical preprocessing: brain extracted from {d['source']} ({d['brain_ml']:.0f} mL, deepbet); "
                 f"everything outside the mask was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
