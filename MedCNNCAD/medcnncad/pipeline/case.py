@@ -30,27 +30,13 @@ from medcnncad.metrics.label_conventions import check_reference_values, relabel
 from medcnncad.metrics.segmentation import check_label_image, check_same_grid, compute_metrics
 from medcnncad.models.channels import display_channel
 from medcnncad.models.manifest import Manifest
-from medcnncad.preprocessing.brain_mask import BrainMaskChoice
+from medcnncad.preprocessing.brain_mask import brain_mask_choice
 from medcnncad.preprocessing.chain import check_model_takes_choice
 from medcnncad.reporting.case_outputs import check_inputs_spared, report_text, write_case_outputs
 from medcnncad.reporting.input_files import file_fingerprint, input_fingerprints, resolved_paths
 from medcnncad.retrieval.descriptors import case_descriptors
 
-__all__ = ["process_case", "brain_mask_choice"]
-
-
-def brain_mask_choice(path: str | None = None, source: str | None = None) -> BrainMaskChoice | None:
-    """The reader's brain-mask choice for one case: a mask file (a volume file or DICOM folder, non-zero voxels
-    are brain, on the first given sequence's grid) or the sequence deepbet should read; None when neither.
-
-    Raises:
-        InputError: both given, or the file cannot be read (one line naming it).
-    """
-    if path and source:
-        raise InputError(f"brain mask {path} and brain mask from {source}: give one, not both")
-    if path:
-        return BrainMaskChoice(image=read_volume(path), name=f"brain mask {path}")
-    return BrainMaskChoice(source=source) if source else None
+__all__ = ["process_case"]
 
 
 def _read_inputs(inputs: dict[str, str], series: dict[str, str], picked: dict[str, int]) -> dict:
@@ -135,7 +121,8 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     refused (:func:`medcnncad.data.dataset_json.reference_convention`); a reference holding a value that is none of
     the model's, after it, is refused before the network runs. ``brain_mask`` (a mask file on the first input's
     grid) or ``brain_mask_from`` (a given sequence) replace the model's rule for the brain mask of its clinical
-    preprocessing (:func:`brain_mask_choice`; the report's ``brain_mask_file`` names the file with its SHA-256).
+    preprocessing (:func:`medcnncad.preprocessing.brain_mask.brain_mask_choice`; the report's ``brain_mask_file``
+    names the file with its SHA-256).
     """
     progress = progress or (lambda stage, fraction: None)
     check_inputs_spared(out, [*inputs.values(), reference, brain_mask])  # before the network runs; "" is refused

@@ -27,11 +27,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
-from medcnncad.io.images import check_finite, geometry_text, same_space
+from medcnncad.io.images import check_finite, geometry_text, read_volume, same_space
 from medcnncad.models.preprocessing import ras_affine
 
 __all__ = ["SOURCE_ORDER", "MIN_SHARE", "MAX_SHARE", "BrainMaskChoice", "extract_brain", "check_mask", "apply_mask",
-           "mask_volume_ml", "pick_source", "given_mask"]
+           "mask_volume_ml", "pick_source", "given_mask", "brain_mask_choice"]
 
 SOURCE_ORDER = ("T1", "T2", "FLAIR", "T1c")
 """Sequences to compute the brain mask from, best first (see the module docstring)."""
@@ -64,6 +64,22 @@ class BrainMaskChoice:
                              f"(sequence {self.source})")
 
 
+def brain_mask_choice(path: str | None = None, source: str | None = None,
+                      name: str | None = None) -> BrainMaskChoice | None:
+    """The reader's brain-mask choice for one case: a mask file (a volume file or DICOM folder, non-zero voxels
+    are brain, on the first given sequence's grid; ``name`` says what it is in messages, default "brain mask
+    PATH") or the sequence deepbet should read; None when neither.
+
+    Raises:
+        InputError: both given, or the file cannot be read (one line naming it).
+    """
+    if path and source:
+        raise InputError(f"brain mask {path} and brain mask from {source}: give one, not both")
+    if path:
+        return BrainMaskChoice(image=read_volume(path), name=name or f"brain mask {path}")
+    return BrainMaskChoice(source=source) if source else None
+
+
 def given_mask(choice: BrainMaskChoice, reference: sitk.Image, reference_name: str) -> sitk.Image:
     """The reader's mask of ``choice`` as a uint8 (0/1) image on ``reference``'s grid.
 
@@ -83,7 +99,7 @@ def given_mask(choice: BrainMaskChoice, reference: sitk.Image, reference_name: s
                          f"({geometry_text(image)} against {geometry_text(reference)})")
     mask = sitk.GetImageFromArray((sitk.GetArrayViewFromImage(image) != 0).astype(np.uint8))
     mask.CopyInformation(reference)
-    return check_mask(mask, choice.name)
+    return check_mask(mask, choice.name, failure="")
 
 
 @functools.lru_cache(maxsize=1)
@@ -104,7 +120,7 @@ def mask_volume_ml(mask: sitk.Image) -> float:
 
 
 def check_mask(mask: sitk.Image, source: str = "brain mask", min_share: float = MIN_SHARE,
-               max_share: float = MAX_SHARE) -> sitk.Image:
+               max_share: float = MAX_SHARE, failure: str = "brain extraction failed, ") -> sitk.Image:
     """Return ``mask`` when it covers between ``min_share`` and ``max_share`` of its grid.
 
     Raises:
@@ -113,10 +129,9 @@ def check_mask(mask: sitk.Image, source: str = "brain mask", min_share: float = 
     array = sitk.GetArrayViewFromImage(mask)
     share = float(np.count_nonzero(array)) / max(array.size, 1)
     if share < min_share:
-        raise InputError(f"{source}: brain extraction failed, the mask is empty or nearly so ({share:.3%} of the "
-                         f"volume)")
+        raise InputError(f"{source}: {failure}the mask is empty or nearly so ({share:.3%} of the volume)")
     if share > max_share:
-        raise InputError(f"{source}: brain extraction failed, the mask covers {share:.1%} of the volume")
+        raise InputError(f"{source}: {failure}the mask covers {share:.1%} of the volume")
     return mask
 
 

@@ -37,7 +37,7 @@ __all__ = ["NodeTransaction", "volume_node_to_image", "ijk_to_ras_matrix", "add_
            "add_probability_nodes", "add_lesion_table", "add_metrics_table", "set_provenance",
            "set_probability_threshold", "jump_to_ras", "segmentation_to_labels", "add_discordance_segmentation",
            "lesion_concordance", "LesionDiscordance", "add_result_nodes", "ResultNodes", "Comparison",
-           "compare_nodes"]
+           "compare_nodes", "brain_mask_node_to_image"]
 
 PROVENANCE_PREFIX = "MedCNNCAD."
 
@@ -452,6 +452,36 @@ def add_brain_mask_node(result: SegmentationResult, reference_volume: Any,
     step = next((s for s in result.preprocessing if s.get("step") == "brain_mask"), {})
     seg.SetAttribute(PROVENANCE_PREFIX + "brainMask", json.dumps(step))
     return seg
+
+
+def brain_mask_node_to_image(node: Any, reference_volume: Any) -> tuple[sitk.Image, str]:
+    """A reader's brain mask node as a SimpleITK image, and how messages and the report name it.
+
+    A segmentation node gives its segment named "brain" (any case; the segment :func:`add_brain_mask_node` makes,
+    perhaps edited in the Segment Editor) or its only segment, exported onto ``reference_volume``'s grid (both
+    nodes' transforms applied). A label map or scalar volume node is taken as it is (non-zero = brain); the engine
+    then refuses it if it is not on the reference's grid. Nothing in the scene changes.
+
+    Raises:
+        InputError: a segmentation with several segments none named "brain", or no segment; a node of another kind.
+    """
+    if hasattr(node, "GetSegmentation"):
+        segmentation = node.GetSegmentation()
+        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        names = [segmentation.GetSegment(i).GetName() for i in ids]
+        chosen = [i for i, n in zip(ids, names) if n.strip().lower() == "brain"] or (ids if len(ids) == 1 else [])
+        if not chosen:
+            raise InputError(f"segmentation {node.GetName()!r} has segments {names}: name the brain mask's segment "
+                             "'brain' (or keep only that segment)")
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(node, chosen[0], reference_volume)
+        image = sitk.GetImageFromArray((np.asarray(array) != 0).astype(np.uint8))
+        image.CopyInformation(volume_node_to_image(reference_volume))
+        name = segmentation.GetSegment(chosen[0]).GetName()
+        return image, f"segment {name!r} of {node.GetName()!r}"
+    if node is None or not hasattr(node, "GetImageData"):
+        kind = type(node).__name__ if node is not None else "None"
+        raise InputError(f"brain mask: a {kind} is neither a segmentation nor a volume node")
+    return volume_node_to_image(node), f"brain mask volume {node.GetName()!r}"
 
 
 # -- reference comparison -----------------------------------------------------------------

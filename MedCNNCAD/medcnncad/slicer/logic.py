@@ -201,6 +201,27 @@ class SecondReaderLogic:
         return named
 
     # -- 4D inputs (one file or sequence holding several MRI sequences) ----------------------
+    @staticmethod
+    def brainMaskChoice(brainMask: Any = None, brainMaskFrom: str | None = None,
+                        referenceVolumeNode: Any = None) -> Any:
+        """The engine's ``BrainMaskChoice`` for a run: ``brainMask`` (segmentation node: its "brain" or only
+        segment, exported onto ``referenceVolumeNode``'s grid; or a label map volume node) or ``brainMaskFrom``
+        (a channel name); None when neither. The scene is not changed.
+
+        Raises:
+            InputError: both given, or a node that is no brain mask (naming it).
+        """
+        from medcnncad.preprocessing.brain_mask import BrainMaskChoice
+        from medcnncad.slicer.adaptor import brain_mask_node_to_image
+
+        if brainMask is not None and brainMaskFrom:
+            raise InputError(f"brain mask {brainMask.GetName()!r} and brain mask from {brainMaskFrom}: give one, "
+                             "not both")
+        if brainMask is not None:
+            image, name = brain_mask_node_to_image(brainMask, referenceVolumeNode)
+            return BrainMaskChoice(image=image, name=name)
+        return BrainMaskChoice(source=brainMaskFrom) if brainMaskFrom else None
+
     def load4DFile(self, path: str, model: str = "demo", volumeOrder: str = "") -> dict[str, Any]:
         """Add one scalar volume node per channel of ``model`` that the 4D file's volumes hold; channel -> node.
 
@@ -221,20 +242,26 @@ class SecondReaderLogic:
     # -- segmentation ---------------------------------------------------------------------
     def segment(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto", trust: bool = False,
                 progress: Callable[[str, float], None] | None = None, classifier: str | None = None,
-                tta: bool | None = None, precision: str | None = None) -> ResultNodes:
+                tta: bool | None = None, precision: str | None = None, brainMask: Any = None,
+                brainMaskFrom: str | None = None) -> ResultNodes:
         """Segment in this process (blocking). Volumes as a list in channel order or a name -> node dict.
 
         ``classifier`` (model id) adds calibrated lesion class probabilities to the lesion table;
         ``tta`` adds test-time augmentation (4x the network time) and an uncertainty volume; ``None``
         follows the model (manifest ``inference.test_time_augmentation``). ``precision`` (None: measured once
         per machine and model, ``medcnncad.inference.machine_policy.default_precision``) sets the execution policy.
+        ``brainMask`` (a segmentation node with a "brain" segment, e.g. an earlier run's "MedCNNCAD brain mask"
+        edited in the Segment Editor, or a label map volume) or ``brainMaskFrom`` (a channel name, e.g. "T1c")
+        replaces the model's brain extraction for this run (:meth:`brainMaskChoice`).
         """
         from medcnncad.inference.machine_policy import cached_segmenter
         from medcnncad.slicer.adaptor import add_result_nodes, volume_node_to_image
 
         segmenter = cached_segmenter(model, device, trust, precision)
         volumes = self._namedInputs(inputVolumeNodes, segmenter.manifest)
-        result = segmenter.run({k: volume_node_to_image(v) for k, v in volumes.items()}, progress=progress, tta=tta)
+        choice = self.brainMaskChoice(brainMask, brainMaskFrom, firstNonEmptyVolume(volumes.values()))
+        result = segmenter.run({k: volume_node_to_image(v) for k, v in volumes.items()}, progress=progress, tta=tta,
+                               brain_mask=choice)
         if classifier:
             from medcnncad.classification.grade import attach_classification, cached_classifier
 
@@ -245,15 +272,18 @@ class SecondReaderLogic:
     def startSegmentation(self, inputVolumeNodes: VolumeInputs, model: str = "demo", device: str = "auto",
                           trust: bool = False, classifier: str | None = None,
                           tta: bool | None = None, library: str | None = None,
-                          precision: str | None = None) -> dict[str, Any]:
+                          precision: str | None = None, brainMask: Any = None,
+                          brainMaskFrom: str | None = None) -> dict[str, Any]:
         """Start a run in the persistent worker process; poll it with :meth:`pollSegmentation`. With ``library``
         (it becomes :attr:`libraryPath`) or :attr:`libraryPath` set, the worker also describes the lesions for
-        :meth:`similarCases`. ``precision`` as for :meth:`segment`."""
+        :meth:`similarCases`. ``precision``, ``brainMask`` and ``brainMaskFrom`` as for :meth:`segment` (a brain
+        mask the case cannot take is refused here, before the worker starts)."""
         self.libraryPath = library or self.libraryPath
         import SimpleITK as sitk
 
         from medcnncad.inference.inputs import check_channels
         from medcnncad.models.registry import find_model
+        from medcnncad.preprocessing.chain import check_choice
         from medcnncad.slicer.adaptor import volume_node_to_image
         from medcnncad.slicer.worker import WorkerClient
 
@@ -263,12 +293,18 @@ class SecondReaderLogic:
         volumes = self._namedInputs(inputVolumeNodes, manifest)
         check_channels(manifest, volumes)  # refused here, before a worker starts or a file is written
         images = {name: volume_node_to_image(node) for name, node in volumes.items()}  # refused before any file
+        choice = self.brainMaskChoice(brainMask, brainMaskFrom, firstNonEmptyVolume(volumes.values()))
+        check_choice(images, manifest.clinical, choice, f"model {manifest.id}")
         folder = tempfile.mkdtemp(prefix="medcnncad-")
         inputs = {}
+        mask: dict[str, Any] = {"brain_mask_from": choice.source if choice is not None else None}
         try:
             for name, image in images.items():
                 inputs[name] = os.path.join(folder, f"{name}.nrrd")
                 sitk.WriteImage(image, inputs[name])
+            if choice is not None and choice.image is not None:
+                mask.update(brain_mask=os.path.join(folder, "brain_mask.nrrd"), brain_mask_name=choice.name)
+                sitk.WriteImage(choice.image, mask["brain_mask"])
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -276,7 +312,7 @@ class SecondReaderLogic:
         requestId = self._worker.submit({"cmd": "segment", "model": modelFolder, "device": device, "trust": trust,
                                          "classifier": classifier or None, "tta": None if tta is None else bool(tta),
                                          "inputs": inputs, "out": os.path.join(folder, "out"),
-                                         "describe": bool(self.libraryPath), "precision": precision})
+                                         "describe": bool(self.libraryPath), "precision": precision, **mask})
         return {"id": requestId, "folder": folder, "manifest": manifest, "model": modelFolder,
                 "reference": firstNonEmptyVolume(volumes.values())}
 

@@ -56,6 +56,7 @@ from medcnncad.inference.machine_policy import cached_segmenter
 from medcnncad.inference.segmenter import SegmentationResult
 from medcnncad.lesions.components import Lesion
 from medcnncad.lesions.lesion_filter import RemovedCandidate
+from medcnncad.preprocessing.brain_mask import brain_mask_choice
 from medcnncad.retrieval.descriptors import case_descriptors, retrieval_report
 
 __all__ = ["serve", "save_result", "load_result", "WorkerClient", "WorkerError", "WorkerCancelled",
@@ -133,8 +134,10 @@ class _Server:
             self.emit(id=rid, event="progress", stage=stage, fraction=fraction)
 
         describe = bool(request.get("describe"))  # then the descriptors reuse the network's input
+        choice = brain_mask_choice(request.get("brain_mask"), request.get("brain_mask_from"),
+                                   request.get("brain_mask_name"))  # the reader's brain mask, written by the Logic
         result = segmenter.run(request["inputs"], progress=progress, tta=request.get("tta"),
-                               keep_network_input=describe)
+                               keep_network_input=describe, brain_mask=choice)
         if request.get("classifier"):
             attach_classification(result, cached_classifier(request["classifier"]))
         save_result(result, Path(request["out"]))
