@@ -64,6 +64,7 @@ def parameterNodeClass():
         inputVolume3: slicer.vtkMRMLScalarVolumeNode
         inputSequence: slicer.vtkMRMLSequenceNode  # a 4D input to split into the channels above
         volumeOrder: str = ""  # its volumes' channels in order (FLAIR,T1,T1c,T2); empty: from its dataset.json
+        brainMask: slicer.vtkMRMLSegmentationNode  # the reader's own brain mask for a run; None: the model's
         probabilityThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
         referenceSegmentation: slicer.vtkMRMLSegmentationNode
         referenceLabels: str = ""  # the reference's label convention when not the model's: brats2023, msd, 3=4
@@ -263,7 +264,8 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volumes = {c.name: getattr(p, f"inputVolume{i}") for i, c in enumerate(manifest.inputs[:MAX_CHANNELS])}
             self._job = self.logic.startSegmentation({k: v for k, v in volumes.items() if v}, p.model, p.device,
                                                      p.trust, self.logic.lesionClassifier(p.classifyLesions),
-                                                     p.testTimeAugmentation, p.libraryFolder or None)
+                                                     p.testTimeAugmentation, p.libraryFolder or None,
+                                                     brainMask=p.brainMask)
             self.ui.applyButton.text = "Cancel"
             self.ui.progressBar.value = 0
             self.timer.start()

@@ -191,8 +191,8 @@ def test_ui_parameter_bindings_are_parameter_node_fields():
 
 def test_module_file_stays_thin():
     # 400 + the wiring of Similar cases (5), of DICOM export (10), of the 4D input (30) and of a scene closed
-    # during a run (12: cancel it, clear the tables)
-    assert len((MODULE_DIR / "MedCNNCAD.py").read_text().splitlines()) <= 457
+    # during a run (12: cancel it, clear the tables) and of the reader's brain mask (2)
+    assert len((MODULE_DIR / "MedCNNCAD.py").read_text().splitlines()) <= 459
 
 
 # -- issue #23: the extension as a clinician's first install meets it -----------------------------------------------
