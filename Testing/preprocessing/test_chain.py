@@ -700,6 +700,62 @@ def test_a_try_s_own_pair_holds_deep_copies_of_what_it_hands_itk():
     assert edges.side.edges is not side.edges and edges.side.edges.IsUnique() and edges.side.image is side.image
 
 
+@pytest.mark.parametrize("budget, width", [(None, 8), ("1", 1), ("3", 3), ("4,2", 4), ("16", 8), ("", 8),
+                                           ("0", 8), ("-2", 8), ("two", 8), ("\u00b2", 8)])
+def test_the_registration_width_keeps_to_the_process_s_thread_budget(monkeypatch, budget, width):
+    """On 8 cores, a process whose OMP_NUM_THREADS sets a budget (a cohort's Dask worker: 1) registers on at most that
+    many threads; unset or not a positive count, every core is used. Before, each of ``batch --workers N``'s
+    processes started one registration per core of the machine."""
+    import os
+
+    from medcnncad.preprocessing import chain
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    if budget is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", budget)
+    assert chain.registration_workers() == width
+
+
+def test_a_budget_of_one_thread_registers_every_sequence_and_try_in_the_calling_thread(monkeypatch):
+    """With OMP_NUM_THREADS=1 on 8 cores, two moved sequences, every try of each forced to run: every registration
+    runs in the calling thread, one after another (on 8 cores without a budget they ran on pool threads), and the
+    prepared case equals the one of an explicit single worker."""
+    import os
+    import threading
+
+    from medcnncad.models.manifest import ClinicalPreprocessing
+    from medcnncad.preprocessing import chain
+
+    monkeypatch.setattr(chain, "GRADIENT_TRY_MIN_QUALITY", 0.999)  # every try runs
+    fixed = _head(32)
+    images = {"T1": fixed}
+    for n, name in enumerate(["T2", "FLAIR"]):
+        moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
+        moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
+        images[name] = moved
+    spec = ClinicalPreprocessing(brain_mask="never")
+    real = chain.register_rigid
+    threads: list[str] = []
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "register_rigid", spy)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    budget = chain.prepare_case(images, spec)
+    assert threads == [threading.current_thread().name] * 6  # 2 sequences x 3 tries, here
+    monkeypatch.setattr(chain, "registration_workers", lambda: 1)
+    single = chain.prepare_case(images, spec)
+    for name in images:
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(budget.images[name]),
+                                      sitk.GetArrayViewFromImage(single.images[name]))
+
+
 def test_itk_thread_blocks_of_one_count_run_together_and_another_count_waits():
     """Blocks asking for the same ITK thread count hold it at the same time (both reach a barrier inside); a block
     asking for another count starts only after both have left, and the count before is restored at the end; a

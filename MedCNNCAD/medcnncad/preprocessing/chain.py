@@ -55,7 +55,8 @@ from medcnncad.preprocessing.registration import (
     resample_to,
 )
 
-__all__ = ["StepReport", "PreparedCase", "prepare_case", "head_volume_ml", "register_sequence", "registration_workers"]
+__all__ = ["StepReport", "PreparedCase", "prepare_case", "head_volume_ml", "register_sequence", "registration_workers",
+           "thread_budget", "THREAD_BUDGET"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -198,9 +199,26 @@ def _fixed_side(fixed: sitk.Image) -> FixedImage:
         raise itk_failure(exc) from None
 
 
+THREAD_BUDGET = "OMP_NUM_THREADS"
+"""The environment variable that gives a process its thread budget: Dask's nanny sets it to 1 in every worker process
+(``distributed.nanny.pre-spawn-environ``), so each of ``medcnncad batch --workers N``'s N processes, one case at a time
+each (``threads_per_worker=1``), registers on one thread instead of one per core of the machine; batch schedulers and
+users set it too, and torch's own thread count follows it."""
+
+
 def registration_workers() -> int:
-    """How many registrations may run side by side: the cores this process may use (each runs on one ITK thread)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """How many registrations may run side by side (each on one ITK thread): the cores this process may use, and no
+    more than its thread budget where :data:`THREAD_BUDGET` sets one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    budget = thread_budget(os.environ.get(THREAD_BUDGET))
+    return min(cores, budget) if budget is not None else cores
+
+
+def thread_budget(value: str | None) -> int | None:
+    """The thread count an ``OMP_NUM_THREADS`` value sets (a list such as ``4,2`` gives one per nesting level: the
+    first, outermost, counts); None where it sets none (unset, empty, not a positive whole number)."""
+    first = (value or "").split(",")[0].strip()
+    return int(first) if first.isascii() and first.isdecimal() and int(first) > 0 else None
 
 
 def _width(jobs: int, workers: int | None) -> int:
