@@ -260,3 +260,23 @@ def test_a_batch_where_every_case_fails_is_not_a_success(tmp_path, capsys):
                  "--model", "demo", "--device", "cpu"])
     assert code == 2
     assert "no case completed (1 failed; the reasons are in" in capsys.readouterr().err
+
+
+def test_a_local_cohort_worker_registers_within_its_one_thread_budget(monkeypatch):
+    """``batch --workers N`` runs N processes, one case at a time each: in each, the clinical chain's registrations
+    run on one thread (Dask's nanny sets OMP_NUM_THREADS=1 there), while this process without a budget would use
+    every core. Before, each worker process started one registration per core of the machine."""
+    import os
+
+    from dask.distributed import Client
+
+    from medcnncad.pipeline.cohort import local_cluster
+    from medcnncad.preprocessing.chain import registration_workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2:
+        pytest.skip("one core: the width is 1 with or without a budget")
+    assert registration_workers() == cores
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        assert client.submit(registration_workers, pure=False).result(timeout=120) == 1

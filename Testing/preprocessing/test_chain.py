@@ -543,6 +543,219 @@ def test_several_moved_sequences_are_registered_side_by_side_as_one_at_a_time(mo
                                       sitk.GetArrayViewFromImage(one.images[name]))
 
 
+class _HandedToITK:
+    """registration.py's SimpleITK module, noting every image the job running in the calling thread hands to it (a
+    filter's input, a view's image, an ``ImageRegistrationMethod``'s images and mask). The notes keep the images
+    alive, so that no two of them share an ``id``."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.jobs: dict[str, list[sitk.Image]] = {}
+        self.mine = threading.local()
+
+    def job(self, name: str):
+        """Note what the calling thread hands to SimpleITK as job ``name`` while the block runs."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def block():
+            self.mine.images = self.jobs.setdefault(name, [])
+            try:
+                yield
+            finally:
+                self.mine.images = None
+
+        return block()
+
+    def note(self, args: tuple, kwargs: dict) -> None:
+        images = getattr(self.mine, "images", None)
+        if images is not None:
+            images.extend(a for a in (*args, *kwargs.values()) if isinstance(a, sitk.Image))
+
+    def noting(self, call):
+        def noted(*args, **kwargs):
+            self.note(args, kwargs)
+            return call(*args, **kwargs)
+
+        return noted
+
+    def __getattr__(self, name: str):
+        real = getattr(sitk, name)
+        if name == "ImageRegistrationMethod":
+            return lambda: _Noted(real(), self)
+        return self.noting(real) if callable(real) and not isinstance(real, type) else real
+
+    def shared(self, a: str, b: str) -> set[int]:
+        """The images jobs ``a`` and ``b`` both handed to SimpleITK (by id); each must have handed some."""
+        ids_a, ids_b = ({id(image) for image in self.jobs[job]} for job in (a, b))
+        assert len(ids_a) >= 3 and len(ids_b) >= 3, (len(ids_a), len(ids_b))
+        return ids_a & ids_b
+
+
+class _Noted:
+    """An ``ImageRegistrationMethod`` whose method calls note their images (:class:`_HandedToITK`)."""
+
+    def __init__(self, method, notes: _HandedToITK) -> None:
+        self._method, self._notes = method, notes
+
+    def __getattr__(self, name: str):
+        real = getattr(self._method, name)
+        return self._notes.noting(real) if callable(real) else real
+
+
+def test_tries_side_by_side_hand_itk_no_image_in_common(monkeypatch):
+    """Two tries running at once never hand SimpleITK the same image object: ITK writes pipeline state (the requested
+    region) into a filter's input image, and ``GetArrayViewFromImage`` calls ``MakeUnique``, which frees and swaps the
+    image's buffer while the other try's ``ImageRegistrationMethod`` holds the mask; two threads doing that to one
+    mask crashed Python (a segmentation fault in 2 of 3 runs of a loop of what each try does). The tries that ran
+    side by side share no image; the choice is the one-worker choice, to the bit."""
+    import threading
+
+    from medcnncad.preprocessing import chain, registration
+
+    monkeypatch.setattr(chain, "GRADIENT_TRY_MIN_QUALITY", 0.999)  # every try runs
+    fixed = _head(40)
+    moving, _ = _moved(fixed, (0.0, 0.0, 3.0), (2.0, -1.0, 1.0))
+    serial_reg, _ = chain.register_sequence(fixed, moving, 0.25, workers=1)
+    notes = _HandedToITK()
+    monkeypatch.setattr(registration, "sitk", notes)
+    met = threading.Barrier(2, timeout=60)
+    real = chain.register_rigid
+
+    def spy(*args, **kwargs):
+        name = f"{kwargs['initialiser']} {kwargs['metric']}"
+        if name != "identity mattes":
+            met.wait()  # the two other tries: both running at once
+        with notes.job(name):
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "register_rigid", spy)
+    reg, _ = chain.register_sequence(fixed, moving, 0.25, workers=2)
+    assert set(notes.jobs) == {"identity mattes", "identity gradient-correlation", "moments mattes"}
+    assert notes.shared("identity gradient-correlation", "moments mattes") == set()
+    np.testing.assert_array_equal(_parameters(reg), _parameters(serial_reg))
+    assert reg.gradient_correlation_after == serial_reg.gradient_correlation_after
+
+
+def test_sequences_side_by_side_hand_itk_no_image_in_common(monkeypatch):
+    """Two moved sequences registered at once onto one reference: neither hands SimpleITK an image of the
+    reference's (its float32 copy, mask, edges) that the other hands it too (see the test above); the prepared images
+    equal those of one worker."""
+    import threading
+
+    from medcnncad.models.manifest import ClinicalPreprocessing
+    from medcnncad.preprocessing import chain, registration
+
+    fixed = _head(40)
+    images = {"T1": fixed}
+    for n, name in enumerate(["T2", "FLAIR"]):
+        moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
+        moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
+        images[name] = moved
+    spec = ClinicalPreprocessing(brain_mask="never")
+    monkeypatch.setattr(chain, "registration_workers", lambda: 1)
+    one = chain.prepare_case(images, spec)
+    monkeypatch.setattr(chain, "registration_workers", lambda: 2)  # two sequences on two workers: one try at a time
+    notes = _HandedToITK()
+    monkeypatch.setattr(registration, "sitk", notes)
+    met = threading.Barrier(2, timeout=60)
+    real = chain.register_sequence
+    names = iter(["one sequence", "the other"])
+
+    def spy(fixed, moving, *args, **kwargs):
+        name = next(names)
+        met.wait()  # both sequences: running at once
+        with notes.job(name):
+            return real(fixed, moving, *args, **kwargs)
+
+    monkeypatch.setattr(chain, "register_sequence", spy)
+    two = chain.prepare_case(images, spec)
+    assert notes.shared("one sequence", "the other") == set()
+    for name in images:
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(two.images[name]),
+                                      sitk.GetArrayViewFromImage(one.images[name]))
+
+
+def test_a_try_s_own_pair_holds_deep_copies_of_what_it_hands_itk():
+    """A try's copy of the pair (and a sequence's copy of the reference's fixed side) holds images with their own
+    buffers (``sitk.Image(x)`` alone would share x's until one is written: both then not unique), equal to the bit,
+    and the arrays the figures read are shared and read-only."""
+    from medcnncad.preprocessing.registration import FixedImage, RegistrationPair
+
+    fixed = _head(24)
+    moving, _ = _moved(fixed, (0.0, 0.0, 3.0), (1.0, 0.0, 0.0))
+    side = FixedImage(fixed)
+    twin = side.copy()
+    for a, b in [(side.image, twin.image), (side.mask, twin.mask), (side.edges, twin.edges)]:
+        assert a is not b and a.IsUnique() and b.IsUnique()
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
+    assert twin.inside is side.inside and not side.inside.flags.writeable and not side.values.flags.writeable
+    pair = RegistrationPair(side, moving)
+    mattes, edges = pair.for_try("mattes", "moments"), pair.for_try("gradient-correlation", "identity")
+    for own in (mattes, edges):
+        assert own.moving is not pair.moving and own.moving.IsUnique() and own.side.mask is not side.mask
+        assert (own.nmi_before, own.gc_before) == (pair.nmi_before, pair.gc_before)
+    assert mattes.side.image is not side.image and mattes.side.image.IsUnique() and mattes.side.edges is side.edges
+    assert edges.side.edges is not side.edges and edges.side.edges.IsUnique() and edges.side.image is side.image
+
+
+@pytest.mark.parametrize("budget, width", [(None, 8), ("1", 1), ("3", 3), ("4,2", 4), ("16", 8), ("", 8),
+                                           ("0", 8), ("-2", 8), ("two", 8), ("\u00b2", 8)])
+def test_the_registration_width_keeps_to_the_process_s_thread_budget(monkeypatch, budget, width):
+    """On 8 cores, a process whose OMP_NUM_THREADS sets a budget (a cohort's Dask worker: 1) registers on at most that
+    many threads; unset or not a positive count, every core is used. Before, each of ``batch --workers N``'s
+    processes started one registration per core of the machine."""
+    import os
+
+    from medcnncad.preprocessing import chain
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    if budget is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", budget)
+    assert chain.registration_workers() == width
+
+
+def test_a_budget_of_one_thread_registers_every_sequence_and_try_in_the_calling_thread(monkeypatch):
+    """With OMP_NUM_THREADS=1 on 8 cores, two moved sequences, every try of each forced to run: every registration
+    runs in the calling thread, one after another (on 8 cores without a budget they ran on pool threads), and the
+    prepared case equals the one of an explicit single worker."""
+    import os
+    import threading
+
+    from medcnncad.models.manifest import ClinicalPreprocessing
+    from medcnncad.preprocessing import chain
+
+    monkeypatch.setattr(chain, "GRADIENT_TRY_MIN_QUALITY", 0.999)  # every try runs
+    fixed = _head(32)
+    images = {"T1": fixed}
+    for n, name in enumerate(["T2", "FLAIR"]):
+        moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
+        moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
+        images[name] = moved
+    spec = ClinicalPreprocessing(brain_mask="never")
+    real = chain.register_rigid
+    threads: list[str] = []
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "register_rigid", spy)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    budget = chain.prepare_case(images, spec)
+    assert threads == [threading.current_thread().name] * 6  # 2 sequences x 3 tries, here
+    monkeypatch.setattr(chain, "registration_workers", lambda: 1)
+    single = chain.prepare_case(images, spec)
+    for name in images:
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(budget.images[name]),
+                                      sitk.GetArrayViewFromImage(single.images[name]))
+
+
 def test_itk_thread_blocks_of_one_count_run_together_and_another_count_waits():
     """Blocks asking for the same ITK thread count hold it at the same time (both reach a barrier inside); a block
     asking for another count starts only after both have left, and the count before is restored at the end; a

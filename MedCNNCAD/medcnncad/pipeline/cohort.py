@@ -176,9 +176,18 @@ def _run_serial(cases: Sequence[CohortCase], model: str, device: str, out_dir: s
     return statuses
 
 
+def local_cluster(workers: int) -> Any:
+    """The local Dask cluster a cohort runs on: ``workers`` processes, one case at a time each. Dask's nanny gives each
+    process a thread budget of 1 (``OMP_NUM_THREADS``), which torch and the clinical chain's registrations
+    (:func:`medcnncad.preprocessing.chain.registration_workers`) keep to."""
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
 def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str, bar,
               scheduler: str | None, workers: int, dicom: tuple[bool, bool], precision: str | None) -> list[dict]:
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, as_completed
 
     cluster = None
     if scheduler:
@@ -191,7 +200,7 @@ def _run_dask(cases: Sequence[CohortCase], model: str, device: str, out_dir: str
                 decide_policy_once(model, device, precision)
             except Exception as exc:  # noqa: BLE001 - the cases then fail (or calibrate) one by one, as serially
                 print(f"execution policy not decided before the workers start: {exc}", file=sys.stderr)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = local_cluster(workers)
         client = Client(cluster)
     try:
         futures = [client.submit(process_cohort_case, case, model, device, out_dir, dicom, precision,

@@ -9,8 +9,8 @@ Steps, in order, each timed and reported (:class:`StepReport`):
    figure or ends below its floor, the correlation of gradient magnitudes (floor 0.5) and a start from the
    centres of mass compete: :func:`register_sequence`, :mod:`.registration`) and resampled onto its grid;
    sequences already on that grid are left alone ("grids match"). Registrations of several sequences, and the tries
-   after a weak first one, run side by side on the cores (each on one ITK thread: the same transforms as one at a
-   time). A registration whose quality
+   after a weak first one, run side by side on the cores (each on one ITK thread and on its own copies of the images
+   it hands ITK: the same transforms as one at a time). A registration whose quality
    (gradient-magnitude correlation inside the head) stays below ``min_registration_quality`` is an
    error naming the sequence: the sequences may come from different patients.
 3. ``brain_mask``: deepbet brain extraction (:mod:`.brain_mask`) from the best sequence given (or the
@@ -28,6 +28,7 @@ SimpleITK images (LPS, mm); arrays (K, J, I).
 from __future__ import annotations
 
 import os
+import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -63,9 +64,10 @@ from medcnncad.preprocessing.registration import (
 )
 
 __all__ = ["StepReport", "PreparedCase", "prepare_case", "check_choice", "check_model_takes_choice",
-           "head_volume_ml", "register_sequence", "registration_workers"]
+           "head_volume_ml", "register_sequence", "registration_workers", "thread_budget", "THREAD_BUDGET"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -137,7 +139,8 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float,
     25 mm away), which the correlation of gradient magnitudes is not.
 
     The other tries run side by side on up to ``workers`` cores (default :func:`registration_workers`). Each runs
-    its metric on one ITK thread with its own seeded samples, so the result does not depend on how many run at once.
+    its metric on one ITK thread with its own seeded samples, so the result does not depend on how many run at once;
+    a try beside another hands ITK its own deep copies of the pair's images (:meth:`RegistrationPair.for_try`).
     ``reference``: ``FixedImage(fixed)`` already made (sequences registered onto one reference share it).
 
     Raises:
@@ -149,15 +152,15 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float,
     except RuntimeError as exc:
         raise itk_failure(exc) from None
 
-    def attempt(start: str, metric: str) -> Registration | None:  # an optimizer that fails is a failed try
+    def attempt(start: str, metric: str, own: RegistrationPair) -> Registration | None:  # failing: a failed try
         try:
             return register_rigid(fixed, moving, initialiser=start, metric=metric, min_gradient_correlation=-2.0,
-                                  pair=pair)
+                                  pair=own)
         except InputError as exc:
             errors.append(str(exc))
             return None
 
-    first = attempt("identity", "mattes")
+    first = attempt("identity", "mattes", pair)
     first_passes = first is not None and first.gradient_correlation_after >= max(
         min_quality, first.gradient_correlation_before - QUALITY_DROP)
     if first is not None and first_passes and first.gradient_correlation_after >= GRADIENT_TRY_MIN_QUALITY:
@@ -167,7 +170,12 @@ def register_sequence(fixed: sitk.Image, moving: sitk.Image, min_quality: float,
     # the other tries run, and a weak first try competes with them
     tries: list[tuple[Registration | None, str, float]] = (
         [(first, "mutual information from the scanner coordinates", min_quality)] if first_passes else [])
-    found = _side_by_side([partial(attempt, start, metric) for start, metric in REGISTRATION_TRIES], workers)
+    width = _width(len(REGISTRATION_TRIES), workers)
+    # a try beside others hands ITK its own images: every try but the first gets a copy, made here before any starts
+    own = [pair if n == 0 or width == 1 else pair.for_try(metric, start)
+           for n, (start, metric) in enumerate(REGISTRATION_TRIES)]
+    found = _side_by_side([partial(attempt, start, metric, mine)
+                           for (start, metric), mine in zip(REGISTRATION_TRIES, own)], width)
     for (start, metric), reg in zip(REGISTRATION_TRIES, found):
         edges = metric == "gradient-correlation"
         how = ("gradient-magnitude correlation" if edges else "mutual information") + \
@@ -199,21 +207,64 @@ def _fixed_side(fixed: sitk.Image) -> FixedImage:
         raise itk_failure(exc) from None
 
 
+THREAD_BUDGET = "OMP_NUM_THREADS"
+"""The environment variable that gives a process its thread budget: Dask's nanny sets it to 1 in every worker process
+(``distributed.nanny.pre-spawn-environ``), so each of ``medcnncad batch --workers N``'s N processes, one case at a time
+each (``threads_per_worker=1``), registers on one thread instead of one per core of the machine; batch schedulers and
+users set it too, and torch's own thread count follows it."""
+
+
 def registration_workers() -> int:
-    """How many registrations may run side by side: the cores this process may use (each runs on one ITK thread)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """How many registrations may run side by side (each on one ITK thread): the cores this process may use, and no
+    more than its thread budget where :data:`THREAD_BUDGET` sets one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    budget = thread_budget(os.environ.get(THREAD_BUDGET))
+    return min(cores, budget) if budget is not None else cores
+
+
+def thread_budget(value: str | None) -> int | None:
+    """The thread count an ``OMP_NUM_THREADS`` value sets (a list such as ``4,2`` gives one per nesting level: the
+    first, outermost, counts); None where it sets none (unset, empty, not a positive whole number)."""
+    first = (value or "").split(",")[0].strip()
+    return int(first) if first.isascii() and first.isdecimal() and int(first) > 0 else None
+
+
+def _width(jobs: int, workers: int | None) -> int:
+    """How many of ``jobs`` run side by side on up to ``workers`` threads (default :func:`registration_workers`)."""
+    return min(jobs, max(1, workers if workers is not None else registration_workers()))
 
 
 def _side_by_side(jobs: Sequence[Callable[[], T]], workers: int | None) -> list[T]:
     """Each job's result, in job order, run on up to ``workers`` threads (default :func:`registration_workers`);
     the first error raised, in job order, is raised once every job has ended."""
-    count = min(len(jobs), max(1, workers if workers is not None else registration_workers()))
+    count = _width(len(jobs), workers)
     if count <= 1:
         return [job() for job in jobs]
     with ThreadPoolExecutor(max_workers=count, thread_name_prefix="medcnncad-registration") as pool:
         futures = [pool.submit(job) for job in jobs]
         wait(futures)
     return [future.result() for future in futures]
+
+
+def _with_own_copy(jobs: Sequence[Callable[[R], T]], shared: R, copy: Callable[[R], R],
+                   workers: int | None) -> list[T]:
+    """:func:`_side_by_side` for jobs that each need an object that no job running beside them holds: ``shared`` and,
+    for each further job that may run at once, a ``copy`` of it, all made here before any job starts; a job takes
+    one that no running job holds and gives it back when it ends (the copies are alike: which one a job takes does
+    not change its result)."""
+    width = _width(len(jobs), workers)
+    free: queue.SimpleQueue[R] = queue.SimpleQueue()
+    for n in range(width):
+        free.put(shared if n == 0 else copy(shared))
+
+    def run(job: Callable[[R], T]) -> T:
+        mine = free.get_nowait()  # never empty: at most ``width`` jobs run at once
+        try:
+            return job(mine)
+        finally:
+            free.put(mine)
+
+    return _side_by_side([partial(run, job) for job in jobs], width)
 
 
 def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, workers: int | None = None) -> StepReport:
@@ -225,15 +276,16 @@ def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, wo
     moved = [name for name in names[1:] if name not in done]
     # the tries of one sequence share the cores with the other sequences' registrations
     inner = max(1, (workers if workers is not None else registration_workers()) // max(1, len(moved)))
-    reference = _fixed_side(fixed) if moved else None  # the fixed mask and edges: once for every sequence
 
-    def one(name: str) -> tuple[Registration, str]:
+    def one(name: str, reference: FixedImage) -> tuple[Registration, str]:
         try:
             return register_sequence(fixed, images[name], spec.min_registration_quality, inner, reference)
         except InputError as exc:
             raise InputError(f"input {name} onto {names[0]}: {exc}") from None
 
-    found = _side_by_side([partial(one, name) for name in moved], workers)
+    # the fixed mask and edges: made once for every sequence; a sequence beside others holds its own copy of them
+    found = _with_own_copy([partial(one, name) for name in moved], _fixed_side(fixed), FixedImage.copy,
+                           workers) if moved else []
     for name, (reg, how) in zip(moved, found):
         images[name] = resample_to(images[name], fixed, reg.transform)
         done[name] = {"rotation_deg": round(reg.rotation_deg, 3), "translation_mm": round(reg.translation_mm, 3),

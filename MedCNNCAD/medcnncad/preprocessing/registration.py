@@ -13,6 +13,7 @@ Arrays are in (K, J, I) order, as SimpleITK gives them.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 from medcnncad.io.itk_threads import itk_threads
 
-__all__ = ["Registration", "FixedImage", "RegistrationPair", "grids_match", "register_rigid", "resample_to",
+__all__ = ["Registration", "FixedImage", "Grid", "RegistrationPair", "grids_match", "register_rigid", "resample_to",
            "foreground_mask", "normalised_mutual_information", "gradient_correlation", "MIN_GRADIENT_CORRELATION",
            "METRICS", "failure_text", "itk_failure"]
 
@@ -100,14 +101,24 @@ def normalised_mutual_information(fixed: sitk.Image, moving_on_fixed: sitk.Image
     inside = sitk.GetArrayViewFromImage(mask) > 0
     f = sitk.GetArrayViewFromImage(fixed)[inside].astype(np.float64)
     m = sitk.GetArrayViewFromImage(moving_on_fixed)[inside].astype(np.float64)
-    if f.size < 100:
+    return _nmi(_clip(f) if f.size >= _MIN_VOXELS else f, m, bins)
+
+
+_MIN_VOXELS = 100
+"""Fewer voxels inside the mask than this: no quality figure (NMI nan, correlation 0)."""
+
+
+def _clip(x: np.ndarray) -> np.ndarray:
+    """``x`` clipped to its 0.5th and 99.5th percentiles (the NMI's histogram range)."""
+    lo, hi = np.percentile(x, [0.5, 99.5])
+    return np.clip(x, lo, hi if hi > lo else lo + 1)
+
+
+def _nmi(fixed_clipped: np.ndarray, moving: np.ndarray, bins: int) -> float:
+    """Studholme's NMI of the fixed values inside the mask (already :func:`_clip`-ped) and the moving ones there."""
+    if fixed_clipped.size < _MIN_VOXELS:
         return float("nan")
-
-    def clip(x: np.ndarray) -> np.ndarray:
-        lo, hi = np.percentile(x, [0.5, 99.5])
-        return np.clip(x, lo, hi if hi > lo else lo + 1)
-
-    joint, _, _ = np.histogram2d(clip(f), clip(m), bins=bins)
+    joint, _, _ = np.histogram2d(fixed_clipped, _clip(moving), bins=bins)
     p = joint / joint.sum()
 
     def entropy(q: np.ndarray) -> float:
@@ -122,51 +133,119 @@ def gradient_correlation(fixed: sitk.Image, moving_on_fixed: sitk.Image, mask: s
     """Pearson correlation of the gradient magnitudes of two images on one grid, inside ``mask``."""
     inside = sitk.GetArrayViewFromImage(mask) > 0
 
-    def gm(image: sitk.Image) -> sitk.Image:
-        return sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma_mm)
+    def gm(image: sitk.Image) -> np.ndarray:
+        edges = sitk.GradientMagnitudeRecursiveGaussian(sitk.Cast(image, sitk.sitkFloat32), sigma_mm)
+        return sitk.GetArrayViewFromImage(edges)[inside].astype(np.float64)
 
-    return _edge_correlation(gm(fixed), gm(moving_on_fixed), inside)
+    return _correlation(gm(fixed), gm(moving_on_fixed))
 
 
-def _edge_correlation(fixed_edges: sitk.Image, moving_edges: sitk.Image, inside: np.ndarray) -> float:
-    """Pearson correlation of two gradient-magnitude images inside the boolean (K, J, I) ``inside``."""
-    a = sitk.GetArrayViewFromImage(fixed_edges)[inside].astype(np.float64)
-    b = sitk.GetArrayViewFromImage(moving_edges)[inside].astype(np.float64)
-    if a.size < 100 or a.std() == 0 or b.std() == 0:
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two gradient-magnitude samples (the voxels inside the mask); 0 when one is flat."""
+    if a.size < _MIN_VOXELS or a.std() == 0 or b.std() == 0:
         return 0.0
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """``a``, no longer writeable: an array that registrations running side by side share."""
+    a.flags.writeable = False
+    return a
+
+
+def _deep_copy(image: sitk.Image) -> sitk.Image:
+    """A copy of ``image`` with its own ITK image and buffer (``sitk.Image(image)`` alone shares them until written)."""
+    copy = sitk.Image(image)
+    copy.MakeUnique()
+    return copy
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A fixed image's grid without its voxels: what resampling onto it needs, and its centre (mm, LPS)."""
+
+    size: tuple[int, ...]
+    origin: tuple[float, ...]
+    spacing: tuple[float, ...]
+    direction: tuple[float, ...]
+    centre: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Grid:
+        """The grid of ``image``."""
+        return cls(image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection(),
+                   image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+
+    def resample(self, moving: sitk.Image, transform: sitk.Transform) -> sitk.Image:
+        """``moving`` on this grid through ``transform``: :func:`resample_to` onto the image the grid is of, to the
+        bit, without handing that image to ITK."""
+        return sitk.Resample(moving, self.size, transform, sitk.sitkLinear, self.origin, self.spacing, self.direction,
+                             0.0, sitk.sitkFloat32)
+
+
 class FixedImage:
     """The fixed side of registrations onto one image, made once for every moving image and try: the image as
-    float32, its foreground mask (given, or :func:`foreground_mask`), that mask as a boolean (K, J, I) array and the
-    image's gradient magnitude. Read-only once made."""
+    float32, its foreground mask (given, or :func:`foreground_mask`), the image's gradient magnitude, its grid, and
+    what the quality figures read of them as read-only arrays (the mask as a boolean (K, J, I) array; the image's
+    values and its gradient magnitudes inside the mask).
+
+    Registrations running side by side share the arrays and the grid, never the SimpleITK images (:meth:`copy`):
+    ITK writes pipeline state into a filter's input image, and ``sitk.GetArrayViewFromImage`` calls ``MakeUnique``,
+    which swaps the image's buffer when another holder (an ``ImageRegistrationMethod`` keeping the mask) shares it.
+    """
 
     def __init__(self, fixed: sitk.Image, fixed_mask: sitk.Image | None = None) -> None:
         self.image = sitk.Cast(fixed, sitk.sitkFloat32)
         self.mask = fixed_mask if fixed_mask is not None else foreground_mask(self.image)
-        self.inside = sitk.GetArrayViewFromImage(self.mask) > 0
         self.edges = _gradient_magnitude(self.image)
+        self.grid = Grid.of(self.image)
+        self.inside = _read_only(sitk.GetArrayViewFromImage(self.mask) > 0)
+        values = sitk.GetArrayViewFromImage(self.image)[self.inside].astype(np.float64)
+        self.values = _read_only(_clip(values) if values.size >= _MIN_VOXELS else values)
+        self.edge_values = _read_only(sitk.GetArrayViewFromImage(self.edges)[self.inside].astype(np.float64))
+
+    def copy(self, image: bool = True, edges: bool = True) -> FixedImage:
+        """This fixed side for a registration that runs beside others: its own deep copy of the mask, and of the image
+        and its gradient magnitude where asked (those not asked for stay shared: the job must not use them); the
+        arrays and the grid are shared."""
+        twin = copy.copy(self)
+        twin.mask = _deep_copy(self.mask)
+        if image:
+            twin.image = _deep_copy(self.image)
+        if edges:
+            twin.edges = _deep_copy(self.edges)
+        return twin
 
 
 class RegistrationPair:
     """What every try of registering one image onto another shares, computed once: the fixed side
     (:class:`FixedImage`, which several moving images may share), the moving image as float32 and the quality figures
     before registration (the moving image on the fixed grid unmoved). The moving image's gradient magnitude (the
-    gradient-correlation metric's input) is made when first asked for. Read-only once made: tries running side by side
-    may share it.
+    gradient-correlation metric's input) is made when first asked for.
+
+    Tries that run side by side each take their own :meth:`for_try` copy (a try hands its pair's images to ITK).
     """
 
     def __init__(self, fixed: sitk.Image | FixedImage, moving: sitk.Image,
                  fixed_mask: sitk.Image | None = None) -> None:
-        side = fixed if isinstance(fixed, FixedImage) else FixedImage(fixed, fixed_mask)
-        self.fixed, self.mask, self.inside, self.fixed_edges = side.image, side.mask, side.inside, side.edges
+        self.side = fixed if isinstance(fixed, FixedImage) else FixedImage(fixed, fixed_mask)
         self.moving = sitk.Cast(moving, sitk.sitkFloat32)
-        before = resample_to(self.moving, self.fixed, sitk.Transform())
-        self.nmi_before = normalised_mutual_information(self.fixed, before, self.mask)
-        self.gc_before = _edge_correlation(self.fixed_edges, _gradient_magnitude(before), self.inside)
+        self.nmi_before, self.gc_before = self.figures_after(sitk.Transform())
         self._moving_edges: sitk.Image | None = None
         self._making = threading.Lock()
+
+    def for_try(self, metric: str, initialiser: str) -> RegistrationPair:
+        """This pair for one try (``metric``, ``initialiser`` as :func:`register_rigid` takes them) that runs beside
+        other tries: the same figures and arrays, and its own deep copy of each image the try hands to ITK (the moving
+        image and the fixed mask; the fixed image for mutual information or a start from the images' centres; the
+        fixed gradient magnitude for the gradient correlation). The same results as the pair itself, to the bit."""
+        twin = copy.copy(self)
+        twin.side = self.side.copy(image=metric != "gradient-correlation" or initialiser != "identity",
+                                   edges=metric == "gradient-correlation")
+        twin.moving = _deep_copy(self.moving)
+        twin._moving_edges = None if self._moving_edges is None else _deep_copy(self._moving_edges)
+        twin._making = threading.Lock()
+        return twin
 
     def moving_edges(self) -> sitk.Image:
         """The moving image's gradient magnitude (made once, also when tries ask at the same time)."""
@@ -176,10 +255,14 @@ class RegistrationPair:
             return self._moving_edges
 
     def figures_after(self, transform: sitk.Transform) -> tuple[float, float]:
-        """Normalised mutual information and gradient-magnitude correlation with ``transform`` applied."""
-        after = resample_to(self.moving, self.fixed, transform)
-        return (normalised_mutual_information(self.fixed, after, self.mask),
-                _edge_correlation(self.fixed_edges, _gradient_magnitude(after), self.inside))
+        """Normalised mutual information and gradient-magnitude correlation with ``transform`` applied (read from the
+        fixed side's arrays: the fixed images themselves are not touched)."""
+        after = self.side.grid.resample(self.moving, transform)
+        after_edges = _gradient_magnitude(after)  # held while its view is read (a view does not keep it alive)
+        inside = self.side.inside
+        moved = sitk.GetArrayViewFromImage(after)[inside].astype(np.float64)
+        edges = sitk.GetArrayViewFromImage(after_edges)[inside].astype(np.float64)
+        return _nmi(self.side.values, moved, bins=64), _correlation(self.side.edge_values, edges)
 
 
 def resample_to(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform | None = None,
@@ -302,15 +385,15 @@ def _register(pair: RegistrationPair, seed: int, initialiser: str, sampling: flo
               threads: int, min_gradient_correlation: float, metric: str = "mattes") -> Registration:
     """One registration from one start (see :func:`register_rigid`)."""
     start = time.perf_counter()
-    f, m, mask = pair.fixed, pair.moving, pair.mask
+    m, mask = pair.moving, pair.side.mask  # the fixed image itself only where the metric or the start reads it
     if initialiser == "identity":
         euler = sitk.Euler3DTransform()
-        euler.SetCenter(f.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in f.GetSize()]))
+        euler.SetCenter(pair.side.grid.centre)
         initial: sitk.Transform = euler
     elif initialiser in ("moments", "geometry"):
         how = (sitk.CenteredTransformInitializerFilter.MOMENTS if initialiser == "moments"
                else sitk.CenteredTransformInitializerFilter.GEOMETRY)
-        initial = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(), how)
+        initial = sitk.CenteredTransformInitializer(pair.side.image, m, sitk.Euler3DTransform(), how)
     else:
         raise InputError(f"initialiser {initialiser!r}: choose auto, moments, geometry or identity")
 
@@ -336,7 +419,7 @@ def _register(pair: RegistrationPair, seed: int, initialiser: str, sampling: flo
     try:
         edges = metric == "gradient-correlation"
         with itk_threads(threads):  # the v4 metric's sums: in a fixed order
-            transform = method.Execute(*((pair.fixed_edges, pair.moving_edges()) if edges else (f, m)))
+            transform = method.Execute(*((pair.side.edges, pair.moving_edges()) if edges else (pair.side.image, m)))
     except RuntimeError as exc:
         raise itk_failure(exc) from exc
     final = float(method.GetMetricValue())
@@ -344,8 +427,7 @@ def _register(pair: RegistrationPair, seed: int, initialiser: str, sampling: flo
         raise InputError(f"rigid registration failed: metric {final}")
     nmi_before, gc_before = pair.nmi_before, pair.gc_before
     nmi_after, gc_after = pair.figures_after(transform)
-    angle, shift = _euler_parts(transform, f.TransformContinuousIndexToPhysicalPoint(
-        [(n - 1) / 2 for n in f.GetSize()]))
+    angle, shift = _euler_parts(transform, pair.side.grid.centre)
     seconds = time.perf_counter() - start
     if gc_after < min_gradient_correlation:
         raise InputError(_failure(gc_before, gc_after, nmi_before, nmi_after, min_gradient_correlation))
