@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import functools
 import multiprocessing as mp
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,7 @@ from medcnncad.metrics.segmentation import check_label_image
 from medcnncad.models.channels import assign_channels
 from medcnncad.models.manifest import ClinicalPreprocessing, Manifest, channels_named, parse_manifest
 from medcnncad.models.preprocessing import build_preprocessing_dict, to_metatensor
-from medcnncad.preprocessing.chain import prepare_case
+from medcnncad.preprocessing.chain import THREAD_BUDGET, prepare_case
 
 __all__ = ["phantom_cases", "with_transplants", "real_scan_cases", "expand_copies", "file_cases", "split_cases",
            "prepare_cases", "class_lut", "donor_references"]
@@ -348,5 +349,12 @@ def prepare_cases(cases: list[dict[str, Any]], manifest: Manifest, workers: int,
     args = [(c, manifest.raw, str(manifest.folder)) for c in cases]
     if workers <= 1 or len(args) <= 1:
         return [prepare(a) for a in args]
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=one_thread_worker) as pool:
         return pool.map(prepare, args, chunksize=1)
+
+
+def one_thread_worker() -> None:
+    """A case-preparing process works on one thread: torch's, and the clinical chain's registrations
+    (:data:`medcnncad.preprocessing.chain.THREAD_BUDGET`), so ``workers`` processes use ``workers`` cores."""
+    os.environ[THREAD_BUDGET] = "1"
+    torch.set_num_threads(1)
