@@ -41,6 +41,17 @@ def _moved(image: sitk.Image, angles_deg: tuple[float, float, float], shift_mm: 
     return moving, truth
 
 
+def _moved_sequences(fixed: sitk.Image, names: list[str]) -> dict[str, sitk.Image]:
+    """``{"T1": fixed}`` and each of ``names`` moved a little more than the one before (2 + n degrees about z,
+    (1 + n, -1, 0.5) mm), on grids half a millimetre off ``fixed``'s, so that every one is registered."""
+    images = {"T1": fixed}
+    for n, name in enumerate(names):
+        moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
+        moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
+        images[name] = moved
+    return images
+
+
 def _max_error_mm(found: sitk.Transform, truth: sitk.Euler3DTransform, fixed: sitk.Image, mask: np.ndarray) -> float:
     """Largest displacement error (mm) over the foreground voxel centres of ``fixed``."""
     errors = []
@@ -516,12 +527,7 @@ def test_several_moved_sequences_are_registered_side_by_side_as_one_at_a_time(mo
     from medcnncad.models.manifest import ClinicalPreprocessing
     from medcnncad.preprocessing import chain
 
-    fixed = _head(40)
-    images = {"T1": fixed}
-    for n, name in enumerate(["T1c", "T2", "FLAIR"]):
-        moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
-        moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
-        images[name] = moved
+    images = _moved_sequences(_head(40), ["T1c", "T2", "FLAIR"])
     from medcnncad.preprocessing import registration
 
     spec = ClinicalPreprocessing(brain_mask="never")
@@ -647,12 +653,7 @@ def test_sequences_side_by_side_hand_itk_no_image_in_common(monkeypatch):
     from medcnncad.models.manifest import ClinicalPreprocessing
     from medcnncad.preprocessing import chain, registration
 
-    fixed = _head(40)
-    images = {"T1": fixed}
-    for n, name in enumerate(["T2", "FLAIR"]):
-        moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
-        moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
-        images[name] = moved
+    images = _moved_sequences(_head(40), ["T2", "FLAIR"])
     spec = ClinicalPreprocessing(brain_mask="never")
     monkeypatch.setattr(chain, "registration_workers", lambda: 1)
     one = chain.prepare_case(images, spec)
@@ -730,12 +731,7 @@ def test_a_budget_of_one_thread_registers_every_sequence_and_try_in_the_calling_
     from medcnncad.preprocessing import chain
 
     monkeypatch.setattr(chain, "GRADIENT_TRY_MIN_QUALITY", 0.999)  # every try runs
-    fixed = _head(32)
-    images = {"T1": fixed}
-    for n, name in enumerate(["T2", "FLAIR"]):
-        moved, _ = _moved(fixed, (0.0, 0.0, 2.0 + n), (1.0 + n, -1.0, 0.5))
-        moved.SetOrigin(tuple(np.add(moved.GetOrigin(), (0.5, 0.0, 0.0))))
-        images[name] = moved
+    images = _moved_sequences(_head(32), ["T2", "FLAIR"])
     spec = ClinicalPreprocessing(brain_mask="never")
     real = chain.register_rigid
     threads: list[str] = []
