@@ -413,6 +413,16 @@ def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, 
     return PreparedCase(work, mask, steps, [note for s in steps if s.applied for note in _notes(s)])
 
 
+T1_WEIGHTED = ("T1", "T1c")
+"""The sequences of deepbet's training domain (it was trained on T1-weighted MRIs)."""
+OFF_DOMAIN_NOTE = ("clinical preprocessing: deepbet was trained on T1-weighted scans and read another sequence here: "
+                   "check that the brain mask leaves out the eyes and sinuses; if not, run again with the mask from a "
+                   "T1-weighted sequence (--brain-mask-from T1c; Slicer: brainMaskFrom) or with the mask corrected "
+                   "(--brain-mask FILE; Slicer: the Brain mask selector)")
+"""What a reader is told when deepbet read a T2 or FLAIR: on the one skull-on clinical scan here its T2 SPACE mask
+took in an orbit (docs/models.md, "A reader's brain mask")."""
+
+
 def _notes(step: StepReport) -> list[str]:
     """What a reader should know about a step that changed the case (report warnings, Slicer notes)."""
     d = step.detail
@@ -427,6 +437,7 @@ def _notes(step: StepReport) -> list[str]:
         return [f"clinical preprocessing: the brain mask was given ({d['source']}, {d['brain_ml']:.0f} mL); everything "
                 f"outside it was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
     if step.name == "brain_mask":
-        return [f"clinical preprocessing: brain extracted from {d['source']} ({d['brain_ml']:.0f} mL, deepbet); "
-                f"everything outside the mask was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
+        extracted = [f"clinical preprocessing: brain extracted from {d['source']} ({d['brain_ml']:.0f} mL, deepbet); "
+                     f"everything outside the mask was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
+        return extracted + ([OFF_DOMAIN_NOTE] if d["source"] not in T1_WEIGHTED else [])
     return ["clinical preprocessing: N4 bias-field correction applied"]
