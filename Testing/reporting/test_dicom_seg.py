@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_helpers import write_mr_series
+from dicom_helpers import write_enhanced_mr, write_mr_series
 from helpers import small_phantom
 
 from medcnncad.cli import main
@@ -137,3 +137,59 @@ def test_a_dicom_seg_references_the_frames_of_an_enhanced_multiframe_input(dicom
     evidence = {sop.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
     assert source.SOPInstanceUID in evidence and seg.SOPInstanceUID in evidence
+
+
+def _labels_by_frame(path, label: sitk.Image) -> tuple[str, np.ndarray]:
+    """The enhanced file's SOPInstanceUID, and ``label``'s (K, J, I) values with its slice k the one that lies where
+    the file's frame k + 1 lies (the label map a run on the file gives)."""
+    import pydicom
+
+    head = pydicom.dcmread(str(path), stop_before_pixels=True)
+    positions = np.array([[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+                          for frame in head.PerFrameFunctionalGroupsSequence])
+    slices = np.array([label.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(label.GetDepth())])
+    distance = np.linalg.norm(positions[:, None] - slices[None], axis=2)
+    assert distance.min(axis=1).max() < 1e-3  # every frame lies on one of the label's slices
+    return str(head.SOPInstanceUID), sitk.GetArrayFromImage(label)[distance.argmin(axis=1)]
+
+
+def test_a_dicom_seg_references_an_enhanced_mr_whose_frames_hold_their_own_orientation(dicom_case, tmp_path):
+    """Philips writes an enhanced MR file's plane orientation and pixel measures in every frame's own functional
+    groups, not the shared ones (both are valid, PS3.3 C.7.6.16); highdicom reads them from the shared groups only,
+    so the SEG of such a source failed with AttributeError 'PixelMeasuresSequence' after the whole run (the CLI's
+    "internal error", exit 1). The SEG now references it: read back frame by frame it is the label map, dciodvfy
+    clean, and the SEG's shared groups hold the frames' orientation and pixel spacing."""
+    import highdicom as hd
+
+    folder, _, label = dicom_case
+    source = write_enhanced_mr(series_files(folder, "AX T1 PRE"), tmp_path / "philips.dcm",
+                               per_frame=("PlaneOrientationSequence", "PixelMeasuresSequence"))
+    uid, labels = _labels_by_frame(source, label)
+    path = write_dicom_seg(labels, describe_model("demo"), [str(source)], tmp_path / "seg.dcm")
+    assert _dciodvfy_errors(path) == []
+    seg = hd.seg.segread(str(path))
+    numbers = seg.get_pixels_by_source_frame(source_sop_instance_uid=uid, combine_segments=True,
+                                             source_frame_numbers=list(range(1, len(labels) + 1)))
+    np.testing.assert_array_equal(np.array([0, 1, 2, 4])[numbers], labels)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == pytest.approx(
+        [label.GetSpacing()[1], label.GetSpacing()[0]], abs=1e-6)
+    direction = label.GetDirection()
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == pytest.approx(
+        [direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]], abs=1e-6)
+
+
+def test_a_dicom_seg_refuses_an_enhanced_mr_whose_frames_differ_in_pixel_spacing(dicom_case, tmp_path):
+    """Frames with their own pixel measures that differ are not one grid: one line naming the file and the frame."""
+    import pydicom
+
+    folder, _, label = dicom_case
+    source = write_enhanced_mr(series_files(folder, "AX T1 PRE"), tmp_path / "t1.dcm",
+                               per_frame=("PixelMeasuresSequence",))
+    dataset = pydicom.dcmread(str(source))
+    dataset.PerFrameFunctionalGroupsSequence[5].PixelMeasuresSequence[0].PixelSpacing = [1.5, 1.5]
+    dataset.save_as(str(source))
+    with pytest.raises(InputError, match=r"t1.dcm: its frames differ in PixelSpacing \(frame 1: \[1.19898.*, frame 6: "
+                                         r"\[1.5, 1.5\]\): not one grid"):
+        write_dicom_seg(_labels_by_frame(source, label)[1], describe_model("demo"), [str(source)], tmp_path / "s.dcm")
+    assert not (tmp_path / "s.dcm").exists()
