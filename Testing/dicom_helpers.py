@@ -41,10 +41,12 @@ def write_mr_series(image: sitk.Image, folder: Path, description: str, series_nu
     return folder
 
 
-def write_enhanced_mr(files: list[str], path: Path, per_frame: tuple[str, ...] = ()) -> Path:
+def write_enhanced_mr(files: list[str], path: Path, per_frame: tuple[str, ...] = (),
+                      spacing_between_slices: str | None = None) -> Path:
     """The single-frame MR files of one series as one enhanced MR file (highdicom's legacy conversion, frames in
     spatial order). ``per_frame``: shared functional groups (e.g. ``PlaneOrientationSequence``) written into every
-    frame's own groups instead, as Philips scanners write them."""
+    frame's own groups instead, as Philips scanners write them; ``spacing_between_slices``: the value the shared pixel
+    measures give (a scanner's own, which may not be the frames' step)."""
     import highdicom as hd
     import pydicom
 
@@ -52,6 +54,8 @@ def write_enhanced_mr(files: list[str], path: Path, per_frame: tuple[str, ...] =
         [pydicom.dcmread(f) for f in files], series_instance_uid=hd.UID(), series_number=12,
         sop_instance_uid=hd.UID(), instance_number=1)
     shared = dataset.SharedFunctionalGroupsSequence[0]
+    if spacing_between_slices is not None:
+        shared.PixelMeasuresSequence[0].SpacingBetweenSlices = spacing_between_slices
     for name in per_frame:
         for frame in dataset.PerFrameFunctionalGroupsSequence:
             setattr(frame, name, copy.deepcopy(shared[name].value))

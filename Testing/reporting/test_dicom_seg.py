@@ -179,6 +179,23 @@ def test_a_dicom_seg_references_an_enhanced_mr_whose_frames_hold_their_own_orien
         [direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]], abs=1e-6)
 
 
+def test_a_dicom_seg_on_an_enhanced_mr_measures_the_frames_spacing(dicom_case, tmp_path):
+    """An enhanced MR file's own SpacingBetweenSlices (its shared pixel measures) was copied into the SEG unchecked,
+    as the single-frame path no longer does: 1.0 mm for frames 1.907 mm apart, and highdicom could not read that SEG
+    back as a volume ("Frame positions do not form a regularly-spaced volume"). The SEG now gives the frames' step."""
+    import highdicom as hd
+
+    folder, _, label = dicom_case
+    source = write_enhanced_mr(series_files(folder, "AX T1 PRE"), tmp_path / "t1.dcm", spacing_between_slices="1.0")
+    path = write_dicom_seg(_labels_by_frame(source, label)[1], describe_model("demo"), [str(source)],
+                           tmp_path / "seg.dcm")
+    seg = hd.seg.segread(str(path))
+    step = label.GetSpacing()[2]  # 1.907162 mm
+    assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices) == \
+        pytest.approx(step, abs=1e-5)
+    assert seg.get_volume(combine_segments=True).spacing[0] == pytest.approx(step, abs=1e-5)
+
+
 def test_a_dicom_seg_refuses_an_enhanced_mr_whose_frames_differ_in_pixel_spacing(dicom_case, tmp_path):
     """Frames with their own pixel measures that differ are not one grid: one line naming the file and the frame."""
     import pydicom

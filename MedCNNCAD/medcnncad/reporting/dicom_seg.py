@@ -67,11 +67,16 @@ def property_type(label: LabelDef) -> CodedConcept:
 
 
 def _without_spacing_between_slices(source: pydicom.Dataset) -> pydicom.Dataset:
-    """The source file's dataset (read for this SEG only) without its SpacingBetweenSlices, so that highdicom
-    measures the spacing from the slices' positions: a source's own value is not trusted (GDCM writes 1 mm for
-    1.9 mm slices) and highdicom would copy it into the SEG unchecked."""
+    """The source file's dataset (read for this SEG only) without its SpacingBetweenSlices (an enhanced multi-frame
+    file's: in its shared pixel measures), so that highdicom measures the spacing from the slices' or frames'
+    positions: a source's own value is not trusted (GDCM writes 1 mm for 1.9 mm slices) and highdicom would copy it
+    into the SEG unchecked."""
     if "SpacingBetweenSlices" in source:
         del source.SpacingBetweenSlices
+    shared = source.get("SharedFunctionalGroupsSequence")
+    measures = shared[0].get("PixelMeasuresSequence") if shared else None
+    if measures and "SpacingBetweenSlices" in measures[0]:
+        del measures[0].SpacingBetweenSlices
     return source
 
 
@@ -124,7 +129,7 @@ def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: lis
 
     One segment per manifest label (value -> segment number in manifest order); empty frames
     are omitted. Raises InputError when the label map does not match the series. The spacing between slices is
-    highdicom's measurement from the files' positions, not the source's SpacingBetweenSlices.
+    highdicom's measurement from the files' (or frames') positions, not the source's SpacingBetweenSlices.
     """
     sources = [_without_spacing_between_slices(_with_shared_groups(pydicom.dcmread(f), f)) for f in source_files]
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
