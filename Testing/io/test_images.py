@@ -306,3 +306,30 @@ def test_a_write_error_in_staged_outputs_names_the_final_path_not_the_staging_co
         with staged_outputs(tmp_path / "out") as staging:
             raise OSError(13, "Permission denied", str(staging / "report.json"))
     assert caught.value.filename == str(tmp_path / "out" / "report.json")
+
+
+def test_a_folder_holding_one_enhanced_multiframe_file_reads_as_that_file(tmp_path):
+    """A PACS export puts an enhanced MR series (one file) in a folder of its own; given that folder, the series reader
+    stacked the one 3D file into a 4D image and refused it as "expected a 3D volume, got 4D". It now reads the file,
+    with the file's checks: a folder holding frames stored descending gives the file's volume, one holding frames out
+    of spatial order is refused naming the file."""
+    import highdicom as hd
+    import pydicom
+
+    _series(tmp_path / "slices", [(0.0, 0.0, 2.0 * k) for k in range(6)])
+    slices = [pydicom.dcmread(str(path)) for path in sorted((tmp_path / "slices").iterdir())]
+    source = hd.legacy.LegacyConvertedEnhancedMRImage(slices, series_instance_uid=hd.UID(), series_number=2,
+                                                      sop_instance_uid=hd.UID(), instance_number=1)
+    frames, pixels = list(source.PerFrameFunctionalGroupsSequence), source.pixel_array
+    descending = list(np.argsort([-float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in frames]))
+    for name, order in (("descending", descending), ("shuffled", [descending[k] for k in (3, 0, 5, 1, 4, 2)])):
+        (tmp_path / name).mkdir()
+        source.PerFrameFunctionalGroupsSequence = [frames[k] for k in order]
+        source.PixelData = pixels[order].tobytes()
+        source.save_as(str(tmp_path / name / "enhanced.dcm"))
+    image = read_volume(tmp_path / "descending")
+    assert image.GetSize() == (10, 8, 6) and image.GetSpacing() == pytest.approx((0.9, 0.8, 2.0))
+    assert image.GetOrigin() == pytest.approx((0.0, 0.0, 10.0)) and image.GetDirection()[8] == pytest.approx(-1.0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[:, 0, 0], [550, 500, 450, 400, 350, 300])
+    with pytest.raises(InputError, match=r"shuffled/enhanced.dcm: its 6 frames are not stored in spatial order"):
+        read_volume(tmp_path / "shuffled")

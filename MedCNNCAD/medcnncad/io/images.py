@@ -297,8 +297,11 @@ def _check_nifti_header(path: Path, voxels: int, read_bytes: int) -> None:
 def _read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
     """Read the selected DICOM series of a folder, slices sorted by position, once its files are known to make one
     evenly spaced grid (:func:`~medcnncad.io.dicom_series.check_series_geometry`); as float32 when the files'
-    rescale slopes or intercepts differ."""
+    rescale slopes or intercepts differ. A series of one multi-frame file (an enhanced MR or CT object) is read as
+    that file, with its frames' checks (the series reader would stack its 3D volume into a 4D image)."""
     files = series_files(folder, series)
+    if len(files) == 1 and read_header(files[0]).GetSize()[2:3] > (1,):
+        return _read_file(Path(files[0]))
     per_file_rescale = check_series_geometry(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
