@@ -333,3 +333,27 @@ def test_a_folder_holding_one_enhanced_multiframe_file_reads_as_that_file(tmp_pa
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[:, 0, 0], [550, 500, 450, 400, 350, 300])
     with pytest.raises(InputError, match=r"shuffled/enhanced.dcm: its 6 frames are not stored in spatial order"):
         read_volume(tmp_path / "shuffled")
+
+
+def test_an_enhanced_multiframe_file_with_rounded_positions_reads_on_its_frames_grid(tmp_path):
+    """A multi-frame file whose frame positions are written to two decimals (0.625 mm steps read 0.62 and 0.63, as a
+    series of such slices reads) was read by GDCM onto spacing (1, 1, 1) mm: its pixel spacing (0.8 x 0.9 mm) and its
+    frames' step both lost, with no warning, so every volume in mL was wrong. The volume now lies on the frames' grid:
+    the file's pixel spacing, the mean step, frame k at slice k."""
+    import highdicom as hd
+    import pydicom
+
+    _series(tmp_path / "slices", [(0.0, 0.0, round(0.625 * k, 2)) for k in range(8)])
+    slices = [pydicom.dcmread(str(path)) for path in sorted((tmp_path / "slices").iterdir())]
+    source = hd.legacy.LegacyConvertedEnhancedMRImage(slices, series_instance_uid=hd.UID(), series_number=2,
+                                                      sop_instance_uid=hd.UID(), instance_number=1)
+    source.save_as(str(tmp_path / "rounded.dcm"))
+    image = read_volume(tmp_path / "rounded.dcm")
+    assert image.GetSpacing() == pytest.approx((0.9, 0.8, 4.38 / 7), abs=1e-9)
+    positions = [[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+                 for frame in source.PerFrameFunctionalGroupsSequence]
+    assert image.GetOrigin() == pytest.approx(positions[0], abs=1e-9)
+    placed = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(8)]
+    np.testing.assert_allclose(placed, positions, atol=0.01)  # the rounding (0.005 mm at either end), no more
+    values = sitk.GetArrayFromImage(image)[:, 0, 0]
+    np.testing.assert_array_equal(values, [300 + 50 * round(p[2] / 0.625) for p in positions])
