@@ -210,3 +210,31 @@ def test_a_dicom_seg_refuses_an_enhanced_mr_whose_frames_differ_in_pixel_spacing
                                          r"\[1.5, 1.5\]\): not one grid"):
         write_dicom_seg(_labels_by_frame(source, label)[1], describe_model("demo"), [str(source)], tmp_path / "s.dcm")
     assert not (tmp_path / "s.dcm").exists()
+
+
+def test_a_dicom_seg_refuses_a_multiframe_input_without_per_frame_positions_before_the_run(dicom_case, tmp_path,
+                                                                                           capsys):
+    """A multi-frame DICOM file that is no enhanced image (an MR Image Storage object with NumberOfFrames, one
+    position for all its frames) cannot be referenced frame by frame: given as the grid's input with --dicom-seg it
+    ran the whole case and then failed in highdicom ("internal error: ValueError: Number of plane positions ...",
+    exit 1). It is refused before the run: one line naming the file, exit 2, no output folder."""
+    import pydicom
+
+    folder, _, _ = dicom_case
+    slices = [pydicom.dcmread(f) for f in series_files(folder, "AX T1 PRE")]
+    pixels = np.stack([s.pixel_array for s in slices])
+    legacy = slices[0]
+    legacy.NumberOfFrames, legacy.PixelData = len(slices), pixels.tobytes()
+    legacy.save_as(str(tmp_path / "t1_frames.dcm"))
+    assert read_volume(tmp_path / "t1_frames.dcm").GetSize()[2] == len(slices)  # the engine reads it
+    out = tmp_path / "out"
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(out), "--dicom-seg",
+            "--input", f"T1={tmp_path / 't1_frames.dcm'}"]
+    for name in ("T1c", "T2", "FLAIR"):
+        args += ["--input", f"{name}={folder}", "--series", f"{name}={DESCRIPTIONS[name]}"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "t1_frames.dcm" in err
+    assert f"{len(slices)} frames without per-frame positions" in err and "cannot reference them frame by frame" in err
+    assert not out.exists()
