@@ -160,6 +160,7 @@ def test_a_dicom_seg_references_an_enhanced_mr_whose_frames_hold_their_own_orien
     "internal error", exit 1). The SEG now references it: read back frame by frame it is the label map, dciodvfy
     clean, and the SEG's shared groups hold the frames' orientation and pixel spacing."""
     import highdicom as hd
+    import pydicom
 
     folder, _, label = dicom_case
     source = write_enhanced_mr(series_files(folder, "AX T1 PRE"), tmp_path / "philips.dcm",
@@ -171,6 +172,13 @@ def test_a_dicom_seg_references_an_enhanced_mr_whose_frames_hold_their_own_orien
     numbers = seg.get_pixels_by_source_frame(source_sop_instance_uid=uid, combine_segments=True,
                                              source_frame_numbers=list(range(1, len(labels) + 1)))
     np.testing.assert_array_equal(np.array([0, 1, 2, 4])[numbers], labels)
+    frames = pydicom.dcmread(str(source), stop_before_pixels=True).PerFrameFunctionalGroupsSequence
+    for item in seg.PerFrameFunctionalGroupsSequence:  # each SEG frame names the source frame at its position
+        referenced = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert referenced.ReferencedSOPInstanceUID == uid
+        at = frames[int(referenced.ReferencedFrameNumber) - 1].PlanePositionSequence[0].ImagePositionPatient
+        assert [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
+            [float(v) for v in at], abs=1e-4)
     shared = seg.SharedFunctionalGroupsSequence[0]
     assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == pytest.approx(
         [label.GetSpacing()[1], label.GetSpacing()[0]], abs=1e-6)
