@@ -1,7 +1,9 @@
-"""Writing small but complete DICOM MR series for tests (SimpleITK/GDCM, one file per slice)."""
+"""Writing small but complete DICOM MR series for tests (SimpleITK/GDCM, one file per slice), and one series as an
+enhanced multi-frame MR file (highdicom)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -37,3 +39,26 @@ def write_mr_series(image: sitk.Image, folder: Path, description: str, series_nu
         writer.SetFileName(str(folder / f"{description.replace(' ', '_')}_{k:03d}.dcm"))
         writer.Execute(s)
     return folder
+
+
+def write_enhanced_mr(files: list[str], path: Path, per_frame: tuple[str, ...] = (),
+                      spacing_between_slices: str | None = None) -> Path:
+    """The single-frame MR files of one series as one enhanced MR file (highdicom's legacy conversion, frames in
+    spatial order). ``per_frame``: shared functional groups (e.g. ``PlaneOrientationSequence``) written into every
+    frame's own groups instead, as Philips scanners write them; ``spacing_between_slices``: the value the shared pixel
+    measures give (a scanner's own, which may not be the frames' step)."""
+    import highdicom as hd
+    import pydicom
+
+    dataset = hd.legacy.LegacyConvertedEnhancedMRImage(
+        [pydicom.dcmread(f) for f in files], series_instance_uid=hd.UID(), series_number=12,
+        sop_instance_uid=hd.UID(), instance_number=1)
+    shared = dataset.SharedFunctionalGroupsSequence[0]
+    if spacing_between_slices is not None:
+        shared.PixelMeasuresSequence[0].SpacingBetweenSlices = spacing_between_slices
+    for name in per_frame:
+        for frame in dataset.PerFrameFunctionalGroupsSequence:
+            setattr(frame, name, copy.deepcopy(shared[name].value))
+        del shared[name]
+    dataset.save_as(str(path))
+    return path

@@ -306,3 +306,54 @@ def test_a_write_error_in_staged_outputs_names_the_final_path_not_the_staging_co
         with staged_outputs(tmp_path / "out") as staging:
             raise OSError(13, "Permission denied", str(staging / "report.json"))
     assert caught.value.filename == str(tmp_path / "out" / "report.json")
+
+
+def test_a_folder_holding_one_enhanced_multiframe_file_reads_as_that_file(tmp_path):
+    """A PACS export puts an enhanced MR series (one file) in a folder of its own; given that folder, the series reader
+    stacked the one 3D file into a 4D image and refused it as "expected a 3D volume, got 4D". It now reads the file,
+    with the file's checks: a folder holding frames stored descending gives the file's volume, one holding frames out
+    of spatial order is refused naming the file."""
+    import highdicom as hd
+    import pydicom
+
+    _series(tmp_path / "slices", [(0.0, 0.0, 2.0 * k) for k in range(6)])
+    slices = [pydicom.dcmread(str(path)) for path in sorted((tmp_path / "slices").iterdir())]
+    source = hd.legacy.LegacyConvertedEnhancedMRImage(slices, series_instance_uid=hd.UID(), series_number=2,
+                                                      sop_instance_uid=hd.UID(), instance_number=1)
+    frames, pixels = list(source.PerFrameFunctionalGroupsSequence), source.pixel_array
+    descending = list(np.argsort([-float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in frames]))
+    for name, order in (("descending", descending), ("shuffled", [descending[k] for k in (3, 0, 5, 1, 4, 2)])):
+        (tmp_path / name).mkdir()
+        source.PerFrameFunctionalGroupsSequence = [frames[k] for k in order]
+        source.PixelData = pixels[order].tobytes()
+        source.save_as(str(tmp_path / name / "enhanced.dcm"))
+    image = read_volume(tmp_path / "descending")
+    assert image.GetSize() == (10, 8, 6) and image.GetSpacing() == pytest.approx((0.9, 0.8, 2.0))
+    assert image.GetOrigin() == pytest.approx((0.0, 0.0, 10.0)) and image.GetDirection()[8] == pytest.approx(-1.0)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image)[:, 0, 0], [550, 500, 450, 400, 350, 300])
+    with pytest.raises(InputError, match=r"shuffled/enhanced.dcm: its 6 frames are not stored in spatial order"):
+        read_volume(tmp_path / "shuffled")
+
+
+def test_an_enhanced_multiframe_file_with_rounded_positions_reads_on_its_frames_grid(tmp_path):
+    """A multi-frame file whose frame positions are written to two decimals (0.625 mm steps read 0.62 and 0.63, as a
+    series of such slices reads) was read by GDCM onto spacing (1, 1, 1) mm: its pixel spacing (0.8 x 0.9 mm) and its
+    frames' step both lost, with no warning, so every volume in mL was wrong. The volume now lies on the frames' grid:
+    the file's pixel spacing, the mean step, frame k at slice k."""
+    import highdicom as hd
+    import pydicom
+
+    _series(tmp_path / "slices", [(0.0, 0.0, round(0.625 * k, 2)) for k in range(8)])
+    slices = [pydicom.dcmread(str(path)) for path in sorted((tmp_path / "slices").iterdir())]
+    source = hd.legacy.LegacyConvertedEnhancedMRImage(slices, series_instance_uid=hd.UID(), series_number=2,
+                                                      sop_instance_uid=hd.UID(), instance_number=1)
+    source.save_as(str(tmp_path / "rounded.dcm"))
+    image = read_volume(tmp_path / "rounded.dcm")
+    assert image.GetSpacing() == pytest.approx((0.9, 0.8, 4.38 / 7), abs=1e-9)
+    positions = [[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+                 for frame in source.PerFrameFunctionalGroupsSequence]
+    assert image.GetOrigin() == pytest.approx(positions[0], abs=1e-9)
+    placed = [image.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(8)]
+    np.testing.assert_allclose(placed, positions, atol=0.01)  # the rounding (0.005 mm at either end), no more
+    values = sitk.GetArrayFromImage(image)[:, 0, 0]
+    np.testing.assert_array_equal(values, [300 + 50 * round(p[2] / 0.625) for p in positions])

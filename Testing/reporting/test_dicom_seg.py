@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dicom_helpers import write_mr_series
+from dicom_helpers import write_enhanced_mr, write_mr_series
 from helpers import small_phantom
 
 from medcnncad.cli import main
@@ -137,3 +137,112 @@ def test_a_dicom_seg_references_the_frames_of_an_enhanced_multiframe_input(dicom
     evidence = {sop.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence}
     assert source.SOPInstanceUID in evidence and seg.SOPInstanceUID in evidence
+
+
+def _labels_by_frame(path, label: sitk.Image) -> tuple[str, np.ndarray]:
+    """The enhanced file's SOPInstanceUID, and ``label``'s (K, J, I) values with its slice k the one that lies where
+    the file's frame k + 1 lies (the label map a run on the file gives)."""
+    import pydicom
+
+    head = pydicom.dcmread(str(path), stop_before_pixels=True)
+    positions = np.array([[float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+                          for frame in head.PerFrameFunctionalGroupsSequence])
+    slices = np.array([label.TransformIndexToPhysicalPoint((0, 0, k)) for k in range(label.GetDepth())])
+    distance = np.linalg.norm(positions[:, None] - slices[None], axis=2)
+    assert distance.min(axis=1).max() < 1e-3  # every frame lies on one of the label's slices
+    return str(head.SOPInstanceUID), sitk.GetArrayFromImage(label)[distance.argmin(axis=1)]
+
+
+def test_a_dicom_seg_references_an_enhanced_mr_whose_frames_hold_their_own_orientation(dicom_case, tmp_path):
+    """Philips writes an enhanced MR file's plane orientation and pixel measures in every frame's own functional
+    groups, not the shared ones (both are valid, PS3.3 C.7.6.16); highdicom reads them from the shared groups only,
+    so the SEG of such a source failed with AttributeError 'PixelMeasuresSequence' after the whole run (the CLI's
+    "internal error", exit 1). The SEG now references it: read back frame by frame it is the label map, dciodvfy
+    clean, and the SEG's shared groups hold the frames' orientation and pixel spacing."""
+    import highdicom as hd
+    import pydicom
+
+    folder, _, label = dicom_case
+    source = write_enhanced_mr(series_files(folder, "AX T1 PRE"), tmp_path / "philips.dcm",
+                               per_frame=("PlaneOrientationSequence", "PixelMeasuresSequence"))
+    uid, labels = _labels_by_frame(source, label)
+    path = write_dicom_seg(labels, describe_model("demo"), [str(source)], tmp_path / "seg.dcm")
+    assert _dciodvfy_errors(path) == []
+    seg = hd.seg.segread(str(path))
+    numbers = seg.get_pixels_by_source_frame(source_sop_instance_uid=uid, combine_segments=True,
+                                             source_frame_numbers=list(range(1, len(labels) + 1)))
+    np.testing.assert_array_equal(np.array([0, 1, 2, 4])[numbers], labels)
+    frames = pydicom.dcmread(str(source), stop_before_pixels=True).PerFrameFunctionalGroupsSequence
+    for item in seg.PerFrameFunctionalGroupsSequence:  # each SEG frame names the source frame at its position
+        referenced = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert referenced.ReferencedSOPInstanceUID == uid
+        at = frames[int(referenced.ReferencedFrameNumber) - 1].PlanePositionSequence[0].ImagePositionPatient
+        assert [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] == pytest.approx(
+            [float(v) for v in at], abs=1e-4)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == pytest.approx(
+        [label.GetSpacing()[1], label.GetSpacing()[0]], abs=1e-6)
+    direction = label.GetDirection()
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == pytest.approx(
+        [direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]], abs=1e-6)
+
+
+def test_a_dicom_seg_on_an_enhanced_mr_measures_the_frames_spacing(dicom_case, tmp_path):
+    """An enhanced MR file's own SpacingBetweenSlices (its shared pixel measures) was copied into the SEG unchecked,
+    as the single-frame path no longer does: 1.0 mm for frames 1.907 mm apart, and highdicom could not read that SEG
+    back as a volume ("Frame positions do not form a regularly-spaced volume"). The SEG now gives the frames' step."""
+    import highdicom as hd
+
+    folder, _, label = dicom_case
+    source = write_enhanced_mr(series_files(folder, "AX T1 PRE"), tmp_path / "t1.dcm", spacing_between_slices="1.0")
+    path = write_dicom_seg(_labels_by_frame(source, label)[1], describe_model("demo"), [str(source)],
+                           tmp_path / "seg.dcm")
+    seg = hd.seg.segread(str(path))
+    step = label.GetSpacing()[2]  # 1.907162 mm
+    assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices) == \
+        pytest.approx(step, abs=1e-5)
+    assert seg.get_volume(combine_segments=True).spacing[0] == pytest.approx(step, abs=1e-5)
+
+
+def test_a_dicom_seg_refuses_an_enhanced_mr_whose_frames_differ_in_pixel_spacing(dicom_case, tmp_path):
+    """Frames with their own pixel measures that differ are not one grid: one line naming the file and the frame."""
+    import pydicom
+
+    folder, _, label = dicom_case
+    source = write_enhanced_mr(series_files(folder, "AX T1 PRE"), tmp_path / "t1.dcm",
+                               per_frame=("PixelMeasuresSequence",))
+    dataset = pydicom.dcmread(str(source))
+    dataset.PerFrameFunctionalGroupsSequence[5].PixelMeasuresSequence[0].PixelSpacing = [1.5, 1.5]
+    dataset.save_as(str(source))
+    with pytest.raises(InputError, match=r"t1.dcm: its frames differ in PixelSpacing \(frame 1: \[1.19898.*, frame 6: "
+                                         r"\[1.5, 1.5\]\): not one grid"):
+        write_dicom_seg(_labels_by_frame(source, label)[1], describe_model("demo"), [str(source)], tmp_path / "s.dcm")
+    assert not (tmp_path / "s.dcm").exists()
+
+
+def test_a_dicom_seg_refuses_a_multiframe_input_without_per_frame_positions_before_the_run(dicom_case, tmp_path,
+                                                                                           capsys):
+    """A multi-frame DICOM file that is no enhanced image (an MR Image Storage object with NumberOfFrames, one
+    position for all its frames) cannot be referenced frame by frame: given as the grid's input with --dicom-seg it
+    ran the whole case and then failed in highdicom ("internal error: ValueError: Number of plane positions ...",
+    exit 1). It is refused before the run: one line naming the file, exit 2, no output folder."""
+    import pydicom
+
+    folder, _, _ = dicom_case
+    slices = [pydicom.dcmread(f) for f in series_files(folder, "AX T1 PRE")]
+    pixels = np.stack([s.pixel_array for s in slices])
+    legacy = slices[0]
+    legacy.NumberOfFrames, legacy.PixelData = len(slices), pixels.tobytes()
+    legacy.save_as(str(tmp_path / "t1_frames.dcm"))
+    assert read_volume(tmp_path / "t1_frames.dcm").GetSize()[2] == len(slices)  # the engine reads it
+    out = tmp_path / "out"
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(out), "--dicom-seg",
+            "--input", f"T1={tmp_path / 't1_frames.dcm'}"]
+    for name in ("T1c", "T2", "FLAIR"):
+        args += ["--input", f"{name}={folder}", "--series", f"{name}={DESCRIPTIONS[name]}"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "t1_frames.dcm" in err
+    assert f"{len(slices)} frames without per-frame positions" in err and "cannot reference them frame by frame" in err
+    assert not out.exists()

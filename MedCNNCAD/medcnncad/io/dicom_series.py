@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from medcnncad.errors import InputError
 
 __all__ = ["SeriesInfo", "list_series", "select_series", "series_files", "check_series_geometry", "check_stack",
-           "check_multiframe_geometry"]
+           "check_multiframe_geometry", "FrameGrid"]
 
 ORIENTATION_TOLERANCE = 1e-3  # direction cosines: more apart than this is another orientation
 SPACING_TOLERANCE = 0.1  # a slice step more than 10 % away from the median step: missing or uneven slices
@@ -179,10 +179,36 @@ def _frame_item(dataset, shared, name: str):  # noqa: ANN001, ANN202 - pydicom d
     return None
 
 
-def check_multiframe_geometry(path: str | Path) -> None:
+@dataclass(frozen=True)
+class FrameGrid:
+    """The grid an enhanced multi-frame file's frames lie on, in SimpleITK's terms (LPS mm): the first frame's position,
+    the voxel size (x, y from the pixel spacing, None where the file gives none; z the mean step between frames) and
+    the direction (row-major 3 x 3: the row and column cosines and the way the frames are stacked)."""
+
+    origin: tuple[float, float, float]
+    spacing: tuple[float | None, float | None, float]
+    direction: tuple[float, ...]
+
+
+def _frame_grid(positions: np.ndarray, orientation: np.ndarray, pixel: Sequence[float] | None) -> FrameGrid:
+    """The grid of frames at ``positions`` (N, 3) stored in spatial order with row and column cosines
+    ``orientation`` (6,) and pixel spacing ``pixel`` (row, column: DICOM's order)."""
+    row, column = orientation[:3] / np.linalg.norm(orientation[:3]), orientation[3:] / np.linalg.norm(orientation[3:])
+    normal = np.cross(row, column)
+    along = positions @ normal
+    stack = normal if along[-1] >= along[0] else -normal
+    step = float(abs(along[-1] - along[0]) / (len(along) - 1))
+    axes = np.column_stack([row, column, stack])
+    x, y = (float(pixel[1]), float(pixel[0])) if pixel is not None and len(pixel) == 2 else (None, None)
+    origin = (float(positions[0, 0]), float(positions[0, 1]), float(positions[0, 2]))
+    return FrameGrid(origin, (x, y, step), tuple(float(v) for v in axes.ravel()))
+
+
+def check_multiframe_geometry(path: str | Path) -> FrameGrid | None:
     """Refuse an enhanced multi-frame DICOM file whose frames are not one evenly spaced grid in stored order (GDCM
-    reads the frames in file order onto an even grid). Files that are no such object, or lack per-frame positions,
-    are not checked.
+    reads the frames in file order onto an even grid), and return that grid (GDCM's own may not be it: it gives
+    spacing (1, 1, 1) mm when the frames' steps differ by rounding). Files that are no such object, or lack per-frame
+    positions, are not checked (None).
 
     Raises:
         InputError: naming ``path`` (see :func:`check_stack`).
@@ -192,10 +218,10 @@ def check_multiframe_geometry(path: str | Path) -> None:
     try:
         dataset = pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception:  # noqa: BLE001 - not a DICOM file pydicom reads: left to ITK
-        return
+        return None
     frames = dataset.get("PerFrameFunctionalGroupsSequence")
     if not frames or len(frames) < 2:
-        return
+        return None
     shared_groups = dataset.get("SharedFunctionalGroupsSequence")
     shared = shared_groups[0] if shared_groups else None
     positions, orientations, pixel = [], [], None
@@ -204,9 +230,10 @@ def check_multiframe_geometry(path: str | Path) -> None:
             frame, shared, "PlaneOrientationSequence")
         measures = _frame_item(frame, shared, "PixelMeasuresSequence")
         if plane is None or orientation is None or "ImagePositionPatient" not in plane:
-            return
+            return None
         positions.append([float(v) for v in plane.ImagePositionPatient])
         orientations.append([float(v) for v in orientation.ImageOrientationPatient])
         if pixel is None and measures is not None and "PixelSpacing" in measures:
-            pixel = min(float(v) for v in measures.PixelSpacing)
-    check_stack(path, np.array(positions), np.array(orientations), pixel or 1.0, in_order=True)
+            pixel = [float(v) for v in measures.PixelSpacing]
+    check_stack(path, np.array(positions), np.array(orientations), min(pixel or [1.0]), in_order=True)
+    return _frame_grid(np.array(positions), np.array(orientations[0]), pixel)

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medcnncad.errors import InputError
-from medcnncad.io.dicom_series import check_multiframe_geometry, check_series_geometry, series_files
+from medcnncad.io.dicom_series import FrameGrid, check_multiframe_geometry, check_series_geometry, series_files
 
 __all__ = ["read_volume", "read_volumes", "read_picked_volumes", "volume_index", "read_header", "volume_count",
            "check_finite", "write_image",
@@ -187,12 +187,23 @@ def _read_file(path: Path, stacked: bool = False) -> sitk.Image:
         raise InputError(f"{path}: declared size {size} is outside what the engine reads "
                          f"(1 to {MAX_VOXELS} voxels)")
     _check_nifti_header(path, int(np.prod(size, dtype=np.float64)), voxels * _BYTES.get(reader.GetPixelID(), 1))
-    if is_dicom_file(path):  # an enhanced multi-frame object's frames: in spatial order on an even grid?
-        check_multiframe_geometry(path)
+    # an enhanced multi-frame object's frames: in spatial order on an even grid? Then the image lies on it
+    grid = check_multiframe_geometry(path) if is_dicom_file(path) else None
     image = reader.Execute()
     if image.GetDimension() == 4 and size[3] == 1 and not stacked:  # one time point: a 3D volume
         image = image[:, :, :, 0]
+    if grid is not None and image.GetDimension() == 3:
+        _place_on_frames(image, grid)
     return image
+
+
+def _place_on_frames(image: sitk.Image, grid: FrameGrid) -> None:
+    """Give a multi-frame file's image the grid its frames lie on (GDCM's own is (1, 1, 1) mm spacing when the frames'
+    steps differ by rounding, with no warning); the in-plane spacing stays GDCM's where the file gives none."""
+    spacing = image.GetSpacing()
+    image.SetSpacing([value if value is not None else spacing[axis] for axis, value in enumerate(grid.spacing)])
+    image.SetOrigin(grid.origin)
+    image.SetDirection(grid.direction)
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -297,8 +308,11 @@ def _check_nifti_header(path: Path, voxels: int, read_bytes: int) -> None:
 def _read_dicom_folder(folder: Path, series: str | None = None) -> sitk.Image:
     """Read the selected DICOM series of a folder, slices sorted by position, once its files are known to make one
     evenly spaced grid (:func:`~medcnncad.io.dicom_series.check_series_geometry`); as float32 when the files'
-    rescale slopes or intercepts differ."""
+    rescale slopes or intercepts differ. A series of one multi-frame file (an enhanced MR or CT object) is read as
+    that file, with its frames' checks (the series reader would stack its 3D volume into a 4D image)."""
     files = series_files(folder, series)
+    if len(files) == 1 and read_header(files[0]).GetSize()[2:3] > (1,):
+        return _read_file(Path(files[0]))
     per_file_rescale = check_series_geometry(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)

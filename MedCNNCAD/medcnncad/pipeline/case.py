@@ -24,8 +24,8 @@ from medcnncad.data.dataset_json import (
 )
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
-from medcnncad.io.dicom_series import series_files
-from medcnncad.io.images import atomic_path, is_dicom_file, read_picked_volumes, read_volume, volume_index
+from medcnncad.io.dicom_series import check_multiframe_geometry, series_files
+from medcnncad.io.images import atomic_path, is_dicom_file, read_header, read_picked_volumes, read_volume, volume_index
 from medcnncad.metrics.label_conventions import check_reference_values, relabel
 from medcnncad.metrics.segmentation import check_label_image, check_same_grid, compute_metrics
 from medcnncad.models.channels import display_channel
@@ -76,15 +76,30 @@ def _volume_indices(inputs: dict[str, str], series: dict[str, str],
 
 def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str]) -> list[str]:
     """Files of the DICOM series the result's grid comes from (the first channel given): a series folder's files, or
-    one enhanced multi-frame DICOM file given as the input itself."""
+    one enhanced multi-frame DICOM file given as the input itself (or as a series' one file)."""
     first = next(c.name for c in model_inputs if c.name in inputs)
     path = Path(inputs[first])
     if path.is_file() and is_dicom_file(path):
-        return [str(path)]
-    if not path.is_dir():
+        files = [str(path)]
+    elif path.is_dir():
+        files = series_files(inputs[first], series.get(first))
+    else:
         raise InputError(f"--dicom-seg: input {first} ({inputs[first]}) is not a DICOM series folder or DICOM file; "
                          f"a DICOM SEG must reference the series it was computed on")
-    return series_files(inputs[first], series.get(first))
+    if len(files) == 1:
+        _check_frames_referable(files[0], first)
+    return files
+
+
+def _check_frames_referable(path: str, channel: str) -> None:
+    """Refuse, before the run, a multi-frame DICOM file the SEG cannot reference frame by frame: one without
+    per-frame positions (not an enhanced image: an MR Image Storage object with NumberOfFrames has one position for
+    all its frames). Frames out of spatial order are refused here too (:func:`check_multiframe_geometry`)."""
+    frames = read_header(path).GetSize()[2:3]
+    if frames > (1,) and check_multiframe_geometry(path) is None:
+        raise InputError(f"--dicom-seg: {path} (input {channel}) holds {frames[0]} frames without per-frame "
+                         "positions (not an enhanced multi-frame image): a DICOM SEG cannot reference them frame by "
+                         "frame")
 
 
 def _read_reference(path: str, mapping: Mapping[int, int] | None,

@@ -67,11 +67,50 @@ def property_type(label: LabelDef) -> CodedConcept:
 
 
 def _without_spacing_between_slices(source: pydicom.Dataset) -> pydicom.Dataset:
-    """The source file's dataset (read for this SEG only) without its SpacingBetweenSlices, so that highdicom
-    measures the spacing from the slices' positions: a source's own value is not trusted (GDCM writes 1 mm for
-    1.9 mm slices) and highdicom would copy it into the SEG unchecked."""
+    """The source file's dataset (read for this SEG only) without its SpacingBetweenSlices (an enhanced multi-frame
+    file's: in its shared pixel measures), so that highdicom measures the spacing from the slices' or frames'
+    positions: a source's own value is not trusted (GDCM writes 1 mm for 1.9 mm slices) and highdicom would copy it
+    into the SEG unchecked."""
     if "SpacingBetweenSlices" in source:
         del source.SpacingBetweenSlices
+    shared = source.get("SharedFunctionalGroupsSequence")
+    measures = shared[0].get("PixelMeasuresSequence") if shared else None
+    if measures and "SpacingBetweenSlices" in measures[0]:
+        del measures[0].SpacingBetweenSlices
+    return source
+
+
+_SHARED_GROUPS = {"PlaneOrientationSequence": ("ImageOrientationPatient", 1e-3),  # group: (its values, tolerance)
+                  "PixelMeasuresSequence": ("PixelSpacing", 1e-4)}
+
+
+def _with_shared_groups(source: pydicom.Dataset, path: str) -> pydicom.Dataset:
+    """An enhanced multi-frame source (read for this SEG only) with its plane orientation and pixel measures in the
+    shared functional groups, where highdicom reads them: a scanner may write them in every frame's own groups instead
+    (Philips; PS3.3 C.7.6.16 allows either). Other sources are returned as they are.
+
+    Raises:
+        InputError: naming ``path``, when its frames' orientations or pixel spacings differ (not one grid).
+    """
+    frames = source.get("PerFrameFunctionalGroupsSequence")
+    if not frames:
+        return source
+    if not source.get("SharedFunctionalGroupsSequence"):
+        source.SharedFunctionalGroupsSequence = [pydicom.Dataset()]
+    shared = source.SharedFunctionalGroupsSequence[0]
+    for group, (values, tolerance) in _SHARED_GROUPS.items():
+        found = [[float(v) for v in item[0].get(values) or ()] if item else [] for item in
+                 (frame.get(group) for frame in frames)]
+        if group in shared or not all(found) or len({len(v) for v in found}) > 1:
+            continue  # left as it is: highdicom refuses it
+        numbers = np.array(found)
+        odd = int(np.abs(numbers - numbers[0]).max(axis=1).argmax())
+        if np.abs(numbers[odd] - numbers[0]).max() > tolerance:
+            raise InputError(f"{path}: its frames differ in {values} (frame 1: {numbers[0].tolist()}, frame "
+                             f"{odd + 1}: {numbers[odd].tolist()}): not one grid a DICOM SEG can reference")
+        shared[group] = frames[0][group]
+        for frame in frames:
+            del frame[group]
     return source
 
 
@@ -90,9 +129,9 @@ def write_dicom_seg(label_map: np.ndarray, manifest: Manifest, source_files: lis
 
     One segment per manifest label (value -> segment number in manifest order); empty frames
     are omitted. Raises InputError when the label map does not match the series. The spacing between slices is
-    highdicom's measurement from the files' positions, not the source's SpacingBetweenSlices.
+    highdicom's measurement from the files' (or frames') positions, not the source's SpacingBetweenSlices.
     """
-    sources = [_without_spacing_between_slices(pydicom.dcmread(f)) for f in source_files]
+    sources = [_without_spacing_between_slices(_with_shared_groups(pydicom.dcmread(f), f)) for f in source_files]
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
     slices = source_slices(sources)
     if label_map.shape != (slices, rows, cols):
