@@ -204,14 +204,39 @@ def _frame_grid(positions: np.ndarray, orientation: np.ndarray, pixel: Sequence[
     return FrameGrid(origin, (x, y, step), tuple(float(v) for v in axes.ravel()))
 
 
+def _unplaced(path: str | Path, count: int) -> str:
+    """The message for a file of ``count`` frames that do not each carry a position."""
+    return (f"{path}: {count} frames without a position each: where its slices lie, and how far apart, is not in the "
+            "file; export the series as one file per slice or as an enhanced MR object")
+
+
+def _one_pixel_spacing(path: str | Path, pixels: list[tuple[int, list[float]]]) -> list[float] | None:
+    """The frames' common pixel spacing (row, column mm) from (frame number, spacing) pairs; None when no frame gives
+    one.
+
+    Raises:
+        InputError: frames that differ in pixel spacing by more than 1e-4 mm (not one grid), naming two of them.
+    """
+    if not pixels:
+        return None
+    (first_number, first), *rest = pixels
+    for number, values in rest:
+        if len(values) != len(first) or np.abs(np.subtract(values, first)).max() > 1e-4:
+            raise InputError(f"{path}: its frames differ in PixelSpacing (frame {first_number}: {first}, frame "
+                             f"{number}: {values}): not one grid")
+    return first
+
+
 def check_multiframe_geometry(path: str | Path) -> FrameGrid | None:
     """Refuse an enhanced multi-frame DICOM file whose frames are not one evenly spaced grid in stored order (GDCM
     reads the frames in file order onto an even grid), and return that grid (GDCM's own may not be it: it gives
-    spacing (1, 1, 1) mm when the frames' steps differ by rounding). Files that are no such object, or lack per-frame
-    positions, are not checked (None).
+    spacing (1, 1, 1) mm when the frames' steps differ by rounding). Files that are no multi-frame object are not
+    checked (None).
 
     Raises:
-        InputError: naming ``path`` (see :func:`check_stack`).
+        InputError: naming ``path``: frames that are not one evenly spaced grid in stored order (see
+            :func:`check_stack`), frames that differ in pixel spacing, or several frames without a position each (an MR
+            Image Storage object with NumberOfFrames: GDCM stacks them at a spacing the file does not give).
     """
     import pydicom
 
@@ -220,20 +245,24 @@ def check_multiframe_geometry(path: str | Path) -> FrameGrid | None:
     except Exception:  # noqa: BLE001 - not a DICOM file pydicom reads: left to ITK
         return None
     frames = dataset.get("PerFrameFunctionalGroupsSequence")
+    count = int(dataset.get("NumberOfFrames") or 1)
     if not frames or len(frames) < 2:
+        if count > 1:
+            raise InputError(_unplaced(path, count))
         return None
     shared_groups = dataset.get("SharedFunctionalGroupsSequence")
     shared = shared_groups[0] if shared_groups else None
-    positions, orientations, pixel = [], [], None
-    for frame in frames:
+    positions, orientations, pixels = [], [], []
+    for number, frame in enumerate(frames, start=1):
         plane, orientation = _frame_item(frame, shared, "PlanePositionSequence"), _frame_item(
             frame, shared, "PlaneOrientationSequence")
         measures = _frame_item(frame, shared, "PixelMeasuresSequence")
         if plane is None or orientation is None or "ImagePositionPatient" not in plane:
-            return None
+            raise InputError(_unplaced(path, len(frames)))
         positions.append([float(v) for v in plane.ImagePositionPatient])
         orientations.append([float(v) for v in orientation.ImageOrientationPatient])
-        if pixel is None and measures is not None and "PixelSpacing" in measures:
-            pixel = [float(v) for v in measures.PixelSpacing]
+        if measures is not None and "PixelSpacing" in measures:
+            pixels.append((number, [float(v) for v in measures.PixelSpacing]))
+    pixel = _one_pixel_spacing(path, pixels)
     check_stack(path, np.array(positions), np.array(orientations), min(pixel or [1.0]), in_order=True)
     return _frame_grid(np.array(positions), np.array(orientations[0]), pixel)

@@ -94,7 +94,8 @@ def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str])
 def _check_frames_referable(path: str, channel: str) -> None:
     """Refuse, before the run, a multi-frame DICOM file the SEG cannot reference frame by frame: one without
     per-frame positions (not an enhanced image: an MR Image Storage object with NumberOfFrames has one position for
-    all its frames). Frames out of spatial order are refused here too (:func:`check_multiframe_geometry`)."""
+    all its frames; :func:`check_multiframe_geometry` refuses it, as the reader does, and frames out of spatial order;
+    the message below is for a file pydicom cannot read)."""
     frames = read_header(path).GetSize()[2:3]
     if frames > (1,) and check_multiframe_geometry(path) is None:
         raise InputError(f"--dicom-seg: {path} (input {channel}) holds {frames[0]} frames without per-frame "
