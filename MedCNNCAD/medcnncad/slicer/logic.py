@@ -200,7 +200,6 @@ class SecondReaderLogic:
         check_declared_channels(named, manifest)
         return named
 
-    # -- 4D inputs (one file or sequence holding several MRI sequences) ----------------------
     @staticmethod
     def brainMaskChoice(brainMask: Any = None, brainMaskFrom: str | None = None,
                         referenceVolumeNode: Any = None) -> Any:
@@ -222,6 +221,7 @@ class SecondReaderLogic:
             return BrainMaskChoice(image=image, name=name)
         return BrainMaskChoice(source=brainMaskFrom) if brainMaskFrom else None
 
+    # -- 4D inputs (one file or sequence holding several MRI sequences) ----------------------
     def load4DFile(self, path: str, model: str = "demo", volumeOrder: str = "") -> dict[str, Any]:
         """Add one scalar volume node per channel of ``model`` that the 4D file's volumes hold; channel -> node.
 
