@@ -55,6 +55,9 @@ def test_a_given_mask_replaces_brain_extraction_and_bounds_the_result(case, tmp_
     assert written[:, :, :40].all() and not written[:, :, 40:].any()
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labels.nii.gz")))
     assert not labels[:, :, 40:].any()  # nothing outside the reader's mask (the model's results_inside_mask)
+    assert (out / "brain_mask.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the mask outlined, to check at a glance
+    assert main(["report", str(out)]) == 0
+    assert "Brain mask (given by the reader), outlined on 8 axial slices" in (out / "report.html").read_text()
 
 
 def test_the_default_run_of_this_small_skull_stripped_head_extracts_no_brain(case, tmp_path):
@@ -63,7 +66,7 @@ def test_the_default_run_of_this_small_skull_stripped_head_extracts_no_brain(cas
     assert _segment(case, out) == 0
     steps = json.loads((out / "report.json").read_text())["clinical_preprocessing"]
     step = next(s for s in steps if s["step"] == "brain_mask")
-    assert not step["applied"] and not (out / "brain_mask.nii.gz").exists()
+    assert not step["applied"] and not (out / "brain_mask.nii.gz").exists() and not (out / "brain_mask.png").exists()
 
 
 @pytest.mark.parametrize(("extra", "model", "message"), [
@@ -94,3 +97,14 @@ def test_a_mask_is_never_replaced_by_the_run_it_is_given_to(case, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and "would replace it with its own brain_mask.nii.gz" in err
     assert (out / "brain_mask.nii.gz").read_bytes() == before
+
+
+def test_the_figure_s_slices_lie_evenly_inside_the_mask():
+    from medcnncad.reporting.case_outputs import brain_mask_levels
+
+    inside = np.zeros((40, 6, 6), bool)
+    inside[10:31, 2:4, 2:4] = True  # slices 10 to 30: 10 + 20 j / 9 for j = 1..8, rounded
+    np.testing.assert_array_equal(brain_mask_levels(inside), [12, 14, 17, 19, 21, 23, 26, 28])
+    inside[:] = False
+    inside[5:8] = True  # a mask three slices thick: each of them once
+    np.testing.assert_array_equal(brain_mask_levels(inside), [5, 6, 7])

@@ -58,6 +58,8 @@ class SegmentationResult:
         network_input: when asked for (``Segmenter.run(keep_network_input=True)``), the network's input
             before any flip: the model's preprocessing of the inputs, float32 (C, I, J, K), and its
             4 x 4 RAS affine (mm); reused by the retrieval descriptors instead of preprocessing again.
+        unmasked_reference: with a brain mask, the first given sequence as it was read (on the reference grid,
+            nothing set to 0 outside the mask): what the brain-mask figure outlines the mask on.
     """
 
     label_map: np.ndarray
@@ -79,6 +81,7 @@ class SegmentationResult:
     preprocessing: list[dict] = field(default_factory=list)
     execution_policy: dict = field(default_factory=dict)
     network_input: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    unmasked_reference: sitk.Image | None = field(default=None, repr=False)
 
     def label_image(self) -> sitk.Image:
         """The label map as a SimpleITK image on the reference grid."""

@@ -236,6 +236,7 @@ class Segmenter:
         given = read_inputs(self.manifest, inputs)
         timings["read"] = clock(self.device) - t0
         t0 = clock(self.device)
+        read_first = next(iter(given.values()), None)  # the reference sequence as read, before any mask
         prepared = self._clinical_preprocessing(given, warnings, progress, brain_mask)
         if prepared is not None:
             given = prepared.images
@@ -313,7 +314,8 @@ class Segmenter:
                                   timings, missing, warnings, given, uncertainty, len(flips),
                                   removed_candidates=removed, lesion_filter_max=classifier_max,
                                   brain_mask=mask, preprocessing=_steps(prepared),
-                                  execution_policy=self.policy_note(), network_input=kept)
+                                  execution_policy=self.policy_note(), network_input=kept,
+                                  unmasked_reference=read_first if mask is not None else None)
 
 
 def _mask_array(prepared: PreparedCase | None) -> np.ndarray | None:

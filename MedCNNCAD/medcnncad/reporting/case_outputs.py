@@ -40,7 +40,7 @@ from medcnncad.retrieval.descriptors import LesionDescriptor, descriptors_json
 
 __all__ = ["CaseOutputs", "json_safe", "report_text", "build_report", "write_case_outputs", "render_overlays",
            "OUTPUT_PATTERNS", "REPORT_FILES", "check_inputs_spared",
-           "overlay_caption", "model_statement", "summary_table"]
+           "overlay_caption", "model_statement", "summary_table", "render_brain_mask", "brain_mask_caption"]
 
 @dataclass
 class CaseOutputs:
@@ -334,8 +334,71 @@ def render_overlays(result: SegmentationResult, background: sitk.Image, out_png:
     return Path(out_png)
 
 
+BRAIN_OUTLINE = (1.0, 0.8, 0.1)
+"""The brain mask's outline colour: bright, to stand out on grey skull and scalp."""
+
+
+BRAIN_MASK_SLICES = 8
+"""Axial slices of the brain-mask figure, evenly through the mask's extent."""
+
+
+def brain_mask_caption(step: Mapping[str, Any] | None) -> str:
+    """The brain-mask figure's caption: where the mask came from and what to check (``step``: the report's
+    brain-mask step of the clinical preprocessing)."""
+    how = "given by the reader" if step and step.get("mode") == "given" else \
+        f"deepbet on {step.get('source')}" if step else "the clinical chain's"
+    return (f"Brain mask ({how}), outlined on {BRAIN_MASK_SLICES} axial slices from its lowest to its highest: "
+            "nothing outside it was segmented. Check that it leaves out the eyes, sinuses and skull and cuts no "
+            "tumor")
+
+
+def brain_mask_levels(inside_kji: np.ndarray, count: int = BRAIN_MASK_SLICES) -> np.ndarray:
+    """Up to ``count`` axial slice indices (K) evenly inside the extent of a (K, J, I) mask, lowest first: its first
+    and last slice are left out unless the mask is thinner than ``count`` slices (then each slice comes once)."""
+    levels = np.flatnonzero(inside_kji.any(axis=(1, 2)))
+    return np.unique(np.linspace(levels[0], levels[-1], count + 2).round().astype(int)[1:-1])
+
+
+def render_brain_mask(result: SegmentationResult, background: sitk.Image, out_png: str | Path) -> Path:
+    """The brain mask the model was shown, outlined on :data:`BRAIN_MASK_SLICES` axial slices of ``background`` (the
+    reference sequence as read, so that what the mask left out shows too)
+    evenly from the mask's lowest to its highest slice (radiological convention, LPS-oriented): where a reader sees
+    at a glance whether it takes in the eyes or sinuses or cuts the brain. ``result.brain_mask`` is (K, J, I) on the
+    result's reference grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert result.brain_mask is not None
+    mask_image = sitk.GetImageFromArray(result.brain_mask)
+    mask_image.CopyInformation(result.reference)
+    bg, mask = (sitk.DICOMOrient(image, "LPS") for image in (background, mask_image))
+    arr, inside = sitk.GetArrayViewFromImage(bg), sitk.GetArrayViewFromImage(mask) > 0
+    picks = brain_mask_levels(inside)
+    aspect = bg.GetSpacing()[1] / bg.GetSpacing()[0]
+    fig, axes = plt.subplots(2, BRAIN_MASK_SLICES // 2, figsize=(12, 6.4), facecolor="black")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, k in zip(axes.ravel(), picks[::-1]):  # top row: highest slices, as a radiologist scrolls up
+        img = arr[k].astype(np.float32)
+        lo, hi = np.percentile(img, [1, 99.5]) if img.any() else (0, 1)
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        if inside[k].any():
+            ax.contour(inside[k], levels=[0.5], colors=[BRAIN_OUTLINE], linewidths=1.4)
+        ax.set_title(f"slice {k + 1} of {arr.shape[0]}", color="white", fontsize=8)
+        _mark_edges(ax, "axial", img.shape)
+    step = next((s for s in result.preprocessing if s.get("step") == "brain_mask"), None)
+    fig.suptitle(brain_mask_caption(step), color="white", fontsize=8, wrap=True)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80, facecolor="black")
+    plt.close(fig)
+    return Path(out_png)
+
+
 OUTPUT_PATTERNS = ("labels.nii.gz", "labels.seg.nrrd", "overlay.png", "report.json", "prob_*.nii.gz",
-                   "uncertainty.nii.gz", "brain_mask.nii.gz", "labels.seg.dcm", "labels.sr.dcm", "lesion_*.png")
+                   "uncertainty.nii.gz", "brain_mask.nii.gz", "brain_mask.png", "labels.seg.dcm", "labels.sr.dcm",
+                   "lesion_*.png")
 """The names a case run may write into its output folder (``*``: a channel name or a lesion id)."""
 
 REPORT_FILES = ("report.html", "report.pdf")
@@ -388,7 +451,8 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
     """Write every output of one case atomically into ``out_dir``.
 
     Files: ``labels.nii.gz``, ``labels.seg.nrrd``, ``prob_<channel>.nii.gz``,
-    ``overlay.png``, ``report.json``, ``uncertainty.nii.gz`` (with test-time augmentation)
+    ``overlay.png``, ``report.json``, ``uncertainty.nii.gz`` (with test-time augmentation),
+    ``brain_mask.nii.gz`` and ``brain_mask.png`` (when the clinical chain used a brain mask: :func:`render_brain_mask`)
     and, with ``dicom_sources`` (the files of the DICOM series the result's grid comes
     from), ``labels.seg.dcm``; with ``descriptors`` (similar-case retrieval), report.json's
     ``retrieval`` block and a thumbnail ``lesion_<id>.png`` per retrieval lesion. ``descriptors`` may be a
@@ -405,6 +469,7 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
             names["uncertainty"] = "uncertainty.nii.gz"
         if result.brain_mask is not None:
             names["brain_mask"] = "brain_mask.nii.gz"
+            names["brain_mask_figure"] = "brain_mask.png"
         # The volumes compress in two threads while this one writes the rest; leaving the with
         # block (also on an error or Ctrl-C) waits for them, before the staging folder goes.
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -423,6 +488,9 @@ def write_case_outputs(result: SegmentationResult, out_dir: str | Path, backgrou
             write_seg_nrrd(result.label_map, result.reference, result.manifest, staging / names["segmentation"])
             render_overlays(result, background if background is not None else result.reference,
                             staging / names["overlay"], reference_labels)
+            if result.brain_mask is not None:  # on the sequence as read: what the mask left out shows too
+                shown = result.unmasked_reference if result.unmasked_reference is not None else result.reference
+                render_brain_mask(result, shown, staging / names["brain_mask_figure"])
             for job in jobs:
                 job.result()
         if dicom_sources:

@@ -29,7 +29,7 @@ from medcnncad import INTENDED_USE
 from medcnncad.inference.scoring import calibration_words
 from medcnncad.io.images import atomic_path
 from medcnncad.io.json_files import read_json_object
-from medcnncad.reporting.case_outputs import model_statement, overlay_caption
+from medcnncad.reporting.case_outputs import brain_mask_caption, model_statement, overlay_caption
 from medcnncad.reporting.input_files import unchanged_inputs
 
 __all__ = ["case_report", "cohort_report", "html_to_pdf", "find_chromium", "Screenshots"]
@@ -152,6 +152,10 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
     model = report["model"]
     shots, skipped = _screenshots(case_dir, report, screenshots)
     shots.append((overlay_caption(report.get("reference") is not None), (case_dir / "overlay.png").read_bytes()))
+    mask_step = next((s for s in report.get("clinical_preprocessing") or () if s.get("step") == "brain_mask"
+                      and s.get("applied")), None)
+    if mask_step is not None and (case_dir / "brain_mask.png").is_file():  # the mask the model was shown
+        shots.append((brain_mask_caption(mask_step), (case_dir / "brain_mask.png").read_bytes()))
     body = [f"<p class='small'>case folder {html.escape(str(case_dir))}; created {html.escape(report['created'])}</p>",
             "<h2>Model</h2>", _table(["field", "value"], [
                 ("model", f"{model['name']} ({model['id']} {model['version']})"),
