@@ -204,11 +204,11 @@ class SecondReaderLogic:
     def brainMaskChoice(brainMask: Any = None, brainMaskFrom: str | None = None,
                         referenceVolumeNode: Any = None) -> Any:
         """The engine's ``BrainMaskChoice`` for a run: ``brainMask`` (segmentation node: its "brain" or only
-        segment, exported onto ``referenceVolumeNode``'s grid; or a label map volume node) or ``brainMaskFrom``
-        (a channel name); None when neither. The scene is not changed.
+        segment, exported onto ``referenceVolumeNode``'s grid when drawn on its voxels; or a label map volume node) or
+        ``brainMaskFrom`` (a channel name); None when neither. The scene is not changed.
 
         Raises:
-            InputError: both given, or a node that is no brain mask (naming it).
+            InputError: both given, or a node that is no brain mask or is drawn on another grid (naming it).
         """
         from medcnncad.preprocessing.brain_mask import BrainMaskChoice
         from medcnncad.slicer.adaptor import brain_mask_node_to_image
