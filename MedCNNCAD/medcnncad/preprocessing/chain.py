@@ -41,7 +41,7 @@ import SimpleITK as sitk
 
 from medcnncad.errors import InputError
 from medcnncad.io.images import same_space
-from medcnncad.models.manifest import ClinicalPreprocessing
+from medcnncad.models.manifest import ClinicalPreprocessing, extracts_brain
 from medcnncad.preprocessing.background import zero_constant_background
 from medcnncad.preprocessing.bias import n4_correct
 from medcnncad.preprocessing.brain_mask import (
@@ -339,7 +339,7 @@ def check_model_takes_choice(spec: ClinicalPreprocessing | None, choice: BrainMa
     ``brain_mask`` "never"), naming ``model``; no choice passes."""
     if choice is None or (choice.source is None and choice.image is None):
         return
-    if spec is None or spec.brain_mask == "never":
+    if not extracts_brain(spec):
         raise InputError(f"{model} extracts no brain (its manifest's clinical_preprocessing.brain_mask is "
                          f"{'absent' if spec is None else 'never'}): a brain mask or its sequence cannot be chosen")
 

@@ -159,6 +159,14 @@ class SecondReaderLogic:
         return cast("Manifest", describe_model(model))  # the module offers segmentation models only
 
     @staticmethod
+    def takesBrainMask(model: str) -> bool:
+        """Whether ``model``'s clinical preprocessing extracts the brain, so takes a reader's brain mask (``brainMask``
+        of :meth:`segment`; the panel offers its selector for such a model only)."""
+        from medcnncad.models.manifest import extracts_brain
+
+        return extracts_brain(SecondReaderLogic.describeModel(model).clinical)
+
+    @staticmethod
     def modelCard(model: str) -> str:
         """One line for the panel: name, version, format, where the weights came from, training data."""
         from medcnncad.models.registry import describe_model, model_source
