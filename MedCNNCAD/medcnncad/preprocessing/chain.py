@@ -8,7 +8,8 @@ Steps, in order, each timed and reported (:class:`StepReport`):
    registered onto it (Mattes mutual information from the scanner coordinates; where that lowers the quality
    figure or ends below its floor, the correlation of gradient magnitudes (floor 0.5) and a start from the
    centres of mass compete: :func:`register_sequence`, :mod:`.registration`) and resampled onto its grid;
-   sequences already on that grid are left alone ("grids match"). Registrations of several sequences, and the tries
+   sequences already on that grid (up to :func:`~medcnncad.io.images.same_space`'s tolerance) take its geometry,
+   their voxels as they are ("grids match"). Registrations of several sequences, and the tries
    after a weak first one, run side by side on the cores (each on one ITK thread and on its own copies of the images
    it hands ITK: the same transforms as one at a time). A registration whose quality
    (gradient-magnitude correlation inside the head) stays below ``min_registration_quality`` is an
@@ -267,12 +268,25 @@ def _with_own_copy(jobs: Sequence[Callable[[R], T]], shared: R, copy: Callable[[
     return _side_by_side([partial(run, job) for job in jobs], width)
 
 
+def _with_geometry_of(reference: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """``image`` with ``reference``'s origin, spacing and direction: itself when it has them, else a copy (its
+    voxels as they are)."""
+    geometry = lambda i: (i.GetOrigin(), i.GetSpacing(), i.GetDirection())  # noqa: E731
+    if geometry(image) == geometry(reference):
+        return image
+    copy = sitk.Image(image)
+    copy.CopyInformation(reference)
+    return copy
+
+
 def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, workers: int | None = None) -> StepReport:
     """Each sequence off the first one's grid registered onto it (side by side, :func:`_side_by_side`)."""
     start = time.perf_counter()
     names = list(images)
     fixed = images[names[0]]
     done: dict[str, Any] = {name: "grids match" for name in names[1:] if same_space(fixed, images[name])}
+    for name in done:  # up to same_space's tolerance: ITK's filters, later, compare at a tighter one
+        images[name] = _with_geometry_of(fixed, images[name])
     moved = [name for name in names[1:] if name not in done]
     # the tries of one sequence share the cores with the other sequences' registrations
     inner = max(1, (workers if workers is not None else registration_workers()) // max(1, len(moved)))
