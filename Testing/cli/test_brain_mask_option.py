@@ -94,3 +94,17 @@ def test_a_mask_is_never_replaced_by_the_run_it_is_given_to(case, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and "would replace it with its own brain_mask.nii.gz" in err
     assert (out / "brain_mask.nii.gz").read_bytes() == before
+
+
+def test_the_report_names_a_mask_given_by_a_relative_path_by_its_whole_path(case, tmp_path, monkeypatch):
+    """report.json, the notes and the HTML report made from them are read later from anywhere: the mask is named as
+    the inputs are, by its resolved path, not as typed ("brain mask mask.nrrd")."""
+    monkeypatch.chdir(case)
+    out = tmp_path / "out"
+    assert _segment(case, out, "--brain-mask", "mask.nrrd") == 0
+    report = json.loads((out / "report.json").read_text())
+    step = next(s for s in report["clinical_preprocessing"] if s["step"] == "brain_mask")
+    whole = str((case / "mask.nrrd").resolve())
+    assert step["source"] == f"brain mask {whole}" and report["brain_mask_file"]["path"] == whole
+    assert any(w.startswith(f"clinical preprocessing: the brain mask was given (brain mask {whole}, ")
+               for w in report["warnings"]), report["warnings"]
