@@ -173,3 +173,19 @@ def test_a_mask_in_another_direction_whose_voxels_are_not_the_reference_s_is_sti
         stored.SetSpacing((1.0, 1.0, 1.0))
     with pytest.raises(InputError, match="not on the grid of input T1c"):
         given_mask(BrainMaskChoice(image=stored), reference, "T1c")
+
+
+def test_a_sequence_chosen_for_a_head_the_model_sees_skull_stripped_is_not_passed_over_without_a_word(monkeypatch):
+    """The model's auto rule extracts no brain from a skull-stripped head: the reader who named the sequence deepbet
+    should read is told why their choice changed nothing, and how to bound the run all the same."""
+    read = _spy(monkeypatch)
+    images = {"T1c": _image(10.0), "T2": _image(20.0)}
+    prepared = prepare_case(images, ClinicalPreprocessing(registration="none"), choice=BrainMaskChoice(source="T1c"))
+    step = prepared.steps[-1]
+    assert read == [] and not step.applied and step.detail["source_chosen_by"] == "the reader"
+    assert prepared.warnings == [
+        "clinical preprocessing: no brain extracted from T1c (your choice): the head is already skull-stripped (7 mL "
+        "of foreground, the model extracts the brain above 2200 mL); to bound the run, give a brain mask of your own "
+        "(--brain-mask FILE; Slicer: the Brain mask selector)"]
+    default = prepare_case(images, ClinicalPreprocessing(registration="none"))
+    assert default.warnings == []  # the model's own rule, passed over as before: nothing to tell

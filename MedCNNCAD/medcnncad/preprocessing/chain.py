@@ -424,7 +424,7 @@ def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, 
     for name, image in work.items():  # registration "none": the old rule, scanner coordinates as they are
         if not same_space(first, image):
             work[name] = resample_to(image, first)
-    return PreparedCase(work, mask, steps, [note for s in steps if s.applied for note in _notes(s)])
+    return PreparedCase(work, mask, steps, [note for s in steps for note in (_notes(s) if s.applied else _unheeded(s))])
 
 
 T1_WEIGHTED = ("T1", "T1c")
@@ -435,6 +435,18 @@ OFF_DOMAIN_NOTE = ("clinical preprocessing: deepbet was trained on T1-weighted s
                    "(--brain-mask FILE; Slicer: the Brain mask selector)")
 """What a reader is told when deepbet read a T2 or FLAIR: on the one skull-on clinical scan here its T2 SPACE mask
 took in an orbit (docs/models.md, "A reader's brain mask")."""
+
+
+def _unheeded(step: StepReport) -> list[str]:
+    """What a reader who named the sequence deepbet reads is told when the step read none (the model's auto rule saw
+    a skull-stripped head); nothing for another step, or for the model's own choice of sequence."""
+    d = step.detail
+    if step.name != "brain_mask" or d.get("source_chosen_by") != "the reader":
+        return []
+    return [f"clinical preprocessing: no brain extracted from {d['source']} (your choice): the head is already "
+            f"skull-stripped ({d['head_ml']:.0f} mL of foreground, the model extracts the brain above "
+            f"{d['skull_stripped_max_ml']:.0f} mL); to bound the run, give a brain mask of your own "
+            f"(--brain-mask FILE; Slicer: the Brain mask selector)"]
 
 
 def _notes(step: StepReport) -> list[str]:
