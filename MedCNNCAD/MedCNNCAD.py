@@ -240,6 +240,7 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelInfoLabel.text = self.logic.modelCard(modelId)
         if index is not None:  # a model picked by hand starts in the mode its lesion filters were chosen in
             self._parameterNode.testTimeAugmentation = manifest.inference.test_time_augmentation
+        self.ui.brainMaskLabel.visible = self.ui.brainMaskSelector.visible = self.logic.takesBrainMask(modelId)
         volumes = slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
         proposal = self.logic.assignInputs(manifest, volumes)
         for i in range(MAX_CHANNELS):
@@ -262,10 +263,10 @@ class MedCNNCADWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation."):
             manifest = self.logic.describeModel(p.model)  # a model folder that went away: the dialog says so
             volumes = {c.name: getattr(p, f"inputVolume{i}") for i, c in enumerate(manifest.inputs[:MAX_CHANNELS])}
+            mask = p.brainMask if self.logic.takesBrainMask(p.model) else None  # its selector is hidden otherwise
             self._job = self.logic.startSegmentation({k: v for k, v in volumes.items() if v}, p.model, p.device,
                                                      p.trust, self.logic.lesionClassifier(p.classifyLesions),
-                                                     p.testTimeAugmentation, p.libraryFolder or None,
-                                                     brainMask=p.brainMask)
+                                                     p.testTimeAugmentation, p.libraryFolder or None, brainMask=mask)
             self.ui.applyButton.text = "Cancel"
             self.ui.progressBar.value = 0
             self.timer.start()

@@ -108,3 +108,17 @@ def test_the_figure_s_slices_lie_evenly_inside_the_mask():
     inside[:] = False
     inside[5:8] = True  # a mask three slices thick: each of them once
     np.testing.assert_array_equal(brain_mask_levels(inside), [5, 6, 7])
+
+
+def test_the_report_names_a_mask_given_by_a_relative_path_by_its_whole_path(case, tmp_path, monkeypatch):
+    """report.json, the notes and the HTML report made from them are read later from anywhere: the mask is named as
+    the inputs are, by its resolved path, not as typed ("brain mask mask.nrrd")."""
+    monkeypatch.chdir(case)
+    out = tmp_path / "out"
+    assert _segment(case, out, "--brain-mask", "mask.nrrd") == 0
+    report = json.loads((out / "report.json").read_text())
+    step = next(s for s in report["clinical_preprocessing"] if s["step"] == "brain_mask")
+    whole = str((case / "mask.nrrd").resolve())
+    assert step["source"] == f"brain mask {whole}" and report["brain_mask_file"]["path"] == whole
+    assert any(w.startswith(f"clinical preprocessing: the brain mask was given (brain mask {whole}, ")
+               for w in report["warnings"]), report["warnings"]

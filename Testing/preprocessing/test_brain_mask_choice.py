@@ -139,3 +139,53 @@ def test_a_mask_a_hair_off_the_grid_is_taken_and_put_on_the_reference_s_geometry
     mask.SetOrigin(tuple(np.add(reference.GetOrigin(), (5e-4, 0.0, 0.0))))
     out = given_mask(BrainMaskChoice(image=mask), reference, "T1c")
     assert out.GetOrigin() == reference.GetOrigin() and out.GetPixelID() == sitk.sitkUInt8
+
+
+def _stored_otherwise(mask: sitk.Image, flip: tuple[bool, bool, bool] = (False, False, False),
+                      order: tuple[int, int, int] = (0, 1, 2)) -> sitk.Image:
+    """``mask``'s voxels, each where it was in space, stored with its axes in another direction (``flip``) and order
+    (``order``, I J K): what a tool that writes RAS (or another axis order) makes of an LPS mask."""
+    return sitk.PermuteAxes(sitk.Flip(mask, list(flip)), list(order))
+
+
+@pytest.mark.parametrize(("flip", "order"), [((True, False, False), (0, 1, 2)), ((True, True, False), (0, 1, 2)),
+                                             ((False, False, True), (1, 0, 2)), ((False, True, False), (2, 0, 1))])
+def test_a_mask_of_the_same_voxels_stored_in_another_axis_direction_or_order_is_taken_voxel_for_voxel(flip, order):
+    reference = _image(10.0)
+    mask = _mask_like(reference)
+    mask[4, 5, 6] = 0  # no symmetry to hide a wrong flip
+    stored = _stored_otherwise(mask, flip, order)
+    assert stored.GetDirection() != reference.GetDirection()
+    out = given_mask(BrainMaskChoice(image=stored), reference, "T1c")
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(mask))
+    assert out.GetOrigin() == reference.GetOrigin() and out.GetDirection() == reference.GetDirection()
+
+
+@pytest.mark.parametrize("how", ["half a voxel off", "one slice short", "spacing halved"])
+def test_a_mask_in_another_direction_whose_voxels_are_not_the_reference_s_is_still_refused(how):
+    reference = _image(10.0)
+    stored = _stored_otherwise(_mask_like(reference), (True, False, False))
+    if how == "half a voxel off":
+        stored.SetOrigin(tuple(np.add(stored.GetOrigin(), (1.0, 0.0, 0.0))))  # 2 mm voxels
+    elif how == "one slice short":
+        stored = stored[:, :, 1:]
+    else:
+        stored.SetSpacing((1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="not on the grid of input T1c"):
+        given_mask(BrainMaskChoice(image=stored), reference, "T1c")
+
+
+def test_a_sequence_chosen_for_a_head_the_model_sees_skull_stripped_is_not_passed_over_without_a_word(monkeypatch):
+    """The model's auto rule extracts no brain from a skull-stripped head: the reader who named the sequence deepbet
+    should read is told why their choice changed nothing, and how to bound the run all the same."""
+    read = _spy(monkeypatch)
+    images = {"T1c": _image(10.0), "T2": _image(20.0)}
+    prepared = prepare_case(images, ClinicalPreprocessing(registration="none"), choice=BrainMaskChoice(source="T1c"))
+    step = prepared.steps[-1]
+    assert read == [] and not step.applied and step.detail["source_chosen_by"] == "the reader"
+    assert prepared.warnings == [
+        "clinical preprocessing: no brain extracted from T1c (your choice): the head is already skull-stripped (7 mL "
+        "of foreground, the model extracts the brain above 2200 mL); to bound the run, give a brain mask of your own "
+        "(--brain-mask FILE; Slicer: the Brain mask selector)"]
+    default = prepare_case(images, ClinicalPreprocessing(registration="none"))
+    assert default.warnings == []  # the model's own rule, passed over as before: nothing to tell

@@ -259,6 +259,32 @@ def test_chain_on_a_skull_stripped_case_on_one_grid_changes_nothing_but_reports_
                                       sitk.GetArrayViewFromImage(image))
 
 
+
+def test_a_sequence_on_the_first_one_s_grid_up_to_the_tolerance_takes_its_geometry_exactly():
+    """A sequence a converter wrote 2e-6 mm away from the first (a DICOM series beside its NIfTI) is on its grid
+    ("grids match": not registered) and leaves the chain with the first's geometry, its voxels as they were: ITK's
+    filters compare geometry at 1e-6 of a voxel, and the lesion descriptors' intensity statistics of a brats-robust-unet
+    run failed on it ("Inputs do not occupy the same physical space", internal error, exit 1)."""
+    from helpers import small_phantom
+
+    from medcnncad.models.manifest import ClinicalPreprocessing
+    from medcnncad.preprocessing.chain import prepare_case
+
+    images, _ = small_phantom()
+    flair = sitk.Image(images["FLAIR"])
+    flair.SetOrigin(tuple(np.add(flair.GetOrigin(), (2e-6, -1e-6, 0.0))))
+    given = {"T1c": images["T1c"], "FLAIR": flair}
+    prepared = prepare_case(given, ClinicalPreprocessing(brain_mask="never"))
+    assert prepared.steps[1].detail["sequences"] == {"FLAIR": "grids match"}
+    out = prepared.images["FLAIR"]
+    assert (out.GetOrigin(), out.GetSpacing(), out.GetDirection()) == (
+        images["T1c"].GetOrigin(), images["T1c"].GetSpacing(), images["T1c"].GetDirection())
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(flair))
+    assert flair.GetOrigin() != images["T1c"].GetOrigin()  # the caller's image is left as it was
+    labels = sitk.Cast(sitk.GetImageFromArray((sitk.GetArrayViewFromImage(out) > 0).astype(np.uint8)), sitk.sitkUInt8)
+    labels.CopyInformation(images["T1c"])
+    sitk.LabelIntensityStatisticsImageFilter().Execute(labels, out)  # raised before
+
 def test_chain_registers_a_moved_sequence_onto_the_first_and_refuses_another_patient():
     from medcnncad.models.manifest import ClinicalPreprocessing
     from medcnncad.preprocessing.chain import prepare_case

@@ -110,3 +110,95 @@ def test_a_choice_the_run_cannot_take_is_refused_before_the_worker_starts(scene,
     with pytest.raises(InputError, match=message):
         logic.startSegmentation(volumes, model="brats-robust-unet", device="cpu", **kwargs)
     assert scene_fingerprint(scene) == before
+
+
+def _segmentation_on(scene, volume, name: str, box: tuple[slice, ...]):
+    """A segmentation drawn with ``volume`` as its geometry (the Segment Editor's source volume): one "brain"
+    segment, the voxels ``box`` of ``volume``'s (K, J, I) grid."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment = node.GetSegmentation().AddEmptySegment("brain", "brain")
+    array = np.zeros(slicer.util.arrayFromVolume(volume).shape, np.uint8)
+    array[box] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(array, node, segment, volume)
+    return node
+
+
+def test_a_segmentation_drawn_on_another_grid_is_refused_as_a_label_map_or_file_there_is(scene, module, monkeypatch):
+    """A mask drawn on a sequence that is not on the reference's grid (a T2 the engine registers, another study) is
+    not the reader's mask once resampled by scanner coordinates: refused before the worker starts, as the same mask
+    as a label map volume (and as a file on the command line) is; the scene as it was."""
+    import SimpleITK as sitk
+
+    from medcnncad.slicer import worker
+    from medcnncad.slicer.adaptor import volume_node_to_image
+
+    volumes, _ = _case(scene)
+    t1c = volume_node_to_image(volumes["T1c"])
+    coarse = sitk.Resample(t1c, [40, 40, 18], sitk.Transform(), sitk.sitkLinear, t1c.GetOrigin(),
+                           tuple(2 * s for s in t1c.GetSpacing()), t1c.GetDirection())
+    t2 = volume_from_image(coarse, "phantom T2, 2x coarser")
+    mask = _segmentation_on(scene, t2, "drawn on T2", (slice(2, 16), slice(5, 35), slice(5, 35)))
+    monkeypatch.setattr(worker, "WorkerClient", lambda *a, **k: pytest.fail("a worker started"))
+    before = scene_fingerprint(scene)
+    with pytest.raises(InputError, match=r"segment 'brain' of 'drawn on T2': not on the voxels of 'phantom T1c', "
+                                         r"the run's reference \(spacing \(2\.4, 2\.4, 3\.81\) mm against "
+                                         r"\(1\.2, 1\.2, 1\.91\) mm"):
+        module.MedCNNCADLogic().startSegmentation(volumes, model="brats-robust-unet", device="cpu", brainMask=mask)
+    assert scene_fingerprint(scene) == before
+
+
+def test_a_segmentation_moved_by_whole_voxels_is_read_where_it_is_shown(scene, module):
+    """A segmentation under a translation of two voxels along I is on the reference's voxels still: taken, moved."""
+    import vtk
+
+    from medcnncad.slicer.adaptor import ijk_to_world
+
+    volumes, mask = _case(scene)
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "two voxels")
+    matrix = vtk.vtkMatrix4x4()
+    for row, value in enumerate(2 * ijk_to_world(volumes["T1c"])[:3, 0]):
+        matrix.SetElement(row, 3, float(value))
+    shift.SetMatrixTransformToParent(matrix)
+    mask.SetAndObserveTransformNodeID(shift.GetID())
+    choice = module.MedCNNCADLogic.brainMaskChoice(mask, None, volumes["T1c"])
+    from SimpleITK import GetArrayViewFromImage
+
+    chosen = GetArrayViewFromImage(choice.image)
+    assert chosen[:, :, 2:42].all() and not chosen[:, :, :2].any() and not chosen[:, :, 42:].any()
+
+
+def test_an_earlier_run_s_mask_on_a_reference_under_a_transform_is_on_its_voxels(scene, module):
+    """The reference under a (not hardened) transform: the brain mask an earlier run added (drawn through the
+    reference's world geometry) is taken, voxel for voxel."""
+    import vtk
+
+    from medcnncad.slicer.adaptor import world_geometry
+
+    volumes, _ = _case(scene)
+    turn = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "turn")
+    rotation = vtk.vtkTransform()
+    rotation.RotateZ(12.0)
+    rotation.Translate(3.3, -1.7, 0.4)
+    turn.SetMatrixTransformToParent(rotation.GetMatrix())
+    volumes["T1c"].SetAndObserveTransformNodeID(turn.GetID())
+    with world_geometry(volumes["T1c"]) as geometry:
+        mask = _segmentation_on(scene, geometry, "MedCNNCAD brain mask", (slice(None), slice(None), slice(0, 40)))
+    choice = module.MedCNNCADLogic.brainMaskChoice(mask, None, volumes["T1c"])
+    from SimpleITK import GetArrayViewFromImage
+
+    chosen = GetArrayViewFromImage(choice.image)
+    assert chosen[:, :, :40].all() and not chosen[:, :, 40:].any()
+
+
+def test_a_closed_surface_segment_has_no_grid_of_its_own_and_is_put_on_the_reference_s(scene, module):
+    volumes, mask = _case(scene)
+    mask.CreateClosedSurfaceRepresentation()
+    mask.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    mask.GetSegmentation().RemoveRepresentation("Binary labelmap")
+    choice = module.MedCNNCADLogic.brainMaskChoice(mask, None, volumes["T1c"])
+    from SimpleITK import GetArrayViewFromImage
+
+    chosen = GetArrayViewFromImage(choice.image)
+    assert chosen[2:-2, 2:-2, 2:38].all() and not chosen[:, :, 42:].any()

@@ -135,6 +135,37 @@ def test_apply_polls_the_worker_shows_results_thresholds_and_compares(env):
     assert reference.GetSegmentation().GetNumberOfSegments() == 3  # the reader's node is untouched
 
 
+
+@pytest.mark.parametrize(("model", "offered"), [("brats-robust-unet", True), ("brats-demo-unet", False)])
+def test_the_brain_mask_selector_is_offered_and_passed_only_for_a_model_that_extracts_the_brain(env, monkeypatch,
+                                                                                                  model, offered):
+    """A reader's mask left selected after a brats-robust-unet run is not a brats-demo-unet input: its selector is
+    hidden for that model and Apply does not hand it on (the run was refused: that model extracts no brain)."""
+    import slicer
+
+    from medcnncad.errors import InputError
+
+    _sample(env)
+    widget = make_widget(env)
+    ui, p = widget.ui, widget._parameterNode
+    mask = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited brain")
+    p.brainMask = mask
+    assert unwrap(ui.brainMaskSelector).currentNode() is mask  # bound to the parameter node
+    _select_model(widget, model)
+    assert unwrap(ui.brainMaskSelector).isHidden() is not offered
+    assert unwrap(ui.brainMaskLabel).isHidden() is not offered
+    started: list[dict] = []
+
+    def start(*args, **kwargs):
+        started.append(kwargs)
+        raise InputError("stopped here")
+
+    monkeypatch.setattr(widget.logic, "startSegmentation", start)
+    with pytest.raises(InputError):
+        widget.onApplyOrCancel()
+    assert started[0]["brainMask"] is (mask if offered else None)
+    assert p.brainMask is mask  # kept for when a model that takes it is chosen again
+
 def test_a_failed_start_is_shown_once_and_leaves_the_scene_alone(env):
     import slicer
 

@@ -25,7 +25,7 @@ from medcnncad.models.lesion_filter_features import feature_names
 
 __all__ = [
     "LABEL_PALETTE", "palette_colour", "Code", "Terminology", "InputChannel", "LabelDef", "RegionDef", "Preprocessing",
-    "ClinicalPreprocessing",
+    "ClinicalPreprocessing", "extracts_brain",
     "InferenceSettings",
     "channel_term", "channels_named", "OutputChannel", "CoreRefinement", "VesselFilter", "Postprocessing", "Manifest",
     "load_manifest",
@@ -139,6 +139,13 @@ class ClinicalPreprocessing:
     mask_dilate_voxels: int = 0
     bias_correction: bool = False
     results_inside_mask: bool = False  # labels and probabilities outside the brain mask -> background
+
+
+def extracts_brain(spec: ClinicalPreprocessing | None) -> bool:
+    """Whether a model's clinical preprocessing (``spec``) may extract the brain, so takes a reader's brain-mask
+    choice (:class:`medcnncad.preprocessing.brain_mask.BrainMaskChoice`): it has one, its ``brain_mask`` not
+    "never"."""
+    return spec is not None and spec.brain_mask != "never"
 
 
 @dataclass(frozen=True)

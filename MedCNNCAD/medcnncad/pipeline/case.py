@@ -150,7 +150,8 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     read_files = input_fingerprints(inputs)  # what this run reads, for the HTML report's check (input_files.py)
     reference_file = file_fingerprint(reference) if reference else None
     mask_file = file_fingerprint(brain_mask) if brain_mask else None
-    choice = brain_mask_choice(brain_mask, brain_mask_from)
+    named = f"brain mask {Path(brain_mask).resolve()}" if brain_mask else None  # as the report names the inputs
+    choice = brain_mask_choice(brain_mask, brain_mask_from, named)
     check_model_takes_choice(segmenter.manifest.clinical, choice, f"model {segmenter.manifest.id}")  # before reading
     if reference:  # a label file of a dataset folder is read in its dataset.json's convention
         reference_labels = reference_convention(reference, reference_labels, segmenter.manifest)

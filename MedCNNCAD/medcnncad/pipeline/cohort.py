@@ -6,8 +6,8 @@ DICOM folder; relative paths are relative to the CSV), optional ``<channel>_seri
 ``reference`` (label map) with an optional ``reference_labels`` (its label convention: ``brats2023``, ``msd``
 or ``SOURCE=TARGET`` pairs, see :func:`medcnncad.metrics.label_conventions.parse_label_map`), an optional ``label``
 (1 = abnormal, 0 = normal) and, for a model that extracts the brain, an optional ``brain_mask`` (the case's own mask
-file) or ``brain_mask_from`` (the sequence to extract it from; :func:`medcnncad.pipeline.case.brain_mask_choice`).
-Every case gets the outputs of ``medcnncad segment`` in
+file) or ``brain_mask_from`` (the sequence to extract it from;
+:func:`medcnncad.preprocessing.brain_mask.brain_mask_choice`). Every case gets the outputs of ``medcnncad segment`` in
 ``OUT/cases/<case_id>/``; a case whose ``report.json`` exists is skipped (resume). A failed
 case is recorded in ``failures.csv`` and the cohort goes on.
 

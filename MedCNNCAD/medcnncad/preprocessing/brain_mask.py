@@ -31,7 +31,8 @@ from medcnncad.io.images import check_finite, geometry_text, read_volume, same_s
 from medcnncad.models.preprocessing import ras_affine
 
 __all__ = ["SOURCE_ORDER", "MIN_SHARE", "MAX_SHARE", "BrainMaskChoice", "extract_brain", "check_mask", "apply_mask",
-           "mask_volume_ml", "pick_source", "given_mask", "brain_mask_choice"]
+           "mask_volume_ml", "pick_source", "given_mask", "brain_mask_choice", "voxel_index_map", "on_reference_voxels",
+           "GRID_TOLERANCE"]
 
 SOURCE_ORDER = ("T1", "T2", "FLAIR", "T1c")
 """Sequences to compute the brain mask from, best first (see the module docstring)."""
@@ -84,9 +85,8 @@ def given_mask(choice: BrainMaskChoice, reference: sitk.Image, reference_name: s
     """The reader's mask of ``choice`` as a uint8 (0/1) image on ``reference``'s grid.
 
     Raises:
-        InputError: naming the mask, when it is not a 3D image on the reference's grid (size, spacing, origin,
-            direction within :func:`medcnncad.io.images.same_space`'s tolerance), holds a NaN or infinity, or is
-            empty or covers (almost) the whole volume (:func:`check_mask`).
+        InputError: naming the mask, when it is not a 3D image on the reference's voxels (:func:`on_reference_voxels`),
+            holds a NaN or infinity, or is empty or covers (almost) the whole volume (:func:`check_mask`).
     """
     image = choice.image
     assert image is not None
@@ -94,12 +94,51 @@ def given_mask(choice: BrainMaskChoice, reference: sitk.Image, reference_name: s
         raise InputError(f"{choice.name}: a brain mask must be one 3D scalar volume (got {image.GetDimension()}D with "
                          f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel)")
     check_finite(image, choice.name)
-    if not same_space(image, reference):
+    on_grid = on_reference_voxels(image, reference)
+    if on_grid is None:
         raise InputError(f"{choice.name}: not on the grid of input {reference_name}, the case's reference "
                          f"({geometry_text(image)} against {geometry_text(reference)})")
-    mask = sitk.GetImageFromArray((sitk.GetArrayViewFromImage(image) != 0).astype(np.uint8))
+    mask = sitk.GetImageFromArray((sitk.GetArrayViewFromImage(on_grid) != 0).astype(np.uint8))
     mask.CopyInformation(reference)
     return check_mask(mask, choice.name, failure="")
+
+
+GRID_TOLERANCE = 1e-3
+"""How far (in voxels, and in the entries of the index-to-index matrix) two lattices may differ and still be one."""
+
+
+def voxel_index_map(grid: np.ndarray, reference: np.ndarray, tol: float = GRID_TOLERANCE) -> np.ndarray | None:
+    """The 4 x 4 matrix taking the voxel indices of one lattice to those of another, when every voxel centre of the
+    one is a voxel centre of the other: its 3 x 3 part a signed permutation (the axes in another order or direction)
+    and its shift whole voxels, each within ``tol``; None otherwise.
+
+    Args:
+        grid, reference: 4 x 4 index-to-physical matrices in one frame (both RAS, or both LPS).
+    """
+    mapping = np.linalg.solve(reference, grid)
+    rounded = np.round(mapping)
+    linear = rounded[:3, :3]
+    signed_permutation = (np.abs(linear).sum(axis=0) == 1).all() and (np.abs(linear).sum(axis=1) == 1).all()
+    if not signed_permutation or np.abs(mapping[:3] - rounded[:3]).max() > tol:
+        return None
+    return rounded
+
+
+def on_reference_voxels(image: sitk.Image, reference: sitk.Image) -> sitk.Image | None:
+    """``image`` on ``reference``'s grid when its voxels are the reference's: ``image`` itself on the same grid
+    (:func:`medcnncad.io.images.same_space`), its voxels moved one for one when it holds the same voxel centres
+    stored with the axes in another order or direction (a mask written as RAS for an LPS scan); None otherwise
+    (another spacing, extent, or a lattice off the reference's: a resampled mask is not the reader's)."""
+    if same_space(image, reference):
+        return image
+    mapping = voxel_index_map(ras_affine(image), ras_affine(reference))
+    if mapping is None:
+        return None
+    corners = mapping @ np.array([[0, 0, 0, 1], [*(np.array(image.GetSize()) - 1), 1]], dtype=np.float64).T
+    low, high = corners[:3].min(axis=1), corners[:3].max(axis=1)
+    if (low != 0).any() or (high != np.array(reference.GetSize()) - 1).any():
+        return None
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, image.GetPixelID())
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,7 +8,8 @@ Steps, in order, each timed and reported (:class:`StepReport`):
    registered onto it (Mattes mutual information from the scanner coordinates; where that lowers the quality
    figure or ends below its floor, the correlation of gradient magnitudes (floor 0.5) and a start from the
    centres of mass compete: :func:`register_sequence`, :mod:`.registration`) and resampled onto its grid;
-   sequences already on that grid are left alone ("grids match"). Registrations of several sequences, and the tries
+   sequences already on that grid (up to :func:`~medcnncad.io.images.same_space`'s tolerance) take its geometry,
+   their voxels as they are ("grids match"). Registrations of several sequences, and the tries
    after a weak first one, run side by side on the cores (each on one ITK thread and on its own copies of the images
    it hands ITK: the same transforms as one at a time). A registration whose quality
    (gradient-magnitude correlation inside the head) stays below ``min_registration_quality`` is an
@@ -41,7 +42,7 @@ import SimpleITK as sitk
 
 from medcnncad.errors import InputError
 from medcnncad.io.images import same_space
-from medcnncad.models.manifest import ClinicalPreprocessing
+from medcnncad.models.manifest import ClinicalPreprocessing, extracts_brain
 from medcnncad.preprocessing.background import zero_constant_background
 from medcnncad.preprocessing.bias import n4_correct
 from medcnncad.preprocessing.brain_mask import (
@@ -267,12 +268,25 @@ def _with_own_copy(jobs: Sequence[Callable[[R], T]], shared: R, copy: Callable[[
     return _side_by_side([partial(run, job) for job in jobs], width)
 
 
+def _with_geometry_of(reference: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """``image`` with ``reference``'s origin, spacing and direction: itself when it has them, else a copy (its
+    voxels as they are)."""
+    geometry = lambda i: (i.GetOrigin(), i.GetSpacing(), i.GetDirection())  # noqa: E731
+    if geometry(image) == geometry(reference):
+        return image
+    copy = sitk.Image(image)
+    copy.CopyInformation(reference)
+    return copy
+
+
 def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, workers: int | None = None) -> StepReport:
     """Each sequence off the first one's grid registered onto it (side by side, :func:`_side_by_side`)."""
     start = time.perf_counter()
     names = list(images)
     fixed = images[names[0]]
     done: dict[str, Any] = {name: "grids match" for name in names[1:] if same_space(fixed, images[name])}
+    for name in done:  # up to same_space's tolerance: ITK's filters, later, compare at a tighter one
+        images[name] = _with_geometry_of(fixed, images[name])
     moved = [name for name in names[1:] if name not in done]
     # the tries of one sequence share the cores with the other sequences' registrations
     inner = max(1, (workers if workers is not None else registration_workers()) // max(1, len(moved)))
@@ -339,7 +353,7 @@ def check_model_takes_choice(spec: ClinicalPreprocessing | None, choice: BrainMa
     ``brain_mask`` "never"), naming ``model``; no choice passes."""
     if choice is None or (choice.source is None and choice.image is None):
         return
-    if spec is None or spec.brain_mask == "never":
+    if not extracts_brain(spec):
         raise InputError(f"{model} extracts no brain (its manifest's clinical_preprocessing.brain_mask is "
                          f"{'absent' if spec is None else 'never'}): a brain mask or its sequence cannot be chosen")
 
@@ -410,7 +424,7 @@ def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, 
     for name, image in work.items():  # registration "none": the old rule, scanner coordinates as they are
         if not same_space(first, image):
             work[name] = resample_to(image, first)
-    return PreparedCase(work, mask, steps, [note for s in steps if s.applied for note in _notes(s)])
+    return PreparedCase(work, mask, steps, [note for s in steps for note in (_notes(s) if s.applied else _unheeded(s))])
 
 
 T1_WEIGHTED = ("T1", "T1c")
@@ -421,6 +435,18 @@ OFF_DOMAIN_NOTE = ("clinical preprocessing: deepbet was trained on T1-weighted s
                    "(--brain-mask FILE; Slicer: the Brain mask selector)")
 """What a reader is told when deepbet read a T2 or FLAIR: on the one skull-on clinical scan here its T2 SPACE mask
 took in an orbit (docs/models.md, "A reader's brain mask")."""
+
+
+def _unheeded(step: StepReport) -> list[str]:
+    """What a reader who named the sequence deepbet reads is told when the step read none (the model's auto rule saw
+    a skull-stripped head); nothing for another step, or for the model's own choice of sequence."""
+    d = step.detail
+    if step.name != "brain_mask" or d.get("source_chosen_by") != "the reader":
+        return []
+    return [f"clinical preprocessing: no brain extracted from {d['source']} (your choice): the head is already "
+            f"skull-stripped ({d['head_ml']:.0f} mL of foreground, the model extracts the brain above "
+            f"{d['skull_stripped_max_ml']:.0f} mL); to bound the run, give a brain mask of your own "
+            f"(--brain-mask FILE; Slicer: the Brain mask selector)"]
 
 
 def _notes(step: StepReport) -> list[str]:

@@ -32,6 +32,7 @@ from medcnncad.io.segfile import terminology_entry
 from medcnncad.lesions.components import Lesion, components
 from medcnncad.metrics.segmentation import StructureMetrics, compute_metrics
 from medcnncad.models.manifest import Manifest
+from medcnncad.preprocessing.brain_mask import voxel_index_map
 
 __all__ = ["NodeTransaction", "volume_node_to_image", "ijk_to_ras_matrix", "add_segmentation_node",
            "add_probability_nodes", "add_lesion_table", "add_metrics_table", "set_provenance",
@@ -79,15 +80,24 @@ def ijk_to_world(node: Any) -> np.ndarray:
     """
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
+    return _to_world(node, "volume") @ _matrix_to_numpy(matrix)
+
+
+def _to_world(node: Any, kind: str) -> np.ndarray:
+    """The 4 x 4 matrix from ``node``'s coordinates to the world: its parent transform's, the identity without one.
+
+    Raises:
+        InputError: a non-linear transform, naming the node (a ``kind``) and the transform.
+    """
     transform = node.GetParentTransformNode()
     if transform is None:
-        return _matrix_to_numpy(matrix)
+        return np.eye(4)
     if not transform.IsTransformToWorldLinear():
-        raise InputError(f"volume {node.GetName()!r} is under the non-linear transform {transform.GetName()!r}: "
-                         f"harden it first (Data module: right-click the volume, 'Harden transform')")
+        raise InputError(f"{kind} {node.GetName()!r} is under the non-linear transform {transform.GetName()!r}: "
+                         f"harden it first (Data module: right-click the {kind}, 'Harden transform')")
     to_world = vtk.vtkMatrix4x4()
     transform.GetMatrixTransformToWorld(to_world)
-    return _matrix_to_numpy(to_world) @ _matrix_to_numpy(matrix)
+    return _matrix_to_numpy(to_world)
 
 
 @contextmanager
@@ -459,29 +469,63 @@ def brain_mask_node_to_image(node: Any, reference_volume: Any) -> tuple[sitk.Ima
 
     A segmentation node gives its segment named "brain" (any case; the segment :func:`add_brain_mask_node` makes,
     perhaps edited in the Segment Editor) or its only segment, exported onto ``reference_volume``'s grid (both
-    nodes' transforms applied). A label map or scalar volume node is taken as it is (non-zero = brain); the engine
-    then refuses it if it is not on the reference's grid. Nothing in the scene changes.
+    nodes' transforms applied) when its voxels are the reference's (:func:`_check_on_reference_voxels`). A label map
+    or scalar volume node is taken as it is (non-zero = brain); the engine then refuses it if it is not on the
+    reference's grid. Nothing in the scene changes.
 
     Raises:
-        InputError: a segmentation with several segments none named "brain", or no segment; a node of another kind.
+        InputError: a segmentation with several segments none named "brain", or no segment, or drawn on another
+            grid; a node of another kind.
     """
     if hasattr(node, "GetSegmentation"):
-        segmentation = node.GetSegmentation()
-        ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
-        names = [segmentation.GetSegment(i).GetName() for i in ids]
-        chosen = [i for i, n in zip(ids, names) if n.strip().lower() == "brain"] or (ids if len(ids) == 1 else [])
-        if not chosen:
-            raise InputError(f"segmentation {node.GetName()!r} has segments {names}: name the brain mask's segment "
-                             "'brain' (or keep only that segment)")
-        array = slicer.util.arrayFromSegmentBinaryLabelmap(node, chosen[0], reference_volume)
-        image = sitk.GetImageFromArray((np.asarray(array) != 0).astype(np.uint8))
-        image.CopyInformation(volume_node_to_image(reference_volume))
-        name = segmentation.GetSegment(chosen[0]).GetName()
-        return image, f"segment {name!r} of {node.GetName()!r}"
+        return _segment_mask(node, reference_volume)
     if node is None or not hasattr(node, "GetImageData"):
         kind = type(node).__name__ if node is not None else "None"
         raise InputError(f"brain mask: a {kind} is neither a segmentation nor a volume node")
     return volume_node_to_image(node), f"brain mask volume {node.GetName()!r}"
+
+
+def _segment_mask(node: Any, reference_volume: Any) -> tuple[sitk.Image, str]:
+    """The brain segment of segmentation ``node`` on ``reference_volume``'s grid, and its name for messages."""
+    segmentation = node.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    names = [segmentation.GetSegment(i).GetName() for i in ids]
+    chosen = [i for i, n in zip(ids, names) if n.strip().lower() == "brain"] or (ids if len(ids) == 1 else [])
+    if not chosen:
+        raise InputError(f"segmentation {node.GetName()!r} has segments {names}: name the brain mask's segment "
+                         "'brain' (or keep only that segment)")
+    label = f"segment {segmentation.GetSegment(chosen[0]).GetName()!r} of {node.GetName()!r}"
+    _check_on_reference_voxels(node, chosen[0], reference_volume, label)
+    array = slicer.util.arrayFromSegmentBinaryLabelmap(node, chosen[0], reference_volume)
+    image = sitk.GetImageFromArray((np.asarray(array) != 0).astype(np.uint8))
+    image.CopyInformation(volume_node_to_image(reference_volume))
+    return image, label
+
+
+def _check_on_reference_voxels(node: Any, segment_id: str, reference_volume: Any, label: str) -> None:
+    """Refuse a segment drawn on another grid than the reference's (another spacing, or a lattice shifted by part of
+    a voxel, where it is shown): resampled by scanner coordinates it would not be the mask the reader drew (a T2 the
+    engine registers onto the reference, another study), and the same mask as a file or label map is refused. A
+    segment whose source is not a binary labelmap (a closed surface) has no grid of its own and passes; so does an
+    empty one (the engine then refuses it as empty).
+
+    Raises:
+        InputError: naming the segment (``label``), the reference and both grids' spacing.
+    """
+    binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segmentation = node.GetSegmentation()
+    labelmap = segmentation.GetSegment(segment_id).GetRepresentation(binary)
+    if segmentation.GetSourceRepresentationName() != binary or labelmap is None or labelmap.IsEmpty():
+        return
+    matrix = vtk.vtkMatrix4x4()
+    labelmap.GetImageToWorldMatrix(matrix)
+    drawn, reference = _to_world(node, "segmentation") @ _matrix_to_numpy(matrix), ijk_to_world(reference_volume)
+    if voxel_index_map(drawn, reference) is None:
+        spacing = lambda m: "(" + ", ".join(f"{v:.3g}" for v in np.linalg.norm(m[:3, :3], axis=0)) + ")"  # noqa: E731
+        raise InputError(f"{label}: not on the voxels of {reference_volume.GetName()!r}, the run's reference "
+                         f"(spacing {spacing(drawn)} mm against {spacing(reference)} mm, or shifted by part of a "
+                         f"voxel): put it on them and check it there (Segment Editor: 'Specify geometry', source "
+                         f"geometry {reference_volume.GetName()!r})")
 
 
 # -- reference comparison -----------------------------------------------------------------

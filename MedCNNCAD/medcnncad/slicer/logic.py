@@ -159,6 +159,14 @@ class SecondReaderLogic:
         return cast("Manifest", describe_model(model))  # the module offers segmentation models only
 
     @staticmethod
+    def takesBrainMask(model: str) -> bool:
+        """Whether ``model``'s clinical preprocessing extracts the brain, so takes a reader's brain mask (``brainMask``
+        of :meth:`segment`; the panel offers its selector for such a model only)."""
+        from medcnncad.models.manifest import extracts_brain
+
+        return extracts_brain(SecondReaderLogic.describeModel(model).clinical)
+
+    @staticmethod
     def modelCard(model: str) -> str:
         """One line for the panel: name, version, format, where the weights came from, training data."""
         from medcnncad.models.registry import describe_model, model_source
@@ -204,11 +212,11 @@ class SecondReaderLogic:
     def brainMaskChoice(brainMask: Any = None, brainMaskFrom: str | None = None,
                         referenceVolumeNode: Any = None) -> Any:
         """The engine's ``BrainMaskChoice`` for a run: ``brainMask`` (segmentation node: its "brain" or only
-        segment, exported onto ``referenceVolumeNode``'s grid; or a label map volume node) or ``brainMaskFrom``
-        (a channel name); None when neither. The scene is not changed.
+        segment, exported onto ``referenceVolumeNode``'s grid when drawn on its voxels; or a label map volume node) or
+        ``brainMaskFrom`` (a channel name); None when neither. The scene is not changed.
 
         Raises:
-            InputError: both given, or a node that is no brain mask (naming it).
+            InputError: both given, or a node that is no brain mask or is drawn on another grid (naming it).
         """
         from medcnncad.preprocessing.brain_mask import BrainMaskChoice
         from medcnncad.slicer.adaptor import brain_mask_node_to_image
