@@ -76,6 +76,7 @@ def test_the_default_run_of_this_small_skull_stripped_head_extracts_no_brain(cas
     (["--brain-mask-from", "T2"], "brats-robust-unet", "brain mask from T2: not one of the given sequences (T1c, "
                                                        "FLAIR)"),
     (["--brain-mask", "{case}/mask.nrrd"], "brats-demo-unet", "model brats-demo-unet extracts no brain"),
+    (["--brain-mask", "{case}/missing.nrrd"], "brats-demo-unet", "model brats-demo-unet extracts no brain"),
     (["--brain-mask", "{case}/mask.nrrd", "--brain-mask-from", "T1c"], "brats-robust-unet", "not allowed with"),
 ])
 def test_a_bad_brain_mask_choice_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys, extra, model, message):

@@ -57,7 +57,9 @@ def test_a_given_mask_is_used_as_it_is_without_deepbet(monkeypatch):
                                             "method": "given by the reader", "brain_ml": 7.7}  # 960 x 8 mm^3
     assert prepared.warnings == [
         "clinical preprocessing: the brain mask was given (brain mask corrected.nrrd, 8 mL); everything outside it was "
-        "set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
+        "set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)",
+        "clinical preprocessing: the given brain mask holds 8 mL, where an adult brain holds 0.6 to 2.2 L: is it the "
+        "brain mask of this case (not a tumor segmentation, nor a partial one)? Nothing outside it was segmented"]
 
 
 def test_a_given_mask_is_used_even_where_the_model_would_see_a_skull_stripped_head(monkeypatch):

@@ -151,8 +151,9 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     reference_file = file_fingerprint(reference) if reference else None
     mask_file = file_fingerprint(brain_mask) if brain_mask else None
     named = f"brain mask {Path(brain_mask).resolve()}" if brain_mask else None  # as the report names the inputs
+    check_model_takes_choice(segmenter.manifest.clinical, bool(brain_mask or brain_mask_from),
+                             f"model {segmenter.manifest.id}")  # before the mask is read
     choice = brain_mask_choice(brain_mask, brain_mask_from, named)
-    check_model_takes_choice(segmenter.manifest.clinical, choice, f"model {segmenter.manifest.id}")  # before reading
     if reference:  # a label file of a dataset folder is read in its dataset.json's convention
         reference_labels = reference_convention(reference, reference_labels, segmenter.manifest)
     ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None

@@ -347,13 +347,11 @@ def _masked(images: dict[str, sitk.Image], mask: sitk.Image, start: float,
     return StepReport("brain_mask", time.perf_counter() - start, True, detail), mask
 
 
-def check_model_takes_choice(spec: ClinicalPreprocessing | None, choice: BrainMaskChoice | None,
-                             model: str = "the model") -> None:
-    """Refuse a brain-mask choice for a model whose clinical preprocessing extracts no brain (``spec`` None or its
-    ``brain_mask`` "never"), naming ``model``; no choice passes."""
-    if choice is None or (choice.source is None and choice.image is None):
-        return
-    if not extracts_brain(spec):
+def check_model_takes_choice(spec: ClinicalPreprocessing | None, wanted: bool, model: str = "the model") -> None:
+    """Refuse a brain-mask choice (``wanted``: the reader makes one) for a model whose clinical preprocessing
+    extracts no brain (``spec`` None or its ``brain_mask`` "never"), naming ``model``; no choice passes. Cheap: call it
+    before reading the reader's mask."""
+    if wanted and not extracts_brain(spec):
         raise InputError(f"{model} extracts no brain (its manifest's clinical_preprocessing.brain_mask is "
                          f"{'absent' if spec is None else 'never'}): a brain mask or its sequence cannot be chosen")
 
@@ -368,7 +366,7 @@ def check_choice(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing |
     """
     if choice is None or (choice.source is None and choice.image is None):
         return
-    check_model_takes_choice(spec, choice, model)
+    check_model_takes_choice(spec, True, model)
     if choice.source is not None and choice.source not in images:
         raise InputError(f"brain mask from {choice.source}: not one of the given sequences ({', '.join(images)})")
     if choice.image is not None:
@@ -427,6 +425,10 @@ def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, 
     return PreparedCase(work, mask, steps, [note for s in steps for note in (_notes(s) if s.applied else _unheeded(s))])
 
 
+BRAIN_ML = (600.0, 2200.0)
+"""A given brain mask outside this volume (mL) gets a note: skull-stripped adult brains measured 1.06-1.44 L in the
+BraTS data here (docs/models.md), 2.2 L is the chain's own limit for a skull-stripped head; a partial field of view or
+a child's brain may hold less, so it is a note, not a refusal."""
 T1_WEIGHTED = ("T1", "T1c")
 """The sequences of deepbet's training domain (it was trained on T1-weighted MRIs)."""
 OFF_DOMAIN_NOTE = ("clinical preprocessing: deepbet was trained on T1-weighted scans and read another sequence here: "
@@ -460,8 +462,13 @@ def _notes(step: StepReport) -> list[str]:
                 f"{v['translation_mm']:.2f} mm; quality {v['quality_before']:.2f} -> {v['quality_after']:.2f})"
                 for name, v in d["sequences"].items() if isinstance(v, dict)]
     if step.name == "brain_mask" and d["mode"] == "given":
-        return [f"clinical preprocessing: the brain mask was given ({d['source']}, {d['brain_ml']:.0f} mL); everything "
-                f"outside it was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
+        given = [f"clinical preprocessing: the brain mask was given ({d['source']}, {d['brain_ml']:.0f} mL); "
+                 f"everything outside it was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
+        low, high = BRAIN_ML
+        return given + ([] if low <= d["brain_ml"] <= high else [
+            f"clinical preprocessing: the given brain mask holds {d['brain_ml']:.0f} mL, where an adult brain holds "
+            f"{low / 1000:.1f} to {high / 1000:.1f} L: is it the brain mask of this case (not a tumor segmentation, "
+            "nor a partial one)? Nothing outside it was segmented"])
     if step.name == "brain_mask":
         extracted = [f"clinical preprocessing: brain extracted from {d['source']} ({d['brain_ml']:.0f} mL, deepbet); "
                      f"everything outside the mask was set to 0 (brain_mask.nii.gz / the 'brain' segment shows it)"]
