@@ -96,15 +96,16 @@ def test_every_connection_in_the_ui_resolves_but_the_mrml_scene_ones(loaded):
 
 
 def test_every_node_selector_gets_the_scene_from_the_module():
-    """A node selector the .ui does not connect to ``mrmlSceneChanged`` has no scene in Slicer: it lists no node (the
-    Brain mask selector offered nothing to choose)."""
+    """A node selector or table view the .ui does not connect to ``mrmlSceneChanged`` has no scene in Slicer: it
+    lists no node (the Brain mask selector offered nothing to choose; the similar-cases table had no connection)."""
     tree = ET.parse(UI)
-    mrml = {w.get("name") for w in tree.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    mrml = {w.get("name") for w in tree.iter("widget") if w.get("class") in ("qMRMLNodeComboBox", "qMRMLTableView")}
     given = {c.findtext("receiver") for c in tree.iter("connection")
              if c.findtext("sender") == "MedCNNCAD" and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
              and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
     assert "brainMaskSelector" in mrml and "inputVolume0Selector" in mrml
     assert sorted(mrml - given) == []
+
 
 def test_the_threshold_slider_emits_what_the_widget_listens_to(loaded):
     _, widget, _ = loaded
