@@ -12,6 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from dicom_helpers import write_mr_series
 from helpers import small_phantom
 from pydicom.sr.codedict import codes
@@ -134,3 +135,25 @@ def test_the_seg_and_the_sr_say_research_use_and_what_the_model_was_trained_on(s
 
     assert lo_text("r\u00e9sum\u00e9 a\\b " + "word " * 20) == "r?sum? a/b " + "word " * 9 + "word..."
     assert len(lo_text("x" * 100)) == 64 and lo_text("x" * 100).endswith("...")
+
+
+def test_a_run_that_finds_nothing_writes_an_sr_saying_so(tmp_path):
+    """A helper's trial on a real clinical scan: a run whose label map was empty (brats-robust-unet with the brain
+    mask from T1c on ReMIND-022) ended in an internal error (highdicom: a TID 1500 report needs a measurement
+    group) and wrote no output at all. Now every segment gets a group stating 0 mm3 and 0 lesions."""
+    images, _ = small_phantom()
+    args = []
+    for number, (name, description) in enumerate(DESCRIPTIONS.items(), start=2):
+        flat = sitk.GetImageFromArray(np.zeros(images[name].GetSize()[::-1], np.float32))  # nothing to find
+        flat.CopyInformation(images[name])
+        write_mr_series(flat, tmp_path / name, description, number)
+        args += ["--input", f"{name}={tmp_path / name}"]
+    out = tmp_path / "out"
+    assert main(["segment", "--model", "brats-demo-unet", "--device", "cpu", *args, "--out", str(out),
+                 "--dicom-sr"]) == 0
+    assert json.loads((out / "report.json").read_text())["lesions"] == []
+    groups = hd.sr.srread(str(out / "labels.sr.dcm")).content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 3
+    for group in groups:
+        values = {item.name.meaning: item.value for item in group.get_measurements()}
+        assert values == {"Volume": 0.0, "Number of lesions (observable entity)": 0.0}

@@ -49,12 +49,15 @@ _Group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations  # TID 1411
 
 def segment_groups(result: SegmentationResult, seg: pydicom.Dataset, source_series_uid: str) -> list[_Group]:
     """The TID 1411 groups of the result's non-empty SEG segments, in segment order (manifest label order, from 1),
-    each describing its whole segment (see the module's docstring)."""
+    each describing its whole segment (see the module's docstring). When every segment is empty (nothing found; the
+    SEG then holds every segment's empty frames), one group per segment states 0 mm3 and 0 lesions: a report needs
+    a group, and "nothing found" is the finding."""
     algorithm = hd.sr.AlgorithmIdentification(name=result.manifest.id, version=result.manifest.version)
+    nothing_found = not np.any(np.isin(result.label_map, [label.value for label in result.manifest.labels]))
     groups = []
     for number, label in enumerate(result.manifest.labels, start=1):
         mask = result.label_map == label.value
-        if not mask.any():
+        if not mask.any() and not nothing_found:
             continue
         segment = hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, segment_number=number,
@@ -68,7 +71,7 @@ def _segment_group(result: SegmentationResult, label: LabelDef, mask: np.ndarray
     """The group of ``label``'s segment, whose voxels are ``mask`` (K, J, I) on the result's grid (finding type: the
     segment's property type, e.g. Edema): its volume
     (mm3, 3 decimals), its number of 26-connected lesions and the model's mean probability of the label over it (0-1,
-    4 decimals; left out when the result's probabilities do not give it)."""
+    4 decimals; left out for an empty segment and when the result's probabilities do not give it)."""
     name, count = label.name, components(mask)[1]
     tracking = hd.sr.TrackingIdentifier(uid=hd.UID(),
                                         identifier=f"{name} ({count} {'lesion' if count == 1 else 'lesions'})")
@@ -77,7 +80,7 @@ def _segment_group(result: SegmentationResult, label: LabelDef, mask: np.ndarray
         hd.sr.Measurement(name=codes.SCT.Volume, value=round(int(np.count_nonzero(mask)) * voxel_mm3, 3),
                           unit=codes.UCUM.CubicMillimeter, algorithm_id=algorithm),
         hd.sr.Measurement(name=_LESION_COUNT, value=count, unit=codes.UCUM.NoUnits, algorithm_id=algorithm)]
-    probability = structure_probability(name, result.manifest, result.probabilities)
+    probability = structure_probability(name, result.manifest, result.probabilities) if count else None
     if probability is not None:
         mean = float(probability[mask].mean(dtype=np.float64))
         measurements.append(hd.sr.Measurement(name=_PROBABILITY, value=round(mean, 4), unit=codes.UCUM.NoUnits,
