@@ -16,6 +16,7 @@ from medcnncad.cli import main
 from medcnncad.errors import InputError
 from medcnncad.io.dicom_series import list_series, series_files
 from medcnncad.io.images import read_volume
+from medcnncad.metrics.segmentation import compute_metrics
 from medcnncad.models.registry import describe_model
 from medcnncad.reporting.dicom_seg import write_dicom_seg
 
@@ -247,3 +248,24 @@ def test_a_dicom_seg_refuses_a_multiframe_input_without_per_frame_positions_befo
     assert len(err.splitlines()) == 1 and "t1_frames.dcm" in err
     assert f"{len(slices)} frames without a position each" in err  # the reader's refusal, before the run
     assert not out.exists()
+
+
+def test_segment_takes_a_dicom_seg_reference_onto_the_first_input_grid(dicom_case, tmp_path):
+    """A helper's trial on ReMIND-022, whose expert outline is a DICOM SEG: ``segment --reference SEG.dcm`` read the
+    SEG as an image of its own (13 x 16 x 12 voxels of value 255 at a wrong origin) and refused it. Now a SEG's
+    segments are rasterised onto the first input's grid by scanner coordinates, value = segment number, so
+    ``--reference-labels`` maps them (here the engine's own SEG: segments NCR, ED, ET -> 3=4)."""
+    folder, _, label = dicom_case
+    labels = sitk.GetArrayFromImage(label)
+    seg = write_dicom_seg(labels, describe_model("demo"), series_files(folder, "AX T1 POST GD"), tmp_path / "r.dcm")
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(tmp_path / "out"), "--reference", str(seg)]
+    for name, description in DESCRIPTIONS.items():
+        args += ["--input", f"{name}={folder}", "--series", f"{name}={description}"]
+    assert main(args) == 2  # segment numbers 1, 2, 3: the 3 is no label of the model, refused before the run
+    assert main([*args, "--reference-labels", "3=4"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "labels.nii.gz")))
+    expected = compute_metrics(predicted, labels, label.GetSpacing(), describe_model("demo").structures())
+    for name in ("WT", "TC", "ET"):
+        assert report["metrics"][name]["dice"] == pytest.approx(expected[name].dice, abs=1e-4)
+    assert report["metrics"]["WT"]["dice"] > 0.5

@@ -161,7 +161,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "volumes are named in order: FLAIR,T1,T1c,T2=FILE (the Decathlon's order)")
     add(p, "out", "device", "trust", "classifier")
     add(p, "precision", "tta")
-    p.add_argument("--reference", help="reference label map on the first input's grid: adds metrics")
+    p.add_argument("--reference", help="reference label map on the first input's grid, or a DICOM SEG of the same "
+                   "frame of reference (rasterised onto that grid; value = segment number): adds metrics")
     add(p, "reference_labels")
     p.add_argument("--series", action="append", metavar="NAME=UID_OR_DESCRIPTION",
                    help="pick the DICOM series of channel NAME in a folder holding several (or, for a 4D file, "

@@ -33,12 +33,16 @@ import SimpleITK as sitk
 
 from medcnncad.data.dataset_json import Dataset, is_dataset_folder, read_dataset
 from medcnncad.errors import InputError
-from medcnncad.io.images import read_picked_volumes, read_volume
+from medcnncad.io.images import is_dicom_file, read_picked_volumes, read_volume
 from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS, relabel
 from medcnncad.models.manifest import sha256_file
 
 __all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
-           "load_reference", "read_dicom_seg_on_grid", "reference_sha256"]
+           "load_reference", "read_dicom_seg_on_grid", "reference_sha256", "is_dicom_seg", "dicom_seg_segment_numbers",
+           "read_dicom_seg_labels_on_grid"]
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+"""SOP Class UID of a DICOM Segmentation."""
 
 CHANNELS: tuple[str, ...] = ("T1", "T1c", "T2", "FLAIR")
 """Channel names the engine's BraTS models use."""
@@ -450,6 +454,48 @@ def read_dicom_seg_on_grid(seg_path: str | Path, grid: sitk.Image, segment: int 
     image.SetSpacing((spacing_rc[1], spacing_rc[0], step))
     image.SetDirection(tuple(np.column_stack([row, col, normal]).ravel()))
     return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+def is_dicom_seg(path: str | Path) -> bool:
+    """Whether ``path`` is a DICOM Segmentation file (SOP class Segmentation Storage), not a folder or image."""
+    file = Path(path)
+    if not file.is_file() or not is_dicom_file(file):
+        return False
+    header = pydicom.dcmread(str(file), stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    return str(getattr(header, "SOPClassUID", "")) == SEGMENTATION_STORAGE
+
+
+def dicom_seg_segment_numbers(seg_path: str | Path) -> list[int]:
+    """The SegmentNumbers of a DICOM SEG's segments, in increasing order (read without its pixels)."""
+    header = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
+    return sorted(int(item.SegmentNumber) for item in getattr(header, "SegmentSequence", []))
+
+
+def _segments_with_frames(seg_path: str | Path) -> list[int]:
+    """The SegmentNumbers that at least one frame of a DICOM SEG holds (a SEG omits a segment's empty frames)."""
+    header = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
+    return sorted({int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+                   for frame in header.PerFrameFunctionalGroupsSequence})
+
+
+def read_dicom_seg_labels_on_grid(seg_path: str | Path, grid: sitk.Image) -> sitk.Image:
+    """Every segment of a DICOM SEG rasterised onto ``grid`` (:func:`read_dicom_seg_on_grid`) as one label map whose
+    value is the SegmentNumber (a one-segment SEG gives 0/1).
+
+    Raises:
+        InputError: naming the file and two segments when segments overlap (one value per voxel is needed).
+    """
+    values = np.zeros(grid.GetSize()[::-1], np.uint8)
+    for number in _segments_with_frames(seg_path):
+        mask = sitk.GetArrayFromImage(read_dicom_seg_on_grid(seg_path, grid, number)) > 0  # a view would outlive it
+        overlap = np.unique(values[mask & (values > 0)])
+        if overlap.size:
+            raise InputError(f"{seg_path}: segments {int(overlap[0])} and {number} overlap; a reference needs one "
+                             "label per voxel")
+        values[mask] = number
+    image = sitk.GetImageFromArray(values)
+    image.CopyInformation(grid)
+    return image
 
 
 def reference_sha256(case: RealCase) -> str | None:

@@ -22,6 +22,7 @@ from medcnncad.data.dataset_json import (
     model_engine_channels,
     reference_convention,
 )
+from medcnncad.data.real_cases import dicom_seg_segment_numbers, is_dicom_seg, read_dicom_seg_labels_on_grid
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import check_multiframe_geometry, series_files
@@ -104,14 +105,33 @@ def _check_frames_referable(path: str, channel: str) -> None:
 
 
 def _read_reference(path: str, mapping: Mapping[int, int] | None,
-                    manifest: Manifest) -> tuple[sitk.Image, np.ndarray]:
-    """The reference label image and its (K, J, I) values in the model's convention (``mapping`` applied)."""
-    image = read_volume(path)
-    values = check_label_image(image, path)
+                    manifest: Manifest) -> tuple[sitk.Image | None, np.ndarray]:
+    """The reference label image and its (K, J, I) values in the model's convention (``mapping`` applied).
+
+    A DICOM SEG has no grid of its own to compare: its image is ``None`` and its values here are its segment
+    numbers, checked before the run; :func:`_reference_on_grid` rasterises it onto the first input's grid.
+    """
+    if is_dicom_seg(path):
+        image, values = None, np.array(dicom_seg_segment_numbers(path), np.uint8)
+    else:
+        image = read_volume(path)
+        values = check_label_image(image, path)
     if mapping:
         values = relabel(values, mapping, path)
     check_reference_values(values, (label.value for label in manifest.labels), path)
     return image, values
+
+
+def _reference_on_grid(path: str, ref: tuple[sitk.Image | None, np.ndarray], mapping: Mapping[int, int] | None,
+                       grid: sitk.Image) -> np.ndarray:
+    """The reference's (K, J, I) values on ``grid`` (the first input's): a label file must lie on it already; a
+    DICOM SEG's segments are rasterised onto it by scanner coordinates (value = segment number, then ``mapping``)."""
+    image, values = ref
+    if image is not None:
+        check_same_grid(image, path, grid, "the first input channel")
+        return values
+    numbers = sitk.GetArrayFromImage(read_dicom_seg_labels_on_grid(path, grid))
+    return relabel(numbers, mapping, path) if mapping else numbers
 
 
 def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, reference: str | None = None,
@@ -167,8 +187,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     metrics = ref_array = None
     if reference and ref is not None:
         t0 = time.perf_counter()
-        ref_img, ref_array = ref
-        check_same_grid(ref_img, reference, result.reference, "the first input channel")
+        ref_array = _reference_on_grid(reference, ref, reference_labels, result.reference)
         metrics = compute_metrics(result.label_map, ref_array, result.reference.GetSpacing(),
                                   result.manifest.structures())
         extra["metrics"] = reading_s + time.perf_counter() - t0
