@@ -253,19 +253,44 @@ def test_a_dicom_seg_refuses_a_multiframe_input_without_per_frame_positions_befo
 def test_segment_takes_a_dicom_seg_reference_onto_the_first_input_grid(dicom_case, tmp_path):
     """A helper's trial on ReMIND-022, whose expert outline is a DICOM SEG: ``segment --reference SEG.dcm`` read the
     SEG as an image of its own (13 x 16 x 12 voxels of value 255 at a wrong origin) and refused it. Now a SEG's
-    segments are rasterised onto the first input's grid by scanner coordinates, value = segment number, so
-    ``--reference-labels`` maps them (here the engine's own SEG: segments NCR, ED, ET -> 3=4)."""
+    segments are rasterised onto the first input's grid by scanner coordinates: segments named as the model's labels
+    (the engine's own SEG) are read as them; others need ``--reference-labels`` (segment number -> label), since a
+    one-segment "Glioma" outline read as segment 1 would silently be NCR."""
     folder, _, label = dicom_case
     labels = sitk.GetArrayFromImage(label)
     seg = write_dicom_seg(labels, describe_model("demo"), series_files(folder, "AX T1 POST GD"), tmp_path / "r.dcm")
     args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(tmp_path / "out"), "--reference", str(seg)]
     for name, description in DESCRIPTIONS.items():
         args += ["--input", f"{name}={folder}", "--series", f"{name}={description}"]
-    assert main(args) == 2  # segment numbers 1, 2, 3: the 3 is no label of the model, refused before the run
-    assert main([*args, "--reference-labels", "3=4"]) == 0
+    assert main(args) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["reference_labels"] == {"1": 1, "2": 2, "3": 4}
     predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "labels.nii.gz")))
     expected = compute_metrics(predicted, labels, label.GetSpacing(), describe_model("demo").structures())
     for name in ("WT", "TC", "ET"):
         assert report["metrics"][name]["dice"] == pytest.approx(expected[name].dice, abs=1e-4)
     assert report["metrics"]["WT"]["dice"] > 0.5
+
+
+def test_a_dicom_seg_reference_of_other_segment_names_needs_its_label_map(dicom_case, tmp_path, capsys):
+    """A one-segment outline named "Glioma" (ReMIND's) is refused before the run unless its segment numbers are
+    mapped; mapped 1=2 (whole tumor), its WT is the outline."""
+    import pydicom
+
+    folder, _, label = dicom_case
+    whole = (sitk.GetArrayFromImage(label) > 0).astype(np.uint8)
+    seg = write_dicom_seg(whole, describe_model("demo"), series_files(folder, "AX T1 POST GD"), tmp_path / "r.dcm")
+    dataset = pydicom.dcmread(seg)
+    dataset.SegmentSequence = dataset.SegmentSequence[:1]  # ED and ET are empty: no frame refers to them
+    dataset.SegmentSequence[0].SegmentLabel = "Glioma"
+    dataset.save_as(seg)
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(tmp_path / "out"), "--reference", str(seg)]
+    for name, description in DESCRIPTIONS.items():
+        args += ["--input", f"{name}={folder}", "--series", f"{name}={description}"]
+    assert main(args) == 2
+    assert "{1: 'Glioma'} are not named as the model's labels" in capsys.readouterr().err
+    assert main([*args, "--reference-labels", "1=2"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "labels.nii.gz")))
+    expected = compute_metrics(predicted, whole * 2, label.GetSpacing(), {"WT": (1, 2, 4)})
+    assert report["metrics"]["WT"]["dice"] == pytest.approx(expected["WT"].dice, abs=1e-4)

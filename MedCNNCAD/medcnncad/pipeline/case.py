@@ -22,7 +22,12 @@ from medcnncad.data.dataset_json import (
     model_engine_channels,
     reference_convention,
 )
-from medcnncad.data.real_cases import dicom_seg_segment_numbers, is_dicom_seg, read_dicom_seg_labels_on_grid
+from medcnncad.data.real_cases import (
+    dicom_seg_segment_numbers,
+    dicom_seg_segments,
+    is_dicom_seg,
+    read_dicom_seg_labels_on_grid,
+)
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import check_multiframe_geometry, series_files
@@ -122,6 +127,27 @@ def _read_reference(path: str, mapping: Mapping[int, int] | None,
     return image, values
 
 
+def _dicom_seg_labels(path: str, mapping: Mapping[int, int] | None, manifest: Manifest) -> Mapping[int, int] | None:
+    """The label map of a DICOM SEG reference: ``mapping`` when given, else its segments matched to the model's labels
+    by name (the engine's own SEG: NCR, ED, ET -> 1, 2, 4); ``mapping`` unchanged for any other reference.
+
+    Raises:
+        InputError: a SEG whose segments are not all named as the model's labels and no ``mapping`` (a one-segment
+            "Glioma" outline read as segment 1 would silently be the model's label 1).
+    """
+    if mapping or not is_dicom_seg(path):
+        return mapping
+    by_name = {label.name.casefold(): label.value for label in manifest.labels}
+    segments = dicom_seg_segments(path)
+    unnamed = {number: name for number, name in segments.items() if name.casefold() not in by_name}
+    if unnamed:
+        raise InputError(f"{path}: DICOM SEG segment(s) {unnamed} are not named as the model's labels "
+                         f"({', '.join(label.name for label in manifest.labels)}); say which label each segment "
+                         "number is with --reference-labels / reference_labels (e.g. 1=2 for a whole-tumor outline, "
+                         "then read only WT)")
+    return {number: by_name[name.casefold()] for number, name in segments.items()}
+
+
 def _reference_on_grid(path: str, ref: tuple[sitk.Image | None, np.ndarray], mapping: Mapping[int, int] | None,
                        grid: sitk.Image) -> np.ndarray:
     """The reference's (K, J, I) values on ``grid`` (the first input's): a label file must lie on it already; a
@@ -176,6 +202,7 @@ def process_case(segmenter: Segmenter, inputs: dict[str, str], out: str | Path, 
     choice = brain_mask_choice(brain_mask, brain_mask_from, named)
     if reference:  # a label file of a dataset folder is read in its dataset.json's convention
         reference_labels = reference_convention(reference, reference_labels, segmenter.manifest)
+        reference_labels = _dicom_seg_labels(reference, reference_labels, segmenter.manifest)
     ref = _read_reference(reference, reference_labels, segmenter.manifest) if reference else None
     reading_s = time.perf_counter() - t0
     volumes = _volume_indices(inputs, series, model_engine_channels(segmenter.manifest))
