@@ -107,6 +107,16 @@ def test_dicom_seg_needs_a_dicom_input(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_dicom_seg_says_a_missing_first_input_is_not_found(tmp_path, capsys):
+    """A helper's batch trial: a row whose T1c file was missing failed with "is not a DICOM series folder or DICOM
+    file" (with --dicom-seg), which sends the reader looking at the file's format instead of its path."""
+    missing = tmp_path / "t1c.nii.gz"
+    args = ["segment", "--model", "demo", "--device", "cpu", "--out", str(tmp_path / "out"), "--dicom-seg",
+            "--input", f"T1c={missing}"]
+    assert main(args) == 2
+    assert f"{missing}: file not found (input T1c)" in capsys.readouterr().err
+
+
 def test_a_dicom_seg_references_the_frames_of_an_enhanced_multiframe_input(dicom_case, tmp_path):
     """Scanners now write enhanced multi-frame MR (one file, all slices); given one as the grid's input, the SEG (and
     the SR on it) used to be refused as "not a DICOM series folder". The SEG now references the file's frames: read

@@ -85,6 +85,8 @@ def _dicom_sources(model_inputs, inputs: dict[str, str], series: dict[str, str])
     one enhanced multi-frame DICOM file given as the input itself (or as a series' one file)."""
     first = next(c.name for c in model_inputs if c.name in inputs)
     path = Path(inputs[first])
+    if not path.exists():  # said as the reader says it, not as a DICOM question
+        raise InputError(f"{inputs[first]}: file not found (input {first})")
     if path.is_file() and is_dicom_file(path):
         files = [str(path)]
     elif path.is_dir():
