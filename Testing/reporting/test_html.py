@@ -208,3 +208,19 @@ def test_the_banner_and_the_overlay_title_state_the_models_intended_use_and_trai
     result.manifest = segmenter.manifest
     render_overlays(result, result.reference, tmp_path / "a.png")
     assert titles[-1].splitlines()[1:] == ["Research only. Misses small blobs.", "Trained on: two blob phantoms."]
+
+
+def test_the_model_table_names_the_readers_brain_mask_file_with_its_sha256(case_dir, tmp_path):
+    """A helper's trial on ReMIND-022 with ``--brain-mask edited.nii.gz``: report.json named the file with its SHA-256
+    (``brain_mask_file``) but the HTML report showed only its path, in a note; the README says the report names it
+    with its SHA-256."""
+    import shutil
+
+    copy = tmp_path / "case"
+    shutil.copytree(case_dir, copy)
+    assert "brain mask given" not in case_report(copy).read_text()
+    report = json.loads((copy / "report.json").read_text())
+    report["brain_mask_file"] = {"path": "/data/edited <mask>.nii.gz", "size_bytes": 10, "sha256": "ab" * 32}
+    (copy / "report.json").write_text(json.dumps(report))
+    text = case_report(copy).read_text()
+    assert f"<td>brain mask given</td><td>/data/edited &lt;mask&gt;.nii.gz (SHA-256 {'ab' * 32})</td>" in text

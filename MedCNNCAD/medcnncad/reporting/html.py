@@ -103,6 +103,16 @@ def _calibration_cell(case: dict) -> str:
     return calibration_words(case) + (f" ({detail})" if detail else "")
 
 
+def _brain_mask_file_rows(report: dict) -> list[tuple[str, str]]:
+    """The reader's brain mask file of the run (``--brain-mask``), with its SHA-256 where it is a file: which mask
+    bounded the result, as the weights' row says which model made it; none for a run without one."""
+    given = report.get("brain_mask_file")
+    if not isinstance(given, dict) or "path" not in given:
+        return []
+    sha = given.get("sha256")
+    return [("brain mask given", str(given["path"]) + (f" (SHA-256 {sha})" if sha else " (a DICOM folder)"))]
+
+
 def _notes_section(warnings: list[str] | None) -> list[str]:
     """The run's warnings (absent sequences, labels the post-processing moved, ...), as the command line
     prints them; nothing when there are none."""
@@ -161,7 +171,7 @@ def case_report(case_dir: str | Path, screenshots: Screenshots | None = None,
                 ("model", f"{model['name']} ({model['id']} {model['version']})"),
                 ("weights SHA-256", model["weights_sha256"]), ("trained on", model["trained_on"]),
                 ("format and weights", model.get("source", "MedCNNCAD manifest")),
-                ("device", report["device"]),
+                ("device", report["device"]), *_brain_mask_file_rows(report),
                 ("total time (s)", f"{sum(report['timings_s'].values()):.2f}")]),
             "<h2>Case</h2>", _table(["abnormality probability", "calibration", "rule"],
                                     [(report["case"]["abnormality_probability"], _calibration_cell(report["case"]),
