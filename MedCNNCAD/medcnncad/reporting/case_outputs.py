@@ -347,7 +347,7 @@ def brain_mask_caption(step: Mapping[str, Any] | None) -> str:
     brain-mask step of the clinical preprocessing)."""
     how = "given by the reader" if step and step.get("mode") == "given" else \
         f"deepbet on {step.get('source')}" if step else "the clinical chain's"
-    return (f"Brain mask ({how}), outlined on {BRAIN_MASK_SLICES} axial slices from its lowest to its highest: "
+    return (f"Brain mask ({how}), outlined on {BRAIN_MASK_SLICES} axial slices through it, highest first: "
             "nothing outside it was segmented. Check that it leaves out the eyes, sinuses and skull and cuts no "
             "tumor")
 
