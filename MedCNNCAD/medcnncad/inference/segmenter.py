@@ -61,7 +61,7 @@ from medcnncad.inference.windows import ExecutionPolicy, check_output_count, fit
 from medcnncad.lesions.components import find_lesions
 from medcnncad.models.loaded import LoadedModel
 from medcnncad.preprocessing.brain_mask import BrainMaskChoice
-from medcnncad.preprocessing.chain import PreparedCase, check_choice, prepare_case
+from medcnncad.preprocessing.chain import PreparedCase, check_model_takes_choice, prepare_case
 
 __all__ = ["ProgressCallback", "SegmentationResult", "Segmenter", "resolve_device",
            "PRECISIONS", "TTA_FLIPS",
@@ -175,7 +175,8 @@ class Segmenter:
         """The manifest's clinical preprocessing chain on the given inputs (None when it has none);
         ``brain_mask``: the reader's choice of the brain mask (refused for a model without that step)."""
         spec = self.manifest.clinical
-        check_choice(given, spec, brain_mask, f"model {self.manifest.id}")
+        # a model without the step is refused by name here; prepare_case checks the rest of the choice
+        check_model_takes_choice(spec, brain_mask is not None and not brain_mask.empty, f"model {self.manifest.id}")
         if spec is None:
             return None
         progress("clinical preprocessing", 0.0)

@@ -59,6 +59,11 @@ class BrainMaskChoice:
     image: sitk.Image | None = None
     name: str = "the given brain mask"
 
+    @property
+    def empty(self) -> bool:
+        """Neither a sequence nor a mask: the model's rule applies."""
+        return self.source is None and self.image is None
+
     def __post_init__(self) -> None:
         if self.source is not None and self.image is not None:
             raise InputError(f"{self.name}: give a brain mask or a sequence to extract it from, not both "

@@ -315,15 +315,16 @@ def _registration(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, wo
 
 
 def _brain_mask(images: dict[str, sitk.Image], spec: ClinicalPreprocessing, use_gpu: bool,
-                choice: BrainMaskChoice | None = None) -> tuple[StepReport, sitk.Image | None]:
-    """The brain-mask step: the reader's own mask when ``choice`` gives one, else deepbet on ``choice``'s
-    sequence or the model's rule's (:func:`pick_source`), when the head is not already skull-stripped."""
+                choice: BrainMaskChoice | None = None,
+                given: sitk.Image | None = None) -> tuple[StepReport, sitk.Image | None]:
+    """The brain-mask step: the reader's own mask when ``choice`` gives one (``given``: it as :func:`check_choice`
+    checked it), else deepbet on ``choice``'s sequence or the model's rule's (:func:`pick_source`), when the head is
+    not already skull-stripped."""
     start = time.perf_counter()
     if choice is not None and choice.image is not None:
-        reference = next(iter(images))
-        mask = given_mask(choice, images[reference], reference)
+        assert given is not None  # prepare_case checked it
         detail: dict[str, Any] = {"mode": "given", "source": choice.name, "method": "given by the reader"}
-        return _masked(images, mask, start, detail)
+        return _masked(images, given, start, detail)
     source = choice.source if choice is not None and choice.source else pick_source(list(images))
     detail = {"mode": spec.brain_mask, "source": source,
               "source_chosen_by": "the reader" if choice is not None and choice.source else "the model's rule"}
@@ -357,21 +358,26 @@ def check_model_takes_choice(spec: ClinicalPreprocessing | None, wanted: bool, m
 
 
 def check_choice(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing | None,
-                 choice: BrainMaskChoice | None, model: str = "the model") -> None:
+                 choice: BrainMaskChoice | None, model: str = "the model") -> sitk.Image | None:
     """Refuse a reader's brain-mask choice the case cannot take, before any work: a model whose chain
     extracts no brain, a sequence that was not given, a mask not on the first given sequence's grid.
+
+    Returns:
+        The reader's own mask as :func:`~.brain_mask.given_mask` makes it (uint8, the first sequence's grid), when
+        ``choice`` gives one; else None.
 
     Raises:
         InputError: naming the model, the sequence or the mask.
     """
-    if choice is None or (choice.source is None and choice.image is None):
-        return
+    if choice is None or choice.empty:
+        return None
     check_model_takes_choice(spec, True, model)
     if choice.source is not None and choice.source not in images:
         raise InputError(f"brain mask from {choice.source}: not one of the given sequences ({', '.join(images)})")
-    if choice.image is not None:
-        reference = next(iter(images))
-        given_mask(choice, images[reference], reference)
+    if choice.image is None:
+        return None
+    reference = next(iter(images))
+    return given_mask(choice, images[reference], reference)
 
 
 def _bias(images: dict[str, sitk.Image], mask: sitk.Image | None) -> StepReport:
@@ -406,7 +412,7 @@ def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, 
             covers the whole volume, deepbet missing when brain extraction is asked for, a brain-mask
             choice the case cannot take.
     """
-    check_choice(images, spec, choice)
+    given = check_choice(images, spec, choice)
     work = dict(images)
     steps, mask = [], None
     if spec.background == "zero_constant":
@@ -414,7 +420,7 @@ def prepare_case(images: Mapping[str, sitk.Image], spec: ClinicalPreprocessing, 
     if spec.registration == "rigid":
         steps.append(_registration(work, spec))
     if spec.brain_mask != "never":
-        step, mask = _brain_mask(work, spec, use_gpu, choice)
+        step, mask = _brain_mask(work, spec, use_gpu, choice, given)
         steps.append(step)
     if spec.bias_correction:
         steps.append(_bias(work, mask))
