@@ -38,8 +38,7 @@ from medcnncad.metrics.label_conventions import LABEL_CONVENTIONS, relabel
 from medcnncad.models.manifest import sha256_file
 
 __all__ = ["CHANNELS", "BRATS_VALUES", "RealCase", "describe_case", "discover_real_cases", "map_labels",
-           "load_reference", "read_dicom_seg_on_grid", "reference_sha256", "is_dicom_seg", "dicom_seg_segment_numbers",
-           "dicom_seg_segments",
+           "load_reference", "read_dicom_seg_on_grid", "reference_sha256", "is_dicom_seg", "dicom_seg_segments",
            "read_dicom_seg_labels_on_grid"]
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -471,11 +470,6 @@ def dicom_seg_segments(seg_path: str | Path) -> dict[int, str]:
     header = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
     items = getattr(header, "SegmentSequence", [])
     return dict(sorted((int(item.SegmentNumber), str(getattr(item, "SegmentLabel", ""))) for item in items))
-
-
-def dicom_seg_segment_numbers(seg_path: str | Path) -> list[int]:
-    """The SegmentNumbers of a DICOM SEG's segments, in increasing order (read without its pixels)."""
-    return list(dicom_seg_segments(seg_path))
 
 
 def _segments_with_frames(seg_path: str | Path) -> list[int]:

@@ -22,12 +22,7 @@ from medcnncad.data.dataset_json import (
     model_engine_channels,
     reference_convention,
 )
-from medcnncad.data.real_cases import (
-    dicom_seg_segment_numbers,
-    dicom_seg_segments,
-    is_dicom_seg,
-    read_dicom_seg_labels_on_grid,
-)
+from medcnncad.data.real_cases import dicom_seg_segments, is_dicom_seg, read_dicom_seg_labels_on_grid
 from medcnncad.errors import InputError
 from medcnncad.inference.segmenter import ProgressCallback, Segmenter
 from medcnncad.io.dicom_series import check_multiframe_geometry, series_files
@@ -119,7 +114,7 @@ def _read_reference(path: str, mapping: Mapping[int, int] | None,
     numbers, checked before the run; :func:`_reference_on_grid` rasterises it onto the first input's grid.
     """
     if is_dicom_seg(path):
-        image, values = None, np.array(dicom_seg_segment_numbers(path), np.uint8)
+        image, values = None, np.array(list(dicom_seg_segments(path)), np.uint8)
     else:
         image = read_volume(path)
         values = check_label_image(image, path)
