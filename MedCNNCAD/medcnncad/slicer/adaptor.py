@@ -133,9 +133,14 @@ def volume_node_to_image(volume_node: Any) -> sitk.Image:
     array = slicer.util.arrayFromVolume(volume_node)
     if array.ndim != 3:
         raise InputError(f"volume {volume_node.GetName()!r}: expected a 3D scalar volume, got shape {array.shape}")
+    return _on_volume_geometry(sitk.GetImageFromArray(np.array(array, copy=True)), volume_node)
+
+
+def _on_volume_geometry(image: sitk.Image, volume_node: Any) -> sitk.Image:
+    """``image`` (of ``volume_node``'s size) given the node's LPS geometry in world coordinates
+    (:func:`ijk_to_world`)."""
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_world(volume_node)
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    image = sitk.GetImageFromArray(np.array(array, copy=True))
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
     image.SetDirection(tuple(float(v) for v in (lps[:3, :3] / spacing).ravel()))
@@ -497,8 +502,7 @@ def _segment_mask(node: Any, reference_volume: Any) -> tuple[sitk.Image, str]:
     label = f"segment {segmentation.GetSegment(chosen[0]).GetName()!r} of {node.GetName()!r}"
     _check_on_reference_voxels(node, chosen[0], reference_volume, label)
     array = slicer.util.arrayFromSegmentBinaryLabelmap(node, chosen[0], reference_volume)
-    image = sitk.GetImageFromArray((np.asarray(array) != 0).astype(np.uint8))
-    image.CopyInformation(volume_node_to_image(reference_volume))
+    image = _on_volume_geometry(sitk.GetImageFromArray((np.asarray(array) != 0).astype(np.uint8)), reference_volume)
     return image, label
 
 
